@@ -1,0 +1,1 @@
+"""Detection: signature pack -> one Hyperscan stream database -> per-exchange scanner -> verdict."""

@@ -1,0 +1,153 @@
+"""Compile a pack into one Hyperscan stream database, cached on disk by pack hash.
+
+Id space of the database: ``0..P-1`` value patterns, then one hotword expression per signature
+that has hotwords, then the JSON record delimiters. Value patterns are compiled without
+start-of-match: fixed-width patterns get their start as ``end - width``; variable-width ones are
+re-anchored with Python ``re`` on the few bytes before the end (measured cheaper than SOM, see
+bench/engine.py).
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import hyperscan as hs
+
+from sensor.detect import validators
+from sensor.detect.pack import Pack, PackError, Pattern, Signature, _width
+
+ENGINE_FORMAT = "1"
+CAT_BITS = {"strong": 1, "quasi": 2, "contact": 4, "financial": 8}
+_HS_FLAGS = {"caseless": hs.HS_FLAG_CASELESS, "dotall": hs.HS_FLAG_DOTALL,
+             "multiline": hs.HS_FLAG_MULTILINE, "utf8": hs.HS_FLAG_UTF8, "ucp": hs.HS_FLAG_UCP}
+# JSON records: an object that follows "[" or "}," (array elements). Bounded whitespace keeps the
+# pattern cheap in stream mode.
+JSON_DELIMS = (rb"\[\s{0,32}\{", rb"\}\s{0,32},\s{0,32}\{")
+
+
+@dataclass(frozen=True)
+class PatInfo:
+    """Everything the hot loop needs about one value pattern, flattened for speed."""
+    sig: int                    # index into Engine.signatures
+    width: int                  # fixed width, or 0 when variable
+    maxw: int
+    rx: "re.Pattern[bytes] | None"   # anchored at the end, for variable-width extraction
+    validator: Callable[[bytes], bool] | None
+    needs_ctx: bool
+    rec_mask: int               # categories that stand in for a hotword within the record
+    cat: int                    # category bit
+
+
+def hotword_expr(words: tuple[str, ...]) -> bytes:
+    """Whole-word hotwords: letters or digits on either side disqualify ('lic' in 'duplicate')."""
+    alts = []
+    for w in sorted(set(words), key=len, reverse=True):
+        parts = [re.escape(p) for p in re.split(r"[\s_.-]+", w) if p]
+        alts.append(r"[\s_.-]?".join(parts))
+    return ("(?:^|[^A-Za-z0-9])(?:" + "|".join(alts) + ")(?:[^A-Za-z0-9]|$)").encode()
+
+
+def _cache_dir() -> Path:
+    d = os.environ.get("DLP_SENSOR_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "dlp-sensor")
+    return Path(d)
+
+
+class Engine:
+    """A compiled pack. Shared by every scanner in a thread; each thread needs its own scratch."""
+
+    def __init__(self, pack: Pack, *, use_cache: bool = True):
+        self.pack = pack
+        self.signatures: list[Signature] = list(pack.signatures)
+        self.patterns: list[PatInfo] = []
+        exprs: list[bytes] = []
+        flags: list[int] = []
+        self.origin: list[tuple[Signature, Pattern]] = []
+        for si, sig in enumerate(self.signatures):
+            vfn = validators.REGISTRY[sig.validator] if sig.validator else None
+            for p in sig.patterns:
+                f = 0
+                for name in p.flags:
+                    f |= _HS_FLAGS[name]
+                lo, hi = _width(("(?i)" if "caseless" in p.flags else "") + p.expr, sig.id)
+                rx = None
+                if lo != hi:
+                    rx = re.compile(b"(?:" + p.expr.encode() + rb")\Z", re.I if "caseless" in p.flags else 0)
+                rmask = 0
+                for c in p.record_context:
+                    rmask |= CAT_BITS[c]
+                self.patterns.append(PatInfo(sig=si, width=lo if lo == hi else 0, maxw=hi, rx=rx,
+                                             validator=vfn, needs_ctx=p.needs_context, rec_mask=rmask,
+                                             cat=CAT_BITS[sig.category]))
+                exprs.append(p.expr.encode())
+                flags.append(f)
+                self.origin.append((sig, p))
+        self.n_values = len(exprs)
+        # hotword ids: n_values + index into self.hot_sig (signature index per hotword expression)
+        self.hot_sig: list[int] = []
+        for si, sig in enumerate(self.signatures):
+            if sig.hotwords:
+                self.hot_sig.append(si)
+                exprs.append(hotword_expr(sig.hotwords))
+                flags.append(hs.HS_FLAG_CASELESS)
+        self.hot_base = self.n_values
+        self.delim_base = self.n_values + len(self.hot_sig)
+        exprs.extend(JSON_DELIMS)
+        flags.extend([0] * len(JSON_DELIMS))
+        self.n_ids = len(exprs)
+        self.max_width = max(p.maxw for p in self.patterns)
+        self.hot_rx = [re.compile(hotword_expr(self.signatures[si].hotwords), re.I) for si in self.hot_sig]
+        self.db = self._load_or_compile(exprs, flags, use_cache)
+
+    # -- compile / cache -------------------------------------------------------------------
+    def _compile(self, exprs: list[bytes], flags: list[int]) -> hs.Database:
+        db = hs.Database(mode=hs.HS_MODE_STREAM)
+        try:
+            db.compile(expressions=exprs, ids=list(range(len(exprs))), elements=len(exprs), flags=flags)
+        except hs.error as e:
+            # The binding does not say which expression failed: find it, to name it.
+            for i, (ex, fl) in enumerate(zip(exprs, flags)):
+                one = hs.Database(mode=hs.HS_MODE_STREAM)
+                try:
+                    one.compile(expressions=[ex], ids=[0], elements=1, flags=[fl])
+                except hs.error as e1:
+                    if i < self.n_values:
+                        sig, p = self.origin[i]
+                        raise PackError(f"{sig.origin}: signature {sig.id}: expression {p.source!r} "
+                                        f"does not compile in Hyperscan: {e1.args[0]}") from None
+                    raise PackError(f"hotword/delimiter expression {i} does not compile: {e1.args[0]}") from None
+            raise PackError(f"Hyperscan rejected the pack as a whole: {e.args[0]}") from None
+        return db
+
+    def _load_or_compile(self, exprs: list[bytes], flags: list[int], use_cache: bool) -> hs.Database:
+        key = f"{self.pack.digest[:32]}-{ENGINE_FORMAT}-{hs.__version__ if hasattr(hs, '__version__') else 'hs'}"
+        path = _cache_dir() / f"db-{key}.hsdb"
+        self.cache_path = path
+        self.cache_hit = False
+        if use_cache and path.is_file():
+            try:
+                db = hs.loadb(path.read_bytes(), mode=hs.HS_MODE_STREAM)
+                db.scratch = hs.Scratch(db)
+                self.cache_hit = True
+                return db
+            except Exception:  # corrupt or foreign cache file: rebuild it
+                pass
+        db = self._compile(exprs, flags)
+        if use_cache:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".db-")
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(hs.dumpb(db))
+                os.replace(tmp, path)
+            except OSError:
+                pass  # a read-only cache is not an error; we just compile next time too
+        return db
+
+    def new_scratch(self) -> hs.Scratch:
+        """A scratch for another thread (one per thread; sharing raises ScratchInUseError)."""
+        return self.db.scratch.clone()

@@ -1,0 +1,262 @@
+"""Load and check signature packs (``signatures/*.yaml``).
+
+A pack file holds ``pack`` (its name), optional ``wordlists`` (name -> file relative to the pack
+file) and ``signatures``. A signature holds:
+
+- ``id``, ``name``, ``severity`` (low|medium|high), ``category`` (strong|quasi|contact|financial),
+  ``kind`` (what the policy groups by: name, dob, address, ssn, dl, ...);
+- ``patterns``: list of ``{expr, flags?, needs_context?, record_context?}`` (Hyperscan syntax;
+  ``%{list}`` expands a wordlist in Title case, ``%{LIST}`` in upper case);
+- optional ``validator`` (a name from :mod:`sensor.detect.validators`), ``hotwords``,
+  ``needs_context`` and ``record_context`` (defaults for its patterns);
+- ``examples`` and ``negative_examples``: the suite runs every one; a signature without both does
+  not load.
+
+Errors name the file, the signature and the key, because an operator editing a pack at 3 a.m.
+should not have to guess.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+import sre_constants
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sensor.detect import validators
+
+CATEGORIES = ("strong", "quasi", "contact", "financial")
+SEVERITIES = ("low", "medium", "high")
+FLAG_NAMES = ("caseless", "dotall", "multiline", "utf8", "ucp")
+DEFAULT_PACK_DIR = Path(__file__).resolve().parents[2] / "signatures"
+_PLACEHOLDER = re.compile(r"%\{([A-Za-z_][A-Za-z0-9_-]*)\}")
+
+
+class PackError(ValueError):
+    """A signature pack that cannot be used; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class Pattern:
+    expr: str                      # after wordlist expansion, as compiled
+    source: str                    # as written in the pack (for error messages)
+    flags: tuple[str, ...] = ()
+    needs_context: bool = False
+    record_context: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Signature:
+    id: str
+    name: str
+    severity: str
+    category: str
+    kind: str
+    patterns: tuple[Pattern, ...]
+    validator: str | None = None
+    hotwords: tuple[str, ...] = ()
+    examples: tuple[str, ...] = ()
+    negative_examples: tuple[str, ...] = ()
+    origin: str = ""
+
+
+@dataclass
+class Pack:
+    signatures: list[Signature] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+
+    @property
+    def digest(self) -> str:
+        """Content hash of everything that shapes the compiled database (the cache key)."""
+        h = hashlib.sha256()
+        for s in self.signatures:
+            h.update(repr((s.id, s.category, [(p.expr, p.flags) for p in s.patterns], s.hotwords)).encode())
+        return h.hexdigest()
+
+    def by_id(self, sid: str) -> Signature:
+        for s in self.signatures:
+            if s.id == sid:
+                return s
+        raise KeyError(sid)
+
+
+def _fail(where: str, msg: str) -> PackError:
+    return PackError(f"{where}: {msg}")
+
+
+def _load_wordlist(path: Path, where: str) -> list[str]:
+    if not path.is_file():
+        raise _fail(where, f"wordlist file {path} not found")
+    words = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            if not re.fullmatch(r"[A-Za-z][A-Za-z' -]*", line):
+                raise _fail(where, f"wordlist {path.name}: entry {line!r} is not a plain word")
+            words.append(line.upper())
+    if not words:
+        raise _fail(where, f"wordlist {path} is empty")
+    return words
+
+
+MAX_EXPR_CHARS = 12000  # Hyperscan refuses expressions near 16 K characters
+
+
+def _alternation(words: list[str], upper: bool) -> str:
+    forms = words if upper else [w.capitalize() for w in words]
+    # longest first so that the alternation prefers whole names; escape for safety
+    return "(?:" + "|".join(re.escape(w) for w in sorted(set(forms), key=lambda w: (-len(w), w))) + ")"
+
+
+def _expand(expr: str, lists: dict[str, list[str]], where: str) -> list[str]:
+    """Expand ``%{list}`` placeholders; split long wordlists over several expressions."""
+    keys = _PLACEHOLDER.findall(expr)
+    if not keys:
+        return [expr]
+    for key in keys:
+        if key.lower() not in lists:
+            raise _fail(where, f"expression names wordlist %{{{key}}} that the pack does not define")
+    # Each placeholder gets a list of word chunks; the cartesian product gives the expressions.
+    chunks: dict[str, list[list[str]]] = {k: [lists[k.lower()]] for k in set(keys)}
+
+    def render(choice: dict[str, list[str]]) -> str:
+        return _PLACEHOLDER.sub(lambda m: _alternation(choice[m.group(1)], m.group(1).isupper()), expr)
+
+    while True:
+        names = sorted(chunks)
+        out = [render(dict(zip(names, combo))) for combo in itertools.product(*(chunks[n] for n in names))]
+        if max(len(e) for e in out) <= MAX_EXPR_CHARS:
+            return out
+        biggest = max(names, key=lambda n: max(len(c) for c in chunks[n]))
+        if max(len(c) for c in chunks[biggest]) <= 1:
+            raise _fail(where, "expression is too long even with one word per list entry")
+        chunks[biggest] = [half for c in chunks[biggest] for half in (c[: len(c) // 2], c[len(c) // 2:]) if half]
+
+
+def _width(expr: str, where: str) -> tuple[int, int]:
+    """Min/max match width via Python's own parser: the scanner needs bounded widths."""
+    try:
+        parsed = re.compile(expr.encode()).pattern  # raises on syntax Python cannot read
+        import re._parser as sre_parse  # type: ignore[import-not-found]
+
+        lo, hi = sre_parse.parse(parsed.decode()).getwidth()
+    except (re.error, sre_constants.error) as e:
+        raise _fail(where, f"expression is not valid: {e}") from None
+    if hi >= sre_constants.MAXREPEAT or hi > 512:
+        raise _fail(where, "expression has unbounded width (use {m,n}, at most 512 bytes)")
+    if lo == 0:
+        raise _fail(where, "expression can match the empty string")
+    return lo, hi
+
+
+def _as_list(v: Any, where: str, key: str) -> list[Any]:
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        raise _fail(where, f"'{key}' must be a list")
+    return v
+
+
+def _parse_signature(raw: Any, lists: dict[str, list[str]], where: str) -> Signature:
+    if not isinstance(raw, dict):
+        raise _fail(where, "each signature must be a mapping")
+    sid = raw.get("id")
+    if not isinstance(sid, str) or not re.fullmatch(r"[a-z0-9][a-z0-9-]*", sid):
+        raise _fail(where, f"'id' must be lower-case letters, digits and dashes (got {sid!r})")
+    where = f"{where}: signature {sid}"
+    known = {"id", "name", "severity", "category", "kind", "patterns", "validator", "hotwords",
+             "needs_context", "record_context", "examples", "negative_examples"}
+    extra = set(raw) - known
+    if extra:
+        raise _fail(where, f"unknown key(s) {sorted(extra)}; known: {sorted(known)}")
+    for key in ("name", "kind"):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise _fail(where, f"'{key}' is required (a string)")
+    if raw.get("severity") not in SEVERITIES:
+        raise _fail(where, f"'severity' must be one of {SEVERITIES} (got {raw.get('severity')!r})")
+    if raw.get("category") not in CATEGORIES:
+        raise _fail(where, f"'category' must be one of {CATEGORIES} (got {raw.get('category')!r})")
+    validator = raw.get("validator")
+    if validator is not None and validator not in validators.REGISTRY:
+        raise _fail(where, f"'validator' {validator!r} is unknown; known: {sorted(validators.REGISTRY)}")
+    sig_ctx = bool(raw.get("needs_context", False))
+    sig_rec = tuple(_as_list(raw.get("record_context"), where, "record_context"))
+    for c in sig_rec:
+        if c not in CATEGORIES:
+            raise _fail(where, f"'record_context' entry {c!r} is not a category {CATEGORIES}")
+    patterns = []
+    for i, p in enumerate(_as_list(raw.get("patterns"), where, "patterns")):
+        pw = f"{where}: patterns[{i}]"
+        if isinstance(p, str):
+            p = {"expr": p}
+        if not isinstance(p, dict) or not isinstance(p.get("expr"), str):
+            raise _fail(pw, "needs 'expr' (a string)")
+        flags = tuple(_as_list(p.get("flags"), pw, "flags"))
+        for f in flags:
+            if f not in FLAG_NAMES:
+                raise _fail(pw, f"flag {f!r} unknown; known: {FLAG_NAMES}")
+        rec = tuple(p.get("record_context", sig_rec) or ())
+        for c in rec:
+            if c not in CATEGORIES:
+                raise _fail(pw, f"'record_context' entry {c!r} is not a category {CATEGORIES}")
+        for expr in _expand(p["expr"], lists, pw):
+            _width(expr if "caseless" not in flags else "(?i)" + expr, f"{pw} ({p['expr']!r})")
+            patterns.append(Pattern(expr=expr, source=p["expr"], flags=flags,
+                                    needs_context=bool(p.get("needs_context", sig_ctx)), record_context=rec))
+    if not patterns:
+        raise _fail(where, "'patterns' must list at least one expression")
+    examples = tuple(str(x) for x in _as_list(raw.get("examples"), where, "examples"))
+    negatives = tuple(str(x) for x in _as_list(raw.get("negative_examples"), where, "negative_examples"))
+    if not examples or not negatives:
+        raise _fail(where, "a signature ships with 'examples' and 'negative_examples' (the suite runs them)")
+    hotwords = tuple(str(h).lower() for h in _as_list(raw.get("hotwords"), where, "hotwords"))
+    if any(p.needs_context for p in patterns) and not hotwords:
+        raise _fail(where, "patterns that need context require 'hotwords'")
+    return Signature(id=sid, name=raw["name"], severity=raw["severity"], category=raw["category"],
+                     kind=raw["kind"], patterns=tuple(patterns), validator=validator, hotwords=hotwords,
+                     examples=examples, negative_examples=negatives, origin=where.split(":")[0])
+
+
+def load_file(path: Path) -> list[Signature]:
+    where = str(path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise _fail(where, f"not valid YAML: {e}") from None
+    except OSError as e:
+        raise _fail(where, f"cannot read: {e.strerror}") from None
+    if not isinstance(doc, dict) or "signatures" not in doc:
+        raise _fail(where, "a pack is a mapping with 'pack' and 'signatures'")
+    lists = {}
+    for name, rel in (doc.get("wordlists") or {}).items():
+        lists[str(name).lower()] = _load_wordlist(path.parent / str(rel), f"{where}: wordlists.{name}")
+    return [_parse_signature(s, lists, f"{where}") for s in _as_list(doc["signatures"], where, "signatures")]
+
+
+def load_pack(paths: list[Path] | None = None, *, include_default: bool = True) -> Pack:
+    """The default pack plus any operator packs (files or directories of ``*.yaml``)."""
+    roots: list[Path] = ([DEFAULT_PACK_DIR] if include_default else []) + list(paths or [])
+    pack = Pack()
+    seen: dict[str, str] = {}
+    for root in roots:
+        root = Path(root)
+        if root.is_dir():
+            files = sorted(list(root.glob("*.yaml")) + list(root.glob("*.yml")))
+        elif root.is_file():
+            files = [root]
+        else:
+            raise PackError(f"{root}: no such signature file or directory")
+        for f in files:
+            for sig in load_file(f):
+                if sig.id in seen:
+                    raise PackError(f"{f}: signature {sig.id} is already defined in {seen[sig.id]}")
+                seen[sig.id] = str(f)
+                pack.signatures.append(sig)
+            pack.sources.append(str(f))
+    if not pack.signatures:
+        raise PackError("the signature pack is empty")
+    return pack
