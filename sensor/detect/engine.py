@@ -1,7 +1,7 @@
 """Compile a pack into one Hyperscan stream database, cached on disk by pack hash.
 
 Id space of the database: ``0..P-1`` value patterns, then one hotword expression per signature
-that has hotwords, then the JSON record delimiters. Value patterns are compiled without
+that has hotwords. Value patterns are compiled without
 start-of-match: fixed-width patterns get their start as ``end - width``; variable-width ones are
 re-anchored with Python ``re`` on the few bytes before the end (measured cheaper than SOM, see
 bench/engine.py).
@@ -13,30 +13,27 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import hyperscan as hs
 
 from sensor.detect import validators
-from sensor.detect.pack import Pack, PackError, Pattern, Signature, _width
+from sensor.detect.pack import Pack, PackError, Pattern, Signature, _width, hotword_alternation
 
 ENGINE_FORMAT = "1"
 CAT_BITS = {"strong": 1, "quasi": 2, "contact": 4, "financial": 8}
 _HS_FLAGS = {"caseless": hs.HS_FLAG_CASELESS, "dotall": hs.HS_FLAG_DOTALL,
              "multiline": hs.HS_FLAG_MULTILINE, "utf8": hs.HS_FLAG_UTF8, "ucp": hs.HS_FLAG_UCP}
-# JSON records: an object that follows "[" or "}," (array elements). Bounded whitespace keeps the
-# pattern cheap in stream mode.
-JSON_DELIMS = (rb"\[\s{0,32}\{", rb"\}\s{0,32},\s{0,32}\{")
 
 
-@dataclass(frozen=True)
-class PatInfo:
-    """Everything the hot loop needs about one value pattern, flattened for speed."""
+class PatInfo(NamedTuple):
+    """Everything the hot loop needs about one value pattern (a tuple: unpacked in one step)."""
     sig: int                    # index into Engine.signatures
-    width: int                  # fixed width, or 0 when variable
+    width: int                  # fixed width, or <= 0 when extracted with ``rx``
     maxw: int
     rx: "re.Pattern[bytes] | None"   # anchored at the end, for variable-width extraction
     validator: Callable[[bytes], bool] | None
+    require: tuple[tuple[str, frozenset[bytes]], ...]
     needs_ctx: bool
     rec_mask: int               # categories that stand in for a hotword within the record
     cat: int                    # category bit
@@ -44,11 +41,7 @@ class PatInfo:
 
 def hotword_expr(words: tuple[str, ...]) -> bytes:
     """Whole-word hotwords: letters or digits on either side disqualify ('lic' in 'duplicate')."""
-    alts = []
-    for w in sorted(set(words), key=len, reverse=True):
-        parts = [re.escape(p) for p in re.split(r"[\s_.-]+", w) if p]
-        alts.append(r"[\s_.-]?".join(parts))
-    return ("(?:^|[^A-Za-z0-9])(?:" + "|".join(alts) + ")(?:[^A-Za-z0-9]|$)").encode()
+    return ("(?:^|[^A-Za-z0-9])" + hotword_alternation(words) + "(?:[^A-Za-z0-9]|$)").encode()
 
 
 def _cache_dir() -> Path:
@@ -73,15 +66,20 @@ class Engine:
                 f = 0
                 for name in p.flags:
                     f |= _HS_FLAGS[name]
-                lo, hi = _width(("(?i)" if "caseless" in p.flags else "") + p.expr, sig.id)
-                rx = None
-                if lo != hi:
-                    rx = re.compile(b"(?:" + p.expr.encode() + rb")\Z", re.I if "caseless" in p.flags else 0)
+                rflags = re.I if "caseless" in p.flags else 0
+                if p.value is not None:
+                    lo, hi = _width(p.value, sig.id)
+                    rx = re.compile(b"(?:" + p.value.encode() + rb")\Z", rflags)
+                    lo = -1                          # always extracted with the value regex
+                else:
+                    lo, hi = _width(("(?i)" if rflags else "") + p.expr, sig.id)
+                    rx = re.compile(b"(?:" + p.expr.encode() + rb")\Z", rflags) if lo != hi else None
+                req = tuple((g, frozenset(w.encode() for w in words)) for g, words in p.require)
                 rmask = 0
                 for c in p.record_context:
                     rmask |= CAT_BITS[c]
                 self.patterns.append(PatInfo(sig=si, width=lo if lo == hi else 0, maxw=hi, rx=rx,
-                                             validator=vfn, needs_ctx=p.needs_context, rec_mask=rmask,
+                                             validator=vfn, require=req, needs_ctx=p.needs_context, rec_mask=rmask,
                                              cat=CAT_BITS[sig.category]))
                 exprs.append(p.expr.encode())
                 flags.append(f)
@@ -95,9 +93,6 @@ class Engine:
                 exprs.append(hotword_expr(sig.hotwords))
                 flags.append(hs.HS_FLAG_CASELESS)
         self.hot_base = self.n_values
-        self.delim_base = self.n_values + len(self.hot_sig)
-        exprs.extend(JSON_DELIMS)
-        flags.extend([0] * len(JSON_DELIMS))
         self.n_ids = len(exprs)
         self.max_width = max(p.maxw for p in self.patterns)
         self.hot_rx = [re.compile(hotword_expr(self.signatures[si].hotwords), re.I) for si in self.hot_sig]
@@ -119,7 +114,8 @@ class Engine:
                         sig, p = self.origin[i]
                         raise PackError(f"{sig.origin}: signature {sig.id}: expression {p.source!r} "
                                         f"does not compile in Hyperscan: {e1.args[0]}") from None
-                    raise PackError(f"hotword/delimiter expression {i} does not compile: {e1.args[0]}") from None
+                    sig = self.signatures[self.hot_sig[i - self.n_values]]
+                    raise PackError(f"{sig.origin}: signature {sig.id}: hotwords do not compile: {e1.args[0]}") from None
             raise PackError(f"Hyperscan rejected the pack as a whole: {e.args[0]}") from None
         return db
 

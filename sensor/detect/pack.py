@@ -5,8 +5,12 @@ file) and ``signatures``. A signature holds:
 
 - ``id``, ``name``, ``severity`` (low|medium|high), ``category`` (strong|quasi|contact|financial),
   ``kind`` (what the policy groups by: name, dob, address, ssn, dl, ...);
-- ``patterns``: list of ``{expr, flags?, needs_context?, record_context?}`` (Hyperscan syntax;
-  ``%{list}`` expands a wordlist in Title case, ``%{LIST}`` in upper case);
+- ``patterns``: list of ``{expr, flags?, needs_context?, record_context?, value?, require?}``
+  (Hyperscan syntax; ``%{list}`` expands a wordlist in Title case, ``%{LIST}`` in upper case).
+  ``value`` is a Python regex for the whole value, which must end where ``expr`` ends: it lets
+  Hyperscan look for a cheap, selective anchor (the "@" of an email, the second name of a pair)
+  while the value is taken back to its real start. ``require`` maps a named group of ``value``
+  to a wordlist its text (upper-cased) must be in;
 - optional ``validator`` (a name from :mod:`sensor.detect.validators`), ``hotwords``,
   ``needs_context`` and ``record_context`` (defaults for its patterns);
 - ``examples`` and ``negative_examples``: the suite runs every one; a signature without both does
@@ -47,6 +51,8 @@ class Pattern:
     flags: tuple[str, ...] = ()
     needs_context: bool = False
     record_context: tuple[str, ...] = ()
+    value: str | None = None       # Python regex for the whole value, ending where expr ends
+    require: tuple[tuple[str, frozenset[str]], ...] = ()   # (named group, wordlist) checks
 
 
 @dataclass(frozen=True)
@@ -112,8 +118,21 @@ def _alternation(words: list[str], upper: bool) -> str:
     return "(?:" + "|".join(re.escape(w) for w in sorted(set(forms), key=lambda w: (-len(w), w))) + ")"
 
 
-def _expand(expr: str, lists: dict[str, list[str]], where: str) -> list[str]:
-    """Expand ``%{list}`` placeholders; split long wordlists over several expressions."""
+def hotword_alternation(words: tuple[str, ...] | list[str]) -> str:
+    """Hotwords as one alternation; separators inside a hotword match space, _, . or - (or none)."""
+    alts = []
+    for w in sorted(set(words), key=len, reverse=True):
+        parts = [re.escape(p) for p in re.split(r"[\s_.-]+", w) if p]
+        alts.append(r"[\s_.-]?".join(parts))
+    return "(?:" + "|".join(alts) + ")"
+
+
+def _expand(expr: str, lists: dict[str, list[str]], where: str, hotwords: tuple[str, ...] = ()) -> list[str]:
+    """Expand ``%{hotwords}`` and ``%{list}`` placeholders; split long wordlists over expressions."""
+    if "%{hotwords}" in expr:
+        if not hotwords:
+            raise _fail(where, "expression uses %{hotwords} but the signature has no 'hotwords'")
+        expr = expr.replace("%{hotwords}", r"\b(?i:" + hotword_alternation(hotwords) + r")\b")
     keys = _PLACEHOLDER.findall(expr)
     if not keys:
         return [expr]
@@ -183,6 +202,7 @@ def _parse_signature(raw: Any, lists: dict[str, list[str]], where: str) -> Signa
     validator = raw.get("validator")
     if validator is not None and validator not in validators.REGISTRY:
         raise _fail(where, f"'validator' {validator!r} is unknown; known: {sorted(validators.REGISTRY)}")
+    hotwords = tuple(str(h).lower() for h in _as_list(raw.get("hotwords"), where, "hotwords"))
     sig_ctx = bool(raw.get("needs_context", False))
     sig_rec = tuple(_as_list(raw.get("record_context"), where, "record_context"))
     for c in sig_rec:
@@ -203,17 +223,35 @@ def _parse_signature(raw: Any, lists: dict[str, list[str]], where: str) -> Signa
         for c in rec:
             if c not in CATEGORIES:
                 raise _fail(pw, f"'record_context' entry {c!r} is not a category {CATEGORIES}")
-        for expr in _expand(p["expr"], lists, pw):
+        bad = set(p) - {"expr", "flags", "needs_context", "record_context", "value", "require"}
+        if bad:
+            raise _fail(pw, f"unknown key(s) {sorted(bad)}")
+        value = p.get("value")
+        require: list[tuple[str, frozenset[str]]] = []
+        if value is not None:
+            if not isinstance(value, str):
+                raise _fail(pw, "'value' must be a string (a Python regex)")
+            _width(value, f"{pw} value")
+            groups = re.compile(value).groupindex
+            for g, lname in (p.get("require") or {}).items():
+                if g not in groups:
+                    raise _fail(pw, f"'require' names group {g!r} that 'value' does not define")
+                if str(lname).lower() not in lists:
+                    raise _fail(pw, f"'require' names wordlist {lname!r} that the pack does not define")
+                require.append((g, frozenset(lists[str(lname).lower()])))
+        elif p.get("require"):
+            raise _fail(pw, "'require' needs 'value' (a regex with named groups)")
+        for expr in _expand(p["expr"], lists, pw, hotwords):
             _width(expr if "caseless" not in flags else "(?i)" + expr, f"{pw} ({p['expr']!r})")
             patterns.append(Pattern(expr=expr, source=p["expr"], flags=flags,
-                                    needs_context=bool(p.get("needs_context", sig_ctx)), record_context=rec))
+                                    needs_context=bool(p.get("needs_context", sig_ctx)), record_context=rec,
+                                    value=value, require=tuple(require)))
     if not patterns:
         raise _fail(where, "'patterns' must list at least one expression")
     examples = tuple(str(x) for x in _as_list(raw.get("examples"), where, "examples"))
     negatives = tuple(str(x) for x in _as_list(raw.get("negative_examples"), where, "negative_examples"))
     if not examples or not negatives:
         raise _fail(where, "a signature ships with 'examples' and 'negative_examples' (the suite runs them)")
-    hotwords = tuple(str(h).lower() for h in _as_list(raw.get("hotwords"), where, "hotwords"))
     if any(p.needs_context for p in patterns) and not hotwords:
         raise _fail(where, "patterns that need context require 'hotwords'")
     return Signature(id=sid, name=raw["name"], severity=raw["severity"], category=raw["category"],

@@ -32,6 +32,7 @@ SAMPLES_PER_SIGNATURE = 3
 DISTINCT_CAP = 1_000_000          # per signature; beyond it counts stop being exact (noted)
 _HTML_ROW_TAGS = (b"<tr", b"<TR", b"<li", b"<LI", b"<p>", b"<P>", b"<br", b"<BR", b"</div", b"</DIV")
 MODES = ("lines", "json", "html")
+SNIFF_BYTES = 4096
 _HS_CTX = object()   # a live, truthy context object for every Hyperscan call (see open_stream)
 
 
@@ -78,6 +79,33 @@ class ScanResult:
                 "seconds": round(self.seconds, 6), "notes": list(self.notes)}
 
 
+def _extract(p: PatInfo, buf: bytes, e: int) -> bytes | None:
+    """The value of a match ending at ``e``, validated; None when it does not hold up."""
+    if p.width > 0:
+        v = buf[e - p.width:e]
+    else:
+        m = p.rx.search(buf, e - p.maxw if e > p.maxw else 0, e)
+        if m is None or (p.require and not all(m.group(g).upper() in w for g, w in p.require)):
+            return None
+        v = m.group()
+    return v if p.validator is None or p.validator(v) else None
+
+
+def _json_record(buf: bytes, e: int, maxrec: int) -> int:
+    """Start of the JSON object that is an array element around ``e`` (nested objects skipped)."""
+    lo = e - maxrec if e > maxrec else 0
+    pos = e
+    while True:
+        pos = buf.rfind(b"{", lo, pos)
+        if pos < 0:
+            return lo
+        j = pos - 1
+        while j >= lo and buf[j] in b" \t\r\n":
+            j -= 1
+        if j < lo or buf[j] in b"[,":
+            return pos
+
+
 class ExchangeScanner:
     """Feed decoded body bytes with :meth:`feed`; read :attr:`verdict` after any chunk.
 
@@ -96,14 +124,14 @@ class ExchangeScanner:
         self._pats = engine.patterns
         self._nval = engine.n_values
         self._hot_base = engine.hot_base
-        self._delim_base = engine.delim_base
         self._hot_sig = engine.hot_sig
         self._tail_len = max(4096, engine.max_width + 64)
         n = len(self._sigs)
         allow = policy.allow
         self._ignored = [s.id in allow for s in self._sigs]
-        self._kind_name = [s.kind == "name" for s in self._sigs]
-        self._kind_place = [s.kind in ("dob", "address") for s in self._sigs]
+        # 1 = a name, 2 = a place in a life (DOB or address): a record with both (3) is a person
+        self._kindbits = [1 if s.kind == "name" else 2 if s.kind in ("dob", "address") else 0 for s in self._sigs]
+        self._want_sample = [True] * n
         self._distinct: list[set[int]] = [set() for _ in range(n)]
         self._samples: list[list[Sample]] = [[] for _ in range(n)]
         self._strong_recs: set[int] = set()
@@ -132,16 +160,18 @@ class ExchangeScanner:
             self._close_stream()
         self._stream = open_stream(self.engine.db, self._on_match)
         self._mode = mode             # None = sniff from the first bytes
+        self._pre: bytes | None = b""  # first bytes of the part, until the sniff can be made
         self._pos = 0
         self._tail = b""
         self._line_start = -1         # abs offset of the newline before the current line
-        self._json_rec = -1
         self._rec_key = None
-        self._rec: list[tuple[PatInfo, int, bool, int, bytes | None]] = []
+        self._rec: list[tuple[int, int, bool, int, int, int, bytes | None]] = []
         self._last_hot = [_FAR] * len(self._sigs)
         self._delim = b","
+        self._tabular = False
         self._col_sigs: dict[int, set[int]] = {}
         self._th_cols: dict[int, set[int]] = {}
+        self._header_sigs: set[int] = set()     # signatures some header column names
 
     def _sniff(self, data: bytes) -> None:
         head = data[:4096].lstrip()
@@ -156,13 +186,24 @@ class ExchangeScanner:
         first = head.split(b"\n", 1)[0]
         cands = {d: first.count(d) for d in (b",", b"\t", b";", b"|")}
         self._delim = max(cands, key=lambda d: cands[d]) if max(cands.values()) else b","
+        self._tabular = cands[self._delim] >= 1
 
     # -- feeding ----------------------------------------------------------------------------
     def feed(self, data: bytes) -> str:
         if not data or (self.stop_on_trip and self.verdict == "trip"):
             return self.verdict
-        if self._mode is None or self._pos == 0:
+        if self._pre is not None:
+            # hold the first bytes of a part until its first line is whole (or 4 KiB), so that
+            # the sniff (json/html/table, delimiter) sees the same thing however the body is cut
+            self._pre += data
+            if b"\n" not in self._pre and len(self._pre) < SNIFF_BYTES:
+                return self.verdict
+            data, self._pre = self._pre, None
             self._sniff(data)
+        self._scan(data)
+        return self.verdict
+
+    def _scan(self, data: bytes) -> None:
         self._hits.clear()
         self._stream.scan(data, scratch=self.scratch, match_event_handler=self._on_match, context=_HS_CTX)
         base = self._pos - len(self._tail)
@@ -179,9 +220,12 @@ class ExchangeScanner:
         else:
             self._tail = (self._tail + data)[-self._tail_len:]
         self._decide()
-        return self.verdict
 
     def _close_stream(self) -> None:
+        if self._pre:
+            data, self._pre = self._pre, None
+            self._sniff(data)
+            self._scan(data)
         self._hits.clear()
         try:
             # Never pass scratch= to close(): hyperscan 0.9.1 swaps the O! converter's arguments there
@@ -214,87 +258,109 @@ class ExchangeScanner:
 
     # -- the hot loop -------------------------------------------------------------------------
     def _process(self, buf: bytes, base: int) -> None:
+        """Turn this chunk's matches into record entries. Every line here runs once per match."""
         pats = self._pats
         nval = self._nval
         last_hot = self._last_hot
+        header = self._header_sigs
+        want = self._want_sample
         window = self.policy.hotword_window
         maxrec = self.policy.max_record_bytes
         mode = self._mode
+        lines = mode == "lines"
         rec = self._rec
+        rec_key = self._rec_key
         line_start = self._line_start
         first_line = line_start < 0
         for i, end in self._hits:
             if i >= nval:
-                if i >= self._delim_base:
-                    self._json_rec = end
-                else:
-                    si = self._hot_sig[i - self._hot_base]
+                si = self._hot_sig[i - self._hot_base]
+                # a hotword in a header names a column; it is not a label for the next values
+                if not ((first_line or mode == "html") and self._header_hotword(buf, base, end, si)):
                     last_hot[si] = end
-                    if first_line or mode == "html":
-                        self._header_hotword(buf, base, end, si)
                 continue
             p = pats[i]
+            si, w, maxw, rx, vfn, req, nctx, rmask, cat = p
             e = end - base
-            if p.width:
-                s = e - p.width
+            # which record (person) does the value belong to? (values hold no newline, so the
+            # end offset places them as well as the start would)
+            if lines:
+                r = buf.rfind(b"\n", 0, e)
+                rk = r + base if r >= 0 else line_start
+            elif mode == "json":
+                rk = _json_record(buf, e, maxrec) + base
+            else:
+                lo = e - maxrec if e > maxrec else 0
+                r = max([buf.rfind(t, lo, e) for t in _HTML_ROW_TAGS])
+                rk = r + base if r >= 0 else lo + base
+            if end - rk > maxrec:
+                rk += (end - rk) // maxrec * maxrec
+            if rk != rec_key:
+                if rec:
+                    self._rec = rec
+                    self._finish_record()
+                    rec = self._rec
+                rec_key = rk
+            ctx = not nctx or end - maxw - last_hot[si] <= window
+            if not ctx and si not in header:
+                if rmask:
+                    # only the record can make it count: decide (and pay for extraction) later
+                    rec.append((si, cat, False, rmask, None, end, (p, buf, e)))
+                continue
+            if w > 0:
+                s = e - w
                 v = buf[s:e]
             else:
-                m = p.rx.search(buf, e - p.maxw if e > p.maxw else 0, e)
+                m = rx.search(buf, e - maxw if e > maxw else 0, e)
                 if m is None:
+                    continue
+                if req and not all(m.group(g).upper() in words for g, words in req):
                     continue
                 s = m.start()
                 v = m.group()
-            if p.validator is not None and not p.validator(v):
+            if vfn is not None and not vfn(v):
                 continue
+            if not ctx:
+                ctx = self._column_context(buf, base, s, rk, si)
+                if not ctx and not rmask:
+                    continue
             start = s + base
-            # which record does the value belong to?
-            if mode == "lines":
-                r = buf.rfind(b"\n", 0, s)
-                rk = r + base if r >= 0 else line_start
-            elif mode == "json":
-                rk = self._json_rec
-            else:
-                lo = s - maxrec if s > maxrec else 0
-                rk = max(buf.rfind(t, lo, s) for t in _HTML_ROW_TAGS)
-                rk = rk + base if rk >= 0 else lo + base
-            if start - rk > maxrec:
-                rk += (start - rk) // maxrec * maxrec
-            if rk != self._rec_key:
-                if rec:
-                    self._finish_record()
-                    rec = self._rec
-                self._rec_key = rk
-            ctx = False
-            if p.needs_ctx:
-                ctx = start - last_hot[p.sig] <= window or self._column_context(buf, base, s, rk, p.sig)
             # the raw value stays only until its record is decided, and only while samples are wanted
-            keep = v if len(self._samples[p.sig]) < SAMPLES_PER_SIGNATURE else None
-            if rec and rec[-1][0].sig == p.sig and rec[-1][3] == start:
-                rec[-1] = (p, hash(v), ctx, start, keep)   # longer match, same start: keep the longest
+            entry = (si, cat, ctx, rmask, hash(v), start, v if want[si] else None)
+            if rec and rec[-1][0] == si and rec[-1][5] == start:
+                rec[-1] = entry              # a longer match from the same start: keep the longest
             else:
-                rec.append((p, hash(v), ctx, start, keep))
+                rec.append(entry)
+        self._rec = rec
+        self._rec_key = rec_key
 
     def _sample(self, si: int, v: bytes) -> None:
+        samples = self._samples[si]
         fp = fingerprint(self.key, v)
-        if all(x.fingerprint != fp for x in self._samples[si]):
-            self._samples[si].append(Sample(redact(v), fp))
+        if all(x.fingerprint != fp for x in samples):
+            samples.append(Sample(redact(v), fp))
+            if len(samples) >= SAMPLES_PER_SIGNATURE:
+                self._want_sample[si] = False
 
     # -- context --------------------------------------------------------------------------------
-    def _header_hotword(self, buf: bytes, base: int, end: int, si: int) -> None:
+    def _header_hotword(self, buf: bytes, base: int, end: int, si: int) -> bool:
         """A hotword in a CSV/TSV header line or an HTML <th> names a column for later rows."""
         e = end - base - 1
         if self._mode == "html":
             lo = max(0, e - 4096)
             if buf.rfind(b"<th", lo, e) <= buf.rfind(b"</th", lo, e):
-                return
+                return False
             row = max(buf.rfind(b"<tr", lo, e), buf.rfind(b"<TR", lo, e))
             col = buf.count(b"<th", row, e) + buf.count(b"<TH", row, e) - 1
             self._th_cols.setdefault(col, set()).add(si)
-            return
-        if self._line_start >= 0 or buf.rfind(b"\n", 0, e) >= 0 or base > 0:
-            return                                     # not the first line of this part
+            self._header_sigs.add(si)
+            return True
+        if not self._tabular or self._line_start >= 0 or buf.rfind(b"\n", 0, e) >= 0 or base > 0:
+            return False                               # not the first line of a table
         col = self._column_of(buf, 0, e)
         self._col_sigs.setdefault(col, set()).add(si)
+        self._header_sigs.add(si)
+        return True
 
     def _column_of(self, buf: bytes, row_start: int, pos: int) -> int:
         prefix = buf[row_start:pos]
@@ -321,44 +387,55 @@ class ExchangeScanner:
 
     # -- records and verdict -----------------------------------------------------------------------
     def _finish_record(self) -> None:
+        """Decide which values of the record count, then count them and the record."""
         rec = self._rec
         if not rec:
             return
         self._rec = []
         uncond = 0
-        for p, h, ctx, _, _ in rec:
-            if not p.needs_ctx or ctx:
-                uncond |= p.cat
-        cats = 0
-        name = place = False
-        hashes = []
+        for t in rec:
+            if t[2]:
+                uncond |= t[1]
+        header = self._header_sigs
         ignored = self._ignored
-        for p, h, ctx, _, raw in rec:
-            if p.needs_ctx and not ctx and not (p.rec_mask & uncond):
+        distinct = self._distinct
+        kinds = self._kindbits
+        cats = 0
+        kind = 0
+        hashes = []
+        for si, cat, ctx, rmask, h, _, raw in rec:
+            # record context stands in for a hotword, unless a header names this signature's
+            # column (then the header is authoritative: an issue date beside a DOB column is not a DOB)
+            if not ctx and not (rmask & uncond and si not in header):
                 continue
-            si = p.sig
             if ignored[si]:
                 continue
-            if raw is not None and len(self._samples[si]) < SAMPLES_PER_SIGNATURE:
-                self._sample(si, raw)
-            d = self._distinct[si]
+            if h is None:                     # deferred: extract and validate now
+                raw = _extract(*raw)
+                if raw is None:
+                    continue
+                h = hash(raw)
+                if not self._want_sample[si]:
+                    raw = None
+            d = distinct[si]
             if h not in d:
                 if len(d) < DISTINCT_CAP:
                     d.add(h)
                 else:
                     self._capped = True
-                if p.cat == STRONG:
+                if cat == STRONG:
                     self._strong_values += 1
-                elif p.cat == CONTACT:
+                elif cat == CONTACT:
                     self._contact_values += 1
-            cats |= p.cat
-            name = name or self._kind_name[si]
-            place = place or self._kind_place[si]
+            if raw is not None:
+                self._sample(si, raw)
+            cats |= cat
+            kind |= kinds[si]
             hashes.append(h)
         if not hashes:
             return
         is_strong = cats & STRONG and cats & QUASI
-        is_person = name and place
+        is_person = kind == 3                 # a name and a DOB or address
         if is_strong or is_person:
             fp = hash(tuple(sorted(hashes)))
             if is_strong:

@@ -1,0 +1,189 @@
+"""``dlp-sensor``: scan files before they are published, and manage the signature pack."""
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+import click
+import orjson
+
+from sensor import __version__
+from sensor.cli.output import FileReport, sarif, write_json_line, write_text
+from sensor.decode.limits import DecodeLimits
+from sensor.detect.engine import Engine
+from sensor.detect.keys import load_key
+from sensor.detect.pack import PackError, load_pack
+from sensor.detect.policy import Policy, PolicyError, load_policy
+from sensor.pipeline import BodyScan, Exchange
+
+READ_SIZE = 1 << 16
+
+
+def _engine(signatures: tuple[str, ...], no_default: bool) -> Engine:
+    try:
+        return Engine(load_pack([Path(p) for p in signatures], include_default=not no_default))
+    except PackError as e:
+        raise click.ClickException(f"signature pack: {e}") from None
+
+
+def _walk(paths: tuple[str, ...]) -> Iterator[tuple[str, str | None]]:
+    """(path, problem) for every regular file under the given paths; symlinks are not followed."""
+    for p in paths:
+        if p == "-":
+            yield "-", None
+            continue
+        try:
+            st = os.stat(p)
+        except OSError as e:
+            yield p, f"cannot read: {e.strerror}"
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            for root, dirs, files in os.walk(p, onerror=None):
+                dirs.sort()
+                for f in sorted(files):
+                    full = os.path.join(root, f)
+                    try:
+                        lst = os.lstat(full)
+                    except OSError as e:
+                        yield full, f"cannot read: {e.strerror}"
+                        continue
+                    if stat.S_ISREG(lst.st_mode):
+                        yield full, None
+        elif stat.S_ISREG(st.st_mode):
+            yield p, None
+        else:
+            yield p, "not a regular file"
+
+
+def scan_stream(fh: BinaryIO, engine: Engine, policy: Policy, key: bytes, limits: DecodeLimits,
+                name: str, stop_on_trip: bool = False) -> FileReport:
+    body = BodyScan(engine, policy, key=key, exchange=Exchange(url=name, path=name), limits=limits,
+                    stop_on_trip=stop_on_trip)
+    while True:
+        chunk = fh.read(READ_SIZE)
+        if not chunk:
+            break
+        if body.write(chunk) == "trip" and stop_on_trip:
+            break
+    return FileReport(name, body.finish())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dlp-sensor")
+def main() -> None:
+    """dlp-sensor: find personal-data leaks in files and HTTP responses as they stream by."""
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "sarif"]), default="text", show_default=True)
+@click.option("--policy", "policy_file", type=click.Path(dir_okay=False), help="Policy YAML (thresholds, routes, allowlist).")
+@click.option("--signatures", multiple=True, type=click.Path(), help="Extra signature pack (file or directory); repeatable.")
+@click.option("--no-default-signatures", is_flag=True, help="Use only the packs given with --signatures.")
+@click.option("--stop-on-trip", is_flag=True, help="Stop reading a file as soon as it trips (counts are then partial).")
+@click.option("--max-decoded-bytes", type=int, default=DecodeLimits.max_decoded_bytes, show_default=True)
+@click.option("--max-ratio", type=float, default=DecodeLimits.max_ratio, show_default=True)
+@click.option("--max-depth", type=int, default=DecodeLimits.max_depth, show_default=True)
+@click.option("--state-dir", type=click.Path(file_okay=False), help="Where the HMAC key lives (default ~/.local/state/dlp-sensor).")
+def scan(paths: tuple[str, ...], fmt: str, policy_file: str | None, signatures: tuple[str, ...],
+         no_default_signatures: bool, stop_on_trip: bool, max_decoded_bytes: int, max_ratio: float,
+         max_depth: int, state_dir: str | None) -> None:
+    """Scan files, directories (recursively) or - (stdin) for personal-data leaks.
+
+    Exit status: 0 nothing tripped, 1 something tripped, 2 on error (bad pack or policy, or a
+    file that could not be read while nothing tripped).
+    """
+    engine = _engine(signatures, no_default_signatures)
+    try:
+        policy = load_policy(Path(policy_file) if policy_file else None, {s.id for s in engine.signatures})
+        key = load_key(None, Path(state_dir) if state_dir else None)
+    except (PolicyError, ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    limits = DecodeLimits(max_decoded_bytes=max_decoded_bytes, max_ratio=max_ratio, max_depth=max_depth)
+    out = click.get_text_stream("stdout")
+    color = fmt == "text" and out.isatty()
+    files = list(_walk(paths))
+    show_bar = fmt == "text" and sys.stderr.isatty() and len(files) > 1
+    reports: list[FileReport] = []
+
+    def one(path: str, problem: str | None) -> FileReport:
+        if problem:
+            return FileReport(path, None, problem)
+        try:
+            if path == "-":
+                return scan_stream(sys.stdin.buffer, engine, policy, key, limits, "-", stop_on_trip)
+            with open(path, "rb") as fh:
+                return scan_stream(fh, engine, policy, key, limits, path, stop_on_trip)
+        except OSError as e:
+            return FileReport(path, None, f"cannot read: {e.strerror}")
+
+    def emit(rep: FileReport) -> None:
+        reports.append(rep)
+        if fmt == "json":
+            write_json_line(rep, out)
+        elif fmt == "text" and (rep.verdict != "pass" or not show_bar or rep.result is None or rep.result.notes):
+            write_text(rep, out, color)
+
+    if show_bar:
+        with click.progressbar(files, label="scanning", file=sys.stderr, show_pos=True,
+                               item_show_func=lambda f: f[0][-40:] if f else None) as bar:
+            for path, problem in bar:
+                emit(one(path, problem))
+    else:
+        for path, problem in files:
+            emit(one(path, problem))
+
+    tripped = sum(r.verdict == "trip" for r in reports)
+    alerted = sum(r.verdict == "alert" for r in reports)
+    errors = sum(r.result is None for r in reports)
+    if fmt == "sarif":
+        out.write(orjson.dumps(sarif(reports, engine), option=orjson.OPT_INDENT_2).decode() + "\n")
+    elif fmt == "text":
+        out.write(f"{len(reports)} file(s): {tripped} tripped, {alerted} alerted, {errors} unreadable\n")
+    sys.exit(1 if tripped else 2 if errors else 0)
+
+
+@main.group()
+def signatures() -> None:
+    """List the signature pack or run its examples."""
+
+
+@signatures.command("list")
+@click.option("--signatures", "extra", multiple=True, type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def sig_list(extra: tuple[str, ...], fmt: str) -> None:
+    """List every signature: id, category, severity, patterns, validator, hotwords."""
+    engine = _engine(extra, False)
+    for s in engine.signatures:
+        if fmt == "json":
+            click.echo(orjson.dumps({"id": s.id, "name": s.name, "severity": s.severity, "category": s.category,
+                                     "kind": s.kind, "validator": s.validator, "hotwords": list(s.hotwords),
+                                     "patterns": len(s.patterns), "origin": s.origin}).decode())
+        else:
+            ctx = " (context)" if any(p.needs_context for p in s.patterns) else ""
+            click.echo(f"{s.id:22} {s.category:9} {s.severity:6} {len(s.patterns):3} expr  "
+                       f"{s.validator or '-':6} {s.name}{ctx}")
+    click.echo(f"{len(engine.signatures)} signatures, {engine.n_values} expressions, "
+               f"database {'from cache' if engine.cache_hit else 'compiled'} ({engine.cache_path})", err=True)
+
+
+@signatures.command("test")
+@click.option("--signatures", "extra", multiple=True, type=click.Path())
+@click.option("--only", multiple=True, help="Signature id(s) to test.")
+def sig_test(extra: tuple[str, ...], only: tuple[str, ...]) -> None:
+    """Run every signature's examples (must match) and negative examples (must not)."""
+    from sensor.detect.selftest import run_examples
+
+    engine = _engine(extra, False)
+    n, failures = run_examples(engine, set(only) or None)
+    for f in failures:
+        click.echo(f"FAIL {f}")
+    click.echo(f"{n - len(failures)} passed, {len(failures)} failed")
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,334 @@
+"""Containers found by magic bytes: gzip files, zip and the zip-based office formats, UTF-16 text.
+
+A zip cannot be read in order (its directory is at the end), so it is spooled — in memory up to
+8 MiB, then to a temporary file, never beyond ``max_container_bytes`` — and read when complete.
+Office files are turned back into text that keeps their structure: spreadsheet rows become
+tab-separated lines (shared strings resolved), document paragraphs and table rows become lines,
+so that the scanner sees records and header columns as it does in a CSV.
+"""
+from __future__ import annotations
+
+import codecs
+import re
+import tempfile
+import zipfile
+import zlib
+from typing import IO, Callable, Iterator, Protocol
+from xml.etree.ElementTree import ParseError, iterparse
+
+from sensor.decode.encodings import GzipDecoder
+from sensor.decode.limits import Budget, CorruptInput, LimitExceeded
+
+ZIP_MAGIC = b"PK\x03\x04"
+EMPTY_ZIP_MAGIC = b"PK\x05\x06"
+GZIP_MAGIC = b"\x1f\x8b"
+SPOOL_MEMORY = 8 << 20
+
+
+class PartSink(Protocol):
+    """The scanner side: a new part starts a fresh stream (new file in an archive)."""
+
+    def begin_part(self, mode: str | None = None, name: str | None = None) -> None: ...
+    def feed(self, data: bytes) -> object: ...
+
+
+class Sniffer:
+    """Looks at the first bytes of a stream and routes it: container, gzip, UTF-16 or text."""
+
+    def __init__(self, out: PartSink, budget: Budget, depth: int = 0, name: str | None = None,
+                 notes: list[str] | None = None, stop: Callable[[], bool] = lambda: False):
+        self.out = out
+        self.budget = budget
+        self.depth = depth
+        self.name = name
+        self.notes = notes if notes is not None else []
+        self.stop = stop
+        self._head = b""
+        self._route: object = None
+        self.kind = "unknown"
+
+    def write(self, data: bytes) -> None:
+        if self._route is None:
+            self._head += data
+            if len(self._head) < 4:
+                return
+            data, self._head = self._head, b""
+            self._choose(data[:4])
+        self._route.write(data)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        if self._route is None:
+            data, self._head = self._head, b""
+            self._choose(data[:4])
+            if data:
+                self._route.write(data)  # type: ignore[attr-defined]
+        self._route.close()  # type: ignore[attr-defined]
+
+    def _choose(self, magic: bytes) -> None:
+        if magic.startswith(ZIP_MAGIC) or magic.startswith(EMPTY_ZIP_MAGIC):
+            self.budget.check_depth(self.depth + 1)
+            self.kind = "zip"
+            self._route = ZipSpool(self)
+        elif magic.startswith(GZIP_MAGIC):
+            self.budget.check_depth(self.depth + 1)
+            self.kind = "gzip"
+            inner = Sniffer(self.out, self.budget, self.depth + 1, self.name, self.notes, self.stop)
+            self._route = _GzipFile(inner, self.budget, self.notes)
+        elif magic.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            self.kind = "utf-16"
+            self._route = _Utf16(self.out)
+        else:
+            self.kind = "text"
+            self._route = _Text(self.out)
+
+
+class _Text:
+    def __init__(self, out: PartSink):
+        self.out = out
+
+    def write(self, data: bytes) -> None:
+        self.out.feed(data)
+
+    def close(self) -> None:
+        pass
+
+
+class _Utf16:
+    """UTF-16 text would slip past ASCII patterns: transcode to UTF-8 as it streams."""
+
+    def __init__(self, out: PartSink):
+        self.out = out
+        self._dec = codecs.getincrementaldecoder("utf-16")(errors="replace")
+
+    def write(self, data: bytes) -> None:
+        self.out.feed(self._dec.decode(data).encode("utf-8"))
+
+    def close(self) -> None:
+        self.out.feed(self._dec.decode(b"", final=True).encode("utf-8"))
+
+
+class _GzipFile(GzipDecoder):
+    def __init__(self, sink: Sniffer, budget: Budget, notes: list[str]):
+        super().__init__(sink, budget, wbits=31)
+        self.notes = notes
+
+    def close(self) -> None:
+        super().close()
+        if self.truncated:
+            self.notes.append("truncated:gzip (stream ended early; scanned what arrived)")
+
+
+class ZipSpool:
+    """Collect a zip (bounded), then scan each member, office formats as text."""
+
+    def __init__(self, sniffer: Sniffer):
+        self.s = sniffer
+        self.size = 0
+        self.file: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.s.budget.limits.max_container_bytes:
+            raise LimitExceeded("container-bytes", f"zip larger than {self.s.budget.limits.max_container_bytes} bytes")
+        self.file.write(data)
+
+    def close(self) -> None:
+        try:
+            self._scan()
+        finally:
+            self.file.close()
+
+    def _scan(self) -> None:
+        s = self.s
+        self.file.seek(0)
+        try:
+            zf = zipfile.ZipFile(self.file)
+        except (zipfile.BadZipFile, OSError, ValueError) as e:
+            raise CorruptInput("zip", f"unreadable zip ({e})") from None
+        with zf:
+            infos = [i for i in zf.infolist() if not i.is_dir()]
+            if len(infos) > s.budget.limits.max_members:
+                raise LimitExceeded("members", f"more than {s.budget.limits.max_members} members")
+            names = {i.filename for i in infos}
+            if "xl/workbook.xml" in names:
+                s.kind = "xlsx"
+                _xlsx(zf, names, s)
+            elif "word/document.xml" in names:
+                s.kind = "docx"
+                _office_text(zf, "word/document.xml", s)
+            elif "content.xml" in names and "mimetype" in names:
+                s.kind = "odf"
+                _office_text(zf, "content.xml", s)
+            else:
+                for info in infos:
+                    if s.stop():
+                        return
+                    inner = Sniffer(s.out, s.budget, s.depth + 1, info.filename, s.notes, s.stop)
+                    s.out.begin_part(None, info.filename)
+                    for piece in _member_pieces(zf, info, s):
+                        inner.write(piece)
+                    inner.close()
+
+
+def _member_pieces(zf: zipfile.ZipFile, info: zipfile.ZipInfo, s: Sniffer) -> Iterator[bytes]:
+    """A member's bytes in pieces, metered: a lying header or a bomb cannot run away."""
+    lim = s.budget.limits
+    if info.compress_size and info.file_size / info.compress_size > lim.max_ratio and info.file_size > lim.ratio_grace_bytes:
+        raise LimitExceeded("ratio", f"member declares {info.file_size // max(info.compress_size, 1)}:1 expansion")
+    try:
+        with zf.open(info) as fh:
+            while True:
+                piece = fh.read(lim.piece)
+                if not piece:
+                    return
+                s.budget.take(len(piece))
+                yield piece
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+        raise CorruptInput("zip", f"member {len(s.notes)} unreadable ({type(e).__name__}: {e})") from None
+    except NotImplementedError as e:
+        s.notes.append(f"decode-error:zip (member skipped: {e})")
+
+
+class _MeteredReader:
+    """A file-like view of a zip member for XML parsers, metered against the budget."""
+
+    def __init__(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo, s: Sniffer):
+        self._it = _member_pieces(zf, info, s)
+        self._buf = b""
+
+    def read(self, n: int = -1) -> bytes:
+        while n < 0 or len(self._buf) < n:
+            piece = next(self._it, None)
+            if piece is None:
+                break
+            self._buf += piece
+        if n < 0:
+            out, self._buf = self._buf, b""
+        else:
+            out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+
+class _Lines:
+    """Batch text lines into pieces before they reach the scanner."""
+
+    def __init__(self, out: PartSink, piece: int):
+        self.out = out
+        self.piece = piece
+        self.parts: list[str] = []
+        self.size = 0
+
+    def add(self, text: str) -> None:
+        self.parts.append(text)
+        self.size += len(text)
+        if self.size >= self.piece:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.parts:
+            self.out.feed("".join(self.parts).encode("utf-8", "replace"))
+            self.parts, self.size = [], 0
+
+
+def _local(tag: str) -> str:
+    return tag.rpartition("}")[2]
+
+
+_COL = re.compile(r"[A-Z]+")
+
+
+def _col_index(ref: str | None, fallback: int) -> int:
+    m = _COL.match(ref or "")
+    if not m:
+        return fallback
+    n = 0
+    for ch in m.group():
+        n = n * 26 + ord(ch) - 64
+    return n - 1
+
+
+def _parse(reader: _MeteredReader, what: str) -> Iterator[tuple[str, object]]:
+    try:
+        yield from iterparse(reader, events=("start", "end"))  # type: ignore[arg-type]
+    except ParseError as e:
+        raise CorruptInput(what, f"malformed XML ({e.msg if hasattr(e, 'msg') else e})") from None
+
+
+def _xlsx(zf: zipfile.ZipFile, names: set[str], s: Sniffer) -> None:
+    shared: list[str] = []
+    if "xl/sharedStrings.xml" in names:
+        buf: list[str] = []
+        for ev, el in _parse(_MeteredReader(zf, zf.getinfo("xl/sharedStrings.xml"), s), "xlsx"):
+            tag = _local(el.tag)  # type: ignore[attr-defined]
+            if ev == "end" and tag == "t":
+                buf.append(el.text or "")  # type: ignore[attr-defined]
+            elif ev == "end" and tag == "si":
+                shared.append("".join(buf).replace("\t", " ").replace("\n", " "))
+                buf = []
+                el.clear()  # type: ignore[attr-defined]
+    sheets = sorted((n for n in names if n.startswith("xl/worksheets/") and n.endswith(".xml")),
+                    key=lambda n: (len(n), n))
+    max_cols = 16384
+    for sheet in sheets:
+        if s.stop():
+            return
+        s.out.begin_part("lines", sheet)
+        lines = _Lines(s.out, s.budget.limits.piece)
+        row: dict[int, str] = {}
+        ctype = None
+        ref = None
+        value: str | None = None
+        for ev, el in _parse(_MeteredReader(zf, zf.getinfo(sheet), s), "xlsx"):
+            tag = _local(el.tag)  # type: ignore[attr-defined]
+            if ev == "start":
+                if tag == "c":
+                    ctype, ref, value = el.get("t"), el.get("r"), None  # type: ignore[attr-defined]
+                continue
+            if tag in ("v", "t"):
+                value = (value or "") + (el.text or "")  # type: ignore[attr-defined]
+            elif tag == "c":
+                if value is not None:
+                    if ctype == "s":
+                        try:
+                            value = shared[int(value)]
+                        except (ValueError, IndexError):
+                            value = ""
+                    col = min(_col_index(ref, len(row)), max_cols)
+                    row[col] = value.replace("\t", " ").replace("\n", " ")
+                el.clear()  # type: ignore[attr-defined]
+            elif tag == "row":
+                if row:
+                    width = max(row) + 1
+                    lines.add("\t".join(row.get(i, "") for i in range(width)) + "\n")
+                row = {}
+                el.clear()  # type: ignore[attr-defined]
+        lines.flush()
+
+
+_PARAGRAPHS = {"p", "h"}                   # docx w:p; odf text:p / text:h
+_CELLS = {"tc", "table-cell"}
+_ROWS = {"tr", "table-row"}
+
+
+def _office_text(zf: zipfile.ZipFile, member: str, s: Sniffer) -> None:
+    """Paragraphs become lines; table cells become tab-separated columns of one line per row."""
+    s.out.begin_part("lines", member)
+    lines = _Lines(s.out, s.budget.limits.piece)
+    in_cell = 0
+    for ev, el in _parse(_MeteredReader(zf, zf.getinfo(member), s), "office"):
+        tag = _local(el.tag)  # type: ignore[attr-defined]
+        if ev == "start":
+            in_cell += tag in _CELLS
+            continue
+        if tag in _PARAGRAPHS:
+            text = "".join(el.itertext()).replace("\t", " ")  # type: ignore[attr-defined]
+            lines.add(text + (" " if in_cell else "\n"))
+            el.clear()  # type: ignore[attr-defined]
+        elif tag in _CELLS:
+            in_cell -= 1
+            lines.add("\t")
+            el.clear()  # type: ignore[attr-defined]
+        elif tag in _ROWS:
+            lines.add("\n")
+            el.clear()  # type: ignore[attr-defined]
+    lines.flush()

@@ -1,0 +1,98 @@
+"""One body, start to verdict: Content-Encoding decoders -> container sniffer -> stream scanner.
+
+Every tap (and the ``scan`` CLI) turns its protocol into an :class:`Exchange` plus body chunks
+and drives a :class:`BodyScan`; nothing right of here knows where the bytes came from. Decoding
+problems never escape: they become notes on the result and decoding of that body stops.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sensor.decode.containers import Sniffer
+from sensor.decode.encodings import chain, parse_content_encoding
+from sensor.decode.limits import Budget, DecodeLimits, DecodeProblem
+from sensor.detect.engine import Engine
+from sensor.detect.policy import Policy
+from sensor.detect.scanner import ExchangeScanner, ScanResult
+
+
+@dataclass
+class Exchange:
+    """What a tap knows about one response, whatever the protocol."""
+    url: str = ""
+    method: str = "GET"
+    status: int = 200
+    content_type: str = ""
+    content_encoding: str = ""
+    client: str = ""
+    path: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _mode_for(content_type: str) -> str | None:
+    ct = content_type.split(";")[0].strip().lower()
+    if ct.endswith("json") or ct.endswith("+json"):
+        return "json"
+    if ct in ("text/html", "application/xhtml+xml"):
+        return "html"
+    if ct.startswith("text/"):
+        return "lines"
+    return None
+
+
+class BodyScan:
+    """Drive one body through decode and detect; read ``verdict`` after any :meth:`write`."""
+
+    def __init__(self, engine: Engine, policy: Policy, *, key: bytes, exchange: Exchange | None = None,
+                 limits: DecodeLimits | None = None, stop_on_trip: bool = False, scratch=None):
+        self.exchange = exchange or Exchange()
+        self.policy = policy.for_path(self.exchange.path)
+        self.scanner = ExchangeScanner(engine, self.policy, key=key, scratch=scratch, stop_on_trip=stop_on_trip)
+        self.scanner.begin_part(_mode_for(self.exchange.content_type))
+        self.notes: list[str] = []
+        self.budget = Budget(limits or DecodeLimits())
+        self.received = 0
+        self.stopped = False        # decoding gave up (limit or corrupt input); see notes
+        stop = (lambda: self.scanner.verdict == "trip") if stop_on_trip else (lambda: False)
+        self.sniffer = Sniffer(self.scanner, self.budget, 0, None, self.notes, stop)
+        self._top = self.sniffer
+        self._stages: list = []
+        try:
+            self._top, self._stages = chain(parse_content_encoding(self.exchange.content_encoding),
+                                            self.sniffer, self.budget)
+        except DecodeProblem as e:
+            self._stop(e)
+
+    @property
+    def verdict(self) -> str:
+        return self.scanner.verdict
+
+    def _stop(self, e: DecodeProblem) -> None:
+        self.stopped = True
+        self.notes.append(e.note)
+
+    def write(self, data: bytes) -> str:
+        self.received += len(data)
+        self.budget.received += len(data)
+        if not self.stopped and data:
+            try:
+                self._top.write(data)
+            except DecodeProblem as e:
+                self._stop(e)
+        return self.scanner.verdict
+
+    def finish(self) -> ScanResult:
+        if not self.stopped:
+            try:
+                self._top.close()
+            except DecodeProblem as e:
+                self._stop(e)
+        for st in self._stages:
+            if getattr(st, "truncated", False):
+                self.notes.append(f"truncated:{st.name} (stream ended early; scanned what arrived)")
+        result = self.scanner.finish()
+        result.bytes = self.received
+        if self.sniffer.kind not in ("text", "unknown"):
+            result.notes.insert(0, f"container:{self.sniffer.kind}")
+        result.notes.extend(self.notes)
+        return result

@@ -1,0 +1,123 @@
+"""Synthetic data for the demo, the tests and the benchmarks. Every person here is made up.
+
+``breach_csv`` has the fields of the 2022 firearms-dashboard leak as reported: name, date of
+birth, gender, race, California driver licence, address and criminal history — and no SSN. A fifth of the
+names are invented (not in the census lists) so that name detection is not given for free.
+``benign_web`` is what a public site serves all day: HTML, JS, JSON APIs and CSV statistics,
+dense in numbers, dates, prices and ids.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+_DATA = Path(__file__).resolve().parents[1] / "signatures" / "data"
+STREETS = ["MAIN", "OAK", "PINE", "MAPLE", "CEDAR", "ELM", "WASHINGTON", "LAKE", "HILL", "PARK", "SUNSET",
+           "MISSION", "LINCOLN", "JEFFERSON", "MADISON", "FOREST", "RIVER", "VALLEY", "CHURCH", "SPRING"]
+SUFFIXES = ["ST", "AVE", "RD", "BLVD", "DR", "LN", "CT", "WAY", "PL"]
+CITIES = ["SACRAMENTO", "LOS ANGELES", "SAN DIEGO", "FRESNO", "OAKLAND", "BAKERSFIELD", "ANAHEIM", "RIVERSIDE",
+          "STOCKTON", "MODESTO", "REDDING", "CHICO", "EUREKA", "VISALIA", "SALINAS", "EL CAJON"]
+COUNTIES = ["SACRAMENTO", "LOS ANGELES", "SAN DIEGO", "FRESNO", "ALAMEDA", "KERN", "ORANGE", "RIVERSIDE"]
+OFFENSES = ["PC 245(A)(1) ASSAULT W/DEADLY WEAPON", "PC 12022.1", "VC 23152(A) DUI", "HS 11350 POSSESSION",
+            "PC 273.5 DOMESTIC VIOLENCE", "PC 459 BURGLARY"]
+DISPOSITIONS = ["CONVICTED", "DISMISSED", "ARRESTED", "PROBATION"]
+BREACH_HEADER = ("permit_id,last_name,first_name,middle_initial,date_of_birth,gender,race,street_address,"
+                 "city,state,zip,driver_license,county,criminal_history,disposition\n")
+
+
+def _words(name: str) -> list[str]:
+    return [w.strip() for w in (_DATA / name).read_text().splitlines() if w.strip() and not w.startswith("#")]
+
+
+def _invented(rng: random.Random) -> str:
+    syl = ["ka", "lo", "vin", "dra", "mo", "zet", "qui", "bran", "tor", "shi", "pel", "gru"]
+    return "".join(rng.choice(syl) for _ in range(rng.randint(2, 3))).upper()
+
+
+def breach_rows(n: int, seed: int = 2022) -> list[str]:
+    rng = random.Random(seed)
+    firsts, lasts = _words("first-names.txt"), _words("surnames.txt")
+    rows = []
+    for i in range(n):
+        last = rng.choice(lasts) if rng.random() < 0.8 else _invented(rng)
+        first = rng.choice(firsts) if rng.random() < 0.8 else _invented(rng)
+        dob = f"{rng.randint(1, 12):02d}/{rng.randint(1, 28):02d}/{rng.randint(1940, 2003)}"
+        addr = f"{rng.randint(1, 29999)} {rng.choice(['', 'N ', 'S ', 'E ', 'W '])}{rng.choice(STREETS)} {rng.choice(SUFFIXES)}"
+        crim, disp = ("", "")
+        if rng.random() < 0.15:
+            crim, disp = rng.choice(OFFENSES), rng.choice(DISPOSITIONS)
+        rows.append(
+            f"{100000 + i},{last},{first},{rng.choice('ABCDEFGHJKLMNPRSTW')},{dob},{rng.choice('MF')},"
+            f"{rng.choice(['W', 'H', 'B', 'A', 'O'])},{addr},{rng.choice(CITIES)},CA,{rng.randint(90001, 96162)},"
+            f"{rng.choice('ABCDEFGNSUY')}{rng.randint(0, 9999999):07d},"
+            f"{rng.choice(COUNTIES)},{crim},{disp}\n")
+    return rows
+
+
+def breach_csv(n: int = 200_000, seed: int = 2022) -> bytes:
+    """A leak of ``n`` distinct people (the truth for record counting is ``n``)."""
+    return (BREACH_HEADER + "".join(breach_rows(n, seed))).encode()
+
+
+_LOREM = ("the county publishes statistics on permits issued each year along with processing times "
+          "and the number of applications received by each office please note that figures for the "
+          "current quarter are preliminary and will be revised when the audit is complete see the "
+          "methodology section for definitions of terms used throughout this dashboard").split()
+
+
+def _html_page(rng: random.Random) -> str:
+    rows = "".join(
+        f"<tr><td>{rng.choice(COUNTIES).title()}</td><td>{rng.randint(100, 99999):,}</td>"
+        f"<td>{rng.uniform(0, 100):.1f}%</td><td>20{rng.randint(10, 23)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}</td></tr>\n"
+        for _ in range(rng.randint(5, 30)))
+    paras = "".join(
+        "<p>" + " ".join(rng.choice(_LOREM) for _ in range(rng.randint(30, 90))).capitalize()
+        + f". Updated {rng.choice(['March', 'June', 'Sept.', 'Dec'])} {rng.randint(1, 28)}, 20{rng.randint(15, 23)}.</p>\n"
+        for _ in range(rng.randint(3, 10)))
+    return (f"<!doctype html><html><head><title>Permit statistics {rng.randint(1, 999)}</title>"
+            f"<script src=\"/static/app.{rng.getrandbits(32):08x}.js\"></script></head><body>"
+            f"<nav><a href=\"/\">Home</a> <a href=\"/data?page={rng.randint(1, 50)}\">Data</a></nav>\n{paras}"
+            f"<table><thead><tr><th>County</th><th>Permits</th><th>Share</th><th>Date</th></tr></thead>\n"
+            f"{rows}</table><footer>Contact the office at (916) 555-0{rng.randint(100, 199)}.</footer></body></html>\n")
+
+
+def _js(rng: random.Random) -> str:
+    fns = []
+    for i in range(rng.randint(5, 20)):
+        fns.append(f"function f{i}_{rng.getrandbits(16):x}(a,b){{var c=a*{rng.randint(1, 9999)}+b;"
+                   f"if(c>{rng.randint(1000, 99999)}){{return c%{rng.randint(2, 97)};}}"
+                   f"return Math.round(c*{rng.random():.6f});}}\n")
+    return "".join(fns)
+
+
+def _json_api(rng: random.Random) -> str:
+    items = ",".join(
+        f"{{\"id\":{rng.randint(1, 10**9)},\"county\":\"{rng.choice(COUNTIES).title()}\","
+        f"\"permits\":{rng.randint(0, 50000)},\"approved\":{rng.randint(0, 50000)},"
+        f"\"median_days\":{rng.uniform(1, 200):.2f},\"updated\":\"20{rng.randint(15, 23)}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}T{rng.randint(10, 23)}:{rng.randint(10, 59)}:00Z\","
+        f"\"ts\":{rng.randint(1500000000000, 1700000000000)},\"price\":{rng.uniform(1, 999):.2f}}}"
+        for _ in range(rng.randint(10, 60)))
+    return f"{{\"page\":{rng.randint(1, 99)},\"items\":[{items}]}}\n"
+
+
+def _csv_stats(rng: random.Random) -> str:
+    head = "year,quarter,county,applications,issued,denied,revoked,median_days\n"
+    return head + "".join(
+        f"{rng.randint(2010, 2023)},{rng.randint(1, 4)},{rng.choice(COUNTIES)},{rng.randint(0, 90000)},"
+        f"{rng.randint(0, 90000)},{rng.randint(0, 900)},{rng.randint(0, 90)},{rng.uniform(1, 300):.1f}\n"
+        for _ in range(rng.randint(20, 200)))
+
+
+def benign_web(size: int = 50 << 20, seed: int = 7) -> bytes:
+    """About ``size`` bytes of a public statistics site's traffic (a mix of the four kinds)."""
+    rng = random.Random(seed)
+    docs: list[str] = []
+    # generate a pool of documents, then sample from it with small edits to reach the size cheaply
+    for _ in range(400):
+        docs.append(rng.choice([_html_page, _html_page, _js, _json_api, _csv_stats])(rng))
+    out, total = [], 0
+    while total < size:
+        d = rng.choice(docs)
+        out.append(d)
+        total += len(d)
+    return "".join(out).encode()[:size]

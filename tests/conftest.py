@@ -1,0 +1,38 @@
+"""Shared fixtures. Tests use the real Hyperscan engine and the real default pack."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from sensor.detect.engine import Engine
+from sensor.detect.pack import load_pack
+from sensor.detect.policy import Policy
+from sensor.pipeline import BodyScan, Exchange
+
+KEY = bytes(range(32))
+
+
+def require_tool(name: str) -> str:
+    """Path of an external program; in CI its absence fails the test instead of skipping it."""
+    path = shutil.which(name)
+    if path:
+        return path
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{name} is required in CI (the Makefile installs it)")
+    pytest.skip(f"{name} not installed (CI fails instead of skipping)")
+
+
+@pytest.fixture(scope="session")
+def engine() -> Engine:
+    return Engine(load_pack())
+
+
+def scan_bytes(engine: Engine, data: bytes, *, chunk: int = 65536, policy: Policy | None = None,
+               content_type: str = "", content_encoding: str = "", path: str | None = None, **kw):
+    body = BodyScan(engine, policy or Policy(), key=KEY, exchange=Exchange(
+        content_type=content_type, content_encoding=content_encoding, path=path), **kw)
+    for i in range(0, len(data), chunk):
+        body.write(data[i:i + chunk])
+    return body.finish()

@@ -1,0 +1,163 @@
+"""The stream scanner: chunk boundaries, context, records, policy, never re-leaking."""
+from __future__ import annotations
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sensor.detect.policy import Policy, Route, Thresholds, parse_policy
+from sensor.synth import breach_csv
+from tests.conftest import scan_bytes
+
+MIXED = (b"name,dob,ssn,address,phone\n"
+         b"GARCIA,MARIA,03/14/1975,536-22-8714,1234 W MAIN ST,(916) 445-9555\n"
+         b"SMITH,JAMES,11/02/1962,412-55-1290,77 Elm Street,916-445-9556\n"
+         b"The applicant Maria Garcia wrote from maria.garcia@gmail.com; card 4539 1488 0343 6467.\n"
+         b"DOB: 1975-03-14 passport number A12345678 routing number 021000021 IBAN GB82WEST12345698765432\n"
+         b"JOHNSON, ROBERT, 55 OAK AVE, SACRAMENTO, CA 95814, DL D1234567, PC 245 CONVICTED\n")
+
+
+def test_value_split_across_chunks_is_found(engine):
+    doc = b"x" * 100 + b"applicant 536-22-8714 approved"
+    for cut in range(100, 125):
+        r = scan_bytes(engine, doc, chunk=cut)
+        assert r.findings.get("us-ssn") == 1, cut
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(min_value=1, max_value=len(MIXED) * 3), min_size=0, max_size=12))
+def test_any_split_gives_the_same_findings(engine, cuts):
+    doc = MIXED * 3
+    whole = scan_bytes(engine, doc, chunk=len(doc))
+    points = sorted(set(c for c in cuts if c < len(doc)))
+    from sensor.pipeline import BodyScan, Exchange
+    from tests.conftest import KEY
+    body = BodyScan(engine, Policy(), key=KEY, exchange=Exchange())
+    prev = 0
+    for p in points + [len(doc)]:
+        body.write(doc[prev:p])
+        prev = p
+    split = body.finish()
+    assert split.findings == whole.findings
+    assert (split.records, split.strong_records, split.person_records) == \
+        (whole.records, whole.strong_records, whole.person_records)
+    assert len(whole.findings) >= 10
+
+
+def test_mixed_document_finds_every_kind(engine):
+    r = scan_bytes(engine, MIXED)
+    for sid in ("us-ssn", "dob", "person-name", "us-street-address", "us-phone", "email", "payment-card",
+                "us-passport", "aba-routing", "iban", "us-driver-licence", "penal-code", "criminal-disposition"):
+        assert sid in r.findings, sid
+
+
+def test_repeated_value_counts_once(engine):
+    r = scan_bytes(engine, b"SSN 536-22-8714\n" * 500)
+    assert r.findings["us-ssn"] == 1
+
+
+def test_hotwords_are_whole_words(engine):
+    assert "us-driver-licence" not in scan_bytes(engine, b"duplicate D1234567").findings
+    assert "us-driver-licence" in scan_bytes(engine, b"lic D1234567").findings
+    assert "us-driver-licence" in scan_bytes(engine, b"driver_license: D1234567").findings
+
+
+def test_csv_header_column_gives_context_and_is_authoritative(engine):
+    doc = b"id,cdl,issued,date_of_birth\n" + b"".join(
+        b"%d,B%07d,01/0%d/2015,03/1%d/1975\n" % (i, i, i % 9 + 1, i % 9) for i in range(40))
+    r = scan_bytes(engine, doc)
+    assert r.findings["us-driver-licence"] == 40
+    # the dates under "issued" are not DOBs even though each row carries a strong identifier
+    assert r.findings["dob"] == 9
+
+
+def test_quoted_csv_columns(engine):
+    doc = b'name,note,dob\n"GARCIA, MARIA","a, b, c",03/14/1975\n'
+    assert scan_bytes(engine, doc).findings.get("dob") == 1
+
+
+def test_html_th_columns_give_context(engine):
+    rows = "".join(f"<tr><td>Person {i}</td><td>0{i % 9 + 1}/1{i % 9}/1970</td></tr>\n" for i in range(30))
+    doc = f"<html><table><tr><th>Name</th><th>Date of birth</th></tr>\n{rows}</table></html>".encode()
+    assert scan_bytes(engine, doc, content_type="text/html").findings.get("dob") == 9
+    plain = doc.replace(b"Date of birth", b"Updated")
+    assert "dob" not in scan_bytes(engine, plain, content_type="text/html").findings
+
+
+def test_records_group_values_of_one_person(engine):
+    one_line = b"GARCIA, MARIA 1234 W MAIN ST DL B1234567\n"
+    r = scan_bytes(engine, one_line)
+    assert r.strong_records == 1 and r.person_records == 1 and r.records == 1
+    spread = b"GARCIA, MARIA\n" + b"\n" * 3 + b"1234 W MAIN ST\n" + b"DL B1234567\n"
+    r = scan_bytes(engine, spread)
+    assert r.records == 0            # the values are on separate lines: no one person is exposed
+
+
+def test_json_records_are_objects_even_nested_and_pretty(engine):
+    people = [{"name": f"GARCIA, {n}", "address": {"street": f"{100 + i} W MAIN ST", "city": "SACRAMENTO"},
+               "dob": f"03/{10 + i}/1975", "dl": f"B{1234560 + i}"}
+              for i, n in enumerate(["MARIA", "JAMES", "ROBERT", "LINDA", "DAVID", "SUSAN", "MARY", "JOHN",
+                                     "PATRICIA", "MICHAEL", "BARBARA", "WILLIAM"])]
+    for opt in (0, orjson.OPT_INDENT_2):
+        doc = orjson.dumps({"results": people}, option=opt)
+        r = scan_bytes(engine, doc, content_type="application/json")
+        assert r.records == 12 and r.verdict == "trip", (opt, r)
+
+
+def test_contact_page_does_not_trip(engine):
+    page = (b"<html><body><h1>Contact us</h1><p>Front desk: (916) 445-9555, fax (916) 445-9556.</p>"
+            b"<p>Press: press@agency.ca.gov, records: records@agency.ca.gov</p>"
+            b"<p>Office: 1300 I Street, Sacramento, CA 95814</p><p>Director Maria Garcia</p></body></html>")
+    r = scan_bytes(engine, page, content_type="text/html")
+    assert r.verdict == "pass", r
+
+
+def test_default_policy_thresholds(engine):
+    rows = lambda n: b"".join(b"GARCIA, MARIA %d W MAIN ST DL B%07d\n" % (i + 1, i) for i in range(n))
+    assert scan_bytes(engine, rows(1)).verdict == "alert"
+    assert scan_bytes(engine, rows(9)).verdict == "alert"
+    assert scan_bytes(engine, rows(10)).verdict == "trip"
+    people = lambda n: b"".join(b"SMITH, JAMES %d W MAIN ST\n" % (i + 1) for i in range(n))
+    assert scan_bytes(engine, people(24)).verdict == "alert"
+    assert scan_bytes(engine, people(25)).verdict == "trip"
+
+
+def test_route_overrides_and_allowlist(engine):
+    policy = parse_policy({"routes": [{"match": "/profile/*", "allow": ["person-name", "us-street-address", "us-driver-licence"]},
+                                      {"match": "/export/*", "trip": {"strong_records": 2}}]})
+    doc = b"".join(b"GARCIA, MARIA %d W MAIN ST DL B%07d\n" % (i + 1, i) for i in range(3))
+    assert scan_bytes(engine, doc, policy=policy, path="/profile/me").verdict == "pass"
+    assert scan_bytes(engine, doc, policy=policy, path="/export/all").verdict == "trip"
+    assert scan_bytes(engine, doc, policy=policy, path="/other").verdict == "alert"
+
+
+def test_verdict_is_reached_mid_stream(engine):
+    data = breach_csv(20000)
+    r = scan_bytes(engine, data, stop_on_trip=True)
+    assert r.verdict == "trip"
+    assert r.trip_at_byte is not None and r.trip_at_byte <= 2 * 65536 < len(data)
+
+
+def test_results_never_carry_raw_values(engine):
+    r = scan_bytes(engine, MIXED)
+    text = orjson.dumps(r.to_json()).decode()
+    for raw in ("536-22-8714", "4539 1488 0343 6467", "maria.garcia@gmail.com", "GARCIA, MARIA", "A12345678",
+                "03/14/1975", "1234 W MAIN ST", "D1234567", "GB82WEST12345698765432"):
+        assert raw not in text, raw
+    assert any(s.fingerprint.startswith("hmac-sha256:") for s in r.samples["us-ssn"])
+
+
+def test_policy_errors_name_the_key():
+    import pytest
+
+    from sensor.detect.policy import PolicyError
+    with pytest.raises(PolicyError, match=r"policy.trip.strong_records: must be a whole number"):
+        parse_policy({"trip": {"strong_records": -1}})
+    with pytest.raises(PolicyError, match=r"unknown key\(s\) \['trips'\]"):
+        parse_policy({"trips": {}})
+    with pytest.raises(PolicyError, match=r"routes\[0\]: needs 'match'"):
+        parse_policy({"routes": [{"trip": {}}]})
+    with pytest.raises(PolicyError, match=r"unknown signature id"):
+        parse_policy({"allow": ["nope"]}, known_ids={"us-ssn"})
+    assert Policy().for_path("/x").trip == Thresholds(10, 25)
+    assert isinstance(Route(match="/a"), Route)
