@@ -1,6 +1,7 @@
 """``dlp-sensor``: scan files before they are published, and manage the signature pack."""
 from __future__ import annotations
 
+import fnmatch
 import os
 import stat
 import sys
@@ -22,14 +23,25 @@ from sensor.pipeline import BodyScan, Exchange
 READ_SIZE = 1 << 16
 
 
+class UsageProblem(click.ClickException):
+    """Bad pack, policy or key: exit 2 (1 means "something tripped")."""
+
+    exit_code = 2
+
+
 def _engine(signatures: tuple[str, ...], no_default: bool) -> Engine:
     try:
         return Engine(load_pack([Path(p) for p in signatures], include_default=not no_default))
     except PackError as e:
-        raise click.ClickException(f"signature pack: {e}") from None
+        raise UsageProblem(f"signature pack: {e}") from None
 
 
-def _walk(paths: tuple[str, ...]) -> Iterator[tuple[str, str | None]]:
+def _excluded(path: str, patterns: tuple[str, ...]) -> bool:
+    parts = Path(path).parts
+    return any(fnmatch.fnmatch(path, pat) or any(fnmatch.fnmatch(part, pat) for part in parts) for pat in patterns)
+
+
+def _walk(paths: tuple[str, ...], exclude: tuple[str, ...] = ()) -> Iterator[tuple[str, str | None]]:
     """(path, problem) for every regular file under the given paths; symlinks are not followed."""
     for p in paths:
         if p == "-":
@@ -42,9 +54,11 @@ def _walk(paths: tuple[str, ...]) -> Iterator[tuple[str, str | None]]:
             continue
         if stat.S_ISDIR(st.st_mode):
             for root, dirs, files in os.walk(p, onerror=None):
-                dirs.sort()
+                dirs[:] = sorted(d for d in dirs if not _excluded(os.path.join(root, d), exclude))
                 for f in sorted(files):
                     full = os.path.join(root, f)
+                    if _excluded(full, exclude):
+                        continue
                     try:
                         lst = os.lstat(full)
                     except OSError as e:
@@ -83,13 +97,14 @@ def main() -> None:
 @click.option("--policy", "policy_file", type=click.Path(dir_okay=False), help="Policy YAML (thresholds, routes, allowlist).")
 @click.option("--signatures", multiple=True, type=click.Path(), help="Extra signature pack (file or directory); repeatable.")
 @click.option("--no-default-signatures", is_flag=True, help="Use only the packs given with --signatures.")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files/directories whose name or path matches; repeatable.")
 @click.option("--stop-on-trip", is_flag=True, help="Stop reading a file as soon as it trips (counts are then partial).")
 @click.option("--max-decoded-bytes", type=int, default=DecodeLimits.max_decoded_bytes, show_default=True)
 @click.option("--max-ratio", type=float, default=DecodeLimits.max_ratio, show_default=True)
 @click.option("--max-depth", type=int, default=DecodeLimits.max_depth, show_default=True)
 @click.option("--state-dir", type=click.Path(file_okay=False), help="Where the HMAC key lives (default ~/.local/state/dlp-sensor).")
 def scan(paths: tuple[str, ...], fmt: str, policy_file: str | None, signatures: tuple[str, ...],
-         no_default_signatures: bool, stop_on_trip: bool, max_decoded_bytes: int, max_ratio: float,
+         no_default_signatures: bool, exclude: tuple[str, ...], stop_on_trip: bool, max_decoded_bytes: int, max_ratio: float,
          max_depth: int, state_dir: str | None) -> None:
     """Scan files, directories (recursively) or - (stdin) for personal-data leaks.
 
@@ -101,11 +116,11 @@ def scan(paths: tuple[str, ...], fmt: str, policy_file: str | None, signatures: 
         policy = load_policy(Path(policy_file) if policy_file else None, {s.id for s in engine.signatures})
         key = load_key(None, Path(state_dir) if state_dir else None)
     except (PolicyError, ValueError, OSError) as e:
-        raise click.ClickException(str(e)) from None
+        raise UsageProblem(str(e)) from None
     limits = DecodeLimits(max_decoded_bytes=max_decoded_bytes, max_ratio=max_ratio, max_depth=max_depth)
     out = click.get_text_stream("stdout")
     color = fmt == "text" and out.isatty()
-    files = list(_walk(paths))
+    files = list(_walk(paths, exclude))
     show_bar = fmt == "text" and sys.stderr.isatty() and len(files) > 1
     reports: list[FileReport] = []
 
@@ -184,6 +199,14 @@ def sig_test(extra: tuple[str, ...], only: tuple[str, ...]) -> None:
     click.echo(f"{n - len(failures)} passed, {len(failures)} failed")
     sys.exit(1 if failures else 0)
 
+
+def _register_demo() -> None:
+    from sensor.cli.demo import demo
+
+    main.add_command(demo)
+
+
+_register_demo()
 
 if __name__ == "__main__":
     main()

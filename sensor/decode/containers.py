@@ -23,6 +23,18 @@ ZIP_MAGIC = b"PK\x03\x04"
 EMPTY_ZIP_MAGIC = b"PK\x05\x06"
 GZIP_MAGIC = b"\x1f\x8b"
 SPOOL_MEMORY = 8 << 20
+SNIFF_HEAD = 64
+
+
+def _looks_utf16(head: bytes) -> bool:
+    """A BOM, and text after it: most high bytes NUL (binary that starts FF FE stays binary)."""
+    if head.startswith(codecs.BOM_UTF16_LE):
+        high = head[3::2]
+    elif head.startswith(codecs.BOM_UTF16_BE):
+        high = head[2::2]
+    else:
+        return False
+    return len(high) > 0 and high.count(0) >= 0.6 * len(high)
 
 
 class PartSink(Protocol):
@@ -50,16 +62,16 @@ class Sniffer:
     def write(self, data: bytes) -> None:
         if self._route is None:
             self._head += data
-            if len(self._head) < 4:
+            if len(self._head) < SNIFF_HEAD:
                 return
             data, self._head = self._head, b""
-            self._choose(data[:4])
+            self._choose(data[:SNIFF_HEAD])
         self._route.write(data)  # type: ignore[attr-defined]
 
     def close(self) -> None:
         if self._route is None:
             data, self._head = self._head, b""
-            self._choose(data[:4])
+            self._choose(data[:SNIFF_HEAD])
             if data:
                 self._route.write(data)  # type: ignore[attr-defined]
         self._route.close()  # type: ignore[attr-defined]
@@ -74,7 +86,7 @@ class Sniffer:
             self.kind = "gzip"
             inner = Sniffer(self.out, self.budget, self.depth + 1, self.name, self.notes, self.stop)
             self._route = _GzipFile(inner, self.budget, self.notes)
-        elif magic.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        elif _looks_utf16(magic):
             self.kind = "utf-16"
             self._route = _Utf16(self.out)
         else:

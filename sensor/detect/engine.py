@@ -50,6 +50,16 @@ def _cache_dir() -> Path:
     return Path(d)
 
 
+def _prune(cache: Path, keep: int) -> None:
+    """Old packs' databases are dead weight (a few MB each): keep the newest few."""
+    files = sorted(cache.glob("db-*.hsdb"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in files[keep:]:
+        try:
+            old.unlink()
+        except OSError:
+            pass
+
+
 class Engine:
     """A compiled pack. Shared by every scanner in a thread; each thread needs its own scratch."""
 
@@ -94,6 +104,7 @@ class Engine:
                 flags.append(hs.HS_FLAG_CASELESS)
         self.hot_base = self.n_values
         self.n_ids = len(exprs)
+        self.expressions, self.expression_flags = exprs, flags   # as compiled, id order
         self.max_width = max(p.maxw for p in self.patterns)
         self.hot_rx = [re.compile(hotword_expr(self.signatures[si].hotwords), re.I) for si in self.hot_sig]
         self.db = self._load_or_compile(exprs, flags, use_cache)
@@ -140,6 +151,7 @@ class Engine:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(hs.dumpb(db))
                 os.replace(tmp, path)
+                _prune(path.parent, keep=8)
             except OSError:
                 pass  # a read-only cache is not an error; we just compile next time too
         return db

@@ -36,7 +36,7 @@ SNIFF_BYTES = 4096
 _HS_CTX = object()   # a live, truthy context object for every Hyperscan call (see open_stream)
 
 
-def open_stream(db: hs.Database, handler: object) -> hs.Stream:
+def open_stream(db: hs.Database, handler: object, context: object = None) -> hs.Stream:
     """Open a Hyperscan stream outside a ``with`` block.
 
     hyperscan 0.9.1's ``Stream.__enter__`` returns ``self`` without a new reference (the caller's
@@ -45,7 +45,7 @@ def open_stream(db: hs.Database, handler: object) -> hs.Stream:
     The stream also borrows (does not own) its database, handler and context, and leaves the
     context uninitialised unless one is given: callers keep all three alive.
     """
-    st = hs.Stream(database=db, match_event_handler=handler, context=_HS_CTX)
+    st = hs.Stream(database=db, match_event_handler=handler, context=context or _HS_CTX)
     ctypes.pythonapi.Py_IncRef(ctypes.py_object(st))
     st.__enter__()
     return st

@@ -57,6 +57,27 @@ def luhn(v: bytes) -> bool:
     return total % 10 == 0
 
 
+# (prefix, lengths) of the card brands that carry personal accounts
+_PAN_BRANDS = (
+    ((b"4",), (13, 16, 19)),                                                          # Visa
+    (tuple(str(i).encode() for i in range(51, 56)) + tuple(str(i).encode() for i in range(2221, 2721)), (16,)),  # Mastercard
+    ((b"34", b"37"), (15,)),                                                          # Amex
+    ((b"6011", b"65") + tuple(str(i).encode() for i in range(644, 650)), (16, 19)),   # Discover
+    (tuple(str(i).encode() for i in range(3528, 3590)), (16, 19)),                    # JCB
+    ((b"300", b"301", b"302", b"303", b"304", b"305", b"36", b"38"), (14, 16)),       # Diners
+)
+
+
+def pan(v: bytes) -> bool:
+    """A card number: a real brand prefix with that brand's length, and Luhn."""
+    d = digits(v)
+    n = len(d)
+    for prefixes, lengths in _PAN_BRANDS:
+        if n in lengths and d.startswith(prefixes):
+            return luhn(d)
+    return False
+
+
 def aba(v: bytes) -> bool:
     d = digits(v)
     if len(d) != 9 or d == b"000000000":
@@ -145,5 +166,5 @@ def dob(v: bytes) -> bool:
 
 
 REGISTRY: dict[str, Validator] = {
-    "ssn": ssn, "luhn": luhn, "aba": aba, "iban": iban, "nanp": nanp, "email": email, "dob": dob,
+    "ssn": ssn, "luhn": luhn, "pan": pan, "aba": aba, "iban": iban, "nanp": nanp, "email": email, "dob": dob,
 }

@@ -1,0 +1,36 @@
+# Everything a fresh machine needs: `make test`, `make demo`, `make bench`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+# Debian packages later issues' tests need (squid, c-icap, prometheus, ...) are added here.
+APT_PACKAGES :=
+
+.PHONY: test demo bench clean apt
+
+$(STAMP): pyproject.toml requirements.lock
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required"'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --disable-pip-version-check -c requirements.lock -e '.[test]'
+	touch $(STAMP)
+
+apt:
+ifneq ($(strip $(APT_PACKAGES)),)
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi
+endif
+
+test: $(STAMP) apt
+	$(PY) -m pytest -q -p no:cacheprovider
+
+demo: $(STAMP)
+	$(VENV)/bin/dlp-sensor demo
+
+bench: $(STAMP)
+	$(PIP) install --quiet --disable-pip-version-check -c requirements.lock 'presidio-analyzer==2.2.366' \
+		|| echo "presidio-analyzer did not install: its row will say n/a"
+	$(PY) bench/engine.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

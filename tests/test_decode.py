@@ -1,0 +1,225 @@
+"""Decoders and containers: every encoding, stacked; bombs, corrupt and truncated input."""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import resource
+import subprocess
+import sys
+import textwrap
+import zipfile
+import zlib
+
+import brotli
+import pytest
+import zstandard
+
+from sensor.decode.limits import DecodeLimits
+from sensor.synth import breach_csv
+from tests.conftest import scan_bytes
+
+LEAK = breach_csv(300)
+
+
+def _raw_deflate(b: bytes) -> bytes:
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return c.compress(b) + c.flush()
+
+
+ENCODERS = {
+    "gzip": gzip.compress, "deflate": zlib.compress, "br": brotli.compress,
+    "zstd": lambda b: zstandard.ZstdCompressor().compress(b),
+}
+
+
+@pytest.mark.parametrize("coding", sorted(ENCODERS))
+def test_content_encodings_trip(engine, coding):
+    r = scan_bytes(engine, ENCODERS[coding](LEAK), content_encoding=coding, chunk=1000)
+    assert r.verdict == "trip" and r.records == 300 and r.decoded_bytes == len(LEAK), r.notes
+
+
+def test_raw_deflate_and_stacked_encodings(engine):
+    assert scan_bytes(engine, _raw_deflate(LEAK), content_encoding="deflate").records == 300
+    stacked = brotli.compress(gzip.compress(LEAK))                    # gzip applied first, then br
+    r = scan_bytes(engine, stacked, content_encoding="gzip, br", chunk=777)
+    assert r.records == 300 and not r.notes
+
+
+def test_concatenated_gzip_members(engine):
+    half = len(LEAK) // 2
+    cut = LEAK.index(b"\n", half) + 1
+    r = scan_bytes(engine, gzip.compress(LEAK[:cut]) + gzip.compress(LEAK[cut:]), content_encoding="gzip")
+    assert r.records == 300
+
+
+def test_unknown_content_encoding_is_a_note(engine):
+    r = scan_bytes(engine, b"whatever", content_encoding="compress")
+    assert any("unsupported coding" in n for n in r.notes)
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    bio = io.BytesIO()
+    with zipfile.ZipFile(bio, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return bio.getvalue()
+
+
+def test_gzip_file_zip_and_nested_trip(engine):
+    assert scan_bytes(engine, gzip.compress(LEAK)).records == 300                  # .csv.gz
+    r = scan_bytes(engine, _zip({"readme.txt": b"hello", "export/roster.csv": LEAK}))
+    assert r.records == 300 and r.notes[0] == "container:zip"
+    nested = _zip({"inner.zip": _zip({"roster.csv.gz": gzip.compress(LEAK)})})
+    assert scan_bytes(engine, nested).records == 300
+
+
+def test_depth_limit(engine):
+    data = LEAK
+    for _ in range(6):
+        data = _zip({"x.zip": data})
+    r = scan_bytes(engine, data, limits=DecodeLimits(max_depth=3))
+    assert any(n.startswith("decode-limit:depth") for n in r.notes)
+
+
+def _xlsx_shared(rows: list[list[str]]) -> bytes:
+    """An xlsx as Excel writes it: cells refer to a shared-strings table stored after the sheet."""
+    strings: dict[str, int] = {}
+    xml_rows = []
+    for r, row in enumerate(rows, 1):
+        cells = []
+        for c, text in enumerate(row):
+            if text:
+                idx = strings.setdefault(text, len(strings))
+                cells.append(f'<c r="{chr(65 + c) if c < 26 else "A" + chr(39 + c)}{r}" t="s"><v>{idx}</v></c>')
+        xml_rows.append(f'<row r="{r}">{"".join(cells)}</row>')
+    ns = 'xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"'
+    sheet = f'<?xml version="1.0"?><worksheet {ns}><sheetData>{"".join(xml_rows)}</sheetData></worksheet>'
+    sst = "".join(f"<si><t>{t}</t></si>" for t in strings)
+    shared = f'<?xml version="1.0"?><sst {ns} count="{len(strings)}">{sst}</sst>'
+    return _zip({"[Content_Types].xml": b"<Types/>", "xl/workbook.xml": f"<workbook {ns}/>".encode(),
+                 "xl/worksheets/sheet1.xml": sheet.encode(), "xl/sharedStrings.xml": shared.encode()})
+
+
+def test_xlsx_with_shared_strings_trips(engine):
+    data = _xlsx_shared([line.split(",") for line in LEAK.decode().splitlines()])
+    r = scan_bytes(engine, data)
+    assert r.notes[0] == "container:xlsx" and r.verdict == "trip" and r.records == 300
+
+
+def test_xlsx_written_by_openpyxl_trips(engine, tmp_path):
+    import openpyxl
+
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    for line in LEAK.decode().splitlines():
+        ws.append(line.split(","))
+    path = tmp_path / "roster.xlsx"
+    wb.save(path)
+    r = scan_bytes(engine, path.read_bytes())
+    assert r.notes[0] == "container:xlsx" and r.verdict == "trip" and r.records == 300
+
+
+def _docx(paragraphs: list[str], rows: list[list[str]]) -> bytes:
+    w = 'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
+    ps = "".join(f"<w:p><w:r><w:t>{p}</w:t></w:r></w:p>" for p in paragraphs)
+    trs = "".join("<w:tr>" + "".join(f"<w:tc><w:p><w:r><w:t>{c}</w:t></w:r></w:p></w:tc>" for c in r) + "</w:tr>"
+                  for r in rows)
+    doc = f'<?xml version="1.0"?><w:document {w}><w:body>{ps}<w:tbl>{trs}</w:tbl></w:body></w:document>'
+    return _zip({"[Content_Types].xml": b"<Types/>", "word/document.xml": doc.encode()})
+
+
+def _ods(rows: list[list[str]]) -> bytes:
+    ns = ('xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0" '
+          'xmlns:table="urn:oasis:names:tc:opendocument:xmlns:table:1.0" '
+          'xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0"')
+    trs = "".join("<table:table-row>" + "".join(f"<table:table-cell><text:p>{c}</text:p></table:table-cell>" for c in r)
+                  + "</table:table-row>" for r in rows)
+    content = f'<?xml version="1.0"?><office:document-content {ns}><office:body><office:spreadsheet><table:table>{trs}</table:table></office:spreadsheet></office:body></office:document-content>'
+    return _zip({"mimetype": b"application/vnd.oasis.opendocument.spreadsheet", "content.xml": content.encode()})
+
+
+def test_docx_and_ods_tables_keep_records(engine):
+    rows = [line.split(",") for line in LEAK.decode().splitlines()]
+    r = scan_bytes(engine, _docx(["Permit holders export", "Confidential"], rows))
+    assert r.notes[0] == "container:docx" and r.records == 300
+    r = scan_bytes(engine, _ods(rows))
+    assert r.notes[0] == "container:odf" and r.records == 300
+
+
+@pytest.mark.parametrize("label,data,expect", [
+    ("corrupt gzip", b"\x1f\x8b\x08\x00" + os.urandom(4000), "decode-error:gzip"),
+    ("truncated gzip", gzip.compress(LEAK)[:3000], "truncated:gzip"),
+    ("truncated zip", _zip({"a.csv": LEAK})[:2000], "decode-error:zip"),
+    ("zip with junk directory", b"PK\x03\x04" + b"\0" * 100, "decode-error:zip"),
+    ("malformed xlsx xml", _zip({"xl/workbook.xml": b"<w/>", "xl/worksheets/sheet1.xml": b"<row><c"}), "decode-error:xlsx"),
+])
+def test_bad_containers_give_notes_not_crashes(engine, label, data, expect):
+    r = scan_bytes(engine, data, chunk=997)
+    assert any(n.startswith(expect) for n in r.notes), (label, r.notes)
+
+
+def test_truncated_gzip_still_scans_what_arrived(engine):
+    data = gzip.compress(LEAK)
+    r = scan_bytes(engine, data[: len(data) * 2 // 3], content_encoding="gzip")
+    assert 0 < r.records < 300 and any(n.startswith("truncated:gzip") for n in r.notes)
+
+
+def test_random_binary_and_invalid_utf8_pass_quietly(engine):
+    rnd = os.urandom(300_000)
+    r = scan_bytes(engine, rnd)
+    assert r.verdict == "pass" and r.decoded_bytes == len(rnd)
+    bad_utf8 = b"\xfd\xfe\xff" + b"".join(
+        b"GARCIA, MARIA \xc3\x28 %d W MAIN ST \xa0 DL B%07d\n" % (i + 1, i) for i in range(20))
+    r = scan_bytes(engine, bad_utf8)
+    assert r.records == 20
+    fake_bom = b"\xff\xfe" + bad_utf8                   # binary that happens to start like UTF-16
+    r = scan_bytes(engine, fake_bom)
+    assert r.records == 20 and "container:utf-16" not in r.notes
+
+
+def test_utf16_text_is_transcoded(engine):
+    text = LEAK.decode().encode("utf-16")
+    assert scan_bytes(engine, text, chunk=1001).records == 300
+
+
+BOMB_SCRIPT = textwrap.dedent("""
+    import gzip, io, resource, sys, zipfile, zlib
+    from sensor.detect.engine import Engine
+    from sensor.detect.pack import load_pack
+    from sensor.detect.policy import Policy
+    from sensor.pipeline import BodyScan
+    kind = sys.argv[1]
+    # 1 GB of zeros, compressed without ever holding it in memory
+    def zeros():
+        for _ in range(1024):
+            yield bytes(1 << 20)
+    if kind == "gzip":
+        c = zlib.compressobj(9, zlib.DEFLATED, 31)
+        blob = b"".join(c.compress(z) for z in zeros()) + c.flush()
+    else:
+        bio = io.BytesIO()
+        with zipfile.ZipFile(bio, "w", zipfile.ZIP_DEFLATED) as z:
+            with z.open("zeros.bin", "w", force_zip64=True) as fh:
+                for chunk in zeros():
+                    fh.write(chunk)
+        blob = bio.getvalue()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    body = BodyScan(Engine(load_pack()), Policy(), key=b"k" * 32)
+    for i in range(0, len(blob), 65536):
+        body.write(blob[i:i + 65536])
+    r = body.finish()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(len(blob), r.decoded_bytes, (after - before) // 1024, "|".join(r.notes))
+""")
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zip"])
+def test_one_gigabyte_bomb_is_refused_with_bounded_memory(kind):
+    out = subprocess.run([sys.executable, "-c", BOMB_SCRIPT, kind], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    size, decoded, grew_mb, notes = out.stdout.split(maxsplit=3)
+    assert int(size) < 5 << 20                          # it really is a bomb
+    assert "decode-limit:ratio" in notes, notes
+    assert int(decoded) < 64 << 20                      # refused early, not after a gigabyte
+    assert int(grew_mb) < 100, f"scanning the bomb grew RSS by {grew_mb} MB"
