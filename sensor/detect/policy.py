@@ -5,7 +5,7 @@ The unit is the *record* (values that belong to one person). Defaults:
 - trip  at >= 10 records with a strong identifier and a quasi-identifier, or >= 25 records with
   a name and a DOB or address;
 - alert at >= 1 such strong record, >= 3 name+DOB/address records, >= 1 validated strong
-  identifier on its own, or >= 100 distinct contact values (a mailing-list dump);
+  identifier on its own, or >= 1000 distinct contact values (a mailing-list dump);
 - a contact page (a few phones and emails) passes.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ class Route:
 @dataclass(frozen=True)
 class Policy:
     trip: Thresholds = Thresholds(strong_records=10, person_records=25)
-    alert: Thresholds = Thresholds(strong_records=1, person_records=3, strong_values=1, contact_values=100)
+    alert: Thresholds = Thresholds(strong_records=1, person_records=3, strong_values=1, contact_values=1000)
     allow: frozenset[str] = frozenset()
     routes: tuple[Route, ...] = ()
     hotword_window: int = 64                     # characters before a value where a hotword counts
