@@ -20,7 +20,7 @@ import hyperscan as hs
 from sensor.detect import validators
 from sensor.detect.pack import Pack, PackError, Pattern, Signature, _width, hotword_alternation
 
-ENGINE_FORMAT = "1"
+ENGINE_FORMAT = "2"
 CAT_BITS = {"strong": 1, "quasi": 2, "contact": 4, "financial": 8}
 _HS_FLAGS = {"caseless": hs.HS_FLAG_CASELESS, "dotall": hs.HS_FLAG_DOTALL,
              "multiline": hs.HS_FLAG_MULTILINE, "utf8": hs.HS_FLAG_UTF8, "ucp": hs.HS_FLAG_UCP}
@@ -104,19 +104,33 @@ class Engine:
                 flags.append(hs.HS_FLAG_CASELESS)
         self.hot_base = self.n_values
         self.n_ids = len(exprs)
-        self.expressions, self.expression_flags = exprs, flags   # as compiled, id order
+        self.expressions, self.expression_flags = exprs, flags   # every expression, in id order
         self.max_width = max(p.maxw for p in self.patterns)
-        self.hot_rx = [re.compile(hotword_expr(self.signatures[si].hotwords), re.I) for si in self.hot_sig]
-        self.db = self._load_or_compile(exprs, flags, use_cache)
+        # Gated patterns live in a second database; the gate opens on a hit of any pattern whose
+        # category a gated pattern accepts as record context, or of a gated signature's hotwords.
+        gated = [i for i, (_, p) in enumerate(self.origin) if p.gated]
+        main = [i for i in range(self.n_ids) if i not in set(gated)]
+        gate_cats = 0
+        gate_sigs = set()
+        for i in gated:
+            gate_cats |= self.patterns[i].rec_mask
+            gate_sigs.add(self.patterns[i].sig)
+        self.gate_ids = frozenset(
+            [i for i in main if i < self.n_values and self.patterns[i].cat & gate_cats]
+            + [self.hot_base + k for k, si in enumerate(self.hot_sig) if si in gate_sigs])
+        self.db = self._load_or_compile(main, use_cache, "main")
+        self.gated_db = self._load_or_compile(gated, use_cache, "gated") if gated else None
 
     # -- compile / cache -------------------------------------------------------------------
-    def _compile(self, exprs: list[bytes], flags: list[int]) -> hs.Database:
+    def _compile(self, ids: list[int]) -> hs.Database:
+        exprs = [self.expressions[i] for i in ids]
+        flags = [self.expression_flags[i] for i in ids]
         db = hs.Database(mode=hs.HS_MODE_STREAM)
         try:
-            db.compile(expressions=exprs, ids=list(range(len(exprs))), elements=len(exprs), flags=flags)
+            db.compile(expressions=exprs, ids=ids, elements=len(exprs), flags=flags)
         except hs.error as e:
             # The binding does not say which expression failed: find it, to name it.
-            for i, (ex, fl) in enumerate(zip(exprs, flags)):
+            for i, ex, fl in zip(ids, exprs, flags):
                 one = hs.Database(mode=hs.HS_MODE_STREAM)
                 try:
                     one.compile(expressions=[ex], ids=[0], elements=1, flags=[fl])
@@ -130,20 +144,21 @@ class Engine:
             raise PackError(f"Hyperscan rejected the pack as a whole: {e.args[0]}") from None
         return db
 
-    def _load_or_compile(self, exprs: list[bytes], flags: list[int], use_cache: bool) -> hs.Database:
+    def _load_or_compile(self, ids: list[int], use_cache: bool, part: str) -> hs.Database:
         key = f"{self.pack.digest[:32]}-{ENGINE_FORMAT}-{hs.__version__ if hasattr(hs, '__version__') else 'hs'}"
-        path = _cache_dir() / f"db-{key}.hsdb"
-        self.cache_path = path
-        self.cache_hit = False
+        path = _cache_dir() / f"db-{key}-{part}.hsdb"
+        if part == "main":
+            self.cache_path = path
+            self.cache_hit = False
         if use_cache and path.is_file():
             try:
                 db = hs.loadb(path.read_bytes(), mode=hs.HS_MODE_STREAM)
                 db.scratch = hs.Scratch(db)
-                self.cache_hit = True
+                self.cache_hit = self.cache_hit if part != "main" else True
                 return db
             except Exception:  # corrupt or foreign cache file: rebuild it
                 pass
-        db = self._compile(exprs, flags)
+        db = self._compile(ids)
         if use_cache:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,7 +166,7 @@ class Engine:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(hs.dumpb(db))
                 os.replace(tmp, path)
-                _prune(path.parent, keep=8)
+                _prune(path.parent, keep=16)
             except OSError:
                 pass  # a read-only cache is not an error; we just compile next time too
         return db

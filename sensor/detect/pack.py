@@ -10,7 +10,9 @@ file) and ``signatures``. A signature holds:
   ``value`` is a Python regex for the whole value, which must end where ``expr`` ends: it lets
   Hyperscan look for a cheap, selective anchor (the "@" of an email, the second name of a pair)
   while the value is taken back to its real start. ``require`` maps a named group of ``value``
-  to a wordlist its text (upper-cased) must be in;
+  to a wordlist its text (upper-cased) must be in. ``gated: true`` puts a context-only pattern
+  (dates, say) in a second database that a part only runs once it has shown a value of a
+  ``record_context`` category or one of the signature's hotwords — benign pages never pay for it;
 - optional ``validator`` (a name from :mod:`sensor.detect.validators`), ``hotwords``,
   ``needs_context`` and ``record_context`` (defaults for its patterns);
 - ``examples`` and ``negative_examples``: the suite runs every one; a signature without both does
@@ -51,6 +53,7 @@ class Pattern:
     flags: tuple[str, ...] = ()
     needs_context: bool = False
     record_context: tuple[str, ...] = ()
+    gated: bool = False            # only scanned once the part shows a strong id or a hotword
     value: str | None = None       # Python regex for the whole value, ending where expr ends
     require: tuple[tuple[str, frozenset[str]], ...] = ()   # (named group, wordlist) checks
 
@@ -80,7 +83,7 @@ class Pack:
         """Content hash of everything that shapes the compiled database (the cache key)."""
         h = hashlib.sha256()
         for s in self.signatures:
-            h.update(repr((s.id, s.category, [(p.expr, p.flags) for p in s.patterns], s.hotwords)).encode())
+            h.update(repr((s.id, s.category, [(p.expr, p.flags, p.gated) for p in s.patterns], s.hotwords)).encode())
         return h.hexdigest()
 
     def by_id(self, sid: str) -> Signature:
@@ -223,7 +226,7 @@ def _parse_signature(raw: Any, lists: dict[str, list[str]], where: str) -> Signa
         for c in rec:
             if c not in CATEGORIES:
                 raise _fail(pw, f"'record_context' entry {c!r} is not a category {CATEGORIES}")
-        bad = set(p) - {"expr", "flags", "needs_context", "record_context", "value", "require"}
+        bad = set(p) - {"expr", "flags", "needs_context", "record_context", "value", "require", "gated"}
         if bad:
             raise _fail(pw, f"unknown key(s) {sorted(bad)}")
         value = p.get("value")
@@ -243,9 +246,13 @@ def _parse_signature(raw: Any, lists: dict[str, list[str]], where: str) -> Signa
             raise _fail(pw, "'require' needs 'value' (a regex with named groups)")
         for expr in _expand(p["expr"], lists, pw, hotwords):
             _width(expr if "caseless" not in flags else "(?i)" + expr, f"{pw} ({p['expr']!r})")
+            gated = bool(p.get("gated", False))
+            if gated and not (p.get("needs_context", sig_ctx) and rec and hotwords):
+                raise _fail(pw, "'gated' patterns need needs_context, record_context and hotwords "
+                                "(they are scanned once a record or a hotword can give them context)")
             patterns.append(Pattern(expr=expr, source=p["expr"], flags=flags,
                                     needs_context=bool(p.get("needs_context", sig_ctx)), record_context=rec,
-                                    value=value, require=tuple(require)))
+                                    value=value, require=tuple(require), gated=gated))
     if not patterns:
         raise _fail(where, "'patterns' must list at least one expression")
     examples = tuple(str(x) for x in _as_list(raw.get("examples"), where, "examples"))

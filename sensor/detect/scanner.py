@@ -14,6 +14,7 @@ Why it is shaped like this (all measured in bench/engine.py):
 from __future__ import annotations
 
 import ctypes
+import operator
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,7 @@ DISTINCT_CAP = 1_000_000          # per signature; beyond it counts stop being e
 _HTML_ROW_TAGS = (b"<tr", b"<TR", b"<li", b"<LI", b"<p>", b"<P>", b"<br", b"<BR", b"</div", b"</DIV")
 MODES = ("lines", "json", "html")
 SNIFF_BYTES = 4096
+_END = operator.itemgetter(1)
 _HS_CTX = object()   # a live, truthy context object for every Hyperscan call (see open_stream)
 
 
@@ -147,7 +149,16 @@ class ExchangeScanner:
         def on_match(i: int, start: int, end: int, flags: int, ctx: object) -> None:
             append((i, end))
 
+        gate_base = [0]
+
+        def on_gated(i: int, start: int, end: int, flags: int, ctx: object) -> None:
+            append((i, end + gate_base[0]))
+
         self._on_match = on_match        # the stream does not keep the callback alive: we do
+        self._on_gated = on_gated
+        self._gate_base = gate_base
+        self._gate_ids = engine.gate_ids
+        self._gate: hs.Stream | None = None
         self._stream: hs.Stream | None = None
         self._t0 = time.perf_counter()
         self._capped = False
@@ -159,6 +170,7 @@ class ExchangeScanner:
         if self._stream is not None:
             self._close_stream()
         self._stream = open_stream(self.engine.db, self._on_match)
+        self._gate = None
         self._mode = mode             # None = sniff from the first bytes
         self._pre: bytes | None = b""  # first bytes of the part, until the sniff can be made
         self._pos = 0
@@ -204,10 +216,21 @@ class ExchangeScanner:
         return self.verdict
 
     def _scan(self, data: bytes) -> None:
-        self._hits.clear()
+        hits = self._hits
+        hits.clear()
         self._stream.scan(data, scratch=self.scratch, match_event_handler=self._on_match, context=_HS_CTX)
         base = self._pos - len(self._tail)
-        buf = self._tail + data if self._hits else b""
+        if self.engine.gated_db is not None and hits:
+            n = len(hits)
+            if self._gate is not None:
+                self._gate.scan(data, match_event_handler=self._on_gated, context=_HS_CTX)
+            elif not self._gate_ids.isdisjoint([i for i, _ in hits]):
+                self._open_gate(self._tail + data, base)
+            if len(hits) > n:
+                hits.sort(key=_END)          # two sorted runs: merged in linear time
+        elif self._gate is not None:
+            self._gate.scan(data, match_event_handler=self._on_gated, context=_HS_CTX)
+        buf = self._tail + data if hits else b""
         self._pos += len(data)
         self.result.decoded_bytes += len(data)
         if self._hits:
@@ -221,6 +244,15 @@ class ExchangeScanner:
             self._tail = (self._tail + data)[-self._tail_len:]
         self._decide()
 
+    def _open_gate(self, buf: bytes, base: int) -> None:
+        """Start the gated database, from the start of the record that is still open (so a date
+        that came before the strong identifier of its record still counts)."""
+        start = (self._rec_key if self._rec else self._line_start) + 1
+        start = max(start, base, 0)
+        self._gate = open_stream(self.engine.gated_db, self._on_gated)
+        self._gate_base[0] = start
+        self._gate.scan(buf[start - base:], match_event_handler=self._on_gated, context=_HS_CTX)
+
     def _close_stream(self) -> None:
         if self._pre:
             data, self._pre = self._pre, None
@@ -231,8 +263,12 @@ class ExchangeScanner:
             # Never pass scratch= to close(): hyperscan 0.9.1 swaps the O! converter's arguments there
             # and corrupts memory. Without it close() uses the database's own scratch.
             self._stream.close(match_event_handler=self._on_match, context=_HS_CTX)
+            if self._gate is not None:
+                self._gate.close(match_event_handler=self._on_gated, context=_HS_CTX)
+                self._hits.sort(key=_END)
         except hs.error:
             pass
+        self._gate = None
         if self._hits:
             base = self._pos - len(self._tail)
             self._process(self._tail, base)
