@@ -93,7 +93,7 @@ def python_re(engine: Engine) -> "re.Pattern[bytes]":
 def presidio_recognizers():
     try:
         from presidio_analyzer.predefined_recognizers import (CreditCardRecognizer, EmailRecognizer,
-                                                              IbanRecognizer, PhoneRecognizer,
+                                                              IbanRecognizer,
                                                               UsBankRecognizer, UsLicenseRecognizer,
                                                               UsPassportRecognizer, UsSsnRecognizer)
     except Exception:   # not installed: the row says so

@@ -4,7 +4,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
+
 import subprocess
 import sys
 import sysconfig

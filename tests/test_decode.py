@@ -4,7 +4,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
-import resource
+
 import subprocess
 import sys
 import textwrap

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from sensor import synth
-from sensor.cli.output import FileReport, write_text
+from sensor.cli.output import write_text
 from sensor.decode.limits import DecodeLimits
 from sensor.detect.engine import Engine
 from sensor.detect.keys import load_key

@@ -7,7 +7,7 @@ from typing import Protocol
 import brotli
 import zstandard
 
-from sensor.decode.limits import Budget, CorruptInput, LimitExceeded
+from sensor.decode.limits import Budget, CorruptInput
 
 
 class Sink(Protocol):

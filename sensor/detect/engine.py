@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+
 from pathlib import Path
 from typing import Callable, NamedTuple
 

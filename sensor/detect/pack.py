@@ -26,7 +26,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
-import sre_constants
+import re._parser as _sre_parse  # type: ignore[import-not-found]
+from re._constants import MAXREPEAT as _MAXREPEAT  # type: ignore[import-not-found]
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,15 +161,15 @@ def _expand(expr: str, lists: dict[str, list[str]], where: str, hotwords: tuple[
 
 
 def _width(expr: str, where: str) -> tuple[int, int]:
-    """Min/max match width via Python's own parser: the scanner needs bounded widths."""
-    try:
-        parsed = re.compile(expr.encode()).pattern  # raises on syntax Python cannot read
-        import re._parser as sre_parse  # type: ignore[import-not-found]
+    """Min/max match width via Python's own regex parser: the scanner needs bounded widths.
 
-        lo, hi = sre_parse.parse(parsed.decode()).getwidth()
-    except (re.error, sre_constants.error) as e:
+    Parsing (not compiling) also rejects syntax errors, without building the wordlist automata.
+    """
+    try:
+        lo, hi = _sre_parse.parse(expr).getwidth()
+    except re.error as e:
         raise _fail(where, f"expression is not valid: {e}") from None
-    if hi >= sre_constants.MAXREPEAT or hi > 512:
+    if hi >= _MAXREPEAT or hi > 512:
         raise _fail(where, "expression has unbounded width (use {m,n}, at most 512 bytes)")
     if lo == 0:
         raise _fail(where, "expression can match the empty string")

@@ -11,7 +11,7 @@ The unit is the *record* (values that belong to one person). Defaults:
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 

@@ -32,7 +32,7 @@ _FAR = -(1 << 60)
 SAMPLES_PER_SIGNATURE = 3
 DISTINCT_CAP = 1_000_000          # per signature; beyond it counts stop being exact (noted)
 _HTML_ROW_TAGS = (b"<tr", b"<TR", b"<li", b"<LI", b"<p>", b"<P>", b"<br", b"<BR", b"</div", b"</DIV")
-MODES = ("lines", "json", "html")
+
 SNIFF_BYTES = 4096
 _END = operator.itemgetter(1)
 _HS_CTX = object()   # a live, truthy context object for every Hyperscan call (see open_stream)
