@@ -37,6 +37,7 @@ class PatInfo(NamedTuple):
     needs_ctx: bool
     rec_mask: int               # categories that stand in for a hotword within the record
     cat: int                    # category bit
+    in_field: bool              # the value never spans a CSV/TSV delimiter: search it from the last one
 
 
 def hotword_expr(words: tuple[str, ...]) -> bytes:
@@ -88,9 +89,11 @@ class Engine:
                 rmask = 0
                 for c in p.record_context:
                     rmask |= CAT_BITS[c]
+                src = p.value if p.value is not None else p.expr
+                in_field = not any(t in src for t in (",", "\\t", "\t", "\\s", "\\W", "[^", "|;", ";"))
                 self.patterns.append(PatInfo(sig=si, width=lo if lo == hi else 0, maxw=hi, rx=rx,
                                              validator=vfn, require=req, needs_ctx=p.needs_context, rec_mask=rmask,
-                                             cat=CAT_BITS[sig.category]))
+                                             cat=CAT_BITS[sig.category], in_field=in_field))
                 exprs.append(p.expr.encode())
                 flags.append(f)
                 self.origin.append((sig, p))

@@ -308,6 +308,9 @@ class ExchangeScanner:
         rec_key = self._rec_key
         line_start = self._line_start
         first_line = line_start < 0
+        tabular = lines and self._tabular
+        delim = self._delim
+        col_sigs = self._col_sigs
         for i, end in self._hits:
             if i >= nval:
                 si = self._hot_sig[i - self._hot_base]
@@ -316,7 +319,7 @@ class ExchangeScanner:
                     last_hot[si] = end
                 continue
             p = pats[i]
-            si, w, maxw, rx, vfn, req, nctx, rmask, cat = p
+            si, w, maxw, rx, vfn, req, nctx, rmask, cat, in_field = p
             e = end - base
             # which record (person) does the value belong to? (values hold no newline, so the
             # end offset places them as well as the start would)
@@ -347,7 +350,10 @@ class ExchangeScanner:
                 s = e - w
                 v = buf[s:e]
             else:
-                m = rx.search(buf, e - maxw if e > maxw else 0, e)
+                lo = e - maxw if e > maxw else 0
+                if in_field and tabular:
+                    lo = buf.rfind(delim, lo, e) + 1 or lo   # the value starts after its field's delimiter
+                m = rx.search(buf, lo, e)
                 if m is None:
                     continue
                 if req and not all(m.group(g).upper() in words for g, words in req):
@@ -357,7 +363,14 @@ class ExchangeScanner:
             if vfn is not None and not vfn(v):
                 continue
             if not ctx:
-                ctx = self._column_context(buf, base, s, rk, si)
+                # header column context (CSV/TSV: delimiters before the value on its row, outside quotes)
+                if lines and col_sigs:
+                    r = rk - base + 1
+                    if r >= 0:
+                        col = buf.count(delim, r, s) if buf.find(b'"', r, s) < 0 else self._column_of(buf, r, s)
+                        ctx = si in col_sigs.get(col, ())
+                elif not lines:
+                    ctx = self._column_context(buf, base, s, rk, si)
                 if not ctx and not rmask:
                     continue
             start = s + base
@@ -433,6 +446,7 @@ class ExchangeScanner:
             if t[2]:
                 uncond |= t[1]
         header = self._header_sigs
+        want = self._want_sample
         ignored = self._ignored
         distinct = self._distinct
         kinds = self._kindbits
@@ -451,7 +465,7 @@ class ExchangeScanner:
                 if raw is None:
                     continue
                 h = hash(raw)
-                if not self._want_sample[si]:
+                if not want[si]:
                     raw = None
             d = distinct[si]
             if h not in d:
@@ -463,7 +477,7 @@ class ExchangeScanner:
                     self._strong_values += 1
                 elif cat == CONTACT:
                     self._contact_values += 1
-            if raw is not None:
+            if raw is not None and want[si]:
                 self._sample(si, raw)
             cats |= cat
             kind |= kinds[si]
