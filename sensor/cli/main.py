@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fnmatch
+import gc
 import os
 import stat
 import sys
@@ -31,9 +32,12 @@ class UsageProblem(click.ClickException):
 
 def _engine(signatures: tuple[str, ...], no_default: bool) -> Engine:
     try:
-        return Engine(load_pack([Path(p) for p in signatures], include_default=not no_default))
+        engine = Engine(load_pack([Path(p) for p in signatures], include_default=not no_default))
     except PackError as e:
         raise UsageProblem(f"signature pack: {e}") from None
+    gc.collect()
+    gc.freeze()     # start-up objects never die: keep full GC passes off them during scans
+    return engine
 
 
 def _excluded(path: str, patterns: tuple[str, ...]) -> bool:
