@@ -8,7 +8,9 @@ dense in numbers, dates, prices and ids.
 """
 from __future__ import annotations
 
+import io
 import random
+import zipfile
 from pathlib import Path
 
 _DATA = Path(__file__).resolve().parents[1] / "signatures" / "data"
@@ -121,3 +123,27 @@ def benign_web(size: int = 50 << 20, seed: int = 7) -> bytes:
         out.append(d)
         total += len(d)
     return "".join(out).encode()[:size]
+
+
+def xlsx(rows: list[list[str]]) -> bytes:
+    """An xlsx as Excel writes it: cells refer to a shared-strings table stored after the sheet."""
+    strings: dict[str, int] = {}
+    xml_rows = []
+    for r, row in enumerate(rows, 1):
+        cells = []
+        for c, text in enumerate(row):
+            if text:
+                idx = strings.setdefault(text, len(strings))
+                col = chr(65 + c) if c < 26 else "A" + chr(39 + c)
+                cells.append(f'<c r="{col}{r}" t="s"><v>{idx}</v></c>')
+        xml_rows.append(f'<row r="{r}">{"".join(cells)}</row>')
+    ns = 'xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"'
+    sheet = f'<?xml version="1.0"?><worksheet {ns}><sheetData>{"".join(xml_rows)}</sheetData></worksheet>'
+    sst = "".join(f"<si><t>{t}</t></si>" for t in strings)
+    bio = io.BytesIO()
+    with zipfile.ZipFile(bio, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("[Content_Types].xml", "<Types/>")
+        z.writestr("xl/workbook.xml", f"<workbook {ns}/>")
+        z.writestr("xl/worksheets/sheet1.xml", sheet)
+        z.writestr("xl/sharedStrings.xml", f'<?xml version="1.0"?><sst {ns} count="{len(strings)}">{sst}</sst>')
+    return bio.getvalue()

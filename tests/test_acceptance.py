@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from sensor import synth
 from sensor.synth import breach_csv
 from tests.conftest import scan_bytes
-from tests.test_decode import _xlsx_shared
 
 ROWS = 20_000
 LEAK = breach_csv(ROWS, seed=99)
@@ -38,7 +38,7 @@ def test_breach_trips_gzipped_zipped_and_as_xlsx(engine, wrap):
             z.writestr("permits_2022.csv", LEAK)
         data = bio.getvalue()
     else:
-        data = _xlsx_shared([line.split(",") for line in LEAK.decode().splitlines()])
+        data = synth.xlsx([line.split(",") for line in LEAK.decode().splitlines()])
     r = scan_bytes(engine, data)
     assert r.verdict == "trip" and abs(r.records - ROWS) <= 0.02 * ROWS, (wrap, r.records, r.notes)
 

@@ -16,6 +16,7 @@ import pytest
 import zstandard
 
 from sensor.decode.limits import DecodeLimits
+from sensor import synth
 from sensor.synth import breach_csv
 from tests.conftest import scan_bytes
 
@@ -82,27 +83,8 @@ def test_depth_limit(engine):
     assert any(n.startswith("decode-limit:depth") for n in r.notes)
 
 
-def _xlsx_shared(rows: list[list[str]]) -> bytes:
-    """An xlsx as Excel writes it: cells refer to a shared-strings table stored after the sheet."""
-    strings: dict[str, int] = {}
-    xml_rows = []
-    for r, row in enumerate(rows, 1):
-        cells = []
-        for c, text in enumerate(row):
-            if text:
-                idx = strings.setdefault(text, len(strings))
-                cells.append(f'<c r="{chr(65 + c) if c < 26 else "A" + chr(39 + c)}{r}" t="s"><v>{idx}</v></c>')
-        xml_rows.append(f'<row r="{r}">{"".join(cells)}</row>')
-    ns = 'xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"'
-    sheet = f'<?xml version="1.0"?><worksheet {ns}><sheetData>{"".join(xml_rows)}</sheetData></worksheet>'
-    sst = "".join(f"<si><t>{t}</t></si>" for t in strings)
-    shared = f'<?xml version="1.0"?><sst {ns} count="{len(strings)}">{sst}</sst>'
-    return _zip({"[Content_Types].xml": b"<Types/>", "xl/workbook.xml": f"<workbook {ns}/>".encode(),
-                 "xl/worksheets/sheet1.xml": sheet.encode(), "xl/sharedStrings.xml": shared.encode()})
-
-
 def test_xlsx_with_shared_strings_trips(engine):
-    data = _xlsx_shared([line.split(",") for line in LEAK.decode().splitlines()])
+    data = synth.xlsx([line.split(",") for line in LEAK.decode().splitlines()])
     r = scan_bytes(engine, data)
     assert r.notes[0] == "container:xlsx" and r.verdict == "trip" and r.records == 300
 

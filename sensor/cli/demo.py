@@ -7,10 +7,8 @@ the leak in every form, passes everything else, and shows how early a streaming 
 from __future__ import annotations
 
 import gzip
-import io
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 import click
@@ -22,23 +20,6 @@ from sensor.detect.engine import Engine
 from sensor.detect.keys import load_key
 from sensor.detect.pack import load_pack
 from sensor.detect.policy import Policy
-
-
-def _xlsx(rows: list[list[str]]) -> bytes:
-    strings: dict[str, int] = {}
-    body = []
-    for r, row in enumerate(rows, 1):
-        cells = "".join(f'<c r="{chr(65 + c)}{r}" t="s"><v>{strings.setdefault(t, len(strings))}</v></c>'
-                        for c, t in enumerate(row) if t)
-        body.append(f'<row r="{r}">{cells}</row>')
-    ns = 'xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"'
-    bio = io.BytesIO()
-    with zipfile.ZipFile(bio, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr("[Content_Types].xml", "<Types/>")
-        z.writestr("xl/workbook.xml", f"<workbook {ns}/>")
-        z.writestr("xl/worksheets/sheet1.xml", f'<worksheet {ns}><sheetData>{"".join(body)}</sheetData></worksheet>')
-        z.writestr("xl/sharedStrings.xml", f'<sst {ns}>' + "".join(f"<si><t>{s}</t></si>" for s in strings) + "</sst>")
-    return bio.getvalue()
 
 
 def build_site(root: Path, people: int) -> None:
@@ -55,7 +36,7 @@ def build_site(root: Path, people: int) -> None:
     leak = synth.breach_csv(people)
     (root / "exports" / "permits_2022.csv").write_bytes(leak)
     (root / "exports" / "permits_2022.csv.gz").write_bytes(gzip.compress(leak))
-    (root / "exports" / "permits_2022.xlsx").write_bytes(_xlsx([l.split(",") for l in leak.decode().splitlines()]))
+    (root / "exports" / "permits_2022.xlsx").write_bytes(synth.xlsx([l.split(",") for l in leak.decode().splitlines()]))
 
 
 @click.command()
