@@ -161,3 +161,36 @@ def test_policy_errors_name_the_key():
         parse_policy({"allow": ["nope"]}, known_ids={"us-ssn"})
     assert Policy().for_path("/x").trip == Thresholds(10, 25)
     assert isinstance(Route(match="/a"), Route)
+
+
+def _body(engine, doc: bytes, chunk: int):
+    from sensor.pipeline import BodyScan, Exchange
+    from tests.conftest import KEY
+    body = BodyScan(engine, Policy(), key=KEY, exchange=Exchange())
+    for i in range(0, len(doc), chunk):
+        body.write(doc[i:i + chunk])
+    return body
+
+
+def test_gated_dates_cost_nothing_until_a_record_can_use_them(engine):
+    page = b"".join(b"<p>Updated March %d, 2019. Figures for 2021-06-%02d.</p>\n" % (i % 28 + 1, i % 28 + 1)
+                    for i in range(2000))
+    body = _body(engine, page, 4096)
+    assert body.scanner._gate is None            # no strong identifier, no DOB hotword: never scanned
+    assert "dob" not in body.finish().findings
+
+
+def test_gate_opens_mid_record_and_still_counts_the_earlier_date(engine):
+    filler = b"".join(b"row %d of the public table\n" % i for i in range(3000))   # > several chunks
+    record = b"GARCIA, MARIA born on 03/14/1975 ssn 536-22-8714\n"
+    late = b"SMITH, JAMES 11/02/1962 412-55-1290\n"                            # date before the SSN
+    for chunk in (64, 1000, 65536):
+        r = _body(engine, filler + late + record, chunk).finish()
+        assert r.findings.get("dob") == 2, (chunk, r.findings)
+        assert r.strong_records == 2
+
+
+def test_dob_hotword_opens_the_gate_for_labelled_dates(engine):
+    filler = b"x" * 200_000 + b"\n"
+    r = scan_bytes(engine, filler + b"Date of birth: 1975-03-14\n", chunk=8192)
+    assert r.findings.get("dob") == 1
