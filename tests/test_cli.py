@@ -111,3 +111,22 @@ def test_signatures_list_and_test():
     assert "us-ssn" in ids and "person-name" in ids
     p = run("signatures", "test")
     assert p.returncode == 0 and b" passed, 0 failed" in p.stdout
+
+
+def test_unreadable_directory_is_reported_not_skipped(tree, monkeypatch):
+    from sensor.cli.main import _walk
+
+    locked = tree / "private"
+    locked.mkdir()
+    (locked / "roster.csv").write_bytes(LEAK)
+    real = os.scandir
+
+    def scandir(path="."):                      # root ignores chmod, so refuse the listing here
+        if os.fspath(path) == str(locked):
+            raise PermissionError(13, "Permission denied", str(locked))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    found = dict(_walk((str(tree),)))
+    assert found[str(locked)] == "cannot read directory: Permission denied"
+    assert found[str(tree / "index.html")] is None

@@ -57,7 +57,11 @@ def _walk(paths: tuple[str, ...], exclude: tuple[str, ...] = ()) -> Iterator[tup
             yield p, f"cannot read: {e.strerror}"
             continue
         if stat.S_ISDIR(st.st_mode):
-            for root, dirs, files in os.walk(p, onerror=None):
+            unreadable: list[OSError] = []          # a directory we cannot list is reported, not skipped
+            for root, dirs, files in os.walk(p, onerror=unreadable.append):
+                while unreadable:
+                    e = unreadable.pop()
+                    yield str(e.filename), f"cannot read directory: {e.strerror}"
                 dirs[:] = sorted(d for d in dirs if not _excluded(os.path.join(root, d), exclude))
                 for f in sorted(files):
                     full = os.path.join(root, f)
@@ -70,6 +74,8 @@ def _walk(paths: tuple[str, ...], exclude: tuple[str, ...] = ()) -> Iterator[tup
                         continue
                     if stat.S_ISREG(lst.st_mode):
                         yield full, None
+            for e in unreadable:
+                yield str(e.filename), f"cannot read directory: {e.strerror}"
         elif stat.S_ISREG(st.st_mode):
             yield p, None
         else:
