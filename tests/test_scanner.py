@@ -102,6 +102,7 @@ def test_json_records_are_objects_even_nested_and_pretty(engine):
         doc = orjson.dumps({"results": people}, option=opt)
         r = scan_bytes(engine, doc, content_type="application/json")
         assert r.records == 12 and r.verdict == "trip", (opt, r)
+        assert r.findings.get("dob") == 12, (opt, r.findings)        # "dob" keys label their values
 
 
 def test_contact_page_does_not_trip(engine):
@@ -194,3 +195,15 @@ def test_dob_hotword_opens_the_gate_for_labelled_dates(engine):
     filler = b"x" * 200_000 + b"\n"
     r = scan_bytes(engine, filler + b"Date of birth: 1975-03-14\n", chunk=8192)
     assert r.findings.get("dob") == 1
+
+
+def test_json_keys_label_values_in_minified_json_of_varying_shape(engine):
+    people = []
+    for i in range(30):
+        person = {"name": "GARCIA, MARIA"}
+        for k in range(i % 3):                        # records of different shapes
+            person[f"note{k}"] = "x, y"
+        person["dob"] = f"1975-03-{i % 28 + 1:02d}"
+        people.append(person)
+    r = scan_bytes(engine, orjson.dumps(people), content_type="application/json")
+    assert r.findings.get("dob") == 28, r.findings

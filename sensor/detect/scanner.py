@@ -198,7 +198,7 @@ class ExchangeScanner:
         first = head.split(b"\n", 1)[0]
         cands = {d: first.count(d) for d in (b",", b"\t", b";", b"|")}
         self._delim = max(cands, key=lambda d: cands[d]) if max(cands.values()) else b","
-        self._tabular = cands[self._delim] >= 1
+        self._tabular = self._mode == "lines" and cands[self._delim] >= 1   # header columns: CSV/TSV only
 
     # -- feeding ----------------------------------------------------------------------------
     def feed(self, data: bytes) -> str:
