@@ -16,6 +16,7 @@ import pytest
 import zstandard
 
 from sensor.decode.limits import DecodeLimits
+from sensor.detect.policy import Policy
 from sensor import synth
 from sensor.synth import breach_csv
 from tests.conftest import scan_bytes
@@ -205,3 +206,33 @@ def test_one_gigabyte_bomb_is_refused_with_bounded_memory(kind):
     assert "decode-limit:ratio" in notes, notes
     assert int(decoded) < 64 << 20                      # refused early, not after a gigabyte
     assert int(grew_mb) < 100, f"scanning the bomb grew RSS by {grew_mb} MB"
+
+
+def test_encoding_stack_deeper_than_the_limit_is_refused(engine):
+    data = LEAK
+    for _ in range(6):
+        data = gzip.compress(data)
+    r = scan_bytes(engine, data, content_encoding=", ".join(["gzip"] * 6), limits=DecodeLimits(max_depth=4))
+    assert any(n.startswith("decode-limit:depth") for n in r.notes) and r.records == 0
+    r = scan_bytes(engine, data, content_encoding=", ".join(["gzip"] * 6), limits=DecodeLimits(max_depth=8))
+    assert r.records == 300
+
+
+def test_one_long_line_keeps_memory_bounded(engine):
+    import tracemalloc
+
+    data = b"x" * (20 << 20) + b"\nGARCIA, MARIA 1 W MAIN ST DL B1234567\n"   # a 20 MB line first
+    chunks = [data[i:i + (1 << 16)] for i in range(0, len(data), 1 << 16)]
+    tracemalloc.start()
+    try:
+        from sensor.pipeline import BodyScan
+        from tests.conftest import KEY
+        body = BodyScan(engine, Policy(), key=KEY)
+        for c in chunks:
+            body.write(c)
+        r = body.finish()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert r.records == 1
+    assert peak < 2 << 20, f"scanning a 20 MB line allocated {peak} bytes at peak"
