@@ -110,3 +110,15 @@ def test_database_is_cached_by_pack_hash(tmp_path, monkeypatch):
     assert not third.cache_hit and "employee-id" in findings_for(third, "EMP-654321")
     changed = load_pack([_pack(tmp_path, GOOD.replace("\\d{6}", "\\d{7}"))], include_default=False)
     assert Engine(changed).cache_path != first.cache_path
+
+
+def test_pack_digest_is_the_same_in_every_process():
+    """The digest is the cache key: if it varied with the hash seed, every process would recompile."""
+    import subprocess
+    import sys
+
+    code = "from sensor.detect.pack import load_pack; print(load_pack().digest)"
+    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**__import__("os").environ, "PYTHONHASHSEED": str(seed)}).stdout
+               for seed in (1, 2, 3)}
+    assert len(digests) == 1 and PACK.digest + "\n" in digests

@@ -125,7 +125,7 @@ def _alternation(words: list[str], upper: bool) -> str:
 def hotword_alternation(words: tuple[str, ...] | list[str]) -> str:
     """Hotwords as one alternation; separators inside a hotword match space, _, . or - (or none)."""
     alts = []
-    for w in sorted(set(words), key=len, reverse=True):
+    for w in sorted(set(words), key=lambda w: (-len(w), w)):   # deterministic: the text is the cache key
         parts = [re.escape(p) for p in re.split(r"[\s_.-]+", w) if p]
         alts.append(r"[\s_.-]?".join(parts))
     return "(?:" + "|".join(alts) + ")"
