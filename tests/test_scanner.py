@@ -207,3 +207,10 @@ def test_json_keys_label_values_in_minified_json_of_varying_shape(engine):
         people.append(person)
     r = scan_bytes(engine, orjson.dumps(people), content_type="application/json")
     assert r.findings.get("dob") == 28, r.findings
+
+
+def test_a_hotword_after_the_value_labels_it_on_the_same_line(engine):
+    assert scan_bytes(engine, b"x\n03/14/1975 (date of birth)\n").findings.get("dob") == 1
+    assert scan_bytes(engine, b"part B7654321 - driver license\n").findings.get("us-driver-licence") == 1
+    assert "dob" not in scan_bytes(engine, b"03/14/1975\nborn\n").findings          # another line
+    assert "dob" not in scan_bytes(engine, b"03/14/1975 " + b"." * 200 + b" born\n").findings   # too far

@@ -317,6 +317,8 @@ class ExchangeScanner:
                 # a hotword in a header names a column; it is not a label for the next values
                 if not ((first_line or mode == "html") and self._header_hotword(buf, base, end, si)):
                     last_hot[si] = end
+                    if rec:
+                        self._label_after(rec, buf, base, end, si, window)
                 continue
             p = pats[i]
             si, w, maxw, rx, vfn, req, nctx, rmask, cat, in_field = p
@@ -382,6 +384,21 @@ class ExchangeScanner:
                 rec.append(entry)
         self._rec = rec
         self._rec_key = rec_key
+
+    @staticmethod
+    def _label_after(rec: list, buf: bytes, base: int, end: int, si: int, window: int) -> None:
+        """A hotword just *after* a value of its signature, on the same line, labels it too."""
+        hot = end - base
+        for k in range(len(rec) - 1, -1, -1):
+            t = rec[k]
+            if t[0] != si or t[2]:
+                continue
+            at = t[6][2] + base if t[4] is None else t[5]         # a lazy entry's end, else the value's start
+            if end - at > window + 32:
+                break
+            lo = at - base
+            if lo >= 0 and buf.find(b"\n", lo, hot) < 0:
+                rec[k] = t[:2] + (True,) + t[3:]
 
     def _sample(self, si: int, v: bytes) -> None:
         samples = self._samples[si]
