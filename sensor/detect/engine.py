@@ -38,11 +38,47 @@ class PatInfo(NamedTuple):
     rec_mask: int               # categories that stand in for a hotword within the record
     cat: int                    # category bit
     in_field: bool              # the value never spans a CSV/TSV delimiter: search it from the last one
+    in_word: bool               # the value holds no whitespace: search it from the last space/newline
 
 
 def hotword_expr(words: tuple[str, ...]) -> bytes:
     """Whole-word hotwords: letters or digits on either side disqualify ('lic' in 'duplicate')."""
     return ("(?:^|[^A-Za-z0-9])" + hotword_alternation(words) + "(?:[^A-Za-z0-9]|$)").encode()
+
+
+def _may_match(regex: str, chars: bytes) -> bool:
+    """Can the regex match any of ``chars`` anywhere? Decided on its parse tree, conservatively."""
+    import re._constants as C  # type: ignore[import-not-found]
+    import re._parser as P  # type: ignore[import-not-found]
+
+    want = set(chars)
+    assert not any(chr(c).isalnum() or c == ord("_") for c in want), "only for blanks and punctuation"
+
+    def walk(items) -> bool:
+        for op, av in items:
+            if op is C.LITERAL and av in want:
+                return True
+            if op in (C.ANY, C.NOT_LITERAL):
+                return True
+            if op is C.IN:
+                members = list(av)
+                safe = (C.CATEGORY_DIGIT, C.CATEGORY_WORD)     # never blanks or punctuation
+                if any(o is C.NEGATE or (o is C.CATEGORY and a not in safe) for o, a in members):
+                    return True
+                for o, a in members:
+                    if o is C.LITERAL and a in want:
+                        return True
+                    if o is C.RANGE and any(a[0] <= ch <= a[1] for ch in want):
+                        return True
+            elif op is C.SUBPATTERN and walk(av[-1]):
+                return True
+            elif op in (C.MAX_REPEAT, C.MIN_REPEAT) and walk(av[2]):
+                return True
+            elif op is C.BRANCH and any(walk(b) for b in av[1]):
+                return True
+        return False
+
+    return walk(P.parse(regex))
 
 
 def _cache_dir() -> Path:
@@ -90,10 +126,11 @@ class Engine:
                 for c in p.record_context:
                     rmask |= CAT_BITS[c]
                 src = p.value if p.value is not None else p.expr
-                in_field = not any(t in src for t in (",", "\\t", "\t", "\\s", "\\W", "[^", "|;", ";"))
+                in_field = not _may_match(src, b",\t;|")
+                in_word = not _may_match(src, b" \t\n")
                 self.patterns.append(PatInfo(sig=si, width=lo if lo == hi else 0, maxw=hi, rx=rx,
                                              validator=vfn, require=req, needs_ctx=p.needs_context, rec_mask=rmask,
-                                             cat=CAT_BITS[sig.category], in_field=in_field))
+                                             cat=CAT_BITS[sig.category], in_field=in_field, in_word=in_word))
                 exprs.append(p.expr.encode())
                 flags.append(f)
                 self.origin.append((sig, p))

@@ -321,7 +321,7 @@ class ExchangeScanner:
                         self._label_after(rec, buf, base, end, si, window)
                 continue
             p = pats[i]
-            si, w, maxw, rx, vfn, req, nctx, rmask, cat, in_field = p
+            si, w, maxw, rx, vfn, req, nctx, rmask, cat, in_field, in_word = p
             e = end - base
             # which record (person) does the value belong to? (values hold no newline, so the
             # end offset places them as well as the start would)
@@ -355,6 +355,8 @@ class ExchangeScanner:
                 lo = e - maxw if e > maxw else 0
                 if in_field and tabular:
                     lo = buf.rfind(delim, lo, e) + 1 or lo   # the value starts after its field's delimiter
+                if in_word:                                  # ... or after the last blank
+                    lo = max(lo, buf.rfind(b" ", lo, e) + 1, buf.rfind(b"\n", lo, e) + 1, buf.rfind(b"\t", lo, e) + 1)
                 m = rx.search(buf, lo, e)
                 if m is None:
                     continue

@@ -123,13 +123,16 @@ def nanp(v: bytes) -> bool:
     return len(set(d)) > 2
 
 
-_EMAIL_RESERVED = (b"example.com", b"example.org", b"example.net", b"localhost", b".test", b".invalid",
-                   b".example", b".local")
+# Reserved names (RFC 2606 / 6761): documentation addresses, never a person's.
+_EMAIL_RESERVED = (b"example.com", b"example.org", b"example.net", b"localhost", b"test", b"invalid",
+                   b"example", b"local")
+_EMAIL_SUFFIXES = tuple(b"." + r for r in _EMAIL_RESERVED)
+_EMAIL_EXACT = frozenset(_EMAIL_RESERVED)
 
 
 def email(v: bytes) -> bool:
     host = v.rpartition(b"@")[2].lower()
-    return not any(host == r or host.endswith(r) or host.endswith(b"." + r) for r in _EMAIL_RESERVED)
+    return not (host in _EMAIL_EXACT or host.endswith(_EMAIL_SUFFIXES))
 
 
 _MONTHS = {m: i + 1 for i, m in enumerate(
