@@ -323,6 +323,33 @@ class ExchangeScanner:
             p = pats[i]
             si, w, maxw, rx, vfn, req, nctx, rmask, cat, in_field, in_word = p
             e = end - base
+            ctx = not nctx or end - maxw - last_hot[si] <= window
+            lazy = not ctx and si not in header
+            if lazy and not rmask:
+                continue                     # needs a hotword or a column, and has neither
+            if not lazy:
+                if w > 0:
+                    s = e - w
+                    v = buf[s:e]
+                else:
+                    lo = e - maxw if e > maxw else 0
+                    if in_field and tabular:
+                        lo = buf.rfind(delim, lo, e) + 1 or lo   # the value starts after its field's delimiter
+                    if in_word:                                  # ... or after the last blank
+                        lo = max(lo, buf.rfind(b" ", lo, e) + 1, buf.rfind(b"\n", lo, e) + 1,
+                                 buf.rfind(b"\t", lo, e) + 1)
+                    m = rx.search(buf, lo, e)
+                    if m is None:
+                        continue
+                    if req and not all(m.group(g).upper() in words for g, words in req):
+                        continue
+                    s = m.start()
+                    v = m.group()
+                if vfn is not None and not vfn(v):
+                    continue
+                if cat == CONTACT and ctx:
+                    self._count_contact(si, v)   # contact values never make a record: no placement
+                    continue
             # which record (person) does the value belong to? (values hold no newline, so the
             # end offset places them as well as the start would)
             if lines:
@@ -342,29 +369,9 @@ class ExchangeScanner:
                     self._finish_record()
                     rec = self._rec
                 rec_key = rk
-            ctx = not nctx or end - maxw - last_hot[si] <= window
-            if not ctx and si not in header:
-                if rmask:
-                    # only the record can make it count: decide (and pay for extraction) later
-                    rec.append((si, cat, False, rmask, None, end, (p, buf, e)))
-                continue
-            if w > 0:
-                s = e - w
-                v = buf[s:e]
-            else:
-                lo = e - maxw if e > maxw else 0
-                if in_field and tabular:
-                    lo = buf.rfind(delim, lo, e) + 1 or lo   # the value starts after its field's delimiter
-                if in_word:                                  # ... or after the last blank
-                    lo = max(lo, buf.rfind(b" ", lo, e) + 1, buf.rfind(b"\n", lo, e) + 1, buf.rfind(b"\t", lo, e) + 1)
-                m = rx.search(buf, lo, e)
-                if m is None:
-                    continue
-                if req and not all(m.group(g).upper() in words for g, words in req):
-                    continue
-                s = m.start()
-                v = m.group()
-            if vfn is not None and not vfn(v):
+            if lazy:
+                # only the record can make it count: decide (and pay for extraction) later
+                rec.append((si, cat, False, rmask, None, end, (p, buf, e)))
                 continue
             if not ctx:
                 # header column context (CSV/TSV: delimiters before the value on its row, outside quotes)
@@ -386,6 +393,21 @@ class ExchangeScanner:
                 rec.append(entry)
         self._rec = rec
         self._rec_key = rec_key
+
+    def _count_contact(self, si: int, v: bytes) -> None:
+        """Phones and emails count as distinct values only; they never make a person record."""
+        if self._ignored[si]:
+            return
+        d = self._distinct[si]
+        h = hash(v)
+        if h not in d:
+            if len(d) < DISTINCT_CAP:
+                d.add(h)
+            else:
+                self._capped = True
+            self._contact_values += 1
+        if self._want_sample[si]:
+            self._sample(si, v)
 
     @staticmethod
     def _label_after(rec: list, buf: bytes, base: int, end: int, si: int, window: int) -> None:
