@@ -47,8 +47,8 @@ class BodyScan:
                  limits: DecodeLimits | None = None, stop_on_trip: bool = False, scratch=None):
         self.exchange = exchange or Exchange()
         self.policy = policy.for_path(self.exchange.path)
-        self.scanner = ExchangeScanner(engine, self.policy, key=key, scratch=scratch, stop_on_trip=stop_on_trip)
-        self.scanner.begin_part(_mode_for(self.exchange.content_type))
+        self.scanner = ExchangeScanner(engine, self.policy, key=key, scratch=scratch, stop_on_trip=stop_on_trip,
+                                       mode=_mode_for(self.exchange.content_type))
         self.notes: list[str] = []
         self.budget = Budget(limits or DecodeLimits())
         self.received = 0

@@ -116,7 +116,7 @@ class ExchangeScanner:
     """
 
     def __init__(self, engine: Engine, policy: Policy, *, key: bytes, scratch: hs.Scratch | None = None,
-                 stop_on_trip: bool = False):
+                 stop_on_trip: bool = False, mode: str | None = None):
         self.engine = engine
         self.policy = policy
         self.key = key
@@ -162,7 +162,7 @@ class ExchangeScanner:
         self._stream: hs.Stream | None = None
         self._t0 = time.perf_counter()
         self._capped = False
-        self.begin_part()
+        self.begin_part(mode)
 
     # -- parts ----------------------------------------------------------------------------
     def begin_part(self, mode: str | None = None, name: str | None = None) -> None:
@@ -380,8 +380,8 @@ class ExchangeScanner:
                     if r >= 0:
                         col = buf.count(delim, r, s) if buf.find(b'"', r, s) < 0 else self._column_of(buf, r, s)
                         ctx = si in col_sigs.get(col, ())
-                elif not lines:
-                    ctx = self._column_context(buf, base, s, rk, si)
+                elif mode == "html":
+                    ctx = self._th_context(buf, base, s, rk, si)
                 if not ctx and not rmask:
                     continue
             start = s + base
@@ -459,21 +459,13 @@ class ExchangeScanner:
             return prefix.count(d)
         return sum(seg.count(d) for seg in prefix.split(b'"')[0::2])   # delimiters outside quotes
 
-    def _column_context(self, buf: bytes, base: int, s: int, rk: int, si: int) -> bool:
-        if self._mode == "html":
-            if not self._th_cols:
-                return False
-            r = rk - base
-            if r < 0:
-                return False
-            col = buf.count(b"<td", r, s) + buf.count(b"<TD", r, s) - 1
-            return si in self._th_cols.get(col, ())
-        if not self._col_sigs:
+    def _th_context(self, buf: bytes, base: int, s: int, rk: int, si: int) -> bool:
+        """HTML: is the value in a <td> whose <th> named this signature? (CSV columns: see _process)"""
+        r = rk - base
+        if not self._th_cols or r < 0:
             return False
-        r = rk - base + 1
-        if r < 0:
-            return False
-        return si in self._col_sigs.get(self._column_of(buf, r, s), ())
+        col = buf.count(b"<td", r, s) + buf.count(b"<TD", r, s) - 1
+        return si in self._th_cols.get(col, ())
 
     # -- records and verdict -----------------------------------------------------------------------
     def _finish_record(self) -> None:
