@@ -212,8 +212,10 @@ def sig_test(extra: tuple[str, ...], only: tuple[str, ...]) -> None:
 
 def _register_demo() -> None:
     from sensor.cli.demo import demo
+    from sensor.cli.sidecar import proxy, report, takedowns
 
-    main.add_command(demo)
+    for cmd in (demo, proxy, takedowns, report):
+        main.add_command(cmd)
 
 
 _register_demo()

@@ -1,0 +1,140 @@
+"""``dlp-sensor proxy``, ``takedowns list|add|lift`` and ``report``: running and operating the sidecar."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+import orjson
+
+from sensor.config import ConfigError, load_config, with_overrides
+from sensor.detect.pack import PackError
+from sensor.detect.policy import PolicyError
+from sensor.enforce.ledger import Ledger
+from sensor.enforce.registry import Registry
+from sensor.enforce.report import build_report, render_text
+from sensor.enforce.resource import normalize
+
+
+class ConfigProblem(click.ClickException):
+    exit_code = 2
+
+
+def _config(config_file: str | None, **flags):
+    try:
+        return with_overrides(load_config(Path(config_file) if config_file else None), **flags)
+    except ConfigError as e:
+        raise ConfigProblem(str(e)) from None
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.access").disabled = True      # request lines carry paths; never logged
+
+
+@click.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config (flags override it).")
+@click.option("--upstream", help="The app behind the sidecar, e.g. http://127.0.0.1:8080.")
+@click.option("--listen", help="HOST:PORT to accept clients on (default 127.0.0.1:8000).")
+@click.option("--mode", type=click.Choice(["monitor", "enforce"]), help="Default route mode (default enforce).")
+@click.option("--state-dir", type=click.Path(file_okay=False), help="Registry, ledger, alert spool, HMAC key.")
+@click.option("--metrics", help="HOST:PORT for /metrics /healthz /readyz, or 'off' (default 127.0.0.1:9102).")
+@click.option("--admin", help="HOST:PORT for the admin API, or 'off' (default 127.0.0.1:9103).")
+@click.option("--reuse-port", is_flag=True, help="SO_REUSEPORT: run several sidecar processes on one port.")
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+def proxy(config_file, upstream, listen, mode, state_dir, metrics, admin, reuse_port, log_level) -> None:
+    """Run the inline reverse proxy in front of a web app."""
+    _logging(log_level)
+    cfg = _config(config_file, upstream=upstream, listen=listen, mode=mode, state_dir=state_dir,
+                  metrics=metrics, admin=admin)
+    from sensor.service import serve_forever
+    try:
+        asyncio.run(serve_forever(cfg, reuse_port=reuse_port))
+    except (PackError, PolicyError) as e:
+        raise ConfigProblem(str(e)) from None
+    except OSError as e:
+        raise ConfigProblem(f"cannot listen: {e.strerror or e}") from None
+
+
+def _state(config_file: str | None, state_dir: str | None) -> Path:
+    cfg = _config(config_file, state_dir=state_dir)
+    assert cfg.state_dir is not None
+    return cfg.state_dir
+
+
+_state_opts = [click.option("--config", "config_file", type=click.Path(dir_okay=False)),
+               click.option("--state-dir", type=click.Path(file_okay=False))]
+
+
+def state_options(f):
+    for opt in reversed(_state_opts):
+        f = opt(f)
+    return f
+
+
+@click.group()
+def takedowns() -> None:
+    """List, add and lift takedowns (on this host's registry; every sidecar sharing it obeys at once)."""
+
+
+@takedowns.command("list")
+@state_options
+@click.option("--all", "include_lifted", is_flag=True, help="Include lifted takedowns.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def td_list(config_file, state_dir, include_lifted: bool, fmt: str) -> None:
+    reg = Registry(_state(config_file, state_dir) / "takedowns.db")
+    rows = reg.list(include_lifted=include_lifted)
+    if fmt == "json":
+        click.echo(orjson.dumps([t.to_json() for t in rows], option=orjson.OPT_INDENT_2).decode())
+        return
+    from sensor.alerts.schema import iso
+    if not rows:
+        click.echo("no takedowns" + ("" if include_lifted else " active"))
+    for t in rows:
+        state = f"lifted {iso(t.lifted)} by {t.lifted_by}: {t.lift_reason}" if t.lifted else "ACTIVE"
+        click.echo(f"#{t.id:<5} {t.resource}  {iso(t.created)} by {t.actor} ({t.reason})  {state}")
+
+
+@takedowns.command("add")
+@state_options
+@click.argument("url")
+@click.option("--reason", required=True)
+@click.option("--actor", default=lambda: os.environ.get("USER", "cli"), show_default="$USER")
+def td_add(config_file, state_dir, url: str, reason: str, actor: str) -> None:
+    """Take URL (http://host/path, or host/path) down."""
+    cfg = _config(config_file, state_dir=state_dir)
+    u = url if "://" in url else "http://" + url
+    host = u.split("://", 1)[1].split("/", 1)[0]
+    reg = Registry(cfg.state_dir / "takedowns.db")
+    t = reg.add(normalize(host, u, cfg.query), actor=actor, reason=reason)
+    Ledger(cfg.state_dir / "ledger.db").mark(t.resource, "taken_down")
+    click.echo(f"#{t.id} {t.resource} taken down")
+
+
+@takedowns.command("lift")
+@state_options
+@click.argument("ident")
+@click.option("--reason", required=True)
+@click.option("--actor", default=lambda: os.environ.get("USER", "cli"), show_default="$USER")
+def td_lift(config_file, state_dir, ident: str, reason: str, actor: str) -> None:
+    """Lift takedown IDENT (its number, or the resource)."""
+    reg = Registry(_state(config_file, state_dir) / "takedowns.db")
+    t = reg.lift(int(ident.lstrip("#")) if ident.lstrip("#").isdigit() else ident, actor=actor, reason=reason)
+    if t is None:
+        raise click.ClickException(f"no active takedown {ident}")
+    click.echo(f"#{t.id} {t.resource} lifted")
+
+
+@click.command()
+@state_options
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def report(config_file, state_dir, fmt: str) -> None:
+    """The incident report: what leaked, how long, how many downloads and clients, how many records."""
+    sd = _state(config_file, state_dir)
+    rep = build_report(Ledger(sd / "ledger.db"), Registry(sd / "takedowns.db"))
+    click.echo(orjson.dumps(rep, option=orjson.OPT_INDENT_2).decode() if fmt == "json" else render_text(rep),
+               nl=fmt == "json")

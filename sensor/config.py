@@ -1,0 +1,276 @@
+"""The sensor's configuration file (YAML), with defaults and errors that name the key.
+
+Command-line flags override the file; the file overrides defaults. Every section is optional::
+
+    sensor_id: web-1                 # defaults to the host name
+    state_dir: /var/lib/dlp-sensor   # registry, ledger, alert spool, HMAC key, admin token
+    hmac_key: null                   # hex; else $DLP_SENSOR_HMAC_KEY; else generated in state_dir
+    signatures: []                   # extra packs (files or directories)
+    default_signatures: true
+    policy: null                     # a policy file path, or the policy mapping inline
+    proxy: {listen, upstream, mode, holdback_kib, on_error, upstream_timeout, connect_timeout,
+            max_scans, block_page, tls: {cert, key}, trust_forwarded, routes: [{match, mode, on_error, holdback_kib}]}
+    takedown: {query: ignore|keep|[names], fingerprint_kib: 64}
+    metrics: 127.0.0.1:9102          # also serves /healthz and /readyz
+    admin: {listen: 127.0.0.1:9103, token: null}
+    alerts: {source_ip: hashed, retry_initial: 0.5, retry_max: 10, sinks: [{type: stdout}, ...]}
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+import socket
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sensor.alerts.schema import SOURCE_IP_MODES
+from sensor.alerts.sinks import make_sink
+from sensor.enforce.resource import QueryRule
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key and says why."""
+
+
+MODES = ("monitor", "enforce")
+ON_ERROR = ("open", "closed")
+
+
+@dataclass(frozen=True)
+class ProxyRoute:
+    match: str
+    mode: str
+    on_error: str
+    holdback: int
+
+
+@dataclass
+class ProxyConfig:
+    listen: str = "127.0.0.1:8000"
+    upstream: str = "http://127.0.0.1:8080"
+    mode: str = "enforce"
+    holdback: int = 64 << 10
+    on_error: str = "open"
+    upstream_timeout: float = 30.0
+    connect_timeout: float = 5.0
+    max_scans: int = 512
+    block_page: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    trust_forwarded: bool = False
+    routes: tuple[ProxyRoute, ...] = ()
+
+    def route(self, path: str) -> ProxyRoute:
+        for r in self.routes:
+            if fnmatch.fnmatchcase(path, r.match):
+                return r
+        return ProxyRoute("*", self.mode, self.on_error, self.holdback)
+
+
+@dataclass
+class Config:
+    sensor_id: str = field(default_factory=socket.gethostname)
+    state_dir: Path | None = None
+    hmac_key: str | None = None
+    signatures: list[str] = field(default_factory=list)
+    default_signatures: bool = True
+    policy: Any = None                      # path (str) or inline mapping
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    query: QueryRule = QueryRule()
+    fingerprint_bytes: int = 64 << 10
+    metrics: str | None = "127.0.0.1:9102"
+    admin: str | None = "127.0.0.1:9103"
+    admin_token: str | None = None
+    source_ip: str = "hashed"
+    retry_initial: float = 0.5
+    retry_max: float = 10.0
+    sinks: list[dict] = field(default_factory=lambda: [{"type": "stdout"}])
+    path: Path | None = None                # the file this came from (watched for changes)
+
+
+def _check(cond: bool, where: str, why: str) -> None:
+    if not cond:
+        raise ConfigError(f"{where}: {why}")
+
+
+def _keys(raw: Any, where: str, known: set[str]) -> dict:
+    _check(isinstance(raw, dict), where, "must be a mapping")
+    bad = set(raw) - known
+    _check(not bad, where, f"unknown key(s) {sorted(bad)}; known: {sorted(known)}")
+    return raw
+
+
+def parse_hostport(v: Any, where: str) -> str:
+    _check(isinstance(v, str) and ":" in v, where, f"must be HOST:PORT (got {v!r})")
+    host, _, port = v.rpartition(":")
+    _check(port.isdigit() and 0 < int(port) < 65536, where, f"port must be 1-65535 (got {port!r})")
+    return v
+
+
+def _num(v: Any, where: str, positive: bool = True) -> float:
+    _check(isinstance(v, (int, float)) and not isinstance(v, bool) and (v > 0 or not positive), where,
+           f"must be a positive number (got {v!r})")
+    return float(v)
+
+
+def _proxy(raw: dict, where: str) -> ProxyConfig:
+    raw = _keys(raw, where, {"listen", "upstream", "mode", "holdback_kib", "on_error", "upstream_timeout",
+                             "connect_timeout", "max_scans", "block_page", "tls", "trust_forwarded", "routes"})
+    p = ProxyConfig()
+    if "listen" in raw:
+        p.listen = parse_hostport(raw["listen"], f"{where}.listen")
+    if "upstream" in raw:
+        u = raw["upstream"]
+        _check(isinstance(u, str) and u.startswith(("http://", "https://")), f"{where}.upstream",
+               f"must be an http:// or https:// URL (got {u!r})")
+        p.upstream = u.rstrip("/")
+    if "mode" in raw:
+        _check(raw["mode"] in MODES, f"{where}.mode", f"must be one of {MODES} (got {raw['mode']!r})")
+        p.mode = raw["mode"]
+    if "on_error" in raw:
+        _check(raw["on_error"] in ON_ERROR, f"{where}.on_error", f"must be one of {ON_ERROR}")
+        p.on_error = raw["on_error"]
+    if "holdback_kib" in raw:
+        p.holdback = int(_num(raw["holdback_kib"], f"{where}.holdback_kib", positive=False)) << 10
+    for k in ("upstream_timeout", "connect_timeout"):
+        if k in raw:
+            setattr(p, k, _num(raw[k], f"{where}.{k}"))
+    if "max_scans" in raw:
+        p.max_scans = int(_num(raw["max_scans"], f"{where}.max_scans"))
+    if "block_page" in raw:
+        _check(Path(str(raw["block_page"])).is_file(), f"{where}.block_page", f"no such file {raw['block_page']!r}")
+        p.block_page = str(raw["block_page"])
+    if "tls" in raw:
+        tls = _keys(raw["tls"], f"{where}.tls", {"cert", "key"})
+        for k in ("cert", "key"):
+            _check(isinstance(tls.get(k), str) and Path(tls[k]).is_file(), f"{where}.tls.{k}",
+                   f"must name a readable PEM file (got {tls.get(k)!r})")
+        p.tls_cert, p.tls_key = tls["cert"], tls["key"]
+    if "trust_forwarded" in raw:
+        _check(isinstance(raw["trust_forwarded"], bool), f"{where}.trust_forwarded", "must be true or false")
+        p.trust_forwarded = raw["trust_forwarded"]
+    routes = []
+    for i, r in enumerate(raw.get("routes") or []):
+        rw = f"{where}.routes[{i}]"
+        r = _keys(r, rw, {"match", "mode", "on_error", "holdback_kib"})
+        _check(isinstance(r.get("match"), str), f"{rw}.match", "required: a path glob such as /exports/*")
+        mode = r.get("mode", p.mode)
+        _check(mode in MODES, f"{rw}.mode", f"must be one of {MODES}")
+        onerr = r.get("on_error", p.on_error)
+        _check(onerr in ON_ERROR, f"{rw}.on_error", f"must be one of {ON_ERROR}")
+        hb = int(_num(r["holdback_kib"], f"{rw}.holdback_kib", positive=False)) << 10 if "holdback_kib" in r \
+            else p.holdback
+        routes.append(ProxyRoute(r["match"], mode, onerr, hb))
+    p.routes = tuple(routes)
+    return p
+
+
+def parse_config(raw: Any, where: str = "config") -> Config:
+    if raw is None:
+        raw = {}
+    raw = _keys(raw, where, {"sensor_id", "state_dir", "hmac_key", "signatures", "default_signatures", "policy",
+                             "proxy", "takedown", "metrics", "admin", "alerts"})
+    c = Config()
+    if "sensor_id" in raw:
+        _check(isinstance(raw["sensor_id"], str) and raw["sensor_id"], f"{where}.sensor_id", "must be a string")
+        c.sensor_id = raw["sensor_id"]
+    if raw.get("state_dir"):
+        c.state_dir = Path(str(raw["state_dir"]))
+    if raw.get("hmac_key"):
+        c.hmac_key = str(raw["hmac_key"])
+    if "signatures" in raw:
+        sigs = raw["signatures"] or []
+        _check(isinstance(sigs, list) and all(isinstance(s, str) for s in sigs), f"{where}.signatures",
+               "must be a list of paths")
+        c.signatures = sigs
+    if "default_signatures" in raw:
+        c.default_signatures = bool(raw["default_signatures"])
+    c.policy = raw.get("policy")
+    _check(c.policy is None or isinstance(c.policy, (str, dict)), f"{where}.policy",
+           "must be a file path or a mapping")
+    if "proxy" in raw:
+        c.proxy = _proxy(raw["proxy"], f"{where}.proxy")
+    if "takedown" in raw:
+        t = _keys(raw["takedown"], f"{where}.takedown", {"query", "fingerprint_kib"})
+        try:
+            c.query = QueryRule.parse(t.get("query"), f"{where}.takedown.query")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if "fingerprint_kib" in t:
+            c.fingerprint_bytes = int(_num(t["fingerprint_kib"], f"{where}.takedown.fingerprint_kib")) << 10
+    if "metrics" in raw:
+        c.metrics = None if raw["metrics"] in (None, False) else parse_hostport(raw["metrics"], f"{where}.metrics")
+    if "admin" in raw:
+        a = raw["admin"]
+        if a in (None, False):
+            c.admin = None
+        else:
+            a = _keys(a, f"{where}.admin", {"listen", "token"})
+            if "listen" in a:
+                c.admin = parse_hostport(a["listen"], f"{where}.admin.listen")
+            if a.get("token"):
+                _check(isinstance(a["token"], str) and len(a["token"]) >= 16, f"{where}.admin.token",
+                       "must be a string of at least 16 characters")
+                c.admin_token = a["token"]
+    if "alerts" in raw:
+        a = _keys(raw["alerts"], f"{where}.alerts", {"source_ip", "retry_initial", "retry_max", "sinks"})
+        if "source_ip" in a:
+            _check(a["source_ip"] in SOURCE_IP_MODES, f"{where}.alerts.source_ip",
+                   f"must be one of {SOURCE_IP_MODES}")
+            c.source_ip = a["source_ip"]
+        for k in ("retry_initial", "retry_max"):
+            if k in a:
+                setattr(c, k, _num(a[k], f"{where}.alerts.{k}"))
+        if "sinks" in a:
+            sinks = a["sinks"] or []
+            _check(isinstance(sinks, list), f"{where}.alerts.sinks", "must be a list")
+            names = set()
+            for i, s in enumerate(sinks):
+                try:
+                    name = make_sink(s, f"{where}.alerts.sinks[{i}]").name
+                except ValueError as e:
+                    raise ConfigError(str(e)) from None
+                _check(name not in names, f"{where}.alerts.sinks[{i}].name",
+                       f"two sinks are called {name!r}; give one a 'name'")
+                names.add(name)
+            c.sinks = sinks
+    return c
+
+
+def load_config(path: Path | None) -> Config:
+    if path is None:
+        return Config()
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    c = parse_config(raw, str(path))
+    c.path = Path(path)
+    return c
+
+
+def with_overrides(c: Config, **flags: Any) -> Config:
+    """Apply command-line flags (None = not given) on top of the file."""
+    proxy = c.proxy
+    if flags.get("upstream"):
+        proxy = replace(proxy, upstream=_proxy({"upstream": flags["upstream"]}, "--upstream").upstream)
+    if flags.get("listen"):
+        proxy = replace(proxy, listen=parse_hostport(flags["listen"], "--listen"))
+    if flags.get("mode"):
+        proxy = replace(proxy, mode=flags["mode"])
+    c = replace(c, proxy=proxy)
+    if flags.get("state_dir"):
+        c = replace(c, state_dir=Path(flags["state_dir"]))
+    if flags.get("metrics"):
+        c = replace(c, metrics=None if flags["metrics"] == "off" else parse_hostport(flags["metrics"], "--metrics"))
+    if flags.get("admin"):
+        c = replace(c, admin=None if flags["admin"] == "off" else parse_hostport(flags["admin"], "--admin"))
+    if c.state_dir is None:
+        from sensor.detect.keys import default_state_dir
+        c = replace(c, state_dir=Path(os.environ.get("DLP_SENSOR_STATE_DIR") or default_state_dir()))
+    return c

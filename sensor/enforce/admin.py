@@ -1,0 +1,89 @@
+"""The admin API (its own port, default 127.0.0.1:9103; bearer token on every call).
+
+    GET  /takedowns[?all=1]            list (active, or all with lifted ones)
+    POST /takedowns                    {"url" | "resource", "reason", "actor"}  -> 201
+    POST /takedowns/{id}/lift          {"reason", "actor"}                        (audited)
+    GET  /audit                        every add and lift, oldest first
+    GET  /report                       the exposure report (JSON)
+"""
+from __future__ import annotations
+
+import hmac
+
+import orjson
+from aiohttp import web
+
+from sensor.enforce.report import build_report
+from sensor.enforce.resource import normalize
+from sensor.runtime import Sensor
+
+
+def _json(data, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data, option=orjson.OPT_INDENT_2), status=status,
+                        content_type="application/json")
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"error": message}, status)
+
+
+def admin_app(sensor: Sensor) -> web.Application:
+    @web.middleware
+    async def auth(request: web.Request, handler):
+        got = request.headers.get("Authorization", "")
+        if not (got.startswith("Bearer ") and hmac.compare_digest(got[7:].strip().encode(), sensor.token.encode())):
+            return _error(401, "missing or wrong bearer token")
+        return await handler(request)
+
+    async def body(request: web.Request, required: tuple[str, ...]) -> dict:
+        try:
+            data = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            raise web.HTTPBadRequest(text='{"error": "body must be JSON"}', content_type="application/json")
+        if not isinstance(data, dict):
+            raise web.HTTPBadRequest(text='{"error": "body must be a JSON object"}', content_type="application/json")
+        missing = [k for k in required if not isinstance(data.get(k), str) or not data[k].strip()]
+        if missing:
+            raise web.HTTPBadRequest(text=orjson.dumps({"error": f"missing {', '.join(missing)}"}).decode(),
+                                     content_type="application/json")
+        return data
+
+    async def list_(request: web.Request) -> web.Response:
+        return _json([t.to_json() for t in sensor.registry.list(include_lifted=request.query.get("all") == "1")])
+
+    async def add(request: web.Request) -> web.Response:
+        data = await body(request, ("reason", "actor"))
+        if data.get("resource"):
+            resource = str(data["resource"])
+        elif data.get("url"):
+            url = str(data["url"])
+            host = url.split("://", 1)[-1].split("/", 1)[0]
+            resource = normalize(host, url, sensor.config.query)
+        else:
+            return _error(400, "give 'url' or 'resource'")
+        td = sensor.registry.add(resource, actor=data["actor"], reason=data["reason"])
+        sensor.metrics.takedowns.labels(source="admin").inc()
+        sensor.ledger.mark(resource, "taken_down")
+        return _json(td.to_json(), 201)
+
+    async def lift(request: web.Request) -> web.Response:
+        data = await body(request, ("reason", "actor"))
+        try:
+            tid = int(request.match_info["id"])
+        except ValueError:
+            return _error(400, "takedown id must be a number")
+        td = sensor.registry.lift(tid, actor=data["actor"], reason=data["reason"])
+        if td is None:
+            return _error(404, f"no active takedown {tid}")
+        return _json(td.to_json())
+
+    async def audit(request: web.Request) -> web.Response:
+        return _json(sensor.registry.audit())
+
+    async def report(request: web.Request) -> web.Response:
+        return _json(build_report(sensor.ledger, sensor.registry))
+
+    app = web.Application(middlewares=[auth], client_max_size=64 << 10)
+    app.add_routes([web.get("/takedowns", list_), web.post("/takedowns", add),
+                    web.post("/takedowns/{id}/lift", lift), web.get("/audit", audit), web.get("/report", report)])
+    return app

@@ -1,0 +1,145 @@
+"""The exposure ledger: per resource, who got what and when — the facts a breach notice needs.
+
+For every resource: first and last served, responses served (and completed), bytes, when it first
+tripped and when it was taken down, how many responses and distinct clients (keyed hash, never the
+address) came before each, refusals afterwards, and the most records seen in one response.
+
+The proxy's hot path only adds to in-memory deltas; a background task flushes them every half
+second (and at once when a resource trips or is taken down) as ``served = served + ?`` updates,
+so several sidecar processes can share one ledger file without losing counts.
+"""
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sensor.enforce.registry import Transaction as _tx, connect
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS resources (
+    resource TEXT PRIMARY KEY,
+    first_served REAL, last_served REAL,
+    served INTEGER NOT NULL DEFAULT 0,
+    completed INTEGER NOT NULL DEFAULT 0,
+    partial INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    refused INTEGER NOT NULL DEFAULT 0,
+    max_records INTEGER NOT NULL DEFAULT 0,
+    alerts INTEGER NOT NULL DEFAULT 0,
+    trips INTEGER NOT NULL DEFAULT 0,
+    first_alert REAL,
+    tripped_at REAL, served_at_trip INTEGER, clients_at_trip INTEGER,
+    taken_down_at REAL, served_at_takedown INTEGER, clients_at_takedown INTEGER
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS clients (
+    resource TEXT NOT NULL, client TEXT NOT NULL, first_seen REAL NOT NULL,
+    PRIMARY KEY (resource, client)
+) WITHOUT ROWID;
+"""
+
+COUNTERS = ("served", "completed", "partial", "bytes", "refused", "alerts", "trips")
+
+
+@dataclass
+class _Delta:
+    first: float = 0.0
+    last: float = 0.0
+    max_records: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    clients: dict[str, float] = field(default_factory=dict)
+
+
+class Ledger:
+    def __init__(self, path: Path):
+        self.db = connect(Path(path))
+        self.db.execute("PRAGMA synchronous=NORMAL")     # survives kill -9 (page cache), cheap
+        self.db.executescript(SCHEMA)
+        self._pending: dict[str, _Delta] = {}
+
+    def close(self) -> None:
+        self.flush()
+        self.db.close()
+
+    # -- hot path (memory only) -----------------------------------------------------------------
+    def served(self, resource: str, client: str | None, *, sent: int, completed: bool, partial: bool,
+               records: int, verdict: str, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        d = self._delta(resource, now)
+        c = d.counts
+        if sent > 0 or completed:
+            c["served"] += 1
+            if client:
+                d.clients.setdefault(client, now)
+        c["completed"] += completed
+        c["partial"] += partial
+        c["bytes"] += sent
+        c["alerts"] += verdict == "alert"
+        c["trips"] += verdict == "trip"
+        if records > d.max_records:
+            d.max_records = records
+
+    def refused(self, resource: str, now: float | None = None) -> None:
+        self._delta(resource, time.time() if now is None else now).counts["refused"] += 1
+
+    def _delta(self, resource: str, now: float) -> _Delta:
+        d = self._pending.get(resource)
+        if d is None:
+            d = self._pending[resource] = _Delta(first=now)
+        d.last = now
+        return d
+
+    # -- durable ---------------------------------------------------------------------------------
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        sets = ", ".join(f"{k} = {k} + ?" for k in COUNTERS)
+        with _tx(self.db):
+            for res, d in pending.items():
+                self.db.execute("INSERT OR IGNORE INTO resources(resource, first_served) VALUES (?, ?)",
+                                (res, d.first))
+                self.db.execute(
+                    f"UPDATE resources SET {sets}, last_served = max(coalesce(last_served, 0), ?), "
+                    "first_served = min(coalesce(first_served, ?), ?), max_records = max(max_records, ?), "
+                    "first_alert = CASE WHEN ? > 0 THEN coalesce(first_alert, ?) ELSE first_alert END "
+                    "WHERE resource = ?",
+                    (*(d.counts.get(k, 0) for k in COUNTERS), d.last, d.first, d.first, d.max_records,
+                     d.counts.get("alerts", 0) + d.counts.get("trips", 0), d.last, res))
+                if d.clients:
+                    self.db.executemany("INSERT OR IGNORE INTO clients(resource, client, first_seen) VALUES (?,?,?)",
+                                        [(res, c, t) for c, t in d.clients.items()])
+
+    def mark(self, resource: str, event: str, now: float | None = None) -> None:
+        """Record the first trip (``tripped``) or takedown (``taken_down``) of a resource."""
+        col = {"tripped": "tripped_at", "taken_down": "taken_down_at"}[event]
+        snap = {"tripped": ("served_at_trip", "clients_at_trip"),
+                "taken_down": ("served_at_takedown", "clients_at_takedown")}[event]
+        now = time.time() if now is None else now
+        self.flush()
+        with _tx(self.db):
+            self.db.execute("INSERT OR IGNORE INTO resources(resource) VALUES (?)", (resource,))
+            self.db.execute(
+                f"UPDATE resources SET {snap[0]} = coalesce({snap[0]}, served), "
+                f"{snap[1]} = coalesce({snap[1]}, (SELECT count(*) FROM clients WHERE resource = ?)), "
+                f"{col} = coalesce({col}, ?) WHERE resource = ?", (resource, now, resource))
+
+    # -- reading ---------------------------------------------------------------------------------
+    def incidents(self) -> list[dict]:
+        """Every resource that alerted, tripped or was taken down, worst first."""
+        self.flush()
+        self.db.row_factory = sqlite3.Row
+        try:
+            rows = self.db.execute(
+                "SELECT r.*, (SELECT count(*) FROM clients c WHERE c.resource = r.resource) AS clients "
+                "FROM resources r WHERE alerts > 0 OR trips > 0 OR taken_down_at IS NOT NULL "
+                "ORDER BY (tripped_at IS NULL), coalesce(tripped_at, first_alert)").fetchall()
+            return [dict(r) for r in rows]
+        finally:
+            self.db.row_factory = None
+
+    def resource(self, resource: str) -> dict | None:
+        return next((r for r in self.incidents() if r["resource"] == resource), None)
+

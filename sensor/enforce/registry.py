@@ -1,0 +1,181 @@
+"""The takedown registry: durable (SQLite, WAL, synchronous=FULL) and shared by every process.
+
+A takedown is committed — on disk, fsynced — before the tripped response is cut, so a sidecar
+killed with ``kill -9`` the instant after a trip still refuses the resource when it comes back.
+Several sidecar processes on one host (SO_REUSEPORT workers, or the CLI) share the file; each
+process keeps an in-memory copy for the per-request check and reloads it when SQLite's
+``data_version`` says another connection committed (a few microseconds per request).
+
+Two keys block: the normalised resource (``host/path``) and a content fingerprint (keyed hash of
+the first bytes of the body) so the same file served under another URL is refused as well.
+Every add and lift is written to an audit table with actor and reason.
+"""
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS takedowns (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    resource TEXT NOT NULL,
+    fingerprint TEXT,
+    created REAL NOT NULL,
+    actor TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    exchange_id TEXT,
+    lifted REAL,
+    lifted_by TEXT,
+    lift_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS takedowns_active ON takedowns(resource) WHERE lifted IS NULL;
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    action TEXT NOT NULL,
+    takedown_id INTEGER,
+    resource TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+"""
+
+
+@dataclass
+class Takedown:
+    id: int
+    resource: str
+    fingerprint: str | None
+    created: float
+    actor: str
+    reason: str
+    exchange_id: str | None = None
+    lifted: float | None = None
+    lifted_by: str | None = None
+    lift_reason: str | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection tuned for durable small writes shared between processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(str(path), timeout=10.0, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA busy_timeout=10000")
+    return db
+
+
+class Registry:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.db = connect(self.path)
+        self.db.executescript(SCHEMA)
+        self._version = -1
+        self._resources: dict[str, int] = {}
+        self._fingerprints: dict[str, int] = {}
+        self.refresh()
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- the hot path ---------------------------------------------------------------------------
+    def refresh(self, force: bool = False) -> None:
+        """Reload the active set if another connection committed since (``data_version`` does not
+        move for this connection's own commits: those pass ``force``)."""
+        v = self.db.execute("PRAGMA data_version").fetchone()[0]
+        if v == self._version and not force:
+            return
+        rows = self.db.execute("SELECT id, resource, fingerprint FROM takedowns WHERE lifted IS NULL").fetchall()
+        self._resources = {r: i for i, r, _ in rows}
+        self._fingerprints = {f: i for i, _, f in rows if f}
+        self._version = v
+
+    def blocked(self, resource: str) -> int | None:
+        """The active takedown id for this resource, if any."""
+        self.refresh()
+        return self._resources.get(resource)
+
+    def blocked_content(self, fingerprint: str) -> int | None:
+        return self._fingerprints.get(fingerprint)
+
+    @property
+    def active(self) -> int:
+        return len(self._resources)
+
+    # -- changes (each one durable and audited before it returns) -------------------------------
+    def add(self, resource: str, *, actor: str, reason: str, fingerprint: str | None = None,
+            exchange_id: str | None = None, now: float | None = None) -> Takedown:
+        """Take a resource down; an already active takedown is returned as it is (idempotent)."""
+        now = time.time() if now is None else now
+        with self._tx():
+            row = self.db.execute("SELECT id FROM takedowns WHERE resource=? AND lifted IS NULL",
+                                  (resource,)).fetchone()
+            if row:
+                if fingerprint:
+                    self.db.execute("UPDATE takedowns SET fingerprint=coalesce(fingerprint, ?) WHERE id=?",
+                                    (fingerprint, row[0]))
+                tid = row[0]
+            else:
+                tid = self.db.execute(
+                    "INSERT INTO takedowns(resource, fingerprint, created, actor, reason, exchange_id) "
+                    "VALUES (?,?,?,?,?,?)", (resource, fingerprint, now, actor, reason, exchange_id)).lastrowid
+                self.db.execute("INSERT INTO audit(at, action, takedown_id, resource, actor, reason) "
+                                "VALUES (?,?,?,?,?,?)", (now, "add", tid, resource, actor, reason))
+        self.refresh(force=True)
+        return self.get(tid)
+
+    def lift(self, ident: int | str, *, actor: str, reason: str, now: float | None = None) -> Takedown | None:
+        """Lift by takedown id or resource; None when nothing active matches."""
+        if not reason.strip() or not actor.strip():
+            raise ValueError("lifting a takedown needs an actor and a reason (it is audited)")
+        now = time.time() if now is None else now
+        col = "id" if isinstance(ident, int) else "resource"
+        with self._tx():
+            row = self.db.execute(f"SELECT id, resource FROM takedowns WHERE {col}=? AND lifted IS NULL",
+                                  (ident,)).fetchone()
+            if not row:
+                return None
+            self.db.execute("UPDATE takedowns SET lifted=?, lifted_by=?, lift_reason=? WHERE id=?",
+                            (now, actor, reason, row[0]))
+            self.db.execute("INSERT INTO audit(at, action, takedown_id, resource, actor, reason) "
+                            "VALUES (?,?,?,?,?,?)", (now, "lift", row[0], row[1], actor, reason))
+        self.refresh(force=True)
+        return self.get(row[0])
+
+    # -- reading --------------------------------------------------------------------------------
+    def get(self, tid: int) -> Takedown:
+        row = self.db.execute(f"SELECT {', '.join(Takedown.__dataclass_fields__)} FROM takedowns WHERE id=?",
+                              (tid,)).fetchone()
+        return Takedown(*row)
+
+    def list(self, include_lifted: bool = False) -> list[Takedown]:
+        where = "" if include_lifted else "WHERE lifted IS NULL"
+        rows = self.db.execute(f"SELECT {', '.join(Takedown.__dataclass_fields__)} FROM takedowns {where} "
+                               "ORDER BY id").fetchall()
+        return [Takedown(*r) for r in rows]
+
+    def audit(self) -> list[dict]:
+        rows = self.db.execute("SELECT at, action, takedown_id, resource, actor, reason FROM audit ORDER BY id")
+        return [dict(zip(("at", "action", "takedown_id", "resource", "actor", "reason"), r)) for r in rows]
+
+    def _tx(self):
+        return Transaction(self.db)
+
+
+class Transaction:
+    """BEGIN IMMEDIATE … COMMIT: one writer at a time across processes, nothing half-written."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, *_):
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        return False

@@ -1,0 +1,67 @@
+"""The incident report: which resource leaked, for how long, to how many clients, how many records.
+
+Built from the exposure ledger and the takedown registry; it is the starting point of a breach
+notification, so every figure says what it counts. Client counts are distinct keyed hashes.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from sensor.alerts.schema import iso
+from sensor.enforce.ledger import Ledger
+from sensor.enforce.registry import Registry
+
+
+def build_report(ledger: Ledger, registry: Registry) -> dict[str, Any]:
+    active = {t.resource: t for t in registry.list()}
+    incidents = []
+    for r in ledger.incidents():
+        td = active.get(r["resource"])
+        first, down = r["first_served"], r["taken_down_at"]
+        incidents.append({
+            "resource": r["resource"],
+            "status": "taken down" if td else ("tripped, still served" if r["tripped_at"] else "alerted"),
+            "takedown_id": td.id if td else None,
+            "first_served": iso(first) if first else None,
+            "first_alert": iso(r["first_alert"]) if r["first_alert"] else None,
+            "tripped_at": iso(r["tripped_at"]) if r["tripped_at"] else None,
+            "taken_down_at": iso(down) if down else None,
+            "exposed_seconds": round((down or r["last_served"] or 0) - first, 3) if first else None,
+            "served": r["served"], "completed_downloads": r["completed"], "partial_responses": r["partial"],
+            "served_before_detection": r["served_at_trip"], "served_before_takedown": r["served_at_takedown"],
+            "unique_clients": r["clients"], "unique_clients_before_detection": r["clients_at_trip"],
+            "unique_clients_before_takedown": r["clients_at_takedown"],
+            "refused_after_takedown": r["refused"], "bytes_sent": r["bytes"],
+            "max_records_in_one_response": r["max_records"], "alerts": r["alerts"], "trips": r["trips"],
+        })
+    return {"incidents": incidents, "active_takedowns": len(active)}
+
+
+def render_text(report: dict[str, Any]) -> str:
+    inc = report["incidents"]
+    if not inc:
+        return "No incidents: nothing alerted, tripped or was taken down.\n"
+    lines = [f"{len(inc)} incident(s), {report['active_takedowns']} active takedown(s)", ""]
+    for i in inc:
+        lines += [
+            f"== {i['resource']}  [{i['status']}]",
+            f"   first served        {i['first_served'] or '-'}",
+            f"   tripped             {i['tripped_at'] or '-'}",
+            f"   taken down          {i['taken_down_at'] or '-'}"
+            + (f"  (takedown #{i['takedown_id']})" if i["takedown_id"] else ""),
+            f"   exposed for         {i['exposed_seconds']} s",
+            f"   served              {i['served']} responses ({i['completed_downloads']} complete, "
+            f"{i['partial_responses']} partial), {i['bytes_sent']:,} bytes",
+            f"   before detection    {_n(i['served_before_detection'])} responses to "
+            f"{_n(i['unique_clients_before_detection'])} distinct clients",
+            f"   before takedown     {_n(i['served_before_takedown'])} responses to "
+            f"{_n(i['unique_clients_before_takedown'])} distinct clients",
+            f"   refused afterwards  {i['refused_after_takedown']}",
+            f"   records             up to {i['max_records_in_one_response']:,} people's records in one response",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def _n(v) -> str:
+    return "-" if v is None else f"{v:,}"

@@ -1,0 +1,245 @@
+"""One sensor process's shared state: engine + policy (reloadable), key, registry, ledger, alerts, metrics.
+
+Taps are thin: they turn their protocol into an :class:`~sensor.pipeline.Exchange` plus body chunks,
+call :meth:`Sensor.new_scan`, and hand the outcome back through :meth:`Sensor.take_down` (on a trip,
+before cutting) and :meth:`Sensor.finished` (always). Everything a verdict causes — takedown,
+ledger, SOC alert, metrics — happens here, once, the same way for every tap.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import secrets
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sensor.alerts.dispatch import Dispatcher
+from sensor.alerts.schema import AlertContext, build_alert
+from sensor.alerts.sinks import make_sink
+from sensor.alerts.spool import Spool
+from sensor.config import Config
+from sensor.decode.limits import DecodeLimits
+from sensor.detect.engine import Engine
+from sensor.detect.keys import load_key
+from sensor.detect.pack import PackError, load_pack
+from sensor.detect.policy import Policy, PolicyError, load_policy, parse_policy
+from sensor.detect.scanner import ScanResult
+from sensor.enforce.ledger import Ledger
+from sensor.enforce.registry import Registry, Takedown
+from sensor.metrics import Metrics
+from sensor.pipeline import BodyScan, Exchange
+
+log = logging.getLogger("dlp_sensor")
+TOKEN_ENV = "DLP_SENSOR_ADMIN_TOKEN"
+
+
+@dataclass
+class Detector:
+    """What a reload swaps as one unit; an exchange keeps the one it started with."""
+    engine: Engine
+    policy: Policy
+    generation: str                 # changes whenever the pack or the policy does (ICAP ISTag)
+
+
+def _policy_from(config: Config, known: set[str]) -> Policy:
+    if isinstance(config.policy, dict):
+        return parse_policy(config.policy, "policy", known)
+    return load_policy(Path(config.policy) if config.policy else None, known)
+
+
+def build_detector(config: Config) -> Detector:
+    """Load pack and policy; raises PackError / PolicyError naming the file and key."""
+    pack = load_pack([Path(p) for p in config.signatures], include_default=config.default_signatures)
+    engine = Engine(pack)
+    policy = _policy_from(config, {s.id for s in engine.signatures})
+    gen = hashlib.sha256((pack.digest + repr(policy)).encode()).hexdigest()[:16]
+    return Detector(engine, policy, gen)
+
+
+def admin_token(config: Config) -> str:
+    """Token from config, else $DLP_SENSOR_ADMIN_TOKEN, else generated once into the state dir (0600)."""
+    if config.admin_token:
+        return config.admin_token
+    if os.environ.get(TOKEN_ENV):
+        return os.environ[TOKEN_ENV].strip()
+    assert config.state_dir is not None
+    path = config.state_dir / "admin.token"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        tok = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(tok + "\n")
+        return tok
+
+
+class Sensor:
+    def __init__(self, config: Config, detector: Detector | None = None):
+        assert config.state_dir is not None, "with_overrides() fills state_dir"
+        self.config = config
+        sd = config.state_dir
+        sd.mkdir(parents=True, exist_ok=True)
+        self.key = load_key(config.hmac_key, sd)
+        self.detector = detector or build_detector(config)
+        self.metrics = Metrics()
+        self.registry = Registry(sd / "takedowns.db")
+        self.ledger = Ledger(sd / "ledger.db")
+        self.spool = Spool(sd / "alerts.db")
+        sinks = []
+        for i, s in enumerate(config.sinks):
+            raw = dict(s)
+            if raw.get("type") == "jsonl" and not os.path.isabs(raw.get("path", "/")):
+                raw["path"] = str(sd / raw["path"])
+            sinks.append(make_sink(raw, f"alerts.sinks[{i}]"))
+        self.dispatcher = Dispatcher(self.spool, sinks, retry_initial=config.retry_initial,
+                                     retry_max=config.retry_max, metrics=self.metrics)
+        self.token = admin_token(config)
+        self.limits = DecodeLimits()
+        self.ready = False
+        self._tasks: list[asyncio.Task] = []
+        self._watched: dict[Path, float] = {}
+        self.metrics.takedowns_active.set_function(lambda: self.registry.active)
+
+    # -- life cycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.dispatcher.start()
+        self._tasks.append(asyncio.create_task(self._flush_loop(), name="ledger-flush"))
+        self._tasks.append(asyncio.create_task(self._watch_loop(), name="config-watch"))
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass                                    # not the main thread (tests run sensors in-process)
+        self._watched = self._mtimes()
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.dispatcher.stop()
+        self.ledger.close()
+        self.registry.close()
+        self.spool.close()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                self.ledger.flush()
+            except Exception:                       # a full disk must not stop the proxy
+                log.exception("ledger flush failed; will retry")
+
+    # -- reload -----------------------------------------------------------------------------------
+    def _watch_files(self) -> list[Path]:
+        files = [p for p in ([self.config.path] if self.config.path else [])]
+        if isinstance(self.config.policy, str):
+            files.append(Path(self.config.policy))
+        for s in self.config.signatures:
+            p = Path(s)
+            files.extend(sorted(p.glob("*.y*ml")) if p.is_dir() else [p])
+        return files
+
+    def _mtimes(self) -> dict[Path, float]:
+        out = {}
+        for p in self._watch_files():
+            try:
+                out[p] = p.stat().st_mtime_ns
+            except OSError:
+                out[p] = -1
+        return out
+
+    async def _watch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = self._mtimes()
+            if now != self._watched:
+                self._watched = now
+                await self.reload()
+
+    async def reload(self) -> bool:
+        """Rebuild pack and policy off the event loop; a bad one is refused and the old one serves."""
+        config = self.config
+        if config.path:
+            from sensor.config import ConfigError, load_config, with_overrides
+            try:
+                fresh = load_config(config.path)
+                config = with_overrides(fresh, state_dir=str(self.config.state_dir))
+                config.proxy = self.config.proxy            # listeners cannot move without a restart
+            except ConfigError as e:
+                log.error("reload refused, still serving generation %s: %s", self.detector.generation, e)
+                self.metrics.reloads.labels(result="error").inc()
+                return False
+        try:
+            det = await asyncio.to_thread(build_detector, config)
+        except (PackError, PolicyError, OSError) as e:
+            log.error("reload refused, still serving generation %s: %s", self.detector.generation, e)
+            self.metrics.reloads.labels(result="error").inc()
+            return False
+        self.config, self.detector = config, det
+        self.metrics.reloads.labels(result="ok").inc()
+        log.info("reloaded: generation %s, %d signatures", det.generation, len(det.engine.signatures))
+        return True
+
+    # -- per exchange -----------------------------------------------------------------------------
+    def new_scan(self, exchange: Exchange, *, stop_on_trip: bool = True) -> BodyScan:
+        d = self.detector
+        return BodyScan(d.engine, d.policy, key=self.key, exchange=exchange, limits=self.limits,
+                        stop_on_trip=stop_on_trip)
+
+    def content_fingerprint(self, head: bytes) -> str:
+        """Keyed hash of a body's first bytes: the same file under another URL has the same one."""
+        return hashlib.blake2b(head, key=self.key[:64], digest_size=16).hexdigest()
+
+    def take_down(self, ctx: AlertContext, fingerprint: str | None, tripped_at: float) -> Takedown:
+        """Durable (fsynced) before it returns: call it before the tripped response is cut."""
+        td = self.registry.add(ctx.resource, actor=f"sensor:{self.config.sensor_id}",
+                               reason="trip: personal-data leak", fingerprint=fingerprint,
+                               exchange_id=ctx.exchange_id)
+        self.metrics.detection_to_takedown.observe(time.perf_counter() - tripped_at)
+        self.metrics.takedowns.labels(source="trip").inc()
+        ctx.takedown_id = td.id
+        return td
+
+    def refused(self, resource: str, reason: str) -> None:
+        self.ledger.refused(resource)
+        self.metrics.refusals.labels(reason=reason).inc()
+
+    def finished(self, ctx: AlertContext, result: ScanResult | None, *, tap: str, completed: bool,
+                 scan_seconds: float = 0.0) -> dict | None:
+        """Account for one exchange; returns the alert it raised, if any."""
+        m = self.metrics
+        verdict = result.verdict if result else "unscanned"
+        m.exchanges.labels(tap=tap, verdict=verdict).inc()
+        if result is None:
+            self.ledger.served(ctx.resource, self._client(ctx), sent=ctx.bytes_sent, completed=completed,
+                               partial=ctx.partial, records=0, verdict="pass")
+            return None
+        m.bytes_scanned.labels(tap=tap).inc(result.bytes)
+        m.scan_seconds.labels(tap=tap).observe(scan_seconds)
+        for sig, n in result.findings.items():
+            m.findings.labels(signature=sig).inc(n)
+        for note in result.notes:
+            if note.startswith(("decode-limit:", "decode-error:", "truncated:")):
+                m.decode_limits.labels(reason=note.split(" ")[0]).inc()
+        self.ledger.served(ctx.resource, self._client(ctx), sent=ctx.bytes_sent, completed=completed,
+                           partial=ctx.partial, records=result.records, verdict=verdict)
+        if verdict == "pass":
+            return None
+        if verdict == "trip":
+            m.trips.labels(mode=ctx.mode).inc()
+            self.ledger.mark(ctx.resource, "tripped")
+            if ctx.takedown_id is not None:
+                self.ledger.mark(ctx.resource, "taken_down")
+        ctx.ruleset = self.detector.generation
+        alert = build_alert(ctx, result, key=self.key, source_ip=self.config.source_ip, now=time.time())
+        self.dispatcher.submit(alert)
+        return alert
+
+    def _client(self, ctx: AlertContext) -> str | None:
+        return self.content_fingerprint(ctx.client_ip.encode())[:16] if ctx.client_ip else None

@@ -1,0 +1,95 @@
+"""Start and stop a sensor process: the taps' listeners, the metrics port and the admin port."""
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import signal
+import ssl
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from sensor.config import Config
+from sensor.enforce.admin import admin_app
+from sensor.metrics.server import metrics_app
+from sensor.runtime import Sensor
+from sensor.taps.proxy.server import Proxy
+
+log = logging.getLogger("dlp_sensor")
+
+
+def _split(hostport: str) -> tuple[str, int]:
+    host, _, port = hostport.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+@dataclass
+class Running:
+    sensor: Sensor
+    proxy: Proxy
+    runners: list[web.AppRunner] = field(default_factory=list)
+    addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    async def stop(self) -> None:
+        self.sensor.ready = False
+        for r in reversed(self.runners):
+            await r.cleanup()
+        await self.proxy.stop()
+        await self.sensor.stop()
+
+
+async def _site(app: web.Application | web.Server, hostport: str, *, ssl_context=None,
+                reuse_port: bool = False) -> tuple[web.BaseRunner, tuple[str, int]]:
+    runner = web.ServerRunner(app, access_log=None) if isinstance(app, web.Server) else \
+        web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    host, port = _split(hostport)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port or None,
+                       backlog=1024)
+    await site.start()
+    sock = site._server.sockets[0]                      # the real port when 0 was asked for
+    return runner, sock.getsockname()[:2]
+
+
+async def start_proxy(config: Config, *, reuse_port: bool = False, sensor: Sensor | None = None) -> Running:
+    sensor = sensor or Sensor(config)
+    gc.collect()
+    gc.freeze()             # start-up objects (engine, pack) never die: keep full GC passes off them
+    await sensor.start()
+    proxy = Proxy(sensor)
+    await proxy.start()
+    run = Running(sensor, proxy)
+    ctx = None
+    if config.proxy.tls_cert:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(config.proxy.tls_cert, config.proxy.tls_key)
+    server = web.Server(proxy.handle, access_log=None, max_field_size=16 << 10, max_line_size=16 << 10,
+                        handler_cancellation=True)
+    r, addr = await _site(server, config.proxy.listen, ssl_context=ctx, reuse_port=reuse_port)
+    run.runners.append(r)
+    run.addresses["proxy"] = addr
+    if config.metrics:
+        r, addr = await _site(metrics_app(sensor), config.metrics)
+        run.runners.append(r)
+        run.addresses["metrics"] = addr
+    if config.admin:
+        r, addr = await _site(admin_app(sensor), config.admin)
+        run.runners.append(r)
+        run.addresses["admin"] = addr
+    return run
+
+
+async def serve_forever(config: Config, *, reuse_port: bool = False) -> None:
+    run = await start_proxy(config, reuse_port=reuse_port)
+    for name, (h, p) in run.addresses.items():
+        log.info("%s listening on %s:%d", name, h, p)
+    log.info("ready: upstream %s, mode %s, signatures generation %s", config.proxy.upstream, config.proxy.mode,
+             run.sensor.detector.generation)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: draining connections")
+    await run.stop()

@@ -1,0 +1,1 @@
+"""The inline reverse proxy (the sidecar)."""

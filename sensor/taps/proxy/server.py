@@ -1,0 +1,347 @@
+"""The inline reverse proxy: forwards every exchange to the upstream and scans responses as they stream.
+
+Per route:
+
+- ``monitor``: each chunk is forwarded first and scanned after, so scanning never holds a byte
+  back; a trip raises the alert and ledger entry but cuts nothing (taken-down resources are still
+  refused: a takedown is an explicit decision).
+- ``enforce``: the first ``holdback`` bytes are held until scanned, so a small leak never leaves
+  (451 page); past that each chunk is scanned before it is forwarded and a trip aborts the
+  connection — the client sees a failed download (short of Content-Length, or no terminating
+  chunk), never a complete-looking truncated file. The takedown is durable before the cut.
+
+Memory per exchange is bounded by the hold-back plus one chunk: reads and writes are paced by
+aiohttp's flow control in both directions.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from sensor.alerts.schema import AlertContext
+from sensor.enforce.resource import normalize, public_url
+from sensor.pipeline import BodyScan, Exchange
+from sensor.runtime import Sensor
+
+log = logging.getLogger("dlp_sensor.proxy")
+CHUNK = 64 << 10
+HOP_BY_HOP = frozenset(h.lower() for h in (
+    "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer", "Trailers",
+    "Transfer-Encoding", "Upgrade", "Proxy-Connection"))
+DEFAULT_BLOCK_PAGE = (b"<!doctype html><html><head><title>451 Unavailable For Legal Reasons</title></head>"
+                      b"<body><h1>Unavailable</h1><p>This resource has been withdrawn because it appears to "
+                      b"contain personal data. The site's operators have been notified.</p></body></html>\n")
+
+
+def _forward_headers(headers, extra_drop: frozenset[str] = frozenset()) -> CIMultiDict:
+    drop = HOP_BY_HOP | extra_drop
+    conn = headers.get("Connection", "")
+    drop |= {t.strip().lower() for t in conn.split(",") if t.strip()}
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+
+
+class Cut(Exception):
+    """The response must end now, without a proper end (abort the client connection)."""
+
+
+class Proxy:
+    def __init__(self, sensor: Sensor):
+        self.sensor = sensor
+        self.session: aiohttp.ClientSession | None = None
+        self.active_scans = 0
+        self.websockets: set[web.WebSocketResponse] = set()
+
+    @property
+    def config(self):
+        return self.sensor.config.proxy
+
+    async def start(self) -> None:
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True),
+            auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(), read_bufsize=CHUNK)
+
+    async def stop(self) -> None:
+        for ws in list(self.websockets):
+            await ws.close()
+        if self.session:
+            await self.session.close()
+
+    def block_page(self) -> bytes:
+        p = self.config.block_page
+        if p:
+            try:
+                return Path(p).read_bytes()
+            except OSError:
+                log.error("block page %s unreadable; serving the built-in one", p)
+        return DEFAULT_BLOCK_PAGE
+
+    def _451(self) -> web.Response:
+        return web.Response(status=451, body=self.block_page(), content_type="text/html",
+                            headers={"Cache-Control": "no-store", "Link": '<>; rel="blocked-by"'})
+
+    def _client_ip(self, request: web.Request) -> str:
+        if self.config.trust_forwarded:
+            xff = request.headers.get("X-Forwarded-For", "")
+            if xff:
+                return xff.split(",")[0].strip()
+        return request.remote or ""
+
+    # -- the handler ------------------------------------------------------------------------------
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        t0 = time.perf_counter()
+        outcome = "error"
+        try:
+            resp, outcome = await self._handle(request)
+            return resp
+        finally:
+            self.sensor.metrics.request_duration.labels(outcome=outcome).observe(time.perf_counter() - t0)
+
+    async def _handle(self, request: web.Request) -> tuple[web.StreamResponse, str]:
+        s = self.sensor
+        cfg = self.config
+        target = request.raw_path
+        resource = normalize(request.host, target, s.config.query)
+        route = cfg.route(request.path)
+        if s.registry.blocked(resource) is not None:
+            s.refused(resource, "resource")
+            return self._451(), "refused"
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await self._websocket(request), "websocket"
+
+        headers = _forward_headers(request.headers)
+        xff = request.headers.get("X-Forwarded-For")
+        headers["X-Forwarded-For"] = f"{xff}, {request.remote}" if xff else (request.remote or "")
+        headers["X-Forwarded-Proto"] = request.scheme
+        headers["X-Forwarded-Host"] = request.host
+        body = request.content.iter_chunked(CHUNK) if request.body_exists else None
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=cfg.connect_timeout, sock_read=cfg.upstream_timeout)
+        assert self.session is not None
+        try:
+            upstream = await self.session.request(request.method, cfg.upstream + target, headers=headers, data=body,
+                                                  allow_redirects=False, timeout=timeout, skip_auto_headers=("User-Agent",
+                                                  "Accept-Encoding", "Content-Type"))
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            s.metrics.upstream_errors.labels(kind="timeout").inc()
+            return web.Response(status=504, text="upstream timed out\n"), "upstream_timeout"
+        except (aiohttp.ClientError, OSError) as e:
+            s.metrics.upstream_errors.labels(kind="down").inc()
+            log.warning("upstream unavailable: %s", type(e).__name__)
+            return web.Response(status=502, text="upstream unavailable\n"), "upstream_down"
+        try:
+            return await self._relay(request, upstream, resource, route, t_start=time.perf_counter())
+        finally:
+            upstream.release()
+
+    async def _relay(self, request: web.Request, up: aiohttp.ClientResponse, resource: str, route,
+                     t_start: float) -> tuple[web.StreamResponse, str]:
+        s = self.sensor
+        enforce = route.mode == "enforce"
+        exchange = Exchange(url=str(request.url), method=request.method, status=up.status,
+                            content_type=up.headers.get("Content-Type", ""),
+                            content_encoding=up.headers.get("Content-Encoding", ""),
+                            client=self._client_ip(request), path=request.path)
+        ctx = AlertContext(exchange_id=uuid.uuid4().hex, sensor_id=s.config.sensor_id, resource=resource,
+                           url=public_url(request.scheme, request.host, request.raw_path), method=request.method,
+                           status=up.status, client_ip=exchange.client, mode=route.mode,
+                           action="cut_and_takedown" if enforce else "logged", partial=up.status == 206)
+        if ctx.partial:
+            s.metrics.partial.inc()
+        resp = web.StreamResponse(status=up.status, reason=up.reason,
+                                  headers=_forward_headers(up.headers, frozenset({"content-length"})))
+        if up.content_length is not None:
+            resp.content_length = up.content_length
+        has_body = request.method != "HEAD" and up.status not in (204, 304) and not 100 <= up.status < 200
+
+        scan: BodyScan | None = None
+        if has_body:
+            if self.active_scans >= self.config.max_scans:
+                s.metrics.failures.labels(reason="overload", action=route.on_error).inc()
+                if route.on_error == "closed":
+                    return web.Response(status=503, text="scanner overloaded\n",
+                                        headers={"Retry-After": "1"}), "overload"
+            else:
+                scan = s.new_scan(exchange)
+        if scan is not None:
+            self.active_scans += 1
+        fp_bytes = s.config.fingerprint_bytes
+        head = bytearray()          # first fp_bytes of the body (the content fingerprint)
+        fingerprint: str | None = None
+        held: list[bytes] = []
+        held_n = 0
+        prepared = False
+        completed = False
+        scan_s = 0.0
+        tripped_at: float | None = None
+        result = None
+        outcome = "ok"
+        try:
+            if not enforce or not has_body:
+                await resp.prepare(request)
+                prepared = True
+            it = up.content.iter_chunked(CHUNK) if has_body else _empty()
+            async for chunk in it:
+                if len(head) < fp_bytes:
+                    head += chunk[: fp_bytes - len(head)]
+                    if len(head) >= fp_bytes:
+                        fingerprint = s.content_fingerprint(bytes(head))
+                        if enforce and s.registry.blocked_content(fingerprint) is not None:
+                            s.refused(resource, "content")
+                            if not prepared:
+                                return self._451(), "refused"
+                            raise Cut("content taken down")
+                if not enforce:
+                    await resp.write(chunk)
+                    ctx.bytes_sent += len(chunk)
+                if scan is not None:
+                    t = time.perf_counter()
+                    try:
+                        verdict = scan.write(chunk)
+                    except Exception:
+                        verdict = self._scan_failed(route, "internal")
+                        scan = None
+                        self.active_scans -= 1
+                    scan_s += time.perf_counter() - t
+                    if verdict == "trip" and tripped_at is None:
+                        tripped_at = time.perf_counter()
+                        if enforce:
+                            await self._trip(ctx, head, up, tripped_at)
+                            if not prepared:
+                                return self._451(), "tripped"
+                            raise Cut("tripped")
+                    elif verdict == "fail-closed":
+                        raise Cut("scanner failed")
+                if enforce:
+                    if prepared:
+                        await resp.write(chunk)
+                        ctx.bytes_sent += len(chunk)
+                    else:
+                        held.append(chunk)
+                        held_n += len(chunk)
+                        if held_n >= route.holdback:
+                            await resp.prepare(request)
+                            prepared = True
+                            for c in held:
+                                await resp.write(c)
+                            ctx.bytes_sent += held_n
+                            held.clear()
+            # end of body: the last record may only now be complete
+            if scan is not None:
+                t = time.perf_counter()
+                result = scan.finish()
+                scan_s += time.perf_counter() - t
+                if result.verdict == "trip" and tripped_at is None:
+                    tripped_at = time.perf_counter()
+                    if enforce:
+                        fingerprint = fingerprint or (s.content_fingerprint(bytes(head)) if head else None)
+                        await self._trip(ctx, head, up, tripped_at)
+                        if not prepared:
+                            return self._451(), "tripped"
+                        raise Cut("tripped at end")
+            if has_body and fingerprint is None and head and enforce:
+                fingerprint = s.content_fingerprint(bytes(head))
+                if s.registry.blocked_content(fingerprint) is not None:
+                    s.refused(resource, "content")
+                    return self._451(), "refused"
+            if not prepared:
+                await resp.prepare(request)
+                prepared = True
+                for c in held:
+                    await resp.write(c)
+                ctx.bytes_sent += held_n
+            await resp.write_eof()
+            completed = True
+            return resp, outcome
+        except Cut as e:
+            outcome = "cut"
+            log.info("response cut (%s), exchange %s", e, ctx.exchange_id)
+            if request.transport is not None:
+                request.transport.abort()
+            resp.force_close()
+            return resp, outcome
+        except (asyncio.TimeoutError, aiohttp.ClientPayloadError, aiohttp.ServerTimeoutError) as e:
+            # upstream died or stalled mid-body: the client must see a failed download too
+            s.metrics.upstream_errors.labels(kind="timeout" if isinstance(e, asyncio.TimeoutError) else "body").inc()
+            outcome = "upstream_body_error"
+            if not prepared:
+                return web.Response(status=502 if not isinstance(e, asyncio.TimeoutError) else 504,
+                                    text="upstream failed mid-body\n"), outcome
+            if request.transport is not None:
+                request.transport.abort()
+            resp.force_close()
+            return resp, outcome
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            outcome = "client_gone"
+            return resp, outcome
+        finally:
+            if scan is not None:
+                self.active_scans -= 1
+                if result is None:
+                    t = time.perf_counter()
+                    result = scan.finish()
+                    scan_s += time.perf_counter() - t
+            s.finished(ctx, result, tap="proxy", completed=completed, scan_seconds=scan_s)
+
+    def _scan_failed(self, route, reason: str) -> str:
+        self.sensor.metrics.failures.labels(reason=reason, action=route.on_error).inc()
+        log.exception("scanner failed; route says fail-%s", route.on_error)
+        return "fail-closed" if route.on_error == "closed" else "pass"
+
+    async def _trip(self, ctx: AlertContext, head: bytearray, up: aiohttp.ClientResponse, tripped_at: float) -> None:
+        """Fill the fingerprint head (without sending it), then take down — durably — before the cut."""
+        fp_bytes = self.sensor.config.fingerprint_bytes
+        try:
+            while len(head) < fp_bytes:
+                more = await asyncio.wait_for(up.content.read(fp_bytes - len(head)), 1.0)
+                if not more:
+                    break
+                head += more
+        except (asyncio.TimeoutError, aiohttp.ClientError):
+            pass
+        self.sensor.take_down(ctx, self.sensor.content_fingerprint(bytes(head)) if head else None, tripped_at)
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        """WebSocket upgrades are relayed unscanned (counted): frames are not downloads."""
+        s = self.sensor
+        s.metrics.websockets.inc()
+        assert self.session is not None
+        headers = _forward_headers(request.headers, frozenset({"sec-websocket-key", "sec-websocket-version",
+                                                              "sec-websocket-extensions", "host"}))
+        try:
+            upstream = await self.session.ws_connect(self.config.upstream + request.raw_path, headers=headers,
+                                                     protocols=[p.strip() for p in request.headers.get(
+                                                         "Sec-WebSocket-Protocol", "").split(",") if p.strip()])
+        except (aiohttp.ClientError, OSError):
+            s.metrics.upstream_errors.labels(kind="down").inc()
+            return web.Response(status=502, text="upstream unavailable\n")
+        ws = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else ())
+        await ws.prepare(request)
+        self.websockets.add(ws)
+
+        async def pump(src, dst):
+            async for msg in src:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    await dst.send_str(msg.data)
+                elif msg.type == aiohttp.WSMsgType.BINARY:
+                    await dst.send_bytes(msg.data)
+                else:
+                    break
+            await dst.close()
+
+        try:
+            await asyncio.gather(pump(ws, upstream), pump(upstream, ws))
+        finally:
+            self.websockets.discard(ws)
+            await upstream.close()
+        return ws
+
+
+async def _empty():
+    return
+    yield b""   # pragma: no cover
