@@ -167,7 +167,7 @@ class Proxy:
                     return web.Response(status=503, text="scanner overloaded\n",
                                         headers={"Retry-After": "1"}), "overload"
             else:
-                scan = s.new_scan(exchange)
+                scan = s.new_scan(exchange, stop_on_trip=enforce)   # monitor: count every record that left
         if scan is not None:
             self.active_scans += 1
         fp_bytes = s.config.fingerprint_bytes

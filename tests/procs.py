@@ -1,0 +1,150 @@
+"""Real processes for the tests: the sample upstream and dlp-sensor sidecars on free loopback ports.
+
+Every process is started by PID and stopped by PID; every sidecar's state dir and logs are
+recorded in OUTPUTS so the never-re-leak test can grep everything the product wrote.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+OUTPUTS: list[Path] = []            # files and directories the product wrote during the session
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status < 500:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@dataclass
+class Upstream:
+    root: Path
+    port: int
+    proc: subprocess.Popen
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @classmethod
+    def start(cls, root: Path) -> "Upstream":
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "sensor.sample_site", "--root", str(root), "--port", str(port)],
+                                cwd=ROOT)
+        up = cls(root, port, proc)
+        wait_http(up.url + "/contact.html", proc=proc)
+        return up
+
+
+@dataclass
+class Sidecar:
+    state: Path
+    config: Path
+    port: int
+    metrics_port: int
+    admin_port: int
+    extra_args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}"
+
+    @property
+    def admin(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def token(self) -> str:
+        return (self.state / "admin.token").read_text().strip()
+
+    @classmethod
+    def create(cls, tmp: Path, upstream: str, conf: dict | None = None, *, state: Path | None = None,
+               extra_args: list[str] | None = None) -> "Sidecar":
+        tmp.mkdir(parents=True, exist_ok=True)
+        state = state or tmp / "state"
+        conf = dict(conf or {})
+        conf.setdefault("alerts", {"sinks": [{"type": "jsonl", "path": "alerts.jsonl"}]})
+        conf.setdefault("sensor_id", "test-sidecar")
+        proxy = dict(conf.get("proxy", {}))
+        proxy.setdefault("upstream", upstream)
+        conf["proxy"] = proxy
+        cfg = tmp / "sensor.yaml"
+        cfg.write_text(yaml.safe_dump(conf))
+        sc = cls(state, cfg, free_port(), free_port(), free_port(), list(extra_args or []))
+        OUTPUTS.extend([state, tmp / "stdout.log", tmp / "stderr.log"])
+        return sc
+
+    def start(self, wait: bool = True) -> "Sidecar":
+        tmp = self.config.parent
+        self.proc = subprocess.Popen(
+            [str(BIN / "dlp-sensor"), "proxy", "--config", str(self.config), "--state-dir", str(self.state),
+             "--listen", f"127.0.0.1:{self.port}", "--metrics", f"127.0.0.1:{self.metrics_port}",
+             "--admin", f"127.0.0.1:{self.admin_port}", *self.extra_args],
+            stdout=open(tmp / "stdout.log", "ab"), stderr=open(tmp / "stderr.log", "ab"), cwd=ROOT)
+        if wait:
+            wait_http(self.metrics + "/readyz", proc=self.proc)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None:
+            stop(self.proc, sig)
+
+    def log(self) -> str:
+        return (self.config.parent / "stderr.log").read_text(errors="replace")
+
+    def alerts(self) -> list[dict]:
+        import orjson
+        p = self.state / "alerts.jsonl"
+        return [orjson.loads(l) for l in p.read_bytes().splitlines()] if p.exists() else []
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample from /metrics (0 when absent)."""
+        from prometheus_client.parser import text_string_to_metric_families
+        text = urllib.request.urlopen(self.metrics + "/metrics", timeout=5).read().decode()
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    return s.value
+        return 0.0

@@ -1,0 +1,363 @@
+"""The sidecar through real clients (curl, aiohttp) against a real upstream process."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from sensor import synth
+from sensor.sample_site import ROSTER, build_site
+from tests.conftest import require_tool
+from tests.procs import Sidecar, Upstream
+
+LEAK_AT = 300 << 10             # mixed.csv: benign text, then the roster from this offset
+HOLDBACK = 64 << 10
+CHUNK = 64 << 10
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Upstream:
+    root = build_site(tmp_path_factory.mktemp("site"), people=3000)
+    (root / "exports" / "mixed.csv").write_bytes(synth.benign_web(LEAK_AT)[:LEAK_AT] + synth.breach_csv(3000))
+    up = Upstream.start(root)
+    yield up
+    up.proc.terminate()
+    up.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def sidecar(site, tmp_path_factory) -> Sidecar:
+    sc = Sidecar.create(tmp_path_factory.mktemp("sidecar"), site.url, {
+        "proxy": {"upstream_timeout": 1.0, "routes": [{"match": "/monitor/*", "mode": "monitor"}]},
+    }).start()
+    yield sc
+    sc.stop()
+
+
+def curl(*args: str) -> tuple[int, int, bytes, str]:
+    """(exit code, HTTP status, body, stderr)."""
+    exe = require_tool("curl")
+    p = subprocess.run([exe, "-s", "-S", "-o", "-", "-w", "\n%{http_code}", *args], capture_output=True, timeout=60)
+    body, _, code = p.stdout.rpartition(b"\n")
+    return p.returncode, int(code or 0), body, p.stderr.decode()
+
+
+def copy_to(site: Upstream, src: str, name: str) -> str:
+    """A copy of ``src`` with a unique first line, so content fingerprints differ between tests."""
+    (site.root / name).write_bytes(f"# {name}\n".encode() + (site.root / src).read_bytes())
+    return "/" + name
+
+
+# -- benign traffic is untouched ------------------------------------------------------------------
+
+def test_benign_responses_byte_identical_with_curl(site, sidecar):
+    for path in ["/", "/stats-2.html", "/api/counties.json", "/contact.html", "/big?mb=3"]:
+        rc1, st1, direct, _ = curl(site.url + path)
+        rc2, st2, proxied, _ = curl(sidecar.url + path)
+        assert (rc1, st1) == (rc2, st2) == (0, 200), path
+        assert hashlib.sha256(proxied).digest() == hashlib.sha256(direct).digest(), path
+
+
+async def test_benign_byte_identical_with_aiohttp_keepalive_and_chunked(site, sidecar):
+    conn = aiohttp.TCPConnector(limit=1)
+    async with aiohttp.ClientSession(connector=conn, auto_decompress=False) as s:
+        for path in ["/stats-1.html", "/stream/stats-2.html", "/stream/api/counties.json", "/big?mb=1"]:
+            async with s.get(site.url + path) as r:
+                direct = await r.read()
+            async with s.get(sidecar.url + path) as r:
+                assert r.status == 200
+                proxied = await r.read()
+            assert proxied == direct, path
+        # one connection to the sidecar carried every request (keep-alive)
+        assert len(conn._conns) <= 2
+
+
+def test_keepalive_reuses_the_connection(sidecar):
+    rc, _, _, err = curl("-v", sidecar.url + "/stats-1.html", "-o", "/dev/null", sidecar.url + "/stats-2.html")
+    assert rc == 0 and "Re-using existing connection" in err or "Reusing existing connection" in err
+
+
+def test_gzip_content_encoding_passes_through_untouched(site, sidecar):
+    data = (site.root / "stats-2.html").read_bytes()
+    import gzip
+    (site.root / "gz.html").write_bytes(gzip.compress(data))
+    # served as an encoded file; the client gets the encoded bytes exactly
+    rc, st, body, _ = curl(sidecar.url + "/gz.html")
+    assert rc == 0 and st == 200 and gzip.decompress(body) == data
+
+
+def test_head_and_range(site, sidecar):
+    rc, st, body, _ = curl("-I", sidecar.url + "/stats-2.html")
+    size = (site.root / "stats-2.html").stat().st_size
+    assert rc == 0 and st == 200 and f"content-length: {size}".encode() in body.lower()
+    before = sidecar.metric("dlp_partial_responses_total")
+    rc, st, body, _ = curl("-r", "100-1099", sidecar.url + "/stats-2.html")
+    assert (rc, st) == (0, 206) and body == (site.root / "stats-2.html").read_bytes()[100:1100]
+    assert sidecar.metric("dlp_partial_responses_total") == before + 1
+
+
+def test_request_body_and_forwarded_headers(sidecar, tmp_path):
+    payload = bytes(range(256)) * 4096           # 1 MiB
+    (tmp_path / "body").write_bytes(payload)
+    rc, st, body, _ = curl("--data-binary", f"@{tmp_path / 'body'}", "-H", "Content-Type: application/octet-stream",
+                           "-D", str(tmp_path / "h"), sidecar.url + "/echo")
+    assert (rc, st) == (0, 200) and body == payload
+    assert "x-seen-forwarded-for: 127.0.0.1" in (tmp_path / "h").read_text().lower()
+
+
+async def test_websocket_passes_through_unscanned_and_counted(sidecar):
+    before = sidecar.metric("dlp_websocket_upgrades_total")
+    async with aiohttp.ClientSession() as s:
+        async with s.ws_connect(sidecar.url + "/ws") as ws:
+            await ws.send_str("hello")
+            msg = await ws.receive(timeout=5)
+            assert msg.data == "hello"
+    assert sidecar.metric("dlp_websocket_upgrades_total") == before + 1
+
+
+# -- leaks ------------------------------------------------------------------------------------------
+
+def test_small_leak_never_leaves_and_next_request_gets_451(site, sidecar):
+    path = copy_to(site, ROSTER, "exports/small-leak.csv")
+    rc, st, body, _ = curl(sidecar.url + path)
+    assert st == 451 and b"withdrawn" in body and b"," not in body      # the block page, no row of the roster
+    rc, st, _, _ = curl(sidecar.url + path)
+    assert st == 451
+    alerts = [a for a in sidecar.alerts() if a["url"]["path"] == path]
+    assert alerts and alerts[0]["dlp"]["verdict"] == "trip" and alerts[0]["dlp"]["bytes_sent"] == 0
+    assert alerts[0]["event"]["kind"] == "alert" and alerts[0]["dlp"]["takedown_id"]
+
+
+@pytest.mark.parametrize("prefix", ["", "/stream"])
+def test_mid_stream_trip_cuts_the_download(site, sidecar, prefix):
+    name = f"exports/mixed-cut{prefix.replace('/', '-')}.csv"
+    path = prefix + copy_to(site, "exports/mixed.csv", name)
+    total = (site.root / name).stat().st_size
+    rc, st, body, err = curl(sidecar.url + path)
+    assert st == 200 and rc == 18, err                 # curl: partial file — a failed download
+    assert len(body) < total
+    assert len(body) <= LEAK_AT + HOLDBACK + CHUNK
+    assert curl(sidecar.url + path)[1] == 451
+
+
+async def test_aiohttp_client_sees_a_failed_download(site, sidecar):
+    path = copy_to(site, "exports/mixed.csv", "exports/mixed-aio.csv")
+    async with aiohttp.ClientSession() as s:
+        async with s.get(sidecar.url + "/stream" + path) as r:
+            assert r.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await r.read()
+        async with s.get(sidecar.url + "/stream" + path) as r:
+            assert r.status == 451
+
+
+def test_same_content_under_another_url_is_refused(site, sidecar):
+    a = copy_to(site, "exports/mixed.csv", "exports/orig.csv")
+    assert curl(sidecar.url + a)[0] == 18
+    b = "/exports/renamed-copy.csv"
+    shutil.copy(site.root / a[1:], site.root / b[1:])
+    before = sidecar.metric("dlp_refusals_total", reason="content")
+    rc, st, body, _ = curl(sidecar.url + b)
+    assert st == 451 and sidecar.metric("dlp_refusals_total", reason="content") == before + 1
+
+
+def test_monitor_mode_forwards_everything_and_alerts(site, sidecar):
+    (site.root / "monitor").mkdir(exist_ok=True)
+    path = copy_to(site, ROSTER, "monitor/roster.csv")
+    rc, st, body, _ = curl(sidecar.url + path)
+    assert (rc, st) == (0, 200) and body == (site.root / path[1:]).read_bytes()
+    assert curl(sidecar.url + path)[1] == 200                 # no takedown in monitor mode
+    time.sleep(0.3)
+    al = [a for a in sidecar.alerts() if a["url"]["path"] == path]
+    assert len(al) == 2 and {a["dlp"]["action"] for a in al} == {"logged"}
+    assert al[0]["dlp"]["dedup_id"] != al[1]["dlp"]["dedup_id"]
+
+
+# -- failures -----------------------------------------------------------------------------------------
+
+def test_upstream_timeout_is_504_and_counted(sidecar):
+    before = sidecar.metric("dlp_upstream_errors_total", kind="timeout")
+    assert curl(sidecar.url + "/slow?s=3")[1] == 504
+    assert sidecar.metric("dlp_upstream_errors_total", kind="timeout") == before + 1
+
+
+def test_upstream_down_is_502_and_counted(tmp_path):
+    from tests.procs import free_port
+    sc = Sidecar.create(tmp_path, f"http://127.0.0.1:{free_port()}").start()
+    try:
+        assert curl(sc.url + "/x")[1] == 502
+        assert sc.metric("dlp_upstream_errors_total", kind="down") == 1
+    finally:
+        sc.stop()
+
+
+def _raw(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(data)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except socket.timeout:
+            pass
+        return out
+
+
+def test_malformed_and_oversized_requests_get_4xx_and_the_proxy_keeps_serving(sidecar):
+    assert _raw(sidecar.port, b"GARBAGE\r\n\r\n")[8:12] == b" 400"
+    big = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (64 << 10) + b"\r\n\r\n"
+    assert _raw(sidecar.port, big)[8:12] in (b" 400", b" 431")
+    assert _raw(sidecar.port, b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: zz\r\n\r\n")[8:12] == b" 400"
+    assert curl(sidecar.url + "/contact.html")[1] == 200
+
+
+def test_corrupt_gzip_from_upstream_is_forwarded_and_noted(site, sidecar):
+    (site.root / "corrupt.gz").write_bytes(b"\x1f\x8b\x08\x00" + b"\x00garbage" * 100)
+    before = sidecar.metric("dlp_decode_limits_total", reason="decode-error:gzip")
+    rc, st, body, _ = curl(sidecar.url + "/corrupt.gz")
+    assert (rc, st) == (0, 200) and body == (site.root / "corrupt.gz").read_bytes()
+    assert sidecar.metric("dlp_decode_limits_total", reason="decode-error:gzip") == before + 1
+
+
+# -- the registry is shared, administered and reloaded ---------------------------------------------------
+
+def _admin(sc: Sidecar, method: str, path: str, body: dict | None = None, token: str | None = None):
+    req = urllib.request.Request(sc.admin + path, method=method, data=orjson.dumps(body) if body else None,
+                                 headers={"Authorization": f"Bearer {token if token is not None else sc.token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, orjson.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, orjson.loads(e.read())
+
+
+def test_admin_api_needs_the_token_and_audits(sidecar):
+    assert _admin(sidecar, "GET", "/takedowns", token="wrong")[0] == 401
+    assert _admin(sidecar, "POST", "/takedowns", {"url": sidecar.url + "/stats-3.html"})[0] == 400   # no reason
+    st, td = _admin(sidecar, "POST", "/takedowns", {"url": sidecar.url + "/stats-3.html", "reason": "court order",
+                                                     "actor": "alice"})
+    assert st == 201
+    assert curl(sidecar.url + "/stats-3.html")[1] == 451
+    assert _admin(sidecar, "POST", f"/takedowns/{td['id']}/lift", {"reason": "false positive"})[0] == 400
+    st, lifted = _admin(sidecar, "POST", f"/takedowns/{td['id']}/lift", {"reason": "order lifted", "actor": "bob"})
+    assert st == 200 and lifted["lifted_by"] == "bob"
+    assert curl(sidecar.url + "/stats-3.html")[1] == 200
+    audit = [a for a in _admin(sidecar, "GET", "/audit")[1] if a["takedown_id"] == td["id"]]
+    assert [(a["action"], a["actor"]) for a in audit] == [("add", "alice"), ("lift", "bob")]
+
+
+def test_cli_takedowns_are_obeyed_by_the_running_sidecar(sidecar):
+    exe = str(Path(__import__("sys").executable).parent / "dlp-sensor")
+    p = subprocess.run([exe, "takedowns", "add", f"127.0.0.1:{sidecar.port}/stats-4.html", "--reason", "test",
+                        "--state-dir", str(sidecar.state)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert curl(sidecar.url + "/stats-4.html")[1] == 451
+    p = subprocess.run([exe, "takedowns", "list", "--state-dir", str(sidecar.state)], capture_output=True, text=True)
+    assert "/stats-4.html" in p.stdout
+    p = subprocess.run([exe, "takedowns", "lift", f"127.0.0.1:{sidecar.port}/stats-4.html", "--reason", "done",
+                        "--state-dir", str(sidecar.state)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert curl(sidecar.url + "/stats-4.html")[1] == 200
+
+
+def test_two_sidecar_processes_share_the_registry(site, tmp_path):
+    a = Sidecar.create(tmp_path / "a", site.url, state=tmp_path / "shared").start()
+    b = Sidecar.create(tmp_path / "b", site.url, state=tmp_path / "shared").start()
+    try:
+        path = copy_to(site, ROSTER, "exports/shared.csv")
+        host = ("-H", "Host: permits.example.gov")          # both sidecars serve one site
+        assert curl(*host, a.url + path)[1] == 451          # tripped on A
+        assert curl(*host, b.url + path)[1] == 451          # refused by B without scanning
+        assert b.metric("dlp_refusals_total", reason="resource") == 1
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_reload_refuses_a_bad_pack_and_applies_a_good_one(site, tmp_path):
+    pack = tmp_path / "extra.yaml"
+    pack.write_text(GOOD_PACK.replace("EMP", "XXX"))
+    sc = Sidecar.create(tmp_path, site.url, {"signatures": [str(pack)], "default_signatures": False,
+                                             "policy": {"alert": {"strong_values": 1}}}).start()
+    try:
+        (site.root / "emp.txt").write_text("badge EMP-884213 issued\n")
+        assert curl(sc.url + "/emp.txt")[1] == 200 and not sc.alerts()
+        pack.write_text("signatures: [{id: broken")               # bad YAML: refused, old pack serves
+        _wait(lambda: "reload refused" in sc.log())
+        assert curl(sc.url + "/contact.html")[1] == 200
+        pack.write_text(GOOD_PACK)
+        _wait(lambda: sc.metric("dlp_reloads_total", result="ok") >= 1)
+        assert curl(sc.url + "/emp.txt")[1] == 200
+        _wait(lambda: any(a["dlp"]["findings"].get("employee-badge") for a in sc.alerts()))
+        import signal
+        sc.proc.send_signal(signal.SIGHUP)
+        _wait(lambda: sc.metric("dlp_reloads_total", result="ok") >= 2)
+    finally:
+        sc.stop()
+
+
+GOOD_PACK = """
+signatures:
+  - id: employee-badge
+    name: Employee badge number
+    severity: high
+    category: strong
+    kind: employee-id
+    patterns:
+      - expr: 'EMP-[0-9]{6}'
+    examples: ['badge EMP-123456']
+    negative_examples: ['EMP-12']
+"""
+
+
+def _wait(cond, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def test_promtool_accepts_the_metrics(sidecar):
+    exe = require_tool("promtool")
+    text = urllib.request.urlopen(sidecar.metrics + "/metrics", timeout=5).read()
+    p = subprocess.run([exe, "check", "metrics"], input=text, capture_output=True)
+    assert p.returncode == 0, p.stdout.decode() + p.stderr.decode()
+    assert b"dlp_trips_total" in text and b"dlp_proxy_request_duration_seconds_bucket" in text
+    for path in ("/healthz", "/readyz"):
+        assert urllib.request.urlopen(sidecar.metrics + path, timeout=5).status == 200
+
+
+def test_report_counts_the_exposure(site, sidecar):
+    (site.root / "monitor").mkdir(exist_ok=True)
+    small = copy_to(site, ROSTER, "exports/report-leak.csv")
+    mon = copy_to(site, ROSTER, "monitor/report-roster.csv")
+    assert curl(sidecar.url + small)[1] == 451
+    assert curl(sidecar.url + small)[1] == 451
+    for _ in range(2):
+        assert curl(sidecar.url + mon)[1] == 200
+    exe = str(Path(__import__("sys").executable).parent / "dlp-sensor")
+    p = subprocess.run([exe, "report", "--format", "json", "--state-dir", str(sidecar.state)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    by = {"/" + i["resource"].split("/", 1)[1]: i for i in orjson.loads(p.stdout)["incidents"]}
+    s = by[small]
+    assert s["status"] == "taken down" and s["served"] == 0 and s["served_before_detection"] == 0
+    assert s["refused_after_takedown"] == 1 and s["max_records_in_one_response"] >= 10 and s["tripped_at"]
+    m = by[mon]
+    assert m["served"] == 2 and m["completed_downloads"] == 2 and m["unique_clients"] == 1
+    assert m["taken_down_at"] is None and m["trips"] == 2 and m["served_before_detection"] == 1
+    assert m["max_records_in_one_response"] == 3000
+    p = subprocess.run([exe, "report", "--state-dir", str(sidecar.state)], capture_output=True, text=True)
+    assert "report-leak.csv  [taken down]" in p.stdout
