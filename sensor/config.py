@@ -111,8 +111,8 @@ def parse_hostport(v: Any, where: str) -> str:
 
 
 def _num(v: Any, where: str, positive: bool = True) -> float:
-    _check(isinstance(v, (int, float)) and not isinstance(v, bool) and (v > 0 or not positive), where,
-           f"must be a positive number (got {v!r})")
+    _check(isinstance(v, (int, float)) and not isinstance(v, bool) and (v > 0 if positive else v >= 0), where,
+           f"must be a {'positive' if positive else 'non-negative'} number (got {v!r})")
     return float(v)
 
 

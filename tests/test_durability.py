@@ -1,0 +1,104 @@
+"""Durable before acknowledged: takedowns and undelivered alerts survive ``kill -9``."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from aiohttp import web
+
+from sensor.sample_site import ROSTER, build_site
+from tests.procs import Sidecar, Upstream, free_port
+from tests.test_proxy import curl
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Upstream:
+    up = Upstream.start(build_site(tmp_path_factory.mktemp("site"), people=800))
+    yield up
+    up.proc.terminate()
+    up.proc.wait(10)
+
+
+def _leak(site: Upstream, name: str) -> str:
+    (site.root / name).write_bytes(f"# {name}\n".encode() + (site.root / ROSTER).read_bytes())
+    return "/" + name
+
+
+def test_takedown_survives_kill_9_right_after_the_trip(site, tmp_path):
+    sc = Sidecar.create(tmp_path, site.url)
+    for i in range(20):
+        sc.start()
+        path = _leak(site, f"exports/k9-{i}.csv")
+        assert curl(sc.url + path)[1] == 451        # tripped: the 451 is the acknowledgement
+        sc.stop(signal.SIGKILL)                     # at once, no shutdown
+        sc.start()
+        assert curl(sc.url + path)[1] == 451, f"round {i}: takedown lost"
+        sc.stop(signal.SIGKILL)
+    sc.start()
+    try:
+        for i in range(20):
+            assert curl(sc.url + f"/exports/k9-{i}.csv")[1] == 451
+    finally:
+        sc.stop()
+
+
+RECEIVER = r'''
+import sys, orjson
+from aiohttp import web
+async def hook(request):
+    body = await request.read()
+    with open(sys.argv[2], "ab") as fh:
+        fh.write(body + b"\n")
+    return web.Response(text="ok")
+app = web.Application(); app.add_routes([web.post("/hook", hook)])
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None)
+'''
+
+
+def test_webhook_down_for_30s_then_up_every_alert_arrives(site, tmp_path):
+    """Alerts are spooled while the receiver is down, survive a kill -9, and all arrive once it is up."""
+    port = free_port()
+    got = tmp_path / "received.jsonl"
+    sc = Sidecar.create(tmp_path / "sc", site.url, {"alerts": {
+        "retry_initial": 0.5, "retry_max": 4,
+        "sinks": [{"type": "webhook", "url": f"http://127.0.0.1:{port}/hook"},
+                  {"type": "jsonl", "path": "alerts.jsonl"}]}}).start()
+    t_down = time.monotonic()
+    paths = [_leak(site, f"exports/hook-{i}.csv") for i in range(6)]
+    for p in paths[:3]:
+        assert curl(sc.url + p)[1] == 451
+    time.sleep(2)
+    sc.stop(signal.SIGKILL)                         # undelivered alerts must survive this
+    sc.start()
+    for p in paths[3:]:
+        assert curl(sc.url + p)[1] == 451
+    assert sc.metric("dlp_alert_spool_depth") >= 3
+    time.sleep(max(0.0, 30 - (time.monotonic() - t_down)))
+    assert sc.metric("dlp_alert_delivery_failures_total", sink="webhook") > 0
+    recv = subprocess.Popen([sys.executable, "-c", RECEIVER, str(port), str(got)])
+    try:
+        deadline = time.monotonic() + 30
+        import orjson
+        while time.monotonic() < deadline:
+            bodies = [orjson.loads(l) for l in got.read_bytes().splitlines()] if got.exists() else []
+            if {b["url"]["path"] for b in bodies} >= set(paths):
+                break
+            time.sleep(0.2)
+        expected = {a["dlp"]["dedup_id"]: a["url"]["path"] for a in sc.alerts()}
+        assert sorted(expected.values()) == sorted(paths)           # one alert per trip, nothing lost
+        seen = {}
+        for b in bodies:
+            seen.setdefault(b["dlp"]["dedup_id"], set()).add(b["url"]["path"])
+        assert set(seen) == set(expected), "every alert arrived"
+        assert all(len(v) == 1 for v in seen.values()), "a duplicate carries the same dedup id"
+        deadline = time.monotonic() + 10
+        while sc.metric("dlp_alert_spool_depth") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sc.metric("dlp_alert_spool_depth") == 0
+    finally:
+        recv.terminate()
+        recv.wait(10)
+        sc.stop()
