@@ -4,8 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
-# Debian packages later issues' tests need (squid, c-icap, prometheus, ...) are added here.
-APT_PACKAGES :=
+# Debian programs the suite and the benches drive for real: curl (client), promtool (metrics
+# lint), wrk + nginx (bench/proxy.py baseline). Later issues add squid, c-icap, ...
+APT_PACKAGES := curl prometheus wrk nginx-light
 
 .PHONY: test demo bench clean apt
 
@@ -18,7 +19,7 @@ $(STAMP): pyproject.toml requirements.lock
 apt:
 ifneq ($(strip $(APT_PACKAGES)),)
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi
+	if [ -n "$$missing" ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; fi
 endif
 
 test: $(STAMP) apt
@@ -27,10 +28,11 @@ test: $(STAMP) apt
 demo: $(STAMP)
 	$(VENV)/bin/dlp-sensor demo
 
-bench: $(STAMP)
+bench: $(STAMP) apt
 	$(PIP) install --quiet --disable-pip-version-check -c requirements.lock 'presidio-analyzer==2.2.366' \
 		|| echo "presidio-analyzer did not install: its row will say n/a"
 	$(PY) bench/engine.py
+	$(PY) bench/proxy.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -130,3 +130,16 @@ def test_unreadable_directory_is_reported_not_skipped(tree, monkeypatch):
     found = dict(_walk((str(tree),)))
     assert found[str(locked)] == "cannot read directory: Permission denied"
     assert found[str(tree / "index.html")] is None
+
+
+def test_demo_runs_the_sidecar_story_and_exits_0(tmp_path):
+    from tests.procs import OUTPUTS
+    p = subprocess.run([str(Path(sys.executable).parent / "dlp-sensor"), "demo", "--people", "3000"],
+                       capture_output=True, text=True, timeout=120)
+    (tmp_path / "demo.out").write_text(p.stdout + p.stderr)
+    OUTPUTS.append(tmp_path / "demo.out")
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    assert "client got 451" in out and "0 rows of the roster left" in out
+    assert "download FAILED" in out and "content fingerprint" in out
+    assert "again -> 451" in out and "dlp_trips_total" in out and "taken down" in out

@@ -1,80 +1,164 @@
-"""``dlp-sensor demo``: the pre-publication check on a generated public site with a leaked export.
+"""``dlp-sensor demo``: the sidecar in front of a public dashboard that leaks its permit roster.
 
-Until the sidecar lands this is the demo: a site directory with statistics pages, a JSON API, a
-contact page and — by accident — the permit-holder roster as CSV, gzip and xlsx. The scan finds
-the leak in every form, passes everything else, and shows how early a streaming scan decides.
+Everything runs on loopback in one process, with synthetic data: the sample dashboard (HTML, a
+JSON API, the roster export), the sidecar in enforce mode, and a client. The timeline shows the
+first byte, the trip, the takedown, what reached the client, the SOC alert (redacted), the second
+download refused with 451, the same file under another URL refused by its content fingerprint,
+a bigger download cut mid-stream, the exposure report and the metrics.
 """
 from __future__ import annotations
 
-import gzip
+import asyncio
 import tempfile
 import time
 from pathlib import Path
 
+import aiohttp
 import click
+import orjson
+from aiohttp import web
 
 from sensor import synth
-from sensor.cli.output import write_text
-from sensor.decode.limits import DecodeLimits
-from sensor.detect.engine import Engine
-from sensor.detect.keys import load_key
-from sensor.detect.pack import load_pack
-from sensor.detect.policy import Policy
+from sensor.config import Config, ProxyConfig
+from sensor.enforce.report import build_report, render_text
+from sensor.runtime import Sensor
+from sensor.sample_site import ROSTER, build_site, site_app
+from sensor.service import start_proxy
 
 
-def build_site(root: Path, people: int) -> None:
-    (root / "api").mkdir(parents=True)
-    (root / "exports").mkdir()
-    web = synth.benign_web(2 << 20).decode()
-    pages = [p for p in web.split("<!doctype html>") if p.strip()][:20]
-    for i, page in enumerate(pages):
-        (root / f"stats-{i}.html").write_text("<!doctype html>" + page)
-    (root / "api" / "counties.json").write_text(synth._json_api(__import__("random").Random(1)))
-    (root / "contact.html").write_text(
-        "<html><h1>Contact</h1><p>Front desk (916) 445-9555, fax (916) 445-9556, "
-        "press@agency.ca.gov. 1300 I Street, Sacramento, CA 95814.</p></html>")
-    leak = synth.breach_csv(people)
-    (root / "exports" / "permits_2022.csv").write_bytes(leak)
-    (root / "exports" / "permits_2022.csv.gz").write_bytes(gzip.compress(leak))
-    (root / "exports" / "permits_2022.xlsx").write_bytes(synth.xlsx([l.split(",") for l in leak.decode().splitlines()]))
+class _Clock:
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def say(self, msg: str, at: float | None = None) -> None:
+        ms = ((at if at is not None else time.perf_counter()) - self.t0) * 1000
+        click.echo(f"[{ms:8.1f} ms] {msg}")
+
+
+class _TimelineSensor(Sensor):
+    """The demo's sensor: remembers when the trip and the takedown happened, to print them."""
+    events: list[tuple[str, float]]
+
+    def take_down(self, ctx, fingerprint, tripped_at):
+        self.events.append(("trip", tripped_at))
+        td = super().take_down(ctx, fingerprint, tripped_at)
+        self.events.append(("takedown", time.perf_counter()))
+        return td
+
+
+async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, int, bool, float]:
+    """(status, bytes received, completed, time of the first response byte)."""
+    got, ok = 0, False
+    async with session.get(url) as r:
+        first = time.perf_counter()
+        try:
+            async for chunk in r.content.iter_any():
+                got += len(chunk)
+            ok = True
+        except aiohttp.ClientPayloadError:
+            ok = False
+        return r.status, got, ok, first
+
+
+async def _run(people: int) -> None:
+    clock = _Clock()
+    with tempfile.TemporaryDirectory(prefix="dlp-demo-") as tmp:
+        root = build_site(Path(tmp) / "site", people)
+        report = root / "exports" / "annual-report-2022.csv"
+        report.write_bytes(synth.benign_web(400 << 10)[: 400 << 10] + (root / ROSTER).read_bytes())
+        runner = web.AppRunner(site_app(root), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        up_port = site._server.sockets[0].getsockname()[1]
+        clock.say(f"sample dashboard on http://127.0.0.1:{up_port}: stats pages, a JSON API, and "
+                  f"/{ROSTER} — {people:,} synthetic permit holders ({(root / ROSTER).stat().st_size:,} bytes)")
+
+        cfg = Config(sensor_id="demo-sidecar", state_dir=Path(tmp) / "state", metrics="127.0.0.1:0",
+                     admin="127.0.0.1:0", sinks=[{"type": "jsonl", "path": "alerts.jsonl"}],
+                     proxy=ProxyConfig(listen="127.0.0.1:0", upstream=f"http://127.0.0.1:{up_port}", mode="enforce"))
+        sensor = _TimelineSensor(cfg)
+        sensor.events = []
+        run = await start_proxy(cfg, sensor=sensor)
+        px = "http://127.0.0.1:%d" % run.addresses["proxy"][1]
+        mx = "http://127.0.0.1:%d" % run.addresses["metrics"][1]
+        clock.say(f"sidecar in enforce mode on {px} (hold-back 64 KiB), signatures generation "
+                  f"{sensor.detector.generation}")
+        try:
+            async with aiohttp.ClientSession() as s:
+                for path in ("/", "/stats-3.html", "/api/counties.json", "/contact.html"):
+                    st, n, ok, _ = await _get(s, px + path)
+                    clock.say(f"GET {path:<28} {st}  {n:>7,} bytes  (passes, untouched)")
+
+                t = time.perf_counter()
+                clock.say(f"GET /{ROSTER}  <- a member of the public downloads the roster", t)
+                st, n, ok, first = await _get(s, px + "/" + ROSTER)
+                trip = dict(sensor.events)
+                clock.say(f"  trip: the policy's bar (10 records) crossed while scanning the first "
+                          f"64 KiB; nothing has left yet", trip["trip"])
+                clock.say(f"  takedown durable in the registry (SQLite, fsynced) "
+                          f"{(trip['takedown'] - trip['trip']) * 1000:.1f} ms after the trip", trip["takedown"])
+                clock.say(f"  client got {st} and {n} bytes of block page: 0 rows of the roster left", first)
+
+                alerts = await _alerts(sensor, 1)
+                a = alerts[0]["dlp"]
+                clock.say(f"  SOC alert {a['dedup_id']}: {a['records']} records in the scanned prefix; "
+                          f"findings {a['findings']}")
+                sample = ("us-driver-licence", a["samples"]["us-driver-licence"]) \
+                    if "us-driver-licence" in a["samples"] else next(iter(a["samples"].items()))
+                clock.say(f"  samples are redacted + keyed hashes, e.g. {sample[0]}: {sample[1][0]['redacted']} "
+                          f"({sample[1][0]['fingerprint']})")
+
+                st, n, ok, _ = await _get(s, px + "/" + ROSTER)
+                clock.say(f"GET /{ROSTER} again -> {st} (taken down; upstream not asked)")
+                size = report.stat().st_size
+                t = time.perf_counter()
+                st, n, ok, first = await _get(s, px + "/exports/annual-report-2022.csv")
+                clock.say(f"GET /exports/annual-report-2022.csv ({size:,} bytes; the roster starts at "
+                          f"byte {400 << 10:,}) -> {st}, then the connection is cut: client received {n:,} "
+                          f"bytes, download {'complete' if ok else 'FAILED'}", t)
+                (root / "exports" / "annual-report-2022-final.csv").write_bytes(report.read_bytes())
+                st, n, ok, _ = await _get(s, px + "/exports/annual-report-2022-final.csv")
+                clock.say(f"GET /exports/annual-report-2022-final.csv (the same file under another URL) -> {st}: "
+                          f"its first 64 KiB match the taken-down file's content fingerprint")
+
+            sensor.ledger.flush()
+            await _alerts(sensor, 2)
+            click.echo("")
+            click.echo("Exposure report (`dlp-sensor report`):")
+            click.echo(render_text(build_report(sensor.ledger, sensor.registry)).rstrip())
+            click.echo("")
+            async with aiohttp.ClientSession() as s:
+                async with s.get(mx + "/metrics") as r:
+                    text = await r.text()
+            keep = ("dlp_trips_total", "dlp_takedowns_active ", "dlp_refusals_total", "dlp_exchanges_total",
+                    "dlp_detection_to_takedown_seconds_count", "dlp_detection_to_takedown_seconds_sum")
+            click.echo(f"Metrics on {mx}/metrics (health: /healthz, /readyz), e.g.:")
+            for line in text.splitlines():
+                if line.startswith(keep):
+                    click.echo("  " + line)
+            click.echo(f"Admin API on http://127.0.0.1:{run.addresses['admin'][1]} (bearer token in the state dir); "
+                       f"`dlp-sensor takedowns list|add|lift`.")
+        finally:
+            await run.stop()
+            await runner.cleanup()
+    clock.say("done")
+
+
+async def _alerts(sensor: Sensor, n: int, timeout: float = 5.0) -> list[dict]:
+    path = sensor.config.state_dir / "alerts.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            rows = [orjson.loads(l) for l in path.read_bytes().splitlines()]
+            if len(rows) >= n:
+                return rows
+        await asyncio.sleep(0.02)
+    raise click.ClickException("the alert did not reach its sink")
 
 
 @click.command()
-@click.option("--people", default=192_000 // 10, show_default=True, help="Rows in the leaked roster.")
+@click.option("--people", default=19_200, show_default=True, help="Rows in the leaked roster.")
 def demo(people: int) -> None:
-    """Scan a generated public site whose export directory leaks the permit roster."""
-    from sensor.cli.main import scan_stream
-
-    color = click.get_text_stream("stdout").isatty()
-    out = click.get_text_stream("stdout")
-    t0 = time.perf_counter()
-    engine = Engine(load_pack())
-    click.echo(f"[{time.perf_counter() - t0:6.2f}s] signature pack: {len(engine.signatures)} signatures, "
-               f"{engine.n_values} Hyperscan expressions ({'cached database' if engine.cache_hit else 'compiled'})")
-    with tempfile.TemporaryDirectory(prefix="dlp-demo-") as tmp:
-        root = Path(tmp) / "site"
-        build_site(root, people)
-        files = sorted(p for p in root.rglob("*") if p.is_file())
-        click.echo(f"[{time.perf_counter() - t0:6.2f}s] generated a public site: {len(files)} files, "
-                   f"an export of {people:,} synthetic permit holders among them")
-        key = load_key(None, Path(tmp) / "state")
-        tripped = 0
-        for f in files:
-            with open(f, "rb") as fh:
-                rep = scan_stream(fh, engine, Policy(), key, DecodeLimits(), str(f.relative_to(root)))
-            tripped += rep.verdict == "trip"
-            if rep.verdict != "pass" or f.name == "contact.html":
-                write_text(rep, out, color)
-        click.echo(f"[{time.perf_counter() - t0:6.2f}s] {len(files)} files scanned: {tripped} tripped "
-                   f"(the export, in all three forms); the statistics pages, API and contact page pass")
-        # streaming: how soon is the leak known?
-        csv = root / "exports" / "permits_2022.csv"
-        with open(csv, "rb") as fh:
-            t = time.perf_counter()
-            rep = scan_stream(fh, engine, Policy(), key, DecodeLimits(), csv.name, stop_on_trip=True)
-            ms = (time.perf_counter() - t) * 1000
-        r = rep.result
-        assert r is not None and r.trip_at_byte is not None
-        click.echo(f"[{time.perf_counter() - t0:6.2f}s] streaming: the roster trips after {r.trip_at_byte:,} of "
-                   f"{csv.stat().st_size:,} bytes ({ms:.1f} ms) — a sidecar would cut the download there")
-    click.echo("As a CI gate: `dlp-sensor scan --format sarif public/ > dlp.sarif` exits 1 when anything trips.")
+    """The sidecar in front of a sample dashboard that leaks its permit roster (synthetic data)."""
+    asyncio.run(_run(people))

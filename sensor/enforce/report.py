@@ -57,7 +57,8 @@ def render_text(report: dict[str, Any]) -> str:
             f"   before takedown     {_n(i['served_before_takedown'])} responses to "
             f"{_n(i['unique_clients_before_takedown'])} distinct clients",
             f"   refused afterwards  {i['refused_after_takedown']}",
-            f"   records             up to {i['max_records_in_one_response']:,} people's records in one response",
+            f"   records             {i['max_records_in_one_response']:,} people's records found in one response "
+            "(when cut: found in what was scanned, an upper bound of what left)",
             "",
         ]
     return "\n".join(lines)
