@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 # Debian programs the suite and the benches drive for real: curl (client), promtool (metrics
 # lint), wrk + nginx (bench/proxy.py baseline). Later issues add squid, c-icap, ...
-APT_PACKAGES := curl prometheus wrk nginx-light
+APT_PACKAGES := curl openssl prometheus wrk nginx-light
 
 .PHONY: test demo bench clean apt
 

@@ -46,14 +46,15 @@ def site_app(root: Path, *, chunk: int = 16 << 10, pause: float = 0.0) -> web.Ap
         path = (root / request.match_info["name"]).resolve()
         if root.resolve() not in path.parents or not path.is_file():
             raise web.HTTPNotFound()
+        delay = float(request.query.get("pause", pause))
         resp = web.StreamResponse(headers={"Content-Type": "text/csv" if path.suffix == ".csv"
                                            else "application/octet-stream"})
         await resp.prepare(request)
         with open(path, "rb") as fh:
             while data := fh.read(chunk):
                 await resp.write(data)
-                if pause:
-                    await asyncio.sleep(pause)
+                if delay:
+                    await asyncio.sleep(delay)
         await resp.write_eof()
         return resp
 

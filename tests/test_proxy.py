@@ -361,3 +361,40 @@ def test_report_counts_the_exposure(site, sidecar):
     assert m["max_records_in_one_response"] == 3000
     p = subprocess.run([exe, "report", "--state-dir", str(sidecar.state)], capture_output=True, text=True)
     assert "report-leak.csv  [taken down]" in p.stdout
+
+
+def test_tls_listener(site, tmp_path):
+    openssl = require_tool("openssl")
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    sc = Sidecar.create(tmp_path, site.url, {"proxy": {"tls": {"cert": str(cert), "key": str(key)}}}).start()
+    try:
+        url = f"https://127.0.0.1:{sc.port}"
+        rc, st, body, err = curl("--cacert", str(cert), url + "/stats-2.html")
+        assert (rc, st) == (0, 200), err
+        assert body == (site.root / "stats-2.html").read_bytes()
+        path = copy_to(site, ROSTER, "exports/tls-leak.csv")
+        assert curl("--cacert", str(cert), url + path)[1] == 451
+        assert [a["url"]["scheme"] for a in sc.alerts()] == ["https"]
+    finally:
+        sc.stop()
+
+
+def test_overload_follows_the_routes_fail_choice(site, tmp_path):
+    sc = Sidecar.create(tmp_path, site.url, {"proxy": {"max_scans": 1, "routes": [
+        {"match": "/stream/exports/*", "on_error": "closed"}, {"match": "/stream/*", "on_error": "open"}]}}).start()
+    try:
+        slow = subprocess.Popen([require_tool("curl"), "-s", "-o", "/dev/null",
+                                 sc.url + "/stream/stats-2.html?pause=0.5"])
+        time.sleep(0.5)                                     # the slow download holds the only scan slot
+        rc, st, body, _ = curl(sc.url + "/stream/exports/permits_2022.csv")
+        assert st == 503                                    # fail-closed: refused, not sent unscanned
+        rc, st, body, _ = curl(sc.url + "/stream/stats-3.html")
+        assert (rc, st) == (0, 200) and body == (site.root / "stats-3.html").read_bytes()   # fail-open
+        slow.wait(30)
+        assert sc.metric("dlp_scan_failures_total", reason="overload", action="closed") == 1
+        assert sc.metric("dlp_scan_failures_total", reason="overload", action="open") == 1
+        assert sc.metric("dlp_exchanges_total", tap="proxy", verdict="unscanned") == 1
+    finally:
+        sc.stop()
