@@ -133,6 +133,7 @@ def test_small_leak_never_leaves_and_next_request_gets_451(site, sidecar):
     assert st == 451 and b"withdrawn" in body and b"," not in body      # the block page, no row of the roster
     rc, st, _, _ = curl(sidecar.url + path)
     assert st == 451
+    _wait(lambda: any(a["url"]["path"] == path for a in sidecar.alerts()))
     alerts = [a for a in sidecar.alerts() if a["url"]["path"] == path]
     assert alerts and alerts[0]["dlp"]["verdict"] == "trip" and alerts[0]["dlp"]["bytes_sent"] == 0
     assert alerts[0]["event"]["kind"] == "alert" and alerts[0]["dlp"]["takedown_id"]
@@ -177,7 +178,7 @@ def test_monitor_mode_forwards_everything_and_alerts(site, sidecar):
     rc, st, body, _ = curl(sidecar.url + path)
     assert (rc, st) == (0, 200) and body == (site.root / path[1:]).read_bytes()
     assert curl(sidecar.url + path)[1] == 200                 # no takedown in monitor mode
-    time.sleep(0.3)
+    _wait(lambda: len([a for a in sidecar.alerts() if a["url"]["path"] == path]) >= 2)
     al = [a for a in sidecar.alerts() if a["url"]["path"] == path]
     assert len(al) == 2 and {a["dlp"]["action"] for a in al} == {"logged"}
     assert al[0]["dlp"]["dedup_id"] != al[1]["dlp"]["dedup_id"]
@@ -376,6 +377,7 @@ def test_tls_listener(site, tmp_path):
         assert body == (site.root / "stats-2.html").read_bytes()
         path = copy_to(site, ROSTER, "exports/tls-leak.csv")
         assert curl("--cacert", str(cert), url + path)[1] == 451
+        _wait(lambda: len(sc.alerts()) == 1)
         assert [a["url"]["scheme"] for a in sc.alerts()] == ["https"]
     finally:
         sc.stop()

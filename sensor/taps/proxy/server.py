@@ -170,6 +170,7 @@ class Proxy:
                 scan = s.new_scan(exchange, stop_on_trip=enforce)   # monitor: count every record that left
         if scan is not None:
             self.active_scans += 1
+            s.metrics.active_exchanges.inc()
         fp_bytes = s.config.fingerprint_bytes
         head = bytearray()          # first fp_bytes of the body (the content fingerprint)
         fingerprint: str | None = None
@@ -207,6 +208,7 @@ class Proxy:
                         verdict = self._scan_failed(route, "internal")
                         scan = None
                         self.active_scans -= 1
+                        s.metrics.active_exchanges.dec()
                     scan_s += time.perf_counter() - t
                     if verdict == "trip" and tripped_at is None:
                         tripped_at = time.perf_counter()
@@ -216,6 +218,9 @@ class Proxy:
                                 return self._451(), "tripped"
                             raise Cut("tripped")
                     elif verdict == "fail-closed":
+                        if not prepared:
+                            return web.Response(status=503, text="scanner unavailable\n",
+                                                headers={"Retry-After": "1"}), "scanner_error"
                         raise Cut("scanner failed")
                 if enforce:
                     if prepared:
@@ -280,13 +285,17 @@ class Proxy:
             outcome = "client_gone"
             return resp, outcome
         finally:
-            if scan is not None:
-                self.active_scans -= 1
-                if result is None:
-                    t = time.perf_counter()
-                    result = scan.finish()
-                    scan_s += time.perf_counter() - t
-            s.finished(ctx, result, tap="proxy", completed=completed, scan_seconds=scan_s)
+            try:
+                if scan is not None:
+                    self.active_scans -= 1
+                    s.metrics.active_exchanges.dec()
+                    if result is None:
+                        t = time.perf_counter()
+                        result = scan.finish()
+                        scan_s += time.perf_counter() - t
+                s.finished(ctx, result, tap="proxy", completed=completed, scan_seconds=scan_s)
+            except Exception:           # accounting must never break the data path
+                log.exception("accounting for exchange %s failed", ctx.exchange_id)
 
     def _scan_failed(self, route, reason: str) -> str:
         self.sensor.metrics.failures.labels(reason=reason, action=route.on_error).inc()
