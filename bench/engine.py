@@ -83,7 +83,7 @@ def som_db(engine: Engine) -> hs.Database:
     """The alternative design: Hyperscan reports start offsets for variable-width patterns."""
     ex, fl = engine.expressions, engine.expression_flags
     # Hyperscan refuses SOM on the wordlist expressions ("Pattern is too large"): those stay without
-    som = {i for i, p in enumerate(engine.patterns) if p.width <= 0 and len(ex[i]) < 2000}
+    som = {i for i, p in enumerate(engine.patterns) if p.width <= 0 and len(ex[i]) < 1000}
     fl = [f | (hs.HS_FLAG_SOM_LEFTMOST if i in som else 0) for i, f in enumerate(fl)]
     db = hs.Database(mode=hs.HS_MODE_STREAM | hs.HS_MODE_SOM_HORIZON_SMALL)
     db.compile(expressions=ex, ids=list(range(len(ex))), elements=len(ex), flags=fl)

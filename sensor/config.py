@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
+from sensor.yamlfile import read_yaml
 
 from sensor.alerts.schema import SOURCE_IP_MODES
 from sensor.alerts.sinks import make_sink
@@ -243,12 +243,7 @@ def parse_config(raw: Any, where: str = "config") -> Config:
 def load_config(path: Path | None) -> Config:
     if path is None:
         return Config()
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    raw = read_yaml(Path(path), ConfigError)
     c = parse_config(raw, str(path))
     c.path = Path(path)
     return c

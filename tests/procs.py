@@ -63,6 +63,9 @@ class Upstream:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def stop(self) -> None:
+        stop(self.proc)
+
     @classmethod
     def start(cls, root: Path) -> "Upstream":
         port = free_port()
@@ -148,3 +151,18 @@ class Sidecar:
                 if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                     return s.value
         return 0.0
+
+
+def site_fixture(people: int):
+    """A module-scoped fixture: the sample site with a roster of ``people``, served by its own process."""
+    import pytest
+
+    from sensor.sample_site import build_site
+
+    @pytest.fixture(scope="module")
+    def site(tmp_path_factory) -> Upstream:
+        up = Upstream.start(build_site(tmp_path_factory.mktemp("site"), people=people))
+        yield up
+        up.stop()
+
+    return site

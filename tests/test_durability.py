@@ -6,20 +6,12 @@ import subprocess
 import sys
 import time
 
-import pytest
-from aiohttp import web
-
-from sensor.sample_site import ROSTER, build_site
-from tests.procs import Sidecar, Upstream, free_port
+from sensor.sample_site import ROSTER
+from tests.procs import Sidecar, Upstream, free_port, site_fixture
 from tests.test_proxy import curl
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Upstream:
-    up = Upstream.start(build_site(tmp_path_factory.mktemp("site"), people=800))
-    yield up
-    up.proc.terminate()
-    up.proc.wait(10)
+site = site_fixture(800)
 
 
 def _leak(site: Upstream, name: str) -> str:
@@ -47,7 +39,6 @@ def test_takedown_survives_kill_9_right_after_the_trip(site, tmp_path):
 
 RECEIVER = r'''
 import sys, orjson
-from aiohttp import web
 async def hook(request):
     body = await request.read()
     with open(sys.argv[2], "ab") as fh:

@@ -30,5 +30,4 @@ def test_1gb_download_rss_stays_under_200mb(tmp_path, mode):
         assert peak <= 200
     finally:
         sc.stop()
-        up.proc.terminate()
-        up.proc.wait(10)
+        up.stop()

@@ -31,8 +31,7 @@ def site(tmp_path_factory) -> Upstream:
     (root / "exports" / "mixed.csv").write_bytes(synth.benign_web(LEAK_AT)[:LEAK_AT] + synth.breach_csv(3000))
     up = Upstream.start(root)
     yield up
-    up.proc.terminate()
-    up.proc.wait(10)
+    up.stop()
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,11 @@ import pytest
 
 from sensor.config import Config, ProxyConfig, ProxyRoute
 from sensor.pipeline import BodyScan
-from sensor.sample_site import build_site
 from sensor.service import start_proxy
-from tests.procs import Upstream
+from tests.procs import site_fixture
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Upstream:
-    up = Upstream.start(build_site(tmp_path_factory.mktemp("site"), people=10))
-    yield up
-    up.proc.terminate()
-    up.proc.wait(10)
+site = site_fixture(10)
 
 
 async def test_scanner_error_fails_open_or_closed_per_route(site, tmp_path, monkeypatch):

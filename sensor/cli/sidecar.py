@@ -16,7 +16,7 @@ from sensor.detect.policy import PolicyError
 from sensor.enforce.ledger import Ledger
 from sensor.enforce.registry import Registry
 from sensor.enforce.report import build_report, render_text
-from sensor.enforce.resource import normalize
+from sensor.enforce.resource import resource_for_url
 
 
 class ConfigProblem(click.ClickException):
@@ -99,18 +99,21 @@ def td_list(config_file, state_dir, include_lifted: bool, fmt: str) -> None:
         click.echo(f"#{t.id:<5} {t.resource}  {iso(t.created)} by {t.actor} ({t.reason})  {state}")
 
 
+def audited(f):
+    """--reason and --actor: every change to the registry is audited."""
+    f = click.option("--actor", default=lambda: os.environ.get("USER", "cli"), show_default="$USER")(f)
+    return click.option("--reason", required=True)(f)
+
+
 @takedowns.command("add")
 @state_options
 @click.argument("url")
-@click.option("--reason", required=True)
-@click.option("--actor", default=lambda: os.environ.get("USER", "cli"), show_default="$USER")
+@audited
 def td_add(config_file, state_dir, url: str, reason: str, actor: str) -> None:
     """Take URL (http://host/path, or host/path) down."""
     cfg = _config(config_file, state_dir=state_dir)
-    u = url if "://" in url else "http://" + url
-    host = u.split("://", 1)[1].split("/", 1)[0]
     reg = Registry(cfg.state_dir / "takedowns.db")
-    t = reg.add(normalize(host, u, cfg.query), actor=actor, reason=reason)
+    t = reg.add(resource_for_url(url, cfg.query), actor=actor, reason=reason)
     Ledger(cfg.state_dir / "ledger.db").mark(t.resource, "taken_down")
     click.echo(f"#{t.id} {t.resource} taken down")
 
@@ -118,8 +121,7 @@ def td_add(config_file, state_dir, url: str, reason: str, actor: str) -> None:
 @takedowns.command("lift")
 @state_options
 @click.argument("ident")
-@click.option("--reason", required=True)
-@click.option("--actor", default=lambda: os.environ.get("USER", "cli"), show_default="$USER")
+@audited
 def td_lift(config_file, state_dir, ident: str, reason: str, actor: str) -> None:
     """Lift takedown IDENT (its number, or the resource)."""
     reg = Registry(_state(config_file, state_dir) / "takedowns.db")

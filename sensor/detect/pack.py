@@ -113,7 +113,10 @@ def _load_wordlist(path: Path, where: str) -> list[str]:
     return words
 
 
-MAX_EXPR_CHARS = 12000  # Hyperscan refuses expressions near 16 K characters
+# Hyperscan refuses expressions near 16 K characters, and compile time grows much faster than the
+# size of one alternation: the census lists split at 12,000 characters took 37 s to compile, at
+# 1,500 characters 4.6 s, with the same matches and the same scan speed (measured, 2-core VM).
+MAX_EXPR_CHARS = 1500
 
 
 def _alternation(words: list[str], upper: bool) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
+from sensor.yamlfile import read_yaml
 
 VERDICTS = ("pass", "alert", "trip")
 
@@ -132,12 +132,7 @@ def parse_policy(raw: Any, where: str = "policy", known_ids: set[str] | None = N
 def load_policy(path: Path | None, known_ids: set[str] | None = None) -> Policy:
     if path is None:
         return Policy()
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise PolicyError(f"{path}: cannot read: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise PolicyError(f"{path}: not valid YAML: {e}") from None
+    raw = read_yaml(Path(path), PolicyError)
     if isinstance(raw, dict) and "policy" in raw and len(raw) == 1:
         raw = raw["policy"]
     return parse_policy(raw, str(path), known_ids)

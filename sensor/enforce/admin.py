@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 
 from sensor.enforce.report import build_report
-from sensor.enforce.resource import normalize
+from sensor.enforce.resource import resource_for_url
 from sensor.runtime import Sensor
 
 
@@ -56,9 +56,7 @@ def admin_app(sensor: Sensor) -> web.Application:
         if data.get("resource"):
             resource = str(data["resource"])
         elif data.get("url"):
-            url = str(data["url"])
-            host = url.split("://", 1)[-1].split("/", 1)[0]
-            resource = normalize(host, url, sensor.config.query)
+            resource = resource_for_url(str(data["url"]), sensor.config.query)
         else:
             return _error(400, "give 'url' or 'resource'")
         td = sensor.registry.add(resource, actor=data["actor"], reason=data["reason"])

@@ -59,6 +59,12 @@ def normalize(host: str, target: str, rule: QueryRule = QueryRule()) -> str:
     return key
 
 
+def resource_for_url(url: str, rule: QueryRule = QueryRule()) -> str:
+    """The resource key for an operator-typed URL (``https://host/path`` or ``host/path``)."""
+    u = url if "://" in url else "http://" + url
+    return normalize(u.split("://", 1)[1].split("/", 1)[0], u, rule)
+
+
 def public_url(scheme: str, host: str, target: str) -> dict[str, str]:
     """ECS ``url.*`` without the query string or fragment (query values may carry secrets)."""
     parts = urlsplit(target)
