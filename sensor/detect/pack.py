@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import re
 import re._parser as _sre_parse  # type: ignore[import-not-found]
 from re._constants import MAXREPEAT as _MAXREPEAT  # type: ignore[import-not-found]
@@ -39,7 +40,8 @@ from sensor.detect import validators
 CATEGORIES = ("strong", "quasi", "contact", "financial")
 SEVERITIES = ("low", "medium", "high")
 FLAG_NAMES = ("caseless", "dotall", "multiline", "utf8", "ucp")
-DEFAULT_PACK_DIR = Path(__file__).resolve().parents[2] / "signatures"
+# The default pack ships next to the package in a checkout; an image sets $DLP_SENSOR_DEFAULT_PACK.
+DEFAULT_PACK_DIR = Path(os.environ.get("DLP_SENSOR_DEFAULT_PACK") or Path(__file__).resolve().parents[2] / "signatures")
 _PLACEHOLDER = re.compile(r"%\{([A-Za-z_][A-Za-z0-9_-]*)\}")
 
 
