@@ -7,7 +7,7 @@ import sys
 import time
 
 from sensor.sample_site import ROSTER
-from tests.procs import Sidecar, Upstream, free_port, site_fixture
+from tests.procs import Sidecar, Upstream, free_port, site_fixture, wait_http
 from tests.test_proxy import curl
 
 
@@ -39,6 +39,7 @@ def test_takedown_survives_kill_9_right_after_the_trip(site, tmp_path):
 
 RECEIVER = r'''
 import sys, orjson
+from aiohttp import web
 async def hook(request):
     body = await request.read()
     with open(sys.argv[2], "ab") as fh:
@@ -71,6 +72,7 @@ def test_webhook_down_for_30s_then_up_every_alert_arrives(site, tmp_path):
     assert sc.metric("dlp_alert_delivery_failures_total", sink="webhook") > 0
     recv = subprocess.Popen([sys.executable, "-c", RECEIVER, str(port), str(got)])
     try:
+        wait_http(f"http://127.0.0.1:{port}/hook", proc=recv)          # up (GET answers 405)
         deadline = time.monotonic() + 30
         import orjson
         while time.monotonic() < deadline:
