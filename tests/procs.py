@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,9 @@ def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = N
             with urllib.request.urlopen(url, timeout=1) as r:
                 if r.status < 500:
                     return
+        except urllib.error.HTTPError as e:
+            if e.code < 500:                # it answers, if only to say no
+                return
         except OSError:
             pass
         time.sleep(0.05)
