@@ -85,7 +85,7 @@ class Proxy:
 
     def _451(self) -> web.Response:
         return web.Response(status=451, body=self.block_page(), content_type="text/html",
-                            headers={"Cache-Control": "no-store", "Link": '<>; rel="blocked-by"'})
+                            headers={"Cache-Control": "no-store"})
 
     def _client_ip(self, request: web.Request) -> str:
         if self.config.trust_forwarded:
