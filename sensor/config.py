@@ -10,6 +10,7 @@ Command-line flags override the file; the file overrides defaults. Every section
     policy: null                     # a policy file path, or the policy mapping inline
     proxy: {listen, upstream, mode, holdback_kib, on_error, upstream_timeout, connect_timeout,
             max_scans, block_page, tls: {cert, key}, trust_forwarded, routes: [{match, mode, on_error, holdback_kib}]}
+    icap: {listen: 127.0.0.1:1344, max_connections: 512, options_ttl: 300, preview: 4096, holdback_kib: 32}   # mode/routes/block page: proxy's
     takedown: {query: ignore|keep|[names], fingerprint_kib: 64}
     metrics: 127.0.0.1:9102          # also serves /healthz and /readyz
     admin: {listen: 127.0.0.1:9103, token: null}
@@ -71,6 +72,15 @@ class ProxyConfig:
 
 
 @dataclass
+class IcapConfig:
+    listen: str = "127.0.0.1:1344"
+    preview: int = 4096          # squid stalls when the preview reaches its 64 KiB read buffer
+    holdback: int = 32 << 10     # echo hold-back: squid stops sending at 64 KiB not yet answered
+    max_connections: int = 512
+    options_ttl: int = 300
+
+
+@dataclass
 class Config:
     sensor_id: str = field(default_factory=socket.gethostname)
     state_dir: Path | None = None
@@ -79,6 +89,7 @@ class Config:
     default_signatures: bool = True
     policy: Any = None                      # path (str) or inline mapping
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    icap: IcapConfig = field(default_factory=IcapConfig)
     query: QueryRule = QueryRule()
     fingerprint_bytes: int = 64 << 10
     metrics: str | None = "127.0.0.1:9102"
@@ -172,7 +183,7 @@ def parse_config(raw: Any, where: str = "config") -> Config:
     if raw is None:
         raw = {}
     raw = _keys(raw, where, {"sensor_id", "state_dir", "hmac_key", "signatures", "default_signatures", "policy",
-                             "proxy", "takedown", "metrics", "admin", "alerts"})
+                             "proxy", "icap", "takedown", "metrics", "admin", "alerts"})
     c = Config()
     if "sensor_id" in raw:
         _check(isinstance(raw["sensor_id"], str) and raw["sensor_id"], f"{where}.sensor_id", "must be a string")
@@ -193,6 +204,15 @@ def parse_config(raw: Any, where: str = "config") -> Config:
            "must be a file path or a mapping")
     if "proxy" in raw:
         c.proxy = _proxy(raw["proxy"], f"{where}.proxy")
+    if "icap" in raw:
+        ic = _keys(raw["icap"], f"{where}.icap", {"listen", "max_connections", "options_ttl", "preview", "holdback_kib"})
+        if "listen" in ic:
+            c.icap.listen = parse_hostport(ic["listen"], f"{where}.icap.listen")
+        for k in ("max_connections", "options_ttl", "preview"):
+            if k in ic:
+                setattr(c.icap, k, int(_num(ic[k], f"{where}.icap.{k}")))
+        if "holdback_kib" in ic:
+            c.icap.holdback = int(_num(ic["holdback_kib"], f"{where}.icap.holdback_kib", positive=False)) << 10
     if "takedown" in raw:
         t = _keys(raw["takedown"], f"{where}.takedown", {"query", "fingerprint_kib"})
         try:
@@ -256,6 +276,8 @@ def with_overrides(c: Config, **flags: Any) -> Config:
         proxy = replace(proxy, upstream=_proxy({"upstream": flags["upstream"]}, "--upstream").upstream)
     if flags.get("listen"):
         proxy = replace(proxy, listen=parse_hostport(flags["listen"], "--listen"))
+    if flags.get("icap_listen"):
+        c = replace(c, icap=replace(c.icap, listen=parse_hostport(flags["icap_listen"], "--listen")))
     if flags.get("mode"):
         proxy = replace(proxy, mode=flags["mode"])
     c = replace(c, proxy=proxy)

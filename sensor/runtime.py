@@ -34,6 +34,10 @@ from sensor.metrics import Metrics
 from sensor.pipeline import BodyScan, Exchange
 
 log = logging.getLogger("dlp_sensor")
+DEFAULT_BLOCK_PAGE = (b"<!doctype html><html><head><title>451 Unavailable For Legal Reasons</title></head>"
+                      b"<body><h1>Unavailable</h1><p>This resource has been withdrawn because it appears to "
+                      b"contain personal data. The site's operators have been notified.</p></body></html>\n")
+
 TOKEN_ENV = "DLP_SENSOR_ADMIN_TOKEN"
 
 
@@ -191,6 +195,16 @@ class Sensor:
         d = self.detector
         return BodyScan(d.engine, d.policy, key=self.key, exchange=exchange, limits=self.limits,
                         stop_on_trip=stop_on_trip)
+
+    def block_page(self) -> bytes:
+        """The 451 page every tap serves (``proxy.block_page``, else a short built-in one)."""
+        p = self.config.proxy.block_page
+        if p:
+            try:
+                return Path(p).read_bytes()
+            except OSError:
+                log.error("block page %s unreadable; serving the built-in one", p)
+        return DEFAULT_BLOCK_PAGE
 
     def content_fingerprint(self, head: bytes) -> str:
         """Keyed hash of a body's first bytes: the same file under another URL has the same one."""

@@ -29,10 +29,13 @@ class Running:
     sensor: Sensor
     proxy: Proxy
     runners: list[web.AppRunner] = field(default_factory=list)
+    servers: list[asyncio.AbstractServer] = field(default_factory=list)
     addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     async def stop(self) -> None:
         self.sensor.ready = False
+        for srv in self.servers:
+            srv.close()
         for r in reversed(self.runners):
             await r.cleanup()
         await self.proxy.stop()
@@ -53,6 +56,12 @@ async def _site(app: web.Application | web.Server, hostport: str, *, ssl_context
 
 
 async def start_proxy(config: Config, *, reuse_port: bool = False, sensor: Sensor | None = None) -> Running:
+    return await start(config, taps=("proxy",), reuse_port=reuse_port, sensor=sensor)
+
+
+async def start(config: Config, *, taps: tuple[str, ...], reuse_port: bool = False,
+                sensor: Sensor | None = None) -> Running:
+    """One sensor process: shared state, the given taps' listeners, metrics and admin."""
     sensor = sensor or Sensor(config)
     gc.collect()
     gc.freeze()             # start-up objects (engine, pack) never die: keep full GC passes off them
@@ -64,11 +73,19 @@ async def start_proxy(config: Config, *, reuse_port: bool = False, sensor: Senso
     if config.proxy.tls_cert:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(config.proxy.tls_cert, config.proxy.tls_key)
-    server = web.Server(proxy.handle, access_log=None, max_field_size=16 << 10, max_line_size=16 << 10,
-                        handler_cancellation=True)
-    r, addr = await _site(server, config.proxy.listen, ssl_context=ctx, reuse_port=reuse_port)
-    run.runners.append(r)
-    run.addresses["proxy"] = addr
+    if "proxy" in taps:
+        server = web.Server(proxy.handle, access_log=None, max_field_size=16 << 10, max_line_size=16 << 10,
+                            handler_cancellation=True)
+        r, addr = await _site(server, config.proxy.listen, ssl_context=ctx, reuse_port=reuse_port)
+        run.runners.append(r)
+        run.addresses["proxy"] = addr
+    if "icap" in taps:
+        from sensor.taps.icap.server import IcapServer
+        icap = IcapServer(sensor, max_connections=config.icap.max_connections, options_ttl=config.icap.options_ttl)
+        host, port = _split(config.icap.listen)
+        srv = await icap.start(host, port)
+        run.servers.append(srv)
+        run.addresses["icap"] = srv.sockets[0].getsockname()[:2]
     if config.metrics:
         r, addr = await _site(metrics_app(sensor), config.metrics)
         run.runners.append(r)
@@ -80,11 +97,11 @@ async def start_proxy(config: Config, *, reuse_port: bool = False, sensor: Senso
     return run
 
 
-async def serve_forever(config: Config, *, reuse_port: bool = False) -> None:
-    run = await start_proxy(config, reuse_port=reuse_port)
+async def serve_forever(config: Config, *, taps: tuple[str, ...] = ("proxy",), reuse_port: bool = False) -> None:
+    run = await start(config, taps=taps, reuse_port=reuse_port)
     for name, (h, p) in run.addresses.items():
         log.info("%s listening on %s:%d", name, h, p)
-    log.info("ready: upstream %s, mode %s, signatures generation %s", config.proxy.upstream, config.proxy.mode,
+    log.info("ready: %s, mode %s, signatures generation %s", ", ".join(taps), config.proxy.mode,
              run.sensor.detector.generation)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

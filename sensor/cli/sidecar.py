@@ -51,9 +51,27 @@ def proxy(config_file, upstream, listen, mode, state_dir, metrics, admin, reuse_
     _logging(log_level)
     cfg = _config(config_file, upstream=upstream, listen=listen, mode=mode, state_dir=state_dir,
                   metrics=metrics, admin=admin)
+    _serve(cfg, ("proxy",), reuse_port)
+
+
+@click.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config (flags override it).")
+@click.option("--listen", help="HOST:PORT for ICAP clients (default 127.0.0.1:1344).")
+@click.option("--state-dir", type=click.Path(file_okay=False), help="Registry, ledger, alert spool, HMAC key.")
+@click.option("--metrics", help="HOST:PORT for /metrics /healthz /readyz, or 'off' (default 127.0.0.1:9102).")
+@click.option("--admin", help="HOST:PORT for the admin API, or 'off' (default 127.0.0.1:9103).")
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+def icap(config_file, listen, state_dir, metrics, admin, log_level) -> None:
+    """Run the ICAP RESPMOD server for squid or a secure web gateway (service /respmod)."""
+    _logging(log_level)
+    cfg = _config(config_file, icap_listen=listen, state_dir=state_dir, metrics=metrics, admin=admin)
+    _serve(cfg, ("icap",))
+
+
+def _serve(cfg, taps: tuple[str, ...], reuse_port: bool = False) -> None:
     from sensor.service import serve_forever
     try:
-        asyncio.run(serve_forever(cfg, reuse_port=reuse_port))
+        asyncio.run(serve_forever(cfg, taps=taps, reuse_port=reuse_port))
     except (PackError, PolicyError) as e:
         raise ConfigProblem(str(e)) from None
     except OSError as e:

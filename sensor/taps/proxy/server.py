@@ -19,7 +19,6 @@ import asyncio
 import logging
 import time
 import uuid
-from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -36,9 +35,7 @@ MONITOR_CHUNK = 256 << 10     # monitor: nothing is held, so bigger reads (fewer
 HOP_BY_HOP = frozenset(h.lower() for h in (
     "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer", "Trailers",
     "Transfer-Encoding", "Upgrade", "Proxy-Connection"))
-DEFAULT_BLOCK_PAGE = (b"<!doctype html><html><head><title>451 Unavailable For Legal Reasons</title></head>"
-                      b"<body><h1>Unavailable</h1><p>This resource has been withdrawn because it appears to "
-                      b"contain personal data. The site's operators have been notified.</p></body></html>\n")
+
 
 
 def _forward_headers(headers, extra_drop: frozenset[str] = frozenset()) -> CIMultiDict:
@@ -74,17 +71,8 @@ class Proxy:
         if self.session:
             await self.session.close()
 
-    def block_page(self) -> bytes:
-        p = self.config.block_page
-        if p:
-            try:
-                return Path(p).read_bytes()
-            except OSError:
-                log.error("block page %s unreadable; serving the built-in one", p)
-        return DEFAULT_BLOCK_PAGE
-
     def _451(self) -> web.Response:
-        return web.Response(status=451, body=self.block_page(), content_type="text/html",
+        return web.Response(status=451, body=self.sensor.block_page(), content_type="text/html",
                             headers={"Cache-Control": "no-store"})
 
     def _client_ip(self, request: web.Request) -> str:

@@ -1,0 +1,1 @@
+"""The ICAP RESPMOD tap (squid, secure web gateways)."""
