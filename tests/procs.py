@@ -89,6 +89,7 @@ class Sidecar:
     admin_port: int
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
+    command: str = "proxy"                  # or "icap": the same sensor, another tap
 
     @property
     def url(self) -> str:
@@ -108,7 +109,7 @@ class Sidecar:
 
     @classmethod
     def create(cls, tmp: Path, upstream: str, conf: dict | None = None, *, state: Path | None = None,
-               extra_args: list[str] | None = None) -> "Sidecar":
+               extra_args: list[str] | None = None, command: str = "proxy") -> "Sidecar":
         tmp.mkdir(parents=True, exist_ok=True)
         state = state or tmp / "state"
         conf = dict(conf or {})
@@ -119,14 +120,14 @@ class Sidecar:
         conf["proxy"] = proxy
         cfg = tmp / "sensor.yaml"
         cfg.write_text(yaml.safe_dump(conf))
-        sc = cls(state, cfg, free_port(), free_port(), free_port(), list(extra_args or []))
+        sc = cls(state, cfg, free_port(), free_port(), free_port(), list(extra_args or []), command=command)
         OUTPUTS.extend([state, tmp / "stdout.log", tmp / "stderr.log"])
         return sc
 
     def start(self, wait: bool = True) -> "Sidecar":
         tmp = self.config.parent
         self.proc = subprocess.Popen(
-            [str(BIN / "dlp-sensor"), "proxy", "--config", str(self.config), "--state-dir", str(self.state),
+            [str(BIN / "dlp-sensor"), self.command, "--config", str(self.config), "--state-dir", str(self.state),
              "--listen", f"127.0.0.1:{self.port}", "--metrics", f"127.0.0.1:{self.metrics_port}",
              "--admin", f"127.0.0.1:{self.admin_port}", *self.extra_args],
             stdout=open(tmp / "stdout.log", "ab"), stderr=open(tmp / "stderr.log", "ab"), cwd=ROOT)

@@ -1,0 +1,195 @@
+"""The ICAP tap against real clients: Debian's c-icap-client and squid as a reverse proxy."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from sensor import synth
+from sensor.sample_site import ROSTER
+from tests.conftest import require_tool
+from tests.procs import Sidecar, Upstream, free_port, site_fixture, stop
+from tests.test_proxy import _wait, curl
+
+site = site_fixture(3000)
+
+
+@pytest.fixture(scope="module")
+def icap(site, tmp_path_factory) -> Sidecar:
+    policy = tmp_path_factory.mktemp("policy") / "policy.yaml"
+    policy.write_text("trip: {strong_records: 10}\n")
+    sc = Sidecar.create(tmp_path_factory.mktemp("icap"), site.url, {"policy": str(policy)}, command="icap").start()
+    sc.policy = policy
+    yield sc
+    sc.stop()
+
+
+def c_icap(icap: Sidecar, *args: str, out: Path | None = None) -> str:
+    exe = require_tool("c-icap-client")
+    cmd = [exe, "-i", "127.0.0.1", "-p", str(icap.port), "-s", "respmod", "-v", *args]
+    if out is not None:
+        cmd += ["-o", str(out)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    return p.stdout + p.stderr
+
+
+def test_options(icap):
+    out = c_icap(icap)
+    for line in ("Methods: RESPMOD", "Allow: 204", "Preview: 4096", "Transfer-Preview: *", "Max-Connections:",
+                 "Options-TTL:", "ISTag: \""):
+        assert line in out, line
+
+
+def test_istag_changes_with_the_policy(icap):
+    before = [l for l in c_icap(icap).splitlines() if "ISTag" in l]
+    icap.policy.write_text("trip: {strong_records: 12}\n")
+    _wait(lambda: [l for l in c_icap(icap).splitlines() if "ISTag" in l] != before)
+
+
+def test_clean_response_204_or_identical_echo(site, icap, tmp_path):
+    page = site.root / "stats-2.html"
+    assert "204 No Content" in c_icap(icap, "-f", str(page), "-resp", "http://www.example.gov/stats-2.html")
+    out = c_icap(icap, "-f", str(page), "-resp", "http://www.example.gov/stats-2.html", "-no204", "-nopreview",
+                 out=tmp_path / "echo")
+    assert "ICAP/1.0 200 OK" in out and (tmp_path / "echo").read_bytes() == page.read_bytes()
+
+
+@pytest.mark.parametrize("opts", [["-nopreview"], ["-nopreview", "-no204"], ["-w", "1024"]])
+def test_leak_gets_an_encapsulated_451(site, icap, tmp_path, opts):
+    url = f"http://www.example.gov/exports/{'-'.join(opts)}.csv"
+    out = c_icap(icap, "-f", str(site.root / ROSTER), "-resp", url, *opts, out=tmp_path / "o")
+    assert "ICAP/1.0 200 OK" in out
+    assert b"withdrawn" in (tmp_path / "o").read_bytes() and b"permit_id" not in (tmp_path / "o").read_bytes()
+    (tmp_path / "o").unlink()
+    # taken down: refused whatever the body (c-icap-client does not print a final answer to a
+    # preview, which is what this refusal is when it previews; squid's tests cover that path)
+    c_icap(icap, "-f", str(site.root / "stats-1.html"), "-resp", url, "-nopreview", out=tmp_path / "o")
+    assert b"withdrawn" in (tmp_path / "o").read_bytes()
+
+
+# -- squid ------------------------------------------------------------------------------------------
+
+SQUID_CONF = """
+http_port 127.0.0.1:{port} accel defaultsite=www.example.gov no-vhost
+cache_peer 127.0.0.1 parent {upstream} 0 no-query no-digest originserver name=origin
+acl all_src src all
+http_access allow all_src
+cache_peer_access origin allow all_src
+cache deny all
+icap_enable on
+icap_send_client_ip on
+icap_service dlp respmod_precache bypass=0 icap://127.0.0.1:{icap}/respmod
+adaptation_access dlp allow all_src
+pid_filename {d}/squid.pid
+access_log none
+cache_log {d}/cache.log
+coredump_dir {d}
+shutdown_lifetime 1 seconds
+"""
+
+
+@pytest.fixture(scope="module")
+def squid(site, icap):
+    exe = shutil.which("squid") or ("/usr/sbin/squid" if os.path.exists("/usr/sbin/squid") else None)
+    if exe is None:
+        require_tool("squid")
+    d = Path(tempfile.mkdtemp(prefix="dlp-squid-", dir="/tmp"))
+    os.chmod(d, 0o777)                    # squid drops to its own user for logs and pid
+    port = free_port()
+    (d / "squid.conf").write_text(SQUID_CONF.format(port=port, upstream=site.port, icap=icap.port, d=d))
+    proc = subprocess.Popen([exe, "-N", "-f", str(d / "squid.conf")], stdout=subprocess.DEVNULL,
+                            stderr=open(d / "stderr", "wb"))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("squid exited: " + (d / "stderr").read_text()[-500:])
+        if curl("-m", "2", f"http://127.0.0.1:{port}/contact.html")[1] == 200:
+            break
+        time.sleep(0.2)
+    yield f"http://127.0.0.1:{port}"
+    stop(proc)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_squid_benign_responses_are_byte_identical(site, squid):
+    for path in ("/stats-2.html", "/api/counties.json", "/big?mb=5"):
+        _, _, direct, _ = curl("-m", "30", site.url + path)
+        rc, st, via, err = curl("-m", "30", squid + path)
+        assert (rc, st) == (0, 200), err
+        assert via == direct, path
+
+
+def test_squid_breach_csv_blocked_and_taken_down(site, squid, icap):
+    (site.root / "exports" / "squid-roster.csv").write_bytes(b"# squid\n" + (site.root / ROSTER).read_bytes())
+    rc, st, body, _ = curl("-m", "30", squid + "/exports/squid-roster.csv")
+    assert st == 451 and b"withdrawn" in body and b"permit_id" not in body
+    assert curl("-m", "30", squid + "/exports/squid-roster.csv")[1] == 451
+    assert icap.metric("dlp_refusals_total", reason="resource") >= 1
+    _wait(lambda: any(a["url"]["path"] == "/exports/squid-roster.csv" for a in icap.alerts()))
+
+
+def test_squid_leak_after_the_holdback_fails_the_download(site, squid):
+    data = b"# late\n" + synth.benign_web(300 << 10)[: 300 << 10] + (site.root / ROSTER).read_bytes()
+    (site.root / "exports" / "squid-late.csv").write_bytes(data)
+    rc, st, body, _ = curl("-m", "30", squid + "/exports/squid-late.csv")
+    assert rc != 0 and len(body) < len(data)            # a failed download, never a complete-looking one
+    assert curl("-m", "30", squid + "/exports/squid-late.csv")[1] == 451
+
+
+# -- bad input ----------------------------------------------------------------------------------------
+
+def _send(port: int, data: bytes, close_write: bool = False) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(data)
+        if close_write:
+            s.shutdown(socket.SHUT_WR)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except socket.timeout:
+            pass
+        return out
+
+
+HDRS = b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n"
+RES = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n"
+
+
+def _respmod(body: bytes, enc: bytes | None = None, extra: bytes = b"", uri: bytes = b"/respmod") -> bytes:
+    enc = enc or b"req-hdr=0, res-hdr=%d, res-body=%d" % (len(HDRS), len(HDRS) + len(RES))
+    return (b"RESPMOD icap://127.0.0.1" + uri + b" ICAP/1.0\r\nHost: x\r\n" + extra + b"Encapsulated: " + enc
+            + b"\r\n\r\n" + HDRS + RES + body)
+
+
+@pytest.mark.parametrize("name, data, status", [
+    ("garbage request line", b"HELLO\r\n\r\n", b"400"),
+    ("unknown method", b"PATCH icap://h/respmod ICAP/1.0\r\nHost: x\r\n\r\n", b"501"),
+    ("reqmod", b"REQMOD icap://h/respmod ICAP/1.0\r\nHost: x\r\nEncapsulated: null-body=0\r\n\r\n", b"405"),
+    ("wrong service", _respmod(b"0\r\n\r\n", uri=b"/nope"), b"404"),
+    ("wrong version", b"OPTIONS icap://h/respmod ICAP/2.0\r\n\r\n", b"505"),
+    ("bad Encapsulated", _respmod(b"0\r\n\r\n", enc=b"res-hdr=zz"), b"400"),
+    ("missing Encapsulated", b"RESPMOD icap://h/respmod ICAP/1.0\r\nHost: x\r\n\r\n", b"400"),
+    ("chunk size not hex", _respmod(b"zz\r\nabc\r\n0\r\n\r\n"), b"400"),
+    ("chunk longer than its size", _respmod(b"3\r\nabcdef\r\n0\r\n\r\n"), b"400"),
+    ("giant header", b"OPTIONS icap://h/respmod ICAP/1.0\r\nX-Big: " + b"a" * (100 << 10) + b"\r\n\r\n", b"400"),
+])
+def test_malformed_icap_gets_an_error_and_the_server_keeps_serving(icap, name, data, status):
+    out = _send(icap.port, data)
+    assert out.startswith(b"ICAP/1.0 " + status), (name, out[:80])
+    assert "Methods: RESPMOD" in c_icap(icap)
+
+
+@pytest.mark.parametrize("data", [
+    b"OPTIONS icap://h/respmod ICAP/1.0\r\nHost",                              # truncated head
+    _respmod(b"ffff\r\nonly a little"),                                        # body ends inside a chunk
+])
+def test_truncated_input_is_survived(icap, data):
+    _send(icap.port, data, close_write=True)
+    assert "Methods: RESPMOD" in c_icap(icap)
