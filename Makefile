@@ -33,6 +33,7 @@ bench: $(STAMP) apt
 		|| echo "presidio-analyzer did not install: its row will say n/a"
 	$(PY) bench/engine.py
 	$(PY) bench/proxy.py
+	$(PY) bench/taps.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
