@@ -10,6 +10,7 @@ Command-line flags override the file; the file overrides defaults. Every section
     policy: null                     # a policy file path, or the policy mapping inline
     proxy: {listen, upstream, mode, holdback_kib, on_error, upstream_timeout, connect_timeout,
             max_scans, block_page, tls: {cert, key}, trust_forwarded, routes: [{match, mode, on_error, holdback_kib}]}
+    extproc: {listen: 127.0.0.1:50051}                                        # the Envoy ext_proc tap
     icap: {listen: 127.0.0.1:1344, max_connections: 512, options_ttl: 300, preview: 4096, holdback_kib: 32}   # mode/routes/block page: proxy's
     takedown: {query: ignore|keep|[names], fingerprint_kib: 64}
     metrics: 127.0.0.1:9102          # also serves /healthz and /readyz
@@ -81,6 +82,11 @@ class IcapConfig:
 
 
 @dataclass
+class ExtProcConfig:
+    listen: str = "127.0.0.1:50051"
+
+
+@dataclass
 class Config:
     sensor_id: str = field(default_factory=socket.gethostname)
     state_dir: Path | None = None
@@ -90,6 +96,7 @@ class Config:
     policy: Any = None                      # path (str) or inline mapping
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     icap: IcapConfig = field(default_factory=IcapConfig)
+    extproc: ExtProcConfig = field(default_factory=ExtProcConfig)
     query: QueryRule = QueryRule()
     fingerprint_bytes: int = 64 << 10
     metrics: str | None = "127.0.0.1:9102"
@@ -183,7 +190,8 @@ def parse_config(raw: Any, where: str = "config") -> Config:
     if raw is None:
         raw = {}
     raw = _keys(raw, where, {"sensor_id", "state_dir", "hmac_key", "signatures", "default_signatures", "policy",
-                             "proxy", "icap", "takedown", "metrics", "admin", "alerts"})
+                             "proxy", "icap", "extproc", "takedown", "metrics", "admin",
+                             "alerts"})
     c = Config()
     if "sensor_id" in raw:
         _check(isinstance(raw["sensor_id"], str) and raw["sensor_id"], f"{where}.sensor_id", "must be a string")
@@ -213,6 +221,10 @@ def parse_config(raw: Any, where: str = "config") -> Config:
                 setattr(c.icap, k, int(_num(ic[k], f"{where}.icap.{k}")))
         if "holdback_kib" in ic:
             c.icap.holdback = int(_num(ic["holdback_kib"], f"{where}.icap.holdback_kib", positive=False)) << 10
+    if "extproc" in raw:
+        ep = _keys(raw["extproc"], f"{where}.extproc", {"listen"})
+        if "listen" in ep:
+            c.extproc.listen = parse_hostport(ep["listen"], f"{where}.extproc.listen")
     if "takedown" in raw:
         t = _keys(raw["takedown"], f"{where}.takedown", {"query", "fingerprint_kib"})
         try:
@@ -276,6 +288,8 @@ def with_overrides(c: Config, **flags: Any) -> Config:
         proxy = replace(proxy, upstream=_proxy({"upstream": flags["upstream"]}, "--upstream").upstream)
     if flags.get("listen"):
         proxy = replace(proxy, listen=parse_hostport(flags["listen"], "--listen"))
+    if flags.get("extproc_listen"):
+        c = replace(c, extproc=replace(c.extproc, listen=parse_hostport(flags["extproc_listen"], "--listen")))
     if flags.get("icap_listen"):
         c = replace(c, icap=replace(c.icap, listen=parse_hostport(flags["icap_listen"], "--listen")))
     if flags.get("mode"):

@@ -30,12 +30,15 @@ class Running:
     proxy: Proxy
     runners: list[web.AppRunner] = field(default_factory=list)
     servers: list[asyncio.AbstractServer] = field(default_factory=list)
+    grpc: list = field(default_factory=list)
     addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     async def stop(self) -> None:
         self.sensor.ready = False
         for srv in self.servers:
             srv.close()
+        for g in self.grpc:
+            await g.stop(grace=2)
         for r in reversed(self.runners):
             await r.cleanup()
         await self.proxy.stop()
@@ -79,6 +82,11 @@ async def start(config: Config, *, taps: tuple[str, ...], reuse_port: bool = Fal
         r, addr = await _site(server, config.proxy.listen, ssl_context=ctx, reuse_port=reuse_port)
         run.runners.append(r)
         run.addresses["proxy"] = addr
+    if "extproc" in taps:
+        from sensor.taps.extproc.server import start_extproc
+        grpc_server = await start_extproc(sensor, config.extproc.listen)
+        run.grpc.append(grpc_server)
+        run.addresses["extproc"] = (_split(config.extproc.listen)[0], grpc_server.bound_port)
     if "icap" in taps:
         from sensor.taps.icap.server import IcapServer
         icap = IcapServer(sensor, max_connections=config.icap.max_connections, options_ttl=config.icap.options_ttl)

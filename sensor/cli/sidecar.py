@@ -68,6 +68,20 @@ def icap(config_file, listen, state_dir, metrics, admin, log_level) -> None:
     _serve(cfg, ("icap",))
 
 
+@click.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config (flags override it).")
+@click.option("--listen", help="HOST:PORT for Envoy's gRPC stream (default 127.0.0.1:50051).")
+@click.option("--state-dir", type=click.Path(file_okay=False), help="Registry, ledger, alert spool, HMAC key.")
+@click.option("--metrics", help="HOST:PORT for /metrics /healthz /readyz, or 'off' (default 127.0.0.1:9102).")
+@click.option("--admin", help="HOST:PORT for the admin API, or 'off' (default 127.0.0.1:9103).")
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+def extproc(config_file, listen, state_dir, metrics, admin, log_level) -> None:
+    """Run the Envoy ext_proc gRPC server (see deploy/envoy/envoy.yaml)."""
+    _logging(log_level)
+    cfg = _config(config_file, extproc_listen=listen, state_dir=state_dir, metrics=metrics, admin=admin)
+    _serve(cfg, ("extproc",))
+
+
 def _serve(cfg, taps: tuple[str, ...], reuse_port: bool = False) -> None:
     from sensor.service import serve_forever
     try:
