@@ -1,9 +1,10 @@
-"""Tap benchmark: squid alone vs squid + the ICAP tap, same run, same origin (nginx, static files).
+"""Tap benchmark: squid alone vs squid + the ICAP tap, Envoy alone vs Envoy + the ext_proc tap.
 
-wrk measures requests/s for 10 KiB pages (10 connections) and MB/s for a 100 MB download
-(1 connection), through squid as a reverse proxy without ICAP and with
-``respmod_precache bypass=0 icap://…/respmod`` to ``dlp-sensor icap``; the table gives the ratios.
-(The Envoy ext_proc half of this bench comes with that tap.)
+Same run, same origin (nginx, static files). wrk measures requests/s for 10 KiB pages (10
+connections), latency at 1 connection, and MB/s for a 100 MB download (1 connection), through
+squid as a reverse proxy without ICAP and with ``respmod_precache bypass=0`` to
+``dlp-sensor icap``, and through Envoy with the shipped ``deploy/envoy/envoy.yaml`` with and
+without its ext_proc filter (``dlp-sensor extproc``); the table gives the ratios.
 
     python bench/taps.py [--seconds 8] [--big-mb 100] [--json FILE]
 """
@@ -57,6 +58,26 @@ def squid(d: Path, name: str, origin: int, icap_port: int | None) -> tuple[subpr
     return p, url
 
 
+def envoy(d: Path, name: str, origin: int, extproc_port: int | None) -> tuple[subprocess.Popen, str]:
+    """The shipped config, its ports changed; without the ext_proc filter for the baseline."""
+    conf = (Path(__file__).resolve().parents[1] / "deploy" / "envoy" / "envoy.yaml").read_text()
+    if extproc_port is None:
+        start = conf.index("                  - name: envoy.filters.http.ext_proc")
+        end = conf.index("                  - name: envoy.filters.http.router")
+        conf = conf[:start] + conf[end:]
+    port, admin = free_port(), free_port()
+    for old, new in (("port_value: 10000", port), ("port_value: 8080", origin),
+                     ("port_value: 50051", extproc_port or 1), ("port_value: 9901", admin)):
+        conf = conf.replace(old, f"port_value: {new}")
+    (d / f"envoy-{name}.yaml").write_text(conf)
+    p = subprocess.Popen([str(Path(sys.executable).parent / "envoy"), "-c", str(d / f"envoy-{name}.yaml"),
+                          "--log-level", "error", "--base-id", str(port), "--concurrency", "1"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/10k.html", timeout=30, proc=p)
+    return p, url
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=8)
@@ -74,15 +95,21 @@ def main() -> None:
         for _ in range(a.big_mb):
             fh.write(block)
     procs: list[subprocess.Popen] = []
-    sc = None
+    sc = ep = None
     try:
         op = free_port()
         procs.append(nginx(d, "origin", op, f"root {www}; sendfile on;"))
         wait_http(f"http://127.0.0.1:{op}/10k.html")
         sc = Sidecar.create(d / "icap", f"http://127.0.0.1:{op}", {"alerts": {"sinks": []}}, command="icap").start()
+        ep = Sidecar.create(d / "extproc", f"http://127.0.0.1:{op}", {"alerts": {"sinks": []}},
+                            command="extproc").start()
         rows = {}
-        for name, icap_port in (("squid alone", None), ("squid + ICAP tap", sc.port)):
-            p, url = squid(d, name.split()[-1].lower(), op, icap_port)
+        paths = (("squid alone", lambda: squid(d, "alone", op, None)),
+                 ("squid + ICAP tap", lambda: squid(d, "icap", op, sc.port)),
+                 ("Envoy alone", lambda: envoy(d, "alone", op, None)),
+                 ("Envoy + ext_proc tap", lambda: envoy(d, "extproc", op, ep.port)))
+        for name, launch in paths:
+            p, url = launch()
             procs.append(p)
             small = wrk(url + "/10k.html", a.seconds, 10)
             lat = wrk(url + "/10k.html", a.seconds, 1)
@@ -91,20 +118,22 @@ def main() -> None:
                           "errors": small["errors"] or big["errors"]}
             stop(p)
             print(f"  measured {name}", file=sys.stderr)
-        base = rows["squid alone"]
+        bases = {"squid": rows["squid alone"], "Envoy": rows["Envoy alone"]}
         print(f"\n## Taps (2-core VM, wrk, same run; {a.big_mb} MB download, 10 KiB pages)\n")
         print("| path | 10 KiB req/s (c=10) | × alone | p50 / p99 ms (c=1) | "
               f"{a.big_mb} MB download MB/s | × alone |")
         print("|---|---|---|---|---|---|")
         for name, r in rows.items():
+            base = bases[name.split()[0]]
             print(f"| {name} | {r['rps_10k']:,.0f} | {r['rps_10k'] / base['rps_10k']:.2f} | "
                   f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f} | {r['big_MBps']:,.0f} | "
                   f"{r['big_MBps'] / base['big_MBps']:.2f} |" + (" errors!" if r["errors"] else ""))
         if a.json:
             a.json.write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
     finally:
-        if sc:
-            sc.stop()
+        for x in (sc, ep):
+            if x:
+                x.stop()
         for p in procs:
             stop(p)
         time.sleep(0.5)
