@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -15,7 +14,7 @@ from sensor import synth
 from sensor.sample_site import ROSTER
 from tests.conftest import require_tool
 from tests.procs import Sidecar, Upstream, free_port, site_fixture, stop
-from tests.test_proxy import _wait, curl
+from tests.test_proxy import _raw, _wait, curl
 
 site = site_fixture(3000)
 
@@ -144,20 +143,6 @@ def test_squid_leak_after_the_holdback_fails_the_download(site, squid):
 
 # -- bad input ----------------------------------------------------------------------------------------
 
-def _send(port: int, data: bytes, close_write: bool = False) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(data)
-        if close_write:
-            s.shutdown(socket.SHUT_WR)
-        out = b""
-        try:
-            while chunk := s.recv(65536):
-                out += chunk
-        except socket.timeout:
-            pass
-        return out
-
-
 HDRS = b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n"
 RES = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n"
 
@@ -181,7 +166,7 @@ def _respmod(body: bytes, enc: bytes | None = None, extra: bytes = b"", uri: byt
     ("giant header", b"OPTIONS icap://h/respmod ICAP/1.0\r\nX-Big: " + b"a" * (100 << 10) + b"\r\n\r\n", b"400"),
 ])
 def test_malformed_icap_gets_an_error_and_the_server_keeps_serving(icap, name, data, status):
-    out = _send(icap.port, data)
+    out = _raw(icap.port, data)
     assert out.startswith(b"ICAP/1.0 " + status), (name, out[:80])
     assert "Methods: RESPMOD" in c_icap(icap)
 
@@ -191,5 +176,28 @@ def test_malformed_icap_gets_an_error_and_the_server_keeps_serving(icap, name, d
     _respmod(b"ffff\r\nonly a little"),                                        # body ends inside a chunk
 ])
 def test_truncated_input_is_survived(icap, data):
-    _send(icap.port, data, close_write=True)
+    _raw(icap.port, data, close_write=True)
     assert "Methods: RESPMOD" in c_icap(icap)
+
+
+def test_run_starts_several_taps_from_one_config(site, tmp_path):
+    """`dlp-sensor run`: the proxy and the ICAP tap in one process share one registry."""
+    proxy_port, icap_port, metrics = free_port(), free_port(), free_port()
+    cfg = tmp_path / "sensor.yaml"
+    cfg.write_text(f"proxy: {{listen: '127.0.0.1:{proxy_port}', upstream: '{site.url}'}}\n"
+                   f"icap: {{listen: '127.0.0.1:{icap_port}'}}\nmetrics: '127.0.0.1:{metrics}'\nadmin: null\n"
+                   f"alerts: {{sinks: []}}\n")
+    from tests.procs import BIN, wait_http
+    proc = subprocess.Popen([str(BIN / "dlp-sensor"), "run", "--config", str(cfg), "--state-dir", str(tmp_path / "st")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{metrics}/readyz", proc=proc)
+        (site.root / "exports" / "run-roster.csv").write_bytes(b"# run\n" + (site.root / ROSTER).read_bytes())
+        assert curl(f"http://127.0.0.1:{proxy_port}/exports/run-roster.csv")[1] == 451      # tripped via the proxy
+        out = subprocess.run([require_tool("c-icap-client"), "-i", "127.0.0.1", "-p", str(icap_port), "-s", "respmod",
+                              "-f", str(site.root / "stats-1.html"), "-nopreview", "-resp",
+                              f"http://127.0.0.1:{proxy_port}/exports/run-roster.csv", "-o", str(tmp_path / "o")],
+                             capture_output=True, timeout=30)
+        assert b"withdrawn" in (tmp_path / "o").read_bytes(), out      # refused via ICAP: one registry
+    finally:
+        stop(proc)

@@ -201,9 +201,12 @@ def test_upstream_down_is_502_and_counted(tmp_path):
         sc.stop()
 
 
-def _raw(port: int, data: bytes) -> bytes:
+def _raw(port: int, data: bytes, close_write: bool = False) -> bytes:
+    """Send raw bytes, read the answer until the peer closes or 5 s pass."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(data)
+        if close_write:
+            s.shutdown(socket.SHUT_WR)
         out = b""
         try:
             while chunk := s.recv(65536):

@@ -54,32 +54,47 @@ def proxy(config_file, upstream, listen, mode, state_dir, metrics, admin, reuse_
     _serve(cfg, ("proxy",), reuse_port)
 
 
-@click.command()
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config (flags override it).")
-@click.option("--listen", help="HOST:PORT for ICAP clients (default 127.0.0.1:1344).")
-@click.option("--state-dir", type=click.Path(file_okay=False), help="Registry, ledger, alert spool, HMAC key.")
-@click.option("--metrics", help="HOST:PORT for /metrics /healthz /readyz, or 'off' (default 127.0.0.1:9102).")
-@click.option("--admin", help="HOST:PORT for the admin API, or 'off' (default 127.0.0.1:9103).")
-@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
-def icap(config_file, listen, state_dir, metrics, admin, log_level) -> None:
-    """Run the ICAP RESPMOD server for squid or a secure web gateway (service /respmod)."""
-    _logging(log_level)
-    cfg = _config(config_file, icap_listen=listen, state_dir=state_dir, metrics=metrics, admin=admin)
-    _serve(cfg, ("icap",))
+def _tap_command(tap: str, default_listen: str, doc: str) -> click.Command:
+    """``dlp-sensor icap`` / ``extproc``: one tap, the same options."""
+
+    @click.command(name=tap, help=doc)
+    @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config (flags override it).")
+    @click.option("--listen", help=f"HOST:PORT to listen on (default {default_listen}).")
+    @click.option("--state-dir", type=click.Path(file_okay=False), help="Registry, ledger, alert spool, HMAC key.")
+    @click.option("--metrics", help="HOST:PORT for /metrics /healthz /readyz, or 'off' (default 127.0.0.1:9102).")
+    @click.option("--admin", help="HOST:PORT for the admin API, or 'off' (default 127.0.0.1:9103).")
+    @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+    def command(config_file, listen, state_dir, metrics, admin, log_level) -> None:
+        _logging(log_level)
+        cfg = _config(config_file, state_dir=state_dir, metrics=metrics, admin=admin, **{f"{tap}_listen": listen})
+        _serve(cfg, (tap,))
+
+    return command
+
+
+icap = _tap_command("icap", "127.0.0.1:1344",
+                    "Run the ICAP RESPMOD server for squid or a secure web gateway (service /respmod).")
+extproc = _tap_command("extproc", "127.0.0.1:50051", "Run the Envoy ext_proc gRPC server (see deploy/envoy/envoy.yaml).")
 
 
 @click.command()
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config (flags override it).")
-@click.option("--listen", help="HOST:PORT for Envoy's gRPC stream (default 127.0.0.1:50051).")
-@click.option("--state-dir", type=click.Path(file_okay=False), help="Registry, ledger, alert spool, HMAC key.")
-@click.option("--metrics", help="HOST:PORT for /metrics /healthz /readyz, or 'off' (default 127.0.0.1:9102).")
-@click.option("--admin", help="HOST:PORT for the admin API, or 'off' (default 127.0.0.1:9103).")
+@click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False),
+              help="YAML config: each tap listens where its section says (proxy.listen, icap.listen, extproc.listen).")
+@click.option("--tap", "taps", multiple=True, type=click.Choice(["proxy", "icap", "extproc"]),
+              help="Tap to start; repeatable. Default: every tap whose section is in the file.")
+@click.option("--state-dir", type=click.Path(file_okay=False))
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
-def extproc(config_file, listen, state_dir, metrics, admin, log_level) -> None:
-    """Run the Envoy ext_proc gRPC server (see deploy/envoy/envoy.yaml)."""
+def run(config_file, taps, state_dir, log_level) -> None:
+    """Start several taps in one process from one config file (one registry, ledger, spool, metrics)."""
     _logging(log_level)
-    cfg = _config(config_file, extproc_listen=listen, state_dir=state_dir, metrics=metrics, admin=admin)
-    _serve(cfg, ("extproc",))
+    cfg = _config(config_file, state_dir=state_dir)
+    if not taps:
+        from sensor.yamlfile import read_yaml
+        raw = read_yaml(Path(config_file), ConfigProblem) or {}
+        taps = tuple(t for t in ("proxy", "icap", "extproc") if t in raw)
+    if not taps:
+        raise ConfigProblem(f"{config_file}: no proxy, icap or extproc section, and no --tap given")
+    _serve(cfg, tuple(taps))
 
 
 def _serve(cfg, taps: tuple[str, ...], reuse_port: bool = False) -> None:
