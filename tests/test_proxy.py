@@ -402,3 +402,18 @@ def test_overload_follows_the_routes_fail_choice(site, tmp_path):
         assert sc.metric("dlp_exchanges_total", tap="proxy", verdict="unscanned") == 1
     finally:
         sc.stop()
+
+
+def test_a_leak_decided_only_at_the_last_byte_never_arrives_complete(site, tmp_path):
+    """Content-Length body whose 10th record is its last line: the verdict comes before those bytes leave."""
+    rows = synth.breach_rows(10)
+    body = synth.benign_web(200 << 10)[: 200 << 10] + b"\n" + synth.BREACH_HEADER.encode() + "".join(rows).encode()
+    body = body[:-1]                                     # the last record ends without a newline: finish() decides
+    (site.root / "exports" / "tail-leak.csv").write_bytes(body)
+    sc = Sidecar.create(tmp_path, site.url).start()
+    try:
+        rc, st, got, _ = curl(sc.url + "/exports/tail-leak.csv")
+        assert st == 200 and rc == 18 and len(got) < len(body)
+        assert curl(sc.url + "/exports/tail-leak.csv")[1] == 451
+    finally:
+        sc.stop()

@@ -171,6 +171,7 @@ class IcapServer:
         held: list[bytes] = previewed
         held_n = sum(map(len, held))
         started = False
+        lag: bytes | None = None
         while True:
             data, last, _ = await read_chunk(reader)
             if last:
@@ -183,9 +184,13 @@ class IcapServer:
                 writer.transport.abort()                         # a failed response, never a short one
                 return False
             if started:
-                writer.write(chunk(data))
-                gate.ctx.bytes_sent += len(data)
-                await writer.drain()
+                # one chunk stays behind until the next arrives: the last bytes leave only after
+                # the final verdict (the last record may complete only at the end of the body)
+                if lag is not None:
+                    writer.write(chunk(lag))
+                    gate.ctx.bytes_sent += len(lag)
+                    await writer.drain()
+                lag = data
                 continue
             held.append(data)
             held_n += len(data)
@@ -204,6 +209,9 @@ class IcapServer:
             return False
         if not started:
             self._start_echo(writer, res_raw, held, gate)
+        if lag is not None:
+            writer.write(chunk(lag))
+            gate.ctx.bytes_sent += len(lag)
         writer.write(LAST_CHUNK)
         await writer.drain()
         gate.completed = True

@@ -170,6 +170,7 @@ class Proxy:
         scan_s = 0.0
         tripped_at: float | None = None
         result = None
+        received = 0
         outcome = "ok"
         try:
             if not enforce or not has_body:
@@ -177,6 +178,7 @@ class Proxy:
                 prepared = True
             it = up.content.iter_chunked(CHUNK if enforce else MONITOR_CHUNK) if has_body else _empty()
             async for chunk in it:
+                received += len(chunk)
                 if len(head) < fp_bytes:
                     head += chunk[: fp_bytes - len(head)]
                     if len(head) >= fp_bytes:
@@ -198,6 +200,12 @@ class Proxy:
                         scan = None
                         self.active_scans -= 1
                         s.metrics.active_exchanges.dec()
+                    if (enforce and scan is not None and verdict != "trip" and up.content_length is not None
+                            and received >= up.content_length):
+                        # the last bytes of a Content-Length body: decide before they leave, or the
+                        # client would hold a complete file when the final record trips
+                        result = scan.finish()
+                        verdict = result.verdict
                     scan_s += time.perf_counter() - t
                     if verdict == "trip" and tripped_at is None:
                         tripped_at = time.perf_counter()
@@ -226,19 +234,18 @@ class Proxy:
                             ctx.bytes_sent += held_n
                             held.clear()
             # end of body: the last record may only now be complete
-            if scan is not None:
+            if scan is not None and result is None:
                 t = time.perf_counter()
                 result = scan.finish()
                 scan_s += time.perf_counter() - t
                 if result.verdict == "trip" and tripped_at is None:
                     tripped_at = time.perf_counter()
                     if enforce:
-                        fingerprint = fingerprint or (s.content_fingerprint(bytes(head)) if head else None)
                         await self._trip(ctx, head, up, tripped_at)
                         if not prepared:
                             return self._451(), "tripped"
                         raise Cut("tripped at end")
-            if has_body and fingerprint is None and head and enforce:
+            if has_body and fingerprint is None and head and enforce and not prepared:   # a body under 64 KiB
                 fingerprint = s.content_fingerprint(bytes(head))
                 if s.registry.blocked_content(fingerprint) is not None:
                     s.refused(resource, "content")
