@@ -14,7 +14,7 @@ from sensor import synth
 from sensor.sample_site import ROSTER
 from tests.conftest import require_tool
 from tests.procs import Sidecar, Upstream, free_port, site_fixture, stop
-from tests.test_proxy import _raw, _wait, curl
+from tests.test_proxy import _raw, _wait, assert_byte_identical, curl
 
 site = site_fixture(3000)
 
@@ -117,11 +117,7 @@ def squid(site, icap):
 
 
 def test_squid_benign_responses_are_byte_identical(site, squid):
-    for path in ("/stats-2.html", "/api/counties.json", "/big?mb=5"):
-        _, _, direct, _ = curl("-m", "30", site.url + path)
-        rc, st, via, err = curl("-m", "30", squid + path)
-        assert (rc, st) == (0, 200), err
-        assert via == direct, path
+    assert_byte_identical(site.url, squid, ("/stats-2.html", "/api/counties.json", "/big?mb=5"))
 
 
 def test_squid_breach_csv_blocked_and_taken_down(site, squid, icap):

@@ -151,14 +151,14 @@ class IcapServer:
                     await self._block(writer)                    # then the client waits for this answer
                     return True
             if ieof:
-                return await self._end(writer, gate, allow_204=True)
+                return await self._end(writer, gate)
             writer.write(b"ICAP/1.0 100 Continue\r\n\r\n")
             await writer.drain()
         if req.allow_204:                                        # the client keeps its copy: answer at the end
             while True:
                 data, last, _ = await read_chunk(reader)
                 if last:
-                    return await self._end(writer, gate, allow_204=True)
+                    return await self._end(writer, gate)
                 if gate.feed(data) == "block":
                     await self._block(writer)
                     await self._drain_chunks(reader)
@@ -224,7 +224,7 @@ class IcapServer:
             gate.ctx.bytes_sent += len(c)
         held.clear()
 
-    async def _end(self, writer, gate: "_Gate", allow_204: bool) -> bool:
+    async def _end(self, writer, gate: "_Gate") -> bool:
         if gate.finish() == "block":
             await self._block(writer)
             return True

@@ -210,10 +210,7 @@ class Proxy:
                     if verdict == "trip" and tripped_at is None:
                         tripped_at = time.perf_counter()
                         if enforce:
-                            await self._trip(ctx, head, up, tripped_at)
-                            if not prepared:
-                                return self._451(), "tripped"
-                            raise Cut("tripped")
+                            return await self._take_down_and_stop(ctx, head, up, tripped_at, prepared), "tripped"
                     elif verdict == "fail-closed":
                         if not prepared:
                             return web.Response(status=503, text="scanner unavailable\n",
@@ -241,10 +238,7 @@ class Proxy:
                 if result.verdict == "trip" and tripped_at is None:
                     tripped_at = time.perf_counter()
                     if enforce:
-                        await self._trip(ctx, head, up, tripped_at)
-                        if not prepared:
-                            return self._451(), "tripped"
-                        raise Cut("tripped at end")
+                        return await self._take_down_and_stop(ctx, head, up, tripped_at, prepared), "tripped"
             if has_body and fingerprint is None and head and enforce and not prepared:   # a body under 64 KiB
                 fingerprint = s.content_fingerprint(bytes(head))
                 if s.registry.blocked_content(fingerprint) is not None:
@@ -297,6 +291,14 @@ class Proxy:
         self.sensor.metrics.failures.labels(reason=reason, action=route.on_error).inc()
         log.exception("scanner failed; route says fail-%s", route.on_error)
         return "fail-closed" if route.on_error == "closed" else "pass"
+
+    async def _take_down_and_stop(self, ctx: AlertContext, head: bytearray, up: aiohttp.ClientResponse,
+                                  tripped_at: float, prepared: bool) -> web.Response:
+        """An enforced trip: takedown first, then the 451 page if nothing has left, else the cut."""
+        await self._trip(ctx, head, up, tripped_at)
+        if not prepared:
+            return self._451()
+        raise Cut("tripped")
 
     async def _trip(self, ctx: AlertContext, head: bytearray, up: aiohttp.ClientResponse, tripped_at: float) -> None:
         """Fill the fingerprint head (without sending it), then take down — durably — before the cut."""
