@@ -16,6 +16,10 @@ Command-line flags override the file; the file overrides defaults. Every section
     metrics: 127.0.0.1:9102          # also serves /healthz and /readyz
     admin: {listen: 127.0.0.1:9103, token: null}
     alerts: {source_ip: hashed, retry_initial: 0.5, retry_max: 10, sinks: [{type: stdout}, ...]}
+    kafka: {bootstrap, topic_prefix: "dlp.", security_protocol, sasl_mechanism, sasl_username, sasl_password,
+            ssl_cafile, ssl_certfile, ssl_keyfile, fleet: true, catchup_timeout: 30,
+            mirror: {enabled: false, queue_mib: 64, overflow: local|drop},
+            worker: {group, partitions: 8, exchange_timeout: 60, metrics: 127.0.0.1:9104, web_port: 6066}}
 """
 from __future__ import annotations
 
@@ -86,6 +90,38 @@ class ExtProcConfig:
     listen: str = "127.0.0.1:50051"
 
 
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+OVERFLOW = ("local", "drop")
+
+
+@dataclass
+class KafkaConfig:
+    """Scale-out over Kafka; off unless ``bootstrap`` (or $DLP_KAFKA_BOOTSTRAP) is set."""
+    bootstrap: str | None = None
+    topic_prefix: str = "dlp."
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None         # else $DLP_KAFKA_SASL_USERNAME
+    sasl_password: str | None = None         # else $DLP_KAFKA_SASL_PASSWORD
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    fleet: bool = True                       # sidecars apply dlp.takedowns and publish their own
+    catchup_timeout: float = 30.0            # wait this long for the takedown topic before serving
+    mirror: bool = False                     # monitor routes publish exchanges instead of scanning here
+    queue_bytes: int = 64 << 20
+    overflow: str = "local"
+    group: str = "dlp-sensor-worker"
+    partitions: int = 8
+    exchange_timeout: float = 60.0
+    worker_metrics: str | None = "127.0.0.1:9104"
+    web_port: int = 6066
+
+    def topic(self, name: str) -> str:
+        return self.topic_prefix + name
+
+
 @dataclass
 class Config:
     sensor_id: str = field(default_factory=socket.gethostname)
@@ -106,6 +142,7 @@ class Config:
     retry_initial: float = 0.5
     retry_max: float = 10.0
     sinks: list[dict] = field(default_factory=lambda: [{"type": "stdout"}])
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
     path: Path | None = None                # the file this came from (watched for changes)
 
 
@@ -191,7 +228,7 @@ def parse_config(raw: Any, where: str = "config") -> Config:
         raw = {}
     raw = _keys(raw, where, {"sensor_id", "state_dir", "hmac_key", "signatures", "default_signatures", "policy",
                              "proxy", "icap", "extproc", "takedown", "metrics", "admin",
-                             "alerts"})
+                             "alerts", "kafka"})
     c = Config()
     if "sensor_id" in raw:
         _check(isinstance(raw["sensor_id"], str) and raw["sensor_id"], f"{where}.sensor_id", "must be a string")
@@ -269,7 +306,78 @@ def parse_config(raw: Any, where: str = "config") -> Config:
                        f"two sinks are called {name!r}; give one a 'name'")
                 names.add(name)
             c.sinks = sinks
+    if "kafka" in raw:
+        c.kafka = _kafka(raw["kafka"], f"{where}.kafka")
     return c
+
+
+def _kafka(raw: Any, where: str) -> KafkaConfig:
+    raw = _keys(raw, where, {"bootstrap", "topic_prefix", "security_protocol", "sasl_mechanism", "sasl_username",
+                             "sasl_password", "ssl_cafile", "ssl_certfile", "ssl_keyfile", "fleet",
+                             "catchup_timeout", "mirror", "worker"})
+    k = KafkaConfig()
+    if raw.get("bootstrap"):
+        k.bootstrap = _bootstrap(raw["bootstrap"], f"{where}.bootstrap")
+    if "topic_prefix" in raw:
+        _check(isinstance(raw["topic_prefix"], str) and all(ch.isalnum() or ch in "._-" for ch in raw["topic_prefix"]),
+               f"{where}.topic_prefix", "must use only letters, digits, '.', '_' and '-'")
+        k.topic_prefix = raw["topic_prefix"]
+    if "security_protocol" in raw:
+        _check(raw["security_protocol"] in SECURITY_PROTOCOLS, f"{where}.security_protocol",
+               f"must be one of {SECURITY_PROTOCOLS}")
+        k.security_protocol = raw["security_protocol"]
+    if raw.get("sasl_mechanism") is not None:
+        _check(raw["sasl_mechanism"] in SASL_MECHANISMS, f"{where}.sasl_mechanism", f"must be one of {SASL_MECHANISMS}")
+        k.sasl_mechanism = raw["sasl_mechanism"]
+    for f in ("sasl_username", "sasl_password"):
+        if raw.get(f) is not None:
+            _check(isinstance(raw[f], str), f"{where}.{f}", "must be a string")
+            setattr(k, f, raw[f])
+    for f in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        if raw.get(f) is not None:
+            _check(isinstance(raw[f], str) and Path(raw[f]).is_file(), f"{where}.{f}",
+                   f"must name a readable PEM file (got {raw[f]!r})")
+            setattr(k, f, raw[f])
+    if k.security_protocol.startswith("SASL"):
+        _check(k.sasl_mechanism is not None, f"{where}.sasl_mechanism",
+               f"required when security_protocol is {k.security_protocol}")
+    if "fleet" in raw:
+        _check(isinstance(raw["fleet"], bool), f"{where}.fleet", "must be true or false")
+        k.fleet = raw["fleet"]
+    if "catchup_timeout" in raw:
+        k.catchup_timeout = _num(raw["catchup_timeout"], f"{where}.catchup_timeout", positive=False)
+    if "mirror" in raw:
+        m = _keys(raw["mirror"], f"{where}.mirror", {"enabled", "queue_mib", "overflow"})
+        if "enabled" in m:
+            _check(isinstance(m["enabled"], bool), f"{where}.mirror.enabled", "must be true or false")
+            k.mirror = m["enabled"]
+        if "queue_mib" in m:
+            k.queue_bytes = int(_num(m["queue_mib"], f"{where}.mirror.queue_mib") * (1 << 20))
+        if "overflow" in m:
+            _check(m["overflow"] in OVERFLOW, f"{where}.mirror.overflow", f"must be one of {OVERFLOW}")
+            k.overflow = m["overflow"]
+    if "worker" in raw:
+        w = _keys(raw["worker"], f"{where}.worker", {"group", "partitions", "exchange_timeout", "metrics", "web_port"})
+        if "group" in w:
+            _check(isinstance(w["group"], str) and w["group"], f"{where}.worker.group", "must be a non-empty string")
+            k.group = w["group"]
+        if "partitions" in w:
+            k.partitions = int(_num(w["partitions"], f"{where}.worker.partitions"))
+        if "exchange_timeout" in w:
+            k.exchange_timeout = _num(w["exchange_timeout"], f"{where}.worker.exchange_timeout")
+        if "metrics" in w:
+            k.worker_metrics = None if w["metrics"] in (None, False) else \
+                parse_hostport(w["metrics"], f"{where}.worker.metrics")
+        if "web_port" in w:
+            k.web_port = int(_num(w["web_port"], f"{where}.worker.web_port"))
+    return k
+
+
+def _bootstrap(v: Any, where: str) -> str:
+    _check(isinstance(v, str) and v.strip(), where, "must be HOST:PORT[,HOST:PORT...]")
+    for hp in v.split(","):
+        parse_hostport(hp.strip(), where)
+    return ",".join(hp.strip() for hp in v.split(","))
 
 
 def load_config(path: Path | None) -> Config:
@@ -301,6 +409,15 @@ def with_overrides(c: Config, **flags: Any) -> Config:
         c = replace(c, metrics=None if flags["metrics"] == "off" else parse_hostport(flags["metrics"], "--metrics"))
     if flags.get("admin"):
         c = replace(c, admin=None if flags["admin"] == "off" else parse_hostport(flags["admin"], "--admin"))
+    kafka = c.kafka
+    boot = flags.get("kafka") or (None if kafka.bootstrap else os.environ.get("DLP_KAFKA_BOOTSTRAP"))
+    if boot:
+        kafka = replace(kafka, bootstrap=_bootstrap(boot, "--kafka" if flags.get("kafka") else "$DLP_KAFKA_BOOTSTRAP"))
+    for f in ("sasl_username", "sasl_password"):
+        env = os.environ.get(f"DLP_KAFKA_{f.upper()}")
+        if getattr(kafka, f) is None and env:
+            kafka = replace(kafka, **{f: env})
+    c = replace(c, kafka=kafka)
     if c.state_dir is None:
         from sensor.detect.keys import default_state_dir
         c = replace(c, state_dir=Path(os.environ.get("DLP_SENSOR_STATE_DIR") or default_state_dir()))

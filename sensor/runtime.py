@@ -108,9 +108,21 @@ class Sensor:
         self._tasks: list[asyncio.Task] = []
         self._watched: dict[Path, float] = {}
         self.metrics.takedowns_active.set_function(lambda: self.registry.active)
+        self.fleet = None                   # sensor.stream.fleet.FleetLink when kafka.bootstrap is set
+        self.mirror = None                  # sensor.stream.mirror.Mirror when kafka.mirror is on
 
     # -- life cycle -------------------------------------------------------------------------------
     async def start(self) -> None:
+        k = self.config.kafka
+        if k.bootstrap and k.fleet:
+            from sensor.stream.fleet import FleetLink
+            self.fleet = FleetLink(self)
+            self.registry.on_change = self.fleet.wake.set
+            await self.fleet.start()                # replay the fleet's takedowns before serving
+        if k.bootstrap and k.mirror:
+            from sensor.stream.mirror import Mirror
+            self.mirror = Mirror(self)
+            await self.mirror.start()
         await self.dispatcher.start()
         self._tasks.append(asyncio.create_task(self._flush_loop(), name="ledger-flush"))
         self._tasks.append(asyncio.create_task(self._watch_loop(), name="config-watch"))
@@ -127,6 +139,9 @@ class Sensor:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.dispatcher.stop()
+        for link in (self.mirror, self.fleet):
+            if link is not None:
+                await link.stop()
         self.ledger.close()
         self.registry.close()
         self.spool.close()
@@ -225,10 +240,10 @@ class Sensor:
         self.metrics.refusals.labels(reason=reason).inc()
 
     def finished(self, ctx: AlertContext, result: ScanResult | None, *, tap: str, completed: bool,
-                 scan_seconds: float = 0.0) -> dict | None:
+                 scan_seconds: float = 0.0, mirrored: bool = False) -> dict | None:
         """Account for one exchange; returns the alert it raised, if any."""
         m = self.metrics
-        verdict = result.verdict if result else "unscanned"
+        verdict = result.verdict if result else "mirrored" if mirrored else "unscanned"
         m.exchanges.labels(tap=tap, verdict=verdict).inc()
         if result is None:
             self.ledger.served(ctx.resource, self._client(ctx), sent=ctx.bytes_sent, completed=completed,

@@ -130,9 +130,10 @@ class Sidecar:
             [str(BIN / "dlp-sensor"), self.command, "--config", str(self.config), "--state-dir", str(self.state),
              "--listen", f"127.0.0.1:{self.port}", "--metrics", f"127.0.0.1:{self.metrics_port}",
              "--admin", f"127.0.0.1:{self.admin_port}", *self.extra_args],
-            stdout=open(tmp / "stdout.log", "ab"), stderr=open(tmp / "stderr.log", "ab"), cwd=ROOT)
+            stdout=open(tmp / "stdout.log", "ab"), stderr=open(tmp / "stderr.log", "ab"), cwd=ROOT,
+            env={k: v for k, v in os.environ.items() if k != "DLP_KAFKA_BOOTSTRAP"})   # Kafka only when configured
         if wait:
-            wait_http(self.metrics + "/readyz", proc=self.proc)
+            wait_http(self.metrics + "/readyz", timeout=40, proc=self.proc)
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -148,14 +149,18 @@ class Sidecar:
         return [orjson.loads(l) for l in p.read_bytes().splitlines()] if p.exists() else []
 
     def metric(self, name: str, **labels: str) -> float:
-        """The value of one sample from /metrics (0 when absent)."""
-        from prometheus_client.parser import text_string_to_metric_families
-        text = urllib.request.urlopen(self.metrics + "/metrics", timeout=5).read().decode()
-        for fam in text_string_to_metric_families(text):
-            for s in fam.samples:
-                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                    return s.value
-        return 0.0
+        return read_metric(self.metrics, name, **labels)
+
+
+def read_metric(base: str, name: str, **labels: str) -> float:
+    """The value of one sample from ``base``/metrics (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+    text = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return 0.0
 
 
 def site_fixture(people: int):

@@ -212,9 +212,9 @@ def sig_test(extra: tuple[str, ...], only: tuple[str, ...]) -> None:
 
 def _register_demo() -> None:
     from sensor.cli.demo import demo
-    from sensor.cli.sidecar import extproc, icap, proxy, report, run, takedowns
+    from sensor.cli.sidecar import extproc, icap, proxy, report, run, takedowns, worker
 
-    for cmd in (demo, proxy, icap, extproc, run, takedowns, report):
+    for cmd in (demo, proxy, icap, extproc, run, takedowns, report, worker):
         main.add_command(cmd)
 
 

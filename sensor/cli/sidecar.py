@@ -45,12 +45,14 @@ def _logging(level: str) -> None:
 @click.option("--metrics", help="HOST:PORT for /metrics /healthz /readyz, or 'off' (default 127.0.0.1:9102).")
 @click.option("--admin", help="HOST:PORT for the admin API, or 'off' (default 127.0.0.1:9103).")
 @click.option("--reuse-port", is_flag=True, help="SO_REUSEPORT: run several sidecar processes on one port.")
+@click.option("--kafka", help="Kafka bootstrap HOST:PORT[,…] for fleet takedowns (and the mirror, if the config "
+              "enables it); default $DLP_KAFKA_BOOTSTRAP.")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
-def proxy(config_file, upstream, listen, mode, state_dir, metrics, admin, reuse_port, log_level) -> None:
+def proxy(config_file, upstream, listen, mode, state_dir, metrics, admin, reuse_port, kafka, log_level) -> None:
     """Run the inline reverse proxy in front of a web app."""
     _logging(log_level)
     cfg = _config(config_file, upstream=upstream, listen=listen, mode=mode, state_dir=state_dir,
-                  metrics=metrics, admin=admin)
+                  metrics=metrics, admin=admin, kafka=kafka)
     _serve(cfg, ("proxy",), reuse_port)
 
 
@@ -95,6 +97,25 @@ def run(config_file, taps, state_dir, log_level) -> None:
     if not taps:
         raise ConfigProblem(f"{config_file}: no proxy, icap or extproc section, and no --tap given")
     _serve(cfg, tuple(taps))
+
+
+@click.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="YAML config: the kafka section (topics, group, worker.metrics), signatures, policy, hmac_key.")
+@click.option("--kafka", help="Kafka bootstrap HOST:PORT[,…] (default $DLP_KAFKA_BOOTSTRAP).")
+@click.option("--state-dir", type=click.Path(file_okay=False), help="Where the HMAC key lives if not configured.")
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+def worker(config_file, kafka, state_dir, log_level) -> None:
+    """Run a faust-streaming worker that scans exchanges mirrored to Kafka (scale-out)."""
+    _logging(log_level)
+    cfg = _config(config_file, kafka=kafka, state_dir=state_dir)
+    if not cfg.kafka.bootstrap:
+        raise ConfigProblem("kafka.bootstrap: required for a worker (or --kafka, or $DLP_KAFKA_BOOTSTRAP)")
+    from sensor.stream.worker import run_worker
+    try:
+        run_worker(cfg, loglevel=log_level)
+    except (PackError, PolicyError) as e:
+        raise ConfigProblem(str(e)) from None
 
 
 def _serve(cfg, taps: tuple[str, ...], reuse_port: bool = False) -> None:

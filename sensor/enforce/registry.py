@@ -40,7 +40,9 @@ CREATE TABLE IF NOT EXISTS audit (
     actor TEXT NOT NULL,
     reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+FLEET_ACTOR = "fleet:"          # changes applied from the fleet topic; never published back
 
 
 @dataclass
@@ -78,6 +80,7 @@ class Registry:
         self._version = -1
         self._resources: dict[str, int] = {}
         self._fingerprints: dict[str, int] = {}
+        self.on_change = lambda: None       # called after every local add/lift (the fleet outbox wakes)
         self.refresh()
 
     def close(self) -> None:
@@ -127,6 +130,7 @@ class Registry:
                 self.db.execute("INSERT INTO audit(at, action, takedown_id, resource, actor, reason) "
                                 "VALUES (?,?,?,?,?,?)", (now, "add", tid, resource, actor, reason))
         self.refresh(force=True)
+        self.on_change()
         return self.get(tid)
 
     def lift(self, ident: int | str, *, actor: str, reason: str, now: float | None = None) -> Takedown | None:
@@ -145,6 +149,7 @@ class Registry:
             self.db.execute("INSERT INTO audit(at, action, takedown_id, resource, actor, reason) "
                             "VALUES (?,?,?,?,?,?)", (now, "lift", row[0], row[1], actor, reason))
         self.refresh(force=True)
+        self.on_change()
         return self.get(row[0])
 
     # -- reading --------------------------------------------------------------------------------
@@ -162,6 +167,28 @@ class Registry:
     def audit(self) -> list[dict]:
         rows = self.db.execute("SELECT at, action, takedown_id, resource, actor, reason FROM audit ORDER BY id")
         return [dict(zip(("at", "action", "takedown_id", "resource", "actor", "reason"), r)) for r in rows]
+
+    # -- the fleet outbox: local changes not yet published (survives kill -9) -------------------
+    def unpublished(self, limit: int = 100) -> list[dict]:
+        """Local adds/lifts after the publish cursor, oldest first, with the takedown's fingerprint."""
+        cur = int(self.meta("fleet_cursor") or 0)
+        rows = self.db.execute(
+            "SELECT a.id, a.at, a.action, a.resource, a.actor, a.reason, t.fingerprint, t.exchange_id "
+            "FROM audit a LEFT JOIN takedowns t ON t.id = a.takedown_id "
+            "WHERE a.id > ? AND a.actor NOT LIKE ? ORDER BY a.id LIMIT ?",
+            (cur, FLEET_ACTOR + "%", limit)).fetchall()
+        keys = ("audit_id", "at", "action", "resource", "actor", "reason", "fingerprint", "exchange_id")
+        return [dict(zip(keys, r)) for r in rows]
+
+    def published(self, audit_id: int) -> None:
+        with self._tx():
+            self.db.execute("INSERT INTO meta(name, value) VALUES ('fleet_cursor', ?) "
+                            "ON CONFLICT(name) DO UPDATE SET value=excluded.value "
+                            "WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)", (str(audit_id),))
+
+    def meta(self, name: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
+        return row[0] if row else None
 
     def _tx(self):
         return Transaction(self.db)

@@ -51,6 +51,33 @@ class Metrics:
         self.icap_errors = Counter("dlp_icap_errors", "Malformed or refused ICAP requests, by ICAP status.",
                                    ["status"], registry=r)
         self.active_exchanges = Gauge("dlp_active_exchanges", "Exchanges being scanned now.", registry=r)
+        # scale-out over Kafka (sensor/stream)
+        self.kafka_up = Gauge("dlp_kafka_up", "1 while the Kafka broker answers metadata requests, by component.",
+                              ["component"], registry=r)
+        self.kafka_errors = Counter("dlp_kafka_errors", "Kafka operations that failed (and were retried), by "
+                                    "component and operation.", ["component", "op"], registry=r)
+        self.mirror_queue_bytes = Gauge("dlp_mirror_queue_bytes", "Body bytes waiting to be published to Kafka.",
+                                        registry=r)
+        self.mirror_bytes = Counter("dlp_mirror_bytes", "Body bytes published to the exchanges topic.", registry=r)
+        self.mirror_exchanges = Counter("dlp_mirror_exchanges", "Exchanges mirrored to Kafka.", registry=r)
+        self.mirror_overflow = Counter("dlp_mirror_overflow", "Exchanges the mirror queue had no room for, by what "
+                                       "happened instead (local = scanned here, drop = not scanned).",
+                                       ["action"], registry=r)
+        self.fleet_applied = Counter("dlp_fleet_takedowns_applied", "Takedown/lift records from the fleet topic "
+                                     "applied to the local registry, by action.", ["action"], registry=r)
+        self.fleet_published = Counter("dlp_fleet_takedowns_published", "Local takedowns/lifts published to the "
+                                       "fleet topic, by action.", ["action"], registry=r)
+        self.fleet_lag = Histogram("dlp_fleet_takedown_lag_seconds", "From a takedown record's creation anywhere "
+                                   "in the fleet to its being enforced here.", buckets=_FAST, registry=r)
+        self.worker_open = Gauge("dlp_worker_exchanges_open", "Exchanges a worker is scanning now.", registry=r)
+        self.worker_expired = Counter("dlp_worker_exchanges_expired", "Exchanges finished by the idle timeout "
+                                      "(their end record never came).", registry=r)
+        self.worker_duplicates = Counter("dlp_worker_duplicates", "Redelivered records or findings ignored "
+                                         "(at-least-once delivery), by kind.", ["kind"], registry=r)
+        self.deadletters = Counter("dlp_deadletters", "Malformed records sent to the dead-letter topic, by topic.",
+                                   ["topic"], registry=r)
+        self.consumer_lag = Gauge("dlp_kafka_consumer_lag", "Records not yet consumed (high-water mark minus "
+                                  "position), summed over assigned partitions, by topic.", ["topic"], registry=r)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

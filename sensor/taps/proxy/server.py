@@ -149,12 +149,17 @@ class Proxy:
         has_body = request.method != "HEAD" and up.status not in (204, 304) and not 100 <= up.status < 200
 
         scan: BodyScan | None = None
+        mirrored = None
         if has_body:
             if self.active_scans >= self.config.max_scans:
                 s.metrics.failures.labels(reason="overload", action=route.on_error).inc()
                 if route.on_error == "closed":
                     return web.Response(status=503, text="scanner overloaded\n",
                                         headers={"Retry-After": "1"}), "overload"
+            elif not enforce and s.mirror is not None:
+                mirrored = s.mirror.open(ctx, exchange)             # the workers scan it
+                if mirrored is None and s.mirror.k.overflow == "local":
+                    scan = s.new_scan(exchange)
             else:
                 scan = s.new_scan(exchange, stop_on_trip=enforce)   # monitor: count every record that left
         if scan is not None:
@@ -191,6 +196,13 @@ class Proxy:
                 if not enforce:
                     await resp.write(chunk)
                     ctx.bytes_sent += len(chunk)
+                    if mirrored is not None and not mirrored.write(chunk):
+                        mirrored = None                     # the queue is full: overflow mid-body
+                        if s.mirror.k.overflow == "local":
+                            scan = s.new_scan(exchange)
+                            scan.notes.append(f"mirror-overflow: scanned here from byte {received - len(chunk)}")
+                            self.active_scans += 1
+                            s.metrics.active_exchanges.inc()
                 if scan is not None:
                     t = time.perf_counter()
                     try:
@@ -276,6 +288,8 @@ class Proxy:
             return resp, outcome
         finally:
             try:
+                if mirrored is not None:
+                    mirrored.end(completed=completed, sent=ctx.bytes_sent)
                 if scan is not None:
                     self.active_scans -= 1
                     s.metrics.active_exchanges.dec()
@@ -283,7 +297,8 @@ class Proxy:
                         t = time.perf_counter()
                         result = scan.finish()
                         scan_s += time.perf_counter() - t
-                s.finished(ctx, result, tap="proxy", completed=completed, scan_seconds=scan_s)
+                s.finished(ctx, result, tap="proxy", completed=completed, scan_seconds=scan_s,
+                           mirrored=mirrored is not None)
             except Exception:           # accounting must never break the data path
                 log.exception("accounting for exchange %s failed", ctx.exchange_id)
 

@@ -1,0 +1,1 @@
+"""Scale-out over Kafka: the record format, the mirror tap, fleet takedowns and the faust worker."""

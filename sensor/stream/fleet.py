@@ -1,0 +1,176 @@
+"""Fleet-wide takedowns: every sidecar reads all of the compacted ``takedowns`` topic and publishes its own.
+
+Reading: no consumer group — each sidecar assigns itself every partition and starts from the
+beginning, so a sidecar that starts (or restarts) after a takedown replays the compacted topic
+and enforces it *before its listeners open* (``catchup_timeout`` bounds the wait when the broker
+is down; the local registry, which is durable, keeps serving meanwhile). Lifts travel the same way.
+
+Publishing: the local registry's audit table is the outbox. Every local add or lift (a trip, the
+admin API, the CLI) is published in audit order and the cursor moves only after the broker has
+acknowledged it, so a change made while the broker was down — or just before ``kill -9`` — is
+published when it can be. Changes applied *from* the fleet are audited with actor ``fleet:…``
+and never published back.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from sensor.enforce.registry import FLEET_ACTOR
+from sensor.stream.kafka import Health, client_kwargs, ensure_topics, supervised
+from sensor.stream.records import RecordError, decode, encode, require
+
+log = logging.getLogger("dlp_sensor.fleet")
+
+
+def takedown_record(*, action: str, resource: str, actor: str, reason: str, origin: str, ts: float,
+                    fingerprint: str | None = None, xid: str | None = None) -> bytes:
+    return encode("takedown" if action == "add" else "lift", resource=resource, fingerprint=fingerprint,
+                  actor=actor, reason=reason, xid=xid, origin=origin, ts=ts)
+
+
+class FleetLink:
+    def __init__(self, sensor):
+        self.sensor = sensor
+        self.k = sensor.config.kafka
+        self.topic = self.k.topic("takedowns")
+        self.me = sensor.config.sensor_id
+        self.caught_up = asyncio.Event()
+        self.wake = asyncio.Event()
+        self.producer: AIOKafkaProducer | None = None
+        self.consumer: AIOKafkaConsumer | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        self._tasks.append(supervised(self._run(), "fleet"))
+        try:
+            await asyncio.wait_for(self.caught_up.wait(), self.k.catchup_timeout)
+        except asyncio.TimeoutError:
+            log.error("fleet takedown topic not read within %.0fs; serving on the local registry and "
+                      "catching up in the background", self.k.catchup_timeout)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for c in (self.consumer, self.producer):
+            if c is not None:
+                try:
+                    await asyncio.wait_for(c.stop(), 5)
+                except Exception:                           # noqa: BLE001  (shutting down anyway)
+                    pass
+
+    # -- connect, catch up, then follow --------------------------------------------------------
+    async def _run(self) -> None:
+        m = self.sensor.metrics
+        delay = 0.2
+        while True:
+            try:
+                await ensure_topics(self.k, timeout=5)
+                kw = client_kwargs(self.k)
+                self.producer = AIOKafkaProducer(**kw, acks="all", enable_idempotence=True, linger_ms=0,
+                                                 request_timeout_ms=5000)
+                await self.producer.start()
+                self.consumer = AIOKafkaConsumer(**kw, group_id=None, enable_auto_commit=False,
+                                                 auto_offset_reset="earliest", fetch_max_wait_ms=50,
+                                                 request_timeout_ms=5000)
+                await self.consumer.start()
+                break
+            except (KafkaError, OSError, asyncio.TimeoutError) as e:
+                m.kafka_up.labels(component="fleet").set(0)
+                m.kafka_errors.labels(component="fleet", op="connect").inc()
+                log.warning("fleet: broker not reachable yet (%s); retrying", type(e).__name__)
+                for c in (self.consumer, self.producer):
+                    if c is not None:
+                        await c.stop()
+                self.consumer = self.producer = None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        parts = self.consumer.partitions_for_topic(self.topic) or {0}
+        tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+        self.consumer.assign(tps)
+        await self.consumer.seek_to_beginning(*tps)
+        end = await self.consumer.end_offsets(tps)
+        health = Health(self.k, m.kafka_up, "fleet")
+        self._tasks += [supervised(health.run(), "fleet-health"),
+                        supervised(self._publish_loop(), "fleet-publish")]
+        await self._follow(tps, end)
+
+    async def _follow(self, tps: list[TopicPartition], end: dict) -> None:
+        assert self.consumer is not None
+        m = self.sensor.metrics
+        replayed = 0
+        while True:
+            if not self.caught_up.is_set() and all([await self.consumer.position(tp) >= end[tp] for tp in tps]):
+                self.caught_up.set()
+                log.info("fleet: caught up with %s (%d records replayed, %d takedowns active)", self.topic,
+                         replayed, self.sensor.registry.active)
+            try:
+                batch = await self.consumer.getmany(timeout_ms=200)
+            except KafkaError as e:
+                m.kafka_errors.labels(component="fleet", op="consume").inc()
+                log.warning("fleet: consume failed (%s); retrying", type(e).__name__)
+                await asyncio.sleep(0.5)
+                continue
+            for msgs in batch.values():
+                for msg in msgs:
+                    replayed += 1
+                    self._apply(msg.value, live=self.caught_up.is_set())
+
+    def _apply(self, value: bytes | None, *, live: bool) -> None:
+        m = self.sensor.metrics
+        try:
+            rec = decode(value)
+            require(rec, resource=str, actor=str, reason=str, origin=str, ts=(int, float))
+        except RecordError as e:
+            m.kafka_errors.labels(component="fleet", op="malformed").inc()
+            log.error("fleet: ignoring a malformed takedown record: %s", e)
+            return
+        if rec["origin"] == self.me:
+            return                                          # our own change, already in the registry
+        reg = self.sensor.registry
+        actor = FLEET_ACTOR + rec["actor"]
+        if rec.type == "takedown":
+            if reg.blocked(rec["resource"]) is None:
+                reg.add(rec["resource"], actor=actor, reason=rec["reason"], fingerprint=rec.get("fingerprint"),
+                        exchange_id=rec.get("xid"))
+                self.sensor.ledger.mark(rec["resource"], "taken_down")
+                m.fleet_applied.labels(action="takedown").inc()
+                m.takedowns.labels(source="fleet").inc()
+                if live:
+                    m.fleet_lag.observe(max(0.0, time.time() - rec["ts"]))
+        elif rec.type == "lift":
+            if reg.lift(rec["resource"], actor=actor, reason=rec["reason"]) is not None:
+                m.fleet_applied.labels(action="lift").inc()
+
+    # -- the outbox ----------------------------------------------------------------------------
+    async def _publish_loop(self) -> None:
+        m = self.sensor.metrics
+        reg = self.sensor.registry
+        while True:
+            self.wake.clear()
+            pending = reg.unpublished()
+            for ch in pending:
+                value = takedown_record(action=ch["action"], resource=ch["resource"], actor=ch["actor"],
+                                        reason=ch["reason"], origin=self.me, ts=ch["at"],
+                                        fingerprint=ch["fingerprint"], xid=ch["exchange_id"])
+                try:
+                    assert self.producer is not None
+                    await self.producer.send_and_wait(self.topic, value, key=ch["resource"].encode())
+                except (KafkaError, asyncio.TimeoutError) as e:
+                    m.kafka_errors.labels(component="fleet", op="publish").inc()
+                    log.warning("fleet: publishing a takedown failed (%s); will retry", type(e).__name__)
+                    await asyncio.sleep(0.5)
+                    break
+                reg.published(ch["audit_id"])
+                m.fleet_published.labels(action=ch["action"]).inc()
+            if pending:
+                continue                                    # more may be waiting (or retry the failed one)
+            try:
+                await asyncio.wait_for(self.wake.wait(), 0.5)   # local changes wake us; other processes' are polled
+            except asyncio.TimeoutError:
+                pass

@@ -1,0 +1,98 @@
+"""Kafka connection settings, topics, and the broker health probe shared by sidecars and workers."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+
+from aiokafka.client import AIOKafkaClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from sensor.config import KafkaConfig
+
+log = logging.getLogger("dlp_sensor.kafka")
+
+# topic -> extra configs (besides partitions); takedowns is compacted so a new sidecar reads the
+# current state of every resource, not its whole history
+TOPICS: dict[str, dict[str, str]] = {
+    "exchanges": {},
+    "findings": {},
+    "alerts": {},
+    "takedowns": {"cleanup.policy": "compact"},
+    "deadletter": {},
+}
+
+
+def client_kwargs(k: KafkaConfig) -> dict:
+    """aiokafka connection arguments for producers, consumers and the admin client (TLS and SASL too)."""
+    assert k.bootstrap, "kafka.bootstrap is not set"
+    kw: dict = {"bootstrap_servers": k.bootstrap.split(","), "security_protocol": k.security_protocol}
+    if k.security_protocol in ("SSL", "SASL_SSL"):
+        ctx = ssl.create_default_context(cafile=k.ssl_cafile)
+        if k.ssl_certfile:
+            ctx.load_cert_chain(k.ssl_certfile, k.ssl_keyfile)
+        kw["ssl_context"] = ctx
+    if k.sasl_mechanism:
+        kw.update(sasl_mechanism=k.sasl_mechanism, sasl_plain_username=k.sasl_username,
+                  sasl_plain_password=k.sasl_password)
+    return kw
+
+
+async def ensure_topics(k: KafkaConfig, *, timeout: float = 10.0) -> None:
+    """Create the five topics if missing (clusters that forbid it need them made beforehand)."""
+    admin = AIOKafkaAdminClient(**client_kwargs(k), request_timeout_ms=int(timeout * 1000))
+    await asyncio.wait_for(admin.start(), timeout)
+    try:
+        existing = set(await admin.list_topics())
+        new = [NewTopic(k.topic(name), num_partitions=k.partitions if name != "takedowns" else 1,
+                        replication_factor=1, topic_configs=cfg)
+               for name, cfg in TOPICS.items() if k.topic(name) not in existing]
+        if new:
+            try:
+                await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass                                    # another process won the race
+    finally:
+        await admin.close()
+
+
+def supervised(coro, name: str) -> asyncio.Task:
+    """A background task whose crash is logged with its traceback (and so never silent)."""
+    def done(t: asyncio.Task) -> None:
+        if not t.cancelled() and t.exception() is not None:
+            log.error("background task %s crashed", name, exc_info=t.exception())
+    task = asyncio.create_task(coro, name=name)
+    task.add_done_callback(done)
+    return task
+
+
+class Health:
+    """Is the broker reachable? A metadata round trip every ``interval`` on a client of its own;
+    flips the ``dlp_kafka_up`` gauge and logs each change once."""
+
+    def __init__(self, k: KafkaConfig, gauge, component: str, interval: float = 1.0):
+        self.k = k
+        self.gauge = gauge.labels(component=component)
+        self.component = component
+        self.interval = interval
+        self.up = True
+
+    async def run(self) -> None:
+        client = AIOKafkaClient(**client_kwargs(self.k), request_timeout_ms=int(self.interval * 2000))
+        try:
+            while True:
+                try:
+                    if not client.cluster.brokers():
+                        await asyncio.wait_for(client.bootstrap(), self.interval * 2)
+                    ok = await asyncio.wait_for(client.force_metadata_update(), self.interval * 2)
+                except (asyncio.TimeoutError, KafkaError, OSError):
+                    ok = False
+                if bool(ok) != self.up:
+                    self.up = bool(ok)
+                    (log.info if ok else log.error)("kafka %s: broker %s", self.component,
+                                                     "reachable again" if ok else "unreachable")
+                self.gauge.set(1 if self.up else 0)
+                await asyncio.sleep(self.interval)
+        finally:
+            await client.close()

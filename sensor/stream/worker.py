@@ -1,0 +1,335 @@
+"""``dlp-sensor worker``: the faust-streaming app that scans mirrored exchanges for the whole fleet.
+
+Two agents:
+
+- ``scan`` reads ``exchanges`` (keyed by exchange id, so one worker sees a whole exchange in
+  order) and keeps one stream scanner per open exchange. On a trip it publishes the takedown at
+  once (every sidecar enforces it within the second); when the ``end`` record comes — or the
+  exchange idles past ``kafka.worker.exchange_timeout`` — it publishes the finding (and the SOC
+  alert when there is one).
+- ``ledger`` reads ``findings`` (keyed by resource) into the ``exposure`` table, the fleet-wide
+  exposure ledger: downloads, downloads before the takedown, unique clients (keyed hashes),
+  records. The table lives in memory and is restored from its compacted changelog topic when a
+  partition moves, so a killed worker loses none of it.
+
+Delivery is at-least-once with nothing lost: the ``scan`` agent acks an exchange's records only
+after its finding is on the broker, so faust commits offsets no further than the oldest exchange
+still open. A worker killed mid-exchange leaves those records uncommitted; the worker that takes
+the partition over reads the exchange again from its ``meta`` record. What it publishes twice
+carries the same exchange id (and alert dedup id), and the ledger counts each exchange id once.
+Malformed records go to the ``deadletter`` topic with the reason; the agent keeps going.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+import faust
+import orjson
+from aiohttp import web
+
+from sensor.alerts.schema import AlertContext, build_alert
+from sensor.config import Config
+from sensor.detect.keys import load_key
+from sensor.metrics import Metrics
+from sensor.metrics.server import metrics_app
+from sensor.pipeline import BodyScan, Exchange
+from sensor.runtime import build_detector
+from sensor.stream.fleet import takedown_record
+from sensor.stream.kafka import client_kwargs  # noqa: F401  (the same settings, faust-shaped below)
+from sensor.stream.records import Record, RecordError, decode, encode, require
+
+log = logging.getLogger("dlp_sensor.worker")
+RECENT_XIDS = 256           # exchange ids remembered per resource to collapse redeliveries
+
+
+@dataclass
+class Open:
+    """One exchange being scanned: its scanner and the messages to ack once its finding is out."""
+    meta: Record
+    scan: BodyScan
+    tp: object
+    messages: list = field(default_factory=list)
+    next_seq: int = 0
+    head: bytearray = field(default_factory=bytearray)
+    fingerprint: str | None = None
+    tripped_at: float | None = None
+    takedown_sent: bool = False
+    last_seen: float = field(default_factory=time.monotonic)
+    notes: list[str] = field(default_factory=list)
+
+
+def _credentials(k):
+    if k.sasl_mechanism:
+        return faust.SASLCredentials(username=k.sasl_username, password=k.sasl_password,
+                                     mechanism=k.sasl_mechanism,
+                                     ssl_context=client_kwargs(k).get("ssl_context"))
+    if k.security_protocol == "SSL":
+        return faust.SSLCredentials(client_kwargs(k)["ssl_context"])
+    return None
+
+
+class Worker:
+    """The app and everything its agents share (detector, key, metrics, open exchanges)."""
+
+    def __init__(self, config: Config):
+        k = self.k = config.kafka
+        assert k.bootstrap, "kafka.bootstrap (or $DLP_KAFKA_BOOTSTRAP) is required for a worker"
+        self.config = config
+        assert config.state_dir is not None
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.key = load_key(config.hmac_key, config.state_dir)
+        self.detector = build_detector(config)
+        self.metrics = Metrics()
+        self.ready = False
+        self.me = f"worker:{config.sensor_id}"
+        self.open: dict[str, Open] = {}
+        self.app = app = faust.App(
+            k.group, broker=[f"kafka://{hp}" for hp in k.bootstrap.split(",")], broker_credentials=_credentials(k),
+            store="memory://", key_serializer="raw", value_serializer="raw",
+            topic_partitions=k.partitions, topic_replication_factor=1,
+            consumer_auto_offset_reset="earliest", broker_session_timeout=6.0, broker_heartbeat_interval=1.0,
+            broker_commit_interval=0.5, stream_wait_empty=False,   # open exchanges are not acked: do not wait
+            web_enabled=False, web_bind="127.0.0.1", web_port=k.web_port, producer_acks=-1)
+        self.t_exchanges = app.topic(k.topic("exchanges"), partitions=k.partitions)
+        self.t_findings = app.topic(k.topic("findings"), partitions=k.partitions)
+        self.t_alerts = app.topic(k.topic("alerts"), partitions=k.partitions)
+        self.t_takedowns = app.topic(k.topic("takedowns"), partitions=1)
+        self.t_dead = app.topic(k.topic("deadletter"), partitions=k.partitions)
+        self.exposure = app.Table("exposure", default=dict, partitions=k.partitions, key_type=str)
+        self.clients = app.Table("exposure-clients", default=int, partitions=k.partitions, key_type=str)
+        app.agent(self.t_exchanges, name="scan")(self._scan_agent)
+        app.agent(self.t_findings, name="ledger")(self._ledger_agent)
+        app.timer(1.0)(self._expire)
+        app.task(self._serve_metrics)
+        app.on_partitions_revoked.connect(self._revoked)
+
+    # -- the scan agent ------------------------------------------------------------------------
+    async def _scan_agent(self, stream) -> None:
+        async for event in stream.noack().events():
+            msg = event.message
+            try:
+                await self._on_exchange_record(msg)
+            except RecordError as e:
+                await self._dead(msg, str(e))
+                msg.ack(self.app.consumer)
+            self.metrics.worker_open.set(len(self.open))
+
+    async def _on_exchange_record(self, msg) -> None:
+        rec = decode(msg.value)
+        xid = (msg.key or b"").decode("utf-8", "replace")
+        if not xid:
+            raise RecordError("exchange record without a key (the exchange id)")
+        if rec.type == "meta":
+            require(rec, resource=str, url=dict, status=int, sensor=str, ts=(int, float))
+            if xid in self.open:                        # the exchange is being read again (redelivery)
+                self.metrics.worker_duplicates.labels(kind="exchange").inc()
+            ex = Exchange(url=rec["url"].get("original", ""), method=str(rec.get("method", "GET")),
+                          status=rec["status"], content_type=str(rec.get("content_type") or ""),
+                          content_encoding=str(rec.get("content_encoding") or ""), path=rec.get("path"))
+            d = self.detector
+            scan = BodyScan(d.engine, d.policy, key=self.key, exchange=ex, stop_on_trip=False)
+            self.open[xid] = Open(rec, scan, msg.tp, [msg])
+            msg.value = None
+            return
+        st = self.open.get(xid)
+        if st is None or st.tp != msg.tp:
+            # its meta was never seen (expired earlier, or lost by the producer): nothing to add it to
+            self.metrics.worker_duplicates.labels(kind="orphan").inc()
+            msg.ack(self.app.consumer)
+            return
+        st.messages.append(msg)
+        st.last_seen = time.monotonic()
+        require(rec, seq=int)
+        seq = rec["seq"]
+        if seq < st.next_seq and rec.type == "chunk":
+            self.metrics.worker_duplicates.labels(kind="chunk").inc()
+            msg.value = None
+            return
+        if seq > st.next_seq:
+            st.notes.append(f"gap: {seq - st.next_seq} chunk(s) missing before seq {seq}")
+        st.next_seq = seq + 1
+        if rec.type == "chunk":
+            self._feed(st, rec.payload)
+            msg.value = None
+            await self._maybe_take_down(xid, st)
+        elif rec.type == "end":
+            if rec.get("lost"):
+                st.notes.append("lost: the sidecar's mirror queue overflowed; only part of the body was mirrored")
+            await self._finish(xid, st, completed=bool(rec.get("completed")) and not rec.get("lost"))
+
+    def _feed(self, st: Open, data: bytes) -> None:
+        fp_bytes = self.config.fingerprint_bytes
+        if st.fingerprint is None:
+            st.head += data[: fp_bytes - len(st.head)]
+            if len(st.head) >= fp_bytes:
+                st.fingerprint = self._fingerprint(bytes(st.head))
+        if st.scan.write(data) == "trip" and st.tripped_at is None:
+            st.tripped_at = time.time()
+
+    def _fingerprint(self, head: bytes) -> str:
+        import hashlib
+        return hashlib.blake2b(head, key=self.key[:64], digest_size=16).hexdigest()
+
+    async def _maybe_take_down(self, xid: str, st: Open, *, final: bool = False) -> None:
+        """Publish the takedown once the trip is seen and the content fingerprint is known (or the body ended)."""
+        if st.tripped_at is None or st.takedown_sent or (st.fingerprint is None and not final):
+            return
+        if st.fingerprint is None and st.head:
+            st.fingerprint = self._fingerprint(bytes(st.head))
+        resource = st.meta["resource"]
+        fut = await self.t_takedowns.send(key=resource.encode(), value=takedown_record(
+            action="add", resource=resource, actor=self.me, reason="trip: personal-data leak (fleet worker)",
+            origin=self.me, ts=st.tripped_at, fingerprint=st.fingerprint, xid=xid))
+        await fut
+        st.takedown_sent = True
+        self.metrics.takedowns.labels(source="trip").inc()
+        self.metrics.detection_to_takedown.observe(time.time() - st.tripped_at)
+
+    async def _finish(self, xid: str, st: Open, *, completed: bool) -> None:
+        """Publish the finding (and alert), wait for the broker to have them, then ack the exchange."""
+        result = st.scan.finish()
+        result.notes.extend(st.notes)
+        if result.verdict == "trip" and st.tripped_at is None:
+            st.tripped_at = time.time()
+        await self._maybe_take_down(xid, st, final=True)
+        meta = st.meta
+        finding = encode("finding", xid=xid, resource=meta["resource"], verdict=result.verdict,
+                         records=result.records, strong_records=result.strong_records,
+                         person_records=result.person_records, findings=result.findings, bytes=result.bytes,
+                         client=meta.get("client"), completed=completed, partial=bool(meta.get("partial")),
+                         sensor=meta["sensor"], origin=self.me, served_at=meta["ts"], ts=time.time(),
+                         tripped_at=st.tripped_at)
+        futs = [await self.t_findings.send(key=meta["resource"].encode(), value=finding)]
+        if result.verdict in ("alert", "trip"):
+            futs.append(await self.t_alerts.send(key=meta["resource"].encode(),
+                                                 value=orjson.dumps(self._alert(xid, st, result))))
+        await asyncio.gather(*futs)
+        m = self.metrics
+        m.exchanges.labels(tap="kafka", verdict=result.verdict).inc()
+        m.bytes_scanned.labels(tap="kafka").inc(result.bytes)
+        for sig, n in result.findings.items():
+            m.findings.labels(signature=sig).inc(n)
+        if result.verdict == "trip":
+            m.trips.labels(mode=str(meta.get("mode", "monitor"))).inc()
+        for msg in st.messages:
+            msg.ack(self.app.consumer)
+        self.open.pop(xid, None)
+
+    def _alert(self, xid: str, st: Open, result) -> dict:
+        meta = st.meta
+        ctx = AlertContext(exchange_id=xid, sensor_id=meta["sensor"], resource=meta["resource"], url=meta["url"],
+                           method=str(meta.get("method", "GET")), status=meta["status"], client_ip="",
+                           mode=str(meta.get("mode", "monitor")),
+                           action="takedown" if st.takedown_sent else "logged", partial=bool(meta.get("partial")),
+                           bytes_sent=result.bytes, ruleset=self.detector.generation)
+        alert = build_alert(ctx, result, key=self.key, source_ip="drop", now=time.time())
+        if meta.get("client") and self.config.source_ip != "drop":
+            alert["source"] = {"address": meta["client"]}
+        alert["observer"]["hostname"] = self.me
+        return alert
+
+    async def _expire(self) -> None:
+        """Finish exchanges whose end never came (sidecar killed, producer lost records)."""
+        cutoff = time.monotonic() - self.k.exchange_timeout
+        for xid, st in list(self.open.items()):
+            if st.last_seen < cutoff and self.open.get(xid) is st:
+                st.notes.append(f"abandoned: no end record within {self.k.exchange_timeout:.0f}s")
+                self.metrics.worker_expired.inc()
+                await self._finish(xid, st, completed=False)
+        self.metrics.worker_open.set(len(self.open))
+        await self._lag()
+
+    async def _revoked(self, *args, **kwargs) -> None:
+        """Partitions moved away: drop their open exchanges unacked; the new owner reads them again."""
+        revoked = args[1] if len(args) > 1 else kwargs.get("revoked", set())
+        for xid, st in list(self.open.items()):
+            if st.tp in revoked:
+                del self.open[xid]
+
+    async def _dead(self, msg, why: str) -> None:
+        log.warning("dead-lettering %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, why)
+        self.metrics.deadletters.labels(topic=msg.topic).inc()
+        fut = await self.t_dead.send(key=msg.key, value=encode("dead", msg.value or b"", topic=msg.topic,
+                                                                partition=msg.partition, offset=msg.offset,
+                                                                error=why[:500]))
+        await fut
+
+    # -- the ledger agent ----------------------------------------------------------------------
+    async def _ledger_agent(self, stream) -> None:
+        async for event in stream.events():
+            try:
+                rec = decode(event.value)
+                require(rec, xid=str, resource=str, verdict=str, records=int, served_at=(int, float))
+            except RecordError as e:
+                await self._dead(event.message, str(e))
+                continue
+            self._account(rec)
+
+    def _account(self, rec: Record) -> None:
+        resource = rec["resource"]
+        e = dict(self.exposure[resource])
+        recent = e.get("recent", [])
+        if rec["xid"] in recent:
+            self.metrics.worker_duplicates.labels(kind="finding").inc()
+            return
+        e["recent"] = (recent + [rec["xid"]])[-RECENT_XIDS:]
+        served = rec["served_at"]
+        e["first_served"] = min(e.get("first_served", served), served)
+        e["last_served"] = max(e.get("last_served", served), served)
+        e["downloads"] = e.get("downloads", 0) + 1
+        e["completed"] = e.get("completed", 0) + (1 if rec.get("completed") else 0)
+        e["bytes"] = e.get("bytes", 0) + int(rec.get("bytes") or 0)
+        e["records_max"] = max(e.get("records_max", 0), rec["records"])
+        if rec["verdict"] == "trip":
+            tripped = rec.get("tripped_at") or served
+            e["tripped_at"] = min(e.get("tripped_at", tripped), tripped)
+        if rec["verdict"] in ("alert", "trip"):
+            e["flagged"] = e.get("flagged", 0) + 1
+        if "tripped_at" not in e or served <= e["tripped_at"]:
+            e["before_takedown"] = e.get("before_takedown", 0) + 1
+        client = rec.get("client")
+        if client:
+            ck = f"{resource}\x1f{client}"
+            if not self.clients[ck]:
+                self.clients[ck] = 1
+                e["clients"] = e.get("clients", 0) + 1
+        self.exposure[resource] = e
+
+    # -- metrics -------------------------------------------------------------------------------
+    async def _lag(self) -> None:
+        c = self.app.consumer
+        per: dict[str, int] = {}
+        try:
+            for tp in c.assignment():
+                pos = await c.position(tp)
+                hw = c.highwater(tp)
+                if pos is not None and hw is not None:
+                    per[tp.topic] = per.get(tp.topic, 0) + max(0, hw - pos)
+        except Exception:                               # noqa: BLE001  (a rebalance in progress)
+            return
+        for topic, lag in per.items():
+            self.metrics.consumer_lag.labels(topic=topic).set(lag)
+
+    async def _serve_metrics(self) -> None:
+        from sensor.stream.kafka import Health
+        if self.k.worker_metrics:
+            runner = web.AppRunner(metrics_app(self), access_log=None, handle_signals=False)
+            await runner.setup()
+            host, _, port = self.k.worker_metrics.rpartition(":")
+            await web.TCPSite(runner, host, int(port)).start()
+        self.ready = True
+        log.info("worker %s ready: generation %s, %d signatures", self.me, self.detector.generation,
+                 len(self.detector.engine.signatures))
+        health = Health(self.k, self.metrics.kafka_up, "worker")
+        await health.run()
+
+
+def run_worker(config: Config, loglevel: str = "info") -> None:
+    """Run until SIGTERM/SIGINT (faust's Worker handles the signals and the loop)."""
+    from sensor.stream.kafka import ensure_topics
+    asyncio.run(ensure_topics(config.kafka, timeout=30))
+    w = Worker(config)
+    faust.Worker(w.app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -1,0 +1,174 @@
+"""A real Kafka-protocol broker and real ``dlp-sensor worker`` processes for the tests and benches.
+
+The default broker is noida-db (PyPI ``noida-db==0.2.3``): it passed aiokafka's idempotent
+producer, consumer groups, commits and compacted topics here, and faust's agents, tables and
+changelog restore — all of which the scale-out path uses. (Tansu, the other broker that runs here,
+fails the idempotent producer the mirror and the fleet link rely on.) ``DLP_KAFKA_BOOTSTRAP``
+points everything at an external cluster instead; topic names are unique per test either way.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import yaml
+
+from tests.procs import BIN, OUTPUTS, ROOT, free_port, stop, wait_http
+
+HMAC_KEY = bytes(range(32)).hex()        # the fleet shares one key: client and content hashes must agree
+
+
+async def _ping(bootstrap: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=1000)
+    await admin.start()
+    try:
+        await admin.list_topics()
+    finally:
+        await admin.close()
+
+
+def wait_broker(bootstrap: str, timeout: float = 10.0, proc: subprocess.Popen | None = None) -> None:
+    """Poll the admin client every 50 ms until it answers (cap ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"broker exited with {proc.returncode}")
+        try:
+            asyncio.run(_ping(bootstrap))
+            return
+        except Exception:                              # noqa: BLE001  (not up yet)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no Kafka broker answered on {bootstrap} within {timeout}s") from None
+            time.sleep(0.05)
+
+
+@dataclass
+class Broker:
+    bootstrap: str
+    data: Path | None = None
+    port: int = 0
+    proc: subprocess.Popen | None = None
+    log: Path | None = None
+
+    @classmethod
+    def start(cls, tmp: Path) -> "Broker":
+        external = os.environ.get("DLP_KAFKA_BOOTSTRAP")
+        if external:
+            wait_broker(external)
+            return cls(external)
+        exe = shutil.which("noida-db", path=str(BIN)) or shutil.which("noida-db")
+        if exe is None:
+            import pytest
+            if os.environ.get("CI") == "true":
+                pytest.fail("noida-db is required in CI (the Makefile installs it with the test extra)")
+            pytest.skip("noida-db not installed and DLP_KAFKA_BOOTSTRAP not set (CI fails instead)")
+        b = cls("", tmp / "broker-data", free_port(), log=tmp / "broker.log")
+        b.bootstrap = f"127.0.0.1:{b.port}"
+        b.data.mkdir(parents=True, exist_ok=True)
+        b.resume(exe)
+        return b
+
+    def resume(self, exe: str | None = None) -> None:
+        exe = exe or shutil.which("noida-db", path=str(BIN)) or "noida-db"
+        self.proc = subprocess.Popen([exe, "start", "--only", "kafka", "--host", "127.0.0.1", "--kafka-port",
+                                      str(self.port), "--data-dir", str(self.data)],
+                                     stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        wait_broker(self.bootstrap, proc=self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc, signal.SIGTERM, timeout=15)      # it flushes to disk on SIGTERM
+            self.proc = None
+
+
+def kafka_conf(bootstrap: str, prefix: str, **extra) -> dict:
+    """The kafka section for one test: its own topics and consumer group."""
+    worker = {"group": f"{prefix}workers", **extra.pop("worker", {})}
+    return {"bootstrap": bootstrap, "topic_prefix": prefix, "catchup_timeout": 20, "worker": worker, **extra}
+
+
+def unique_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}."
+
+
+@dataclass
+class WorkerProc:
+    tmp: Path
+    kafka: dict
+    name: str
+    metrics_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def metrics(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}"
+
+    def start(self, wait: bool = True) -> "WorkerProc":
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        conf = {"sensor_id": self.name, "hmac_key": HMAC_KEY,
+                "kafka": {**self.kafka, "worker": {**self.kafka.get("worker", {}),
+                                                   "metrics": f"127.0.0.1:{self.metrics_port}",
+                                                   "web_port": free_port()}}}
+        cfg = self.tmp / "worker.yaml"
+        cfg.write_text(yaml.safe_dump(conf))
+        OUTPUTS.extend([self.tmp / "stderr.log", self.tmp / "state"])
+        self.proc = subprocess.Popen([str(BIN / "dlp-sensor"), "worker", "--config", str(cfg), "--state-dir",
+                                      str(self.tmp / "state"), "--log-level", "info"],
+                                     stdout=open(self.tmp / "stderr.log", "ab"), stderr=subprocess.STDOUT, cwd=ROOT)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self) -> "WorkerProc":
+        wait_http(self.metrics + "/readyz", timeout=60, proc=self.proc)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None:
+            stop(self.proc, sig, timeout=15)
+
+    def metric(self, name: str, **labels: str) -> float:
+        from tests.procs import read_metric
+        return read_metric(self.metrics, name, **labels)
+
+
+async def read_topic(bootstrap: str, topic: str, *, timeout: float = 1.0) -> list:
+    """Every record in a topic, from the beginning (no consumer group)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                         auto_offset_reset="earliest")
+    await c.start()
+    try:
+        parts = await c._client.fetch_all_metadata()
+        tps = [TopicPartition(topic, p) for p in (parts.partitions_for_topic(topic) or ())]
+        if not tps:
+            return []
+        c.assign(tps)
+        await c.seek_to_beginning(*tps)
+        end = await c.end_offsets(tps)
+        out = []
+        deadline = time.monotonic() + timeout
+        while any([await c.position(tp) < end[tp] for tp in tps]) and time.monotonic() < deadline + 10:
+            for msgs in (await c.getmany(timeout_ms=200)).values():
+                out.extend(msgs)
+        return out
+    finally:
+        await c.stop()
+
+
+def findings(bootstrap: str, prefix: str) -> list[dict]:
+    from sensor.stream.records import decode
+    return [decode(m.value).header for m in asyncio.run(read_topic(bootstrap, prefix + "findings"))]
+
+
+def json_values(bootstrap: str, topic: str) -> list[dict]:
+    return [orjson.loads(m.value) for m in asyncio.run(read_topic(bootstrap, topic)) if m.value]
