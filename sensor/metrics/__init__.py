@@ -76,6 +76,8 @@ class Metrics:
                                          "(at-least-once delivery), by kind.", ["kind"], registry=r)
         self.deadletters = Counter("dlp_deadletters", "Malformed records sent to the dead-letter topic, by topic.",
                                    ["topic"], registry=r)
+        self.assigned_partitions = Gauge("dlp_kafka_assigned_partitions", "Partitions this worker owns now, by "
+                                         "topic.", ["topic"], registry=r)
         self.consumer_lag = Gauge("dlp_kafka_consumer_lag", "Records not yet consumed (high-water mark minus "
                                   "position), summed over assigned partitions, by topic.", ["topic"], registry=r)
 

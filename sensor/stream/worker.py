@@ -301,17 +301,22 @@ class Worker:
     # -- metrics -------------------------------------------------------------------------------
     async def _lag(self) -> None:
         c = self.app.consumer
-        per: dict[str, int] = {}
+        lag: dict[str, int] = {t.get_topic_name(): 0 for t in (self.t_exchanges, self.t_findings)}
+        owned = dict.fromkeys(lag, 0)
         try:
             for tp in c.assignment():
+                if tp.topic not in lag:
+                    continue                            # changelog partitions (standbys) are not ours to scan
+                owned[tp.topic] += 1
                 pos = await c.position(tp)
                 hw = c.highwater(tp)
                 if pos is not None and hw is not None:
-                    per[tp.topic] = per.get(tp.topic, 0) + max(0, hw - pos)
+                    lag[tp.topic] += max(0, hw - pos)
         except Exception:                               # noqa: BLE001  (a rebalance in progress)
             return
-        for topic, lag in per.items():
-            self.metrics.consumer_lag.labels(topic=topic).set(lag)
+        for topic in lag:
+            self.metrics.consumer_lag.labels(topic=topic).set(lag[topic])
+            self.metrics.assigned_partitions.labels(topic=topic).set(owned[topic])
 
     async def _serve_metrics(self) -> None:
         from sensor.stream.kafka import Health
