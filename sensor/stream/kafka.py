@@ -85,7 +85,8 @@ class Health:
                 try:
                     if not client.cluster.brokers():
                         await asyncio.wait_for(client.bootstrap(), self.interval * 2)
-                    ok = await asyncio.wait_for(client.force_metadata_update(), self.interval * 2)
+                    await asyncio.wait_for(client.fetch_all_metadata(), self.interval * 2)
+                    ok = True
                 except (asyncio.TimeoutError, KafkaError, OSError):
                     ok = False
                 if bool(ok) != self.up:
