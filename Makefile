@@ -34,6 +34,7 @@ bench: $(STAMP) apt
 	$(PY) bench/engine.py
 	$(PY) bench/proxy.py
 	$(PY) bench/taps.py
+	$(PY) bench/stream.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

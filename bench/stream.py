@@ -1,0 +1,227 @@
+"""Scale-out benchmark: exchanges through Kafka with 1 and 2 workers, and fleet-wide takedown latency.
+
+Everything real and on this machine: a noida-db broker, ``dlp-sensor worker`` processes, two
+sidecar processes, the sample site. Same run, same data:
+
+1. **Baseline**: the same exchanges scanned in this process by one ``BodyScan`` each (one core,
+   no Kafka) — what a worker could do at most.
+2. **Throughput**: N exchanges (benign web text, 1 in 20 a breach CSV) published in the record
+   format as fast as the producer goes, with 1 and then 2 workers; exchanges/s and MB/s from the
+   first record sent to the last finding read. The machine has 2 cores shared by the broker, the
+   producer and the workers, so the 2-worker row says how the pool behaves, not how it scales.
+3. **Latency**: one exchange every 50 ms (light load), end record sent -> finding readable, p50/p99.
+4. **Fleet takedowns**: sidecars A (monitor, mirrored to the workers; ``/stream/*`` enforced
+   locally) and B (monitor, only fleet takedowns make it refuse). Per trip, a distinct leaked file:
+   ``mirrored`` = A finished serving the leak -> B's first 451; ``local`` = A's own 451 -> B's
+   first 451. Plus B's server-side histogram (takedown record created -> enforced at B).
+
+    python bench/stream.py [--exchanges 400] [--trips 50] [--json FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import orjson  # noqa: E402
+
+from sensor import synth  # noqa: E402
+from sensor.detect.engine import Engine  # noqa: E402
+from sensor.detect.pack import load_pack  # noqa: E402
+from sensor.detect.policy import Policy  # noqa: E402
+from sensor.pipeline import BodyScan, Exchange  # noqa: E402
+from sensor.sample_site import ROSTER, build_site  # noqa: E402
+from tests.kafka import HMAC_KEY, Broker, WorkerProc, exchange_records, kafka_conf, unique_prefix  # noqa: E402
+from tests.procs import Sidecar, Upstream, read_metric  # noqa: E402
+
+HOST = "dashboard.example.gov"
+EXCHANGE_KIB = 256
+
+
+def corpus(n: int) -> list[tuple[str, bytes, str]]:
+    web = synth.benign_web(EXCHANGE_KIB << 10)
+    breach = synth.breach_csv(2000)[: EXCHANGE_KIB << 10]
+    return [(f"bench-{i:05d}", breach if i % 20 == 0 else web, "text/csv" if i % 20 == 0 else "text/html")
+            for i in range(n)]
+
+
+def baseline(items) -> float:
+    engine, policy = Engine(load_pack()), Policy()
+    t = time.perf_counter()
+    for _, body, ct in items:
+        scan = BodyScan(engine, policy, key=bytes(32), exchange=Exchange(content_type=ct))
+        for i in range(0, len(body), 64 << 10):
+            scan.write(body[i:i + (64 << 10)])
+        scan.finish()
+    return time.perf_counter() - t
+
+
+async def _run_through(broker: Broker, prefix: str, items, pace: float = 0.0) -> tuple[float, list[float]]:
+    """Publish the exchanges; return (seconds until the last finding, per-exchange latencies)."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from sensor.stream.records import decode
+    cons = AIOKafkaConsumer(prefix + "findings", bootstrap_servers=broker.bootstrap, group_id=None,
+                            auto_offset_reset="latest", fetch_max_wait_ms=10)
+    await cons.start()
+    await cons.getmany(timeout_ms=200)                          # settle the assignment at the end
+    prod = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=2,
+                            max_request_size=2 << 20)
+    await prod.start()
+    sent_at: dict[str, float] = {}
+    latencies: list[float] = []
+    t0 = time.perf_counter()
+
+    async def publish() -> None:
+        for xid, body, _ct in items:
+            for key, value in exchange_records(xid, f"{HOST}/b/{xid}.html", body, client=xid, chunk=256 << 10):
+                await prod.send(prefix + "exchanges", value, key=key)
+            sent_at[xid] = time.perf_counter()
+            if pace:
+                await prod.flush()
+                await asyncio.sleep(pace)
+        await prod.flush()
+
+    pub = asyncio.create_task(publish())
+    seen: set[str] = set()
+    while len(seen) < len(items):
+        for msgs in (await cons.getmany(timeout_ms=100)).values():
+            now = time.perf_counter()
+            for m in msgs:
+                xid = decode(m.value)["xid"]
+                if xid not in seen and xid in sent_at:
+                    seen.add(xid)
+                    latencies.append(now - sent_at[xid])
+    elapsed = time.perf_counter() - t0
+    await pub
+    await prod.stop()
+    await cons.stop()
+    return elapsed, latencies
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Host": HOST}), timeout=10) as r:
+            r.read()
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def until_451(url: str, timeout: float = 10.0) -> float:
+    t = time.perf_counter()
+    while time.perf_counter() - t < timeout:
+        if get(url) == 451:
+            return time.perf_counter()
+        time.sleep(0.005)
+    raise TimeoutError(url)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--exchanges", type=int, default=400)
+    ap.add_argument("--trips", type=int, default=50)
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args()
+    d = Path(tempfile.mkdtemp(prefix="dlp-bench-stream-"))
+    rows: list[tuple[str, str, str]] = []
+    out: dict = {}
+    broker = Broker.start(d, kind="noida")
+    procs: list = []
+    try:
+        items = corpus(a.exchanges)
+        mb = sum(len(b) for _, b, _ in items) / 1e6
+        base = baseline(items)
+        rows.append(("baseline: in-process scan, 1 core", f"{len(items) / base:,.0f} exch/s",
+                     f"{mb / base:,.1f} MB/s"))
+        out["baseline"] = {"exchanges_s": len(items) / base, "mb_s": mb / base}
+        for n in (1, 2):
+            prefix = unique_prefix()
+            k = kafka_conf(broker.bootstrap, prefix)
+            ws = [WorkerProc(d / f"{prefix}w{i}", k, f"w{i}").start(wait=False) for i in range(n)]
+            procs += ws
+            for w in ws:
+                w.wait_ready()
+            topic = prefix + "exchanges"
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and sum(w.metric("dlp_kafka_assigned_partitions", topic=topic)
+                                                      for w in ws) < 8:
+                time.sleep(0.2)
+            secs, lat = asyncio.run(_run_through(broker, prefix, items))
+            rows.append((f"through Kafka, {n} worker{'s' if n > 1 else ''}", f"{len(items) / secs:,.0f} exch/s",
+                         f"{mb / secs:,.1f} MB/s"))
+            out[f"workers_{n}"] = {"exchanges_s": len(items) / secs, "mb_s": mb / secs}
+            if n == 1:
+                _, lat = asyncio.run(_run_through(broker, prefix, items[:100], pace=0.05))
+                rows.append(("latency, 1 exch / 50 ms: end sent -> finding", f"p50 {pct(lat, 50) * 1e3:.1f} ms",
+                             f"p99 {pct(lat, 99) * 1e3:.1f} ms"))
+                out["latency_ms"] = {"p50": pct(lat, 50) * 1e3, "p99": pct(lat, 99) * 1e3}
+            if n == 1:
+                for w in ws:
+                    w.stop()
+
+        # fleet takedowns: two sidecars, the two workers still running
+        site_root = build_site(d / "site", people=400)
+        for i in range(a.trips):
+            shutil.copy(site_root / ROSTER, site_root / f"exports/leak-{i:03d}.csv")
+        site = Upstream.start(site_root)
+        procs.append(site)
+        k = kafka_conf(broker.bootstrap, prefix)
+        conf = lambda name, kafka, **p: {"sensor_id": name, "hmac_key": HMAC_KEY, "kafka": kafka,  # noqa: E731
+                                         "alerts": {"sinks": []}, "proxy": {"mode": "monitor", **p}}
+        sa = Sidecar.create(d / "sa", site.url, conf("a", {**k, "mirror": {"enabled": True}},
+                                                      routes=[{"match": "/stream/*", "mode": "enforce"}])).start()
+        sb = Sidecar.create(d / "sb", site.url, conf("b", k)).start()
+        procs += [sa, sb]
+        mirrored, local = [], []
+        for i in range(a.trips):
+            path = f"/exports/leak-{i:03d}.csv"
+            assert get(sa.url + path) == 200
+            done = time.perf_counter()
+            mirrored.append(until_451(sb.url + path) - done)
+            t = time.perf_counter()
+            assert get(sa.url + "/stream" + path) == 451
+            local.append(until_451(sb.url + "/stream" + path) - t)
+        for name, xs in (("mirrored: A served the leak -> B's 451", mirrored),
+                         ("local: A's 451 -> B's 451", local)):
+            rows.append((f"fleet takedown, {name} ({len(xs)} trips)", f"p50 {pct(xs, 50) * 1e3:.0f} ms",
+                         f"p99 {pct(xs, 99) * 1e3:.0f} ms"))
+        out["fleet_ms"] = {"mirrored": {"p50": pct(mirrored, 50) * 1e3, "p99": pct(mirrored, 99) * 1e3},
+                           "local": {"p50": pct(local, 50) * 1e3, "p99": pct(local, 99) * 1e3}}
+        n_lag = read_metric(sb.metrics, "dlp_fleet_takedown_lag_seconds_count")
+        s_lag = read_metric(sb.metrics, "dlp_fleet_takedown_lag_seconds_sum")
+        rows.append(("B server-side: record created -> enforced", f"mean {s_lag / max(n_lag, 1) * 1e3:.0f} ms",
+                     f"{n_lag:.0f} takedowns"))
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        broker.stop()
+    w = max(len(r[0]) for r in rows)
+    print(f"\n{'scale-out (bench/stream.py)':<{w}}  {'':>16}  {'':>16}")
+    for r in rows:
+        print(f"{r[0]:<{w}}  {r[1]:>16}  {r[2]:>16}")
+    base = out["baseline"]["mb_s"]
+    print(f"\nworkers vs the in-process baseline: 1 worker {out['workers_1']['mb_s'] / base:.2f}x, "
+          f"2 workers {out['workers_2']['mb_s'] / base:.2f}x (2 cores shared with the broker and producer)")
+    print(f"goal p99 <= 1 s for fleet-wide enforcement: mirrored {out['fleet_ms']['mirrored']['p99']:.0f} ms, "
+          f"local {out['fleet_ms']['local']['p99']:.0f} ms")
+    if a.json:
+        a.json.write_text(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+    shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
