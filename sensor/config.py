@@ -19,7 +19,7 @@ Command-line flags override the file; the file overrides defaults. Every section
     kafka: {bootstrap, topic_prefix: "dlp.", security_protocol, sasl_mechanism, sasl_username, sasl_password,
             ssl_cafile, ssl_certfile, ssl_keyfile, fleet: true, catchup_timeout: 30,
             mirror: {enabled: false, queue_mib: 64, overflow: local|drop},
-            worker: {group, partitions: 8, exchange_timeout: 60, metrics: 127.0.0.1:9104, web_port: 6066}}
+            worker: {group: dlp-sensor-worker, partitions: 8, exchange_timeout: 60, web_port: 6066}}
 """
 from __future__ import annotations
 
@@ -115,7 +115,6 @@ class KafkaConfig:
     group: str = "dlp-sensor-worker"
     partitions: int = 8
     exchange_timeout: float = 60.0
-    worker_metrics: str | None = "127.0.0.1:9104"
     web_port: int = 6066
 
     def topic(self, name: str) -> str:
@@ -357,7 +356,7 @@ def _kafka(raw: Any, where: str) -> KafkaConfig:
             _check(m["overflow"] in OVERFLOW, f"{where}.mirror.overflow", f"must be one of {OVERFLOW}")
             k.overflow = m["overflow"]
     if "worker" in raw:
-        w = _keys(raw["worker"], f"{where}.worker", {"group", "partitions", "exchange_timeout", "metrics", "web_port"})
+        w = _keys(raw["worker"], f"{where}.worker", {"group", "partitions", "exchange_timeout", "web_port"})
         if "group" in w:
             _check(isinstance(w["group"], str) and w["group"], f"{where}.worker.group", "must be a non-empty string")
             k.group = w["group"]
@@ -365,9 +364,6 @@ def _kafka(raw: Any, where: str) -> KafkaConfig:
             k.partitions = int(_num(w["partitions"], f"{where}.worker.partitions"))
         if "exchange_timeout" in w:
             k.exchange_timeout = _num(w["exchange_timeout"], f"{where}.worker.exchange_timeout")
-        if "metrics" in w:
-            k.worker_metrics = None if w["metrics"] in (None, False) else \
-                parse_hostport(w["metrics"], f"{where}.worker.metrics")
         if "web_port" in w:
             k.web_port = int(_num(w["web_port"], f"{where}.worker.web_port"))
     return k

@@ -145,14 +145,13 @@ class WorkerProc:
     def start(self, wait: bool = True) -> "WorkerProc":
         self.tmp.mkdir(parents=True, exist_ok=True)
         conf = {"sensor_id": self.name, "hmac_key": HMAC_KEY,
-                "kafka": {**self.kafka, "worker": {**self.kafka.get("worker", {}),
-                                                   "metrics": f"127.0.0.1:{self.metrics_port}",
-                                                   "web_port": free_port()}}}
+                "kafka": {**self.kafka, "worker": {**self.kafka.get("worker", {}), "web_port": free_port()}}}
         cfg = self.tmp / "worker.yaml"
         cfg.write_text(yaml.safe_dump(conf))
         OUTPUTS.extend([self.tmp / "stderr.log", self.tmp / "state"])
         self.proc = subprocess.Popen([str(BIN / "dlp-sensor"), "worker", "--config", str(cfg), "--state-dir",
-                                      str(self.tmp / "state"), "--log-level", "info"],
+                                      str(self.tmp / "state"), "--metrics", f"127.0.0.1:{self.metrics_port}",
+                                      "--log-level", "info"],
                                      stdout=open(self.tmp / "stderr.log", "ab"), stderr=subprocess.STDOUT, cwd=ROOT)
         if wait:
             self.wait_ready()
@@ -248,3 +247,13 @@ def changelog(bootstrap: str, topic: str) -> dict:
     for m in asyncio.run(read_topic(bootstrap, topic)):
         out[orjson.loads(m.key)] = orjson.loads(m.value) if m.value else None
     return out
+
+
+def snapshot_topics(bootstrap: str, topics: list[str], path: Path) -> None:
+    """Write what the product published to these topics into ``path`` for the never-re-leak test
+    (every topic but ``exchanges`` and ``deadletter``, which carry bodies by design)."""
+    with open(path, "wb") as fh:
+        for t in topics:
+            for m in asyncio.run(read_topic(bootstrap, t)):
+                fh.write((m.key or b"") + b"\t" + (m.value or b"") + b"\n")
+    OUTPUTS.append(path)

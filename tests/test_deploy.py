@@ -81,6 +81,30 @@ def test_sidecar_pattern_security_and_probes():
     assert json.loads(dash["data"]["dlp-sensor.json"])["uid"] == "dlp-sensor"
 
 
+def test_kafka_scale_out_values():
+    """kafka.bootstrap reaches every container (fleet takedowns); workers run `worker` and get a metrics Service."""
+    docs = render("workers-kafka.yaml")
+    deps = {d["metadata"]["name"]: d for d in _by_kind(docs, "Deployment")}
+    for dep in deps.values():
+        c = next(c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == "dlp-sensor")
+        env = {e["name"]: e for e in c["env"]}
+        assert env["DLP_KAFKA_BOOTSTRAP"]["value"] == "kafka-0.kafka:9092,kafka-1.kafka:9092"
+        assert env["DLP_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "dlp-kafka-sasl",
+                                                                             "key": "password"}
+    worker = next(c for c in deps["rel-dlp-sensor-workers"]["spec"]["template"]["spec"]["containers"])
+    assert worker["args"][0] == "worker" and deps["rel-dlp-sensor-workers"]["spec"]["replicas"] == 4
+    [svc] = [s for s in _by_kind(docs, "Service") if s["metadata"]["name"] == "rel-dlp-sensor-workers"]
+    assert [p["name"] for p in svc["spec"]["ports"]] == ["metrics"]
+    [cm] = [c for c in _by_kind(docs, "ConfigMap") if c["metadata"]["name"].endswith("-config")]
+    cfg = parse_config(yaml.safe_load(cm["data"]["sensor.yaml"]), "chart sensor.yaml")
+    assert cfg.kafka.mirror and cfg.kafka.sasl_mechanism == "SCRAM-SHA-512" and cfg.kafka.topic("takedowns") == \
+        "dlp.takedowns"
+    vals = yaml.safe_load((CHART / "examples" / "workers-kafka.yaml").read_text())
+    vals["kafka"]["bootstrap"] = ""
+    with pytest.raises(Exception, match="workers.enabled needs kafka.bootstrap"):
+        helm_python.Chart.load(str(CHART)).render(vals, name="rel", namespace="web")
+
+
 def test_rendered_sensor_config_is_valid(tmp_path):
     docs = render("sidecar.yaml")
     [cm] = [c for c in _by_kind(docs, "ConfigMap") if c["metadata"]["name"].endswith("-config")]

@@ -104,11 +104,12 @@ def run(config_file, taps, state_dir, log_level) -> None:
               help="YAML config: the kafka section (topics, group, worker.metrics), signatures, policy, hmac_key.")
 @click.option("--kafka", help="Kafka bootstrap HOST:PORT[,…] (default $DLP_KAFKA_BOOTSTRAP).")
 @click.option("--state-dir", type=click.Path(file_okay=False), help="Where the HMAC key lives if not configured.")
+@click.option("--metrics", help="HOST:PORT for /metrics /healthz /readyz, or 'off' (default 127.0.0.1:9102).")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
-def worker(config_file, kafka, state_dir, log_level) -> None:
+def worker(config_file, kafka, state_dir, metrics, log_level) -> None:
     """Run a faust-streaming worker that scans exchanges mirrored to Kafka (scale-out)."""
     _logging(log_level)
-    cfg = _config(config_file, kafka=kafka, state_dir=state_dir)
+    cfg = _config(config_file, kafka=kafka, state_dir=state_dir, metrics=metrics)
     if not cfg.kafka.bootstrap:
         raise ConfigProblem("kafka.bootstrap: required for a worker (or --kafka, or $DLP_KAFKA_BOOTSTRAP)")
     from sensor.stream.worker import run_worker

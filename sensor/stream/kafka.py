@@ -13,14 +13,16 @@ from sensor.config import KafkaConfig
 
 log = logging.getLogger("dlp_sensor.kafka")
 
-# topic -> extra configs (besides partitions); takedowns is compacted so a new sidecar reads the
-# current state of every resource, not its whole history
+# topic -> configs used when this process creates it (an operator's own topics keep theirs).
+# ``exchanges`` and ``deadletter`` carry response bodies — the very data being protected — so they
+# are kept one hour and one day; ``takedowns`` is compacted so a new sidecar reads the current
+# state of every resource, not its whole history.
 TOPICS: dict[str, dict[str, str]] = {
-    "exchanges": {},
+    "exchanges": {"retention.ms": str(3600 * 1000)},
     "findings": {},
     "alerts": {},
     "takedowns": {"cleanup.policy": "compact"},
-    "deadletter": {},
+    "deadletter": {"retention.ms": str(24 * 3600 * 1000)},
 }
 
 

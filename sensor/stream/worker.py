@@ -320,10 +320,10 @@ class Worker:
 
     async def _serve_metrics(self) -> None:
         from sensor.stream.kafka import Health
-        if self.k.worker_metrics:
+        if self.config.metrics:
             runner = web.AppRunner(metrics_app(self), access_log=None, handle_signals=False)
             await runner.setup()
-            host, _, port = self.k.worker_metrics.rpartition(":")
+            host, _, port = self.config.metrics.rpartition(":")
             await web.TCPSite(runner, host, int(port)).start()
         self.ready = True
         log.info("worker %s ready: generation %s, %d signatures", self.me, self.detector.generation,

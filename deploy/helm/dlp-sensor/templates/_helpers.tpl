@@ -55,6 +55,18 @@ app.kubernetes.io/component: {{ .component }}
         secretKeyRef: {name: {{ include "dlp-sensor.secretName" $root }}, key: hmac-key}
     - name: DLP_SENSOR_CACHE
       value: /var/cache/dlp-sensor
+    {{- with $root.Values.kafka.bootstrap }}
+    - name: DLP_KAFKA_BOOTSTRAP
+      value: {{ . | quote }}
+    {{- end }}
+    {{- with $root.Values.kafka.existingSecret }}
+    - name: DLP_KAFKA_SASL_USERNAME
+      valueFrom:
+        secretKeyRef: {name: {{ . }}, key: username}
+    - name: DLP_KAFKA_SASL_PASSWORD
+      valueFrom:
+        secretKeyRef: {name: {{ . }}, key: password}
+    {{- end }}
     {{- with .env }}
 {{ toYaml . | indent 4 }}
     {{- end }}
