@@ -24,7 +24,7 @@ from sensor.alerts.spool import Spool
 from sensor.config import Config
 from sensor.decode.limits import DecodeLimits
 from sensor.detect.engine import Engine
-from sensor.detect.keys import load_key
+from sensor.detect.keys import fingerprint, load_key
 from sensor.detect.pack import PackError, load_pack
 from sensor.detect.policy import Policy, PolicyError, load_policy, parse_policy
 from sensor.detect.scanner import ScanResult
@@ -266,8 +266,17 @@ class Sensor:
             if ctx.takedown_id is not None:
                 self.ledger.mark(ctx.resource, "taken_down")
         ctx.ruleset = self.detector.generation
-        alert = build_alert(ctx, result, key=self.key, source_ip=self.config.source_ip, now=time.time())
+        now = time.time()
+        alert = build_alert(ctx, result, key=self.key, source_ip=self.config.source_ip, now=now)
         self.dispatcher.submit(alert)
+        if self.fleet is not None:
+            from sensor.stream.records import encode
+            self.fleet.publish_finding(ctx.resource, encode(
+                "finding", xid=ctx.exchange_id, resource=ctx.resource, verdict=verdict, records=result.records,
+                strong_records=result.strong_records, person_records=result.person_records,
+                findings=result.findings, bytes=ctx.bytes_sent, client=fingerprint(self.key, ctx.client_ip.encode()) if ctx.client_ip else None,
+                completed=completed, partial=ctx.partial, sensor=self.config.sensor_id,
+                origin=self.config.sensor_id, served_at=now, ts=now, tripped_at=now if verdict == "trip" else None))
         return alert
 
     def _client(self, ctx: AlertContext) -> str | None:

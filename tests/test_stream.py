@@ -6,6 +6,7 @@ processes, sidecar processes, the sample site, curl-free urllib clients.
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -16,7 +17,7 @@ import pytest
 from sensor.sample_site import ROSTER
 from tests.kafka import (HMAC_KEY, Broker, WorkerProc, findings, json_values, kafka_conf, snapshot_topics,
                          unique_prefix)
-from tests.procs import Sidecar, site_fixture
+from tests.procs import BIN, Sidecar, site_fixture
 
 site = site_fixture(people=400)
 
@@ -104,6 +105,13 @@ def test_fleet_takedown_mirror_worker_and_late_sidecar(tmp_path, broker, site):
         assert urllib.request.urlopen(req, timeout=5).status == 200
         wait_for(lambda: get(c.url + "/" + ROSTER)[0] == 200, what="the lift to reach sidecar C")
         assert c.metric("dlp_fleet_takedowns_applied_total", action="lift") >= 1
+        # the fleet report: the workers' exposure table, both incidents (mirrored, and A's own enforce trip)
+        out = subprocess.run([str(BIN / "dlp-sensor"), "report", "--fleet", "--format", "json", "--config",
+                              str(a.config)], capture_output=True, timeout=60)
+        assert out.returncode == 0, out.stderr.decode()[-2000:]
+        rep = {i["resource"]: i for i in orjson.loads(out.stdout)["incidents"]}
+        assert rep[f"{HOST}/{ROSTER}"]["downloads"] >= 1 and rep[f"{HOST}/{ROSTER}"]["tripped_at"]
+        assert rep[f"{HOST}{leak2}"]["max_records_in_one_response"] >= 1
         snapshot_topics(broker.bootstrap, [prefix + t for t in ("findings", "alerts", "takedowns")] +
                         [f"{prefix}workers-exposure-changelog", f"{prefix}workers-exposure-clients-changelog"],
                         tmp_path / "kafka-topics.bin")

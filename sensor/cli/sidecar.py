@@ -203,9 +203,22 @@ def td_lift(config_file, state_dir, ident: str, reason: str, actor: str) -> None
 @click.command()
 @state_options
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
-def report(config_file, state_dir, fmt: str) -> None:
+@click.option("--fleet", is_flag=True, help="The whole fleet's exposure, from the Kafka workers' table "
+              "(kafka.bootstrap or $DLP_KAFKA_BOOTSTRAP), instead of this host's ledger.")
+def report(config_file, state_dir, fmt: str, fleet: bool) -> None:
     """The incident report: what leaked, how long, how many downloads and clients, how many records."""
-    sd = _state(config_file, state_dir)
-    rep = build_report(Ledger(sd / "ledger.db"), Registry(sd / "takedowns.db"))
-    click.echo(orjson.dumps(rep, option=orjson.OPT_INDENT_2).decode() if fmt == "json" else render_text(rep),
-               nl=fmt == "json")
+    if fleet:
+        from sensor.stream.report import fleet_report, read_exposure, render_fleet_text
+        cfg = _config(config_file, state_dir=state_dir)
+        if not cfg.kafka.bootstrap:
+            raise ConfigProblem("kafka.bootstrap: required for --fleet (or $DLP_KAFKA_BOOTSTRAP)")
+        try:
+            rep = fleet_report(asyncio.run(read_exposure(cfg.kafka)))
+        except Exception as e:                          # noqa: BLE001  (broker down, auth…: say so, exit 2)
+            raise ConfigProblem(f"cannot read the fleet exposure table from Kafka: {type(e).__name__}: {e}") from None
+        text = render_fleet_text(rep)
+    else:
+        sd = _state(config_file, state_dir)
+        rep = build_report(Ledger(sd / "ledger.db"), Registry(sd / "takedowns.db"))
+        text = render_text(rep)
+    click.echo(orjson.dumps(rep, option=orjson.OPT_INDENT_2).decode() if fmt == "json" else text, nl=fmt == "json")

@@ -44,6 +44,7 @@ class FleetLink:
         self.producer: AIOKafkaProducer | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self._tasks: list[asyncio.Task] = []
+        self._pending: set[asyncio.Future] = set()
 
     async def start(self) -> None:
         self._tasks.append(supervised(self._run(), "fleet"))
@@ -146,6 +147,26 @@ class FleetLink:
         elif rec.type == "lift":
             if reg.lift(rec["resource"], actor=actor, reason=rec["reason"]) is not None:
                 m.fleet_applied.labels(action="lift").inc()
+
+    # -- findings for the fleet ledger --------------------------------------------------------
+    def publish_finding(self, resource: str, value: bytes) -> None:
+        """Best effort (the local ledger is the durable one): a sidecar's own alert/trip verdict goes to
+        the findings topic so the workers' exposure table covers enforce routes too."""
+        if self.producer is None:
+            self.sensor.metrics.kafka_errors.labels(component="fleet", op="finding").inc()
+            return
+
+        async def send() -> None:
+            try:
+                assert self.producer is not None
+                await self.producer.send_and_wait(self.k.topic("findings"), value, key=resource.encode())
+            except (KafkaError, asyncio.TimeoutError):
+                self.sensor.metrics.kafka_errors.labels(component="fleet", op="finding").inc()
+
+        if len(self._pending) < 1000:
+            t = asyncio.ensure_future(send())
+            self._pending.add(t)
+            t.add_done_callback(self._pending.discard)
 
     # -- the outbox ----------------------------------------------------------------------------
     async def _publish_loop(self) -> None:
