@@ -24,7 +24,7 @@ from sensor.alerts.spool import Spool
 from sensor.config import Config
 from sensor.decode.limits import DecodeLimits
 from sensor.detect.engine import Engine
-from sensor.detect.keys import fingerprint, load_key
+from sensor.detect.keys import content_fingerprint, fingerprint, load_key
 from sensor.detect.pack import PackError, load_pack
 from sensor.detect.policy import Policy, PolicyError, load_policy, parse_policy
 from sensor.detect.scanner import ScanResult
@@ -223,7 +223,7 @@ class Sensor:
 
     def content_fingerprint(self, head: bytes) -> str:
         """Keyed hash of a body's first bytes: the same file under another URL has the same one."""
-        return hashlib.blake2b(head, key=self.key[:64], digest_size=16).hexdigest()
+        return content_fingerprint(self.key, head)
 
     def take_down(self, ctx: AlertContext, fingerprint: str | None, tripped_at: float) -> Takedown:
         """Durable (fsynced) before it returns: call it before the tripped response is cut."""

@@ -13,7 +13,7 @@ import pytest
 from sensor import synth
 from sensor.sample_site import ROSTER
 from tests.conftest import require_tool
-from tests.procs import Sidecar, Upstream, free_port, site_fixture, stop
+from tests.procs import Sidecar, free_port, site_fixture, stop
 from tests.test_proxy import _raw, _wait, assert_byte_identical, curl
 
 site = site_fixture(3000)

@@ -1,7 +1,6 @@
 """The sidecar through real clients (curl, aiohttp) against a real upstream process."""
 from __future__ import annotations
 
-import asyncio
 import shutil
 import socket
 import subprocess

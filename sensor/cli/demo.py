@@ -94,8 +94,8 @@ async def _run(people: int) -> None:
                 clock.say(f"GET /{ROSTER}  <- a member of the public downloads the roster", t)
                 st, n, ok, first = await _get(s, px + "/" + ROSTER)
                 trip = dict(sensor.events)
-                clock.say(f"  trip: the policy's bar (10 records) crossed while scanning the first "
-                          f"64 KiB; nothing has left yet", trip["trip"])
+                clock.say("  trip: the policy's bar (10 records) crossed while scanning the first "
+                          "64 KiB; nothing has left yet", trip["trip"])
                 clock.say(f"  takedown durable in the registry (SQLite, fsynced) "
                           f"{(trip['takedown'] - trip['trip']) * 1000:.1f} ms after the trip", trip["takedown"])
                 clock.say(f"  client got {st} and {n} bytes of block page: 0 rows of the roster left", first)

@@ -7,6 +7,7 @@ never written anywhere, so it cannot correlate anything outside the process.
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import secrets
@@ -44,6 +45,12 @@ def load_key(configured: str | None = None, state_dir: Path | None = None) -> by
         return key
     except ValueError:
         raise ValueError(f"{path}: stored HMAC key is not hex; remove it to generate a new one") from None
+
+
+def content_fingerprint(key: bytes, head: bytes) -> str:
+    """Keyed hash of a body's first bytes: the same file under another URL has the same one (fleet-wide,
+    when the fleet shares the key)."""
+    return hashlib.blake2b(head, key=key[:64], digest_size=16).hexdigest()
 
 
 def fingerprint(key: bytes, value: bytes) -> str:

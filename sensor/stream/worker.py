@@ -32,7 +32,7 @@ from aiohttp import web
 
 from sensor.alerts.schema import AlertContext, build_alert
 from sensor.config import Config
-from sensor.detect.keys import load_key
+from sensor.detect.keys import content_fingerprint, load_key
 from sensor.metrics import Metrics
 from sensor.metrics.server import metrics_app
 from sensor.pipeline import BodyScan, Exchange
@@ -124,14 +124,16 @@ class Worker:
             raise RecordError("exchange record without a key (the exchange id)")
         if rec.type == "meta":
             require(rec, resource=str, url=dict, status=int, sensor=str, ts=(int, float))
-            if xid in self.open:                        # the exchange is being read again (redelivery)
+            earlier = self.open.pop(xid, None)
+            if earlier is not None:                     # the exchange is being read again (redelivery)
                 self.metrics.worker_duplicates.labels(kind="exchange").inc()
             ex = Exchange(url=rec["url"].get("original", ""), method=str(rec.get("method", "GET")),
                           status=rec["status"], content_type=str(rec.get("content_type") or ""),
                           content_encoding=str(rec.get("content_encoding") or ""), path=rec.get("path"))
             d = self.detector
             scan = BodyScan(d.engine, d.policy, key=self.key, exchange=ex, stop_on_trip=False)
-            self.open[xid] = Open(rec, scan, msg.tp, [msg])
+            # the earlier messages are acked with this exchange (never before: offsets must not pass it)
+            self.open[xid] = Open(rec, scan, msg.tp, (earlier.messages if earlier else []) + [msg])
             msg.value = None
             return
         st = self.open.get(xid)
@@ -170,8 +172,7 @@ class Worker:
             st.tripped_at = time.time()
 
     def _fingerprint(self, head: bytes) -> str:
-        import hashlib
-        return hashlib.blake2b(head, key=self.key[:64], digest_size=16).hexdigest()
+        return content_fingerprint(self.key, head)
 
     async def _maybe_take_down(self, xid: str, st: Open, *, final: bool = False) -> None:
         """Publish the takedown once the trip is seen and the content fingerprint is known (or the body ended)."""
