@@ -178,6 +178,11 @@ async def test_failed_deliveries_are_retried_and_counted(result, tmp_path):
     ({"metrics": "nohost"}, "config.metrics"),
     ({"admin": {"token": "short"}}, "config.admin.token"),
     ({"colour": "blue"}, "config: unknown key"),
+    ({"kafka": {"bootstrap": "kafka-0"}}, "config.kafka.bootstrap"),
+    ({"kafka": {"security_protocol": "SASL_SSL"}}, "config.kafka.sasl_mechanism"),
+    ({"kafka": {"mirror": {"overflow": "buffer"}}}, "config.kafka.mirror.overflow"),
+    ({"kafka": {"topic_prefix": "dlp/"}}, "config.kafka.topic_prefix"),
+    ({"kafka": {"worker": {"partitions": 0}}}, "config.kafka.worker.partitions"),
 ])
 def test_config_errors_name_the_key(raw, key):
     with pytest.raises(ConfigError) as e:
@@ -194,7 +199,20 @@ def test_readme_config_example_parses():
     text = (Path(__file__).parents[1] / "README.md").read_text()
     block = re.search(r"### Configuration file\n\n```yaml\n(.*?)```", text, re.S).group(1)
     raw = yaml.safe_load(block)
-    del raw["proxy"]["tls"], raw["proxy"]["block_page"]
+    del raw["proxy"]["tls"], raw["proxy"]["block_page"], raw["kafka"]["ssl_cafile"]
     c = parse_config(raw)
+    assert c.kafka.bootstrap == "kafka-0:9092,kafka-1:9092" and c.kafka.topic("takedowns") == "dlp.takedowns"
     assert c.proxy.route("/exports/a.csv").on_error == "closed" and c.proxy.route("/x").mode == "enforce"
     assert [s["type"] for s in c.sinks] == ["stdout", "jsonl", "webhook", "slack", "pagerduty", "splunk_hec", "syslog"]
+
+
+def test_kafka_bootstrap_from_the_environment(monkeypatch):
+    from sensor.config import Config, with_overrides
+    monkeypatch.setenv("DLP_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+    monkeypatch.setenv("DLP_KAFKA_SASL_PASSWORD", "s3cret")
+    c = with_overrides(Config(), state_dir="/tmp/x")
+    assert c.kafka.bootstrap == "127.0.0.1:9092" and c.kafka.sasl_password == "s3cret"
+    assert with_overrides(Config(), state_dir="/tmp/x", kafka="10.0.0.1:9093").kafka.bootstrap == "10.0.0.1:9093"
+    monkeypatch.setenv("DLP_KAFKA_BOOTSTRAP", "nope")
+    with pytest.raises(ConfigError, match=r"\$DLP_KAFKA_BOOTSTRAP"):
+        with_overrides(Config(), state_dir="/tmp/x")

@@ -248,3 +248,31 @@ def test_broker_restart_during_traffic(tmp_path, site):
         for p in (a, b, w):
             p.stop()
         br.stop()
+
+
+def test_mirror_overflow_falls_back_to_local_scanning(tmp_path, broker, site):
+    """A mirror queue with no room for the body: the exchange is ended as lost (the worker says so) and
+    the sidecar scans it itself; with overflow: drop it is counted and not scanned at all."""
+    prefix = unique_prefix()
+    k = kafka_conf(broker.bootstrap, prefix)
+    w = WorkerProc(tmp_path / "w", k, "w").start(wait=False)
+    tiny = {"enabled": True, "queue_mib": 0.01}                     # ~10 KB: the first body chunk overflows
+    a = sidecar(tmp_path, site, {**k, "mirror": {**tiny, "overflow": "local"}}, "sidecar-local")
+    d = sidecar(tmp_path, site, {**k, "mirror": {**tiny, "overflow": "drop"}}, "sidecar-drop")
+    try:
+        a.start(), d.start(), w.wait_ready()
+        for sc in (a, d):
+            status, body = get(sc.url + "/" + ROSTER)
+            assert status == 200 and len(body) == (site.root / ROSTER).stat().st_size
+        assert a.metric("dlp_mirror_overflow_total", action="local") == 1
+        assert a.metric("dlp_exchanges_total", tap="proxy", verdict="trip") == 1       # scanned in the sidecar
+        assert d.metric("dlp_mirror_overflow_total", action="drop") == 1
+        assert d.metric("dlp_exchanges_total", tap="proxy", verdict="mirrored") == 0
+        assert d.metric("dlp_exchanges_total", tap="proxy", verdict="trip") == 0       # dropped: not scanned
+        fs = wait_for(lambda: (lambda f: f if len(f) >= 2 else None)(
+            [f for f in findings(broker.bootstrap, prefix) if f["origin"] == "worker:w"]), 20,
+            what="the worker's findings for the two lost exchanges")
+        assert all(not f["completed"] and f["bytes"] == 0 for f in fs)
+    finally:
+        for p in (a, d, w):
+            p.stop()
