@@ -172,8 +172,19 @@ def test_worker_killed_mid_exchange_loses_nothing(tmp_path, tansu, site):
         produce(tansu, topic, [rec for x, _ in halves for rec in recs[x][3:]] +
                 [rec for x, r in tail for rec in exchange_records(x, r, body, client=x)])
         every = phase1 + halves + tail
-        got = wait_for(lambda: (lambda fs: fs if {f["xid"] for f in fs} == {x for x, _ in every} else None)(
-            findings(tansu.bootstrap, prefix)), 60, every=0.5, what="a finding for every exchange")
+        want = {x for x, _ in every}
+        try:
+            got = wait_for(lambda: (lambda fs: fs if {f["xid"] for f in fs} == want else None)(
+                findings(tansu.bootstrap, prefix)), 120, every=0.5, what="a finding for every exchange")
+        except AssertionError:
+            have = {f["xid"] for f in findings(tansu.bootstrap, prefix)}
+            log = [ln for ln in (survivor.tmp / "stderr.log").read_text(errors="replace").splitlines()
+                   if ln.startswith("[")][-40:]
+            raise AssertionError(f"no finding for {sorted(want - have)}; halves were {[x for x, _ in halves]}; "
+                                 f"victim {victim.name}; survivor owns "
+                                 f"{survivor.metric('dlp_kafka_assigned_partitions', topic=topic)} partitions, "
+                                 f"{survivor.metric('dlp_worker_exchanges_open')} open; its log:\n" + "\n".join(log)
+                                 ) from None
         expected = scan_bytes(Engine(load_pack()), body, content_type="text/csv")
         for f in got:
             assert f["records"] == expected.records and f["verdict"] == "trip" and f["completed"], f["xid"]
