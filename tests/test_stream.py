@@ -84,8 +84,9 @@ def test_fleet_takedown_mirror_worker_and_late_sidecar(tmp_path, broker, site):
         wait_for(lambda: get(b.url + leak2)[0] == 451, what="sidecar B to refuse A's local takedown")
         assert a.metric("dlp_fleet_takedowns_published_total", action="add") >= 1
         # the worker's finding, alert and ledger for the mirrored exchange
-        fs = wait_for(lambda: [f for f in findings(broker.bootstrap, prefix) if f["verdict"] == "trip"],
-                      what="the trip finding")
+        fs = wait_for(lambda: [f for f in findings(broker.bootstrap, prefix)
+                               if f["verdict"] == "trip" and f["origin"].startswith("worker:")],
+                      what="the worker's trip finding")
         assert fs[0]["resource"] == f"{HOST}/{ROSTER}" and fs[0]["records"] >= 300 and fs[0]["completed"]
         alerts = wait_for(lambda: json_values(broker.bootstrap, prefix + "alerts"), what="the SOC alert")
         assert alerts[0]["dlp"]["verdict"] == "trip" and alerts[0]["dlp"]["action"] == "takedown"
@@ -189,9 +190,15 @@ def test_worker_killed_mid_exchange_loses_nothing(tmp_path, tansu, site):
         for f in got:
             assert f["records"] == expected.records and f["verdict"] == "trip" and f["completed"], f["xid"]
         print(f"\n{len(got)} findings for {len(every)} exchanges ({len(got) - len(every)} redelivered duplicates)")
-        ledger = wait_for(lambda: (lambda c: c if all((c.get(r) or {}).get("downloads") == 4 for r in resources)
-                                   else None)(changelog(tansu.bootstrap, f"{prefix}workers-exposure-changelog")),
-                          30, every=0.5, what="the exposure table to count 4 downloads per resource")
+        table = f"{prefix}workers-exposure-changelog"
+        try:
+            ledger = wait_for(lambda: (lambda c: c if all((c.get(r) or {}).get("downloads") == 4 for r in resources)
+                                       else None)(changelog(tansu.bootstrap, table)),
+                              30, every=0.5, what="the exposure table to count 4 downloads per resource")
+        except AssertionError:
+            c = changelog(tansu.bootstrap, table)
+            raise AssertionError("downloads per resource: " + str({r: (c.get(r) or {}).get("downloads")
+                                                                   for r in resources})) from None
         for r in resources:
             assert ledger[r]["clients"] == 4 and ledger[r]["records_max"] == expected.records
     finally:
