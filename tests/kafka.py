@@ -189,7 +189,11 @@ async def read_topic(bootstrap: str, topic: str, *, timeout: float = 1.0) -> lis
         while any([await c.position(tp) < end[tp] for tp in tps]) and time.monotonic() < deadline + 10:
             for msgs in (await c.getmany(timeout_ms=200)).values():
                 out.extend(msgs)
-        return out
+        while True:             # Tansu reports the end one batch short: read on until nothing more comes
+            more = [m for msgs in (await c.getmany(timeout_ms=300)).values() for m in msgs]
+            if not more:
+                return out
+            out.extend(more)
     finally:
         await c.stop()
 
