@@ -267,6 +267,10 @@ def test_broker_restart_during_traffic(tmp_path, site):
         leak = "/stream/" + ROSTER
         assert get(a.url + leak)[0] == 200
         wait_for(lambda: get(b.url + leak)[0] == 451, 30, what="a leak after the restart to be taken down fleet-wide")
+        # a worker told to stop while the broker is gone still stops (faust alone would wait for it forever)
+        br.stop()
+        w.proc.send_signal(signal.SIGTERM)
+        w.proc.wait(20)                                 # raises if it is still running
     finally:
         for p in (a, b, w):
             p.stop()

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -333,9 +335,36 @@ class Worker:
         await health.run()
 
 
+SHUTDOWN_GRACE = 10.0
+
+
+class _FaustWorker(faust.Worker):
+    """faust's shutdown waits for its producer to flush — forever when the broker is gone (measured:
+    still running 30 s after SIGTERM). Nothing needs that flush: what was not committed is read again
+    by the next owner of the partition. So a stop signal also arms a timer that ends the process."""
+
+    def _on_sigterm(self) -> None:
+        _exit_later()
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        _exit_later()
+        super()._on_sigint()
+
+
+def _exit_later() -> None:
+    def bye() -> None:
+        log.warning("worker did not stop within %.0fs (broker unreachable?); exiting", SHUTDOWN_GRACE)
+        logging.shutdown()
+        os._exit(0)
+    t = threading.Timer(SHUTDOWN_GRACE, bye)
+    t.daemon = True
+    t.start()
+
+
 def run_worker(config: Config, loglevel: str = "info") -> None:
     """Run until SIGTERM/SIGINT (faust's Worker handles the signals and the loop)."""
     from sensor.stream.kafka import ensure_topics
     asyncio.run(ensure_topics(config.kafka, timeout=30))
     w = Worker(config)
-    faust.Worker(w.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    _FaustWorker(w.app, loglevel=loglevel, quiet=True).execute_from_commandline()
