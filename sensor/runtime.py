@@ -270,13 +270,12 @@ class Sensor:
         alert = build_alert(ctx, result, key=self.key, source_ip=self.config.source_ip, now=now)
         self.dispatcher.submit(alert)
         if self.fleet is not None:
-            from sensor.stream.records import encode
-            self.fleet.publish_finding(ctx.resource, encode(
-                "finding", xid=ctx.exchange_id, resource=ctx.resource, verdict=verdict, records=result.records,
-                strong_records=result.strong_records, person_records=result.person_records,
-                findings=result.findings, bytes=ctx.bytes_sent, client=fingerprint(self.key, ctx.client_ip.encode()) if ctx.client_ip else None,
+            from sensor.stream.records import finding_record
+            self.fleet.publish_finding(ctx.resource, finding_record(
+                ctx.exchange_id, ctx.resource, result, bytes_seen=ctx.bytes_sent,
+                client=fingerprint(self.key, ctx.client_ip.encode()) if ctx.client_ip else None,
                 completed=completed, partial=ctx.partial, sensor=self.config.sensor_id,
-                origin=self.config.sensor_id, served_at=now, ts=now, tripped_at=now if verdict == "trip" else None))
+                origin=self.config.sensor_id, served_at=now, tripped_at=now if verdict == "trip" else None, now=now))
         return alert
 
     def _client(self, ctx: AlertContext) -> str | None:

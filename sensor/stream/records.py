@@ -81,6 +81,16 @@ def decode(value: bytes | None) -> Record:
     return Record(header, value[nl + 1:])
 
 
+def finding_record(xid: str, resource: str, result, *, bytes_seen: int, client: str | None, completed: bool,
+                   partial: bool, sensor: str, origin: str, served_at: float, tripped_at: float | None,
+                   now: float) -> bytes:
+    """One exchange's verdict and counts (a ``ScanResult``) for the fleet ledger — never a value."""
+    return encode("finding", xid=xid, resource=resource, verdict=result.verdict, records=result.records,
+                  strong_records=result.strong_records, person_records=result.person_records,
+                  findings=result.findings, bytes=bytes_seen, client=client, completed=completed, partial=partial,
+                  sensor=sensor, origin=origin, served_at=served_at, ts=now, tripped_at=tripped_at)
+
+
 def require(rec: Record, **types: type) -> None:
     """Check that the header has these fields with these types (RecordError names the first bad one)."""
     for name, t in types.items():

@@ -40,8 +40,8 @@ from sensor.metrics.server import metrics_app
 from sensor.pipeline import BodyScan, Exchange
 from sensor.runtime import build_detector
 from sensor.stream.fleet import takedown_record
-from sensor.stream.kafka import client_kwargs  # noqa: F401  (the same settings, faust-shaped below)
-from sensor.stream.records import Record, RecordError, decode, encode, require
+from sensor.stream.kafka import client_kwargs
+from sensor.stream.records import Record, RecordError, decode, encode, finding_record, require
 
 log = logging.getLogger("dlp_sensor.worker")
 RECENT_XIDS = 256           # exchange ids remembered per resource to collapse redeliveries
@@ -199,12 +199,9 @@ class Worker:
             st.tripped_at = time.time()
         await self._maybe_take_down(xid, st, final=True)
         meta = st.meta
-        finding = encode("finding", xid=xid, resource=meta["resource"], verdict=result.verdict,
-                         records=result.records, strong_records=result.strong_records,
-                         person_records=result.person_records, findings=result.findings, bytes=result.bytes,
-                         client=meta.get("client"), completed=completed, partial=bool(meta.get("partial")),
-                         sensor=meta["sensor"], origin=self.me, served_at=meta["ts"], ts=time.time(),
-                         tripped_at=st.tripped_at)
+        finding = finding_record(xid, meta["resource"], result, bytes_seen=result.bytes, client=meta.get("client"),
+                                 completed=completed, partial=bool(meta.get("partial")), sensor=meta["sensor"],
+                                 origin=self.me, served_at=meta["ts"], tripped_at=st.tripped_at, now=time.time())
         futs = [await self.t_findings.send(key=meta["resource"].encode(), value=finding)]
         if result.verdict in ("alert", "trip"):
             futs.append(await self.t_alerts.send(key=meta["resource"].encode(),
