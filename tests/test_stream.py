@@ -50,6 +50,18 @@ def broker(tmp_path_factory):
     b.stop()
 
 
+def one_per_partition(pattern: str, partitions: int = 8) -> list[str]:
+    """Resources (``pattern`` with a number) whose findings land on every partition, one each."""
+    from tests.kafka import partition_of
+    found: dict[int, str] = {}
+    i = 0
+    while len(found) < partitions:
+        r = pattern.format(i)
+        found.setdefault(partition_of(r, partitions), r)
+        i += 1
+    return list(found.values())
+
+
 def sidecar(tmp, site, kafka: dict, name: str, **proxy) -> Sidecar:
     """Monitor mode unless told otherwise: a 451 from it can then only come from a takedown."""
     conf = {"sensor_id": name, "hmac_key": HMAC_KEY, "kafka": kafka, "proxy": {"mode": "monitor", **proxy}}
@@ -136,19 +148,13 @@ def test_worker_killed_mid_exchange_loses_nothing(tmp_path, tansu, site):
     from sensor.detect.engine import Engine                  # the expected counts come from the same scanner
     from sensor.detect.pack import load_pack
     from tests.conftest import scan_bytes
-    from tests.kafka import changelog, exchange_records, partition_of, produce
+    from tests.kafka import changelog, exchange_records, produce
 
     prefix = unique_prefix()
     k = kafka_conf(tansu.bootstrap, prefix, worker={"exchange_timeout": 120})
     topic = prefix + "exchanges"
     body = (site.root / ROSTER).read_bytes()
-    # one resource per findings partition, so whichever worker dies owned some of the ledger
-    resources, i = {}, 0
-    while len(resources) < 8:
-        r = f"{HOST}/exports/roster-{i}.csv"
-        resources.setdefault(partition_of(r, 8), r)
-        i += 1
-    resources = list(resources.values())
+    resources = one_per_partition(f"{HOST}/exports/roster-{{}}.csv")   # whoever dies owned some of the ledger
     n = iter(range(1000))
     ex = lambda r: (f"x{next(n):04d}-{r[-6:-4]}", r)                          # noqa: E731
     w1 = WorkerProc(tmp_path / "w1", k, "w1").start()
@@ -308,18 +314,13 @@ def test_mirror_overflow_falls_back_to_local_scanning(tmp_path, broker, site):
 def test_exposure_table_moves_with_its_partitions(tmp_path, broker, site):
     """A worker hands its partitions over (SIGTERM: it leaves the group): the other restores the exposure
     table from the changelog and goes on counting — exactly (noida-db answers offsets correctly)."""
-    from tests.kafka import changelog, exchange_records, partition_of, produce
+    from tests.kafka import changelog, exchange_records, produce
 
     prefix = unique_prefix()
     k = kafka_conf(broker.bootstrap, prefix)
     topic = prefix + "exchanges"
     body = (site.root / ROSTER).read_bytes()
-    resources, i = {}, 0
-    while len(resources) < 8:
-        r = f"{HOST}/exports/table-{i}.csv"
-        resources.setdefault(partition_of(r, 8), r)
-        i += 1
-    resources = list(resources.values())
+    resources = one_per_partition(f"{HOST}/exports/table-{{}}.csv")
     n = iter(range(1000))
 
     def send(per_resource: int) -> None:
