@@ -106,7 +106,7 @@ class Worker:
         app.agent(self.t_findings, name="ledger")(self._ledger_agent)
         app.timer(1.0)(self._expire)
         app.task(self._serve_metrics)
-        app.on_partitions_revoked.connect(self._revoked)
+        app.on_partitions_assigned.connect(self._assigned)
 
     # -- the scan agent ------------------------------------------------------------------------
     async def _scan_agent(self, stream) -> None:
@@ -242,11 +242,13 @@ class Worker:
         self.metrics.worker_open.set(len(self.open))
         await self._lag()
 
-    async def _revoked(self, *args, **kwargs) -> None:
-        """Partitions moved away: drop their open exchanges unacked; the new owner reads them again."""
-        revoked = args[1] if len(args) > 1 else kwargs.get("revoked", set())
+    async def _assigned(self, *args, **kwargs) -> None:
+        """After a rebalance: drop the open exchanges of partitions that moved away, unacked (the new
+        owner reads them again from their meta record). Partitions that stayed keep theirs — faust does
+        not always rewind a partition it keeps, and its records would otherwise come back as orphans."""
+        assigned = args[1] if len(args) > 1 else kwargs.get("assigned", set())
         for xid, st in list(self.open.items()):
-            if st.tp in revoked:
+            if st.tp not in assigned:
                 del self.open[xid]
 
     async def _dead(self, msg, why: str) -> None:
