@@ -81,8 +81,10 @@ class Broker:
         return self.kind != "tansu"
 
     @classmethod
-    def start(cls, tmp: Path, kind: str = "noida") -> "Broker":
-        external = os.environ.get("DLP_KAFKA_BOOTSTRAP")
+    def start(cls, tmp: Path, kind: str = "noida", *, local: bool = False) -> "Broker":
+        """``local``: a broker of our own even when $DLP_KAFKA_BOOTSTRAP names an external one (a test
+        that stops and restarts the broker must not do that to a shared cluster)."""
+        external = None if local else os.environ.get("DLP_KAFKA_BOOTSTRAP")
         if external:
             wait_broker(external)
             return cls(external)
