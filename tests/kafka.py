@@ -160,7 +160,7 @@ class WorkerProc:
         return self
 
     def wait_ready(self) -> "WorkerProc":
-        wait_http(self.metrics + "/readyz", timeout=60, proc=self.proc)
+        wait_http(self.metrics + "/readyz", timeout=60, proc=self.proc, log=self.tmp / "stderr.log")
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:

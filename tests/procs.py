@@ -29,11 +29,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
+def log_tail(log: Path | None, lines: int = 40) -> str:
+    """The end of a process's log, for a failure message (the product's logs carry no personal values)."""
+    if log is None or not log.exists():
+        return ""
+    return "\n--- last lines of " + str(log) + " ---\n" + "\n".join(
+        log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = None,
+              log: Path | None = None) -> None:
+    """Poll until ``url`` answers below 500; on failure say why, with the tail of the process's ``log``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered" + log_tail(log))
         try:
             with urllib.request.urlopen(url, timeout=1) as r:
                 if r.status < 500:
@@ -44,7 +54,7 @@ def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = N
         except OSError:
             pass
         time.sleep(0.05)
-    raise TimeoutError(f"{url} did not answer within {timeout}s")
+    raise TimeoutError(f"{url} did not answer within {timeout}s" + log_tail(log))
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
@@ -133,7 +143,7 @@ class Sidecar:
             stdout=open(tmp / "stdout.log", "ab"), stderr=open(tmp / "stderr.log", "ab"), cwd=ROOT,
             env={k: v for k, v in os.environ.items() if k != "DLP_KAFKA_BOOTSTRAP"})   # Kafka only when configured
         if wait:
-            wait_http(self.metrics + "/readyz", timeout=40, proc=self.proc)
+            wait_http(self.metrics + "/readyz", timeout=40, proc=self.proc, log=tmp / "stderr.log")
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:

@@ -105,7 +105,7 @@ class Worker:
         app.agent(self.t_exchanges, name="scan")(self._scan_agent)
         app.agent(self.t_findings, name="ledger")(self._ledger_agent)
         app.timer(1.0)(self._expire)
-        app.task(self._serve_metrics)
+        app.task(self._on_app_started)
         app.on_partitions_assigned.connect(self._assigned)
 
     # -- the scan agent ------------------------------------------------------------------------
@@ -320,27 +320,59 @@ class Worker:
             self.metrics.consumer_lag.labels(topic=topic).set(lag[topic])
             self.metrics.assigned_partitions.labels(topic=topic).set(owned[topic])
 
-    async def _serve_metrics(self) -> None:
-        from sensor.stream.kafka import Health
+    async def start_http(self) -> None:
+        """Serve /metrics, /healthz and /readyz from the first moment, before faust joins the group:
+        a liveness probe must not fail (and restart the pod) while a rebalance or a changelog
+        restore is still going on; /readyz says 503 until the worker can process."""
         if self.config.metrics:
             runner = web.AppRunner(metrics_app(self), access_log=None, handle_signals=False)
             await runner.setup()
             host, _, port = self.config.metrics.rpartition(":")
             await web.TCPSite(runner, host, int(port)).start()
+        self._started_at = time.monotonic()
+        asyncio.get_running_loop().create_task(self._startup_watch())
+
+    async def _startup_watch(self) -> None:
+        """Say so in the log while faust has not finished joining the group and restoring tables
+        (a stall there is otherwise silent)."""
+        while not self.ready:
+            await asyncio.sleep(STARTUP_WARN_EVERY)
+            if not self.ready:
+                try:
+                    assigned = len(self.app.consumer.assignment())
+                except Exception:                       # noqa: BLE001  (the consumer is not up yet)
+                    assigned = 0
+                log.warning("worker %s not ready after %.0fs: faust has not finished joining the group and "
+                            "restoring its tables (%d partitions assigned so far)", self.me,
+                            time.monotonic() - self._started_at, assigned)
+
+    async def _on_app_started(self) -> None:
+        """faust runs app tasks once its table recovery has completed: from here on the worker processes."""
+        from sensor.stream.kafka import Health
         self.ready = True
-        log.info("worker %s ready: generation %s, %d signatures", self.me, self.detector.generation,
+        log.info("worker %s ready in %.1fs: generation %s, %d signatures", self.me,
+                 time.monotonic() - getattr(self, "_started_at", time.monotonic()), self.detector.generation,
                  len(self.detector.engine.signatures))
         health = Health(self.k, self.metrics.kafka_up, "worker")
         await health.run()
 
 
 SHUTDOWN_GRACE = 10.0
+STARTUP_WARN_EVERY = 15.0
 
 
 class _FaustWorker(faust.Worker):
     """faust's shutdown waits for its producer to flush — forever when the broker is gone (measured:
     still running 30 s after SIGTERM). Nothing needs that flush: what was not committed is read again
     by the next owner of the partition. So a stop signal also arms a timer that ends the process."""
+
+    def __init__(self, worker: Worker, **kwargs) -> None:
+        self.dlp = worker
+        super().__init__(worker.app, **kwargs)
+
+    async def on_first_start(self) -> None:
+        await self.dlp.start_http()
+        await super().on_first_start()
 
     def _on_sigterm(self) -> None:
         _exit_later()
@@ -366,4 +398,4 @@ def run_worker(config: Config, loglevel: str = "info") -> None:
     from sensor.stream.kafka import ensure_topics
     asyncio.run(ensure_topics(config.kafka, timeout=30))
     w = Worker(config)
-    _FaustWorker(w.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    _FaustWorker(w, loglevel=loglevel, quiet=True).execute_from_commandline()
