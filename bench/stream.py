@@ -39,7 +39,7 @@ from sensor.detect.pack import load_pack  # noqa: E402
 from sensor.detect.policy import Policy  # noqa: E402
 from sensor.pipeline import BodyScan, Exchange  # noqa: E402
 from sensor.sample_site import ROSTER, build_site  # noqa: E402
-from tests.kafka import HMAC_KEY, Broker, WorkerProc, exchange_records, kafka_conf, unique_prefix  # noqa: E402
+from tests.kafka import HMAC_KEY, Broker, exchange_records, kafka_conf, start_workers, unique_prefix  # noqa: E402
 from tests.procs import Sidecar, Upstream, read_metric  # noqa: E402
 
 HOST = "dashboard.example.gov"
@@ -150,10 +150,8 @@ def main() -> None:
         for n in (1, 2):
             prefix = unique_prefix()
             k = kafka_conf(broker.bootstrap, prefix)
-            ws = [WorkerProc(d / f"{prefix}w{i}", k, f"w{i}").start(wait=False) for i in range(n)]
+            ws = start_workers(d, k, [f"{prefix}w{i}" for i in range(n)])
             procs += ws
-            for w in ws:
-                w.wait_ready()
             topic = prefix + "exchanges"
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and sum(w.metric("dlp_kafka_assigned_partitions", topic=topic)

@@ -16,7 +16,7 @@ import pytest
 
 from sensor.sample_site import ROSTER
 from tests.kafka import (HMAC_KEY, Broker, WorkerProc, findings, json_values, kafka_conf, snapshot_topics,
-                         unique_prefix)
+                         start_workers, unique_prefix)
 from tests.procs import BIN, Sidecar, site_fixture
 
 site = site_fixture(people=400)
@@ -73,15 +73,13 @@ def test_fleet_takedown_mirror_worker_and_late_sidecar(tmp_path, broker, site):
     enforce trip on A reaches B too; a sidecar started afterwards refuses both before serving; lifts travel."""
     prefix = unique_prefix()
     k = kafka_conf(broker.bootstrap, prefix)
-    workers = [WorkerProc(tmp_path / f"w{i}", k, f"w{i}").start(wait=False) for i in (1, 2)]
+    workers = start_workers(tmp_path, k, ["w1", "w2"])
     a = sidecar(tmp_path, site, {**k, "mirror": {"enabled": True}}, "sidecar-a",
                 routes=[{"match": "/stream/*", "mode": "enforce"}])
     b = sidecar(tmp_path, site, k, "sidecar-b")
     c = None
     try:
         a.start(), b.start()
-        for w in workers:
-            w.wait_ready()
         # 1. mirrored: A (monitor) serves the whole leak; a worker trips and publishes the takedown
         status, body = get(a.url + "/" + ROSTER)
         assert status == 200 and len(body) == (site.root / ROSTER).stat().st_size
