@@ -139,7 +139,9 @@ async def test_every_sink_delivers_to_a_real_receiver(result, tmp_path):
     assert by["/ocsf"][1]["class_uid"] == 2006
     assert "records" in by["/slack"][1]["text"] and did in by["/slack"][1]["text"]
     pd = by["/v2/enqueue"][1]
-    assert pd["dedup_key"] == did and pd["event_action"] == "trigger" and pd["payload"]["severity"] == "critical"
+    assert pd["dedup_key"] == alert["dlp"]["incident"]["id"] != did      # one PagerDuty incident per resource
+    assert pd["event_action"] == "trigger" and pd["payload"]["severity"] == "critical"
+    assert "alert 1 (1 trips)" in by["/slack"][1]["text"]
     hec_h, hec = by["/services/collector/event"]
     assert hec_h["Authorization"] == "Splunk tok-123" and hec["index"] == "dlp" and hec["event"]["dlp"]["dedup_id"] == did
     assert b"CEF:0|dlp-sensor" in udp_got[0]
@@ -165,6 +167,71 @@ async def test_failed_deliveries_are_retried_and_counted(result, tmp_path):
     assert len(got) == 1 and m.alert_delivery_failures.labels(sink="webhook")._value.get() == 2
 
 
+def _incident_alert(result, exchange: str, resource: str = "site/exports/r.csv") -> dict:
+    ctx = AlertContext(exchange_id=exchange, sensor_id="s1", resource=resource, url={"original": "https://" + resource},
+                       method="GET", status=200, client_ip="", mode="monitor", action="logged")
+    return build_alert(ctx, result, key=KEY, now=1_700_000_000.0)
+
+
+def _due(spool: Spool, sink: str) -> list[tuple[str, float]]:
+    return [(orjson.loads(b)["dlp"]["exchange_id"], at) for b, at in spool.db.execute(
+        "SELECT a.body, d.next_at FROM deliveries d JOIN alerts a USING (seq) WHERE d.sink = ? ORDER BY d.seq",
+        (sink,))]
+
+
+def test_incidents_number_alerts_per_resource_and_throttle_folds_them(result, tmp_path):
+    """Leading edge at once; during the window only the newest alert waits, due at the window's end;
+    the trailing send opens the next window; an unthrottled sink gets every alert; other resources
+    are other incidents; everything is in the spool file (a kill -9 loses nothing)."""
+    sp = Spool(tmp_path / "spool.db")
+    t0 = 1_000_000.0
+    sinks = {"siem": 0.0, "pager": 60.0}
+    alerts = [_incident_alert(result, f"x{i}") for i in range(5)]
+    for i, a in enumerate(alerts[:4]):
+        sp.put(a, sinks, now=t0 + i)
+    assert [a["dlp"]["incident"]["alerts"] for a in alerts[:4]] == [1, 2, 3, 4]
+    assert alerts[0]["dlp"]["incident"]["id"] == alerts[3]["dlp"]["incident"]["id"]
+    assert len(_due(sp, "siem")) == 4
+    assert _due(sp, "pager") == [("x0", t0), ("x3", t0 + 60)]
+    assert sp.take_throttled() == {"pager": 2} and sp.take_throttled() == {}
+    other = _incident_alert(result, "y0", resource="site/other.csv")
+    sp.put(other, sinks, now=t0 + 5)
+    assert other["dlp"]["incident"]["alerts"] == 1 and _due(sp, "pager")[-1] == ("y0", t0 + 5)
+    for seq, _, a in sp.lease("pager", now=t0 + 61):                # the window closes: x3 goes out
+        sp.delivered(seq, "pager")
+    sp.put(alerts[4], sinks, now=t0 + 70)                          # within the window x3 opened
+    assert _due(sp, "pager") == [("x4", t0 + 120)]
+    sp.close()
+    again = Spool(tmp_path / "spool.db")                           # reopened, as after a restart
+    assert _due(again, "pager") == [("x4", t0 + 120)]
+    late = _incident_alert(result, "x5")
+    for seq, _, a in again.lease("pager", now=t0 + 121):
+        again.delivered(seq, "pager")
+    again.put(late, sinks, now=t0 + 200)                            # quiet past the window: at once
+    assert _due(again, "pager") == [("x5", t0 + 200)] and late["dlp"]["incident"]["alerts"] == 6
+
+
+async def test_a_throttled_sink_gets_the_first_alert_at_once_and_the_last_at_window_end(result, tmp_path):
+    runner, base, got = await _receiver()
+    m = Metrics()
+    d = Dispatcher(Spool(tmp_path / "spool.db"), [
+        make_sink({"type": "slack", "url": base + "/slack", "throttle": 1.0}, "s0"),
+        make_sink({"type": "webhook", "url": base + "/hook"}, "s1")], metrics=m)
+    await d.start()
+    for i in range(4):
+        d.submit(_incident_alert(result, f"x{i}"))
+    for _ in range(100):
+        if sum(p == "/slack" for p, _, _ in got) == 2 and d.spool.depth() == 0:
+            break
+        await asyncio.sleep(0.05)
+    await d.stop()
+    await runner.cleanup()
+    slack = [b["text"] for p, _, b in got if p == "/slack"]
+    assert len(slack) == 2 and "alert 1 (1 trips)" in slack[0] and "alert 4 (4 trips)" in slack[1]
+    assert sum(p == "/hook" for p, _, _ in got) == 4
+    assert m.alerts_throttled.labels(sink="slack")._value.get() == 2
+
+
 @pytest.mark.parametrize("raw, key", [
     ({"proxy": {"mode": "block"}}, "config.proxy.mode"),
     ({"proxy": {"upstream": "ftp://x"}}, "config.proxy.upstream"),
@@ -172,6 +239,7 @@ async def test_failed_deliveries_are_retried_and_counted(result, tmp_path):
     ({"proxy": {"tls": {"cert": "/nonexistent.pem", "key": "/nonexistent.key"}}}, "config.proxy.tls.cert"),
     ({"alerts": {"sinks": [{"type": "webhook"}]}}, "config.alerts.sinks[0].url"),
     ({"alerts": {"sinks": [{"type": "fax"}]}}, "config.alerts.sinks[0].type"),
+    ({"alerts": {"sinks": [{"type": "stdout", "throttle": "5m"}]}}, "config.alerts.sinks[0].throttle"),
     ({"alerts": {"sinks": [{"type": "stdout"}, {"type": "stdout"}]}}, "config.alerts.sinks[1].name"),
     ({"alerts": {"source_ip": "maybe"}}, "config.alerts.source_ip"),
     ({"takedown": {"query": 3}}, "config.takedown.query"),

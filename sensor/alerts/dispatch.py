@@ -28,9 +28,12 @@ class Dispatcher:
 
     def submit(self, alert: dict) -> int:
         """Durable first (fsynced spool rows for every sink), then wake the senders."""
-        seq = self.spool.put(alert, [s.name for s in self.sinks])
+        seq = self.spool.put(alert, {s.name: s.throttle for s in self.sinks})
         for ev in self._wake.values():
             ev.set()
+        if self.metrics:
+            for sink, n in self.spool.take_throttled().items():
+                self.metrics.alerts_throttled.labels(sink=sink).inc(n)
         self._gauge()
         return seq
 

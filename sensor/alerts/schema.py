@@ -46,6 +46,11 @@ def dedup_id(key: bytes, sensor_id: str, exchange_id: str, verdict: str) -> str:
     return hmac.new(key, f"{sensor_id}|{exchange_id}|{verdict}".encode(), "sha256").hexdigest()[:32]
 
 
+def incident_id(key: bytes, resource: str) -> str:
+    """One incident per leaking resource: the same id on every sensor of a fleet (they share the key)."""
+    return hmac.new(key, f"incident|{resource}".encode(), "sha256").hexdigest()[:32]
+
+
 def build_alert(ctx: AlertContext, result: ScanResult, *, key: bytes, source_ip: str = "hashed",
                 now: float) -> dict[str, Any]:
     verdict = result.verdict
@@ -72,7 +77,8 @@ def build_alert(ctx: AlertContext, result: ScanResult, *, key: bytes, source_ip:
                 "strong_records": result.strong_records, "person_records": result.person_records,
                 "findings": dict(sorted(result.findings.items())), "top_signature": top,
                 "samples": {k: [s.__dict__ for s in v] for k, v in sorted(result.samples.items())},
-                "resource": ctx.resource, "exchange_id": ctx.exchange_id, "sensor_id": ctx.sensor_id,
+                "resource": ctx.resource, "incident": {"id": incident_id(key, ctx.resource)},
+                "exchange_id": ctx.exchange_id, "sensor_id": ctx.sensor_id,
                 "dedup_id": did, "takedown_id": ctx.takedown_id, "partial": ctx.partial,
                 "bytes_sent": ctx.bytes_sent, "bytes_scanned": result.bytes, "trip_at_byte": result.trip_at_byte,
                 "notes": list(result.notes)},

@@ -25,12 +25,18 @@ class DeliveryError(Exception):
     pass
 
 
+# Paging and chat sinks hear of an incident at most once per window by default (first alert at once,
+# the latest one when the window closes): one leak downloaded 2,734 times is one page, not 2,734.
+DEFAULT_THROTTLE = {"slack": 300.0, "pagerduty": 300.0}
+
+
 @dataclass
 class Sink:
     name: str
     options: dict[str, Any] = field(default_factory=dict)
     session: aiohttp.ClientSession | None = None
     timeout: float = 5.0
+    throttle: float = 0.0               # seconds; 0 = every alert
 
     def render(self, alert: dict) -> dict:
         return to_ocsf(alert) if self.options.get("format") == "ocsf" else alert
@@ -74,6 +80,14 @@ class WebhookSink(Sink):
                          {"Idempotency-Key": alert["dlp"]["dedup_id"], **self.options.get("headers", {})})
 
 
+def incident_line(d: dict) -> str:
+    inc = d.get("incident") or {}
+    if not inc.get("alerts"):
+        return ""
+    return (f"incident `{inc['id']}`: alert {inc['alerts']} ({inc.get('trips', 0)} trips) "
+            f"since {inc.get('first_seen', '?')}\n")
+
+
 class SlackSink(Sink):
     """Slack-compatible incoming webhook (Slack, Mattermost, Rocket.Chat): text + a few fields."""
 
@@ -82,16 +96,19 @@ class SlackSink(Sink):
         counts = ", ".join(f"{k}: {n}" for k, n in d["findings"].items()) or "-"
         text = (f":rotating_light: *{alert['rule']['name']}* — {d['action'].replace('_', ' ')}\n"
                 f"`{alert['url'].get('original', d['resource'])}` · {d['records']} records · {counts}\n"
+                + incident_line(d) +
                 f"sensor `{d['sensor_id']}` · exchange `{d['exchange_id']}` · dedup `{d['dedup_id']}`")
         await self._post(self.options["url"], orjson.dumps({"text": text}), {})
 
 
 class PagerDutySink(Sink):
-    """PagerDuty Events API v2: ``dedup_key`` is the alert's dedup id, so retries collapse."""
+    """PagerDuty Events API v2: ``dedup_key`` is the incident id, so every download of one leaking
+    resource (from any sensor of the fleet) and every retry land in one PagerDuty incident."""
 
     async def deliver(self, alert: dict) -> None:
         d = alert["dlp"]
-        body = {"routing_key": self.options["routing_key"], "event_action": "trigger", "dedup_key": d["dedup_id"],
+        key = (d.get("incident") or {}).get("id") or d["dedup_id"]
+        body = {"routing_key": self.options["routing_key"], "event_action": "trigger", "dedup_key": key,
                 "payload": {"summary": f"{alert['rule']['name']}: {d['resource']} ({d['records']} records)"[:1024],
                             "source": d["sensor_id"], "severity": "critical" if d["verdict"] == "trip" else "warning",
                             "timestamp": alert["@timestamp"], "component": d["resource"][:255],
@@ -179,5 +196,8 @@ def make_sink(raw: Any, where: str) -> Sink:
         raise ValueError(f"{where}.protocol: must be udp or tcp")
     if raw.get("format", "ecs") not in ("ecs", "ocsf"):
         raise ValueError(f"{where}.format: must be ecs or ocsf")
-    opts = {k: v for k, v in raw.items() if k not in ("type", "name")}
-    return _CLASSES[kind](name=str(raw.get("name") or kind), options=opts)
+    throttle = raw.get("throttle", DEFAULT_THROTTLE.get(kind, 0.0))
+    if isinstance(throttle, bool) or not isinstance(throttle, (int, float)) or throttle < 0:
+        raise ValueError(f"{where}.throttle: seconds per incident, a number >= 0 (0 = every alert); got {throttle!r}")
+    opts = {k: v for k, v in raw.items() if k not in ("type", "name", "throttle")}
+    return _CLASSES[kind](name=str(raw.get("name") or kind), options=opts, throttle=float(throttle))
