@@ -13,6 +13,7 @@ Command-line flags override the file; the file overrides defaults. Every section
     extproc: {listen: 127.0.0.1:50051}                                        # the Envoy ext_proc tap
     icap: {listen: 127.0.0.1:1344, max_connections: 512, options_ttl: 300, preview: 4096, holdback_kib: 32}   # mode/routes/block page: proxy's
     takedown: {query: ignore|keep|[names], fingerprint_kib: 64}
+    ledger: {client_retention_days: 90}   # how long a client hash is kept (the counts stay)
     metrics: 127.0.0.1:9102          # also serves /healthz and /readyz
     admin: {listen: 127.0.0.1:9103, token: null}
     alerts: {source_ip: hashed, retry_initial: 0.5, retry_max: 10, sinks: [{type: stdout}, ...]}
@@ -134,6 +135,7 @@ class Config:
     extproc: ExtProcConfig = field(default_factory=ExtProcConfig)
     query: QueryRule = QueryRule()
     fingerprint_bytes: int = 64 << 10
+    client_retention_days: float = 90.0
     metrics: str | None = "127.0.0.1:9102"
     admin: str | None = "127.0.0.1:9103"
     admin_token: str | None = None
@@ -226,7 +228,7 @@ def parse_config(raw: Any, where: str = "config") -> Config:
     if raw is None:
         raw = {}
     raw = _keys(raw, where, {"sensor_id", "state_dir", "hmac_key", "signatures", "default_signatures", "policy",
-                             "proxy", "icap", "extproc", "takedown", "metrics", "admin",
+                             "proxy", "icap", "extproc", "takedown", "ledger", "metrics", "admin",
                              "alerts", "kafka"})
     c = Config()
     if "sensor_id" in raw:
@@ -269,6 +271,12 @@ def parse_config(raw: Any, where: str = "config") -> Config:
             raise ConfigError(str(e)) from None
         if "fingerprint_kib" in t:
             c.fingerprint_bytes = int(_num(t["fingerprint_kib"], f"{where}.takedown.fingerprint_kib")) << 10
+    if "ledger" in raw:
+        led = _keys(raw["ledger"], f"{where}.ledger", {"client_retention_days"})
+        if "client_retention_days" in led:
+            c.client_retention_days = _num(led["client_retention_days"], f"{where}.ledger.client_retention_days")
+            _check(c.client_retention_days > 0, f"{where}.ledger.client_retention_days",
+                   "must be > 0 (days a client hash is kept)")
     if "metrics" in raw:
         c.metrics = None if raw["metrics"] in (None, False) else parse_hostport(raw["metrics"], f"{where}.metrics")
     if "admin" in raw:

@@ -92,7 +92,7 @@ class Sensor:
         self.detector = detector or build_detector(config)
         self.metrics = Metrics()
         self.registry = Registry(sd / "takedowns.db")
-        self.ledger = Ledger(sd / "ledger.db")
+        self.ledger = Ledger(sd / "ledger.db", client_retention_days=config.client_retention_days)
         self.spool = Spool(sd / "alerts.db")
         sinks = []
         for i, s in enumerate(config.sinks):
@@ -147,10 +147,16 @@ class Sensor:
         self.spool.close()
 
     async def _flush_loop(self) -> None:
+        next_prune = 0.0
         while True:
             await asyncio.sleep(0.5)
             try:
                 self.ledger.flush()
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + 3600
+                    if n := self.ledger.prune():
+                        log.info("ledger: forgot %d client hashes older than %g days", n,
+                                 self.config.client_retention_days)
             except Exception:                       # a full disk must not stop the proxy
                 log.exception("ledger flush failed; will retry")
 

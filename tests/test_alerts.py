@@ -243,6 +243,7 @@ async def test_a_throttled_sink_gets_the_first_alert_at_once_and_the_last_at_win
     ({"alerts": {"sinks": [{"type": "stdout"}, {"type": "stdout"}]}}, "config.alerts.sinks[1].name"),
     ({"alerts": {"source_ip": "maybe"}}, "config.alerts.source_ip"),
     ({"takedown": {"query": 3}}, "config.takedown.query"),
+    ({"ledger": {"client_retention_days": 0}}, "config.ledger.client_retention_days"),
     ({"metrics": "nohost"}, "config.metrics"),
     ({"admin": {"token": "short"}}, "config.admin.token"),
     ({"colour": "blue"}, "config: unknown key"),

@@ -62,3 +62,41 @@ def test_ledger_counts_before_detection_and_takedown(tmp_path):
     assert led.incidents()[0]["tripped_at"] == 20
     led.close()
     assert Ledger(tmp_path / "l.db").incidents()[0]["served"] == 4     # durable
+
+
+def test_ledger_keeps_client_hashes_only_for_personal_data_and_only_for_the_retention(tmp_path):
+    led = Ledger(tmp_path / "l.db", client_retention_days=1)
+    day = 86400.0
+    for i in range(50):                                      # visitors of a page with no personal data
+        led.served("site/index.html", f"v{i}", sent=10, completed=True, partial=False, records=0, verdict="pass",
+                   now=i)
+    led.served("site/r.csv", "c1", sent=10, completed=True, partial=False, records=3, verdict="pass", now=1)
+    led.served("site/r.csv", "c2", sent=10, completed=True, partial=False, records=40, verdict="alert", now=1.5 * day)
+    led.flush()
+    assert led.db.execute("SELECT count(*) FROM clients").fetchone()[0] == 2
+    assert led.prune(now=2 * day) == 1                       # c1 is older than a day; c2 is not
+    [r] = led.incidents()
+    assert r["clients"] == 2                                 # the count survives the pruning
+    led.served("site/r.csv", "c2", sent=10, completed=True, partial=False, records=40, verdict="alert", now=2 * day)
+    led.flush()
+    assert led.incidents()[0]["clients"] == 2                # still known: not counted twice
+    led.close()
+
+
+def test_ledger_written_before_the_clients_column_is_migrated(tmp_path):
+    db = sqlite3.connect(tmp_path / "old.db")
+    db.executescript("""CREATE TABLE resources (resource TEXT PRIMARY KEY, first_served REAL, last_served REAL,
+        served INTEGER NOT NULL DEFAULT 0, completed INTEGER NOT NULL DEFAULT 0, partial INTEGER NOT NULL DEFAULT 0,
+        bytes INTEGER NOT NULL DEFAULT 0, refused INTEGER NOT NULL DEFAULT 0, max_records INTEGER NOT NULL DEFAULT 0,
+        alerts INTEGER NOT NULL DEFAULT 0, trips INTEGER NOT NULL DEFAULT 0, first_alert REAL,
+        tripped_at REAL, served_at_trip INTEGER, clients_at_trip INTEGER,
+        taken_down_at REAL, served_at_takedown INTEGER, clients_at_takedown INTEGER) WITHOUT ROWID;
+        CREATE TABLE clients (resource TEXT NOT NULL, client TEXT NOT NULL, first_seen REAL NOT NULL,
+        PRIMARY KEY (resource, client)) WITHOUT ROWID;
+        INSERT INTO resources(resource, served, alerts) VALUES ('site/r.csv', 3, 1);
+        INSERT INTO clients VALUES ('site/r.csv', 'a', 1), ('site/r.csv', 'b', 2);""")
+    db.commit()
+    db.close()
+    led = Ledger(tmp_path / "old.db")
+    assert led.incidents()[0]["clients"] == 2
+    led.close()

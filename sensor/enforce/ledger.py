@@ -7,6 +7,13 @@ address) came before each, refusals afterwards, and the most records seen in one
 The proxy's hot path only adds to in-memory deltas; a background task flushes them every half
 second (and at once when a resource trips or is taken down) as ``served = served + ?`` updates,
 so several sidecar processes can share one ledger file without losing counts.
+
+Client hashes are pseudonymous personal data of the site's visitors, so the ledger keeps as few as
+the report needs: only for responses that carried at least one person record (a breach notice
+counts the people who received data, not every visitor of every page), and each for at most
+``client_retention_days`` (default 90). The distinct count is a column incremented when a new
+client row is inserted, so pruning old rows never lowers a reported figure; a client seen again
+after its row was pruned counts again.
 """
 from __future__ import annotations
 
@@ -32,13 +39,16 @@ CREATE TABLE IF NOT EXISTS resources (
     trips INTEGER NOT NULL DEFAULT 0,
     first_alert REAL,
     tripped_at REAL, served_at_trip INTEGER, clients_at_trip INTEGER,
-    taken_down_at REAL, served_at_takedown INTEGER, clients_at_takedown INTEGER
+    taken_down_at REAL, served_at_takedown INTEGER, clients_at_takedown INTEGER,
+    clients INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS clients (
     resource TEXT NOT NULL, client TEXT NOT NULL, first_seen REAL NOT NULL,
     PRIMARY KEY (resource, client)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS clients_age ON clients(first_seen);
 """
+DEFAULT_CLIENT_RETENTION_DAYS = 90.0
 
 COUNTERS = ("served", "completed", "partial", "bytes", "refused", "alerts", "trips")
 
@@ -53,11 +63,22 @@ class _Delta:
 
 
 class Ledger:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, client_retention_days: float = DEFAULT_CLIENT_RETENTION_DAYS):
         self.db = connect(Path(path))
         self.db.execute("PRAGMA synchronous=NORMAL")     # survives kill -9 (page cache), cheap
+        self._migrate()
         self.db.executescript(SCHEMA)
+        self.client_retention = client_retention_days * 86400.0
         self._pending: dict[str, _Delta] = {}
+
+    def _migrate(self) -> None:
+        """Ledgers written before the ``clients`` column counted with count(*) over the rows."""
+        cols = [r[1] for r in self.db.execute("PRAGMA table_info(resources)")]
+        if cols and "clients" not in cols:
+            with _tx(self.db):
+                self.db.execute("ALTER TABLE resources ADD COLUMN clients INTEGER NOT NULL DEFAULT 0")
+                self.db.execute("UPDATE resources SET clients = "
+                                "(SELECT count(*) FROM clients c WHERE c.resource = resources.resource)")
 
     def close(self) -> None:
         self.flush()
@@ -71,7 +92,7 @@ class Ledger:
         c = d.counts
         if sent > 0 or completed:
             c["served"] += 1
-            if client:
+            if client and (records > 0 or verdict in ("alert", "trip")):
                 d.clients.setdefault(client, now)
         c["completed"] += completed
         c["partial"] += partial
@@ -109,8 +130,15 @@ class Ledger:
                     (*(d.counts.get(k, 0) for k in COUNTERS), d.last, d.first, d.first, d.max_records,
                      d.counts.get("alerts", 0) + d.counts.get("trips", 0), d.last, res))
                 if d.clients:
-                    self.db.executemany("INSERT OR IGNORE INTO clients(resource, client, first_seen) VALUES (?,?,?)",
-                                        [(res, c, t) for c, t in d.clients.items()])
+                    new = self.db.executemany("INSERT OR IGNORE INTO clients(resource, client, first_seen) "
+                                              "VALUES (?,?,?)", [(res, c, t) for c, t in d.clients.items()]).rowcount
+                    self.db.execute("UPDATE resources SET clients = clients + ? WHERE resource = ?", (new, res))
+
+    def prune(self, now: float | None = None) -> int:
+        """Forget client hashes older than the retention (the counts stay); returns how many."""
+        cutoff = (time.time() if now is None else now) - self.client_retention
+        with _tx(self.db):
+            return self.db.execute("DELETE FROM clients WHERE first_seen < ?", (cutoff,)).rowcount
 
     def mark(self, resource: str, event: str, now: float | None = None) -> None:
         """Record the first trip (``tripped``) or takedown (``taken_down``) of a resource."""
@@ -123,8 +151,8 @@ class Ledger:
             self.db.execute("INSERT OR IGNORE INTO resources(resource) VALUES (?)", (resource,))
             self.db.execute(
                 f"UPDATE resources SET {snap[0]} = coalesce({snap[0]}, served), "
-                f"{snap[1]} = coalesce({snap[1]}, (SELECT count(*) FROM clients WHERE resource = ?)), "
-                f"{col} = coalesce({col}, ?) WHERE resource = ?", (resource, now, resource))
+                f"{snap[1]} = coalesce({snap[1]}, clients), "
+                f"{col} = coalesce({col}, ?) WHERE resource = ?", (now, resource))
 
     # -- reading ---------------------------------------------------------------------------------
     def incidents(self) -> list[dict]:
@@ -133,8 +161,7 @@ class Ledger:
         self.db.row_factory = sqlite3.Row
         try:
             rows = self.db.execute(
-                "SELECT r.*, (SELECT count(*) FROM clients c WHERE c.resource = r.resource) AS clients "
-                "FROM resources r WHERE alerts > 0 OR trips > 0 OR taken_down_at IS NOT NULL "
+                "SELECT r.* FROM resources r WHERE alerts > 0 OR trips > 0 OR taken_down_at IS NOT NULL "
                 "ORDER BY (tripped_at IS NULL), coalesce(tripped_at, first_alert)").fetchall()
             return [dict(r) for r in rows]
         finally:
