@@ -6,9 +6,10 @@ problems never escape: they become notes on the result and decoding of that body
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
-from sensor.decode.containers import Sniffer
+from sensor.decode.containers import PdfSpool, Sniffer
 from sensor.decode.encodings import chain, parse_content_encoding
 from sensor.decode.limits import Budget, DecodeLimits, DecodeProblem
 from sensor.detect.engine import Engine
@@ -80,6 +81,25 @@ class BodyScan:
             except DecodeProblem as e:
                 self._stop(e)
         return self.scanner.verdict
+
+    @property
+    def needs_prepare(self) -> bool:
+        """Whether :meth:`prepare` has slow work to do off the event loop (a whole PDF, as sent)."""
+        route = self.sniffer.route
+        return (self._top is self.sniffer and isinstance(route, PdfSpool) and not route.extracted
+                and not self.stopped)
+
+    def prepare(self) -> None:
+        """The slow part of finishing that touches no Hyperscan state: safe in a worker thread
+        while the event loop scans other exchanges. Call once the body is complete."""
+        if self.needs_prepare:
+            self.sniffer.route.extract()
+
+    async def finish_async(self) -> ScanResult:
+        """:meth:`finish`, with :meth:`prepare` in a thread when it has work (taps call this)."""
+        if self.needs_prepare:
+            await asyncio.to_thread(self.prepare)
+        return self.finish()
 
     def finish(self) -> ScanResult:
         if not self.stopped:

@@ -130,7 +130,39 @@ def test_docx_and_ods_tables_keep_records(engine):
     assert r.notes[0] == "container:odf" and r.records == 300
 
 
+def _report_rows(n: int) -> list[str]:
+    """The roster as a PDF report prints it: a heading, column titles, fields spaced into columns."""
+    out = ["Firearm permit holders - 2022 export (CONFIDENTIAL)",
+           "NAME  DATE OF BIRTH  ADDRESS  DRIVER LICENSE  CRIMINAL HISTORY"]
+    for row in synth.breach_rows(n):
+        f = row.split(",")
+        out.append(f"{f[1]}, {f[2]} {f[3]}   {f[4]}   {f[7]}, {f[8]}, {f[9]} {f[10]}   {f[11]}   {f[13]} {f[14]}")
+    return out
+
+
+def test_pdf_text_is_extracted_and_trips(engine):
+    """The text of a PDF is in compressed content streams: without extraction nothing is seen."""
+    data = synth.pdf(_report_rows(300))
+    assert b"01/17/1992" not in data                             # nothing readable on the wire
+    r = scan_bytes(engine, data, chunk=4096)
+    assert r.notes[0] == "container:pdf" and r.verdict == "trip", r.notes
+    assert 297 <= r.records <= 300                              # within 1 % of the truth
+    csv_lines = scan_bytes(engine, synth.pdf(LEAK.decode().splitlines()), chunk=65536)
+    assert csv_lines.verdict == "trip" and csv_lines.records == 300
+    benign = scan_bytes(engine, synth.pdf([f"Quarterly statistics, table {i}: 12.5 % of 4,301 permits" for i in range(200)]))
+    assert benign.notes[0] == "container:pdf" and benign.verdict == "pass"
+
+
+def test_pdf_in_a_zip_and_gzip_trips(engine):
+    data = synth.pdf(_report_rows(300))
+    for wrapped in (_zip({"report.pdf": data}), gzip.compress(data)):
+        r = scan_bytes(engine, wrapped)
+        assert r.verdict == "trip" and r.records >= 297, r.notes
+
+
 @pytest.mark.parametrize("label,data,expect", [
+    ("truncated pdf", synth.pdf(["x"] * 500)[:1500], "decode-error:pdf"),
+    ("pdf header then garbage", b"%PDF-1.7\n" + os.urandom(5000), "decode-error:pdf"),
     ("corrupt gzip", b"\x1f\x8b\x08\x00" + os.urandom(4000), "decode-error:gzip"),
     ("truncated gzip", gzip.compress(LEAK)[:3000], "truncated:gzip"),
     ("truncated zip", _zip({"a.csv": LEAK})[:2000], "decode-error:zip"),

@@ -165,6 +165,42 @@ async def test_aiohttp_client_sees_a_failed_download(site, sidecar):
             assert r.status == 451
 
 
+def test_a_pdf_leak_is_cut_and_the_proxy_serves_others_while_its_text_is_extracted(site, sidecar):
+    """A PDF is read whole (pypdf) at the end of its body, in a thread: the client gets a failed
+    download, the next one a 451, and requests that arrive during the extraction are answered
+    during it (inline extraction would hold the event loop until it ends)."""
+    import threading
+    data = synth.pdf(synth.breach_rows(12000))
+    (site.root / "exports" / "permits.pdf").write_bytes(data)
+    marks: dict[str, float] = {}
+
+    def download() -> None:
+        req = urllib.request.urlopen(sidecar.url + "/exports/permits.pdf", timeout=120)
+        marks["length"] = int(req.headers["Content-Length"])
+        got = 0
+        try:
+            while piece := req.read(16 << 10):      # a cut Content-Length body just ends early here
+                got += len(piece)
+                marks["last_byte"] = time.monotonic()
+        except Exception:                           # noqa: BLE001  (or raises IncompleteRead)
+            pass
+        marks["end"] = time.monotonic()
+        marks["got"] = got
+
+    t = threading.Thread(target=download)
+    t.start()
+    answered: list[float] = []
+    while t.is_alive():
+        with urllib.request.urlopen(sidecar.url + "/contact.html", timeout=120) as r:
+            r.read()
+        answered.append(time.monotonic())
+        time.sleep(0.02)
+    t.join()
+    assert marks["length"] == len(data) and marks["got"] < len(data)          # a failed download
+    assert any(marks["last_byte"] < a < marks["end"] for a in answered), "no request answered during extraction"
+    assert curl(sidecar.url + "/exports/permits.pdf")[1] == 451
+
+
 def test_same_content_under_another_url_is_refused(site, sidecar):
     a = copy_to(site, "exports/mixed.csv", "exports/orig.csv")
     assert curl(sidecar.url + a)[0] == 18

@@ -216,7 +216,7 @@ class Proxy:
                             and received >= up.content_length):
                         # the last bytes of a Content-Length body: decide before they leave, or the
                         # client would hold a complete file when the final record trips
-                        result = scan.finish()
+                        result = await scan.finish_async()
                         verdict = result.verdict
                     scan_s += time.perf_counter() - t
                     if verdict == "trip" and tripped_at is None:
@@ -245,7 +245,7 @@ class Proxy:
             # end of body: the last record may only now be complete
             if scan is not None and result is None:
                 t = time.perf_counter()
-                result = scan.finish()
+                result = await scan.finish_async()
                 scan_s += time.perf_counter() - t
                 if result.verdict == "trip" and tripped_at is None:
                     tripped_at = time.perf_counter()
@@ -295,7 +295,7 @@ class Proxy:
                     s.metrics.active_exchanges.dec()
                     if result is None:
                         t = time.perf_counter()
-                        result = scan.finish()
+                        result = scan.finish()          # aborted exchanges: inline (no await in a finally)
                         scan_s += time.perf_counter() - t
                 s.finished(ctx, result, tap="proxy", completed=completed, scan_seconds=scan_s,
                            mirrored=mirrored is not None)
