@@ -153,6 +153,23 @@ def test_pdf_text_is_extracted_and_trips(engine):
     assert benign.notes[0] == "container:pdf" and benign.verdict == "pass"
 
 
+def _encrypted(data: bytes, user_password: str) -> bytes:
+    import pypdf
+    w = pypdf.PdfWriter(clone_from=pypdf.PdfReader(io.BytesIO(data)))
+    w.encrypt(user_password=user_password, owner_password="owner-secret", algorithm="AES-256")
+    out = io.BytesIO()
+    w.write(out)
+    return out.getvalue()
+
+
+def test_encrypted_pdfs_restrictions_only_are_read_passwords_are_noted(engine):
+    data = synth.pdf(_report_rows(300))
+    r = scan_bytes(engine, _encrypted(data, ""))                  # opens without a password: read it
+    assert r.verdict == "trip" and r.records >= 297, r.notes
+    r = scan_bytes(engine, _encrypted(data, "s3cret"))
+    assert r.verdict == "pass" and "decode-error:pdf (encrypted with a password; not read)" in r.notes
+
+
 def test_pdf_in_a_zip_and_gzip_trips(engine):
     data = synth.pdf(_report_rows(300))
     for wrapped in (_zip({"report.pdf": data}), gzip.compress(data)):

@@ -93,7 +93,7 @@ class Spool:
                                                (inc["id"],)).fetchone()
         inc.update(alerts=alerts, trips=trips, first_seen=iso(first))
 
-    def _throttle(self, sink: str, incident: str, seq: int, window: float, now: float) -> float | None:
+    def _throttle(self, sink: str, incident: str, seq: int, window: float, now: float) -> float:
         """When this alert is due at a throttled sink (see the module docstring)."""
         row = self.db.execute("SELECT window_end, pending FROM throttles WHERE sink = ? AND incident = ?",
                               (sink, incident)).fetchone()
