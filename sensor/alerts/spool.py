@@ -67,17 +67,16 @@ class Spool:
     def close(self) -> None:
         self.db.close()
 
-    def put(self, alert: dict, sinks: list[str] | dict[str, float], now: float | None = None) -> int:
+    def put(self, alert: dict, sinks: dict[str, float], now: float | None = None) -> int:
         """Store the alert and its deliveries; ``sinks`` maps each sink to its throttle window (0: none)."""
         now = time.time() if now is None else now
-        windows = dict.fromkeys(sinks, 0.0) if isinstance(sinks, list) else sinks
         inc = alert["dlp"].get("incident")
         with Transaction(self.db):
             if inc is not None:
                 self._count(inc, alert["dlp"]["verdict"] == "trip", now)
             seq = self.db.execute("INSERT INTO alerts(dedup_id, created, body) VALUES (?,?,?)",
                                   (alert["dlp"]["dedup_id"], now, orjson.dumps(alert))).lastrowid
-            for sink, window in windows.items():
+            for sink, window in sinks.items():
                 due = now if inc is None or window <= 0 else self._throttle(sink, inc["id"], seq, window, now)
                 self.db.execute("INSERT INTO deliveries(seq, sink, next_at) VALUES (?,?,?)", (seq, sink, due))
             self._drop_orphan(seq)                              # no sinks at all: nothing to keep
