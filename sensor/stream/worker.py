@@ -86,6 +86,7 @@ class Worker:
         self.detector = build_detector(config)
         self.metrics = Metrics()
         self.ready = False
+        self._started_at = time.monotonic()     # reset when the HTTP endpoints open
         self.me = f"worker:{config.sensor_id}"
         self.open: dict[str, Open] = {}
         self.app = app = faust.App(
@@ -351,7 +352,7 @@ class Worker:
         from sensor.stream.kafka import Health
         self.ready = True
         log.info("worker %s ready in %.1fs: generation %s, %d signatures", self.me,
-                 time.monotonic() - getattr(self, "_started_at", time.monotonic()), self.detector.generation,
+                 time.monotonic() - self._started_at, self.detector.generation,
                  len(self.detector.engine.signatures))
         health = Health(self.k, self.metrics.kafka_up, "worker")
         await health.run()
