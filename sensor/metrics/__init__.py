@@ -72,6 +72,9 @@ class Metrics:
         self.fleet_lag = Histogram("dlp_fleet_takedown_lag_seconds", "From a takedown record's creation anywhere "
                                    "in the fleet to its being enforced here.", buckets=_FAST, registry=r)
         self.worker_open = Gauge("dlp_worker_exchanges_open", "Exchanges a worker is scanning now.", registry=r)
+        self.worker_held = Gauge("dlp_worker_records_uncommitted", "Exchange records scanned but not yet "
+                                 "committable (their exchange, or an earlier one on the partition, is still open). "
+                                 "A worker that dies reads them again.", registry=r)
         self.worker_expired = Counter("dlp_worker_exchanges_expired", "Exchanges finished by the idle timeout "
                                       "(their end record never came).", registry=r)
         self.worker_duplicates = Counter("dlp_worker_duplicates", "Redelivered records or findings ignored "

@@ -13,8 +13,9 @@ Two agents:
   partition moves, so a killed worker loses none of it.
 
 Delivery is at-least-once with nothing lost: the ``scan`` agent acks an exchange's records only
-after its finding is on the broker, so faust commits offsets no further than the oldest exchange
-still open. A worker killed mid-exchange leaves those records uncommitted; the worker that takes
+after its finding is on the broker, and hands faust those acks in offset order (``acks.py``: faust
+itself would commit past a hole), so the committed offset never passes the oldest exchange still
+open. A worker killed mid-exchange leaves those records uncommitted; the worker that takes
 the partition over reads the exchange again from its ``meta`` record. What it publishes twice
 carries the same exchange id (and alert dedup id), and the ledger counts each exchange id once.
 Malformed records go to the ``deadletter`` topic with the reason; the agent keeps going.
@@ -39,6 +40,7 @@ from sensor.metrics import Metrics
 from sensor.metrics.server import metrics_app
 from sensor.pipeline import BodyScan, Exchange
 from sensor.runtime import build_detector
+from sensor.stream.acks import InOrderAcks
 from sensor.stream.fleet import takedown_record
 from sensor.stream.kafka import client_kwargs
 from sensor.stream.records import Record, RecordError, decode, encode, finding_record, require
@@ -89,6 +91,7 @@ class Worker:
         self._started_at = time.monotonic()     # reset when the HTTP endpoints open
         self.me = f"worker:{config.sensor_id}"
         self.open: dict[str, Open] = {}
+        self.acks = InOrderAcks(lambda msg: msg.ack(self.app.consumer))
         self.app = app = faust.App(
             k.group, broker=[f"kafka://{hp}" for hp in k.bootstrap.split(",")], broker_credentials=_credentials(k),
             store="memory://", key_serializer="raw", value_serializer="raw",
@@ -113,12 +116,13 @@ class Worker:
     async def _scan_agent(self, stream) -> None:
         async for event in stream.noack().events():
             msg = event.message
+            self.acks.track(msg)
             try:
                 await self._on_exchange_record(msg)
             except RecordError as e:
                 await self._dead(msg, str(e))
-                msg.ack(self.app.consumer)
-            self.metrics.worker_open.set(len(self.open))
+                self.acks.done(msg)
+            self._gauge_open()
 
     async def _on_exchange_record(self, msg) -> None:
         rec = decode(msg.value)
@@ -143,7 +147,10 @@ class Worker:
         if st is None or st.tp != msg.tp:
             # its meta was never seen (expired earlier, or lost by the producer): nothing to add it to
             self.metrics.worker_duplicates.labels(kind="orphan").inc()
-            msg.ack(self.app.consumer)
+            if rec.type == "end":
+                log.info("exchange %s ended on %s[%d]@%d but its meta record was never seen here",
+                         xid, msg.topic, msg.partition, msg.offset)
+            self.acks.done(msg)
             return
         st.messages.append(msg)
         st.last_seen = time.monotonic()
@@ -216,7 +223,7 @@ class Worker:
         if result.verdict == "trip":
             m.trips.labels(mode=str(meta.get("mode", "monitor"))).inc()
         for msg in st.messages:
-            msg.ack(self.app.consumer)
+            self.acks.done(msg)
         self.open.pop(xid, None)
 
     def _alert(self, xid: str, st: Open, result) -> dict:
@@ -240,17 +247,25 @@ class Worker:
                 st.notes.append(f"abandoned: no end record within {self.k.exchange_timeout:.0f}s")
                 self.metrics.worker_expired.inc()
                 await self._finish(xid, st, completed=False)
-        self.metrics.worker_open.set(len(self.open))
+        self._gauge_open()
         await self._lag()
+
+    def _gauge_open(self) -> None:
+        self.metrics.worker_open.set(len(self.open))
+        self.metrics.worker_held.set(self.acks.held())
 
     async def _assigned(self, *args, **kwargs) -> None:
         """After a rebalance: drop the open exchanges of partitions that moved away, unacked (the new
         owner reads them again from their meta record). Partitions that stayed keep theirs — faust does
         not always rewind a partition it keeps, and its records would otherwise come back as orphans."""
         assigned = args[1] if len(args) > 1 else kwargs.get("assigned", set())
-        for xid, st in list(self.open.items()):
-            if st.tp not in assigned:
-                del self.open[xid]
+        dropped = [xid for xid, st in self.open.items() if st.tp not in assigned]
+        for xid in dropped:
+            del self.open[xid]
+        self.acks.forget(assigned)
+        mine = sum(1 for tp in assigned if tp.topic == self.k.topic("exchanges"))
+        log.info("rebalanced: %d exchange partitions here; kept %d open exchanges, dropped %d %s", mine,
+                 len(self.open), len(dropped), dropped[:8])
 
     async def _dead(self, msg, why: str) -> None:
         log.warning("dead-lettering %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, why)
