@@ -16,6 +16,8 @@ from sensor.detect.engine import Engine
 from sensor.detect.policy import Policy
 from sensor.detect.scanner import ExchangeScanner, ScanResult
 
+SCAN_SLICE = 64 << 10     # text scanned between loop turns: ~13 ms of dense PII at ~5 MB/s
+
 
 @dataclass
 class Exchange:
@@ -96,9 +98,16 @@ class BodyScan:
             self.sniffer.route.extract()
 
     async def finish_async(self) -> ScanResult:
-        """:meth:`finish`, with :meth:`prepare` in a thread when it has work (taps call this)."""
+        """:meth:`finish`, with :meth:`prepare` in a thread when it has work, and the text it produced
+        scanned in slices with the event loop given back between them (taps call this)."""
         if self.needs_prepare:
             await asyncio.to_thread(self.prepare)
+            route = self.sniffer.route
+            try:
+                while not self.stopped and not self.sniffer.stop() and route.scan_some(SCAN_SLICE):
+                    await asyncio.sleep(0)
+            except DecodeProblem as e:
+                self._stop(e)
         return self.finish()
 
     def finish(self) -> ScanResult:

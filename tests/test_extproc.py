@@ -16,7 +16,7 @@ from envoy.config.core.v3 import base_pb2
 from sensor import synth
 from sensor.sample_site import ROSTER
 from tests.procs import Sidecar, free_port, site_fixture, stop, wait_http
-from tests.test_proxy import _wait, assert_byte_identical, curl
+from tests.test_proxy import _wait, assert_byte_identical, assert_pdf_leak_cut_while_others_are_served, curl
 
 ROOT = Path(__file__).resolve().parents[1]
 ENVOY = Path(sys.executable).parent / "envoy"
@@ -76,6 +76,20 @@ def test_trip_mid_body_fails_the_download(site, envoy):
     assert st == 200 and rc != 0 and len(body) < len(data)     # headers had left: a failed download
     assert curl("-m", "30", envoy + "/stream/exports/envoy-late.csv")[1] == 451
 
+
+
+
+def test_a_large_benign_pdf_arrives_whole(site, envoy, extproc):
+    """Its text extraction (about 1 s) outlasts Envoy's 200 ms message timeout. Envoy 1.40 does not time the
+    message that ends a streamed body, so no override_message_timeout is needed (checked: none is sent)."""
+    lines = synth.benign_web(2 << 20).decode("utf-8", "replace").splitlines()[:20000]
+    (site.root / "exports" / "annual-report.pdf").write_bytes(synth.pdf(lines))
+    before = extproc.metric("dlp_exchanges_total", tap="extproc", verdict="pass")
+    assert_byte_identical(site.url, envoy, ("/exports/annual-report.pdf",))
+    _wait(lambda: extproc.metric("dlp_exchanges_total", tap="extproc", verdict="pass") > before)
+
+def test_pdf_leak_cut_while_the_ext_proc_server_answers_others(site, envoy):
+    assert_pdf_leak_cut_while_others_are_served(site, envoy, "envoy-permits.pdf")
 
 def _headers(**kv) -> base_pb2.HeaderMap:
     return base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=k.replace("_", ":", 1) if k.startswith("_") else k,

@@ -72,6 +72,60 @@ def test_leak_gets_an_encapsulated_451(site, icap, tmp_path, opts):
     assert b"withdrawn" in (tmp_path / "o").read_bytes()
 
 
+
+def test_pdf_leak_cut_while_the_icap_server_answers_others(site, icap, tmp_path):
+    """A PDF is read whole at the end of its body, in a thread: the echo is cut (no last chunk), and OPTIONS
+    requests sent during the extraction are answered during it (inline, the loop would hold them all).
+    Raw ICAP, not squid: squid holds the echo's last bytes, so its client cannot see when the body ended."""
+    import socket
+    import threading
+    url = "/exports/icap-permits.pdf"
+    data = synth.pdf(synth.breach_rows(12000))
+    hdrs = b"GET " + url.encode() + b" HTTP/1.1\r\nHost: www.example.gov\r\n\r\n"
+    res = b"HTTP/1.1 200 OK\r\nContent-Type: application/pdf\r\n\r\n"
+    body = b"".join(b"%x\r\n%s\r\n" % (len(data[i:i + 65536]), data[i:i + 65536]) for i in range(0, len(data), 65536))
+    req = (b"RESPMOD icap://127.0.0.1/respmod ICAP/1.0\r\nHost: x\r\nEncapsulated: req-hdr=0, res-hdr=%d, "
+           b"res-body=%d\r\n\r\n" % (len(hdrs), len(hdrs) + len(res))) + hdrs + res + body + b"0\r\n\r\n"
+    marks: dict[str, float] = {}
+    echo = bytearray()
+    conn = socket.create_connection(("127.0.0.1", icap.port), timeout=60)
+
+    def send() -> None:
+        conn.sendall(req)
+        marks["sent"] = time.monotonic()
+
+    def receive() -> None:
+        try:
+            while piece := conn.recv(65536):
+                echo.extend(piece)
+        except OSError:                     # reset: the cut
+            pass
+        marks["end"] = time.monotonic()
+
+    threads = [threading.Thread(target=send), threading.Thread(target=receive)]
+    for t in threads:
+        t.start()
+    answered: list[float] = []
+    while threads[1].is_alive():
+        with socket.create_connection(("127.0.0.1", icap.port), timeout=60) as s:
+            s.sendall(b"OPTIONS icap://127.0.0.1/respmod ICAP/1.0\r\nHost: x\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head and (piece := s.recv(4096)):
+                head += piece
+        assert b"Methods: RESPMOD" in head
+        answered.append(time.monotonic())
+        time.sleep(0.02)
+    for t in threads:
+        t.join()
+    conn.close()
+    assert echo.startswith(b"ICAP/1.0 200 OK") and not echo.endswith(b"\r\n0\r\n\r\n")     # cut, not completed
+    during = [a for a in answered if marks["sent"] < a < marks["end"]]
+    assert len(during) >= 3, (f"{len(during)} OPTIONS answered during the extraction",
+                              [round(a - marks["sent"], 3) for a in answered], round(marks["end"] - marks["sent"], 3))
+    out = c_icap(icap, "-f", str(site.root / "stats-1.html"), "-resp", "http://www.example.gov" + url, "-nopreview",
+                 out=tmp_path / "o")
+    assert b"withdrawn" in (tmp_path / "o").read_bytes(), out                   # taken down
+
 # -- squid ------------------------------------------------------------------------------------------
 
 SQUID_CONF = """
@@ -135,6 +189,7 @@ def test_squid_leak_after_the_holdback_fails_the_download(site, squid):
     rc, st, body, _ = curl("-m", "30", squid + "/exports/squid-late.csv")
     assert rc != 0 and len(body) < len(data)            # a failed download, never a complete-looking one
     assert curl("-m", "30", squid + "/exports/squid-late.csv")[1] == 451
+
 
 
 # -- bad input ----------------------------------------------------------------------------------------

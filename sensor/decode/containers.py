@@ -175,8 +175,11 @@ class PdfSpool(_Spool):
 
     Extraction (pypdf, pure Python: ~0.5 MB/s of text-heavy PDF here) is split from scanning:
     :meth:`extract` touches no Hyperscan state, so a tap runs it in a thread and the event loop
-    keeps serving; :meth:`close` then feeds the text to the scanner (or extracts inline first, as
-    ``dlp-sensor scan`` does). The text waits in a spooled temporary file (memory, then disk).
+    keeps serving. The tap then feeds the text to the scanner in slices (:meth:`scan_some`), giving
+    the loop back between them: a dense text scans at ~5 MB/s, so a megabyte in one go would hold
+    the loop past Envoy's 200 ms message timeout. :meth:`close` feeds what is left (all of it, after
+    extracting inline, for ``dlp-sensor scan``). The text waits in a spooled temporary file
+    (memory, then disk).
     pypdf caps each stream's decompression itself (75 MB by default; a bomb is a decode-limit
     note), and the text is metered against the body's budget. Encrypted PDFs are opened with the
     empty user password (the common "no password to open, restrictions only" case); others get a
@@ -188,6 +191,7 @@ class PdfSpool(_Spool):
         super().__init__(sniffer)
         self._text: IO[bytes] | None = None
         self._error: DecodeProblem | None = None
+        self._began = False
 
     @property
     def extracted(self) -> bool:
@@ -224,19 +228,33 @@ class PdfSpool(_Spool):
                 RecursionError, zlib.error) as e:
             self._error = CorruptInput("pdf", f"unreadable PDF ({type(e).__name__})")
 
+    def scan_some(self, limit: int) -> bool:
+        """Feed about ``limit`` bytes of the extracted text (whole lines) to the scanner; False once all is fed."""
+        assert self._text is not None
+        s = self.s
+        if not self._began:
+            s.out.begin_part("lines", s.name)
+            self._text.seek(0)
+            self._began = True
+        fed = 0
+        while fed < limit:
+            piece = self._text.read(s.budget.limits.piece)
+            if not piece:
+                return False
+            cut = piece.rfind(b"\n") + 1 or len(piece)      # whole lines to the scanner
+            if cut < len(piece):
+                self._text.seek(cut - len(piece), 1)
+            s.out.feed(piece[:cut])
+            fed += cut
+        return True
+
     def _scan(self) -> None:
         if self._text is None:
             self.extract()
         assert self._text is not None
         try:
-            s = self.s
-            s.out.begin_part("lines", s.name)
-            self._text.seek(0)
-            while piece := self._text.read(s.budget.limits.piece):
-                cut = piece.rfind(b"\n") + 1 or len(piece)      # whole lines to the scanner
-                if cut < len(piece):
-                    self._text.seek(cut - len(piece), 1)
-                s.out.feed(piece[:cut])
+            while self.scan_some(1 << 30):
+                pass
         finally:
             self._text.close()
         if self._error is not None:

@@ -63,8 +63,9 @@ class _Stream:
         self.done = False
         self.completed = False
 
-    def feed(self, body: bytes, eos: bool) -> str:
-        """Scan one chunk: ``trip``, ``refused`` (content taken down) or ``pass``."""
+    async def feed(self, body: bytes, eos: bool) -> str:
+        """Scan one chunk: ``trip``, ``refused`` (content taken down) or ``pass``. At the end of the
+        body a PDF's text extraction runs in a thread, so other streams keep being answered."""
         s = self.sensor
         fp_bytes = s.config.fingerprint_bytes
         if len(self.head) < fp_bytes:
@@ -76,7 +77,7 @@ class _Stream:
         t = time.perf_counter()
         verdict = self.scan.write(body)
         if eos and verdict != "trip":
-            self.result = self.scan.finish()
+            self.result = await self.scan.finish_async()
             verdict = self.result.verdict
         self.scan_s += time.perf_counter() - t
         if verdict == "trip":
@@ -146,7 +147,7 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
                     continue
                 if req is None:
                     break
-                for r in self._handle(st, req):
+                for r in await self._handle(st, req):
                     yield r
         finally:
             task.cancel()
@@ -154,7 +155,7 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
                 self.sensor.metrics.active_exchanges.dec()
             st.finish(st.completed)
 
-    def _handle(self, st: "_Stream", req) -> list:
+    async def _handle(self, st: "_Stream", req) -> list:
         s = self.sensor
         kind = req.WhichOneof("request")
         if kind == "request_headers":
@@ -194,7 +195,7 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
             body = req.response_body.body
             eos = req.response_body.end_of_stream
             if st.scan is not None and not st.tripped:
-                verdict = st.feed(body, eos)
+                verdict = await st.feed(body, eos)
                 if verdict == "refused" or (verdict == "trip" and st.enforce):
                     st.done = True
                     return [self._block()]          # a clean 451 while held; else Envoy resets the stream

@@ -201,7 +201,7 @@ class IcapServer:
             elif not gate.enforce:
                 started = True
                 self._start_echo(writer, res_raw, held, gate)
-        if gate.finish() == "block":
+        if await gate.finish() == "block":
             if not started:
                 await self._block(writer)
                 return True
@@ -225,7 +225,7 @@ class IcapServer:
         held.clear()
 
     async def _end(self, writer, gate: "_Gate") -> bool:
-        if gate.finish() == "block":
+        if await gate.finish() == "block":
             await self._block(writer)
             return True
         writer.write(response(204, "No Content", {"ISTag": self.istag}))
@@ -298,9 +298,11 @@ class _Gate:
         self.scan_s += time.perf_counter() - t
         return self._trip() if verdict == "trip" else "pass"
 
-    def finish(self) -> str:
+    async def finish(self) -> str:
+        """The final verdict. A PDF's text extraction runs in a thread (``finish_async``): seconds of
+        pure-Python work must not stall the other ICAP connections on this loop."""
         t = time.perf_counter()
-        self.result = self.scan.finish()
+        self.result = await self.scan.finish_async()
         self.scan_s += time.perf_counter() - t
         if self.result.verdict == "trip":
             return self._trip()
