@@ -147,14 +147,21 @@ class Sensor:
         self.spool.close()
 
     async def _flush_loop(self) -> None:
+        """Ledger deltas to disk every half second, at once after a trip or takedown mark."""
+        wake = asyncio.Event()
+        self.ledger.on_mark = wake.set
         next_prune = 0.0
         while True:
-            await asyncio.sleep(0.5)
             try:
-                self.ledger.flush()
+                await asyncio.wait_for(wake.wait(), 0.5)
+            except asyncio.TimeoutError:
+                pass
+            wake.clear()
+            try:
+                await self.ledger.flush_async()
                 if time.monotonic() >= next_prune:
                     next_prune = time.monotonic() + 3600
-                    if n := self.ledger.prune():
+                    if n := await self.ledger.disk(self.ledger.prune):
                         log.info("ledger: forgot %d client hashes older than %g days", n,
                                  self.config.client_retention_days)
             except Exception:                       # a full disk must not stop the proxy
@@ -231,9 +238,9 @@ class Sensor:
         """Keyed hash of a body's first bytes: the same file under another URL has the same one."""
         return content_fingerprint(self.key, head)
 
-    def take_down(self, ctx: AlertContext, fingerprint: str | None, tripped_at: float) -> Takedown:
-        """Durable (fsynced) before it returns: call it before the tripped response is cut."""
-        td = self.registry.add(ctx.resource, actor=f"sensor:{self.config.sensor_id}",
+    async def take_down(self, ctx: AlertContext, fingerprint: str | None, tripped_at: float) -> Takedown:
+        """Durable (fsynced) before it returns: await it before the tripped response is cut."""
+        td = await self.registry.add_async(ctx.resource, actor=f"sensor:{self.config.sensor_id}",
                                reason="trip: personal-data leak", fingerprint=fingerprint,
                                exchange_id=ctx.exchange_id)
         self.metrics.detection_to_takedown.observe(time.perf_counter() - tripped_at)

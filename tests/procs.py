@@ -8,11 +8,13 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +57,23 @@ def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = N
             pass
         time.sleep(0.05)
     raise TimeoutError(f"{url} did not answer within {timeout}s" + log_tail(log))
+
+
+@contextmanager
+def disk_stalled(*dbs: Path):
+    """Hold the write lock of each SQLite file from this process, as another writer sharing the
+    state dir (the CLI, a second sidecar) can, and as a stalled fsync does: the sidecar's commits
+    to these files wait until the block ends (keep it under their 10 s busy timeout)."""
+    cons = [sqlite3.connect(str(p), timeout=5, isolation_level=None) for p in dbs]
+    try:
+        for c in cons:
+            c.execute("BEGIN IMMEDIATE")
+        yield
+    finally:
+        for c in cons:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            c.close()
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:

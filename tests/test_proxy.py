@@ -6,6 +6,7 @@ import socket
 import subprocess
 import time
 import urllib.error
+from concurrent.futures import ThreadPoolExecutor
 import urllib.request
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from sensor import synth
 from sensor.sample_site import ROSTER, build_site
 from tests.conftest import require_tool
-from tests.procs import Sidecar, Upstream
+from tests.procs import Sidecar, Upstream, disk_stalled
 
 LEAK_AT = 300 << 10             # mixed.csv: benign text, then the roster from this offset
 HOLDBACK = 64 << 10
@@ -140,6 +141,31 @@ def test_small_leak_never_leaves_and_next_request_gets_451(site, sidecar):
     alerts = [a for a in sidecar.alerts() if a["url"]["path"] == path]
     assert alerts and alerts[0]["dlp"]["verdict"] == "trip" and alerts[0]["dlp"]["bytes_sent"] == 0
     assert alerts[0]["event"]["kind"] == "alert" and alerts[0]["dlp"]["takedown_id"]
+
+
+def test_a_stalled_disk_holds_only_the_request_that_waits_for_it(site, sidecar):
+    """Commits wait off the event loop. While another writer holds all three SQLite files (the
+    registry, the alert spool, the ledger), the leak's 451 waits for its takedown to be on disk,
+    but meanwhile the leaked URL is already refused and other pages, the metrics and the admin API
+    answer. Before this, one stalled fsync froze the whole sidecar for seconds."""
+    path = copy_to(site, ROSTER, "exports/stalled-disk.csv")
+    dbs = [sidecar.state / n for n in ("takedowns.db", "alerts.db", "ledger.db")]
+    with ThreadPoolExecutor(1) as pool:
+        with disk_stalled(*dbs):
+            tripping = pool.submit(curl, "-m", "30", sidecar.url + path)
+            _wait(lambda: sidecar.metric("dlp_active_exchanges") == 1, timeout=5)    # it is in, and waits
+            _wait(lambda: curl("-m", "2", sidecar.url + path)[1] == 451, timeout=6)
+            assert curl("-m", "2", sidecar.url + "/contact.html")[1] == 200
+            assert curl("-m", "2", sidecar.metrics + "/metrics")[1] == 200
+            assert curl("-m", "2", "-H", f"Authorization: Bearer {sidecar.token}",
+                        sidecar.admin + "/takedowns")[1] == 200
+            assert not tripping.done(), tripping.result()  # still waiting for its takedown to be durable
+        assert tripping.result()[1] == 451
+    from sensor.enforce.registry import Registry
+    reg = Registry(dbs[0])
+    assert reg.blocked(f"127.0.0.1:{sidecar.port}{path}") is not None       # on disk, not only in memory
+    reg.close()
+    _wait(lambda: any(a["url"]["path"] == path for a in sidecar.alerts()))
 
 
 @pytest.mark.parametrize("prefix", ["", "/stream"])

@@ -17,7 +17,7 @@ import pytest
 from sensor.sample_site import ROSTER
 from tests.kafka import (HMAC_KEY, Broker, WorkerProc, findings, json_values, kafka_conf, snapshot_topics,
                          start_workers, unique_prefix)
-from tests.procs import BIN, Sidecar, site_fixture
+from tests.procs import BIN, Sidecar, disk_stalled, site_fixture
 
 site = site_fixture(people=400)
 
@@ -88,10 +88,15 @@ def test_fleet_takedown_mirror_worker_and_late_sidecar(tmp_path, broker, site):
         wait_for(lambda: get(a.url + "/" + ROSTER)[0] == 451, what="sidecar A to apply the fleet takedown")
         assert b.metric("dlp_fleet_takedowns_applied_total", action="takedown") >= 1
         assert b.metric("dlp_fleet_takedown_lag_seconds_count") >= 1
-        # 2. local: A's enforce route trips on its own; its outbox publishes; B refuses
+        # 2. local: A's enforce route trips on its own; its outbox publishes; B refuses — at once, even
+        #    while B's registry cannot be written (a stalled disk): it commits the takedown afterwards
         leak2 = "/stream/" + ROSTER + ".gz"
-        assert get(a.url + leak2)[0] == 451
-        wait_for(lambda: get(b.url + leak2)[0] == 451, what="sidecar B to refuse A's local takedown")
+        with disk_stalled(b.state / "takedowns.db"):
+            assert get(a.url + leak2)[0] == 451
+            wait_for(lambda: get(b.url + leak2)[0] == 451, timeout=8,
+                     what="sidecar B to refuse A's local takedown while its registry is locked")
+            assert b.metric("dlp_takedowns_active") == 1       # the mirrored one; leak2's is not on disk yet
+        wait_for(lambda: b.metric("dlp_takedowns_active") == 2, what="B to commit the fleet takedown")
         assert a.metric("dlp_fleet_takedowns_published_total", action="add") >= 1
         # the worker's finding, alert and ledger for the mirrored exchange
         fs = wait_for(lambda: [f for f in findings(broker.bootstrap, prefix)

@@ -24,37 +24,59 @@ class Dispatcher:
         self.metrics = metrics
         self._wake = {s.name: asyncio.Event() for s in sinks}
         self._tasks: list[asyncio.Task] = []
+        self._storing: set[asyncio.Future] = set()
         self._session: aiohttp.ClientSession | None = None
 
-    def submit(self, alert: dict) -> int:
-        """Durable first (fsynced spool rows for every sink), then wake the senders."""
-        seq = self.spool.put(alert, {s.name: s.throttle for s in self.sinks})
+    def submit(self, alert: dict) -> "asyncio.Future[int]":
+        """Queue the alert for the spool (fsynced rows for every sink) on the spool's disk thread and
+        return at once: the caller never waits on the disk. The senders wake once it is durable;
+        they lease through the same thread, so they cannot miss it."""
+        fut = self.spool.disk.submit(self._store, alert, {s.name: s.throttle for s in self.sinks})
+        self._storing.add(fut)
+        fut.add_done_callback(self._stored)
+        return fut
+
+    def _store(self, alert: dict, sinks: dict[str, float]) -> tuple[int, dict[str, int], int]:
+        seq = self.spool.put(alert, sinks)
+        return seq, self.spool.take_throttled(), self.spool.depth()
+
+    def _stored(self, fut: asyncio.Future) -> None:
+        self._storing.discard(fut)
+        if fut.cancelled():
+            return
+        if (e := fut.exception()) is not None:
+            log.error("an alert could not be written to the spool (%s: %s); it is lost", type(e).__name__, e)
+            if self.metrics:
+                self.metrics.alert_delivery_failures.labels(sink="spool").inc()
+            return
+        _, throttled, depth = fut.result()
         for ev in self._wake.values():
             ev.set()
         if self.metrics:
-            for sink, n in self.spool.take_throttled().items():
+            for sink, n in throttled.items():
                 self.metrics.alerts_throttled.labels(sink=sink).inc(n)
-        self._gauge()
-        return seq
+            self.metrics.alert_spool_depth.set(depth)
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession()
-        self.spool.release_leases()
+        await self.spool.disk(self.spool.release_leases)
         for s in self.sinks:
             s.session = self._session
             self._tasks.append(asyncio.create_task(self._run(s), name=f"alert-sink-{s.name}"))
-        self._gauge()
+        await self._gauge()
 
     async def stop(self) -> None:
+        """Alerts already submitted are on disk before this returns (the next start sends them)."""
+        await asyncio.gather(*self._storing, return_exceptions=True)
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._session:
             await self._session.close()
 
-    def _gauge(self) -> None:
+    async def _gauge(self) -> None:
         if self.metrics:
-            self.metrics.alert_spool_depth.set(self.spool.depth())
+            self.metrics.alert_spool_depth.set(await self.spool.disk(self.spool.depth))
 
     def _backoff(self, attempts: int) -> float:
         return min(self.retry_max, self.retry_initial * (2 ** attempts)) * random.uniform(0.5, 1.0)
@@ -62,24 +84,25 @@ class Dispatcher:
     async def _run(self, sink: Sink) -> None:
         wake = self._wake[sink.name]
         while True:
-            batch = self.spool.lease(sink.name)
+            io = self.spool.disk
+            batch = await io(self.spool.lease, sink.name)
             for seq, attempts, alert in batch:
                 try:
                     await sink.deliver(alert)
                 except (DeliveryError, OSError, KeyError, ValueError) as e:
-                    self.spool.failed(seq, sink.name, str(e), time.time() + self._backoff(attempts))
+                    await io(self.spool.failed, seq, sink.name, str(e), time.time() + self._backoff(attempts))
                     if self.metrics:
                         self.metrics.alert_delivery_failures.labels(sink=sink.name).inc()
                     log.warning("alert delivery to %s failed (attempt %d): %s; will retry",
                                 sink.name, attempts + 1, e)
                 else:
-                    self.spool.delivered(seq, sink.name)
+                    await io(self.spool.delivered, seq, sink.name)
                     if self.metrics:
                         self.metrics.alerts_delivered.labels(sink=sink.name).inc()
-            self._gauge()
+            await self._gauge()
             if batch:
                 continue
-            due = self.spool.next_due(sink.name)
+            due = await io(self.spool.next_due, sink.name)
             timeout = 5.0 if due is None else max(0.01, min(5.0, due - time.time()))
             wake.clear()
             try:

@@ -21,6 +21,7 @@ from pathlib import Path
 import orjson
 
 from sensor.alerts.schema import iso
+from sensor.enforce.diskthread import DiskThread
 from sensor.enforce.registry import Transaction, connect
 
 SCHEMA = """
@@ -63,8 +64,10 @@ class Spool:
         self.db = connect(Path(path))
         self.db.executescript(SCHEMA)
         self._throttled: dict[str, int] = {}
+        self.disk = DiskThread("alerts")        # a server does everything here on it (Dispatcher)
 
     def close(self) -> None:
+        self.disk.close()
         self.db.close()
 
     def put(self, alert: dict, sinks: dict[str, float], now: float | None = None) -> int:

@@ -183,7 +183,9 @@ def td_add(config_file, state_dir, url: str, reason: str, actor: str) -> None:
     cfg = _config(config_file, state_dir=state_dir)
     reg = Registry(cfg.state_dir / "takedowns.db")
     t = reg.add(resource_for_url(url, cfg.query), actor=actor, reason=reason)
-    Ledger(cfg.state_dir / "ledger.db").mark(t.resource, "taken_down")
+    led = Ledger(cfg.state_dir / "ledger.db")
+    led.mark(t.resource, "taken_down")
+    led.close()                             # writes the mark
     click.echo(f"#{t.id} {t.resource} taken down")
 
 

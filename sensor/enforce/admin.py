@@ -59,7 +59,7 @@ def admin_app(sensor: Sensor) -> web.Application:
             resource = resource_for_url(str(data["url"]), sensor.config.query)
         else:
             return _error(400, "give 'url' or 'resource'")
-        td = sensor.registry.add(resource, actor=data["actor"], reason=data["reason"])
+        td = await sensor.registry.add_async(resource, actor=data["actor"], reason=data["reason"])
         sensor.metrics.takedowns.labels(source="admin").inc()
         sensor.ledger.mark(resource, "taken_down")
         return _json(td.to_json(), 201)
@@ -70,7 +70,7 @@ def admin_app(sensor: Sensor) -> web.Application:
             tid = int(request.match_info["id"])
         except ValueError:
             return _error(400, "takedown id must be a number")
-        td = sensor.registry.lift(tid, actor=data["actor"], reason=data["reason"])
+        td = await sensor.registry.lift_async(tid, actor=data["actor"], reason=data["reason"])
         if td is None:
             return _error(404, f"no active takedown {tid}")
         return _json(td.to_json())
@@ -79,6 +79,7 @@ def admin_app(sensor: Sensor) -> web.Application:
         return _json(sensor.registry.audit())
 
     async def report(request: web.Request) -> web.Response:
+        await sensor.ledger.flush_async()
         return _json(build_report(sensor.ledger, sensor.registry))
 
     app = web.Application(middlewares=[auth], client_max_size=64 << 10)

@@ -4,9 +4,10 @@ For every resource: first and last served, responses served (and completed), byt
 tripped and when it was taken down, how many responses and distinct clients (keyed hash, never the
 address) came before each, refusals afterwards, and the most records seen in one response.
 
-The proxy's hot path only adds to in-memory deltas; a background task flushes them every half
-second (and at once when a resource trips or is taken down) as ``served = served + ?`` updates,
-so several sidecar processes can share one ledger file without losing counts.
+The proxy's hot path only adds to in-memory deltas (and trip/takedown marks); a background task
+flushes them on the ledger's disk thread every half second, and at once after a mark, as
+``served = served + ?`` updates, so several sidecar processes can share one ledger file without
+losing counts.
 
 Client hashes are pseudonymous personal data of the site's visitors, so the ledger keeps as few as
 the report needs: only for responses that carried at least one person record (a breach notice
@@ -23,6 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sensor.enforce.diskthread import DiskThread
 from sensor.enforce.registry import Transaction as _tx, connect
 
 SCHEMA = """
@@ -50,6 +52,7 @@ CREATE INDEX IF NOT EXISTS clients_age ON clients(first_seen);
 """
 DEFAULT_CLIENT_RETENTION_DAYS = 90.0
 
+Mark = tuple[str, str, float]          # (resource, "tripped" | "taken_down", when)
 COUNTERS = ("served", "completed", "partial", "bytes", "refused", "alerts", "trips")
 
 
@@ -70,6 +73,9 @@ class Ledger:
         self.db.executescript(SCHEMA)
         self.client_retention = client_retention_days * 86400.0
         self._pending: dict[str, _Delta] = {}
+        self._marked: list[tuple[dict[str, _Delta], Mark]] = []     # deltas up to a mark, then the mark
+        self.disk = DiskThread("ledger")
+        self.on_mark = lambda: None             # a server wakes its flush task (see Sensor._flush_loop)
 
     def _migrate(self) -> None:
         """Ledgers written before the ``clients`` column counted with count(*) over the rows."""
@@ -81,6 +87,7 @@ class Ledger:
                                 "(SELECT count(*) FROM clients c WHERE c.resource = resources.resource)")
 
     def close(self) -> None:
+        self.disk.close()
         self.flush()
         self.db.close()
 
@@ -112,47 +119,70 @@ class Ledger:
         d.last = now
         return d
 
+    def mark(self, resource: str, event: str, now: float | None = None) -> None:
+        """Record the first trip (``tripped``) or takedown (``taken_down``) of a resource. Written by
+        the next flush right after the counts that came before it: they are its snapshot."""
+        if event not in ("tripped", "taken_down"):
+            raise ValueError(f"unknown ledger event {event!r}")
+        self._marked.append((self._pending, (resource, event, time.time() if now is None else now)))
+        self._pending = {}
+        self.on_mark()
+
     # -- durable ---------------------------------------------------------------------------------
     def flush(self) -> None:
-        if not self._pending:
+        self._write(self._take())
+
+    async def flush_async(self) -> None:
+        """The same, with the write on the disk thread; the swap stays on the loop, where the deltas grow."""
+        if batches := self._take():
+            await self.disk(self._write, batches)
+
+    def _take(self) -> list[tuple[dict[str, _Delta], Mark | None]]:
+        batches: list[tuple[dict[str, _Delta], Mark | None]] = [*self._marked, (self._pending, None)]
+        self._pending, self._marked = {}, []
+        return [(p, m) for p, m in batches if p or m]
+
+    def _write(self, batches: list[tuple[dict[str, _Delta], Mark | None]]) -> None:
+        if not batches:
             return
-        pending, self._pending = self._pending, {}
-        sets = ", ".join(f"{k} = {k} + ?" for k in COUNTERS)
         with _tx(self.db):
-            for res, d in pending.items():
-                self.db.execute("INSERT OR IGNORE INTO resources(resource, first_served) VALUES (?, ?)",
-                                (res, d.first))
-                self.db.execute(
-                    f"UPDATE resources SET {sets}, last_served = max(coalesce(last_served, 0), ?), "
-                    "first_served = min(coalesce(first_served, ?), ?), max_records = max(max_records, ?), "
-                    "first_alert = CASE WHEN ? > 0 THEN coalesce(first_alert, ?) ELSE first_alert END "
-                    "WHERE resource = ?",
-                    (*(d.counts.get(k, 0) for k in COUNTERS), d.last, d.first, d.first, d.max_records,
-                     d.counts.get("alerts", 0) + d.counts.get("trips", 0), d.last, res))
-                if d.clients:
-                    new = self.db.executemany("INSERT OR IGNORE INTO clients(resource, client, first_seen) "
-                                              "VALUES (?,?,?)", [(res, c, t) for c, t in d.clients.items()]).rowcount
-                    self.db.execute("UPDATE resources SET clients = clients + ? WHERE resource = ?", (new, res))
+            for pending, mark in batches:
+                self._write_counts(pending)
+                if mark is not None:
+                    self._write_mark(*mark)
+
+    def _write_counts(self, pending: dict[str, _Delta]) -> None:
+        sets = ", ".join(f"{k} = {k} + ?" for k in COUNTERS)
+        for res, d in pending.items():
+            self.db.execute("INSERT OR IGNORE INTO resources(resource, first_served) VALUES (?, ?)",
+                            (res, d.first))
+            self.db.execute(
+                f"UPDATE resources SET {sets}, last_served = max(coalesce(last_served, 0), ?), "
+                "first_served = min(coalesce(first_served, ?), ?), max_records = max(max_records, ?), "
+                "first_alert = CASE WHEN ? > 0 THEN coalesce(first_alert, ?) ELSE first_alert END "
+                "WHERE resource = ?",
+                (*(d.counts.get(k, 0) for k in COUNTERS), d.last, d.first, d.first, d.max_records,
+                 d.counts.get("alerts", 0) + d.counts.get("trips", 0), d.last, res))
+            if d.clients:
+                new = self.db.executemany("INSERT OR IGNORE INTO clients(resource, client, first_seen) "
+                                          "VALUES (?,?,?)", [(res, c, t) for c, t in d.clients.items()]).rowcount
+                self.db.execute("UPDATE resources SET clients = clients + ? WHERE resource = ?", (new, res))
+
+    def _write_mark(self, res: str, event: str, now: float) -> None:
+        col = {"tripped": "tripped_at", "taken_down": "taken_down_at"}[event]
+        snap = {"tripped": ("served_at_trip", "clients_at_trip"),
+                "taken_down": ("served_at_takedown", "clients_at_takedown")}[event]
+        self.db.execute("INSERT OR IGNORE INTO resources(resource) VALUES (?)", (res,))
+        self.db.execute(
+            f"UPDATE resources SET {snap[0]} = coalesce({snap[0]}, served), "
+            f"{snap[1]} = coalesce({snap[1]}, clients), "
+            f"{col} = coalesce({col}, ?) WHERE resource = ?", (now, res))
 
     def prune(self, now: float | None = None) -> int:
         """Forget client hashes older than the retention (the counts stay); returns how many."""
         cutoff = (time.time() if now is None else now) - self.client_retention
         with _tx(self.db):
             return self.db.execute("DELETE FROM clients WHERE first_seen < ?", (cutoff,)).rowcount
-
-    def mark(self, resource: str, event: str, now: float | None = None) -> None:
-        """Record the first trip (``tripped``) or takedown (``taken_down``) of a resource."""
-        col = {"tripped": "tripped_at", "taken_down": "taken_down_at"}[event]
-        snap = {"tripped": ("served_at_trip", "clients_at_trip"),
-                "taken_down": ("served_at_takedown", "clients_at_takedown")}[event]
-        now = time.time() if now is None else now
-        self.flush()
-        with _tx(self.db):
-            self.db.execute("INSERT OR IGNORE INTO resources(resource) VALUES (?)", (resource,))
-            self.db.execute(
-                f"UPDATE resources SET {snap[0]} = coalesce({snap[0]}, served), "
-                f"{snap[1]} = coalesce({snap[1]}, clients), "
-                f"{col} = coalesce({col}, ?) WHERE resource = ?", (now, resource))
 
     # -- reading ---------------------------------------------------------------------------------
     def incidents(self) -> list[dict]:

@@ -12,10 +12,13 @@ Every add and lift is written to an audit table with actor and reason.
 """
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from sensor.enforce.diskthread import DiskThread
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS takedowns (
@@ -42,6 +45,7 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+BUSY_RETRIES = 2                # a locked file (busy_timeout is 10 s) is tried this many more times
 FLEET_ACTOR = "fleet:"          # changes applied from the fleet topic; never published back
 
 
@@ -75,15 +79,21 @@ def connect(path: Path) -> sqlite3.Connection:
 class Registry:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.db = connect(self.path)
+        self.db = connect(self.path)            # reads, on the caller's thread (the event loop in a server)
         self.db.executescript(SCHEMA)
+        self._w = connect(self.path)            # writes: on ``disk`` in a server, the caller's in the CLI
+        self.disk = DiskThread("registry")
         self._version = -1
         self._resources: dict[str, int] = {}
         self._fingerprints: dict[str, int] = {}
+        self._incoming: dict[str, int] = {}     # resource -> adds being committed (refused already)
+        self._incoming_fp: dict[str, int] = {}
         self.on_change = lambda: None       # called after every local add/lift (the fleet outbox wakes)
         self.refresh()
 
     def close(self) -> None:
+        self.disk.close()
+        self._w.close()
         self.db.close()
 
     # -- the hot path ---------------------------------------------------------------------------
@@ -99,58 +109,117 @@ class Registry:
         self._version = v
 
     def blocked(self, resource: str) -> int | None:
-        """The active takedown id for this resource, if any."""
+        """The active takedown id for this resource, if any (0: its commit is still on the disk thread)."""
         self.refresh()
-        return self._resources.get(resource)
+        tid = self._resources.get(resource)
+        return 0 if tid is None and resource in self._incoming else tid
 
     def blocked_content(self, fingerprint: str) -> int | None:
-        return self._fingerprints.get(fingerprint)
+        tid = self._fingerprints.get(fingerprint)
+        return 0 if tid is None and fingerprint in self._incoming_fp else tid
 
     @property
     def active(self) -> int:
         return len(self._resources)
 
     # -- changes (each one durable and audited before it returns) -------------------------------
+    # The sync forms are for the CLI and tests; a server awaits the ``*_async`` forms, which commit
+    # on the disk thread (see sensor.enforce.diskthread).
     def add(self, resource: str, *, actor: str, reason: str, fingerprint: str | None = None,
             exchange_id: str | None = None, now: float | None = None) -> Takedown:
         """Take a resource down; an already active takedown is returned as it is (idempotent)."""
+        return self._changed(self._commit_add(resource, actor, reason, fingerprint, exchange_id, now))
+
+    def add_soon(self, resource: str, *, actor: str, reason: str, fingerprint: str | None = None,
+                 exchange_id: str | None = None) -> "asyncio.Task[Takedown]":
+        """As :meth:`add`, for a server: the resource (and fingerprint) is refused from this call on,
+        the commit is queued on the disk thread in call order, and the task resolves to the takedown
+        once it is on disk. Refusing before the fsync is the safe side of a slow disk."""
+        keys = [(self._incoming, resource)] + ([(self._incoming_fp, fingerprint)] if fingerprint else [])
+        for d, k in keys:
+            d[k] = d.get(k, 0) + 1
+        commit = self.disk.submit(self._commit_add, resource, actor, reason, fingerprint, exchange_id, None)
+
+        async def settle() -> Takedown:
+            nonlocal commit
+            try:
+                for attempt in range(BUSY_RETRIES, -1, -1):
+                    try:
+                        tid = await commit
+                        break
+                    except sqlite3.OperationalError as e:   # another writer held the file past busy_timeout
+                        if not attempt or "locked" not in str(e):
+                            raise
+                        commit = self.disk.submit(self._commit_add, resource, actor, reason, fingerprint,
+                                                  exchange_id, None)
+            finally:
+                for d, k in keys:
+                    if (n := d.pop(k) - 1) > 0:
+                        d[k] = n
+            return self._changed(tid)
+        return asyncio.ensure_future(settle())
+
+    async def add_async(self, resource: str, *, actor: str, reason: str, fingerprint: str | None = None,
+                        exchange_id: str | None = None) -> Takedown:
+        """:meth:`add_soon`, waited for: durable when it returns (a cancelled caller stops waiting only)."""
+        return await asyncio.shield(self.add_soon(resource, actor=actor, reason=reason, fingerprint=fingerprint,
+                                                  exchange_id=exchange_id))
+
+    def _commit_add(self, resource: str, actor: str, reason: str, fingerprint: str | None,
+                    exchange_id: str | None, now: float | None) -> int:
         now = time.time() if now is None else now
         with self._tx():
-            row = self.db.execute("SELECT id FROM takedowns WHERE resource=? AND lifted IS NULL",
+            row = self._w.execute("SELECT id FROM takedowns WHERE resource=? AND lifted IS NULL",
                                   (resource,)).fetchone()
             if row:
                 if fingerprint:
-                    self.db.execute("UPDATE takedowns SET fingerprint=coalesce(fingerprint, ?) WHERE id=?",
+                    self._w.execute("UPDATE takedowns SET fingerprint=coalesce(fingerprint, ?) WHERE id=?",
                                     (fingerprint, row[0]))
-                tid = row[0]
-            else:
-                tid = self.db.execute(
-                    "INSERT INTO takedowns(resource, fingerprint, created, actor, reason, exchange_id) "
-                    "VALUES (?,?,?,?,?,?)", (resource, fingerprint, now, actor, reason, exchange_id)).lastrowid
-                self.db.execute("INSERT INTO audit(at, action, takedown_id, resource, actor, reason) "
-                                "VALUES (?,?,?,?,?,?)", (now, "add", tid, resource, actor, reason))
-        self.refresh(force=True)
-        self.on_change()
-        return self.get(tid)
+                return row[0]
+            tid = self._w.execute(
+                "INSERT INTO takedowns(resource, fingerprint, created, actor, reason, exchange_id) "
+                "VALUES (?,?,?,?,?,?)", (resource, fingerprint, now, actor, reason, exchange_id)).lastrowid
+            self._w.execute("INSERT INTO audit(at, action, takedown_id, resource, actor, reason) "
+                            "VALUES (?,?,?,?,?,?)", (now, "add", tid, resource, actor, reason))
+            return tid
 
     def lift(self, ident: int | str, *, actor: str, reason: str, now: float | None = None) -> Takedown | None:
         """Lift by takedown id or resource; None when nothing active matches."""
+        tid = self._commit_lift(ident, actor, reason, now)
+        return None if tid is None else self._changed(tid)
+
+    def lift_soon(self, ident: int | str, *, actor: str, reason: str) -> "asyncio.Task[Takedown | None]":
+        """Queued on the disk thread in call order; the lift takes effect once it is on disk."""
+        commit = self.disk.submit(self._commit_lift, ident, actor, reason, None)
+
+        async def settle() -> Takedown | None:
+            tid = await commit
+            return None if tid is None else self._changed(tid)
+        return asyncio.ensure_future(settle())
+
+    async def lift_async(self, ident: int | str, *, actor: str, reason: str) -> Takedown | None:
+        return await asyncio.shield(self.lift_soon(ident, actor=actor, reason=reason))
+
+    def _commit_lift(self, ident: int | str, actor: str, reason: str, now: float | None) -> int | None:
         if not reason.strip() or not actor.strip():
             raise ValueError("lifting a takedown needs an actor and a reason (it is audited)")
         now = time.time() if now is None else now
         col = "id" if isinstance(ident, int) else "resource"
         with self._tx():
-            row = self.db.execute(f"SELECT id, resource FROM takedowns WHERE {col}=? AND lifted IS NULL",
+            row = self._w.execute(f"SELECT id, resource FROM takedowns WHERE {col}=? AND lifted IS NULL",
                                   (ident,)).fetchone()
             if not row:
                 return None
-            self.db.execute("UPDATE takedowns SET lifted=?, lifted_by=?, lift_reason=? WHERE id=?",
+            self._w.execute("UPDATE takedowns SET lifted=?, lifted_by=?, lift_reason=? WHERE id=?",
                             (now, actor, reason, row[0]))
-            self.db.execute("INSERT INTO audit(at, action, takedown_id, resource, actor, reason) "
+            self._w.execute("INSERT INTO audit(at, action, takedown_id, resource, actor, reason) "
                             "VALUES (?,?,?,?,?,?)", (now, "lift", row[0], row[1], actor, reason))
+            return row[0]
+
+    def _changed(self, tid: int) -> Takedown:
         self.refresh(force=True)
         self.on_change()
-        return self.get(row[0])
+        return self.get(tid)
 
     # -- reading --------------------------------------------------------------------------------
     def get(self, tid: int) -> Takedown:
@@ -182,7 +251,7 @@ class Registry:
 
     def published(self, audit_id: int) -> None:
         with self._tx():
-            self.db.execute("INSERT INTO meta(name, value) VALUES ('fleet_cursor', ?) "
+            self._w.execute("INSERT INTO meta(name, value) VALUES ('fleet_cursor', ?) "
                             "ON CONFLICT(name) DO UPDATE SET value=excluded.value "
                             "WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)", (str(audit_id),))
 
@@ -190,8 +259,11 @@ class Registry:
         row = self.db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
         return row[0] if row else None
 
+    async def published_async(self, audit_id: int) -> None:
+        await self.disk(self.published, audit_id)
+
     def _tx(self):
-        return Transaction(self.db)
+        return Transaction(self._w)
 
 
 class Transaction:

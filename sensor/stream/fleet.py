@@ -123,6 +123,9 @@ class FleetLink:
                     self._apply(msg.value, live=self.caught_up.is_set())
 
     def _apply(self, value: bytes | None, *, live: bool) -> None:
+        """Never waits on the local disk: a takedown is refused here at once and committed on the
+        registry's disk thread (the compacted topic, replayed at start, is what survives a crash
+        meanwhile); a lift takes effect when its commit lands. Commits keep the topic's order."""
         m = self.sensor.metrics
         try:
             rec = decode(value)
@@ -137,16 +140,25 @@ class FleetLink:
         actor = FLEET_ACTOR + rec["actor"]
         if rec.type == "takedown":
             if reg.blocked(rec["resource"]) is None:
-                reg.add(rec["resource"], actor=actor, reason=rec["reason"], fingerprint=rec.get("fingerprint"),
-                        exchange_id=rec.get("xid"))
+                reg.add_soon(rec["resource"], actor=actor, reason=rec["reason"], fingerprint=rec.get("fingerprint"),
+                             exchange_id=rec.get("xid")).add_done_callback(self._committed)
                 self.sensor.ledger.mark(rec["resource"], "taken_down")
                 m.fleet_applied.labels(action="takedown").inc()
                 m.takedowns.labels(source="fleet").inc()
                 if live:
                     m.fleet_lag.observe(max(0.0, time.time() - rec["ts"]))
         elif rec.type == "lift":
-            if reg.lift(rec["resource"], actor=actor, reason=rec["reason"]) is not None:
-                m.fleet_applied.labels(action="lift").inc()
+            reg.lift_soon(rec["resource"], actor=actor, reason=rec["reason"]).add_done_callback(self._committed)
+
+    def _committed(self, task: asyncio.Task) -> None:
+        if task.cancelled():
+            return
+        if (e := task.exception()) is not None:
+            self.sensor.metrics.kafka_errors.labels(component="fleet", op="apply").inc()
+            log.error("fleet: a takedown change could not be written to the local registry (%s: %s)",
+                      type(e).__name__, e)
+        elif (td := task.result()) is not None and td.lifted is not None:
+            self.sensor.metrics.fleet_applied.labels(action="lift").inc()
 
     # -- findings for the fleet ledger --------------------------------------------------------
     def publish_finding(self, resource: str, value: bytes) -> None:
@@ -187,7 +199,7 @@ class FleetLink:
                     log.warning("fleet: publishing a takedown failed (%s); will retry", type(e).__name__)
                     await asyncio.sleep(0.5)
                     break
-                reg.published(ch["audit_id"])
+                await reg.published_async(ch["audit_id"])
                 m.fleet_published.labels(action=ch["action"]).inc()
             if pending:
                 continue                                    # more may be waiting (or retry the failed one)

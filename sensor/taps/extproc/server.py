@@ -83,8 +83,8 @@ class _Stream:
         if verdict == "trip":
             self.tripped = True
             if self.enforce:
-                s.take_down(self.ctx, s.content_fingerprint(bytes(self.head)) if self.head else None,
-                            time.perf_counter())
+                await s.take_down(self.ctx, s.content_fingerprint(bytes(self.head)) if self.head else None,
+                                  time.perf_counter())
         return verdict
 
     def release(self) -> list:

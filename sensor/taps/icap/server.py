@@ -146,7 +146,7 @@ class IcapServer:
                 if last:
                     break
                 previewed.append(data)
-                if gate.feed(data) == "block":
+                if await gate.feed(data) == "block":
                     ieof = (await self._drain_chunks(reader))    # the rest of the preview is on its way
                     await self._block(writer)                    # then the client waits for this answer
                     return True
@@ -159,7 +159,7 @@ class IcapServer:
                 data, last, _ = await read_chunk(reader)
                 if last:
                     return await self._end(writer, gate)
-                if gate.feed(data) == "block":
+                if await gate.feed(data) == "block":
                     await self._block(writer)
                     await self._drain_chunks(reader)
                     return True
@@ -176,7 +176,7 @@ class IcapServer:
             data, last, _ = await read_chunk(reader)
             if last:
                 break
-            if gate.feed(data) == "block":
+            if await gate.feed(data) == "block":
                 if not started:
                     await self._block(writer)
                     await self._drain_chunks(reader)
@@ -274,16 +274,16 @@ class _Gate:
         self.scan_s = 0.0
         self.sensor.metrics.active_exchanges.inc()
 
-    def _trip(self) -> str:
+    async def _trip(self) -> str:
         if self.tripped_at is None:
             self.tripped_at = time.perf_counter()
             if self.enforce:
                 fp = self.fingerprint or (self.sensor.content_fingerprint(bytes(self.head)) if self.head else None)
-                self.sensor.take_down(self.ctx, fp, self.tripped_at)
+                await self.sensor.take_down(self.ctx, fp, self.tripped_at)
                 return "block"
         return "pass"
 
-    def feed(self, data: bytes) -> str:
+    async def feed(self, data: bytes) -> str:
         self.received += len(data)
         fp_bytes = self.sensor.config.fingerprint_bytes
         if len(self.head) < fp_bytes:
@@ -296,7 +296,7 @@ class _Gate:
         t = time.perf_counter()
         verdict = self.scan.write(data)
         self.scan_s += time.perf_counter() - t
-        return self._trip() if verdict == "trip" else "pass"
+        return await self._trip() if verdict == "trip" else "pass"
 
     async def finish(self) -> str:
         """The final verdict. A PDF's text extraction runs in a thread (``finish_async``): seconds of
@@ -305,7 +305,7 @@ class _Gate:
         self.result = await self.scan.finish_async()
         self.scan_s += time.perf_counter() - t
         if self.result.verdict == "trip":
-            return self._trip()
+            return await self._trip()
         if self.enforce and self.head and self.fingerprint is None:
             fp = self.sensor.content_fingerprint(bytes(self.head))
             if self.sensor.registry.blocked_content(fp) is not None:

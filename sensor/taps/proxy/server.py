@@ -326,7 +326,7 @@ class Proxy:
                 head += more
         except (asyncio.TimeoutError, aiohttp.ClientError):
             pass
-        self.sensor.take_down(ctx, self.sensor.content_fingerprint(bytes(head)) if head else None, tripped_at)
+        await self.sensor.take_down(ctx, self.sensor.content_fingerprint(bytes(head)) if head else None, tripped_at)
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         """WebSocket upgrades are relayed unscanned (counted): frames are not downloads."""
