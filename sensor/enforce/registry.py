@@ -6,6 +6,11 @@ Several sidecar processes on one host (SO_REUSEPORT workers, or the CLI) share t
 process keeps an in-memory copy for the per-request check and reloads it when SQLite's
 ``data_version`` says another connection committed (a few microseconds per request).
 
+In a server, commits run on the registry's disk thread (``sensor.enforce.diskthread``): the
+request that tripped waits for its fsync, the rest of the sidecar does not. A takedown being
+committed is refused at once (``add_soon``), so a slow disk delays nobody's refusal — which is
+how a fleet takedown from the topic is applied.
+
 Two keys block: the normalised resource (``host/path``) and a content fingerprint (keyed hash of
 the first bytes of the body) so the same file served under another URL is refused as well.
 Every add and lift is written to an audit table with actor and reason.
