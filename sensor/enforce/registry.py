@@ -243,9 +243,10 @@ class Registry:
         return [dict(zip(("at", "action", "takedown_id", "resource", "actor", "reason"), r)) for r in rows]
 
     # -- the fleet outbox: local changes not yet published (survives kill -9) -------------------
-    def unpublished(self, limit: int = 100) -> list[dict]:
-        """Local adds/lifts after the publish cursor, oldest first, with the takedown's fingerprint."""
-        cur = int(self.meta("fleet_cursor") or 0)
+    def unpublished(self, limit: int = 100, after: int = 0) -> list[dict]:
+        """Local adds/lifts after the publish cursor (or ``after``, if further), oldest first, with
+        the takedown's fingerprint."""
+        cur = max(int(self.meta("fleet_cursor") or 0), after)
         rows = self.db.execute(
             "SELECT a.id, a.at, a.action, a.resource, a.actor, a.reason, t.fingerprint, t.exchange_id "
             "FROM audit a LEFT JOIN takedowns t ON t.id = a.takedown_id "
@@ -263,9 +264,6 @@ class Registry:
     def meta(self, name: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
         return row[0] if row else None
-
-    async def published_async(self, audit_id: int) -> None:
-        await self.disk(self.published, audit_id)
 
     def _tx(self):
         return Transaction(self._w)

@@ -182,11 +182,15 @@ class FleetLink:
 
     # -- the outbox ----------------------------------------------------------------------------
     async def _publish_loop(self) -> None:
+        """The cursor's commit is queued, not waited for: a stalled local disk must not hold the next
+        takedown's publication. A crash before it lands publishes those records again (consumers
+        apply a takedown once)."""
         m = self.sensor.metrics
         reg = self.sensor.registry
+        sent = 0
         while True:
             self.wake.clear()
-            pending = reg.unpublished()
+            pending = reg.unpublished(after=sent)
             for ch in pending:
                 value = takedown_record(action=ch["action"], resource=ch["resource"], actor=ch["actor"],
                                         reason=ch["reason"], origin=self.me, ts=ch["at"],
@@ -199,7 +203,8 @@ class FleetLink:
                     log.warning("fleet: publishing a takedown failed (%s); will retry", type(e).__name__)
                     await asyncio.sleep(0.5)
                     break
-                await reg.published_async(ch["audit_id"])
+                sent = ch["audit_id"]
+                reg.disk.submit(reg.published, sent).add_done_callback(self._cursor_saved)
                 m.fleet_published.labels(action=ch["action"]).inc()
             if pending:
                 continue                                    # more may be waiting (or retry the failed one)
@@ -207,3 +212,8 @@ class FleetLink:
                 await asyncio.wait_for(self.wake.wait(), 0.5)   # local changes wake us; other processes' are polled
             except asyncio.TimeoutError:
                 pass
+
+    def _cursor_saved(self, fut: asyncio.Future) -> None:
+        if not fut.cancelled() and (e := fut.exception()) is not None:
+            log.warning("fleet: the publish cursor was not saved (%s); those takedowns may be published again",
+                        type(e).__name__)
