@@ -5,11 +5,12 @@ from collections import defaultdict
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+import pytest
 from faust.transport.consumer import Consumer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sensor.stream.acks import InOrderAcks
+from sensor.stream.acks import REWINDS_BEFORE_SKIPPING, Contiguity, InOrderAcks
 
 
 @dataclass(eq=False)
@@ -104,3 +105,115 @@ def test_forget_drops_partitions_that_moved_away():
     gate.done(gone)
     gate.done(kept)
     assert acked == [kept] and gate.held() == 0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class FaustLike:
+    """A partition as faust's fetch loop delivered it in the failing runs: after a rebalance's seek to the
+    committed offset, a batch fetched before the seek comes first, and the records below it that the
+    seek fetches again are dropped. Only a seek (what the guard asks for) reads from an earlier offset."""
+
+    def __init__(self, log_end: int, stale_from: int) -> None:
+        self.log_end = log_end
+        self.queue = [Msg("p", o) for o in range(stale_from, log_end)]
+
+    def seek(self, offset: int) -> None:
+        self.queue = [Msg("p", o) for o in range(offset, self.log_end)]
+
+    def next(self) -> Msg | None:
+        return self.queue.pop(0) if self.queue else None
+
+
+def run_agent(consumer: FaustLike, gate: Contiguity | None, acks: InOrderAcks) -> list[int]:
+    """An agent that finishes each record at once; what it processed, in order."""
+    processed = []
+    while (m := consumer.next()) is not None:
+        back = gate.admit(m) if gate else None
+        if back is None:
+            acks.track(m)
+            processed.append(m.offset)
+            acks.done(m)
+        elif back >= 0:
+            consumer.seek(back)
+    return processed
+
+
+def test_without_the_guard_records_faust_skipped_are_never_processed_and_the_commit_passes_them():
+    """The premise, as measured: committed 28, the stale batch starts at 32, faust drops 28-31."""
+    state = faust_offsets(None)
+    processed = run_agent(FaustLike(40, stale_from=32), None, InOrderAcks(lambda m: feed(state, m)))
+    assert 28 not in processed and faust_commit(state, "p") == 40
+
+
+@pytest.mark.parametrize("committed", [None, 28])
+def test_a_record_past_a_hole_seeks_back_and_nothing_commits_past_the_hole(committed):
+    state = faust_offsets(committed)
+    gate = Contiguity(clock=Clock())
+    gate.position("p", 28)
+    processed = run_agent(FaustLike(40, stale_from=32), gate, InOrderAcks(lambda m: feed(state, m)))
+    assert processed == list(range(28, 40))            # the stale records were dropped, not processed twice
+    assert faust_commit(state, "p") == 40
+
+
+def test_while_a_rewind_takes_effect_later_records_are_dropped_without_seeking_again():
+    clock = Clock()
+    gate = Contiguity(clock=clock, patience=2.0)
+    gate.position("p", 10)
+    assert gate.admit(Msg("p", 14)) == 10
+    assert [gate.admit(Msg("p", o)) for o in (15, 16)] == [-1, -1]
+    assert [gate.admit(Msg("p", o)) for o in (10, 11)] == [None, None]
+    assert gate.admit(Msg("p", 9)) is None               # a re-read below the cursor is the agent's to collapse
+
+
+def test_a_hole_missing_on_the_broker_is_skipped_after_repeated_rewinds():
+    """Offsets 5-6 are a transaction marker or were compacted: every rewind brings 7 back first."""
+    clock = Clock()
+    gate = Contiguity(clock=clock, patience=2.0)
+    gate.position("p", 5)
+    seeks = []
+    for _ in range(10):
+        back = gate.admit(Msg("p", 7))
+        if back is None:
+            break
+        if back >= 0:
+            seeks.append(back)
+        clock.t += 1.0
+    assert seeks == [5] * REWINDS_BEFORE_SKIPPING and gate.skipped == [("p", 5, 6)]
+    assert gate.admit(Msg("p", 8)) is None
+
+
+def test_a_partition_that_delivers_nothing_is_sought_back_once_it_has_waited():
+    """The other failing runs: an uncommitted partition delivered nothing after its seek."""
+    clock = Clock()
+    gate = Contiguity(clock=clock)
+    gate.position("p", 0)
+    gate.position("q", 5)
+    ends = {"p": 13, "q": 5}.get                       # q has nothing to read
+    assert gate.stalled(ends, after=3.0) == []          # p is behind from now on
+    clock.t = 2.9
+    assert gate.stalled(ends, after=3.0) == []
+    clock.t = 3.0
+    assert gate.stalled(ends, after=3.0) == [("p", 0)]
+    clock.t = 4.0
+    assert gate.stalled(ends, after=3.0) == []          # it was just sought back: give it time
+    assert gate.admit(Msg("p", 0)) is None
+
+
+def test_a_record_that_just_arrived_on_a_quiet_partition_is_not_a_stall():
+    clock = Clock()
+    gate = Contiguity(clock=clock)
+    gate.position("p", 7)
+    clock.t = 60.0                                      # quiet for a minute
+    assert gate.stalled({"p": 7}.get, after=3.0) == []
+    clock.t = 60.5                                      # a record appears; the fetch has not brought it yet
+    assert gate.stalled({"p": 8}.get, after=3.0) == []
+    assert gate.admit(Msg("p", 7)) is None
+    clock.t = 64.0
+    assert gate.stalled({"p": 8}.get, after=3.0) == []

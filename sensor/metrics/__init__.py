@@ -79,6 +79,11 @@ class Metrics:
                                       "(their end record never came).", registry=r)
         self.worker_duplicates = Counter("dlp_worker_duplicates", "Redelivered records or findings ignored "
                                          "(at-least-once delivery), by kind.", ["kind"], registry=r)
+        self.worker_rewinds = Counter("dlp_worker_rewinds", "Partitions sought back because the consumer "
+                                      "skipped records (delivered a later offset first, or stalled), by topic.",
+                                      ["topic"], registry=r)
+        self.worker_skipped = Counter("dlp_worker_offsets_skipped", "Offsets given up on after repeated rewinds "
+                                      "(missing on the broker), by topic.", ["topic"], registry=r)
         self.deadletters = Counter("dlp_deadletters", "Malformed records sent to the dead-letter topic, by topic.",
                                    ["topic"], registry=r)
         self.assigned_partitions = Gauge("dlp_kafka_assigned_partitions", "Partitions this worker owns now, by "

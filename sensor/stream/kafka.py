@@ -5,6 +5,7 @@ import asyncio
 import logging
 import ssl
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.client import AIOKafkaClient
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -99,3 +100,48 @@ class Health:
                 await asyncio.sleep(self.interval)
         finally:
             await client.close()
+
+
+class Offsets:
+    """Committed, earliest and end offsets on clients of its own: the worker asks while faust's consumer
+    thread is inside a rebalance, where asking faust's own consumer would wait on itself."""
+
+    def __init__(self, k: KafkaConfig, *, timeout: float = 5.0):
+        self.k = k
+        self.timeout = timeout
+        self._admin: AIOKafkaAdminClient | None = None
+        self._consumer = None
+
+    async def _clients(self):
+        if self._admin is None:
+            admin = AIOKafkaAdminClient(**client_kwargs(self.k), request_timeout_ms=int(self.timeout * 1000))
+            await asyncio.wait_for(admin.start(), self.timeout)
+            self._admin = admin
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(**client_kwargs(self.k), enable_auto_commit=False,
+                                        request_timeout_ms=int(self.timeout * 1000))
+            await asyncio.wait_for(consumer.start(), self.timeout)
+            self._consumer = consumer
+        return self._admin, self._consumer
+
+    async def starting(self, group: str, tps: list) -> dict:
+        """Where a group's consumer starts each partition: its committed offset, else the earliest."""
+        admin, consumer = await self._clients()
+        parts = [TopicPartition(tp.topic, tp.partition) for tp in tps]
+        committed = await asyncio.wait_for(admin.list_consumer_group_offsets(group, partitions=parts), self.timeout)
+        out = {tp: committed[tp].offset for tp in parts if tp in committed and committed[tp].offset >= 0}
+        rest = [tp for tp in parts if tp not in out]
+        if rest:
+            out.update(await asyncio.wait_for(consumer.beginning_offsets(rest), self.timeout))
+        return out
+
+    async def ends(self, tps: list) -> dict:
+        _, consumer = await self._clients()
+        return await asyncio.wait_for(consumer.end_offsets([TopicPartition(tp.topic, tp.partition) for tp in tps]),
+                                      self.timeout)
+
+    async def close(self) -> None:
+        for c in (self._admin, self._consumer):
+            if c is not None:
+                await (c.close() if c is self._admin else c.stop())
+        self._admin = self._consumer = None

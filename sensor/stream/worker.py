@@ -40,13 +40,15 @@ from sensor.metrics import Metrics
 from sensor.metrics.server import metrics_app
 from sensor.pipeline import BodyScan, Exchange
 from sensor.runtime import build_detector
-from sensor.stream.acks import InOrderAcks
+from sensor.stream.acks import REWINDS_BEFORE_SKIPPING, Contiguity, InOrderAcks
 from sensor.stream.fleet import takedown_record
-from sensor.stream.kafka import client_kwargs
+from sensor.stream.kafka import Offsets, client_kwargs
 from sensor.stream.records import Record, RecordError, decode, encode, finding_record, require
 
 log = logging.getLogger("dlp_sensor.worker")
 RECENT_XIDS = 256           # exchange ids remembered per resource to collapse redeliveries
+IDLE_BEFORE_STALL_CHECK = 1.0   # the agents have taken no record for this long: look for stalled partitions
+STALL_AFTER = 3.0               # a partition with records to read that has not moved for this long is sought back
 
 
 @dataclass
@@ -92,6 +94,9 @@ class Worker:
         self.me = f"worker:{config.sensor_id}"
         self.open: dict[str, Open] = {}
         self.acks = InOrderAcks(lambda msg: msg.ack(self.app.consumer))
+        self.cursor = Contiguity(clock=time.monotonic)
+        self.offsets = Offsets(k)
+        self._last_record = time.monotonic()
         self.app = app = faust.App(
             k.group, broker=[f"kafka://{hp}" for hp in k.bootstrap.split(",")], broker_credentials=_credentials(k),
             store="memory://", key_serializer="raw", value_serializer="raw",
@@ -112,11 +117,52 @@ class Worker:
         app.task(self._on_app_started)
         app.on_partitions_assigned.connect(self._assigned)
 
-    # -- the scan agent ------------------------------------------------------------------------
-    async def _scan_agent(self, stream) -> None:
+    # -- what both agents read ---------------------------------------------------------------
+    async def _records(self, stream):
+        """The agent's records, each partition's in unbroken offset order (``acks.Contiguity``), tracked for
+        in-order acks. A record past a hole is dropped unacked and its partition sought back to the hole."""
         async for event in stream.noack().events():
             msg = event.message
-            self.acks.track(msg)
+            self._last_record = time.monotonic()
+            back = self.cursor.admit(msg)
+            for tp, first, last in self.cursor.skipped:
+                log.warning("%s[%d]: offsets %d-%d never arrived after %d rewinds; skipping them (missing on "
+                            "the broker)", tp.topic, tp.partition, first, last, REWINDS_BEFORE_SKIPPING)
+                self.metrics.worker_skipped.labels(topic=tp.topic).inc(last - first + 1)
+            self.cursor.skipped.clear()
+            if back is None:
+                self.acks.track(msg)
+                yield msg
+            elif back >= 0:
+                await self._rewind(msg.tp, back, f"offset {msg.offset} arrived before {back}")
+
+    async def _rewind(self, tp, offset: int, why: str) -> None:
+        log.warning("%s[%d]: %s; seeking back to %d (the consumer skipped records)", tp.topic, tp.partition, why,
+                    offset)
+        self.metrics.worker_rewinds.labels(topic=tp.topic).inc()
+        try:
+            await self.app.consumer.seek(tp, offset)
+        except Exception as e:                          # noqa: BLE001  (moved away meanwhile: its new owner reads it)
+            log.warning("%s[%d]: seek to %d failed: %r", tp.topic, tp.partition, offset, e)
+
+    async def _check_stalls(self) -> None:
+        """While the agents are idle, seek back partitions that have records to read and deliver none."""
+        if not self.ready or self.app.rebalancing or time.monotonic() - self._last_record < IDLE_BEFORE_STALL_CHECK:
+            return
+        tps = self.cursor.partitions()
+        if not tps:
+            return
+        try:
+            ends = await self.offsets.ends(tps)
+        except Exception as e:                          # noqa: BLE001  (broker away: the health probe says so)
+            log.debug("end offsets unavailable: %r", e)
+            return
+        for tp, offset in self.cursor.stalled(lambda tp: ends.get(tp), after=STALL_AFTER):
+            await self._rewind(tp, offset, f"records up to offset {ends[tp] - 1} but none delivered from {offset}")
+
+    # -- the scan agent ------------------------------------------------------------------------
+    async def _scan_agent(self, stream) -> None:
+        async for msg in self._records(stream):
             try:
                 await self._on_exchange_record(msg)
             except RecordError as e:
@@ -248,6 +294,7 @@ class Worker:
                 self.metrics.worker_expired.inc()
                 await self._finish(xid, st, completed=False)
         self._gauge_open()
+        await self._check_stalls()
         await self._lag()
 
     def _gauge_open(self) -> None:
@@ -263,8 +310,15 @@ class Worker:
         for xid in dropped:
             del self.open[xid]
         self.acks.forget(assigned)
-        mine = sum(1 for tp in assigned if tp.topic == self.k.topic("exchanges"))
-        log.info("rebalanced: %d exchange partitions here; kept %d open exchanges, dropped %d %s", mine,
+        mine = [tp for tp in assigned if tp.topic in (self.k.topic("exchanges"), self.k.topic("findings"))]
+        self.cursor.forget(mine)
+        try:
+            for tp, offset in (await self.offsets.starting(self.k.group, mine)).items():
+                self.cursor.position(tp, offset)
+        except Exception as e:                          # noqa: BLE001  (then the first record read positions it)
+            log.warning("committed offsets unavailable after the rebalance: %r", e)
+        log.info("rebalanced: %d exchange partitions here; kept %d open exchanges, dropped %d %s",
+                 sum(1 for tp in mine if tp.topic == self.k.topic("exchanges")),
                  len(self.open), len(dropped), dropped[:8])
 
     async def _dead(self, msg, why: str) -> None:
@@ -277,14 +331,15 @@ class Worker:
 
     # -- the ledger agent ----------------------------------------------------------------------
     async def _ledger_agent(self, stream) -> None:
-        async for event in stream.events():
+        async for msg in self._records(stream):
             try:
-                rec = decode(event.value)
+                rec = decode(msg.value)
                 require(rec, xid=str, resource=str, verdict=str, records=int, served_at=(int, float))
             except RecordError as e:
-                await self._dead(event.message, str(e))
-                continue
-            self._account(rec)
+                await self._dead(msg, str(e))
+            else:
+                self._account(rec)
+            self.acks.done(msg)
 
     def _account(self, rec: Record) -> None:
         resource = rec["resource"]
