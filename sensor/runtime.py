@@ -240,9 +240,13 @@ class Sensor:
 
     async def take_down(self, ctx: AlertContext, fingerprint: str | None, tripped_at: float) -> Takedown:
         """Durable (fsynced) before it returns: await it before the tripped response is cut."""
-        td = await self.registry.add_async(ctx.resource, actor=f"sensor:{self.config.sensor_id}",
-                               reason="trip: personal-data leak", fingerprint=fingerprint,
-                               exchange_id=ctx.exchange_id)
+        actor, reason = f"sensor:{self.config.sensor_id}", "trip: personal-data leak"
+        commit = self.registry.add_soon(ctx.resource, actor=actor, reason=reason, fingerprint=fingerprint,
+                                        exchange_id=ctx.exchange_id)
+        if self.fleet is not None:                  # the fleet does not wait for this host's fsync
+            self.fleet.announce(ctx.resource, actor=actor, reason=reason, fingerprint=fingerprint,
+                                xid=ctx.exchange_id)
+        td = await asyncio.shield(commit)
         self.metrics.detection_to_takedown.observe(time.perf_counter() - tripped_at)
         self.metrics.takedowns.labels(source="trip").inc()
         ctx.takedown_id = td.id

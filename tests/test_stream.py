@@ -5,18 +5,21 @@ processes, sidecar processes, the sample site, curl-free urllib clients.
 """
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 import pytest
 
 from sensor.sample_site import ROSTER
-from tests.kafka import (HMAC_KEY, Broker, WorkerProc, findings, json_values, kafka_conf, snapshot_topics,
-                         start_workers, unique_prefix)
+from sensor.stream.records import decode
+from tests.kafka import (HMAC_KEY, Broker, WorkerProc, findings, json_values, kafka_conf, read_topic,
+                         snapshot_topics, start_workers, unique_prefix)
 from tests.procs import BIN, Sidecar, disk_stalled, site_fixture
 
 site = site_fixture(people=400)
@@ -88,14 +91,18 @@ def test_fleet_takedown_mirror_worker_and_late_sidecar(tmp_path, broker, site):
         wait_for(lambda: get(a.url + "/" + ROSTER)[0] == 451, what="sidecar A to apply the fleet takedown")
         assert b.metric("dlp_fleet_takedowns_applied_total", action="takedown") >= 1
         assert b.metric("dlp_fleet_takedown_lag_seconds_count") >= 1
-        # 2. local: A's enforce route trips on its own; its outbox publishes; B refuses — at once, even
-        #    while B's registry cannot be written (a stalled disk): it commits the takedown afterwards
+        # 2. local: A's enforce route trips on its own and announces the takedown to the fleet before its
+        #    own commit. B refuses at once, even while neither registry can be written (stalled disks):
+        #    A's 451 waits for A's disk, B commits the takedown afterwards.
         leak2 = "/stream/" + ROSTER + ".gz"
-        with disk_stalled(b.state / "takedowns.db"):
-            assert get(a.url + leak2)[0] == 451
-            wait_for(lambda: get(b.url + leak2)[0] == 451, timeout=8,
-                     what="sidecar B to refuse A's local takedown while its registry is locked")
-            assert b.metric("dlp_takedowns_active") == 1       # the mirrored one; leak2's is not on disk yet
+        with ThreadPoolExecutor(1) as pool:
+            with disk_stalled(a.state / "takedowns.db", b.state / "takedowns.db"):
+                trip = pool.submit(get, a.url + leak2, timeout=30)
+                wait_for(lambda: get(b.url + leak2)[0] == 451, timeout=8,
+                         what="sidecar B to refuse A's local takedown while both registries are locked")
+                assert not trip.done()                          # A's own answer still waits for its disk
+                assert b.metric("dlp_takedowns_active") == 1   # the mirrored one; leak2's is not on disk yet
+            assert trip.result(timeout=20)[0] == 451
         wait_for(lambda: b.metric("dlp_takedowns_active") == 2, what="B to commit the fleet takedown")
         assert a.metric("dlp_fleet_takedowns_published_total", action="add") >= 1
         # the worker's finding, alert and ledger for the mirrored exchange
@@ -111,6 +118,9 @@ def test_fleet_takedown_mirror_worker_and_late_sidecar(tmp_path, broker, site):
         assert get(c.url + "/" + ROSTER)[0] == 451
         assert get(c.url + leak2)[0] == 451
         assert get(c.url + "/contact.html")[0] == 200
+        # A's outbox did not publish leak2's takedown again once its commit landed (it was announced)
+        published = [decode(m.value) for m in asyncio.run(read_topic(broker.bootstrap, prefix + "takedowns"))]
+        assert [r["origin"] for r in published if r["resource"].endswith(leak2)] == ["sidecar-a"]
         # 4. lifting on B (admin API) lifts everywhere
         auth = {"Authorization": f"Bearer {b.token}", "Content-Type": "application/json"}
         listing = orjson.loads(urllib.request.urlopen(urllib.request.Request(b.admin + "/takedowns", headers=auth),
@@ -143,6 +153,33 @@ def tansu(tmp_path_factory):
     b = Broker.start(tmp_path_factory.mktemp("tansu"), kind="tansu")
     yield b
     b.stop()
+
+
+def test_a_trip_announced_before_its_commit_is_learned_back_after_kill_9(tmp_path, broker, site):
+    """A trip's takedown reaches the fleet before this host's disk has it. A sidecar killed in between
+    takes it back from the topic at restart (a record of its own that its registry never saw)."""
+    prefix = unique_prefix()
+    a = sidecar(tmp_path, site, kafka_conf(broker.bootstrap, prefix), "sidecar-a",
+                routes=[{"match": "/stream/*", "mode": "enforce"}])
+    leak = "/stream/" + ROSTER
+    announced = lambda: [r for r in (decode(m.value) for m in asyncio.run(read_topic(broker.bootstrap,  # noqa: E731
+                                                                                     prefix + "takedowns")))
+                         if r["resource"].endswith(leak)]
+    try:
+        a.start()
+        with ThreadPoolExecutor(1) as pool:
+            with disk_stalled(a.state / "takedowns.db"):
+                trip = pool.submit(get, a.url + leak, timeout=30)
+                wait_for(announced, timeout=8, what="the takedown on the fleet topic before A's commit")
+                a.stop(signal.SIGKILL)
+            with pytest.raises(OSError):                        # the trip never answered: A died first
+                trip.result(timeout=20)
+        a.start()
+        assert a.metric("dlp_takedowns_active") == 1
+        assert a.metric("dlp_fleet_takedowns_applied_total", action="takedown") == 1
+        assert len(announced()) == 1
+    finally:
+        a.stop()
 
 
 def test_worker_killed_mid_exchange_loses_nothing(tmp_path, tansu, site):
@@ -245,9 +282,8 @@ def test_worker_killed_mid_exchange_loses_nothing(tmp_path, tansu, site):
 
 
 def test_malformed_records_go_to_the_dead_letter_topic(tmp_path, broker, site):
-    from sensor.stream.records import decode, encode
-    from tests.kafka import exchange_records, produce, read_topic
-    import asyncio
+    from sensor.stream.records import encode
+    from tests.kafka import exchange_records, produce
 
     prefix = unique_prefix()
     k = kafka_conf(broker.bootstrap, prefix)

@@ -242,6 +242,11 @@ class Registry:
         rows = self.db.execute("SELECT at, action, takedown_id, resource, actor, reason FROM audit ORDER BY id")
         return [dict(zip(("at", "action", "takedown_id", "resource", "actor", "reason"), r)) for r in rows]
 
+    def changed_since(self, resource: str, at: float) -> bool:
+        """Whether this registry audited a change of ``resource`` at or after ``at``."""
+        return self.db.execute("SELECT 1 FROM audit WHERE resource=? AND at>=? LIMIT 1",
+                               (resource, at)).fetchone() is not None
+
     # -- the fleet outbox: local changes not yet published (survives kill -9) -------------------
     def unpublished(self, limit: int = 100, after: int = 0) -> list[dict]:
         """Local adds/lifts after the publish cursor (or ``after``, if further), oldest first, with
