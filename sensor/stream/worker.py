@@ -18,6 +18,8 @@ itself would commit past a hole), so the committed offset never passes the oldes
 open. A worker killed mid-exchange leaves those records uncommitted; the worker that takes
 the partition over reads the exchange again from its ``meta`` record. What it publishes twice
 carries the same exchange id (and alert dedup id), and the ledger counts each exchange id once.
+Both agents also admit each partition's records only in unbroken offset order from the committed
+offset (``acks.Contiguity``): faust can skip records after a rebalance, and they are read again.
 Malformed records go to the ``deadletter`` topic with the reason; the agent keeps going.
 """
 from __future__ import annotations
