@@ -134,18 +134,14 @@ class Contiguity:
         if msg.offset < c.expect:                       # read again after a rewind
             return None
         if msg.offset == c.expect:
-            c.expect += 1
-            c.moved_at = self._clock()
-            c.rewound_to, c.rewinds, c.behind_since = -1, 0, None
+            self._advance(c, msg.offset + 1)
             return None
         if c.rewound_to == c.expect:                    # a rewind to this hole is under way
             if self._clock() - c.moved_at < self.patience:
                 return -1
             if c.rewinds >= REWINDS_BEFORE_SKIPPING:
                 self.skipped.append((msg.tp, c.expect, msg.offset - 1))
-                c.expect = msg.offset + 1
-                c.moved_at = self._clock()
-                c.rewound_to, c.rewinds = -1, 0
+                self._advance(c, msg.offset + 1)
                 return None
         return self._rewind(c)
 
@@ -165,6 +161,11 @@ class Contiguity:
             if now - c.behind_since >= after and now - c.moved_at >= after:
                 out.append((tp, self._rewind(c)))
         return out
+
+    def _advance(self, c: _Cursor, expect: int) -> None:
+        c.expect = expect
+        c.moved_at = self._clock()
+        c.rewound_to, c.rewinds, c.behind_since = -1, 0, None
 
     def _rewind(self, c: _Cursor) -> int:
         c.rewinds = c.rewinds + 1 if c.rewound_to == c.expect else 1

@@ -139,9 +139,3 @@ class Offsets:
         _, consumer = await self._clients()
         return await asyncio.wait_for(consumer.end_offsets([TopicPartition(tp.topic, tp.partition) for tp in tps]),
                                       self.timeout)
-
-    async def close(self) -> None:
-        for c in (self._admin, self._consumer):
-            if c is not None:
-                await (c.close() if c is self._admin else c.stop())
-        self._admin = self._consumer = None

@@ -159,7 +159,7 @@ class Worker:
         except Exception as e:                          # noqa: BLE001  (broker away: the health probe says so)
             log.debug("end offsets unavailable: %r", e)
             return
-        for tp, offset in self.cursor.stalled(lambda tp: ends.get(tp), after=STALL_AFTER):
+        for tp, offset in self.cursor.stalled(ends.get, after=STALL_AFTER):
             await self._rewind(tp, offset, f"records up to offset {ends[tp] - 1} but none delivered from {offset}")
 
     # -- the scan agent ------------------------------------------------------------------------
