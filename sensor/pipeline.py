@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from sensor.decode.containers import PdfSpool, Sniffer
+from sensor.decode.containers import Sniffer, Spool
 from sensor.decode.encodings import chain, parse_content_encoding
 from sensor.decode.limits import Budget, DecodeLimits, DecodeProblem
 from sensor.detect.engine import Engine
@@ -86,9 +86,10 @@ class BodyScan:
 
     @property
     def needs_prepare(self) -> bool:
-        """Whether :meth:`prepare` has slow work to do off the event loop (a whole PDF, as sent)."""
+        """Whether :meth:`prepare` has slow work to do off the event loop: a container that is read
+        whole (zip, xlsx, docx, odf, PDF), as sent."""
         route = self.sniffer.route
-        return (self._top is self.sniffer and isinstance(route, PdfSpool) and not route.extracted
+        return (self._top is self.sniffer and isinstance(route, Spool) and not route.extracted
                 and not self.stopped)
 
     def prepare(self) -> None:
@@ -98,7 +99,7 @@ class BodyScan:
             self.sniffer.route.extract()
 
     async def finish_async(self) -> ScanResult:
-        """:meth:`finish`, with :meth:`prepare` in a thread when it has work, and the text it produced
+        """:meth:`finish`, with :meth:`prepare` in a thread when it has work, and what it read
         scanned in slices with the event loop given back between them (taps call this)."""
         if self.needs_prepare:
             await asyncio.to_thread(self.prepare)

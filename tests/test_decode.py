@@ -286,3 +286,51 @@ def test_one_long_line_keeps_memory_bounded(engine):
         tracemalloc.stop()
     assert r.records == 1
     assert peak < 2 << 20, f"scanning a 20 MB line allocated {peak} bytes at peak"
+
+
+def _scan_as_a_tap(engine, data: bytes):
+    """What a tap does: the container is read in a worker thread (``prepare``), with no Hyperscan
+    state touched there, then fed to the scanner in slices on the event loop (``finish_async``)."""
+    import asyncio
+    from sensor.pipeline import BodyScan, Exchange
+    from tests.conftest import KEY
+
+    body = BodyScan(engine, Policy(), key=KEY, exchange=Exchange())
+    for i in range(0, len(data), 65536):
+        body.write(data[i:i + 65536])
+    assert body.needs_prepare, "a container read whole must be read off the event loop"
+    fed = body.scanner.result.decoded_bytes
+    body.prepare()
+    assert body.scanner.result.decoded_bytes == fed, "prepare() fed the scanner: it must not, it runs in a thread"
+    return asyncio.run(body.finish_async())
+
+
+_ROWS = [line.split(",") for line in LEAK.decode().splitlines()]
+
+
+@pytest.mark.parametrize("label,data", [
+    ("xlsx", synth.xlsx(_ROWS)),
+    ("docx", _docx(["Permit holders export"], _ROWS)),
+    ("ods", _ods(_ROWS)),
+    ("zip of a csv and a readme", _zip({"readme.txt": b"hello", "export/roster.csv": LEAK})),
+    ("zip in a zip, gzip inside", _zip({"inner.zip": _zip({"roster.csv.gz": gzip.compress(LEAK)})})),
+    ("pdf", synth.pdf(_report_rows(300))),
+    ("pdf in a zip", _zip({"report.pdf": synth.pdf(_report_rows(300))})),
+    ("empty members around the leak", _zip({"a.txt": b"", "b.csv": LEAK, "c.txt": b""})),
+    ("truncated zip", _zip({"a.csv": LEAK})[:2000]),
+    ("malformed xlsx xml", _zip({"xl/workbook.xml": b"<w/>", "xl/worksheets/sheet1.xml": b"<row><c"})),
+    ("truncated pdf", synth.pdf(["x"] * 500)[:1500]),
+])
+def test_a_container_read_in_a_thread_scans_as_it_does_inline(engine, label, data):
+    inline = scan_bytes(engine, data).to_json()
+    tap = _scan_as_a_tap(engine, data).to_json()
+    for r in (inline, tap):
+        r.pop("seconds")
+    assert tap == inline, label
+
+
+def test_a_zip_bomb_read_in_a_thread_is_refused_as_inline(engine):
+    bomb = _zip({"zeros.csv": b"0" * (64 << 20)})
+    r = _scan_as_a_tap(engine, bomb)
+    assert any(n.startswith("decode-limit:") for n in r.notes) and r.verdict == "pass", r.notes
+    assert r.notes == scan_bytes(engine, bomb).notes

@@ -16,7 +16,7 @@ from envoy.config.core.v3 import base_pb2
 from sensor import synth
 from sensor.sample_site import ROSTER
 from tests.procs import Sidecar, free_port, site_fixture, stop, wait_http
-from tests.test_proxy import _wait, assert_byte_identical, assert_pdf_leak_cut_while_others_are_served, curl
+from tests.test_proxy import _wait, assert_byte_identical, assert_container_leak_cut_while_others_are_served, curl
 
 ROOT = Path(__file__).resolve().parents[1]
 ENVOY = Path(sys.executable).parent / "envoy"
@@ -89,7 +89,8 @@ def test_a_large_benign_pdf_arrives_whole(site, envoy, extproc):
     _wait(lambda: extproc.metric("dlp_exchanges_total", tap="extproc", verdict="pass") > before)
 
 def test_pdf_leak_cut_while_the_ext_proc_server_answers_others(site, envoy):
-    assert_pdf_leak_cut_while_others_are_served(site, envoy, "envoy-permits.pdf")
+    assert_container_leak_cut_while_others_are_served(site, envoy, "envoy-permits.pdf",
+                                                      synth.pdf(synth.breach_rows(12000)))
 
 def _headers(**kv) -> base_pb2.HeaderMap:
     return base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=k.replace("_", ":", 1) if k.startswith("_") else k,

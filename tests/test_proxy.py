@@ -191,13 +191,12 @@ async def test_aiohttp_client_sees_a_failed_download(site, sidecar):
             assert r.status == 451
 
 
-def assert_pdf_leak_cut_while_others_are_served(site, base: str, name: str) -> None:
-    """A PDF is read whole (pypdf) at the end of its body, in a thread: downloading a leaked one through
-    ``base`` fails, the next download gets 451, and requests that arrive during the extraction are answered
-    during it. Inline extraction would hold the tap's event loop until it ends, so no request could be
+def assert_container_leak_cut_while_others_are_served(site, base: str, name: str, data: bytes) -> None:
+    """A container (PDF, xlsx, zip) is read whole at the end of its body, in a thread: downloading a leaked
+    one through ``base`` fails, the next download gets 451, and requests that arrive during the reading are
+    answered during it. Reading inline would hold the tap's event loop until it ends, so no request could be
     answered between the download's last byte and its end. Shared by every tap's tests."""
     import threading
-    data = synth.pdf(synth.breach_rows(12000))
     (site.root / "exports" / name).write_bytes(data)
     marks: dict[str, float] = {}
 
@@ -230,7 +229,13 @@ def assert_pdf_leak_cut_while_others_are_served(site, base: str, name: str) -> N
 
 
 def test_a_pdf_leak_is_cut_and_the_proxy_serves_others_while_its_text_is_extracted(site, sidecar):
-    assert_pdf_leak_cut_while_others_are_served(site, sidecar.url, "permits.pdf")
+    assert_container_leak_cut_while_others_are_served(site, sidecar.url, "permits.pdf",
+                                                      synth.pdf(synth.breach_rows(12000)))
+
+
+def test_an_xlsx_leak_is_cut_and_the_proxy_serves_others_while_it_is_read(site, sidecar):
+    rows = [r.split(",") for r in synth.breach_rows(30000)]
+    assert_container_leak_cut_while_others_are_served(site, sidecar.url, "permits.xlsx", synth.xlsx(rows))
 
 
 def test_same_content_under_another_url_is_refused(site, sidecar):

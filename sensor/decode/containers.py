@@ -1,7 +1,8 @@
 """Containers found by magic bytes: gzip files, zip and the zip-based office formats, PDF, UTF-16 text.
 
 A zip cannot be read in order (its directory is at the end), so it is spooled — in memory up to
-8 MiB, then to a temporary file, never beyond ``max_container_bytes`` — and read when complete.
+8 MiB, then to a temporary file, never beyond ``max_container_bytes`` — and read when complete
+(in a thread, for the taps: see :class:`Spool`).
 A PDF likewise (its cross-reference table is at the end, and its text sits in compressed content
 streams drawn through font encodings): it is spooled the same way and its text is extracted page
 by page with pypdf, one line of the page per line of text.
@@ -142,8 +143,55 @@ class _GzipFile(GzipDecoder):
             self.notes.append("truncated:gzip (stream ended early; scanned what arrived)")
 
 
-class _Spool:
-    """Collect a container that can only be read whole (bounded: memory, then disk), then scan it."""
+class PartRecorder:
+    """A :class:`PartSink` that keeps what a container produced — parts and their bytes, in memory
+    up to 8 MiB, then in a temporary file — so that a thread can read the container while the
+    event loop keeps serving, and the loop feeds the scanner afterwards in slices."""
+
+    def __init__(self) -> None:
+        self.file: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)
+        self.size = 0
+        self._marks: list[tuple[int, str | None, str | None]] = []   # (offset, mode, name) per begin_part
+        self._at = 0
+        self._next = 0
+
+    def begin_part(self, mode: str | None = None, name: str | None = None) -> None:
+        self._marks.append((self.size, mode, name))
+
+    def feed(self, data: bytes) -> None:
+        self.file.write(data)
+        self.size += len(data)
+
+    def replay_some(self, out: PartSink, limit: int, piece: int) -> bool:
+        """Give ``out`` the same parts, about ``limit`` more bytes of them; False once all is given."""
+        marks, fed = self._marks, 0
+        self.file.seek(self._at)
+        while fed < limit:
+            while self._next < len(marks) and marks[self._next][0] == self._at:
+                out.begin_part(marks[self._next][1], marks[self._next][2])
+                self._next += 1
+            end = marks[self._next][0] if self._next < len(marks) else self.size
+            if end == self._at:
+                return False
+            data = self.file.read(min(piece, end - self._at))
+            self._at += len(data)
+            fed += len(data)
+            out.feed(data)
+        return True
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class Spool:
+    """A container that can only be read whole: collected (bounded: memory, then disk), then read.
+
+    Reading it is slow pure-Python work (XML of a spreadsheet, PDF content streams: about 1 s per
+    MB of xlsx here), so it comes in two ways. Inline (:meth:`close` alone, ``dlp-sensor scan``):
+    straight into the scanner, which stops reading at a trip. For a tap: :meth:`extract` touches no
+    Hyperscan state and runs in a thread, recording the parts; then :meth:`scan_some` feeds them
+    to the scanner in slices with the event loop given back between them, and :meth:`close` feeds
+    the rest and raises what went wrong while reading (after what was read has been scanned)."""
 
     kind = "container"
 
@@ -151,6 +199,8 @@ class _Spool:
         self.s = sniffer
         self.size = 0
         self.file: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)
+        self._parts: PartRecorder | None = None
+        self._error: DecodeProblem | None = None
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
@@ -159,54 +209,62 @@ class _Spool:
                                 f"{self.kind} larger than {self.s.budget.limits.max_container_bytes} bytes")
         self.file.write(data)
 
-    def close(self) -> None:
+    @property
+    def extracted(self) -> bool:
+        return self._parts is not None
+
+    def extract(self) -> None:
+        self._parts = PartRecorder()
         try:
             self.file.seek(0)
-            self._scan()
+            self._read(self._parts)
+        except DecodeProblem as e:
+            self._error = e
         finally:
             self.file.close()
 
-    def _scan(self) -> None:                # pragma: no cover - abstract
+    def scan_some(self, limit: int) -> bool:
+        """Feed about ``limit`` more bytes of what :meth:`extract` read; False once all is fed."""
+        assert self._parts is not None
+        return self._parts.replay_some(self.s.out, limit, self.s.budget.limits.piece)
+
+    def close(self) -> None:
+        try:
+            if self._parts is None:
+                self.file.seek(0)
+                self._read(self.s.out)
+            else:
+                while not self.s.stop() and self.scan_some(1 << 30):
+                    pass
+                if self._error is not None:
+                    raise self._error
+        finally:
+            self.file.close()
+            if self._parts is not None:
+                self._parts.close()
+
+    def _read(self, out: PartSink) -> None:   # pragma: no cover - abstract
         raise NotImplementedError
 
 
-class PdfSpool(_Spool):
+class PdfSpool(Spool):
     """Text of every page, as lines (a table row in a PDF comes out as one line: one record).
 
-    Extraction (pypdf, pure Python: ~0.5 MB/s of text-heavy PDF here) is split from scanning:
-    :meth:`extract` touches no Hyperscan state, so a tap runs it in a thread and the event loop
-    keeps serving. The tap then feeds the text to the scanner in slices (:meth:`scan_some`), giving
-    the loop back between them: a dense text scans at ~5 MB/s, so a megabyte in one go would hold
-    the loop past Envoy's 200 ms message timeout. :meth:`close` feeds what is left (all of it, after
-    extracting inline, for ``dlp-sensor scan``). The text waits in a spooled temporary file
-    (memory, then disk).
-    pypdf caps each stream's decompression itself (75 MB by default; a bomb is a decode-limit
-    note), and the text is metered against the body's budget. Encrypted PDFs are opened with the
-    empty user password (the common "no password to open, restrictions only" case); others get a
-    note and are not read."""
+    pypdf is pure Python (~0.5 MB/s of text-heavy PDF here). It caps each stream's decompression
+    itself (75 MB by default; a bomb is a decode-limit note), and the text is metered against the
+    body's budget. Encrypted PDFs are opened with the empty user password (the common "no password
+    to open, restrictions only" case); others get a note and are not read."""
 
     kind = "pdf"
 
-    def __init__(self, sniffer: Sniffer):
-        super().__init__(sniffer)
-        self._text: IO[bytes] | None = None
-        self._error: DecodeProblem | None = None
-        self._began = False
-
-    @property
-    def extracted(self) -> bool:
-        return self._text is not None
-
-    def extract(self) -> None:
+    def _read(self, out: PartSink) -> None:
         import logging
 
         import pypdf
         from pypdf.errors import LimitReachedError, PyPdfError
         logging.getLogger("pypdf").setLevel(logging.ERROR)   # its warnings quote object data
         s = self.s
-        self._text = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)
         try:
-            self.file.seek(0)
             reader = pypdf.PdfReader(self.file, strict=False)
             if reader.is_encrypted and not reader.decrypt(""):
                 s.notes.append("decode-error:pdf (encrypted with a password; not read)")
@@ -214,59 +272,26 @@ class PdfSpool(_Spool):
             pages = reader.pages
             if len(pages) > s.budget.limits.max_members:
                 raise LimitExceeded("members", f"more than {s.budget.limits.max_members} pages")
+            out.begin_part("lines", s.name)
             for page in pages:
                 if s.stop():
                     return
                 text = (page.extract_text() or "").encode("utf-8", "replace") + b"\n"
                 s.budget.take(len(text))
-                self._text.write(text)
-        except DecodeProblem as e:
-            self._error = e
+                out.feed(text)
         except LimitReachedError:
-            self._error = LimitExceeded("pdf-stream", "a content stream inflates past pypdf's limit")
+            raise LimitExceeded("pdf-stream", "a content stream inflates past pypdf's limit") from None
         except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError, OSError,
                 RecursionError, zlib.error) as e:
-            self._error = CorruptInput("pdf", f"unreadable PDF ({type(e).__name__})")
-
-    def scan_some(self, limit: int) -> bool:
-        """Feed about ``limit`` bytes of the extracted text (whole lines) to the scanner; False once all is fed."""
-        assert self._text is not None
-        s = self.s
-        if not self._began:
-            s.out.begin_part("lines", s.name)
-            self._text.seek(0)
-            self._began = True
-        fed = 0
-        while fed < limit:
-            piece = self._text.read(s.budget.limits.piece)
-            if not piece:
-                return False
-            cut = piece.rfind(b"\n") + 1 or len(piece)      # whole lines to the scanner
-            if cut < len(piece):
-                self._text.seek(cut - len(piece), 1)
-            s.out.feed(piece[:cut])
-            fed += cut
-        return True
-
-    def _scan(self) -> None:
-        if self._text is None:
-            self.extract()
-        assert self._text is not None
-        try:
-            while self.scan_some(1 << 30):
-                pass
-        finally:
-            self._text.close()
-        if self._error is not None:
-            raise self._error
+            raise CorruptInput("pdf", f"unreadable PDF ({type(e).__name__})") from None
 
 
-class ZipSpool(_Spool):
-    """Collect a zip (bounded), then scan each member, office formats as text."""
+class ZipSpool(Spool):
+    """Each member of a zip, office formats as text; members that are containers are read in turn."""
 
     kind = "zip"
 
-    def _scan(self) -> None:
+    def _read(self, out: PartSink) -> None:
         s = self.s
         try:
             zf = zipfile.ZipFile(self.file)
@@ -279,19 +304,19 @@ class ZipSpool(_Spool):
             names = {i.filename for i in infos}
             if "xl/workbook.xml" in names:
                 s.kind = "xlsx"
-                _xlsx(zf, names, s)
+                _xlsx(zf, names, s, out)
             elif "word/document.xml" in names:
                 s.kind = "docx"
-                _office_text(zf, "word/document.xml", s)
+                _office_text(zf, "word/document.xml", s, out)
             elif "content.xml" in names and "mimetype" in names:
                 s.kind = "odf"
-                _office_text(zf, "content.xml", s)
+                _office_text(zf, "content.xml", s, out)
             else:
                 for info in infos:
                     if s.stop():
                         return
-                    inner = Sniffer(s.out, s.budget, s.depth + 1, info.filename, s.notes, s.stop)
-                    s.out.begin_part(None, info.filename)
+                    inner = Sniffer(out, s.budget, s.depth + 1, info.filename, s.notes, s.stop)
+                    out.begin_part(None, info.filename)
                     for piece in _member_pieces(zf, info, s):
                         inner.write(piece)
                     inner.close()
@@ -381,7 +406,7 @@ def _parse(reader: _MeteredReader, what: str) -> Iterator[tuple[str, object]]:
         raise CorruptInput(what, f"malformed XML ({e.msg if hasattr(e, 'msg') else e})") from None
 
 
-def _xlsx(zf: zipfile.ZipFile, names: set[str], s: Sniffer) -> None:
+def _xlsx(zf: zipfile.ZipFile, names: set[str], s: Sniffer, out: PartSink) -> None:
     shared: list[str] = []
     if "xl/sharedStrings.xml" in names:
         buf: list[str] = []
@@ -399,8 +424,8 @@ def _xlsx(zf: zipfile.ZipFile, names: set[str], s: Sniffer) -> None:
     for sheet in sheets:
         if s.stop():
             return
-        s.out.begin_part("lines", sheet)
-        lines = _Lines(s.out, s.budget.limits.piece)
+        out.begin_part("lines", sheet)
+        lines = _Lines(out, s.budget.limits.piece)
         row: dict[int, str] = {}
         ctype = None
         ref = None
@@ -437,10 +462,10 @@ _CELLS = {"tc", "table-cell"}
 _ROWS = {"tr", "table-row"}
 
 
-def _office_text(zf: zipfile.ZipFile, member: str, s: Sniffer) -> None:
+def _office_text(zf: zipfile.ZipFile, member: str, s: Sniffer, out: PartSink) -> None:
     """Paragraphs become lines; table cells become tab-separated columns of one line per row."""
-    s.out.begin_part("lines", member)
-    lines = _Lines(s.out, s.budget.limits.piece)
+    out.begin_part("lines", member)
+    lines = _Lines(out, s.budget.limits.piece)
     in_cell = 0
     for ev, el in _parse(_MeteredReader(zf, zf.getinfo(member), s), "office"):
         tag = _local(el.tag)  # type: ignore[attr-defined]
