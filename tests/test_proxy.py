@@ -409,8 +409,10 @@ def _wait(cond, timeout: float = 15.0) -> None:
     raise AssertionError("condition not met in time")
 
 
-def test_promtool_accepts_the_metrics(sidecar):
+def test_promtool_accepts_the_metrics(site, sidecar):
     exe = require_tool("promtool")
+    assert curl(sidecar.url + copy_to(site, ROSTER, "exports/promtool-leak.csv"))[1] == 451   # a trip: its series exist
+    assert curl(sidecar.url + "/contact.html")[1] == 200                                         # a proxied request
     text = urllib.request.urlopen(sidecar.metrics + "/metrics", timeout=5).read()
     p = subprocess.run([exe, "check", "metrics"], input=text, capture_output=True)
     assert p.returncode == 0, p.stdout.decode() + p.stderr.decode()

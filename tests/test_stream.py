@@ -411,3 +411,27 @@ def test_exposure_table_moves_with_its_partitions(tmp_path, broker, site):
         for w in (w1, w2):
             if w is not None:
                 w.stop()
+
+
+def test_the_offsets_clients_leave_the_broker_at_close(broker):
+    """The worker's own admin client and consumer (``Offsets``) are closed when it stops; asking again
+    afterwards opens new ones, and a second close does nothing."""
+    from aiokafka import TopicPartition
+
+    from sensor.config import KafkaConfig
+    from sensor.stream.kafka import Offsets
+
+    async def run() -> None:
+        o = Offsets(KafkaConfig(bootstrap=broker.bootstrap))
+        tp = TopicPartition("dlp.offsets-probe", 0)
+        assert await o.starting("offsets-probe-group", [tp]) in ({tp: 0}, {})
+        admin, consumer = o._admin, o._consumer
+        assert admin is not None and consumer is not None and not admin._closed and not consumer._closed
+        await o.close()
+        assert admin._closed and consumer._closed
+        await o.close()
+        await o.starting("offsets-probe-group", [tp])
+        assert o._consumer is not None and o._consumer is not consumer
+        await o.close()
+
+    asyncio.run(run())

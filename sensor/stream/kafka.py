@@ -135,6 +135,16 @@ class Offsets:
             out.update(await asyncio.wait_for(consumer.beginning_offsets(rest), self.timeout))
         return out
 
+    async def close(self) -> None:
+        """Leave the broker cleanly at shutdown (the consumer would otherwise linger in the broker's
+        view until its session times out). Never waits past ``timeout``: the broker may be gone."""
+        admin, consumer, self._admin, self._consumer = self._admin, self._consumer, None, None
+        for stop in ([admin.close()] if admin else []) + ([consumer.stop()] if consumer else []):
+            try:
+                await asyncio.wait_for(stop, self.timeout)
+            except (asyncio.TimeoutError, KafkaError, OSError) as e:
+                log.warning("closing an offsets client: %s", type(e).__name__)
+
     async def ends(self, tps: list) -> dict:
         _, consumer = await self._clients()
         return await asyncio.wait_for(consumer.end_offsets([TopicPartition(tp.topic, tp.partition) for tp in tps]),

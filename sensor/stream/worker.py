@@ -447,6 +447,10 @@ class _FaustWorker(faust.Worker):
         await self.dlp.start_http()
         await super().on_first_start()
 
+    async def on_stop(self) -> None:
+        await self.dlp.offsets.close()
+        await super().on_stop()
+
     def _on_sigterm(self) -> None:
         _exit_later()
         super()._on_sigterm()
