@@ -97,6 +97,29 @@ def test_errors_exit_2_with_a_clear_message(tmp_path):
     assert p.returncode == 2 and b"signature x" in p.stderr
 
 
+def test_files_scanned_in_parallel_report_as_one_process_does(tree, tmp_path):
+    """``--jobs 3`` scans files in forked processes: the same lines, in the same order, as ``--jobs 1``
+    (an unreadable entry and a container among them); stdin among the paths falls back to one process."""
+    from sensor import synth
+    for i in range(6):
+        (tree / "exports" / f"part-{i}.csv").write_bytes(breach_csv(200 * (i + 1), seed=i))
+    (tree / "exports" / "roster.xlsx").write_bytes(synth.xlsx([r.split(",") for r in synth.breach_rows(300)]))
+    os.symlink("/nonexistent", tree / "exports" / "dangling")
+    outs = {}
+    for jobs in ("1", "3"):
+        p = run("scan", "--format", "json", "--jobs", jobs, "--state-dir", str(tmp_path / "state"), str(tree),
+                str(tree / "missing.csv"))
+        assert p.returncode == 1, p.stderr
+        lines = [json.loads(x) for x in p.stdout.decode().splitlines()]
+        for x in lines:
+            x.pop("seconds", None)
+        outs[jobs] = lines
+    assert outs["3"] == outs["1"] and len(outs["1"]) == 11
+    assert [x["records"] for x in outs["1"] if Path(x["path"]).name.startswith("part-")] == [200 * (i + 1) for i in range(6)]
+    p = run("scan", "--format", "json", "--jobs", "2", "-", str(tree / "index.html"), stdin=LEAK)
+    assert [json.loads(x)["path"] for x in p.stdout.decode().splitlines()] == ["-", str(tree / "index.html")]
+
+
 def test_policy_file_changes_the_verdict(tree, tmp_path):
     pol = tmp_path / "p.yaml"
     pol.write_text("trip:\n  strong_records: 1\n")

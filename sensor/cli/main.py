@@ -95,6 +95,41 @@ def scan_stream(fh: BinaryIO, engine: Engine, policy: Policy, key: bytes, limits
     return FileReport(name, body.finish())
 
 
+def scan_file(path: str, problem: str | None, engine: Engine, policy: Policy, key: bytes, limits: DecodeLimits,
+              stop_on_trip: bool) -> FileReport:
+    if problem:
+        return FileReport(path, None, problem)
+    try:
+        if path == "-":
+            return scan_stream(sys.stdin.buffer, engine, policy, key, limits, "-", stop_on_trip)
+        with open(path, "rb") as fh:
+            return scan_stream(fh, engine, policy, key, limits, path, stop_on_trip)
+    except OSError as e:
+        return FileReport(path, None, f"cannot read: {e.strerror}")
+
+
+_JOB: tuple = ()    # (engine, policy, key, limits, stop_on_trip): what a forked scanning process inherits
+
+
+def _scan_in_child(item: tuple[str, str | None]) -> FileReport:
+    return scan_file(*item, *_JOB)
+
+
+def scan_files(files: list[tuple[str, str | None]], jobs: int, *job) -> Iterator[FileReport]:
+    """Reports in the order of ``files``. With ``jobs`` > 1, files are scanned in that many forked
+    processes (one scan is one core's work: the per-match path is Python); each inherits the
+    compiled database and gets its own copy of the scratch. stdin is read here, never in a child."""
+    global _JOB
+    if jobs <= 1 or len(files) <= 1 or any(p == "-" for p, _ in files):
+        for path, problem in files:
+            yield scan_file(path, problem, *job)
+        return
+    import multiprocessing
+    _JOB = job
+    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        yield from pool.imap(_scan_in_child, files, chunksize=1)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dlp-sensor")
 def main() -> None:
@@ -109,13 +144,15 @@ def main() -> None:
 @click.option("--no-default-signatures", is_flag=True, help="Use only the packs given with --signatures.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files/directories whose name or path matches; repeatable.")
 @click.option("--stop-on-trip", is_flag=True, help="Stop reading a file as soon as it trips (counts are then partial).")
+@click.option("--jobs", "-j", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Files scanned at once, one process each; 0 = one per CPU core.")
 @click.option("--max-decoded-bytes", type=int, default=DecodeLimits.max_decoded_bytes, show_default=True)
 @click.option("--max-ratio", type=float, default=DecodeLimits.max_ratio, show_default=True)
 @click.option("--max-depth", type=int, default=DecodeLimits.max_depth, show_default=True)
 @click.option("--state-dir", type=click.Path(file_okay=False), help="Where the HMAC key lives (default ~/.local/state/dlp-sensor).")
 def scan(paths: tuple[str, ...], fmt: str, policy_file: str | None, signatures: tuple[str, ...],
-         no_default_signatures: bool, exclude: tuple[str, ...], stop_on_trip: bool, max_decoded_bytes: int, max_ratio: float,
-         max_depth: int, state_dir: str | None) -> None:
+         no_default_signatures: bool, exclude: tuple[str, ...], stop_on_trip: bool, jobs: int,
+         max_decoded_bytes: int, max_ratio: float, max_depth: int, state_dir: str | None) -> None:
     """Scan files, directories (recursively) or - (stdin) for personal-data leaks.
 
     Exit status: 0 nothing tripped, 1 something tripped, 2 on error (bad pack or policy, or a
@@ -134,17 +171,6 @@ def scan(paths: tuple[str, ...], fmt: str, policy_file: str | None, signatures: 
     show_bar = fmt == "text" and sys.stderr.isatty() and len(files) > 1
     reports: list[FileReport] = []
 
-    def one(path: str, problem: str | None) -> FileReport:
-        if problem:
-            return FileReport(path, None, problem)
-        try:
-            if path == "-":
-                return scan_stream(sys.stdin.buffer, engine, policy, key, limits, "-", stop_on_trip)
-            with open(path, "rb") as fh:
-                return scan_stream(fh, engine, policy, key, limits, path, stop_on_trip)
-        except OSError as e:
-            return FileReport(path, None, f"cannot read: {e.strerror}")
-
     def emit(rep: FileReport) -> None:
         reports.append(rep)
         if fmt == "json":
@@ -152,14 +178,15 @@ def scan(paths: tuple[str, ...], fmt: str, policy_file: str | None, signatures: 
         elif fmt == "text" and (rep.verdict != "pass" or not show_bar or rep.result is None or rep.result.notes):
             write_text(rep, out, color)
 
+    results = scan_files(files, jobs or os.cpu_count() or 1, engine, policy, key, limits, stop_on_trip)
     if show_bar:
-        with click.progressbar(files, label="scanning", file=sys.stderr, show_pos=True,
-                               item_show_func=lambda f: f[0][-40:] if f else None) as bar:
-            for path, problem in bar:
-                emit(one(path, problem))
+        with click.progressbar(results, length=len(files), label="scanning", file=sys.stderr, show_pos=True,
+                               item_show_func=lambda r: r.path[-40:] if r else None) as bar:
+            for rep in bar:
+                emit(rep)
     else:
-        for path, problem in files:
-            emit(one(path, problem))
+        for rep in results:
+            emit(rep)
 
     tripped = sum(r.verdict == "trip" for r in reports)
     alerted = sum(r.verdict == "alert" for r in reports)
