@@ -103,6 +103,41 @@ def test_xlsx_written_by_openpyxl_trips(engine, tmp_path):
     assert r.notes[0] == "container:xlsx" and r.verdict == "trip" and r.records == 300
 
 
+@pytest.mark.parametrize("epoch", ["1900", "1904"])
+def test_xlsx_dates_stored_as_day_counts_are_dates_of_birth(engine, tmp_path, epoch):
+    """openpyxl (like Excel) stores a date cell as a day count with a date style: the reader renders it
+    as the date it shows. A plain number in an unstyled column stays a number."""
+    import datetime as dt
+
+    import openpyxl
+    from openpyxl.utils.datetime import CALENDAR_MAC_1904
+
+    rows = [line.split(",") for line in LEAK.decode().splitlines()][:41]
+    wb = openpyxl.Workbook()
+    if epoch == "1904":
+        wb.epoch = CALENDAR_MAC_1904
+    ws = wb.active
+    ws.append(["last_name", "first_name", "date_of_birth", "driver_license", "visits"])
+    births = [dt.date(1950, 1, 1) + dt.timedelta(days=173 * i) for i in range(40)]
+    for r, born, i in zip(rows[1:], births, range(40)):
+        ws.append([r[1], r[2], born, r[11], 30000 + i])   # 30000+ would be 1982 dates if read as days
+    path = tmp_path / "dob.xlsx"
+    wb.save(path)
+    r = scan_bytes(engine, path.read_bytes())
+    assert r.notes[0] == "container:xlsx" and r.findings.get("dob") == 40, r.findings
+    assert any("-" in s.redacted for s in r.samples["dob"]), r.samples["dob"]    # ISO dates, redacted
+
+
+def test_xlsx_with_malformed_styles_is_still_read(engine):
+    rows = "".join("<row>" + "".join(f'<c t="inlineStr"><is><t>{v}</t></is></c>' for v in line.split(",")) + "</row>"
+                   for line in LEAK.decode().splitlines())
+    data = _zip({"xl/workbook.xml": b"<workbook/>", "xl/styles.xml": b"<styleSheet><cellXfs><xf",
+                 "xl/worksheets/sheet1.xml": f"<worksheet><sheetData>{rows}</sheetData></worksheet>".encode()})
+    r = scan_bytes(engine, data)
+    assert r.verdict == "trip" and r.records == 300, r.notes
+    assert any(n.startswith("decode-error:xlsx (styles") for n in r.notes), r.notes
+
+
 def _docx(paragraphs: list[str], rows: list[list[str]]) -> bytes:
     w = 'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
     ps = "".join(f"<w:p><w:r><w:t>{p}</w:t></w:r></w:p>" for p in paragraphs)

@@ -13,6 +13,7 @@ so that the scanner sees records and header columns as it does in a CSV.
 from __future__ import annotations
 
 import codecs
+import datetime as dt
 import re
 import tempfile
 import zipfile
@@ -406,6 +407,68 @@ def _parse(reader: _MeteredReader, what: str) -> Iterator[tuple[str, object]]:
         raise CorruptInput(what, f"malformed XML ({e.msg if hasattr(e, 'msg') else e})") from None
 
 
+# Built-in number formats that show a date (ECMA-376 18.8.30; 27-36 and 50-58 are the East Asian
+# locales' date formats). 18-21 and 45-47 are times of day: those stay numbers.
+_BUILTIN_DATE_FORMATS = frozenset([14, 15, 16, 17, 22, *range(27, 37), *range(50, 59)])
+_FORMAT_LITERALS = re.compile(r'"[^"]*"|\\.|\[[^\]]*\]')     # quoted text, escapes, [colour]/[h] sections
+
+
+def _is_date_format(code: str) -> bool:
+    code = _FORMAT_LITERALS.sub("", code).lower()
+    return "d" in code or "y" in code
+
+
+def _date_styles(zf: zipfile.ZipFile, names: set[str], s: Sniffer) -> frozenset[int]:
+    """Indexes of the cell styles (``cellXfs``) whose number format shows a date: a date of birth is
+    stored as a day count (33620) and only its style says it is 1992-01-17."""
+    if "xl/styles.xml" not in names:
+        return frozenset()
+    custom: dict[int, bool] = {}
+    styles: list[bool] = []
+    in_cell_xfs = False
+    for ev, el in _parse(_MeteredReader(zf, zf.getinfo("xl/styles.xml"), s), "xlsx"):
+        tag = _local(el.tag)  # type: ignore[attr-defined]
+        if tag == "cellXfs":
+            in_cell_xfs = ev == "start"
+        elif ev == "start" and tag == "numFmt":
+            try:
+                custom[int(el.get("numFmtId", ""))] = _is_date_format(el.get("formatCode", ""))  # type: ignore[attr-defined]
+            except ValueError:
+                pass
+        elif ev == "start" and tag == "xf" and in_cell_xfs:
+            try:
+                fmt = int(el.get("numFmtId", "0"))  # type: ignore[attr-defined]
+            except ValueError:
+                fmt = 0
+            styles.append(custom.get(fmt, fmt in _BUILTIN_DATE_FORMATS))
+    return frozenset(i for i, is_date in enumerate(styles) if is_date)
+
+
+def _epoch(zf: zipfile.ZipFile, names: set[str], s: Sniffer) -> dt.date:
+    """Day 0 of the workbook's serial dates: 1899-12-30 (the 1900 system, as Excel counts it once
+    past its phantom 1900-02-29), or 1904-01-01 for workbooks saved with ``date1904``."""
+    if "xl/workbook.xml" in names:
+        for ev, el in _parse(_MeteredReader(zf, zf.getinfo("xl/workbook.xml"), s), "xlsx"):
+            if ev == "start" and _local(el.tag) == "workbookPr":  # type: ignore[attr-defined]
+                if el.get("date1904", "").lower() in ("1", "true"):  # type: ignore[attr-defined]
+                    return dt.date(1904, 1, 1)
+                break
+    return dt.date(1899, 12, 30)
+
+
+def _serial_date(value: str, epoch: dt.date) -> str | None:
+    """An ISO date for a day count in a date-styled cell; None when it is not a plausible date."""
+    try:
+        days = float(value)
+    except ValueError:
+        return None
+    if not 1 <= days < 2958466:                  # 0 and fractions are times of day; 9999-12-31 is the last
+        return None
+    if epoch.year == 1899 and days < 61:
+        days += 1                                # before Excel's phantom 1900-02-29, day 1 is 1900-01-01
+    return (epoch + dt.timedelta(days=int(days))).isoformat()
+
+
 def _xlsx(zf: zipfile.ZipFile, names: set[str], s: Sniffer, out: PartSink) -> None:
     shared: list[str] = []
     if "xl/sharedStrings.xml" in names:
@@ -420,6 +483,12 @@ def _xlsx(zf: zipfile.ZipFile, names: set[str], s: Sniffer, out: PartSink) -> No
                 el.clear()  # type: ignore[attr-defined]
     sheets = sorted((n for n in names if n.startswith("xl/worksheets/") and n.endswith(".xml")),
                     key=lambda n: (len(n), n))
+    try:
+        dates = _date_styles(zf, names, s)
+        epoch = _epoch(zf, names, s) if dates else dt.date(1899, 12, 30)
+    except CorruptInput:                     # the sheets can still be read; their dates stay day counts
+        s.notes.append("decode-error:xlsx (styles or workbook XML malformed: date cells read as numbers)")
+        dates, epoch = frozenset(), dt.date(1899, 12, 30)
     max_cols = 16384
     for sheet in sheets:
         if s.stop():
@@ -429,12 +498,14 @@ def _xlsx(zf: zipfile.ZipFile, names: set[str], s: Sniffer, out: PartSink) -> No
         row: dict[int, str] = {}
         ctype = None
         ref = None
+        style: str | None = None
         value: str | None = None
         for ev, el in _parse(_MeteredReader(zf, zf.getinfo(sheet), s), "xlsx"):
             tag = _local(el.tag)  # type: ignore[attr-defined]
             if ev == "start":
                 if tag == "c":
                     ctype, ref, value = el.get("t"), el.get("r"), None  # type: ignore[attr-defined]
+                    style = el.get("s")  # type: ignore[attr-defined]
                 continue
             if tag in ("v", "t"):
                 value = (value or "") + (el.text or "")  # type: ignore[attr-defined]
@@ -445,6 +516,8 @@ def _xlsx(zf: zipfile.ZipFile, names: set[str], s: Sniffer, out: PartSink) -> No
                             value = shared[int(value)]
                         except (ValueError, IndexError):
                             value = ""
+                    elif ctype in (None, "n") and style and dates and style.isdigit() and int(style) in dates:
+                        value = _serial_date(value, epoch) or value
                     col = min(_col_index(ref, len(row)), max_cols)
                     row[col] = value.replace("\t", " ").replace("\n", " ")
                 el.clear()  # type: ignore[attr-defined]
