@@ -202,7 +202,6 @@ def assert_container_leak_cut_while_others_are_served(site, base: str, name: str
 
     def download() -> None:
         got = 0
-        marks["start"] = time.monotonic()
         try:
             with urllib.request.urlopen(base + "/exports/" + name, timeout=120) as req:
                 # read1: what has arrived, now (read(n) would wait for n bytes, and so hold the last
@@ -210,7 +209,6 @@ def assert_container_leak_cut_while_others_are_served(site, base: str, name: str
                 while piece := req.read1(16 << 10):  # a cut Content-Length body just ends early here
                     got += len(piece)
                     marks["last_byte"] = time.monotonic()
-                    marks.setdefault("first_byte", marks["last_byte"])
         except Exception:                           # noqa: BLE001  IncompleteRead: no terminating chunk
             marks["failed"] = 1
         marks["end"] = time.monotonic()

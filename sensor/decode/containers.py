@@ -418,9 +418,14 @@ def _is_date_format(code: str) -> bool:
     return "d" in code or "y" in code
 
 
-def _date_styles(zf: zipfile.ZipFile, names: set[str], s: Sniffer) -> frozenset[int]:
+_EXCEL_1900 = dt.date(1899, 12, 30)        # day 0 of the 1900 date system, as Excel counts past 1900-03-01
+_EXCEL_1904 = dt.date(1904, 1, 1)
+
+
+def _date_styles(zf: zipfile.ZipFile, names: set[str], s: Sniffer) -> frozenset[str]:
     """Indexes of the cell styles (``cellXfs``) whose number format shows a date: a date of birth is
-    stored as a day count (33620) and only its style says it is 1992-01-17."""
+    stored as a day count (33620) and only its style says it is 1992-01-17. As strings: cells name
+    their style by its ``s`` attribute."""
     if "xl/styles.xml" not in names:
         return frozenset()
     custom: dict[int, bool] = {}
@@ -441,7 +446,7 @@ def _date_styles(zf: zipfile.ZipFile, names: set[str], s: Sniffer) -> frozenset[
             except ValueError:
                 fmt = 0
             styles.append(custom.get(fmt, fmt in _BUILTIN_DATE_FORMATS))
-    return frozenset(i for i, is_date in enumerate(styles) if is_date)
+    return frozenset(str(i) for i, is_date in enumerate(styles) if is_date)
 
 
 def _epoch(zf: zipfile.ZipFile, names: set[str], s: Sniffer) -> dt.date:
@@ -451,9 +456,9 @@ def _epoch(zf: zipfile.ZipFile, names: set[str], s: Sniffer) -> dt.date:
         for ev, el in _parse(_MeteredReader(zf, zf.getinfo("xl/workbook.xml"), s), "xlsx"):
             if ev == "start" and _local(el.tag) == "workbookPr":  # type: ignore[attr-defined]
                 if el.get("date1904", "").lower() in ("1", "true"):  # type: ignore[attr-defined]
-                    return dt.date(1904, 1, 1)
+                    return _EXCEL_1904
                 break
-    return dt.date(1899, 12, 30)
+    return _EXCEL_1900
 
 
 def _serial_date(value: str, epoch: dt.date) -> str | None:
@@ -464,7 +469,7 @@ def _serial_date(value: str, epoch: dt.date) -> str | None:
         return None
     if not 1 <= days < 2958466:                  # 0 and fractions are times of day; 9999-12-31 is the last
         return None
-    if epoch.year == 1899 and days < 61:
+    if epoch == _EXCEL_1900 and days < 61:
         days += 1                                # before Excel's phantom 1900-02-29, day 1 is 1900-01-01
     return (epoch + dt.timedelta(days=int(days))).isoformat()
 
@@ -485,10 +490,10 @@ def _xlsx(zf: zipfile.ZipFile, names: set[str], s: Sniffer, out: PartSink) -> No
                     key=lambda n: (len(n), n))
     try:
         dates = _date_styles(zf, names, s)
-        epoch = _epoch(zf, names, s) if dates else dt.date(1899, 12, 30)
+        epoch = _epoch(zf, names, s) if dates else _EXCEL_1900
     except CorruptInput:                     # the sheets can still be read; their dates stay day counts
         s.notes.append("decode-error:xlsx (styles or workbook XML malformed: date cells read as numbers)")
-        dates, epoch = frozenset(), dt.date(1899, 12, 30)
+        dates, epoch = frozenset(), _EXCEL_1900
     max_cols = 16384
     for sheet in sheets:
         if s.stop():
@@ -516,7 +521,7 @@ def _xlsx(zf: zipfile.ZipFile, names: set[str], s: Sniffer, out: PartSink) -> No
                             value = shared[int(value)]
                         except (ValueError, IndexError):
                             value = ""
-                    elif ctype in (None, "n") and style and dates and style.isdigit() and int(style) in dates:
+                    elif ctype in (None, "n") and style in dates:
                         value = _serial_date(value, epoch) or value
                     col = min(_col_index(ref, len(row)), max_cols)
                     row[col] = value.replace("\t", " ").replace("\n", " ")

@@ -136,8 +136,7 @@ class Offsets:
         return out
 
     async def close(self) -> None:
-        """Leave the broker cleanly at shutdown (the consumer would otherwise linger in the broker's
-        view until its session times out). Never waits past ``timeout``: the broker may be gone."""
+        """Close both clients' connections at shutdown. Never waits past ``timeout``: the broker may be gone."""
         admin, consumer, self._admin, self._consumer = self._admin, self._consumer, None, None
         for stop in ([admin.close()] if admin else []) + ([consumer.stop()] if consumer else []):
             try:
