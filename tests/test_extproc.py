@@ -92,6 +92,15 @@ def test_pdf_leak_cut_while_the_ext_proc_server_answers_others(site, envoy):
     assert_container_leak_cut_while_others_are_served(site, envoy, "envoy-permits.pdf",
                                                       synth.pdf(synth.breach_rows(12000)))
 
+
+def test_a_slow_pdf_leak_lacks_its_last_chunk(site, envoy):
+    """Chunks 10 ms apart: the headers and most of the file have left before the end is judged. Envoy ends
+    such a body with an empty end-of-stream message; the last data message is answered only after it."""
+    marks = assert_container_leak_cut_while_others_are_served(
+        site, envoy, "envoy-slow-permits.pdf", synth.pdf(synth.breach_rows(12000, seed=7)),
+        path="/stream/exports/{}?pause=0.01")
+    assert marks["got"] > 0 and marks.get("failed"), marks   # the headers had left: a cut download
+
 def _headers(**kv) -> base_pb2.HeaderMap:
     return base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=k.replace("_", ":", 1) if k.startswith("_") else k,
                                                             raw_value=v.encode()) for k, v in kv.items()])

@@ -8,10 +8,15 @@ A thin tap (grpcio, protos from ``xds-protos``). Per stream (one HTTP exchange):
 - response body, ``STREAMED`` with ``send_body_without_waiting_for_header_response``: in enforce
   mode the header answer is held until the route's hold-back (64 KiB) has been scanned, or 100 ms
   have passed (inside Envoy's 200 ms message timeout), so a small leak gets a clean 451 and never
-  leaves; after that each chunk is scanned and answered at once. On a trip the resource is taken
-  down (durably, first) and the stream is answered with an ``ImmediateResponse`` 451; once the
-  headers have left, Envoy resets the downstream stream: a failed download, never a
-  complete-looking file.
+  leaves. After that one body message always stays unanswered until the next one arrives (or
+  100 ms pass): Envoy often ends a body with an empty ``end_of_stream`` message, and a container
+  (PDF, xlsx, zip) is only judged there, so answering each chunk at once let every data byte of a
+  leaked file out before its verdict. On a trip the resource is taken down (durably, first) and
+  the stream is answered with an ``ImmediateResponse`` 451; once the headers have left, Envoy
+  resets the downstream stream: a failed download that lacks at least its last chunk.
+- the end of the body may take seconds to judge (a container is read in a thread): the answer
+  starts with ``override_message_timeout`` (``FINAL_VERDICT_TIMEOUT``), which Envoy honours up to
+  its ``max_message_timeout`` (the shipped config allows it).
 
 Envoy's ``failure_mode_allow`` decides what happens when this server is unreachable; the shipped
 config (``deploy/envoy/envoy.yaml``) sets it to ``false`` (fail closed).
@@ -28,6 +33,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
+from google.protobuf import duration_pb2
 
 from sensor.alerts.schema import AlertContext
 from sensor.enforce.resource import normalize, public_url
@@ -36,6 +42,7 @@ from sensor.runtime import Sensor
 
 log = logging.getLogger("dlp_sensor.extproc")
 HOLD_MAX_SECONDS = 0.1          # a slow body is released after this, well inside Envoy's 200 ms message timeout
+FINAL_VERDICT_TIMEOUT = 30      # seconds; deploy/envoy/envoy.yaml's max_message_timeout must allow it
 
 
 def _headers(hm) -> dict[str, str]:
@@ -56,9 +63,9 @@ class _Stream:
         self.scan_s = 0.0
         self.host = self.path = self.method = ""
         self.holdback = 0
-        self.holding = False
-        self.release_at = 0.0
-        self.held_msgs = 0
+        self.headers_held = False      # the response-headers answer waits for the hold-back
+        self.release_at = 0.0          # ... and whatever is held goes at this loop time at the latest
+        self.held_msgs = 0             # body messages not answered yet
         self.held_bytes = 0
         self.done = False
         self.completed = False
@@ -87,11 +94,20 @@ class _Stream:
                                   time.perf_counter())
         return verdict
 
-    def release(self) -> list:
-        """Answer the held headers and every held body chunk, in order."""
-        out = [pb.ProcessingResponse(response_headers=pb.HeadersResponse())]
-        out += [pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse()))] * self.held_msgs
-        self.holding, self.held_msgs = False, 0
+    def slow_end(self, req) -> bool:
+        """Whether ``req`` ends a body whose verdict is read from a container in a thread."""
+        return (req.WhichOneof("request") == "response_body" and req.response_body.end_of_stream
+                and self.scan is not None and not self.tripped and self.scan.needs_prepare)
+
+    @property
+    def holding(self) -> bool:
+        return self.headers_held or self.held_msgs > 0
+
+    def release(self, keep: int = 0) -> list:
+        """Answer the held headers and the held body messages but the last ``keep``, in order."""
+        out = [pb.ProcessingResponse(response_headers=pb.HeadersResponse())] if self.headers_held else []
+        out += [_BODY_OK] * (self.held_msgs - keep)
+        self.headers_held, self.held_msgs = False, keep
         return out
 
     def finish(self, completed: bool) -> None:
@@ -147,6 +163,10 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
                     continue
                 if req is None:
                     break
+                if st.slow_end(req):
+                    # judging the end may take seconds: ask Envoy to wait (it honours this once per message)
+                    yield pb.ProcessingResponse(override_message_timeout=duration_pb2.Duration(
+                        seconds=FINAL_VERDICT_TIMEOUT))
                 for r in await self._handle(st, req):
                     yield r
         finally:
@@ -187,29 +207,38 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
                 st.completed = True
             elif st.enforce and st.holdback > 0:
                 # hold the headers (Envoy sends the body meanwhile: send_body_without_waiting_for_header_response)
-                st.holding = True
+                st.headers_held = True
                 st.release_at = asyncio.get_running_loop().time() + HOLD_MAX_SECONDS
                 return []
             return [pb.ProcessingResponse(response_headers=pb.HeadersResponse())]
         if kind == "response_body":
-            body = req.response_body.body
-            eos = req.response_body.end_of_stream
-            if st.scan is not None and not st.tripped:
-                verdict = await st.feed(body, eos)
-                if verdict == "refused" or (verdict == "trip" and st.enforce):
-                    st.done = True
-                    return [self._block()]          # a clean 451 while held; else Envoy resets the stream
-            if st.ctx is not None:
-                st.ctx.bytes_sent += len(body)
-            st.completed = st.completed or eos
-            if st.holding:
-                st.held_msgs += 1
-                st.held_bytes += len(body)
-                if st.held_bytes >= st.holdback or eos:
-                    return st.release()
-                return []
-            return [pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse()))]
-        return [_passthrough(kind)]                 # trailers and anything newer: unchanged
+            return await self._body(st, req.response_body.body, req.response_body.end_of_stream)
+        out = st.release()                          # trailers: the body has ended without end_of_stream
+        return out + [_passthrough(kind)]           # trailers and anything newer: unchanged
+
+    async def _body(self, st: "_Stream", body: bytes, eos: bool) -> list:
+        if st.scan is not None and not st.tripped:
+            verdict = await st.feed(body, eos)
+            if verdict == "refused" or (verdict == "trip" and st.enforce):
+                st.done = True
+                return [self._block()]              # a clean 451 while held; else Envoy resets the stream
+        if st.ctx is not None:
+            st.ctx.bytes_sent += len(body)
+        st.completed = st.completed or eos
+        if not st.enforce or st.tripped:
+            return [_BODY_OK]
+        st.held_msgs += 1
+        st.held_bytes += len(body)
+        if eos:
+            return st.release()
+        if st.headers_held and st.held_bytes < st.holdback:
+            return []                               # still inside the hold-back
+        # one message stays behind until the next says whether the body has ended
+        st.release_at = asyncio.get_running_loop().time() + HOLD_MAX_SECONDS
+        return st.release(keep=1)
+
+
+_BODY_OK = pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse()))
 
 
 def _passthrough(kind: str | None) -> pb.ProcessingResponse:
