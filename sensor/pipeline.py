@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from sensor.decode.containers import Sniffer, Spool
+from sensor.decode.containers import GzipFile, Sniffer, Spool
 from sensor.decode.encodings import chain, parse_content_encoding
 from sensor.decode.limits import Budget, DecodeLimits, DecodeProblem
 from sensor.detect.engine import Engine
@@ -84,28 +84,43 @@ class BodyScan:
                 self._stop(e)
         return self.scanner.verdict
 
+    def _container(self) -> tuple[Spool | None, list]:
+        """The container this body ends in, if it is one that is read whole (zip, xlsx, docx, odf,
+        PDF), as sent, under a Content-Encoding or inside gzip files; and the decoders in front of
+        it, outermost first."""
+        decoders = list(reversed(self._stages))
+        route = self.sniffer.route
+        while isinstance(route, GzipFile):
+            decoders.append(route)
+            route = route.sink.route
+        return (route, decoders) if isinstance(route, Spool) else (None, [])
+
     @property
     def needs_prepare(self) -> bool:
-        """Whether :meth:`prepare` has slow work to do off the event loop: a container that is read
-        whole (zip, xlsx, docx, odf, PDF), as sent."""
-        route = self.sniffer.route
-        return (self._top is self.sniffer and isinstance(route, Spool) and not route.extracted
-                and not self.stopped)
+        """Whether :meth:`prepare` has slow work to do off the event loop."""
+        spool, _ = self._container()
+        return spool is not None and not spool.extracted and not self.stopped
 
     def prepare(self) -> None:
         """The slow part of finishing that touches no Hyperscan state: safe in a worker thread
-        while the event loop scans other exchanges. Call once the body is complete."""
-        if self.needs_prepare:
-            self.sniffer.route.extract()
+        while the event loop scans other exchanges. Call once the body is complete. The decoders
+        in front of the container are drained into it first (its route is fixed: nothing they
+        emit can reach the scanner); their problems are raised here, as :meth:`finish` would."""
+        spool, decoders = self._container()
+        if spool is None or spool.extracted or self.stopped:
+            return
+        for d in decoders:
+            d.drain()
+        spool.extract()
 
     async def finish_async(self) -> ScanResult:
         """:meth:`finish`, with :meth:`prepare` in a thread when it has work, and what it read
         scanned in slices with the event loop given back between them (taps call this)."""
         if self.needs_prepare:
-            await asyncio.to_thread(self.prepare)
-            route = self.sniffer.route
+            spool, _ = self._container()
             try:
-                while not self.stopped and not self.sniffer.stop() and route.scan_some(SCAN_SLICE):
+                await asyncio.to_thread(self.prepare)
+                while not self.stopped and not self.sniffer.stop() and spool.scan_some(SCAN_SLICE):
                     await asyncio.sleep(0)
             except DecodeProblem as e:
                 self._stop(e)

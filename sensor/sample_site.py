@@ -3,7 +3,8 @@
 Static pages, a JSON API and a contact page that are fine to publish — and, by accident, the
 permit-holder roster export. Served by aiohttp from a generated directory (Range, HEAD and
 Content-Length for free), plus dynamic endpoints: ``/stream/<file>`` sends a file chunked with a
-pause between chunks (a slow download), ``/big?mb=N`` streams N MB of benign text, ``/echo``
+pause between chunks (a slow download; ``?encoding=gzip`` labels a file that holds gzip bytes
+with that Content-Encoding), ``/big?mb=N`` streams N MB of benign text, ``/echo``
 returns the request body, ``/ws`` echoes WebSocket messages.
 """
 from __future__ import annotations
@@ -47,8 +48,10 @@ def site_app(root: Path, *, chunk: int = 16 << 10, pause: float = 0.0) -> web.Ap
         if root.resolve() not in path.parents or not path.is_file():
             raise web.HTTPNotFound()
         delay = float(request.query.get("pause", pause))
-        resp = web.StreamResponse(headers={"Content-Type": "text/csv" if path.suffix == ".csv"
-                                           else "application/octet-stream"})
+        headers = {"Content-Type": "text/csv" if path.suffix == ".csv" else "application/octet-stream"}
+        if request.query.get("encoding"):            # the file holds bytes already so encoded
+            headers["Content-Encoding"] = request.query["encoding"]
+        resp = web.StreamResponse(headers=headers)
         await resp.prepare(request)
         with open(path, "rb") as fh:
             while data := fh.read(chunk):

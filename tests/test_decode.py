@@ -323,14 +323,14 @@ def test_one_long_line_keeps_memory_bounded(engine):
     assert peak < 2 << 20, f"scanning a 20 MB line allocated {peak} bytes at peak"
 
 
-def _scan_as_a_tap(engine, data: bytes):
+def _scan_as_a_tap(engine, data: bytes, content_encoding: str = ""):
     """What a tap does: the container is read in a worker thread (``prepare``), with no Hyperscan
     state touched there, then fed to the scanner in slices on the event loop (``finish_async``)."""
     import asyncio
     from sensor.pipeline import BodyScan, Exchange
     from tests.conftest import KEY
 
-    body = BodyScan(engine, Policy(), key=KEY, exchange=Exchange())
+    body = BodyScan(engine, Policy(), key=KEY, exchange=Exchange(content_encoding=content_encoding))
     for i in range(0, len(data), 65536):
         body.write(data[i:i + 65536])
     assert body.needs_prepare, "a container read whole must be read off the event loop"
@@ -362,6 +362,32 @@ def test_a_container_read_in_a_thread_scans_as_it_does_inline(engine, label, dat
     for r in (inline, tap):
         r.pop("seconds")
     assert tap == inline, label
+
+
+_XLSX = synth.xlsx(_ROWS)
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    c = zlib.compressobj(wbits=-15)
+    return c.compress(data) + c.flush()
+
+
+@pytest.mark.parametrize("label,encoding,data", [
+    ("xlsx sent gzip-encoded", "gzip", gzip.compress(_XLSX)),
+    ("pdf sent br-encoded", "br", brotli.compress(synth.pdf(_report_rows(300)))),
+    ("xlsx sent as raw deflate", "deflate", _raw_deflate(_XLSX)),
+    ("xlsx in a gzip file", "", gzip.compress(_XLSX)),
+    ("xlsx in a gzip file, zstd-encoded", "zstd", zstandard.ZstdCompressor().compress(gzip.compress(_XLSX))),
+    ("gzip-encoded xlsx cut short", "gzip", gzip.compress(_XLSX)[:-400]),
+])
+def test_a_container_under_an_encoding_is_read_in_a_thread_as_inline(engine, label, encoding, data):
+    """The decoders in front of the container are drained into it in the thread, then it is read there."""
+    inline = scan_bytes(engine, data, content_encoding=encoding).to_json()
+    tap = _scan_as_a_tap(engine, data, encoding).to_json()
+    for r in (inline, tap):
+        r.pop("seconds")
+    assert tap == inline, label
+    assert inline["notes"][0].startswith("container:"), inline["notes"]
 
 
 def test_a_zip_bomb_read_in_a_thread_is_refused_as_inline(engine):

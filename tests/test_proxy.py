@@ -1,6 +1,7 @@
 """The sidecar through real clients (curl, aiohttp) against a real upstream process."""
 from __future__ import annotations
 
+import gzip
 import shutil
 import socket
 import subprocess
@@ -93,7 +94,6 @@ def test_keepalive_reuses_the_connection(sidecar):
 
 def test_gzip_content_encoding_passes_through_untouched(site, sidecar):
     data = (site.root / "stats-2.html").read_bytes()
-    import gzip
     (site.root / "gz.html").write_bytes(gzip.compress(data))
     # served as an encoded file; the client gets the encoded bytes exactly
     rc, st, body, _ = curl(sidecar.url + "/gz.html")
@@ -245,6 +245,33 @@ def test_a_pdf_leak_is_cut_and_the_proxy_serves_others_while_its_text_is_extract
 def test_an_xlsx_leak_is_cut_and_the_proxy_serves_others_while_it_is_read(site, sidecar):
     rows = [r.split(",") for r in synth.breach_rows(30000)]
     assert_container_leak_cut_while_others_are_served(site, sidecar.url, "permits.xlsx", synth.xlsx(rows))
+
+
+def test_a_gzip_encoded_xlsx_leak_is_cut_and_the_proxy_serves_others_while_it_is_read(site, sidecar):
+    """Content-Encoding in front of the container: the decoder is drained into it in the worker thread."""
+    rows = [r.split(",") for r in synth.breach_rows(30000, seed=11)]
+    assert_container_leak_cut_while_others_are_served(site, sidecar.url, "permits-gz.xlsx",
+                                                      gzip.compress(synth.xlsx(rows)),
+                                                      path="/stream/exports/{}?encoding=gzip")
+
+
+def test_a_slow_chunked_body_still_flows_while_its_latest_chunk_is_held(site, sidecar):
+    """A chunked body's latest chunk waits for the next one (the end is judged before it leaves), but only
+    for LAST_CHUNK_PATIENCE: a slow stream is not held a whole pause behind."""
+    data = synth.benign_web(112 << 10)[: 112 << 10]          # 7 chunks of 16 KiB, sent 0.6 s apart
+    (site.root / "slow-stats.html").write_bytes(data)
+    arrivals: list[tuple[float, int]] = []
+    got = 0
+    with urllib.request.urlopen(sidecar.url + "/stream/slow-stats.html?pause=0.6", timeout=60) as r:
+        while piece := r.read1(64 << 10):
+            got += len(piece)
+            arrivals.append((time.monotonic(), got))
+    assert got == len(data)
+    # the hold-back (64 KiB) ends with the 4th chunk: it must follow the first three within ~0.1 s, not
+    # when the 5th arrives 0.6 s later
+    first = arrivals[0][0]
+    reached = next(t for t, n in arrivals if n >= 64 << 10)
+    assert reached - first < 0.35, [(round(t - first, 2), n) for t, n in arrivals]
 
 
 def test_same_content_under_another_url_is_refused(site, sidecar):

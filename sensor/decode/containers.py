@@ -99,7 +99,7 @@ class Sniffer:
             self.budget.check_depth(self.depth + 1)
             self.kind = "gzip"
             inner = Sniffer(self.out, self.budget, self.depth + 1, self.name, self.notes, self.stop)
-            self._route = _GzipFile(inner, self.budget, self.notes)
+            self._route = GzipFile(inner, self.budget, self.notes)
         elif _looks_utf16(magic):
             self.kind = "utf-16"
             self._route = _Utf16(self.out)
@@ -133,7 +133,9 @@ class _Utf16:
         self.out.feed(self._dec.decode(b"", final=True).encode("utf-8"))
 
 
-class _GzipFile(GzipDecoder):
+class GzipFile(GzipDecoder):
+    """A gzip *file* (magic bytes, not Content-Encoding): decoded into a sniffer of its own."""
+
     def __init__(self, sink: Sniffer, budget: Budget, notes: list[str]):
         super().__init__(sink, budget, wbits=31)
         self.notes = notes

@@ -21,6 +21,21 @@ class _Stage:
         self.budget = budget
         self.piece = budget.limits.piece
         self.truncated = False
+        self.drained = False
+
+    def drain(self) -> None:
+        """Decode what is still buffered into the sink without closing it: a container at the end
+        of the chain can then be read in a thread before :meth:`close` finishes the body."""
+        if not self.drained:
+            self.drained = True
+            self._flush()
+
+    def _flush(self) -> None:
+        """The end of input: emit what the decoder still holds, note whether the stream was cut."""
+
+    def close(self) -> None:
+        self.drain()
+        self.sink.close()
 
     def _out(self, data: bytes) -> None:
         if data:
@@ -60,13 +75,12 @@ class GzipDecoder(_Stage):
                     raise CorruptInput(self.name, "trailing garbage after the end of the stream")
             data = b""
 
-    def close(self) -> None:
+    def _flush(self) -> None:
         try:
             self._out(self._d.flush())
         except zlib.error as e:
             raise CorruptInput(self.name, str(e)) from None
         self.truncated = self._started and not self._d.eof
-        self.sink.close()
 
 
 class DeflateDecoder(GzipDecoder):
@@ -90,13 +104,13 @@ class DeflateDecoder(GzipDecoder):
             data, self._head = self._head, None
         super().write(data)
 
-    def close(self) -> None:
+    def _flush(self) -> None:
         if self._head:
             head, self._head = self._head, None
             self._d = zlib.decompressobj(-15)
             super().write(head)
         self._head = None
-        super().close()
+        super()._flush()
 
 
 class BrotliDecoder(_Stage):
@@ -120,9 +134,8 @@ class BrotliDecoder(_Stage):
         except brotli.error as e:
             raise CorruptInput(self.name, str(e) or "invalid brotli stream") from None
 
-    def close(self) -> None:
+    def _flush(self) -> None:
         self.truncated = self._started and not self._d.is_finished()
-        self.sink.close()
 
 
 class _PieceWriter:
@@ -151,12 +164,11 @@ class ZstdDecoder(_Stage):
         except zstandard.ZstdError as e:
             raise CorruptInput(self.name, str(e).replace("zstd decompress error: ", "")) from None
 
-    def close(self) -> None:
+    def _flush(self) -> None:
         try:
             self._w.flush()
         except zstandard.ZstdError as e:
             raise CorruptInput(self.name, str(e)) from None
-        self.sink.close()
 
 
 DECODERS = {"gzip": GzipDecoder, "x-gzip": GzipDecoder, "deflate": DeflateDecoder,

@@ -9,6 +9,10 @@ Per route:
   (451 page); past that each chunk is scanned before it is forwarded and a trip aborts the
   connection — the client sees a failed download (short of Content-Length, or no terminating
   chunk), never a complete-looking truncated file. The takedown is durable before the cut.
+  The end of a body is judged before its last bytes leave: with a Content-Length the last read
+  is known; a chunked body keeps its latest chunk back until the next one arrives, or for
+  ``LAST_CHUNK_PATIENCE`` (a slow stream still flows), because a container (PDF, xlsx) is only
+  judged at the end.
 
 Memory per exchange is bounded by the hold-back plus one chunk: reads and writes are paced by
 aiohttp's flow control in both directions.
@@ -31,6 +35,7 @@ from sensor.runtime import Sensor
 
 log = logging.getLogger("dlp_sensor.proxy")
 CHUNK = 64 << 10              # enforce: what may leave after the hold-back before a trip is seen
+LAST_CHUNK_PATIENCE = 0.1    # s a chunked body's latest chunk waits for the next before it leaves anyway
 MONITOR_CHUNK = 256 << 10     # monitor: nothing is held, so bigger reads (fewer per-chunk costs: +8 % MB/s)
 HOP_BY_HOP = frozenset(h.lower() for h in (
     "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer", "Trailers",
@@ -170,6 +175,8 @@ class Proxy:
         fingerprint: str | None = None
         held: list[bytes] = []
         held_n = 0
+        lookahead = enforce and has_body and up.content_length is None   # see LAST_CHUNK_PATIENCE
+        pending: bytes | None = None                # lookahead: the latest chunk, not sent yet
         prepared = False
         completed = False
         scan_s = 0.0
@@ -182,7 +189,15 @@ class Proxy:
                 await resp.prepare(request)
                 prepared = True
             it = up.content.iter_chunked(CHUNK if enforce else MONITOR_CHUNK) if has_body else _empty()
+            if lookahead:
+                it = _with_ticks(it, LAST_CHUNK_PATIENCE)
             async for chunk in it:
+                if chunk is None:                   # the next chunk is late: let the held one go
+                    if pending is not None:
+                        await resp.write(pending)
+                        ctx.bytes_sent += len(pending)
+                        pending = None
+                    continue
                 received += len(chunk)
                 if len(head) < fp_bytes:
                     head += chunk[: fp_bytes - len(head)]
@@ -229,19 +244,28 @@ class Proxy:
                                                 headers={"Retry-After": "1"}), "scanner_error"
                         raise Cut("scanner failed")
                 if enforce:
-                    if prepared:
-                        await resp.write(chunk)
-                        ctx.bytes_sent += len(chunk)
-                    else:
+                    if not prepared:
                         held.append(chunk)
                         held_n += len(chunk)
                         if held_n >= route.holdback:
                             await resp.prepare(request)
                             prepared = True
+                            if lookahead:
+                                pending = held.pop()
+                                held_n -= len(pending)
                             for c in held:
                                 await resp.write(c)
                             ctx.bytes_sent += held_n
                             held.clear()
+                            held_n = 0
+                    elif lookahead:
+                        if pending is not None:
+                            await resp.write(pending)
+                            ctx.bytes_sent += len(pending)
+                        pending = chunk
+                    else:
+                        await resp.write(chunk)
+                        ctx.bytes_sent += len(chunk)
             # end of body: the last record may only now be complete
             if scan is not None and result is None:
                 t = time.perf_counter()
@@ -262,6 +286,9 @@ class Proxy:
                 for c in held:
                     await resp.write(c)
                 ctx.bytes_sent += held_n
+            if pending is not None:
+                await resp.write(pending)
+                ctx.bytes_sent += len(pending)
             await resp.write_eof()
             completed = True
             return resp, outcome
@@ -362,6 +389,29 @@ class Proxy:
             self.websockets.discard(ws)
             await upstream.close()
         return ws
+
+
+async def _with_ticks(it, patience: float):
+    """The chunks of ``it``, with ``None`` each time the next one is more than ``patience`` s away."""
+    ait = it.__aiter__()
+    nxt = None
+    try:
+        while True:
+            if nxt is None:
+                nxt = asyncio.ensure_future(ait.__anext__())
+            done, _ = await asyncio.wait((nxt,), timeout=patience)
+            if not done:
+                yield None
+                continue
+            fut, nxt = nxt, None
+            try:
+                chunk = fut.result()
+            except StopAsyncIteration:
+                return
+            yield chunk
+    finally:
+        if nxt is not None:
+            nxt.cancel()
 
 
 async def _empty():
