@@ -201,7 +201,7 @@ def test_every_promql_expression_runs_on_real_prometheus_against_exported_metric
     api, metrics = prometheus_on_sidecar
     exported = _exported_names(metrics) | {"up"}
     assert "dlp_build_info" in exported                 # the dashboard's namespace/job/pod variables read it
-    names = set(re.findall(r"\b(dlp_[a-z_]+|process_[a-z_]+|up)\b(?=\s*[{\[)])", expr))
+    names = set(re.findall(r"\b(dlp_[a-z_]+|process_[a-z_]+|up)\b(?=\s*(?:[{\[)]|$))", expr))
     assert names, expr
     assert names <= exported, f"not exported by the sensor: {names - exported}"
     r = json.loads(urllib.request.urlopen(api + urllib.parse.quote(expr), timeout=10).read())
