@@ -6,7 +6,10 @@ path, client or personal value — cardinality stays bounded and nothing is re-l
 Every counter whose label values are known exists at 0 from start-up (the closed sets in
 :data:`KNOWN` at construction, the deployment's taps, sinks, signatures, Kafka components and
 topics through :meth:`Metrics.expect`). A series that first appears at 1 makes ``increase()`` and
-``rate()`` read 0 over its first increment: the first leak on a pod would page nobody.
+``rate()`` read 0 over its first increment: the first leak on a pod would page nobody. Label
+values that come from the data (decoder reasons, ICAP statuses, a signature added by a reload) and
+the labelled histograms appear at their first observation; gauges are never primed (a
+``dlp_kafka_up`` at 0 would read "broker down").
 
 Every name carries the ``dlp_`` prefix except the standard process and platform collectors'
 (``process_*``, ``python_*``), which keep the names every Prometheus tool expects. No ``_created``
