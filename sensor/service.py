@@ -72,6 +72,9 @@ async def start(config: Config, *, taps: tuple[str, ...], reuse_port: bool = Fal
     gc.collect()
     gc.freeze()             # start-up objects (engine, pack) never die: keep full GC passes off them
     await sensor.start()
+    sensor.metrics.expect(taps=taps, sinks=[s.name for s in sensor.dispatcher.sinks],
+                          signatures=[sig.id for sig in sensor.detector.engine.signatures],
+                          kafka=[c for c, part in (("fleet", sensor.fleet), ("mirror", sensor.mirror)) if part])
     proxy = Proxy(sensor)
     await proxy.start()
     run = Running(sensor, proxy)

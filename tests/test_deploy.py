@@ -136,9 +136,12 @@ def _expressions() -> list[str]:
     dash = json.loads((ROOT / "deploy" / "grafana" / "dashboard.json").read_text())
     exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
     exprs += [a["expr"] for a in dash["annotations"]["list"]]
+    exprs += [re.fullmatch(r"label_values\((.+), \w+\)", v["definition"]).group(1)      # the variables' series
+              for v in dash["templating"]["list"] if v["type"] == "query"]
     rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "rules.yaml").read_text())
     exprs += [r["expr"] for g in rules["groups"] for r in g["rules"]]
-    return [e.replace("$__rate_interval", "1m").replace("$namespace", ".*") for e in exprs]
+    return [e.replace("$__rate_interval", "1m").replace("$namespace", ".*").replace("$job", ".*").replace("$pod", ".*")
+            for e in exprs]
 
 
 def _exported_names(metrics_text: str) -> set[str]:
@@ -197,8 +200,8 @@ def prometheus_on_sidecar(tmp_path_factory):
 def test_every_promql_expression_runs_on_real_prometheus_against_exported_metrics(prometheus_on_sidecar, expr):
     api, metrics = prometheus_on_sidecar
     exported = _exported_names(metrics) | {"up"}
-    assert "dlp_sensor_build_info" in exported          # the dashboard's namespace variable reads it
-    names = set(re.findall(r"\b(dlp_[a-z_]+|up)\b(?=\s*[{\[)])", expr))
+    assert "dlp_build_info" in exported                 # the dashboard's namespace/job/pod variables read it
+    names = set(re.findall(r"\b(dlp_[a-z_]+|process_[a-z_]+|up)\b(?=\s*(?:[{\[)]|$))", expr))
     assert names, expr
     assert names <= exported, f"not exported by the sensor: {names - exported}"
     r = json.loads(urllib.request.urlopen(api + urllib.parse.quote(expr), timeout=10).read())

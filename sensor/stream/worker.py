@@ -91,6 +91,8 @@ class Worker:
         self.key = load_key(config.hmac_key, config.state_dir)
         self.detector = build_detector(config)
         self.metrics = Metrics()
+        self.metrics.expect(taps=("kafka",), signatures=[sig.id for sig in self.detector.engine.signatures],
+                            kafka=("worker",), topics=(k.topic("exchanges"), k.topic("findings")))
         self.ready = False
         self._started_at = time.monotonic()     # reset when the HTTP endpoints open
         self.me = f"worker:{config.sensor_id}"
