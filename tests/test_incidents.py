@@ -29,6 +29,31 @@ def test_summary_rule_is_each_power_of_ten_from_ten():
     assert crossed(5, 250) == 100 and crossed(0, 9) is None and crossed(10, 99) is None
 
 
+def test_first_trip_escalates_an_incident_a_lesser_alert_opened(tmp_path):
+    """alert -> opened (every sink), alert -> repeat (SIEM only), trip -> escalated (every sink),
+    trip -> repeat; refusals of a resource that never alerted here count into nothing."""
+    from sensor.alerts.spool import Spool
+
+    def alert(verdict: str, n: int) -> dict:
+        return {"@timestamp": "2023-11-14T22:13:20.000Z", "event": {}, "rule": {},
+                "dlp": {"verdict": verdict, "dedup_id": f"d{n}", "incident": {"id": "inc-1"}}}
+
+    sp = Spool(tmp_path / "alerts.db")
+    sinks = {"pager": 0.0, "siem": 0.0}
+    states = []
+    for n, verdict in enumerate(["alert", "alert", "trip", "trip"]):
+        a = alert(verdict, n)
+        sp.put(a, sinks, now=1000.0 + n, every={"siem"})
+        states.append(a["dlp"]["incident"]["state"])
+    assert states == ["opened", "repeat", "escalated", "repeat"]
+    rows = sp.db.execute("SELECT d.sink, a.dedup_id FROM deliveries d JOIN alerts a USING (seq) ORDER BY seq").fetchall()
+    assert sorted(r for r in rows if r[0] == "pager") == [("pager", "d0"), ("pager", "d2")]
+    assert len([r for r in rows if r[0] == "siem"]) == 4
+    assert sp.refusals({"never-alerted": 50}, sinks) == 0
+    assert sp.db.execute("SELECT count(*) FROM incidents").fetchone()[0] == 1
+    sp.close()
+
+
 class Receiver:
     """Webhook and PagerDuty endpoint in one: records every POST body by path."""
 
