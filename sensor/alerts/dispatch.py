@@ -54,7 +54,12 @@ class Dispatcher:
 
     def _flush_refusals(self) -> None:
         counts, self._refused = self._refused, {}
-        fut = self._refusing = self.spool.disk.submit(self._store_refusals, counts)
+        try:
+            fut = self._refusing = self.spool.disk.submit(self._store_refusals, counts)
+        except RuntimeError:                        # shutting down (disk thread closed): a 451 must still go out
+            log.warning("%d refusals not counted into their incidents: the alert spool is closed",
+                        sum(counts.values()))
+            return
         self._storing.add(fut)
         fut.add_done_callback(self._refusals_stored)
 
