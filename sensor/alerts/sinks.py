@@ -102,7 +102,7 @@ class Sink:
                                          timeout=aiohttp.ClientTimeout(total=self.timeout)) as r:
                 if r.status // 100 == 2:
                     return
-                detail = (await r.text(errors="replace"))[:200].replace("\n", " ")
+                detail = (await r.content.read(200)).decode(errors="replace").replace("\n", " ").strip()
                 msg = f"HTTP {r.status}" + (f": {detail}" if detail else "")
                 if 400 <= r.status < 500 and r.status not in TRANSIENT_4XX:
                     raise DeliveryError(msg, permanent=True)
