@@ -136,8 +136,15 @@ def test_raw_address_only_when_configured_else_the_hash_in_dlp(result):
     assert "source" not in hashed and hashed["dlp"]["client"]["hash"].startswith("hmac-sha256:")
     assert RAW_IP not in orjson.dumps(hashed).decode()
     assert "source" not in drop and "client" not in drop["dlp"]
+    # the Kafka worker only ever sees the client's keyed hash: it goes in dlp.client.hash, never source.*
+    ctx = AlertContext(exchange_id="w1", sensor_id="s1", resource="site/r.csv", url={"original": "https://site/r.csv"},
+                       method="GET", status=200, client_ip="", mode="monitor", action="logged")
+    for mode in ("raw", "hashed"):
+        w = build_alert(ctx, result, key=KEY, source_ip=mode, now=1.0, client_hash="hmac-sha256:ab")
+        assert "source" not in w and w["dlp"]["client"] == {"hash": "hmac-sha256:ab"}
+    assert "client" not in build_alert(ctx, result, key=KEY, source_ip="drop", now=1.0, client_hash="x")["dlp"]
     from sensor.alerts.schema import to_ocsf
-    assert to_ocsf(raw)["src_endpoint"] == {"ip": RAW_IP}
+    assert to_ocsf(raw)["src_endpoint"] == {"ip": RAW_IP} and "src_endpoint" not in to_ocsf(drop)
     assert to_ocsf(hashed)["src_endpoint"] == {"uid": hashed["dlp"]["client"]["hash"]}
 
 
