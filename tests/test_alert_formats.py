@@ -521,6 +521,14 @@ def test_sink_option_errors_name_the_key(raw, key):
         make_sink(raw, "s")
 
 
+def test_null_options_mean_the_defaults():
+    s = make_sink({"type": "pagerduty", "routing_key": "R" * 32, "ca_file": None, "dead_letter": None,
+                   "throttle": None, "every_alert": None}, "s")
+    assert (s.tls, s.dead_letter, s.throttle, s.every_alert) == (None, True, 300.0, False)
+    t = make_sink({"type": "syslog", "tls": None, "certfile": None, "keyfile": None, "ca_file": None}, "t")
+    assert t.every_alert and t.tls is None and "tls" not in t.options
+
+
 def test_ca_file_that_is_not_a_certificate_is_refused(tmp_path):
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate\n")

@@ -323,6 +323,7 @@ def make_sink(raw: Any, where: str) -> Sink:
     """A sink from its config mapping; errors name the key."""
     if not isinstance(raw, dict) or "type" not in raw:
         raise ValueError(f"{where}: needs 'type' (one of {', '.join(SINK_TYPES)})")
+    raw = {k: v for k, v in raw.items() if v is not None}      # an explicit null means "the default"
     kind = raw["type"]
     if kind not in _CLASSES:
         raise ValueError(f"{where}.type: unknown sink {kind!r}; known: {', '.join(SINK_TYPES)}")
