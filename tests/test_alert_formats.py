@@ -428,12 +428,21 @@ def test_retry_after_seconds_and_http_date():
 
 
 async def test_retry_after_is_honoured_on_429(result, tmp_path, no_proxy_env):
+    """The receiver says 429 + Retry-After: 1 to the first alert of a batch of three: nothing more is
+    sent to it for that second (the rest of the batch waits too), then all three arrive."""
     rx = Receiver([(429, {"Retry-After": "1"})])
     base = await rx.start()
-    await _deliver([make_sink({"type": "webhook", "url": base + "/h"}, "s")], [_alert(result)], tmp_path,
-                   lambda: rx.got, retry_initial=0.01, retry_max=0.02)
+    sink = make_sink({"type": "webhook", "url": base + "/h"}, "s")
+    d = Dispatcher(Spool(tmp_path / "spool.db"), [sink], retry_initial=0.01, retry_max=0.02)
+    for i in range(3):                                  # spooled before the sender starts: one leased batch
+        await d.submit(_alert(result, exchange=f"r{i}", resource=f"site/exports/r{i}.csv"))   # three incidents
+    await d.start()
+    deadline = time.monotonic() + 20
+    while len(rx.got) < 3 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    await d.stop()
     await rx.stop()
-    assert len(rx.got) == 1 and len(rx.times) == 2
+    assert len(rx.got) == 3 and len(rx.times) == 4
     assert rx.times[1] - rx.times[0] >= 0.9            # waited as asked, not the 10-20 ms backoff
 
 

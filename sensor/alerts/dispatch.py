@@ -127,7 +127,11 @@ class Dispatcher:
         while True:
             io = self.spool.disk
             batch = await io(self.spool.lease, sink.name)
-            for seq, attempts, alert in batch:
+            pause: float | None = None              # the receiver said Retry-After: the rest of the batch waits too
+            for i, (seq, attempts, alert) in enumerate(batch):
+                if pause is not None:
+                    await io(self.spool.defer, [s for s, _, _ in batch[i:]], sink.name, pause)
+                    break
                 try:
                     await sink.deliver(alert)
                 except DeliveryError as e:
@@ -142,6 +146,8 @@ class Dispatcher:
                         continue
                     wait = e.retry_after if e.retry_after is not None else self._backoff(attempts)
                     await io(self.spool.failed, seq, sink.name, str(e), time.time() + wait)
+                    if e.retry_after is not None:
+                        pause = time.time() + wait
                     log.warning("alert delivery to %s failed (attempt %d): %s; will retry in %.1fs",
                                 sink.name, attempts + 1, e, wait)
                 except (OSError, KeyError, ValueError) as e:

@@ -186,6 +186,12 @@ class Spool:
             os.close(fd)
         self.delivered(seq, sink)
 
+    def defer(self, seqs: list[int], sink: str, at: float) -> None:
+        """Push leased deliveries back to ``at`` without counting an attempt (the receiver asked us to wait)."""
+        with Transaction(self.db):
+            self.db.executemany("UPDATE deliveries SET next_at = ? WHERE seq = ? AND sink = ?",
+                                [(at, seq, sink) for seq in seqs])
+
     def failed(self, seq: int, sink: str, error: str, retry_at: float) -> None:
         with Transaction(self.db):
             self.db.execute("UPDATE deliveries SET attempts = attempts + 1, next_at = ?, last_error = ? "
