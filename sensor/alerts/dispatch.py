@@ -161,6 +161,8 @@ class Dispatcher:
                     if self.metrics:
                         self.metrics.alerts_delivered.labels(sink=sink.name).inc()
             await self._gauge()
+            if pause is not None:                   # nothing goes to this receiver before it said
+                await asyncio.sleep(max(0.0, pause - time.time()))
             if batch:
                 continue
             due = await io(self.spool.next_due, sink.name)
