@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sensor.alerts.dispatch import Dispatcher
-from sensor.alerts.schema import AlertContext, build_alert
+from sensor.alerts.schema import AlertContext, build_alert, incident_id
 from sensor.alerts.sinks import make_sink
 from sensor.alerts.spool import Spool
 from sensor.config import Config
@@ -255,6 +255,7 @@ class Sensor:
     def refused(self, resource: str, reason: str) -> None:
         self.ledger.refused(resource)
         self.metrics.refusals.labels(reason=reason).inc()
+        self.dispatcher.refused(incident_id(self.key, resource))     # counts into its incident, if any
 
     def finished(self, ctx: AlertContext, result: ScanResult | None, *, tap: str, completed: bool,
                  scan_seconds: float = 0.0, mirrored: bool = False) -> dict | None:

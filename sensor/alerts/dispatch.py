@@ -1,4 +1,10 @@
-"""Deliver spooled alerts to every sink, retrying with capped exponential backoff and jitter."""
+"""Deliver spooled alerts to every sink, retrying with capped exponential backoff and jitter.
+
+A receiver's ``Retry-After`` (on 429/503) sets the next attempt instead of the backoff; an
+answer that will never change (HTTP 4xx other than 408/429) moves the alert to the dead-letter
+file (``dead_letter: true``, the default) instead of retrying it forever. HTTP sinks share one
+aiohttp session that honours the proxy environment (``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``).
+"""
 from __future__ import annotations
 
 import asyncio
@@ -26,19 +32,53 @@ class Dispatcher:
         self._tasks: list[asyncio.Task] = []
         self._storing: set[asyncio.Future] = set()
         self._session: aiohttp.ClientSession | None = None
+        self._refused: dict[str, int] = {}
+        self._refusing: asyncio.Future | None = None
 
     def submit(self, alert: dict) -> "asyncio.Future[int]":
         """Queue the alert for the spool (fsynced rows for every sink) on the spool's disk thread and
         return at once: the caller never waits on the disk. The senders wake once it is durable;
         they lease through the same thread, so they cannot miss it."""
-        fut = self.spool.disk.submit(self._store, alert, {s.name: s.throttle for s in self.sinks})
+        fut = self.spool.disk.submit(self._store, alert)
         self._storing.add(fut)
         fut.add_done_callback(self._stored)
         return fut
 
-    def _store(self, alert: dict, sinks: dict[str, float]) -> tuple[int, dict[str, int], int]:
-        seq = self.spool.put(alert, sinks)
+    def refused(self, incident: str) -> None:
+        """A request for a taken-down resource was refused: count it into its incident. Refusals are
+        coalesced on the loop (one disk job carries all that came while the previous one ran), so a
+        client hammering a taken-down URL costs the disk thread one transaction per batch."""
+        self._refused[incident] = self._refused.get(incident, 0) + 1
+        if self._refusing is None:
+            self._flush_refusals()
+
+    def _flush_refusals(self) -> None:
+        counts, self._refused = self._refused, {}
+        try:
+            fut = self._refusing = self.spool.disk.submit(self._store_refusals, counts)
+        except RuntimeError:                        # shutting down (disk thread closed): a 451 must still go out
+            log.warning("%d refusals not counted into their incidents: the alert spool is closed",
+                        sum(counts.values()))
+            return
+        self._storing.add(fut)
+        fut.add_done_callback(self._refusals_stored)
+
+    def _refusals_stored(self, fut: asyncio.Future) -> None:
+        self._refusing = None
+        self._stored(fut)
+        if self._refused:
+            self._flush_refusals()
+
+    def _windows(self) -> dict[str, float]:
+        return {s.name: s.throttle for s in self.sinks}
+
+    def _store(self, alert: dict) -> tuple[int, dict[str, int], int]:
+        seq = self.spool.put(alert, self._windows(), every={s.name for s in self.sinks if s.every_alert})
         return seq, self.spool.take_throttled(), self.spool.depth()
+
+    def _store_refusals(self, counts: dict[str, int]) -> tuple[int, dict[str, int], int]:
+        n = self.spool.refusals(counts, self._windows())
+        return n, self.spool.take_throttled(), self.spool.depth()
 
     def _stored(self, fut: asyncio.Future) -> None:
         self._storing.discard(fut)
@@ -58,7 +98,7 @@ class Dispatcher:
             self.metrics.alert_spool_depth.set(depth)
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession()
+        self._session = aiohttp.ClientSession(trust_env=True)       # HTTPS_PROXY / NO_PROXY
         await self.spool.disk(self.spool.release_leases)
         for s in self.sinks:
             s.session = self._session
@@ -67,7 +107,8 @@ class Dispatcher:
 
     async def stop(self) -> None:
         """Alerts already submitted are on disk before this returns (the next start sends them)."""
-        await asyncio.gather(*self._storing, return_exceptions=True)
+        while self._storing:                        # refusal batches may chain one more
+            await asyncio.gather(*list(self._storing), return_exceptions=True)
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -86,10 +127,30 @@ class Dispatcher:
         while True:
             io = self.spool.disk
             batch = await io(self.spool.lease, sink.name)
-            for seq, attempts, alert in batch:
+            pause: float | None = None              # the receiver said Retry-After: the rest of the batch waits too
+            for i, (seq, attempts, alert) in enumerate(batch):
+                if pause is not None:
+                    await io(self.spool.defer, [s for s, _, _ in batch[i:]], sink.name, pause)
+                    break
                 try:
                     await sink.deliver(alert)
-                except (DeliveryError, OSError, KeyError, ValueError) as e:
+                except DeliveryError as e:
+                    if self.metrics:
+                        self.metrics.alert_delivery_failures.labels(sink=sink.name).inc()
+                    if e.permanent and sink.dead_letter:
+                        await io(self.spool.dead_letter, seq, sink.name, alert, str(e))
+                        if self.metrics:
+                            self.metrics.alerts_dead_lettered.labels(sink=sink.name).inc()
+                        log.error("alert %s refused for good by %s (%s); moved to %s", alert["dlp"]["dedup_id"],
+                                  sink.name, e, self.spool.dead_letter_path)
+                        continue
+                    wait = e.retry_after if e.retry_after is not None else self._backoff(attempts)
+                    await io(self.spool.failed, seq, sink.name, str(e), time.time() + wait)
+                    if e.retry_after is not None:
+                        pause = time.time() + wait
+                    log.warning("alert delivery to %s failed (attempt %d): %s; will retry in %.1fs",
+                                sink.name, attempts + 1, e, wait)
+                except (OSError, KeyError, ValueError) as e:
                     await io(self.spool.failed, seq, sink.name, str(e), time.time() + self._backoff(attempts))
                     if self.metrics:
                         self.metrics.alert_delivery_failures.labels(sink=sink.name).inc()
@@ -100,6 +161,8 @@ class Dispatcher:
                     if self.metrics:
                         self.metrics.alerts_delivered.labels(sink=sink.name).inc()
             await self._gauge()
+            if pause is not None:                   # nothing goes to this receiver before it said
+                await asyncio.sleep(max(0.0, pause - time.time()))
             if batch:
                 continue
             due = await io(self.spool.next_due, sink.name)

@@ -97,6 +97,9 @@ class Metrics:
         self.alerts_delivered = Counter("dlp_alerts_delivered", "Alerts delivered, by sink.", ["sink"], registry=r)
         self.alerts_throttled = Counter("dlp_alerts_throttled", "Alerts a sink's per-incident throttle folded into "
                                         "a later alert of the same incident, by sink.", ["sink"], registry=r)
+        self.alerts_dead_lettered = Counter("dlp_alerts_dead_lettered", "Alerts a sink refused for good (HTTP 4xx "
+                                            "other than 408/429), moved to the dead-letter file, by sink.",
+                                            ["sink"], registry=r)
         self.icap_errors = Counter("dlp_icap_errors", "Malformed or refused ICAP requests, by ICAP status.",
                                    ["status"], registry=r)
         self.active_exchanges = Gauge("dlp_active_exchanges", "Exchanges being scanned now.", registry=r)

@@ -283,9 +283,8 @@ class Worker:
                            mode=str(meta.get("mode", "monitor")),
                            action="takedown" if st.takedown_sent else "logged", partial=bool(meta.get("partial")),
                            bytes_sent=result.bytes, ruleset=self.detector.generation)
-        alert = build_alert(ctx, result, key=self.key, source_ip="drop", now=time.time())
-        if meta.get("client") and self.config.source_ip != "drop":
-            alert["source"] = {"address": meta["client"]}
+        alert = build_alert(ctx, result, key=self.key, source_ip=self.config.source_ip, now=time.time(),
+                            client_hash=meta.get("client"))         # dlp.client.hash: never source.*
         alert["observer"]["hostname"] = self.me
         return alert
 
