@@ -53,7 +53,7 @@ KAFKA_KNOWN: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
     "mirror": {"mirror_overflow": {"action": ("local", "drop")}, "kafka_errors": {"op": ("connect", "publish")}},
     "worker": {"worker_duplicates": {"kind": ("exchange", "orphan", "chunk", "finding")}},
 }
-SINK_COUNTERS = ("alert_delivery_failures", "alerts_delivered", "alerts_throttled")
+SINK_COUNTERS = ("alert_delivery_failures", "alerts_delivered", "alerts_throttled", "alerts_dead_lettered")
 TOPIC_COUNTERS = ("worker_rewinds", "worker_skipped", "deadletters")
 
 
