@@ -45,4 +45,5 @@ def setup_logging(level: str, fmt: str = "text") -> None:
         root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper()))
+    logging.captureWarnings(True)          # library warnings in the same format, not as stray stderr text
     logging.getLogger("aiohttp.access").disabled = True      # request lines carry paths; never logged
