@@ -356,3 +356,17 @@ def _colour_counts(png: bytes, colours: list[str], tolerance: int = 6) -> dict[s
             if abs(r - cr) <= tolerance and abs(g - cg) <= tolerance and abs(b - cb) <= tolerance:
                 counts[c] += 1
     return counts
+
+
+def test_evidence_keeps_no_client_hash_past_the_retention(tmp_path):
+    """The page's per-response evidence forgets client hashes like the ledger's clients table does."""
+    from sensor.enforce.ledger import Ledger
+    led = Ledger(tmp_path / "ledger.db", client_retention_days=1)
+    now = time.time()
+    led.note_evidence("site/x", {"verdict": "alert", "client": "0123456789abcdef", "records": 3}, now - 2 * 86400)
+    led.note_evidence("site/x", {"verdict": "trip", "client": "fedcba9876543210", "records": 40}, now)
+    rows = led.evidence("site/x")
+    assert [(d["verdict"], d["client"]) for _, d in rows] == [("alert", None), ("trip", "fedcba9876543210")]
+    stored = led.db.execute("SELECT client FROM evidence ORDER BY at").fetchall()
+    assert stored == [(None,), ("fedcba9876543210",)]
+    led.close()

@@ -207,8 +207,9 @@ class Ledger:
     # page can show people by signature and samples after the alert itself has left the spool.
     # Rare (one row per alerting response, the first EVIDENCE_PER_RESOURCE per resource), written
     # on the ledger's disk thread in a server; best effort: the counts above stay authoritative.
+    # The client hash has its own column and, like the clients table, is forgotten after the retention.
     EVIDENCE_SCHEMA = ("CREATE TABLE IF NOT EXISTS evidence (resource TEXT NOT NULL, at REAL NOT NULL, "
-                       "verdict TEXT NOT NULL, doc BLOB NOT NULL)")
+                       "verdict TEXT NOT NULL, client TEXT, doc BLOB NOT NULL)")
     EVIDENCE_PER_RESOURCE = 200
 
     def note_evidence(self, resource: str, doc: dict, at: float) -> None:
@@ -216,7 +217,8 @@ class Ledger:
         import logging
 
         import orjson
-        row = (resource, at, str(doc.get("verdict", "")), orjson.dumps(doc))
+        doc = dict(doc)
+        row = (resource, at, str(doc.get("verdict", "")), doc.pop("client", None), orjson.dumps(doc))
         try:
             asyncio.get_running_loop()
         except RuntimeError:                     # the CLI, a test: no loop to keep free
@@ -234,15 +236,20 @@ class Ledger:
             self.db.execute(self.EVIDENCE_SCHEMA)
             (n,) = self.db.execute("SELECT count(*) FROM evidence WHERE resource = ?", (row[0],)).fetchone()
             if n < self.EVIDENCE_PER_RESOURCE:
-                self.db.execute("INSERT INTO evidence(resource, at, verdict, doc) VALUES (?,?,?,?)", row)
+                self.db.execute("INSERT INTO evidence(resource, at, verdict, client, doc) VALUES (?,?,?,?,?)", row)
+            self.db.execute("UPDATE evidence SET client = NULL WHERE at < ? AND client IS NOT NULL",
+                            (time.time() - self.client_retention,))
 
     def evidence(self, resource: str) -> list[tuple[float, dict]]:
-        """(when, evidence) of the resource's alerting responses, oldest first."""
+        """(when, evidence) of the resource's alerting responses, oldest first; ``client`` is None
+        once the retention has passed."""
         import orjson
         self.flush()
         self.db.execute(self.EVIDENCE_SCHEMA)
-        return [(at, orjson.loads(doc)) for at, doc in self.db.execute(
-            "SELECT at, doc FROM evidence WHERE resource = ? ORDER BY at", (resource,))]
+        cutoff = time.time() - self.client_retention
+        return [(at, {**orjson.loads(doc), "client": client if at >= cutoff else None})
+                for at, client, doc in self.db.execute(
+                    "SELECT at, client, doc FROM evidence WHERE resource = ? ORDER BY at", (resource,))]
 
     def clients_of(self, resource: str) -> list[tuple[str, float]]:
         """(keyed client hash, first seen) still within the retention, first seen first."""
