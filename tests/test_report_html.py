@@ -211,10 +211,9 @@ class DevTools:
                 self.events.append(msg)
 
     async def until(self, method: str, timeout: float = 30):
-        """Read events until ``method`` arrives (it is kept with the others)."""
-        seen = len([e for e in self.events if e["method"] == method])
+        """Read events until one ``method`` event is among them (they are cleared at each page)."""
         deadline = time.monotonic() + timeout
-        while len([e for e in self.events if e["method"] == method]) <= seen:
+        while not any(e["method"] == method for e in self.events):
             msg = await asyncio.wait_for(self.ws.receive_json(), max(0.1, deadline - time.monotonic()))
             if "method" in msg:
                 self.events.append(msg)
