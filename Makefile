@@ -5,8 +5,9 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 # Debian programs the suite and the benches drive for real: curl (client), promtool (metrics
-# lint), wrk + nginx (bench/proxy.py baseline), squid + c-icap-client (the ICAP tap).
-APT_PACKAGES := curl openssl prometheus wrk nginx-light squid c-icap
+# lint), wrk + nginx (bench/proxy.py baseline), squid + c-icap-client (the ICAP tap), chromium
+# (the HTML incident page opens offline, headless).
+APT_PACKAGES := curl openssl prometheus wrk nginx-light squid c-icap chromium
 
 .PHONY: test demo bench clean apt
 

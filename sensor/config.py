@@ -3,6 +3,7 @@
 Command-line flags override the file; the file overrides defaults. Every section is optional::
 
     sensor_id: web-1                 # defaults to the host name
+    log_format: text                 # text | json (one JSON object per line); --log-format overrides
     state_dir: /var/lib/dlp-sensor   # registry, ledger, alert spool, HMAC key, admin token
     hmac_key: null                   # hex; else $DLP_SENSOR_HMAC_KEY; else generated in state_dir
     signatures: []                   # extra packs (files or directories)
@@ -125,6 +126,7 @@ class KafkaConfig:
 @dataclass
 class Config:
     sensor_id: str = field(default_factory=socket.gethostname)
+    log_format: str = "text"                # text | json
     state_dir: Path | None = None
     hmac_key: str | None = None
     signatures: list[str] = field(default_factory=list)
@@ -227,13 +229,16 @@ def _proxy(raw: dict, where: str) -> ProxyConfig:
 def parse_config(raw: Any, where: str = "config") -> Config:
     if raw is None:
         raw = {}
-    raw = _keys(raw, where, {"sensor_id", "state_dir", "hmac_key", "signatures", "default_signatures", "policy",
+    raw = _keys(raw, where, {"sensor_id", "log_format", "state_dir", "hmac_key", "signatures", "default_signatures", "policy",
                              "proxy", "icap", "extproc", "takedown", "ledger", "metrics", "admin",
                              "alerts", "kafka"})
     c = Config()
     if "sensor_id" in raw:
         _check(isinstance(raw["sensor_id"], str) and raw["sensor_id"], f"{where}.sensor_id", "must be a string")
         c.sensor_id = raw["sensor_id"]
+    if "log_format" in raw:
+        _check(raw["log_format"] in ("text", "json"), f"{where}.log_format", "must be text or json")
+        c.log_format = raw["log_format"]
     if raw.get("state_dir"):
         c.state_dir = Path(str(raw["state_dir"]))
     if raw.get("hmac_key"):

@@ -29,6 +29,7 @@ from sensor.detect.pack import PackError, load_pack
 from sensor.detect.policy import Policy, PolicyError, load_policy, parse_policy
 from sensor.detect.scanner import ScanResult
 from sensor.enforce.ledger import Ledger
+from sensor.enforce.report import evidence_of
 from sensor.enforce.registry import Registry, Takedown
 from sensor.metrics import Metrics
 from sensor.pipeline import BodyScan, Exchange
@@ -287,6 +288,7 @@ class Sensor:
         now = time.time()
         alert = build_alert(ctx, result, key=self.key, source_ip=self.config.source_ip, now=now)
         self.dispatcher.submit(alert)
+        self.ledger.note_evidence(ctx.resource, evidence_of(alert, client=self._client(ctx)), now)
         if self.fleet is not None:
             from sensor.stream.records import finding_record
             self.fleet.publish_finding(ctx.resource, finding_record(

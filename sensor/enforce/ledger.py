@@ -200,3 +200,58 @@ class Ledger:
     def resource(self, resource: str) -> dict | None:
         return next((r for r in self.incidents() if r["resource"] == resource), None)
 
+
+    # -- evidence for the incident page (``dlp-sensor report --format html``) --------------------
+    # What the SOC alert said about each response that alerted or tripped — counts per signature,
+    # redacted samples with keyed fingerprints, the client's keyed hash; never a raw value — so the
+    # page can show people by signature and samples after the alert itself has left the spool.
+    # Rare (one row per alerting response, the first EVIDENCE_PER_RESOURCE per resource), written
+    # on the ledger's disk thread in a server; best effort: the counts above stay authoritative.
+    # The client hash has its own column and, like the clients table, is forgotten after the retention.
+    EVIDENCE_SCHEMA = ("CREATE TABLE IF NOT EXISTS evidence (resource TEXT NOT NULL, at REAL NOT NULL, "
+                       "verdict TEXT NOT NULL, client TEXT, doc BLOB NOT NULL)")
+    EVIDENCE_PER_RESOURCE = 200
+
+    def note_evidence(self, resource: str, doc: dict, at: float) -> None:
+        import asyncio
+        import logging
+
+        import orjson
+        doc = dict(doc)
+        row = (resource, at, str(doc.get("verdict", "")), doc.pop("client", None), orjson.dumps(doc))
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:                     # the CLI, a test: no loop to keep free
+            self._write_evidence(row)
+            return
+
+        def failed(f: "asyncio.Future[None]") -> None:
+            if not f.cancelled() and f.exception() is not None:
+                logging.getLogger(__name__).warning("ledger: evidence not written: %s", type(f.exception()).__name__)
+
+        self.disk.submit(self._write_evidence, row).add_done_callback(failed)
+
+    def _write_evidence(self, row: tuple) -> None:
+        with _tx(self.db):
+            self.db.execute(self.EVIDENCE_SCHEMA)
+            (n,) = self.db.execute("SELECT count(*) FROM evidence WHERE resource = ?", (row[0],)).fetchone()
+            if n < self.EVIDENCE_PER_RESOURCE:
+                self.db.execute("INSERT INTO evidence(resource, at, verdict, client, doc) VALUES (?,?,?,?,?)", row)
+            self.db.execute("UPDATE evidence SET client = NULL WHERE at < ? AND client IS NOT NULL",
+                            (time.time() - self.client_retention,))
+
+    def evidence(self, resource: str) -> list[tuple[float, dict]]:
+        """(when, evidence) of the resource's alerting responses, oldest first; ``client`` is None
+        once the retention has passed."""
+        import orjson
+        self.flush()
+        self.db.execute(self.EVIDENCE_SCHEMA)
+        cutoff = time.time() - self.client_retention
+        return [(at, {**orjson.loads(doc), "client": client if at >= cutoff else None})
+                for at, client, doc in self.db.execute(
+                    "SELECT at, client, doc FROM evidence WHERE resource = ? ORDER BY at", (resource,))]
+
+    def clients_of(self, resource: str) -> list[tuple[str, float]]:
+        """(keyed client hash, first seen) still within the retention, first seen first."""
+        return list(self.db.execute("SELECT client, first_seen FROM clients WHERE resource = ? "
+                                    "ORDER BY first_seen", (resource,)))
