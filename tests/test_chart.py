@@ -27,6 +27,7 @@ from sensor.detect.engine import Engine
 from sensor.detect.pack import load_pack
 from sensor.detect.selftest import run_examples
 from sensor.sample_site import ROSTER, build_site
+from tests.conftest import require_tool
 from tests.procs import BIN, ROOT, Sidecar, Upstream, free_port, stop, wait_http
 
 CHART = ROOT / "deploy" / "helm" / "dlp-sensor"
@@ -169,6 +170,40 @@ def test_scheduling_identity_and_extras_reach_the_pod():
     no_sa = render({"serviceAccount": {"create": False}})
     assert not by_kind(no_sa, "ServiceAccount")
     assert named(no_sa, "Deployment", "rel-dlp-sensor")["spec"]["template"]["spec"]["serviceAccountName"] == "default"
+
+
+def _chart_sidecar(vals: dict) -> dict:
+    dep = yaml.safe_load(render_files(vals, name="dlp-sensor")["dlp-sensor/templates/deployment-sidecar.yaml"].split("---")[0])
+    return dep["spec"]["template"]["spec"]
+
+
+def test_kustomize_component_adds_the_native_sidecar_to_labelled_deployments(tmp_path):
+    """The other way into an existing workload: the kustomize component, built by the real kustomize
+    (kubectl's). It patches only Deployments labelled dlp-sensor/inject=true, with the very
+    container and volumes the chart renders."""
+    kubectl = require_tool("kubectl")
+    tree = tmp_path / "kustomize"
+    shutil.copytree(ROOT / "deploy" / "kustomize", tree)
+    app = tree / "example" / "app.yaml"                     # plus a Deployment without the label
+    text = app.read_text()
+    app.write_text(text + "---\n" + text.split("---")[0].replace("permits", "batch").replace(', dlp-sensor/inject: "true"', ""))
+    p = subprocess.run([kubectl, "kustomize", str(tree / "example")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    docs = [d for d in yaml.safe_load_all(p.stdout) if d]
+    validate(docs)
+    pod = named(docs, "Deployment", "permits")["spec"]["template"]["spec"]
+    [side] = pod["initContainers"]
+    assert side["restartPolicy"] == "Always" and [c["name"] for c in pod["containers"]] == ["permits"]
+    chart = _chart_sidecar({"fullnameOverride": "dlp-sensor", "sensor": {"existingSecret": "dlp-sensor-keys"}})
+    pd = {"name": "DLP_PAGERDUTY_KEY", "valueFrom": {"secretKeyRef": {"name": "dlp-sensor-keys", "key": "pagerduty"}}}
+    assert side | {"env": [e for e in side["env"] if e != pd]} == chart["initContainers"][0]
+    assert pd in side["env"] and pod["volumes"] == chart["volumes"]
+    assert named(docs, "Service", "permits")["spec"]["ports"][0]["targetPort"] == "dlp-http"
+    raw = yaml.safe_load(named(docs, "ConfigMap", "dlp-sensor-config")["data"]["sensor.yaml"])
+    assert raw["alerts"]["sinks"][1] == {"type": "pagerduty", "routing_key_env": "DLP_PAGERDUTY_KEY"}
+    raw["alerts"]["sinks"] = raw["alerts"]["sinks"][:1]    # `_env` keys: the config's own tests read them
+    assert parse_config(raw, "kustomize sensor.yaml").proxy.upstream == "http://127.0.0.1:8080"
+    assert "initContainers" not in named(docs, "Deployment", "batch")["spec"]["template"]["spec"]   # no label, no sidecar
 
 
 # -- bad values are refused by the schema, naming the key -----------------------------------------
