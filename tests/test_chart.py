@@ -231,6 +231,16 @@ def test_invalid_values_are_rejected_by_the_schema(vals, where):
         render_files(vals)
 
 
+def test_native_sidecar_on_an_old_cluster_is_refused(capfd):
+    """Offline rendering has no cluster version to set; `helm lint --kube-version` has, and in lint
+    mode Helm reports a template's `fail` in its log instead of stopping."""
+    capfd.readouterr()
+    helm_python.lint(str(CHART), None, strict=True, kube_version="v1.28.0")
+    assert "sidecar.native needs Kubernetes >= 1.29" in capfd.readouterr().err
+    helm_python.lint(str(CHART), {"sidecar": {"native": False}}, strict=True, kube_version="v1.28.0")
+    assert "sidecar.native needs" not in capfd.readouterr().err
+
+
 def test_a_pdb_that_would_block_drains_is_refused():
     with pytest.raises(helm_python.HelmError, match=r"podDisruptionBudget.minAvailable \(2\) must be below sidecar.replicas \(2\)"):
         render_files({"podDisruptionBudget": {"minAvailable": 2}})
@@ -532,3 +542,35 @@ def test_readyz_of_the_icap_server_does_not_depend_on_an_upstream(tmp_path):
         assert _until(sc.metrics, 200).startswith("ready generation=")
     finally:
         sc.stop()
+
+
+# -- the values reference ------------------------------------------------------------------------
+
+FREE_FORM = {"config", "sensor.policy", "sensor.extraSignatures", "sensor.resources", "podSecurityContext",
+             "securityContext", "nodeSelector", "affinity", "podAnnotations", "podLabels", "serviceAccount.annotations",
+             "sidecar.app.resources", "sidecar.app.securityContext", "serviceMonitor.labels", "prometheusRule.labels",
+             "grafanaDashboard.labels", "tests.resources", "sensor.routes", "alerts.sinks"}
+
+
+def _paths(d: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        p = prefix + k
+        if isinstance(v, dict) and v and p not in FREE_FORM:
+            out += _paths(v, p + ".")
+        else:
+            out.append(p)
+    return out
+
+
+def test_every_value_is_in_the_reference_and_the_schema():
+    doc = (ROOT / "docs" / "deploy-helm.md").read_text()
+    rows = [line for line in doc.splitlines() if line.startswith("| `")]
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    for path in _paths(yaml.safe_load((CHART / "values.yaml").read_text())):
+        parent, _, leaf = path.rpartition(".")
+        assert any(f"`{path}`" in r or (parent and f"`{parent}." in r and f".{leaf}`" in r) for r in rows), path
+        node = schema
+        for part in path.split("."):
+            node = node["properties"][part]                     # KeyError: not in the schema
+
