@@ -5,6 +5,7 @@ a pod template that two renders agree on; the `helm test` pod's checks run for r
 and the sidecar's readiness with its app stopped."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -26,6 +27,7 @@ from sensor.config import parse_config
 from sensor.detect.engine import Engine
 from sensor.detect.pack import load_pack
 from sensor.detect.selftest import run_examples
+from sensor.metrics.readiness import ProbeResult, UpstreamProbe
 from sensor.sample_site import ROSTER, build_site
 from tests.conftest import require_tool
 from tests.procs import BIN, ROOT, Sidecar, Upstream, free_port, stop, wait_http
@@ -211,6 +213,7 @@ def test_kustomize_component_adds_the_native_sidecar_to_labelled_deployments(tmp
 INVALID = [
     ({"sensor": {"mode": "enforcing"}}, "/sensor/mode"),
     ({"sensor": {"hmacKey": "nothex!"}}, "/sensor/hmacKey"),
+    ({"sensor": {"adminToken": "short"}}, "/sensor/adminToken"),
     ({"sensor": {"hmackey": "00" * 16}}, "'hmackey' not allowed"),               # a typo'd key
     ({"sidecar": {"replicas": "two"}}, "/sidecar/replicas"),
     ({"sensor": {"ports": {"proxy": 70000}}}, "/sensor/ports/proxy"),
@@ -533,6 +536,50 @@ def test_readyz_fails_while_the_app_is_down_and_recovers(tmp_path):
             stop(app)
         sc.stop()
         up.stop()
+
+
+def test_upstream_probe_connects_once_per_cache_window_and_shares_the_connect():
+    """Probes must not add load to the app: concurrent and repeated checks within the cache window
+    cost one TCP connect, and the app sees no request bytes."""
+    async def scenario() -> tuple[list[bytes], list[ProbeResult]]:
+        seen: list[bytes] = []
+
+        async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            seen.append(await reader.read(100))         # b"": the probe closes without sending
+            writer.close()
+
+        server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        probe = UpstreamProbe.for_url(f"http://127.0.0.1:{port}/", cache=3600)
+        results = list(await asyncio.gather(*(probe.check() for _ in range(20))))
+        results += [await probe.check() for _ in range(5)]
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        server.close()
+        await server.wait_closed()
+        return seen, results
+
+    seen, results = asyncio.run(scenario())
+    assert seen == [b""]
+    assert all(r.ok for r in results) and len({id(r) for r in results}) == 1
+
+
+def test_upstream_probe_reports_why_not_and_rechecks_after_the_window():
+    async def scenario() -> tuple[ProbeResult, ProbeResult]:
+        port = free_port()                              # nothing listens there
+        probe = UpstreamProbe.for_url(f"http://127.0.0.1:{port}", cache=0)
+        down = await probe.check()
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", port)
+        up = await probe.check()                        # cache=0: every check connects
+        server.close()
+        await server.wait_closed()
+        return down, up
+
+    down, up = asyncio.run(scenario())
+    assert not down.ok and "unreachable" in down.detail and up.ok
+    assert UpstreamProbe.for_url("https://app.internal").port == 443
+    assert UpstreamProbe.for_url("http://[::1]:8080").address == "[::1]:8080"
 
 
 def test_readyz_of_the_icap_server_does_not_depend_on_an_upstream(tmp_path):
