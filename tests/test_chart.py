@@ -302,7 +302,7 @@ def test_the_generated_secret_reuses_the_cluster_s_keys():
     assert "get $old $keys.hmacKey | b64dec" in text and "get $old $keys.adminToken | b64dec" in text
 
 
-CREDS = {"admin": "admin-tok-Zq81", "hmac": "c0ffee" * 8, "pd": "pd-routing-Xy77", "hec": "hec-token-Wv52",
+CREDS = {"admin": "admin-token-Zq81-5f0e2c", "hmac": "c0ffee" * 8, "pd": "pd-routing-Xy77", "hec": "hec-token-Wv52",
          "slack": "https://hooks.slack.example/services/T0/B0/secret-Uu39", "kafka": "kafka-pass-Tt64"}
 
 
