@@ -526,7 +526,7 @@ def test_readyz_fails_while_the_app_is_down_and_recovers(tmp_path):
         assert _until(sc.metrics, 200).startswith("ready generation=")
         up.stop()
         body = _until(sc.metrics, 503)
-        assert body.startswith(f"not ready: upstream 127.0.0.1:{up.port} unreachable"), body
+        assert body == f"not ready: upstream 127.0.0.1:{up.port} unreachable: Connection refused\n", body
         assert urllib.request.urlopen(sc.metrics + "/healthz", timeout=5).status == 200   # alive: no restart
         app = subprocess.Popen([sys.executable, "-m", "sensor.sample_site", "--root", str(site), "--port", str(up.port)],
                                cwd=ROOT)

@@ -9,6 +9,8 @@ kubelet probes, load-balancer health checks and people with curl never add up to
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 
@@ -64,8 +66,15 @@ class UpstreamProbe:
         except asyncio.TimeoutError:
             result = ProbeResult(False, f"upstream {self.address} did not accept a connection within {self.timeout:g}s")
         except OSError as e:
-            result = ProbeResult(False, f"upstream {self.address} unreachable: {e.strerror or type(e).__name__}")
+            result = ProbeResult(False, f"upstream {self.address} unreachable: {_reason(e)}")
         finally:
             self._running = None
         self._last, self._at = result, time.monotonic()
         return result
+
+
+def _reason(e: OSError) -> str:
+    """"Connection refused" rather than asyncio's "Connect call failed ('127.0.0.1', 8080)"."""
+    if e.errno and e.errno > 0 and not isinstance(e, socket.gaierror):
+        return os.strerror(e.errno)
+    return e.strerror or type(e).__name__
