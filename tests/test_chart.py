@@ -245,8 +245,10 @@ def test_native_sidecar_on_an_old_cluster_is_refused(capfd):
 
 
 def test_a_pdb_that_would_block_drains_is_refused():
-    with pytest.raises(helm_python.HelmError, match=r"podDisruptionBudget.minAvailable \(2\) must be below sidecar.replicas \(2\)"):
+    with pytest.raises(helm_python.HelmError, match=r"podDisruptionBudget.minAvailable \(2\) must be below sidecar's fewest replicas \(2\)"):
         render_files({"podDisruptionBudget": {"minAvailable": 2}})
+    with pytest.raises(helm_python.HelmError, match=r"sidecar.autoscaling.maxReplicas \(2\) is below minReplicas \(3\)"):
+        render_files({"sidecar": {"autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 2}}})
 
 
 # -- PDB, secrets, checksums ----------------------------------------------------------------------
@@ -260,6 +262,14 @@ def test_pdb_only_above_one_replica():
     assert pdb["spec"]["minAvailable"] == 2                                           # 3 replicas
     docs = render(example("workers-kafka.yaml") | {"sidecar": {"replicas": 1}, "extproc": {"enabled": True, "replicas": 1}})
     assert [p["metadata"]["name"] for p in by_kind(docs, "PodDisruptionBudget")] == ["rel-dlp-sensor-workers"]
+    # autoscaled: the HPA's floor decides, not `replicas` (which the Deployment then leaves out)
+    docs = render({"sidecar": {"replicas": 1, "autoscaling": {"enabled": True, "minReplicas": 3}},
+                   "icap": {"enabled": True, "replicas": 5, "autoscaling": {"enabled": True, "minReplicas": 1}}})
+    validate(docs)
+    assert [p["metadata"]["name"] for p in by_kind(docs, "PodDisruptionBudget")] == ["rel-dlp-sensor-sidecar"]
+    hpas = {h["metadata"]["name"]: h["spec"] for h in by_kind(docs, "HorizontalPodAutoscaler")}
+    assert hpas["rel-dlp-sensor"]["minReplicas"] == 3 and hpas["rel-dlp-sensor-icap"]["scaleTargetRef"]["name"] == "rel-dlp-sensor-icap"
+    assert all("replicas" not in d["spec"] for d in by_kind(docs, "Deployment"))
 
 
 @pytest.mark.parametrize("values_file", VALUES)
@@ -616,8 +626,11 @@ def test_every_value_is_in_the_reference_and_the_schema():
     schema = json.loads((CHART / "values.schema.json").read_text())
     for path in _paths(yaml.safe_load((CHART / "values.yaml").read_text())):
         parent, _, leaf = path.rpartition(".")
-        assert any(f"`{path}`" in r or (parent and f"`{parent}." in r and f".{leaf}`" in r) for r in rows), path
+        assert any(f"`{path}`" in r or f"`{parent}.*`" in r or (parent and f"`{parent}." in r and f".{leaf}`" in r)
+                   for r in rows), path
         node = schema
         for part in path.split("."):
+            if "$ref" in node:
+                node = schema["definitions"][node["$ref"].rsplit("/", 1)[1]]
             node = node["properties"][part]                     # KeyError: not in the schema
 

@@ -54,6 +54,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/* The fewest replicas a component runs: autoscaling.minReplicas when autoscaled, else replicas. */}}
+{{- define "dlp-sensor.minReplicas" -}}
+{{- $a := .autoscaling | default dict -}}
+{{- if $a.enabled }}{{ int $a.minReplicas }}{{ else }}{{ int .replicas }}{{ end -}}
+{{- end -}}
+
 {{- define "dlp-sensor.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "dlp-sensor.fullname" .) .Values.serviceAccount.name -}}
@@ -307,5 +313,31 @@ before the app, stays up for the pod's life and stops after it. Clients reach it
   emptyDir: {sizeLimit: 1Gi}
 {{- with .Values.extraVolumes }}
 {{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* A HorizontalPodAutoscaler for one Deployment, when its autoscaling is enabled (a YAML document). */}}
+{{- define "dlp-sensor.hpa" -}}
+{{- if .autoscaling.enabled }}
+{{- if lt (int .autoscaling.maxReplicas) (int .autoscaling.minReplicas) }}
+{{- fail (printf "%s.autoscaling.maxReplicas (%v) is below minReplicas (%v)" .component .autoscaling.maxReplicas .autoscaling.minReplicas) }}
+{{- end }}
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata:
+  name: {{ .name }}
+  labels:
+    {{- include "dlp-sensor.labels" .root | nindent 4 }}
+    app.kubernetes.io/component: {{ .component }}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: {{ .name }}}
+  minReplicas: {{ .autoscaling.minReplicas }}
+  maxReplicas: {{ .autoscaling.maxReplicas }}
+  metrics:
+    - type: Resource
+      resource:
+        name: cpu
+        target: {type: Utilization, averageUtilization: {{ .autoscaling.targetCPUUtilizationPercentage }}}
 {{- end }}
 {{- end -}}
