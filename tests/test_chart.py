@@ -432,6 +432,19 @@ def test_rendered_sensor_config_is_valid(tmp_path):
     assert [s.id for s in engine.signatures] == ["employee-badge"] and n == 2 and not failures
 
 
+@pytest.mark.parametrize("values_file", VALUES)
+def test_every_rendered_sensor_config_parses(values_file):
+    """The release's sensor.yaml and the test pod's both load in the sensor (sinks whose credential
+    is `<field>_env` are left to the config's own tests until the config reads them)."""
+    docs = render(example(values_file))
+    [test_cm] = by_kind(hooks(docs), "ConfigMap")
+    for where, raw in (("sensor.yaml", config_of(docs)), ("test sensor.yaml", yaml.safe_load(test_cm["data"]["sensor.yaml"]))):
+        raw["alerts"]["sinks"] = [s for s in raw["alerts"]["sinks"] if not any(k.endswith("_env") for k in s)]
+        raw["signatures"] = []                       # files in the ConfigMap; loaded in test_rendered_sensor_config_is_valid
+        cfg = parse_config(raw, where)
+        assert cfg.metrics and cfg.admin.startswith("127.0.0.1:")          # the admin API never leaves the pod
+
+
 # -- the `helm test` pod, run for real ------------------------------------------------------------
 
 def _start(cmd: list[str], tmp: Path, name: str, env: dict | None = None) -> subprocess.Popen:
