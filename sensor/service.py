@@ -101,7 +101,9 @@ async def start(config: Config, *, taps: tuple[str, ...], reuse_port: bool = Fal
         run.servers.append(srv)
         run.addresses["icap"] = srv.sockets[0].getsockname()[:2]
     if config.metrics:
-        r, addr = await _site(metrics_app(sensor), config.metrics)
+        # a proxy is ready only while its app answers connections (else it would serve only 502s)
+        upstream = config.proxy.upstream if "proxy" in taps else None
+        r, addr = await _site(metrics_app(sensor, upstream=upstream), config.metrics)
         run.runners.append(r)
         run.addresses["metrics"] = addr
     if config.admin:
