@@ -1,17 +1,37 @@
-"""Deliver spooled alerts to every sink, retrying with capped exponential backoff and jitter."""
+"""Deliver spooled alerts to every sink, retrying with capped exponential backoff and jitter.
+
+When the spool cannot be written (a full or failing disk), an alert is not lost: it goes to every
+sink from memory, with the same retries, so sinks that need no disk (stdout, webhooks, syslog…)
+still hear of it at once and a file sink gets it when the disk takes it again. Held in memory it
+does not survive a restart, and each sink holds at most :data:`MEMORY_LIMIT` of them (the oldest is
+dropped, counted and logged). The fault is logged once when it starts and once when it ends.
+"""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
+from collections import deque
+from dataclasses import dataclass
 
 import aiohttp
 
 from sensor.alerts.sinks import DeliveryError, Sink
 from sensor.alerts.spool import Spool
+from sensor.enforce.registry import DISK_ERRORS
 
 log = logging.getLogger("dlp_sensor.alerts")
+MEMORY_LIMIT = 1000             # alerts held per sink while the spool cannot be written
+
+
+@dataclass
+class _Held:
+    """An alert the spool could not take, waiting for one sink."""
+    alert: dict
+    attempts: int = 0
+    next_at: float = 0.0
 
 
 class Dispatcher:
@@ -26,6 +46,9 @@ class Dispatcher:
         self._tasks: list[asyncio.Task] = []
         self._storing: set[asyncio.Future] = set()
         self._session: aiohttp.ClientSession | None = None
+        self._held: dict[str, deque[_Held]] = {s.name: deque() for s in sinks}
+        self._held_sent: dict[tuple[str, str], float] = {}     # (sink, incident) -> last sent from memory
+        self.spool_fault: str | None = None     # why the spool cannot be written, while it cannot
 
     def submit(self, alert: dict) -> "asyncio.Future[int]":
         """Queue the alert for the spool (fsynced rows for every sink) on the spool's disk thread and
@@ -33,22 +56,27 @@ class Dispatcher:
         they lease through the same thread, so they cannot miss it."""
         fut = self.spool.disk.submit(self._store, alert, {s.name: s.throttle for s in self.sinks})
         self._storing.add(fut)
-        fut.add_done_callback(self._stored)
+        fut.add_done_callback(functools.partial(self._stored, alert))
         return fut
 
     def _store(self, alert: dict, sinks: dict[str, float]) -> tuple[int, dict[str, int], int]:
         seq = self.spool.put(alert, sinks)
         return seq, self.spool.take_throttled(), self.spool.depth()
 
-    def _stored(self, fut: asyncio.Future) -> None:
+    def _stored(self, alert: dict, fut: asyncio.Future) -> None:
         self._storing.discard(fut)
         if fut.cancelled():
             return
         if (e := fut.exception()) is not None:
-            log.error("an alert could not be written to the spool (%s: %s); it is lost", type(e).__name__, e)
             if self.metrics:
                 self.metrics.alert_delivery_failures.labels(sink="spool").inc()
+            if not isinstance(e, DISK_ERRORS):
+                log.error("an alert could not be written to the spool (%s: %s); it is lost", type(e).__name__, e)
+                return
+            self._spool_failed(e)
+            self._hold(alert)
             return
+        self._spool_ok()
         _, throttled, depth = fut.result()
         for ev in self._wake.values():
             ev.set()
@@ -56,6 +84,61 @@ class Dispatcher:
             for sink, n in throttled.items():
                 self.metrics.alerts_throttled.labels(sink=sink).inc(n)
             self.metrics.alert_spool_depth.set(depth)
+
+    # -- the spool cannot be written: alerts go to the sinks from memory --------------------------------
+    def _spool_failed(self, e: BaseException) -> None:
+        if self.spool_fault is None:
+            self.spool_fault = f"{type(e).__name__}: {e}"
+            log.error("alert spool %s cannot be written (%s): alerts go to every sink from memory until it "
+                      "can (they do not survive a restart)", self.spool.path, self.spool_fault)
+
+    def _spool_ok(self) -> None:
+        if self.spool_fault is not None:
+            self.spool_fault = None
+            log.warning("alert spool %s can be written again", self.spool.path)
+
+    def _hold(self, alert: dict) -> None:
+        now = time.time()
+        incident = (alert.get("dlp", {}).get("incident") or {}).get("id")
+        for s in self.sinks:
+            if s.throttle > 0 and incident:             # a pager hears of an incident once per window
+                last = self._held_sent.get((s.name, incident))
+                if last is not None and now - last < s.throttle:
+                    if self.metrics:
+                        self.metrics.alerts_throttled.labels(sink=s.name).inc()
+                    continue
+                self._held_sent[(s.name, incident)] = now
+            q = self._held[s.name]
+            if len(q) >= MEMORY_LIMIT:
+                q.popleft()
+                if self.metrics:
+                    self.metrics.alert_delivery_failures.labels(sink=s.name).inc()
+                log.error("alert for %s dropped: %d alerts already held in memory for it while the spool "
+                          "cannot be written", s.name, MEMORY_LIMIT)
+            q.append(_Held(alert, next_at=now))
+            self._wake[s.name].set()
+
+    async def _deliver_held(self, sink: Sink) -> float | None:
+        """Deliver the sink's held alerts in order; when the next one is due if one failed."""
+        q = self._held[sink.name]
+        while q:
+            h = q[0]
+            if h.next_at > time.time():
+                return h.next_at
+            try:
+                await sink.deliver(h.alert)
+            except (DeliveryError, OSError, KeyError, ValueError) as e:
+                h.next_at = time.time() + self._backoff(h.attempts)
+                h.attempts += 1
+                if self.metrics:
+                    self.metrics.alert_delivery_failures.labels(sink=sink.name).inc()
+                log.warning("alert delivery to %s failed (attempt %d, from memory): %s; will retry",
+                            sink.name, h.attempts, e)
+                return h.next_at
+            q.popleft()
+            if self.metrics:
+                self.metrics.alerts_delivered.labels(sink=sink.name).inc()
+        return None
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession()
@@ -78,31 +161,42 @@ class Dispatcher:
         if self.metrics:
             self.metrics.alert_spool_depth.set(await self.spool.disk(self.spool.depth))
 
+    async def _spooled(self, sink: Sink) -> tuple[list, float | None]:
+        """Deliver one leased batch from the spool; (the batch, when the next delivery is due if none)."""
+        io = self.spool.disk
+        batch = await io(self.spool.lease, sink.name)
+        for seq, attempts, alert in batch:
+            try:
+                await sink.deliver(alert)
+            except (DeliveryError, OSError, KeyError, ValueError) as e:
+                await io(self.spool.failed, seq, sink.name, str(e), time.time() + self._backoff(attempts))
+                if self.metrics:
+                    self.metrics.alert_delivery_failures.labels(sink=sink.name).inc()
+                log.warning("alert delivery to %s failed (attempt %d): %s; will retry",
+                            sink.name, attempts + 1, e)
+            else:
+                await io(self.spool.delivered, seq, sink.name)
+                if self.metrics:
+                    self.metrics.alerts_delivered.labels(sink=sink.name).inc()
+        await self._gauge()
+        return batch, None if batch else await io(self.spool.next_due, sink.name)
+
     def _backoff(self, attempts: int) -> float:
         return min(self.retry_max, self.retry_initial * (2 ** attempts)) * random.uniform(0.5, 1.0)
 
     async def _run(self, sink: Sink) -> None:
         wake = self._wake[sink.name]
         while True:
-            io = self.spool.disk
-            batch = await io(self.spool.lease, sink.name)
-            for seq, attempts, alert in batch:
-                try:
-                    await sink.deliver(alert)
-                except (DeliveryError, OSError, KeyError, ValueError) as e:
-                    await io(self.spool.failed, seq, sink.name, str(e), time.time() + self._backoff(attempts))
-                    if self.metrics:
-                        self.metrics.alert_delivery_failures.labels(sink=sink.name).inc()
-                    log.warning("alert delivery to %s failed (attempt %d): %s; will retry",
-                                sink.name, attempts + 1, e)
-                else:
-                    await io(self.spool.delivered, seq, sink.name)
-                    if self.metrics:
-                        self.metrics.alerts_delivered.labels(sink=sink.name).inc()
-            await self._gauge()
+            held_due = await self._deliver_held(sink)
+            try:
+                batch, due = await self._spooled(sink)
+            except DISK_ERRORS as e:            # leases and receipts are writes too: held alerts go on
+                self._spool_failed(e)
+                batch, due = [], time.time() + 1.0
             if batch:
                 continue
-            due = await io(self.spool.next_due, sink.name)
+            if held_due is not None:
+                due = held_due if due is None else min(due, held_due)
             timeout = 5.0 if due is None else max(0.01, min(5.0, due - time.time()))
             wake.clear()
             try:

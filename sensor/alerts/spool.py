@@ -23,6 +23,7 @@ import orjson
 from sensor.alerts.schema import iso
 from sensor.enforce.diskthread import DiskThread
 from sensor.enforce.registry import Transaction, connect
+from sensor.enforce.statefiles import open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -60,8 +61,10 @@ INCIDENT_RETENTION = 30 * 86400.0
 
 
 class Spool:
-    def __init__(self, path: Path):
-        self.db = connect(Path(path))
+    def __init__(self, path: Path, *, start_empty: bool = False):
+        self.path = Path(path)
+        open_database(self.path, SCHEMA, "alerts", "alert spool", start_empty=start_empty)
+        self.db = connect(self.path)
         self.db.executescript(SCHEMA)
         self._throttled: dict[str, int] = {}
         self.disk = DiskThread("alerts")        # a server does everything here on it (Dispatcher)

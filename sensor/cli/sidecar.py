@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import sys
@@ -14,9 +15,10 @@ from sensor.config import ConfigError, load_config, with_overrides
 from sensor.detect.pack import PackError
 from sensor.detect.policy import PolicyError
 from sensor.enforce.ledger import Ledger
-from sensor.enforce.registry import Registry
+from sensor.enforce.registry import DISK_ERRORS, Registry, disk_fault
 from sensor.enforce.report import build_report, render_text
 from sensor.enforce.resource import resource_for_url
+from sensor.enforce.statefiles import StateError
 
 
 class ConfigProblem(click.ClickException):
@@ -28,6 +30,12 @@ def _config(config_file: str | None, **flags):
         return with_overrides(load_config(Path(config_file) if config_file else None), **flags)
     except ConfigError as e:
         raise ConfigProblem(str(e)) from None
+
+
+start_empty_option = click.option(
+    "--start-empty", is_flag=True,
+    help="A 0-byte or damaged takedown registry, ledger or alert spool in the state dir is moved aside "
+         "(NAME.bad-TIMESTAMP) and started empty, instead of refusing to start (config: start_empty: true).")
 
 
 def _logging(level: str) -> None:
@@ -47,12 +55,14 @@ def _logging(level: str) -> None:
 @click.option("--reuse-port", is_flag=True, help="SO_REUSEPORT: run several sidecar processes on one port.")
 @click.option("--kafka", help="Kafka bootstrap HOST:PORT[,…] for fleet takedowns (and the mirror, if the config "
               "enables it); default $DLP_KAFKA_BOOTSTRAP.")
+@start_empty_option
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
-def proxy(config_file, upstream, listen, mode, state_dir, metrics, admin, reuse_port, kafka, log_level) -> None:
+def proxy(config_file, upstream, listen, mode, state_dir, metrics, admin, reuse_port, kafka, start_empty,
+          log_level) -> None:
     """Run the inline reverse proxy in front of a web app."""
     _logging(log_level)
     cfg = _config(config_file, upstream=upstream, listen=listen, mode=mode, state_dir=state_dir,
-                  metrics=metrics, admin=admin, kafka=kafka)
+                  metrics=metrics, admin=admin, kafka=kafka, start_empty=start_empty)
     _serve(cfg, ("proxy",), reuse_port)
 
 
@@ -65,10 +75,12 @@ def _tap_command(tap: str, default_listen: str, doc: str) -> click.Command:
     @click.option("--state-dir", type=click.Path(file_okay=False), help="Registry, ledger, alert spool, HMAC key.")
     @click.option("--metrics", help="HOST:PORT for /metrics /healthz /readyz, or 'off' (default 127.0.0.1:9102).")
     @click.option("--admin", help="HOST:PORT for the admin API, or 'off' (default 127.0.0.1:9103).")
+    @start_empty_option
     @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
-    def command(config_file, listen, state_dir, metrics, admin, log_level) -> None:
+    def command(config_file, listen, state_dir, metrics, admin, start_empty, log_level) -> None:
         _logging(log_level)
-        cfg = _config(config_file, state_dir=state_dir, metrics=metrics, admin=admin, **{f"{tap}_listen": listen})
+        cfg = _config(config_file, state_dir=state_dir, metrics=metrics, admin=admin, start_empty=start_empty,
+                      **{f"{tap}_listen": listen})
         _serve(cfg, (tap,))
 
     return command
@@ -85,11 +97,12 @@ extproc = _tap_command("extproc", "127.0.0.1:50051", "Run the Envoy ext_proc gRP
 @click.option("--tap", "taps", multiple=True, type=click.Choice(["proxy", "icap", "extproc"]),
               help="Tap to start; repeatable. Default: every tap whose section is in the file.")
 @click.option("--state-dir", type=click.Path(file_okay=False))
+@start_empty_option
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
-def run(config_file, taps, state_dir, log_level) -> None:
+def run(config_file, taps, state_dir, start_empty, log_level) -> None:
     """Start several taps in one process from one config file (one registry, ledger, spool, metrics)."""
     _logging(log_level)
-    cfg = _config(config_file, state_dir=state_dir)
+    cfg = _config(config_file, state_dir=state_dir, start_empty=start_empty)
     if not taps:
         from sensor.yamlfile import read_yaml
         raw = read_yaml(Path(config_file), ConfigProblem) or {}
@@ -115,7 +128,7 @@ def worker(config_file, kafka, state_dir, metrics, log_level) -> None:
     from sensor.stream.worker import run_worker
     try:
         run_worker(cfg, loglevel=log_level)
-    except (PackError, PolicyError) as e:
+    except (PackError, PolicyError, StateError) as e:
         raise ConfigProblem(str(e)) from None
 
 
@@ -123,7 +136,7 @@ def _serve(cfg, taps: tuple[str, ...], reuse_port: bool = False) -> None:
     from sensor.service import serve_forever
     try:
         asyncio.run(serve_forever(cfg, taps=taps, reuse_port=reuse_port))
-    except (PackError, PolicyError) as e:
+    except (PackError, PolicyError, StateError) as e:
         raise ConfigProblem(str(e)) from None
     except OSError as e:
         raise ConfigProblem(f"cannot listen: {e.strerror or e}") from None
@@ -140,9 +153,20 @@ _state_opts = [click.option("--config", "config_file", type=click.Path(dir_okay=
 
 
 def state_options(f):
+    """--config and --state-dir; a state dir or database that cannot be used is a clean exit 2."""
+    @functools.wraps(f)
+    def wrapped(*args, **kw):
+        try:
+            return f(*args, **kw)
+        except StateError as e:
+            raise ConfigProblem(str(e)) from None
+        except DISK_ERRORS as e:
+            if not disk_fault(e):
+                raise
+            raise click.ClickException(f"the state dir's database could not be written: {e}") from None
     for opt in reversed(_state_opts):
-        f = opt(f)
-    return f
+        wrapped = opt(wrapped)
+    return wrapped
 
 
 @click.group()
