@@ -36,7 +36,7 @@ MIN_SECRET_BYTES = 16
 DB_SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
-class StateError(Exception):
+class StateError(ValueError):
     """The state dir or a file in it cannot be used; the message names the path and says what to do."""
 
 
