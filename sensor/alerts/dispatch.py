@@ -154,6 +154,10 @@ class Dispatcher:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for name, q in self._held.items():
+            if q:
+                log.error("%d alert(s) held in memory for %s (the spool could not be written) are lost with this "
+                          "stop", len(q), name)
         if self._session:
             await self._session.close()
 
