@@ -62,7 +62,7 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 BUSY_RETRIES = 2                # a locked file (busy_timeout is 10 s) is tried this many more times
 FLEET_ACTOR = "fleet:"          # changes applied from the fleet topic; never published back
 RETRY_INITIAL, RETRY_MAX = 0.25, 5.0    # seconds between commit attempts of a takedown the disk refused
-DISK_ERRORS = (sqlite3.OperationalError, sqlite3.DatabaseError, OSError)
+DISK_ERRORS = (sqlite3.OperationalError, OSError)   # full, read-only, I/O error (SQLite) or ENOSPC, EIO (files)
 
 
 def disk_fault(e: BaseException) -> bool:
