@@ -5,6 +5,7 @@ Command-line flags override the file; the file overrides defaults. Every section
     sensor_id: web-1                 # defaults to the host name
     log_format: text                 # text | json (one JSON object per line); --log-format overrides
     state_dir: /var/lib/dlp-sensor   # registry, ledger, alert spool, HMAC key, admin token
+    start_empty: false               # true: a damaged database there is moved aside, not refused
     hmac_key: null                   # hex; else $DLP_SENSOR_HMAC_KEY; else generated in state_dir
     signatures: []                   # extra packs (files or directories)
     default_signatures: true
@@ -128,6 +129,7 @@ class Config:
     sensor_id: str = field(default_factory=socket.gethostname)
     log_format: str = "text"                # text | json
     state_dir: Path | None = None
+    start_empty: bool = False               # a damaged state database is moved aside instead of refused
     hmac_key: str | None = None
     signatures: list[str] = field(default_factory=list)
     default_signatures: bool = True
@@ -229,7 +231,8 @@ def _proxy(raw: dict, where: str) -> ProxyConfig:
 def parse_config(raw: Any, where: str = "config") -> Config:
     if raw is None:
         raw = {}
-    raw = _keys(raw, where, {"sensor_id", "log_format", "state_dir", "hmac_key", "signatures", "default_signatures", "policy",
+    raw = _keys(raw, where, {"sensor_id", "log_format", "state_dir", "start_empty", "hmac_key", "signatures",
+                             "default_signatures", "policy",
                              "proxy", "icap", "extproc", "takedown", "ledger", "metrics", "admin",
                              "alerts", "kafka"})
     c = Config()
@@ -241,6 +244,9 @@ def parse_config(raw: Any, where: str = "config") -> Config:
         c.log_format = raw["log_format"]
     if raw.get("state_dir"):
         c.state_dir = Path(str(raw["state_dir"]))
+    if "start_empty" in raw:
+        _check(isinstance(raw["start_empty"], bool), f"{where}.start_empty", "must be true or false")
+        c.start_empty = raw["start_empty"]
     if raw.get("hmac_key"):
         c.hmac_key = str(raw["hmac_key"])
     if "signatures" in raw:
@@ -414,6 +420,8 @@ def with_overrides(c: Config, **flags: Any) -> Config:
     c = replace(c, proxy=proxy)
     if flags.get("state_dir"):
         c = replace(c, state_dir=Path(flags["state_dir"]))
+    if flags.get("start_empty"):
+        c = replace(c, start_empty=True)
     if flags.get("metrics"):
         c = replace(c, metrics=None if flags["metrics"] == "off" else parse_hostport(flags["metrics"], "--metrics"))
     if flags.get("admin"):

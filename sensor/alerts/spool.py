@@ -32,6 +32,7 @@ from sensor.alerts.incidents import OPENED, ESCALATED, IncidentTracker
 from sensor.alerts.schema import iso
 from sensor.enforce.diskthread import DiskThread
 from sensor.enforce.registry import Transaction, connect
+from sensor.enforce.statefiles import open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -72,8 +73,9 @@ DEAD_LETTER_FILE = "alerts.dead-letter.jsonl"
 
 
 class Spool:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, start_empty: bool = False):
         self.path = Path(path)
+        open_database(self.path, SCHEMA, "alerts", "alert spool", start_empty=start_empty)
         self.db = connect(self.path)
         self.db.executescript(SCHEMA)
         self.incidents = IncidentTracker(self.db)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from pathlib import Path
 
@@ -14,9 +15,10 @@ from sensor.config import ConfigError, load_config, with_overrides
 from sensor.detect.pack import PackError
 from sensor.detect.policy import PolicyError
 from sensor.enforce.ledger import Ledger
-from sensor.enforce.registry import Registry
+from sensor.enforce.registry import DISK_ERRORS, Registry, disk_fault
 from sensor.enforce.report import build_report, render_text
 from sensor.enforce.resource import resource_for_url
+from sensor.enforce.statefiles import StateError
 
 
 class ConfigProblem(click.ClickException):
@@ -38,6 +40,10 @@ def _logging(level: str, fmt: str | None = None, cfg=None) -> None:
 _log_format = click.option("--log-format", type=click.Choice(LOG_FORMATS), default=None,
                            help="text (default) or json: one JSON object per line (time, level, logger, message); "
                                 "default: the config file's log_format.")
+start_empty_option = click.option(
+    "--start-empty", is_flag=True,
+    help="A 0-byte or damaged takedown registry, ledger or alert spool in the state dir is moved aside "
+         "(NAME.bad-TIMESTAMP) and started empty, instead of refusing to start (config: start_empty: true).")
 
 
 @click.command()
@@ -51,13 +57,14 @@ _log_format = click.option("--log-format", type=click.Choice(LOG_FORMATS), defau
 @click.option("--reuse-port", is_flag=True, help="SO_REUSEPORT: run several sidecar processes on one port.")
 @click.option("--kafka", help="Kafka bootstrap HOST:PORT[,…] for fleet takedowns (and the mirror, if the config "
               "enables it); default $DLP_KAFKA_BOOTSTRAP.")
+@start_empty_option
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @_log_format
-def proxy(config_file, upstream, listen, mode, state_dir, metrics, admin, reuse_port, kafka, log_level,
-          log_format) -> None:
+def proxy(config_file, upstream, listen, mode, state_dir, metrics, admin, reuse_port, kafka, start_empty,
+          log_level, log_format) -> None:
     """Run the inline reverse proxy in front of a web app."""
     cfg = _config(config_file, upstream=upstream, listen=listen, mode=mode, state_dir=state_dir,
-                  metrics=metrics, admin=admin, kafka=kafka)
+                  metrics=metrics, admin=admin, kafka=kafka, start_empty=start_empty)
     _logging(log_level, log_format, cfg)
     _serve(cfg, ("proxy",), reuse_port)
 
@@ -71,10 +78,12 @@ def _tap_command(tap: str, default_listen: str, doc: str) -> click.Command:
     @click.option("--state-dir", type=click.Path(file_okay=False), help="Registry, ledger, alert spool, HMAC key.")
     @click.option("--metrics", help="HOST:PORT for /metrics /healthz /readyz, or 'off' (default 127.0.0.1:9102).")
     @click.option("--admin", help="HOST:PORT for the admin API, or 'off' (default 127.0.0.1:9103).")
+    @start_empty_option
     @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
     @_log_format
-    def command(config_file, listen, state_dir, metrics, admin, log_level, log_format) -> None:
-        cfg = _config(config_file, state_dir=state_dir, metrics=metrics, admin=admin, **{f"{tap}_listen": listen})
+    def command(config_file, listen, state_dir, metrics, admin, start_empty, log_level, log_format) -> None:
+        cfg = _config(config_file, state_dir=state_dir, metrics=metrics, admin=admin, start_empty=start_empty,
+                      **{f"{tap}_listen": listen})
         _logging(log_level, log_format, cfg)
         _serve(cfg, (tap,))
 
@@ -92,11 +101,12 @@ extproc = _tap_command("extproc", "127.0.0.1:50051", "Run the Envoy ext_proc gRP
 @click.option("--tap", "taps", multiple=True, type=click.Choice(["proxy", "icap", "extproc"]),
               help="Tap to start; repeatable. Default: every tap whose section is in the file.")
 @click.option("--state-dir", type=click.Path(file_okay=False))
+@start_empty_option
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @_log_format
-def run(config_file, taps, state_dir, log_level, log_format) -> None:
+def run(config_file, taps, state_dir, start_empty, log_level, log_format) -> None:
     """Start several taps in one process from one config file (one registry, ledger, spool, metrics)."""
-    cfg = _config(config_file, state_dir=state_dir)
+    cfg = _config(config_file, state_dir=state_dir, start_empty=start_empty)
     _logging(log_level, log_format, cfg)
     if not taps:
         from sensor.yamlfile import read_yaml
@@ -124,7 +134,7 @@ def worker(config_file, kafka, state_dir, metrics, log_level) -> None:
     from sensor.stream.worker import run_worker
     try:
         run_worker(cfg, loglevel=log_level)
-    except (PackError, PolicyError) as e:
+    except (PackError, PolicyError, StateError) as e:
         raise ConfigProblem(str(e)) from None
 
 
@@ -136,7 +146,7 @@ def _serve(cfg, taps: tuple[str, ...], reuse_port: bool = False) -> None:
     from sensor.service import serve_forever
     try:
         asyncio.run(serve_forever(cfg, taps=taps, reuse_port=reuse_port))
-    except (PackError, PolicyError) as e:
+    except (PackError, PolicyError, StateError) as e:
         raise ConfigProblem(str(e)) from None
     except OSError as e:
         raise ConfigProblem(f"cannot listen: {e.strerror or e}") from None
@@ -153,9 +163,20 @@ _state_opts = [click.option("--config", "config_file", type=click.Path(dir_okay=
 
 
 def state_options(f):
+    """--config and --state-dir; a state dir or database that cannot be used is a clean exit 2."""
+    @functools.wraps(f)
+    def wrapped(*args, **kw):
+        try:
+            return f(*args, **kw)
+        except StateError as e:
+            raise ConfigProblem(str(e)) from None
+        except DISK_ERRORS as e:
+            if not disk_fault(e):
+                raise
+            raise click.ClickException(f"the state dir's database could not be written: {e}") from None
     for opt in reversed(_state_opts):
-        f = opt(f)
-    return f
+        wrapped = opt(wrapped)
+    return wrapped
 
 
 @click.group()

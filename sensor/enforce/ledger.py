@@ -15,9 +15,14 @@ counts the people who received data, not every visitor of every page), and each 
 ``client_retention_days`` (default 90). The distinct count is a column incremented when a new
 client row is inserted, so pruning old rows never lowers a reported figure; a client seen again
 after its row was pruned counts again.
+
+A flush the disk refuses (full, failing) keeps its deltas and marks in memory, in order, for the
+next flush: the counts are late, not lost (unless the process stops first). The fault is logged
+once when it starts and once when it ends, not every half second.
 """
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections import defaultdict
@@ -25,7 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sensor.enforce.diskthread import DiskThread
-from sensor.enforce.registry import Transaction as _tx, connect
+from sensor.enforce.registry import DISK_ERRORS, Transaction as _tx, connect, disk_fault
+from sensor.enforce.statefiles import open_database
+
+log = logging.getLogger("dlp_sensor")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources (
@@ -66,8 +74,11 @@ class _Delta:
 
 
 class Ledger:
-    def __init__(self, path: Path, client_retention_days: float = DEFAULT_CLIENT_RETENTION_DAYS):
-        self.db = connect(Path(path))
+    def __init__(self, path: Path, client_retention_days: float = DEFAULT_CLIENT_RETENTION_DAYS, *,
+                 start_empty: bool = False):
+        self.path = Path(path)
+        open_database(self.path, SCHEMA, "resources", "exposure ledger", start_empty=start_empty)
+        self.db = connect(self.path)
         self.db.execute("PRAGMA synchronous=NORMAL")     # survives kill -9 (page cache), cheap
         self._migrate()
         self.db.executescript(SCHEMA)
@@ -76,6 +87,7 @@ class Ledger:
         self._marked: list[tuple[dict[str, _Delta], Mark]] = []     # deltas up to a mark, then the mark
         self.disk = DiskThread("ledger")
         self.on_mark = lambda: None             # a server wakes its flush task (see Sensor._flush_loop)
+        self.disk_fault: str | None = None      # why the last flush failed, while the disk refuses them
 
     def _migrate(self) -> None:
         """Ledgers written before the ``clients`` column counted with count(*) over the rows."""
@@ -88,7 +100,11 @@ class Ledger:
 
     def close(self) -> None:
         self.disk.close()
-        self.flush()
+        try:
+            self.flush()
+        except DISK_ERRORS as e:
+            log.error("exposure ledger %s: the last counts could not be written (%s) and are lost with this stop",
+                      self.path, e)
         self.db.close()
 
     # -- hot path (memory only) -----------------------------------------------------------------
@@ -130,12 +146,39 @@ class Ledger:
 
     # -- durable ---------------------------------------------------------------------------------
     def flush(self) -> None:
-        self._write(self._take())
+        batches = self._take()
+        try:
+            self._write(batches)
+        except BaseException as e:
+            self._keep(batches, e)
+            raise
+        self._recovered()
 
     async def flush_async(self) -> None:
-        """The same, with the write on the disk thread; the swap stays on the loop, where the deltas grow."""
+        """The same, with the write on the disk thread; the swap stays on the loop, where the deltas grow.
+        A disk fault keeps the batches for the next flush and is logged once (not raised)."""
         if batches := self._take():
-            await self.disk(self._write, batches)
+            try:
+                await self.disk(self._write, batches)
+            except BaseException as e:
+                self._keep(batches, e)
+                if not disk_fault(e):
+                    raise
+                return
+        self._recovered()
+
+    def _keep(self, batches: list, e: BaseException) -> None:
+        """Put a failed flush's batches back in front of what came since (order matters for the marks)."""
+        self._marked[:0] = batches
+        if disk_fault(e) and self.disk_fault is None:
+            self.disk_fault = f"{type(e).__name__}: {e}"
+            log.error("exposure ledger %s: cannot write (%s); counts are kept in memory and written when the "
+                      "disk takes them", self.path, self.disk_fault)
+
+    def _recovered(self) -> None:
+        if self.disk_fault is not None:
+            self.disk_fault = None
+            log.warning("exposure ledger %s: writable again; the counts kept in memory are written", self.path)
 
     def _take(self) -> list[tuple[dict[str, _Delta], Mark | None]]:
         batches: list[tuple[dict[str, _Delta], Mark | None]] = [*self._marked, (self._pending, None)]
@@ -186,8 +229,12 @@ class Ledger:
 
     # -- reading ---------------------------------------------------------------------------------
     def incidents(self) -> list[dict]:
-        """Every resource that alerted, tripped or was taken down, worst first."""
-        self.flush()
+        """Every resource that alerted, tripped or was taken down, worst first (what is on disk, when
+        the disk refuses the pending counts)."""
+        try:
+            self.flush()
+        except DISK_ERRORS:
+            pass
         self.db.row_factory = sqlite3.Row
         try:
             rows = self.db.execute(

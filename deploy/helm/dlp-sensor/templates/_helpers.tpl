@@ -154,7 +154,7 @@ for keys the chart does not model. Credentials never appear here: the sinks carr
 {{- end -}}
 {{- $sinks = append $sinks $out -}}
 {{- end -}}
-{{- $cfg := dict "state_dir" "/var/lib/dlp-sensor" "signatures" $sigs "proxy" $proxy "metrics" (printf "0.0.0.0:%v" $s.ports.metrics) "admin" (dict "listen" (printf "127.0.0.1:%v" $s.ports.admin)) "alerts" (dict "source_ip" .Values.alerts.sourceIp "sinks" $sinks) "takedown" (dict "query" $s.takedownQuery) -}}
+{{- $cfg := dict "state_dir" "/var/lib/dlp-sensor/state" "signatures" $sigs "proxy" $proxy "metrics" (printf "0.0.0.0:%v" $s.ports.metrics) "admin" (dict "listen" (printf "127.0.0.1:%v" $s.ports.admin)) "alerts" (dict "source_ip" .Values.alerts.sourceIp "sinks" $sinks) "takedown" (dict "query" $s.takedownQuery) -}}
 {{- with $s.policy }}{{- $_ := set $cfg "policy" . -}}{{- end -}}
 {{- $k := .Values.kafka -}}
 {{- if $k.bootstrap -}}
