@@ -1,0 +1,98 @@
+"""``dlp-sensor index build|info|verify``: exact-data-match indexes from the protected table."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from sensor.detect.keys import load_key
+
+
+class IndexProblem(click.ClickException):
+    exit_code = 2
+
+
+def _key(state_dir: str | None) -> bytes:
+    try:
+        return load_key(None, Path(state_dir) if state_dir else None)
+    except (ValueError, OSError) as e:
+        raise IndexProblem(str(e)) from None
+
+
+def edm_from_cli(paths: tuple[str, ...], key: bytes):
+    """``--index FILE`` (repeatable) -> an EdmSet, or None; a bad file is a usage error naming it."""
+    if not paths:
+        return None
+    from sensor.edm.match import IndexSpec, load_indexes
+    try:
+        return load_indexes([IndexSpec(p) for p in paths], key)
+    except ValueError as e:
+        raise IndexProblem(str(e)) from None
+
+
+_STATE_DIR = click.option("--state-dir", type=click.Path(file_okay=False),
+                          help="Where the HMAC key lives (default ~/.local/state/dlp-sensor); the index is keyed with it.")
+
+
+@click.group("index")
+def index() -> None:
+    """Build and check exact-data-match indexes (keyed hashes of a protected table, no raw values)."""
+
+
+@index.command("build")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True))
+@click.option("--columns", required=True, metavar="KIND[=COL[+COL]],…",
+              help="Fields to index, e.g. name=first_name+last_name,dob=date_of_birth,dl=driver_license,address=street_address.")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Index file to write.")
+@click.option("--name", default=None, help="Index name in alerts and counts (default: the file name).")
+@_STATE_DIR
+def build(sources: tuple[str, ...], columns: str, out: str, name: str | None, state_dir: str | None) -> None:
+    """Index SOURCE… (CSV/TSV, JSON Lines, xlsx; Parquet with pyarrow installed)."""
+    from sensor.edm.build import build_index, parse_columns
+    from sensor.edm.sources import SourceError
+    try:
+        specs = parse_columns(columns)
+    except ValueError as e:
+        raise click.BadParameter(str(e).removeprefix("--columns: "), param_hint="--columns") from None
+    key = _key(state_dir)
+    paths = [Path(s) for s in sources]
+    try:
+        if sys.stderr.isatty():
+            with click.progressbar(length=None, label="indexing rows", file=sys.stderr, show_pos=True) as bar:
+                stats = build_index(paths, specs, Path(out), key, name=name, progress=bar.update)
+        else:
+            stats = build_index(paths, specs, Path(out), key, name=name)
+    except (SourceError, OSError) as e:
+        raise IndexProblem(str(e)) from None
+    fields = ", ".join(f"{k} {v}" for k, v in stats.values.items())
+    click.echo(f"{out}: {stats.rows} rows; values indexed: {fields}; {stats.size} bytes")
+
+
+@index.command("info")
+@click.argument("file", type=click.Path(dir_okay=False))
+def info(file: str) -> None:
+    """Rows, fields, size and key id of an index (no key needed)."""
+    from sensor.edm.indexfile import IndexFileError, open_index
+    try:
+        idx = open_index(Path(file))
+    except IndexFileError as e:
+        raise IndexProblem(str(e)) from None
+    click.echo(f"name:    {idx.name}\nrows:    {idx.rows}\n"
+               f"fields:  {', '.join(f'{k} ({len(f.hashes)})' for k, f in idx.fields.items())}\n"
+               f"size:    {idx.size} bytes\nkey id:  {idx.key_id}\nversion: {idx.header.get('version')}")
+    idx.close()
+
+
+@index.command("verify")
+@click.argument("file", type=click.Path(dir_okay=False))
+@_STATE_DIR
+def verify(file: str, state_dir: str | None) -> None:
+    """Check the structure and that the index was built with this state dir's key (exit 1 if not)."""
+    from sensor.edm.indexfile import verify_index
+    problems = verify_index(Path(file), _key(state_dir))
+    if problems:
+        for p in problems:
+            click.echo(f"{file}: {p}", err=True)
+        sys.exit(1)
+    click.echo(f"{file}: ok")

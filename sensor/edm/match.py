@@ -1,0 +1,164 @@
+"""Count EDM records during a scan: a record whose values match >= ``min_fields`` fields of the
+*same* indexed row.
+
+The scanner hands each finished record's candidate values (signature kind, raw bytes) to
+:meth:`EdmMatcher.record`; the raw bytes are normalised, hashed under the index key, looked up,
+and dropped. Only row ids (numbers in the protected table, not personal values) are kept, at most
+``ROW_CAP`` per index per scan; past it matches are counted only.
+"""
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sensor.edm.indexfile import HASH_BYTES, IndexFile, open_index
+from sensor.edm.normalise import normaliser
+
+ROW_CAP = 10_000
+DEFAULT_MIN_FIELDS = 2
+DEFAULT_TRIP = 3
+DEFAULT_ALERT = 1
+
+
+@dataclass
+class LoadedIndex:
+    """One index as the scanner uses it, with its thresholds (EDM records per scan)."""
+    name: str
+    file: IndexFile
+    key: bytes
+    min_fields: int = DEFAULT_MIN_FIELDS
+    trip: int = DEFAULT_TRIP
+    alert: int = DEFAULT_ALERT
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """Where an index is and how to use it (``--index FILE`` or a config ``indexes:`` entry)."""
+    path: str
+    name: str | None = None
+    min_fields: int = DEFAULT_MIN_FIELDS
+    trip: int = DEFAULT_TRIP
+    alert: int = DEFAULT_ALERT
+
+
+def parse_index_specs(raw: object, where: str = "indexes") -> list[IndexSpec]:
+    """The config key ``indexes: [{path, name, min_fields, trip, alert}]``; errors name the key."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ValueError(f"{where}: must be a list of {{path, name, min_fields, trip, alert}}")
+    out = []
+    for i, e in enumerate(raw):
+        w = f"{where}[{i}]"
+        if isinstance(e, str):
+            e = {"path": e}
+        if not isinstance(e, dict) or not isinstance(e.get("path"), str):
+            raise ValueError(f"{w}: needs 'path' (an index file built by `dlp-sensor index build`)")
+        bad = set(e) - {"path", "name", "min_fields", "trip", "alert"}
+        if bad:
+            raise ValueError(f"{w}: unknown key(s) {sorted(bad)}")
+        for k in ("min_fields", "trip", "alert"):
+            v = e.get(k)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < (1 if k == "min_fields" else 0)):
+                raise ValueError(f"{w}.{k}: must be a whole number >= {1 if k == 'min_fields' else 0} (got {v!r})")
+        out.append(IndexSpec(e["path"], e.get("name"), e.get("min_fields") or DEFAULT_MIN_FIELDS,
+                             DEFAULT_TRIP if e.get("trip") is None else e["trip"],
+                             DEFAULT_ALERT if e.get("alert") is None else e["alert"]))
+    return out
+
+
+@dataclass
+class EdmSet:
+    """The loaded indexes, shared by every scan (read-only; swapped whole on reload)."""
+    indexes: tuple[LoadedIndex, ...]
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        return frozenset(k for i in self.indexes for k in i.file.fields)
+
+    def matcher(self) -> "EdmMatcher":
+        return EdmMatcher(self)
+
+    def close(self) -> None:
+        for i in self.indexes:
+            i.file.close()
+
+
+def load_indexes(specs: list[IndexSpec], key: bytes) -> EdmSet | None:
+    """Open every index; refuse one built with another key (IndexFileError names the file)."""
+    if not specs:
+        return None
+    loaded = []
+    names: set[str] = set()
+    for s in specs:
+        f = open_index(Path(s.path), key)
+        name = s.name or f.name
+        if name in names:
+            raise ValueError(f"index {s.path}: name {name!r} used twice (give each index a name)")
+        names.add(name)
+        loaded.append(LoadedIndex(name, f, key, s.min_fields, s.trip, s.alert))
+    return EdmSet(tuple(loaded))
+
+
+@dataclass
+class EdmMatcher:
+    """Per-scan state: matched row ids and counts per index."""
+    edm: EdmSet
+    counts: dict[str, int] = field(default_factory=dict)
+    rows: dict[str, set[int]] = field(default_factory=dict)
+
+    def record(self, values: list[tuple[str, bytes]]) -> bool:
+        """Look one record's candidate values up; True when it matched a row of some index."""
+        hit = False
+        canon: dict[tuple[str, bytes], str | None] = {}
+        for ix in self.edm.indexes:
+            fields = ix.file.fields
+            per_row: dict[int, int] = {}
+            seen_kinds: dict[str, set[int]] = {}
+            for kind, raw in values:
+                f = fields.get(kind)
+                if f is None:
+                    continue
+                ck = (kind, raw)
+                if ck not in canon:
+                    canon[ck] = normaliser(kind)(raw.decode("utf-8", "replace"))
+                c = canon[ck]
+                if c is None:
+                    continue
+                h = int.from_bytes(hmac.digest(ix.key, f"{kind}:{c}".encode(), "sha256")[:HASH_BYTES], "little")
+                rows = f.rows(h)
+                if not rows:
+                    continue
+                done = seen_kinds.setdefault(kind, set())
+                for r in rows:
+                    if r not in done:
+                        done.add(r)
+                        per_row[r] = per_row.get(r, 0) + 1
+            matched = [r for r, n in per_row.items() if n >= ix.min_fields]
+            if not matched:
+                continue
+            hit = True
+            got = self.rows.setdefault(ix.name, set())
+            for r in matched:
+                if r in got:
+                    continue
+                if len(got) < ROW_CAP:
+                    got.add(r)
+                self.counts[ix.name] = self.counts.get(ix.name, 0) + 1
+        return hit
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def verdict(self) -> str:
+        """pass / alert / trip from the per-index EDM thresholds (0 = that level never fires)."""
+        v = "pass"
+        for ix in self.edm.indexes:
+            n = self.counts.get(ix.name, 0)
+            if ix.trip > 0 and n >= ix.trip:
+                return "trip"
+            if ix.alert > 0 and n >= ix.alert:
+                v = "alert"
+        return v
