@@ -149,6 +149,7 @@ class Config:
     sinks: list[dict] = field(default_factory=lambda: [{"type": "stdout"}])
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     path: Path | None = None                # the file this came from (watched for changes)
+    indexes: list = field(default_factory=list)   # EDM: sensor.edm.match.IndexSpec, from `indexes:` and --index
 
 
 def _check(cond: bool, where: str, why: str) -> None:
@@ -234,7 +235,7 @@ def parse_config(raw: Any, where: str = "config") -> Config:
     raw = _keys(raw, where, {"sensor_id", "log_format", "state_dir", "start_empty", "hmac_key", "signatures",
                              "default_signatures", "policy",
                              "proxy", "icap", "extproc", "takedown", "ledger", "metrics", "admin",
-                             "alerts", "kafka"})
+                             "alerts", "kafka", "indexes"})
     c = Config()
     if "sensor_id" in raw:
         _check(isinstance(raw["sensor_id"], str) and raw["sensor_id"], f"{where}.sensor_id", "must be a string")
@@ -257,6 +258,12 @@ def parse_config(raw: Any, where: str = "config") -> Config:
     if "default_signatures" in raw:
         c.default_signatures = bool(raw["default_signatures"])
     c.policy = raw.get("policy")
+    if "indexes" in raw:
+        from sensor.edm.match import parse_index_specs
+        try:
+            c.indexes = parse_index_specs(raw["indexes"], f"{where}.indexes")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     _check(c.policy is None or isinstance(c.policy, (str, dict)), f"{where}.policy",
            "must be a file path or a mapping")
     if "proxy" in raw:
@@ -422,6 +429,9 @@ def with_overrides(c: Config, **flags: Any) -> Config:
         c = replace(c, state_dir=Path(flags["state_dir"]))
     if flags.get("start_empty"):
         c = replace(c, start_empty=True)
+    if flags.get("indexes"):
+        from sensor.edm.match import IndexSpec
+        c = replace(c, indexes=[*c.indexes, *(IndexSpec(p) for p in flags["indexes"])])
     if flags.get("metrics"):
         c = replace(c, metrics=None if flags["metrics"] == "off" else parse_hostport(flags["metrics"], "--metrics"))
     if flags.get("admin"):

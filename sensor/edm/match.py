@@ -12,7 +12,7 @@ import hmac
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sensor.edm.indexfile import HASH_BYTES, IndexFile, open_index
+from sensor.edm.indexfile import HASH_BYTES, IndexFile, IndexFileError, open_index
 from sensor.edm.normalise import normaliser
 
 ROW_CAP = 10_000
@@ -95,7 +95,7 @@ def load_indexes(specs: list[IndexSpec], key: bytes) -> EdmSet | None:
         f = open_index(Path(s.path), key)
         name = s.name or f.name
         if name in names:
-            raise ValueError(f"index {s.path}: name {name!r} used twice (give each index a name)")
+            raise IndexFileError(f"index {s.path}: name {name!r} used twice (give each index a name)")
         names.add(name)
         loaded.append(LoadedIndex(name, f, key, s.min_fields, s.trip, s.alert))
     return EdmSet(tuple(loaded))
