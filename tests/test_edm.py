@@ -405,3 +405,13 @@ def test_sidecar_with_index_cuts_and_reports_rows(roster, census, tmp_path):
     everything = sc.log() + (state / "alerts.jsonl").read_text() + r.stdout
     for v in _raw_values(rows, hidden):
         assert v not in everything
+
+
+def test_hasher_is_hmac_sha256():
+    import hmac as _hmac
+    from sensor.edm.indexfile import Hasher, value_hash
+    for key in (bytes(range(32)), b"k" * 100):
+        h = Hasher(key)
+        for kind, v in (("name", "GARCIA MARIA"), ("dob", "1975-03-14")):
+            assert h(kind, v) == value_hash(key, kind, v) == int.from_bytes(
+                _hmac.digest(key, f"{kind}:{v}".encode(), "sha256")[:8], "little")

@@ -10,16 +10,16 @@ a row): the data owner maps them back to people offline.
 """
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from sensor.edm.indexfile import HASH_BYTES, write_index
-from sensor.edm.normalise import KNOWN_KINDS, normaliser
-from sensor.edm.sources import SourceError, read_rows
+from sensor.edm.indexfile import Hasher, write_index
+from sensor.edm.normalise import KNOWN_KINDS, normalise, normaliser
+from sensor.edm.sources import SourceError, read_table
 
 MAX_ROWS = 0xFFFFFFFF
+MEMO_MAX = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -67,34 +67,44 @@ def _resolve(header: Iterable[str], spec: ColumnSpec, source: Path) -> tuple[str
 
 def build_index(sources: list[Path], specs: list[ColumnSpec], out: Path, key: bytes, *,
                 name: str | None = None, progress: Callable[[int], None] | None = None) -> BuildStats:
-    """Read every source, write ``out``. ``progress`` is told the rows done (in batches)."""
+    """Read every source, write ``out``. ``progress`` is told the rows done (in batches).
+
+    Per value: normalise, hash, append ``hash << 32 | row``. Names and dates repeat a lot in a
+    real table, so their hashes are memoised for the build (the memo dies with it)."""
     packed: dict[str, list[int]] = {s.kind: [] for s in specs}
-    norm = [(s.kind, normaliser(s.kind), f"{s.kind}:".encode()) for s in specs]
-    digest = hmac.digest
+    hasher = Hasher(key)
+    plan = []
+    for s in specs:
+        memo: dict[str, int] | None = {} if s.kind in ("name", "dob", "date") else None
+        plan.append((s.kind, normaliser(s.kind), packed[s.kind].append, memo))
     row_id = 0
     for source in sources:
-        rows: Iterator[dict[str, object]] = read_rows(source)
-        cols: list[tuple[str, ...]] | None = None
+        header, rows = read_table(source)
+        cols = [_resolve(header, s, source) for s in specs]
+        pos = {h: i for i, h in enumerate(header)}
+        idxs = [tuple(pos[c] for c in names) for names in cols]
+        width = len(header)
         done = 0
         for row in rows:
-            if cols is None:
-                cols = [_resolve(row.keys(), s, source) for s in specs]
-            for (kind, fn, prefix), names in zip(norm, cols):
-                if len(names) == 1:
-                    raw = row.get(names[0])
+            if len(row) < width:
+                row = list(row) + [None] * (width - len(row))
+            for (kind, fn, append, memo), ix in zip(plan, idxs):
+                if len(ix) == 1:
+                    raw = row[ix[0]]
                 else:
-                    raw = " ".join(str(row.get(n) or "") for n in names)
+                    raw = " ".join(str(row[i] or "") for i in ix)
                 if raw is None or raw == "":
                     continue
-                if not isinstance(raw, str):
-                    from sensor.edm.normalise import normalise
-                    canon = normalise(kind, raw)
-                else:
-                    canon = fn(raw)
+                if memo is not None and raw in memo:
+                    append(memo[raw] << 32 | row_id)
+                    continue
+                canon = fn(raw) if isinstance(raw, str) else normalise(kind, raw)
                 if canon is None:
                     continue
-                h = int.from_bytes(digest(key, prefix + canon.encode(), "sha256")[:HASH_BYTES], "little")
-                packed[kind].append(h << 32 | row_id)
+                h = hasher(kind, canon)
+                if memo is not None and isinstance(raw, str) and len(memo) < MEMO_MAX:
+                    memo[raw] = h
+                append(h << 32 | row_id)
             row_id += 1
             done += 1
             if progress is not None and done % 10000 == 0:

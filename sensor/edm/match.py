@@ -8,14 +8,15 @@ and dropped. Only row ids (numbers in the protected table, not personal values) 
 """
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
 
-from sensor.edm.indexfile import HASH_BYTES, IndexFile, IndexFileError, open_index
+from sensor.edm.indexfile import Hasher, IndexFile, IndexFileError, open_index
 from sensor.edm.normalise import normaliser
 
 ROW_CAP = 10_000
+MEMO_MAX = 200_000
 DEFAULT_MIN_FIELDS = 2
 DEFAULT_TRIP = 3
 DEFAULT_ALERT = 1
@@ -73,9 +74,9 @@ class EdmSet:
     """The loaded indexes, shared by every scan (read-only; swapped whole on reload)."""
     indexes: tuple[LoadedIndex, ...]
 
-    @property
-    def kinds(self) -> frozenset[str]:
-        return frozenset(k for i in self.indexes for k in i.file.fields)
+    def __post_init__(self) -> None:
+        self.hashers = [Hasher(i.key) for i in self.indexes]
+        self.kinds = frozenset(k for i in self.indexes for k in i.file.fields)
 
     def matcher(self) -> "EdmMatcher":
         return EdmMatcher(self)
@@ -101,41 +102,71 @@ def load_indexes(specs: list[IndexSpec], key: bytes) -> EdmSet | None:
     return EdmSet(tuple(loaded))
 
 
+_COST = {"name": 2, "dob": 1, "date": 1, "address": 3}
+
+
+def _cost(v: tuple[str, bytes]) -> tuple[int, str]:
+    return _COST.get(v[0], 0), v[0]
+
+
+def _kind(v: tuple[str, bytes]) -> str:
+    return v[0]
+
+
 @dataclass
 class EdmMatcher:
     """Per-scan state: matched row ids and counts per index."""
     edm: EdmSet
     counts: dict[str, int] = field(default_factory=dict)
     rows: dict[str, set[int]] = field(default_factory=dict)
+    # (index, kind, raw value) -> keyed hash (-1: not a value of the kind), for this scan only:
+    # dense content repeats names and dates; the memo dies with the scan
+    _memo: dict[tuple[int, str, bytes], int] = field(default_factory=dict)
 
     def record(self, values: list[tuple[str, bytes]]) -> bool:
-        """Look one record's candidate values up; True when it matched a row of some index."""
+        """Look one record's candidate values up; True when it matched a row of some index.
+
+        Values are looked up cheapest kind first (identifiers, dates, names, then addresses), and the
+        lookups stop as soon as the kinds left cannot reach ``min_fields``: a record of other people
+        costs a few hashes, not one per value."""
+        values = sorted(values, key=_cost)     # cheapest first, values of one kind together
         hit = False
-        canon: dict[tuple[str, bytes], str | None] = {}
-        for ix in self.edm.indexes:
+        memo = self._memo
+        for n, ix in enumerate(self.edm.indexes):
             fields = ix.file.fields
-            per_row: dict[int, int] = {}
-            seen_kinds: dict[str, set[int]] = {}
-            for kind, raw in values:
+            need = ix.min_fields
+            kinds_left = len({k for k, _ in values if k in fields})
+            if kinds_left < need:
+                continue
+            found: dict[str, list[int]] = {}
+            hasher = self.edm.hashers[n]
+            for kind, group in groupby(values, key=_kind):
                 f = fields.get(kind)
                 if f is None:
                     continue
-                ck = (kind, raw)
-                if ck not in canon:
-                    canon[ck] = normaliser(kind)(raw.decode("utf-8", "replace"))
-                c = canon[ck]
-                if c is None:
-                    continue
-                h = int.from_bytes(hmac.digest(ix.key, f"{kind}:{c}".encode(), "sha256")[:HASH_BYTES], "little")
-                rows = f.rows(h)
-                if not rows:
-                    continue
-                done = seen_kinds.setdefault(kind, set())
-                for r in rows:
-                    if r not in done:
-                        done.add(r)
-                        per_row[r] = per_row.get(r, 0) + 1
-            matched = [r for r, n in per_row.items() if n >= ix.min_fields]
+                if len(found) + kinds_left < need:
+                    break                          # even a hit on every kind left cannot make it
+                kinds_left -= 1
+                rows: list[int] = []
+                for _, raw in group:
+                    mk = (n, kind, raw)
+                    h = memo.get(mk)
+                    if h is None:
+                        c = normaliser(kind)(raw.decode("utf-8", "replace"))
+                        h = -1 if c is None else hasher(kind, c)
+                        if len(memo) < MEMO_MAX:
+                            memo[mk] = h
+                    if h >= 0:
+                        rows.extend(f.rows(h))
+                if rows:
+                    found[kind] = rows
+            if len(found) < need:
+                continue
+            per_row: dict[int, int] = {}
+            for rows in found.values():
+                for r in set(rows):
+                    per_row[r] = per_row.get(r, 0) + 1
+            matched = [r for r, c in per_row.items() if c >= need]
             if not matched:
                 continue
             hit = True

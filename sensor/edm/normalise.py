@@ -83,8 +83,11 @@ def date(s: str) -> str | None:
     return None
 
 
+_PUNCT_BLANK = str.maketrans({c: " " for c in "!\"#$%&'()*+-./:;<=>?@[\\]^_`{|}~\t\r\n"})
+
+
 def address(s: str) -> str | None:
-    tokens = [t for t in _NON_ALNUM.split(_ascii_upper(s.split(",", 1)[0])) if t]
+    tokens = _ascii_upper(s.split(",", 1)[0]).translate(_PUNCT_BLANK).split()
     out: list[str] = []
     for i, t in enumerate(tokens):
         t = SUFFIXES.get(t, t)

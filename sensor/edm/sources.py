@@ -78,6 +78,42 @@ def _parquet_rows(path: Path) -> Iterator[dict[str, object]]:
         yield from batch.to_pylist()
 
 
+def read_table(path: Path) -> tuple[list[str], Iterator[list]]:
+    """(header, rows as lists in header order): the build's fast path (no dict per row for CSV)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as e:
+        raise SourceError(f"{path}: {e.strerror}") from None
+    if magic[:2] != b"PK" and magic != b"PAR1" and suffix not in (".xlsx", ".xlsm", ".parquet", ".jsonl", ".ndjson"):
+        fh = open(path, encoding="utf-8-sig", errors="replace", newline="")
+        first = fh.readline()
+        if not first.lstrip().startswith("{"):
+            reader = csv.reader(_chain(first, fh), delimiter=_delimiter(first))
+            header = next(reader, [])
+            return header, _closing(reader, fh)
+        fh.close()
+    rows = read_rows(path)
+    try:
+        head = next(rows)
+    except StopIteration:
+        return [], iter(())
+    header = list(head)
+
+    def as_lists() -> Iterator[list]:
+        yield [head.get(c) for c in header]
+        for r in rows:
+            yield [r.get(c) for c in header]
+    return header, as_lists()
+
+
+def _closing(it: Iterator[list], fh) -> Iterator[list]:
+    with fh:
+        yield from it
+
+
 def read_rows(path: Path) -> Iterator[dict[str, object]]:
     """Rows of one source file, as header -> value dicts."""
     path = Path(path)
