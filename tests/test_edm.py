@@ -415,3 +415,26 @@ def test_hasher_is_hmac_sha256():
         for kind, v in (("name", "GARCIA MARIA"), ("dob", "1975-03-14")):
             assert h(kind, v) == value_hash(key, kind, v) == int.from_bytes(
                 _hmac.digest(key, f"{kind}:{v}".encode(), "sha256")[:8], "little")
+
+
+def test_config_indexes_key_and_errors(index_file):
+    from sensor.config import ConfigError, parse_config, with_overrides
+    c = parse_config({"indexes": [{"path": str(index_file), "name": "permits", "min_fields": 3, "trip": 5}]})
+    assert c.indexes == [IndexSpec(str(index_file), "permits", 3, 5, 1)]
+    c = with_overrides(c, indexes=("/x/other.edm",))
+    assert [i.path for i in c.indexes] == [str(index_file), "/x/other.edm"]
+    with pytest.raises(ConfigError, match=r"indexes\[0\]\.min_fields"):
+        parse_config({"indexes": [{"path": "a.edm", "min_fields": 0}]})
+    with pytest.raises(ConfigError, match=r"indexes\[0\]: unknown key"):
+        parse_config({"indexes": [{"path": "a.edm", "colour": "red"}]})
+
+
+def test_thresholds_per_index(engine, roster, index_file, state, census):
+    rows = roster[1]
+    export = dashboard(rows, hidden_people(rows, census, 7))
+    key = load_key(None, state)
+    lax = load_indexes([IndexSpec(str(index_file), trip=10, alert=1)], key)
+    r = scan(engine, export, lax)
+    assert r.edm_records == 7 and r.verdict == "alert"
+    off = load_indexes([IndexSpec(str(index_file), trip=0, alert=0)], key)
+    assert scan(engine, export, off).verdict == scan(engine, export, None).verdict
