@@ -46,8 +46,10 @@ def index() -> None:
               help="Fields to index, e.g. name=first_name+last_name,dob=date_of_birth,dl=driver_license,address=street_address.")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Index file to write.")
 @click.option("--name", default=None, help="Index name in alerts and counts (default: the file name).")
+@click.option("--jobs", "-j", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Processes hashing CSV/TSV blocks; 0 = one per CPU core.")
 @_STATE_DIR
-def build(sources: tuple[str, ...], columns: str, out: str, name: str | None, state_dir: str | None) -> None:
+def build(sources: tuple[str, ...], columns: str, out: str, name: str | None, jobs: int, state_dir: str | None) -> None:
     """Index SOURCE… (CSV/TSV, JSON Lines, xlsx; Parquet with pyarrow installed)."""
     from sensor.edm.build import build_index, parse_columns
     from sensor.edm.sources import SourceError
@@ -60,9 +62,9 @@ def build(sources: tuple[str, ...], columns: str, out: str, name: str | None, st
     try:
         if sys.stderr.isatty():
             with click.progressbar(length=None, label="indexing rows", file=sys.stderr, show_pos=True) as bar:
-                stats = build_index(paths, specs, Path(out), key, name=name, progress=bar.update)
+                stats = build_index(paths, specs, Path(out), key, name=name, progress=bar.update, jobs=jobs or None)
         else:
-            stats = build_index(paths, specs, Path(out), key, name=name)
+            stats = build_index(paths, specs, Path(out), key, name=name, jobs=jobs or None)
     except (SourceError, OSError) as e:
         raise IndexProblem(str(e)) from None
     fields = ", ".join(f"{k} {v}" for k, v in stats.values.items())
