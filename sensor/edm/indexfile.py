@@ -130,6 +130,8 @@ class Field:
         if i >= n or hs[i] != h:
             return []
         j = i + 1
+        if j == n or hs[j] != h:
+            return [self.ids[i]]
         while j < n and hs[j] == h:
             j += 1
         return list(self.ids[i:j])

@@ -9,7 +9,6 @@ and dropped. Only row ids (numbers in the protected table, not personal values) 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from itertools import groupby
 from pathlib import Path
 
 from sensor.edm.indexfile import Hasher, IndexFile, IndexFileError, open_index
@@ -105,12 +104,8 @@ def load_indexes(specs: list[IndexSpec], key: bytes) -> EdmSet | None:
 _COST = {"name": 2, "dob": 1, "date": 1, "address": 3}
 
 
-def _cost(v: tuple[str, bytes]) -> tuple[int, str]:
-    return _COST.get(v[0], 0), v[0]
-
-
-def _kind(v: tuple[str, bytes]) -> str:
-    return v[0]
+def _cost(kind: str) -> int:
+    return _COST.get(kind, 0)
 
 
 @dataclass
@@ -119,9 +114,9 @@ class EdmMatcher:
     edm: EdmSet
     counts: dict[str, int] = field(default_factory=dict)
     rows: dict[str, set[int]] = field(default_factory=dict)
-    # (index, kind, raw value) -> keyed hash (-1: not a value of the kind), for this scan only:
-    # dense content repeats names and dates; the memo dies with the scan
-    _memo: dict[tuple[int, str, bytes], int] = field(default_factory=dict)
+    # per index, per kind: raw value -> keyed hash (-1: not a value of the kind), for this scan
+    # only: dense content repeats names and dates; the memo dies with the scan
+    _memo: list[dict[str, dict[bytes, int]]] = field(default_factory=list)
 
     def record(self, values: list[tuple[str, bytes]]) -> bool:
         """Look one record's candidate values up; True when it matched a row of some index.
@@ -129,55 +124,68 @@ class EdmMatcher:
         Values are looked up cheapest kind first (identifiers, dates, names, then addresses), and the
         lookups stop as soon as the kinds left cannot reach ``min_fields``: a record of other people
         costs a few hashes, not one per value."""
-        values = sorted(values, key=_cost)     # cheapest first, values of one kind together
+        by_kind: dict[str, list[bytes]] = {}
+        for k, raw in values:
+            got = by_kind.get(k)
+            if got is None:
+                by_kind[k] = [raw]
+            elif raw not in got:
+                got.append(raw)
+        order = sorted(by_kind, key=_cost) if len(by_kind) > 1 else list(by_kind)
         hit = False
-        memo = self._memo
         for n, ix in enumerate(self.edm.indexes):
             fields = ix.file.fields
+            kinds = [k for k in order if k in fields]
             need = ix.min_fields
-            kinds_left = len({k for k, _ in values if k in fields})
-            if kinds_left < need:
+            left = len(kinds)
+            if left < need:
                 continue
-            found: dict[str, list[int]] = {}
             hasher = self.edm.hashers[n]
-            for kind, group in groupby(values, key=_kind):
-                f = fields.get(kind)
-                if f is None:
-                    continue
-                if len(found) + kinds_left < need:
+            memos = self._memo[n] if n < len(self._memo) else self._new_memo(n)
+            found: list[list[int]] = []
+            for k in kinds:
+                if len(found) + left < need:
                     break                          # even a hit on every kind left cannot make it
-                kinds_left -= 1
+                left -= 1
+                f = fields[k]
+                memo = memos.get(k)
+                if memo is None:
+                    memo = memos[k] = {}
                 rows: list[int] = []
-                for _, raw in group:
-                    mk = (n, kind, raw)
-                    h = memo.get(mk)
+                for raw in by_kind[k]:
+                    h = memo.get(raw)
                     if h is None:
-                        c = normaliser(kind)(raw.decode("utf-8", "replace"))
-                        h = -1 if c is None else hasher(kind, c)
+                        c = normaliser(k)(raw.decode("utf-8", "replace"))
+                        h = -1 if c is None else hasher(k, c)
                         if len(memo) < MEMO_MAX:
-                            memo[mk] = h
+                            memo[raw] = h
                     if h >= 0:
-                        rows.extend(f.rows(h))
+                        rows += f.rows(h)
                 if rows:
-                    found[kind] = rows
+                    found.append(rows)
             if len(found) < need:
                 continue
             per_row: dict[int, int] = {}
-            for rows in found.values():
-                for r in set(rows):
+            for rows in found:
+                for r in (set(rows) if len(rows) > 1 else rows):
                     per_row[r] = per_row.get(r, 0) + 1
             matched = [r for r, c in per_row.items() if c >= need]
             if not matched:
                 continue
             hit = True
-            got = self.rows.setdefault(ix.name, set())
+            got_rows = self.rows.setdefault(ix.name, set())
             for r in matched:
-                if r in got:
+                if r in got_rows:
                     continue
-                if len(got) < ROW_CAP:
-                    got.add(r)
+                if len(got_rows) < ROW_CAP:
+                    got_rows.add(r)
                 self.counts[ix.name] = self.counts.get(ix.name, 0) + 1
         return hit
+
+    def _new_memo(self, n: int) -> dict[str, dict[bytes, int]]:
+        while len(self._memo) <= n:
+            self._memo.append({})
+        return self._memo[n]
 
     @property
     def total(self) -> int:

@@ -87,6 +87,9 @@ _PUNCT_BLANK = str.maketrans({c: " " for c in "!\"#$%&'()*+-./:;<=>?@[\\]^_`{|}~
 
 
 def address(s: str) -> str | None:
+    s = s.lstrip()
+    if not s[:1].isdigit():
+        return None                      # a street line starts with its number
     tokens = _ascii_upper(s.split(",", 1)[0]).translate(_PUNCT_BLANK).split()
     out: list[str] = []
     for i, t in enumerate(tokens):
