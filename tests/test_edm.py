@@ -28,6 +28,7 @@ from sensor.detect.policy import Policy
 from sensor.edm.indexfile import IndexFileError, key_id, open_index
 from sensor.edm.match import EdmSet, IndexSpec, LoadedIndex, load_indexes
 from sensor.edm.normalise import normalise
+from sensor.edm.story import census_people, dashboard
 from sensor.enforce.ledger import Ledger
 from sensor.pipeline import BodyScan, Exchange
 from tests.procs import BIN, Sidecar, Upstream
@@ -77,10 +78,7 @@ def census() -> tuple[set[str], set[str]]:
 
 
 def hidden_people(rows: list[dict], census, n: int, seed: int = 1) -> list[int]:
-    """Row ids of ``n`` roster people whose names the census lists know (so the name signature sees them)."""
-    firsts, lasts = census
-    ok = [i for i, r in enumerate(rows) if r["first_name"] in firsts and r["last_name"] in lasts]
-    return sorted(random.Random(seed).sample(ok, n))
+    return census_people(rows, n, seed)
 
 
 def scan(engine, data: bytes, edm: EdmSet | None, *, content_type: str = "", chunk: int = 65536):
@@ -99,28 +97,6 @@ def long_address(addr: str) -> str:
         out.append(_LONG_DIR.get(p, p.title()) if len(out) == 1 else p.title())
     out.append(_LONG_SUFFIX[parts[-1]])
     return " ".join(out)
-
-
-def public_rows(n: int, seed: int = 9) -> list[str]:
-    """Public dashboard rows: programmes, dates, places, amounts — no person in them."""
-    rng = random.Random(seed)
-    progs = ["PERMIT RENEWALS", "NEW APPLICATIONS", "APPEALS", "TRAINING COURSES", "RANGE INSPECTIONS"]
-    return [f"{100000 + i},{rng.choice(progs)} {rng.choice(synth.COUNTIES)},"
-            f"20{rng.randint(15, 23)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d},"
-            f"{rng.choice(synth.CITIES)},{rng.randint(0, 99999)},{rng.choice(['OPEN', 'CLOSED', 'PENDING'])}\n"
-            for i in range(n)]
-
-
-def dashboard(rows: list[dict], hidden: list[int], n_public: int = 5000) -> bytes:
-    """The export: ``n_public`` public rows, with the hidden people's rows spread among them, in the
-    same columns (name, a date that is their birth date, an address) — no DOB header, no licence."""
-    body = public_rows(n_public)
-    rng = random.Random(3)
-    for rid in hidden:
-        r = rows[rid]
-        body.insert(rng.randrange(len(body)), f"{900000 + rid},{r['first_name']} {r['middle_initial']} {r['last_name']},"
-                                              f"{r['date_of_birth']},{r['street_address']},{rng.randint(0, 99999)},OPEN\n")
-    return ("id,subject,date,location,amount,status\n" + "".join(body)).encode()
 
 
 # -- normalisation -----------------------------------------------------------------------------------
