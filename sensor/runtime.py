@@ -95,7 +95,8 @@ class Sensor:
         self.token = admin_token(config)
         self.detector = detector or build_detector(config)
         from sensor.edm.match import load_indexes
-        self.edm = load_indexes(config.indexes, self.key)   # EDM indexes; IndexFileError names a bad file
+        self.edm = load_indexes(getattr(config, "indexes", None) or [], self.key)   # IndexFileError names a bad file
+        self._flag_indexes = self._indexes_from_flags(config)
         self.metrics = Metrics()
         empty = config.start_empty
         self.registry = Registry(sd / "takedowns.db", start_empty=empty)
@@ -183,7 +184,7 @@ class Sensor:
         for s in self.config.signatures:
             p = Path(s)
             files.extend(sorted(p.glob("*.y*ml")) if p.is_dir() else [p])
-        files.extend(Path(i.path) for i in self.config.indexes)
+        files.extend(Path(i.path) for i in getattr(self.config, "indexes", None) or [])
         return files
 
     def _mtimes(self) -> dict[Path, float]:
@@ -203,6 +204,19 @@ class Sensor:
                 self._watched = now
                 await self.reload()
 
+    @staticmethod
+    def _indexes_from_flags(config: Config) -> list:
+        """The ``--index`` entries (appended after the file's by with_overrides), kept across reloads."""
+        have = list(getattr(config, "indexes", None) or [])
+        if not have or not config.path:
+            return have if not config.path else []
+        from sensor.config import ConfigError, load_config
+        try:
+            in_file = list(getattr(load_config(config.path), "indexes", None) or [])
+        except ConfigError:
+            return []
+        return have[len(in_file):]
+
     async def reload(self) -> bool:
         """Rebuild pack and policy off the event loop; a bad one is refused and the old one serves."""
         config = self.config
@@ -212,6 +226,8 @@ class Sensor:
                 fresh = load_config(config.path)
                 config = with_overrides(fresh, state_dir=str(self.config.state_dir))
                 config.proxy = self.config.proxy            # listeners cannot move without a restart
+                if self._flag_indexes:                      # --index flags stay on top of the file's
+                    config.indexes = [*(getattr(config, "indexes", None) or []), *self._flag_indexes]
             except ConfigError as e:
                 log.error("reload refused, still serving generation %s: %s", self.detector.generation, e)
                 self.metrics.reloads.labels(result="error").inc()
@@ -219,7 +235,7 @@ class Sensor:
         from sensor.edm.match import load_indexes
         try:
             det = await asyncio.to_thread(build_detector, config)
-            edm = await asyncio.to_thread(load_indexes, config.indexes, self.key)
+            edm = await asyncio.to_thread(load_indexes, getattr(config, "indexes", None) or [], self.key)
         except (PackError, PolicyError, OSError, ValueError) as e:
             log.error("reload refused, still serving generation %s: %s", self.detector.generation, e)
             self.metrics.reloads.labels(result="error").inc()

@@ -441,3 +441,44 @@ def test_parallel_build_gives_the_same_index(roster, state, tmp_path):
     for k in a.fields:
         assert bytes(a.fields[k].hashes) == bytes(c.fields[k].hashes)
         assert bytes(a.fields[k].ids) == bytes(c.fields[k].ids)
+
+
+def test_sidecar_reloads_a_changed_index(roster, census, tmp_path):
+    """Indexes are watched: a rebuilt index file is swapped in without a restart (--index kept)."""
+    from tests.procs import read_metric
+    rows = roster[1]
+    hidden = hidden_people(rows, census, 7)
+    site = tmp_path / "site"
+    (site / "exports").mkdir(parents=True)
+    (site / "index.html").write_text("<html>hello</html>")
+    (site / "contact.html").write_text("<html>contact</html>")
+    (site / "exports" / "dashboard.csv").write_bytes(dashboard(rows, hidden))
+    sc_dir = tmp_path / "sidecar"
+    state = sc_dir / "state"
+    idx = tmp_path / "roster.edm"
+    other = tmp_path / "other.csv"
+    other.write_bytes(synth.breach_csv(100, seed=99))           # other people: matches nothing
+    build = [str(BIN / "dlp-sensor"), "index", "build", "--columns", COLUMNS, "--out", str(idx), "--state-dir", str(state)]
+    assert subprocess.run(build + [str(other)], capture_output=True, timeout=120).returncode == 0
+    up = Upstream.start(site)
+    sc = Sidecar.create(sc_dir, up.url, extra_args=["--index", str(idx)])
+    try:
+        sc.start()
+        with urllib.request.urlopen(sc.url + "/exports/dashboard.csv", timeout=30) as resp:
+            assert resp.status == 200 and resp.read() == dashboard(rows, hidden)    # signatures alone: alert only
+        before = read_metric(sc.metrics, "dlp_reloads_total", result="ok")
+        assert subprocess.run(build + [str(roster[0])], capture_output=True, timeout=120).returncode == 0
+        deadline = time.monotonic() + 30
+        while read_metric(sc.metrics, "dlp_reloads_total", result="ok") <= before:
+            assert time.monotonic() < deadline, "the changed index was not reloaded" + sc.log()[-2000:]
+            time.sleep(0.1)
+        cut = False
+        try:
+            with urllib.request.urlopen(sc.url + "/exports/dashboard.csv?again=1", timeout=30) as resp:
+                cut = resp.read() != dashboard(rows, hidden)
+        except (http.client.IncompleteRead, urllib.error.HTTPError, OSError):
+            cut = True
+        assert cut
+    finally:
+        sc.stop()
+        up.stop()
