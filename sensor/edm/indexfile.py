@@ -58,12 +58,17 @@ class Hasher:
         key = key.ljust(64, b"\0")
         self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+        self._per_kind: dict[str, "hashlib._Hash"] = {}      # inner state after "kind:"
 
     def __call__(self, kind: str, canonical: str) -> int:
         """The keyed, truncated hash of a canonical value (the kind is mixed in: a date indexed as
         a DOB never meets the same date under another kind)."""
-        i = self._inner.copy()
-        i.update(f"{kind}:{canonical}".encode())
+        i = self._per_kind.get(kind)
+        if i is None:
+            i = self._per_kind[kind] = self._inner.copy()
+            i.update(f"{kind}:".encode())
+        i = i.copy()
+        i.update(canonical.encode())
         o = self._outer.copy()
         o.update(i.digest())
         return int.from_bytes(o.digest()[:HASH_BYTES], "little")
