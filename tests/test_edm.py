@@ -482,3 +482,27 @@ def test_sidecar_reloads_a_changed_index(roster, census, tmp_path):
     finally:
         sc.stop()
         up.stop()
+
+
+def test_parquet_source_needs_pyarrow_or_says_so(roster, state, tmp_path, index_file):
+    """Parquet is read when pyarrow is installed (optional); without it the build names the fix."""
+    src = tmp_path / "r.parquet"
+    out = tmp_path / "p.edm"
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        src.write_bytes(b"PAR1" + b"\0" * 64 + b"PAR1")
+        r = CliRunner().invoke(cli, ["index", "build", "--columns", COLUMNS, "--out", str(out),
+                                     "--state-dir", str(state), str(src)])
+        assert r.exit_code == 2 and "needs pyarrow" in r.output and str(src) in r.output
+        return
+    rows = roster[1][:100]
+    pq.write_table(pa.Table.from_pylist(rows), src)
+    r = CliRunner().invoke(cli, ["index", "build", "--columns", COLUMNS, "--out", str(out),
+                                 "--state-dir", str(state), str(src)])
+    assert r.exit_code == 0, r.output
+    base, idx = open_index(index_file), open_index(out)
+    for kind, f in idx.fields.items():
+        for h, rid in zip(f.hashes, f.ids):
+            assert rid in base.fields[kind].rows(h)
