@@ -64,8 +64,9 @@ def _resolve(header: Iterable[str], spec: ColumnSpec, source: Path) -> tuple[str
     out = []
     for c in spec.columns:
         if c.lower() not in by_lower:
-            raise SourceError(f"{source}: no column {c!r} for field {spec.kind!r} "
-                              f"(columns: {', '.join(sorted(by_lower))})")
+            # the header is not echoed: in a file without one, the "header" is a person's row
+            raise SourceError(f"{source}: no column {c!r} for field {spec.kind!r} in its header row "
+                              f"({len(by_lower)} columns; the first row must name them)")
         out.append(by_lower[c.lower()])
     return tuple(out)
 
