@@ -8,9 +8,7 @@ and dropped. Only row ids (numbers in the protected table, not personal values) 
 """
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
-from itertools import chain
 from pathlib import Path
 
 from sensor.edm.indexfile import Hasher, IndexFile, IndexFileError, open_index
@@ -126,8 +124,9 @@ class EdmMatcher:
         """Look one record's candidate values up; True when it matched a row of some index.
 
         Values are looked up most selective kind first (identifiers, names, addresses, dates), and the
-        lookups stop as soon as the kinds left cannot reach ``min_fields``: a record of other people
-        costs a few hashes, not one per value."""
+        lookups stop as soon as the kinds left cannot reach ``min_fields`` (a record of other people
+        costs a few hashes, not one per value) or as soon as a row reaches it (a record is one
+        person: the rows that reached ``min_fields`` first are its matches)."""
         by_kind: dict[str, list[bytes]] = {}
         for k, raw in values:
             got = by_kind.get(k)
@@ -146,9 +145,11 @@ class EdmMatcher:
                 continue
             hasher = self.edm.hashers[n]
             memos = self._memo[n] if n < len(self._memo) else self._new_memo(n)
-            found: list[list[int]] = []
+            nfound = 0                             # kinds with at least one hit
+            per_row: dict[int, int] = {}
+            matched: list[int] = []
             for k in kinds:
-                if len(found) + left < need:
+                if nfound + left < need:
                     break                          # even a hit on every kind left cannot make it
                 left -= 1
                 f = fields[k]
@@ -159,21 +160,22 @@ class EdmMatcher:
                 for raw in by_kind[k]:
                     h = memo.get(raw)
                     if h is None:
-                        c = normaliser(k)(raw.decode("utf-8", "replace"))
-                        h = -1 if c is None else hasher(k, c)
+                        canon = normaliser(k)(raw.decode("utf-8", "replace"))
+                        h = -1 if canon is None else hasher(k, canon)
                         if len(memo) < MEMO_MAX:
                             memo[raw] = h
                     if h >= 0:
                         rows += f.rows(h)
-                if rows:
-                    found.append(rows)
-            if len(found) < need:
-                continue
-            if need == 2 and len(found) == 2:
-                matched = list(set(found[0]).intersection(found[1]))
-            else:
-                per_row = Counter(chain.from_iterable(set(rows) for rows in found))
-                matched = [r for r, c in per_row.items() if c >= need]
+                if not rows:
+                    continue
+                nfound += 1
+                for r in (set(rows) if len(rows) > 1 else rows):
+                    c = per_row.get(r, 0) + 1
+                    per_row[r] = c
+                    if c == need:
+                        matched.append(r)
+                if matched:
+                    break                          # this record is that row's person: no more lookups
             if not matched:
                 continue
             hit = True
