@@ -31,6 +31,20 @@ def edm_from_cli(paths: tuple[str, ...], key: bytes):
         raise IndexProblem(str(e)) from None
 
 
+def _row_estimate(paths: list[Path]) -> int | None:
+    """Data rows of text sources (newlines minus the header) for the progress bar; None when a
+    source is a workbook or Parquet (no cheap count)."""
+    total = 0
+    for p in paths:
+        with open(p, "rb") as fh:
+            if fh.read(4)[:2] in (b"PK", b"PA"):
+                return None
+            fh.seek(0)
+            n = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+        total += max(n - (0 if p.suffix.lower() in (".jsonl", ".ndjson") else 1), 0)
+    return total or None
+
+
 _STATE_DIR = click.option("--state-dir", type=click.Path(file_okay=False),
                           help="Where the HMAC key lives (default ~/.local/state/dlp-sensor); the index is keyed with it.")
 
@@ -60,8 +74,9 @@ def build(sources: tuple[str, ...], columns: str, out: str, name: str | None, jo
     key = _key(state_dir)
     paths = [Path(s) for s in sources]
     try:
-        if sys.stderr.isatty():
-            with click.progressbar(length=None, label="indexing rows", file=sys.stderr, show_pos=True) as bar:
+        total = _row_estimate(paths) if sys.stderr.isatty() else None
+        if total:
+            with click.progressbar(length=total, label="indexing rows", file=sys.stderr, show_pos=True) as bar:
                 stats = build_index(paths, specs, Path(out), key, name=name, progress=bar.update, jobs=jobs or None)
         else:
             stats = build_index(paths, specs, Path(out), key, name=name, jobs=jobs or None)
