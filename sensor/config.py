@@ -263,7 +263,7 @@ def _existing_file(v: Any, info: ValidationInfo) -> str:
     return v
 
 
-HostPort = Annotated[str, Field(pattern=r"^.*:[0-9]{1,5}$", examples=["127.0.0.1:8000"]),
+HostPort = Annotated[str, Field(pattern=r"^.*:[0-9]{1,5}$"),
                      _described("must be HOST:PORT"), AfterValidator(_hostport)]
 HttpUrl = Annotated[str, Field(pattern=r"^https?://", json_schema_extra={"format": "uri"}),
                     _described("must be an http:// or https:// URL"), AfterValidator(_url)]
@@ -789,9 +789,48 @@ def parse_config(raw: Any, where: str = "config", *, resolve: bool = True) -> Co
     return to_config(validate_file(raw, where, resolve=resolve))
 
 
+def _section_models() -> list[type[Section]]:
+    """Every model of the file, the root first."""
+    seen: list[type[Section]] = []
+
+    def walk(tp: Any) -> None:
+        if isinstance(tp, type) and issubclass(tp, Section):
+            if tp in seen:
+                return
+            seen.append(tp)
+            for f in tp.model_fields.values():
+                walk(f.annotation)
+        for arg in getattr(tp, "__args__", ()) or ():
+            walk(arg)
+        for arg in getattr(tp, "__metadata__", ()) or ():
+            walk(arg)
+        if getattr(tp, "__origin__", None) is not None:
+            walk(tp.__origin__)
+
+    walk(ConfigFile)
+    return seen
+
+
 def json_schema() -> dict:
-    """The JSON Schema (draft 2020-12) of the configuration file, for editors, CI and the chart."""
+    """The JSON Schema (draft 2020-12) of the configuration file, for editors, CI and the chart.
+
+    pydantic's ``model_json_schema`` plus what the models check in code: ``false`` turns
+    ``metrics``/``admin`` off, and each secret is given at most once (and at least once when the
+    sink needs it) as NAME, NAME_file or NAME_env."""
     schema = ConfigFile.model_json_schema(mode="validation")
+    defs = schema.get("$defs", {})
+    for name in ("metrics", "admin"):
+        schema["properties"][name]["anyOf"].append({"const": False})
+    for model in _section_models():
+        target = schema if model is ConfigFile else defs[model.__name__]
+        rules = []
+        for secret, required in model.secrets.items():
+            forms = [secret, secret + "_file", secret + "_env"]
+            rules.append({"not": {"anyOf": [{"required": [a, b]} for i, a in enumerate(forms) for b in forms[i + 1:]]}})
+            if required:
+                rules.append({"anyOf": [{"required": [f]} for f in forms]})
+        if rules:
+            target["allOf"] = rules
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
             "$id": "https://dlp-sensor.invalid/config.schema.json", **schema}
 

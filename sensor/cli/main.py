@@ -238,10 +238,11 @@ def sig_test(extra: tuple[str, ...], only: tuple[str, ...]) -> None:
 
 
 def _register_demo() -> None:
+    from sensor.cli.config_cmd import config
     from sensor.cli.demo import demo
     from sensor.cli.sidecar import extproc, icap, proxy, report, run, takedowns, worker
 
-    for cmd in (demo, proxy, icap, extproc, run, takedowns, report, worker):
+    for cmd in (demo, proxy, icap, extproc, run, takedowns, report, worker, config):
         main.add_command(cmd)
 
 
