@@ -184,13 +184,13 @@ def _show(v: Any) -> str:
     return s if len(s) <= 60 else s[:57] + "..."
 
 
-def _described(why: str):
-    """Replace pydantic's wording for a scalar type by ``why (got VALUE)``."""
+def _described(why: str, echo: bool = True):
+    """Replace pydantic's wording for a value by ``why (got VALUE)``; ``echo=False`` where it may be a secret."""
     def wrap(v: Any, handler: Any) -> Any:
         try:
             return handler(v)
         except ValidationError:
-            raise _problem(f"{why} (got {_show(v)})") from None
+            raise _problem(f"{why} (got {_show(v)})" if echo else why) from None
     return WrapValidator(wrap)
 
 
@@ -487,7 +487,7 @@ class WebhookSinkSection(HttpSinkBase):
     secrets: ClassVar[dict[str, bool]] = {"authorization": False}
     type: Literal["webhook"]
     url: HttpUrl = Field(description="Where alerts are POSTed.")
-    headers: Annotated[dict[str, str], _described("must be a mapping of header names to strings")] = Field(
+    headers: Annotated[dict[str, str], _described("must be a mapping of header names to strings", echo=False)] = Field(
         default_factory=dict, description="Extra request headers (not secret; use authorization for credentials).")
     authorization: SecretText | None = Field(None, **_secret_doc("authorization", "Authorization header value, "
                                                                                   "e.g. 'Bearer …'."))
