@@ -286,7 +286,7 @@ def _off_is_none(v: Any) -> Any:
 class Section(BaseModel):
     """A mapping of the file: unknown (typo'd) keys are refused, values are taken as YAML typed them."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, validate_default=False)
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=False, defer_build=True)
     # Secrets: name -> required? Each takes NAME, NAME_file or NAME_env (fields declared per model).
     secrets: ClassVar[dict[str, bool]] = {}
 
