@@ -50,7 +50,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 from pydantic_core import PydanticCustomError
 
 from sensor.alerts.schema import SOURCE_IP_MODES
-from sensor.alerts.sinks import DEFAULT_THROTTLE, PAGERDUTY_URL, SINK_TYPES
+from sensor.alerts.sinks import PAGERDUTY_URL, SINK_TYPES
 from sensor.enforce.resource import QueryRule
 from sensor.yamlfile import read_yaml
 
@@ -378,7 +378,8 @@ class RouteSection(Section):
     match: Text = Field(description="Path glob (fnmatch), e.g. /exports/*.")
     mode: Mode | None = Field(None, description="monitor or enforce; default: proxy.mode.")
     on_error: OnError | None = Field(None, description="open or closed; default: proxy.on_error.")
-    holdback_kib: whole(ge=0) | None = Field(None, description="KiB held back until scanned; default: proxy.holdback_kib.")
+    holdback_kib: whole(ge=0) | None = Field(None, description="KiB held back until scanned; "
+                                                               "default: proxy.holdback_kib.")
 
 
 class TlsSection(Section):
@@ -392,7 +393,8 @@ class ProxySection(Section):
     upstream: HttpUrl = Field("http://127.0.0.1:8080", description="The app behind the sidecar.")
     mode: Mode = Field("enforce", description="Default route mode: enforce holds back and cuts; monitor only alerts.")
     holdback_kib: whole(ge=0) = Field(64, description="KiB of each response held back until scanned (enforce).")
-    on_error: OnError = Field("open", description="When the scanner is overloaded or fails: open forwards, closed refuses.")
+    on_error: OnError = Field("open", description="When the scanner is overloaded or fails: open forwards, "
+                                                  "closed refuses.")
     upstream_timeout: number(gt=0) = Field(30.0, description="Seconds to wait for the upstream's answer.")
     connect_timeout: number(gt=0) = Field(5.0, description="Seconds to connect to the upstream.")
     max_scans: whole(ge=1) = Field(512, description="Responses scanned at once; above it on_error applies.")
@@ -446,8 +448,8 @@ class AdminSection(Section):
     """The takedown admin API."""
     secrets: ClassVar[dict[str, bool]] = {"token": False}
     listen: HostPort = Field("127.0.0.1:9103", description="Where the admin API listens.")
-    token: SecretText | None = Field(None, **_secret_doc("token", "Bearer token (>= 16 characters); default: "
-                                                                  "$DLP_SENSOR_ADMIN_TOKEN, else generated in state_dir."))
+    token: SecretText | None = Field(None, **_secret_doc(
+        "token", "Bearer token (>= 16 characters); default: $DLP_SENSOR_ADMIN_TOKEN, else generated in state_dir."))
     token_file: SecretRef | None = Field(None, description="File holding admin.token.")
     token_env: SecretRef | None = Field(None, description="Environment variable holding admin.token.")
 
@@ -763,7 +765,7 @@ def to_config(m: ConfigFile) -> Config:
     proxy = _common(p, ProxyConfig, upstream=p.upstream.rstrip("/"), holdback=p.holdback_kib << 10,
                     tls_cert=p.tls.cert if p.tls else None, tls_key=p.tls.key if p.tls else None,
                     routes=tuple(ProxyRoute(r.match, r.mode or p.mode, r.on_error or p.on_error,
-                                            r.holdback_kib << 10 if r.holdback_kib is not None else p.holdback_kib << 10)
+                                            (p.holdback_kib if r.holdback_kib is None else r.holdback_kib) << 10)
                                  for r in p.routes))
     k = m.kafka
     kafka = _common(k, KafkaConfig, mirror=k.mirror.enabled, queue_bytes=int(k.mirror.queue_mib * (1 << 20)),
