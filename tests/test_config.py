@@ -9,6 +9,7 @@ import urllib.request
 from dataclasses import asdict
 from pathlib import Path
 
+import aiohttp
 import jsonschema
 import pytest
 import yaml
@@ -17,6 +18,7 @@ from sensor.alerts.sinks import make_sink
 from sensor.config import Config, ConfigError, json_schema, parse_config
 from sensor.sample_site import build_site
 from tests.procs import BIN, ROOT, Sidecar, Upstream, free_port
+from tests.test_alerts import result  # noqa: F401  (fixture: a scan that trips)
 
 SECRET = "f00dfeedf00dfeedf00dfeedf00dfeed"          # a well-formed key; must never be echoed
 PD_KEY = "R0ut1ngKeyThatMustNotLeak0000000"
@@ -148,6 +150,38 @@ def test_secrets_from_files_and_the_environment(tmp_path, monkeypatch):
     assert slack["url"] == "https://hooks.example.org/services/T/B/X"
     assert [make_sink(s, f"sinks[{i}]").name for i, s in enumerate(c.sinks)] == \
         ["pagerduty", "splunk_hec", "webhook", "slack"]
+
+
+async def test_secrets_from_files_and_env_reach_the_receivers(tmp_path, monkeypatch, result):
+    """The validated sink values are what make_sink gets: each credential read from a file or the
+    environment arrives where the real service expects it."""
+    from tests.test_alerts import _alert, _receiver
+    runner, base, got = await _receiver()
+    (tmp_path / "hec").write_text("hec-token-from-file\n")
+    monkeypatch.setenv("HOOK_AUTH", "Bearer hook-secret")
+    monkeypatch.setenv("PD_KEY", PD_KEY)
+    monkeypatch.setenv("SLACK_URL", base + "/slack")
+    c = parse_config({"alerts": {"sinks": [
+        {"type": "webhook", "url": base + "/hook", "authorization_env": "HOOK_AUTH"},
+        {"type": "pagerduty", "routing_key_env": "PD_KEY", "url": base + "/v2/enqueue"},
+        {"type": "splunk_hec", "url": base, "token_file": str(tmp_path / "hec")},
+        {"type": "slack", "url_env": "SLACK_URL"}]}})
+    alert = _alert(result)
+    try:
+        for i, raw in enumerate(c.sinks):
+            sink = make_sink(raw, f"alerts.sinks[{i}]")
+            sink.session = aiohttp.ClientSession()
+            try:
+                await sink.deliver(alert)
+            finally:
+                await sink.session.close()
+    finally:
+        await runner.cleanup()
+    by = {path: (headers, body) for path, headers, body in got}
+    assert by["/hook"][0]["Authorization"] == "Bearer hook-secret"
+    assert by["/v2/enqueue"][1]["routing_key"] == PD_KEY
+    assert by["/services/collector/event"][0]["Authorization"] == "Splunk hec-token-from-file"
+    assert "records" in by["/slack"][1]["text"]
 
 
 @pytest.mark.parametrize("raw, key", [
