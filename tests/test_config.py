@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import urllib.request
 from dataclasses import asdict
 from pathlib import Path
@@ -289,3 +290,22 @@ def test_config_reference_is_current():
     assert doc == render(), "stale: run `dlp-sensor config reference > docs/config-reference.md`"
     for key in ("`holdback_kib`", "`routing_key`", "`token_file`", "`ca_file`", "`dead_letter`", "`tls`"):
         assert key in doc
+
+
+def test_a_bad_reload_names_the_key_and_the_old_config_keeps_serving(tmp_path):
+    up = Upstream.start(build_site(tmp_path / "www", people=10))
+    sc = Sidecar.create(tmp_path / "sc", up.url, {}).start()
+    try:
+        raw = yaml.safe_load(sc.config.read_text())
+        raw["alerts"]["sinks"][0]["severty"] = "high"
+        sc.config.write_text(yaml.safe_dump(raw))
+        deadline = time.monotonic() + 20
+        while "reload refused" not in sc.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert f"{sc.config}.alerts.sinks[0].severty: unknown key" in sc.log()
+        with urllib.request.urlopen(sc.url + "/contact.html", timeout=10) as r:
+            assert r.status == 200
+        assert sc.metric("dlp_reloads_total", result="error") >= 1
+    finally:
+        sc.stop()
+        up.stop()
