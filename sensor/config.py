@@ -46,7 +46,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 from urllib.parse import urlsplit
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
-                      ValidationInfo, WrapValidator, model_validator)
+                      ValidationInfo, WrapValidator, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
 from sensor.alerts.schema import SOURCE_IP_MODES
@@ -305,6 +305,24 @@ class Section(BaseModel):
                 raise _problem(f"unknown key{hint} (known: {', '.join(known)})", key=str(k))
         return data
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _check_secret_field(cls, v: Any, info: ValidationInfo) -> Any:
+        """Each secret form on its own, so that its errors come with every other key's."""
+        for secret in cls.secrets:
+            if v is None or info.field_name not in (secret, secret + "_file", secret + "_env"):
+                continue
+            if info.field_name == secret:
+                why = cls.check_secret(secret, v)
+            elif not _resolving(info):
+                return v
+            else:
+                why = cls.check_secret(secret, read_secret(info.field_name, v))
+                why = why and f"the value it gives {why}"
+            if why:
+                raise _problem(why)
+        return v
+
     @model_validator(mode="after")
     def _resolve_secrets(self, info: ValidationInfo) -> Any:
         for name, required in self.secrets.items():
@@ -316,17 +334,12 @@ class Section(BaseModel):
                     raise _problem(f"required: {name}, {name}_file (a file holding it) or {name}_env "
                                    f"(an environment variable holding it)", key=name)
                 continue
-            source = given[0]
-            if source != name:
-                if not _resolving(info):
-                    continue
-                setattr(self, name, read_secret(source, getattr(self, source)))
-            why = self.check_secret(name, getattr(self, name))
-            if why:
-                raise _problem(why if source == name else f"the value it gives {why}", key=source)
+            if given[0] != name and _resolving(info):          # checked by _check_secret_field
+                setattr(self, name, read_secret(given[0], getattr(self, given[0]), key=given[0]))
         return self
 
-    def check_secret(self, name: str, value: str) -> str | None:
+    @classmethod
+    def check_secret(cls, name: str, value: str) -> str | None:
         """Why a resolved secret is unusable (without quoting it), or None."""
         return None
 
@@ -336,25 +349,25 @@ class Section(BaseModel):
         return {k: v for k, v in self.model_dump(exclude=drop).items() if v is not None}
 
 
-def read_secret(source: str, ref: str) -> str:
+def read_secret(source: str, ref: str, key: str | None = None) -> str:
     """The secret that ``NAME_file: PATH`` or ``NAME_env: VAR`` points at; errors never quote it."""
     if source.endswith("_file"):
         try:
             text = Path(ref).read_text(encoding="utf-8")
         except OSError as e:
-            raise _problem(f"cannot read {ref!r}: {e.strerror}", key=source) from None
+            raise _problem(f"cannot read {ref!r}: {e.strerror}", key=key) from None
         except UnicodeDecodeError:
-            raise _problem(f"{ref!r} is not UTF-8 text", key=source) from None
+            raise _problem(f"{ref!r} is not UTF-8 text", key=key) from None
         text = text[:-1] if text.endswith("\n") else text
         text = text[:-1] if text.endswith("\r") else text
         if not text:
-            raise _problem(f"{ref!r} is empty", key=source)
+            raise _problem(f"{ref!r} is empty", key=key)
         return text
     if not ref:
-        raise _problem("must name an environment variable", key=source)
+        raise _problem("must name an environment variable", key=key)
     value = os.environ.get(ref)
     if not value:
-        raise _problem(f"environment variable {ref} is not set or empty", key=source)
+        raise _problem(f"environment variable {ref} is not set or empty", key=key)
     return value
 
 
@@ -453,7 +466,8 @@ class AdminSection(Section):
     token_file: SecretRef | None = Field(None, description="File holding admin.token.")
     token_env: SecretRef | None = Field(None, description="Environment variable holding admin.token.")
 
-    def check_secret(self, name: str, value: str) -> str | None:
+    @classmethod
+    def check_secret(cls, name: str, value: str) -> str | None:
         return None if len(value) >= 16 else "must be a string of at least 16 characters"
 
 
@@ -511,7 +525,8 @@ class SlackSinkSection(HttpSinkBase):
     url_file: SecretRef | None = Field(None, description="File holding the webhook URL.")
     url_env: SecretRef | None = Field(None, description="Environment variable holding the webhook URL.")
 
-    def check_secret(self, name: str, value: str) -> str | None:
+    @classmethod
+    def check_secret(cls, name: str, value: str) -> str | None:
         return url_problem(value, secret=True)
 
 
@@ -672,7 +687,8 @@ class ConfigFile(Section):
             data = {k: v for k, v in data.items() if not (k in ("state_dir", "hmac_key") and v in (None, ""))}
         return data
 
-    def check_secret(self, name: str, value: str) -> str | None:
+    @classmethod
+    def check_secret(cls, name: str, value: str) -> str | None:
         return hmac_key_problem(value)
 
 

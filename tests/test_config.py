@@ -186,7 +186,7 @@ async def test_secrets_from_files_and_env_reach_the_receivers(tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("raw, key", [
-    ({"hmac_key": SECRET, "hmac_key_env": "X"}, "config.hmac_key_env: give one of hmac_key, hmac_key_env"),
+    ({"hmac_key": SECRET, "hmac_key_env": "DLP_TEST_KEY"}, "config.hmac_key_env: give one of hmac_key, hmac_key_env"),
     ({"hmac_key_file": "HMACFILE"}, "config.hmac_key_file: the value it gives must be hex"),
     ({"hmac_key": SECRET[:8]}, "config.hmac_key: must be at least 16 bytes"),
     ({"admin": {"token": SECRET[:10]}}, "config.admin.token: must be a string of at least 16 characters"),
@@ -196,7 +196,8 @@ async def test_secrets_from_files_and_env_reach_the_receivers(tmp_path, monkeypa
     ({"alerts": {"sinks": [{"type": "webhook", "url": "http://s:1", "headers": {"Authorization": NUMERIC}}]}},
      "config.alerts.sinks[0].headers"),
 ])
-def test_errors_never_print_a_secret(tmp_path, raw, key):
+def test_errors_never_print_a_secret(tmp_path, monkeypatch, raw, key):
+    monkeypatch.setenv("DLP_TEST_KEY", SECRET)
     (tmp_path / "hmac").write_text("not hex " + SECRET + "\n")
     raw = json.loads(json.dumps(raw).replace("HMACFILE", str(tmp_path / "hmac")))
     with pytest.raises(ConfigError) as e:
