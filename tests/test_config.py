@@ -117,8 +117,7 @@ def test_offline_check_skips_secrets_and_files(tmp_path):
     p = cli("config", "check", str(f))
     assert p.returncode == 2 and ".proxy.block_page: no such file '/etc/dlp/451.html'" in p.stderr
     assert ".alerts.sinks[0].routing_key_env: environment variable PD_ROUTING_KEY is not set" in p.stderr
-    p = cli("config", "check", str(write(tmp_path, {"hmac_key_file": "/run/secrets/hmac"}, "h.yaml")))
-    assert p.returncode == 2 and ".hmac_key_file: cannot read '/run/secrets/hmac'" in p.stderr
+    assert ".hmac_key_file: cannot read '/run/secrets/hmac'" in p.stderr            # every problem in one run
     bad = write(tmp_path, {"alerts": {"sinks": [{"type": "pagerduty"}]}}, "bad2.yaml")
     assert cli("config", "check", "--offline", str(bad)).returncode == 2       # the shape is still checked
 
