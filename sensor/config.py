@@ -200,17 +200,20 @@ def _resolving(info: ValidationInfo) -> bool:
 
 
 def whole(ge: int | None = None, gt: int | None = None, le: int | None = None) -> Any:
+    """An integer in range; a YAML float or string is refused (``max_scans: 1.5`` is a mistake, not 1)."""
     bound = " and ".join(b for b in (f">= {ge}" if ge is not None else "", f"> {gt}" if gt is not None else "",
                                      f"<= {le}" if le is not None else "") if b)
     return Annotated[int, Field(ge=ge, gt=gt, le=le), _described(f"must be a whole number {bound}".strip())]
 
 
 def number(ge: float | None = None, gt: float | None = None) -> Any:
+    """A float or integer in range (seconds, days, MiB); strings such as ``5m`` are refused."""
     bound = f">= {ge:g}" if ge is not None else f"> {gt:g}" if gt is not None else ""
     return Annotated[float, Field(ge=ge, gt=gt), _described(f"must be a number {bound}".strip())]
 
 
 def choice(values: tuple[str, ...]) -> Any:
+    """One of a few words; the JSON Schema lists them as an enum."""
     return Annotated[Literal[values], _described(f"must be one of {', '.join(values)}")]
 
 
@@ -221,6 +224,7 @@ OnError = choice(ON_ERROR)
 
 
 def hostport_problem(v: Any) -> str | None:
+    """Why ``v`` is not HOST:PORT, or None (shared by the file's keys and the command-line flags)."""
     if not (isinstance(v, str) and ":" in v):
         return f"must be HOST:PORT (got {_show(v)})"
     port = v.rpartition(":")[2]
@@ -237,6 +241,7 @@ def _hostport(v: Any) -> str:
 
 
 def url_problem(v: Any, secret: bool = False) -> str | None:
+    """Why ``v`` is not an http(s) URL with a host, or None; a secret URL is never quoted back."""
     got = "" if secret else f" (got {_show(v)})"
     if not isinstance(v, str):
         return "must be an http:// or https:// URL" + got
