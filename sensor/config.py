@@ -854,8 +854,7 @@ def json_schema() -> dict:
                 rules.append({"anyOf": [{"required": [f]} for f in forms]})
         if rules:
             target["allOf"] = rules
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
-            "$id": "https://dlp-sensor.invalid/config.schema.json", **schema}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 
 def parse_hostport(v: Any, where: str) -> str:
