@@ -3,7 +3,9 @@
 Command-line flags override the file; the file overrides defaults. Every section is optional::
 
     sensor_id: web-1                 # defaults to the host name
+    log_format: text                 # text | json (one JSON object per line); --log-format overrides
     state_dir: /var/lib/dlp-sensor   # registry, ledger, alert spool, HMAC key, admin token
+    start_empty: false               # true: a damaged database there is moved aside, not refused
     hmac_key_file: /run/secrets/hmac # hex; or hmac_key_env: VAR; else $DLP_SENSOR_HMAC_KEY; else generated
     signatures: []                   # extra packs (files or directories)
     default_signatures: true
@@ -145,7 +147,9 @@ class KafkaConfig:
 @dataclass
 class Config:
     sensor_id: str = field(default_factory=socket.gethostname)
+    log_format: str = "text"                # text | json
     state_dir: Path | None = None
+    start_empty: bool = False               # a damaged state database is moved aside instead of refused
     hmac_key: str | None = None
     signatures: list[str] = field(default_factory=list)
     default_signatures: bool = True
@@ -484,6 +488,10 @@ class SinkBase(Section):
                                                             "(0 = every alert); default 300 for slack and "
                                                             "pagerduty, else 0.")
     format: choice(("ecs", "ocsf")) = Field("ecs", description="Alert document: ECS-shaped JSON or OCSF 2006.")
+    every_alert: Flag | None = Field(None, description="Also send repeats of an open incident (every download); "
+                                                       "default true for stdout, jsonl, splunk_hec and syslog, "
+                                                       "false for webhook, slack and pagerduty (they get the page, "
+                                                       "escalations and summaries).")
 
 
 class HttpSinkBase(SinkBase):
@@ -561,7 +569,7 @@ class SyslogSinkSection(SinkBase):
     """RFC 5424 lines carrying ArcSight CEF, over UDP, TCP or TLS (RFC 5425)."""
     type: Literal["syslog"]
     host: Text = Field("127.0.0.1", description="Syslog server.")
-    port: PortNumber = Field(514, description="Syslog port.")
+    port: PortNumber | None = Field(None, description="Syslog port; default 514, or 6514 with tls.")
     protocol: choice(("udp", "tcp")) = Field("udp", description="udp, or tcp (octet-counted framing).")
     tls: Flag = Field(False, description="TLS (RFC 5425) over TCP.")
     ca_file: FilePath | None = Field(None, description="PEM CA bundle to verify the server with.")
@@ -661,6 +669,12 @@ class ConfigFile(Section):
     secrets: ClassVar[dict[str, bool]] = {"hmac_key": False}
 
     sensor_id: Text | None = Field(None, description="This sensor's name in alerts and the fleet; default: host name.")
+    log_format: choice(("text", "json")) = Field("text", description="Log lines as text, or one JSON object per "
+                                                                     "line (time, level, logger, message); "
+                                                                     "--log-format overrides.")
+    start_empty: Flag = Field(False, description="A 0-byte or damaged takedown registry, ledger or alert spool in "
+                                                 "state_dir is moved aside (NAME.bad-TIMESTAMP) and started empty, "
+                                                 "instead of refusing to start.")
     state_dir: Text | None = Field(None, description="Registry, ledger, alert spool, HMAC key, admin token; "
                                                      "default $DLP_SENSOR_STATE_DIR, else ~/.local/state/dlp-sensor.")
     hmac_key: SecretText | None = Field(None, **_secret_doc("hmac_key", "Key (hex, >= 32 digits) of every keyed "
@@ -797,6 +811,7 @@ def to_config(m: ConfigFile) -> Config:
         extra["sensor_id"] = m.sensor_id
     return Config(
         state_dir=Path(m.state_dir) if m.state_dir else None, hmac_key=m.hmac_key,
+        log_format=m.log_format, start_empty=m.start_empty,
         signatures=list(m.signatures), default_signatures=m.default_signatures, policy=m.policy,
         proxy=proxy, icap=_common(m.icap, IcapConfig, holdback=m.icap.holdback_kib << 10),
         extproc=_common(m.extproc, ExtProcConfig), query=QueryRule.parse(m.takedown.query),
@@ -900,6 +915,8 @@ def with_overrides(c: Config, **flags: Any) -> Config:
     c = replace(c, proxy=proxy)
     if flags.get("state_dir"):
         c = replace(c, state_dir=Path(flags["state_dir"]))
+    if flags.get("start_empty"):
+        c = replace(c, start_empty=True)
     if flags.get("metrics"):
         c = replace(c, metrics=None if flags["metrics"] == "off" else parse_hostport(flags["metrics"], "--metrics"))
     if flags.get("admin"):
