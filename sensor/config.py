@@ -513,15 +513,22 @@ class JsonlSinkSection(SinkBase):
 
 class WebhookSinkSection(HttpSinkBase):
     """POSTs each alert as JSON."""
-    secrets: ClassVar[dict[str, bool]] = {"authorization": False}
+    secrets: ClassVar[dict[str, bool]] = {"url": True, "authorization": False}
     type: Literal["webhook"]
-    url: HttpUrl = Field(description="Where alerts are POSTed.")
+    url: SecretText | None = Field(None, **_secret_doc("url", "Where alerts are POSTed (a URL may carry a token, "
+                                                             "so it is a secret)."))
+    url_file: SecretRef | None = Field(None, description="File holding the webhook URL.")
+    url_env: SecretRef | None = Field(None, description="Environment variable holding the webhook URL.")
     headers: Annotated[dict[str, str], _described("must be a mapping of header names to strings", echo=False)] = Field(
         default_factory=dict, description="Extra request headers (not secret; use authorization for credentials).")
     authorization: SecretText | None = Field(None, **_secret_doc("authorization", "Authorization header value, "
                                                                                   "e.g. 'Bearer …'."))
     authorization_file: SecretRef | None = Field(None, description="File holding the Authorization header value.")
     authorization_env: SecretRef | None = Field(None, description="Environment variable holding it.")
+
+    @classmethod
+    def check_secret(cls, name: str, value: str) -> str | None:
+        return url_problem(value, secret=True) if name == "url" else None
 
     def model_dump_runtime(self) -> dict:
         d = super().model_dump_runtime()
