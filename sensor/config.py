@@ -9,9 +9,11 @@ Command-line flags override the file; the file overrides defaults. Every section
     default_signatures: true
     policy: null                     # a policy file path, or the policy mapping inline
     proxy: {listen, upstream, mode, holdback_kib, on_error, upstream_timeout, connect_timeout,
-            max_scans, block_page, tls: {cert, key}, trust_forwarded, routes: [{match, mode, on_error, holdback_kib}]}
+            max_scans, block_page, tls: {cert, key}, trust_forwarded, routes: [{match, mode, on_error, holdback_kib}],
+            idle_timeout: 15, max_connections: 4096, http10_buffer_mib: 64}
     extproc: {listen: 127.0.0.1:50051}                                        # the Envoy ext_proc tap
-    icap: {listen: 127.0.0.1:1344, max_connections: 512, options_ttl: 300, preview: 4096, holdback_kib: 32}   # mode/routes/block page: proxy's
+    icap: {listen: 127.0.0.1:1344, max_connections: 512, options_ttl: 300, preview: 4096, holdback_kib: 32,
+           idle_timeout: 60, read_timeout: 30}   # mode/routes/block page: proxy's
     takedown: {query: ignore|keep|[names], fingerprint_kib: 64}
     ledger: {client_retention_days: 90}   # how long a client hash is kept (the counts stay)
     metrics: 127.0.0.1:9102          # also serves /healthz and /readyz
@@ -52,6 +54,16 @@ class ProxyRoute:
     mode: str
     on_error: str
     holdback: int
+    on_error_explicit: bool = False     # on_error was written in the file (route or proxy section)
+
+    @property
+    def on_decode_limit(self) -> str:
+        """What a body that could not be fully inspected gets: ``on_error`` when the operator chose
+        it, else closed on an enforce route (a leak must not hide behind a decode limit) and open on
+        a monitor route."""
+        if self.on_error_explicit:
+            return self.on_error
+        return "closed" if self.mode == "enforce" else "open"
 
 
 @dataclass
@@ -61,6 +73,7 @@ class ProxyConfig:
     mode: str = "enforce"
     holdback: int = 64 << 10
     on_error: str = "open"
+    on_error_explicit: bool = False
     upstream_timeout: float = 30.0
     connect_timeout: float = 5.0
     max_scans: int = 512
@@ -69,12 +82,15 @@ class ProxyConfig:
     tls_key: str | None = None
     trust_forwarded: bool = False
     routes: tuple[ProxyRoute, ...] = ()
+    idle_timeout: float = 15.0          # s without a complete request head (new or keep-alive) before close
+    max_connections: int = 4096         # client connections; past it the oldest idle one is closed, else 503
+    http10_buffer: int = 64 << 20       # enforce: an unframed body for an HTTP/1.0 client is buffered up to this
 
     def route(self, path: str) -> ProxyRoute:
         for r in self.routes:
             if fnmatch.fnmatchcase(path, r.match):
                 return r
-        return ProxyRoute("*", self.mode, self.on_error, self.holdback)
+        return ProxyRoute("*", self.mode, self.on_error, self.holdback, self.on_error_explicit)
 
 
 @dataclass
@@ -82,8 +98,10 @@ class IcapConfig:
     listen: str = "127.0.0.1:1344"
     preview: int = 4096          # squid stalls when the preview reaches its 64 KiB read buffer
     holdback: int = 32 << 10     # echo hold-back: squid stops sending at 64 KiB not yet answered
-    max_connections: int = 512
+    max_connections: int = 512   # advertised in OPTIONS and enforced: past it a connection gets 503
     options_ttl: int = 300
+    idle_timeout: float = 60.0   # s a connection may wait for the next ICAP head
+    read_timeout: float = 30.0   # s a started request may stall (encapsulated heads, each body piece)
 
 
 @dataclass
@@ -174,7 +192,8 @@ def _num(v: Any, where: str, positive: bool = True) -> float:
 
 def _proxy(raw: dict, where: str) -> ProxyConfig:
     raw = _keys(raw, where, {"listen", "upstream", "mode", "holdback_kib", "on_error", "upstream_timeout",
-                             "connect_timeout", "max_scans", "block_page", "tls", "trust_forwarded", "routes"})
+                             "connect_timeout", "max_scans", "block_page", "tls", "trust_forwarded", "routes",
+                             "idle_timeout", "max_connections", "http10_buffer_mib"})
     p = ProxyConfig()
     if "listen" in raw:
         p.listen = parse_hostport(raw["listen"], f"{where}.listen")
@@ -189,13 +208,17 @@ def _proxy(raw: dict, where: str) -> ProxyConfig:
     if "on_error" in raw:
         _check(raw["on_error"] in ON_ERROR, f"{where}.on_error", f"must be one of {ON_ERROR}")
         p.on_error = raw["on_error"]
+        p.on_error_explicit = True
     if "holdback_kib" in raw:
         p.holdback = int(_num(raw["holdback_kib"], f"{where}.holdback_kib", positive=False)) << 10
-    for k in ("upstream_timeout", "connect_timeout"):
+    for k in ("upstream_timeout", "connect_timeout", "idle_timeout"):
         if k in raw:
             setattr(p, k, _num(raw[k], f"{where}.{k}"))
-    if "max_scans" in raw:
-        p.max_scans = int(_num(raw["max_scans"], f"{where}.max_scans"))
+    for k in ("max_scans", "max_connections"):
+        if k in raw:
+            setattr(p, k, int(_num(raw[k], f"{where}.{k}")))
+    if "http10_buffer_mib" in raw:
+        p.http10_buffer = int(_num(raw["http10_buffer_mib"], f"{where}.http10_buffer_mib", positive=False) * (1 << 20))
     if "block_page" in raw:
         _check(Path(str(raw["block_page"])).is_file(), f"{where}.block_page", f"no such file {raw['block_page']!r}")
         p.block_page = str(raw["block_page"])
@@ -219,7 +242,7 @@ def _proxy(raw: dict, where: str) -> ProxyConfig:
         _check(onerr in ON_ERROR, f"{rw}.on_error", f"must be one of {ON_ERROR}")
         hb = int(_num(r["holdback_kib"], f"{rw}.holdback_kib", positive=False)) << 10 if "holdback_kib" in r \
             else p.holdback
-        routes.append(ProxyRoute(r["match"], mode, onerr, hb))
+        routes.append(ProxyRoute(r["match"], mode, onerr, hb, "on_error" in r or p.on_error_explicit))
     p.routes = tuple(routes)
     return p
 
@@ -251,12 +274,16 @@ def parse_config(raw: Any, where: str = "config") -> Config:
     if "proxy" in raw:
         c.proxy = _proxy(raw["proxy"], f"{where}.proxy")
     if "icap" in raw:
-        ic = _keys(raw["icap"], f"{where}.icap", {"listen", "max_connections", "options_ttl", "preview", "holdback_kib"})
+        ic = _keys(raw["icap"], f"{where}.icap", {"listen", "max_connections", "options_ttl", "preview", "holdback_kib",
+                                                  "idle_timeout", "read_timeout"})
         if "listen" in ic:
             c.icap.listen = parse_hostport(ic["listen"], f"{where}.icap.listen")
         for k in ("max_connections", "options_ttl", "preview"):
             if k in ic:
                 setattr(c.icap, k, int(_num(ic[k], f"{where}.icap.{k}")))
+        for k in ("idle_timeout", "read_timeout"):
+            if k in ic:
+                setattr(c.icap, k, _num(ic[k], f"{where}.icap.{k}"))
         if "holdback_kib" in ic:
             c.icap.holdback = int(_num(ic["holdback_kib"], f"{where}.icap.holdback_kib", positive=False)) << 10
     if "extproc" in raw:

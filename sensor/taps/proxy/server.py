@@ -16,11 +16,22 @@ Per route:
 
 Memory per exchange is bounded by the hold-back plus one chunk: reads and writes are paced by
 aiohttp's flow control in both directions.
+
+An HTTP/1.0 client cannot be told that a body without a Content-Length was cut: the end of such
+a body is the end of the connection, so a cut looks like a complete file. On an enforce route
+such a response (upstream chunked or length-less) is therefore buffered whole — in memory, then
+in a temporary file — scanned, and sent with a Content-Length; past ``proxy.http10_buffer_mib``
+it is refused with ``505`` before the first byte (the client should speak HTTP/1.1).
+
+A body that could not be fully inspected (a decode limit) follows the route's
+``on_decode_limit``: closed (the default on enforce routes) refuses it with ``503`` before the
+first byte or cuts it after; open lets it through. Either way the exchange raises an alert.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import time
 import uuid
 
@@ -37,6 +48,7 @@ log = logging.getLogger("dlp_sensor.proxy")
 CHUNK = 64 << 10              # enforce: what may leave after the hold-back before a trip is seen
 LAST_CHUNK_PATIENCE = 0.1    # s a chunked body's latest chunk waits for the next before it leaves anyway
 MONITOR_CHUNK = 256 << 10     # monitor: nothing is held, so bigger reads (fewer per-chunk costs: +8 % MB/s)
+UNFRAMED_MEMORY = 1 << 20     # an HTTP/1.0 client's unframed body: held in memory up to this, then on disk
 HOP_BY_HOP = frozenset(h.lower() for h in (
     "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer", "Trailers",
     "Transfer-Encoding", "Upgrade", "Proxy-Connection"))
@@ -52,6 +64,31 @@ def _forward_headers(headers, extra_drop: frozenset[str] = frozenset()) -> CIMul
 
 class Cut(Exception):
     """The response must end now, without a proper end (abort the client connection)."""
+
+
+class _Unframed:
+    """A whole body kept for an HTTP/1.0 client (memory, then a temporary file), bounded."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.size = 0
+        self.file = tempfile.SpooledTemporaryFile(max_size=UNFRAMED_MEMORY)
+
+    def add(self, chunk: bytes) -> bool:
+        """Keep ``chunk``; False when the body has grown past the limit."""
+        self.size += len(chunk)
+        if self.size > self.limit:
+            return False
+        self.file.write(chunk)
+        return True
+
+    def pieces(self, size: int = CHUNK):
+        self.file.seek(0)
+        while piece := self.file.read(size):
+            yield piece
+
+    def close(self) -> None:
+        self.file.close()
 
 
 class Proxy:
@@ -177,6 +214,11 @@ class Proxy:
         held_n = 0
         lookahead = enforce and has_body and up.content_length is None   # see LAST_CHUNK_PATIENCE
         pending: bytes | None = None                # lookahead: the latest chunk, not sent yet
+        unframed: _Unframed | None = None           # HTTP/1.0 client, no length: sent whole with one
+        if enforce and has_body and up.content_length is None and request.version < aiohttp.HttpVersion11:
+            unframed = _Unframed(self.config.http10_buffer)
+            lookahead = False
+        decode_closed = route.on_decode_limit == "closed"
         prepared = False
         completed = False
         scan_s = 0.0
@@ -234,6 +276,8 @@ class Proxy:
                         result = await scan.finish_async()
                         verdict = result.verdict
                     scan_s += time.perf_counter() - t
+                    if verdict != "trip" and decode_closed and scan is not None and scan.uninspected is not None:
+                        return self._uninspected(ctx, scan, prepared), "uninspected"
                     if verdict == "trip" and tripped_at is None:
                         tripped_at = time.perf_counter()
                         if enforce:
@@ -244,7 +288,13 @@ class Proxy:
                                                 headers={"Retry-After": "1"}), "scanner_error"
                         raise Cut("scanner failed")
                 if enforce:
-                    if not prepared:
+                    if unframed is not None:
+                        if not unframed.add(chunk):
+                            log.warning("exchange %s refused: an unframed body for an HTTP/1.0 client grew past "
+                                        "%d bytes", ctx.exchange_id, unframed.limit)
+                            return web.Response(status=505, text="this response needs HTTP/1.1\n",
+                                                headers={"Cache-Control": "no-store"}), "http10_too_large"
+                    elif not prepared:
                         held.append(chunk)
                         held_n += len(chunk)
                         if held_n >= route.holdback:
@@ -275,11 +325,20 @@ class Proxy:
                     tripped_at = time.perf_counter()
                     if enforce:
                         return await self._take_down_and_stop(ctx, head, up, tripped_at, prepared), "tripped"
+                if result.verdict != "trip" and decode_closed and scan.uninspected is not None:
+                    return self._uninspected(ctx, scan, prepared), "uninspected"
             if has_body and fingerprint is None and head and enforce and not prepared:   # a body under 64 KiB
                 fingerprint = s.content_fingerprint(bytes(head))
                 if s.registry.blocked_content(fingerprint) is not None:
                     s.refused(resource, "content")
                     return self._451(), "refused"
+            if not prepared and unframed is not None:
+                resp.content_length = unframed.size     # the HTTP/1.0 client can tell a cut from the end
+                await resp.prepare(request)
+                prepared = True
+                for piece in unframed.pieces():
+                    await resp.write(piece)
+                    ctx.bytes_sent += len(piece)
             if not prepared:
                 await resp.prepare(request)
                 prepared = True
@@ -314,6 +373,8 @@ class Proxy:
             outcome = "client_gone"
             return resp, outcome
         finally:
+            if unframed is not None:
+                unframed.close()
             try:
                 if mirrored is not None:
                     mirrored.end(completed=completed, sent=ctx.bytes_sent)
@@ -328,6 +389,18 @@ class Proxy:
                            mirrored=mirrored is not None)
             except Exception:           # accounting must never break the data path
                 log.exception("accounting for exchange %s failed", ctx.exchange_id)
+
+    def _uninspected(self, ctx: AlertContext, scan: BodyScan, prepared: bool) -> web.Response:
+        """The route fails closed on a body it could not fully inspect: 503 if nothing has left,
+        else the cut. The alert (verdict ``alert``, note ``uninspected:``) comes with the accounting."""
+        self.sensor.metrics.failures.labels(reason="decode_limit", action="closed").inc()
+        log.warning("exchange %s not fully inspected (%s): %s, route fails closed", ctx.exchange_id,
+                    scan.uninspected, "cut" if prepared else "refused")
+        ctx.action = "cut_uninspected" if prepared else "refused_uninspected"
+        if prepared:
+            raise Cut("not fully inspected")
+        return web.Response(status=503, text="response could not be fully inspected\n",
+                            headers={"Cache-Control": "no-store"})
 
     def _scan_failed(self, route, reason: str) -> str:
         self.sensor.metrics.failures.labels(reason=reason, action=route.on_error).inc()
