@@ -219,6 +219,7 @@ class Proxy:
             unframed = _Unframed(self.config.http10_buffer)
             lookahead = False
         decode_closed = route.on_decode_limit == "closed"
+        finishing: asyncio.Future | None = None     # the final verdict being read (a container: in a thread)
         prepared = False
         completed = False
         scan_s = 0.0
@@ -273,7 +274,8 @@ class Proxy:
                             and received >= up.content_length):
                         # the last bytes of a Content-Length body: decide before they leave, or the
                         # client would hold a complete file when the final record trips
-                        result = await scan.finish_async()
+                        finishing = asyncio.ensure_future(scan.finish_async())
+                        result = await asyncio.shield(finishing)
                         verdict = result.verdict
                     scan_s += time.perf_counter() - t
                     if verdict != "trip" and decode_closed and scan is not None and scan.uninspected is not None:
@@ -319,7 +321,8 @@ class Proxy:
             # end of body: the last record may only now be complete
             if scan is not None and result is None:
                 t = time.perf_counter()
-                result = await scan.finish_async()
+                finishing = asyncio.ensure_future(scan.finish_async())
+                result = await asyncio.shield(finishing)
                 scan_s += time.perf_counter() - t
                 if result.verdict == "trip" and tripped_at is None:
                     tripped_at = time.perf_counter()
@@ -375,20 +378,36 @@ class Proxy:
         finally:
             if unframed is not None:
                 unframed.close()
+            return_none = False                 # accounting deferred to the end of ``finishing``
             try:
                 if mirrored is not None:
                     mirrored.end(completed=completed, sent=ctx.bytes_sent)
                 if scan is not None:
                     self.active_scans -= 1
                     s.metrics.active_exchanges.dec()
-                    if result is None:
+                    if result is None and finishing is not None:
+                        # the client left (the handler is cancelled) while the verdict was being read,
+                        # typically right after the last byte: the verdict still counts, when it is in
+                        finishing.add_done_callback(
+                            lambda f, sent=scan_s, done=completed, sc=scan: self._account_late(ctx, f, sc, sent, done))
+                        return_none = True
+                    elif result is None:
                         t = time.perf_counter()
                         result = scan.finish()          # aborted exchanges: inline (no await in a finally)
                         scan_s += time.perf_counter() - t
-                s.finished(ctx, result, tap="proxy", completed=completed, scan_seconds=scan_s,
-                           mirrored=mirrored is not None)
+                if not return_none:
+                    s.finished(ctx, result, tap="proxy", completed=completed, scan_seconds=scan_s,
+                               mirrored=mirrored is not None)
             except Exception:           # accounting must never break the data path
                 log.exception("accounting for exchange %s failed", ctx.exchange_id)
+
+    def _account_late(self, ctx: AlertContext, fut: asyncio.Future, scan: BodyScan, scan_s: float,
+                      completed: bool) -> None:
+        try:
+            result = fut.result() if not fut.cancelled() and fut.exception() is None else scan.finish()
+            self.sensor.finished(ctx, result, tap="proxy", completed=completed, scan_seconds=scan_s)
+        except Exception:               # accounting must never break the data path
+            log.exception("accounting for exchange %s failed", ctx.exchange_id)
 
     def _uninspected(self, ctx: AlertContext, scan: BodyScan, prepared: bool) -> web.Response:
         """The route fails closed on a body it could not fully inspect: 503 if nothing has left,
