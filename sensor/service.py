@@ -15,7 +15,8 @@ from sensor.config import Config
 from sensor.enforce.admin import admin_app
 from sensor.metrics.server import metrics_app
 from sensor.runtime import Sensor
-from sensor.taps.connections import CappedServer, connection_budget, install_accept_error_handler, raise_fd_limit
+from sensor.taps.connections import (CappedServer, accept_backlog, connection_budget, install_accept_error_handler,
+                                     raise_fd_limit)
 from sensor.taps.proxy.server import Proxy
 
 GIL_SWITCH_SECONDS = 0.0005
@@ -50,13 +51,13 @@ class Running:
 
 
 async def _site(app: web.Application | web.Server, hostport: str, *, ssl_context=None,
-                reuse_port: bool = False) -> tuple[web.BaseRunner, tuple[str, int]]:
+                reuse_port: bool = False, backlog: int = 1024) -> tuple[web.BaseRunner, tuple[str, int]]:
     runner = web.ServerRunner(app, access_log=None) if isinstance(app, web.Server) else \
         web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     host, port = _split(hostport)
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port or None,
-                       backlog=1024)
+                       backlog=backlog)
     await site.start()
     sock = site._server.sockets[0]                      # the real port when 0 was asked for
     return runner, sock.getsockname()[:2]
@@ -89,7 +90,8 @@ async def start(config: Config, *, taps: tuple[str, ...], reuse_port: bool = Fal
         server = CappedServer(proxy.handle, max_connections=connection_budget(config.proxy.max_connections),
                               access_log=None, max_field_size=16 << 10, max_line_size=16 << 10,
                               handler_cancellation=True, keepalive_timeout=config.proxy.idle_timeout)
-        r, addr = await _site(server, config.proxy.listen, ssl_context=ctx, reuse_port=reuse_port)
+        r, addr = await _site(server, config.proxy.listen, ssl_context=ctx, reuse_port=reuse_port,
+                              backlog=accept_backlog(server.max_connections))
         run.runners.append(r)
         run.addresses["proxy"] = addr
     if "extproc" in taps:

@@ -206,9 +206,12 @@ def test_a_flood_of_half_open_connections_leaves_real_clients_served(upstream, t
     sc = _sidecar(tmp_path, upstream.url, nofile=1024)
     socks: list[socket.socket] = []
     try:
+        deadline = time.monotonic() + 30                  # a listener that stopped accepting stalls connect()
         for _ in range(flood):
+            if time.monotonic() > deadline:
+                break
             s = socket.socket()
-            s.settimeout(3)
+            s.settimeout(0.5)
             try:
                 s.connect(("127.0.0.1", sc.port))
                 s.send(b"GET /ok HTTP/1.1\r\nHost: www.exa")                     # and never more
@@ -226,8 +229,9 @@ def test_a_flood_of_half_open_connections_leaves_real_clients_served(upstream, t
         assert min(timings) < 0.1, timings
         wait_http(sc.metrics + "/readyz", timeout=5)
         log = sc.log()
-        assert "Traceback" not in log and "Too many open files" not in log, log[-2000:]
-        assert len(log.splitlines()) < 40, log[-2000:]
+        assert "Traceback" not in log, log[-2000:]
+        assert len(log.splitlines()) < 40, log[-2000:]              # was 233,470 tracebacks
+        assert sum("accept() failed" in line for line in log.splitlines()) <= 3, log[-2000:]
     finally:
         for s in socks:
             s.close()
@@ -302,7 +306,8 @@ def test_icap_reads_huge_chunks_in_bounded_pieces(icap):
                 s.sendall(piece)
         peak = _rss_kib(pid, "VmHWM")
         grown_mib = (peak - before) / 1024
-        assert grown_mib < 150, f"RSS grew by {grown_mib:.0f} MiB for {n} connections"
+        print(f"ICAP: {n} connections x {sent >> 20} MiB of declared 16 MiB chunks: peak RSS +{grown_mib:.0f} MiB")
+        assert grown_mib < 64, f"RSS grew by {grown_mib:.0f} MiB for {n} connections"
     finally:
         for s in conns:
             s.close()
@@ -339,7 +344,7 @@ def test_http10_client_gets_a_complete_body_with_its_length(upstream, sidecar):
 @pytest.mark.parametrize("name, body, framing, want", [
     ("upstream dies mid-body", b"x" * 400_000, "cut", 502),
     ("leak after the hold-back", b"id,note\n" + b"1,nothing\n" * 30000 + LEAK, "chunked", 451),
-    ("leak, no length, no chunks", b"id,note\n" + b"1,nothing\n" * 30000 + LEAK, "close", 451),
+    ("leak, no length, no chunks", b"id,remark\n" + b"2,nothing\n" * 30000 + LEAK, "close", 451),
     ("larger than the buffer", b"y" * (3 << 20), "chunked", 505),
 ])
 def test_http10_client_never_gets_a_cut_that_looks_complete(upstream, sidecar, name, body, framing, want):

@@ -101,6 +101,21 @@ def install_accept_error_handler(loop: asyncio.AbstractEventLoop) -> RateLimited
     return limited
 
 
+def _idle(h: RequestHandler) -> bool:
+    """No request in progress: none parsed yet, or waiting for the next head of a kept-alive one."""
+    if h._messages:
+        return False
+    waiter = h._waiter                  # set while the handler waits for a request head
+    return h._request_count == 0 or (waiter is not None and not waiter.done())
+
+
+def accept_backlog(cap: int, wanted: int = 1024) -> int:
+    """asyncio accepts up to ``backlog`` sockets in one go before any of them is handed over (and
+    counted against the cap): keep that burst a fraction of the cap, so it cannot exhaust the
+    file limit the cap was sized for."""
+    return max(16, min(wanted, cap // 4))
+
+
 class CappedServer(web.Server):
     """aiohttp's low-level server with a connection cap.
 
@@ -136,8 +151,7 @@ class CappedServer(web.Server):
 
     def _evict_idle(self) -> bool:
         for h in self.live:
-            waiter = h._waiter                          # set while the handler waits for a request head
-            if waiter is not None and not waiter.done() and not h._messages:
+            if _idle(h):
                 del self.live[h]
                 self.evicted += 1
                 self._log.warn("evicted", f"connection cap {self.max_connections} reached: "

@@ -34,7 +34,7 @@ from sensor.alerts.schema import AlertContext
 from sensor.enforce.resource import normalize, public_url
 from sensor.pipeline import BodyScan, Exchange
 from sensor.runtime import Sensor
-from sensor.taps.connections import RateLimited
+from sensor.taps.connections import RateLimited, accept_backlog
 from sensor.taps.icap.protocol import (LAST_CHUNK, MAX_HEAD, ChunkReader, IcapError, IcapRequest, IcapTimeout, chunk,
                                        http_head, parse_head, read_head, read_sections, response)
 
@@ -61,7 +61,8 @@ class IcapServer:
         return f'"{self.sensor.detector.generation}"'     # changes with the pack or the policy
 
     async def start(self, host: str, port: int) -> asyncio.Server:
-        return await asyncio.start_server(self.handle, host, port, limit=MAX_HEAD, backlog=1024)
+        return await asyncio.start_server(self.handle, host, port, limit=MAX_HEAD,
+                                          backlog=accept_backlog(self.max_connections))
 
     # -- connection ---------------------------------------------------------------------------------
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
