@@ -274,8 +274,8 @@ class Proxy:
                             and received >= up.content_length):
                         # the last bytes of a Content-Length body: decide before they leave, or the
                         # client would hold a complete file when the final record trips
-                        finishing = asyncio.ensure_future(scan.finish_async())
-                        result = await asyncio.shield(finishing)
+                        finishing = _finishing(scan)
+                        result = await (asyncio.shield(finishing) if finishing else scan.finish_async())
                         verdict = result.verdict
                     scan_s += time.perf_counter() - t
                     if verdict != "trip" and decode_closed and scan is not None and scan.uninspected is not None:
@@ -321,8 +321,8 @@ class Proxy:
             # end of body: the last record may only now be complete
             if scan is not None and result is None:
                 t = time.perf_counter()
-                finishing = asyncio.ensure_future(scan.finish_async())
-                result = await asyncio.shield(finishing)
+                finishing = _finishing(scan)
+                result = await (asyncio.shield(finishing) if finishing else scan.finish_async())
                 scan_s += time.perf_counter() - t
                 if result.verdict == "trip" and tripped_at is None:
                     tripped_at = time.perf_counter()
@@ -481,6 +481,13 @@ class Proxy:
             self.websockets.discard(ws)
             await upstream.close()
         return ws
+
+
+def _finishing(scan: BodyScan) -> asyncio.Future | None:
+    """The final verdict of a container, read in a thread, as a task the handler awaits shielded: a
+    client that leaves right after its last byte cancels the handler, and the verdict must still be
+    read and counted (``Proxy._account_late``). None for text, which finishes without yielding."""
+    return asyncio.ensure_future(scan.finish_async()) if scan.needs_prepare else None
 
 
 async def _with_ticks(it, patience: float):
