@@ -332,6 +332,14 @@ def test_utf16_without_a_bom_is_transcoded_and_trips(upstream, sidecar, codec, c
     assert got != body
 
 
+def test_text_mislabelled_utf16_is_still_scanned_as_it_is(upstream, sidecar):
+    """A server that declares UTF-16 but sends ASCII text (no zero byte at all): not garbled away."""
+    body = b"# mislabelled\n" + LEAK
+    upstream.routes["/u16/mislabelled.csv"] = _response(body, b"text/csv; charset=utf-16")
+    rc, status, got, _ = curl("-m", "30", sidecar.url + "/u16/mislabelled.csv")
+    assert status == 451 or rc != 0, (rc, status, len(got))
+
+
 # -- 5. a cut that HTTP/1.0 cannot signal -------------------------------------------------------------
 
 def test_http10_client_gets_a_complete_body_with_its_length(upstream, sidecar):
@@ -410,3 +418,20 @@ def test_a_decode_limit_on_a_monitor_route_passes_with_an_alert(upstream, sideca
     assert (rc, status) == (0, 200) and got == body
     _wait(lambda: [a for a in _alerts_with(sidecar, "uninspected:" + note)
                    if a["url"].get("path", "").startswith("/monitor/")], 10, "an alert on the monitor route")
+
+
+def test_icap_refuses_a_body_behind_a_decode_limit(icap):
+    body, _, _ = LIMITED["zeros"]
+    res = b"HTTP/1.1 200 OK\r\nContent-Type: text/csv\r\nContent-Encoding: gzip\r\n\r\n"
+    head = (b"RESPMOD icap://127.0.0.1/respmod ICAP/1.0\r\nHost: x\r\nAllow: 204\r\n"
+            b"Encapsulated: req-hdr=0, res-hdr=%d, res-body=%d\r\n\r\n" % (len(HDRS), len(HDRS) + len(res)))
+    with socket.create_connection(("127.0.0.1", icap.port), timeout=30) as s:
+        s.sendall(head + HDRS + res + _chunked([body[i:i + 8192] for i in range(0, len(body), 8192)]))
+        out = b""
+        while b"\r\n0\r\n\r\n" not in out:
+            more = s.recv(65536)
+            if not more:
+                break
+            out += more
+    assert out.startswith(b"ICAP/1.0 200") and b"HTTP/1.1 503" in out, out[:200]
+    _wait(lambda: _alerts_with(icap, "uninspected:decode-limit:ratio"), 10, "an alert saying why")
