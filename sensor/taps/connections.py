@@ -102,11 +102,13 @@ def install_accept_error_handler(loop: asyncio.AbstractEventLoop) -> RateLimited
 
 
 def _idle(h: RequestHandler) -> bool:
-    """No request in progress: none parsed yet, or waiting for the next head of a kept-alive one."""
-    if h._messages:
+    """No request in progress: none parsed yet, or waiting for the next head of a kept-alive one.
+    Reads aiohttp's (3.14) private handler state; if a later aiohttp renames it, nothing counts as
+    idle and the cap refuses with 503 instead of closing idle connections."""
+    if getattr(h, "_messages", True):
         return False
-    waiter = h._waiter                  # set while the handler waits for a request head
-    return h._request_count == 0 or (waiter is not None and not waiter.done())
+    waiter = getattr(h, "_waiter", None)        # set while the handler waits for a request head
+    return getattr(h, "_request_count", 1) == 0 or (waiter is not None and not waiter.done())
 
 
 def accept_backlog(cap: int, wanted: int = 1024) -> int:
