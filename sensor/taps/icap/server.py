@@ -92,18 +92,30 @@ class IcapServer:
                     return
                 except IcapError as e:
                     self.sensor.metrics.icap_errors.labels(status=str(e.status)).inc()
-                    log.warning("ICAP %d: %s", e.status, e.reason)
+                    self._log.warn(f"error:{e.status}:{e.reason}", f"ICAP {e.status}: {e.reason}")
                     writer.write(response(e.status, _REASONS.get(e.status, "Error"),
                                           {"ISTag": self.istag, "Connection": "close"}))
-                    await writer.drain()
+                    await self._flush(writer)
                     return
                 if not keep:
                     return
+        except IcapTimeout:                 # the client stopped reading our answer
+            writer.transport.abort()
+            return
         except (ConnectionError, asyncio.IncompleteReadError):
             return
         finally:
             self.connections -= 1
             writer.close()
+
+    async def _flush(self, writer: asyncio.StreamWriter) -> None:
+        """Wait for the client to take what was written, for ``read_timeout`` at most: a client that
+        stops reading must not hold a connection (and its scan) for ever."""
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                await writer.drain()
+        except TimeoutError:
+            raise IcapTimeout("the client stopped reading") from None
 
     async def _dispatch(self, req: IcapRequest, reader, writer) -> bool:
         path = "/" + req.uri.split("://", 1)[-1].split("/", 1)[-1].split("?", 1)[0] if "://" in req.uri else req.uri
@@ -113,7 +125,7 @@ class IcapServer:
                 "Max-Connections": str(self.max_connections), "Options-TTL": str(self.options_ttl),
                 "Allow": "204", "Preview": str(self.sensor.config.icap.preview), "Transfer-Preview": "*",
                 "Service-ID": "dlp"}))
-            await writer.drain()
+            await self._flush(writer)
             return True
         if req.method in ("REQMOD",):
             raise IcapError(405, "this service does RESPMOD only")
@@ -156,7 +168,7 @@ class IcapServer:
             return True
         if not has_body:
             writer.write(response(204, "No Content", {"ISTag": self.istag}))
-            await writer.drain()
+            await self._flush(writer)
             return True
         ex = Exchange(url=f"http://{host}{target}" if not target.startswith("http") else target, method=method,
                       status=status, content_type=res_h.get("content-type", ""),
@@ -189,7 +201,7 @@ class IcapServer:
             if ieof:
                 return await self._end(writer, gate)
             writer.write(b"ICAP/1.0 100 Continue\r\n\r\n")
-            await writer.drain()
+            await self._flush(writer)
         if req.allow_204:                                        # the client keeps its copy: answer at the end
             while True:
                 data, last, _ = await reader.read()
@@ -225,7 +237,7 @@ class IcapServer:
                 if lag is not None:
                     writer.write(chunk(lag))
                     gate.ctx.bytes_sent += len(lag)
-                    await writer.drain()
+                    await self._flush(writer)
                 lag = data
                 continue
             held.append(data)
@@ -233,7 +245,7 @@ class IcapServer:
             if held_n >= holdback and gate.enforce:
                 started = True
                 self._start_echo(writer, res_raw, held, gate)
-                await writer.drain()
+                await self._flush(writer)
             elif not gate.enforce:
                 started = True
                 self._start_echo(writer, res_raw, held, gate)
@@ -249,7 +261,7 @@ class IcapServer:
             writer.write(chunk(lag))
             gate.ctx.bytes_sent += len(lag)
         writer.write(LAST_CHUNK)
-        await writer.drain()
+        await self._flush(writer)
         gate.completed = True
         return True
 
@@ -265,7 +277,7 @@ class IcapServer:
             await self._block(writer, v)
             return True
         writer.write(response(204, "No Content", {"ISTag": self.istag}))
-        await writer.drain()
+        await self._flush(writer)
         gate.ctx.bytes_sent = gate.received                     # the client sends its own copy
         gate.completed = True
         return True
@@ -283,7 +295,7 @@ class IcapServer:
                    b"Cache-Control: no-store\r\nContent-Length: %d\r\n\r\n" % len(page))
         writer.write(response(200, "OK", {"ISTag": self.istag}, f"res-hdr=0, res-body={len(res)}")
                      + res + chunk(page) + LAST_CHUNK)
-        await writer.drain()
+        await self._flush(writer)
 
     async def _drain(self, reader, req: IcapRequest, has_body: bool) -> None:
         """Discard a body we answer without reading (a preview ends at its own last chunk)."""
