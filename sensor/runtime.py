@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sensor.alerts.dispatch import Dispatcher
-from sensor.alerts.schema import AlertContext, build_alert
+from sensor.alerts.schema import AlertContext, build_alert, incident_id
 from sensor.alerts.sinks import make_sink
 from sensor.alerts.spool import Spool
 from sensor.config import Config
@@ -29,7 +29,9 @@ from sensor.detect.pack import PackError, load_pack
 from sensor.detect.policy import Policy, PolicyError, load_policy, parse_policy
 from sensor.detect.scanner import ScanResult
 from sensor.enforce.ledger import Ledger
-from sensor.enforce.registry import Registry, Takedown
+from sensor.enforce.report import evidence_of
+from sensor.enforce.registry import Registry, Takedown, TakedownNotDurable
+from sensor.enforce.statefiles import MIN_SECRET_BYTES, StateError, load_or_create_secret, private_dir, private_file
 from sensor.metrics import Metrics
 from sensor.pipeline import BodyScan, Exchange
 
@@ -39,6 +41,8 @@ DEFAULT_BLOCK_PAGE = (b"<!doctype html><html><head><title>451 Unavailable For Le
                       b"contain personal data. The site's operators have been notified.</p></body></html>\n")
 
 TOKEN_ENV = "DLP_SENSOR_ADMIN_TOKEN"
+NOT_DURABLE_NOTE = ("takedown-not-durable: the disk refused the takedown's commit; the resource is refused "
+                    "from memory and the commit is retried until it lands (a stop before then loses it)")
 
 
 @dataclass
@@ -65,44 +69,46 @@ def build_detector(config: Config) -> Detector:
 
 
 def admin_token(config: Config) -> str:
-    """Token from config, else $DLP_SENSOR_ADMIN_TOKEN, else generated once into the state dir (0600)."""
+    """Token from config, else $DLP_SENSOR_ADMIN_TOKEN, else generated once into the state dir.
+
+    Never empty and never shorter than 16 characters: the stored token is written atomically (0600,
+    fsynced) and a shorter or non-ASCII one (a 0-byte file left by a full disk) stops the start with
+    StateError naming the file, as does one another user owns or may write."""
     if config.admin_token:
         return config.admin_token
-    if os.environ.get(TOKEN_ENV):
-        return os.environ[TOKEN_ENV].strip()
+    env = os.environ.get(TOKEN_ENV, "").strip(" \t\r\n")
+    if env:
+        if len(env) < MIN_SECRET_BYTES or not all(0x21 <= ord(c) <= 0x7E for c in env):
+            raise StateError(f"${TOKEN_ENV}: must be at least {MIN_SECRET_BYTES} printable ASCII characters")
+        return env
     assert config.state_dir is not None
-    path = config.state_dir / "admin.token"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        tok = secrets.token_urlsafe(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(tok + "\n")
-        return tok
+    return load_or_create_secret(config.state_dir / "admin.token", "admin token", lambda: secrets.token_urlsafe(32),
+                                 "remove the file to generate a new token")
 
 
 class Sensor:
     def __init__(self, config: Config, detector: Detector | None = None):
         assert config.state_dir is not None, "with_overrides() fills state_dir"
         self.config = config
-        sd = config.state_dir
-        sd.mkdir(parents=True, exist_ok=True)
+        sd = private_dir(config.state_dir)          # 0700; refused if another user owns or may write it
         self.key = load_key(config.hmac_key, sd)
+        self.token = admin_token(config)
         self.detector = detector or build_detector(config)
         self.metrics = Metrics()
-        self.registry = Registry(sd / "takedowns.db")
-        self.ledger = Ledger(sd / "ledger.db", client_retention_days=config.client_retention_days)
-        self.spool = Spool(sd / "alerts.db")
+        empty = config.start_empty
+        self.registry = Registry(sd / "takedowns.db", start_empty=empty)
+        self.ledger = Ledger(sd / "ledger.db", client_retention_days=config.client_retention_days, start_empty=empty)
+        self.spool = Spool(sd / "alerts.db", start_empty=empty)
         sinks = []
         for i, s in enumerate(config.sinks):
             raw = dict(s)
             if raw.get("type") == "jsonl" and not os.path.isabs(raw.get("path", "/")):
                 raw["path"] = str(sd / raw["path"])
+                private_file(Path(raw["path"]))     # created 0600 before the sink first appends
             sinks.append(make_sink(raw, f"alerts.sinks[{i}]"))
         self.dispatcher = Dispatcher(self.spool, sinks, retry_initial=config.retry_initial,
                                      retry_max=config.retry_max, metrics=self.metrics)
-        self.token = admin_token(config)
+        self._not_durable: set[str] = set()        # exchanges whose takedown the disk refused (for the alert)
         self.limits = DecodeLimits()
         self.ready = False
         self._tasks: list[asyncio.Task] = []
@@ -246,8 +252,13 @@ class Sensor:
         if self.fleet is not None:                  # the fleet does not wait for this host's fsync
             self.fleet.announce(ctx.resource, actor=actor, reason=reason, fingerprint=fingerprint,
                                 xid=ctx.exchange_id)
-        td = await asyncio.shield(commit)
-        self.metrics.detection_to_takedown.observe(time.perf_counter() - tripped_at)
+        try:
+            td = await asyncio.shield(commit)
+        except TakedownNotDurable as e:             # a full disk: refused from memory, commit retried
+            td = e.takedown
+            self._not_durable.add(ctx.exchange_id)
+        else:
+            self.metrics.detection_to_takedown.observe(time.perf_counter() - tripped_at)
         self.metrics.takedowns.labels(source="trip").inc()
         ctx.takedown_id = td.id
         return td
@@ -255,6 +266,7 @@ class Sensor:
     def refused(self, resource: str, reason: str) -> None:
         self.ledger.refused(resource)
         self.metrics.refusals.labels(reason=reason).inc()
+        self.dispatcher.refused(incident_id(self.key, resource))     # counts into its incident, if any
 
     def finished(self, ctx: AlertContext, result: ScanResult | None, *, tap: str, completed: bool,
                  scan_seconds: float = 0.0, mirrored: bool = False) -> dict | None:
@@ -285,7 +297,11 @@ class Sensor:
         ctx.ruleset = self.detector.generation
         now = time.time()
         alert = build_alert(ctx, result, key=self.key, source_ip=self.config.source_ip, now=now)
+        if ctx.exchange_id in self._not_durable:
+            self._not_durable.discard(ctx.exchange_id)
+            alert["dlp"]["notes"].append(NOT_DURABLE_NOTE)
         self.dispatcher.submit(alert)
+        self.ledger.note_evidence(ctx.resource, evidence_of(alert, client=self._client(ctx)), now)
         if self.fleet is not None:
             from sensor.stream.records import finding_record
             self.fleet.publish_finding(ctx.resource, finding_record(

@@ -76,6 +76,9 @@ async def start(config: Config, *, taps: tuple[str, ...], reuse_port: bool = Fal
     gc.collect()
     gc.freeze()             # start-up objects (engine, pack) never die: keep full GC passes off them
     await sensor.start()
+    sensor.metrics.expect(taps=taps, sinks=[s.name for s in sensor.dispatcher.sinks],
+                          signatures=[sig.id for sig in sensor.detector.engine.signatures],
+                          kafka=[c for c, part in (("fleet", sensor.fleet), ("mirror", sensor.mirror)) if part])
     proxy = Proxy(sensor)
     await proxy.start()
     run = Running(sensor, proxy)
@@ -109,7 +112,9 @@ async def start(config: Config, *, taps: tuple[str, ...], reuse_port: bool = Fal
         run.servers.append(srv)
         run.addresses["icap"] = srv.sockets[0].getsockname()[:2]
     if config.metrics:
-        r, addr = await _site(metrics_app(sensor), config.metrics)
+        # a proxy is ready only while its app answers connections (else it would serve only 502s)
+        upstream = config.proxy.upstream if "proxy" in taps else None
+        r, addr = await _site(metrics_app(sensor, upstream=upstream), config.metrics)
         run.runners.append(r)
         run.addresses["metrics"] = addr
     if config.admin:

@@ -162,7 +162,9 @@ class Sidecar:
             stdout=open(tmp / "stdout.log", "ab"), stderr=open(tmp / "stderr.log", "ab"), cwd=ROOT,
             env={k: v for k, v in os.environ.items() if k != "DLP_KAFKA_BOOTSTRAP"})   # Kafka only when configured
         if wait:
-            wait_http(self.metrics + "/readyz", timeout=40, proc=self.proc, log=tmp / "stderr.log")
+            # /healthz: the metrics port opens once the sensor and its listeners are up; /readyz would
+            # also wait for the upstream, which some tests keep down on purpose
+            wait_http(self.metrics + "/healthz", timeout=40, proc=self.proc, log=tmp / "stderr.log")
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:

@@ -40,7 +40,7 @@ def test_alert_is_ecs_shaped_and_carries_no_raw_value(result):
     assert a["@timestamp"] == "2023-11-14T22:13:20.000Z"
     assert a["rule"]["id"] == "dlp.trip" and a["dlp"]["verdict"] == "trip" and a["dlp"]["records"] >= 10
     assert a["dlp"]["findings"]["us-driver-licence"] >= 10 and a["dlp"]["takedown_id"] == 7
-    assert a["source"] == {"address": a["source"]["address"]} and a["source"]["address"].startswith("hmac-sha256:")
+    assert "source" not in a and a["dlp"]["client"]["hash"].startswith("hmac-sha256:")   # ECS source.* is raw-only
     blob = orjson.dumps(a).decode()
     for row in ROWS:
         for value in row.split(",")[1:12:3] + [row.split(",")[11]]:          # names, DOB, address, licence
@@ -50,7 +50,7 @@ def test_alert_is_ecs_shaped_and_carries_no_raw_value(result):
 
 
 def test_source_ip_modes_and_stable_dedup_id(result):
-    assert _alert(result, "raw")["source"] == {"ip": "203.0.113.9"}
+    assert _alert(result, "raw")["source"] == {"address": "203.0.113.9", "ip": "203.0.113.9"}
     assert "source" not in _alert(result, "drop")
     assert _alert(result)["dlp"]["dedup_id"] == _alert(result)["dlp"]["dedup_id"]
     assert _alert(result)["dlp"]["dedup_id"] != _alert(result, exchange="ex2")["dlp"]["dedup_id"]
@@ -141,7 +141,7 @@ async def test_every_sink_delivers_to_a_real_receiver(result, tmp_path):
     pd = by["/v2/enqueue"][1]
     assert pd["dedup_key"] == alert["dlp"]["incident"]["id"] != did      # one PagerDuty incident per resource
     assert pd["event_action"] == "trigger" and pd["payload"]["severity"] == "critical"
-    assert "alert 1 (1 trips)" in by["/slack"][1]["text"]
+    assert "(opened): 1 requests (1 trips, 0 refused)" in by["/slack"][1]["text"]
     hec_h, hec = by["/services/collector/event"]
     assert hec_h["Authorization"] == "Splunk tok-123" and hec["index"] == "dlp" and hec["event"]["dlp"]["dedup_id"] == did
     assert b"CEF:0|dlp-sensor" in udp_got[0]
@@ -179,36 +179,37 @@ def _due(spool: Spool, sink: str) -> list[tuple[str, float]]:
         (sink,))]
 
 
-def test_incidents_number_alerts_per_resource_and_throttle_folds_them(result, tmp_path):
-    """Leading edge at once; during the window only the newest alert waits, due at the window's end;
-    the trailing send opens the next window; an unthrottled sink gets every alert; other resources
-    are other incidents; everything is in the spool file (a kill -9 loses nothing)."""
+def test_incident_rule_and_throttle_fold_what_the_pager_hears(result, tmp_path):
+    """The incident rule first (a repeat reaches only every-alert sinks; summaries at 10 and 100 reach
+    all), then the throttle (leading edge at once; during the window only the newest alert waits, due
+    at the window's end); everything is in the spool file (a kill -9 loses nothing)."""
     sp = Spool(tmp_path / "spool.db")
     t0 = 1_000_000.0
     sinks = {"siem": 0.0, "pager": 60.0}
-    alerts = [_incident_alert(result, f"x{i}") for i in range(5)]
-    for i, a in enumerate(alerts[:4]):
-        sp.put(a, sinks, now=t0 + i)
-    assert [a["dlp"]["incident"]["alerts"] for a in alerts[:4]] == [1, 2, 3, 4]
-    assert alerts[0]["dlp"]["incident"]["id"] == alerts[3]["dlp"]["incident"]["id"]
-    assert len(_due(sp, "siem")) == 4
-    assert _due(sp, "pager") == [("x0", t0), ("x3", t0 + 60)]
-    assert sp.take_throttled() == {"pager": 2} and sp.take_throttled() == {}
+    alerts = [_incident_alert(result, f"x{i}") for i in range(101)]
+    for i, a in enumerate(alerts[:100]):
+        sp.put(a, sinks, now=t0 + i * 0.1, every={"siem"})
+    assert [a["dlp"]["incident"]["count"] for a in alerts[:3]] == [1, 2, 3]
+    assert [a["dlp"]["incident"]["state"] for a in alerts[:3]] == ["opened", "repeat", "repeat"]
+    assert alerts[0]["dlp"]["incident"]["id"] == alerts[99]["dlp"]["incident"]["id"]
+    assert len(_due(sp, "siem")) == 102                                    # every alert + two summaries
+    assert _due(sp, "pager") == [("x0", t0), ("x99", t0 + 60)]              # summary@100 replaced summary@10
+    assert sp.take_throttled() == {"pager": 1} and sp.take_throttled() == {}
     other = _incident_alert(result, "y0", resource="site/other.csv")
-    sp.put(other, sinks, now=t0 + 5)
-    assert other["dlp"]["incident"]["alerts"] == 1 and _due(sp, "pager")[-1] == ("y0", t0 + 5)
-    for seq, _, a in sp.lease("pager", now=t0 + 61):                # the window closes: x3 goes out
-        sp.delivered(seq, "pager")
-    sp.put(alerts[4], sinks, now=t0 + 70)                          # within the window x3 opened
-    assert _due(sp, "pager") == [("x4", t0 + 120)]
+    sp.put(other, sinks, now=t0 + 11, every={"siem"})
+    assert other["dlp"]["incident"]["count"] == 1 and _due(sp, "pager")[-1] == ("y0", t0 + 11)
     sp.close()
-    again = Spool(tmp_path / "spool.db")                           # reopened, as after a restart
-    assert _due(again, "pager") == [("x4", t0 + 120)]
-    late = _incident_alert(result, "x5")
-    for seq, _, a in again.lease("pager", now=t0 + 121):
+    again = Spool(tmp_path / "spool.db")                                   # reopened, as after a restart
+    assert ("x99", t0 + 60) in _due(again, "pager")
+    again.put(alerts[100], sinks, now=t0 + 30, every={"siem"})
+    assert alerts[100]["dlp"]["incident"]["count"] == 101 and alerts[100]["dlp"]["incident"]["state"] == "repeat"
+    for seq, _, a in again.lease("pager", now=t0 + 61):                   # the window closes: the summary goes
         again.delivered(seq, "pager")
-    again.put(late, sinks, now=t0 + 200)                            # quiet past the window: at once
-    assert _due(again, "pager") == [("x5", t0 + 200)] and late["dlp"]["incident"]["alerts"] == 6
+    inc = alerts[0]["dlp"]["incident"]["id"]
+    assert again.refusals({inc: 899}, sinks, now=t0 + 300) == 1             # quiet past the window: at once
+    assert [(orjson.loads(b)["dlp"]["incident"]["threshold"], at) for b, at in again.db.execute(
+        "SELECT a.body, d.next_at FROM deliveries d JOIN alerts a USING (seq) WHERE d.sink = 'pager'")] == [
+        (1000, t0 + 300)]
 
 
 async def test_a_throttled_sink_gets_the_first_alert_at_once_and_the_last_at_window_end(result, tmp_path):
@@ -218,7 +219,7 @@ async def test_a_throttled_sink_gets_the_first_alert_at_once_and_the_last_at_win
         make_sink({"type": "slack", "url": base + "/slack", "throttle": 1.0}, "s0"),
         make_sink({"type": "webhook", "url": base + "/hook"}, "s1")], metrics=m)
     await d.start()
-    for i in range(4):
+    for i in range(100):
         d.submit(_incident_alert(result, f"x{i}"))
     for _ in range(100):
         if sum(p == "/slack" for p, _, _ in got) == 2 and d.spool.depth() == 0:
@@ -227,9 +228,10 @@ async def test_a_throttled_sink_gets_the_first_alert_at_once_and_the_last_at_win
     await d.stop()
     await runner.cleanup()
     slack = [b["text"] for p, _, b in got if p == "/slack"]
-    assert len(slack) == 2 and "alert 1 (1 trips)" in slack[0] and "alert 4 (4 trips)" in slack[1]
-    assert sum(p == "/hook" for p, _, _ in got) == 4
-    assert m.alerts_throttled.labels(sink="slack")._value.get() == 2
+    assert len(slack) == 2 and "(opened): 1 requests" in slack[0] and "(summary): 100 requests" in slack[1]
+    hooks = [b["dlp"]["incident"] for p, _, b in got if p == "/hook"]
+    assert [(i["state"], i["count"]) for i in hooks] == [("opened", 1), ("summary", 10), ("summary", 100)]
+    assert m.alerts_throttled.labels(sink="slack")._value.get() == 1
 
 
 @pytest.mark.parametrize("raw, key", [
@@ -246,7 +248,7 @@ async def test_a_throttled_sink_gets_the_first_alert_at_once_and_the_last_at_win
     ({"ledger": {"client_retention_days": 0}}, "config.ledger.client_retention_days"),
     ({"metrics": "nohost"}, "config.metrics"),
     ({"admin": {"token": "short"}}, "config.admin.token"),
-    ({"colour": "blue"}, "config: unknown key"),
+    ({"colour": "blue"}, "config.colour: unknown key"),
     ({"kafka": {"bootstrap": "kafka-0"}}, "config.kafka.bootstrap"),
     ({"kafka": {"security_protocol": "SASL_SSL"}}, "config.kafka.sasl_mechanism"),
     ({"kafka": {"mirror": {"overflow": "buffer"}}}, "config.kafka.mirror.overflow"),
@@ -260,13 +262,13 @@ def test_config_errors_name_the_key(raw, key):
 
 
 def test_readme_config_example_parses():
-    """The README's configuration reference stays true (files it names are dropped: they are examples)."""
+    """The configuration page's example stays true (files it names are dropped: they are examples)."""
     import re
     from pathlib import Path
 
     import yaml
-    text = (Path(__file__).parents[1] / "README.md").read_text()
-    block = re.search(r"### Configuration file\n\n```yaml\n(.*?)```", text, re.S).group(1)
+    text = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
+    block = re.search(r"## The configuration file\n\n```yaml\n(.*?)```", text, re.S).group(1)
     raw = yaml.safe_load(block)
     del raw["proxy"]["tls"], raw["proxy"]["block_page"], raw["kafka"]["ssl_cafile"]
     c = parse_config(raw)

@@ -2,8 +2,12 @@
 
 An alert says which resource leaked, how much, what was done about it, and how to correlate it —
 never the personal values themselves: samples are redacted (last 4 characters at most) and carry
-HMAC fingerprints; the client address is raw, hashed or dropped as the operator chooses.
+HMAC fingerprints. The client address goes in ECS ``source.address``/``source.ip`` only when the
+operator asks for it raw (``alerts.source_ip: raw``); hashed, its keyed hash goes in
+``dlp.client.hash`` (ECS reserves ``source.*`` for the real address); dropped, neither.
 ``dlp.dedup_id`` is fixed when the alert is created, so every redelivery carries the same one.
+Field names and types follow ECS 8.11 (``ecs.version``); tests/ecs_fields.json is the subset we
+emit, and the alert tests check every emitted field against it.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from sensor import __version__
 from sensor.detect.keys import fingerprint
 from sensor.detect.scanner import ScanResult
 
+ECS_VERSION = "8.11.0"
 SOURCE_IP_MODES = ("raw", "hashed", "drop")
 SEVERITY = {"trip": 9, "alert": 5}      # ECS event.severity / OCSF severity_id via _OCSF_SEVERITY
 
@@ -39,6 +44,7 @@ class AlertContext:
 
 
 def iso(ts: float) -> str:
+    """ECS ``date``: ISO 8601, UTC, milliseconds."""
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -51,18 +57,29 @@ def incident_id(key: bytes, resource: str) -> str:
     return hmac.new(key, f"incident|{resource}".encode(), "sha256").hexdigest()[:32]
 
 
+def epoch(timestamp: str) -> float:
+    """Seconds since the epoch of an alert's ``@timestamp`` (HEC ``time``, CEF ``rt``)."""
+    return dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
 def build_alert(ctx: AlertContext, result: ScanResult, *, key: bytes, source_ip: str = "hashed",
-                now: float) -> dict[str, Any]:
+                now: float, client_hash: str | None = None) -> dict[str, Any]:
+    """The ECS alert for one exchange. ``client_hash`` is for callers that only ever saw the
+    client's keyed hash (the Kafka worker): it goes in ``dlp.client.hash`` unless ``source_ip`` is drop."""
     verdict = result.verdict
     did = dedup_id(key, ctx.sensor_id, ctx.exchange_id, verdict)
     source: dict[str, str] = {}
+    client: dict[str, str] = {}
     if ctx.client_ip and source_ip == "raw":
-        source = {"ip": ctx.client_ip}
+        source = {"address": ctx.client_ip, "ip": ctx.client_ip}
     elif ctx.client_ip and source_ip == "hashed":
-        source = {"address": fingerprint(key, ctx.client_ip.encode())}
+        client = {"hash": fingerprint(key, ctx.client_ip.encode())}
+    elif client_hash and source_ip != "drop":
+        client = {"hash": client_hash}
     top = max(result.findings.items(), key=lambda kv: kv[1], default=("", 0))[0]
     alert: dict[str, Any] = {
         "@timestamp": iso(now),
+        "ecs": {"version": ECS_VERSION},
         "event": {"kind": "alert", "category": ["network"], "type": ["info", "denied"] if ctx.action != "logged"
                   else ["info"], "action": f"dlp-{verdict}", "severity": SEVERITY.get(verdict, 3),
                   "dataset": "dlp_sensor.alert", "id": did},
@@ -85,6 +102,8 @@ def build_alert(ctx: AlertContext, result: ScanResult, *, key: bytes, source_ip:
     }
     if source:
         alert["source"] = source
+    if client:
+        alert["dlp"]["client"] = client
     return alert
 
 
@@ -92,9 +111,9 @@ _OCSF_SEVERITY = {9: 5, 5: 3}           # ECS 9 -> OCSF Critical (5); 5 -> Mediu
 
 
 def to_ocsf(alert: dict[str, Any]) -> dict[str, Any]:
-    """The same alert as an OCSF 1.3 Data Security Finding (class_uid 2006); see the README table."""
+    """The same alert as an OCSF 1.3 Data Security Finding (class_uid 2006); mapped field by field in docs/alert-formats.md."""
     d = alert["dlp"]
-    ts = int(dt.datetime.fromisoformat(alert["@timestamp"].replace("Z", "+00:00")).timestamp() * 1000)
+    ts = round(epoch(alert["@timestamp"]) * 1000)
     activity = 1                                                    # Create
     return {
         "class_uid": 2006, "class_name": "Data Security Finding", "category_uid": 2,
@@ -111,11 +130,18 @@ def to_ocsf(alert: dict[str, Any]) -> dict[str, Any]:
         "action_id": 2 if d["action"] != "logged" else 1,  # Denied / Allowed
         "disposition_id": 2 if d["action"] != "logged" else 1,
         "resources": [{"uid": d["resource"], "type": "http resource"}],
-        "src_endpoint": ({"ip": alert["source"]["ip"]} if "ip" in alert.get("source", {}) else
-                         {"uid": alert.get("source", {}).get("address")}),
         "http_request": {"http_method": alert["http"]["request"]["method"],
                          "url": {"url_string": alert["url"].get("original"), "path": alert["url"].get("path"),
                                  "hostname": alert["url"].get("domain")}},
         "observables": [{"name": k, "type_id": 99, "value": str(n)} for k, n in d["findings"].items()],
         "unmapped": {"dlp": d},
-    }
+    } | _ocsf_src(alert)
+
+
+def _ocsf_src(alert: dict[str, Any]) -> dict[str, Any]:
+    """OCSF ``src_endpoint``: the raw ip when configured, else the keyed hash as its uid, else nothing."""
+    if "ip" in alert.get("source", {}):
+        return {"src_endpoint": {"ip": alert["source"]["ip"]}}
+    if h := alert["dlp"].get("client", {}).get("hash"):
+        return {"src_endpoint": {"uid": h}}
+    return {}

@@ -5,24 +5,34 @@ them and deletes the delivery on success, or pushes ``next_at`` back with expone
 failure. Delivery is at-least-once: a process killed between a successful POST and the delete
 sends the alert again after restart, with the same ``dlp.dedup_id``, and receivers drop it.
 
-Incidents: every alert about one resource belongs to one incident (``dlp.incident.id``). The
-spool numbers them (``dlp.incident.alerts``: this is the n-th alert of the incident here) in the
-same transaction that stores the alert. A sink with a ``throttle`` gets at most one alert per
-incident per window: the first at once (leading edge), and the latest of those that came during
-the window when it closes (trailing edge, so the counts it carries are the final ones). The
-pending trailing alert is an ordinary delivery row scheduled at the window's end, replaced by each
-newer alert: a pager is not paged 2,734 times for one leak, and nothing is lost by a ``kill -9``.
+Incidents: every alert about one resource belongs to one incident (``dlp.incident.id``), and the
+incident tracker (:mod:`sensor.alerts.incidents`) counts it in the same transaction that stores
+the alert. It decides who hears of it: an alert that opens or escalates an incident goes to every
+sink; a repeat goes only to the sinks that want every alert; when the incident's count reaches
+10, 100, 1000, … a summary alert goes to every sink. On top of that, a sink with a ``throttle``
+gets at most one alert per incident per window: the first at once (leading edge), and the latest
+of those that came during the window when it closes (trailing edge, so the counts it carries are
+the final ones). The pending trailing alert is an ordinary delivery row scheduled at the window's
+end, replaced by each newer alert; nothing is lost by a ``kill -9``.
+
+Dead letters: a delivery the receiver refused for good (an HTTP 4xx other than 408/429) is moved
+out of the spool into ``alerts.dead-letter.jsonl`` beside it (0600, one JSON line per alert and
+sink, fsynced), so it is neither retried forever nor lost.
 """
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import orjson
 
+from sensor.alerts.incidents import OPENED, ESCALATED, IncidentTracker
 from sensor.alerts.schema import iso
 from sensor.enforce.diskthread import DiskThread
 from sensor.enforce.registry import Transaction, connect
+from sensor.enforce.statefiles import open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -45,7 +55,9 @@ CREATE TABLE IF NOT EXISTS incidents (
     first_at REAL NOT NULL,
     last_at REAL NOT NULL,
     alerts INTEGER NOT NULL,
-    trips INTEGER NOT NULL
+    trips INTEGER NOT NULL,
+    refusals INTEGER NOT NULL DEFAULT 0,
+    template BLOB                  -- the latest alert: what a summary is made from
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS throttles (
     sink TEXT NOT NULL,
@@ -57,12 +69,17 @@ CREATE TABLE IF NOT EXISTS throttles (
 """
 LEASE_SECONDS = 30.0
 INCIDENT_RETENTION = 30 * 86400.0
+DEAD_LETTER_FILE = "alerts.dead-letter.jsonl"
 
 
 class Spool:
-    def __init__(self, path: Path):
-        self.db = connect(Path(path))
+    def __init__(self, path: Path, *, start_empty: bool = False):
+        self.path = Path(path)
+        open_database(self.path, SCHEMA, "alerts", "alert spool", start_empty=start_empty)
+        self.db = connect(self.path)
         self.db.executescript(SCHEMA)
+        self.incidents = IncidentTracker(self.db)
+        self.dead_letter_path = self.path.parent / DEAD_LETTER_FILE
         self._throttled: dict[str, int] = {}
         self.disk = DiskThread("alerts")        # a server does everything here on it (Dispatcher)
 
@@ -70,30 +87,44 @@ class Spool:
         self.disk.close()
         self.db.close()
 
-    def put(self, alert: dict, sinks: dict[str, float], now: float | None = None) -> int:
-        """Store the alert and its deliveries; ``sinks`` maps each sink to its throttle window (0: none)."""
+    def put(self, alert: dict, sinks: dict[str, float], now: float | None = None,
+            every: Collection[str] = ()) -> int:
+        """Store the alert and its deliveries; ``sinks`` maps each sink to its throttle window (0: none),
+        ``every`` names the sinks that get repeats of an incident too. Returns the alert's seq
+        (0 when no sink gets it: the incident was counted, nothing else is kept)."""
         now = time.time() if now is None else now
-        inc = alert["dlp"].get("incident")
         with Transaction(self.db):
-            if inc is not None:
-                self._count(inc, alert["dlp"]["verdict"] == "trip", now)
-            seq = self.db.execute("INSERT INTO alerts(dedup_id, created, body) VALUES (?,?,?)",
-                                  (alert["dlp"]["dedup_id"], now, orjson.dumps(alert))).lastrowid
-            for sink, window in sinks.items():
-                due = now if inc is None or window <= 0 else self._throttle(sink, inc["id"], seq, window, now)
-                self.db.execute("INSERT INTO deliveries(seq, sink, next_at) VALUES (?,?,?)", (seq, sink, due))
-            self._drop_orphan(seq)                              # no sinks at all: nothing to keep
+            if alert["dlp"].get("incident") is None:
+                return self._store(alert, sinks, now)
+            update = self.incidents.on_alert(alert, now)
+            to = sinks if update.state in (OPENED, ESCALATED) else {s: w for s, w in sinks.items() if s in every}
+            seq = self._store(alert, to, now)
+            if update.summary is not None:
+                self._store(update.summary, sinks, now)
         return seq
 
-    def _count(self, inc: dict, trip: bool, now: float) -> None:
-        """Number this alert within its incident (the counts travel in the alert itself)."""
-        self.db.execute("INSERT INTO incidents(id, first_at, last_at, alerts, trips) VALUES (?,?,?,0,0) "
-                        "ON CONFLICT(id) DO NOTHING", (inc["id"], now, now))
-        self.db.execute("UPDATE incidents SET alerts = alerts + 1, trips = trips + ?, last_at = ? WHERE id = ?",
-                        (1 if trip else 0, now, inc["id"]))
-        first, alerts, trips = self.db.execute("SELECT first_at, alerts, trips FROM incidents WHERE id = ?",
-                                               (inc["id"],)).fetchone()
-        inc.update(alerts=alerts, trips=trips, first_seen=iso(first))
+    def refusals(self, counts: dict[str, int], sinks: dict[str, float], now: float | None = None) -> int:
+        """Count refused requests into their incidents (``counts``: incident id -> n); a crossed power
+        of ten stores a summary alert for every sink. Returns how many summaries were stored."""
+        now = time.time() if now is None else now
+        n = 0
+        with Transaction(self.db):
+            for incident, k in counts.items():
+                if (summary := self.incidents.on_refusals(incident, k, now)) is not None:
+                    self._store(summary, sinks, now)
+                    n += 1
+        return n
+
+    def _store(self, alert: dict, sinks: dict[str, float], now: float) -> int:
+        if not sinks:
+            return 0
+        inc = alert["dlp"].get("incident")
+        seq = self.db.execute("INSERT INTO alerts(dedup_id, created, body) VALUES (?,?,?)",
+                              (alert["dlp"]["dedup_id"], now, orjson.dumps(alert))).lastrowid
+        for sink, window in sinks.items():
+            due = now if inc is None or window <= 0 else self._throttle(sink, inc["id"], seq, window, now)
+            self.db.execute("INSERT INTO deliveries(seq, sink, next_at) VALUES (?,?,?)", (seq, sink, due))
+        return seq
 
     def _throttle(self, sink: str, incident: str, seq: int, window: float, now: float) -> float:
         """When this alert is due at a throttled sink (see the module docstring)."""
@@ -144,6 +175,24 @@ class Spool:
         with Transaction(self.db):
             self.db.execute("DELETE FROM deliveries WHERE seq = ? AND sink = ?", (seq, sink))
             self._drop_orphan(seq)
+
+    def dead_letter(self, seq: int, sink: str, alert: dict, error: str, now: float | None = None) -> None:
+        """Move a delivery the receiver refused for good to the dead-letter file (fsynced first)."""
+        now = time.time() if now is None else now
+        line = orjson.dumps({"dead_lettered_at": iso(now), "sink": sink, "error": error[:500], "alert": alert})
+        fd = os.open(self.dead_letter_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.delivered(seq, sink)
+
+    def defer(self, seqs: list[int], sink: str, at: float) -> None:
+        """Push leased deliveries back to ``at`` without counting an attempt (the receiver asked us to wait)."""
+        with Transaction(self.db):
+            self.db.executemany("UPDATE deliveries SET next_at = ? WHERE seq = ? AND sink = ?",
+                                [(at, seq, sink) for seq in seqs])
 
     def failed(self, seq: int, sink: str, error: str, retry_at: float) -> None:
         with Transaction(self.db):

@@ -135,7 +135,7 @@ async def _run(people: int) -> None:
                     "dlp_detection_to_takedown_seconds_count", "dlp_detection_to_takedown_seconds_sum")
             click.echo(f"Metrics on {mx}/metrics (health: /healthz, /readyz), e.g.:")
             for line in text.splitlines():
-                if line.startswith(keep):
+                if line.startswith(keep) and not line.endswith(" 0.0"):     # series exist at 0 from start-up
                     click.echo("  " + line)
             click.echo(f"Admin API on http://127.0.0.1:{run.addresses['admin'][1]} (bearer token in the state dir); "
                        f"`dlp-sensor takedowns list|add|lift`.")

@@ -130,7 +130,38 @@ def scan_files(files: list[tuple[str, str | None]], jobs: int, *job) -> Iterator
         yield from pool.imap(_scan_in_child, files, chunksize=1)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """Commands defined in other modules are imported only when they run (or ``--help`` lists them).
+
+    Why: the serving commands pull in aiohttp, the alert sinks and the stores; ``scan`` — run once per
+    CI job or per file in a pre-publication hook — needs none of it and starts faster without. The
+    optional extras (Kafka, gRPC) are imported later still, by the code paths that use them.
+    """
+
+    LAZY = {  # command name -> (module, attribute)
+        "demo": ("sensor.cli.demo", "demo"),
+        "proxy": ("sensor.cli.sidecar", "proxy"),
+        "icap": ("sensor.cli.sidecar", "icap"),
+        "extproc": ("sensor.cli.sidecar", "extproc"),
+        "run": ("sensor.cli.sidecar", "run"),
+        "takedowns": ("sensor.cli.sidecar", "takedowns"),
+        "report": ("sensor.cli.sidecar", "report"),
+        "worker": ("sensor.cli.sidecar", "worker"),
+        "config": ("sensor.cli.config_cmd", "config"),
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.LAZY])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.LAZY:
+            import importlib
+            module, attr = self.LAZY[name]
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dlp-sensor")
 def main() -> None:
     """dlp-sensor: find personal-data leaks in files and HTTP responses as they stream by."""
@@ -236,16 +267,6 @@ def sig_test(extra: tuple[str, ...], only: tuple[str, ...]) -> None:
     click.echo(f"{n - len(failures)} passed, {len(failures)} failed")
     sys.exit(1 if failures else 0)
 
-
-def _register_demo() -> None:
-    from sensor.cli.demo import demo
-    from sensor.cli.sidecar import extproc, icap, proxy, report, run, takedowns, worker
-
-    for cmd in (demo, proxy, icap, extproc, run, takedowns, report, worker):
-        main.add_command(cmd)
-
-
-_register_demo()
 
 if __name__ == "__main__":
     main()

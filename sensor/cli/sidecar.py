@@ -2,21 +2,23 @@
 from __future__ import annotations
 
 import asyncio
-import logging
+import functools
 import os
-import sys
 from pathlib import Path
 
 import click
 import orjson
 
+from sensor.cli.extras import require
+from sensor.cli.logformat import LOG_FORMATS, setup_logging
 from sensor.config import ConfigError, load_config, with_overrides
 from sensor.detect.pack import PackError
 from sensor.detect.policy import PolicyError
 from sensor.enforce.ledger import Ledger
-from sensor.enforce.registry import Registry
+from sensor.enforce.registry import DISK_ERRORS, Registry, disk_fault
 from sensor.enforce.report import build_report, render_text
 from sensor.enforce.resource import resource_for_url
+from sensor.enforce.statefiles import StateError
 
 
 class ConfigProblem(click.ClickException):
@@ -30,10 +32,18 @@ def _config(config_file: str | None, **flags):
         raise ConfigProblem(str(e)) from None
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aiohttp.access").disabled = True      # request lines carry paths; never logged
+def _logging(level: str, fmt: str | None = None, cfg=None) -> None:
+    """The flag wins over the config file's ``log_format``; text by default."""
+    setup_logging(level, fmt or getattr(cfg, "log_format", None) or "text")
+
+
+_log_format = click.option("--log-format", type=click.Choice(LOG_FORMATS), default=None,
+                           help="text (default) or json: one JSON object per line (time, level, logger, message); "
+                                "default: the config file's log_format.")
+start_empty_option = click.option(
+    "--start-empty", is_flag=True,
+    help="A 0-byte or damaged takedown registry, ledger or alert spool in the state dir is moved aside "
+         "(NAME.bad-TIMESTAMP) and started empty, instead of refusing to start (config: start_empty: true).")
 
 
 @click.command()
@@ -47,12 +57,15 @@ def _logging(level: str) -> None:
 @click.option("--reuse-port", is_flag=True, help="SO_REUSEPORT: run several sidecar processes on one port.")
 @click.option("--kafka", help="Kafka bootstrap HOST:PORT[,…] for fleet takedowns (and the mirror, if the config "
               "enables it); default $DLP_KAFKA_BOOTSTRAP.")
+@start_empty_option
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
-def proxy(config_file, upstream, listen, mode, state_dir, metrics, admin, reuse_port, kafka, log_level) -> None:
+@_log_format
+def proxy(config_file, upstream, listen, mode, state_dir, metrics, admin, reuse_port, kafka, start_empty,
+          log_level, log_format) -> None:
     """Run the inline reverse proxy in front of a web app."""
-    _logging(log_level)
     cfg = _config(config_file, upstream=upstream, listen=listen, mode=mode, state_dir=state_dir,
-                  metrics=metrics, admin=admin, kafka=kafka)
+                  metrics=metrics, admin=admin, kafka=kafka, start_empty=start_empty)
+    _logging(log_level, log_format, cfg)
     _serve(cfg, ("proxy",), reuse_port)
 
 
@@ -65,10 +78,13 @@ def _tap_command(tap: str, default_listen: str, doc: str) -> click.Command:
     @click.option("--state-dir", type=click.Path(file_okay=False), help="Registry, ledger, alert spool, HMAC key.")
     @click.option("--metrics", help="HOST:PORT for /metrics /healthz /readyz, or 'off' (default 127.0.0.1:9102).")
     @click.option("--admin", help="HOST:PORT for the admin API, or 'off' (default 127.0.0.1:9103).")
+    @start_empty_option
     @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
-    def command(config_file, listen, state_dir, metrics, admin, log_level) -> None:
-        _logging(log_level)
-        cfg = _config(config_file, state_dir=state_dir, metrics=metrics, admin=admin, **{f"{tap}_listen": listen})
+    @_log_format
+    def command(config_file, listen, state_dir, metrics, admin, start_empty, log_level, log_format) -> None:
+        cfg = _config(config_file, state_dir=state_dir, metrics=metrics, admin=admin, start_empty=start_empty,
+                      **{f"{tap}_listen": listen})
+        _logging(log_level, log_format, cfg)
         _serve(cfg, (tap,))
 
     return command
@@ -85,11 +101,13 @@ extproc = _tap_command("extproc", "127.0.0.1:50051", "Run the Envoy ext_proc gRP
 @click.option("--tap", "taps", multiple=True, type=click.Choice(["proxy", "icap", "extproc"]),
               help="Tap to start; repeatable. Default: every tap whose section is in the file.")
 @click.option("--state-dir", type=click.Path(file_okay=False))
+@start_empty_option
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
-def run(config_file, taps, state_dir, log_level) -> None:
+@_log_format
+def run(config_file, taps, state_dir, start_empty, log_level, log_format) -> None:
     """Start several taps in one process from one config file (one registry, ledger, spool, metrics)."""
-    _logging(log_level)
-    cfg = _config(config_file, state_dir=state_dir)
+    cfg = _config(config_file, state_dir=state_dir, start_empty=start_empty)
+    _logging(log_level, log_format, cfg)
     if not taps:
         from sensor.yamlfile import read_yaml
         raw = read_yaml(Path(config_file), ConfigProblem) or {}
@@ -112,18 +130,23 @@ def worker(config_file, kafka, state_dir, metrics, log_level) -> None:
     cfg = _config(config_file, kafka=kafka, state_dir=state_dir, metrics=metrics)
     if not cfg.kafka.bootstrap:
         raise ConfigProblem("kafka.bootstrap: required for a worker (or --kafka, or $DLP_KAFKA_BOOTSTRAP)")
+    require("kafka", "dlp-sensor worker")
     from sensor.stream.worker import run_worker
     try:
         run_worker(cfg, loglevel=log_level)
-    except (PackError, PolicyError) as e:
+    except (PackError, PolicyError, StateError) as e:
         raise ConfigProblem(str(e)) from None
 
 
 def _serve(cfg, taps: tuple[str, ...], reuse_port: bool = False) -> None:
+    if "extproc" in taps:
+        require("extproc", "the ext_proc tap")
+    if cfg.kafka.bootstrap:
+        require("kafka", "kafka.bootstrap (fleet takedowns, the mirror tap)")
     from sensor.service import serve_forever
     try:
         asyncio.run(serve_forever(cfg, taps=taps, reuse_port=reuse_port))
-    except (PackError, PolicyError) as e:
+    except (PackError, PolicyError, StateError) as e:
         raise ConfigProblem(str(e)) from None
     except OSError as e:
         raise ConfigProblem(f"cannot listen: {e.strerror or e}") from None
@@ -140,9 +163,20 @@ _state_opts = [click.option("--config", "config_file", type=click.Path(dir_okay=
 
 
 def state_options(f):
+    """--config and --state-dir; a state dir or database that cannot be used is a clean exit 2."""
+    @functools.wraps(f)
+    def wrapped(*args, **kw):
+        try:
+            return f(*args, **kw)
+        except StateError as e:
+            raise ConfigProblem(str(e)) from None
+        except DISK_ERRORS as e:
+            if not disk_fault(e):
+                raise
+            raise click.ClickException(f"the state dir's database could not be written: {e}") from None
     for opt in reversed(_state_opts):
-        f = opt(f)
-    return f
+        wrapped = opt(wrapped)
+    return wrapped
 
 
 @click.group()
@@ -204,23 +238,86 @@ def td_lift(config_file, state_dir, ident: str, reason: str, actor: str) -> None
 
 @click.command()
 @state_options
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "html"]), default="text",
+              help="html: one self-contained page per incident (needs --out DIR, or --incident ID for stdout).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Directory for the HTML pages (incident-<id>.html each; created if missing).")
+@click.option("--incident", "only", help="Only this incident: its id (or ≥ 8 leading digits), its resource, "
+              "or its takedown number.")
 @click.option("--fleet", is_flag=True, help="The whole fleet's exposure, from the Kafka workers' table "
               "(kafka.bootstrap or $DLP_KAFKA_BOOTSTRAP), instead of this host's ledger.")
-def report(config_file, state_dir, fmt: str, fleet: bool) -> None:
+def report(config_file, state_dir, fmt: str, out_dir: str | None, only: str | None, fleet: bool) -> None:
     """The incident report: what leaked, how long, how many downloads and clients, how many records."""
+    if out_dir and fmt != "html":
+        raise ConfigProblem("--out: only with --format html (text and json go to stdout)")
     if fleet:
-        from sensor.stream.report import fleet_report, read_exposure, render_fleet_text
+        if fmt == "html" or only:
+            raise ConfigProblem("--fleet: text or json only, for every resource (the pages come from one host's ledger)")
         cfg = _config(config_file, state_dir=state_dir)
         if not cfg.kafka.bootstrap:
             raise ConfigProblem("kafka.bootstrap: required for --fleet (or $DLP_KAFKA_BOOTSTRAP)")
+        require("kafka", "dlp-sensor report --fleet")
+        from sensor.stream.report import fleet_report, read_exposure, render_fleet_text
         try:
             rep = fleet_report(asyncio.run(read_exposure(cfg.kafka)))
         except Exception as e:                          # noqa: BLE001  (broker down, auth…: say so, exit 2)
             raise ConfigProblem(f"cannot read the fleet exposure table from Kafka: {type(e).__name__}: {e}") from None
         text = render_fleet_text(rep)
+    elif fmt == "html":
+        _html_report(config_file, state_dir, out_dir, only)
+        return
     else:
         sd = _state(config_file, state_dir)
         rep = build_report(Ledger(sd / "ledger.db"), Registry(sd / "takedowns.db"))
+        if only is not None:
+            rep = _only(rep, only, sd, config_file, state_dir)
         text = render_text(rep)
     click.echo(orjson.dumps(rep, option=orjson.OPT_INDENT_2).decode() if fmt == "json" else text, nl=fmt == "json")
+
+
+def _key(config_file, state_dir):
+    """(HMAC key, config): incident ids are keyed hashes of the resource, as in the alerts."""
+    from sensor.detect.keys import load_key
+    cfg = _config(config_file, state_dir=state_dir)
+    try:
+        return load_key(cfg.hmac_key, cfg.state_dir), cfg
+    except ValueError as e:
+        raise ConfigProblem(str(e)) from None
+
+
+def _only(rep: dict, ident: str, sd: Path, config_file, state_dir) -> dict:
+    """The text/json report narrowed to one incident (--incident)."""
+    from sensor.alerts.schema import incident_id
+    from sensor.enforce.report_html import matches
+    key, _ = _key(config_file, state_dir)
+    tds = Registry(sd / "takedowns.db").list(include_lifted=True)
+    keep = [i for i in rep["incidents"]
+            if matches(ident, incident_id(key, i["resource"]), i["resource"], [t for t in tds if t.resource == i["resource"]])]
+    if not keep:
+        raise ConfigProblem(f"--incident {ident}: no such incident (see `dlp-sensor report`)")
+    return {**rep, "incidents": keep}
+
+
+def _html_report(config_file, state_dir, out_dir: str | None, only: str | None) -> None:
+    from sensor.enforce.report_html import incident_pages
+    key, cfg = _key(config_file, state_dir)
+    sd = cfg.state_dir
+    pages = incident_pages(Ledger(sd / "ledger.db"), Registry(sd / "takedowns.db"), key, state_dir=sd,
+                           admin=cfg.admin, only=only)
+    if only is not None and not pages:
+        raise ConfigProblem(f"--incident {only}: no such incident (see `dlp-sensor report`)")
+    if out_dir is None:
+        if len(pages) != 1:
+            raise ConfigProblem(f"--format html: {len(pages)} incidents; give --out DIR (one page each) "
+                                "or --incident ID (one page to stdout)")
+        click.echo(pages[0].html, nl=False)
+        return
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for p in pages:                 # 0600 like the rest of the state: client hashes are pseudonymous data
+        fd = os.open(out / p.filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(p.html)
+        click.echo(f"{out / p.filename}  {p.resource}")
+    if not pages:
+        click.echo("No incidents: nothing alerted, tripped or was taken down.")

@@ -1,6 +1,6 @@
 """Decode limits and what happens when one is hit.
 
-Outcome of every limit (documented in the README): decoding of that body stops at once, what was
+Outcome of every limit (documented in docs/detection.md): decoding of that body stops at once, what was
 already decoded stays scanned, the verdict gets a note ``decode-limit:<reason>`` and the tap
 applies its route's fail-open / fail-closed choice. Corrupt or truncated input gives a
 ``decode-error:`` / ``truncated:`` note the same way; nothing is raised to the caller.

@@ -23,7 +23,14 @@ def default_state_dir() -> Path:
 
 
 def load_key(configured: str | None = None, state_dir: Path | None = None) -> bytes:
-    """Key from config (hex), else $DLP_SENSOR_HMAC_KEY (hex), else generated once and stored 0600."""
+    """Key from config (hex), else $DLP_SENSOR_HMAC_KEY (hex), else generated once into the state dir.
+
+    The stored key is written atomically (0600, fsynced) and refused when shorter than 16 bytes or
+    not hex: a 0-byte ``hmac.key`` left by a full disk would make every fingerprint brute-forceable,
+    so it stops the start (StateError naming the file) instead of being used or silently replaced
+    (a new key would also orphan every keyed fingerprint already in the registry and the alerts)."""
+    from sensor.enforce.statefiles import StateError, load_or_create_secret, private_dir
+
     for source, value in (("config hmac_key", configured), (KEY_ENV, os.environ.get(KEY_ENV))):
         if value:
             try:
@@ -33,18 +40,18 @@ def load_key(configured: str | None = None, state_dir: Path | None = None) -> by
             if len(key) < 16:
                 raise ValueError(f"{source}: must be at least 16 bytes (32 hex digits)")
             return key
-    path = (state_dir or default_state_dir()) / "hmac.key"
+    sd = private_dir(state_dir or default_state_dir())
+    path = sd / "hmac.key"
+    fix = ("restore the key (fingerprints in earlier alerts and content takedowns depend on it), or remove the "
+           "file to generate a new one")
+    text = load_or_create_secret(path, "HMAC key", lambda: secrets.token_bytes(32).hex(), fix)
     try:
-        return bytes.fromhex(path.read_text().strip())
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_bytes(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(key.hex() + "\n")
-        return key
+        key = bytes.fromhex(text)
     except ValueError:
-        raise ValueError(f"{path}: stored HMAC key is not hex; remove it to generate a new one") from None
+        raise StateError(f"HMAC key {path}: not hex; {fix}") from None
+    if len(key) < 16:
+        raise StateError(f"HMAC key {path}: {len(key)} bytes, shorter than 16; {fix}")
+    return key
 
 
 def content_fingerprint(key: bytes, head: bytes) -> str:

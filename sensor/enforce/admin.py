@@ -13,6 +13,7 @@ import hmac
 import orjson
 from aiohttp import web
 
+from sensor.enforce.registry import DISK_ERRORS, TakedownNotDurable, disk_fault
 from sensor.enforce.report import build_report
 from sensor.enforce.resource import resource_for_url
 from sensor.runtime import Sensor
@@ -27,11 +28,28 @@ def _error(status: int, message: str) -> web.Response:
     return _json({"error": message}, status)
 
 
+def authorized(header: str, token: str) -> bool:
+    """Whether an Authorization header carries exactly ``token`` as a bearer token.
+
+    The scheme is case-insensitive (RFC 9110), the separator is one or more ASCII spaces, and the
+    rest is compared byte for byte in constant time: nothing is stripped, so a trailing
+    non-breaking space (which ``str.strip`` removes) is part of the presented token. An empty
+    configured token authenticates nobody."""
+    scheme, sep, presented = header.partition(" ")
+    if not token or not sep or scheme.lower() != "bearer":
+        return False
+    presented = presented.lstrip(" ")
+    return hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), token.encode("utf-8"))
+
+
+def _disk_refused(e: BaseException) -> web.Response:
+    return _error(503, f"the takedown registry could not be written ({type(e).__name__}: {e}); try again")
+
+
 def admin_app(sensor: Sensor) -> web.Application:
     @web.middleware
     async def auth(request: web.Request, handler):
-        got = request.headers.get("Authorization", "")
-        if not (got.startswith("Bearer ") and hmac.compare_digest(got[7:].strip().encode(), sensor.token.encode())):
+        if not authorized(request.headers.get("Authorization", ""), sensor.token):
             return _error(401, "missing or wrong bearer token")
         return await handler(request)
 
@@ -59,7 +77,12 @@ def admin_app(sensor: Sensor) -> web.Application:
             resource = resource_for_url(str(data["url"]), sensor.config.query)
         else:
             return _error(400, "give 'url' or 'resource'")
-        td = await sensor.registry.add_async(resource, actor=data["actor"], reason=data["reason"])
+        try:
+            td = await sensor.registry.add_async(resource, actor=data["actor"], reason=data["reason"])
+        except TakedownNotDurable as e:         # refused from memory now; on disk once the disk takes it
+            sensor.metrics.takedowns.labels(source="admin").inc()
+            sensor.ledger.mark(resource, "taken_down")
+            return _json({**e.takedown.to_json(), "durable": False, "error": str(e)}, 202)
         sensor.metrics.takedowns.labels(source="admin").inc()
         sensor.ledger.mark(resource, "taken_down")
         return _json(td.to_json(), 201)
@@ -70,7 +93,12 @@ def admin_app(sensor: Sensor) -> web.Application:
             tid = int(request.match_info["id"])
         except ValueError:
             return _error(400, "takedown id must be a number")
-        td = await sensor.registry.lift_async(tid, actor=data["actor"], reason=data["reason"])
+        try:
+            td = await sensor.registry.lift_async(tid, actor=data["actor"], reason=data["reason"])
+        except DISK_ERRORS as e:
+            if not disk_fault(e):
+                raise
+            return _disk_refused(e)
         if td is None:
             return _error(404, f"no active takedown {tid}")
         return _json(td.to_json())

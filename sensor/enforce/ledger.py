@@ -15,9 +15,14 @@ counts the people who received data, not every visitor of every page), and each 
 ``client_retention_days`` (default 90). The distinct count is a column incremented when a new
 client row is inserted, so pruning old rows never lowers a reported figure; a client seen again
 after its row was pruned counts again.
+
+A flush the disk refuses (full, failing) keeps its deltas and marks in memory, in order, for the
+next flush: the counts are late, not lost (unless the process stops first). The fault is logged
+once when it starts and once when it ends, not every half second.
 """
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections import defaultdict
@@ -25,7 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sensor.enforce.diskthread import DiskThread
-from sensor.enforce.registry import Transaction as _tx, connect
+from sensor.enforce.registry import DISK_ERRORS, Transaction as _tx, connect, disk_fault
+from sensor.enforce.statefiles import open_database
+
+log = logging.getLogger("dlp_sensor")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources (
@@ -66,8 +74,11 @@ class _Delta:
 
 
 class Ledger:
-    def __init__(self, path: Path, client_retention_days: float = DEFAULT_CLIENT_RETENTION_DAYS):
-        self.db = connect(Path(path))
+    def __init__(self, path: Path, client_retention_days: float = DEFAULT_CLIENT_RETENTION_DAYS, *,
+                 start_empty: bool = False):
+        self.path = Path(path)
+        open_database(self.path, SCHEMA, "resources", "exposure ledger", start_empty=start_empty)
+        self.db = connect(self.path)
         self.db.execute("PRAGMA synchronous=NORMAL")     # survives kill -9 (page cache), cheap
         self._migrate()
         self.db.executescript(SCHEMA)
@@ -76,6 +87,7 @@ class Ledger:
         self._marked: list[tuple[dict[str, _Delta], Mark]] = []     # deltas up to a mark, then the mark
         self.disk = DiskThread("ledger")
         self.on_mark = lambda: None             # a server wakes its flush task (see Sensor._flush_loop)
+        self.disk_fault: str | None = None      # why the last flush failed, while the disk refuses them
 
     def _migrate(self) -> None:
         """Ledgers written before the ``clients`` column counted with count(*) over the rows."""
@@ -88,7 +100,11 @@ class Ledger:
 
     def close(self) -> None:
         self.disk.close()
-        self.flush()
+        try:
+            self.flush()
+        except DISK_ERRORS as e:
+            log.error("exposure ledger %s: the last counts could not be written (%s) and are lost with this stop",
+                      self.path, e)
         self.db.close()
 
     # -- hot path (memory only) -----------------------------------------------------------------
@@ -130,12 +146,39 @@ class Ledger:
 
     # -- durable ---------------------------------------------------------------------------------
     def flush(self) -> None:
-        self._write(self._take())
+        batches = self._take()
+        try:
+            self._write(batches)
+        except BaseException as e:
+            self._keep(batches, e)
+            raise
+        self._recovered()
 
     async def flush_async(self) -> None:
-        """The same, with the write on the disk thread; the swap stays on the loop, where the deltas grow."""
+        """The same, with the write on the disk thread; the swap stays on the loop, where the deltas grow.
+        A disk fault keeps the batches for the next flush and is logged once (not raised)."""
         if batches := self._take():
-            await self.disk(self._write, batches)
+            try:
+                await self.disk(self._write, batches)
+            except BaseException as e:
+                self._keep(batches, e)
+                if not disk_fault(e):
+                    raise
+                return
+        self._recovered()
+
+    def _keep(self, batches: list, e: BaseException) -> None:
+        """Put a failed flush's batches back in front of what came since (order matters for the marks)."""
+        self._marked[:0] = batches
+        if disk_fault(e) and self.disk_fault is None:
+            self.disk_fault = f"{type(e).__name__}: {e}"
+            log.error("exposure ledger %s: cannot write (%s); counts are kept in memory and written when the "
+                      "disk takes them", self.path, self.disk_fault)
+
+    def _recovered(self) -> None:
+        if self.disk_fault is not None:
+            self.disk_fault = None
+            log.warning("exposure ledger %s: writable again; the counts kept in memory are written", self.path)
 
     def _take(self) -> list[tuple[dict[str, _Delta], Mark | None]]:
         batches: list[tuple[dict[str, _Delta], Mark | None]] = [*self._marked, (self._pending, None)]
@@ -186,8 +229,12 @@ class Ledger:
 
     # -- reading ---------------------------------------------------------------------------------
     def incidents(self) -> list[dict]:
-        """Every resource that alerted, tripped or was taken down, worst first."""
-        self.flush()
+        """Every resource that alerted, tripped or was taken down, worst first (what is on disk, when
+        the disk refuses the pending counts)."""
+        try:
+            self.flush()
+        except DISK_ERRORS:
+            pass
         self.db.row_factory = sqlite3.Row
         try:
             rows = self.db.execute(
@@ -200,3 +247,58 @@ class Ledger:
     def resource(self, resource: str) -> dict | None:
         return next((r for r in self.incidents() if r["resource"] == resource), None)
 
+
+    # -- evidence for the incident page (``dlp-sensor report --format html``) --------------------
+    # What the SOC alert said about each response that alerted or tripped — counts per signature,
+    # redacted samples with keyed fingerprints, the client's keyed hash; never a raw value — so the
+    # page can show people by signature and samples after the alert itself has left the spool.
+    # Rare (one row per alerting response, the first EVIDENCE_PER_RESOURCE per resource), written
+    # on the ledger's disk thread in a server; best effort: the counts above stay authoritative.
+    # The client hash has its own column and, like the clients table, is forgotten after the retention.
+    EVIDENCE_SCHEMA = ("CREATE TABLE IF NOT EXISTS evidence (resource TEXT NOT NULL, at REAL NOT NULL, "
+                       "verdict TEXT NOT NULL, client TEXT, doc BLOB NOT NULL)")
+    EVIDENCE_PER_RESOURCE = 200
+
+    def note_evidence(self, resource: str, doc: dict, at: float) -> None:
+        import asyncio
+        import logging
+
+        import orjson
+        doc = dict(doc)
+        row = (resource, at, str(doc.get("verdict", "")), doc.pop("client", None), orjson.dumps(doc))
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:                     # the CLI, a test: no loop to keep free
+            self._write_evidence(row)
+            return
+
+        def failed(f: "asyncio.Future[None]") -> None:
+            if not f.cancelled() and f.exception() is not None:
+                logging.getLogger(__name__).warning("ledger: evidence not written: %s", type(f.exception()).__name__)
+
+        self.disk.submit(self._write_evidence, row).add_done_callback(failed)
+
+    def _write_evidence(self, row: tuple) -> None:
+        with _tx(self.db):
+            self.db.execute(self.EVIDENCE_SCHEMA)
+            (n,) = self.db.execute("SELECT count(*) FROM evidence WHERE resource = ?", (row[0],)).fetchone()
+            if n < self.EVIDENCE_PER_RESOURCE:
+                self.db.execute("INSERT INTO evidence(resource, at, verdict, client, doc) VALUES (?,?,?,?,?)", row)
+            self.db.execute("UPDATE evidence SET client = NULL WHERE at < ? AND client IS NOT NULL",
+                            (time.time() - self.client_retention,))
+
+    def evidence(self, resource: str) -> list[tuple[float, dict]]:
+        """(when, evidence) of the resource's alerting responses, oldest first; ``client`` is None
+        once the retention has passed."""
+        import orjson
+        self.flush()
+        self.db.execute(self.EVIDENCE_SCHEMA)
+        cutoff = time.time() - self.client_retention
+        return [(at, {**orjson.loads(doc), "client": client if at >= cutoff else None})
+                for at, client, doc in self.db.execute(
+                    "SELECT at, client, doc FROM evidence WHERE resource = ? ORDER BY at", (resource,))]
+
+    def clients_of(self, resource: str) -> list[tuple[str, float]]:
+        """(keyed client hash, first seen) still within the retention, first seen first."""
+        return list(self.db.execute("SELECT client, first_seen FROM clients WHERE resource = ? "
+                                    "ORDER BY first_seen", (resource,)))

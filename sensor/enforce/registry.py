@@ -11,6 +11,11 @@ request that tripped waits for its fsync, the rest of the sidecar does not. A ta
 committed is refused at once (``add_soon``), so a slow disk delays nobody's refusal — which is
 how a fleet takedown from the topic is applied.
 
+On a full (or failing) disk a takedown still refuses: its keys stay in memory, refused like one
+being committed, :class:`TakedownNotDurable` tells the caller (the trip is answered 451 and its
+alert says the takedown is not on disk yet), and the commit is retried in the background with
+backoff until the disk takes it. Only a stop before that loses it (logged).
+
 Two keys block: the normalised resource (``host/path``) and a content fingerprint (keyed hash of
 the first bytes of the body) so the same file served under another URL is refused as well.
 Every add and lift is written to an audit table with actor and reason.
@@ -18,12 +23,16 @@ Every add and lift is written to an audit table with actor and reason.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sensor.enforce.diskthread import DiskThread
+from sensor.enforce.statefiles import open_database
+
+log = logging.getLogger("dlp_sensor")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS takedowns (
@@ -52,6 +61,22 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 BUSY_RETRIES = 2                # a locked file (busy_timeout is 10 s) is tried this many more times
 FLEET_ACTOR = "fleet:"          # changes applied from the fleet topic; never published back
+RETRY_INITIAL, RETRY_MAX = 0.25, 5.0    # seconds between commit attempts of a takedown the disk refused
+DISK_ERRORS = (sqlite3.OperationalError, OSError)   # full, read-only, I/O error (SQLite) or ENOSPC, EIO (files)
+
+
+def disk_fault(e: BaseException) -> bool:
+    """A write the disk refused (full, read-only, I/O error), as opposed to a lock held by another writer."""
+    return isinstance(e, DISK_ERRORS) and "locked" not in str(e) and "busy" not in str(e)
+
+
+class TakedownNotDurable(Exception):
+    """The disk refused a takedown's commit: it is refused from memory and its commit is retried."""
+
+    def __init__(self, takedown: "Takedown", error: BaseException):
+        super().__init__(f"takedown not on disk yet ({type(error).__name__}: {error}); retrying in the background")
+        self.takedown = takedown
+        self.error = error
 
 
 @dataclass
@@ -72,8 +97,8 @@ class Takedown:
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """A connection tuned for durable small writes shared between processes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """A connection tuned for durable small writes shared between processes (open the file with
+    :func:`sensor.enforce.statefiles.open_database` first: it creates it 0600 and checks it)."""
     db = sqlite3.connect(str(path), timeout=10.0, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
@@ -82,8 +107,9 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 class Registry:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, start_empty: bool = False):
         self.path = Path(path)
+        open_database(self.path, SCHEMA, "takedowns", "takedown registry", start_empty=start_empty)
         self.db = connect(self.path)            # reads, on the caller's thread (the event loop in a server)
         self.db.executescript(SCHEMA)
         self._w = connect(self.path)            # writes: on ``disk`` in a server, the caller's in the CLI
@@ -94,10 +120,28 @@ class Registry:
         self._incoming: dict[str, int] = {}     # resource -> adds being committed (refused already)
         self._incoming_fp: dict[str, int] = {}
         self.on_change = lambda: None       # called after every local add/lift (the fleet outbox wakes)
+        self._unsaved: dict[int, tuple] = {}        # takedowns the disk refused so far -> their commit args
+        self._retrying: set[asyncio.Task] = set()
         self.refresh()
 
+    @property
+    def unsaved(self) -> int:
+        """Takedowns refused from memory whose commit the disk has not taken yet."""
+        return len(self._unsaved)
+
     def close(self) -> None:
+        for task in self._retrying:
+            task.cancel()
         self.disk.close()
+        for n, args in list(self._unsaved.items()):     # one last try, then say what is lost
+            try:
+                self._commit_add(*args)
+                del self._unsaved[n]
+            except DISK_ERRORS:
+                pass
+        if self._unsaved:
+            log.error("takedown registry %s: %d takedown(s) never reached the disk and are lost with this stop",
+                      self.path, len(self._unsaved))
         self._w.close()
         self.db.close()
 
@@ -143,7 +187,13 @@ class Registry:
         keys = [(self._incoming, resource)] + ([(self._incoming_fp, fingerprint)] if fingerprint else [])
         for d, k in keys:
             d[k] = d.get(k, 0) + 1
-        commit = self.disk.submit(self._commit_add, resource, actor, reason, fingerprint, exchange_id, None)
+        args = (resource, actor, reason, fingerprint, exchange_id, None)
+        commit = self.disk.submit(self._commit_add, *args)
+
+        def settled() -> None:
+            for d, k in keys:
+                if (n := d.pop(k) - 1) > 0:
+                    d[k] = n
 
         async def settle() -> Takedown:
             nonlocal commit
@@ -155,14 +205,42 @@ class Registry:
                     except sqlite3.OperationalError as e:   # another writer held the file past busy_timeout
                         if not attempt or "locked" not in str(e):
                             raise
-                        commit = self.disk.submit(self._commit_add, resource, actor, reason, fingerprint,
-                                                  exchange_id, None)
-            finally:
-                for d, k in keys:
-                    if (n := d.pop(k) - 1) > 0:
-                        d[k] = n
+                        commit = self.disk.submit(self._commit_add, *args)
+            except BaseException as e:
+                if not disk_fault(e):
+                    settled()
+                    raise
+                n = id(args)
+                self._unsaved[n] = args
+                task = asyncio.ensure_future(self._retry(n, args, settled))   # keys stay refused meanwhile
+                self._retrying.add(task)
+                task.add_done_callback(self._retrying.discard)
+                raise TakedownNotDurable(Takedown(0, resource, fingerprint, time.time(), actor, reason, exchange_id),
+                                         e) from None
+            settled()
             return self._changed(tid)
         return asyncio.ensure_future(settle())
+
+    async def _retry(self, n: int, args: tuple, settled) -> Takedown:
+        """Commit a takedown the disk refused, with backoff, until it lands (then it is an ordinary one)."""
+        delay, attempts = RETRY_INITIAL, 1
+        log.error("takedown registry %s: a takedown could not be written (the disk refused it); it is refused "
+                  "from memory and its commit is retried until it lands", self.path)
+        while True:
+            await asyncio.sleep(delay)
+            attempts += 1
+            try:
+                tid = await self.disk(self._commit_add, *args)
+            except BaseException as e:
+                if not isinstance(e, DISK_ERRORS):
+                    raise
+                delay = min(RETRY_MAX, delay * 2)
+                continue
+            self._unsaved.pop(n, None)
+            settled()
+            log.warning("takedown registry %s: takedown #%d is on disk now (after %d attempts)", self.path, tid,
+                        attempts)
+            return self._changed(tid)
 
     async def add_async(self, resource: str, *, actor: str, reason: str, fingerprint: str | None = None,
                         exchange_id: str | None = None) -> Takedown:
@@ -284,5 +362,14 @@ class Transaction:
         self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type, *_):
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is None:
+            try:
+                self.db.execute("COMMIT")
+                return False
+            except BaseException:           # a COMMIT the disk refused can leave the transaction open
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
+        if self.db.in_transaction:          # SQLite may have rolled back already (SQLITE_FULL)
+            self.db.execute("ROLLBACK")
         return False

@@ -66,3 +66,19 @@ def render_text(report: dict[str, Any]) -> str:
 
 def _n(v) -> str:
     return "-" if v is None else f"{v:,}"
+
+
+EVIDENCE_KEYS = ("verdict", "action", "mode", "records", "strong_records", "person_records", "findings",
+                 "samples", "partial", "bytes_sent", "bytes_scanned", "trip_at_byte", "takedown_id",
+                 "exchange_id", "sensor_id")
+
+
+def evidence_of(alert: dict[str, Any], *, client: str | None) -> dict[str, Any]:
+    """What the ledger keeps of an alert for the incident page: the ``dlp`` counts and redacted
+    samples, the HTTP status and the client's keyed hash — never ``source.ip`` (raw when the operator
+    chose ``source_ip: raw`` for the SOC; the page is a file that travels further)."""
+    d = alert["dlp"]
+    doc = {k: d.get(k) for k in EVIDENCE_KEYS}
+    doc["status"] = alert.get("http", {}).get("response", {}).get("status_code")
+    doc["client"] = client
+    return doc

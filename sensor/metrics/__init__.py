@@ -2,21 +2,68 @@
 
 Labels are small closed sets (verdict, signature id, sink name, reason, tap, mode); never a URL,
 path, client or personal value — cardinality stays bounded and nothing is re-leaked.
+
+Every counter whose label values are known exists at 0 from start-up (the closed sets in
+:data:`KNOWN` at construction, the deployment's taps, sinks, signatures, Kafka components and
+topics through :meth:`Metrics.expect`). A series that first appears at 1 makes ``increase()`` and
+``rate()`` read 0 over its first increment: the first leak on a pod would page nobody. Label
+values that come from the data (decoder reasons, ICAP statuses, a signature added by a reload) and
+the labelled histograms appear at their first observation; gauges are never primed (a
+``dlp_kafka_up`` at 0 would read "broker down").
+
+Every name carries the ``dlp_`` prefix except the standard process and platform collectors'
+(``process_*``, ``python_*``), which keep the names every Prometheus tool expects. No ``_created``
+series: they double every counter and nothing here reads them.
 """
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+import itertools
+from collections.abc import Iterable, Mapping
+
+from prometheus_client import (CollectorRegistry, Counter, Gauge, GCCollector, Histogram, Info, PlatformCollector,
+                               ProcessCollector, disable_created_metrics)
 from prometheus_client import generate_latest, CONTENT_TYPE_LATEST  # noqa: F401  (re-exported)
 
 from sensor import __version__
 
+disable_created_metrics()           # process-wide, as PROMETHEUS_DISABLE_CREATED_SERIES would
+
 _FAST = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30)
+
+# Closed label sets, by Metrics attribute and label name. Every string literal passed to
+# ``.labels()`` in sensor/ must be listed here (tests/test_metrics_prom.py reads the code to check).
+TAPS = ("proxy", "icap", "extproc", "kafka")
+SCANNED_VERDICTS = ("pass", "alert", "trip")
+MODES = ("monitor", "enforce")
+ON_ERROR = ("open", "closed")
+KNOWN: dict[str, dict[str, tuple[str, ...]]] = {
+    "trips": {"mode": MODES},
+    "takedowns": {"source": ("trip", "admin", "fleet")},
+    "refusals": {"reason": ("resource", "content")},
+    "upstream_errors": {"kind": ("timeout", "down", "body")},
+    "failures": {"reason": ("overload", "internal", "decode_limit"), "action": ON_ERROR},
+    "reloads": {"result": ("ok", "error")},
+    "alert_delivery_failures": {"sink": ("spool",)},       # the spool itself; configured sinks via expect()
+}
+# Label values that only some processes ever see: primed by expect() when the process has the part.
+BY_TAP = {"exchanges": {"verdict": SCANNED_VERDICTS + ("mirrored", "unscanned")}}
+KAFKA_KNOWN: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
+    "fleet": {"fleet_applied": {"action": ("takedown", "lift")}, "fleet_published": {"action": ("add", "lift")},
+              "kafka_errors": {"op": ("connect", "consume", "malformed", "apply", "publish", "finding")}},
+    "mirror": {"mirror_overflow": {"action": ("local", "drop")}, "kafka_errors": {"op": ("connect", "publish")}},
+    "worker": {"worker_duplicates": {"kind": ("exchange", "orphan", "chunk", "finding")}},
+}
+SINK_COUNTERS = ("alert_delivery_failures", "alerts_delivered", "alerts_throttled", "alerts_dead_lettered")
+TOPIC_COUNTERS = ("worker_rewinds", "worker_skipped", "deadletters")
 
 
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
-        Info("dlp_sensor_build", "Build information.", registry=r).info({"version": __version__})
+        ProcessCollector(registry=r)            # RSS, open fds, CPU seconds, start time
+        PlatformCollector(registry=r)           # python_info
+        GCCollector(registry=r)                 # python_gc_*: collections by generation
+        Info("dlp_build", "Build information.", registry=r).info({"version": __version__})
         self.bytes_scanned = Counter("dlp_bytes_scanned", "Response body bytes scanned (as received, before decoding).",
                                      ["tap"], registry=r)
         self.exchanges = Counter("dlp_exchanges", "Exchanges finished, by verdict.", ["tap", "verdict"], registry=r)
@@ -50,6 +97,9 @@ class Metrics:
         self.alerts_delivered = Counter("dlp_alerts_delivered", "Alerts delivered, by sink.", ["sink"], registry=r)
         self.alerts_throttled = Counter("dlp_alerts_throttled", "Alerts a sink's per-incident throttle folded into "
                                         "a later alert of the same incident, by sink.", ["sink"], registry=r)
+        self.alerts_dead_lettered = Counter("dlp_alerts_dead_lettered", "Alerts a sink refused for good (HTTP 4xx "
+                                            "other than 408/429), moved to the dead-letter file, by sink.",
+                                            ["sink"], registry=r)
         self.icap_errors = Counter("dlp_icap_errors", "Malformed or refused ICAP requests, by ICAP status.",
                                    ["status"], registry=r)
         self.active_exchanges = Gauge("dlp_active_exchanges", "Exchanges being scanned now.", registry=r)
@@ -90,6 +140,34 @@ class Metrics:
                                          "topic.", ["topic"], registry=r)
         self.consumer_lag = Gauge("dlp_kafka_consumer_lag", "Records not yet consumed (high-water mark minus "
                                   "position), summed over assigned partitions, by topic.", ["topic"], registry=r)
+        for attr, labels in KNOWN.items():
+            self._prime(attr, labels)
+
+    def expect(self, *, taps: Iterable[str] = (), sinks: Iterable[str] = (), signatures: Iterable[str] = (),
+               kafka: Iterable[str] = (), topics: Iterable[str] = ()) -> None:
+        """Create at 0 the series of what this process runs (its taps, alert sinks, signature ids,
+        Kafka components ``fleet``/``mirror``/``worker`` and the topics a worker reads); call it
+        before the metrics port opens, so that the first scrape already holds them."""
+        for tap in taps:
+            self._prime("bytes_scanned", {"tap": (tap,)})
+            verdicts = SCANNED_VERDICTS if tap == "kafka" else BY_TAP["exchanges"]["verdict"]
+            self._prime("exchanges", {"tap": (tap,), "verdict": verdicts})
+        sinks = tuple(sinks)
+        for attr in SINK_COUNTERS:
+            self._prime(attr, {"sink": sinks})
+        self._prime("findings", {"signature": tuple(signatures)})
+        for component in kafka:
+            for attr, labels in KAFKA_KNOWN[component].items():
+                self._prime(attr, {"component": (component,), **labels} if attr == "kafka_errors" else labels)
+        for attr in TOPIC_COUNTERS:
+            self._prime(attr, {"topic": tuple(topics)})
+
+    def _prime(self, attr: str, labels: Mapping[str, tuple[str, ...]]) -> None:
+        """``.labels()`` for every combination: the child exists (at 0) from now on."""
+        metric = getattr(self, attr)
+        names = list(labels)
+        for combo in itertools.product(*(labels[n] for n in names)):
+            metric.labels(**dict(zip(names, combo)))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

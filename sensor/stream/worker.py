@@ -91,6 +91,8 @@ class Worker:
         self.key = load_key(config.hmac_key, config.state_dir)
         self.detector = build_detector(config)
         self.metrics = Metrics()
+        self.metrics.expect(taps=("kafka",), signatures=[sig.id for sig in self.detector.engine.signatures],
+                            kafka=("worker",), topics=(k.topic("exchanges"), k.topic("findings")))
         self.ready = False
         self._started_at = time.monotonic()     # reset when the HTTP endpoints open
         self.me = f"worker:{config.sensor_id}"
@@ -281,9 +283,8 @@ class Worker:
                            mode=str(meta.get("mode", "monitor")),
                            action="takedown" if st.takedown_sent else "logged", partial=bool(meta.get("partial")),
                            bytes_sent=result.bytes, ruleset=self.detector.generation)
-        alert = build_alert(ctx, result, key=self.key, source_ip="drop", now=time.time())
-        if meta.get("client") and self.config.source_ip != "drop":
-            alert["source"] = {"address": meta["client"]}
+        alert = build_alert(ctx, result, key=self.key, source_ip=self.config.source_ip, now=time.time(),
+                            client_hash=meta.get("client"))         # dlp.client.hash: never source.*
         alert["observer"]["hostname"] = self.me
         return alert
 
