@@ -11,7 +11,8 @@ Command-line flags override the file; the file overrides defaults. Every section
     default_signatures: true
     policy: null                     # a policy file path, or the policy mapping inline
     proxy: {listen, upstream, mode, holdback_kib, on_error, upstream_timeout, connect_timeout,
-            max_scans, block_page, tls: {cert, key}, trust_forwarded, routes: [{match, mode, on_error, holdback_kib}]}
+            max_scans, block_page, tls: {cert, key}, trust_forwarded, routes: [{match, mode, on_error, holdback_kib}],
+            idle_timeout: 15, max_connections: 4096, http10_buffer_mib: 64}
     extproc: {listen: 127.0.0.1:50051}
     icap: {listen: 127.0.0.1:1344, max_connections: 512, options_ttl: 300, preview: 4096, holdback_kib: 32}
     takedown: {query: ignore|keep|[names], fingerprint_kib: 64}
@@ -79,6 +80,16 @@ class ProxyRoute:
     mode: str
     on_error: str
     holdback: int
+    on_error_explicit: bool = False     # on_error was written in the file (route or proxy section)
+
+    @property
+    def on_decode_limit(self) -> str:
+        """What a body that could not be fully inspected gets: ``on_error`` when the operator chose
+        it, else closed on an enforce route (a leak must not hide behind a decode limit) and open on
+        a monitor route."""
+        if self.on_error_explicit:
+            return self.on_error
+        return "closed" if self.mode == "enforce" else "open"
 
 
 @dataclass
@@ -88,6 +99,7 @@ class ProxyConfig:
     mode: str = "enforce"
     holdback: int = 64 << 10
     on_error: str = "open"
+    on_error_explicit: bool = False
     upstream_timeout: float = 30.0
     connect_timeout: float = 5.0
     max_scans: int = 512
@@ -96,12 +108,15 @@ class ProxyConfig:
     tls_key: str | None = None
     trust_forwarded: bool = False
     routes: tuple[ProxyRoute, ...] = ()
+    idle_timeout: float = 15.0          # s without a complete request head (new or keep-alive) before close
+    max_connections: int = 4096         # client connections; past it the oldest idle one is closed, else 503
+    http10_buffer: int = 64 << 20       # enforce: an unframed body for an HTTP/1.0 client is buffered up to this
 
     def route(self, path: str) -> ProxyRoute:
         for r in self.routes:
             if fnmatch.fnmatchcase(path, r.match):
                 return r
-        return ProxyRoute("*", self.mode, self.on_error, self.holdback)
+        return ProxyRoute("*", self.mode, self.on_error, self.holdback, self.on_error_explicit)
 
 
 @dataclass
@@ -109,8 +124,10 @@ class IcapConfig:
     listen: str = "127.0.0.1:1344"
     preview: int = 4096          # squid stalls when the preview reaches its 64 KiB read buffer
     holdback: int = 32 << 10     # echo hold-back: squid stops sending at 64 KiB not yet answered
-    max_connections: int = 512
+    max_connections: int = 512   # advertised in OPTIONS and enforced: past it a connection gets 503
     options_ttl: int = 300
+    idle_timeout: float = 60.0   # s a connection may wait for the next ICAP head
+    read_timeout: float = 30.0   # s a started request may stall (encapsulated heads, each body piece)
 
 
 @dataclass
@@ -416,7 +433,8 @@ class ProxySection(Section):
     mode: Mode = Field("enforce", description="Default route mode: enforce holds back and cuts; monitor only alerts.")
     holdback_kib: whole(ge=0) = Field(64, description="KiB of each response held back until scanned (enforce).")
     on_error: OnError = Field("open", description="When the scanner is overloaded or fails: open forwards, "
-                                                  "closed refuses.")
+                                                  "closed refuses. Unset, a body that hit a decode limit "
+                                                  "fails closed on enforce routes and open on monitor routes.")
     upstream_timeout: number(gt=0) = Field(30.0, description="Seconds to wait for the upstream's answer.")
     connect_timeout: number(gt=0) = Field(5.0, description="Seconds to connect to the upstream.")
     max_scans: whole(ge=1) = Field(512, description="Responses scanned at once; above it on_error applies.")
@@ -425,6 +443,14 @@ class ProxySection(Section):
     trust_forwarded: Flag = Field(False, description="Take the client address from X-Forwarded-For.")
     routes: Annotated[list[RouteSection], BeforeValidator(_none_is_empty)] = Field(
         default_factory=list, description="Per-path overrides, first match wins.")
+    idle_timeout: number(gt=0) = Field(15.0, description="Seconds a connection may go without a complete request "
+                                                         "head (new, slow, half-open or idle keep-alive) before "
+                                                         "it is closed.")
+    max_connections: whole(ge=1) = Field(4096, description="Client connections; past it the oldest idle one is "
+                                                           "closed, else 503. Lowered to (file limit - 128) / 2.")
+    http10_buffer_mib: number(ge=0) = Field(64, description="Enforce routes: a body without a length for an "
+                                                            "HTTP/1.0 client is buffered up to this, scanned and "
+                                                            "sent with a Content-Length; larger: 505.")
 
 
 class IcapSection(Section):
@@ -434,6 +460,9 @@ class IcapSection(Section):
     options_ttl: whole(ge=1) = Field(300, description="Seconds a client may cache the OPTIONS answer.")
     preview: whole(ge=1) = Field(4096, description="Preview bytes asked of the client.")
     holdback_kib: whole(ge=0) = Field(32, description="KiB echoed back only once scanned.")
+    idle_timeout: number(gt=0) = Field(60.0, description="Seconds a connection may wait for its next request.")
+    read_timeout: number(gt=0) = Field(30.0, description="Seconds a started request may stall (heads, each body "
+                                                         "piece) or the client may stop reading the answer.")
 
 
 class ExtProcSection(Section):
@@ -804,10 +833,13 @@ def _common(model: BaseModel, cls: type, **extra: Any) -> Any:
 def to_config(m: ConfigFile) -> Config:
     """The runtime dataclasses of a validated file."""
     p = m.proxy
+    explicit = "on_error" in p.model_fields_set
     proxy = _common(p, ProxyConfig, upstream=p.upstream.rstrip("/"), holdback=p.holdback_kib << 10,
                     tls_cert=p.tls.cert if p.tls else None, tls_key=p.tls.key if p.tls else None,
+                    on_error_explicit=explicit, http10_buffer=int(p.http10_buffer_mib * (1 << 20)),
                     routes=tuple(ProxyRoute(r.match, r.mode or p.mode, r.on_error or p.on_error,
-                                            (p.holdback_kib if r.holdback_kib is None else r.holdback_kib) << 10)
+                                            (p.holdback_kib if r.holdback_kib is None else r.holdback_kib) << 10,
+                                            r.on_error is not None or explicit)
                                  for r in p.routes))
     k = m.kafka
     kafka = _common(k, KafkaConfig, mirror=k.mirror.enabled, queue_bytes=int(k.mirror.queue_mib * (1 << 20)),
