@@ -1,0 +1,72 @@
+"""One record from structure -> one line the scanner reads as one person.
+
+A record is a list of ``(field name, value)`` pairs however the document spelled it (JSON keys and
+paths, XML element/attribute names, SQL columns). The line puts the normalised field name before
+each value (so hotword context applies), joins a name split over given/family fields back into
+one name, cuts the time off ISO date-times (``1975-03-14T00:00:00`` is a date), leaves out fields
+named as the organisation's, and stays under the scanner's record window.
+"""
+from __future__ import annotations
+
+import re
+
+from sensor.detect.structure.labels import Labels, normalise
+
+MAX_VALUE = 200          # characters of one value in a record line
+MAX_LINE = 3000          # below the scanner's max_record_bytes (4096): one line is one record
+_ISO_DT = re.compile(r"((?:19|20)\d\d-[01]\d-[0-3]\d)[T ][0-2]\d:[0-5]\d(?::[0-5]\d(?:\.\d+)?)?(?:Z|[+-]\d\d:?\d\d)?")
+_BLANKS = re.compile(r"[\r\n\t]+")
+
+
+def scalar(v: object) -> str | None:
+    """The text of a scalar field value, or None for nothing worth scanning."""
+    if v is None or isinstance(v, bool):
+        return None
+    if isinstance(v, str):
+        s = v.strip()
+        if not s:
+            return None
+        if len(s) > MAX_VALUE:
+            s = s[:MAX_VALUE]
+        m = _ISO_DT.fullmatch(s)
+        if m:
+            return m.group(1)
+        return _BLANKS.sub(" ", s) if ("\n" in s or "\t" in s or "\r" in s) else s
+    if isinstance(v, (int, float)):
+        return str(v)
+    return None
+
+
+class LineWriter:
+    """Turns records into the lines the shadow scanner reads."""
+
+    def __init__(self, labels: Labels):
+        self.labels = labels
+
+    def line(self, fields: list[tuple[str, str]]) -> bytes | None:
+        labels = self.labels
+        lead: list[str] = []
+        trail: list[str] = []
+        out: list[str] = []
+        size = 0
+        for key, value in fields:
+            label = normalise(" ".join(key.rsplit(".", 2)[-2:])) if key else ""
+            if label and labels.organisational(label):
+                continue
+            part = labels.name_part(label) if label else 0
+            if part == 1:
+                lead.append(value)
+                continue
+            if part == 2:
+                trail.append(value)
+                continue
+            piece = f"{label}: {value}" if label else value
+            size += len(piece) + 2
+            if size > MAX_LINE:
+                break
+            out.append(piece)
+        if lead or trail:
+            out.insert(0, "name: " + " ".join(lead + trail))
+        if not out:
+            return None
+        return ("; ".join(out) + "\n").encode("utf-8", "replace")

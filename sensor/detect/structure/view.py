@@ -1,0 +1,231 @@
+"""The structure view of a part: records rebuilt from the document's structure, counted beside
+the byte view's, without double counting.
+
+The scanner reads every part as bytes and groups values by line / JSON object / HTML row (the
+*byte view*). For a part that is JSON, JSON Lines, XML or a SQL dump, a reader rebuilds the
+records from the structure and writes each as one ``label: value; ...`` line to a second scanner
+(the *shadow*, same engine and policy, sharing the distinct-value sets so no value counts twice).
+For each such part the larger of the two views' record counts is taken: both are lower bounds of
+the people in it, and the byte view may still see what the structure does not (text inside a
+value, a malformed document). The readers only start once the part has shown a Hyperscan hit
+(a value or a hotword): a part with none cannot hold a person, and benign traffic pays nothing.
+"""
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Iterator, Protocol
+
+import orjson
+
+from sensor.detect.structure.json_records import WHOLE_LIMIT, parse, records_of
+from sensor.detect.structure.labels import Labels
+from sensor.detect.structure.records import LineWriter
+
+if TYPE_CHECKING:
+    from sensor.detect.scanner import ExchangeScanner
+
+SHADOW_HEAD = b"records from structure\n"      # first line of every shadow part: not a header
+_SQL = re.compile(rb"(?i)\b(?:insert\s+into|create\s+table)\b")
+_XML_START = re.compile(rb"^(?:<\?xml[^>]*>\s*)?(?:<!--.*?-->\s*|<!DOCTYPE[^>]*>\s*)*<([A-Za-z_][\w.:-]*)", re.S)
+_HTML_ROOTS = {b"html", b"HTML", b"body", b"div", b"table", b"head", b"span", b"p", b"a", b"ul", b"svg"}
+
+
+class Reader(Protocol):
+    def feed(self, data: bytes) -> Iterator[bytes]: ...
+    def close(self) -> Iterator[bytes]: ...
+
+
+def sniff(head: bytes) -> str | None:
+    """The structured kind of a part from its first bytes: json, ndjson, xml, sql, or None."""
+    h = head.lstrip()
+    if h[:1] in (b"{", b"["):
+        first, _, rest = h.partition(b"\n")
+        if rest.lstrip()[:1] == b"{" and first.rstrip()[-1:] in (b"}", b"]"):
+            try:
+                orjson.loads(first)
+                return "ndjson"
+            except orjson.JSONDecodeError:
+                pass
+        return "json"
+    if h[:1] == b"<":
+        m = _XML_START.match(h[:4096])
+        if m and m.group(1) not in _HTML_ROOTS and b"<html" not in h[:1024].lower():
+            return "xml"
+        return None
+    if _SQL.search(h[:4096]):
+        return "sql"
+    return None
+
+
+class JsonReader:
+    """A whole JSON document, parsed with orjson at the end of the part (up to WHOLE_LIMIT)."""
+
+    def __init__(self, writer: LineWriter, notes: list[str]):
+        self.w = writer
+        self.buf: list[bytes] = []
+        self.size = 0
+        self.notes = notes
+        self.gave_up = False
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        if self.gave_up:
+            return iter(())
+        self.size += len(data)
+        if self.size > WHOLE_LIMIT:
+            self.gave_up = True
+            self.buf = []
+            self.notes.append(f"structure: JSON document over {WHOLE_LIMIT >> 20} MiB; records from the byte view")
+        else:
+            self.buf.append(data)
+        return iter(())
+
+    def close(self) -> Iterator[bytes]:
+        if self.gave_up or not self.buf:
+            return iter(())
+        data = b"".join(self.buf)
+        self.buf = []
+        out: list[bytes] = []
+
+        def emit(fields):
+            line = self.w.line(fields)
+            if line:
+                out.append(line)
+        try:
+            doc = parse(data)
+        except orjson.JSONDecodeError:
+            for ln in data.splitlines():               # concatenated / line-delimited after all
+                try:
+                    records_of(orjson.loads(ln), emit)
+                except orjson.JSONDecodeError:
+                    continue
+            return iter(out)
+        records_of(doc, emit)
+        return iter(out)
+
+
+class NdjsonReader:
+    """JSON Lines: every line a document; streamed line by line."""
+
+    def __init__(self, writer: LineWriter, notes: list[str]):
+        self.w = writer
+        self.rest = b""
+
+    def _lines(self, lines: list[bytes]) -> Iterator[bytes]:
+        out: list[bytes] = []
+
+        def emit(fields):
+            line = self.w.line(fields)
+            if line:
+                out.append(line)
+        for ln in lines:
+            if ln.strip():
+                try:
+                    records_of(orjson.loads(ln), emit)
+                except orjson.JSONDecodeError:
+                    continue
+        return iter(out)
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        data = self.rest + data
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            self.rest = data
+            return iter(())
+        self.rest = data[cut + 1:]
+        return self._lines(data[:cut].split(b"\n"))
+
+    def close(self) -> Iterator[bytes]:
+        rest, self.rest = self.rest, b""
+        return self._lines([rest])
+
+
+def _reader(kind: str, writer: LineWriter, notes: list[str]) -> Reader:
+    if kind == "json":
+        return JsonReader(writer, notes)
+    if kind == "ndjson":
+        return NdjsonReader(writer, notes)
+    if kind == "xml":
+        from sensor.detect.structure.xml_records import XmlReader
+        return XmlReader(writer, notes)
+    from sensor.detect.structure.sql_records import SqlReader
+    return SqlReader(writer, notes)
+
+
+class Shadow:
+    """One per exchange scanner: the shadow scanner and the records it adds over the byte view."""
+
+    def __init__(self, parent: "ExchangeScanner"):
+        from sensor.detect.scanner import ExchangeScanner
+        self.parent = parent
+        child = ExchangeScanner(parent.engine, parent.policy, key=parent.key, scratch=parent.scratch, mode="lines")
+        child._distinct = parent._distinct            # one set of distinct values for both views
+        child._samples = parent._samples
+        child._want_sample = parent._want_sample
+        self.child = child
+        self.writer = LineWriter(Labels.from_signatures(parent.engine.signatures))
+        self.closed = [0, 0, 0]                       # records, strong, person added by closed parts
+        self.reader: Reader | None = None
+        self.pending: list[bytes] | None = None       # the part's bytes until its first hit
+        self.pending_size = 0
+        self.base = (0, 0, 0, 0, 0, 0)
+
+    # -- counts ----------------------------------------------------------------------------------
+    def _counts(self) -> tuple[int, int, int, int, int, int]:
+        p, c = self.parent, self.child
+        return (len(p._all_recs), len(p._strong_recs), len(p._person_recs),
+                len(c._all_recs), len(c._strong_recs), len(c._person_recs))
+
+    def extra(self) -> tuple[int, int, int, int, int]:
+        """Records, strong records, person records, strong values, contact values to add."""
+        rec, strong, person = self.closed
+        if self.reader is not None or self.pending is not None:
+            now = self._counts()
+            b = self.base
+            rec += max(0, (now[3] - b[3]) - (now[0] - b[0]))
+            strong += max(0, (now[4] - b[4]) - (now[1] - b[1]))
+            person += max(0, (now[5] - b[5]) - (now[2] - b[2]))
+        return rec, strong, person, self.child._strong_values, self.child._contact_values
+
+    # -- parts -----------------------------------------------------------------------------------
+    def begin(self, kind: str) -> None:
+        self.kind = kind
+        self.base = self._counts()
+        self.pending = []
+        self.pending_size = 0
+        self.reader = None
+
+    def feed(self, data: bytes, hit: bool) -> None:
+        if self.pending is not None:
+            self.pending.append(data)
+            self.pending_size += len(data)
+            if not hit:
+                if self.pending_size > WHOLE_LIMIT:
+                    self.pending = None          # 8 MiB without a single hit: nothing to rebuild
+                return
+            data = b"".join(self.pending)
+            self.pending = None
+            self.reader = _reader(self.kind, self.writer, self.parent.result.notes)
+            self.child.begin_part("lines")
+            self.child.feed(SHADOW_HEAD)
+        if self.reader is not None:
+            self._write(self.reader.feed(data))
+
+    def _write(self, lines: Iterator[bytes]) -> None:
+        chunk: list[bytes] = []
+        size = 0
+        for ln in lines:
+            chunk.append(ln)
+            size += len(ln)
+            if size >= 1 << 16:
+                self.child.feed(b"".join(chunk))
+                chunk, size = [], 0
+        if chunk:
+            self.child.feed(b"".join(chunk))
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self._write(self.reader.close())
+            self.child._close_stream()
+            self.closed = list(self.extra()[:3])
+        self.reader = None
+        self.pending = None
