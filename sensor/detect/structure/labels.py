@@ -53,7 +53,9 @@ class Labels:
         words = label.split()
         if not words or len(words) > 4:
             return 0
-        hit = [w for w in words if w in self.name_parts]
+        # "firstname" / "LASTNAME" (no separator to split on) name their part too
+        hit = [w for w in words if w in self.name_parts
+               or (w.endswith("name") and w[:-4] in self.name_parts)]
         if not hit:
             return 0
         return 2 if any(w in LAST_PARTS for w in hit) else 1

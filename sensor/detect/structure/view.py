@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Iterator, Protocol
 import orjson
 
 from sensor.detect.structure.json_records import WHOLE_LIMIT, parse, records_of
+from sensor.detect.structure.json_stream import JsonSplitter
 from sensor.detect.structure.labels import Labels
 from sensor.detect.structure.records import LineWriter
 
@@ -58,38 +59,49 @@ def sniff(head: bytes) -> str | None:
 
 
 class JsonReader:
-    """A whole JSON document, parsed with orjson at the end of the part (up to WHOLE_LIMIT)."""
+    """A JSON document: parsed whole with orjson at the end of the part up to WHOLE_LIMIT, cut
+    into records as it streams beyond (:class:`JsonSplitter`)."""
 
     def __init__(self, writer: LineWriter, notes: list[str]):
         self.w = writer
         self.buf: list[bytes] = []
         self.size = 0
         self.notes = notes
-        self.gave_up = False
+        self.out: list[bytes] = []
+        self.stream: JsonSplitter | None = None
+
+    def _emit(self, fields) -> None:
+        line = self.w.line(fields)
+        if line:
+            self.out.append(line)
 
     def feed(self, data: bytes) -> Iterator[bytes]:
-        if self.gave_up:
-            return iter(())
         self.size += len(data)
-        if self.size > WHOLE_LIMIT:
-            self.gave_up = True
-            self.buf = []
-            self.notes.append(f"structure: JSON document over {WHOLE_LIMIT >> 20} MiB; records from the byte view")
+        if self.stream is not None:
+            self.stream.feed(data)
+        elif self.size > WHOLE_LIMIT:
+            # too large to parse whole: cut into records as it streams (see json_stream.py)
+            self.stream = JsonSplitter(self._emit)
+            self.notes.append(f"structure: JSON document over {WHOLE_LIMIT >> 20} MiB, read as a stream")
+            self.buf.append(data)
+            data, self.buf = b"".join(self.buf), []
+            self.stream.feed(data)
         else:
             self.buf.append(data)
-        return iter(())
+        out, self.out = self.out, []
+        return iter(out)
 
     def close(self) -> Iterator[bytes]:
-        if self.gave_up or not self.buf:
+        if self.stream is not None:
+            self.stream.close()
+            out, self.out = self.out, []
+            return iter(out)
+        if not self.buf:
             return iter(())
         data = b"".join(self.buf)
         self.buf = []
-        out: list[bytes] = []
-
-        def emit(fields):
-            line = self.w.line(fields)
-            if line:
-                out.append(line)
+        out = self.out
+        emit = self._emit
         try:
             doc = parse(data)
         except orjson.JSONDecodeError:
