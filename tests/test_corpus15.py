@@ -76,3 +76,75 @@ def test_pending_is_exactly_what_does_not_work_yet(outcomes):
     passing_public = {f.name for f, _, ok in outcomes if f.expected == "public" and ok}
     assert passing_leaks == SUPPORTED, _table(outcomes)
     assert passing_public == PUBLIC_OK, _table(outcomes)
+
+
+STRUCTURED = [f for f in corpus15.build() if f.name.endswith((".json", ".jsonl", ".geojson", ".xml", ".sql"))]
+
+
+@pytest.mark.parametrize("f", STRUCTURED, ids=lambda f: f.name)
+def test_records_from_structure_do_not_depend_on_chunking(engine, f):
+    whole = scan_bytes(engine, f.data, content_type=f.content_type, chunk=1 << 20)
+    cut = scan_bytes(engine, f.data, content_type=f.content_type, chunk=997)
+    assert (cut.verdict, cut.records, cut.person_records, cut.findings) == \
+        (whole.verdict, whole.records, whole.person_records, whole.findings)
+
+
+@pytest.mark.parametrize("name", ["json_nested.json", "rows_meta.json", "df_split.json", "df_index.json",
+                                  "features.geojson"])
+def test_json_too_large_to_parse_whole_is_read_as_a_stream(engine, monkeypatch, name):
+    from sensor.detect.structure import view
+    monkeypatch.setattr(view, "WHOLE_LIMIT", 4096)      # every corpus file is "large" now
+    f = next(x for x in corpus15.build() if x.name == name)
+    r = scan_bytes(engine, f.data, content_type=f.content_type, chunk=1500)
+    assert r.verdict == "trip" and abs(r.records - f.truth) <= TOLERANCE * f.truth, (r.records, r.notes)
+    assert r.person_records >= 0.95 * f.truth, r.person_records       # names put back together
+    assert any("read as a stream" in n for n in r.notes)
+
+
+def _variants(ps) -> list[tuple[str, str, bytes]]:
+    """The same people under spellings and nestings the corpus does not use."""
+    import json
+    members = [{"meta": {"seq": i}, "FIRSTNAME": p.first.upper(), "LASTNAME": p.last.upper(),
+                "Birth_Date": p.us_dob, "addr": {"line": p.street, "cityName": p.city},
+                "ids": [{"type": "DL", "value": p.dl}]} for i, p in enumerate(ps)]
+    js = json.dumps({"response": {"payload": {"total": len(ps), "members": members}}}).encode()
+    xml = ('<?xml version="1.0"?><ns:Export xmlns:ns="urn:x"><ns:Batch>'
+           + "".join(f'<ns:Rec id="{i}" dob="{p.dob.isoformat()}"><ns:Surname>{p.last}</ns:Surname>'
+                     f'<ns:Forename>{p.first}</ns:Forename><ns:Residence>{p.street}</ns:Residence>'
+                     f'<ns:Lic>{p.dl}</ns:Lic></ns:Rec>' for i, p in enumerate(ps))
+           + "</ns:Batch></ns:Export>").encode()
+    sql = ('CREATE TABLE "public"."members" ("id" integer, "given_name" text, "family_name" text, '
+           '"dob" date, "home_addr" text, "lic_no" text);\n'
+           + "".join(f"INSERT INTO \"public\".\"members\" VALUES ({i}, '{p.first}', 'O''{p.last}', "
+                     f"'{p.dob.isoformat()}', '{p.street}', '{p.dl}');\n" for i, p in enumerate(ps))).encode()
+    cols = {"columns": ["Given", "Family", "DOB", "Street", "DL"],
+            "rows": [[p.first, p.last, p.us_dob, p.street, p.dl] for p in ps]}
+    return [("json, deep and upper-case keys", "application/json", js),
+            ("xml, namespaces, attributes and children", "text/xml", xml),
+            ("sql, one tuple per INSERT, quoted schema", "text/plain", sql),
+            ("rows keyed 'rows', names in 'columns'", "application/json", json.dumps(cols).encode())]
+
+
+@pytest.mark.parametrize("k", range(4))
+def test_other_spellings_and_nestings_of_the_same_shapes(engine, k):
+    ps = corpus15.people(120, seed=77)
+    what, ct, data = _variants(ps)[k]
+    r = scan_bytes(engine, data, content_type=ct)
+    assert r.verdict == "trip" and abs(r.records - len(ps)) <= TOLERANCE * len(ps), (what, r.records, r.notes)
+
+
+def test_xml_entities_are_never_expanded_and_the_byte_view_still_reads(engine):
+    ps = corpus15.people(40, seed=5)
+    body = corpus15.xml_children(ps).replace(
+        b"<PermitHolders", b'<!DOCTYPE PermitHolders [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;">]>'
+                           b"\n<PermitHolders", 1)
+    r = scan_bytes(engine, body, content_type="application/xml")
+    assert any("declares entities" in n for n in r.notes)
+    assert r.findings.get("us-driver-licence") == 40 and r.verdict in ("alert", "trip")
+
+
+def test_malformed_structure_is_a_note_not_an_error(engine):
+    ps = corpus15.people(30, seed=6)
+    r = scan_bytes(engine, corpus15.xml_children(ps)[:-200] + b"</Wrong>", content_type="application/xml")
+    assert any("not well-formed" in n for n in r.notes)
+    assert r.findings.get("us-driver-licence", 0) >= 29
