@@ -251,7 +251,7 @@ class ExchangeScanner:
         else:
             self._tail = (self._tail + data)[-self._tail_len:]
         if self._skind is not None:
-            self._shadow.feed(data, bool(hits))
+            self._shadow.feed(data, hits)
         self._decide()
 
     def _open_gate(self, buf: bytes, base: int) -> None:

@@ -8,7 +8,8 @@ records from the structure and writes each as one ``label: value; ...`` line to 
 For each such part the larger of the two views' record counts is taken: both are lower bounds of
 the people in it, and the byte view may still see what the structure does not (text inside a
 value, a malformed document). The readers only start once the part has shown a Hyperscan hit
-(a value or a hotword): a part with none cannot hold a person, and benign traffic pays nothing.
+that could belong to a person (a strong or quasi-identifier, or the hotword of one): a part
+without one cannot hold a person, and benign traffic pays nothing but a buffer.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Iterator, Protocol
 
 import orjson
 
+from sensor.detect.engine import CAT_BITS
 from sensor.detect.structure.json_records import WHOLE_LIMIT, parse, records_of
 from sensor.detect.structure.json_stream import JsonSplitter
 from sensor.detect.structure.labels import Labels
@@ -50,8 +52,11 @@ def sniff(head: bytes) -> str | None:
         return "json"
     if h[:1] == b"<":
         m = _XML_START.match(h[:4096])
-        if m and m.group(1) not in _HTML_ROOTS and b"<html" not in h[:1024].lower():
+        low = h[:1024].lower()
+        if m and m.group(1) not in _HTML_ROOTS and b"<html" not in low:
             return "xml"
+        if low.startswith(b"<!doctype html") or b"<html" in low or (m and m.group(1) in _HTML_ROOTS):
+            return "html"
         return None
     if _SQL.search(h[:4096]):
         return "sql"
@@ -156,6 +161,9 @@ def _reader(kind: str, writer: LineWriter, notes: list[str]) -> Reader:
         return JsonReader(writer, notes)
     if kind == "ndjson":
         return NdjsonReader(writer, notes)
+    if kind == "html":
+        from sensor.detect.structure.html_records import HtmlReader
+        return HtmlReader(writer, notes)
     if kind == "xml":
         from sensor.detect.structure.xml_records import XmlReader
         return XmlReader(writer, notes)
@@ -180,6 +188,11 @@ class Shadow:
         self.pending: list[bytes] | None = None       # the part's bytes until its first hit
         self.pending_size = 0
         self.base = (0, 0, 0, 0, 0, 0)
+        eng = parent.engine
+        opens = CAT_BITS["strong"] | CAT_BITS["quasi"]
+        self.opening = frozenset(
+            [i for i, p in enumerate(eng.patterns) if p.cat & opens]
+            + [eng.hot_base + k for k, si in enumerate(eng.hot_sig) if CAT_BITS[eng.signatures[si].category] & opens])
 
     # -- counts ----------------------------------------------------------------------------------
     def _counts(self) -> tuple[int, int, int, int, int, int]:
@@ -206,8 +219,11 @@ class Shadow:
         self.pending_size = 0
         self.reader = None
 
-    def feed(self, data: bytes, hit: bool) -> None:
+    def feed(self, data: bytes, hits: list[tuple[int, int]]) -> None:
+        """``hits`` are the byte view's Hyperscan hits in ``data``: the reader starts at the first
+        one that could belong to a person (a strong or quasi value, or such a signature's hotword)."""
         if self.pending is not None:
+            hit = bool(hits) and not self.opening.isdisjoint([i for i, _ in hits])
             self.pending.append(data)
             self.pending_size += len(data)
             if not hit:

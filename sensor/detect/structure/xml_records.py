@@ -1,7 +1,8 @@
 """Records from the structure of an XML document, streamed through expat.
 
-Repeated sibling elements are records: the second ``<Holder>`` under one parent makes both it and
-the first one records, and every later one is emitted as it closes (so memory holds one record
+Repeated sibling elements with at least three fields are records (smaller repeated elements —
+label/value pairs, phone entries — belong to their parent's record): the second ``<Holder>``
+under one parent makes both it and the first one records, and every later one is emitted as it closes (so memory holds one record
 and at most one waiting sibling per open element). An element's attributes, its leaf children's
 text and its non-repeated complex children (``<Name><First/><Last/></Name>``) are its fields,
 named by their path below the record. Entity declarations stop the reader (no expansion, no
@@ -17,6 +18,7 @@ from sensor.detect.structure.records import LineWriter, scalar
 
 MAX_FIELDS = 200          # fields kept per element (a record window, not the whole document)
 MAX_TEXT = 400            # characters of text kept per element
+MIN_RECORD_FIELDS = 3     # a repeated element with fewer fields belongs to its parent's record
 
 
 class _Refused(Exception):
@@ -92,6 +94,9 @@ class XmlReader:
             return
         if not f.complex and len(f.fields) - (text is not None) < 2:
             parent.fields.extend(fields)                   # a leaf (text, maybe an attribute): a field
+            return
+        if len(fields) < MIN_RECORD_FIELDS:               # a label/value pair, a phone entry: its parent's
+            parent.fields.extend((f"{tag}.{k}", v) for k, v in fields)
             return
         if tag in parent.repeated:
             self._emit(fields)
