@@ -14,6 +14,7 @@ without one cannot hold a person, and benign traffic pays nothing but a buffer.
 from __future__ import annotations
 
 import re
+import weakref
 from typing import TYPE_CHECKING, Iterator, Protocol
 
 import orjson
@@ -25,6 +26,7 @@ from sensor.detect.structure.labels import Labels
 from sensor.detect.structure.records import LineWriter
 
 if TYPE_CHECKING:
+    from sensor.detect.engine import Engine
     from sensor.detect.scanner import ExchangeScanner
 
 SHADOW_HEAD = b"records from structure\n"      # first line of every shadow part: not a header
@@ -171,32 +173,62 @@ def _reader(kind: str, writer: LineWriter, notes: list[str]) -> Reader:
     return SqlReader(writer, notes)
 
 
+_TABLES: "weakref.WeakKeyDictionary[Engine, tuple[frozenset[int], Labels]]" = weakref.WeakKeyDictionary()
+
+
+def _tables(engine: "Engine") -> tuple[frozenset[int], Labels]:
+    """Per engine, computed once: the Hyperscan ids that open the structure view, and the labels.
+
+    A part opens at a strong or quasi value or hotword other than a name's: names are everywhere
+    in prose (and ``name`` in every form), and a person needs more than a name, which opens it."""
+    t = _TABLES.get(engine)
+    if t is None:
+        opens = CAT_BITS["strong"] | CAT_BITS["quasi"]
+        sigs = engine.signatures
+        ids = ([i for i, p in enumerate(engine.patterns) if p.cat & opens and sigs[p.sig].kind != "name"]
+               + [engine.hot_base + k for k, si in enumerate(engine.hot_sig)
+                  if CAT_BITS[sigs[si].category] & opens and sigs[si].kind != "name"])
+        t = _TABLES[engine] = (frozenset(ids), Labels.from_signatures(sigs))
+    return t
+
+
+def _opening(engine: "Engine") -> frozenset[int]:
+    return _tables(engine)[0]
+
+
+def _labels(engine: "Engine") -> Labels:
+    return _tables(engine)[1]
+
+
 class Shadow:
     """One per exchange scanner: the shadow scanner and the records it adds over the byte view."""
 
     def __init__(self, parent: "ExchangeScanner"):
-        from sensor.detect.scanner import ExchangeScanner
         self.parent = parent
-        child = ExchangeScanner(parent.engine, parent.policy, key=parent.key, scratch=parent.scratch, mode="lines")
-        child._distinct = parent._distinct            # one set of distinct values for both views
-        child._samples = parent._samples
-        child._want_sample = parent._want_sample
-        self.child = child
-        self.writer = LineWriter(Labels.from_signatures(parent.engine.signatures))
+        self.child: "ExchangeScanner | None" = None  # made at the first part that opens
+        self.writer: LineWriter | None = None
+        self.opening = _opening(parent.engine)
         self.closed = [0, 0, 0]                       # records, strong, person added by closed parts
         self.reader: Reader | None = None
         self.pending: list[bytes] | None = None       # the part's bytes until its first hit
         self.pending_size = 0
         self.base = (0, 0, 0, 0, 0, 0)
-        eng = parent.engine
-        opens = CAT_BITS["strong"] | CAT_BITS["quasi"]
-        self.opening = frozenset(
-            [i for i, p in enumerate(eng.patterns) if p.cat & opens]
-            + [eng.hot_base + k for k, si in enumerate(eng.hot_sig) if CAT_BITS[eng.signatures[si].category] & opens])
+
+    def _open_child(self) -> None:
+        from sensor.detect.scanner import ExchangeScanner
+        p = self.parent
+        child = ExchangeScanner(p.engine, p.policy, key=p.key, scratch=p.scratch, mode="lines")
+        child._distinct = p._distinct                 # one set of distinct values for both views
+        child._samples = p._samples
+        child._want_sample = p._want_sample
+        self.child = child
+        self.writer = LineWriter(_labels(p.engine))
 
     # -- counts ----------------------------------------------------------------------------------
     def _counts(self) -> tuple[int, int, int, int, int, int]:
         p, c = self.parent, self.child
+        if c is None:
+            return len(p._all_recs), len(p._strong_recs), len(p._person_recs), 0, 0, 0
         return (len(p._all_recs), len(p._strong_recs), len(p._person_recs),
                 len(c._all_recs), len(c._strong_recs), len(c._person_recs))
 
@@ -209,7 +241,8 @@ class Shadow:
             rec += max(0, (now[3] - b[3]) - (now[0] - b[0]))
             strong += max(0, (now[4] - b[4]) - (now[1] - b[1]))
             person += max(0, (now[5] - b[5]) - (now[2] - b[2]))
-        return rec, strong, person, self.child._strong_values, self.child._contact_values
+        c = self.child
+        return (rec, strong, person) + ((c._strong_values, c._contact_values) if c is not None else (0, 0))
 
     # -- parts -----------------------------------------------------------------------------------
     def begin(self, kind: str) -> None:
@@ -232,6 +265,9 @@ class Shadow:
                 return
             data = b"".join(self.pending)
             self.pending = None
+            if self.child is None:
+                self._open_child()
+            self.base = self.base[:3] + self._counts()[3:]
             self.reader = _reader(self.kind, self.writer, self.parent.result.notes)
             self.child.begin_part("lines")
             self.child.feed(SHADOW_HEAD)
