@@ -227,7 +227,7 @@ def delimited_no_header(ps: list[Person]) -> bytes:
 
 def fixed_width(ps: list[Person]) -> bytes:
     """Fixed columns whose header gives the positions; DOB (YYYYMMDD) and licence touch."""
-    head = f"{'LAST':<16}{'FIRST':<14}{'BIRTHDATE':<8}{'DLNUMBER':<8}{'ADDRESS':<26}{'CITY':<14}ZIP\n"
+    head = f"{'LAST':<16}{'FIRST':<14}{'DOB':<8}{'DL':<8}{'ADDRESS':<26}{'CITY':<14}ZIP\n"
     rows = "".join(f"{p.last.upper():<16}{p.first.upper():<14}{p.dob:%Y%m%d}{p.dl}{p.street.upper():<26}"
                    f"{p.city.upper():<14}{p.zip}\n" for p in ps)
     return (head + rows).encode()

@@ -19,7 +19,7 @@ SUPPORTED = {
     "json_nested.json", "jsonl_nested.jsonl", "rows_meta.json", "df_split.json", "df_columns.json",
     "df_index.json", "parallel_arrays.json", "dashboard_dictionary.json", "features.geojson",
     "holders_children.xml", "holders_attributes.xml", "holders_dump.sql", "applicants_insert_cols.sql",
-    "cards.html", "deflists.html", "no_header.txt", "table.pdf",
+    "cards.html", "deflists.html", "no_header.txt", "fixed_width.txt", "table.pdf",
 }
 # public-by-design files that must not trip (the others are issue 15 point 3, pending)
 PUBLIC_OK = {
@@ -78,7 +78,7 @@ def test_pending_is_exactly_what_does_not_work_yet(outcomes):
     assert passing_public == PUBLIC_OK, _table(outcomes)
 
 
-STRUCTURED = [f for f in corpus15.build() if f.name.endswith((".json", ".jsonl", ".geojson", ".xml", ".sql"))]
+STRUCTURED = [f for f in corpus15.build() if f.name.endswith((".json", ".jsonl", ".geojson", ".xml", ".sql", ".html", ".txt"))]
 
 
 @pytest.mark.parametrize("f", STRUCTURED, ids=lambda f: f.name)

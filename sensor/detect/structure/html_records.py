@@ -59,6 +59,8 @@ class HtmlReader(XmlReader):
                 self.skip_until = None
             lt = text.find("<", pos)
             if lt < 0:
+                if not final and n - pos < _CARRY:
+                    break                              # text may go on in the next chunk: keep it
                 self._data(text[pos:])
                 pos = n
                 break

@@ -21,6 +21,7 @@ import orjson
 
 from sensor.detect.engine import CAT_BITS
 from sensor.detect.structure.json_records import WHOLE_LIMIT, parse, records_of
+from sensor.detect.structure.fixed_records import FixedReader, sniff_fixed
 from sensor.detect.structure.json_stream import JsonSplitter
 from sensor.detect.structure.labels import Labels
 from sensor.detect.structure.records import LineWriter
@@ -41,7 +42,8 @@ class Reader(Protocol):
 
 
 def sniff(head: bytes) -> str | None:
-    """The structured kind of a part from its first bytes: json, ndjson, xml, sql, or None."""
+    """The structured kind of a part from its first bytes: json, ndjson, xml, html, sql, fixed
+    (fixed-width text with a header line), or None."""
     h = head.lstrip()
     if h[:1] in (b"{", b"["):
         first, _, rest = h.partition(b"\n")
@@ -62,6 +64,8 @@ def sniff(head: bytes) -> str | None:
         return None
     if _SQL.search(h[:4096]):
         return "sql"
+    if sniff_fixed(head.lstrip(b"\r\n")):
+        return "fixed"
     return None
 
 
@@ -163,6 +167,8 @@ def _reader(kind: str, writer: LineWriter, notes: list[str]) -> Reader:
         return JsonReader(writer, notes)
     if kind == "ndjson":
         return NdjsonReader(writer, notes)
+    if kind == "fixed":
+        return FixedReader(writer, notes)
     if kind == "html":
         from sensor.detect.structure.html_records import HtmlReader
         return HtmlReader(writer, notes)
