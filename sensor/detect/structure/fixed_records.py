@@ -17,13 +17,20 @@ _DELIMS = re.compile(rb"[,\t;|]")
 
 
 def header_columns(line: str) -> list[tuple[int, str]] | None:
-    """Column starts and names if ``line`` looks like a fixed-width header: at least three
-    identifier-like words, at least two of the gaps between them two spaces or wider."""
+    """Column starts and names if ``line`` looks like a fixed-width header: identifier-like
+    words in at least three columns, columns two spaces or more apart (words one space apart
+    are one column's name: ``DATE OF BIRTH``)."""
     words = [(m.start(), m.group()) for m in _WORD.finditer(line)]
     if len(words) < 3 or not all(_HEADER_WORD.fullmatch(w) for _, w in words):
         return None
-    wide = sum(1 for (a, wa), (b, _) in zip(words, words[1:]) if b - (a + len(wa)) >= 2)
-    return words if wide >= 2 else None
+    cols = [words[0]]
+    for start, w in words[1:]:
+        s0, name = cols[-1]
+        if start - (s0 + len(name)) == 1:
+            cols[-1] = (s0, f"{name} {w}")
+        else:
+            cols.append((start, w))
+    return cols if len(cols) >= 3 else None
 
 
 def sniff_fixed(head: bytes) -> bool:
