@@ -119,13 +119,18 @@ def _variants(ps) -> list[tuple[str, str, bytes]]:
                      f"'{p.dob.isoformat()}', '{p.street}', '{p.dl}');\n" for i, p in enumerate(ps))).encode()
     cols = {"columns": ["Given", "Family", "DOB", "Street", "DL"],
             "rows": [[p.first, p.last, p.us_dob, p.street, p.dl] for p in ps]}
-    return [("json, deep and upper-case keys", "application/json", js),
+    pg = ("--\n-- PostgreSQL database dump\n--\nSET client_encoding = 'UTF8';\n\n"
+          "COPY public.applicants (id, last_name, first_name, birth_date, street, license_number) FROM stdin;\n"
+          + "".join(f"{i}\t{p.last}\t{p.first}\t{p.dob.isoformat()}\t{p.street}\t{p.dl}\n" for i, p in enumerate(ps))
+          + "\\.\n\n").encode()
+    return [("postgres dump, COPY FROM stdin", "application/sql", pg),
+            ("json, deep and upper-case keys", "application/json", js),
             ("xml, namespaces, attributes and children", "text/xml", xml),
             ("sql, one tuple per INSERT, quoted schema", "text/plain", sql),
             ("rows keyed 'rows', names in 'columns'", "application/json", json.dumps(cols).encode())]
 
 
-@pytest.mark.parametrize("k", range(4))
+@pytest.mark.parametrize("k", range(5))
 def test_other_spellings_and_nestings_of_the_same_shapes(engine, k):
     ps = corpus15.people(120, seed=77)
     what, ct, data = _variants(ps)[k]

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from sensor.detect.scanner import ExchangeScanner
 
 SHADOW_HEAD = b"records from structure\n"      # first line of every shadow part: not a header
-_SQL = re.compile(rb"(?i)\b(?:insert\s+into|create\s+table)\b")
+_SQL = re.compile(rb"(?i)\b(?:insert\s+into|create\s+table|copy\s+[\w.\"]+\s*(?:\([^)]*\))?\s*from\s+stdin)\b")
 _XML_START = re.compile(rb"^(?:<\?xml[^>]*>\s*)?(?:<!--.*?-->\s*|<!DOCTYPE[^\[>]*(?:\[.*?\])?\s*>\s*)*<([A-Za-z_][\w.:-]*)", re.S)
 _HTML_ROOTS = {b"html", b"HTML", b"body", b"div", b"table", b"head", b"span", b"p", b"a", b"ul", b"svg"}
 
