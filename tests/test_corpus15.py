@@ -153,3 +153,25 @@ def test_malformed_structure_is_a_note_not_an_error(engine):
     r = scan_bytes(engine, corpus15.xml_children(ps)[:-200] + b"</Wrong>", content_type="application/xml")
     assert any("not well-formed" in n for n in r.notes)
     assert r.findings.get("us-driver-licence", 0) >= 29
+
+
+def test_deep_or_broken_documents_never_stop_the_scan(engine):
+    deep = b'{"a":' * 900 + b'"536-22-8714"' + b"}" * 900
+    r = scan_bytes(engine, b'{"ssn":"536-22-8714","x":' + deep + b"}", content_type="application/json")
+    assert r.findings.get("us-ssn") == 1
+    r = scan_bytes(engine, b'[{"dob":"1975-03-14","ssn":"536-22-8714"},' + b"[" * 5000,
+                   content_type="application/json")
+    assert r.findings.get("us-ssn") == 1 and not any("reader stopped" in n for n in r.notes)
+
+
+def test_a_failing_reader_leaves_a_note_and_the_byte_view(engine, monkeypatch):
+    from sensor.detect.structure import view
+
+    def broken(doc, emit):
+        raise ValueError("536-22-8714")          # whatever it says, the note must not repeat it
+    monkeypatch.setattr(view, "records_of", broken)
+    f = next(x for x in corpus15.build() if x.name == "json_nested.json")
+    r = scan_bytes(engine, f.data, content_type=f.content_type)
+    assert any("json reader stopped (ValueError)" in n for n in r.notes)
+    assert "536-22-8714" not in " ".join(r.notes)
+    assert r.verdict == "trip" and r.records == f.truth          # the byte view reads this shape

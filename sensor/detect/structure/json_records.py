@@ -25,6 +25,7 @@ from sensor.detect.structure.records import scalar
 
 WHOLE_LIMIT = 8 << 20        # a JSON document up to this size is parsed whole
 SHORT_ARRAY = 4              # arrays of objects up to this length inside a record belong to it
+MAX_DEPTH = 48               # nesting read below a record (orjson allows 1024; Python's stack does not)
 _NAME_KEYS = ("name", "fieldName", "field", "title", "label", "key", "id")
 
 Fields = list[tuple[str, str]]
@@ -52,6 +53,7 @@ class _Walker:
     def __init__(self, emit: Emit):
         self.emit = emit
         self.headers: list[list[str]] = []     # headers seen so far, in document order
+        self.depth = 0
 
     # -- headers: gathered in document order, so rows find the nearest one before them -------------------
     def header_for(self, width: int, multiple_of: bool = False) -> list[str] | None:
@@ -95,9 +97,19 @@ class _Walker:
 
     def value(self, v: object, path: str, fields: Fields) -> None:
         if isinstance(v, dict):
-            self.obj(v, path, fields)
+            if self.depth < MAX_DEPTH:
+                self.depth += 1
+                try:
+                    self.obj(v, path, fields)
+                finally:
+                    self.depth -= 1
         elif isinstance(v, list):
-            self.array(v, path, fields)
+            if self.depth < MAX_DEPTH:
+                self.depth += 1
+                try:
+                    self.array(v, path, fields)
+                finally:
+                    self.depth -= 1
         else:
             s = scalar(v)
             if s is not None:

@@ -206,6 +206,9 @@ def _labels(engine: "Engine") -> Labels:
     return _tables(engine)[1]
 
 
+_CLOSED = object()
+
+
 class Shadow:
     """One per exchange scanner: the shadow scanner and the records it adds over the byte view."""
 
@@ -258,7 +261,23 @@ class Shadow:
         self.pending_size = 0
         self.reader = None
 
+    def _failed(self, e: Exception) -> None:
+        """A reader bug must not stop the scan: the part keeps its byte view, and the note says so
+        (the exception's type only: its text could quote the document)."""
+        self.parent.result.notes.append(f"structure: {self.kind} reader stopped ({type(e).__name__});"
+                                        " records from the byte view")
+        self.reader = None
+        self.pending = None
+        if self.child is not None and self.child._stream is not None:
+            self.child._close_stream()
+
     def feed(self, data: bytes, hits: list[tuple[int, int]]) -> None:
+        try:
+            self._feed(data, hits)
+        except Exception as e:  # noqa: BLE001 - see _failed
+            self._failed(e)
+
+    def _feed(self, data: bytes, hits: list[tuple[int, int]]) -> None:
         """``hits`` are the byte view's Hyperscan hits in ``data``: the reader starts at the first
         one that could belong to a person (a strong or quasi value, or such a signature's hotword)."""
         if self.pending is not None:
@@ -294,8 +313,13 @@ class Shadow:
 
     def close(self) -> None:
         if self.reader is not None:
-            self._write(self.reader.close())
-            self.child._close_stream()
+            try:
+                self._write(self.reader.close())
+            except Exception as e:  # noqa: BLE001 - see _failed
+                self._failed(e)
+            if self.child._stream is not None:
+                self.child._close_stream()
+            self.reader = self.reader or _CLOSED       # extra() reads the part's counts once more
             self.closed = list(self.extra()[:3])
         self.reader = None
         self.pending = None
