@@ -123,14 +123,22 @@ def _variants(ps) -> list[tuple[str, str, bytes]]:
           "COPY public.applicants (id, last_name, first_name, birth_date, street, license_number) FROM stdin;\n"
           + "".join(f"{i}\t{p.last}\t{p.first}\t{p.dob.isoformat()}\t{p.street}\t{p.dl}\n" for i, p in enumerate(ps))
           + "\\.\n\n").encode()
+    import datetime as dt
+    epoch = dt.datetime(1970, 1, 1)
+    stamps = json.dumps({"items": [
+        {"firstName": p.first, "lastName": p.last,
+         "dob": int((dt.datetime(p.dob.year, p.dob.month, p.dob.day) - epoch).total_seconds() * 1000)}
+        if i % 2 else {"firstName": p.first, "lastName": p.last, "birthDate": (p.dob - dt.date(1899, 12, 30)).days}
+        for i, p in enumerate(ps)]}).encode()
     return [("postgres dump, COPY FROM stdin", "application/sql", pg),
+            ("names + DOB as epoch milliseconds / Excel serials, nothing else", "application/json", stamps),
             ("json, deep and upper-case keys", "application/json", js),
             ("xml, namespaces, attributes and children", "text/xml", xml),
             ("sql, one tuple per INSERT, quoted schema", "text/plain", sql),
             ("rows keyed 'rows', names in 'columns'", "application/json", json.dumps(cols).encode())]
 
 
-@pytest.mark.parametrize("k", range(5))
+@pytest.mark.parametrize("k", range(6))
 def test_other_spellings_and_nestings_of_the_same_shapes(engine, k):
     ps = corpus15.people(120, seed=77)
     what, ct, data = _variants(ps)[k]

@@ -33,11 +33,15 @@ def normalise(key: str) -> str:
 class Labels:
     """What field names mean, derived from the pack's name-kind signatures' hotwords."""
     name_parts: frozenset[str]       # words that make a field one part of a person's name
+    dob_words: tuple[str, ...] = ()  # the DOB signature's hotwords: a field so named holds dates
 
     @classmethod
     def from_signatures(cls, signatures: Iterable) -> "Labels":
         parts: set[str] = set()
+        dob: list[str] = []
         for s in signatures:
+            if s.kind == "dob":
+                dob += [h for h in s.hotwords if h.replace(" ", "").isalpha()]
             if s.kind != "name":
                 continue
             for h in s.hotwords:
@@ -46,7 +50,11 @@ class Labels:
                     parts.add(words[0])                  # first name, given name, family name ...
                 elif len(words) == 1 and words[0] != "name":
                     parts.add(words[0])                  # surname, forename
-        return cls(frozenset(parts))
+        return cls(frozenset(parts), tuple(dob))
+
+    def dob_field(self, label: str) -> bool:
+        padded = f" {label} "
+        return any(f" {w} " in padded for w in self.dob_words)
 
     def name_part(self, label: str) -> int:
         """0: not a name part; 1: a leading part (given, first, middle); 2: a trailing one (family, last)."""

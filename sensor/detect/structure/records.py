@@ -3,11 +3,14 @@
 A record is a list of ``(field name, value)`` pairs however the document spelled it (JSON keys and
 paths, XML element/attribute names, SQL columns). The line puts the normalised field name before
 each value (so hotword context applies), joins a name split over given/family fields back into
-one name, cuts the time off ISO date-times (``1975-03-14T00:00:00`` is a date), leaves out fields
+one name, cuts the time off ISO date-times (``1975-03-14T00:00:00`` is a date), reads a number in
+a field named as a date of birth as the date it encodes (Excel serial, Unix seconds or
+milliseconds), leaves out fields
 named as the organisation's, and stays under the scanner's record window.
 """
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 from sensor.detect.structure.labels import Labels, normalise
@@ -37,6 +40,34 @@ def scalar(v: object) -> str | None:
     return None
 
 
+_NUMBER_DATE = re.compile(r"-?\d{5,13}")
+_EXCEL_EPOCH = dt.date(1899, 12, 30)
+_UNIX_EPOCH = dt.datetime(1970, 1, 1)
+
+
+def number_date(s: str) -> str | None:
+    """A date written as a number in a field named as a date of birth: an Excel serial (5 digits),
+    Unix seconds (9-10 digits) or milliseconds (11-13 digits), negative before 1970. None when
+    the number is none of these or lands outside 1900-2099. Nine or ten digits are read as
+    seconds (milliseconds that short fall in the first four months of 1970)."""
+    if not _NUMBER_DATE.fullmatch(s):
+        return None
+    n = int(s)
+    digits = len(s.lstrip("-"))
+    try:
+        if digits == 5 and n > 0:
+            d = _EXCEL_EPOCH + dt.timedelta(days=n)
+        elif 9 <= digits <= 10:
+            d = (_UNIX_EPOCH + dt.timedelta(seconds=n)).date()
+        elif 11 <= digits <= 13:                           # 11 digits: ms in 1970-73 (seconds: year 2286+)
+            d = (_UNIX_EPOCH + dt.timedelta(milliseconds=n)).date()
+        else:
+            return None
+    except OverflowError:
+        return None
+    return d.isoformat() if 1900 <= d.year <= 2099 else None
+
+
 class LineWriter:
     """Turns records into the lines the shadow scanner reads."""
 
@@ -60,6 +91,8 @@ class LineWriter:
             if part == 2:
                 trail.append(value)
                 continue
+            if label and value[-1:].isdigit() and labels.dob_field(label):
+                value = number_date(value) or value       # column consistency: the same date, spelled as a number
             piece = f"{label}: {value}" if label else value
             size += len(piece) + 2
             if size > MAX_LINE:
