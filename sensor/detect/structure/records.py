@@ -73,25 +73,36 @@ class LineWriter:
 
     def __init__(self, labels: Labels):
         self.labels = labels
+        self._keys: dict[str, tuple[str, int, bool, bool]] = {}   # key -> what its name means
+
+    def _key(self, key: str) -> tuple[str, int, bool, bool]:
+        """(label, name part, organisational, DOB field) of a field key; keys repeat every record."""
+        k = self._keys.get(key)
+        if k is None:
+            label = normalise(" ".join(key.rsplit(".", 2)[-2:])) if key else ""
+            L = self.labels
+            k = (label, L.name_part(label) if label else 0, bool(label) and L.organisational(label),
+                 bool(label) and L.dob_field(label))
+            if len(self._keys) < 4096:
+                self._keys[key] = k
+        return k
 
     def line(self, fields: list[tuple[str, str]]) -> bytes | None:
-        labels = self.labels
         lead: list[str] = []
         trail: list[str] = []
         out: list[str] = []
         size = 0
         for key, value in fields:
-            label = normalise(" ".join(key.rsplit(".", 2)[-2:])) if key else ""
-            if label and labels.organisational(label):
+            label, part, org, dob = self._key(key)
+            if org:
                 continue
-            part = labels.name_part(label) if label else 0
             if part == 1:
                 lead.append(value)
                 continue
             if part == 2:
                 trail.append(value)
                 continue
-            if label and value[-1:].isdigit() and labels.dob_field(label):
+            if dob and value[-1:].isdigit():
                 value = number_date(value) or value       # column consistency: the same date, spelled as a number
             piece = f"{label}: {value}" if label else value
             size += len(piece) + 2
