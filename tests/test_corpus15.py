@@ -130,7 +130,13 @@ def _variants(ps) -> list[tuple[str, str, bytes]]:
          "dob": int((dt.datetime(p.dob.year, p.dob.month, p.dob.day) - epoch).total_seconds() * 1000)}
         if i % 2 else {"firstName": p.first, "lastName": p.last, "birthDate": (p.dob - dt.date(1899, 12, 30)).days}
         for i, p in enumerate(ps)]}).encode()
+    table = json.dumps({"table": {
+        "cols": [{"id": c, "label": lab, "type": "string"} for c, lab in
+                 zip("ABCDE", ["Given Name", "Family Name", "Birth Date", "Residence Street", "Licence No"])],
+        "rows": [{"c": [{"v": p.first}, {"v": p.last}, {"v": p.us_dob}, {"v": p.street}, {"v": p.dl, "f": None}]}
+                 for p in ps]}}).encode()
     return [("postgres dump, COPY FROM stdin", "application/sql", pg),
+            ("DataTable: cols with labels, rows of {v} cells", "application/json", table),
             ("names + DOB as epoch milliseconds / Excel serials, nothing else", "application/json", stamps),
             ("json, deep and upper-case keys", "application/json", js),
             ("xml, namespaces, attributes and children", "text/xml", xml),
@@ -138,7 +144,7 @@ def _variants(ps) -> list[tuple[str, str, bytes]]:
             ("rows keyed 'rows', names in 'columns'", "application/json", json.dumps(cols).encode())]
 
 
-@pytest.mark.parametrize("k", range(6))
+@pytest.mark.parametrize("k", range(7))
 def test_other_spellings_and_nestings_of_the_same_shapes(engine, k):
     ps = corpus15.people(120, seed=77)
     what, ct, data = _variants(ps)[k]
@@ -161,6 +167,15 @@ def test_malformed_structure_is_a_note_not_an_error(engine):
     r = scan_bytes(engine, corpus15.xml_children(ps)[:-200] + b"</Wrong>", content_type="application/xml")
     assert any("not well-formed" in n for n in r.notes)
     assert r.findings.get("us-driver-licence", 0) >= 29
+
+
+def test_small_objects_in_an_array_are_still_records(engine):
+    """Two-field people ({name, ssn}) are records, not cells of one row."""
+    import json
+    ps = corpus15.people(60, seed=8)
+    doc = json.dumps([{"name": f"{p.first} {p.last}", "dob": p.us_dob} for p in ps]).encode()
+    r = scan_bytes(engine, doc, content_type="application/json")
+    assert r.verdict == "trip" and r.person_records >= 57, r.person_records
 
 
 def test_deep_or_broken_documents_never_stop_the_scan(engine):

@@ -11,7 +11,9 @@ to its record. Tabular layouts are turned back into rows:
 - columnar objects: parallel arrays of one length under column keys, and objects of
   ``{index: value}`` objects under column keys (dataframe ``columns`` orient);
 - a flat array of scalars whose length is a multiple of a header's width (a dashboard's data
-  dictionary, where the values of several fields share one array).
+  dictionary, where the values of several fields share one array);
+- arrays of cells (objects of one scalar, or with a ``v``/``value`` key) are the fields of one row,
+  named by position from a header of that width (a DataTable's ``cols``/``rows[].c``).
 
 The document is parsed whole with orjson (C speed) when it is at most :data:`WHOLE_LIMIT` bytes.
 """
@@ -132,6 +134,18 @@ class _Walker:
         if not a:
             return
         first = a[0]
+        if isinstance(first, dict) and all(isinstance(x, dict) and (len(x) == 1 or "v" in x or "value" in x)
+                                           and len(x) <= 3 for x in a[:64]) \
+                and all(not isinstance(y, (dict, list)) for x in a[:64] for y in x.values()):
+            # cells ({"v": ...}, {"type": .., "value": ..}): the fields of one row, named by the
+            # position in a header of that width when there is one (a DataTable's cols)
+            header = self.header_for(len(a)) if len(a) >= 2 else None
+            for k, x in enumerate(a[:64]):
+                v = x.get("v", x.get("value", next(iter(x.values()), None)))
+                s = scalar(v)
+                if s is not None:
+                    fields.append((header[k] if header is not None else path, s))
+            return
         if isinstance(first, dict):
             if len(a) <= SHORT_ARRAY and fields:          # a few sub-objects of one record
                 for x in a:
