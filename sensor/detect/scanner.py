@@ -163,7 +163,7 @@ class ExchangeScanner:
         self._stream: hs.Stream | None = None
         self._t0 = time.perf_counter()
         self._capped = False
-        self._shadow: Shadow | None = None     # records from structure (JSON, XML, SQL): see structure/view.py
+        self._shadow: Shadow | None = None     # records from structure: see structure/view.py
         self._skind: str | None = None
         self.begin_part(mode)
 
