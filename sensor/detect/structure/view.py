@@ -206,7 +206,14 @@ def _labels(engine: "Engine") -> Labels:
     return _tables(engine)[1]
 
 
-_CLOSED = object()
+class _Stopped:
+    """Stands for a reader that failed: reads nothing more, keeps the records it had made."""
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        return iter(())
+
+    def close(self) -> Iterator[bytes]:
+        return iter(())
 
 
 class Shadow:
@@ -266,10 +273,8 @@ class Shadow:
         (the exception's type only: its text could quote the document)."""
         self.parent.result.notes.append(f"structure: {self.kind} reader stopped ({type(e).__name__});"
                                         " records from the byte view")
-        self.reader = None
+        self.reader = _Stopped() if self.reader is not None else None
         self.pending = None
-        if self.child is not None and self.child._stream is not None:
-            self.child._close_stream()
 
     def feed(self, data: bytes, hits: list[tuple[int, int]]) -> None:
         try:
@@ -319,7 +324,6 @@ class Shadow:
                 self._failed(e)
             if self.child._stream is not None:
                 self.child._close_stream()
-            self.reader = self.reader or _CLOSED       # extra() reads the part's counts once more
             self.closed = list(self.extra()[:3])
         self.reader = None
         self.pending = None
