@@ -198,3 +198,12 @@ def test_a_failing_reader_leaves_a_note_and_the_byte_view(engine, monkeypatch):
     assert any("json reader stopped (ValueError)" in n for n in r.notes)
     assert "536-22-8714" not in " ".join(r.notes)
     assert r.verdict == "trip" and r.records == f.truth          # the byte view reads this shape
+
+
+def test_xml_two_field_people_are_records_and_card_rows_are_not(engine):
+    ssns = [f"{100 + i}-{10 + i % 80:02d}-{1000 + i}" for i in range(100)]
+    ps = corpus15.people(100, seed=9)
+    xml = ("<list>" + "".join(f'<p name="{p.first} {p.last}" ssn="{s}"/>' for p, s in zip(ps, ssns))
+           + "</list>").encode()
+    r = scan_bytes(engine, xml, content_type="application/xml")
+    assert r.verdict == "trip" and r.strong_records >= 95, (r.strong_records, r.notes)

@@ -1,7 +1,8 @@
 """Records from the structure of an XML document, streamed through expat.
 
 Repeated sibling elements with at least three fields are records (smaller repeated elements —
-label/value pairs, phone entries — belong to their parent's record): the second ``<Holder>``
+label/value pairs, phone entries — belong to their parent's record, unless it holds more than
+eight of them: then they are records too, a list of two-field people): the second ``<Holder>``
 under one parent makes both it and the first one records, and every later one is emitted as it closes (so memory holds one record
 and at most one waiting sibling per open element). An element's attributes, its leaf children's
 text and its non-repeated complex children (``<Name><First/><Last/></Name>``) are its fields,
@@ -18,7 +19,8 @@ from sensor.detect.structure.records import LineWriter, scalar
 
 MAX_FIELDS = 200          # fields kept per element (a record window, not the whole document)
 MAX_TEXT = 400            # characters of text kept per element
-MIN_RECORD_FIELDS = 3     # a repeated element with fewer fields belongs to its parent's record
+MIN_RECORD_FIELDS = 3     # a repeated element with fewer fields belongs to its parent's record ...
+SMALL_SIBLINGS = 8        # ... while the parent holds at most this many of them
 
 
 class _Refused(Exception):
@@ -34,6 +36,7 @@ class _Frame:
     complex: bool = False                                  # has element children
     pending: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     repeated: set[str] = field(default_factory=set)
+    small: dict[str, list[list[tuple[str, str]]]] = field(default_factory=dict)
 
 
 class XmlReader:
@@ -86,7 +89,10 @@ class XmlReader:
         if text is not None:
             fields.append((tag, text))
         for child, cf in f.pending.items():                # complex children seen once: this element's
-            fields.extend((f"{tag}.{k}", v) for k, v in cf)
+            fields.extend((f"{child}.{k}", v) for k, v in cf)
+        for child, held in f.small.items():                # a few small repeated children: this element's
+            for cf in held:
+                fields.extend((f"{child}.{k}", v) for k, v in cf)
         del fields[MAX_FIELDS:]
         parent = self.stack[-1] if self.stack else None
         if parent is None:
@@ -95,8 +101,16 @@ class XmlReader:
         if not f.complex and len(f.fields) - (text is not None) < 2:
             parent.fields.extend(fields)                   # a leaf (text, maybe an attribute): a field
             return
-        if len(fields) < MIN_RECORD_FIELDS:               # a label/value pair, a phone entry: its parent's
-            parent.fields.extend((f"{tag}.{k}", v) for k, v in fields)
+        if len(fields) < MIN_RECORD_FIELDS and tag not in parent.repeated:
+            # a label/value pair or a phone entry belongs to its parent's record ... unless the
+            # parent holds many of them: then each is a record (a list of two-field people)
+            held = parent.small.setdefault(tag, [])
+            held.append(fields)
+            if len(held) > SMALL_SIBLINGS:
+                for h in held:
+                    self._emit(h)
+                del parent.small[tag]
+                parent.repeated.add(tag)
             return
         if tag in parent.repeated:
             self._emit(fields)
