@@ -25,7 +25,9 @@ _CARRY = 64 << 10        # an unfinished tag or comment longer than this is drop
 
 
 class HtmlReader(XmlReader):
-    """The XML reader's record rules on an HTML token stream; fields unlabelled (see module doc)."""
+    """The XML reader's record rules on an HTML token stream; fields unlabelled (see module doc).
+    Small repeated blocks always belong to their parent: a profile card has many label/value rows."""
+    small_siblings = 1 << 30
 
     def __init__(self, writer: LineWriter, notes: list[str]):
         super().__init__(writer, notes)

@@ -40,6 +40,7 @@ class _Frame:
 
 
 class XmlReader:
+    small_siblings = SMALL_SIBLINGS
     def __init__(self, writer: LineWriter, notes: list[str]):
         self.w = writer
         self.notes = notes
@@ -106,7 +107,7 @@ class XmlReader:
             # parent holds many of them: then each is a record (a list of two-field people)
             held = parent.small.setdefault(tag, [])
             held.append(fields)
-            if len(held) > SMALL_SIBLINGS:
+            if len(held) > self.small_siblings:
                 for h in held:
                     self._emit(h)
                 del parent.small[tag]
