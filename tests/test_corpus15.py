@@ -178,6 +178,15 @@ def test_small_objects_in_an_array_are_still_records(engine):
     assert r.verdict == "trip" and r.person_records >= 57, r.person_records
 
 
+def test_records_keyed_by_id_may_miss_optional_fields(engine):
+    import json
+    ps = corpus15.people(80, seed=10)
+    doc = {f"user-{i}": {"name": f"{p.first} {p.last}", "dob": p.us_dob, **({"dl": p.dl} if i % 3 else {}),
+                         **({"nickname": p.first[:3]} if i % 2 else {})} for i, p in enumerate(ps)}
+    r = scan_bytes(engine, json.dumps({"users": doc}).encode(), content_type="application/json")
+    assert r.verdict == "trip" and r.person_records >= 76, r.person_records
+
+
 def test_deep_or_broken_documents_never_stop_the_scan(engine):
     deep = b'{"a":' * 900 + b'"536-22-8714"' + b"}" * 900
     r = scan_bytes(engine, b'{"ssn":"536-22-8714","x":' + deep + b"}", content_type="application/json")

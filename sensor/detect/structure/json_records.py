@@ -123,7 +123,8 @@ class _Walker:
         vals = list(d.values())
         if len(vals) >= 3 and all(isinstance(x, dict) and x for x in vals):
             shape = set(vals[0])
-            if all(set(x) == shape for x in vals):       # records keyed by id / row index
+            # records keyed by id / row index: objects of one shape (optional fields may be missing)
+            if all(2 * len(shape & x.keys()) >= len(shape) for x in vals):
                 for x in vals:
                     self.record(x)
                 return
