@@ -187,6 +187,17 @@ def test_records_keyed_by_id_may_miss_optional_fields(engine):
     assert r.verdict == "trip" and r.person_records >= 76, r.person_records
 
 
+def test_json_lines_with_long_lines_read_as_a_stream(engine, monkeypatch):
+    from sensor.detect.structure import view
+    monkeypatch.setattr(view, "WHOLE_LIMIT", 4096)
+    ps = corpus15.people(100, seed=11)
+    pad = "x" * 5000                                  # the first line is longer than the sniff window
+    doc = "".join('{"pad":"%s","given_name":"%s","family_name":"%s","born":"%s","dl":"%s"}\n'
+                  % (pad, p.first, p.last, p.dob.isoformat(), p.dl) for p in ps).encode()
+    r = scan_bytes(engine, doc, content_type="application/x-ndjson", chunk=3000)
+    assert r.verdict == "trip" and r.person_records >= 95, (r.person_records, r.notes)
+
+
 def test_deep_or_broken_documents_never_stop_the_scan(engine):
     deep = b'{"a":' * 900 + b'"536-22-8714"' + b"}" * 900
     r = scan_bytes(engine, b'{"ssn":"536-22-8714","x":' + deep + b"}", content_type="application/json")

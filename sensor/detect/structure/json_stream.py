@@ -3,6 +3,7 @@
 A small incremental tokenizer for structure only (strings are skipped whole by one C-speed regex;
 only brackets, commas and colons reach Python) cuts out, as soon as each is complete:
 
+- every top-level document after the first (JSON Lines whose lines are too long to sniff);
 - every element of the root array, and of an array that is the value of a root key
   (``{"data": [...]}``, ``{"features": [...]}``, ``{"rows": [...]}``);
 - every other object value of a root key (``"meta": {...}``), and a root key's short array of
@@ -41,6 +42,7 @@ class JsonSplitter:
         self.skip = False             # the piece grew past MAX_PIECE: let it go
         self.scanned = 0              # absolute offset up to which buf has been tokenized
         self.arr: int | None = None   # start of a root key's array of scalars (a header, maybe)
+        self.roots = 0                # top-level values seen (more than one: JSON Lines)
 
     def feed(self, data: bytes) -> None:
         buf = self.buf + data
@@ -71,7 +73,10 @@ class JsonSplitter:
                     self.arr = base + m.start()
                 elif d == 2 and self.arr is not None:
                     self.arr = None              # an array of containers: its elements are cut out
-                if self.cap is None and (d == 1 and stack[0] == b"["
+                if d == 0:
+                    self.roots += 1
+                if self.cap is None and (d == 0 and self.roots > 1          # JSON Lines / concatenated
+                                         or d == 1 and stack[0] == b"["
                                          or d == 1 and stack[0] == b"{" and c == b"{"
                                          or d == 2 and stack[0] == b"{" and stack[1] == b"["):
                     self.cap = base + m.start()
@@ -126,7 +131,9 @@ class JsonSplitter:
             if header is not None and len(set(header)) == len(header):
                 w.record(dict(zip(header, v)))
                 return
-        if len(stack) == 1 and stack[0] == b"{" and isinstance(v, dict):
+        if not stack:
+            w.top(v)                         # a whole later document of JSON Lines
+        elif len(stack) == 1 and stack[0] == b"{" and isinstance(v, dict):
             w.record(v, self.key)            # a root key's object value: its records
         else:
             w.record(v)
