@@ -1,4 +1,4 @@
-"""The sensor's configuration file (YAML), with defaults and errors that name the key.
+"""The sensor's configuration file (YAML): one declarative schema, defaults, and errors that name the key.
 
 Command-line flags override the file; the file overrides defaults. Every section is optional::
 
@@ -6,38 +6,56 @@ Command-line flags override the file; the file overrides defaults. Every section
     log_format: text                 # text | json (one JSON object per line); --log-format overrides
     state_dir: /var/lib/dlp-sensor   # registry, ledger, alert spool, HMAC key, admin token
     start_empty: false               # true: a damaged database there is moved aside, not refused
-    hmac_key: null                   # hex; else $DLP_SENSOR_HMAC_KEY; else generated in state_dir
+    hmac_key_file: /run/secrets/hmac # hex; or hmac_key_env: VAR; else $DLP_SENSOR_HMAC_KEY; else generated
     signatures: []                   # extra packs (files or directories)
     default_signatures: true
     policy: null                     # a policy file path, or the policy mapping inline
     proxy: {listen, upstream, mode, holdback_kib, on_error, upstream_timeout, connect_timeout,
-            max_scans, block_page, tls: {cert, key}, trust_forwarded, routes: [{match, mode, on_error, holdback_kib}]}
-    extproc: {listen: 127.0.0.1:50051}                                        # the Envoy ext_proc tap
-    icap: {listen: 127.0.0.1:1344, max_connections: 512, options_ttl: 300, preview: 4096, holdback_kib: 32}   # mode/routes/block page: proxy's
+            max_scans, block_page, tls: {cert, key}, trust_forwarded, routes: [{match, mode, on_error, holdback_kib}],
+            idle_timeout: 15, max_connections: 4096, http10_buffer_mib: 64}
+    extproc: {listen: 127.0.0.1:50051}
+    icap: {listen: 127.0.0.1:1344, max_connections: 512, options_ttl: 300, preview: 4096, holdback_kib: 32}
     takedown: {query: ignore|keep|[names], fingerprint_kib: 64}
-    ledger: {client_retention_days: 90}   # how long a client hash is kept (the counts stay)
+    ledger: {client_retention_days: 90}
     metrics: 127.0.0.1:9102          # also serves /healthz and /readyz
-    admin: {listen: 127.0.0.1:9103, token: null}
+    admin: {listen: 127.0.0.1:9103, token_file: /run/secrets/admin-token}
     alerts: {source_ip: hashed, retry_initial: 0.5, retry_max: 10, sinks: [{type: stdout}, ...]}
-    kafka: {bootstrap, topic_prefix: "dlp.", security_protocol, sasl_mechanism, sasl_username, sasl_password,
-            ssl_cafile, ssl_certfile, ssl_keyfile, fleet: true, catchup_timeout: 30,
-            mirror: {enabled: false, queue_mib: 64, overflow: local|drop},
-            worker: {group: dlp-sensor-worker, partitions: 8, exchange_timeout: 60, web_port: 6066}}
+    kafka: {bootstrap, topic_prefix, security_protocol, sasl_mechanism, sasl_username, sasl_password_env, ...}
+
+Design. The file is described by pydantic models (``ConfigFile`` and its sections, the sinks a
+union discriminated by ``type``): they give the checks, the defaults, the JSON Schema
+(:func:`json_schema`, ``dlp-sensor config schema``) and the reference (docs/config-reference.md)
+from one place. The rest of the code keeps using the plain dataclasses below (``Config``,
+``ProxyConfig``…): their shape differs from the file's on purpose (sizes in bytes not KiB, the
+proxy's TLS pair flattened, ``admin`` a HOST:PORT, the Kafka mirror a flag) and code and tests
+build and ``replace()`` them directly, so a validated file is converted into them rather than
+every call site being rewritten. Fields with the same name in a section model and its dataclass
+are copied over without further code, so a new key needs its model field and its dataclass field.
+
+Secrets (``hmac_key``, ``admin.token``, ``kafka.sasl_password``, every sink credential) are never
+required inline: each ``NAME`` also takes ``NAME_file: /path`` (the file's contents, one trailing
+newline stripped) or ``NAME_env: VARIABLE``; at most one of the three. Errors name the key that
+failed and never print a secret's value.
 """
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import os
 import socket
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal, Union
+from urllib.parse import urlsplit
 
-from sensor.yamlfile import read_yaml
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
+                      ValidationInfo, WrapValidator, field_validator, model_validator)
+from pydantic_core import PydanticCustomError
 
 from sensor.alerts.schema import SOURCE_IP_MODES
-from sensor.alerts.sinks import make_sink
+from sensor.alerts.sinks import PAGERDUTY_URL, SINK_TYPES
 from sensor.enforce.resource import QueryRule
+from sensor.yamlfile import read_yaml
 
 
 class ConfigError(ValueError):
@@ -46,7 +64,15 @@ class ConfigError(ValueError):
 
 MODES = ("monitor", "enforce")
 ON_ERROR = ("open", "closed")
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+OVERFLOW = ("local", "drop")
+SECRET_SUFFIXES = ("_file", "_env")
 
+
+# ---------------------------------------------------------------------------------------------
+# The runtime configuration: what the rest of the code reads.
+# ---------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class ProxyRoute:
@@ -54,6 +80,16 @@ class ProxyRoute:
     mode: str
     on_error: str
     holdback: int
+    on_error_explicit: bool = False     # on_error was written in the file (route or proxy section)
+
+    @property
+    def on_decode_limit(self) -> str:
+        """What a body that could not be fully inspected gets: ``on_error`` when the operator chose
+        it, else closed on an enforce route (a leak must not hide behind a decode limit) and open on
+        a monitor route."""
+        if self.on_error_explicit:
+            return self.on_error
+        return "closed" if self.mode == "enforce" else "open"
 
 
 @dataclass
@@ -63,6 +99,7 @@ class ProxyConfig:
     mode: str = "enforce"
     holdback: int = 64 << 10
     on_error: str = "open"
+    on_error_explicit: bool = False
     upstream_timeout: float = 30.0
     connect_timeout: float = 5.0
     max_scans: int = 512
@@ -71,12 +108,15 @@ class ProxyConfig:
     tls_key: str | None = None
     trust_forwarded: bool = False
     routes: tuple[ProxyRoute, ...] = ()
+    idle_timeout: float = 15.0          # s without a complete request head (new or keep-alive) before close
+    max_connections: int = 4096         # client connections; past it the oldest idle one is closed, else 503
+    http10_buffer: int = 64 << 20       # enforce: an unframed body for an HTTP/1.0 client is buffered up to this
 
     def route(self, path: str) -> ProxyRoute:
         for r in self.routes:
             if fnmatch.fnmatchcase(path, r.match):
                 return r
-        return ProxyRoute("*", self.mode, self.on_error, self.holdback)
+        return ProxyRoute("*", self.mode, self.on_error, self.holdback, self.on_error_explicit)
 
 
 @dataclass
@@ -84,18 +124,15 @@ class IcapConfig:
     listen: str = "127.0.0.1:1344"
     preview: int = 4096          # squid stalls when the preview reaches its 64 KiB read buffer
     holdback: int = 32 << 10     # echo hold-back: squid stops sending at 64 KiB not yet answered
-    max_connections: int = 512
+    max_connections: int = 512   # advertised in OPTIONS and enforced: past it a connection gets 503
     options_ttl: int = 300
+    idle_timeout: float = 60.0   # s a connection may wait for the next ICAP head
+    read_timeout: float = 30.0   # s a started request may stall (encapsulated heads, each body piece)
 
 
 @dataclass
 class ExtProcConfig:
     listen: str = "127.0.0.1:50051"
-
-
-SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-OVERFLOW = ("local", "drop")
 
 
 @dataclass
@@ -152,270 +189,778 @@ class Config:
     indexes: list = field(default_factory=list)   # EDM: sensor.edm.match.IndexSpec, from `indexes:` and --index
 
 
-def _check(cond: bool, where: str, why: str) -> None:
-    if not cond:
-        raise ConfigError(f"{where}: {why}")
+# ---------------------------------------------------------------------------------------------
+# Value types: each one checks, says why in the project's words, and exports to JSON Schema.
+# ---------------------------------------------------------------------------------------------
+
+def _problem(why: str, key: str | None = None) -> PydanticCustomError:
+    """An error whose text is ours; ``key`` names a key below the one pydantic reports."""
+    ctx: dict[str, Any] = {"why": why}
+    if key:
+        ctx["key"] = key
+    return PydanticCustomError("config", "{why}", ctx)
 
 
-def _keys(raw: Any, where: str, known: set[str]) -> dict:
-    _check(isinstance(raw, dict), where, "must be a mapping")
-    bad = set(raw) - known
-    _check(not bad, where, f"unknown key(s) {sorted(bad)}; known: {sorted(known)}")
-    return raw
+def _show(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) <= 60 else s[:57] + "..."
 
 
-def parse_hostport(v: Any, where: str) -> str:
-    _check(isinstance(v, str) and ":" in v, where, f"must be HOST:PORT (got {v!r})")
-    host, _, port = v.rpartition(":")
-    _check(port.isdigit() and 0 < int(port) < 65536, where, f"port must be 1-65535 (got {port!r})")
+def _described(why: str, echo: bool = True):
+    """Replace pydantic's wording for a value by ``why (got VALUE)``; ``echo=False`` where it may be a secret."""
+    def wrap(v: Any, handler: Any) -> Any:
+        try:
+            return handler(v)
+        except ValidationError:
+            raise _problem(f"{why} (got {_show(v)})" if echo else why) from None
+    return WrapValidator(wrap)
+
+
+def _resolving(info: ValidationInfo) -> bool:
+    """False under ``parse_config(..., resolve=False)``: files and environment are not consulted."""
+    return not (info.context or {}).get("offline", False)
+
+
+def whole(ge: int | None = None, gt: int | None = None, le: int | None = None) -> Any:
+    """An integer in range; a YAML float or string is refused (``max_scans: 1.5`` is a mistake, not 1)."""
+    bound = " and ".join(b for b in (f">= {ge}" if ge is not None else "", f"> {gt}" if gt is not None else "",
+                                     f"<= {le}" if le is not None else "") if b)
+    return Annotated[int, Field(ge=ge, gt=gt, le=le), _described(f"must be a whole number {bound}".strip())]
+
+
+def number(ge: float | None = None, gt: float | None = None) -> Any:
+    """A float or integer in range (seconds, days, MiB); strings such as ``5m`` are refused."""
+    bound = f">= {ge:g}" if ge is not None else f"> {gt:g}" if gt is not None else ""
+    return Annotated[float, Field(ge=ge, gt=gt), _described(f"must be a number {bound}".strip())]
+
+
+def choice(values: tuple[str, ...]) -> Any:
+    """One of a few words; the JSON Schema lists them as an enum."""
+    return Annotated[Literal[values], _described(f"must be one of {', '.join(values)}")]
+
+
+Flag = Annotated[bool, _described("must be true or false")]
+Text = Annotated[str, Field(min_length=1), _described("must be a non-empty string")]
+Mode = choice(MODES)
+OnError = choice(ON_ERROR)
+
+
+def hostport_problem(v: Any) -> str | None:
+    """Why ``v`` is not HOST:PORT, or None (shared by the file's keys and the command-line flags)."""
+    if not (isinstance(v, str) and ":" in v):
+        return f"must be HOST:PORT (got {_show(v)})"
+    port = v.rpartition(":")[2]
+    if not (port.isdigit() and 0 < int(port) < 65536):
+        return f"port must be 1-65535 (got {port!r})"
+    return None
+
+
+def _hostport(v: Any) -> str:
+    why = hostport_problem(v)
+    if why:
+        raise _problem(why)
     return v
 
 
-def _num(v: Any, where: str, positive: bool = True) -> float:
-    _check(isinstance(v, (int, float)) and not isinstance(v, bool) and (v > 0 if positive else v >= 0), where,
-           f"must be a {'positive' if positive else 'non-negative'} number (got {v!r})")
-    return float(v)
+def url_problem(v: Any, secret: bool = False) -> str | None:
+    """Why ``v`` is not an http(s) URL with a host, or None; a secret URL is never quoted back."""
+    got = "" if secret else f" (got {_show(v)})"
+    if not isinstance(v, str):
+        return "must be an http:// or https:// URL" + got
+    try:
+        parts = urlsplit(v)
+        parts.port                                              # raises on a port that is not 0-65535
+    except ValueError:
+        return "must be an http:// or https:// URL with a numeric port" + got
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http:// or https:// URL" + got
+    return None
 
 
-def _proxy(raw: dict, where: str) -> ProxyConfig:
-    raw = _keys(raw, where, {"listen", "upstream", "mode", "holdback_kib", "on_error", "upstream_timeout",
-                             "connect_timeout", "max_scans", "block_page", "tls", "trust_forwarded", "routes"})
-    p = ProxyConfig()
-    if "listen" in raw:
-        p.listen = parse_hostport(raw["listen"], f"{where}.listen")
-    if "upstream" in raw:
-        u = raw["upstream"]
-        _check(isinstance(u, str) and u.startswith(("http://", "https://")), f"{where}.upstream",
-               f"must be an http:// or https:// URL (got {u!r})")
-        p.upstream = u.rstrip("/")
-    if "mode" in raw:
-        _check(raw["mode"] in MODES, f"{where}.mode", f"must be one of {MODES} (got {raw['mode']!r})")
-        p.mode = raw["mode"]
-    if "on_error" in raw:
-        _check(raw["on_error"] in ON_ERROR, f"{where}.on_error", f"must be one of {ON_ERROR}")
-        p.on_error = raw["on_error"]
-    if "holdback_kib" in raw:
-        p.holdback = int(_num(raw["holdback_kib"], f"{where}.holdback_kib", positive=False)) << 10
-    for k in ("upstream_timeout", "connect_timeout"):
-        if k in raw:
-            setattr(p, k, _num(raw[k], f"{where}.{k}"))
-    if "max_scans" in raw:
-        p.max_scans = int(_num(raw["max_scans"], f"{where}.max_scans"))
-    if "block_page" in raw:
-        _check(Path(str(raw["block_page"])).is_file(), f"{where}.block_page", f"no such file {raw['block_page']!r}")
-        p.block_page = str(raw["block_page"])
-    if "tls" in raw:
-        tls = _keys(raw["tls"], f"{where}.tls", {"cert", "key"})
-        for k in ("cert", "key"):
-            _check(isinstance(tls.get(k), str) and Path(tls[k]).is_file(), f"{where}.tls.{k}",
-                   f"must name a readable PEM file (got {tls.get(k)!r})")
-        p.tls_cert, p.tls_key = tls["cert"], tls["key"]
-    if "trust_forwarded" in raw:
-        _check(isinstance(raw["trust_forwarded"], bool), f"{where}.trust_forwarded", "must be true or false")
-        p.trust_forwarded = raw["trust_forwarded"]
-    routes = []
-    for i, r in enumerate(raw.get("routes") or []):
-        rw = f"{where}.routes[{i}]"
-        r = _keys(r, rw, {"match", "mode", "on_error", "holdback_kib"})
-        _check(isinstance(r.get("match"), str), f"{rw}.match", "required: a path glob such as /exports/*")
-        mode = r.get("mode", p.mode)
-        _check(mode in MODES, f"{rw}.mode", f"must be one of {MODES}")
-        onerr = r.get("on_error", p.on_error)
-        _check(onerr in ON_ERROR, f"{rw}.on_error", f"must be one of {ON_ERROR}")
-        hb = int(_num(r["holdback_kib"], f"{rw}.holdback_kib", positive=False)) << 10 if "holdback_kib" in r \
-            else p.holdback
-        routes.append(ProxyRoute(r["match"], mode, onerr, hb))
-    p.routes = tuple(routes)
-    return p
+def _url(v: Any) -> str:
+    why = url_problem(v)
+    if why:
+        raise _problem(why)
+    return v
 
 
-def parse_config(raw: Any, where: str = "config") -> Config:
-    if raw is None:
-        raw = {}
-    raw = _keys(raw, where, {"sensor_id", "log_format", "state_dir", "start_empty", "hmac_key", "signatures",
-                             "default_signatures", "policy",
-                             "proxy", "icap", "extproc", "takedown", "ledger", "metrics", "admin",
-                             "alerts", "kafka", "indexes"})
-    c = Config()
-    if "sensor_id" in raw:
-        _check(isinstance(raw["sensor_id"], str) and raw["sensor_id"], f"{where}.sensor_id", "must be a string")
-        c.sensor_id = raw["sensor_id"]
-    if "log_format" in raw:
-        _check(raw["log_format"] in ("text", "json"), f"{where}.log_format", "must be text or json")
-        c.log_format = raw["log_format"]
-    if raw.get("state_dir"):
-        c.state_dir = Path(str(raw["state_dir"]))
-    if "start_empty" in raw:
-        _check(isinstance(raw["start_empty"], bool), f"{where}.start_empty", "must be true or false")
-        c.start_empty = raw["start_empty"]
-    if raw.get("hmac_key"):
-        c.hmac_key = str(raw["hmac_key"])
-    if "signatures" in raw:
-        sigs = raw["signatures"] or []
-        _check(isinstance(sigs, list) and all(isinstance(s, str) for s in sigs), f"{where}.signatures",
-               "must be a list of paths")
-        c.signatures = sigs
-    if "default_signatures" in raw:
-        c.default_signatures = bool(raw["default_signatures"])
-    c.policy = raw.get("policy")
-    if "indexes" in raw:
-        from sensor.edm.match import parse_index_specs
+def _existing_file(v: Any, info: ValidationInfo) -> str:
+    if _resolving(info) and not Path(v).is_file():
+        raise _problem(f"no such file {v!r}")
+    return v
+
+
+HostPort = Annotated[str, Field(pattern=r"^.*:[0-9]{1,5}$"),
+                     _described("must be HOST:PORT"), AfterValidator(_hostport)]
+HttpUrl = Annotated[str, Field(pattern=r"^https?://", json_schema_extra={"format": "uri"}),
+                    _described("must be an http:// or https:// URL"), AfterValidator(_url)]
+PortNumber = whole(ge=1, le=65535)
+FilePath = Annotated[str, _described("must be a file path"), AfterValidator(_existing_file)]
+
+
+def _none_is_empty(v: Any) -> Any:
+    return [] if v is None else v
+
+
+def _off_is_none(v: Any) -> Any:
+    return None if v is False else v
+
+
+# ---------------------------------------------------------------------------------------------
+# The file's sections.
+# ---------------------------------------------------------------------------------------------
+
+class Section(BaseModel):
+    """A mapping of the file: unknown (typo'd) keys are refused, values are taken as YAML typed them."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=False, defer_build=True)
+    # Secrets: name -> required? Each takes NAME, NAME_file or NAME_env (fields declared per model).
+    secrets: ClassVar[dict[str, bool]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise _problem(f"must be a mapping (got {_show(data)})")
+        known = sorted(f.alias or n for n, f in cls.model_fields.items())
+        for k in data:
+            if k not in known:
+                near = difflib.get_close_matches(str(k), known, n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else ""
+                raise _problem(f"unknown key{hint} (known: {', '.join(known)})", key=str(k))
+        return data
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _check_secret_field(cls, v: Any, info: ValidationInfo) -> Any:
+        """Each secret form on its own, so that its errors come with every other key's."""
+        for secret in cls.secrets:
+            if v is None or info.field_name not in (secret, secret + "_file", secret + "_env"):
+                continue
+            if info.field_name == secret:
+                why = cls.check_secret(secret, v)
+            elif not _resolving(info):
+                return v
+            else:
+                why = cls.check_secret(secret, read_secret(info.field_name, v))
+                why = why and f"the value it gives {why}"
+            if why:
+                raise _problem(why)
+        return v
+
+    @model_validator(mode="after")
+    def _resolve_secrets(self, info: ValidationInfo) -> Any:
+        for name, required in self.secrets.items():
+            given = [k for k in (name, name + "_file", name + "_env") if getattr(self, k) is not None]
+            if len(given) > 1:
+                raise _problem(f"give one of {', '.join(given)}, not several", key=given[1])
+            if not given:
+                if required:
+                    raise _problem(f"required: {name}, {name}_file (a file holding it) or {name}_env "
+                                   f"(an environment variable holding it)", key=name)
+                continue
+            if given[0] != name and _resolving(info):          # checked by _check_secret_field
+                setattr(self, name, read_secret(given[0], getattr(self, given[0]), key=given[0]))
+        return self
+
+    @classmethod
+    def check_secret(cls, name: str, value: str) -> str | None:
+        """Why a resolved secret is unusable (without quoting it), or None."""
+        return None
+
+    def model_dump_runtime(self) -> dict:
+        """Values with resolved secrets, without the ``*_file``/``*_env`` references and unset options."""
+        drop = {n + s for n in self.secrets for s in SECRET_SUFFIXES}
+        return {k: v for k, v in self.model_dump(exclude=drop).items() if v is not None}
+
+
+def read_secret(source: str, ref: str, key: str | None = None) -> str:
+    """The secret that ``NAME_file: PATH`` or ``NAME_env: VAR`` points at; errors never quote it."""
+    if source.endswith("_file"):
         try:
-            c.indexes = parse_index_specs(raw["indexes"], f"{where}.indexes")
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-    _check(c.policy is None or isinstance(c.policy, (str, dict)), f"{where}.policy",
-           "must be a file path or a mapping")
-    if "proxy" in raw:
-        c.proxy = _proxy(raw["proxy"], f"{where}.proxy")
-    if "icap" in raw:
-        ic = _keys(raw["icap"], f"{where}.icap", {"listen", "max_connections", "options_ttl", "preview", "holdback_kib"})
-        if "listen" in ic:
-            c.icap.listen = parse_hostport(ic["listen"], f"{where}.icap.listen")
-        for k in ("max_connections", "options_ttl", "preview"):
-            if k in ic:
-                setattr(c.icap, k, int(_num(ic[k], f"{where}.icap.{k}")))
-        if "holdback_kib" in ic:
-            c.icap.holdback = int(_num(ic["holdback_kib"], f"{where}.icap.holdback_kib", positive=False)) << 10
-    if "extproc" in raw:
-        ep = _keys(raw["extproc"], f"{where}.extproc", {"listen"})
-        if "listen" in ep:
-            c.extproc.listen = parse_hostport(ep["listen"], f"{where}.extproc.listen")
-    if "takedown" in raw:
-        t = _keys(raw["takedown"], f"{where}.takedown", {"query", "fingerprint_kib"})
-        try:
-            c.query = QueryRule.parse(t.get("query"), f"{where}.takedown.query")
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        if "fingerprint_kib" in t:
-            c.fingerprint_bytes = int(_num(t["fingerprint_kib"], f"{where}.takedown.fingerprint_kib")) << 10
-    if "ledger" in raw:
-        led = _keys(raw["ledger"], f"{where}.ledger", {"client_retention_days"})
-        if "client_retention_days" in led:
-            c.client_retention_days = _num(led["client_retention_days"], f"{where}.ledger.client_retention_days")
-            _check(c.client_retention_days > 0, f"{where}.ledger.client_retention_days",
-                   "must be > 0 (days a client hash is kept)")
-    if "metrics" in raw:
-        c.metrics = None if raw["metrics"] in (None, False) else parse_hostport(raw["metrics"], f"{where}.metrics")
-    if "admin" in raw:
-        a = raw["admin"]
-        if a in (None, False):
-            c.admin = None
+            text = Path(ref).read_text(encoding="utf-8")
+        except OSError as e:
+            raise _problem(f"cannot read {ref!r}: {e.strerror}", key=key) from None
+        except UnicodeDecodeError:
+            raise _problem(f"{ref!r} is not UTF-8 text", key=key) from None
+        text = text[:-1] if text.endswith("\n") else text
+        text = text[:-1] if text.endswith("\r") else text
+        if not text:
+            raise _problem(f"{ref!r} is empty", key=key)
+        return text
+    if not ref:
+        raise _problem("must name an environment variable", key=key)
+    value = os.environ.get(ref)
+    if not value:
+        raise _problem(f"environment variable {ref} is not set or empty", key=key)
+    return value
+
+
+def _secret_doc(name: str, what: str) -> dict[str, Any]:
+    return {"description": f"{what} Secret: or {name}_file / {name}_env."}
+
+
+def _secret_text(v: Any, handler: Any) -> Any:
+    try:
+        return handler(v)
+    except ValidationError:
+        raise _problem("must be a string (quote it in YAML)") from None      # never quote a secret back
+
+
+SecretText = Annotated[str, WrapValidator(_secret_text)]
+SecretRef = Annotated[str, Field(min_length=1), _described("must be a non-empty string")]
+
+
+class RouteSection(Section):
+    """A per-path override of the proxy's mode, error behaviour and hold-back; the first match wins."""
+    match: Text = Field(description="Path glob (fnmatch), e.g. /exports/*.")
+    mode: Mode | None = Field(None, description="monitor or enforce; default: proxy.mode.")
+    on_error: OnError | None = Field(None, description="open or closed; default: proxy.on_error.")
+    holdback_kib: whole(ge=0) | None = Field(None, description="KiB held back until scanned; "
+                                                               "default: proxy.holdback_kib.")
+
+
+class TlsSection(Section):
+    cert: FilePath = Field(description="PEM certificate chain the proxy serves.")
+    key: FilePath = Field(description="PEM private key of the certificate.")
+
+
+class ProxySection(Section):
+    """The inline reverse proxy (``dlp-sensor proxy``)."""
+    listen: HostPort = Field("127.0.0.1:8000", description="Where clients connect.")
+    upstream: HttpUrl = Field("http://127.0.0.1:8080", description="The app behind the sidecar.")
+    mode: Mode = Field("enforce", description="Default route mode: enforce holds back and cuts; monitor only alerts.")
+    holdback_kib: whole(ge=0) = Field(64, description="KiB of each response held back until scanned (enforce).")
+    on_error: OnError = Field("open", description="When the scanner is overloaded or fails: open forwards, "
+                                                  "closed refuses. Unset, a body that hit a decode limit "
+                                                  "fails closed on enforce routes and open on monitor routes.")
+    upstream_timeout: number(gt=0) = Field(30.0, description="Seconds to wait for the upstream's answer.")
+    connect_timeout: number(gt=0) = Field(5.0, description="Seconds to connect to the upstream.")
+    max_scans: whole(ge=1) = Field(512, description="Responses scanned at once; above it on_error applies.")
+    block_page: FilePath | None = Field(None, description="HTML file served with the 451 of a taken-down resource.")
+    tls: TlsSection | None = Field(None, description="Serve HTTPS with this certificate and key.")
+    trust_forwarded: Flag = Field(False, description="Take the client address from X-Forwarded-For.")
+    routes: Annotated[list[RouteSection], BeforeValidator(_none_is_empty)] = Field(
+        default_factory=list, description="Per-path overrides, first match wins.")
+    idle_timeout: number(gt=0) = Field(15.0, description="Seconds a connection may go without a complete request "
+                                                         "head (new, slow, half-open or idle keep-alive) before "
+                                                         "it is closed.")
+    max_connections: whole(ge=1) = Field(4096, description="Client connections; past it the oldest idle one is "
+                                                           "closed, else 503. Lowered to (file limit - 128) / 2.")
+    http10_buffer_mib: number(ge=0) = Field(64, description="Enforce routes: a body without a length for an "
+                                                            "HTTP/1.0 client is buffered up to this, scanned and "
+                                                            "sent with a Content-Length; larger: 505.")
+
+
+class IcapSection(Section):
+    """The ICAP RESPMOD server (``dlp-sensor icap``); mode, routes and block page are the proxy's."""
+    listen: HostPort = Field("127.0.0.1:1344", description="Where squid or the gateway connects.")
+    max_connections: whole(ge=1) = Field(512, description="Concurrent ICAP connections.")
+    options_ttl: whole(ge=1) = Field(300, description="Seconds a client may cache the OPTIONS answer.")
+    preview: whole(ge=1) = Field(4096, description="Preview bytes asked of the client.")
+    holdback_kib: whole(ge=0) = Field(32, description="KiB echoed back only once scanned.")
+    idle_timeout: number(gt=0) = Field(60.0, description="Seconds a connection may wait for its next request.")
+    read_timeout: number(gt=0) = Field(30.0, description="Seconds a started request may stall (heads, each body "
+                                                         "piece) or the client may stop reading the answer.")
+
+
+class ExtProcSection(Section):
+    """The Envoy ext_proc gRPC server (``dlp-sensor extproc``)."""
+    listen: HostPort = Field("127.0.0.1:50051", description="Where Envoy connects.")
+
+
+def _query(v: Any, handler: Any) -> Any:
+    if v is None:
+        return "ignore"
+    try:
+        QueryRule.parse(v, "")
+    except ValueError:
+        raise _problem(f"must be 'ignore', 'keep' or a list of parameter names (got {_show(v)})") from None
+    return handler(v)
+
+
+Query = Annotated[Union[Literal["ignore", "keep"], list[Text]], WrapValidator(_query)]
+
+
+class TakedownSection(Section):
+    query: Query = Field("ignore", description="How a takedown treats the query string: ignore, keep, "
+                                               "or a list of parameter names kept.")
+    fingerprint_kib: whole(ge=1) = Field(64, description="KiB of a body whose keyed hash finds the same file "
+                                                         "under another URL.")
+
+
+class LedgerSection(Section):
+    client_retention_days: number(gt=0) = Field(90.0, description="Days a client's keyed hash is kept "
+                                                                  "(the counts stay).")
+
+
+class AdminSection(Section):
+    """The takedown admin API."""
+    secrets: ClassVar[dict[str, bool]] = {"token": False}
+    listen: HostPort = Field("127.0.0.1:9103", description="Where the admin API listens.")
+    token: SecretText | None = Field(None, **_secret_doc(
+        "token", "Bearer token (>= 16 characters); default: $DLP_SENSOR_ADMIN_TOKEN, else generated in state_dir."))
+    token_file: SecretRef | None = Field(None, description="File holding admin.token.")
+    token_env: SecretRef | None = Field(None, description="Environment variable holding admin.token.")
+
+    @classmethod
+    def check_secret(cls, name: str, value: str) -> str | None:
+        return None if len(value) >= 16 else "must be a string of at least 16 characters"
+
+
+# -- alert sinks --------------------------------------------------------------------------------
+
+class SinkBase(Section):
+    name: Text | None = Field(None, description="Unique sink name (metrics label); default: the type.")
+    throttle: number(ge=0) | None = Field(None, description="Seconds per incident: at most one alert per window "
+                                                            "(0 = every alert); default 300 for slack and "
+                                                            "pagerduty, else 0.")
+    format: choice(("ecs", "ocsf")) = Field("ecs", description="Alert document: ECS-shaped JSON or OCSF 2006.")
+    every_alert: Flag | None = Field(None, description="Also send repeats of an open incident (every download); "
+                                                       "default true for stdout, jsonl, splunk_hec and syslog, "
+                                                       "false for webhook, slack and pagerduty (they get the page, "
+                                                       "escalations and summaries).")
+
+
+class HttpSinkBase(SinkBase):
+    ca_file: FilePath | None = Field(None, description="PEM CA bundle to verify the server with (default: system).")
+    dead_letter: Flag = Field(True, description="Move an alert the server refuses for good (4xx other than "
+                                                "408/429) to the dead-letter file instead of retrying.")
+
+
+class StdoutSinkSection(SinkBase):
+    """One JSON line per alert on standard output."""
+    type: Literal["stdout"]
+
+
+class JsonlSinkSection(SinkBase):
+    """Appends one JSON line per alert to a file (fsynced); relative paths are under state_dir."""
+    type: Literal["jsonl"]
+    path: Text = Field(description="The file.")
+
+
+class WebhookSinkSection(HttpSinkBase):
+    """POSTs each alert as JSON."""
+    secrets: ClassVar[dict[str, bool]] = {"url": True, "authorization": False}
+    type: Literal["webhook"]
+    url: SecretText | None = Field(None, **_secret_doc("url", "Where alerts are POSTed (a URL may carry a token, "
+                                                             "so it is a secret)."))
+    url_file: SecretRef | None = Field(None, description="File holding the webhook URL.")
+    url_env: SecretRef | None = Field(None, description="Environment variable holding the webhook URL.")
+    headers: Annotated[dict[str, str], _described("must be a mapping of header names to strings", echo=False)] = Field(
+        default_factory=dict, description="Extra request headers (not secret; use authorization for credentials).")
+    authorization: SecretText | None = Field(None, **_secret_doc("authorization", "Authorization header value, "
+                                                                                  "e.g. 'Bearer …'."))
+    authorization_file: SecretRef | None = Field(None, description="File holding the Authorization header value.")
+    authorization_env: SecretRef | None = Field(None, description="Environment variable holding it.")
+
+    @classmethod
+    def check_secret(cls, name: str, value: str) -> str | None:
+        return url_problem(value, secret=True) if name == "url" else None
+
+    def model_dump_runtime(self) -> dict:
+        d = super().model_dump_runtime()
+        if "authorization" in d:
+            d["headers"] = {**d.get("headers", {}), "Authorization": d.pop("authorization")}
+        return d
+
+
+class SlackSinkSection(HttpSinkBase):
+    """A Slack-compatible incoming webhook (Slack, Mattermost, Rocket.Chat); its URL is the secret."""
+    secrets: ClassVar[dict[str, bool]] = {"url": True}
+    type: Literal["slack"]
+    url: SecretText | None = Field(None, **_secret_doc("url", "Incoming-webhook URL."))
+    url_file: SecretRef | None = Field(None, description="File holding the webhook URL.")
+    url_env: SecretRef | None = Field(None, description="Environment variable holding the webhook URL.")
+
+    @classmethod
+    def check_secret(cls, name: str, value: str) -> str | None:
+        return url_problem(value, secret=True)
+
+
+class PagerDutySinkSection(HttpSinkBase):
+    """PagerDuty Events API v2; one PagerDuty incident per leak."""
+    secrets: ClassVar[dict[str, bool]] = {"routing_key": True}
+    type: Literal["pagerduty"]
+    routing_key: SecretText | None = Field(None, **_secret_doc("routing_key", "Integration (routing) key."))
+    routing_key_file: SecretRef | None = Field(None, description="File holding the routing key.")
+    routing_key_env: SecretRef | None = Field(None, description="Environment variable holding the routing key.")
+    url: HttpUrl = Field(PAGERDUTY_URL, description="Events API endpoint.")
+
+
+class SplunkHecSinkSection(HttpSinkBase):
+    """Splunk HTTP Event Collector."""
+    secrets: ClassVar[dict[str, bool]] = {"token": True}
+    type: Literal["splunk_hec"]
+    url: HttpUrl = Field(description="https://splunk:8088 (/services/collector/event is added).")
+    token: SecretText | None = Field(None, **_secret_doc("token", "HEC token."))
+    token_file: SecretRef | None = Field(None, description="File holding the HEC token.")
+    token_env: SecretRef | None = Field(None, description="Environment variable holding the HEC token.")
+    sourcetype: Text = Field("dlp:alert", description="Splunk sourcetype.")
+    index: Text | None = Field(None, description="Splunk index (default: the token's).")
+
+
+class SyslogSinkSection(SinkBase):
+    """RFC 5424 lines carrying ArcSight CEF, over UDP, TCP or TLS (RFC 5425)."""
+    type: Literal["syslog"]
+    host: Text = Field("127.0.0.1", description="Syslog server.")
+    port: PortNumber | None = Field(None, description="Syslog port; default 514, or 6514 with tls.")
+    protocol: choice(("udp", "tcp")) = Field("udp", description="udp, or tcp (octet-counted framing).")
+    tls: Flag = Field(False, description="TLS (RFC 5425) over TCP.")
+    ca_file: FilePath | None = Field(None, description="PEM CA bundle to verify the server with.")
+    certfile: FilePath | None = Field(None, description="PEM client certificate (mutual TLS).")
+    keyfile: FilePath | None = Field(None, description="PEM key of the client certificate.")
+
+
+_SINK_MODELS = (StdoutSinkSection, JsonlSinkSection, WebhookSinkSection, SlackSinkSection, PagerDutySinkSection,
+                SplunkHecSinkSection, SyslogSinkSection)
+SinkSection = Annotated[Union[_SINK_MODELS], Field(discriminator="type")]
+if {m.model_fields["type"].annotation.__args__[0] for m in _SINK_MODELS} != set(SINK_TYPES):
+    raise ImportError("sensor.alerts.sinks.SINK_TYPES and the sink config models disagree")
+
+
+def _sink_name(s: Any) -> str:
+    return s.name or s.type
+
+
+class AlertsSection(Section):
+    source_ip: choice(SOURCE_IP_MODES) = Field("hashed", description="The client address in alerts: "
+                                                                     + ", ".join(SOURCE_IP_MODES) + ".")
+    retry_initial: number(gt=0) = Field(0.5, description="Seconds before the first redelivery.")
+    retry_max: number(gt=0) = Field(10.0, description="Longest pause between redeliveries, seconds.")
+    sinks: Annotated[list[SinkSection], BeforeValidator(_none_is_empty)] = Field(
+        default_factory=lambda: [StdoutSinkSection(type="stdout")], description="Where alerts go.")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "AlertsSection":
+        seen: set[str] = set()
+        for i, s in enumerate(self.sinks):
+            if _sink_name(s) in seen:
+                raise _problem(f"two sinks are called {_sink_name(s)!r}; give one a 'name'", key=f"sinks[{i}].name")
+            seen.add(_sink_name(s))
+        return self
+
+
+# -- kafka --------------------------------------------------------------------------------------
+
+def _bootstrap_check(v: Any) -> str:
+    if not (isinstance(v, str) and v.strip()):
+        raise _problem("must be HOST:PORT[,HOST:PORT...]")
+    for hp in v.split(","):
+        why = hostport_problem(hp.strip())
+        if why:
+            raise _problem(why)
+    return ",".join(hp.strip() for hp in v.split(","))
+
+
+class MirrorSection(Section):
+    enabled: Flag = Field(False, description="Monitor routes publish exchanges to Kafka instead of scanning here.")
+    queue_mib: number(gt=0) = Field(64.0, description="MiB of exchanges queued for the broker.")
+    overflow: choice(OVERFLOW) = Field("local", description="When the queue is full: local (scan here) or drop.")
+
+
+class WorkerSection(Section):
+    group: Text = Field("dlp-sensor-worker", description="Consumer group of the workers.")
+    partitions: whole(ge=1) = Field(8, description="Partitions of the exchanges topic.")
+    exchange_timeout: number(gt=0) = Field(60.0, description="Seconds an exchange may stay incomplete.")
+    web_port: PortNumber = Field(6066, description="Faust's web port.")
+
+
+class KafkaSection(Section):
+    """Fleet takedowns and scale-out; off unless bootstrap (or $DLP_KAFKA_BOOTSTRAP) is set."""
+    secrets: ClassVar[dict[str, bool]] = {"sasl_password": False}
+    bootstrap: Annotated[str, AfterValidator(_bootstrap_check)] | None = Field(
+        None, description="HOST:PORT[,HOST:PORT...]; default $DLP_KAFKA_BOOTSTRAP.")
+    topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]*$"),
+                            _described("must use only letters, digits, '.', '_' and '-'")] = Field(
+        "dlp.", description="Prefix of every topic name.")
+    security_protocol: choice(SECURITY_PROTOCOLS) = Field("PLAINTEXT", description="Kafka security protocol.")
+    sasl_mechanism: choice(SASL_MECHANISMS) | None = Field(None, description="Required with SASL_*.")
+    sasl_username: Text | None = Field(None, description="Default $DLP_KAFKA_SASL_USERNAME.")
+    sasl_password: SecretText | None = Field(None, **_secret_doc("sasl_password", "SASL password; default "
+                                                                                  "$DLP_KAFKA_SASL_PASSWORD."))
+    sasl_password_file: SecretRef | None = Field(None, description="File holding the SASL password.")
+    sasl_password_env: SecretRef | None = Field(None, description="Environment variable holding the SASL password.")
+    ssl_cafile: FilePath | None = Field(None, description="PEM CA bundle.")
+    ssl_certfile: FilePath | None = Field(None, description="PEM client certificate.")
+    ssl_keyfile: FilePath | None = Field(None, description="PEM client key.")
+    fleet: Flag = Field(True, description="Apply the fleet's takedowns topic and publish this sensor's own.")
+    catchup_timeout: number(ge=0) = Field(30.0, description="Seconds to read the takedowns topic before serving.")
+    mirror: MirrorSection = Field(default_factory=MirrorSection, description="Publishing exchanges to workers.")
+    worker: WorkerSection = Field(default_factory=WorkerSection, description="dlp-sensor worker.")
+
+    @model_validator(mode="after")
+    def _sasl(self) -> "KafkaSection":
+        if self.security_protocol.startswith("SASL") and self.sasl_mechanism is None:
+            raise _problem(f"required when security_protocol is {self.security_protocol}", key="sasl_mechanism")
+        return self
+
+
+class IndexSection(Section):
+    """An exact-data-match index (docs/edm.md)."""
+    path: Text = Field(description="Index file built by `dlp-sensor index build` with this sensor's key.")
+    name: Text | None = Field(None, description="Name in alerts and counts; default: the name given at build time.")
+    min_fields: whole(ge=1) = Field(2, description="Fields of one indexed row a record must match.")
+    trip: whole(ge=0) = Field(3, description="EDM records in one response that trip (0: never).")
+    alert: whole(ge=0) = Field(1, description="EDM records in one response that alert (0: never).")
+
+
+# -- the file -----------------------------------------------------------------------------------
+
+class ConfigFile(Section):
+    """The dlp-sensor configuration file. Every section is optional."""
+    model_config = ConfigDict(title="dlp-sensor configuration")
+    secrets: ClassVar[dict[str, bool]] = {"hmac_key": False}
+
+    sensor_id: Text | None = Field(None, description="This sensor's name in alerts and the fleet; default: host name.")
+    log_format: choice(("text", "json")) = Field("text", description="Log lines as text, or one JSON object per "
+                                                                     "line (time, level, logger, message); "
+                                                                     "--log-format overrides.")
+    start_empty: Flag = Field(False, description="A 0-byte or damaged takedown registry, ledger or alert spool in "
+                                                 "state_dir is moved aside (NAME.bad-TIMESTAMP) and started empty, "
+                                                 "instead of refusing to start.")
+    state_dir: Text | None = Field(None, description="Registry, ledger, alert spool, HMAC key, admin token; "
+                                                     "default $DLP_SENSOR_STATE_DIR, else ~/.local/state/dlp-sensor.")
+    hmac_key: SecretText | None = Field(None, **_secret_doc("hmac_key", "Key (hex, >= 32 digits) of every keyed "
+                                                                        "hash; default $DLP_SENSOR_HMAC_KEY, else "
+                                                                        "generated in state_dir."))
+    hmac_key_file: SecretRef | None = Field(None, description="File holding hmac_key.")
+    hmac_key_env: SecretRef | None = Field(None, description="Environment variable holding hmac_key.")
+    signatures: Annotated[list[Text], BeforeValidator(_none_is_empty)] = Field(
+        default_factory=list, description="Extra signature packs (files or directories).")
+    default_signatures: Flag = Field(True, description="Load the built-in pack.")
+    policy: Annotated[Union[str, dict[str, Any]], _described("must be a file path or a mapping")] | None = Field(
+        None, description="A policy file path, or the policy inline.")
+    proxy: ProxySection = Field(default_factory=ProxySection)
+    icap: IcapSection = Field(default_factory=IcapSection)
+    extproc: ExtProcSection = Field(default_factory=ExtProcSection)
+    takedown: TakedownSection = Field(default_factory=TakedownSection)
+    ledger: LedgerSection = Field(default_factory=LedgerSection)
+    metrics: Annotated[HostPort | None, BeforeValidator(_off_is_none)] = Field(
+        "127.0.0.1:9102", description="HOST:PORT of /metrics, /healthz, /readyz; null or false: off.")
+    admin: Annotated[AdminSection | None, BeforeValidator(_off_is_none)] = Field(
+        default_factory=AdminSection, description="The admin API; null or false: off.")
+    alerts: AlertsSection = Field(default_factory=AlertsSection)
+    kafka: KafkaSection = Field(default_factory=KafkaSection)
+    indexes: Annotated[list[IndexSection], BeforeValidator(_none_is_empty)] = Field(
+        default_factory=list, description="Exact-data-match indexes (docs/edm.md); --index adds more.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_is_unset(cls, data: Any) -> Any:
+        if isinstance(data, dict):          # `state_dir:` / `hmac_key: ""` left blank mean "the default"
+            data = {k: v for k, v in data.items() if not (k in ("state_dir", "hmac_key") and v in (None, ""))}
+        return data
+
+    @classmethod
+    def check_secret(cls, name: str, value: str) -> str | None:
+        return hmac_key_problem(value)
+
+
+def hmac_key_problem(value: str) -> str | None:
+    try:
+        key = bytes.fromhex(value.strip())
+    except ValueError:
+        return "must be hex (e.g. `openssl rand -hex 32`)"
+    return None if len(key) >= 16 else "must be at least 16 bytes (32 hex digits)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors, the runtime conversion, and the public functions.
+# ---------------------------------------------------------------------------------------------
+
+_SECRET_KEYS = {n for m in (ConfigFile, AdminSection, KafkaSection, WebhookSinkSection, SlackSinkSection,
+                            PagerDutySinkSection, SplunkHecSinkSection) for n in m.secrets}
+
+
+def _key_path(where: str, loc: tuple) -> str:
+    out = where
+    prev: list[Any] = []
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif len(prev) >= 2 and prev[-2] == "sinks" and isinstance(prev[-1], int) and part in SINK_TYPES:
+            pass                                            # the union's tag, not a key of the file
         else:
-            a = _keys(a, f"{where}.admin", {"listen", "token"})
-            if "listen" in a:
-                c.admin = parse_hostport(a["listen"], f"{where}.admin.listen")
-            if a.get("token"):
-                _check(isinstance(a["token"], str) and len(a["token"]) >= 16, f"{where}.admin.token",
-                       "must be a string of at least 16 characters")
-                c.admin_token = a["token"]
-    if "alerts" in raw:
-        a = _keys(raw["alerts"], f"{where}.alerts", {"source_ip", "retry_initial", "retry_max", "sinks"})
-        if "source_ip" in a:
-            _check(a["source_ip"] in SOURCE_IP_MODES, f"{where}.alerts.source_ip",
-                   f"must be one of {SOURCE_IP_MODES}")
-            c.source_ip = a["source_ip"]
-        for k in ("retry_initial", "retry_max"):
-            if k in a:
-                setattr(c, k, _num(a[k], f"{where}.alerts.{k}"))
-        if "sinks" in a:
-            sinks = a["sinks"] or []
-            _check(isinstance(sinks, list), f"{where}.alerts.sinks", "must be a list")
-            names = set()
-            for i, s in enumerate(sinks):
-                try:
-                    name = make_sink(s, f"{where}.alerts.sinks[{i}]").name
-                except ValueError as e:
-                    raise ConfigError(str(e)) from None
-                _check(name not in names, f"{where}.alerts.sinks[{i}].name",
-                       f"two sinks are called {name!r}; give one a 'name'")
-                names.add(name)
-            c.sinks = sinks
-    if "kafka" in raw:
-        c.kafka = _kafka(raw["kafka"], f"{where}.kafka")
-    return c
+            out += f".{part}" if out else str(part)
+        prev.append(part)
+    return out
 
 
-def _kafka(raw: Any, where: str) -> KafkaConfig:
-    raw = _keys(raw, where, {"bootstrap", "topic_prefix", "security_protocol", "sasl_mechanism", "sasl_username",
-                             "sasl_password", "ssl_cafile", "ssl_certfile", "ssl_keyfile", "fleet",
-                             "catchup_timeout", "mirror", "worker"})
-    k = KafkaConfig()
-    if raw.get("bootstrap"):
-        k.bootstrap = _bootstrap(raw["bootstrap"], f"{where}.bootstrap")
-    if "topic_prefix" in raw:
-        _check(isinstance(raw["topic_prefix"], str) and all(ch.isalnum() or ch in "._-" for ch in raw["topic_prefix"]),
-               f"{where}.topic_prefix", "must use only letters, digits, '.', '_' and '-'")
-        k.topic_prefix = raw["topic_prefix"]
-    if "security_protocol" in raw:
-        _check(raw["security_protocol"] in SECURITY_PROTOCOLS, f"{where}.security_protocol",
-               f"must be one of {SECURITY_PROTOCOLS}")
-        k.security_protocol = raw["security_protocol"]
-    if raw.get("sasl_mechanism") is not None:
-        _check(raw["sasl_mechanism"] in SASL_MECHANISMS, f"{where}.sasl_mechanism", f"must be one of {SASL_MECHANISMS}")
-        k.sasl_mechanism = raw["sasl_mechanism"]
-    for f in ("sasl_username", "sasl_password"):
-        if raw.get(f) is not None:
-            _check(isinstance(raw[f], str), f"{where}.{f}", "must be a string")
-            setattr(k, f, raw[f])
-    for f in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-        if raw.get(f) is not None:
-            _check(isinstance(raw[f], str) and Path(raw[f]).is_file(), f"{where}.{f}",
-                   f"must name a readable PEM file (got {raw[f]!r})")
-            setattr(k, f, raw[f])
-    if k.security_protocol.startswith("SASL"):
-        _check(k.sasl_mechanism is not None, f"{where}.sasl_mechanism",
-               f"required when security_protocol is {k.security_protocol}")
-    if "fleet" in raw:
-        _check(isinstance(raw["fleet"], bool), f"{where}.fleet", "must be true or false")
-        k.fleet = raw["fleet"]
-    if "catchup_timeout" in raw:
-        k.catchup_timeout = _num(raw["catchup_timeout"], f"{where}.catchup_timeout", positive=False)
-    if "mirror" in raw:
-        m = _keys(raw["mirror"], f"{where}.mirror", {"enabled", "queue_mib", "overflow"})
-        if "enabled" in m:
-            _check(isinstance(m["enabled"], bool), f"{where}.mirror.enabled", "must be true or false")
-            k.mirror = m["enabled"]
-        if "queue_mib" in m:
-            k.queue_bytes = int(_num(m["queue_mib"], f"{where}.mirror.queue_mib") * (1 << 20))
-        if "overflow" in m:
-            _check(m["overflow"] in OVERFLOW, f"{where}.mirror.overflow", f"must be one of {OVERFLOW}")
-            k.overflow = m["overflow"]
-    if "worker" in raw:
-        w = _keys(raw["worker"], f"{where}.worker", {"group", "partitions", "exchange_timeout", "web_port"})
-        if "group" in w:
-            _check(isinstance(w["group"], str) and w["group"], f"{where}.worker.group", "must be a non-empty string")
-            k.group = w["group"]
-        if "partitions" in w:
-            k.partitions = int(_num(w["partitions"], f"{where}.worker.partitions"))
-        if "exchange_timeout" in w:
-            k.exchange_timeout = _num(w["exchange_timeout"], f"{where}.worker.exchange_timeout")
-        if "web_port" in w:
-            k.web_port = int(_num(w["web_port"], f"{where}.worker.web_port"))
-    return k
+_WORDING = {
+    "missing": "required",
+    "string_type": "must be a string", "bool_type": "must be true or false",
+    "int_type": "must be a whole number", "float_type": "must be a number",
+    "list_type": "must be a list", "dict_type": "must be a mapping",
+    "model_type": "must be a mapping", "model_attributes_type": "must be a mapping",
+    "extra_forbidden": "unknown key",
+}
+
+
+def _describe(err: dict) -> tuple[str, str]:
+    """(key path suffix, why) of one pydantic error, in the project's words."""
+    kind, ctx, loc = err["type"], err.get("ctx") or {}, tuple(err["loc"])
+    if kind == "config":
+        key = ctx.get("key")
+        return (f"{'.'.join(filter(None, [_key_path('', loc), key]))}", ctx["why"]) if key else \
+            (_key_path("", loc), ctx["why"])
+    if kind == "union_tag_invalid":
+        return _key_path("", loc) + ".type", f"unknown sink {ctx.get('tag')!r}; known: {', '.join(SINK_TYPES)}"
+    if kind == "union_tag_not_found":
+        return _key_path("", loc), f"needs 'type' (one of {', '.join(SINK_TYPES)})"
+    why = _WORDING.get(kind) or err["msg"].removeprefix("Value error, ")
+    secret = any(isinstance(p, str) and (p in _SECRET_KEYS or p == "headers") for p in loc)
+    if kind != "missing" and not secret and not isinstance(err.get("input"), (dict, list)):
+        why += f" (got {_show(err.get('input'))})"
+    return _key_path("", loc), why
+
+
+def _errors(e: ValidationError, where: str) -> ConfigError:
+    lines = []
+    for err in e.errors(include_url=False):
+        suffix, why = _describe(err)
+        path = where + ("" if not suffix else suffix if suffix.startswith("[") else "." + suffix)
+        lines.append(f"{path}: {why}")
+    return ConfigError("\n".join(dict.fromkeys(lines)))
+
+
+def validate_file(raw: Any, where: str = "config", *, resolve: bool = True) -> ConfigFile:
+    """The validated file model. ``resolve=False`` checks the shape only: secrets referenced by
+    ``*_file``/``*_env`` are not read and named files need not exist (a chart's rendered config)."""
+    try:
+        return ConfigFile.model_validate({} if raw is None else raw, context={"offline": not resolve})
+    except ValidationError as e:
+        raise _errors(e, where) from None
+
+
+def _common(model: BaseModel, cls: type, **extra: Any) -> Any:
+    """A dataclass from a section: same-named fields copied, the rest given by the caller."""
+    names = {f.name for f in fields(cls)}
+    values = {k: getattr(model, k) for k in type(model).model_fields if k in names and k not in extra}
+    return cls(**values, **extra)
+
+
+def to_config(m: ConfigFile) -> Config:
+    """The runtime dataclasses of a validated file."""
+    p = m.proxy
+    explicit = "on_error" in p.model_fields_set
+    proxy = _common(p, ProxyConfig, upstream=p.upstream.rstrip("/"), holdback=p.holdback_kib << 10,
+                    tls_cert=p.tls.cert if p.tls else None, tls_key=p.tls.key if p.tls else None,
+                    on_error_explicit=explicit, http10_buffer=int(p.http10_buffer_mib * (1 << 20)),
+                    routes=tuple(ProxyRoute(r.match, r.mode or p.mode, r.on_error or p.on_error,
+                                            (p.holdback_kib if r.holdback_kib is None else r.holdback_kib) << 10,
+                                            r.on_error is not None or explicit)
+                                 for r in p.routes))
+    k = m.kafka
+    kafka = _common(k, KafkaConfig, mirror=k.mirror.enabled, queue_bytes=int(k.mirror.queue_mib * (1 << 20)),
+                    overflow=k.mirror.overflow, group=k.worker.group, partitions=k.worker.partitions,
+                    exchange_timeout=k.worker.exchange_timeout, web_port=k.worker.web_port)
+    extra: dict[str, Any] = {}
+    if m.sensor_id is not None:
+        extra["sensor_id"] = m.sensor_id
+    return Config(
+        state_dir=Path(m.state_dir) if m.state_dir else None, hmac_key=m.hmac_key,
+        log_format=m.log_format, start_empty=m.start_empty,
+        signatures=list(m.signatures), default_signatures=m.default_signatures, policy=m.policy,
+        proxy=proxy, icap=_common(m.icap, IcapConfig, holdback=m.icap.holdback_kib << 10),
+        extproc=_common(m.extproc, ExtProcConfig), query=QueryRule.parse(m.takedown.query),
+        fingerprint_bytes=m.takedown.fingerprint_kib << 10,
+        client_retention_days=m.ledger.client_retention_days, metrics=m.metrics,
+        admin=m.admin.listen if m.admin else None, admin_token=m.admin.token if m.admin else None,
+        source_ip=m.alerts.source_ip, retry_initial=m.alerts.retry_initial, retry_max=m.alerts.retry_max,
+        sinks=[s.model_dump_runtime() for s in m.alerts.sinks], kafka=kafka,
+        indexes=[_index_spec(i) for i in m.indexes], **extra)
+
+
+def _index_spec(i: "IndexSection") -> Any:
+    from sensor.edm.match import IndexSpec
+    return IndexSpec(i.path, i.name, i.min_fields, i.trip, i.alert)
+
+
+def parse_config(raw: Any, where: str = "config", *, resolve: bool = True) -> Config:
+    """A ``Config`` from the file's parsed YAML; ConfigError names the key and says why."""
+    return to_config(validate_file(raw, where, resolve=resolve))
+
+
+def _section_models() -> list[type[Section]]:
+    """Every model of the file, the root first."""
+    seen: list[type[Section]] = []
+
+    def walk(tp: Any) -> None:
+        if isinstance(tp, type) and issubclass(tp, Section):
+            if tp in seen:
+                return
+            seen.append(tp)
+            for f in tp.model_fields.values():
+                walk(f.annotation)
+        for arg in getattr(tp, "__args__", ()) or ():
+            walk(arg)
+        for arg in getattr(tp, "__metadata__", ()) or ():
+            walk(arg)
+        if getattr(tp, "__origin__", None) is not None:
+            walk(tp.__origin__)
+
+    walk(ConfigFile)
+    return seen
+
+
+def json_schema() -> dict:
+    """The JSON Schema (draft 2020-12) of the configuration file, for editors, CI and the chart.
+
+    pydantic's ``model_json_schema`` plus what the models check in code: ``false`` turns
+    ``metrics``/``admin`` off, and each secret is given at most once (and at least once when the
+    sink needs it) as NAME, NAME_file or NAME_env."""
+    schema = ConfigFile.model_json_schema(mode="validation")
+    defs = schema.get("$defs", {})
+    for name in ("metrics", "admin"):
+        schema["properties"][name]["anyOf"].append({"const": False})
+    for model in _section_models():
+        target = schema if model is ConfigFile else defs[model.__name__]
+        rules = []
+        for secret, required in model.secrets.items():
+            forms = [secret, secret + "_file", secret + "_env"]
+            rules.append({"not": {"anyOf": [{"required": [a, b]} for i, a in enumerate(forms) for b in forms[i + 1:]]}})
+            if required:
+                rules.append({"anyOf": [{"required": [f]} for f in forms]})
+        if rules:
+            target["allOf"] = rules
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+def parse_hostport(v: Any, where: str) -> str:
+    why = hostport_problem(v)
+    if why:
+        raise ConfigError(f"{where}: {why}")
+    return v
 
 
 def _bootstrap(v: Any, where: str) -> str:
-    _check(isinstance(v, str) and v.strip(), where, "must be HOST:PORT[,HOST:PORT...]")
+    if not (isinstance(v, str) and v.strip()):
+        raise ConfigError(f"{where}: must be HOST:PORT[,HOST:PORT...]")
     for hp in v.split(","):
         parse_hostport(hp.strip(), where)
     return ",".join(hp.strip() for hp in v.split(","))
 
 
-def load_config(path: Path | None) -> Config:
+def load_config(path: Path | None, *, resolve: bool = True) -> Config:
     if path is None:
         return Config()
     raw = read_yaml(Path(path), ConfigError)
-    c = parse_config(raw, str(path))
+    c = parse_config(raw, str(path), resolve=resolve)
     c.path = Path(path)
     return c
 
 
 def with_overrides(c: Config, **flags: Any) -> Config:
-    """Apply command-line flags (None = not given) on top of the file."""
+    """Apply command-line flags (None = not given) and the environment's defaults on top of the file."""
     proxy = c.proxy
     if flags.get("upstream"):
-        proxy = replace(proxy, upstream=_proxy({"upstream": flags["upstream"]}, "--upstream").upstream)
+        why = url_problem(flags["upstream"])
+        if why:
+            raise ConfigError(f"--upstream: {why}")
+        proxy = replace(proxy, upstream=flags["upstream"].rstrip("/"))
     if flags.get("listen"):
         proxy = replace(proxy, listen=parse_hostport(flags["listen"], "--listen"))
     if flags.get("extproc_listen"):
@@ -445,6 +990,10 @@ def with_overrides(c: Config, **flags: Any) -> Config:
         if getattr(kafka, f) is None and env:
             kafka = replace(kafka, **{f: env})
     c = replace(c, kafka=kafka)
+    if c.hmac_key is None and os.environ.get("DLP_SENSOR_HMAC_KEY"):
+        why = hmac_key_problem(os.environ["DLP_SENSOR_HMAC_KEY"])
+        if why:
+            raise ConfigError(f"$DLP_SENSOR_HMAC_KEY: {why}")
     if c.state_dir is None:
         from sensor.detect.keys import default_state_dir
         c = replace(c, state_dir=Path(os.environ.get("DLP_SENSOR_STATE_DIR") or default_state_dir()))

@@ -3,6 +3,11 @@
 Every tap (and the ``scan`` CLI) turns its protocol into an :class:`Exchange` plus body chunks
 and drives a :class:`BodyScan`; nothing right of here knows where the bytes came from. Decoding
 problems never escape: they become notes on the result and decoding of that body stops.
+
+A decode *limit* (output size, ratio, depth, members) means the body could not be fully
+inspected: :attr:`BodyScan.uninspected` says why, the taps apply the route's
+``on_decode_limit`` (cut or refuse when closed), and a body that would otherwise pass is given the
+verdict ``alert`` with an ``uninspected:`` note, so the SOC hears of it (not only a metric).
 """
 from __future__ import annotations
 
@@ -11,7 +16,8 @@ from dataclasses import dataclass, field
 
 from sensor.decode.containers import GzipFile, Sniffer, Spool
 from sensor.decode.encodings import chain, parse_content_encoding
-from sensor.decode.limits import Budget, DecodeLimits, DecodeProblem
+from sensor.decode.limits import Budget, DecodeLimits, DecodeProblem, LimitExceeded
+from sensor.decode.text import declared_charset
 from sensor.detect.engine import Engine
 from sensor.detect.policy import Policy
 from sensor.detect.scanner import ExchangeScanner, ScanResult
@@ -56,8 +62,10 @@ class BodyScan:
         self.budget = Budget(limits or DecodeLimits())
         self.received = 0
         self.stopped = False        # decoding gave up (limit or corrupt input); see notes
+        self.uninspected: str | None = None     # the decode limit that left part of the body unread
         stop = (lambda: self.scanner.verdict == "trip") if stop_on_trip else (lambda: False)
-        self.sniffer = Sniffer(self.scanner, self.budget, 0, None, self.notes, stop)
+        self.sniffer = Sniffer(self.scanner, self.budget, 0, None, self.notes, stop,
+                               charset=declared_charset(self.exchange.content_type))
         self._top = self.sniffer
         self._stages: list = []
         try:
@@ -73,6 +81,8 @@ class BodyScan:
     def _stop(self, e: DecodeProblem) -> None:
         self.stopped = True
         self.notes.append(e.note)
+        if isinstance(e, LimitExceeded) and self.uninspected is None:
+            self.uninspected = e.note.split(" ")[0]       # e.g. decode-limit:ratio (no body bytes)
 
     def write(self, data: bytes) -> str:
         self.received += len(data)
@@ -140,4 +150,8 @@ class BodyScan:
         if self.sniffer.kind not in ("text", "unknown"):
             result.notes.insert(0, f"container:{self.sniffer.kind}")
         result.notes.extend(self.notes)
+        if self.uninspected is not None:
+            result.notes.append(f"uninspected:{self.uninspected} (the body was not fully inspected)")
+            if result.verdict == "pass":
+                result.verdict = "alert"            # the SOC hears of it, not only a metric
         return result

@@ -15,6 +15,8 @@ from sensor.config import Config
 from sensor.enforce.admin import admin_app
 from sensor.metrics.server import metrics_app
 from sensor.runtime import Sensor
+from sensor.taps.connections import (CappedServer, accept_backlog, connection_budget, install_accept_error_handler,
+                                     raise_fd_limit)
 from sensor.taps.proxy.server import Proxy
 
 GIL_SWITCH_SECONDS = 0.0005
@@ -49,13 +51,13 @@ class Running:
 
 
 async def _site(app: web.Application | web.Server, hostport: str, *, ssl_context=None,
-                reuse_port: bool = False) -> tuple[web.BaseRunner, tuple[str, int]]:
+                reuse_port: bool = False, backlog: int = 1024) -> tuple[web.BaseRunner, tuple[str, int]]:
     runner = web.ServerRunner(app, access_log=None) if isinstance(app, web.Server) else \
         web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     host, port = _split(hostport)
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port or None,
-                       backlog=1024)
+                       backlog=backlog)
     await site.start()
     sock = site._server.sockets[0]                      # the real port when 0 was asked for
     return runner, sock.getsockname()[:2]
@@ -68,6 +70,8 @@ async def start_proxy(config: Config, *, reuse_port: bool = False, sensor: Senso
 async def start(config: Config, *, taps: tuple[str, ...], reuse_port: bool = False,
                 sensor: Sensor | None = None) -> Running:
     """One sensor process: shared state, the given taps' listeners, metrics and admin."""
+    raise_fd_limit()
+    install_accept_error_handler(asyncio.get_running_loop())
     sensor = sensor or Sensor(config)
     gc.collect()
     gc.freeze()             # start-up objects (engine, pack) never die: keep full GC passes off them
@@ -83,9 +87,14 @@ async def start(config: Config, *, taps: tuple[str, ...], reuse_port: bool = Fal
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(config.proxy.tls_cert, config.proxy.tls_key)
     if "proxy" in taps:
-        server = web.Server(proxy.handle, access_log=None, max_field_size=16 << 10, max_line_size=16 << 10,
-                            handler_cancellation=True)
-        r, addr = await _site(server, config.proxy.listen, ssl_context=ctx, reuse_port=reuse_port)
+        # keepalive_timeout: aiohttp arms it when a connection is made and again after each response,
+        # and closes the connection if no complete request head has arrived by then: it is both the
+        # header-read timeout (a slow or half-open client) and the keep-alive idle timeout.
+        server = CappedServer(proxy.handle, max_connections=connection_budget(config.proxy.max_connections),
+                              access_log=None, max_field_size=16 << 10, max_line_size=16 << 10,
+                              handler_cancellation=True, keepalive_timeout=config.proxy.idle_timeout)
+        r, addr = await _site(server, config.proxy.listen, ssl_context=ctx, reuse_port=reuse_port,
+                              backlog=accept_backlog(server.max_connections))
         run.runners.append(r)
         run.addresses["proxy"] = addr
     if "extproc" in taps:
@@ -95,7 +104,9 @@ async def start(config: Config, *, taps: tuple[str, ...], reuse_port: bool = Fal
         run.addresses["extproc"] = (_split(config.extproc.listen)[0], grpc_server.bound_port)
     if "icap" in taps:
         from sensor.taps.icap.server import IcapServer
-        icap = IcapServer(sensor, max_connections=config.icap.max_connections, options_ttl=config.icap.options_ttl)
+        icap = IcapServer(sensor, max_connections=connection_budget(config.icap.max_connections),
+                          options_ttl=config.icap.options_ttl, idle_timeout=config.icap.idle_timeout,
+                          read_timeout=config.icap.read_timeout)
         host, port = _split(config.icap.listen)
         srv = await icap.start(host, port)
         run.servers.append(srv)

@@ -12,6 +12,15 @@ from sensor.detect.policy import Policy
 from sensor.pipeline import BodyScan, Exchange
 
 KEY = bytes(range(32))
+REPORT_TABLES: list[str] = []     # tables tests want shown at the end of the run (even under -q)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print the tables tests registered (pytest -q swallows prints; the summary does not)."""
+    for table in REPORT_TABLES:
+        terminalreporter.write_line("")
+        for line in table.splitlines():
+            terminalreporter.write_line(line)
 
 
 def require_tool(name: str) -> str:

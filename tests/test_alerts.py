@@ -248,7 +248,7 @@ async def test_a_throttled_sink_gets_the_first_alert_at_once_and_the_last_at_win
     ({"ledger": {"client_retention_days": 0}}, "config.ledger.client_retention_days"),
     ({"metrics": "nohost"}, "config.metrics"),
     ({"admin": {"token": "short"}}, "config.admin.token"),
-    ({"colour": "blue"}, "config: unknown key"),
+    ({"colour": "blue"}, "config.colour: unknown key"),
     ({"kafka": {"bootstrap": "kafka-0"}}, "config.kafka.bootstrap"),
     ({"kafka": {"security_protocol": "SASL_SSL"}}, "config.kafka.sasl_mechanism"),
     ({"kafka": {"mirror": {"overflow": "buffer"}}}, "config.kafka.mirror.overflow"),

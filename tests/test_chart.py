@@ -204,8 +204,7 @@ def test_kustomize_component_adds_the_native_sidecar_to_labelled_deployments(tmp
     assert named(docs, "Service", "permits")["spec"]["ports"][0]["targetPort"] == "dlp-http"
     raw = yaml.safe_load(named(docs, "ConfigMap", "dlp-sensor-config")["data"]["sensor.yaml"])
     assert raw["alerts"]["sinks"][1] == {"type": "pagerduty", "routing_key_env": "DLP_PAGERDUTY_KEY"}
-    raw["alerts"]["sinks"] = raw["alerts"]["sinks"][:1]    # `_env` keys: the config's own tests read them
-    assert parse_config(raw, "kustomize sensor.yaml").proxy.upstream == "http://127.0.0.1:8080"
+    assert parse_config(raw, "kustomize sensor.yaml", resolve=False).proxy.upstream == "http://127.0.0.1:8080"
     assert "initContainers" not in named(docs, "Deployment", "batch")["spec"]["template"]["spec"]   # no label, no sidecar
 
 
@@ -224,7 +223,24 @@ INVALID = [
      "/alerts/sinks/0/routing_key"),
     ({"alerts": {"sinks": [{"type": "teams"}]}}, "/alerts/sinks/0/type"),
     ({"podDisruptionBudget": {"maxUnavailable": 0}}, "/podDisruptionBudget/maxUnavailable"),
+    # `config` is checked with the sensor's own schema (embedded by deploy/helm/sync-config-schema.py)
+    ({"config": {"proxy": {"lisen": "0.0.0.0:8000"}}}, "/config/proxy"),
+    ({"config": {"proxy": {"max_scans": "many"}}}, "/config/proxy/max_scans"),
+    ({"config": {"colour": "blue"}}, "'colour' not allowed"),
 ]
+
+
+def test_values_schema_carries_the_sensor_config_schema():
+    """The chart's `config` property is the sensor's JSON Schema as of this commit (run
+    `python deploy/helm/sync-config-schema.py` after changing sensor/config.py)."""
+    import importlib.util
+    from sensor.config import json_schema
+    spec = importlib.util.spec_from_file_location("sync", ROOT / "deploy" / "helm" / "sync-config-schema.py")
+    sync = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sync)
+    current = json.loads((CHART / "values.schema.json").read_text())
+    assert current == sync.embedded(current, json_schema())
+    assert render(({"config": {"proxy": {"max_scans": 9}, "ledger": {"client_retention_days": 30}}}))
 
 
 @pytest.mark.parametrize("vals,where", INVALID, ids=[w for _, w in INVALID])
@@ -405,8 +421,7 @@ def test_kafka_scale_out_values():
     assert worker["spec"]["template"]["spec"]["containers"][0]["args"][0] == "worker" and worker["spec"]["replicas"] == 4
     assert [p["name"] for p in named(docs, "Service", "rel-dlp-sensor-workers")["spec"]["ports"]] == ["metrics"]
     raw = config_of(docs)
-    raw["alerts"]["sinks"] = [{"type": "stdout"}]          # the HEC token is `token_env` (the config's own test reads it)
-    cfg = parse_config(raw, "chart sensor.yaml")
+    cfg = parse_config(raw, "chart sensor.yaml", resolve=False)     # the HEC token is `token_env`: set in the pod
     assert cfg.kafka.mirror and cfg.kafka.sasl_mechanism == "SCRAM-SHA-512" and cfg.kafka.topic("takedowns") == "dlp.takedowns"
     vals["kafka"]["bootstrap"] = ""
     with pytest.raises(helm_python.HelmError, match="workers.enabled needs kafka.bootstrap"):
@@ -419,8 +434,7 @@ def test_rendered_sensor_config_is_valid(tmp_path):
     raw = yaml.safe_load(cm["data"]["sensor.yaml"])
     assert raw["alerts"]["sinks"] == [{"type": "stdout"}, {"type": "webhook", "url_env": "DLP_SINK_1_URL"},
                                       {"type": "pagerduty", "routing_key_env": "DLP_SINK_2_ROUTING_KEY"}]
-    raw["alerts"]["sinks"] = raw["alerts"]["sinks"][:1]    # `_env` keys: the config's own tests read them
-    cfg = parse_config(raw, "chart sensor.yaml")
+    cfg = parse_config(raw, "chart sensor.yaml", resolve=False)     # `_env` secrets: set in the pod, not here
     assert cfg.proxy.upstream == "http://127.0.0.1:8080" and cfg.proxy.listen == "0.0.0.0:8000"
     assert cfg.proxy.route("/exports/x.csv").on_error == "closed" and cfg.admin == "127.0.0.1:9103"
     packs = []
@@ -435,14 +449,13 @@ def test_rendered_sensor_config_is_valid(tmp_path):
 
 @pytest.mark.parametrize("values_file", VALUES)
 def test_every_rendered_sensor_config_parses(values_file):
-    """The release's sensor.yaml and the test pod's both load in the sensor (sinks whose credential
-    is `<field>_env` are left to the config's own tests until the config reads them)."""
+    """The release's sensor.yaml and the test pod's both load in the sensor (shape only: the `<field>_env`
+    secrets are set in the pod from the Secret)."""
     docs = render(example(values_file))
     [test_cm] = by_kind(hooks(docs), "ConfigMap")
     for where, raw in (("sensor.yaml", config_of(docs)), ("test sensor.yaml", yaml.safe_load(test_cm["data"]["sensor.yaml"]))):
-        raw["alerts"]["sinks"] = [s for s in raw["alerts"]["sinks"] if not any(k.endswith("_env") for k in s)]
         raw["signatures"] = []                       # files in the ConfigMap; loaded in test_rendered_sensor_config_is_valid
-        cfg = parse_config(raw, where)
+        cfg = parse_config(raw, where, resolve=False)
         assert cfg.metrics and cfg.admin.startswith("127.0.0.1:")          # the admin API never leaves the pod
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import urllib.request
 import sys
 import tomllib
 from importlib import metadata
@@ -78,16 +79,24 @@ def test_scan_and_proxy_work_on_the_core_install(core_env, tmp_path):
     for cmd in ("proxy", "icap", "report", "takedowns"):
         r = _cli(core_env, cmd, "--help")
         assert r.returncode == 0, r.stderr
-    port, metrics = free_port(), free_port()
+    port, metrics, app = free_port(), free_port(), free_port()
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "page.html").write_bytes(b"<p>hello from the app</p>")
+    upstream = subprocess.Popen([sys.executable, "-m", "http.server", str(app), "--bind", "127.0.0.1",
+                                 "--directory", str(site)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = tmp_path / "proxy.log"
     proc = subprocess.Popen([sys.executable, "-S", "-m", "sensor.cli.main", "proxy", "--upstream",
-                             f"http://127.0.0.1:{free_port()}", "--listen", f"127.0.0.1:{port}", "--metrics",
+                             f"http://127.0.0.1:{app}", "--listen", f"127.0.0.1:{port}", "--metrics",
                              f"127.0.0.1:{metrics}", "--admin", "off", "--state-dir", str(tmp_path / "state")],
                             env=core_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
     try:
-        wait_http(f"http://127.0.0.1:{metrics}/readyz", timeout=60, proc=proc, log=log)
+        wait_http(f"http://127.0.0.1:{metrics}/readyz", timeout=60, proc=proc, log=log)   # ready: the app answers
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/page.html", timeout=10) as r:
+            assert r.status == 200 and r.read() == b"<p>hello from the app</p>"
     finally:
         stop(proc)
+        stop(upstream)
 
 
 @pytest.mark.parametrize("args, extra", [

@@ -168,21 +168,15 @@ class Dispatcher:
                 return h.next_at
             try:
                 await sink.deliver(h.alert)
-            except DeliveryError as e:
-                if e.permanent and sink.dead_letter:    # no disk for the dead-letter file either
+            except (DeliveryError, OSError, KeyError, ValueError) as e:
+                permanent = isinstance(e, DeliveryError) and e.permanent
+                if permanent and sink.dead_letter:      # no disk for the dead-letter file either
                     q.popleft()
                     log.error("alert %s refused for good by %s (%s) while the spool cannot be written: dropped",
                               h.alert["dlp"]["dedup_id"], sink.name, e)
                     continue
-                h.next_at = time.time() + (e.retry_after if e.retry_after is not None else self._backoff(h.attempts))
-                h.attempts += 1
-                if self.metrics:
-                    self.metrics.alert_delivery_failures.labels(sink=sink.name).inc()
-                log.warning("alert delivery to %s failed (attempt %d, from memory): %s; will retry",
-                            sink.name, h.attempts, e)
-                return h.next_at
-            except (OSError, KeyError, ValueError) as e:
-                h.next_at = time.time() + self._backoff(h.attempts)
+                asked = e.retry_after if isinstance(e, DeliveryError) else None
+                h.next_at = time.time() + (asked if asked is not None else self._backoff(h.attempts))
                 h.attempts += 1
                 if self.metrics:
                     self.metrics.alert_delivery_failures.labels(sink=sink.name).inc()

@@ -148,6 +148,7 @@ class LazyGroup(click.Group):
         "takedowns": ("sensor.cli.sidecar", "takedowns"),
         "report": ("sensor.cli.sidecar", "report"),
         "worker": ("sensor.cli.sidecar", "worker"),
+        "config": ("sensor.cli.config_cmd", "config"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

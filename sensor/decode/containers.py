@@ -12,7 +12,6 @@ so that the scanner sees records and header columns as it does in a CSV.
 """
 from __future__ import annotations
 
-import codecs
 import datetime as dt
 import re
 import tempfile
@@ -23,6 +22,7 @@ from xml.etree.ElementTree import ParseError, iterparse
 
 from sensor.decode.encodings import GzipDecoder
 from sensor.decode.limits import Budget, CorruptInput, DecodeProblem, LimitExceeded
+from sensor.decode.text import Transcoder, sniff_wide_text
 
 PDF_MAGIC = b"%PDF-"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -30,17 +30,6 @@ EMPTY_ZIP_MAGIC = b"PK\x05\x06"
 GZIP_MAGIC = b"\x1f\x8b"
 SPOOL_MEMORY = 8 << 20
 SNIFF_HEAD = 64
-
-
-def _looks_utf16(head: bytes) -> bool:
-    """A BOM, and text after it: most high bytes NUL (binary that starts FF FE stays binary)."""
-    if head.startswith(codecs.BOM_UTF16_LE):
-        high = head[3::2]
-    elif head.startswith(codecs.BOM_UTF16_BE):
-        high = head[2::2]
-    else:
-        return False
-    return len(high) > 0 and high.count(0) >= 0.6 * len(high)
 
 
 class PartSink(Protocol):
@@ -51,10 +40,14 @@ class PartSink(Protocol):
 
 
 class Sniffer:
-    """Looks at the first bytes of a stream and routes it: container, gzip, UTF-16 or text."""
+    """Looks at the first bytes of a stream and routes it: container, gzip, UTF-16 or text.
+
+    ``charset`` is the codec the response declares when it is not ASCII-compatible (see
+    :mod:`sensor.decode.text`): text in it is transcoded; a container's magic bytes still win."""
 
     def __init__(self, out: PartSink, budget: Budget, depth: int = 0, name: str | None = None,
-                 notes: list[str] | None = None, stop: Callable[[], bool] = lambda: False):
+                 notes: list[str] | None = None, stop: Callable[[], bool] = lambda: False,
+                 charset: str | None = None):
         self.out = out
         self.budget = budget
         self.depth = depth
@@ -63,6 +56,7 @@ class Sniffer:
         self.stop = stop
         self._head = b""
         self._route: object = None
+        self.charset = charset
         self.kind = "unknown"
 
     @property
@@ -100,9 +94,12 @@ class Sniffer:
             self.kind = "gzip"
             inner = Sniffer(self.out, self.budget, self.depth + 1, self.name, self.notes, self.stop)
             self._route = GzipFile(inner, self.budget, self.notes)
-        elif _looks_utf16(magic):
+        elif self.charset is not None and (b"\0" in magic or not self.charset.startswith(("utf-16", "utf-32"))):
+            self.kind = "text"
+            self._route = Transcoder(self.out, self.charset)
+        elif (codec := sniff_wide_text(magic)) is not None:
             self.kind = "utf-16"
-            self._route = _Utf16(self.out)
+            self._route = Transcoder(self.out, codec)
         else:
             self.kind = "text"
             self._route = _Text(self.out)
@@ -117,20 +114,6 @@ class _Text:
 
     def close(self) -> None:
         pass
-
-
-class _Utf16:
-    """UTF-16 text would slip past ASCII patterns: transcode to UTF-8 as it streams."""
-
-    def __init__(self, out: PartSink):
-        self.out = out
-        self._dec = codecs.getincrementaldecoder("utf-16")(errors="replace")
-
-    def write(self, data: bytes) -> None:
-        self.out.feed(self._dec.decode(data).encode("utf-8"))
-
-    def close(self) -> None:
-        self.out.feed(self._dec.decode(b"", final=True).encode("utf-8"))
 
 
 class GzipFile(GzipDecoder):

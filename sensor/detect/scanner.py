@@ -24,6 +24,7 @@ import hyperscan as hs
 from sensor.detect.engine import CAT_BITS, Engine, PatInfo
 from sensor.detect.keys import fingerprint, redact
 from sensor.detect.policy import Policy, stronger
+from sensor.detect.structure.view import Shadow, sniff as sniff_structure
 
 STRONG = CAT_BITS["strong"]
 QUASI = CAT_BITS["quasi"]
@@ -171,6 +172,8 @@ class ExchangeScanner:
         self._stream: hs.Stream | None = None
         self._t0 = time.perf_counter()
         self._capped = False
+        self._shadow: Shadow | None = None     # records from structure: see structure/view.py
+        self._skind: str | None = None
         self.begin_part(mode)
 
     # -- parts ----------------------------------------------------------------------------
@@ -208,6 +211,11 @@ class ExchangeScanner:
         cands = {d: first.count(d) for d in (b",", b"\t", b";", b"|")}
         self._delim = max(cands, key=lambda d: cands[d]) if max(cands.values()) else b","
         self._tabular = self._mode == "lines" and cands[self._delim] >= 1   # header columns: CSV/TSV only
+        self._skind = sniff_structure(head)
+        if self._skind is not None:
+            if self._shadow is None:
+                self._shadow = Shadow(self)
+            self._shadow.begin(self._skind)
 
     # -- feeding ----------------------------------------------------------------------------
     def feed(self, data: bytes) -> str:
@@ -251,6 +259,8 @@ class ExchangeScanner:
             self._tail = data[-self._tail_len:]
         else:
             self._tail = (self._tail + data)[-self._tail_len:]
+        if self._skind is not None:
+            self._shadow.feed(data, hits)
         self._decide()
 
     def _open_gate(self, buf: bytes, base: int) -> None:
@@ -282,6 +292,9 @@ class ExchangeScanner:
             base = self._pos - len(self._tail)
             self._process(self._tail, base)
         self._finish_record()
+        if self._skind is not None:
+            self._shadow.close()
+            self._skind = None
         self._stream = None
 
     def finish(self) -> ScanResult:
@@ -292,9 +305,10 @@ class ExchangeScanner:
         r = self.result
         r.verdict = self.verdict
         r.seconds = time.perf_counter() - self._t0
-        r.records = len(self._all_recs)
-        r.strong_records = len(self._strong_recs)
-        r.person_records = len(self._person_recs)
+        x = self._shadow.extra() if self._shadow is not None else (0, 0, 0, 0, 0)
+        r.records = len(self._all_recs) + x[0]
+        r.strong_records = len(self._strong_recs) + x[1]
+        r.person_records = len(self._person_recs) + x[2]
         r.findings = {self._sigs[i].id: len(s) for i, s in enumerate(self._distinct) if s}
         r.samples = {self._sigs[i].id: s for i, s in enumerate(self._samples) if s}
         if self._edm is not None:
@@ -546,8 +560,13 @@ class ExchangeScanner:
     def _decide(self) -> None:
         if self.verdict == "trip":
             return
-        v = self.policy.decide(len(self._strong_recs), len(self._person_recs),
-                               self._strong_values, self._contact_values)
+        if self._shadow is None:
+            v = self.policy.decide(len(self._strong_recs), len(self._person_recs),
+                                   self._strong_values, self._contact_values)
+        else:
+            x = self._shadow.extra()
+            v = self.policy.decide(len(self._strong_recs) + x[1], len(self._person_recs) + x[2],
+                                   self._strong_values + x[3], self._contact_values + x[4])
         if self._edm is not None:
             v = stronger(self._edm.verdict(), v)      # EDM thresholds first: an EDM trip always trips
         if v != self.verdict and (v == "trip" or self.verdict == "pass"):

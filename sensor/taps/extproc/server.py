@@ -58,6 +58,7 @@ class _Stream:
         self.ctx: AlertContext | None = None
         self.scan = None
         self.enforce = True
+        self.closed_on_limit = False   # a body not fully inspected (decode limit) is refused / reset
         self.head = bytearray()
         self.result = None
         self.tripped = False
@@ -88,6 +89,12 @@ class _Stream:
             self.result = await self.scan.finish_async()
             verdict = self.result.verdict
         self.scan_s += time.perf_counter() - t
+        if verdict != "trip" and self.closed_on_limit and self.scan.uninspected is not None:
+            s.metrics.failures.labels(reason="decode_limit", action="closed").inc()
+            log.warning("exchange %s not fully inspected (%s): refused, route fails closed",
+                        self.ctx.exchange_id, self.scan.uninspected)
+            self.ctx.action = "refused_uninspected"
+            return "uninspected"
         if verdict == "trip":
             self.tripped = True
             if self.enforce:
@@ -134,6 +141,15 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
                 base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key="content-type", raw_value=b"text/html")),
                 base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key="cache-control", raw_value=b"no-store"))]),
             details="dlp-sensor: taken down"))
+
+    def _refuse(self) -> pb.ProcessingResponse:
+        """A body that could not be fully inspected, on a route that fails closed."""
+        return pb.ProcessingResponse(immediate_response=pb.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=503), body=b"response could not be fully inspected\n",
+            headers=pb.HeaderMutation(set_headers=[
+                base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key="content-type", raw_value=b"text/plain")),
+                base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key="cache-control", raw_value=b"no-store"))]),
+            details="dlp-sensor: not fully inspected"))
 
     async def Process(self, request_iterator, context):          # noqa: N802 (gRPC method name)
         """Messages come through a queue so that the hold-back can wait with a deadline."""
@@ -189,6 +205,7 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
                 return [self._block()]
             route = s.config.proxy.route(st.path.split("?", 1)[0])
             st.enforce, st.holdback = route.mode == "enforce", route.holdback
+            st.closed_on_limit = route.on_decode_limit == "closed"
             st.ctx = AlertContext(exchange_id=uuid.uuid4().hex, sensor_id=s.config.sensor_id, resource=resource,
                                   url=public_url(h.get(":scheme", "http"), st.host, st.path), method=st.method,
                                   status=0, client_ip=h.get("x-forwarded-for", "").split(",")[0].strip(),
@@ -223,6 +240,9 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
             if verdict == "refused" or (verdict == "trip" and st.enforce):
                 st.done = True
                 return [self._block()]              # a clean 451 while held; else Envoy resets the stream
+            if verdict == "uninspected":
+                st.done = True
+                return [self._refuse()]             # a clean 503 while held; else Envoy resets the stream
         if st.ctx is not None:
             st.ctx.bytes_sent += len(body)
         st.completed = st.completed or eos

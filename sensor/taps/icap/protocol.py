@@ -10,7 +10,8 @@ import asyncio
 from dataclasses import dataclass, field
 
 MAX_HEAD = 64 << 10             # ICAP head, and each encapsulated HTTP head
-MAX_CHUNK = 16 << 20
+MAX_CHUNK = 1 << 40             # a declared chunk size is only a count: the data is read in PIECEs
+PIECE = 64 << 10                # the most of a body held from one read
 
 
 class IcapError(Exception):
@@ -18,6 +19,13 @@ class IcapError(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+class IcapTimeout(IcapError):
+    """The client stalled: the connection is dropped (an answer could land inside an echo)."""
+
+    def __init__(self, reason: str):
+        super().__init__(408, reason)
 
 
 @dataclass
@@ -87,7 +95,8 @@ def parse_encapsulated(value: str) -> list[tuple[str, int]]:
     return out
 
 
-async def read_sections(reader: asyncio.StreamReader, req: IcapRequest) -> None:
+async def read_sections(reader: asyncio.StreamReader, req: IcapRequest, timeout: float | None = None) -> None:
+    """The encapsulated HTTP heads (bounded), read within ``timeout`` seconds."""
     enc = req.headers.get("encapsulated")
     if enc is None:
         raise IcapError(400, "missing Encapsulated header")
@@ -96,40 +105,62 @@ async def read_sections(reader: asyncio.StreamReader, req: IcapRequest) -> None:
     if total > 2 * MAX_HEAD:
         raise IcapError(400, "encapsulated HTTP heads too large")
     try:
-        raw = await reader.readexactly(total)
+        async with asyncio.timeout(timeout):
+            raw = await reader.readexactly(total)
     except asyncio.IncompleteReadError:
         raise IcapError(400, "truncated encapsulated HTTP heads") from None
+    except TimeoutError:
+        raise IcapTimeout("the client stalled inside the encapsulated heads") from None
     for (name, start), (_, end) in zip(entities, entities[1:]):
         req.sections[name] = raw[start:end]
     req.body_kind = entities[-1][0]
 
 
-async def read_chunk(reader: asyncio.StreamReader) -> tuple[bytes, bool, bool]:
-    """(data, last, ieof) for one chunk of an ICAP chunked body."""
-    try:
-        line = await reader.readuntil(b"\r\n")
-    except asyncio.IncompleteReadError:
-        raise IcapError(400, "body ended inside a chunk header") from None
-    except asyncio.LimitOverrunError:
-        raise IcapError(400, "chunk header too long") from None
-    size_s, _, ext = line[:-2].partition(b";")
-    try:
-        size = int(size_s.strip(), 16)
-    except ValueError:
-        raise IcapError(400, "malformed chunk size") from None
-    if size < 0 or size > MAX_CHUNK:
-        raise IcapError(400, "chunk size out of range")
-    try:
-        if size == 0:
-            if await reader.readexactly(2) != b"\r\n":
-                raise IcapError(400, "missing CRLF after the last chunk")
-            return b"", True, b"ieof" in ext
-        data = await reader.readexactly(size)
-        if await reader.readexactly(2) != b"\r\n":
-            raise IcapError(400, "chunk longer than its size")
-    except asyncio.IncompleteReadError:
-        raise IcapError(400, "body ended inside a chunk") from None
-    return data, False, False
+class ChunkReader:
+    """One request's chunked body, handed out in pieces of at most ``PIECE`` bytes whatever size a
+    chunk declares: a client announcing 16 MiB chunks costs 64 KiB of memory, not 16 MiB. Each
+    :meth:`read` must complete within ``timeout`` seconds (a stalled client is dropped)."""
+
+    def __init__(self, reader: asyncio.StreamReader, timeout: float | None = None):
+        self.reader = reader
+        self.timeout = timeout
+        self.left = 0                   # bytes of the current chunk not read yet
+
+    async def read(self) -> tuple[bytes, bool, bool]:
+        """(data, last, ieof): the next piece of the body; ``last`` at its terminating chunk."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._read()
+        except TimeoutError:
+            raise IcapTimeout("the client stalled inside a body") from None
+
+    async def _read(self) -> tuple[bytes, bool, bool]:
+        reader = self.reader
+        try:
+            if self.left == 0:
+                try:
+                    line = await reader.readuntil(b"\r\n")
+                except asyncio.LimitOverrunError:
+                    raise IcapError(400, "chunk header too long") from None
+                size_s, _, ext = line[:-2].partition(b";")
+                try:
+                    size = int(size_s.strip(), 16)
+                except ValueError:
+                    raise IcapError(400, "malformed chunk size") from None
+                if size < 0 or size > MAX_CHUNK:
+                    raise IcapError(400, "chunk size out of range")
+                if size == 0:
+                    if await reader.readexactly(2) != b"\r\n":
+                        raise IcapError(400, "missing CRLF after the last chunk")
+                    return b"", True, b"ieof" in ext
+                self.left = size
+            data = await reader.readexactly(min(self.left, PIECE))
+            self.left -= len(data)
+            if self.left == 0 and await reader.readexactly(2) != b"\r\n":
+                raise IcapError(400, "chunk longer than its size")
+        except asyncio.IncompleteReadError:
+            raise IcapError(400, "body ended inside a chunk") from None
+        return data, False, False
 
 
 def http_head(raw: bytes) -> tuple[str, dict[str, str]]:

@@ -13,6 +13,14 @@ alerts, ledger, metrics). How a response is answered:
 
 Malformed ICAP gets 400 (or 404/405/501/505) and the connection is closed; the server keeps
 serving. No maintained Python ICAP library exists: the framing is in ``protocol.py``.
+
+Limits: the ``Max-Connections`` advertised in OPTIONS is enforced (a connection past it is answered
+``503`` and closed before anything is read); a connection waiting for its next request is closed
+after ``idle_timeout``; a started request whose client stalls for ``read_timeout`` (heads, or any
+piece of the body) is dropped; a body is read in pieces of at most 64 KiB whatever chunk size
+the client declares. A body that could not be fully inspected (a decode limit) on a route whose
+``on_decode_limit`` is closed is refused with an encapsulated ``503`` before anything is returned,
+or the connection is aborted after.
 """
 from __future__ import annotations
 
@@ -26,52 +34,88 @@ from sensor.alerts.schema import AlertContext
 from sensor.enforce.resource import normalize, public_url
 from sensor.pipeline import BodyScan, Exchange
 from sensor.runtime import Sensor
-from sensor.taps.icap.protocol import (LAST_CHUNK, MAX_HEAD, IcapError, IcapRequest, chunk, http_head, parse_head,
-                                       read_chunk, read_head, read_sections, response)
+from sensor.taps.connections import RateLimited, accept_backlog
+from sensor.taps.icap.protocol import (LAST_CHUNK, MAX_HEAD, ChunkReader, IcapError, IcapRequest, IcapTimeout, chunk,
+                                       http_head, parse_head, read_head, read_sections, response)
 
 log = logging.getLogger("dlp_sensor.icap")
 SERVICE_PATHS = ("/respmod", "/dlp")
+MAX_PREVIEW = 1 << 20       # a preview longer than this is not a preview (we advertise a few KiB)
+REFUSAL = b"ICAP/1.0 503 Service Unavailable\r\nConnection: close\r\nEncapsulated: null-body=0\r\n\r\n"
 
 
 class IcapServer:
-    def __init__(self, sensor: Sensor, *, max_connections: int = 512, options_ttl: int = 300):
+    def __init__(self, sensor: Sensor, *, max_connections: int = 512, options_ttl: int = 300,
+                 idle_timeout: float = 60.0, read_timeout: float = 30.0):
         self.sensor = sensor
         self.max_connections = max_connections
         self.options_ttl = options_ttl
+        self.idle_timeout = idle_timeout
+        self.read_timeout = read_timeout
         self.connections = 0
+        self.refused = 0
+        self._log = RateLimited(log)
 
     @property
     def istag(self) -> str:
         return f'"{self.sensor.detector.generation}"'     # changes with the pack or the policy
 
     async def start(self, host: str, port: int) -> asyncio.Server:
-        return await asyncio.start_server(self.handle, host, port, limit=MAX_HEAD, backlog=1024)
+        return await asyncio.start_server(self.handle, host, port, limit=MAX_HEAD,
+                                          backlog=accept_backlog(self.max_connections))
 
     # -- connection ---------------------------------------------------------------------------------
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.connections >= self.max_connections:
+            self.refused += 1
+            self._log.warn("refused", f"ICAP Max-Connections {self.max_connections} reached: refusing with 503")
+            writer.write(REFUSAL)
+            writer.close()
+            return
         self.connections += 1
         try:
             while True:
                 try:
-                    head = await read_head(reader)
+                    try:
+                        async with asyncio.timeout(self.idle_timeout):
+                            head = await read_head(reader)
+                    except TimeoutError:
+                        return                                   # idle (or a head that never ends)
                     if head is None:
                         return
                     req = parse_head(head)
                     keep = await self._dispatch(req, reader, writer)
+                except IcapTimeout as e:
+                    self.sensor.metrics.icap_errors.labels(status="408").inc()
+                    self._log.warn("timeout", f"ICAP client dropped: {e.reason}")
+                    writer.transport.abort()
+                    return
                 except IcapError as e:
                     self.sensor.metrics.icap_errors.labels(status=str(e.status)).inc()
-                    log.warning("ICAP %d: %s", e.status, e.reason)
+                    self._log.warn(f"error:{e.status}:{e.reason}", f"ICAP {e.status}: {e.reason}")
                     writer.write(response(e.status, _REASONS.get(e.status, "Error"),
                                           {"ISTag": self.istag, "Connection": "close"}))
-                    await writer.drain()
+                    await self._flush(writer)
                     return
                 if not keep:
                     return
+        except IcapTimeout:                 # the client stopped reading our answer
+            writer.transport.abort()
+            return
         except (ConnectionError, asyncio.IncompleteReadError):
             return
         finally:
             self.connections -= 1
             writer.close()
+
+    async def _flush(self, writer: asyncio.StreamWriter) -> None:
+        """Wait for the client to take what was written, for ``read_timeout`` at most: a client that
+        stops reading must not hold a connection (and its scan) for ever."""
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                await writer.drain()
+        except TimeoutError:
+            raise IcapTimeout("the client stopped reading") from None
 
     async def _dispatch(self, req: IcapRequest, reader, writer) -> bool:
         path = "/" + req.uri.split("://", 1)[-1].split("/", 1)[-1].split("?", 1)[0] if "://" in req.uri else req.uri
@@ -81,7 +125,7 @@ class IcapServer:
                 "Max-Connections": str(self.max_connections), "Options-TTL": str(self.options_ttl),
                 "Allow": "204", "Preview": str(self.sensor.config.icap.preview), "Transfer-Preview": "*",
                 "Service-ID": "dlp"}))
-            await writer.drain()
+            await self._flush(writer)
             return True
         if req.method in ("REQMOD",):
             raise IcapError(405, "this service does RESPMOD only")
@@ -89,8 +133,8 @@ class IcapServer:
             raise IcapError(501, "method not implemented")
         if path not in SERVICE_PATHS:
             raise IcapError(404, "no such ICAP service (use /respmod)")
-        await read_sections(reader, req)
-        return await self._respmod(req, reader, writer)
+        await read_sections(reader, req, self.read_timeout)
+        return await self._respmod(req, ChunkReader(reader, self.read_timeout), writer)
 
     # -- RESPMOD ------------------------------------------------------------------------------------
     async def _respmod(self, req: IcapRequest, reader, writer) -> bool:
@@ -124,12 +168,13 @@ class IcapServer:
             return True
         if not has_body:
             writer.write(response(204, "No Content", {"ISTag": self.istag}))
-            await writer.drain()
+            await self._flush(writer)
             return True
         ex = Exchange(url=f"http://{host}{target}" if not target.startswith("http") else target, method=method,
                       status=status, content_type=res_h.get("content-type", ""),
                       content_encoding=res_h.get("content-encoding", ""), client=ctx.client_ip, path=path)
-        gate = _Gate(self, s.new_scan(ex, stop_on_trip=enforce), ctx, resource, enforce)
+        gate = _Gate(self, s.new_scan(ex, stop_on_trip=enforce), ctx, resource, enforce,
+                     closed_on_limit=route.on_decode_limit == "closed")
         try:
             # the echo hold-back stays under squid's 64 KiB of unanswered body, where it stops sending
             return await self._body(req, reader, writer, gate, res_raw, min(route.holdback, s.config.icap.holdback))
@@ -142,25 +187,28 @@ class IcapServer:
         previewed: list[bytes] = []                              # echoed back if it comes to that
         if preview is not None:                                  # the preview, then maybe 100 Continue
             while True:
-                data, last, ieof = await read_chunk(reader)
+                data, last, ieof = await reader.read()
                 if last:
                     break
                 previewed.append(data)
-                if await gate.feed(data) == "block":
+                gate.previewed += len(data)
+                if gate.previewed > MAX_PREVIEW:
+                    raise IcapError(400, f"preview longer than {MAX_PREVIEW} bytes")
+                if (v := await gate.feed(data)) != "pass":
                     ieof = (await self._drain_chunks(reader))    # the rest of the preview is on its way
-                    await self._block(writer)                    # then the client waits for this answer
+                    await self._block(writer, v)                 # then the client waits for this answer
                     return True
             if ieof:
                 return await self._end(writer, gate)
             writer.write(b"ICAP/1.0 100 Continue\r\n\r\n")
-            await writer.drain()
+            await self._flush(writer)
         if req.allow_204:                                        # the client keeps its copy: answer at the end
             while True:
-                data, last, _ = await read_chunk(reader)
+                data, last, _ = await reader.read()
                 if last:
                     return await self._end(writer, gate)
-                if await gate.feed(data) == "block":
-                    await self._block(writer)
+                if (v := await gate.feed(data)) != "pass":
+                    await self._block(writer, v)
                     await self._drain_chunks(reader)
                     return True
         return await self._echo(reader, writer, gate, res_raw, holdback, previewed)
@@ -173,12 +221,12 @@ class IcapServer:
         started = False
         lag: bytes | None = None
         while True:
-            data, last, _ = await read_chunk(reader)
+            data, last, _ = await reader.read()
             if last:
                 break
-            if await gate.feed(data) == "block":
+            if (v := await gate.feed(data)) != "pass":
                 if not started:
-                    await self._block(writer)
+                    await self._block(writer, v)
                     await self._drain_chunks(reader)
                     return True
                 writer.transport.abort()                         # a failed response, never a short one
@@ -189,7 +237,7 @@ class IcapServer:
                 if lag is not None:
                     writer.write(chunk(lag))
                     gate.ctx.bytes_sent += len(lag)
-                    await writer.drain()
+                    await self._flush(writer)
                 lag = data
                 continue
             held.append(data)
@@ -197,13 +245,13 @@ class IcapServer:
             if held_n >= holdback and gate.enforce:
                 started = True
                 self._start_echo(writer, res_raw, held, gate)
-                await writer.drain()
+                await self._flush(writer)
             elif not gate.enforce:
                 started = True
                 self._start_echo(writer, res_raw, held, gate)
-        if await gate.finish() == "block":
+        if (v := await gate.finish()) != "pass":
             if not started:
-                await self._block(writer)
+                await self._block(writer, v)
                 return True
             writer.transport.abort()
             return False
@@ -213,7 +261,7 @@ class IcapServer:
             writer.write(chunk(lag))
             gate.ctx.bytes_sent += len(lag)
         writer.write(LAST_CHUNK)
-        await writer.drain()
+        await self._flush(writer)
         gate.completed = True
         return True
 
@@ -225,22 +273,29 @@ class IcapServer:
         held.clear()
 
     async def _end(self, writer, gate: "_Gate") -> bool:
-        if await gate.finish() == "block":
-            await self._block(writer)
+        if (v := await gate.finish()) != "pass":
+            await self._block(writer, v)
             return True
         writer.write(response(204, "No Content", {"ISTag": self.istag}))
-        await writer.drain()
+        await self._flush(writer)
         gate.ctx.bytes_sent = gate.received                     # the client sends its own copy
         gate.completed = True
         return True
 
-    async def _block(self, writer) -> None:
-        page = self.sensor.block_page()
-        res = (b"HTTP/1.1 451 Unavailable For Legal Reasons\r\nContent-Type: text/html\r\n"
-               b"Cache-Control: no-store\r\nContent-Length: %d\r\n\r\n" % len(page))
+    async def _block(self, writer, verdict: str = "block") -> None:
+        """The encapsulated answer instead of the response: the 451 page for a leak or a takedown,
+        a 503 for a body that could not be fully inspected (``refuse``)."""
+        if verdict == "refuse":
+            page = b"response could not be fully inspected\n"
+            res = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                   b"Cache-Control: no-store\r\nContent-Length: %d\r\n\r\n" % len(page))
+        else:
+            page = self.sensor.block_page()
+            res = (b"HTTP/1.1 451 Unavailable For Legal Reasons\r\nContent-Type: text/html\r\n"
+                   b"Cache-Control: no-store\r\nContent-Length: %d\r\n\r\n" % len(page))
         writer.write(response(200, "OK", {"ISTag": self.istag}, f"res-hdr=0, res-body={len(res)}")
                      + res + chunk(page) + LAST_CHUNK)
-        await writer.drain()
+        await self._flush(writer)
 
     async def _drain(self, reader, req: IcapRequest, has_body: bool) -> None:
         """Discard a body we answer without reading (a preview ends at its own last chunk)."""
@@ -252,7 +307,7 @@ class IcapServer:
         """Discard chunks up to the last one; True when it carried ``ieof``."""
         deadline = time.monotonic() + 30
         while True:
-            _, last, ieof = await read_chunk(reader)
+            _, last, ieof = await reader.read()
             if last:
                 return ieof
             if time.monotonic() > deadline:
@@ -262,8 +317,11 @@ class IcapServer:
 class _Gate:
     """One exchange's scan, content fingerprint and accounting, in ICAP terms (``block`` or not)."""
 
-    def __init__(self, server: IcapServer, scan: BodyScan, ctx: AlertContext, resource: str, enforce: bool):
+    def __init__(self, server: IcapServer, scan: BodyScan, ctx: AlertContext, resource: str, enforce: bool,
+                 closed_on_limit: bool = False):
         self.server, self.scan, self.ctx, self.resource, self.enforce = server, scan, ctx, resource, enforce
+        self.closed_on_limit = closed_on_limit      # a body not fully inspected is refused (or the echo aborted)
+        self.previewed = 0
         self.sensor = server.sensor
         self.head = bytearray()
         self.fingerprint: str | None = None
@@ -296,7 +354,18 @@ class _Gate:
         t = time.perf_counter()
         verdict = self.scan.write(data)
         self.scan_s += time.perf_counter() - t
-        return await self._trip() if verdict == "trip" else "pass"
+        if verdict == "trip":
+            return await self._trip()
+        return self._uninspected()
+
+    def _uninspected(self) -> str:
+        if self.closed_on_limit and self.scan.uninspected is not None:
+            if self.ctx.action != "refused_uninspected":
+                self.ctx.action = "refused_uninspected"
+                log.warning("exchange %s not fully inspected (%s): refused, route fails closed",
+                            self.ctx.exchange_id, self.scan.uninspected)
+            return "refuse"
+        return "pass"
 
     async def finish(self) -> str:
         """The final verdict. A PDF's text extraction runs in a thread (``finish_async``): seconds of
@@ -306,6 +375,8 @@ class _Gate:
         self.scan_s += time.perf_counter() - t
         if self.result.verdict == "trip":
             return await self._trip()
+        if self._uninspected() != "pass":
+            return "refuse"
         if self.enforce and self.head and self.fingerprint is None:
             fp = self.sensor.content_fingerprint(bytes(self.head))
             if self.sensor.registry.blocked_content(fp) is not None:

@@ -16,11 +16,22 @@ Per route:
 
 Memory per exchange is bounded by the hold-back plus one chunk: reads and writes are paced by
 aiohttp's flow control in both directions.
+
+An HTTP/1.0 client cannot be told that a body without a Content-Length was cut: the end of such
+a body is the end of the connection, so a cut looks like a complete file. On an enforce route
+such a response (upstream chunked or length-less) is therefore buffered whole — in memory, then
+in a temporary file — scanned, and sent with a Content-Length; past ``proxy.http10_buffer_mib``
+it is refused with ``505`` before the first byte (the client should speak HTTP/1.1).
+
+A body that could not be fully inspected (a decode limit) follows the route's
+``on_decode_limit``: closed (the default on enforce routes) refuses it with ``503`` before the
+first byte or cuts it after; open lets it through. Either way the exchange raises an alert.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import time
 import uuid
 
@@ -37,6 +48,7 @@ log = logging.getLogger("dlp_sensor.proxy")
 CHUNK = 64 << 10              # enforce: what may leave after the hold-back before a trip is seen
 LAST_CHUNK_PATIENCE = 0.1    # s a chunked body's latest chunk waits for the next before it leaves anyway
 MONITOR_CHUNK = 256 << 10     # monitor: nothing is held, so bigger reads (fewer per-chunk costs: +8 % MB/s)
+UNFRAMED_MEMORY = 1 << 20     # an HTTP/1.0 client's unframed body: held in memory up to this, then on disk
 HOP_BY_HOP = frozenset(h.lower() for h in (
     "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer", "Trailers",
     "Transfer-Encoding", "Upgrade", "Proxy-Connection"))
@@ -52,6 +64,31 @@ def _forward_headers(headers, extra_drop: frozenset[str] = frozenset()) -> CIMul
 
 class Cut(Exception):
     """The response must end now, without a proper end (abort the client connection)."""
+
+
+class _Unframed:
+    """A whole body kept for an HTTP/1.0 client (memory, then a temporary file), bounded."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.size = 0
+        self.file = tempfile.SpooledTemporaryFile(max_size=UNFRAMED_MEMORY)
+
+    def add(self, chunk: bytes) -> bool:
+        """Keep ``chunk``; False when the body has grown past the limit."""
+        self.size += len(chunk)
+        if self.size > self.limit:
+            return False
+        self.file.write(chunk)
+        return True
+
+    def pieces(self, size: int = CHUNK):
+        self.file.seek(0)
+        while piece := self.file.read(size):
+            yield piece
+
+    def close(self) -> None:
+        self.file.close()
 
 
 class Proxy:
@@ -177,6 +214,12 @@ class Proxy:
         held_n = 0
         lookahead = enforce and has_body and up.content_length is None   # see LAST_CHUNK_PATIENCE
         pending: bytes | None = None                # lookahead: the latest chunk, not sent yet
+        unframed: _Unframed | None = None           # HTTP/1.0 client, no length: sent whole with one
+        if enforce and has_body and up.content_length is None and request.version < aiohttp.HttpVersion11:
+            unframed = _Unframed(self.config.http10_buffer)
+            lookahead = False
+        decode_closed = route.on_decode_limit == "closed"
+        finishing: asyncio.Future | None = None     # the final verdict being read (a container: in a thread)
         prepared = False
         completed = False
         scan_s = 0.0
@@ -231,9 +274,12 @@ class Proxy:
                             and received >= up.content_length):
                         # the last bytes of a Content-Length body: decide before they leave, or the
                         # client would hold a complete file when the final record trips
-                        result = await scan.finish_async()
+                        finishing = _finishing(scan)
+                        result = await (asyncio.shield(finishing) if finishing else scan.finish_async())
                         verdict = result.verdict
                     scan_s += time.perf_counter() - t
+                    if verdict != "trip" and decode_closed and scan is not None and scan.uninspected is not None:
+                        return self._uninspected(ctx, scan, prepared), "uninspected"
                     if verdict == "trip" and tripped_at is None:
                         tripped_at = time.perf_counter()
                         if enforce:
@@ -244,7 +290,13 @@ class Proxy:
                                                 headers={"Retry-After": "1"}), "scanner_error"
                         raise Cut("scanner failed")
                 if enforce:
-                    if not prepared:
+                    if unframed is not None:
+                        if not unframed.add(chunk):
+                            log.warning("exchange %s refused: an unframed body for an HTTP/1.0 client grew past "
+                                        "%d bytes", ctx.exchange_id, unframed.limit)
+                            return web.Response(status=505, text="this response needs HTTP/1.1\n",
+                                                headers={"Cache-Control": "no-store"}), "http10_too_large"
+                    elif not prepared:
                         held.append(chunk)
                         held_n += len(chunk)
                         if held_n >= route.holdback:
@@ -269,17 +321,27 @@ class Proxy:
             # end of body: the last record may only now be complete
             if scan is not None and result is None:
                 t = time.perf_counter()
-                result = await scan.finish_async()
+                finishing = _finishing(scan)
+                result = await (asyncio.shield(finishing) if finishing else scan.finish_async())
                 scan_s += time.perf_counter() - t
                 if result.verdict == "trip" and tripped_at is None:
                     tripped_at = time.perf_counter()
                     if enforce:
                         return await self._take_down_and_stop(ctx, head, up, tripped_at, prepared), "tripped"
+                if result.verdict != "trip" and decode_closed and scan.uninspected is not None:
+                    return self._uninspected(ctx, scan, prepared), "uninspected"
             if has_body and fingerprint is None and head and enforce and not prepared:   # a body under 64 KiB
                 fingerprint = s.content_fingerprint(bytes(head))
                 if s.registry.blocked_content(fingerprint) is not None:
                     s.refused(resource, "content")
                     return self._451(), "refused"
+            if not prepared and unframed is not None:
+                resp.content_length = unframed.size     # the HTTP/1.0 client can tell a cut from the end
+                await resp.prepare(request)
+                prepared = True
+                for piece in unframed.pieces():
+                    await resp.write(piece)
+                    ctx.bytes_sent += len(piece)
             if not prepared:
                 await resp.prepare(request)
                 prepared = True
@@ -314,20 +376,50 @@ class Proxy:
             outcome = "client_gone"
             return resp, outcome
         finally:
+            if unframed is not None:
+                unframed.close()
+            return_none = False                 # accounting deferred to the end of ``finishing``
             try:
                 if mirrored is not None:
                     mirrored.end(completed=completed, sent=ctx.bytes_sent)
                 if scan is not None:
                     self.active_scans -= 1
                     s.metrics.active_exchanges.dec()
-                    if result is None:
+                    if result is None and finishing is not None:
+                        # the client left (the handler is cancelled) while the verdict was being read,
+                        # typically right after the last byte: the verdict still counts, when it is in
+                        finishing.add_done_callback(
+                            lambda f, sent=scan_s, done=completed, sc=scan: self._account_late(ctx, f, sc, sent, done))
+                        return_none = True
+                    elif result is None:
                         t = time.perf_counter()
                         result = scan.finish()          # aborted exchanges: inline (no await in a finally)
                         scan_s += time.perf_counter() - t
-                s.finished(ctx, result, tap="proxy", completed=completed, scan_seconds=scan_s,
-                           mirrored=mirrored is not None)
+                if not return_none:
+                    s.finished(ctx, result, tap="proxy", completed=completed, scan_seconds=scan_s,
+                               mirrored=mirrored is not None)
             except Exception:           # accounting must never break the data path
                 log.exception("accounting for exchange %s failed", ctx.exchange_id)
+
+    def _account_late(self, ctx: AlertContext, fut: asyncio.Future, scan: BodyScan, scan_s: float,
+                      completed: bool) -> None:
+        try:
+            result = fut.result() if not fut.cancelled() and fut.exception() is None else scan.finish()
+            self.sensor.finished(ctx, result, tap="proxy", completed=completed, scan_seconds=scan_s)
+        except Exception:               # accounting must never break the data path
+            log.exception("accounting for exchange %s failed", ctx.exchange_id)
+
+    def _uninspected(self, ctx: AlertContext, scan: BodyScan, prepared: bool) -> web.Response:
+        """The route fails closed on a body it could not fully inspect: 503 if nothing has left,
+        else the cut. The alert (verdict ``alert``, note ``uninspected:``) comes with the accounting."""
+        self.sensor.metrics.failures.labels(reason="decode_limit", action="closed").inc()
+        log.warning("exchange %s not fully inspected (%s): %s, route fails closed", ctx.exchange_id,
+                    scan.uninspected, "cut" if prepared else "refused")
+        ctx.action = "cut_uninspected" if prepared else "refused_uninspected"
+        if prepared:
+            raise Cut("not fully inspected")
+        return web.Response(status=503, text="response could not be fully inspected\n",
+                            headers={"Cache-Control": "no-store"})
 
     def _scan_failed(self, route, reason: str) -> str:
         self.sensor.metrics.failures.labels(reason=reason, action=route.on_error).inc()
@@ -389,6 +481,13 @@ class Proxy:
             self.websockets.discard(ws)
             await upstream.close()
         return ws
+
+
+def _finishing(scan: BodyScan) -> asyncio.Future | None:
+    """The final verdict of a container, read in a thread, as a task the handler awaits shielded: a
+    client that leaves right after its last byte cancels the handler, and the verdict must still be
+    read and counted (``Proxy._account_late``). None for text, which finishes without yielding."""
+    return asyncio.ensure_future(scan.finish_async()) if scan.needs_prepare else None
 
 
 async def _with_ticks(it, patience: float):

@@ -1,0 +1,427 @@
+"""Issue 15's acceptance corpus: synthetic people in every shape, and public-by-design lists.
+
+Run as a script to write the files (``python -m tests.corpus15 DIR``); the test builds the same
+files in memory. Every person is made up (names from the census lists the pack ships, addresses,
+dates and licence numbers from a seeded generator). Each leak file knows how many distinct people
+it holds (its *truth*); each public file holds people whose publication is the point (staff
+directories, registers, disclosures, obituaries, press lists) and must not trip.
+"""
+from __future__ import annotations
+
+import base64
+import bz2
+import datetime as dt
+import io
+import json
+import lzma
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+from xml.sax.saxutils import escape, quoteattr
+
+import zstandard
+
+from sensor import synth
+
+PEOPLE = 200          # people per leak file (the truth of every leak)
+PUBLIC_ROWS = 300     # rows per public-by-design file
+
+
+@dataclass(frozen=True)
+class Person:
+    first: str
+    middle: str
+    last: str
+    dob: dt.date
+    street: str
+    city: str
+    state: str
+    zip: str
+    dl: str
+    phone: str
+
+    @property
+    def us_dob(self) -> str:
+        return self.dob.strftime("%m/%d/%Y")
+
+
+@dataclass(frozen=True)
+class CorpusFile:
+    name: str
+    content_type: str
+    data: bytes
+    expected: str          # "trip" (a leak) or "public" (must not trip)
+    truth: int             # people in the file (leaks); rows for public files
+    shape: str             # the bullet of issue 15 it stands for
+
+
+def people(n: int = PEOPLE, seed: int = 15) -> list[Person]:
+    """``n`` distinct made-up people (distinct licence numbers; census names)."""
+    rng = random.Random(seed)
+    firsts = [w.title() for w in synth._words("first-names.txt")[:800]]
+    lasts = [w.title() for w in synth._words("surnames.txt")[:2000]]
+    out, seen = [], set()
+    while len(out) < n:
+        dl = f"{rng.choice('ABCDEFGNSUY')}{rng.randint(0, 9999999):07d}"
+        if dl in seen:
+            continue
+        seen.add(dl)
+        out.append(Person(
+            first=rng.choice(firsts), middle=rng.choice("ABCDEFGHJKLMNPRSTW"), last=rng.choice(lasts),
+            dob=dt.date(rng.randint(1940, 2003), rng.randint(1, 12), rng.randint(1, 28)),
+            street=f"{rng.randint(1, 29999)} {rng.choice(['', 'N ', 'S ', 'E ', 'W '])}"
+                   f"{rng.choice(synth.STREETS).title()} {rng.choice(synth.SUFFIXES).title()}",
+            city=rng.choice(synth.CITIES).title(), state="CA", zip=str(rng.randint(90001, 96162)),
+            dl=dl, phone=f"({rng.randint(200, 989)}) {rng.randint(200, 989)}-{rng.randint(1000, 9999)}"))
+    return out
+
+
+def _dumps(obj: object, indent: int | None = None) -> bytes:
+    return json.dumps(obj, indent=indent).encode()
+
+
+def _csv(ps: list[Person]) -> bytes:
+    head = "last_name,first_name,date_of_birth,street_address,city,state,zip,driver_license\n"
+    return (head + "".join(f"{p.last.upper()},{p.first.upper()},{p.us_dob},{p.street.upper()},{p.city.upper()},"
+                           f"{p.state},{p.zip},{p.dl}\n" for p in ps)).encode()
+
+
+# -- leaks: JSON ------------------------------------------------------------------------------------
+
+def json_nested(ps: list[Person]) -> bytes:
+    return _dumps({"status": "ok", "page": {"number": 1, "size": len(ps)}, "results": [
+        {"id": 1000 + i, "person": {"name": {"given": p.first, "family": p.last}, "birthDate": p.dob.isoformat()},
+         "residence": {"line1": p.street, "city": p.city, "state": p.state, "postalCode": p.zip},
+         "credentials": {"licence": {"number": p.dl, "class": "C"}}}
+        for i, p in enumerate(ps)]}, indent=2)
+
+
+def jsonl_nested(ps: list[Person]) -> bytes:
+    return b"".join(_dumps({"record": i, "applicant": {"givenName": p.first, "familyName": p.last,
+                                                        "born": p.dob.isoformat()},
+                            "home": {"street": p.street, "city": p.city, "zip": p.zip},
+                            "dl": p.dl}) + b"\n" for i, p in enumerate(ps))
+
+
+_COLS = ["permit_id", "first_name", "last_name", "date_of_birth", "street", "city", "zip", "dl_number"]
+
+
+def _row(i: int, p: Person) -> list:
+    return [f"P{50000 + i}", p.first, p.last, p.dob.isoformat() + "T00:00:00", p.street, p.city, p.zip, p.dl]
+
+
+def json_rows_meta(ps: list[Person]) -> bytes:
+    cols = [{"id": -1 - k, "name": c.replace("_", " ").title(), "fieldName": c, "dataTypeName": "text",
+             "position": k + 1} for k, c in enumerate(_COLS)]
+    return _dumps({"meta": {"view": {"id": "abcd-1234", "name": "Permit holders", "columns": cols}},
+                   "data": [_row(i, p) for i, p in enumerate(ps)]})
+
+
+def df_split(ps: list[Person]) -> bytes:
+    return _dumps({"columns": _COLS, "index": list(range(len(ps))), "data": [_row(i, p) for i, p in enumerate(ps)]})
+
+
+def df_columns(ps: list[Person]) -> bytes:
+    rows = [_row(i, p) for i, p in enumerate(ps)]
+    return _dumps({c: {str(i): r[k] for i, r in enumerate(rows)} for k, c in enumerate(_COLS)})
+
+
+def df_index(ps: list[Person]) -> bytes:
+    return _dumps({str(i): dict(zip(_COLS, _row(i, p))) for i, p in enumerate(ps)})
+
+
+def parallel_arrays(ps: list[Person]) -> bytes:
+    rows = [_row(i, p) for i, p in enumerate(ps)]
+    return _dumps({"generated": "2024-01-31", "series": {c: [r[k] for r in rows] for k, c in enumerate(_COLS)}})
+
+
+def dashboard_dictionary(ps: list[Person]) -> bytes:
+    """A dashboard's data dictionary: field names once, every field's values in one flat array."""
+    fields = ["FullName", "DOB", "HomeAddress", "LicenseNo"]
+    flat: list[str] = []
+    for p in ps:
+        flat += [f"{p.first} {p.last}", p.us_dob, f"{p.street}, {p.city}, {p.state} {p.zip}", p.dl]
+    return _dumps({"dashboard": "Permit lookup", "dictionary": {"fields": [{"name": f} for f in fields]},
+                   "values": flat})
+
+
+def geojson(ps: list[Person]) -> bytes:
+    rng = random.Random(3)
+    return _dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [round(-121 - rng.random(), 6),
+                                                                          round(38 + rng.random(), 6)]},
+         "properties": {"OWNER_FIRST": p.first.upper(), "OWNER_LAST": p.last.upper(), "OWNER_DOB": p.us_dob,
+                        "SITE_ADDR": p.street.upper(), "CITY": p.city.upper(), "DL_NO": p.dl}}
+        for p in ps]})
+
+
+def b64_csv_in_json(ps: list[Person]) -> bytes:
+    return _dumps({"export": {"filename": "permits.csv", "mime": "text/csv",
+                              "content": base64.b64encode(_csv(ps)).decode()}})
+
+
+# -- leaks: XML, SQL, HTML, text, PDF, compressed -------------------------------------------------------
+
+def xml_children(ps: list[Person]) -> bytes:
+    out = ['<?xml version="1.0" encoding="UTF-8"?>\n<PermitHolders exported="2024-02-01">']
+    for i, p in enumerate(ps):
+        out.append(f"<Holder><Id>{i}</Id><Name><First>{escape(p.first)}</First><Last>{escape(p.last)}</Last></Name>"
+                   f"<BirthDate>{p.dob.isoformat()}</BirthDate><Address><Street>{escape(p.street)}</Street>"
+                   f"<City>{p.city}</City><Zip>{p.zip}</Zip></Address><DriverLicense>{p.dl}</DriverLicense></Holder>")
+    return ("\n".join(out) + "\n</PermitHolders>\n").encode()
+
+
+def xml_attributes(ps: list[Person]) -> bytes:
+    out = ['<?xml version="1.0"?>\n<export><people>']
+    for p in ps:
+        out.append(f"  <person given={quoteattr(p.first)} family={quoteattr(p.last)} dob=\"{p.us_dob}\" "
+                   f"street={quoteattr(p.street)} city=\"{p.city}\" zip=\"{p.zip}\" licence=\"{p.dl}\"/>")
+    return ("\n".join(out) + "\n</people></export>\n").encode()
+
+
+def sql_dump(ps: list[Person]) -> bytes:
+    head = ("-- dump of table holders\nCREATE TABLE `holders` (\n  `id` int NOT NULL,\n  `first_name` varchar(40),\n"
+            "  `last_name` varchar(40),\n  `birth_date` date,\n  `street` varchar(80),\n  `city` varchar(40),\n"
+            "  `zip` char(5),\n  `dl` char(8),\n  PRIMARY KEY (`id`)\n);\n")
+    lines = []
+    for k in range(0, len(ps), 100):
+        tuples = ",".join(f"({k + i},'{p.first}','{p.last}','{p.dob.isoformat()}','{p.street}','{p.city}','{p.zip}',"
+                          f"'{p.dl}')" for i, p in enumerate(ps[k:k + 100]))
+        lines.append(f"INSERT INTO `holders` VALUES {tuples};\n")
+    return (head + "".join(lines)).encode()
+
+
+def sql_insert_columns(ps: list[Person]) -> bytes:
+    lines = []
+    for k in range(0, len(ps), 100):
+        tuples = ",\n".join(f"  ({k + i}, '{p.last}', '{p.first}', '{p.us_dob}', '{p.street}', '{p.dl}')"
+                            for i, p in enumerate(ps[k:k + 100]))
+        lines.append(f"INSERT INTO applicants (id, surname, forename, dob, home_street, licence_no) VALUES\n{tuples};\n")
+    return "".join(lines).encode()
+
+
+def html_cards(ps: list[Person]) -> bytes:
+    cards = "".join(
+        f'<div class="card"><div class="card-body"><h3 class="title">{p.first} {p.last}</h3>'
+        f'<div class="row"><span class="label">Date of birth</span> <span>{p.us_dob}</span></div>'
+        f'<div class="row"><span class="label">Home</span> <span>{p.street}</span>, <span>{p.city}</span></div>'
+        f'<div class="row"><span class="label">Licence</span> <span>{p.dl}</span></div></div></div>\n'
+        for p in ps)
+    return f"<!doctype html><html><body><main><section class=\"results\">\n{cards}</section></main></body></html>".encode()
+
+
+def html_deflists(ps: list[Person]) -> bytes:
+    items = "".join(
+        f"<article><dl><dt>Name</dt><dd>{p.last}, {p.first}</dd><dt>Date of birth</dt><dd>{p.us_dob}</dd>"
+        f"<dt>Address</dt><dd>{p.street}, {p.city}, {p.state} {p.zip}</dd><dt>Driver licence</dt><dd>{p.dl}</dd></dl>"
+        f"</article>\n" for p in ps)
+    return f"<!doctype html><html><body><h1>Holders</h1>\n{items}</body></html>".encode()
+
+
+def delimited_no_header(ps: list[Person]) -> bytes:
+    return "".join(f"{p.last.upper()}|{p.first.upper()}|{p.us_dob}|{p.street.upper()}|{p.city.upper()}|"
+                   f"{p.state}|{p.zip}|{p.dl}\n" for p in ps).encode()
+
+
+def fixed_width(ps: list[Person]) -> bytes:
+    """Fixed columns whose header gives the positions; DOB (YYYYMMDD) and licence touch."""
+    head = f"{'LAST':<16}{'FIRST':<14}{'DOB':<8}{'DL':<8}{'ADDRESS':<26}{'CITY':<14}ZIP\n"
+    rows = "".join(f"{p.last.upper():<16}{p.first.upper():<14}{p.dob:%Y%m%d}{p.dl}{p.street.upper():<26}"
+                   f"{p.city.upper():<14}{p.zip}\n" for p in ps)
+    return (head + rows).encode()
+
+
+def pdf_table(ps: list[Person]) -> bytes:
+    lines = ["NAME                      DATE OF BIRTH   ADDRESS                        DL"]
+    lines += [f"{p.last.upper()}, {p.first.upper():<18} {p.us_dob}      {p.street.upper():<30} {p.dl}" for p in ps]
+    return synth.pdf(lines)
+
+
+def csv_zst(ps: list[Person]) -> bytes:
+    return zstandard.ZstdCompressor().compress(_csv(ps))
+
+
+def csv_xz(ps: list[Person]) -> bytes:
+    return lzma.compress(_csv(ps))
+
+
+def csv_bz2(ps: list[Person]) -> bytes:
+    return bz2.compress(_csv(ps))
+
+
+def data_uri_html(ps: list[Person]) -> bytes:
+    b64 = base64.b64encode(_csv(ps)).decode()
+    return f'<!doctype html><html><body><a download="export.csv" href="data:text/csv;base64,{b64}">Export</a></body></html>'.encode()
+
+
+def parquet(ps: list[Person]) -> bytes | None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return None
+    rows = [_row(i, p) for i, p in enumerate(ps)]
+    table = pa.table({c: [r[k] for r in rows] for k, c in enumerate(_COLS)})
+    bio = io.BytesIO()
+    pq.write_table(table, bio)
+    return bio.getvalue()
+
+
+# name, content type, generator, shape
+LEAKS: list[tuple[str, str, Callable[[list[Person]], bytes | None], str]] = [
+    ("json_nested.json", "application/json", json_nested, "JSON objects nested in an array"),
+    ("jsonl_nested.jsonl", "application/x-ndjson", jsonl_nested, "JSON Lines, nested, given/family keys"),
+    ("rows_meta.json", "application/json", json_rows_meta, "open-data rows, columns in meta"),
+    ("df_split.json", "application/json", df_split, "dataframe split"),
+    ("df_columns.json", "application/json", df_columns, "dataframe columns (column -> index -> value)"),
+    ("df_index.json", "application/json", df_index, "dict of records keyed by row index"),
+    ("parallel_arrays.json", "application/json", parallel_arrays, "parallel arrays"),
+    ("dashboard_dictionary.json", "application/json", dashboard_dictionary, "dashboard data dictionary"),
+    ("features.geojson", "application/geo+json", geojson, "GeoJSON feature properties"),
+    ("holders_children.xml", "application/xml", xml_children, "XML, one element per person"),
+    ("holders_attributes.xml", "application/xml", xml_attributes, "XML, attributes"),
+    ("holders_dump.sql", "application/sql", sql_dump, "SQL dump, CREATE TABLE + 100 tuples per INSERT"),
+    ("applicants_insert_cols.sql", "application/sql", sql_insert_columns, "SQL INSERT with column list"),
+    ("cards.html", "text/html", html_cards, "HTML cards"),
+    ("deflists.html", "text/html", html_deflists, "HTML definition lists"),
+    ("no_header.txt", "text/plain", delimited_no_header, "delimited text without header"),
+    ("fixed_width.txt", "text/plain", fixed_width, "fixed-width text, touching values"),
+    ("table.pdf", "application/pdf", pdf_table, "PDF table"),
+    ("people.csv.zst", "application/octet-stream", csv_zst, "zstd file"),
+    ("people.csv.xz", "application/octet-stream", csv_xz, "xz file"),
+    ("people.csv.bz2", "application/octet-stream", csv_bz2, "bzip2 file"),
+    ("b64_csv_in.json", "application/json", b64_csv_in_json, "base64 CSV inside JSON"),
+    ("data_uri.html", "text/html", data_uri_html, "data: URI in HTML"),
+    ("people.parquet", "application/octet-stream", parquet, "Parquet"),
+]
+
+
+# -- public by design ----------------------------------------------------------------------------------
+
+_AGENCY_STREETS = ["1300 I St", "915 Capitol Mall", "1416 9th St"]
+
+
+def _pub_people(seed: int) -> list[Person]:
+    return people(PUBLIC_ROWS, seed=seed)
+
+
+def staff_directory_csv(ps: list[Person]) -> bytes:
+    head = "Employee Name,Title,Department,Work Phone,Work Email,Office Address\n"
+    titles = ["Analyst", "Program Manager", "Clerk", "Inspector", "Attorney III"]
+    return (head + "".join(
+        f"\"{p.last}, {p.first}\",{titles[i % 5]},Licensing,(916) 445-{1000 + i},{p.first.lower()}.{p.last.lower()}"
+        f"@dmv.ca.gov,\"{_AGENCY_STREETS[i % 3]}, Sacramento, CA 95814\"\n" for i, p in enumerate(ps))).encode()
+
+
+def staff_directory_json(ps: list[Person]) -> bytes:
+    return _dumps({"directory": [
+        {"givenName": p.first, "familyName": p.last, "jobTitle": "Deputy", "businessPhone": f"916-322-{2000 + i}",
+         "email": f"{p.first[0].lower()}{p.last.lower()}@sheriff.example.gov",
+         "officeLocation": {"street": _AGENCY_STREETS[i % 3], "city": "Sacramento", "state": "CA", "zip": "95814"}}
+        for i, p in enumerate(ps)]})
+
+
+def business_licences_csv(ps: list[Person]) -> bytes:
+    head = "LICENSE_NO,BUSINESS_NAME,DBA,BUSINESS_ADDRESS,CITY,STATE,ZIP,ISSUE_DATE,STATUS\n"
+    kinds = ["Plumbing LLC", "& Sons Inc", "Family Dentistry", "Auto Repair", "Bakery Co"]
+    return (head + "".join(
+        f"BL-{2015 + i % 9}-{i:06d},{p.last.upper()} {kinds[i % 5].upper()},{p.first.upper()} {p.last.upper()} "
+        f"{kinds[i % 5].split()[0].upper()},{p.street.upper()},{p.city.upper()},CA,{p.zip},"
+        f"{(i % 12) + 1:02d}/{(i % 28) + 1:02d}/20{10 + i % 14},ACTIVE\n" for i, p in enumerate(ps))).encode()
+
+
+def business_register_html(ps: list[Person]) -> bytes:
+    rows = "".join(f"<tr><td>{p.first} {p.last} Consulting, Inc.</td><td>Registered Agent: {p.first} {p.last}</td>"
+                   f"<td>{p.street}, {p.city}, CA {p.zip}</td><td>Filed {p.dob.replace(year=2019):%B %d, %Y}</td></tr>\n"
+                   for p in ps)
+    return (f"<!doctype html><html><body><table><thead><tr><th>Entity name</th><th>Agent</th>"
+            f"<th>Principal office</th><th>Filing</th></tr></thead>\n{rows}</table></body></html>").encode()
+
+
+def contributions_csv(ps: list[Person]) -> bytes:
+    head = "contributor_name,contributor_city,contributor_state,contributor_zip,employer,occupation,amount,date\n"
+    emps = ["Self-Employed", "Acme Corp", "Retired", "State of California", "Kaiser Permanente"]
+    return (head + "".join(f"\"{p.last.upper()}, {p.first.upper()}\",{p.city.upper()},CA,{p.zip},{emps[i % 5]},"
+                           f"Engineer,{(i % 40 + 1) * 25}.00,2024-0{i % 9 + 1}-1{i % 9}\n"
+                           for i, p in enumerate(ps))).encode()
+
+
+def contributions_json(ps: list[Person]) -> bytes:
+    return _dumps([{"ContributorFirstName": p.first, "ContributorLastName": p.last,
+                    "ContributorAddress": f"{p.city}, {p.state} {p.zip}", "Employer": "Acme Corp",
+                    "Amount": 100 + i, "ReceiptDate": f"2023-1{i % 3}-0{i % 9 + 1}"} for i, p in enumerate(ps)])
+
+
+def lobbying_csv(ps: list[Person]) -> bytes:
+    head = "Lobbyist,Firm,Firm Address,Client,Registration Date,Amount\n"
+    return (head + "".join(f"{p.first} {p.last},Capitol Advocacy Group,\"1201 K St, Sacramento, CA 95814\","
+                           f"Association of Builders,{(i % 12) + 1}/{(i % 28) + 1}/2022,{(i + 1) * 1000}\n"
+                           for i, p in enumerate(ps))).encode()
+
+
+def obituaries_html(ps: list[Person]) -> bytes:
+    items = "".join(f"<li><strong>{p.first} {p.middle}. {p.last}</strong>, {2024 - p.dob.year}, of {p.city}, "
+                    f"died {dt.date(2024, p.dob.month, p.dob.day):%B %d, %Y}. Services at St. Mary's, "
+                    f"{_AGENCY_STREETS[i % 3]}.</li>\n" for i, p in enumerate(ps))
+    return f"<!doctype html><html><body><h1>Obituaries</h1><ul>\n{items}</ul></body></html>".encode()
+
+
+def press_list_csv(ps: list[Person]) -> bytes:
+    head = "Reporter;Outlet;Beat;Desk phone;E-mail\n"
+    return (head + "".join(f"{p.first} {p.last};Sacramento Bee;Capitol;(916) 321-{1000 + i};"
+                           f"{p.first[0].lower()}{p.last.lower()}@sacbee.com\n" for i, p in enumerate(ps))).encode()
+
+
+def staff_directory_xml(ps: list[Person]) -> bytes:
+    out = ['<?xml version="1.0"?><Directory>']
+    for i, p in enumerate(ps):
+        out.append(f"<Employee><FirstName>{p.first}</FirstName><LastName>{p.last}</LastName><Title>Clerk</Title>"
+                   f"<OfficePhone>916-555-{1000 + i}</OfficePhone><OfficeAddress>{_AGENCY_STREETS[i % 3]}, "
+                   f"Sacramento, CA 95814</OfficeAddress></Employee>")
+    return ("\n".join(out) + "</Directory>\n").encode()
+
+
+PUBLIC: list[tuple[str, str, Callable[[list[Person]], bytes], str]] = [
+    ("staff_directory.csv", "text/csv", staff_directory_csv, "staff directory (work phones, emails, office)"),
+    ("staff_directory.json", "application/json", staff_directory_json, "staff directory, JSON spellings"),
+    ("staff_directory.xml", "application/xml", staff_directory_xml, "staff directory, XML"),
+    ("business_licences.csv", "text/csv", business_licences_csv, "business-licence register"),
+    ("business_register.html", "text/html", business_register_html, "business register, agents' names"),
+    ("contributions.csv", "text/csv", contributions_csv, "campaign contributions"),
+    ("contributions.json", "application/json", contributions_json, "campaign contributions, JSON"),
+    ("lobbying.csv", "text/csv", lobbying_csv, "lobbying disclosure"),
+    ("obituaries.html", "text/html", obituaries_html, "obituary list"),
+    ("press_list.csv", "text/csv", press_list_csv, "press list"),
+]
+
+
+def build() -> list[CorpusFile]:
+    """Every corpus file, generated in memory (leaks from one population, public files from others).
+    A generator that cannot run here (Parquet without pyarrow) yields no file: the test lists it pending."""
+    ps = people()
+    out = []
+    for name, ct, gen, shape in LEAKS:
+        data = gen(ps)
+        if data is not None:
+            out.append(CorpusFile(name, ct, data, "trip", len(ps), shape))
+    for k, (name, ct, gen, shape) in enumerate(PUBLIC):
+        out.append(CorpusFile(name, ct, gen(_pub_people(100 + k)), "public", PUBLIC_ROWS, shape))
+    return out
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m tests.corpus15 OUTPUT_DIR", file=sys.stderr)
+        return 2
+    d = Path(argv[0])
+    d.mkdir(parents=True, exist_ok=True)
+    for f in build():
+        (d / f.name).write_bytes(f.data)
+    print(f"wrote {len(build())} files to {d}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
