@@ -401,7 +401,7 @@ def test_config_indexes_key_and_errors(index_file):
     assert [i.path for i in c.indexes] == [str(index_file), "/x/other.edm"]
     with pytest.raises(ConfigError, match=r"indexes\[0\]\.min_fields"):
         parse_config({"indexes": [{"path": "a.edm", "min_fields": 0}]})
-    with pytest.raises(ConfigError, match=r"indexes\[0\]: unknown key"):
+    with pytest.raises(ConfigError, match=r"indexes\[0\]\.colour: unknown key"):
         parse_config({"indexes": [{"path": "a.edm", "colour": "red"}]})
 
 
