@@ -186,6 +186,7 @@ class Config:
     sinks: list[dict] = field(default_factory=lambda: [{"type": "stdout"}])
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     path: Path | None = None                # the file this came from (watched for changes)
+    indexes: list = field(default_factory=list)   # EDM: sensor.edm.match.IndexSpec, from `indexes:` and --index
 
 
 # ---------------------------------------------------------------------------------------------
@@ -697,6 +698,15 @@ class KafkaSection(Section):
         return self
 
 
+class IndexSection(Section):
+    """An exact-data-match index (docs/edm.md)."""
+    path: Text = Field(description="Index file built by `dlp-sensor index build` with this sensor's key.")
+    name: Text | None = Field(None, description="Name in alerts and counts; default: the name given at build time.")
+    min_fields: whole(ge=1) = Field(2, description="Fields of one indexed row a record must match.")
+    trip: whole(ge=0) = Field(3, description="EDM records in one response that trip (0: never).")
+    alert: whole(ge=0) = Field(1, description="EDM records in one response that alert (0: never).")
+
+
 # -- the file -----------------------------------------------------------------------------------
 
 class ConfigFile(Section):
@@ -734,6 +744,8 @@ class ConfigFile(Section):
         default_factory=AdminSection, description="The admin API; null or false: off.")
     alerts: AlertsSection = Field(default_factory=AlertsSection)
     kafka: KafkaSection = Field(default_factory=KafkaSection)
+    indexes: Annotated[list[IndexSection], BeforeValidator(_none_is_empty)] = Field(
+        default_factory=list, description="Exact-data-match indexes (docs/edm.md); --index adds more.")
 
     @model_validator(mode="before")
     @classmethod
@@ -858,7 +870,13 @@ def to_config(m: ConfigFile) -> Config:
         client_retention_days=m.ledger.client_retention_days, metrics=m.metrics,
         admin=m.admin.listen if m.admin else None, admin_token=m.admin.token if m.admin else None,
         source_ip=m.alerts.source_ip, retry_initial=m.alerts.retry_initial, retry_max=m.alerts.retry_max,
-        sinks=[s.model_dump_runtime() for s in m.alerts.sinks], kafka=kafka, **extra)
+        sinks=[s.model_dump_runtime() for s in m.alerts.sinks], kafka=kafka,
+        indexes=[_index_spec(i) for i in m.indexes], **extra)
+
+
+def _index_spec(i: "IndexSection") -> Any:
+    from sensor.edm.match import IndexSpec
+    return IndexSpec(i.path, i.name, i.min_fields, i.trip, i.alert)
 
 
 def parse_config(raw: Any, where: str = "config", *, resolve: bool = True) -> Config:
@@ -956,6 +974,9 @@ def with_overrides(c: Config, **flags: Any) -> Config:
         c = replace(c, state_dir=Path(flags["state_dir"]))
     if flags.get("start_empty"):
         c = replace(c, start_empty=True)
+    if flags.get("indexes"):
+        from sensor.edm.match import IndexSpec
+        c = replace(c, indexes=[*c.indexes, *(IndexSpec(p) for p in flags["indexes"])])
     if flags.get("metrics"):
         c = replace(c, metrics=None if flags["metrics"] == "off" else parse_hostport(flags["metrics"], "--metrics"))
     if flags.get("admin"):

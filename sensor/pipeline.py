@@ -53,11 +53,11 @@ class BodyScan:
     """Drive one body through decode and detect; read ``verdict`` after any :meth:`write`."""
 
     def __init__(self, engine: Engine, policy: Policy, *, key: bytes, exchange: Exchange | None = None,
-                 limits: DecodeLimits | None = None, stop_on_trip: bool = False, scratch=None):
+                 limits: DecodeLimits | None = None, stop_on_trip: bool = False, scratch=None, edm=None):
         self.exchange = exchange or Exchange()
         self.policy = policy.for_path(self.exchange.path)
         self.scanner = ExchangeScanner(engine, self.policy, key=key, scratch=scratch, stop_on_trip=stop_on_trip,
-                                       mode=_mode_for(self.exchange.content_type))
+                                       mode=_mode_for(self.exchange.content_type), edm=edm)
         self.notes: list[str] = []
         self.budget = Budget(limits or DecodeLimits())
         self.received = 0

@@ -94,6 +94,9 @@ class Sensor:
         self.key = load_key(config.hmac_key, sd)
         self.token = admin_token(config)
         self.detector = detector or build_detector(config)
+        from sensor.edm.match import load_indexes
+        self.edm = load_indexes(getattr(config, "indexes", None) or [], self.key)   # IndexFileError names a bad file
+        self._flag_indexes = self._indexes_from_flags(config)
         self.metrics = Metrics()
         empty = config.start_empty
         self.registry = Registry(sd / "takedowns.db", start_empty=empty)
@@ -181,6 +184,7 @@ class Sensor:
         for s in self.config.signatures:
             p = Path(s)
             files.extend(sorted(p.glob("*.y*ml")) if p.is_dir() else [p])
+        files.extend(Path(i.path) for i in getattr(self.config, "indexes", None) or [])
         return files
 
     def _mtimes(self) -> dict[Path, float]:
@@ -200,6 +204,19 @@ class Sensor:
                 self._watched = now
                 await self.reload()
 
+    @staticmethod
+    def _indexes_from_flags(config: Config) -> list:
+        """The ``--index`` entries (appended after the file's by with_overrides), kept across reloads."""
+        have = list(getattr(config, "indexes", None) or [])
+        if not have or not config.path:
+            return have if not config.path else []
+        from sensor.config import ConfigError, load_config
+        try:
+            in_file = list(getattr(load_config(config.path), "indexes", None) or [])
+        except ConfigError:
+            return []
+        return have[len(in_file):]
+
     async def reload(self) -> bool:
         """Rebuild pack and policy off the event loop; a bad one is refused and the old one serves."""
         config = self.config
@@ -209,17 +226,22 @@ class Sensor:
                 fresh = load_config(config.path)
                 config = with_overrides(fresh, state_dir=str(self.config.state_dir))
                 config.proxy = self.config.proxy            # listeners cannot move without a restart
+                if self._flag_indexes:                      # --index flags stay on top of the file's
+                    config.indexes = [*(getattr(config, "indexes", None) or []), *self._flag_indexes]
             except ConfigError as e:
                 log.error("reload refused, still serving generation %s: %s", self.detector.generation, e)
                 self.metrics.reloads.labels(result="error").inc()
                 return False
+        from sensor.edm.match import load_indexes
         try:
             det = await asyncio.to_thread(build_detector, config)
-        except (PackError, PolicyError, OSError) as e:
+            edm = await asyncio.to_thread(load_indexes, getattr(config, "indexes", None) or [], self.key)
+        except (PackError, PolicyError, OSError, ValueError) as e:
             log.error("reload refused, still serving generation %s: %s", self.detector.generation, e)
             self.metrics.reloads.labels(result="error").inc()
             return False
-        self.config, self.detector = config, det
+        # one assignment each: a scan in flight keeps the index set it started with (mmap freed with it)
+        self.config, self.detector, self.edm = config, det, edm
         self.metrics.reloads.labels(result="ok").inc()
         log.info("reloaded: generation %s, %d signatures", det.generation, len(det.engine.signatures))
         return True
@@ -228,7 +250,7 @@ class Sensor:
     def new_scan(self, exchange: Exchange, *, stop_on_trip: bool = True) -> BodyScan:
         d = self.detector
         return BodyScan(d.engine, d.policy, key=self.key, exchange=exchange, limits=self.limits,
-                        stop_on_trip=stop_on_trip)
+                        stop_on_trip=stop_on_trip, edm=self.edm)
 
     def block_page(self) -> bytes:
         """The 451 page every tap serves (``proxy.block_page``, else a short built-in one)."""
@@ -287,6 +309,8 @@ class Sensor:
                 m.decode_limits.labels(reason=note.split(" ")[0]).inc()
         self.ledger.served(ctx.resource, self._client(ctx), sent=ctx.bytes_sent, completed=completed,
                            partial=ctx.partial, records=result.records, verdict=verdict)
+        if result.edm_rows:
+            self.ledger.note_edm_rows(ctx.resource, result.edm_rows)
         if verdict == "pass":
             return None
         if verdict == "trip":

@@ -100,6 +100,8 @@ def build_alert(ctx: AlertContext, result: ScanResult, *, key: bytes, source_ip:
                 "bytes_sent": ctx.bytes_sent, "bytes_scanned": result.bytes, "trip_at_byte": result.trip_at_byte,
                 "notes": list(result.notes)},
     }
+    if result.edm:                            # exact data match: index name -> EDM records (row ids go to the ledger only)
+        alert["dlp"]["edm"] = dict(sorted(result.edm.items()))
     if source:
         alert["source"] = source
     if client:

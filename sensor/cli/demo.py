@@ -139,10 +139,50 @@ async def _run(people: int) -> None:
                     click.echo("  " + line)
             click.echo(f"Admin API on http://127.0.0.1:{run.addresses['admin'][1]} (bearer token in the state dir); "
                        f"`dlp-sensor takedowns list|add|lift`.")
+            click.echo("")
+            _edm_story(clock, Path(tmp), root / ROSTER, sensor)
         finally:
             await run.stop()
             await runner.cleanup()
     clock.say("done")
+
+
+def _edm_story(clock: _Clock, tmp: Path, roster: Path, sensor: Sensor) -> None:
+    """Exact data match: the agency indexes its roster (keyed hashes only); a dashboard export hides
+    7 of its people among 5,000 public rows — the signatures alone would not trip, the index does."""
+    import csv
+    import io
+
+    from sensor.detect.policy import Policy
+    from sensor.edm.build import build_index, parse_columns
+    from sensor.edm.match import IndexSpec, load_indexes
+    from sensor.edm.story import census_people, dashboard
+    from sensor.pipeline import BodyScan
+
+    click.echo("Exact data match (`dlp-sensor index build`, `scan --index`):")
+    idx = tmp / "roster.edm"
+    stats = build_index([roster], parse_columns("name=first_name+last_name,dob=date_of_birth,"
+                                                "dl=driver_license,address=street_address"), idx, sensor.key,
+                        name="permit-holders", jobs=1)
+    clock.say(f"index of the roster: {stats.rows:,} rows x 4 fields, {stats.size:,} bytes of keyed hashes "
+              f"(no name, date or address in it)")
+    rows = list(csv.DictReader(io.StringIO(roster.read_text())))
+    hidden = census_people(rows, 7)
+    edm = load_indexes([IndexSpec(str(idx))], sensor.key)
+
+    def scan(data: bytes, with_index: bool):
+        body = BodyScan(sensor.detector.engine, Policy(), key=sensor.key, edm=edm if with_index else None)
+        body.write(data)
+        return body.finish()
+
+    export = dashboard(rows, hidden)
+    alone, r, clean = scan(export, False), scan(export, True), scan(dashboard(rows, []), True)
+    clock.say(f"dashboard export, 5,000 public rows + 7 of the roster's people: signatures alone -> "
+              f"{alone.verdict} ({alone.person_records} name+address records)")
+    clock.say(f"  with the index -> {r.verdict}: {r.edm_records} EDM records ({r.edm}); "
+              f"exposed row ids {r.edm_rows.get('permit-holders')} (`report --rows` lists them)")
+    clock.say(f"the same export without them -> {clean.verdict} ({clean.edm_records} EDM records)")
+    edm.close()
 
 
 async def _alerts(sensor: Sensor, n: int, timeout: float = 5.0) -> list[dict]:

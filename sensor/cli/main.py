@@ -83,9 +83,9 @@ def _walk(paths: tuple[str, ...], exclude: tuple[str, ...] = ()) -> Iterator[tup
 
 
 def scan_stream(fh: BinaryIO, engine: Engine, policy: Policy, key: bytes, limits: DecodeLimits,
-                name: str, stop_on_trip: bool = False) -> FileReport:
+                name: str, stop_on_trip: bool = False, edm=None) -> FileReport:
     body = BodyScan(engine, policy, key=key, exchange=Exchange(url=name, path=name), limits=limits,
-                    stop_on_trip=stop_on_trip)
+                    stop_on_trip=stop_on_trip, edm=edm)
     while True:
         chunk = fh.read(READ_SIZE)
         if not chunk:
@@ -96,14 +96,14 @@ def scan_stream(fh: BinaryIO, engine: Engine, policy: Policy, key: bytes, limits
 
 
 def scan_file(path: str, problem: str | None, engine: Engine, policy: Policy, key: bytes, limits: DecodeLimits,
-              stop_on_trip: bool) -> FileReport:
+              stop_on_trip: bool, edm=None) -> FileReport:
     if problem:
         return FileReport(path, None, problem)
     try:
         if path == "-":
-            return scan_stream(sys.stdin.buffer, engine, policy, key, limits, "-", stop_on_trip)
+            return scan_stream(sys.stdin.buffer, engine, policy, key, limits, "-", stop_on_trip, edm)
         with open(path, "rb") as fh:
-            return scan_stream(fh, engine, policy, key, limits, path, stop_on_trip)
+            return scan_stream(fh, engine, policy, key, limits, path, stop_on_trip, edm)
     except OSError as e:
         return FileReport(path, None, f"cannot read: {e.strerror}")
 
@@ -140,6 +140,7 @@ class LazyGroup(click.Group):
 
     LAZY = {  # command name -> (module, attribute)
         "demo": ("sensor.cli.demo", "demo"),
+        "index": ("sensor.cli.edm", "index"),
         "proxy": ("sensor.cli.sidecar", "proxy"),
         "icap": ("sensor.cli.sidecar", "icap"),
         "extproc": ("sensor.cli.sidecar", "extproc"),
@@ -181,9 +182,12 @@ def main() -> None:
 @click.option("--max-ratio", type=float, default=DecodeLimits.max_ratio, show_default=True)
 @click.option("--max-depth", type=int, default=DecodeLimits.max_depth, show_default=True)
 @click.option("--state-dir", type=click.Path(file_okay=False), help="Where the HMAC key lives (default ~/.local/state/dlp-sensor).")
+@click.option("--index", "indexes", multiple=True, type=click.Path(dir_okay=False),
+              help="Exact-data-match index (from `dlp-sensor index build`); repeatable.")
 def scan(paths: tuple[str, ...], fmt: str, policy_file: str | None, signatures: tuple[str, ...],
          no_default_signatures: bool, exclude: tuple[str, ...], stop_on_trip: bool, jobs: int,
-         max_decoded_bytes: int, max_ratio: float, max_depth: int, state_dir: str | None) -> None:
+         max_decoded_bytes: int, max_ratio: float, max_depth: int, state_dir: str | None,
+         indexes: tuple[str, ...] = ()) -> None:
     """Scan files, directories (recursively) or - (stdin) for personal-data leaks.
 
     Exit status: 0 nothing tripped, 1 something tripped, 2 on error (bad pack or policy, or a
@@ -195,6 +199,8 @@ def scan(paths: tuple[str, ...], fmt: str, policy_file: str | None, signatures: 
         key = load_key(None, Path(state_dir) if state_dir else None)
     except (PolicyError, ValueError, OSError) as e:
         raise UsageProblem(str(e)) from None
+    from sensor.cli.edm import edm_from_cli
+    edm = edm_from_cli(indexes, key)
     limits = DecodeLimits(max_decoded_bytes=max_decoded_bytes, max_ratio=max_ratio, max_depth=max_depth)
     out = click.get_text_stream("stdout")
     color = fmt == "text" and out.isatty()
@@ -209,7 +215,7 @@ def scan(paths: tuple[str, ...], fmt: str, policy_file: str | None, signatures: 
         elif fmt == "text" and (rep.verdict != "pass" or not show_bar or rep.result is None or rep.result.notes):
             write_text(rep, out, color)
 
-    results = scan_files(files, jobs or os.cpu_count() or 1, engine, policy, key, limits, stop_on_trip)
+    results = scan_files(files, jobs or os.cpu_count() or 1, engine, policy, key, limits, stop_on_trip, edm)
     if show_bar:
         with click.progressbar(results, length=len(files), label="scanning", file=sys.stderr, show_pos=True,
                                item_show_func=lambda r: r.path[-40:] if r else None) as bar:

@@ -31,7 +31,9 @@ class FileReport:
         return {"path": self.path, "verdict": r.verdict, "records": r.records, "findings": dict(sorted(r.findings.items())),
                 "bytes": r.bytes, "decoded_bytes": r.decoded_bytes, "seconds": round(r.seconds, 6),
                 "notes": r.notes, "strong_records": r.strong_records, "person_records": r.person_records,
-                "samples": {k: [s.__dict__ for s in v] for k, v in sorted(r.samples.items())}}
+                "samples": {k: [s.__dict__ for s in v] for k, v in sorted(r.samples.items())},
+                "edm_records": r.edm_records, "edm": dict(sorted(r.edm.items())),
+                **({"edm_rows": r.edm_rows} if r.edm_rows else {})}
 
 
 def write_json_line(rep: FileReport, out: TextIO) -> None:
@@ -50,6 +52,8 @@ def write_text(rep: FileReport, out: TextIO, color: bool) -> None:
     line = f"{tag} {rep.path}  records={r.records}"
     if counts:
         line += f"  [{counts}]"
+    if r.edm_records:
+        line += "  edm_records=" + str(r.edm_records) + " (" + ", ".join(f"{k}={n}" for k, n in sorted(r.edm.items())) + ")"
     out.write(line + "\n")
     if r.verdict != "pass":
         for sid, samples in sorted(r.samples.items()):

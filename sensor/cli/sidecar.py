@@ -18,6 +18,7 @@ from sensor.enforce.ledger import Ledger
 from sensor.enforce.registry import DISK_ERRORS, Registry, disk_fault
 from sensor.enforce.report import build_report, render_text
 from sensor.enforce.resource import resource_for_url
+from sensor.edm.indexfile import IndexFileError
 from sensor.enforce.statefiles import StateError
 
 
@@ -40,6 +41,10 @@ def _logging(level: str, fmt: str | None = None, cfg=None) -> None:
 _log_format = click.option("--log-format", type=click.Choice(LOG_FORMATS), default=None,
                            help="text (default) or json: one JSON object per line (time, level, logger, message); "
                                 "default: the config file's log_format.")
+index_option = click.option(
+    "--index", "indexes", multiple=True, type=click.Path(dir_okay=False),
+    help="Exact-data-match index (`dlp-sensor index build`), keyed with the state dir's key; repeatable "
+         "(added to the config's indexes:).")
 start_empty_option = click.option(
     "--start-empty", is_flag=True,
     help="A 0-byte or damaged takedown registry, ledger or alert spool in the state dir is moved aside "
@@ -60,11 +65,12 @@ start_empty_option = click.option(
 @start_empty_option
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @_log_format
+@index_option
 def proxy(config_file, upstream, listen, mode, state_dir, metrics, admin, reuse_port, kafka, start_empty,
-          log_level, log_format) -> None:
+          log_level, log_format, indexes=()) -> None:
     """Run the inline reverse proxy in front of a web app."""
     cfg = _config(config_file, upstream=upstream, listen=listen, mode=mode, state_dir=state_dir,
-                  metrics=metrics, admin=admin, kafka=kafka, start_empty=start_empty)
+                  metrics=metrics, admin=admin, kafka=kafka, start_empty=start_empty, indexes=indexes)
     _logging(log_level, log_format, cfg)
     _serve(cfg, ("proxy",), reuse_port)
 
@@ -81,9 +87,10 @@ def _tap_command(tap: str, default_listen: str, doc: str) -> click.Command:
     @start_empty_option
     @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
     @_log_format
-    def command(config_file, listen, state_dir, metrics, admin, start_empty, log_level, log_format) -> None:
+    @index_option
+    def command(config_file, listen, state_dir, metrics, admin, start_empty, log_level, log_format, indexes=()) -> None:
         cfg = _config(config_file, state_dir=state_dir, metrics=metrics, admin=admin, start_empty=start_empty,
-                      **{f"{tap}_listen": listen})
+                      indexes=indexes, **{f"{tap}_listen": listen})
         _logging(log_level, log_format, cfg)
         _serve(cfg, (tap,))
 
@@ -104,9 +111,10 @@ extproc = _tap_command("extproc", "127.0.0.1:50051", "Run the Envoy ext_proc gRP
 @start_empty_option
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @_log_format
-def run(config_file, taps, state_dir, start_empty, log_level, log_format) -> None:
+@index_option
+def run(config_file, taps, state_dir, start_empty, log_level, log_format, indexes=()) -> None:
     """Start several taps in one process from one config file (one registry, ledger, spool, metrics)."""
-    cfg = _config(config_file, state_dir=state_dir, start_empty=start_empty)
+    cfg = _config(config_file, state_dir=state_dir, start_empty=start_empty, indexes=indexes)
     _logging(log_level, log_format, cfg)
     if not taps:
         from sensor.yamlfile import read_yaml
@@ -146,7 +154,7 @@ def _serve(cfg, taps: tuple[str, ...], reuse_port: bool = False) -> None:
     from sensor.service import serve_forever
     try:
         asyncio.run(serve_forever(cfg, taps=taps, reuse_port=reuse_port))
-    except (PackError, PolicyError, StateError) as e:
+    except (PackError, PolicyError, StateError, IndexFileError) as e:
         raise ConfigProblem(str(e)) from None
     except OSError as e:
         raise ConfigProblem(f"cannot listen: {e.strerror or e}") from None
@@ -246,8 +254,14 @@ def td_lift(config_file, state_dir, ident: str, reason: str, actor: str) -> None
               "or its takedown number.")
 @click.option("--fleet", is_flag=True, help="The whole fleet's exposure, from the Kafka workers' table "
               "(kafka.bootstrap or $DLP_KAFKA_BOOTSTRAP), instead of this host's ledger.")
-def report(config_file, state_dir, fmt: str, out_dir: str | None, only: str | None, fleet: bool) -> None:
+@click.option("--rows", "rows_of", metavar="INCIDENT", help="Print the exposed row ids of the protected "
+              "tables (exact data match) for this incident: INDEX<TAB>ROW_ID per line (json: index -> ids).")
+def report(config_file, state_dir, fmt: str, out_dir: str | None, only: str | None, fleet: bool,
+           rows_of: str | None = None) -> None:
     """The incident report: what leaked, how long, how many downloads and clients, how many records."""
+    if rows_of is not None:
+        _rows_report(config_file, state_dir, rows_of, fmt)
+        return
     if out_dir and fmt != "html":
         raise ConfigProblem("--out: only with --format html (text and json go to stdout)")
     if fleet:
@@ -273,6 +287,18 @@ def report(config_file, state_dir, fmt: str, out_dir: str | None, only: str | No
             rep = _only(rep, only, sd, config_file, state_dir)
         text = render_text(rep)
     click.echo(orjson.dumps(rep, option=orjson.OPT_INDENT_2).decode() if fmt == "json" else text, nl=fmt == "json")
+
+
+def _rows_report(config_file, state_dir, ident: str, fmt: str) -> None:
+    from sensor.enforce.report import render_rows
+    sd = _state(config_file, state_dir)
+    ledger = Ledger(sd / "ledger.db")
+    rep = _only(build_report(ledger, Registry(sd / "takedowns.db")), ident, sd, config_file, state_dir)
+    rows = {i["resource"]: ledger.edm_rows(i["resource"]) for i in rep["incidents"]}
+    if fmt == "json":
+        click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo("".join(render_rows(res, r) for res, r in rows.items()), nl=False)
 
 
 def _key(config_file, state_dir):

@@ -7,6 +7,10 @@ The unit is the *record* (values that belong to one person). Defaults:
 - alert at >= 1 such strong record, >= 3 name+DOB/address records, >= 1 validated strong
   identifier on its own, or >= 1000 distinct contact values (a mailing-list dump);
 - a contact page (a few phones and emails) passes.
+
+Exact data match (``sensor.edm``) has its own thresholds per index (EDM records: trip at 3,
+alert at 1 by default; set on the index, ``indexes: [{path, trip, alert}]``). They are applied
+before the signature thresholds: the verdict is the stronger of the two (:func:`stronger`).
 """
 from __future__ import annotations
 
@@ -18,6 +22,11 @@ from typing import Any
 from sensor.yamlfile import read_yaml
 
 VERDICTS = ("pass", "alert", "trip")
+
+
+def stronger(a: str, b: str) -> str:
+    """The more severe of two verdicts."""
+    return a if VERDICTS.index(a) >= VERDICTS.index(b) else b
 
 
 class PolicyError(ValueError):

@@ -23,7 +23,7 @@ import hyperscan as hs
 
 from sensor.detect.engine import CAT_BITS, Engine, PatInfo
 from sensor.detect.keys import fingerprint, redact
-from sensor.detect.policy import Policy
+from sensor.detect.policy import Policy, stronger
 from sensor.detect.structure.view import Shadow, sniff as sniff_structure
 
 STRONG = CAT_BITS["strong"]
@@ -73,13 +73,17 @@ class ScanResult:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     trip_at_byte: int | None = None        # decoded bytes consumed when the verdict became trip
+    edm_records: int = 0                   # records matching >= min_fields of one indexed row (all indexes)
+    edm: dict[str, int] = field(default_factory=dict)           # index name -> EDM records
+    edm_rows: dict[str, list[int]] = field(default_factory=dict)  # index name -> matched row ids (bounded)
 
     def to_json(self) -> dict[str, Any]:
         return {"verdict": self.verdict, "records": self.records, "strong_records": self.strong_records,
                 "person_records": self.person_records, "findings": dict(sorted(self.findings.items())),
                 "samples": {k: [s.__dict__ for s in v] for k, v in sorted(self.samples.items())},
                 "bytes": self.bytes, "decoded_bytes": self.decoded_bytes,
-                "seconds": round(self.seconds, 6), "notes": list(self.notes)}
+                "seconds": round(self.seconds, 6), "notes": list(self.notes),
+                "edm_records": self.edm_records, "edm": dict(sorted(self.edm.items()))}
 
 
 def _extract(p: PatInfo, buf: bytes, e: int) -> bytes | None:
@@ -117,7 +121,7 @@ class ExchangeScanner:
     """
 
     def __init__(self, engine: Engine, policy: Policy, *, key: bytes, scratch: hs.Scratch | None = None,
-                 stop_on_trip: bool = False, mode: str | None = None):
+                 stop_on_trip: bool = False, mode: str | None = None, edm: Any = None):
         self.engine = engine
         self.policy = policy
         self.key = key
@@ -135,6 +139,11 @@ class ExchangeScanner:
         # 1 = a name, 2 = a place in a life (DOB or address): a record with both (3) is a person
         self._kindbits = [1 if s.kind == "name" else 2 if s.kind in ("dob", "address") else 0 for s in self._sigs]
         self._want_sample = [True] * n
+        # EDM (sensor.edm): an EdmSet. Records then keep the raw values of the kinds it indexes
+        # until they are decided, and hand them to the matcher.
+        self._edm = edm.matcher() if edm is not None else None
+        self._edm_kind = [s.kind if edm is not None and s.kind in edm.kinds else None for s in self._sigs]
+        self._keep_raw = self._want_sample if edm is None else [True] * n
         self._distinct: list[set[int]] = [set() for _ in range(n)]
         self._samples: list[list[Sample]] = [[] for _ in range(n)]
         self._strong_recs: set[int] = set()
@@ -302,6 +311,9 @@ class ExchangeScanner:
         r.person_records = len(self._person_recs) + x[2]
         r.findings = {self._sigs[i].id: len(s) for i, s in enumerate(self._distinct) if s}
         r.samples = {self._sigs[i].id: s for i, s in enumerate(self._samples) if s}
+        if self._edm is not None:
+            r.edm_records, r.edm = self._edm.total, dict(self._edm.counts)
+            r.edm_rows = {k: sorted(v) for k, v in self._edm.rows.items()}
         if self._capped:
             r.notes.append(f"distinct counting capped at {DISTINCT_CAP} values per signature")
         return r
@@ -313,7 +325,7 @@ class ExchangeScanner:
         nval = self._nval
         last_hot = self._last_hot
         header = self._header_sigs
-        want = self._want_sample
+        want = self._keep_raw
         window = self.policy.hotword_window
         maxrec = self.policy.max_record_bytes
         mode = self._mode
@@ -500,6 +512,8 @@ class ExchangeScanner:
         cats = 0
         kind = 0
         hashes = []
+        edm_kind = self._edm_kind
+        edm_vals: list[tuple[str, bytes]] | None = [] if self._edm is not None else None
         for si, cat, ctx, rmask, h, _, raw in rec:
             # record context stands in for a hotword, unless a header names this signature's
             # column (then the header is authoritative: an issue date beside a DOB column is not a DOB)
@@ -512,8 +526,8 @@ class ExchangeScanner:
                 if raw is None:
                     continue
                 h = hash(raw)
-                if not want[si]:
-                    raw = None
+            if edm_vals is not None and edm_kind[si] is not None and raw is not None:
+                edm_vals.append((edm_kind[si], raw))
             d = distinct[si]
             if h not in d:
                 if len(d) < DISTINCT_CAP:
@@ -529,6 +543,8 @@ class ExchangeScanner:
             cats |= cat
             kind |= kinds[si]
             hashes.append(h)
+        if edm_vals and self._edm.record(edm_vals):
+            self._decide()
         if not hashes:
             return
         is_strong = cats & STRONG and cats & QUASI
@@ -551,6 +567,8 @@ class ExchangeScanner:
             x = self._shadow.extra()
             v = self.policy.decide(len(self._strong_recs) + x[1], len(self._person_recs) + x[2],
                                    self._strong_values + x[3], self._contact_values + x[4])
+        if self._edm is not None:
+            v = stronger(self._edm.verdict(), v)      # EDM thresholds first: an EDM trip always trips
         if v != self.verdict and (v == "trip" or self.verdict == "pass"):
             self.verdict = v
             if v == "trip":

@@ -298,6 +298,51 @@ class Ledger:
                 for at, client, doc in self.db.execute(
                     "SELECT at, client, doc FROM evidence WHERE resource = ? ORDER BY at", (resource,))]
 
+    # -- exact data match: which rows of a protected table a resource exposed --------------------
+    # Row ids are numbers in the data owner's table (``dlp-sensor index build``), not personal
+    # values: the owner turns them into the notification list offline (``report --rows``). Kept
+    # for as long as the incident (they are the point of it), at most EDM_ROWS_PER_INDEX each.
+    EDM_SCHEMA = ("CREATE TABLE IF NOT EXISTS edm_rows (resource TEXT NOT NULL, idx TEXT NOT NULL, "
+                  "row_id INTEGER NOT NULL, first_seen REAL NOT NULL, "
+                  "PRIMARY KEY (resource, idx, row_id)) WITHOUT ROWID")
+    EDM_ROWS_PER_INDEX = 1_000_000
+
+    def note_edm_rows(self, resource: str, rows: dict[str, list[int]], at: float | None = None) -> None:
+        """Remember the matched row ids of one response (on the disk thread in a server)."""
+        import asyncio
+        item = (resource, {k: list(v) for k, v in rows.items()}, time.time() if at is None else at)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self._write_edm_rows(*item)
+            return
+
+        def failed(f: "asyncio.Future[None]") -> None:
+            if not f.cancelled() and f.exception() is not None:
+                log.warning("ledger: EDM row ids not written: %s", type(f.exception()).__name__)
+
+        self.disk.submit(self._write_edm_rows, *item).add_done_callback(failed)
+
+    def _write_edm_rows(self, resource: str, rows: dict[str, list[int]], at: float) -> None:
+        with _tx(self.db):
+            self.db.execute(self.EDM_SCHEMA)
+            for idx, ids in rows.items():
+                (n,) = self.db.execute("SELECT count(*) FROM edm_rows WHERE resource = ? AND idx = ?",
+                                       (resource, idx)).fetchone()
+                room = self.EDM_ROWS_PER_INDEX - n
+                if room > 0:
+                    self.db.executemany("INSERT OR IGNORE INTO edm_rows(resource, idx, row_id, first_seen) "
+                                        "VALUES (?,?,?,?)", [(resource, idx, int(r), at) for r in ids[:room]])
+
+    def edm_rows(self, resource: str) -> dict[str, list[int]]:
+        """Index name -> exposed row ids (ascending) of one resource."""
+        self.db.execute(self.EDM_SCHEMA)
+        out: dict[str, list[int]] = {}
+        for idx, row_id in self.db.execute("SELECT idx, row_id FROM edm_rows WHERE resource = ? "
+                                           "ORDER BY idx, row_id", (resource,)):
+            out.setdefault(idx, []).append(row_id)
+        return out
+
     def clients_of(self, resource: str) -> list[tuple[str, float]]:
         """(keyed client hash, first seen) still within the retention, first seen first."""
         return list(self.db.execute("SELECT client, first_seen FROM clients WHERE resource = ? "

@@ -70,7 +70,7 @@ def _n(v) -> str:
 
 EVIDENCE_KEYS = ("verdict", "action", "mode", "records", "strong_records", "person_records", "findings",
                  "samples", "partial", "bytes_sent", "bytes_scanned", "trip_at_byte", "takedown_id",
-                 "exchange_id", "sensor_id")
+                 "exchange_id", "sensor_id", "edm")
 
 
 def evidence_of(alert: dict[str, Any], *, client: str | None) -> dict[str, Any]:
@@ -82,3 +82,11 @@ def evidence_of(alert: dict[str, Any], *, client: str | None) -> dict[str, Any]:
     doc["status"] = alert.get("http", {}).get("response", {}).get("status_code")
     doc["client"] = client
     return doc
+
+
+def render_rows(resource: str, rows: dict[str, list[int]]) -> str:
+    """``report --rows``: one ``INDEX<TAB>ROW_ID`` line per exposed row (row ids of the protected
+    table, 0-based data rows in the order the index was built from), for the notification list."""
+    lines = [f"# {resource}: " + (", ".join(f"{k} {len(v)} row(s)" for k, v in rows.items()) or "no EDM rows")]
+    lines += [f"{idx}\t{r}" for idx, ids in rows.items() for r in ids]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,160 @@
+"""Exact-data-match benchmark (issue 20): build rate, load time and RSS, scan speed with the index.
+
+One run, same machine, same bytes:
+
+- build: ``index build`` over a synthetic roster of ``--rows`` people x 5 fields (name, dob, dl,
+  address, permit id), CSV read included — rows/s (target >= 100,000);
+- load: a fresh process opens the index and makes 10,000 lookups — seconds and RSS
+  (targets <= 5 s and <= 150 MB for 1,000,000 rows x 5 fields);
+- scan: benign web traffic and dense breach-like CSV (the roster's own people: every record is a
+  lookup and a match) and dense CSV of other people (lookups, no match), each without and with the index, median of 3 alternating runs —
+  ratios (targets >= 0.9x benign, >= 0.7x dense).
+
+    python bench/edm.py [--rows 1000000] [--benign-mb 20] [--dense-rows 50000] [--json FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import orjson  # noqa: E402
+
+from sensor import synth  # noqa: E402
+from sensor.detect.engine import Engine  # noqa: E402
+from sensor.detect.pack import load_pack  # noqa: E402
+from sensor.detect.policy import Policy  # noqa: E402
+from sensor.edm.build import build_index, parse_columns  # noqa: E402
+from sensor.edm.match import IndexSpec, load_indexes  # noqa: E402
+from sensor.pipeline import BodyScan  # noqa: E402
+
+CHUNK = 64 << 10
+KEY = os.urandom(32)
+COLUMNS = "name=first_name+last_name,dob=date_of_birth,dl=driver_license,address=street_address,id=permit_id"
+SEED = 2022
+
+_LOAD_PROBE = r"""
+import sys, time, resource
+sys.path.insert(0, sys.argv[3])
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+before = rss()
+t0 = time.perf_counter()
+from sensor.edm.match import IndexSpec, load_indexes
+edm = load_indexes([IndexSpec(sys.argv[1])], bytes.fromhex(sys.argv[2]))
+m = edm.matcher()
+vals = [("name", b"MARIA GARCIA"), ("dob", b"03/14/1975"), ("dl", b"D1234567"), ("address", b"1234 W MAIN ST")]
+for i in range(2500):
+    m.record([(k, v + str(i).encode() if k == "dl" else v) for k, v in vals])
+t = time.perf_counter() - t0
+print(t, before, rss())
+"""
+
+
+def rss_now() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def scan_seconds(engine: Engine, data: bytes, edm) -> float:
+    t0 = time.perf_counter()
+    body = BodyScan(engine, Policy(), key=KEY, edm=edm)
+    for i in range(0, len(data), CHUNK):
+        body.write(data[i:i + CHUNK])
+    r = body.finish()
+    dt = time.perf_counter() - t0
+    scan_seconds.last = r  # type: ignore[attr-defined]
+    return dt
+
+
+def compare(engine: Engine, data: bytes, edm, runs: int = 3) -> tuple[float, float, object]:
+    """Median MB/s without and with the index, alternating runs."""
+    without, with_ = [], []
+    for _ in range(runs):
+        without.append(scan_seconds(engine, data, None))
+        with_.append(scan_seconds(engine, data, edm))
+    mb = len(data) / 1e6
+    return mb / statistics.median(without), mb / statistics.median(with_), scan_seconds.last  # type: ignore[attr-defined]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--benign-mb", type=int, default=20)
+    ap.add_argument("--dense-rows", type=int, default=50_000)
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args()
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "roster.csv"
+        t0 = time.perf_counter()
+        with open(src, "w") as fh:
+            fh.write(synth.BREACH_HEADER)
+            step = 100_000
+            for start in range(0, a.rows, step):
+                # distinct seeds per block; permit ids renumbered to stay unique
+                block = synth.breach_rows(min(step, a.rows - start), seed=SEED + start)
+                fh.writelines(str(100000 + start + i) + r[r.index(","):] for i, r in enumerate(block))
+        print(f"roster: {a.rows:,} rows written in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        idx = Path(tmp) / "roster.edm"
+        t0 = time.perf_counter()
+        stats = build_index([src], parse_columns(COLUMNS), idx, KEY, name="roster")
+        build_s = time.perf_counter() - t0
+        out["build_rows_per_s"] = stats.rows / build_s
+        out["index_bytes"] = stats.size
+        probe = subprocess.run([sys.executable, "-c", _LOAD_PROBE, str(idx), KEY.hex(),
+                                str(Path(__file__).resolve().parents[1])], capture_output=True, text=True, check=True)
+        load_s, rss_before, rss_after = probe.stdout.split()
+        out["load_and_10k_lookups_s"] = float(load_s)
+        out["load_rss_mb"] = int(rss_after) / 1e6
+        out["load_rss_delta_mb"] = (int(rss_after) - int(rss_before)) / 1e6
+
+        engine = Engine(load_pack())
+        edm = load_indexes([IndexSpec(str(idx))], KEY)
+        benign = synth.benign_web(a.benign_mb << 20)
+        b0, b1, rb = compare(engine, benign, edm)
+        dense = (synth.BREACH_HEADER + "".join(synth.breach_rows(a.dense_rows, seed=SEED))).encode()
+        d0, d1, rd = compare(engine, dense, edm)
+        other = (synth.BREACH_HEADER + "".join(synth.breach_rows(a.dense_rows, seed=77))).encode()
+        o0, o1, ro = compare(engine, other, edm)
+        out.update(other_mb_s=o0, other_edm_mb_s=o1, other_ratio=o1 / o0, other_edm_records=ro.edm_records)
+        out.update(benign_mb_s=b0, benign_edm_mb_s=b1, benign_ratio=b1 / b0, benign_edm_records=rb.edm_records,
+                   dense_mb_s=d0, dense_edm_mb_s=d1, dense_ratio=d1 / d0, dense_edm_records=rd.edm_records)
+        edm.close()
+
+    rows = [
+        ("build", f"{out['build_rows_per_s']:,.0f} rows/s ({a.rows:,} rows x 5 fields, {out['index_bytes'] / 1e6:.1f} MB)",
+         ">= 100,000 rows/s", out["build_rows_per_s"] >= 100_000),
+        ("load + 10k lookups", f"{out['load_and_10k_lookups_s']:.3f} s", "<= 5 s", out["load_and_10k_lookups_s"] <= 5),
+        ("RSS after load", f"{out['load_rss_mb']:.1f} MB (index +{out['load_rss_delta_mb']:.1f} MB)", "<= 150 MB",
+         out["load_rss_mb"] <= 150),
+        ("benign web", f"{out['benign_mb_s']:.1f} -> {out['benign_edm_mb_s']:.1f} MB/s = {out['benign_ratio']:.2f}x",
+         ">= 0.9x", out["benign_ratio"] >= 0.9),
+        ("dense (all indexed)", f"{out['dense_mb_s']:.1f} -> {out['dense_edm_mb_s']:.1f} MB/s = {out['dense_ratio']:.2f}x"
+         f" ({out['dense_edm_records']:,} EDM records)", ">= 0.7x", out["dense_ratio"] >= 0.7),
+        ("dense (none indexed)", f"{out['other_mb_s']:.1f} -> {out['other_edm_mb_s']:.1f} MB/s = {out['other_ratio']:.2f}x"
+         f" ({out['other_edm_records']:,} EDM records)", ">= 0.7x", out["other_ratio"] >= 0.7),
+    ]
+    w = max(len(r[1]) for r in rows)
+    print(f"{'measure':22} {'result':{w}}  {'target':18} ok")
+    for name, res, target, ok in rows:
+        print(f"{name:22} {res:{w}}  {target:18} {'yes' if ok else 'NO'}")
+    if a.json:
+        a.json.write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2))
+
+
+if __name__ == "__main__":
+    main()
