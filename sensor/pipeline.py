@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from sensor.decode.containers import GzipFile, Sniffer, Spool
+from sensor.decode.containers import CompressedFile, Sniffer, Spool
 from sensor.decode.encodings import chain, parse_content_encoding
 from sensor.decode.limits import Budget, DecodeLimits, DecodeProblem
 from sensor.detect.engine import Engine
@@ -86,11 +86,11 @@ class BodyScan:
 
     def _container(self) -> tuple[Spool | None, list]:
         """The container this body ends in, if it is one that is read whole (zip, xlsx, docx, odf,
-        PDF), as sent, under a Content-Encoding or inside gzip files; and the decoders in front of
-        it, outermost first."""
+        PDF, Parquet, Arrow), as sent, under a Content-Encoding or inside gzip/zstd/xz/bzip2 files;
+        and the decoders in front of it, outermost first."""
         decoders = list(reversed(self._stages))
         route = self.sniffer.route
-        while isinstance(route, GzipFile):
+        while isinstance(route, CompressedFile):
             decoders.append(route)
             route = route.sink.route
         return (route, decoders) if isinstance(route, Spool) else (None, [])
