@@ -9,8 +9,9 @@ beside the scanner (the text itself is scanned unchanged) and decodes every run 
   almost nothing); a run cut by a chunk boundary continues into the next chunk, and a shorter
   tail is carried over (at most ``MIN_RUN - 1`` bytes) until it is known to be long enough;
 - ordinary tokens, hashes and separator lines are not decoded: a run shorter than 256
-  characters, or whose first 256 characters use fewer than 24 distinct symbols (hex digests,
-  ``=====`` rules), is left alone; so is a decoded image or font (their magic bytes);
+  characters, one whose first 256 characters are all hex digits (a digest), or use fewer than 8
+  distinct symbols (``=====`` rules), is left alone; so is a decoded image or font (their magic
+  bytes);
 - JSON escapes inside a string (``\\/``, ``\\n`` line wraps, ``\\u003d``) and the URL-safe alphabet
   are undone before decoding;
 - the decoded bytes go through a :class:`~sensor.decode.containers.Sniffer` one level deeper, so a
@@ -33,7 +34,8 @@ if TYPE_CHECKING:
     from sensor.decode.containers import PartRecorder, Sniffer
 
 MIN_RUN = 256                      # base64 characters before a run is decoded
-MIN_SYMBOLS = 24                   # distinct characters among the first MIN_RUN (hex uses at most 22)
+MIN_SYMBOLS = 8                    # distinct characters among the first MIN_RUN (a bomb's base64 has ~12)
+_HEX = frozenset(b"0123456789abcdefABCDEF")
 _RUN_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_=\\"
 _CLASS = bytes(0x41 if c in _RUN_CHARS else 0x2E for c in range(256))   # run chars -> "A", others -> "."
 _MARK = b"A" * MIN_RUN
@@ -55,7 +57,8 @@ class _Run:
     def __init__(self, finder: "Base64Finder", first: bytes):
         self.f = finder
         self.rest = b""
-        self.skip = len(set(first[:MIN_RUN])) < MIN_SYMBOLS
+        symbols = set(first[:MIN_RUN])
+        self.skip = len(symbols) < MIN_SYMBOLS or symbols <= _HEX
         self.head: bytes | None = b""          # first decoded bytes, until the media check is made
         self.sniffer: Sniffer | None = None
 
