@@ -5,9 +5,11 @@ whole document that the text scanner cannot read. :class:`Base64Finder` watches 
 beside the scanner (the text itself is scanned unchanged) and decodes every run of at least
 :data:`MIN_RUN` base64 characters as it streams:
 
-- runs are found with one ``bytes.translate`` + ``find`` per chunk (C speed: benign text pays
-  almost nothing); a run cut by a chunk boundary continues into the next chunk, and a shorter
-  tail is carried over (at most ``MIN_RUN - 1`` bytes) until it is known to be long enough;
+- a one-pattern Hyperscan block scan (``[base64]{256}``, first match only) tells whether a chunk
+  holds a run at all, so benign text pays a few percent of what the scanner costs; only chunks
+  that do are classified with ``bytes.translate`` + ``find``. A run cut by a chunk boundary
+  continues into the next chunk, and a shorter tail is carried over (at most ``MIN_RUN - 1``
+  bytes) until it is known to be long enough;
 - ordinary tokens, hashes and separator lines are not decoded: a run shorter than 256
   characters, one whose first 256 characters are all hex digits (a digest), or use fewer than 8
   distinct symbols (``=====`` rules), is left alone; so is a decoded image or font (their magic
@@ -26,7 +28,10 @@ a decode limit stops the body as every limit does, after what was decoded has be
 from __future__ import annotations
 
 import binascii
+import threading
 from typing import TYPE_CHECKING
+
+import hyperscan as hs
 
 from sensor.decode.limits import CorruptInput, LimitExceeded
 
@@ -49,6 +54,37 @@ def _unescape(chars: bytes) -> bytes:
     """Undo the JSON escapes a base64 string can carry (a base64 character is never a backslash)."""
     return (chars.replace(b"\\u003d", b"=").replace(b"\\u003D", b"=").replace(b"\\/", b"/")
             .replace(b"\\n", b"").replace(b"\\r", b"").replace(b"\\", b""))
+
+
+_PREFILTER: hs.Database | None = None
+_LOCAL = threading.local()           # a Hyperscan scratch per thread (containers are read in a worker)
+_PRE_LOCK = threading.Lock()
+
+
+def _found(i: int, start: int, end: int, flags: int, ctx: list) -> bool:
+    ctx.append(end)
+    return True                      # the first run is enough: stop the scan
+
+
+def _has_run(buf: bytes) -> bool:
+    """Whether ``buf`` holds MIN_RUN base64 characters in a row (Hyperscan, block mode)."""
+    global _PREFILTER
+    if _PREFILTER is None:
+        with _PRE_LOCK:
+            if _PREFILTER is None:
+                db = hs.Database(mode=hs.HS_MODE_BLOCK)
+                db.compile(expressions=[rb"[A-Za-z0-9+/=_\-\\]{%d}" % MIN_RUN], ids=[0],
+                           flags=[hs.HS_FLAG_SINGLEMATCH])
+                _PREFILTER = db
+    scratch = getattr(_LOCAL, "scratch", None)
+    if scratch is None:
+        scratch = _LOCAL.scratch = hs.Scratch(_PREFILTER)
+    hits: list[int] = []
+    try:
+        _PREFILTER.scan(buf, match_event_handler=_found, context=hits, scratch=scratch)
+    except hs.ScanTerminated:
+        pass
+    return bool(hits)
 
 
 class _Run:
@@ -151,6 +187,10 @@ class Base64Finder:
             self._end_run()
             data = data[j:]
         buf = self._carry + data if self._carry else data
+        if not _has_run(buf):
+            tail = buf[1 - MIN_RUN:]              # the run a later chunk may continue is shorter than MIN_RUN
+            self._carry = tail[tail.translate(_CLASS).rfind(b".") + 1:]
+            return
         t = buf.translate(_CLASS)
         pos = 0
         while True:
