@@ -1,8 +1,8 @@
 """Memory benchmark: peak RSS of ``dlp-sensor scan -`` on dense breach CSV, by size.
 
 Each size runs ``dlp-sensor scan --format json -`` in a fresh process, fed on stdin with the rows
-of :func:`sensor.synth.breach_csv_stream` (generated here, a piece at a time: neither process holds
-the file), and reads that process's own peak resident set from ``wait4``. The baseline in the same
+of :func:`sensor.synth.dense_breach_stream` (generated here, a piece at a time: neither process
+holds the file; every row a distinct person), and reads that process's own peak resident set from ``wait4``. The baseline in the same
 run is the same scan with the distinct-count cap lifted (every keyed hash kept in a set, as the
 scanner did before HyperLogLog); it is measured up to ``--exact-max-rows`` because it grows without
 bound. The truth for records is the number of rows (every synthetic person is distinct).
@@ -24,7 +24,7 @@ import orjson  # noqa: E402
 
 from sensor import synth  # noqa: E402
 
-BYTES_PER_ROW = len(synth.breach_csv(10_000)) / 10_000
+BYTES_PER_ROW = sum(len(p) for p in synth.dense_breach_stream(10_000)) / 10_000
 # the CLI, with the cap of the scanner's distinct counters set from argv[1] ("default" keeps it)
 _RUNNER = ("import sys\n"
            "import sensor.detect.scanner as s\n"
@@ -46,7 +46,7 @@ def measure(rows: int, cap: str = "default", state_dir: str | None = None) -> di
     sent = 0
     out_file = proc.stdout
     assert proc.stdin is not None and out_file is not None
-    for piece in synth.breach_csv_stream(rows):
+    for piece in synth.dense_breach_stream(rows):
         proc.stdin.write(piece)
         sent += len(piece)
     proc.stdin.close()

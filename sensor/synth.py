@@ -196,3 +196,21 @@ def pdf(lines: list[str], per_page: int = 60) -> bytes:
     out += b"".join(b"%010d 00000 n \n" % off for off in offsets)
     out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref)
     return bytes(out)
+
+
+def dense_breach_stream(n: int, seed: int = 2022, block: int = 50_000) -> Iterator[bytes]:
+    """``n`` distinct people of breach CSV, fast enough for gigabytes (the memory benchmark).
+
+    The first ``block`` rows are :func:`breach_rows`; later blocks repeat them with a fresh permit
+    id and a fresh driver licence number (letter + 7 digits, a bijection of the row index), so
+    every row is still a distinct person and the truth for records is ``n``."""
+    base = [r.split(",", 12) for r in breach_rows(min(n, block), seed)]
+    letters = "ABCDEFGNSUY"
+    yield BREACH_HEADER.encode()
+    for start in range(0, n, block):
+        out = []
+        for j, f in enumerate(base[: min(block, n - start)]):
+            idx = start + j
+            out.append(f"{100000 + idx},{','.join(f[1:11])},{letters[idx // 10_000_000 % 11]}"
+                       f"{idx * 7919 % 10_000_000:07d},{f[12]}")
+        yield "".join(out).encode()
