@@ -132,6 +132,8 @@ class BodyScan:
                 self._top.close()
             except DecodeProblem as e:
                 self._stop(e)
+        if self.stopped:
+            self.sniffer.salvage()     # base64 documents decoded before the stop are still scanned
         for st in self._stages:
             if getattr(st, "truncated", False):
                 self.notes.append(f"truncated:{st.name} (stream ended early; scanned what arrived)")

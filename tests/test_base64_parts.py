@@ -106,6 +106,15 @@ def test_a_base64_bomb_is_capped(engine):
     assert 0 < limited.records < 300                 # what was decoded before the limit is scanned
 
 
+def test_documents_decoded_before_a_limit_elsewhere_are_still_scanned(engine):
+    """A gzip-encoded body whose tail is a bomb: the limit stops the body, and the base64 CSV that
+    came before it is scanned all the same."""
+    body = json.dumps({"file": B64_CSV}).encode() + b"\n" + bytes(96 << 20)
+    r = scan_bytes(engine, gzip.compress(body), content_encoding="gzip", content_type="application/json")
+    assert any(n.startswith("decode-limit:ratio") for n in r.notes), r.notes
+    assert r.records == 300 and any(n.startswith("base64:1") for n in r.notes), r.notes
+
+
 def test_a_corrupt_embedded_document_is_noted_and_the_body_goes_on(engine):
     broken = _b64(b"PK\x03\x04" + os.urandom(2000))
     doc = LEAK + (json.dumps({"file": broken}) + "\n").encode() + LEAK

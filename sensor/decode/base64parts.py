@@ -242,6 +242,16 @@ class Base64Finder:
         finally:
             parts.close()
 
+    def salvage(self) -> None:
+        """The body stopped elsewhere (a limit in front of this text): scan what was decoded."""
+        self._run = None
+        self._note()
+        self._replay()
+
+    def _note(self) -> None:
+        if self.count:
+            self.s.notes.append(f"base64:{self.count} embedded document(s) decoded and scanned")
+
     def close(self) -> None:
         """End of the text: finish the open run, then scan what the runs decoded."""
         if self.enabled:
@@ -250,6 +260,5 @@ class Base64Finder:
             except LimitExceeded:
                 self._replay()
                 raise
-        if self.count:
-            self.s.notes.append(f"base64:{self.count} embedded document(s) decoded and scanned")
+        self._note()
         self._replay()

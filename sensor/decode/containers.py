@@ -93,6 +93,15 @@ class Sniffer:
                 self._route.write(data)  # type: ignore[attr-defined]
         self._route.close()  # type: ignore[attr-defined]
 
+    def salvage(self) -> None:
+        """Decoding stopped (a limit or corrupt input): base64 documents already decoded from this
+        stream's text are scanned all the same, as everything else decoded before the stop was."""
+        route = self._route
+        while isinstance(route, CompressedFile):
+            route = route.sink._route
+        if isinstance(route, _Text):
+            route.finder.salvage()
+
     def _choose(self, magic: bytes) -> None:
         if magic.startswith(ZIP_MAGIC) or magic.startswith(EMPTY_ZIP_MAGIC):
             self.budget.check_depth(self.depth + 1)
