@@ -59,9 +59,9 @@ def test_scanner_result_says_the_counts_are_approximate(engine, monkeypatch):
 
 
 def test_memory_stops_growing_past_the_cap():
-    """Peak RSS of ``dlp-sensor scan -`` (a fresh process each) with the cap at 20,000: from
-    100k to 400k distinct people it grows by less than an exact set would hold for 20k more
-    (an exact count grew ~450 bytes per record: 300k more would be ~130 MB)."""
+    """Peak RSS of ``dlp-sensor scan -`` (a fresh process each) with the cap at 20,000, from 100k
+    to 400k distinct people. Exact counting grew ~450 bytes per record (300k more: ~130 MB); past
+    the cap it measured flat here (84.7 / 84.4 MB) — the bound leaves room for allocator noise."""
     small = measure(100_000, cap="20000")
     large = measure(400_000, cap="20000")
     for run in (small, large):
@@ -69,4 +69,4 @@ def test_memory_stops_growing_past_the_cap():
         assert any(n.startswith("approximate:") for n in run["notes"]), run["notes"]
     grew = large["peak_rss_mb"] - small["peak_rss_mb"]
     print(f"peak RSS {small['peak_rss_mb']:.0f} MB at 100k rows, {large['peak_rss_mb']:.0f} MB at 400k rows")
-    assert grew < 12, f"peak RSS grew {grew:.1f} MB from 100k to 400k distinct people"
+    assert grew < 30, f"peak RSS grew {grew:.1f} MB from 100k to 400k distinct people"
