@@ -7,7 +7,7 @@ import random
 import pytest
 
 import sensor.detect.scanner as scanner_mod
-from bench.memory import measure
+from bench.memory import measure, warm_cache
 from sensor.detect.distinct import DistinctCounter, HyperLogLog
 from sensor.synth import breach_csv
 from tests.conftest import scan_bytes
@@ -58,15 +58,20 @@ def test_scanner_result_says_the_counts_are_approximate(engine, monkeypatch):
     assert exact.records == 1_500 and not any(x.startswith("approximate:") for x in exact.notes)
 
 
-def test_memory_stops_growing_past_the_cap():
+def test_memory_stops_growing_past_the_cap(tmp_path):
     """Peak RSS of ``dlp-sensor scan -`` (a fresh process each) with the cap at 20,000, from 100k
-    to 400k distinct people. Exact counting grew ~450 bytes per record (300k more: ~130 MB); past
-    the cap it measured flat here (84.7 / 84.4 MB) — the bound leaves room for allocator noise."""
-    small = measure(100_000, cap="20000")
-    large = measure(400_000, cap="20000")
+    to 400k distinct people. Exact counting grows ~450 bytes per record (300k more: ~130 MB).
+    Past the cap the peak measured 84 -> 84 MB in some runs and 84 -> 106 MB in others (a
+    bounded transient, not per-record growth: 10 million people peaked at 108 MB with the default
+    cap, bench/memory.py); the bound is well under what exact counting would add.
+    The compiled database sits in a private cache, warmed first: compiling peaks far higher."""
+    cache = str(tmp_path / "cache")
+    warm_cache(cache)
+    small = measure(100_000, cap="20000", cache_dir=cache)
+    large = measure(400_000, cap="20000", cache_dir=cache)
     for run in (small, large):
         assert abs(run["error_pct"]) < 2, run
         assert any(n.startswith("approximate:") for n in run["notes"]), run["notes"]
     grew = large["peak_rss_mb"] - small["peak_rss_mb"]
     print(f"peak RSS {small['peak_rss_mb']:.0f} MB at 100k rows, {large['peak_rss_mb']:.0f} MB at 400k rows")
-    assert grew < 30, f"peak RSS grew {grew:.1f} MB from 100k to 400k distinct people"
+    assert grew < 40, f"peak RSS grew {grew:.1f} MB from 100k to 400k distinct people"
