@@ -2,8 +2,9 @@
 
 Each size runs ``dlp-sensor scan --format json -`` in a fresh process, fed on stdin with the rows
 of :func:`sensor.synth.dense_breach_stream` (generated here, a piece at a time: neither process
-holds the file; every row a distinct person), and reads that process's own peak resident set from ``wait4``. The baseline in the same
-run is the same scan with the distinct-count cap lifted (every keyed hash kept in a set, as the
+holds the file; every row a distinct person), and reads that process's own peak resident set
+(VmHWM, which exec resets, written by the child at exit). The baseline in the same run is the
+same scan with the distinct-count cap lifted (every keyed hash kept in a set, as the
 scanner did before HyperLogLog); it is measured up to ``--exact-max-rows`` because it grows without
 bound. The truth for records is the number of rows (every synthetic person is distinct).
 
@@ -27,7 +28,14 @@ from sensor import synth  # noqa: E402
 
 BYTES_PER_ROW = sum(len(p) for p in synth.dense_breach_stream(10_000)) / 10_000
 # the CLI, with the cap of the scanner's distinct counters set from argv[1] ("default" keeps it)
-_RUNNER = ("import sys\n"
+# and its own peak RSS (VmHWM, reset by exec) written to stderr at exit: the rusage of a child
+# would start from the parent's RSS at fork, so a big parent (pytest) would inflate it
+_RUNNER = ("import atexit, sys\n"
+           "def _hwm():\n"
+           "    for line in open('/proc/self/status'):\n"
+           "        if line.startswith('VmHWM:'):\n"
+           "            sys.stderr.write('VmHWM_KB ' + line.split()[1] + '\\n')\n"
+           "atexit.register(_hwm)\n"
            "import sensor.detect.scanner as s\n"
            "cap = sys.argv.pop(1)\n"
            "if cap != 'default':\n"
@@ -48,7 +56,7 @@ def measure(rows: int, cap: str = "default", state_dir: str | None = None,
         cmd[-1:-1] = ["--state-dir", state_dir]
     env = dict(os.environ, DLP_SENSOR_CACHE=cache_dir) if cache_dir else None
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                             cwd=Path(__file__).resolve().parents[1])
     sent = 0
     out_file = proc.stdout
@@ -58,14 +66,18 @@ def measure(rows: int, cap: str = "default", state_dir: str | None = None,
         sent += len(piece)
     proc.stdin.close()
     out = out_file.read()
-    _, status, usage = os.wait4(proc.pid, 0)
+    err = proc.stderr.read().decode(errors="replace")  # type: ignore[union-attr]
+    _, status, _usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - t0
     if proc.returncode not in (0, 1):             # 1 = something tripped (it should: it is a leak)
         raise SystemExit(f"scan of {rows} rows exited {proc.returncode}")
+    hwm = [line.split()[1] for line in err.splitlines() if line.startswith("VmHWM_KB ")]
+    if not hwm:
+        raise SystemExit(f"scan of {rows} rows did not report its peak RSS: {err[-500:]}")
     result = orjson.loads(out.splitlines()[0])
     records = result["records"]
-    return {"rows": rows, "bytes": sent, "cap": cap, "peak_rss_mb": usage.ru_maxrss / 1024,
+    return {"rows": rows, "bytes": sent, "cap": cap, "peak_rss_mb": int(hwm[-1]) / 1024,
             "records": records, "error_pct": 100.0 * (records - rows) / rows, "seconds": seconds,
             "mb_per_s": sent / 1e6 / seconds, "notes": result.get("notes", [])}
 
