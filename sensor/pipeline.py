@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from sensor.decode.containers import GzipFile, Sniffer, Spool
+from sensor.decode.containers import CompressedFile, Sniffer, Spool
 from sensor.decode.encodings import chain, parse_content_encoding
 from sensor.decode.limits import Budget, DecodeLimits, DecodeProblem, LimitExceeded
 from sensor.decode.text import declared_charset
@@ -96,11 +96,11 @@ class BodyScan:
 
     def _container(self) -> tuple[Spool | None, list]:
         """The container this body ends in, if it is one that is read whole (zip, xlsx, docx, odf,
-        PDF), as sent, under a Content-Encoding or inside gzip files; and the decoders in front of
-        it, outermost first."""
+        PDF, Parquet, Arrow), as sent, under a Content-Encoding or inside gzip/zstd/xz/bzip2 files;
+        and the decoders in front of it, outermost first."""
         decoders = list(reversed(self._stages))
         route = self.sniffer.route
-        while isinstance(route, GzipFile):
+        while isinstance(route, CompressedFile):
             decoders.append(route)
             route = route.sink.route
         return (route, decoders) if isinstance(route, Spool) else (None, [])
@@ -142,6 +142,8 @@ class BodyScan:
                 self._top.close()
             except DecodeProblem as e:
                 self._stop(e)
+        if self.stopped:
+            self.sniffer.salvage()     # base64 documents decoded before the stop are still scanned
         for st in self._stages:
             if getattr(st, "truncated", False):
                 self.notes.append(f"truncated:{st.name} (stream ended early; scanned what arrived)")

@@ -9,9 +9,11 @@ dense in numbers, dates, prices and ids.
 from __future__ import annotations
 
 import io
+import itertools
 import random
 import zipfile
 from pathlib import Path
+from typing import Iterator
 
 _DATA = Path(__file__).resolve().parents[1] / "signatures" / "data"
 STREETS = ["MAIN", "OAK", "PINE", "MAPLE", "CEDAR", "ELM", "WASHINGTON", "LAKE", "HILL", "PARK", "SUNSET",
@@ -37,9 +39,13 @@ def _invented(rng: random.Random) -> str:
 
 
 def breach_rows(n: int, seed: int = 2022) -> list[str]:
+    return list(iter_breach_rows(n, seed))
+
+
+def iter_breach_rows(n: int, seed: int = 2022) -> Iterator[str]:
+    """The rows of :func:`breach_rows`, one at a time (a gigabyte of them need not fit in memory)."""
     rng = random.Random(seed)
     firsts, lasts = _words("first-names.txt"), _words("surnames.txt")
-    rows = []
     for i in range(n):
         last = rng.choice(lasts) if rng.random() < 0.8 else _invented(rng)
         first = rng.choice(firsts) if rng.random() < 0.8 else _invented(rng)
@@ -48,17 +54,27 @@ def breach_rows(n: int, seed: int = 2022) -> list[str]:
         crim, disp = ("", "")
         if rng.random() < 0.15:
             crim, disp = rng.choice(OFFENSES), rng.choice(DISPOSITIONS)
-        rows.append(
+        yield (
             f"{100000 + i},{last},{first},{rng.choice('ABCDEFGHJKLMNPRSTW')},{dob},{rng.choice('MF')},"
             f"{rng.choice(['W', 'H', 'B', 'A', 'O'])},{addr},{rng.choice(CITIES)},CA,{rng.randint(90001, 96162)},"
             f"{rng.choice('ABCDEFGNSUY')}{rng.randint(0, 9999999):07d},"
             f"{rng.choice(COUNTIES)},{crim},{disp}\n")
-    return rows
 
 
 def breach_csv(n: int = 200_000, seed: int = 2022) -> bytes:
     """A leak of ``n`` distinct people (the truth for record counting is ``n``)."""
     return (BREACH_HEADER + "".join(breach_rows(n, seed))).encode()
+
+
+def breach_csv_stream(n: int, seed: int = 2022, chunk_rows: int = 20_000) -> Iterator[bytes]:
+    """:func:`breach_csv` in pieces of ``chunk_rows`` rows: the same bytes, in bounded memory."""
+    rows = iter_breach_rows(n, seed)
+    yield BREACH_HEADER.encode()
+    while True:
+        piece = "".join(itertools.islice(rows, chunk_rows))
+        if not piece:
+            return
+        yield piece.encode()
 
 
 _LOREM = ("the county publishes statistics on permits issued each year along with processing times "
@@ -180,3 +196,21 @@ def pdf(lines: list[str], per_page: int = 60) -> bytes:
     out += b"".join(b"%010d 00000 n \n" % off for off in offsets)
     out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref)
     return bytes(out)
+
+
+def dense_breach_stream(n: int, seed: int = 2022, block: int = 50_000) -> Iterator[bytes]:
+    """``n`` distinct people of breach CSV, fast enough for gigabytes (the memory benchmark).
+
+    The first ``block`` rows are :func:`breach_rows`; later blocks repeat them with a fresh permit
+    id and a fresh driver licence number (letter + 7 digits, a bijection of the row index), so
+    every row is still a distinct person and the truth for records is ``n``."""
+    base = [r.split(",", 12) for r in breach_rows(min(n, block), seed)]
+    letters = "ABCDEFGNSUY"
+    yield BREACH_HEADER.encode()
+    for start in range(0, n, block):
+        out = []
+        for j, f in enumerate(base[: min(block, n - start)]):
+            idx = start + j
+            out.append(f"{100000 + idx},{','.join(f[1:11])},{letters[idx // 10_000_000 % 11]}"
+                       f"{idx * 7919 % 10_000_000:07d},{f[12]}")
+        yield "".join(out).encode()

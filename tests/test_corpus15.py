@@ -20,6 +20,7 @@ SUPPORTED = {
     "df_index.json", "parallel_arrays.json", "dashboard_dictionary.json", "features.geojson",
     "holders_children.xml", "holders_attributes.xml", "holders_dump.sql", "applicants_insert_cols.sql",
     "cards.html", "deflists.html", "no_header.txt", "fixed_width.txt", "table.pdf",
+    "people.csv.zst", "people.csv.xz", "people.csv.bz2", "b64_csv_in.json", "data_uri.html", "people.parquet",
 }
 # public-by-design files that must not trip (the others are issue 15 point 3, pending)
 PUBLIC_OK = {

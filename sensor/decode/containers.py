@@ -1,4 +1,5 @@
-"""Containers found by magic bytes: gzip files, zip and the zip-based office formats, PDF, UTF-16 text.
+"""Containers found by magic bytes: gzip, zstd, xz and bzip2 files, zip and the zip-based office
+formats, PDF, Parquet and Arrow IPC tables, UTF-16 text; and base64 documents inside text.
 
 A zip cannot be read in order (its directory is at the end), so it is spooled — in memory up to
 8 MiB, then to a temporary file, never beyond ``max_container_bytes`` — and read when complete
@@ -20,7 +21,7 @@ import zlib
 from typing import IO, Callable, Iterator, Protocol
 from xml.etree.ElementTree import ParseError, iterparse
 
-from sensor.decode.encodings import GzipDecoder
+from sensor.decode.encodings import Bzip2Decoder, GzipDecoder, XzDecoder, ZstdDecoder
 from sensor.decode.limits import Budget, CorruptInput, DecodeProblem, LimitExceeded
 from sensor.decode.text import Transcoder, sniff_wide_text
 
@@ -28,6 +29,12 @@ PDF_MAGIC = b"%PDF-"
 ZIP_MAGIC = b"PK\x03\x04"
 EMPTY_ZIP_MAGIC = b"PK\x05\x06"
 GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+XZ_MAGIC = b"\xfd7zXZ\x00"
+_BZIP2_BLOCK = b"\x31\x41\x59\x26\x53\x59"      # "BZh" + level, then the first block's magic (pi)
+_BZIP2_EMPTY = b"\x17\x72\x45\x38\x50\x90"      # ... or the end-of-stream magic (sqrt pi)
+PARQUET_MAGIC = b"PAR1"
+ARROW_MAGIC = b"ARROW1\x00\x00"
 SPOOL_MEMORY = 8 << 20
 SNIFF_HEAD = 64
 
@@ -80,6 +87,15 @@ class Sniffer:
                 self._route.write(data)  # type: ignore[attr-defined]
         self._route.close()  # type: ignore[attr-defined]
 
+    def salvage(self) -> None:
+        """Decoding stopped (a limit or corrupt input): base64 documents already decoded from this
+        stream's text are scanned all the same, as everything else decoded before the stop was."""
+        route = self._route
+        while isinstance(route, CompressedFile):
+            route = route.sink._route
+        if isinstance(route, _Text):
+            route.finder.salvage()
+
     def _choose(self, magic: bytes) -> None:
         if magic.startswith(ZIP_MAGIC) or magic.startswith(EMPTY_ZIP_MAGIC):
             self.budget.check_depth(self.depth + 1)
@@ -89,11 +105,16 @@ class Sniffer:
             self.budget.check_depth(self.depth + 1)
             self.kind = "pdf"
             self._route = PdfSpool(self)
-        elif magic.startswith(GZIP_MAGIC):
+        elif magic.startswith(PARQUET_MAGIC) or magic.startswith(ARROW_MAGIC):
             self.budget.check_depth(self.depth + 1)
-            self.kind = "gzip"
+            from sensor.decode.columnar import ColumnarSpool   # pyarrow loads only when a table comes
+            self._route = ColumnarSpool(self, "parquet" if magic.startswith(PARQUET_MAGIC) else "arrow")
+            self.kind = self._route.kind
+        elif (file_kind := _compressed_kind(magic)) is not None:
+            self.budget.check_depth(self.depth + 1)
+            self.kind = file_kind
             inner = Sniffer(self.out, self.budget, self.depth + 1, self.name, self.notes, self.stop)
-            self._route = GzipFile(inner, self.budget, self.notes)
+            self._route = COMPRESSED_FILES[file_kind](inner, self.budget, self.notes)
         elif self.charset is not None and (b"\0" in magic or not self.charset.startswith(("utf-16", "utf-32"))):
             self.kind = "text"
             self._route = Transcoder(self.out, self.charset)
@@ -102,31 +123,81 @@ class Sniffer:
             self._route = Transcoder(self.out, codec)
         else:
             self.kind = "text"
-            self._route = _Text(self.out)
+            self._route = _Text(self)
+
+
+def _compressed_kind(magic: bytes) -> str | None:
+    if magic.startswith(GZIP_MAGIC):
+        return "gzip"
+    if magic.startswith(ZSTD_MAGIC):
+        return "zstd"
+    if magic.startswith(XZ_MAGIC):
+        return "xz"
+    if magic[:3] == b"BZh" and magic[3:4] in b"123456789" and len(magic) >= 4 \
+            and magic[4:10] in (_BZIP2_BLOCK, _BZIP2_EMPTY):
+        return "bzip2"
+    return None
 
 
 class _Text:
-    def __init__(self, out: PartSink):
-        self.out = out
+    """Text goes to the scanner as it is; base64 documents inside it are decoded beside it
+    (:class:`~sensor.decode.base64parts.Base64Finder`) and scanned as parts after it."""
+
+    def __init__(self, sniffer: Sniffer):
+        from sensor.decode.base64parts import Base64Finder
+        self.out = sniffer.out
+        self.finder = Base64Finder(sniffer)
 
     def write(self, data: bytes) -> None:
         self.out.feed(data)
+        self.finder.write(data)
 
     def close(self) -> None:
-        pass
+        self.finder.close()
 
 
-class GzipFile(GzipDecoder):
-    """A gzip *file* (magic bytes, not Content-Encoding): decoded into a sniffer of its own."""
+class CompressedFile:
+    """Mixin of the compressed *files* (magic bytes, not Content-Encoding): each decodes into a
+    sniffer of its own, so a ``.csv.zst`` is read as a CSV and an ``.xlsx.xz`` as a workbook (in
+    the worker thread, for the taps: see :meth:`sensor.pipeline.BodyScan.prepare`)."""
 
+    sink: Sniffer
+    notes: list[str]
+    truncated: bool
+    name: str
+
+    def close(self) -> None:
+        super().close()  # type: ignore[misc]
+        if self.truncated:
+            self.notes.append(f"truncated:{self.name} (stream ended early; scanned what arrived)")
+
+
+class GzipFile(CompressedFile, GzipDecoder):
     def __init__(self, sink: Sniffer, budget: Budget, notes: list[str]):
         super().__init__(sink, budget, wbits=31)
         self.notes = notes
 
-    def close(self) -> None:
-        super().close()
-        if self.truncated:
-            self.notes.append("truncated:gzip (stream ended early; scanned what arrived)")
+
+class ZstdFile(CompressedFile, ZstdDecoder):
+    def __init__(self, sink: Sniffer, budget: Budget, notes: list[str]):
+        super().__init__(sink, budget)
+        self.notes = notes
+
+
+class XzFile(CompressedFile, XzDecoder):
+    def __init__(self, sink: Sniffer, budget: Budget, notes: list[str]):
+        super().__init__(sink, budget)
+        self.notes = notes
+
+
+class Bzip2File(CompressedFile, Bzip2Decoder):
+    def __init__(self, sink: Sniffer, budget: Budget, notes: list[str]):
+        super().__init__(sink, budget)
+        self.notes = notes
+
+
+COMPRESSED_FILES: dict[str, type[CompressedFile]] = {
+    "gzip": GzipFile, "zstd": ZstdFile, "xz": XzFile, "bzip2": Bzip2File}
 
 
 class PartRecorder:

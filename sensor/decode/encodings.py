@@ -1,6 +1,9 @@
-"""Streaming Content-Encoding decoders: gzip, deflate (zlib or raw), br, zstd, stacked."""
+"""Streaming decoders: the Content-Encodings gzip, deflate (zlib or raw), br, zstd, stacked; and
+xz and bzip2, which arrive only as files (see :mod:`sensor.decode.containers`)."""
 from __future__ import annotations
 
+import bz2
+import lzma
 import zlib
 from typing import Protocol
 
@@ -169,6 +172,67 @@ class ZstdDecoder(_Stage):
             self._w.flush()
         except zstandard.ZstdError as e:
             raise CorruptInput(self.name, str(e)) from None
+
+
+class _StdlibStreamDecoder(_Stage):
+    """xz / bzip2 through the standard library's incremental decompressors, ``max_length`` at a
+    time so that one small input chunk cannot expand past a piece before the budget sees it.
+    Concatenated streams (``xz`` multi-stream, ``pbzip2``) are read one after another."""
+
+    name = "stream"
+    magic = b""
+
+    def __init__(self, sink: Sink, budget: Budget):
+        super().__init__(sink, budget)
+        self._d = self._new()
+        self._started = False
+        self._ended = False          # a stream ended and nothing has started since
+
+    def _new(self):   # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def write(self, data: bytes) -> None:
+        while data:
+            if self._ended:
+                rest = data.lstrip(b"\0")           # xz stream padding is NUL bytes
+                if not rest:
+                    return
+                if not rest.startswith(self.magic[:3]):
+                    raise CorruptInput(self.name, "trailing garbage after the end of the stream")
+                self._d, self._ended, data = self._new(), False, rest
+            self._started = True
+            try:
+                out = self._d.decompress(data, self.piece)
+                self._out(out)
+                while not self._d.eof and not self._d.needs_input:
+                    self._out(self._d.decompress(b"", self.piece))
+            except (OSError, EOFError, lzma.LZMAError, ValueError) as e:
+                raise CorruptInput(self.name, str(e) or type(e).__name__) from None
+            data = b""
+            if self._d.eof:
+                self._ended = True
+                data = self._d.unused_data
+
+    def _flush(self) -> None:
+        self.truncated = self._started and not self._ended
+
+
+class XzDecoder(_StdlibStreamDecoder):
+    """xz (.xz files); the decoder's own memory is capped (a header may ask for a huge dictionary)."""
+
+    name = "xz"
+    magic = b"\xfd7zXZ\x00"
+
+    def _new(self):
+        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=256 << 20)
+
+
+class Bzip2Decoder(_StdlibStreamDecoder):
+    name = "bzip2"
+    magic = b"BZh"
+
+    def _new(self):
+        return bz2.BZ2Decompressor()
 
 
 DECODERS = {"gzip": GzipDecoder, "x-gzip": GzipDecoder, "deflate": DeflateDecoder,

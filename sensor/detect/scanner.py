@@ -21,6 +21,7 @@ from typing import Any
 
 import hyperscan as hs
 
+from sensor.detect.distinct import EXACT_CAP, DistinctCounter
 from sensor.detect.engine import CAT_BITS, Engine, PatInfo
 from sensor.detect.keys import fingerprint, redact
 from sensor.detect.policy import Policy, stronger
@@ -31,7 +32,7 @@ QUASI = CAT_BITS["quasi"]
 CONTACT = CAT_BITS["contact"]
 _FAR = -(1 << 60)
 SAMPLES_PER_SIGNATURE = 3
-DISTINCT_CAP = 1_000_000          # per signature; beyond it counts stop being exact (noted)
+DISTINCT_CAP = EXACT_CAP          # per counter; beyond it counts are HyperLogLog estimates (noted)
 _HTML_ROW_TAGS = (b"<tr", b"<TR", b"<li", b"<LI", b"<p>", b"<P>", b"<br", b"<BR", b"</div", b"</DIV")
 
 SNIFF_BYTES = 4096
@@ -144,11 +145,12 @@ class ExchangeScanner:
         self._edm = edm.matcher() if edm is not None else None
         self._edm_kind = [s.kind if edm is not None and s.kind in edm.kinds else None for s in self._sigs]
         self._keep_raw = self._want_sample if edm is None else [True] * n
-        self._distinct: list[set[int]] = [set() for _ in range(n)]
+        # distinct values and records by keyed hash: exact up to DISTINCT_CAP each, then estimated
+        self._distinct = [DistinctCounter(DISTINCT_CAP) for _ in range(n)]
         self._samples: list[list[Sample]] = [[] for _ in range(n)]
-        self._strong_recs: set[int] = set()
-        self._person_recs: set[int] = set()
-        self._all_recs: set[int] = set()
+        self._strong_recs = DistinctCounter(DISTINCT_CAP)
+        self._person_recs = DistinctCounter(DISTINCT_CAP)
+        self._all_recs = DistinctCounter(DISTINCT_CAP)
         self._strong_values = 0
         self._contact_values = 0
         self.result = ScanResult()
@@ -171,7 +173,6 @@ class ExchangeScanner:
         self._gate: hs.Stream | None = None
         self._stream: hs.Stream | None = None
         self._t0 = time.perf_counter()
-        self._capped = False
         self._shadow: Shadow | None = None     # records from structure: see structure/view.py
         self._skind: str | None = None
         self.begin_part(mode)
@@ -314,8 +315,12 @@ class ExchangeScanner:
         if self._edm is not None:
             r.edm_records, r.edm = self._edm.total, dict(self._edm.counts)
             r.edm_rows = {k: sorted(v) for k, v in self._edm.rows.items()}
-        if self._capped:
-            r.notes.append(f"distinct counting capped at {DISTINCT_CAP} values per signature")
+        approx = [self._sigs[i].id for i, s in enumerate(self._distinct) if s.approximate]
+        recs = self._all_recs.approximate or self._strong_recs.approximate or self._person_recs.approximate
+        if (approx or recs) and not any(n.startswith("approximate:") for n in r.notes):
+            what = (["records"] if recs else []) + approx
+            r.notes.append(f"approximate: counts approximate above {DISTINCT_CAP} distinct "
+                           f"({', '.join(what)}; HyperLogLog, about 0.4 % standard error)")
         return r
 
     # -- the hot loop -------------------------------------------------------------------------
@@ -424,13 +429,7 @@ class ExchangeScanner:
         """Phones and emails count as distinct values only; they never make a person record."""
         if self._ignored[si]:
             return
-        d = self._distinct[si]
-        h = hash(v)
-        if h not in d:
-            if len(d) < DISTINCT_CAP:
-                d.add(h)
-            else:
-                self._capped = True
+        if self._distinct[si].add(hash(v)):
             self._contact_values += 1
         if self._want_sample[si]:
             self._sample(si, v)
@@ -528,12 +527,7 @@ class ExchangeScanner:
                 h = hash(raw)
             if edm_vals is not None and edm_kind[si] is not None and raw is not None:
                 edm_vals.append((edm_kind[si], raw))
-            d = distinct[si]
-            if h not in d:
-                if len(d) < DISTINCT_CAP:
-                    d.add(h)
-                else:
-                    self._capped = True
+            if distinct[si].add(h):
                 if cat == STRONG:
                     self._strong_values += 1
                 elif cat == CONTACT:

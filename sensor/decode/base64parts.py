@@ -1,0 +1,264 @@
+"""Base64 documents inside text: JSON/XML/HTML string values, ``data:`` URIs, bare runs.
+
+A web app that serves ``{"file": "UEsDB..."}`` or ``<a href="data:text/csv;base64,...">`` ships a
+whole document that the text scanner cannot read. :class:`Base64Finder` watches the text stream
+beside the scanner (the text itself is scanned unchanged) and decodes every run of at least
+:data:`MIN_RUN` base64 characters as it streams:
+
+- a one-pattern Hyperscan block scan (``[base64]{256}``, first match only) tells whether a chunk
+  holds a run at all, so benign text pays a few percent of what the scanner costs; only chunks
+  that do are classified with ``bytes.translate`` + ``find``. A run cut by a chunk boundary
+  continues into the next chunk, and a shorter tail is carried over (at most ``MIN_RUN - 1``
+  bytes) until it is known to be long enough;
+- ordinary tokens, hashes and separator lines are not decoded: a run shorter than 256
+  characters, one whose first 256 characters are all hex digits (a digest), or use fewer than 8
+  distinct symbols (``=====`` rules), is left alone; so is a decoded image or font (their magic
+  bytes);
+- JSON escapes inside a string (``\\/``, ``\\n`` line wraps, ``\\u003d``) and the URL-safe alphabet
+  are undone before decoding;
+- the decoded bytes go through a :class:`~sensor.decode.containers.Sniffer` one level deeper, so a
+  base64 zip, xlsx, PDF, gzip or CSV is read as such, metered by the body's
+  :class:`~sensor.decode.limits.Budget` (output size, ratio, depth) like any other decoding;
+- what they produce is recorded (memory up to 8 MiB, then a temporary file) and scanned as parts
+  of their own after the text that carried them, so the text's records are not cut in two.
+
+A corrupt embedded document gets a ``decode-error:base64`` note and the rest of the body goes on;
+a decode limit stops the body as every limit does, after what was decoded has been scanned.
+"""
+from __future__ import annotations
+
+import binascii
+import threading
+from typing import TYPE_CHECKING
+
+import hyperscan as hs
+
+from sensor.decode.limits import CorruptInput, LimitExceeded
+
+if TYPE_CHECKING:
+    from sensor.decode.containers import PartRecorder, Sniffer
+
+MIN_RUN = 256                      # base64 characters before a run is decoded
+MIN_SYMBOLS = 8                    # distinct characters among the first MIN_RUN (a bomb's base64 has ~12)
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+_RUN_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_=\\"
+_CLASS = bytes(0x41 if c in _RUN_CHARS else 0x2E for c in range(256))   # run chars -> "A", others -> "."
+_MARK = b"A" * MIN_RUN
+_URLSAFE = bytes.maketrans(b"-_", b"+/")
+# decoded media that cannot hold text worth scanning: images and fonts inlined as data: URIs
+_MEDIA = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"RIFF", b"wOFF", b"wOF2", b"OTTO", b"\x00\x01\x00\x00",
+          b"\x00\x00\x01\x00", b"<svg", b"BM")
+
+
+def _unescape(chars: bytes) -> bytes:
+    """Undo the JSON escapes a base64 string can carry (a base64 character is never a backslash)."""
+    return (chars.replace(b"\\u003d", b"=").replace(b"\\u003D", b"=").replace(b"\\/", b"/")
+            .replace(b"\\n", b"").replace(b"\\r", b"").replace(b"\\", b""))
+
+
+_PREFILTER: hs.Database | None = None
+_LOCAL = threading.local()           # a Hyperscan scratch per thread (containers are read in a worker)
+_PRE_LOCK = threading.Lock()
+
+
+def _found(i: int, start: int, end: int, flags: int, ctx: list) -> bool:
+    ctx.append(end)
+    return True                      # the first run is enough: stop the scan
+
+
+def _has_run(buf: bytes) -> bool:
+    """Whether ``buf`` holds MIN_RUN base64 characters in a row (Hyperscan, block mode)."""
+    global _PREFILTER
+    if _PREFILTER is None:
+        with _PRE_LOCK:
+            if _PREFILTER is None:
+                db = hs.Database(mode=hs.HS_MODE_BLOCK)
+                db.compile(expressions=[rb"[A-Za-z0-9+/=_\-\\]{%d}" % MIN_RUN], ids=[0],
+                           flags=[hs.HS_FLAG_SINGLEMATCH])
+                _PREFILTER = db
+    scratch = getattr(_LOCAL, "scratch", None)
+    if scratch is None:
+        scratch = _LOCAL.scratch = hs.Scratch(_PREFILTER)
+    hits: list[int] = []
+    try:
+        _PREFILTER.scan(buf, match_event_handler=_found, context=hits, scratch=scratch)
+    except hs.ScanTerminated:
+        pass
+    return bool(hits)
+
+
+class _Run:
+    """One base64 run being decoded into a sniffer of its own."""
+
+    def __init__(self, finder: "Base64Finder", first: bytes):
+        self.f = finder
+        self.rest = b""
+        symbols = set(first[:MIN_RUN])
+        self.skip = len(symbols) < MIN_SYMBOLS or symbols <= _HEX
+        self.head: bytes | None = b""          # first decoded bytes, until the media check is made
+        self.sniffer: Sniffer | None = None
+
+    def write(self, chars: bytes) -> None:
+        if self.skip or not chars:
+            return
+        chars = self.rest + chars
+        tail = b""
+        if b"\\" in chars:
+            b = chars.rfind(b"\\", max(0, len(chars) - 6))
+            if b >= 0:                           # an escape the chunk may have cut: wait for the rest
+                chars, tail = chars[:b], chars[b:]
+            chars = _unescape(chars)
+        chars = chars.replace(b"=", b"").translate(_URLSAFE)
+        n = len(chars) & ~3
+        self.rest = chars[n:] + tail
+        if n:
+            self._decoded(chars[:n])
+
+    def _decoded(self, chars: bytes) -> None:
+        try:
+            out = binascii.a2b_base64(chars)
+        except binascii.Error:
+            raise CorruptInput("base64", "invalid base64 run") from None
+        if self.head is not None:
+            self.head += out
+            if len(self.head) < 8:
+                return
+            out, self.head = self.head, None
+            if out.startswith(_MEDIA):
+                self.skip = True
+                return
+            self.sniffer = self.f.open_part()
+        self.f.budget.take(len(out))
+        self.sniffer.write(out)  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        if not self.skip:
+            rest = _unescape(self.rest).replace(b"=", b"").translate(_URLSAFE)
+            if len(rest) % 4 >= 2:
+                self._decoded(rest + b"=" * (4 - len(rest) % 4))
+            if self.head:                       # a document shorter than the media check
+                head, self.head = self.head, None
+                if not head.startswith(_MEDIA):
+                    self.sniffer = self.f.open_part()
+                    self.f.budget.take(len(head))
+                    self.sniffer.write(head)
+        if self.sniffer is not None:
+            self.sniffer.close()
+
+
+class Base64Finder:
+    """Finds base64 runs in a text stream and decodes them into recorded parts (module docstring)."""
+
+    def __init__(self, sniffer: "Sniffer"):
+        self.s = sniffer
+        self.budget = sniffer.budget
+        self.enabled = sniffer.depth + 1 <= sniffer.budget.limits.max_depth
+        self._carry = b""
+        self._run: _Run | None = None
+        self._parts: PartRecorder | None = None
+        self.count = 0
+
+    def open_part(self) -> "Sniffer":
+        from sensor.decode.containers import PartRecorder, Sniffer
+        if self._parts is None:
+            self._parts = PartRecorder()
+        self.count += 1
+        name = f"{self.s.name or 'body'}#base64-{self.count}"
+        self._parts.begin_part(None, name)
+        return Sniffer(self._parts, self.budget, self.s.depth + 1, name, self.s.notes, self.s.stop)
+
+    def write(self, data: bytes) -> None:
+        if not self.enabled or not data:
+            return
+        try:
+            self._write(data)
+        except LimitExceeded:
+            self._run = None
+            self._replay()            # what was decoded is scanned; then the limit stops the body
+            raise
+
+    def _write(self, data: bytes) -> None:
+        if self._run is not None:
+            j = data.translate(_CLASS).find(b".")
+            if j < 0:
+                self._feed(data)
+                return
+            self._feed(data[:j])
+            self._end_run()
+            data = data[j:]
+        buf = self._carry + data if self._carry else data
+        if not _has_run(buf):
+            tail = buf[1 - MIN_RUN:]              # the run a later chunk may continue is shorter than MIN_RUN
+            self._carry = tail[tail.translate(_CLASS).rfind(b".") + 1:]
+            return
+        t = buf.translate(_CLASS)
+        pos = 0
+        while True:
+            i = t.find(_MARK, pos)
+            if i < 0:
+                break
+            j = t.find(b".", i + MIN_RUN)
+            self._run = _Run(self, buf[i:i + MIN_RUN])
+            if j < 0:
+                self._feed(buf[i:])
+                self._carry = b""
+                return
+            self._feed(buf[i:j])
+            self._end_run()
+            pos = j
+        k = t.rfind(b".") + 1
+        self._carry = buf[max(k, pos):] if len(buf) - k < MIN_RUN else b""
+
+    def _feed(self, chars: bytes) -> None:
+        run = self._run
+        try:
+            run.write(chars)  # type: ignore[union-attr]
+        except CorruptInput as e:
+            self._corrupt(run, e)  # type: ignore[arg-type]
+
+    def _end_run(self) -> None:
+        run, self._run = self._run, None
+        if run is not None:
+            try:
+                run.close()
+            except CorruptInput as e:
+                self._corrupt(run, e)
+
+    def _corrupt(self, run: _Run, e: CorruptInput) -> None:
+        """A corrupt embedded document: noted; its remaining characters are consumed, not decoded,
+        and the rest of the body goes on."""
+        run.skip = True
+        note = e.note if e.reason == "base64" else f"decode-error:base64 (embedded {e.note})"
+        if note not in self.s.notes:
+            self.s.notes.append(note)
+
+    def _replay(self) -> None:
+        parts, self._parts = self._parts, None
+        if parts is None:
+            return
+        try:
+            while not self.s.stop() and parts.replay_some(self.s.out, 1 << 30, self.budget.limits.piece):
+                pass
+        finally:
+            parts.close()
+
+    def salvage(self) -> None:
+        """The body stopped elsewhere (a limit in front of this text): scan what was decoded."""
+        self._run = None
+        self._note()
+        self._replay()
+
+    def _note(self) -> None:
+        if self.count:
+            self.s.notes.append(f"base64:{self.count} embedded document(s) decoded and scanned")
+
+    def close(self) -> None:
+        """End of the text: finish the open run, then scan what the runs decoded."""
+        if self.enabled:
+            try:
+                self._end_run()
+            except LimitExceeded:
+                self._replay()
+                raise
+        self._note()
+        self._replay()

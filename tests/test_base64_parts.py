@@ -1,0 +1,139 @@
+"""Base64 documents inside text (JSON/XML/HTML string values, ``data:`` URIs) are decoded and
+scanned as parts under the body's decode budget; short tokens are not."""
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import json
+import os
+import zipfile
+
+import pytest
+
+from sensor import synth
+from sensor.decode.base64parts import MIN_RUN
+from sensor.decode.limits import DecodeLimits
+from sensor.synth import breach_csv
+from tests.conftest import scan_bytes
+from tests.test_decode import _scan_as_a_tap
+
+LEAK = breach_csv(300)
+_ROWS = [line.split(",") for line in LEAK.decode().splitlines()]
+B64_CSV = base64.b64encode(LEAK).decode()
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    bio = io.BytesIO()
+    with zipfile.ZipFile(bio, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return bio.getvalue()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+CASES = {
+    "csv in a JSON string": (json.dumps({"name": "export.csv", "file": B64_CSV}).encode(), "application/json"),
+    "xlsx in a JSON string": (json.dumps({"file": _b64(synth.xlsx(_ROWS))}).encode(), "application/json"),
+    "pdf as a data: URI in HTML": (
+        f'<html><body><a href="data:application/pdf;base64,{_b64(synth.pdf([",".join(r) for r in _ROWS]))}">'
+        f'report</a></body></html>'.encode(), "text/html"),
+    "zip in an XML element": (
+        f'<?xml version="1.0"?><export><attachment name="r.zip">{_b64(_zip({"r.csv": LEAK}))}</attachment>'
+        f'</export>'.encode(), "application/xml"),
+    "gzip csv, URL-safe alphabet": (
+        json.dumps({"blob": base64.urlsafe_b64encode(gzip.compress(LEAK)).decode()}).encode(), "application/json"),
+    "JSON-escaped slashes and line wraps": (
+        json.dumps({"f": base64.encodebytes(LEAK).decode().replace("/", "\\/")}).encode(), "application/json"),
+}
+
+
+@pytest.mark.parametrize("label", sorted(CASES))
+def test_embedded_documents_trip_like_the_file(engine, label):
+    data, ctype = CASES[label]
+    r = scan_bytes(engine, data, content_type=ctype)
+    assert r.verdict == "trip" and r.records == 300, (label, r.notes, r.findings)
+    assert "base64:1 embedded document(s) decoded and scanned" in r.notes
+
+
+@pytest.mark.parametrize("chunk", [3, 255, MIN_RUN, MIN_RUN + 1, 1000, 4096])
+def test_a_run_split_across_chunks_is_one_document(engine, chunk):
+    data, ctype = CASES["gzip csv, URL-safe alphabet"] if chunk > 100 else CASES["csv in a JSON string"]
+    whole = scan_bytes(engine, data, content_type=ctype, chunk=len(data))
+    r = scan_bytes(engine, data, content_type=ctype, chunk=chunk)
+    assert r.records == whole.records == 300 and r.findings == whole.findings and r.notes == whole.notes
+
+
+def test_json_escape_cut_by_a_chunk_boundary(engine):
+    data = json.dumps({"f": base64.encodebytes(LEAK).decode().replace("/", "\\/")}).encode()
+    for chunk in (2, 5, 77):
+        assert scan_bytes(engine, data, chunk=chunk).records == 300, chunk
+
+
+def test_short_tokens_and_hashes_are_not_decoded(engine):
+    pii = b"SSN 536-22-8714 GARCIA MARIA DOB 03/14/1975 1234 MAIN ST\n" * 3
+    short = base64.b64encode(pii)[:MIN_RUN - 1].decode()              # just below the minimum
+    hexrun = os.urandom(400).hex()                                      # a long hex digest
+    rule = "=" * 400                                                    # a separator line
+    page = json.dumps({"token": short, "sha": hexrun, "rule": rule, "user": "someone"}).encode()
+    r = scan_bytes(engine, page, content_type="application/json")
+    assert r.verdict == "pass" and not r.findings, r.findings
+    assert not any(n.startswith("base64") for n in r.notes), r.notes
+    long_enough = json.dumps({"token": base64.b64encode(pii * 2).decode()}).encode()
+    r = scan_bytes(engine, long_enough, content_type="application/json")
+    assert "us-ssn" in r.findings and any(n.startswith("base64:1") for n in r.notes), (r.findings, r.notes)
+
+
+def test_inline_images_are_not_scanned(engine):
+    png = b"\x89PNG\r\n\x1a\n" + os.urandom(3000)
+    html = f'<img src="data:image/png;base64,{_b64(png)}">'.encode()
+    r = scan_bytes(engine, html, content_type="text/html")
+    assert r.verdict == "pass" and not any(n.startswith("base64") for n in r.notes), r.notes
+
+
+def test_a_base64_bomb_is_capped(engine):
+    bomb = gzip.compress(bytes(96 << 20))
+    doc = json.dumps({"file": _b64(bomb)}).encode()
+    r = scan_bytes(engine, doc, content_type="application/json")
+    assert any(n.startswith("decode-limit:ratio") for n in r.notes), r.notes
+    assert r.verdict == "alert"                      # not fully inspected: never a silent pass
+    limited = scan_bytes(engine, json.dumps({"file": B64_CSV}).encode(),
+                         limits=DecodeLimits(max_decoded_bytes=10_000), chunk=1000)
+    assert any(n.startswith("decode-limit:decoded-bytes") for n in limited.notes), limited.notes
+    assert 0 < limited.records < 300                 # what was decoded before the limit is scanned
+
+
+def test_documents_decoded_before_a_limit_elsewhere_are_still_scanned(engine):
+    """A gzip-encoded body whose tail is a bomb: the limit stops the body, and the base64 CSV that
+    came before it is scanned all the same."""
+    body = json.dumps({"file": B64_CSV}).encode() + b"\n" + bytes(96 << 20)
+    r = scan_bytes(engine, gzip.compress(body), content_encoding="gzip", content_type="application/json")
+    assert any(n.startswith("decode-limit:ratio") for n in r.notes), r.notes
+    assert r.records == 300 and any(n.startswith("base64:1") for n in r.notes), r.notes
+
+
+def test_a_corrupt_embedded_document_is_noted_and_the_body_goes_on(engine):
+    broken = _b64(b"PK\x03\x04" + os.urandom(2000))
+    doc = LEAK + (json.dumps({"file": broken}) + "\n").encode() + LEAK
+    r = scan_bytes(engine, doc)
+    assert r.records == 300 and r.verdict == "trip"
+    assert any(n.startswith("decode-error:base64") and "zip" in n for n in r.notes), r.notes
+
+
+def test_base64_inside_a_zip_member_and_depth(engine):
+    member = json.dumps({"file": B64_CSV}).encode()
+    z = _zip({"api/response.json": member})
+    assert scan_bytes(engine, z).records == 300
+    tap = _scan_as_a_tap(engine, z).to_json()
+    inline = scan_bytes(engine, z).to_json()
+    for x in (tap, inline):
+        x.pop("seconds")
+    assert tap == inline
+    # a zip (1) holding JSON whose base64 (2) is a zip (3) of a CSV: over a depth limit of 2
+    deep = _zip({"r.json": json.dumps({"file": _b64(_zip({"r.csv": LEAK}))}).encode()})
+    assert scan_bytes(engine, deep, limits=DecodeLimits(max_depth=3)).records == 300
+    r = scan_bytes(engine, deep, limits=DecodeLimits(max_depth=2))
+    assert r.records < 300 and any(n.startswith("decode-limit:depth") for n in r.notes), r.notes
