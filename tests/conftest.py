@@ -1,8 +1,10 @@
 """Shared fixtures. Tests use the real Hyperscan engine and the real default pack."""
 from __future__ import annotations
 
+import io
 import os
 import shutil
+import zipfile
 
 import pytest
 
@@ -45,3 +47,12 @@ def scan_bytes(engine: Engine, data: bytes, *, chunk: int = 65536, policy: Polic
     for i in range(0, len(data), chunk):
         body.write(data[i:i + chunk])
     return body.finish()
+
+
+def zip_bytes(members: dict[str, bytes]) -> bytes:
+    """A deflated zip of ``members`` (name -> bytes), made in memory."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return buf.getvalue()

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import base64
 import gzip
-import io
 import json
 import os
-import zipfile
 
 import pytest
 
@@ -15,7 +13,7 @@ from sensor import synth
 from sensor.decode.base64parts import MIN_RUN
 from sensor.decode.limits import DecodeLimits
 from sensor.synth import breach_csv
-from tests.conftest import scan_bytes
+from tests.conftest import scan_bytes, zip_bytes
 from tests.test_decode import _scan_as_a_tap
 
 LEAK = breach_csv(300)
@@ -23,12 +21,6 @@ _ROWS = [line.split(",") for line in LEAK.decode().splitlines()]
 B64_CSV = base64.b64encode(LEAK).decode()
 
 
-def _zip(members: dict[str, bytes]) -> bytes:
-    bio = io.BytesIO()
-    with zipfile.ZipFile(bio, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, data in members.items():
-            z.writestr(name, data)
-    return bio.getvalue()
 
 
 def _b64(data: bytes) -> str:
@@ -42,7 +34,7 @@ CASES = {
         f'<html><body><a href="data:application/pdf;base64,{_b64(synth.pdf([",".join(r) for r in _ROWS]))}">'
         f'report</a></body></html>'.encode(), "text/html"),
     "zip in an XML element": (
-        f'<?xml version="1.0"?><export><attachment name="r.zip">{_b64(_zip({"r.csv": LEAK}))}</attachment>'
+        f'<?xml version="1.0"?><export><attachment name="r.zip">{_b64(zip_bytes({"r.csv": LEAK}))}</attachment>'
         f'</export>'.encode(), "application/xml"),
     "gzip csv, URL-safe alphabet": (
         json.dumps({"blob": base64.urlsafe_b64encode(gzip.compress(LEAK)).decode()}).encode(), "application/json"),
@@ -125,7 +117,7 @@ def test_a_corrupt_embedded_document_is_noted_and_the_body_goes_on(engine):
 
 def test_base64_inside_a_zip_member_and_depth(engine):
     member = json.dumps({"file": B64_CSV}).encode()
-    z = _zip({"api/response.json": member})
+    z = zip_bytes({"api/response.json": member})
     assert scan_bytes(engine, z).records == 300
     tap = _scan_as_a_tap(engine, z).to_json()
     inline = scan_bytes(engine, z).to_json()
@@ -133,7 +125,7 @@ def test_base64_inside_a_zip_member_and_depth(engine):
         x.pop("seconds")
     assert tap == inline
     # a zip (1) holding JSON whose base64 (2) is a zip (3) of a CSV: over a depth limit of 2
-    deep = _zip({"r.json": json.dumps({"file": _b64(_zip({"r.csv": LEAK}))}).encode()})
+    deep = zip_bytes({"r.json": json.dumps({"file": _b64(zip_bytes({"r.csv": LEAK}))}).encode()})
     assert scan_bytes(engine, deep, limits=DecodeLimits(max_depth=3)).records == 300
     r = scan_bytes(engine, deep, limits=DecodeLimits(max_depth=2))
     assert r.records < 300 and any(n.startswith("decode-limit:depth") for n in r.notes), r.notes

@@ -19,7 +19,7 @@ from sensor.decode.limits import DecodeLimits
 from sensor.detect.policy import Policy
 from sensor import synth
 from sensor.synth import breach_csv
-from tests.conftest import scan_bytes
+from tests.conftest import scan_bytes, zip_bytes
 
 LEAK = breach_csv(300)
 
@@ -60,26 +60,20 @@ def test_unknown_content_encoding_is_a_note(engine):
     assert any("unsupported coding" in n for n in r.notes)
 
 
-def _zip(members: dict[str, bytes]) -> bytes:
-    bio = io.BytesIO()
-    with zipfile.ZipFile(bio, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, data in members.items():
-            z.writestr(name, data)
-    return bio.getvalue()
 
 
 def test_gzip_file_zip_and_nested_trip(engine):
     assert scan_bytes(engine, gzip.compress(LEAK)).records == 300                  # .csv.gz
-    r = scan_bytes(engine, _zip({"readme.txt": b"hello", "export/roster.csv": LEAK}))
+    r = scan_bytes(engine, zip_bytes({"readme.txt": b"hello", "export/roster.csv": LEAK}))
     assert r.records == 300 and r.notes[0] == "container:zip"
-    nested = _zip({"inner.zip": _zip({"roster.csv.gz": gzip.compress(LEAK)})})
+    nested = zip_bytes({"inner.zip": zip_bytes({"roster.csv.gz": gzip.compress(LEAK)})})
     assert scan_bytes(engine, nested).records == 300
 
 
 def test_depth_limit(engine):
     data = LEAK
     for _ in range(6):
-        data = _zip({"x.zip": data})
+        data = zip_bytes({"x.zip": data})
     r = scan_bytes(engine, data, limits=DecodeLimits(max_depth=3))
     assert any(n.startswith("decode-limit:depth") for n in r.notes)
 
@@ -131,7 +125,7 @@ def test_xlsx_dates_stored_as_day_counts_are_dates_of_birth(engine, tmp_path, ep
 def test_xlsx_with_malformed_styles_is_still_read(engine):
     rows = "".join("<row>" + "".join(f'<c t="inlineStr"><is><t>{v}</t></is></c>' for v in line.split(",")) + "</row>"
                    for line in LEAK.decode().splitlines())
-    data = _zip({"xl/workbook.xml": b"<workbook/>", "xl/styles.xml": b"<styleSheet><cellXfs><xf",
+    data = zip_bytes({"xl/workbook.xml": b"<workbook/>", "xl/styles.xml": b"<styleSheet><cellXfs><xf",
                  "xl/worksheets/sheet1.xml": f"<worksheet><sheetData>{rows}</sheetData></worksheet>".encode()})
     r = scan_bytes(engine, data)
     assert r.verdict == "trip" and r.records == 300, r.notes
@@ -144,7 +138,7 @@ def _docx(paragraphs: list[str], rows: list[list[str]]) -> bytes:
     trs = "".join("<w:tr>" + "".join(f"<w:tc><w:p><w:r><w:t>{c}</w:t></w:r></w:p></w:tc>" for c in r) + "</w:tr>"
                   for r in rows)
     doc = f'<?xml version="1.0"?><w:document {w}><w:body>{ps}<w:tbl>{trs}</w:tbl></w:body></w:document>'
-    return _zip({"[Content_Types].xml": b"<Types/>", "word/document.xml": doc.encode()})
+    return zip_bytes({"[Content_Types].xml": b"<Types/>", "word/document.xml": doc.encode()})
 
 
 def _ods(rows: list[list[str]]) -> bytes:
@@ -154,7 +148,7 @@ def _ods(rows: list[list[str]]) -> bytes:
     trs = "".join("<table:table-row>" + "".join(f"<table:table-cell><text:p>{c}</text:p></table:table-cell>" for c in r)
                   + "</table:table-row>" for r in rows)
     content = f'<?xml version="1.0"?><office:document-content {ns}><office:body><office:spreadsheet><table:table>{trs}</table:table></office:spreadsheet></office:body></office:document-content>'
-    return _zip({"mimetype": b"application/vnd.oasis.opendocument.spreadsheet", "content.xml": content.encode()})
+    return zip_bytes({"mimetype": b"application/vnd.oasis.opendocument.spreadsheet", "content.xml": content.encode()})
 
 
 def test_docx_and_ods_tables_keep_records(engine):
@@ -207,7 +201,7 @@ def test_encrypted_pdfs_restrictions_only_are_read_passwords_are_noted(engine):
 
 def test_pdf_in_a_zip_and_gzip_trips(engine):
     data = synth.pdf(_report_rows(300))
-    for wrapped in (_zip({"report.pdf": data}), gzip.compress(data)):
+    for wrapped in (zip_bytes({"report.pdf": data}), gzip.compress(data)):
         r = scan_bytes(engine, wrapped)
         assert r.verdict == "trip" and r.records >= 297, r.notes
 
@@ -217,9 +211,9 @@ def test_pdf_in_a_zip_and_gzip_trips(engine):
     ("pdf header then garbage", b"%PDF-1.7\n" + os.urandom(5000), "decode-error:pdf"),
     ("corrupt gzip", b"\x1f\x8b\x08\x00" + os.urandom(4000), "decode-error:gzip"),
     ("truncated gzip", gzip.compress(LEAK)[:3000], "truncated:gzip"),
-    ("truncated zip", _zip({"a.csv": LEAK})[:2000], "decode-error:zip"),
+    ("truncated zip", zip_bytes({"a.csv": LEAK})[:2000], "decode-error:zip"),
     ("zip with junk directory", b"PK\x03\x04" + b"\0" * 100, "decode-error:zip"),
-    ("malformed xlsx xml", _zip({"xl/workbook.xml": b"<w/>", "xl/worksheets/sheet1.xml": b"<row><c"}), "decode-error:xlsx"),
+    ("malformed xlsx xml", zip_bytes({"xl/workbook.xml": b"<w/>", "xl/worksheets/sheet1.xml": b"<row><c"}), "decode-error:xlsx"),
 ])
 def test_bad_containers_give_notes_not_crashes(engine, label, data, expect):
     r = scan_bytes(engine, data, chunk=997)
@@ -347,13 +341,13 @@ _ROWS = [line.split(",") for line in LEAK.decode().splitlines()]
     ("xlsx", synth.xlsx(_ROWS)),
     ("docx", _docx(["Permit holders export"], _ROWS)),
     ("ods", _ods(_ROWS)),
-    ("zip of a csv and a readme", _zip({"readme.txt": b"hello", "export/roster.csv": LEAK})),
-    ("zip in a zip, gzip inside", _zip({"inner.zip": _zip({"roster.csv.gz": gzip.compress(LEAK)})})),
+    ("zip of a csv and a readme", zip_bytes({"readme.txt": b"hello", "export/roster.csv": LEAK})),
+    ("zip in a zip, gzip inside", zip_bytes({"inner.zip": zip_bytes({"roster.csv.gz": gzip.compress(LEAK)})})),
     ("pdf", synth.pdf(_report_rows(300))),
-    ("pdf in a zip", _zip({"report.pdf": synth.pdf(_report_rows(300))})),
-    ("empty members around the leak", _zip({"a.txt": b"", "b.csv": LEAK, "c.txt": b""})),
-    ("truncated zip", _zip({"a.csv": LEAK})[:2000]),
-    ("malformed xlsx xml", _zip({"xl/workbook.xml": b"<w/>", "xl/worksheets/sheet1.xml": b"<row><c"})),
+    ("pdf in a zip", zip_bytes({"report.pdf": synth.pdf(_report_rows(300))})),
+    ("empty members around the leak", zip_bytes({"a.txt": b"", "b.csv": LEAK, "c.txt": b""})),
+    ("truncated zip", zip_bytes({"a.csv": LEAK})[:2000]),
+    ("malformed xlsx xml", zip_bytes({"xl/workbook.xml": b"<w/>", "xl/worksheets/sheet1.xml": b"<row><c"})),
     ("truncated pdf", synth.pdf(["x"] * 500)[:1500]),
 ])
 def test_a_container_read_in_a_thread_scans_as_it_does_inline(engine, label, data):
@@ -391,7 +385,7 @@ def test_a_container_under_an_encoding_is_read_in_a_thread_as_inline(engine, lab
 
 
 def test_a_zip_bomb_read_in_a_thread_is_refused_as_inline(engine):
-    bomb = _zip({"zeros.csv": b"0" * (64 << 20)})
+    bomb = zip_bytes({"zeros.csv": b"0" * (64 << 20)})
     r = _scan_as_a_tap(engine, bomb)
     # not fully inspected: an alert says why (issue 18), never a silent pass
     assert any(n.startswith("decode-limit:") for n in r.notes) and r.verdict == "alert", r.notes

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import io
 import lzma
 import os
-import zipfile
 
 import pytest
 import zstandard
@@ -16,7 +14,7 @@ import zstandard
 from sensor import synth
 from sensor.decode.limits import DecodeLimits
 from sensor.synth import breach_csv
-from tests.conftest import scan_bytes
+from tests.conftest import scan_bytes, zip_bytes
 from tests.test_decode import _scan_as_a_tap
 
 LEAK = breach_csv(300)
@@ -30,12 +28,6 @@ COMPRESS = {
 }
 
 
-def _zip(members: dict[str, bytes]) -> bytes:
-    bio = io.BytesIO()
-    with zipfile.ZipFile(bio, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, data in members.items():
-            z.writestr(name, data)
-    return bio.getvalue()
 
 
 @pytest.mark.parametrize("kind", sorted(COMPRESS))
@@ -66,7 +58,7 @@ def test_xlsx_inside_a_compressed_file_is_read_in_a_thread_as_inline(engine, kin
 
 
 def test_compressed_files_inside_a_zip_and_inside_each_other(engine):
-    z = _zip({"readme.txt": b"hello", "export/roster.csv.xz": lzma.compress(LEAK),
+    z = zip_bytes({"readme.txt": b"hello", "export/roster.csv.xz": lzma.compress(LEAK),
               "more/roster.csv.bz2": bz2.compress(LEAK)})
     assert scan_bytes(engine, z).records == 300
     onion = zstandard.ZstdCompressor().compress(lzma.compress(bz2.compress(LEAK)))   # .csv.bz2.xz.zst

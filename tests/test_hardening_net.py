@@ -9,7 +9,6 @@ response's framing (chunked, cut, length-less, charset) is exactly what the test
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import resource
 import socket
@@ -17,13 +16,13 @@ import socketserver
 import subprocess
 import threading
 import time
-import zipfile
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
 from sensor import synth
+from tests.conftest import zip_bytes
 from tests.procs import BIN, ROOT, Sidecar, wait_http
 from tests.test_proxy import curl
 
@@ -366,25 +365,19 @@ def test_http10_client_never_gets_a_cut_that_looks_complete(upstream, sidecar, n
 
 # -- 6. decode limits fail closed on enforce routes, and always alert ---------------------------------
 
-def _zip(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, data in members.items():
-            z.writestr(name, data)
-    return buf.getvalue()
 
 
 def _deep_zip(depth: int) -> bytes:
-    data = _zip({"export.csv": LEAK})
+    data = zip_bytes({"export.csv": LEAK})
     for i in range(depth - 1):
-        data = _zip({f"level{i}.zip": data})
+        data = zip_bytes({f"level{i}.zip": data})
     return data
 
 
 def _many_members() -> bytes:
     members = {f"part{i:05d}.txt": b"nothing here\n" for i in range(10_001)}
     members["zz-export.csv"] = LEAK
-    return _zip(members)
+    return zip_bytes(members)
 
 
 LIMITED = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Iterator
 
-from sensor.detect.structure.records import LineWriter, scalar
+from sensor.detect.structure.records import LineReader, LineWriter, scalar
 
 _WORD = re.compile(r"\S+")
 _HEADER_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_#./()-]{0,30}")
@@ -45,11 +45,10 @@ def sniff_fixed(head: bytes) -> bool:
     return len(second) > cols[-1][0]                    # rows reach the last column
 
 
-class FixedReader:
+class FixedReader(LineReader):
     def __init__(self, writer: LineWriter, notes: list[str]):
-        self.w = writer
+        super().__init__(writer, notes)
         self.cols: list[tuple[int, str]] | None = None
-        self.rest = b""
 
     def _lines(self, lines: list[bytes]) -> Iterator[bytes]:
         out = []
@@ -73,15 +72,3 @@ class FixedReader:
                     out.append(ln)
         return iter(out)
 
-    def feed(self, data: bytes) -> Iterator[bytes]:
-        data = self.rest + data
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            self.rest = data
-            return iter(())
-        self.rest = data[cut + 1:]
-        return self._lines(data[:cut].split(b"\n"))
-
-    def close(self) -> Iterator[bytes]:
-        rest, self.rest = self.rest, b""
-        return self._lines([rest]) if rest.strip() else iter(())

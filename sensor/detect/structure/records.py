@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from typing import Iterator
 
 from sensor.detect.structure.labels import Labels, normalise
 
@@ -114,3 +115,29 @@ class LineWriter:
         if not out:
             return None
         return ("; ".join(out) + "\n").encode("utf-8", "replace")
+
+
+class LineReader:
+    """A reader of whole lines: bytes are cut at the last newline and the tail waits for the next
+    chunk, so a line split across chunks is read once, whole. Subclasses say what a batch of
+    lines gives (``_lines``)."""
+
+    def __init__(self, writer: LineWriter, notes: list[str]):
+        self.w = writer
+        self.rest = b""
+
+    def _lines(self, lines: list[bytes]) -> Iterator[bytes]:
+        raise NotImplementedError
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        data = self.rest + data
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            self.rest = data
+            return iter(())
+        self.rest = data[cut + 1:]
+        return self._lines(data[:cut].split(b"\n"))
+
+    def close(self) -> Iterator[bytes]:
+        rest, self.rest = self.rest, b""
+        return self._lines([rest]) if rest.strip() else iter(())

@@ -24,7 +24,7 @@ from sensor.detect.structure.json_records import WHOLE_LIMIT, parse, records_of
 from sensor.detect.structure.fixed_records import FixedReader, sniff_fixed
 from sensor.detect.structure.json_stream import JsonSplitter
 from sensor.detect.structure.labels import Labels
-from sensor.detect.structure.records import LineWriter
+from sensor.detect.structure.records import LineReader, LineWriter
 
 if TYPE_CHECKING:
     from sensor.detect.engine import Engine
@@ -126,12 +126,8 @@ class JsonReader:
         return iter(out)
 
 
-class NdjsonReader:
+class NdjsonReader(LineReader):
     """JSON Lines: every line a document; streamed line by line."""
-
-    def __init__(self, writer: LineWriter, notes: list[str]):
-        self.w = writer
-        self.rest = b""
 
     def _lines(self, lines: list[bytes]) -> Iterator[bytes]:
         out: list[bytes] = []
@@ -147,19 +143,6 @@ class NdjsonReader:
                 except orjson.JSONDecodeError:
                     continue
         return iter(out)
-
-    def feed(self, data: bytes) -> Iterator[bytes]:
-        data = self.rest + data
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            self.rest = data
-            return iter(())
-        self.rest = data[cut + 1:]
-        return self._lines(data[:cut].split(b"\n"))
-
-    def close(self) -> Iterator[bytes]:
-        rest, self.rest = self.rest, b""
-        return self._lines([rest])
 
 
 def _reader(kind: str, writer: LineWriter, notes: list[str]) -> Reader:
