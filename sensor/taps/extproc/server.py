@@ -8,7 +8,8 @@ A thin tap (grpcio, protos from ``xds-protos``). Per stream (one HTTP exchange):
 - response body, ``STREAMED`` with ``send_body_without_waiting_for_header_response``: in enforce
   mode the header answer is held until the route's hold-back (64 KiB) has been scanned, or 100 ms
   have passed (inside Envoy's 200 ms message timeout), so a small leak gets a clean 451 and never
-  leaves. After that one body message always stays unanswered until the next one arrives (or
+  leaves. Holding starts with ``override_message_timeout`` (``HOLD_TIMEOUT_OVERRIDE``): on a
+  starved CPU the scan of the hold-back outlasted the 200 ms and Envoy answered 504. After that one body message always stays unanswered until the next one arrives (or
   100 ms pass): Envoy often ends a body with an empty ``end_of_stream`` message, and a container
   (PDF, xlsx, zip) is only judged there, so answering each chunk at once let every data byte of a
   leaked file out before its verdict. On a trip the resource is taken down (durably, first) and
@@ -44,6 +45,7 @@ from sensor.runtime import Sensor
 log = logging.getLogger("dlp_sensor.extproc")
 HOLD_MAX_SECONDS = 0.1          # a slow body is released after this, well inside Envoy's 200 ms message timeout
 FINAL_VERDICT_TIMEOUT = 30      # seconds; deploy/envoy/envoy.yaml's max_message_timeout must allow it
+HOLD_TIMEOUT_OVERRIDE = 5       # seconds Envoy may wait for held response headers (CPU starvation guard)
 
 
 def _headers(hm) -> dict[str, str]:
@@ -184,7 +186,14 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
                     # judging the end may take seconds: ask Envoy to wait (it honours this once per message)
                     yield pb.ProcessingResponse(override_message_timeout=duration_pb2.Duration(
                         seconds=FINAL_VERDICT_TIMEOUT))
-                for r in await self._handle(st, req):
+                held = st.headers_held
+                out = await self._handle(st, req)
+                if st.headers_held and not held:
+                    # the headers wait for the hold-back's scan: on a starved CPU that can outlast
+                    # Envoy's 200 ms message timeout (a 504), so ask it to wait for this answer
+                    yield pb.ProcessingResponse(override_message_timeout=duration_pb2.Duration(
+                        seconds=HOLD_TIMEOUT_OVERRIDE))
+                for r in out:
                     yield r
         finally:
             task.cancel()
