@@ -78,15 +78,19 @@ def _parquet_rows(path: Path) -> Iterator[dict[str, object]]:
         yield from batch.to_pylist()
 
 
+def _magic(path: Path) -> bytes:
+    """The first 4 bytes of a source: what kind of table it is, whatever its name says."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4)
+    except OSError as e:
+        raise SourceError(f"{path}: {e.strerror}") from None
+
+
 def read_table(path: Path) -> tuple[list[str], Iterator[list]]:
     """(header, rows as lists in header order): the build's fast path (no dict per row for CSV)."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    try:
-        with open(path, "rb") as fh:
-            magic = fh.read(4)
-    except OSError as e:
-        raise SourceError(f"{path}: {e.strerror}") from None
+    suffix, magic = path.suffix.lower(), _magic(path)
     if magic[:2] != b"PK" and magic != b"PAR1" and suffix not in (".xlsx", ".xlsm", ".parquet", ".jsonl", ".ndjson"):
         fh = open(path, encoding="utf-8-sig", errors="replace", newline="")
         first = fh.readline()
@@ -117,12 +121,7 @@ def _closing(it: Iterator[list], fh) -> Iterator[list]:
 def read_rows(path: Path) -> Iterator[dict[str, object]]:
     """Rows of one source file, as header -> value dicts."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    try:
-        with open(path, "rb") as fh:
-            magic = fh.read(4)
-    except OSError as e:
-        raise SourceError(f"{path}: {e.strerror}") from None
+    suffix, magic = path.suffix.lower(), _magic(path)
     if magic[:2] == b"PK" or suffix in (".xlsx", ".xlsm"):
         yield from _xlsx_rows(path)
         return
