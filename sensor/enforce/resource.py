@@ -72,3 +72,9 @@ def public_url(scheme: str, host: str, target: str) -> dict[str, str]:
     h = parts.netloc or host
     return {"scheme": scheme, "domain": h.split(":")[0].lower(), "path": path,
             "original": f"{scheme}://{h}{path}"}
+
+
+def resource_of(config, host: str, target: str) -> str:
+    """The resource key of a request, for every tap: the site's page or file, never whatever Host
+    the client sent. (``config``: the sensor's :class:`~sensor.config.Config`.)"""
+    return normalize(host, target, config.query)
