@@ -103,6 +103,7 @@ class ProxyConfig:
     upstream_timeout: float = 30.0
     connect_timeout: float = 5.0
     max_scans: int = 512
+    max_scans_per_client: int = 64      # one client's scans in flight; past it 503 + Retry-After
     block_page: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -439,6 +440,8 @@ class ProxySection(Section):
     upstream_timeout: number(gt=0) = Field(30.0, description="Seconds to wait for the upstream's answer.")
     connect_timeout: number(gt=0) = Field(5.0, description="Seconds to connect to the upstream.")
     max_scans: whole(ge=1) = Field(512, description="Responses scanned at once; above it on_error applies.")
+    max_scans_per_client: whole(ge=1) = Field(64, description="Responses scanned at once for one client address; "
+                                               "above it 503 + Retry-After, whatever on_error says.")
     block_page: FilePath | None = Field(None, description="HTML file served with the 451 of a taken-down resource.")
     tls: TlsSection | None = Field(None, description="Serve HTTPS with this certificate and key.")
     trust_forwarded: Flag = Field(False, description="Take the client address from X-Forwarded-For.")

@@ -29,6 +29,7 @@ from sensor.detect.pack import PackError, load_pack
 from sensor.detect.policy import Policy, PolicyError, load_policy, parse_policy
 from sensor.detect.scanner import ScanResult
 from sensor.enforce.ledger import Ledger
+from sensor.exchange.admission import Admission
 from sensor.enforce.report import evidence_of
 from sensor.enforce.registry import Registry, Takedown, TakedownNotDurable
 from sensor.enforce.statefiles import MIN_SECRET_BYTES, StateError, load_or_create_secret, private_dir, private_file
@@ -113,6 +114,7 @@ class Sensor:
                                      retry_max=config.retry_max, metrics=self.metrics)
         self._not_durable: set[str] = set()        # exchanges whose takedown the disk refused (for the alert)
         self.limits = DecodeLimits()
+        self.admission = Admission()                # scans in flight, shared by every tap of this process
         self.ready = False
         self._tasks: list[asyncio.Task] = []
         self._watched: dict[Path, float] = {}
@@ -247,9 +249,12 @@ class Sensor:
         return True
 
     # -- per exchange -----------------------------------------------------------------------------
-    def new_scan(self, exchange: Exchange, *, stop_on_trip: bool = True) -> BodyScan:
-        d = self.detector
-        return BodyScan(d.engine, d.policy, key=self.key, exchange=exchange, limits=self.limits,
+    def new_scan(self, exchange: Exchange, *, stop_on_trip: bool = True, detector: Detector | None = None,
+                 policy: Policy | None = None) -> BodyScan:
+        """A body's scan with ``detector`` (the one the exchange started with; default: the current
+        one) and ``policy`` (the route's, already resolved for the path; default: the detector's)."""
+        d = detector or self.detector
+        return BodyScan(d.engine, policy or d.policy, key=self.key, exchange=exchange, limits=self.limits,
                         stop_on_trip=stop_on_trip, edm=self.edm)
 
     def block_page(self) -> bytes:
