@@ -64,8 +64,12 @@ def build_detector(config: Config) -> Detector:
     """Load pack and policy; raises PackError / PolicyError naming the file and key."""
     pack = load_pack([Path(p) for p in config.signatures], include_default=config.default_signatures)
     engine = Engine(pack)
-    policy = _policy_from(config, {s.id for s in engine.signatures})
-    gen = hashlib.sha256((pack.digest + repr(policy)).encode()).hexdigest()[:16]
+    known = {s.id for s in engine.signatures}
+    policy = _policy_from(config, known)
+    for i, r in enumerate(config.proxy.routes):         # the route table's own allow lists
+        if unknown := sorted(r.allow - known):
+            raise PolicyError(f"proxy.routes[{i}].allow: unknown signature id(s) {unknown}")
+    gen = hashlib.sha256((pack.digest + repr(policy) + repr(config.proxy.routes)).encode()).hexdigest()[:16]
     return Detector(engine, policy, gen)
 
 

@@ -452,3 +452,37 @@ async def test_close_accounts_an_abandoned_exchange_once(make):
     ses.close(False)
     ses.close(True)
     assert count(s, "dlp_exchanges_total", tap="proxy", verdict="pass") == 1
+
+
+# -- the route table ----------------------------------------------------------------------------------
+
+async def test_one_route_table_gives_mode_holdback_and_thresholds(make, detector):
+    from sensor.config import ProxyRoute
+    from sensor.detect.policy import PolicyError
+    s = make(routes=(ProxyRoute("/open-data/*", "enforce", "closed", 8 * K, True,
+                                trip=(("person_records", 0), ("strong_records", 0))),))
+    ses = open_session(s, "/open-data/people.csv?page=3")
+    assert (ses.route.holdback, ses.route.on_error, ses.route.policy.trip.strong_records) == (8 * K, "closed", 0)
+    ses.on_response(200, {"Content-Type": "text/csv"})
+    steps, step = await run(ses, pieces(LEAK, 4 * K))
+    assert step.action == FORWARD and sent(steps) == LEAK      # this route's thresholds never trip
+    ses.close(True)
+    other = open_session(s, "/exports/people.csv")
+    assert other.route.holdback == 64 * K and other.route.policy.trip.strong_records == 10
+    other.close(False)
+    bad = with_overrides(Config(), state_dir=str(s.config.state_dir))
+    bad.proxy = replace(bad.proxy, routes=(ProxyRoute("/x", "enforce", "open", 0, allow=frozenset({"no-such-id"})),))
+    with pytest.raises(PolicyError, match=r"proxy.routes\[0\].allow: unknown signature id"):
+        build_detector(bad)
+
+
+def test_route_thresholds_in_the_config_file_apply_over_the_policy_routes():
+    from sensor.config import ConfigError, parse_config
+    from sensor.detect.policy import parse_policy
+    from sensor.exchange.routes import route_for
+    c = parse_config({"proxy": {"routes": [{"match": "/api/*", "trip": {"person_records": 5}}]}})
+    policy = parse_policy({"routes": [{"match": "/api/*", "trip": {"strong_records": 3}}]})
+    p = route_for(c, policy, "/api/people").policy
+    assert (p.trip.strong_records, p.trip.person_records, p.routes) == (3, 5, ())
+    with pytest.raises(ConfigError, match=r"proxy.routes\[0\].trip.people: unknown key"):
+        parse_config({"proxy": {"routes": [{"match": "/a", "trip": {"people": 5}}]}})

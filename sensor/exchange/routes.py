@@ -3,14 +3,14 @@
 A route says how the sensor treats a path: ``mode`` (monitor or enforce), ``on_error`` (the
 scanner overloaded or failed), ``on_decode_limit`` (a body that could not be fully inspected),
 ``holdback`` (bytes held until scanned) and the detection ``policy`` for the path (trip and alert
-thresholds, signatures allowed). The configuration keeps its two historical places —
-``proxy.routes`` (mode, on_error, hold-back) and ``policy.routes`` (thresholds, allow) — and both
-are resolved here together, once per exchange, so no tap looks either up on its own and the scan
-uses the thresholds of the same path the session routed.
+thresholds, signatures allowed). One ``proxy.routes`` entry can say all of it; the older
+``policy.routes`` (thresholds, allow) are still read, and both are resolved here together, once
+per exchange, so no tap looks either up on its own and the scan uses the thresholds of the same
+path the session routed.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sensor.config import Config
 from sensor.detect.policy import Policy
@@ -33,7 +33,12 @@ class Route:
 
 def route_for(config: Config, policy: Policy, path: str) -> Route:
     """The route of ``path`` (the URL path, no query): the first matching ``proxy.routes`` entry
-    (else the proxy section's defaults) with the first matching ``policy.routes`` thresholds."""
+    (else the proxy section's defaults); its thresholds and allow apply over the first matching
+    ``policy.routes`` entry's, which apply over the policy's. The policy returned is fully
+    resolved (no routes left), so the scan cannot look the path up again differently."""
     r = config.proxy.route(path)
+    p = policy.for_path(path)
+    p = replace(p, trip=replace(p.trip, **dict(r.trip)), alert=replace(p.alert, **dict(r.alert)),
+                allow=p.allow | r.allow, routes=())
     return Route(match=r.match, mode=r.mode, on_error=r.on_error, on_decode_limit=r.on_decode_limit,
-                 holdback=r.holdback, policy=policy.for_path(path))
+                 holdback=r.holdback, policy=p)
