@@ -1,9 +1,9 @@
 """One sensor process's shared state: engine + policy (reloadable), key, registry, ledger, alerts, metrics.
 
-Taps are thin: they turn their protocol into an :class:`~sensor.pipeline.Exchange` plus body chunks,
-call :meth:`Sensor.new_scan`, and hand the outcome back through :meth:`Sensor.take_down` (on a trip,
-before cutting) and :meth:`Sensor.finished` (always). Everything a verdict causes — takedown,
-ledger, SOC alert, metrics — happens here, once, the same way for every tap.
+Taps are thin: each exchange is an :class:`~sensor.exchange.session.ExchangeSession`, which calls
+:meth:`Sensor.new_scan`, :meth:`Sensor.take_down` (on a trip, before the refusal or cut) and
+:meth:`Sensor.finished` (always, once). Everything a verdict causes — takedown, ledger, SOC alert,
+metrics — happens here, once, the same way for every tap.
 """
 from __future__ import annotations
 
