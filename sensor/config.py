@@ -778,8 +778,10 @@ class ConfigFile(Section):
     icap: IcapSection = Field(default_factory=IcapSection)
     extproc: ExtProcSection = Field(default_factory=ExtProcSection)
     takedown: TakedownSection = Field(default_factory=TakedownSection)
-    site: SiteSection = Field(default_factory=SiteSection)
-    exposure: ExposureSection = Field(default_factory=ExposureSection)
+    site: SiteSection = Field(default_factory=SiteSection, description="The site's public host names: "
+                                                                      "what a resource key is made of.")
+    exposure: ExposureSection = Field(default_factory=ExposureSection, description="Distinct records added up "
+                                                                                  "across responses.")
     ledger: LedgerSection = Field(default_factory=LedgerSection)
     metrics: Annotated[HostPort | None, BeforeValidator(_off_is_none)] = Field(
         "127.0.0.1:9102", description="HOST:PORT of /metrics, /healthz, /readyz; null or false: off.")
