@@ -111,12 +111,6 @@ class ExposureTracker:
         self._budget()
         return out
 
-    def forget(self, resource: str) -> None:
-        """Drop a resource's counts (a takedown was lifted: it starts from nothing)."""
-        seen = self._keys["resource"].pop(resource, None)
-        if seen is not None:
-            self._total -= seen.size()
-
     # -- internals -------------------------------------------------------------------------------
     def _seen(self, scope: str, k: object, cap: int, now: float) -> _Seen:
         table = self._keys[scope]
