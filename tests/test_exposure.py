@@ -22,6 +22,7 @@ def test_without_site_hosts_every_host_is_one_site():
     keys = {resource_of(c, f"h{i}.attacker.example:{8000 + i}", "/exports/roster.csv") for i in range(300)}
     assert keys == {"*/exports/roster.csv"}
     assert resource_of(c, "x", "http://other.example/exports/roster.csv") == "*/exports/roster.csv"
+    assert resource_of(c, "x", "//other.example/exports/roster.csv") == "*/other.example/exports/roster.csv"
     assert host_allowed(c, "anything.example")
 
 

@@ -111,8 +111,10 @@ class SiteRule:
 
 
 def _path_key(target: str, rule: QueryRule) -> str:
-    """``/path[?query]`` of a request target (path + query, or an absolute URL)."""
-    parts = urlsplit(target)
+    """``/path[?query]`` of a request target (path + query, or an absolute URL). An origin-form
+    target is never read as a URL: ``//other.example/x`` is the path ``/other.example/x``."""
+    parts = urlsplit(target) if not target.startswith("/") else \
+        urlsplit("http://site" + target)._replace(netloc="")
     path = unquote(parts.path or "/")
     path = posixpath.normpath("/" + path.lstrip("/"))
     if path.startswith("//"):
@@ -140,7 +142,7 @@ def _host(host: str) -> str:
 
 def normalize(host: str, target: str, rule: QueryRule = QueryRule()) -> str:
     """``host/path[?query]`` keyed on the host given (no site folding: see :func:`resource_of`)."""
-    netloc = urlsplit(target).netloc
+    netloc = "" if target.startswith("/") else urlsplit(target).netloc
     return _host(netloc or host) + _path_key(target, rule)
 
 
