@@ -530,6 +530,9 @@ class ExposureSection(Section):
                                                          "kind; keep it above the trip thresholds.")
     max_ids: whole(ge=1) = Field(1_000_000, description="Record identities kept over all keys (about 100 "
                                                          "bytes each).")
+    min_response_records: whole(ge=1) = Field(2, description="Records a response needs to add to its resource's "
+                                                              "count; smaller ones count per client while each "
+                                                              "resource shows the client the same records.")
 
 
 class LedgerSection(Section):

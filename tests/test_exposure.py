@@ -107,7 +107,20 @@ def test_a_client_walking_many_resources_of_a_route_crosses():
     for i in range(12):
         out += _add(t, [i], now=i, resource=f"*/api/person/{i}")
     assert [(c.scope, c.key, c.strong_records) for c in out] == [("client", "/api/*", 10)]
-    assert t.keys("resource") == 12 and t.keys("client") == 1
+    assert t.keys("resource") == 0 and t.keys("client") == 1      # one record a response: not a resource's
+
+
+def test_a_page_showing_each_user_their_own_record_does_not_add_up():
+    """/api/me behind one shared address (carrier-grade NAT): fifty users, each their own record."""
+    t = ExposureTracker()
+    out = []
+    for i in range(50):
+        out += _add(t, [i], now=i, resource="*/api/me", client="shared-nat")
+        out += _add(t, [i], now=i, resource="*/api/me", client=f"own-{i}")
+    assert out == []
+    t1 = ExposureTracker(ExposureSettings(min_response_records=1))   # where no page shows a user their own
+    assert [c.scope for i in range(10) for c in _add(t1, [i], now=i, resource="*/api/me", client=f"c{i}")] == \
+        ["resource"]
 
 
 def test_window_expiry_forgets_old_records():
@@ -129,7 +142,7 @@ def test_seen_again_keeps_a_record_in_the_window():
 def test_bounds_keys_records_and_ids():
     t = ExposureTracker(ExposureSettings(max_resources=3, max_clients=2, max_records=4, max_ids=1000))
     for i in range(10):
-        _add(t, [i], now=i, resource=f"r{i}", client=f"c{i}", strong_trip=0, person_trip=0)
+        _add(t, [i, 1000 + i], now=i, resource=f"r{i}", client=f"c{i}", strong_trip=0, person_trip=0)
     assert t.keys("resource") == 3 and t.keys("client") == 2       # least recently used forgotten
     [c] = _add(t, range(100, 110), now=20, resource="big", client=None, strong_trip=4, person_trip=0)
     assert c.strong_records == 4 and c.approximate                 # capped: counted what it could, and says so
@@ -149,8 +162,9 @@ def test_disabled_or_capped_scan():
 
 
 def test_exposure_config_keys():
-    c = _cfg(exposure={"window_s": 60, "max_resources": 5, "max_clients": 6, "max_records": 7, "max_ids": 8})
-    assert c.exposure == ExposureSettings(True, 60.0, 5, 6, 7, 8)
+    c = _cfg(exposure={"window_s": 60, "max_resources": 5, "max_clients": 6, "max_records": 7, "max_ids": 8,
+                       "min_response_records": 1})
+    assert c.exposure == ExposureSettings(True, 60.0, 5, 6, 7, 8, 1)
     with pytest.raises(ConfigError, match=r"exposure\.window_s"):
         _cfg(exposure={"window_s": 0})
 

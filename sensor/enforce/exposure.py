@@ -33,6 +33,7 @@ class ExposureSettings:
     max_clients: int = 10_000
     max_records: int = 1_000
     max_ids: int = 1_000_000
+    min_response_records: int = 2
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,12 @@ class _Seen:
     responses: deque = field(default_factory=deque)     # when each contributing response was seen
     approximate: bool = False
     tripped: bool = False
+    # client keys: resource -> the records of its small responses to this client (None: it gave
+    # the client different ones, as a page that shows each user behind one address their own does)
+    singles: OrderedDict[str, int | None] = field(default_factory=OrderedDict)
 
     def size(self) -> int:
-        return sum(len(d) for d in self.ids.values())
+        return sum(len(d) for d in self.ids.values()) + len(self.singles)
 
     def expire(self, before: float) -> int:
         """Forget what was last seen before ``before``; the number of identities forgotten."""
@@ -67,7 +71,9 @@ class _Seen:
                 gone += 1
         while self.responses and self.responses[0] < before:
             self.responses.popleft()
-        if not self.size():
+        if not any(self.ids.values()):
+            gone += len(self.singles)
+            self.singles.clear()
             self.approximate = self.tripped = False     # a new window: it may cross (and report) again
         return gone
 
@@ -96,11 +102,14 @@ class ExposureTracker:
         if not s.enabled or not (strong or person):
             return []
         out = []
-        keys = [("resource", resource, resource, s.max_resources)]
+        small = len(set(strong) | set(person)) < s.min_response_records
+        keys = [] if small else [("resource", resource, resource, s.max_resources)]
         if client:
             keys.append(("client", (route, client), route, s.max_clients))
         for scope, k, name, cap in keys:
             seen = self._seen(scope, k, cap, now)
+            if small and not self._single(seen, resource, hash(frozenset(strong) | frozenset(person))):
+                continue
             self._count(seen, {"strong": strong, "person": person}, capped, now)
             n_strong, n_person = len(seen.ids["strong"]), len(seen.ids["person"])
             hit = (strong_trip > 0 and n_strong >= strong_trip) or (person_trip > 0 and n_person >= person_trip)
@@ -123,6 +132,25 @@ class ExposureTracker:
             table.move_to_end(k)
             self._total -= seen.expire(now - self.settings.window_s)
         return seen
+
+    def _single(self, seen: _Seen, resource: str, sig: int) -> bool:
+        """Does a small response (fewer records than ``min_response_records``) count for this client?
+        Yes while each resource shows the client one set of records (a client walking
+        ``/api/person/1``, ``/2``…); no once a resource has shown it different ones (``/api/me``
+        behind a shared address: each user their own record)."""
+        prev = seen.singles.get(resource, self)
+        if prev is self:
+            seen.singles[resource] = sig
+            self._total += 1
+            if len(seen.singles) > self.settings.max_records:
+                seen.singles.popitem(last=False)
+                self._total -= 1
+            return True
+        seen.singles.move_to_end(resource)
+        if prev == sig:
+            return True
+        seen.singles[resource] = None
+        return False
 
     def _count(self, seen: _Seen, ids: dict[str, list[int]], capped: bool, now: float) -> None:
         limit = self.settings.max_records
