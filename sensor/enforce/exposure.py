@@ -7,6 +7,9 @@ this process's hash secret — never a value). :class:`ExposureTracker` keeps, f
 (pagination folded: sensor.enforce.resource) and for each client on a route, the identities it
 has seen in the last ``window_s`` seconds, and says when the distinct count crosses the policy's
 trip thresholds (``strong_records`` / ``person_records``). A record served twice counts once.
+A response with fewer than ``min_response_records`` records (one person: often the user's own,
+``/api/me``) counts only for its client, and only while each resource shows that client the same
+records, so that many users behind one address fetching their own record never add up.
 
 Bounded memory, whatever the traffic: at most ``max_resources`` resource keys and ``max_clients``
 client keys (least recently used ones are forgotten first), at most ``max_records`` identities of
