@@ -32,6 +32,7 @@ RELOADS: dict[str, str] = {
     "proxy.mode": "proxy.mode", "proxy.holdback": "proxy.holdback_kib", "proxy.on_error": "proxy.on_error",
     "proxy.on_error_explicit": "proxy.on_error", "proxy.upstream_timeout": "proxy.upstream_timeout",
     "proxy.connect_timeout": "proxy.connect_timeout", "proxy.max_scans": "proxy.max_scans",
+    "proxy.max_scans_per_client": "proxy.max_scans_per_client",     # (h/session) read per exchange
     "proxy.block_page": "proxy.block_page", "proxy.trust_forwarded": "proxy.trust_forwarded",
     "proxy.routes": "proxy.routes", "proxy.http10_buffer": "proxy.http10_buffer_mib",
     "icap.preview": "icap.preview", "icap.holdback": "icap.holdback_kib",
