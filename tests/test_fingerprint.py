@@ -170,3 +170,27 @@ def test_memory_stays_constant_whatever_the_body(reg):
         bp.feed(chunk)
     kept = [k for k, v in vars(bp).items() if isinstance(v, (bytes, bytearray, memoryview)) and k != "key"]
     assert bp.length == 64 << 20 and not kept                     # no bytes of the body are kept
+
+
+def test_fleet_records_carry_the_print_and_its_length(reg):
+    """dlp.takedowns: ``fingerprint`` + ``fingerprint_len``; a record without a length is a head print,
+    one with a malformed length drops the print (never a broader match)."""
+    from sensor.stream.fleet import _print_of, takedown_record
+    from sensor.stream.records import decode
+    leak = _body(100_000, 19)
+    tid = _trip_print(reg, leak, 80_000)
+    [change] = reg.unpublished()
+    rec = decode(takedown_record(action="add", resource="site/leak.csv", actor="sensor:t", reason="trip",
+                                 origin="a", ts=1.0, fingerprint=change["fingerprint"],
+                                 fingerprint_len=change["fingerprint_len"]))
+    assert rec["fingerprint_len"] == 80_000 and len(rec["fingerprint"]) == 32
+    assert _print_of(rec) == reg.get(tid).print
+    joined = decode(takedown_record(action="add", resource="r", actor="a", reason="r", origin="a", ts=1.0,
+                                    fingerprint=reg.get(tid).print))
+    assert (joined["fingerprint"], joined["fingerprint_len"]) == (rec["fingerprint"], 80_000)
+    head = decode(takedown_record(action="add", resource="r", actor="a", reason="r", origin="a", ts=1.0,
+                                  fingerprint="ab" * 16))
+    assert "fingerprint_len" not in head.header and _print_of(head) == "ab" * 16
+    for bad in (-5, "80000", True, 1.5):
+        assert _print_of(decode(takedown_record(action="add", resource="r", actor="a", reason="r", origin="a",
+                                                ts=1.0, fingerprint="ab" * 16, fingerprint_len=bad))) is None
