@@ -84,6 +84,7 @@ async def test_reloadable_keys_are_applied(tmp_path):
         new["ledger"] = {"client_retention_days": 7}
         new["alerts"]["source_ip"] = "drop"
         new["policy"] = {"trip": {"strong_records": 77}}
+        new["admin"] = {"token": "rotated-admin-token-0123"}
         _write(s, new)
         assert await s.reload() is True
         p = s.config.proxy
@@ -95,6 +96,7 @@ async def test_reloadable_keys_are_applied(tmp_path):
         assert (s.config.icap.holdback, s.config.icap.preview) == (16 << 10, 1024)
         assert s.config.query.mode == "keep" and s.config.fingerprint_bytes == 32 << 10
         assert s.ledger.client_retention == 7 * 86400.0 and s.config.source_ip == "drop"
+        assert s.token == "rotated-admin-token-0123"              # the admin API checks it per request
         assert s.detector.generation != gen and s.detector.policy.trip.strong_records == 77
         assert _count(s, "dlp_reloads_total", result="ok") == 1
         assert _count(s, "dlp_reloads_total", result="restart_required") == 0
