@@ -159,9 +159,13 @@ class Registry:
     def _migrate(self) -> None:
         """Databases from before prefix prints get the ``fingerprint_len`` column (NULL: head print).
         Under BEGIN IMMEDIATE, so two processes opening one old file add it once."""
-        with self._tx():
+        def missing() -> bool:
             cols = {r[1] for r in self._w.execute("PRAGMA table_info(takedowns)")}
-            if cols and "fingerprint_len" not in cols:
+            return bool(cols) and "fingerprint_len" not in cols
+        if not missing():                       # the usual case: no write lock taken at all
+            return
+        with self._tx():
+            if missing():
                 self._w.execute("ALTER TABLE takedowns ADD COLUMN fingerprint_len INTEGER")
                 log.info("takedown registry %s: added fingerprint_len (earlier content prints stay head prints)",
                          self.path)
