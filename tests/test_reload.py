@@ -257,3 +257,39 @@ async def test_a_changed_sink_receives_the_next_alert_and_the_spooled_ones(tmp_p
     finally:
         await _close(s)
         await runner.cleanup()
+
+
+def test_a_running_sidecar_refuses_a_restart_key_on_sighup_and_keeps_serving(tmp_path):
+    """The real process: the series exist at 0 from start-up, SIGHUP with a changed Kafka topic prefix
+    is refused and counted under its key, the proxy keeps serving, and a later good reload applies."""
+    import signal
+    import urllib.request
+
+    from sensor.sample_site import build_site
+    from tests.procs import Sidecar, Upstream
+    up = Upstream.start(build_site(tmp_path / "www", people=10))
+    sc = Sidecar.create(tmp_path / "sc", up.url, {}).start()
+    try:
+        assert sc.metric("dlp_reload_restart_required_total", key="kafka.topic_prefix") == 0
+        raw = yaml.safe_load(sc.config.read_text())
+        raw["kafka"] = {"topic_prefix": "other."}
+        raw["proxy"]["holdback_kib"] = 8
+        sc.config.write_text(yaml.safe_dump(raw))
+        sc.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while sc.metric("dlp_reload_restart_required_total", key="kafka.topic_prefix") < 1:
+            assert time.monotonic() < deadline, sc.log()[-2000:]
+            time.sleep(0.1)
+        assert sc.metric("dlp_reloads_total", result="restart_required") >= 1
+        assert "kafka.topic_prefix changed, which needs a restart" in sc.log()
+        with urllib.request.urlopen(sc.url + "/contact.html", timeout=10) as r:
+            assert r.status == 200
+        del raw["kafka"]
+        sc.config.write_text(yaml.safe_dump(raw))
+        sc.proc.send_signal(signal.SIGHUP)
+        while sc.metric("dlp_reloads_total", result="ok") < 1:
+            assert time.monotonic() < deadline + 20, sc.log()[-2000:]
+            time.sleep(0.1)
+    finally:
+        sc.stop()
+        up.stop()
