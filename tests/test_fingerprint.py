@@ -194,3 +194,18 @@ def test_fleet_records_carry_the_print_and_its_length(reg):
     for bad in (-5, "80000", True, 1.5):
         assert _print_of(decode(takedown_record(action="add", resource="r", actor="a", reason="r", origin="a",
                                                 ts=1.0, fingerprint="ab" * 16, fingerprint_len=bad))) is None
+
+
+def test_a_record_only_print_needs_no_registry():
+    """The Kafka worker publishes prints without a local registry (None, or a stand-in that answers
+    only ``blocked_content``): nothing is looked up, the print is recorded all the same."""
+    class StandIn:
+        @staticmethod
+        def blocked_content(fingerprint: str) -> None:
+            return None
+    body = _body(200_000, 20)
+    for registry in (None, StandIn()):
+        bp = BodyPrint(KEY, registry, HEAD)
+        for c in _chunks(body, random.Random(21)):
+            assert bp.feed(c) is None
+        assert bp.finish() is None and bp.value() == prefix_print(KEY, body)

@@ -50,8 +50,11 @@ class BodyPrint:
     """One body's print. Feed every chunk in order; ``feed``/``finish`` answer the id of the
     takedown whose content this body is (0: still committing), or None."""
 
-    def __init__(self, key: bytes, registry: Registry, size: int):
+    def __init__(self, key: bytes, registry: Registry | None, size: int):
+        """``registry`` None (or a stand-in without :meth:`Registry.print_lengths`, such as the Kafka
+        worker's, which only publishes prints) makes a record-only print: nothing is looked up."""
         self.key, self.registry, self.size = key, registry, size
+        self._lengths = getattr(registry, "print_lengths", None) or (lambda: ())
         self.hash = prefix_hasher(key)
         self.head = head_hasher(key)    # the first ``size`` bytes only, for head prints
         self.seen = 0                   # bytes fed (the print of a trip now covers exactly these)
@@ -64,15 +67,18 @@ class BodyPrint:
         tid = None
         if at in self.lengths:
             tid = self.registry.blocked_content(join_print(self.hash.copy().hexdigest()[:DIGEST_HEX], at))
-        if tid is None and at == self.size and self.registry.head_prints:
+        if tid is None and at == self.size and self._head_prints():
             tid = self.registry.blocked_content(self.head.copy().hexdigest())
         return tid
+
+    def _head_prints(self) -> bool:
+        return bool(getattr(self.registry, "head_prints", False))
 
     def feed(self, chunk: bytes) -> int | None:
         if self.matched is not None or self.finished:
             return self.matched
-        self.lengths = self.registry.print_lengths()
-        bounds = tuple(sorted({*self.lengths, self.size})) if self.registry.head_prints else self.lengths
+        self.lengths = self._lengths()
+        bounds = tuple(sorted({*self.lengths, self.size})) if self._head_prints() else self.lengths
         start, end = self.seen, self.seen + len(chunk)
         view = memoryview(chunk)
         if start < self.size:
@@ -97,7 +103,7 @@ class BodyPrint:
         if self.matched is not None or self.finished:
             return self.matched
         self.finished = True
-        if self.seen and self.seen < self.size and self.registry.head_prints:
+        if self.seen and self.seen < self.size and self._head_prints():
             tid = self.registry.blocked_content(self.head.copy().hexdigest())
             if tid is not None:
                 self.matched = tid
