@@ -192,6 +192,7 @@ class Config:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     path: Path | None = None                # the file this came from (watched for changes)
     indexes: list = field(default_factory=list)   # EDM: sensor.edm.match.IndexSpec, from `indexes:` and --index
+    flags: dict | None = None               # the command-line flags given (with_overrides), re-applied on reload
 
 
 # ---------------------------------------------------------------------------------------------
@@ -497,8 +498,9 @@ class TakedownSection(Section):
         description="Query parameters that select a page of a listing, folded out of the resource key even "
                     "when the query is kept (compared in lower case without _ - . $ or a [..] suffix); "
                     "replaces the default list, [] folds none.")
-    fingerprint_kib: whole(ge=1) = Field(64, description="KiB of a body whose keyed hash finds the same file "
-                                                         "under another URL.")
+    fingerprint_kib: whole(ge=1) = Field(64, description="Content takedowns recorded before prefix prints are "
+                                                         "head prints: the keyed hash of this many KiB of a body. "
+                                                         "A trip's print covers the body up to the trip.")
 
 
 def _host_list(v: Any) -> Any:
@@ -1047,4 +1049,4 @@ def with_overrides(c: Config, **flags: Any) -> Config:
     if c.state_dir is None:
         from sensor.detect.keys import default_state_dir
         c = replace(c, state_dir=Path(os.environ.get("DLP_SENSOR_STATE_DIR") or default_state_dir()))
-    return c
+    return replace(c, flags={k: v for k, v in flags.items() if v})

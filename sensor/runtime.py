@@ -104,14 +104,7 @@ class Sensor:
         self.registry = Registry(sd / "takedowns.db", start_empty=empty)
         self.ledger = Ledger(sd / "ledger.db", client_retention_days=config.client_retention_days, start_empty=empty)
         self.spool = Spool(sd / "alerts.db", start_empty=empty)
-        sinks = []
-        for i, s in enumerate(config.sinks):
-            raw = dict(s)
-            if raw.get("type") == "jsonl" and not os.path.isabs(raw.get("path", "/")):
-                raw["path"] = str(sd / raw["path"])
-                private_file(Path(raw["path"]))     # created 0600 before the sink first appends
-            sinks.append(make_sink(raw, f"alerts.sinks[{i}]"))
-        self.dispatcher = Dispatcher(self.spool, sinks, retry_initial=config.retry_initial,
+        self.dispatcher = Dispatcher(self.spool, self._sinks(config), retry_initial=config.retry_initial,
                                      retry_max=config.retry_max, metrics=self.metrics)
         self._not_durable: set[str] = set()        # exchanges whose takedown the disk refused (for the alert)
         self.limits = DecodeLimits()
@@ -121,6 +114,19 @@ class Sensor:
         self.metrics.takedowns_active.set_function(lambda: self.registry.active)
         self.fleet = None                   # sensor.stream.fleet.FleetLink when kafka.bootstrap is set
         self.mirror = None                  # sensor.stream.mirror.Mirror when kafka.mirror is on
+
+    @staticmethod
+    def _sinks(config: Config) -> list:
+        """The alert sinks of ``config`` (ValueError names the key of a bad one)."""
+        assert config.state_dir is not None
+        sinks = []
+        for i, s in enumerate(config.sinks):
+            raw = dict(s)
+            if raw.get("type") == "jsonl" and not os.path.isabs(raw.get("path", "/")):
+                raw["path"] = str(config.state_dir / raw["path"])
+                private_file(Path(raw["path"]))     # created 0600 before the sink first appends
+            sinks.append(make_sink(raw, f"alerts.sinks[{i}]"))
+        return sinks
 
     # -- life cycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -220,33 +226,50 @@ class Sensor:
         return have[len(in_file):]
 
     async def reload(self) -> bool:
-        """Rebuild pack and policy off the event loop; a bad one is refused and the old one serves."""
+        """Re-read the configuration and apply all of it, or none of it (see sensor.config_reload):
+        a key that needs a restart, a bad file, pack, policy, index or sink is refused with one log
+        line and the running configuration keeps serving. Pack and policy compile off the event loop."""
+        from sensor import config_reload
         config = self.config
         if config.path:
-            from sensor.config import ConfigError, load_config, with_overrides
+            from sensor.config import ConfigError
             try:
-                fresh = load_config(config.path)
-                config = with_overrides(fresh, state_dir=str(self.config.state_dir))
-                config.proxy = self.config.proxy            # listeners cannot move without a restart
-                if self._flag_indexes:                      # --index flags stay on top of the file's
-                    config.indexes = [*(getattr(config, "indexes", None) or []), *self._flag_indexes]
+                config = config_reload.reread(self.config, self._flag_indexes)
             except ConfigError as e:
-                log.error("reload refused, still serving generation %s: %s", self.detector.generation, e)
-                self.metrics.reloads.labels(result="error").inc()
-                return False
+                return self._reload_refused("error", str(e))
+            if restart := config_reload.restart_keys(self.config, config):
+                for key in restart:
+                    self.metrics.reload_restart_keys.labels(key=config_reload.metric_key(key)).inc()
+                return self._reload_refused("restart_required", f"{', '.join(restart)} changed, which needs a "
+                                            "restart (nothing of this reload is applied)")
         from sensor.edm.match import load_indexes
         try:
             det = await asyncio.to_thread(build_detector, config)
             edm = await asyncio.to_thread(load_indexes, getattr(config, "indexes", None) or [], self.key)
-        except (PackError, PolicyError, OSError, ValueError) as e:
-            log.error("reload refused, still serving generation %s: %s", self.detector.generation, e)
-            self.metrics.reloads.labels(result="error").inc()
-            return False
+            sinks = self._sinks(config) if self._sinks_changed(config) else None
+            token = admin_token(config) if config.admin_token != self.config.admin_token else self.token
+        except (PackError, PolicyError, StateError, OSError, ValueError) as e:
+            return self._reload_refused("error", str(e))
         # one assignment each: a scan in flight keeps the index set it started with (mmap freed with it)
-        self.config, self.detector, self.edm = config, det, edm
+        self.config, self.detector, self.edm, self.token = config, det, edm, token
+        self.ledger.client_retention = config.client_retention_days * 86400.0
+        if sinks is not None:
+            await self.dispatcher.replace_sinks(sinks, retry_initial=config.retry_initial,
+                                                retry_max=config.retry_max)
+            self.metrics.expect(sinks=[s.name for s in sinks])
+        self._watched = self._mtimes()
         self.metrics.reloads.labels(result="ok").inc()
         log.info("reloaded: generation %s, %d signatures", det.generation, len(det.engine.signatures))
         return True
+
+    def _reload_refused(self, result: str, why: str) -> bool:
+        log.error("reload refused, still serving generation %s: %s", self.detector.generation, why)
+        self.metrics.reloads.labels(result=result).inc()
+        return False
+
+    def _sinks_changed(self, config: Config) -> bool:
+        c = self.config
+        return (config.sinks, config.retry_initial, config.retry_max) != (c.sinks, c.retry_initial, c.retry_max)
 
     # -- per exchange -----------------------------------------------------------------------------
     def new_scan(self, exchange: Exchange, *, stop_on_trip: bool = True) -> BodyScan:

@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from sensor.enforce.resource import rekey
-from sensor.enforce.registry import FLEET_ACTOR
+from sensor.enforce.registry import FLEET_ACTOR, join_print, split_print
 from sensor.stream.kafka import Health, client_kwargs, ensure_topics, supervised
 from sensor.stream.records import RecordError, decode, encode, require
 
@@ -36,9 +36,27 @@ ANNOUNCED_FOR = 60.0    # an audit row this soon after its announcement is that 
 
 
 def takedown_record(*, action: str, resource: str, actor: str, reason: str, origin: str, ts: float,
-                    fingerprint: str | None = None, xid: str | None = None) -> bytes:
+                    fingerprint: str | None = None, xid: str | None = None,
+                    fingerprint_len: int | None = None) -> bytes:
+    """A takedown or lift for the compacted topic. The content print travels as ``fingerprint`` (the
+    keyed hash) and ``fingerprint_len`` (the prefix length it covers; absent: a head print). A print
+    given as ``"L:hex"`` (:func:`sensor.enforce.registry.join_print`) is split into the two."""
+    if fingerprint and fingerprint_len is None:
+        fingerprint, fingerprint_len = split_print(fingerprint)
+    extra = {"fingerprint_len": fingerprint_len} if fingerprint_len else {}
     return encode("takedown" if action == "add" else "lift", resource=resource, fingerprint=fingerprint,
-                  actor=actor, reason=reason, xid=xid, origin=origin, ts=ts)
+                  actor=actor, reason=reason, xid=xid, origin=origin, ts=ts, **extra)
+
+
+def _print_of(rec) -> str | None:
+    """A record's content print as the registry takes it. A malformed length drops the print (the
+    resource is still taken down): guessing it could only make the print broader."""
+    fp, n = rec.get("fingerprint"), rec.get("fingerprint_len")
+    if not isinstance(fp, str) or not fp:
+        return None
+    if n is None:
+        return fp
+    return join_print(fp, n) if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 
 
 class FleetLink:
@@ -151,7 +169,7 @@ class FleetLink:
         actor = FLEET_ACTOR + rec["actor"]
         if rec.type == "takedown":
             if reg.blocked(resource) is None:
-                reg.add_soon(resource, actor=actor, reason=rec["reason"], fingerprint=rec.get("fingerprint"),
+                reg.add_soon(resource, actor=actor, reason=rec["reason"], fingerprint=_print_of(rec),
                              exchange_id=rec.get("xid")).add_done_callback(self._committed)
                 self.sensor.ledger.mark(resource, "taken_down")
                 m.fleet_applied.labels(action="takedown").inc()
@@ -236,7 +254,8 @@ class FleetLink:
                     continue
                 value = takedown_record(action=ch["action"], resource=ch["resource"], actor=ch["actor"],
                                         reason=ch["reason"], origin=self.me, ts=ch["at"],
-                                        fingerprint=ch["fingerprint"], xid=ch["exchange_id"])
+                                        fingerprint=ch["fingerprint"], xid=ch["exchange_id"],
+                                        fingerprint_len=ch.get("fingerprint_len"))
                 try:
                     assert self.producer is not None
                     await self.producer.send_and_wait(self.topic, value, key=ch["resource"].encode())
