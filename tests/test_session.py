@@ -11,7 +11,8 @@ import pytest
 from sensor import synth
 from sensor.config import Config, with_overrides
 from sensor.decode.limits import DecodeLimits
-from sensor.detect.keys import content_fingerprint
+from sensor.enforce.fingerprint import BodyPrint
+from sensor.enforce.resource import resource_of
 from sensor.exchange.session import CUT, FORWARD, HOLD, REFUSE, ExchangeSession, Step
 from sensor.runtime import Sensor, build_detector
 from tests.conftest import zip_bytes
@@ -123,20 +124,20 @@ async def test_trip_after_the_holdback_is_a_cut_after_the_takedown(make):
     ses.close(False)
 
 
-async def test_a_trip_fills_the_content_print_unsent_through_read_more(make):
+async def test_a_trips_content_print_refuses_the_same_file_under_another_url(make):
     s = make()
-    body = LEAK + BENIGN[: 100 * K]
-    rest = [body[8 * K:]]
-
-    async def read_more(n: int) -> bytes:
-        return rest.pop()[:n] if rest else b""
-    ses = open_session(s)
-    ses.on_response(200, {"Content-Type": "text/csv"}, read_more=read_more)
-    step = await ses.feed(body[: 8 * K])
+    body = BENIGN[: 8 * K] + LEAK
+    ses = open_session(s, "/exports/a.csv")
+    ses.on_response(200, {"Content-Type": "text/csv"})
+    _, step = await run(ses, pieces(body, 4 * K))
     assert step.action == REFUSE
-    fp = content_fingerprint(s.key, body[: s.config.fingerprint_bytes])
-    assert s.registry.blocked_content(fp) is not None   # the same file elsewhere is refused
     ses.close(False)
+    again = open_session(s, "/exports/copy-of-a.csv")
+    again.on_response(200, {"Content-Type": "text/csv"})
+    _, step = await run(again, pieces(body, 4 * K))
+    assert (step.action, step.reason) == (REFUSE, "refused")     # by content, before it trips again
+    again.close(False)
+    assert count(s, "dlp_refusals_total", reason="content") == 1
 
 
 async def test_lookahead_keeps_the_latest_chunk_until_the_next_or_a_tick(make):
@@ -289,7 +290,7 @@ async def test_scanner_error_on_an_open_route_lets_the_rest_through_unscanned(ma
 
 async def test_a_taken_down_resource_is_refused_before_the_upstream_is_asked(make):
     s = make()
-    s.registry.add(f"{HOST}/exports/x.csv", actor="t", reason="t")
+    s.registry.add(resource_of(s.config, HOST, "/exports/x.csv"), actor="t", reason="t")
     ses = open_session(s, "/exports/../exports//x.csv?page=2")          # the same resource, spelled otherwise
     step = ses.on_request()
     assert (step.action, step.status) == (REFUSE, 451)
@@ -298,11 +299,17 @@ async def test_a_taken_down_resource_is_refused_before_the_upstream_is_asked(mak
     assert count(s, "dlp_exchanges_total", tap="proxy", verdict="unscanned") == 0     # a refusal, not an exchange
 
 
+def _print_of(sensor: Sensor, data: bytes) -> str:
+    p = BodyPrint(sensor.key, None, sensor.config.fingerprint_bytes)
+    p.feed(data)
+    return p.value()
+
+
 async def test_a_taken_down_content_print_is_refused_under_another_url(make):
     s = make()
     body = BENIGN[: 100 * K]
-    s.registry.add(f"{HOST}/elsewhere.html", actor="t", reason="t",
-                   fingerprint=content_fingerprint(s.key, body[: s.config.fingerprint_bytes]))
+    s.registry.add(resource_of(s.config, HOST, "/elsewhere.html"), actor="t", reason="t",
+                   fingerprint=_print_of(s, body[: 40 * K]))
     ses = open_session(s, "/copy.html")
     ses.on_response(200, {"Content-Type": "text/html"})
     _, step = await run(ses, pieces(body))
@@ -311,15 +318,26 @@ async def test_a_taken_down_content_print_is_refused_under_another_url(make):
     assert count(s, "dlp_refusals_total", reason="content") == 1
 
 
-async def test_a_short_body_is_checked_against_content_prints_at_its_end(make):
+async def test_a_short_taken_down_body_is_refused_whole(make):
     s = make()
     body = b"<p>a short page</p>"
-    s.registry.add(f"{HOST}/elsewhere.html", actor="t", reason="t", fingerprint=content_fingerprint(s.key, body))
+    s.registry.add(resource_of(s.config, HOST, "/elsewhere.html"), actor="t", reason="t", fingerprint=_print_of(s, body))
     ses = open_session(s, "/copy.html")
     ses.on_response(200, {"Content-Type": "text/html"})
     _, step = await run(ses, [body])
     assert (step.action, step.status) == (REFUSE, 451)
     ses.close(False)
+
+
+async def test_a_host_that_is_not_the_sites_is_refused_with_421(make):
+    from sensor.enforce.resource import SiteRule
+    s = make()
+    s.config.site = SiteRule.parse(["www.example.gov"], "refuse")
+    ses = open_session(s)                               # Host: site.example
+    step = ses.on_request()
+    assert (step.action, step.status) == (REFUSE, 421)
+    ses.close(False)
+    assert count(s, "dlp_refusals_total", reason="host") == 1
 
 
 # -- admission ----------------------------------------------------------------------------------------

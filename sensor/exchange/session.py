@@ -8,7 +8,8 @@ Who calls what::
 
     tap                                   session
     ───────────────────────────────────   ─────────────────────────────────────────────────────
-    request head arrives                  on_request()        → REFUSE 451 (resource taken down)
+    request head arrives                  on_request()        → REFUSE 451 (resource taken down),
+                                                                421 (a Host not the site's)
                                                                 or FORWARD (ask the upstream)
     response head arrives                 on_response(...)    → FORWARD start (head may leave),
                                                                 HOLD (head waits for the hold-back),
@@ -23,7 +24,8 @@ The session owns:
 - **routing**: one route lookup (:mod:`sensor.exchange.routes`: mode, on_error, on_decode_limit,
   hold-back, thresholds), the resource key (:func:`~sensor.enforce.resource.resource_of`) and the
   client (:func:`~sensor.exchange.identity.client_address`);
-- **registry checks**: a resource taken down is refused (451) before the upstream is asked; a body
+- **registry checks**: a resource taken down is refused (451) before the upstream is asked (and a
+  Host that is not the site's with 421, under ``site.unknown_host: refuse``); a body
   whose content fingerprint (:class:`~sensor.enforce.fingerprint.BodyPrint`) is taken down is
   refused (or cut, if bytes have left) on an enforce route;
 - **hold-back** (enforce): the first ``holdback`` bytes are held until scanned, so a small leak
@@ -77,7 +79,7 @@ from urllib.parse import urlsplit
 from sensor.alerts.schema import AlertContext
 from sensor.detect.scanner import ScanResult
 from sensor.enforce.fingerprint import BodyPrint
-from sensor.enforce.resource import public_url, resource_of
+from sensor.enforce.resource import host_allowed, public_url, resource_of
 from sensor.exchange.identity import client_address
 from sensor.exchange.routes import Route, route_for
 from sensor.pipeline import BodyScan, Exchange
@@ -154,15 +156,6 @@ class _Unframed:
         self.file.close()
 
 
-class NoRegistry:
-    """For a body print kept without a local takedown registry (the Kafka worker: the sidecars
-    enforce the fleet's takedowns; the worker only stores the print with the takedowns it publishes)."""
-
-    @staticmethod
-    def blocked_content(fingerprint: str) -> None:
-        return None
-
-
 def _lower(headers: Mapping[str, str]) -> dict[str, str]:
     """Lower-case keys; the first of repeated headers wins (as ``CIMultiDict.get``)."""
     out: dict[str, str] = {}
@@ -191,6 +184,7 @@ class ExchangeSession:
         self.resource = resource_of(config, host, target)
         self.client = client_address(config, peer, _lower(headers))
         self.url = target if parts.netloc else f"{scheme}://{host}{target}"
+        self.host, self.target = host, target
         self.method = method
         self.ctx = AlertContext(exchange_id=uuid.uuid4().hex, sensor_id=config.sensor_id, resource=self.resource,
                                 url=public_url(scheme, host, target), method=method, status=0,
@@ -225,7 +219,11 @@ class ExchangeSession:
 
     # -- request and response heads -----------------------------------------------------------
     def on_request(self) -> Step:
-        """Before the upstream is asked: a resource taken down is refused."""
+        """Before the upstream is asked: a Host that is not the site's (``site.unknown_host:
+        refuse``) is refused with 421, a resource taken down with 451."""
+        if not host_allowed(self.sensor.config, self.host, self.target):
+            self.sensor.metrics.refusals.labels(reason="host").inc()    # no resource of the site: no ledger row
+            return self._stop(421, "misdirected")
         if self.sensor.registry.blocked(self.resource) is not None:
             self.sensor.refused(self.resource, "resource")     # a refusal, not an exchange: no accounting
             return self._stop(451, "refused")
@@ -517,8 +515,8 @@ class ExchangeSession:
         if status == 451:
             return self.sensor.block_page(), (("Content-Type", "text/html"), NO_STORE)
         text = {"uninspected": "response could not be fully inspected", "scanner_error": "scanner unavailable",
-                "overload": "scanner overloaded", "http10_too_large": "this response needs HTTP/1.1"
-                }.get(reason, HTTPStatus(status).phrase)
+                "overload": "scanner overloaded", "http10_too_large": "this response needs HTTP/1.1",
+                "misdirected": "this server does not serve that host"}.get(reason, HTTPStatus(status).phrase)
         retry = (RETRY,) if reason in ("scanner_error", "overload") else ()
         return (text + "\n").encode(), (("Content-Type", "text/plain; charset=utf-8"), NO_STORE, *retry)
 

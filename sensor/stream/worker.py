@@ -48,7 +48,6 @@ from sensor.alerts.schema import AlertContext, build_alert
 from sensor.config import Config
 from sensor.detect.keys import load_key
 from sensor.enforce.fingerprint import BodyPrint
-from sensor.exchange.session import NoRegistry
 from sensor.metrics import Metrics
 from sensor.metrics.server import metrics_app
 from sensor.pipeline import BodyScan, Exchange
@@ -200,7 +199,7 @@ class Worker:
             d = self.detector
             scan = BodyScan(d.engine, d.policy, key=self.key, exchange=ex, stop_on_trip=False)
             # the earlier messages are acked with this exchange (never before: offsets must not pass it)
-            print_ = BodyPrint(self.key, NoRegistry(), self.config.fingerprint_bytes)   # type: ignore[arg-type]
+            print_ = BodyPrint(self.key, None, self.config.fingerprint_bytes)     # record-only: no registry here
             self.open[xid] = Open(rec, scan, msg.tp, print_, (earlier.messages if earlier else []) + [msg])
             msg.value = None
             return
