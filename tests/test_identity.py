@@ -3,6 +3,8 @@ canonical address, one keyed hash for the alert, the ledger and the fleet."""
 from __future__ import annotations
 
 import logging
+import sqlite3
+import time
 
 import pytest
 from multidict import CIMultiDict
@@ -10,6 +12,7 @@ from multidict import CIMultiDict
 from sensor.alerts.schema import AlertContext, build_alert
 from sensor.config import ConfigError, parse_config
 from sensor.detect.keys import fingerprint
+from sensor.enforce.ledger import Ledger
 from sensor.exchange.identity import client_address, client_hash, forwarded_hops, parse_node
 from tests.conftest import KEY
 
@@ -184,3 +187,26 @@ def test_client_hash_is_keyed_canonical_and_the_alerts():
         verdict, records, strong_records, person_records, findings, samples = "alert", 1, 1, 1, {}, {}
         edm, bytes, trip_at_byte, notes = {}, 1, None, []
     assert build_alert(ctx, R(), key=KEY, now=0.0)["dlp"]["client"]["hash"] == h
+
+
+def test_a_ledger_of_the_old_client_hash_forgets_those_hashes_and_keeps_its_counts(tmp_path):
+    led = Ledger(tmp_path / "l.db")
+    new = client_hash(KEY, "203.0.113.9")
+    led.served("site/r.csv", "0123456789abcdef", sent=10, completed=True, partial=False, records=3, verdict="alert",
+               now=time.time())
+    led.served("site/r.csv", new, sent=10, completed=True, partial=False, records=3, verdict="alert", now=time.time())
+    led.flush()
+    led.db.execute("CREATE TABLE IF NOT EXISTS evidence (resource TEXT NOT NULL, at REAL NOT NULL, "
+                   "verdict TEXT NOT NULL, client TEXT, doc BLOB NOT NULL)")
+    led.db.execute("INSERT INTO evidence VALUES ('site/r.csv', ?, 'alert', '0123456789abcdef', '{}')", (time.time(),))
+    led.db.execute("PRAGMA user_version = 1")               # as a ledger written before the one client hash
+    led.db.commit()
+    led.close()
+    led = Ledger(tmp_path / "l.db")
+    assert [c for c, _ in led.clients_of("site/r.csv")] == [new]     # the BLAKE2b one cannot be joined: gone
+    assert led.incidents()[0]["clients"] == 2                        # the count stays
+    assert led.db.execute("SELECT client FROM evidence").fetchall() == [(None,)]
+    assert led.db.execute("PRAGMA user_version").fetchone()[0] == 2
+    led.close()
+    assert sqlite3.connect(tmp_path / "l.db").execute("SELECT count(*) FROM clients").fetchone()[0] == 1
+
