@@ -1,6 +1,6 @@
-"""The client's address through a real Envoy (ext_proc): a forged X-Forwarded-For does not change who
-the alert and the ledger name, unless the sender is a configured trusted proxy; and the ledger's
-client hash is the alert's ``dlp.client.hash`` for the same exchange."""
+"""The client's address through real taps (Envoy ext_proc, ICAP with c-icap-client): a forged
+X-Forwarded-For does not change who the alert and the ledger name, unless the sender is a configured
+trusted proxy; and the ledger's client hash is the alert's ``dlp.client.hash`` for the same exchange."""
 from __future__ import annotations
 
 import sqlite3
@@ -12,6 +12,7 @@ import pytest
 
 from sensor.exchange.identity import client_hash
 from sensor.sample_site import ROSTER
+from tests.conftest import require_tool
 from tests.procs import Sidecar, free_port, site_fixture, stop, wait_http
 from tests.test_proxy import _wait, curl
 
@@ -67,7 +68,7 @@ def stack(site, tmp_path_factory):
 
 def _leak(site, stack_entry, name: str) -> tuple[dict, list[str]]:
     """Fetch a roster copy through Envoy from CLIENT with a forged X-Forwarded-For; (the alert, the
-    ledger's client hashes of that resource: its distinct clients, then its evidence rows)."""
+    ledger's client hashes of that resource)."""
     sc, url = stack_entry
     (site.root / "exports" / name).write_bytes(b"# " + name.encode() + b"\n" + (site.root / ROSTER).read_bytes())
     rc, st, _, err = curl("-m", "30", "--interface", CLIENT, "-H", f"X-Forwarded-For: {FORGED}",
@@ -80,7 +81,11 @@ def _leak(site, stack_entry, name: str) -> tuple[dict, list[str]]:
         alert = next((a for a in sc.alerts() if a["url"]["path"] == "/exports/" + name), {})
         return bool(alert)
     _wait(found, timeout=30)
-    resource = alert["dlp"]["resource"]
+    return alert, _ledger_clients(sc, alert["dlp"]["resource"])
+
+
+def _ledger_clients(sc: Sidecar, resource: str) -> list[str]:
+    """The ledger's client hashes of ``resource``: its distinct clients, then its evidence rows."""
     clients: list[str] = []
 
     def counted() -> bool:
@@ -96,7 +101,7 @@ def _leak(site, stack_entry, name: str) -> tuple[dict, list[str]]:
         clients += evidence
         return len(clients) == 2
     _wait(counted, timeout=30)
-    return alert, clients
+    return clients
 
 
 def test_forged_xff_is_ignored_and_the_ledger_hash_is_the_alerts(site, stack):
@@ -116,4 +121,49 @@ def test_xff_is_believed_only_from_a_configured_trusted_proxy(site, stack):
 def test_without_source_address_the_peer_is_envoy_and_xff_is_not_believed(site, stack):
     alert, clients = _leak(site, stack["no-attribute"], "identity-no-attribute.csv")
     assert alert["dlp"]["client"]["hash"] == client_hash(KEY, "127.0.0.1")     # Envoy's own address
+    assert clients == [alert["dlp"]["client"]["hash"]] * 2
+
+
+# -- ICAP: the client is what squid reports in X-Client-IP; the encapsulated request's XFF only from
+#    a trusted proxy ---------------------------------------------------------------------------------
+
+SQUID_CLIENT = "198.51.100.7"
+
+
+@pytest.fixture(scope="module")
+def icaps(site, tmp_path_factory):
+    made = {}
+    for name, clients in (("default", {}), ("trusting", {"trusted_proxies": ["198.51.100.0/24"]})):
+        conf = {"hmac_key": KEY_HEX, "clients": clients, "proxy": {"mode": "monitor"}}
+        made[name] = Sidecar.create(tmp_path_factory.mktemp(f"icap-{name}"), site.url, conf, command="icap").start()
+    yield made
+    for sc in made.values():
+        sc.stop()
+
+
+def _icap_leak(site, sc: Sidecar, name: str) -> tuple[dict, list[str]]:
+    exe = require_tool("c-icap-client")
+    url = f"http://www.example.gov/exports/{name}"
+    subprocess.run([exe, "-i", "127.0.0.1", "-p", str(sc.port), "-s", "respmod", "-f", str(site.root / ROSTER),
+                    "-resp", url, "-nopreview", "-x", f"X-Client-IP: {SQUID_CLIENT}",
+                    "-hx", f"X-Forwarded-For: {FORGED}"], capture_output=True, timeout=30, check=True)
+    alert = {}
+
+    def found() -> bool:
+        nonlocal alert
+        alert = next((a for a in sc.alerts() if a["url"]["path"] == "/exports/" + name), {})
+        return bool(alert)
+    _wait(found, timeout=30)
+    return alert, _ledger_clients(sc, alert["dlp"]["resource"])
+
+
+def test_icap_names_squids_client_and_ignores_the_encapsulated_xff(site, icaps):
+    alert, clients = _icap_leak(site, icaps["default"], "icap-identity-default.csv")
+    assert alert["dlp"]["client"]["hash"] == client_hash(KEY, SQUID_CLIENT)
+    assert clients == [alert["dlp"]["client"]["hash"]] * 2
+
+
+def test_icap_walks_the_encapsulated_xff_past_a_trusted_proxy(site, icaps):
+    alert, clients = _icap_leak(site, icaps["trusting"], "icap-identity-trusting.csv")
+    assert alert["dlp"]["client"]["hash"] == client_hash(KEY, FORGED)
     assert clients == [alert["dlp"]["client"]["hash"]] * 2
