@@ -171,7 +171,8 @@ class ExchangeSession:
     def __init__(self, sensor: "Sensor", *, tap: str, method: str, scheme: str, host: str, target: str,
                  peer: str, headers: Mapping[str, str], http10: bool = False):
         """``target``: the request target (path and query, or an absolute URL); ``peer``: the
-        connection's remote address (ICAP: the address the proxy reports); ``http10``: the client
+        connection's remote address (ICAP: the address the proxy reports; ext_proc: the one Envoy
+        reports); ``headers``: the request's, as the tap has them (a multi-dict's repeated lines count); ``http10``: the client
         speaks HTTP/1.0 (its unframed bodies are held whole)."""
         self.sensor = sensor
         self.tap = tap
@@ -182,7 +183,7 @@ class ExchangeSession:
         self.route: Route = route_for(config, self.detector.policy, self.path)
         self.enforce = self.route.enforce
         self.resource = resource_of(config, host, target)
-        self.client = client_address(config, peer, _lower(headers))
+        self.client = client_address(config, peer, headers)     # a multi-dict's repeated lines count
         self.url = target if parts.netloc else f"{scheme}://{host}{target}"
         self.host, self.target = host, target
         self.method = method

@@ -6,8 +6,9 @@ chunk the session releases answers one held body message, in order; a refusal or
 ``ImmediateResponse``. Per stream:
 
 - request headers: a taken-down resource is answered with an ``ImmediateResponse`` 451 before the
-  upstream is asked. The client is the connection's peer (the ``source.address`` attribute, when
-  Envoy is configured to send it); ``X-Forwarded-For`` only with ``proxy.trust_forwarded``;
+  upstream is asked. The client is the downstream peer Envoy reports (``source.address``, else
+  Envoy itself: :func:`~sensor.exchange.identity.envoy_peer`); a forwarded header counts only
+  from ``clients.trusted_proxies``;
 - response headers: open the scan with the status, content type and encoding (or 503 +
   ``Retry-After`` past the admission caps);
 - response body, ``STREAMED`` with ``send_body_without_waiting_for_header_response``: in enforce
@@ -40,6 +41,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import duration_pb2
 
+from sensor.exchange.identity import envoy_peer
 from sensor.exchange.session import ExchangeSession, Step
 from sensor.runtime import Sensor
 
@@ -53,21 +55,11 @@ def _headers(hm) -> dict[str, str]:
     return {h.key.lower(): (h.raw_value.decode("latin-1") if h.raw_value else h.value) for h in hm.headers}
 
 
-def _peer(req) -> str:
-    """The downstream address Envoy reports (``source.address`` attribute), without its port."""
-    for attrs in req.attributes.values():
-        v = attrs.fields.get("source.address")
-        if v is not None and v.string_value:
-            addr = v.string_value
-            host, sep, port = addr.rpartition(":")
-            return (host.strip("[]") if sep and port.isdigit() else addr)
-    return ""
-
-
 class _Stream:
     """One exchange's protocol state across the messages of its gRPC stream."""
 
-    def __init__(self) -> None:
+    def __init__(self, grpc_peer: str = "") -> None:
+        self.grpc_peer = grpc_peer     # Envoy's address: the peer when Envoy sends no source.address
         self.session: ExchangeSession | None = None
         self.headers_held = False      # our answer to the response headers waits for the hold-back
         self.release_at = 0.0          # ... and whatever is held goes at this loop time at the latest
@@ -125,7 +117,7 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
                 queue.put_nowait(None)
 
         task = asyncio.create_task(pump())
-        st = _Stream()
+        st = _Stream(context.peer())
         loop = asyncio.get_running_loop()
         try:
             while not st.done:
@@ -158,7 +150,7 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
             h = _headers(req.request_headers.headers)
             st.session = ExchangeSession(self.sensor, tap="extproc", method=h.get(":method", "GET"),
                                          scheme=h.get(":scheme", "http"), host=h.get(":authority", ""),
-                                         target=h.get(":path", "/"), peer=_peer(req), headers=h)
+                                         target=h.get(":path", "/"), peer=envoy_peer(req, st.grpc_peer), headers=h)
             step = st.session.on_request()
             if step.stops:
                 return self._answer(st, step)
