@@ -13,8 +13,10 @@ Why it is shaped like this (all measured in bench/engine.py):
 """
 from __future__ import annotations
 
+import csv
 import ctypes
 import operator
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +27,8 @@ from sensor.detect.distinct import EXACT_CAP, DistinctCounter
 from sensor.detect.engine import CAT_BITS, Engine, PatInfo
 from sensor.detect.keys import fingerprint, redact
 from sensor.detect.policy import Policy, stronger
+from sensor.detect.precision import (Evidence, HomeRecords, business_name, label_before, label_words,
+                                     name_words, place_of)
 from sensor.detect.structure.view import Shadow, sniff as sniff_structure
 
 STRONG = CAT_BITS["strong"]
@@ -36,6 +40,9 @@ DISTINCT_CAP = EXACT_CAP          # per counter; beyond it counts are HyperLogLo
 _HTML_ROW_TAGS = (b"<tr", b"<TR", b"<li", b"<LI", b"<p>", b"<P>", b"<br", b"<BR", b"</div", b"</DIV")
 
 SNIFF_BYTES = 4096
+_TH_ROW = re.compile(rb"<t[rR][\s>].*?(?=<t[rR][\s>]|</t[rR]|$)", re.S)
+_CELL = re.compile(rb"<(t[hdHD])\b[^>]*>(.*?)(?=<t[hdHD]\b|</t[hdHD]|</t[rR]|$)", re.S)
+_TAG = re.compile(rb"<[^>]*>")
 _END = operator.itemgetter(1)
 _HS_CTX = object()   # a live, truthy context object for every Hyperscan call (see open_stream)
 
@@ -137,8 +144,16 @@ class ExchangeScanner:
         n = len(self._sigs)
         allow = policy.allow
         self._ignored = [s.id in allow for s in self._sigs]
-        # 1 = a name, 2 = a place in a life (DOB or address): a record with both (3) is a person
-        self._kindbits = [1 if s.kind == "name" else 2 if s.kind in ("dob", "address") else 0 for s in self._sigs]
+        # 1 = a name, 2 = a full date of birth, 4 = a street address (a home, unless the data says
+        # otherwise: sensor.detect.precision). A town (city/state/ZIP, ``locality``) is none of them.
+        self._kindbits = [1 if s.kind == "name" else 2 if s.kind == "dob"
+                          else 4 if s.kind == "address" and not s.locality else 0 for s in self._sigs]
+        self._keep_placed = [b in (1, 4) for b in self._kindbits]   # raw names/streets wait for their record
+        self._is_email = [s.kind == "email" for s in self._sigs]
+        self._evidence = Evidence()
+        self._homes = HomeRecords(self._evidence)
+        self._rbuf = b""                   # the buffer (and its base) the record being finished lies in
+        self._rbase = 0
         self._want_sample = [True] * n
         # EDM (sensor.edm): an EdmSet. Records then keep the raw values of the kinds it indexes
         # until they are decided, and hand them to the matcher.
@@ -197,6 +212,8 @@ class ExchangeScanner:
         self._col_sigs: dict[int, set[int]] = {}
         self._th_cols: dict[int, set[int]] = {}
         self._header_sigs: set[int] = set()     # signatures some header column names
+        self._head_words: list[frozenset[str]] = []   # CSV/TSV header cells' words, by column
+        self._th_words: list[frozenset[str]] = []     # HTML header row <th> words, by column
 
     def _sniff(self, data: bytes) -> None:
         head = data[:4096].lstrip()
@@ -212,6 +229,12 @@ class ExchangeScanner:
         cands = {d: first.count(d) for d in (b",", b"\t", b";", b"|")}
         self._delim = max(cands, key=lambda d: cands[d]) if max(cands.values()) else b","
         self._tabular = self._mode == "lines" and cands[self._delim] >= 1   # header columns: CSV/TSV only
+        if self._tabular:
+            try:
+                cells = next(csv.reader([first.decode("utf-8", "replace")], delimiter=self._delim.decode()))
+            except (csv.Error, StopIteration):
+                cells = []
+            self._head_words = [label_words(c.encode()) for c in cells]
         self._skind = sniff_structure(head)
         if self._skind is not None:
             if self._shadow is None:
@@ -249,6 +272,8 @@ class ExchangeScanner:
         elif self._gate is not None:
             self._gate.scan(data, match_event_handler=self._on_gated, context=_HS_CTX)
         buf = self._tail + data if hits else b""
+        if self._mode == "html" and (b"<th" in data or b"<TH" in data):
+            self._header_row(data)
         self._pos += len(data)
         self.result.decoded_bytes += len(data)
         if self._hits:
@@ -307,16 +332,22 @@ class ExchangeScanner:
         r.verdict = self.verdict
         r.seconds = time.perf_counter() - self._t0
         x = self._shadow.extra() if self._shadow is not None else (0, 0, 0, 0, 0)
-        r.records = len(self._all_recs) + x[0]
-        r.strong_records = len(self._strong_recs) + x[1]
-        r.person_records = len(self._person_recs) + x[2]
+        recs, strong, person = self._tallies()
+        r.records = recs + x[0]
+        r.strong_records = strong + x[1]
+        r.person_records = person + x[2]
+        for homes in (self._homes, self._shadow.child._homes if self._shadow and self._shadow.child else None):
+            note = homes.note() if homes is not None else None
+            if note and note not in r.notes:
+                r.notes.append(note)
         r.findings = {self._sigs[i].id: len(s) for i, s in enumerate(self._distinct) if s}
         r.samples = {self._sigs[i].id: s for i, s in enumerate(self._samples) if s}
         if self._edm is not None:
             r.edm_records, r.edm = self._edm.total, dict(self._edm.counts)
             r.edm_rows = {k: sorted(v) for k, v in self._edm.rows.items()}
         approx = [self._sigs[i].id for i, s in enumerate(self._distinct) if s.approximate]
-        recs = self._all_recs.approximate or self._strong_recs.approximate or self._person_recs.approximate
+        recs = (self._all_recs.approximate or self._strong_recs.approximate or self._person_recs.approximate
+                or self._homes.approximate)
         if (approx or recs) and not any(n.startswith("approximate:") for n in r.notes):
             what = (["records"] if recs else []) + approx
             r.notes.append(f"approximate: counts approximate above {DISTINCT_CAP} distinct "
@@ -337,6 +368,9 @@ class ExchangeScanner:
         lines = mode == "lines"
         rec = self._rec
         rec_key = self._rec_key
+        self._rbuf = buf
+        self._rbase = base
+        keep = self._keep_placed
         line_start = self._line_start
         first_line = line_start < 0
         tabular = lines and self._tabular
@@ -397,6 +431,7 @@ class ExchangeScanner:
             if rk != rec_key:
                 if rec:
                     self._rec = rec
+                    self._rec_key = rec_key
                     self._finish_record()
                     rec = self._rec
                 rec_key = rk
@@ -417,7 +452,7 @@ class ExchangeScanner:
                     continue
             start = s + base
             # the raw value stays only until its record is decided, and only while samples are wanted
-            entry = (si, cat, ctx, rmask, hash(v), start, v if want[si] else None)
+            entry = (si, cat, ctx, rmask, hash(v), start, v if want[si] or keep[si] else None)
             if rec and rec[-1][0] == si and rec[-1][5] == start:
                 rec[-1] = entry              # a longer match from the same start: keep the longest
             else:
@@ -431,6 +466,8 @@ class ExchangeScanner:
             return
         if self._distinct[si].add(hash(v)):
             self._contact_values += 1
+            if self._is_email[si]:
+                self._evidence.email(v)
         if self._want_sample[si]:
             self._sample(si, v)
 
@@ -513,7 +550,8 @@ class ExchangeScanner:
         hashes = []
         edm_kind = self._edm_kind
         edm_vals: list[tuple[str, bytes]] | None = [] if self._edm is not None else None
-        for si, cat, ctx, rmask, h, _, raw in rec:
+        placed: list[tuple[int, int, int, bytes | None]] = []    # names and streets: (bit, start, hash, raw)
+        for si, cat, ctx, rmask, h, start, raw in rec:
             # record context stands in for a hotword, unless a header names this signature's
             # column (then the header is authoritative: an issue date beside a DOB column is not a DOB)
             if not ctx and not (rmask & uncond and si not in header):
@@ -535,31 +573,110 @@ class ExchangeScanner:
             if raw is not None and want[si]:
                 self._sample(si, raw)
             cats |= cat
-            kind |= kinds[si]
+            k = kinds[si]
+            kind |= k
+            if k & 5:
+                placed.append((k, start, h, raw))
             hashes.append(h)
         if edm_vals and self._edm.record(edm_vals):
             self._decide()
         if not hashes:
             return
         is_strong = cats & STRONG and cats & QUASI
-        is_person = kind == 3                 # a name and a DOB or address
-        if is_strong or is_person:
+        is_person = kind & 3 == 3             # a name and a full date of birth
+        home = self._home_of(placed) if kind & 5 == 5 and not is_person else None   # a name and a street
+        if is_strong or is_person or home is not None:
             fp = hash(tuple(sorted(hashes)))
             if is_strong:
                 self._strong_recs.add(fp)
+                self._all_recs.add(fp)
             if is_person:
                 self._person_recs.add(fp)
-            self._all_recs.add(fp)
+                self._all_recs.add(fp)
+            elif home is not None:
+                if is_strong:
+                    self._person_recs.add(fp)          # private through its identifier already
+                else:
+                    self._homes.add(fp, home[0], home[1])
+
+    # -- precision: is a name + street record a person at home? (sensor.detect.precision) ------------
+    def _home_of(self, placed: list[tuple[int, int, int, bytes | None]]) -> tuple[int, bool] | None:
+        """The home address of a record that has a name and a street and nothing else private:
+        ``(address hash, labelled as a home)``, or None when the data says the names are businesses
+        or the streets are workplaces. Runs only for such records, never on the hot path."""
+        buf, base = self._rbuf, self._rbase
+        row = (self._rec_key if self._rec_key is not None else base) - base
+        if self._mode == "lines":
+            row += 1
+        row = max(row, 0)
+        delim = self._delim if self._tabular else None
+        names = None
+        person = False
+        for bit, start, _, raw in placed:
+            if bit != 1:
+                continue
+            s = start - base
+            if s < 0 or raw is None or start - base + len(raw) > len(buf):
+                person = True                  # its text is gone: nothing says it is a business
+                break
+            if self._place(buf, row, s) == 1:
+                continue                       # a name in the organisation's field
+            if names is None:
+                names = name_words(self.engine)
+            if not business_name(buf, s, s + len(raw), delim, names):
+                person = True
+                break
+        if not person:
+            return None
+        for bit, start, h, _ in placed:
+            if bit != 4:
+                continue
+            s = start - base
+            place = self._place(buf, row, s) if s >= 0 else 0
+            if place != 1:
+                return h, place == 2
+        return None
+
+    def _place(self, buf: bytes, row: int, s: int) -> int:
+        """What the field of the value at ``buf[s]`` is named as: 0 nothing, 1 the organisation's,
+        2 the person's home (the CSV header or HTML ``<th>`` of its column, else the label before it)."""
+        words = None
+        if self._head_words and self._mode == "lines" and row <= s:
+            col = self._column_of(buf, row, s)
+            if col < len(self._head_words):
+                words = self._head_words[col]
+        elif self._th_words and self._mode == "html" and row <= s:
+            col = buf.count(b"<td", row, s) + buf.count(b"<TD", row, s) - 1
+            if 0 <= col < len(self._th_words):
+                words = self._th_words[col]
+        place = place_of(words) if words else 0
+        return place or place_of(label_words(label_before(buf, row, s)))
+
+    def _header_row(self, data: bytes) -> None:
+        """An HTML header row (every cell a ``<th>``) names the columns of the rows after it."""
+        at = max(data.find(b"<th"), data.find(b"<TH"))
+        lo = max(data.rfind(b"<tr", 0, at), data.rfind(b"<TR", 0, at))
+        m = _TH_ROW.match(data, lo) if lo >= 0 else None
+        if m is None:
+            return
+        cells = _CELL.findall(m.group())
+        if len(cells) >= 2 and all(t.lower() == b"th" for t, _ in cells):
+            self._th_words = [label_words(_TAG.sub(b" ", text)) for _, text in cells]
+
+    def _tallies(self) -> tuple[int, int, int]:
+        """Records, strong records, person records (homes counted as the evidence allows)."""
+        h = len(self._homes)
+        return len(self._all_recs) + h, len(self._strong_recs), len(self._person_recs) + h
 
     def _decide(self) -> None:
         if self.verdict == "trip":
             return
+        _, strong, person = self._tallies()
         if self._shadow is None:
-            v = self.policy.decide(len(self._strong_recs), len(self._person_recs),
-                                   self._strong_values, self._contact_values)
+            v = self.policy.decide(strong, person, self._strong_values, self._contact_values)
         else:
             x = self._shadow.extra()
-            v = self.policy.decide(len(self._strong_recs) + x[1], len(self._person_recs) + x[2],
+            v = self.policy.decide(strong + x[1], person + x[2],
                                    self._strong_values + x[3], self._contact_values + x[4])
         if self._edm is not None:
             v = stronger(self._edm.verdict(), v)      # EDM thresholds first: an EDM trip always trips
