@@ -16,10 +16,16 @@ The evidence, and what it does (the table in docs/detection.md says the same):
   agency, department, mailing, registered agent, principal office, headquarters, branch, DBA …
   (a CSV header, an HTML ``<th>``, a JSON key, an XML element, a SQL column, a label in the text
   before it) is the organisation's, not the person's; a name in such a field is not a person;
+- a record with a field named as a business's name (business name, DBA, doing business as, entity
+  name, company …, in the CSV header, the HTML header row, or a key of the record) is a business's
+  record: a sole proprietor's own name beside it is the business's name, its address the business's;
 - a name that is part of a business name (an entity word or suffix beside it in its field: LLC,
   Inc, Corp, Ltd, Co., Company, Partners, Services, Restaurant, Church, Foundation, Trust,
   Associates …, or further capitalised words that are not names, as in "MARIA GARCIA PLUMBING")
   is a business, and the record is the business's;
+- a record that says its person has died (died, passed away, obituary, survived by, funeral,
+  memorial service, in loving memory …) is an obituary or a death notice: a date of birth or an
+  address in it is published on purpose (an identifier still counts);
 - column distinctness: a home holds a few of the listed people at most, so records on a name and
   an address count at most :data:`HOUSEHOLD` per distinct address (three hundred people at three
   addresses are three offices, six records at most);
@@ -63,6 +69,26 @@ _ENTITY = re.compile(
     rb"|college|hospital|hotel|salon|repair|insurance|properties|investments|ventures|solutions|systems"
     rb"|technologies|industries|international|sons|brothers|bros|family|auto|motors|farms?|ranch|trucking"
     rb"|landscaping|roofing|electric|pharmacy|funeral|mortuary|cleaners|club|fund|committee|pac)(?![a-z])))")
+# a field named as a business's name: the record (or the whole table) is a business's
+BUSINESS_WORDS = frozenset({"business", "dba", "entity", "company", "corporation", "firm", "establishment",
+                            "organization", "organisation", "doing", "licensee", "registrant"})
+
+
+def _spellings(words: list[str]) -> bytes:
+    """``word`` as lower, Title and UPPER case (field names: ``dba_name``, ``DbaName``, ``DBA_NAME``)."""
+    return b"|".join(w.encode() for x in words for w in (x, x.title(), x.upper()))
+
+
+_BIZ_HEAD = _spellings(["business", "dba", "doing", "entity", "company", "corporation", "firm", "establishment",
+                        "organization", "organisation", "licensee", "registrant"])
+_BIZ_TAIL = _spellings(["business", "legal", "as", "name", "title", "dba"])
+# a field name at a word start (or a camelCase hump), its parts, then what ends a field name
+_BUSINESS_FIELD = re.compile(rb"(?:(?<![A-Za-z])|(?<=[a-z])(?=[A-Z]))(?:" + _BIZ_HEAD + rb")(?:[ _-]?(?:"
+                             + _BIZ_TAIL + rb"))*(?![a-z])[\"' ]*[:=>]")
+_DECEASED = re.compile(
+    rb"(?i)(?<![a-z])(?:died|passed away|passed on|deceased|obituary|obituaries|survived by|predeceased"
+    rb"|funeral|memorial service|in loving memory|rest in peace|celebration of life|interment|date of death"
+    rb"|laid to rest|entered into rest)(?![a-z])")
 _WORD = re.compile(rb"[A-Za-z][A-Za-z'.-]*")
 _TAGS = re.compile(rb"<[^>]*>|^[^<]*>")
 _FIELD_END = re.compile(rb"[\n\t<>\"|;]| {2}")
@@ -82,6 +108,25 @@ def place_of(words: frozenset[str]) -> int:
     if not WORK_WORDS.isdisjoint(words):
         return 1
     return 0
+
+
+def business_field(words: frozenset[str]) -> bool:
+    """A field name that says the field holds a business's name (``BUSINESS_NAME``, ``dba``,
+    ``doing_business_as_name``, ``Entity name``, ``company``)."""
+    if BUSINESS_WORDS.isdisjoint(words):
+        return False
+    return "name" in words or "dba" in words or len(words) == 1
+
+
+def business_record(text: bytes) -> bool:
+    """Does a record's text carry a field labelled as a business's name (``"dba_name": …``,
+    ``Business name: …``)?"""
+    return _BUSINESS_FIELD.search(text) is not None
+
+
+def deceased(text: bytes) -> bool:
+    """Does a record's text say its person has died (an obituary, a death notice)?"""
+    return _DECEASED.search(text) is not None
 
 
 def label_before(buf: bytes, lo: int, s: int) -> bytes:

@@ -27,8 +27,8 @@ from sensor.detect.distinct import EXACT_CAP, DistinctCounter
 from sensor.detect.engine import CAT_BITS, Engine, PatInfo
 from sensor.detect.keys import fingerprint, redact
 from sensor.detect.policy import Policy, stronger
-from sensor.detect.precision import (Evidence, HomeRecords, business_name, label_before, label_words,
-                                     name_words, place_of)
+from sensor.detect.precision import (Evidence, HomeRecords, business_field, business_name, business_record,
+                                     deceased, label_before, label_words, name_words, place_of)
 from sensor.detect.structure.view import Shadow, sniff as sniff_structure
 
 STRONG = CAT_BITS["strong"]
@@ -154,6 +154,7 @@ class ExchangeScanner:
         self._homes = HomeRecords(self._evidence)
         self._rbuf = b""                   # the buffer (and its base) the record being finished lies in
         self._rbase = 0
+        self._rec_end: int | None = None   # where the next record starts, while one is being finished
         self._want_sample = [True] * n
         # EDM (sensor.edm): an EdmSet. Records then keep the raw values of the kinds it indexes
         # until they are decided, and hand them to the matcher.
@@ -214,6 +215,7 @@ class ExchangeScanner:
         self._header_sigs: set[int] = set()     # signatures some header column names
         self._head_words: list[frozenset[str]] = []   # CSV/TSV header cells' words, by column
         self._th_words: list[frozenset[str]] = []     # HTML header row <th> words, by column
+        self._biz_table = False                         # a header names a business-name column
 
     def _sniff(self, data: bytes) -> None:
         head = data[:4096].lstrip()
@@ -235,6 +237,7 @@ class ExchangeScanner:
             except (csv.Error, StopIteration):
                 cells = []
             self._head_words = [label_words(c.encode()) for c in cells]
+            self._biz_table = any(business_field(w) for w in self._head_words)
         self._skind = sniff_structure(head)
         if self._skind is not None:
             if self._shadow is None:
@@ -327,7 +330,7 @@ class ExchangeScanner:
         """Flush the last part and return the result (idempotent)."""
         if self._stream is not None:
             self._close_stream()
-            self._decide()
+            self._decide(final=True)
         r = self.result
         r.verdict = self.verdict
         r.seconds = time.perf_counter() - self._t0
@@ -432,7 +435,9 @@ class ExchangeScanner:
                 if rec:
                     self._rec = rec
                     self._rec_key = rec_key
+                    self._rec_end = rk
                     self._finish_record()
+                    self._rec_end = None
                     rec = self._rec
                 rec_key = rk
             if lazy:
@@ -558,6 +563,8 @@ class ExchangeScanner:
                 continue
             if ignored[si]:
                 continue
+            if not ctx and self._org_field(start):
+                continue                      # record context cannot make an organisation's number a person's
             if h is None:                     # deferred: extract and validate now
                 raw = _extract(*raw)
                 if raw is None:
@@ -584,6 +591,8 @@ class ExchangeScanner:
             return
         is_strong = cats & STRONG and cats & QUASI
         is_person = kind & 3 == 3             # a name and a full date of birth
+        if is_person and not is_strong and deceased(self._record_text()):
+            return                            # an obituary: the date of birth is published on purpose
         home = self._home_of(placed) if kind & 5 == 5 and not is_person else None   # a name and a street
         if is_strong or is_person or home is not None:
             fp = hash(tuple(sorted(hashes)))
@@ -626,8 +635,11 @@ class ExchangeScanner:
             if not business_name(buf, s, s + len(raw), delim, names):
                 person = True
                 break
-        if not person:
+        if not person or self._biz_table:
             return None
+        text = self._record_text()
+        if business_record(text) or deceased(text):
+            return None                        # a business's record, or an obituary
         for bit, start, h, _ in placed:
             if bit != 4:
                 continue
@@ -636,6 +648,27 @@ class ExchangeScanner:
             if place != 1:
                 return h, place == 2
         return None
+
+    def _record_text(self) -> bytes:
+        """The bytes of the record being finished, as far as the buffer still holds them."""
+        buf, base = self._rbuf, self._rbase
+        row = max((self._rec_key if self._rec_key is not None else base) - base, 0)
+        end = min(len(buf), row + self.policy.max_record_bytes)
+        if self._rec_end is not None:
+            end = min(end, self._rec_end - base)
+        if self._mode == "lines":
+            nl = buf.find(b"\n", row + 1, end)
+            end = nl if nl >= 0 else end
+        return buf[row:end] if row < end else b""
+
+    def _org_field(self, start: int) -> bool:
+        """Is the value at ``start`` in a field labelled as an organisation's or a business's
+        (``entity number: C4100000``)? Asked only of values that count through their record."""
+        s = start - self._rbase
+        if s < 0:
+            return False
+        words = label_words(label_before(self._rbuf, 0, s))
+        return place_of(words) == 1 or business_field(words | {"name"})
 
     def _place(self, buf: bytes, row: int, s: int) -> int:
         """What the field of the value at ``buf[s]`` is named as: 0 nothing, 1 the organisation's,
@@ -662,13 +695,17 @@ class ExchangeScanner:
         cells = _CELL.findall(m.group())
         if len(cells) >= 2 and all(t.lower() == b"th" for t, _ in cells):
             self._th_words = [label_words(_TAG.sub(b" ", text)) for _, text in cells]
+            self._biz_table = any(business_field(w) for w in self._th_words)
 
     def _tallies(self) -> tuple[int, int, int]:
         """Records, strong records, person records (homes counted as the evidence allows)."""
         h = len(self._homes)
         return len(self._all_recs) + h, len(self._strong_recs), len(self._person_recs) + h
 
-    def _decide(self) -> None:
+    def _decide(self, final: bool = False) -> None:
+        """Raise the verdict after a chunk. A trip is final when it is reached; an alert is settled
+        at the end (``final``): evidence seen later (one email domain, shared addresses) may show
+        that records counted early were workplaces, not homes."""
         if self.verdict == "trip":
             return
         _, strong, person = self._tallies()
@@ -680,7 +717,7 @@ class ExchangeScanner:
                                    self._strong_values + x[3], self._contact_values + x[4])
         if self._edm is not None:
             v = stronger(self._edm.verdict(), v)      # EDM thresholds first: an EDM trip always trips
-        if v != self.verdict and (v == "trip" or self.verdict == "pass"):
+        if v != self.verdict and (v == "trip" or self.verdict == "pass" or final):
             self.verdict = v
             if v == "trip":
                 self.result.trip_at_byte = self.result.decoded_bytes
