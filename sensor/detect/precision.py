@@ -88,7 +88,7 @@ _BUSINESS_FIELD = re.compile(rb"(?:(?<![A-Za-z])|(?<=[a-z])(?=[A-Z]))(?:" + _BIZ
 _DECEASED = re.compile(
     rb"(?i)(?<![a-z])(?:died|passed away|passed on|deceased|obituary|obituaries|survived by|predeceased"
     rb"|funeral|memorial service|in loving memory|rest in peace|celebration of life|interment|date of death"
-    rb"|laid to rest|entered into rest)(?![a-z])")
+    rb"|laid to rest|entered into rest|date[ _-]?of[ _-]?death|death[ _-]?date|dod)(?![a-z])")
 _WORD = re.compile(rb"[A-Za-z][A-Za-z'.-]*")
 _TAGS = re.compile(rb"<[^>]*>|^[^<]*>")
 _FIELD_END = re.compile(rb"[\n\t<>\"|;]| {2}")
@@ -137,7 +137,7 @@ def label_before(buf: bytes, lo: int, s: int) -> bytes:
         w = _TAGS.sub(b" ", w)
     w = w.rstrip(b" \t:=\"'")
     cut = max(w.rfind(c) for c in _LABEL_CUT)
-    return w[cut + 1:] if cut >= 0 else w
+    return (w[cut + 1:] if cut >= 0 else w).strip()
 
 
 @dataclass(frozen=True)
