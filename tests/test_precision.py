@@ -46,7 +46,14 @@ def _public(ps) -> list[tuple[str, str, bytes]]:
         for p in ps]}).encode()
     contrib_lines = "".join(f"Contributor: {p.last.upper()}, {p.first.upper()} - {p.city.upper()}, CA {p.zip} - "
                             f"Employer: Sutter Health - $250\n" for p in ps).encode()
-    return [("staff, SQL, office_street column", "application/sql", staff_sql),
+    th_only = ("<!doctype html><html><body><table><thead><tr><th>Employee</th><th>Work location</th></tr></thead>"
+               + "".join(f"<tr><td>{p.first} {p.last}</td><td>{p.street}</td></tr>\n" for p in ps)
+               + "</table></body></html>").encode()
+    header_only = ("Owner,Business Address,Zip\n"
+                   + "".join(f"{p.first} {p.last},{p.street},{p.zip}\n" for p in ps)).encode()
+    return [("staff, HTML table, only the <th> says work (distinct addresses)", "text/html", th_only),
+            ("owners, CSV, only the header says business (distinct addresses)", "text/csv", header_only),
+            ("staff, SQL, office_street column", "application/sql", staff_sql),
             ("staff, Graph-style JSON, one mail domain", "application/json", staff_json),
             ("licences, HTML cards, names in business names", "text/html", licence_cards),
             ("lobbyists, XML, FirmAddress", "application/xml", lobby_xml),
@@ -75,7 +82,7 @@ def _leaks(ps) -> list[tuple[str, str, bytes]]:
             ("licence cards WITH owners' dates of birth", "text/html", licence_dob)]
 
 
-@pytest.mark.parametrize("k", range(6))
+@pytest.mark.parametrize("k", range(8))
 def test_public_lists_in_other_spellings_do_not_trip(engine, k):
     what, ct, data = _public(corpus15.people(N, seed=500 + k))[k]
     r = scan_bytes(engine, data, content_type=ct)

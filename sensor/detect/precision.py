@@ -52,7 +52,7 @@ DIRECTORY_SHARE = 0.8         # share of distinct emails in the top domain that 
 # field names / labels: the organisation's (work) or the person's own (home)
 WORK_WORDS = ORG_WORDS | frozenset({
     "employer", "occupation", "mailing", "agent", "principal", "headquarters", "hq", "branch", "dba",
-    "corporate", "registered", "workplace", "employment", "store", "facility", "campus", "entity",
+    "corporate", "workplace", "employment", "store", "facility", "campus", "entity",
     "firm", "lobbyist", "vendor", "payee", "filer", "committee"})
 HOME_WORDS = frozenset({"home", "residence", "residential", "resident", "domicile", "household", "personal"})
 # words after a name that still belong to the name

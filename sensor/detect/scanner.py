@@ -43,6 +43,7 @@ SNIFF_BYTES = 4096
 _TH_ROW = re.compile(rb"<t[rR][\s>].*?(?=<t[rR][\s>]|</t[rR]|$)", re.S)
 _CELL = re.compile(rb"<(t[hdHD])\b[^>]*>(.*?)(?=<t[hdHD]\b|</t[hdHD]|</t[rR]|$)", re.S)
 _TAG = re.compile(rb"<[^>]*>")
+_TH_OPEN = re.compile(rb"<[tT][hH][\s>]")
 _END = operator.itemgetter(1)
 _HS_CTX = object()   # a live, truthy context object for every Hyperscan call (see open_stream)
 
@@ -687,7 +688,10 @@ class ExchangeScanner:
 
     def _header_row(self, data: bytes) -> None:
         """An HTML header row (every cell a ``<th>``) names the columns of the rows after it."""
-        at = max(data.find(b"<th"), data.find(b"<TH"))
+        m = _TH_OPEN.search(data)              # a header cell (not <thead>)
+        if m is None:
+            return
+        at = m.start()
         lo = max(data.rfind(b"<tr", 0, at), data.rfind(b"<TR", 0, at))
         m = _TH_ROW.match(data, lo) if lo >= 0 else None
         if m is None:
