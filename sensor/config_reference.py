@@ -105,7 +105,8 @@ def _path(model: type[Section]) -> str:
              "RouteSection": "proxy.routes[]", "IcapSection": "icap", "ExtProcSection": "extproc",
              "TakedownSection": "takedown", "LedgerSection": "ledger", "AdminSection": "admin",
              "AlertsSection": "alerts", "KafkaSection": "kafka", "MirrorSection": "kafka.mirror",
-             "WorkerSection": "kafka.worker", "IndexSection": "indexes[]"}
+             "WorkerSection": "kafka.worker", "IndexSection": "indexes[]", "SiteSection": "site",
+             "ExposureSection": "exposure"}
     if model.__name__ in paths:
         return paths[model.__name__]
     kind = model.model_fields["type"].annotation.__args__[0]                      # a sink

@@ -8,6 +8,8 @@ ledger, SOC alert, metrics — happens here, once, the same way for every tap.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import fnmatch
 import hashlib
 import logging
 import os
@@ -311,6 +313,8 @@ class Sensor:
                            partial=ctx.partial, records=result.records, verdict=verdict)
         if result.edm_rows:
             self.ledger.note_edm_rows(ctx.resource, result.edm_rows)
+        if verdict != "trip" and (result.strong_ids or result.person_ids) and self._exposure(ctx, result):
+            return None                             # its one alert is the exposure trip's (see _exposure)
         if verdict == "pass":
             return None
         if verdict == "trip":
@@ -334,6 +338,63 @@ class Sensor:
                 completed=completed, partial=ctx.partial, sensor=self.config.sensor_id,
                 origin=self.config.sensor_id, served_at=now, tripped_at=now if verdict == "trip" else None, now=now))
         return alert
+
+    def _exposure(self, ctx: AlertContext, result: ScanResult) -> bool:
+        """Count this response's records into the exposure windows (sensor.enforce.exposure); when a
+        resource, or a client on a route, crosses the policy's trip thresholds, trip: take the
+        resource down (enforce routes; monitor routes alert only), raise ONE alert naming the total
+        and the responses it came from, and mark the ledger. True when it tripped."""
+        from sensor.enforce.exposure import ExposureTracker
+        tracker: ExposureTracker | None = getattr(self, "exposure", None)
+        if tracker is None:
+            tracker = self.exposure = ExposureTracker(self.config.exposure)
+        tracker.settings = self.config.exposure                 # a reload may change them
+        path = ctx.url.get("path") or "/" + ctx.resource.split("/", 1)[-1].split("?", 1)[0]
+        policy = self.detector.policy
+        route = next((r.match for r in policy.routes if fnmatch.fnmatchcase(path, r.match)), None) \
+            or next((r.match for r in self.config.proxy.routes if fnmatch.fnmatchcase(path, r.match)), None) \
+            or path.rsplit("/", 1)[0] + "/*"                    # no route: the resource's directory
+        trip = policy.for_path(path).trip
+        now = time.time()
+        crossed = tracker.add(resource=ctx.resource, route=route, client=self._client(ctx),
+                              strong=result.strong_ids, person=result.person_ids, capped=result.ids_capped,
+                              now=now, strong_trip=trip.strong_records, person_trip=trip.person_records)
+        if not crossed:
+            return False
+        c = crossed[0]                                          # the resource's own, when both crossed
+        summary = dataclasses.replace(result, verdict="trip", records=c.records, strong_records=c.strong_records,
+                                      person_records=c.person_records, notes=[*result.notes, (
+                                          f"exposure: {c.records} distinct records from {c.responses} responses "
+                                          f"in {self.config.exposure.window_s:g} s ({c.scope} {c.key})")])
+        enforce = ctx.mode == "enforce"
+        tctx = dataclasses.replace(ctx, action="takedown" if enforce else "logged", takedown_id=None)
+        exposure = {"scope": c.scope, "key": c.key, "records": c.records, "strong_records": c.strong_records,
+                    "person_records": c.person_records, "responses": c.responses,
+                    "window_s": self.config.exposure.window_s, "approximate": c.approximate}
+
+        async def trip_() -> None:
+            if enforce:
+                try:
+                    await self.take_down(tctx, None, time.perf_counter())
+                except Exception:                       # the alert still goes out, saying no takedown id
+                    log.exception("exposure takedown of exchange %s failed", ctx.exchange_id)
+            self.metrics.trips.labels(mode=ctx.mode).inc()
+            self.ledger.mark(ctx.resource, "tripped")
+            if tctx.takedown_id is not None:
+                self.ledger.mark(ctx.resource, "taken_down")
+            tctx.ruleset = self.detector.generation
+            alert = build_alert(tctx, summary, key=self.key, source_ip=self.config.source_ip, now=time.time(),
+                                exposure=exposure)
+            if tctx.exchange_id in self._not_durable:
+                self._not_durable.discard(tctx.exchange_id)
+                alert["dlp"]["notes"].append(NOT_DURABLE_NOTE)
+            self.dispatcher.submit(alert)
+            self.ledger.note_evidence(ctx.resource, evidence_of(alert, client=self._client(ctx)), time.time())
+
+        task = asyncio.get_running_loop().create_task(trip_(), name=f"exposure-trip-{ctx.exchange_id}")
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
+        return True
 
     def _client(self, ctx: AlertContext) -> str | None:
         return self.content_fingerprint(ctx.client_ip.encode())[:16] if ctx.client_ip else None

@@ -39,7 +39,7 @@ ON_ERROR = ("open", "closed")
 KNOWN: dict[str, dict[str, tuple[str, ...]]] = {
     "trips": {"mode": MODES},
     "takedowns": {"source": ("trip", "admin", "fleet")},
-    "refusals": {"reason": ("resource", "content")},
+    "refusals": {"reason": ("resource", "content", "host")},   # host: not the site's (site.unknown_host: refuse)
     "upstream_errors": {"kind": ("timeout", "down", "body")},
     "failures": {"reason": ("overload", "internal", "decode_limit"), "action": ON_ERROR},
     "reloads": {"result": ("ok", "error")},
@@ -71,7 +71,8 @@ class Metrics:
         self.trips = Counter("dlp_trips", "Responses that tripped the policy, by route mode.", ["mode"], registry=r)
         self.takedowns_active = Gauge("dlp_takedowns_active", "Resources currently taken down.", registry=r)
         self.takedowns = Counter("dlp_takedowns", "Takedowns added, by who added them.", ["source"], registry=r)
-        self.refusals = Counter("dlp_refusals", "Requests refused because the resource is taken down, by key.",
+        self.refusals = Counter("dlp_refusals", "Requests refused because the resource is taken down (by key: "
+                                "resource, content), or because their Host is not one of site.hosts (host).",
                                 ["reason"], registry=r)
         self.scan_seconds = Histogram("dlp_scan_seconds", "Scanner CPU time per exchange.", ["tap"],
                                       buckets=_FAST, registry=r)

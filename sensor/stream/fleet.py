@@ -26,6 +26,7 @@ import time
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from sensor.enforce.resource import rekey
 from sensor.enforce.registry import FLEET_ACTOR
 from sensor.stream.kafka import Health, client_kwargs, ensure_topics, supervised
 from sensor.stream.records import RecordError, decode, encode, require
@@ -143,21 +144,22 @@ class FleetLink:
             log.error("fleet: ignoring a malformed takedown record: %s", e)
             return
         reg = self.sensor.registry
-        if rec["origin"] == self.me and (live or rec.type != "takedown" or reg.blocked(rec["resource"]) is not None
-                                         or reg.changed_since(rec["resource"], rec["ts"] - 1)):
+        resource = rekey(self.sensor.config, rec["resource"])   # as this sensor keys the site
+        if rec["origin"] == self.me and (live or rec.type != "takedown" or reg.blocked(resource) is not None
+                                         or reg.changed_since(resource, rec["ts"] - 1)):
             return              # our own change, in the registry (or superseded): all but an unsaved announcement
         actor = FLEET_ACTOR + rec["actor"]
         if rec.type == "takedown":
-            if reg.blocked(rec["resource"]) is None:
-                reg.add_soon(rec["resource"], actor=actor, reason=rec["reason"], fingerprint=rec.get("fingerprint"),
+            if reg.blocked(resource) is None:
+                reg.add_soon(resource, actor=actor, reason=rec["reason"], fingerprint=rec.get("fingerprint"),
                              exchange_id=rec.get("xid")).add_done_callback(self._committed)
-                self.sensor.ledger.mark(rec["resource"], "taken_down")
+                self.sensor.ledger.mark(resource, "taken_down")
                 m.fleet_applied.labels(action="takedown").inc()
                 m.takedowns.labels(source="fleet").inc()
                 if live:
                     m.fleet_lag.observe(max(0.0, time.time() - rec["ts"]))
         elif rec.type == "lift":
-            reg.lift_soon(rec["resource"], actor=actor, reason=rec["reason"]).add_done_callback(self._committed)
+            reg.lift_soon(resource, actor=actor, reason=rec["reason"]).add_done_callback(self._committed)
 
     def _committed(self, task: asyncio.Task) -> None:
         if task.cancelled():
