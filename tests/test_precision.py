@@ -51,7 +51,11 @@ def _public(ps) -> list[tuple[str, str, bytes]]:
                + "</table></body></html>").encode()
     header_only = ("Owner,Business Address,Zip\n"
                    + "".join(f"{p.first} {p.last},{p.street},{p.zip}\n" for p in ps)).encode()
+    calaccess = ("CTRIB_NAML,CTRIB_NAMF,CTRIB_ADR1,CTRIB_CITY,CTRIB_ST,CTRIB_ZIP4,CTRIB_EMP,CTRIB_OCC,AMOUNT\n"
+                 + "".join(f"{p.last.upper()},{p.first.upper()},{p.street.upper()},{p.city.upper()},CA,{p.zip},"
+                           f"SUTTER HEALTH,NURSE,250\n" for p in ps)).encode()
     return [("staff, HTML table, only the <th> says work (distinct addresses)", "text/html", th_only),
+            ("contributions with street addresses, employer and occupation columns", "text/csv", calaccess),
             ("owners, CSV, only the header says business (distinct addresses)", "text/csv", header_only),
             ("staff, SQL, office_street column", "application/sql", staff_sql),
             ("staff, Graph-style JSON, one mail domain", "application/json", staff_json),
@@ -82,7 +86,7 @@ def _leaks(ps) -> list[tuple[str, str, bytes]]:
             ("licence cards WITH owners' dates of birth", "text/html", licence_dob)]
 
 
-@pytest.mark.parametrize("k", range(8))
+@pytest.mark.parametrize("k", range(9))
 def test_public_lists_in_other_spellings_do_not_trip(engine, k):
     what, ct, data = _public(corpus15.people(N, seed=500 + k))[k]
     r = scan_bytes(engine, data, content_type=ct)
@@ -101,6 +105,16 @@ def test_a_directory_trips_once_a_home_address_is_in_it(engine):
     ps = corpus15.people(N, seed=77)
     head = "Name,Email,Office,Home Address\n"
     body = "".join(f"{p.first} {p.last},{p.first.lower()}{i}@agency.example.gov,{OFFICES[i % 4]},{p.street}\n"
+                   for i, p in enumerate(ps))
+    r = scan_bytes(engine, (head + body).encode(), content_type="text/csv")
+    assert r.verdict == "trip" and abs(r.records - N) <= 0.05 * N, (r.records, r.notes)
+
+
+def test_a_business_table_with_owners_home_addresses_trips(engine):
+    """A business-name column makes a table a business's, but a column labelled home still counts."""
+    ps = corpus15.people(N, seed=79)
+    head = "Business Name,Owner,Owner Home Address,Business Address\n"
+    body = "".join(f"{p.last} Plumbing LLC,{p.first} {p.last},{p.street},{OFFICES[i % 4]}\n"
                    for i, p in enumerate(ps))
     r = scan_bytes(engine, (head + body).encode(), content_type="text/csv")
     assert r.verdict == "trip" and abs(r.records - N) <= 0.05 * N, (r.records, r.notes)

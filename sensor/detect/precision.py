@@ -19,6 +19,8 @@ The evidence, and what it does (the table in docs/detection.md says the same):
 - a record with a field named as a business's name (business name, DBA, doing business as, entity
   name, company …, in the CSV header, the HTML header row, or a key of the record) is a business's
   record: a sole proprietor's own name beside it is the business's name, its address the business's;
+- a record or table with a field for the person's employer or occupation is a disclosure of people's
+  jobs (campaign finance, lobbying): its addresses count only where labelled as homes;
 - a name that is part of a business name (an entity word or suffix beside it in its field: LLC,
   Inc, Corp, Ltd, Co., Company, Partners, Services, Restaurant, Church, Foundation, Trust,
   Associates …, or further capitalised words that are not names, as in "MARIA GARCIA PLUMBING")
@@ -72,6 +74,9 @@ _ENTITY = re.compile(
 # a field named as a business's name: the record (or the whole table) is a business's
 BUSINESS_WORDS = frozenset({"business", "dba", "entity", "company", "corporation", "firm", "establishment",
                             "organization", "organisation", "doing", "licensee", "registrant"})
+# a field for a person's employer or occupation: the list is a disclosure of people's jobs
+# (campaign finance, lobbying), whose addresses are published by law unless labelled as homes
+DISCLOSURE_WORDS = frozenset({"employer", "occupation", "occ"})
 
 
 def _spellings(words: list[str]) -> bytes:
@@ -80,7 +85,7 @@ def _spellings(words: list[str]) -> bytes:
 
 
 _BIZ_HEAD = _spellings(["business", "dba", "doing", "entity", "company", "corporation", "firm", "establishment",
-                        "organization", "organisation", "licensee", "registrant"])
+                        "organization", "organisation", "licensee", "registrant", "employer", "occupation"])
 _BIZ_TAIL = _spellings(["business", "legal", "as", "name", "title", "dba"])
 # a field name at a word start (or a camelCase hump), its parts, then what ends a field name
 _BUSINESS_FIELD = re.compile(rb"(?:(?<![A-Za-z])|(?<=[a-z])(?=[A-Z]))(?:" + _BIZ_HEAD + rb")(?:[ _-]?(?:"
@@ -113,6 +118,8 @@ def place_of(words: frozenset[str]) -> int:
 def business_field(words: frozenset[str]) -> bool:
     """A field name that says the field holds a business's name (``BUSINESS_NAME``, ``dba``,
     ``doing_business_as_name``, ``Entity name``, ``company``)."""
+    if not DISCLOSURE_WORDS.isdisjoint(words):
+        return True
     if BUSINESS_WORDS.isdisjoint(words):
         return False
     return "name" in words or "dba" in words or len(words) == 1

@@ -677,17 +677,19 @@ class ExchangeScanner:
             if not business_name(buf, s, s + len(raw), delim, names):
                 person = True
                 break
-        if not person or self._biz_table:
+        if not person:
             return None
         text = self._record_text()
-        if business_record(text) or deceased(text):
-            return None                        # a business's record, or an obituary
+        if deceased(text):
+            return None                        # an obituary
+        # a business's record or a disclosure of people's jobs: only an address labelled home counts
+        public = self._biz_table or business_record(text)
         for bit, start, h, _ in placed:
             if bit != 4:
                 continue
             s = start - base
             place = self._place(buf, row, s) if s >= 0 else 0
-            if place != 1:
+            if place == 2 or (place == 0 and not public):
                 return h, place == 2
         return None
 
