@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import time
 import zipfile
 
 import pytest
@@ -70,9 +71,12 @@ def _no_releak_at_the_end():
     watch = OutputWatch(OUTPUTS)
     yield watch
     leaks = watch.sweep()
+    t0 = time.perf_counter()
     for d in state_dirs(OUTPUTS):
         for name, blob in report_outputs(d).items():
             leaks += watch.search(name, blob)
+    watch.seconds += time.perf_counter() - t0
+    REPORT_TABLES.append(watch.summary())
     fail_on(leaks)
 
 

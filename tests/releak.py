@@ -21,6 +21,7 @@ import functools
 import hashlib
 import os
 import tempfile
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,9 +115,12 @@ class OutputWatch:
     outputs: list[Path]
     seen: dict[Path, tuple[int, int]] = field(default_factory=dict)
     reported: set[tuple[str, bytes]] = field(default_factory=set)
+    searched_bytes: int = 0                 # for the summary line: what the check cost
+    seconds: float = 0.0
 
     def sweep(self) -> list[tuple[str, bytes]]:
         """New leaks in files that changed since the last sweep: (file, value) pairs."""
+        t0 = time.perf_counter()
         new: list[tuple[str, bytes]] = []
         for f in files_under(list(self.outputs)):
             try:
@@ -129,13 +133,19 @@ class OutputWatch:
                 continue
             self.seen[f] = stamp
             new.extend(self._new(str(f), blob))
+        self.seconds += time.perf_counter() - t0
         return new
 
     def search(self, name: str, blob: bytes) -> list[tuple[str, bytes]]:
         """New leaks in one blob that is not a file (a report printed to stdout)."""
         return self._new(name, blob)
 
+    def summary(self) -> str:
+        return (f"never re-leak: {len(self.seen)} output files and the reports searched "
+                f"({self.searched_bytes / 1e6:.1f} MB in all) in {self.seconds:.1f} s")
+
     def _new(self, name: str, blob: bytes) -> list[tuple[str, bytes]]:
+        self.searched_bytes += len(blob)
         hits = [(name, v) for v in finder().find(blob) if (name, v) not in self.reported]
         self.reported.update(hits)
         return hits
