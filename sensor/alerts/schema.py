@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sensor import __version__
-from sensor.detect.keys import fingerprint
 from sensor.detect.scanner import ScanResult
+from sensor.exchange.identity import client_hash as keyed_client_hash
 
 ECS_VERSION = "8.11.0"
 SOURCE_IP_MODES = ("raw", "hashed", "drop")
@@ -63,9 +63,12 @@ def epoch(timestamp: str) -> float:
 
 
 def build_alert(ctx: AlertContext, result: ScanResult, *, key: bytes, source_ip: str = "hashed",
-                now: float, client_hash: str | None = None) -> dict[str, Any]:
+                now: float, client_hash: str | None = None, exposure: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ECS alert for one exchange. ``client_hash`` is for callers that only ever saw the
-    client's keyed hash (the Kafka worker): it goes in ``dlp.client.hash`` unless ``source_ip`` is drop."""
+    client's keyed hash (the Kafka worker): it goes in ``dlp.client.hash`` unless ``source_ip`` is drop.
+    ``exposure`` (sensor.enforce.exposure): the records added up across responses that tripped —
+    ``dlp.exposure`` {scope, key, records, strong_records, person_records, responses, window_s,
+    approximate}; ``result`` then carries those totals."""
     verdict = result.verdict
     did = dedup_id(key, ctx.sensor_id, ctx.exchange_id, verdict)
     source: dict[str, str] = {}
@@ -73,7 +76,7 @@ def build_alert(ctx: AlertContext, result: ScanResult, *, key: bytes, source_ip:
     if ctx.client_ip and source_ip == "raw":
         source = {"address": ctx.client_ip, "ip": ctx.client_ip}
     elif ctx.client_ip and source_ip == "hashed":
-        client = {"hash": fingerprint(key, ctx.client_ip.encode())}
+        client = {"hash": keyed_client_hash(key, ctx.client_ip)}
     elif client_hash and source_ip != "drop":
         client = {"hash": client_hash}
     top = max(result.findings.items(), key=lambda kv: kv[1], default=("", 0))[0]
@@ -83,7 +86,9 @@ def build_alert(ctx: AlertContext, result: ScanResult, *, key: bytes, source_ip:
         "event": {"kind": "alert", "category": ["network"], "type": ["info", "denied"] if ctx.action != "logged"
                   else ["info"], "action": f"dlp-{verdict}", "severity": SEVERITY.get(verdict, 3),
                   "dataset": "dlp_sensor.alert", "id": did},
-        "rule": {"id": f"dlp.{verdict}", "name": ("Personal-data leak: response tripped the policy"
+        "rule": {"id": f"dlp.{verdict}", "name": ("Personal-data leak: records served across responses tripped "
+                                                  "the policy" if exposure else
+                                                  "Personal-data leak: response tripped the policy"
                                                   if verdict == "trip" else "Personal data in a response"),
                  "ruleset": ctx.ruleset, "category": "data-loss-prevention"},
         "url": ctx.url,
@@ -100,6 +105,8 @@ def build_alert(ctx: AlertContext, result: ScanResult, *, key: bytes, source_ip:
                 "bytes_sent": ctx.bytes_sent, "bytes_scanned": result.bytes, "trip_at_byte": result.trip_at_byte,
                 "notes": list(result.notes)},
     }
+    if exposure:
+        alert["dlp"]["exposure"] = dict(exposure)
     if result.edm:                            # exact data match: index name -> EDM records (row ids go to the ledger only)
         alert["dlp"]["edm"] = dict(sorted(result.edm.items()))
     if source:

@@ -31,7 +31,8 @@ import uuid
 
 from sensor import __version__
 from sensor.alerts.schema import AlertContext
-from sensor.enforce.resource import normalize, public_url
+from sensor.enforce.resource import public_url, resource_of
+from sensor.exchange.identity import client_address
 from sensor.pipeline import BodyScan, Exchange
 from sensor.runtime import Sensor
 from sensor.taps.connections import RateLimited, accept_backlog
@@ -153,12 +154,12 @@ class IcapServer:
         host = req_h.get("host", "")
         path = "/" + target.split("://", 1)[1].split("/", 1)[1] if "://" in target and target.count("/") >= 3 \
             else target
-        resource = normalize(host, target, s.config.query)
+        resource = resource_of(s.config, host, target)
         route = s.config.proxy.route(path.split("?", 1)[0])
         enforce = route.mode == "enforce"
         ctx = AlertContext(exchange_id=uuid.uuid4().hex, sensor_id=s.config.sensor_id, resource=resource,
                            url=public_url("http", host, target), method=method, status=status,
-                           client_ip=req.headers.get("x-client-ip", ""), mode=route.mode,
+                           client_ip=client_address(s.config, req.headers.get("x-client-ip", ""), req_h), mode=route.mode,
                            action="cut_and_takedown" if enforce else "logged", partial=status == 206)
         has_body = req.body_kind == "res-body"
         if s.registry.blocked(resource) is not None:
