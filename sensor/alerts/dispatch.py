@@ -66,6 +66,27 @@ class Dispatcher:
         fut.add_done_callback(functools.partial(self._stored, alert))
         return fut
 
+    def amend(self, alert: dict) -> None:
+        """Final counts for an alert :meth:`submit` stored at the trip (same dedup id): written into it
+        for the sinks that have not had it yet, on the spool's disk thread, after the store it amends.
+        Never a second alert; held in memory (the spool could not be written), it is amended there."""
+        for q in self._held.values():
+            for h in q:
+                if h.alert["dlp"]["dedup_id"] == alert["dlp"]["dedup_id"]:
+                    h.alert = {**alert, "dlp": {**alert["dlp"], "incident": h.alert["dlp"].get("incident")}}
+        try:
+            fut = self.spool.disk.submit(self.spool.amend, alert)
+        except RuntimeError:                        # shutting down: the trip-time counts stand
+            return
+        self._storing.add(fut)
+
+        def done(f: asyncio.Future) -> None:
+            self._storing.discard(f)
+            if not f.cancelled() and (e := f.exception()) is not None:
+                log.warning("alert %s: final counts not written (%s: %s); the counts at the trip stand",
+                            alert["dlp"]["dedup_id"], type(e).__name__, e)
+        fut.add_done_callback(done)
+
     def refused(self, incident: str) -> None:
         """A request for a taken-down resource was refused: count it into its incident. Refusals are
         coalesced on the loop (one disk job carries all that came while the previous one ran), so a

@@ -15,6 +15,10 @@ of those that came during the window when it closes (trailing edge, so the count
 the final ones). The pending trailing alert is an ordinary delivery row scheduled at the window's
 end, replaced by each newer alert; nothing is lost by a ``kill -9``.
 
+Trips: the alert of a trip is stored before the tap answers (``Sensor.take_down``), from the
+counts at the trip; when the exchange ends, :meth:`Spool.amend` writes its final counts into the
+stored alert (same dedup id) for the sinks that have not had it yet. A sink never gets a trip twice.
+
 Dead letters: a delivery the receiver refused for good (an HTTP 4xx other than 408/429) is moved
 out of the spool into ``alerts.dead-letter.jsonl`` beside it (0600, one JSON line per alert and
 sink, fsynced), so it is neither retried forever nor lost.
@@ -102,6 +106,25 @@ class Spool:
             if update.summary is not None:
                 self._store(update.summary, sinks, now)
         return seq
+
+    def amend(self, alert: dict) -> int:
+        """Write an exchange's final counts into its alert, stored at the trip under the same dedup id,
+        for the sinks that have not had it yet; returns how many stored alerts it changed (0: every
+        sink has it already, and nothing is sent again: one alert per trip). The stored alert's
+        time, incident counts and notes stay (the incident already counted it)."""
+        did = alert["dlp"]["dedup_id"]
+        n = 0
+        with Transaction(self.db):
+            for seq, body in self.db.execute("SELECT seq, body FROM alerts WHERE dedup_id = ?", (did,)).fetchall():
+                old = orjson.loads(body)
+                new = dict(alert, **{"@timestamp": old["@timestamp"]})
+                d = new["dlp"] = dict(alert["dlp"])
+                d["incident"] = old["dlp"]["incident"]
+                d["notes"] = [*d["notes"], *(x for x in old["dlp"]["notes"] if x not in d["notes"]
+                                             and not x.startswith("counts-unknown:"))]
+                self.db.execute("UPDATE alerts SET body = ? WHERE seq = ?", (orjson.dumps(new), seq))
+                n += 1
+        return n
 
     def refusals(self, counts: dict[str, int], sinks: dict[str, float], now: float | None = None) -> int:
         """Count refused requests into their incidents (``counts``: incident id -> n); a crossed power
