@@ -6,11 +6,13 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 
 from sensor.sample_site import ROSTER
-from tests.procs import BIN, Sidecar, Upstream, free_port, site_fixture, wait_http
+from tests.procs import Sidecar, Upstream, free_port, site_fixture, wait_http
 from tests.test_proxy import curl
 
 
@@ -34,30 +36,35 @@ def _get(conn: http.client.HTTPConnection, path: str) -> int:
         return -1                                   # cut: the client saw the response die
 
 
+def _admin(sc: Sidecar, path: str):
+    req = urllib.request.Request(sc.admin + path, headers={"Authorization": f"Bearer {sc.token}"})
+    return orjson.loads(urllib.request.urlopen(req, timeout=30).read())
+
+
 def test_kill_9_right_after_20_trips_keeps_20_takedowns_alerts_and_incidents(site, tmp_path):
     """The takedown, its alert (spooled) and its ledger incident are committed before the 451 or the
     cut: a kill -9 right after the 20th answer, and a restart on the same state dir finds all three."""
     sc = Sidecar.create(tmp_path, site.url).start()
     paths = [_leak(site, f"exports/k9-{i}.csv") for i in range(20)]
-    conn = http.client.HTTPConnection("127.0.0.1", sc.port, timeout=30)
+
+    def trip(path: str) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", sc.port, timeout=30)
+        try:
+            return _get(conn, path)
+        finally:
+            conn.close()
+    with ThreadPoolExecutor(len(paths)) as pool:    # in quick succession: all 20 in flight at once
+        statuses = list(pool.map(trip, paths))
+    sc.stop(signal.SIGKILL)                         # at once after the 20th answer, no shutdown
+    assert all(s in (451, -1) for s in statuses), statuses     # tripped: the answer is the acknowledgement
+    sc.start()                                      # same state dir; the spool delivers what the kill left
     try:
-        for p in paths:
-            assert _get(conn, p) in (451, -1), p    # tripped: the answer is the acknowledgement
-        sc.stop(signal.SIGKILL)                     # at once, no shutdown
-    finally:
-        conn.close()
-    cli = [str(BIN / "dlp-sensor"), "--state-dir", str(sc.state)]
-    tds = orjson.loads(subprocess.run([*cli[:1], "takedowns", "list", "--format", "json", *cli[1:]],
-                                      check=True, capture_output=True, timeout=60).stdout)
-    resources = {t["resource"] for t in tds}
-    assert len(tds) == 20 and all(any(r.endswith(p) for r in resources) for p in paths)
-    report = orjson.loads(subprocess.run([*cli[:1], "report", "--format", "json", *cli[1:]],
-                                         check=True, capture_output=True, timeout=60).stdout)
-    incidents = {i["resource"]: i for i in report["incidents"]}
-    assert set(incidents) == resources
-    assert all(i["tripped_at"] and i["taken_down_at"] and i["trips"] == 1 for i in incidents.values())
-    sc.start()                                      # the spool delivers what the kill left undelivered
-    try:
+        tds = _admin(sc, "/takedowns")
+        resources = {t["resource"] for t in tds}
+        assert len(tds) == 20 and all(any(r.endswith(p) for r in resources) for p in paths)
+        incidents = {i["resource"]: i for i in _admin(sc, "/report")["incidents"]}
+        assert set(incidents) == resources
+        assert all(i["tripped_at"] and i["taken_down_at"] and i["trips"] == 1 for i in incidents.values())
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and sc.metric("dlp_alert_spool_depth"):
             time.sleep(0.1)
