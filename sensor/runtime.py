@@ -21,7 +21,7 @@ from pathlib import Path
 from sensor.alerts.dispatch import Dispatcher
 from sensor.alerts.schema import AlertContext, build_alert, incident_id
 from sensor.alerts.sinks import make_sink
-from sensor.alerts.spool import Spool
+from sensor.alerts.spool import TRIP_HOLD, Spool
 from sensor.alerts.unscanned import UnscannedAlerts
 from sensor.config import Config
 from sensor.decode.limits import DecodeLimits
@@ -177,9 +177,10 @@ class Sensor:
         self.ledger.on_mark = wake.set
         next_prune = 0.0
         while True:
-            try:
-                await asyncio.wait_for(wake.wait(), 0.5)
-            except asyncio.TimeoutError:
+            try:                                    # not wait_for: on 3.11 it can swallow stop()'s cancel
+                async with asyncio.timeout(0.5):
+                    await wake.wait()
+            except TimeoutError:
                 pass
             wake.clear()
             try:
@@ -291,9 +292,10 @@ class Sensor:
         alert (spooled for every sink, fsynced) and the ledger incident (trip and takedown marks,
         the trip counter and the alert's evidence, fsynced), one transaction each on its store's
         disk thread. The alert is built from ``result``, the scan's result at the trip; without
-        one it says only that the exchange tripped (note ``counts-unknown``). When the exchange
-        ends, :meth:`finished` writes the final counts into that same spooled alert (same dedup
-        id) instead of raising a second one. A store the disk refuses does not stop the cut: the
+        one it says only that the exchange tripped (note ``counts-unknown``). Its deliveries wait
+        (at most ``TRIP_HOLD`` s) for the end of the exchange: :meth:`finished` writes the final
+        counts into that same spooled alert (same dedup id) and releases them, instead of raising
+        a second alert. A store the disk refuses does not stop the cut: the
         takedown is refused from memory and retried, the alert goes to the sinks from memory, the
         ledger keeps its marks for the next flush (each logged once)."""
         actor, reason = f"sensor:{self.config.sensor_id}", "trip: personal-data leak"
@@ -323,7 +325,7 @@ class Sensor:
             alert["dlp"]["notes"].append(NOT_DURABLE_NOTE)
         self._committed[ctx.exchange_id] = alert["dlp"]["dedup_id"]
         client = self._client(ctx)
-        spooled = self.dispatcher.submit(alert)     # a disk fault: the dispatcher holds it in memory
+        spooled = self.dispatcher.submit(alert, hold=TRIP_HOLD)     # a disk fault: held in memory
         ledgered = self.ledger.commit_trip(ctx.resource, client=client, served=ctx.bytes_sent > 0,
                                            taken_down=True, evidence=evidence_of(alert, client=client), now=now)
         for what, outcome in zip(("alert spool", "exposure ledger"),

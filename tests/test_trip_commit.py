@@ -102,19 +102,38 @@ def test_without_a_result_the_alert_says_so_and_gets_the_counts_at_the_end(tmp_p
     asyncio.run(go())
 
 
+def _delivered(sensor: Sensor, n: int = 1) -> list[dict]:
+    sink = sensor.config.state_dir / "alerts.jsonl"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(lines := sink.read_bytes().splitlines() if sink.exists() else []) < n:
+        time.sleep(0.05)
+    return [orjson.loads(x) for x in lines]
+
+
+def test_the_sinks_get_the_final_counts_when_the_exchange_ends_in_time(tmp_path, engine, results):
+    async def go() -> None:
+        s = _sensor(tmp_path, engine)
+        await s.dispatcher.start()
+        ctx = _ctx("x4")
+        await s.take_down(ctx, "fp4", time.perf_counter())          # held for the end of the exchange...
+        s.finished(ctx, results[1], tap="extproc", completed=False)  # ...which comes at once
+        [a] = await asyncio.to_thread(_delivered, s)
+        assert a["dlp"]["records"] == results[1].records and a["dlp"]["takedown_id"]
+        await s.stop()
+        assert len(_delivered(s)) == 1
+    asyncio.run(go())
+
+
 def test_an_alert_delivered_before_the_end_is_not_sent_again(tmp_path, engine, results):
     async def go() -> None:
         s = _sensor(tmp_path, engine)
         await s.dispatcher.start()
         ctx = _ctx("x3")
         await s.take_down(ctx, "fp3", time.perf_counter(), result=results[0])
-        sink = s.config.state_dir / "alerts.jsonl"
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not (sink.exists() and sink.read_bytes()):
-            await asyncio.sleep(0.05)
+        assert len(await asyncio.to_thread(_delivered, s)) == 1             # the hold ran out: delivered
         assert s.finished(ctx, results[1], tap="proxy", completed=False)["dlp"]["verdict"] == "trip"
         await s.stop()
-        lines = [orjson.loads(x) for x in sink.read_bytes().splitlines()]
+        lines = _delivered(s)
         assert len(lines) == 1 and lines[0]["dlp"]["records"] == results[0].records   # one alert per trip
     asyncio.run(go())
 

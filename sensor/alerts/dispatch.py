@@ -57,18 +57,19 @@ class Dispatcher:
         self._held_sent: dict[tuple[str, str], float] = {}     # (sink, incident) -> last sent from memory
         self.spool_fault: str | None = None     # why the spool cannot be written, while it cannot
 
-    def submit(self, alert: dict) -> "asyncio.Future[int]":
+    def submit(self, alert: dict, *, hold: float = 0.0) -> "asyncio.Future[int]":
         """Queue the alert for the spool (fsynced rows for every sink) on the spool's disk thread and
         return at once: the caller never waits on the disk. The senders wake once it is durable;
         they lease through the same thread, so they cannot miss it."""
-        fut = self.spool.disk.submit(self._store, alert)
+        fut = self.spool.disk.submit(self._store, alert, hold)
         self._storing.add(fut)
         fut.add_done_callback(functools.partial(self._stored, alert))
         return fut
 
     def amend(self, alert: dict) -> None:
         """Final counts for an alert :meth:`submit` stored at the trip (same dedup id): written into it
-        for the sinks that have not had it yet, on the spool's disk thread, after the store it amends.
+        for the sinks that have not had it yet, on the spool's disk thread, after the store it amends;
+        the deliveries held for it are due at once.
         Never a second alert; held in memory (the spool could not be written), it is amended there."""
         for q in self._held.values():
             for h in q:
@@ -85,6 +86,8 @@ class Dispatcher:
             if not f.cancelled() and (e := f.exception()) is not None:
                 log.warning("alert %s: final counts not written (%s: %s); the counts at the trip stand",
                             alert["dlp"]["dedup_id"], type(e).__name__, e)
+            for ev in self._wake.values():      # its held deliveries are due now
+                ev.set()
         fut.add_done_callback(done)
 
     def refused(self, incident: str) -> None:
@@ -115,8 +118,8 @@ class Dispatcher:
     def _windows(self) -> dict[str, float]:
         return {s.name: s.throttle for s in self.sinks}
 
-    def _store(self, alert: dict) -> tuple[int, dict[str, int], int]:
-        seq = self.spool.put(alert, self._windows(), every={s.name for s in self.sinks if s.every_alert})
+    def _store(self, alert: dict, hold: float = 0.0) -> tuple[int, dict[str, int], int]:
+        seq = self.spool.put(alert, self._windows(), every={s.name for s in self.sinks if s.every_alert}, hold=hold)
         return seq, self.spool.take_throttled(), self.spool.depth()
 
     def _store_refusals(self, counts: dict[str, int]) -> tuple[int, dict[str, int], int]:
@@ -295,7 +298,8 @@ class Dispatcher:
                 due = held_due if due is None else min(due, held_due)
             timeout = 5.0 if due is None else max(0.01, min(5.0, due - time.time()))
             wake.clear()
-            try:
-                await asyncio.wait_for(wake.wait(), timeout)
-            except asyncio.TimeoutError:
+            try:                                # not wait_for: on 3.11 it swallows a stop()'s cancel
+                async with asyncio.timeout(timeout):        # that comes with a wake-up
+                    await wake.wait()
+            except TimeoutError:
                 pass
