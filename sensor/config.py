@@ -15,7 +15,9 @@ Command-line flags override the file; the file overrides defaults. Every section
             idle_timeout: 15, max_connections: 4096, http10_buffer_mib: 64}
     extproc: {listen: 127.0.0.1:50051}
     icap: {listen: 127.0.0.1:1344, max_connections: 512, options_ttl: 300, preview: 4096, holdback_kib: 32}
-    takedown: {query: ignore|keep|[names], fingerprint_kib: 64}
+    takedown: {query: ignore|keep|[names], page_params: [page, offset, cursor, ...], fingerprint_kib: 64}
+    site: {hosts: [www.example.gov, example.gov], unknown_host: fold|refuse}
+    exposure: {enabled: true, window_s: 3600, max_resources, max_clients, max_records, max_ids}
     ledger: {client_retention_days: 90}
     metrics: 127.0.0.1:9102          # also serves /healthz and /readyz
     admin: {listen: 127.0.0.1:9103, token_file: /run/secrets/admin-token}
@@ -54,7 +56,8 @@ from pydantic_core import PydanticCustomError
 
 from sensor.alerts.schema import SOURCE_IP_MODES
 from sensor.alerts.sinks import PAGERDUTY_URL, SINK_TYPES
-from sensor.enforce.resource import QueryRule
+from sensor.enforce.exposure import ExposureSettings
+from sensor.enforce.resource import PAGE_PARAMS, UNKNOWN_HOST, QueryRule, SiteRule
 from sensor.yamlfile import read_yaml
 
 
@@ -183,6 +186,8 @@ class Config:
     icap: IcapConfig = field(default_factory=IcapConfig)
     extproc: ExtProcConfig = field(default_factory=ExtProcConfig)
     query: QueryRule = QueryRule()
+    site: SiteRule = SiteRule()
+    exposure: ExposureSettings = ExposureSettings()
     fingerprint_bytes: int = 64 << 10
     client_retention_days: float = 90.0
     metrics: str | None = "127.0.0.1:9102"
@@ -195,6 +200,7 @@ class Config:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     path: Path | None = None                # the file this came from (watched for changes)
     indexes: list = field(default_factory=list)   # EDM: sensor.edm.match.IndexSpec, from `indexes:` and --index
+    flags: dict | None = None               # the command-line flags given (with_overrides), re-applied on reload
 
 
 # ---------------------------------------------------------------------------------------------
@@ -497,8 +503,48 @@ Query = Annotated[Union[Literal["ignore", "keep"], list[Text]], WrapValidator(_q
 class TakedownSection(Section):
     query: Query = Field("ignore", description="How a takedown treats the query string: ignore, keep, "
                                                "or a list of parameter names kept.")
-    fingerprint_kib: whole(ge=1) = Field(64, description="KiB of a body whose keyed hash finds the same file "
-                                                         "under another URL.")
+    page_params: Annotated[list[Text], BeforeValidator(_none_is_empty)] = Field(
+        default_factory=lambda: list(PAGE_PARAMS),
+        description="Query parameters that select a page of a listing, folded out of the resource key even "
+                    "when the query is kept (compared in lower case without _ - . $ or a [..] suffix); "
+                    "replaces the default list, [] folds none.")
+    fingerprint_kib: whole(ge=1) = Field(64, description="Content takedowns recorded before prefix prints are "
+                                                         "head prints: the keyed hash of this many KiB of a body. "
+                                                         "A trip's print covers the body up to the trip.")
+
+
+def _host_list(v: Any) -> Any:
+    if isinstance(v, list):
+        for h in v:
+            if not isinstance(h, str) or not h.strip() or "/" in h or " " in h.strip():
+                raise _problem(f"must be a list of host names such as www.example.gov (got {_show(h)})")
+    return v
+
+
+class SiteSection(Section):
+    """The site the sensor protects: resource keys use its canonical name, never the client's Host."""
+    hosts: Annotated[list[Text], BeforeValidator(_none_is_empty), AfterValidator(_host_list)] = Field(
+        default_factory=list, description="Public host names of the site, canonical first (case, port and "
+                                          "trailing dot ignored). Empty: every Host is the one site '*'.")
+    unknown_host: choice(UNKNOWN_HOST) = Field("fold", description="A Host not in hosts: fold (keyed as the "
+                                                                   "canonical host) or refuse (421).")
+
+
+class ExposureSection(Section):
+    """Records that add up across responses (pages of an API, ranges of a file) and trip."""
+    enabled: Flag = Field(True, description="Count distinct records per resource and per client across "
+                                            "responses against the policy's trip thresholds.")
+    window_s: number(gt=0) = Field(3600.0, description="Seconds a record counts after it was last served.")
+    max_resources: whole(ge=1) = Field(10_000, description="Resources tracked at once (least recently used "
+                                                           "forgotten first).")
+    max_clients: whole(ge=1) = Field(10_000, description="Clients (per route) tracked at once.")
+    max_records: whole(ge=1) = Field(1_000, description="Distinct records kept per resource or client and "
+                                                         "kind; keep it above the trip thresholds.")
+    max_ids: whole(ge=1) = Field(1_000_000, description="Record identities kept over all keys (about 100 "
+                                                         "bytes each).")
+    min_response_records: whole(ge=1) = Field(2, description="Records a response needs to add to its resource's "
+                                                              "count; smaller ones count per client while each "
+                                                              "resource shows the client the same records.")
 
 
 class LedgerSection(Section):
@@ -747,6 +793,10 @@ class ConfigFile(Section):
     icap: IcapSection = Field(default_factory=IcapSection)
     extproc: ExtProcSection = Field(default_factory=ExtProcSection)
     takedown: TakedownSection = Field(default_factory=TakedownSection)
+    site: SiteSection = Field(default_factory=SiteSection, description="The site's public host names: "
+                                                                      "what a resource key is made of.")
+    exposure: ExposureSection = Field(default_factory=ExposureSection, description="Distinct records added up "
+                                                                                  "across responses.")
     ledger: LedgerSection = Field(default_factory=LedgerSection)
     metrics: Annotated[HostPort | None, BeforeValidator(_off_is_none)] = Field(
         "127.0.0.1:9102", description="HOST:PORT of /metrics, /healthz, /readyz; null or false: off.")
@@ -876,7 +926,9 @@ def to_config(m: ConfigFile) -> Config:
         log_format=m.log_format, start_empty=m.start_empty,
         signatures=list(m.signatures), default_signatures=m.default_signatures, policy=m.policy,
         proxy=proxy, icap=_common(m.icap, IcapConfig, holdback=m.icap.holdback_kib << 10),
-        extproc=_common(m.extproc, ExtProcConfig), query=QueryRule.parse(m.takedown.query),
+        extproc=_common(m.extproc, ExtProcConfig),
+        query=QueryRule.parse(m.takedown.query, paging=m.takedown.page_params),
+        site=SiteRule.parse(m.site.hosts, m.site.unknown_host), exposure=_common(m.exposure, ExposureSettings),
         fingerprint_bytes=m.takedown.fingerprint_kib << 10,
         client_retention_days=m.ledger.client_retention_days, metrics=m.metrics,
         admin=m.admin.listen if m.admin else None, admin_token=m.admin.token if m.admin else None,
@@ -1008,4 +1060,4 @@ def with_overrides(c: Config, **flags: Any) -> Config:
     if c.state_dir is None:
         from sensor.detect.keys import default_state_dir
         c = replace(c, state_dir=Path(os.environ.get("DLP_SENSOR_STATE_DIR") or default_state_dir()))
-    return c
+    return replace(c, flags={k: v for k, v in flags.items() if v})

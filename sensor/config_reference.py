@@ -27,6 +27,9 @@ sensor.yaml.proxy.lisen: unknown key; did you mean 'listen'? (known: ...)
 ```
 
 A reload that fails these checks is refused and logged; the running configuration keeps serving.
+So is a reload that changes a key that needs a restart (listeners, TLS, `state_dir`, `hmac_key`,
+`kafka.*`…): it is refused whole, naming the key; every other key reloads (the table is in
+operations.md, "Reloading").
 
 ## Checking a file and the JSON Schema
 
@@ -105,7 +108,8 @@ def _path(model: type[Section]) -> str:
              "RouteSection": "proxy.routes[]", "IcapSection": "icap", "ExtProcSection": "extproc",
              "TakedownSection": "takedown", "LedgerSection": "ledger", "AdminSection": "admin",
              "AlertsSection": "alerts", "KafkaSection": "kafka", "MirrorSection": "kafka.mirror",
-             "WorkerSection": "kafka.worker", "IndexSection": "indexes[]"}
+             "WorkerSection": "kafka.worker", "IndexSection": "indexes[]", "SiteSection": "site",
+             "ExposureSection": "exposure"}
     if model.__name__ in paths:
         return paths[model.__name__]
     kind = model.model_fields["type"].annotation.__args__[0]                      # a sink

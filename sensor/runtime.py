@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import fnmatch
 import hashlib
 import logging
 import os
@@ -116,14 +117,7 @@ class Sensor:
         self.registry = Registry(sd / "takedowns.db", start_empty=empty)
         self.ledger = Ledger(sd / "ledger.db", client_retention_days=config.client_retention_days, start_empty=empty)
         self.spool = Spool(sd / "alerts.db", start_empty=empty)
-        sinks = []
-        for i, s in enumerate(config.sinks):
-            raw = dict(s)
-            if raw.get("type") == "jsonl" and not os.path.isabs(raw.get("path", "/")):
-                raw["path"] = str(sd / raw["path"])
-                private_file(Path(raw["path"]))     # created 0600 before the sink first appends
-            sinks.append(make_sink(raw, f"alerts.sinks[{i}]"))
-        self.dispatcher = Dispatcher(self.spool, sinks, retry_initial=config.retry_initial,
+        self.dispatcher = Dispatcher(self.spool, self._sinks(config), retry_initial=config.retry_initial,
                                      retry_max=config.retry_max, metrics=self.metrics)
         self._committed: dict[str, str] = {}       # exchange id -> dedup id of the alert take_down spooled
         self.unscanned = UnscannedAlerts(self)
@@ -134,6 +128,19 @@ class Sensor:
         self.metrics.takedowns_active.set_function(lambda: self.registry.active)
         self.fleet = None                   # sensor.stream.fleet.FleetLink when kafka.bootstrap is set
         self.mirror = None                  # sensor.stream.mirror.Mirror when kafka.mirror is on
+
+    @staticmethod
+    def _sinks(config: Config) -> list:
+        """The alert sinks of ``config`` (ValueError names the key of a bad one)."""
+        assert config.state_dir is not None
+        sinks = []
+        for i, s in enumerate(config.sinks):
+            raw = dict(s)
+            if raw.get("type") == "jsonl" and not os.path.isabs(raw.get("path", "/")):
+                raw["path"] = str(config.state_dir / raw["path"])
+                private_file(Path(raw["path"]))     # created 0600 before the sink first appends
+            sinks.append(make_sink(raw, f"alerts.sinks[{i}]"))
+        return sinks
 
     # -- life cycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -235,33 +242,50 @@ class Sensor:
         return have[len(in_file):]
 
     async def reload(self) -> bool:
-        """Rebuild pack and policy off the event loop; a bad one is refused and the old one serves."""
+        """Re-read the configuration and apply all of it, or none of it (see sensor.config_reload):
+        a key that needs a restart, a bad file, pack, policy, index or sink is refused with one log
+        line and the running configuration keeps serving. Pack and policy compile off the event loop."""
+        from sensor import config_reload
         config = self.config
         if config.path:
-            from sensor.config import ConfigError, load_config, with_overrides
+            from sensor.config import ConfigError
             try:
-                fresh = load_config(config.path)
-                config = with_overrides(fresh, state_dir=str(self.config.state_dir))
-                config.proxy = self.config.proxy            # listeners cannot move without a restart
-                if self._flag_indexes:                      # --index flags stay on top of the file's
-                    config.indexes = [*(getattr(config, "indexes", None) or []), *self._flag_indexes]
+                config = config_reload.reread(self.config, self._flag_indexes)
             except ConfigError as e:
-                log.error("reload refused, still serving generation %s: %s", self.detector.generation, e)
-                self.metrics.reloads.labels(result="error").inc()
-                return False
+                return self._reload_refused("error", str(e))
+            if restart := config_reload.restart_keys(self.config, config):
+                for key in restart:
+                    self.metrics.reload_restart_keys.labels(key=config_reload.metric_key(key)).inc()
+                return self._reload_refused("restart_required", f"{', '.join(restart)} changed, which needs a "
+                                            "restart (nothing of this reload is applied)")
         from sensor.edm.match import load_indexes
         try:
             det = await asyncio.to_thread(build_detector, config)
             edm = await asyncio.to_thread(load_indexes, getattr(config, "indexes", None) or [], self.key)
-        except (PackError, PolicyError, OSError, ValueError) as e:
-            log.error("reload refused, still serving generation %s: %s", self.detector.generation, e)
-            self.metrics.reloads.labels(result="error").inc()
-            return False
+            sinks = self._sinks(config) if self._sinks_changed(config) else None
+            token = admin_token(config) if config.admin_token != self.config.admin_token else self.token
+        except (PackError, PolicyError, StateError, OSError, ValueError) as e:
+            return self._reload_refused("error", str(e))
         # one assignment each: a scan in flight keeps the index set it started with (mmap freed with it)
-        self.config, self.detector, self.edm = config, det, edm
+        self.config, self.detector, self.edm, self.token = config, det, edm, token
+        self.ledger.client_retention = config.client_retention_days * 86400.0
+        if sinks is not None:
+            await self.dispatcher.replace_sinks(sinks, retry_initial=config.retry_initial,
+                                                retry_max=config.retry_max)
+            self.metrics.expect(sinks=[s.name for s in sinks])
+        self._watched = self._mtimes()
         self.metrics.reloads.labels(result="ok").inc()
         log.info("reloaded: generation %s, %d signatures", det.generation, len(det.engine.signatures))
         return True
+
+    def _reload_refused(self, result: str, why: str) -> bool:
+        log.error("reload refused, still serving generation %s: %s", self.detector.generation, why)
+        self.metrics.reloads.labels(result=result).inc()
+        return False
+
+    def _sinks_changed(self, config: Config) -> bool:
+        c = self.config
+        return (config.sinks, config.retry_initial, config.retry_max) != (c.sinks, c.retry_initial, c.retry_max)
 
     # -- per exchange -----------------------------------------------------------------------------
     def new_scan(self, exchange: Exchange, *, stop_on_trip: bool = True) -> BodyScan:
@@ -284,7 +308,7 @@ class Sensor:
         return content_fingerprint(self.key, head)
 
     async def take_down(self, ctx: AlertContext, fingerprint: str | None, tripped_at: float, *,
-                        result: ScanResult | None = None) -> Takedown:
+                        result: ScanResult | None = None, exposure: dict | None = None) -> Takedown:
         """Commit the trip before the tap answers: await it before the 451 or the cut.
 
         Three stores, in this order (docs/operations.md, "Durability order"): the takedown
@@ -297,7 +321,8 @@ class Sensor:
         counts into that same spooled alert (same dedup id) and releases them, instead of raising
         a second alert. A store the disk refuses does not stop the cut: the
         takedown is refused from memory and retried, the alert goes to the sinks from memory, the
-        ledger keeps its marks for the next flush (each logged once)."""
+        ledger keeps its marks for the next flush (each logged once). ``exposure``: the trip is
+        cumulative exposure across responses already accounted (the alert's ``dlp.exposure``)."""
         actor, reason = f"sensor:{self.config.sensor_id}", "trip: personal-data leak"
         commit = self.registry.add_soon(ctx.resource, actor=actor, reason=reason, fingerprint=fingerprint,
                                         exchange_id=ctx.exchange_id)
@@ -313,20 +338,24 @@ class Sensor:
             self.metrics.detection_to_takedown.observe(time.perf_counter() - tripped_at)
         self.metrics.takedowns.labels(source="trip").inc()
         ctx.takedown_id = td.id
-        await asyncio.shield(self._commit_trip(ctx, result, durable))
+        await asyncio.shield(self._commit_trip(ctx, result, durable, exposure))
         return td
 
-    async def _commit_trip(self, ctx: AlertContext, result: ScanResult | None, durable: bool) -> None:
+    async def _commit_trip(self, ctx: AlertContext, result: ScanResult | None, durable: bool,
+                           exposure: dict | None) -> None:
         """The trip's alert (spool) and incident (ledger), committed concurrently (see take_down)."""
         now = time.time()
         ctx.ruleset = self.detector.generation
-        alert = build_alert(ctx, _at_trip(result), key=self.key, source_ip=self.config.source_ip, now=now)
+        alert = build_alert(ctx, _at_trip(result), key=self.key, source_ip=self.config.source_ip, now=now,
+                            exposure=exposure)
         if not durable:
             alert["dlp"]["notes"].append(NOT_DURABLE_NOTE)
         self._committed[ctx.exchange_id] = alert["dlp"]["dedup_id"]
         client = self._client(ctx)
-        spooled = self.dispatcher.submit(alert, hold=TRIP_HOLD)     # a disk fault: held in memory
-        ledgered = self.ledger.commit_trip(ctx.resource, client=client, served=ctx.bytes_sent > 0,
+        hold = TRIP_HOLD if exposure is None else 0.0           # the exchange's end brings the final counts
+        spooled = self.dispatcher.submit(alert, hold=hold)      # a disk fault: held in memory
+        served = ctx.bytes_sent > 0 and exposure is None        # an exposure trip's responses are counted
+        ledgered = self.ledger.commit_trip(ctx.resource, client=client, served=served,
                                            taken_down=True, evidence=evidence_of(alert, client=client), now=now)
         for what, outcome in zip(("alert spool", "exposure ledger"),
                                  await asyncio.gather(spooled, ledgered, return_exceptions=True)):
@@ -378,6 +407,8 @@ class Sensor:
                            trip_counted=committed is not None)
         if result.edm_rows:
             self.ledger.note_edm_rows(ctx.resource, result.edm_rows)
+        if verdict != "trip" and (result.strong_ids or result.person_ids) and self._exposure(ctx, result):
+            return None                             # its one alert is the exposure trip's (see _exposure)
         if verdict == "pass":
             return None
         if verdict == "trip":
@@ -402,6 +433,61 @@ class Sensor:
                 completed=completed, partial=ctx.partial, sensor=self.config.sensor_id,
                 origin=self.config.sensor_id, served_at=now, tripped_at=now if verdict == "trip" else None, now=now))
         return alert
+
+    def _exposure(self, ctx: AlertContext, result: ScanResult) -> bool:
+        """Count this response's records into the exposure windows (sensor.enforce.exposure); when a
+        resource, or a client on a route, crosses the policy's trip thresholds, trip: take the
+        resource down (enforce routes; monitor routes alert only), raise ONE alert naming the total
+        and the responses it came from, and mark the ledger. True when it tripped."""
+        from sensor.enforce.exposure import ExposureTracker
+        tracker: ExposureTracker | None = getattr(self, "exposure", None)
+        if tracker is None:
+            tracker = self.exposure = ExposureTracker(self.config.exposure)
+        tracker.settings = self.config.exposure                 # a reload may change them
+        path = ctx.url.get("path") or "/" + ctx.resource.split("/", 1)[-1].split("?", 1)[0]
+        policy = self.detector.policy
+        route = next((r.match for r in policy.routes if fnmatch.fnmatchcase(path, r.match)), None) \
+            or next((r.match for r in self.config.proxy.routes if fnmatch.fnmatchcase(path, r.match)), None) \
+            or path.rsplit("/", 1)[0] + "/*"                    # no route: the resource's directory
+        trip = policy.for_path(path).trip
+        now = time.time()
+        crossed = tracker.add(resource=ctx.resource, route=route, client=self._client(ctx),
+                              strong=result.strong_ids, person=result.person_ids, capped=result.ids_capped,
+                              now=now, strong_trip=trip.strong_records, person_trip=trip.person_records)
+        if not crossed:
+            return False
+        c = crossed[0]                                          # the resource's own, when both crossed
+        summary = dataclasses.replace(result, verdict="trip", records=c.records, strong_records=c.strong_records,
+                                      person_records=c.person_records, notes=[*result.notes, (
+                                          f"exposure: {c.records} distinct records from {c.responses} responses "
+                                          f"in {self.config.exposure.window_s:g} s ({c.scope} {c.key})")])
+        enforce = ctx.mode == "enforce"
+        tctx = dataclasses.replace(ctx, action="takedown" if enforce else "logged", takedown_id=None)
+        exposure = {"scope": c.scope, "key": c.key, "records": c.records, "strong_records": c.strong_records,
+                    "person_records": c.person_records, "responses": c.responses,
+                    "window_s": self.config.exposure.window_s, "approximate": c.approximate}
+
+        async def trip_() -> None:
+            self.metrics.trips.labels(mode=ctx.mode).inc()
+            if enforce:
+                try:                                    # takedown, alert and ledger marks committed together
+                    await self.take_down(tctx, None, time.perf_counter(), result=summary, exposure=exposure)
+                    return
+                except Exception:                       # the alert still goes out, saying no takedown id
+                    log.exception("exposure takedown of exchange %s failed", ctx.exchange_id)
+                finally:
+                    self._committed.pop(tctx.exchange_id, None)     # the exchange has ended already
+            self.ledger.mark(ctx.resource, "tripped")
+            tctx.ruleset = self.detector.generation
+            alert = build_alert(tctx, summary, key=self.key, source_ip=self.config.source_ip, now=time.time(),
+                                exposure=exposure)
+            self.dispatcher.submit(alert)
+            self.ledger.note_evidence(ctx.resource, evidence_of(alert, client=self._client(ctx)), time.time())
+
+        task = asyncio.get_running_loop().create_task(trip_(), name=f"exposure-trip-{ctx.exchange_id}")
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
+        return True
 
     def _client(self, ctx: AlertContext) -> str | None:
         return self.content_fingerprint(ctx.client_ip.encode())[:16] if ctx.client_ip else None

@@ -67,7 +67,8 @@ def one_per_partition(pattern: str, partitions: int = 8) -> list[str]:
 
 def sidecar(tmp, site, kafka: dict, name: str, **proxy) -> Sidecar:
     """Monitor mode unless told otherwise: a 451 from it can then only come from a takedown."""
-    conf = {"sensor_id": name, "hmac_key": HMAC_KEY, "kafka": kafka, "proxy": {"mode": "monitor", **proxy}}
+    conf = {"sensor_id": name, "hmac_key": HMAC_KEY, "kafka": kafka, "proxy": {"mode": "monitor", **proxy},
+            "site": {"hosts": [HOST]}}             # resource keys name the public site
     return Sidecar.create(tmp / name, site.url, conf)
 
 

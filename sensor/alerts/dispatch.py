@@ -220,6 +220,47 @@ class Dispatcher:
             self._tasks.append(asyncio.create_task(self._run(s), name=f"alert-sink-{s.name}"))
         await self._gauge()
 
+    async def replace_sinks(self, sinks: list[Sink], *, retry_initial: float, retry_max: float,
+                            grace: float = 10.0) -> None:
+        """A reload's sinks take over delivery. Spooled deliveries are rows per sink *name*: a sink
+        kept by name (its URL, path or throttle changed) delivers what is queued for it, a new name
+        gets the alerts stored from now on, and a removed name's queued alerts stay in the spool
+        (logged) and go out if it comes back. Each old sender finishes the delivery it is in (up to
+        ``grace`` seconds; a batch cut short is leased again after the lease, not lost)."""
+        old, self._tasks = self._tasks, []
+        self.sinks = sinks
+        self.retry_initial, self.retry_max = retry_initial, retry_max
+        for ev in self._wake.values():                  # old senders see they are retired and leave
+            ev.set()
+        if old:
+            _, pending = await asyncio.wait(old, timeout=grace)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*old, return_exceptions=True)
+        names = {s.name for s in sinks}
+        for name, q in list(self._held.items()):
+            if name not in names and q:
+                log.error("%d alert(s) held in memory for %s (the spool could not be written) are dropped: the "
+                          "reload removed that sink", len(q), name)
+        self._held = {s.name: self._held.get(s.name, deque()) for s in sinks}
+        self._wake = {s.name: asyncio.Event() for s in sinks}
+        gone = await self.spool.disk(self._orphaned, names)
+        for name, n in gone.items():
+            log.warning("%d alert(s) spooled for sink %s stay in the spool: the reload removed that sink (they "
+                        "are delivered if a sink of that name comes back)", n, name)
+        if self._session is not None:
+            for s in sinks:
+                s.session = self._session
+                self._tasks.append(asyncio.create_task(self._run(s), name=f"alert-sink-{s.name}"))
+
+    def _serving(self, sink: Sink) -> bool:
+        """False once a reload replaced the sink list without this very sink (its sender retires)."""
+        return any(s is sink for s in self.sinks)
+
+    def _orphaned(self, names: set[str]) -> dict[str, int]:
+        rows = self.spool.db.execute("SELECT sink, count(*) FROM deliveries GROUP BY sink").fetchall()
+        return {sink: n for sink, n in rows if sink not in names}
+
     async def stop(self) -> None:
         """Alerts already submitted are on disk before this returns (the next start sends them)."""
         while self._storing:                        # refusal batches may chain one more
@@ -285,7 +326,7 @@ class Dispatcher:
 
     async def _run(self, sink: Sink) -> None:
         wake = self._wake[sink.name]
-        while True:
+        while self._serving(sink):
             held_due = await self._deliver_held(sink)
             try:
                 batch, due = await self._spooled(sink)
@@ -298,6 +339,8 @@ class Dispatcher:
                 due = held_due if due is None else min(due, held_due)
             timeout = 5.0 if due is None else max(0.01, min(5.0, due - time.time()))
             wake.clear()
+            if not self._serving(sink):
+                return
             try:                                # not wait_for: on 3.11 it swallows a stop()'s cancel
                 async with asyncio.timeout(timeout):        # that comes with a wake-up
                     await wake.wait()

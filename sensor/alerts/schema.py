@@ -22,8 +22,8 @@ from sensor.detect.scanner import ScanResult
 
 ECS_VERSION = "8.11.0"
 SOURCE_IP_MODES = ("raw", "hashed", "drop")
-SEVERITY = {"trip": 9, "alert": 5}
-FORWARDED = ("logged", "forwarded_unscanned")     # actions that let the response through (not "denied")      # ECS event.severity / OCSF severity_id via _OCSF_SEVERITY
+SEVERITY = {"trip": 9, "alert": 5}      # ECS event.severity / OCSF severity_id via _OCSF_SEVERITY
+FORWARDED = ("logged", "forwarded_unscanned")     # actions that let the response through (not "denied")
 
 
 @dataclass
@@ -64,9 +64,12 @@ def epoch(timestamp: str) -> float:
 
 
 def build_alert(ctx: AlertContext, result: ScanResult, *, key: bytes, source_ip: str = "hashed",
-                now: float, client_hash: str | None = None) -> dict[str, Any]:
+                now: float, client_hash: str | None = None, exposure: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ECS alert for one exchange. ``client_hash`` is for callers that only ever saw the
-    client's keyed hash (the Kafka worker): it goes in ``dlp.client.hash`` unless ``source_ip`` is drop."""
+    client's keyed hash (the Kafka worker): it goes in ``dlp.client.hash`` unless ``source_ip`` is drop.
+    ``exposure`` (sensor.enforce.exposure): the records added up across responses that tripped —
+    ``dlp.exposure`` {scope, key, records, strong_records, person_records, responses, window_s,
+    approximate}; ``result`` then carries those totals."""
     verdict = result.verdict
     did = dedup_id(key, ctx.sensor_id, ctx.exchange_id, verdict)
     source: dict[str, str] = {}
@@ -84,7 +87,9 @@ def build_alert(ctx: AlertContext, result: ScanResult, *, key: bytes, source_ip:
         "event": {"kind": "alert", "category": ["network"], "type": ["info", "denied"] if ctx.action not in FORWARDED
                   else ["info"], "action": f"dlp-{verdict}", "severity": SEVERITY.get(verdict, 3),
                   "dataset": "dlp_sensor.alert", "id": did},
-        "rule": {"id": f"dlp.{verdict}", "name": ("Personal-data leak: response tripped the policy"
+        "rule": {"id": f"dlp.{verdict}", "name": ("Personal-data leak: records served across responses tripped "
+                                                  "the policy" if exposure else
+                                                  "Personal-data leak: response tripped the policy"
                                                   if verdict == "trip" else "Personal data in a response"),
                  "ruleset": ctx.ruleset, "category": "data-loss-prevention"},
         "url": ctx.url,
@@ -101,6 +106,8 @@ def build_alert(ctx: AlertContext, result: ScanResult, *, key: bytes, source_ip:
                 "bytes_sent": ctx.bytes_sent, "bytes_scanned": result.bytes, "trip_at_byte": result.trip_at_byte,
                 "notes": list(result.notes)},
     }
+    if exposure:
+        alert["dlp"]["exposure"] = dict(exposure)
     if result.edm:                            # exact data match: index name -> EDM records (row ids go to the ledger only)
         alert["dlp"]["edm"] = dict(sorted(result.edm.items()))
     if source:

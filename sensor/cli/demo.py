@@ -119,8 +119,9 @@ async def _run(people: int) -> None:
                           f"bytes, download {'complete' if ok else 'FAILED'}", t)
                 (root / "exports" / "annual-report-2022-final.csv").write_bytes(report.read_bytes())
                 st, n, ok, _ = await _get(s, px + "/exports/annual-report-2022-final.csv")
-                clock.say(f"GET /exports/annual-report-2022-final.csv (the same file under another URL) -> {st}: "
-                          f"its first 64 KiB match the taken-down file's content fingerprint")
+                clock.say(f"GET /exports/annual-report-2022-final.csv (the same file under another URL) -> {st}, "
+                          f"client received {n:,} bytes, download {'complete' if ok else 'FAILED'}: up to where "
+                          f"the first download tripped it matches the taken-down file's content fingerprint")
 
             sensor.ledger.flush()
             await _alerts(sensor, 2)

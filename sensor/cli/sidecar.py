@@ -17,7 +17,7 @@ from sensor.detect.policy import PolicyError
 from sensor.enforce.ledger import Ledger
 from sensor.enforce.registry import DISK_ERRORS, Registry, disk_fault
 from sensor.enforce.report import build_report, render_text
-from sensor.enforce.resource import resource_for_url
+from sensor.enforce.resource import rekey, resource_of_url
 from sensor.edm.indexfile import IndexFileError
 from sensor.enforce.statefiles import StateError
 
@@ -224,7 +224,7 @@ def td_add(config_file, state_dir, url: str, reason: str, actor: str) -> None:
     """Take URL (http://host/path, or host/path) down."""
     cfg = _config(config_file, state_dir=state_dir)
     reg = Registry(cfg.state_dir / "takedowns.db")
-    t = reg.add(resource_for_url(url, cfg.query), actor=actor, reason=reason)
+    t = reg.add(resource_of_url(cfg, url), actor=actor, reason=reason)
     led = Ledger(cfg.state_dir / "ledger.db")
     led.mark(t.resource, "taken_down")
     led.close()                             # writes the mark
@@ -237,8 +237,12 @@ def td_add(config_file, state_dir, url: str, reason: str, actor: str) -> None:
 @audited
 def td_lift(config_file, state_dir, ident: str, reason: str, actor: str) -> None:
     """Lift takedown IDENT (its number, or the resource)."""
-    reg = Registry(_state(config_file, state_dir) / "takedowns.db")
-    t = reg.lift(int(ident.lstrip("#")) if ident.lstrip("#").isdigit() else ident, actor=actor, reason=reason)
+    cfg = _config(config_file, state_dir=state_dir)
+    reg = Registry(cfg.state_dir / "takedowns.db")
+    which: int | str = int(ident.lstrip("#")) if ident.lstrip("#").isdigit() else ident
+    if isinstance(which, str) and reg.blocked(which) is None:
+        which = rekey(cfg, which.split("://", 1)[-1])        # a URL or another host: the key requests get
+    t = reg.lift(which, actor=actor, reason=reason)
     if t is None:
         raise click.ClickException(f"no active takedown {ident}")
     click.echo(f"#{t.id} {t.resource} lifted")

@@ -33,6 +33,7 @@ CONTACT = CAT_BITS["contact"]
 _FAR = -(1 << 60)
 SAMPLES_PER_SIGNATURE = 3
 DISTINCT_CAP = EXACT_CAP          # per counter; beyond it counts are HyperLogLog estimates (noted)
+RECORD_IDS_CAP = 4096             # record identities a result hands on for exposure across responses
 _HTML_ROW_TAGS = (b"<tr", b"<TR", b"<li", b"<LI", b"<p>", b"<P>", b"<br", b"<BR", b"</div", b"</DIV")
 
 SNIFF_BYTES = 4096
@@ -77,6 +78,13 @@ class ScanResult:
     edm_records: int = 0                   # records matching >= min_fields of one indexed row (all indexes)
     edm: dict[str, int] = field(default_factory=dict)           # index name -> EDM records
     edm_rows: dict[str, list[int]] = field(default_factory=dict)  # index name -> matched row ids (bounded)
+    # Identities of the strong / person records (a hash of the record's value hashes, keyed by this
+    # process's hash secret: never a value, meaningless outside the process, never written out).
+    # At most RECORD_IDS_CAP each; ``ids_capped`` says some records were left out. Exposure across
+    # responses (sensor.enforce.exposure) counts distinct people with them.
+    strong_ids: frozenset[int] = frozenset()
+    person_ids: frozenset[int] = frozenset()
+    ids_capped: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"verdict": self.verdict, "records": self.records, "strong_records": self.strong_records,
@@ -153,6 +161,9 @@ class ExchangeScanner:
         self._all_recs = DistinctCounter(DISTINCT_CAP)
         self._strong_values = 0
         self._contact_values = 0
+        self._strong_ids: set[int] = set()      # record identities for exposure (bounded, see ScanResult)
+        self._person_ids: set[int] = set()
+        self._ids_capped = False
         self.result = ScanResult()
         self.verdict = "pass"
         self._hits: list[tuple[int, int]] = []
@@ -312,6 +323,16 @@ class ExchangeScanner:
         r.person_records = len(self._person_recs) + x[2]
         r.findings = {self._sigs[i].id: len(s) for i, s in enumerate(self._distinct) if s}
         r.samples = {self._sigs[i].id: s for i, s in enumerate(self._samples) if s}
+        # the view (bytes or structure) that saw more records names them; the same content always
+        # picks the same view, so a page fetched twice gives the same identities
+        ids = self
+        child = self._shadow.child if self._shadow is not None else None
+        if child is not None and len(child._strong_ids) + len(child._person_ids) > \
+                len(self._strong_ids) + len(self._person_ids):
+            ids = child
+        r.strong_ids, r.person_ids = frozenset(ids._strong_ids), frozenset(ids._person_ids)
+        r.ids_capped = ids._ids_capped or (r.strong_records > len(r.strong_ids)
+                                           or r.person_records > len(r.person_ids))
         if self._edm is not None:
             r.edm_records, r.edm = self._edm.total, dict(self._edm.counts)
             r.edm_rows = {k: sorted(v) for k, v in self._edm.rows.items()}
@@ -547,9 +568,17 @@ class ExchangeScanner:
             fp = hash(tuple(sorted(hashes)))
             if is_strong:
                 self._strong_recs.add(fp)
+                self._keep_id(self._strong_ids, fp)
             if is_person:
                 self._person_recs.add(fp)
+                self._keep_id(self._person_ids, fp)
             self._all_recs.add(fp)
+
+    def _keep_id(self, ids: set[int], fp: int) -> None:
+        if len(ids) < RECORD_IDS_CAP:
+            ids.add(fp)
+        elif fp not in ids:
+            self._ids_capped = True
 
     def _decide(self) -> None:
         if self.verdict == "trip":

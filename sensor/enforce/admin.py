@@ -15,7 +15,7 @@ from aiohttp import web
 
 from sensor.enforce.registry import DISK_ERRORS, TakedownNotDurable, disk_fault
 from sensor.enforce.report import build_report
-from sensor.enforce.resource import resource_for_url
+from sensor.enforce.resource import rekey, resource_of_url
 from sensor.runtime import Sensor
 
 
@@ -72,9 +72,9 @@ def admin_app(sensor: Sensor) -> web.Application:
     async def add(request: web.Request) -> web.Response:
         data = await body(request, ("reason", "actor"))
         if data.get("resource"):
-            resource = str(data["resource"])
+            resource = rekey(sensor.config, str(data["resource"]))   # the key requests here get
         elif data.get("url"):
-            resource = resource_for_url(str(data["url"]), sensor.config.query)
+            resource = resource_of_url(sensor.config, str(data["url"]))
         else:
             return _error(400, "give 'url' or 'resource'")
         try:

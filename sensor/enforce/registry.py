@@ -16,8 +16,15 @@ being committed, :class:`TakedownNotDurable` tells the caller (the trip is answe
 alert says the takedown is not on disk yet), and the commit is retried in the background with
 backoff until the disk takes it. Only a stop before that loses it (logged).
 
-Two keys block: the normalised resource (``host/path``) and a content fingerprint (keyed hash of
-the first bytes of the body) so the same file served under another URL is refused as well.
+Two keys block: the normalised resource (``host/path``) and a content print, so the same file
+served under another URL is refused as well. A print is a keyed hash of the tripped body's first
+``L`` bytes — the bytes the scan had seen when it tripped, so they hold the leaked records — stored
+with ``L`` (``fingerprint_len``); a later body is refused by content only when its own first ``L``
+bytes hash the same (:class:`sensor.enforce.fingerprint.BodyPrint`). In memory and on the wire a
+print is written ``"L:hexdigest"``. Rows from before prefix prints (``fingerprint_len`` NULL) are
+*head prints*: the hash of the first ``takedown.fingerprint_kib`` of a body (or of the whole body
+when shorter); they keep refusing as they did (a clean body that shares that head is refused too:
+lift such a takedown and let the next trip record a prefix print).
 Every add and lift is written to an audit table with actor and reason.
 """
 from __future__ import annotations
@@ -45,7 +52,8 @@ CREATE TABLE IF NOT EXISTS takedowns (
     exchange_id TEXT,
     lifted REAL,
     lifted_by TEXT,
-    lift_reason TEXT
+    lift_reason TEXT,
+    fingerprint_len INTEGER
 );
 CREATE INDEX IF NOT EXISTS takedowns_active ON takedowns(resource) WHERE lifted IS NULL;
 CREATE TABLE IF NOT EXISTS audit (
@@ -63,6 +71,21 @@ BUSY_RETRIES = 2                # a locked file (busy_timeout is 10 s) is tried 
 FLEET_ACTOR = "fleet:"          # changes applied from the fleet topic; never published back
 RETRY_INITIAL, RETRY_MAX = 0.25, 5.0    # seconds between commit attempts of a takedown the disk refused
 DISK_ERRORS = (sqlite3.OperationalError, OSError)   # full, read-only, I/O error (SQLite) or ENOSPC, EIO (files)
+
+
+def split_print(value: str) -> tuple[str, int | None]:
+    """``"L:hexdigest"`` -> (hexdigest, L); anything else is a head print -> (value, None)."""
+    n, sep, digest = value.partition(":")
+    if sep and n.isdigit() and digest:
+        return digest, int(n)
+    return value, None
+
+
+def join_print(digest: str | None, length: int | None) -> str | None:
+    """The print as the registry, the taps and the fleet pass it around (see :func:`split_print`)."""
+    if not digest:
+        return None
+    return f"{int(length)}:{digest}" if length else digest
 
 
 def disk_fault(e: BaseException) -> bool:
@@ -91,9 +114,15 @@ class Takedown:
     lifted: float | None = None
     lifted_by: str | None = None
     lift_reason: str | None = None
+    fingerprint_len: int | None = None      # bytes the print covers; None: a head print (before prefix prints)
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    @property
+    def print(self) -> str | None:
+        """The content print as :meth:`Registry.blocked_content` and the fleet take it."""
+        return join_print(self.fingerprint, self.fingerprint_len)
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -111,18 +140,35 @@ class Registry:
         self.path = Path(path)
         open_database(self.path, SCHEMA, "takedowns", "takedown registry", start_empty=start_empty)
         self.db = connect(self.path)            # reads, on the caller's thread (the event loop in a server)
-        self.db.executescript(SCHEMA)
         self._w = connect(self.path)            # writes: on ``disk`` in a server, the caller's in the CLI
+        self._migrate()
+        self.db.executescript(SCHEMA)
         self.disk = DiskThread("registry")
         self._version = -1
         self._resources: dict[str, int] = {}
         self._fingerprints: dict[str, int] = {}
         self._incoming: dict[str, int] = {}     # resource -> adds being committed (refused already)
         self._incoming_fp: dict[str, int] = {}
+        self._lengths: tuple[int, ...] = ()     # distinct L of the prefix prints, active or being committed
+        self._head_prints = False               # whether any head print (no L) is active or being committed
         self.on_change = lambda: None       # called after every local add/lift (the fleet outbox wakes)
         self._unsaved: dict[int, tuple] = {}        # takedowns the disk refused so far -> their commit args
         self._retrying: set[asyncio.Task] = set()
         self.refresh()
+
+    def _migrate(self) -> None:
+        """Databases from before prefix prints get the ``fingerprint_len`` column (NULL: head print).
+        Under BEGIN IMMEDIATE, so two processes opening one old file add it once."""
+        def missing() -> bool:
+            cols = {r[1] for r in self._w.execute("PRAGMA table_info(takedowns)")}
+            return bool(cols) and "fingerprint_len" not in cols
+        if not missing():                       # the usual case: no write lock taken at all
+            return
+        with self._tx():
+            if missing():
+                self._w.execute("ALTER TABLE takedowns ADD COLUMN fingerprint_len INTEGER")
+                log.info("takedown registry %s: added fingerprint_len (earlier content prints stay head prints)",
+                         self.path)
 
     @property
     def unsaved(self) -> int:
@@ -152,10 +198,24 @@ class Registry:
         v = self.db.execute("PRAGMA data_version").fetchone()[0]
         if v == self._version and not force:
             return
-        rows = self.db.execute("SELECT id, resource, fingerprint FROM takedowns WHERE lifted IS NULL").fetchall()
-        self._resources = {r: i for i, r, _ in rows}
-        self._fingerprints = {f: i for i, _, f in rows if f}
+        rows = self.db.execute("SELECT id, resource, fingerprint, fingerprint_len FROM takedowns "
+                               "WHERE lifted IS NULL").fetchall()
+        self._resources = {r: i for i, r, _, _ in rows}
+        self._fingerprints = {join_print(f, n): i for i, _, f, n in rows if f}
         self._version = v
+        self._index_prints()
+
+    def _index_prints(self) -> None:
+        """The boundaries at which a body's print is looked up: each distinct L (kept small: one per
+        content takedown at most), plus whether head prints exist."""
+        lengths, head = set(), False
+        for p in (*self._fingerprints, *self._incoming_fp):
+            n = split_print(p)[1]
+            if n is None:
+                head = True
+            else:
+                lengths.add(n)
+        self._lengths, self._head_prints = tuple(sorted(lengths)), head
 
     def blocked(self, resource: str) -> int | None:
         """The active takedown id for this resource, if any (0: its commit is still on the disk thread)."""
@@ -164,8 +224,20 @@ class Registry:
         return 0 if tid is None and resource in self._incoming else tid
 
     def blocked_content(self, fingerprint: str) -> int | None:
+        """The active takedown whose content print this is (``"L:hex"``, or a head print's hex), if any
+        (0: being committed). O(1): a dict lookup."""
         tid = self._fingerprints.get(fingerprint)
         return 0 if tid is None and fingerprint in self._incoming_fp else tid
+
+    def print_lengths(self) -> tuple[int, ...]:
+        """The distinct prefix lengths of the active (and incoming) prints, ascending."""
+        return self._lengths
+
+    @property
+    def head_prints(self) -> bool:
+        """Whether head prints (rows from before prefix prints) are active: bodies are checked at
+        ``takedown.fingerprint_kib`` (or their end, when shorter) as well."""
+        return self._head_prints
 
     @property
     def active(self) -> int:
@@ -187,6 +259,8 @@ class Registry:
         keys = [(self._incoming, resource)] + ([(self._incoming_fp, fingerprint)] if fingerprint else [])
         for d, k in keys:
             d[k] = d.get(k, 0) + 1
+        if fingerprint:
+            self._index_prints()
         args = (resource, actor, reason, fingerprint, exchange_id, None)
         commit = self.disk.submit(self._commit_add, *args)
 
@@ -194,6 +268,8 @@ class Registry:
             for d, k in keys:
                 if (n := d.pop(k) - 1) > 0:
                     d[k] = n
+            if fingerprint:
+                self._index_prints()
 
         async def settle() -> Takedown:
             nonlocal commit
@@ -215,8 +291,9 @@ class Registry:
                 task = asyncio.ensure_future(self._retry(n, args, settled))   # keys stay refused meanwhile
                 self._retrying.add(task)
                 task.add_done_callback(self._retrying.discard)
-                raise TakedownNotDurable(Takedown(0, resource, fingerprint, time.time(), actor, reason, exchange_id),
-                                         e) from None
+                digest, length = split_print(fingerprint) if fingerprint else (None, None)
+                raise TakedownNotDurable(Takedown(0, resource, digest, time.time(), actor, reason, exchange_id,
+                                                  fingerprint_len=length), e) from None
             settled()
             return self._changed(tid)
         return asyncio.ensure_future(settle())
@@ -251,17 +328,19 @@ class Registry:
     def _commit_add(self, resource: str, actor: str, reason: str, fingerprint: str | None,
                     exchange_id: str | None, now: float | None) -> int:
         now = time.time() if now is None else now
+        digest, length = split_print(fingerprint) if fingerprint else (None, None)
         with self._tx():
             row = self._w.execute("SELECT id FROM takedowns WHERE resource=? AND lifted IS NULL",
                                   (resource,)).fetchone()
             if row:
-                if fingerprint:
-                    self._w.execute("UPDATE takedowns SET fingerprint=coalesce(fingerprint, ?) WHERE id=?",
-                                    (fingerprint, row[0]))
+                if digest:
+                    self._w.execute("UPDATE takedowns SET fingerprint_len=CASE WHEN fingerprint IS NULL THEN ? "
+                                    "ELSE fingerprint_len END, fingerprint=coalesce(fingerprint, ?) WHERE id=?",
+                                    (length, digest, row[0]))
                 return row[0]
             tid = self._w.execute(
-                "INSERT INTO takedowns(resource, fingerprint, created, actor, reason, exchange_id) "
-                "VALUES (?,?,?,?,?,?)", (resource, fingerprint, now, actor, reason, exchange_id)).lastrowid
+                "INSERT INTO takedowns(resource, fingerprint, fingerprint_len, created, actor, reason, exchange_id) "
+                "VALUES (?,?,?,?,?,?,?)", (resource, digest, length, now, actor, reason, exchange_id)).lastrowid
             self._w.execute("INSERT INTO audit(at, action, takedown_id, resource, actor, reason) "
                             "VALUES (?,?,?,?,?,?)", (now, "add", tid, resource, actor, reason))
             return tid
@@ -331,11 +410,13 @@ class Registry:
         the takedown's fingerprint."""
         cur = max(int(self.meta("fleet_cursor") or 0), after)
         rows = self.db.execute(
-            "SELECT a.id, a.at, a.action, a.resource, a.actor, a.reason, t.fingerprint, t.exchange_id "
+            "SELECT a.id, a.at, a.action, a.resource, a.actor, a.reason, t.fingerprint, t.fingerprint_len, "
+            "t.exchange_id "
             "FROM audit a LEFT JOIN takedowns t ON t.id = a.takedown_id "
             "WHERE a.id > ? AND a.actor NOT LIKE ? ORDER BY a.id LIMIT ?",
             (cur, FLEET_ACTOR + "%", limit)).fetchall()
-        keys = ("audit_id", "at", "action", "resource", "actor", "reason", "fingerprint", "exchange_id")
+        keys = ("audit_id", "at", "action", "resource", "actor", "reason", "fingerprint", "fingerprint_len",
+                "exchange_id")
         return [dict(zip(keys, r)) for r in rows]
 
     def published(self, audit_id: int) -> None:

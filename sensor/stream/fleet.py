@@ -26,7 +26,8 @@ import time
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from sensor.enforce.registry import FLEET_ACTOR
+from sensor.enforce.resource import rekey
+from sensor.enforce.registry import FLEET_ACTOR, join_print, split_print
 from sensor.stream.kafka import Health, client_kwargs, ensure_topics, supervised
 from sensor.stream.records import RecordError, decode, encode, require
 
@@ -35,9 +36,27 @@ ANNOUNCED_FOR = 60.0    # an audit row this soon after its announcement is that 
 
 
 def takedown_record(*, action: str, resource: str, actor: str, reason: str, origin: str, ts: float,
-                    fingerprint: str | None = None, xid: str | None = None) -> bytes:
+                    fingerprint: str | None = None, xid: str | None = None,
+                    fingerprint_len: int | None = None) -> bytes:
+    """A takedown or lift for the compacted topic. The content print travels as ``fingerprint`` (the
+    keyed hash) and ``fingerprint_len`` (the prefix length it covers; absent: a head print). A print
+    given as ``"L:hex"`` (:func:`sensor.enforce.registry.join_print`) is split into the two."""
+    if fingerprint and fingerprint_len is None:
+        fingerprint, fingerprint_len = split_print(fingerprint)
+    extra = {"fingerprint_len": fingerprint_len} if fingerprint_len else {}
     return encode("takedown" if action == "add" else "lift", resource=resource, fingerprint=fingerprint,
-                  actor=actor, reason=reason, xid=xid, origin=origin, ts=ts)
+                  actor=actor, reason=reason, xid=xid, origin=origin, ts=ts, **extra)
+
+
+def _print_of(rec) -> str | None:
+    """A record's content print as the registry takes it. A malformed length drops the print (the
+    resource is still taken down): guessing it could only make the print broader."""
+    fp, n = rec.get("fingerprint"), rec.get("fingerprint_len")
+    if not isinstance(fp, str) or not fp:
+        return None
+    if n is None:
+        return fp
+    return join_print(fp, n) if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 
 
 class FleetLink:
@@ -143,21 +162,22 @@ class FleetLink:
             log.error("fleet: ignoring a malformed takedown record: %s", e)
             return
         reg = self.sensor.registry
-        if rec["origin"] == self.me and (live or rec.type != "takedown" or reg.blocked(rec["resource"]) is not None
-                                         or reg.changed_since(rec["resource"], rec["ts"] - 1)):
+        resource = rekey(self.sensor.config, rec["resource"])   # as this sensor keys the site
+        if rec["origin"] == self.me and (live or rec.type != "takedown" or reg.blocked(resource) is not None
+                                         or reg.changed_since(resource, rec["ts"] - 1)):
             return              # our own change, in the registry (or superseded): all but an unsaved announcement
         actor = FLEET_ACTOR + rec["actor"]
         if rec.type == "takedown":
-            if reg.blocked(rec["resource"]) is None:
-                reg.add_soon(rec["resource"], actor=actor, reason=rec["reason"], fingerprint=rec.get("fingerprint"),
+            if reg.blocked(resource) is None:
+                reg.add_soon(resource, actor=actor, reason=rec["reason"], fingerprint=_print_of(rec),
                              exchange_id=rec.get("xid")).add_done_callback(self._committed)
-                self.sensor.ledger.mark(rec["resource"], "taken_down")
+                self.sensor.ledger.mark(resource, "taken_down")
                 m.fleet_applied.labels(action="takedown").inc()
                 m.takedowns.labels(source="fleet").inc()
                 if live:
                     m.fleet_lag.observe(max(0.0, time.time() - rec["ts"]))
         elif rec.type == "lift":
-            reg.lift_soon(rec["resource"], actor=actor, reason=rec["reason"]).add_done_callback(self._committed)
+            reg.lift_soon(resource, actor=actor, reason=rec["reason"]).add_done_callback(self._committed)
 
     def _committed(self, task: asyncio.Task) -> None:
         if task.cancelled():
@@ -234,7 +254,8 @@ class FleetLink:
                     continue
                 value = takedown_record(action=ch["action"], resource=ch["resource"], actor=ch["actor"],
                                         reason=ch["reason"], origin=self.me, ts=ch["at"],
-                                        fingerprint=ch["fingerprint"], xid=ch["exchange_id"])
+                                        fingerprint=ch["fingerprint"], xid=ch["exchange_id"],
+                                        fingerprint_len=ch.get("fingerprint_len"))
                 try:
                     assert self.producer is not None
                     await self.producer.send_and_wait(self.topic, value, key=ch["resource"].encode())

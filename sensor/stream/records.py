@@ -15,7 +15,7 @@ topic              key              header ``type`` and fields
 ``findings``       resource         ``finding``: xid, verdict, records, findings{sig: n},
                                     bytes, client, completed, partial, origin, sensor, ts
 ``alerts``         resource         the ECS alert itself (``sensor.alerts.schema``), no header
-``takedowns``      resource         ``takedown`` / ``lift``: resource, fingerprint, actor,
+``takedowns``      resource         ``takedown`` / ``lift``: resource, fingerprint[, fingerprint_len], actor,
                                     reason, xid, origin, ts   (topic is compacted)
 ``deadletter``     original key     ``dead``: topic, partition, offset, error; payload = the
                                     original value

@@ -38,7 +38,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import duration_pb2
 
 from sensor.alerts.schema import AlertContext
-from sensor.enforce.resource import normalize, public_url
+from sensor.enforce.resource import public_url, resource_of
 from sensor.pipeline import Exchange
 from sensor.runtime import Sensor
 
@@ -207,7 +207,7 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
         if kind == "request_headers":
             h = _headers(req.request_headers.headers)
             st.host, st.path, st.method = h.get(":authority", ""), h.get(":path", "/"), h.get(":method", "GET")
-            resource = normalize(st.host, st.path, s.config.query)
+            resource = resource_of(s.config, st.host, st.path)
             if s.registry.blocked(resource) is not None:
                 s.refused(resource, "resource")
                 st.done = True

@@ -31,7 +31,7 @@ import uuid
 
 from sensor import __version__
 from sensor.alerts.schema import AlertContext
-from sensor.enforce.resource import normalize, public_url
+from sensor.enforce.resource import public_url, resource_of
 from sensor.pipeline import BodyScan, Exchange
 from sensor.runtime import Sensor
 from sensor.taps.connections import RateLimited, accept_backlog
@@ -153,7 +153,7 @@ class IcapServer:
         host = req_h.get("host", "")
         path = "/" + target.split("://", 1)[1].split("/", 1)[1] if "://" in target and target.count("/") >= 3 \
             else target
-        resource = normalize(host, target, s.config.query)
+        resource = resource_of(s.config, host, target)
         route = s.config.proxy.route(path.split("?", 1)[0])
         enforce = route.mode == "enforce"
         ctx = AlertContext(exchange_id=uuid.uuid4().hex, sensor_id=s.config.sensor_id, resource=resource,

@@ -40,7 +40,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from sensor.alerts.schema import AlertContext
-from sensor.enforce.resource import normalize, public_url
+from sensor.enforce.resource import public_url, resource_of
 from sensor.pipeline import BodyScan, Exchange
 from sensor.runtime import Sensor
 
@@ -138,7 +138,7 @@ class Proxy:
         s = self.sensor
         cfg = self.config
         target = request.raw_path
-        resource = normalize(request.host, target, s.config.query)
+        resource = resource_of(s.config, request.host, target)
         route = cfg.route(request.path)
         if s.registry.blocked(resource) is not None:
             s.refused(resource, "resource")
