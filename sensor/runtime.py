@@ -47,6 +47,7 @@ TOKEN_ENV = "DLP_SENSOR_ADMIN_TOKEN"
 NOT_DURABLE_NOTE = ("takedown-not-durable: the disk refused the takedown's commit; the resource is refused "
                     "from memory and the commit is retried until it lands (a stop before then loses it)")
 
+COMMITTED_LIMIT = 10_000       # trips in flight remembered for finished() (oldest forgotten first)
 COUNTS_UNKNOWN_NOTE = ("counts-unknown: the tap gave no scan result at the trip; the counts come when the "
                        "exchange ends, if before delivery")
 
@@ -351,6 +352,8 @@ class Sensor:
         if not durable:
             alert["dlp"]["notes"].append(NOT_DURABLE_NOTE)
         self._committed[ctx.exchange_id] = alert["dlp"]["dedup_id"]
+        while len(self._committed) > COMMITTED_LIMIT:          # a tap that never called finished()
+            self._committed.pop(next(iter(self._committed)))
         client = self._client(ctx)
         hold = TRIP_HOLD if exposure is None else 0.0           # the exchange's end brings the final counts
         spooled = self.dispatcher.submit(alert, hold=hold)      # a disk fault: held in memory
