@@ -425,6 +425,7 @@ class Sensor:
         alert = build_alert(ctx, result, key=self.key, source_ip=self.config.source_ip, now=now)
         if committed is not None and alert["dlp"]["dedup_id"] == committed:
             self.dispatcher.amend(alert)            # final counts, if no sink has it yet; never a second alert
+            self.ledger.amend_evidence(ctx.resource, evidence_of(alert, client=self._client(ctx)), now)
         else:
             self.dispatcher.submit(alert)
             self.ledger.note_evidence(ctx.resource, evidence_of(alert, client=self._client(ctx)), now)

@@ -81,6 +81,8 @@ def test_take_down_commits_takedown_alert_and_incident_before_it_returns(tmp_pat
         await s.ledger.flush_async()
         [r] = Ledger(s.ledger.path).incidents()
         assert (r["trips"], r["served"], r["served_at_trip"], r["clients"]) == (1, 1, 1, 1)
+        [(_, evidence)] = Ledger(s.ledger.path).evidence("site/exports/a.csv")     # one row, final counts
+        assert evidence["records"] == at_end.records and evidence["exchange_id"] == "x1"
         await s.stop()
     asyncio.run(go())
 
@@ -92,6 +94,7 @@ def test_without_a_result_the_alert_says_so_and_gets_the_counts_at_the_end(tmp_p
         await s.take_down(ctx, None, time.perf_counter())
         [a] = _spooled(s)
         assert a["dlp"]["verdict"] == "trip" and COUNTS_UNKNOWN_NOTE in a["dlp"]["notes"]
+        assert Ledger(s.ledger.path).evidence("site/exports/a.csv")[0][1]["records"] == 0
         [r] = Ledger(s.ledger.path).incidents()
         assert (r["served_at_trip"], r["clients_at_trip"]) == (0, 0)
         s.finished(ctx, results[1], tap="icap", completed=False)

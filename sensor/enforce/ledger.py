@@ -321,6 +321,31 @@ class Ledger:
 
         self.disk.submit(self._write_evidence, row).add_done_callback(failed)
 
+    def amend_evidence(self, resource: str, doc: dict, at: float) -> None:
+        """Final counts of an exchange whose evidence :meth:`commit_trip` wrote at its trip: that row
+        is rewritten (the trip's time stays), or the row is added if the trip's commit did not land."""
+        import asyncio
+        row = self._evidence_row(resource, doc, at)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self._rewrite_evidence(row, doc.get("exchange_id"))
+            return
+        fut = self.disk.submit(self._rewrite_evidence, row, doc.get("exchange_id"))
+        fut.add_done_callback(lambda f: None if f.cancelled() or f.exception() is None else log.warning(
+            "ledger: evidence not written: %s", type(f.exception()).__name__))
+
+    def _rewrite_evidence(self, row: tuple, exchange_id: str | None) -> None:
+        import orjson
+        with _tx(self.db):
+            self.db.execute(self.EVIDENCE_SCHEMA)
+            for rowid, doc in self.db.execute("SELECT rowid, doc FROM evidence WHERE resource = ?",
+                                              (row[0],)).fetchall():
+                if exchange_id is not None and orjson.loads(doc).get("exchange_id") == exchange_id:
+                    self.db.execute("UPDATE evidence SET verdict = ?, doc = ? WHERE rowid = ?", (row[2], row[4], rowid))
+                    return
+            self._insert_evidence(row)
+
     @staticmethod
     def _evidence_row(resource: str, doc: dict, at: float) -> tuple:
         import orjson
