@@ -19,6 +19,7 @@ Command-line flags override the file; the file overrides defaults. Every section
     site: {hosts: [www.example.gov, example.gov], unknown_host: fold|refuse}
     exposure: {enabled: true, window_s: 3600, max_resources, max_clients, max_records, max_ids}
     ledger: {client_retention_days: 90}
+    clients: {trusted_proxies: [10.0.0.0/8, ...], header: x-forwarded-for}   # forwarded headers: off by default
     metrics: 127.0.0.1:9102          # also serves /healthz and /readyz
     admin: {listen: 127.0.0.1:9103, token_file: /run/secrets/admin-token}
     alerts: {source_ip: hashed, retry_initial: 0.5, retry_max: 10, sinks: [{type: stdout}, ...]}
@@ -43,6 +44,8 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import ipaddress
+import logging
 import os
 import socket
 from dataclasses import dataclass, field, fields, replace
@@ -142,6 +145,16 @@ class IcapConfig:
 
 
 @dataclass
+class ClientsConfig:
+    """Who the client is (sensor.exchange.identity): forwarded headers are read only from a
+    trusted proxy. ``trust_any_peer`` is the deprecated ``proxy.trust_forwarded``: every peer is
+    trusted for one hop."""
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    header: str = "x-forwarded-for"
+    trust_any_peer: bool = False
+
+
+@dataclass
 class ExtProcConfig:
     listen: str = "127.0.0.1:50051"
 
@@ -185,6 +198,7 @@ class Config:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     icap: IcapConfig = field(default_factory=IcapConfig)
     extproc: ExtProcConfig = field(default_factory=ExtProcConfig)
+    clients: ClientsConfig = field(default_factory=ClientsConfig)
     query: QueryRule = QueryRule()
     site: SiteRule = SiteRule()
     exposure: ExposureSettings = ExposureSettings()
@@ -457,7 +471,9 @@ class ProxySection(Section):
     max_scans: whole(ge=1) = Field(512, description="Responses scanned at once; above it on_error applies.")
     block_page: FilePath | None = Field(None, description="HTML file served with the 451 of a taken-down resource.")
     tls: TlsSection | None = Field(None, description="Serve HTTPS with this certificate and key.")
-    trust_forwarded: Flag = Field(False, description="Take the client address from X-Forwarded-For.")
+    trust_forwarded: Flag = Field(False, description="Deprecated (a warning at start): every peer is a trusted "
+                                                      "proxy for one hop, so the right-most X-Forwarded-For entry is "
+                                                      "the client. Use clients.trusted_proxies.")
     routes: Annotated[list[RouteSection], BeforeValidator(_none_is_empty)] = Field(
         default_factory=list, description="Per-path overrides, first match wins.")
     idle_timeout: number(gt=0) = Field(15.0, description="Seconds a connection may go without a complete request "
@@ -550,6 +566,29 @@ class ExposureSection(Section):
 class LedgerSection(Section):
     client_retention_days: number(gt=0) = Field(90.0, description="Days a client's keyed hash is kept "
                                                                   "(the counts stay).")
+
+
+def _network(v: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(v, strict=False)
+    except ValueError:
+        raise _problem(f"must be an IP address or CIDR such as 10.0.0.0/8 or fd00::/8 (got {_show(v)})") from None
+
+
+Cidr = Annotated[str, Field(min_length=1), _described("must be an IP address or CIDR"), AfterValidator(_network)]
+FORWARDED_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip")
+
+
+class ClientsSection(Section):
+    """Who the client is, for every tap. Forwarded headers are ignored unless the connection's peer
+    is a trusted proxy (docs/configuration.md)."""
+    trusted_proxies: Annotated[list[Cidr], BeforeValidator(_none_is_empty)] = Field(
+        default_factory=list, description="Addresses or CIDRs of the proxies and load balancers in front of the "
+                                          "sensor (for ext_proc without source.address: Envoy's own). Only a peer "
+                                          "in them is believed about the client; empty: no header is believed.")
+    header: choice(FORWARDED_HEADERS) = Field("x-forwarded-for", description="The header the trusted proxies set: "
+                                              "x-forwarded-for or forwarded (RFC 7239), walked right to left past "
+                                              "trusted proxies; x-real-ip, one address.")
 
 
 class AdminSection(Section):
@@ -798,6 +837,7 @@ class ConfigFile(Section):
     exposure: ExposureSection = Field(default_factory=ExposureSection, description="Distinct records added up "
                                                                                   "across responses.")
     ledger: LedgerSection = Field(default_factory=LedgerSection)
+    clients: ClientsSection = Field(default_factory=ClientsSection)
     metrics: Annotated[HostPort | None, BeforeValidator(_off_is_none)] = Field(
         "127.0.0.1:9102", description="HOST:PORT of /metrics, /healthz, /readyz; null or false: off.")
     admin: Annotated[AdminSection | None, BeforeValidator(_off_is_none)] = Field(
@@ -918,6 +958,11 @@ def to_config(m: ConfigFile) -> Config:
     kafka = _common(k, KafkaConfig, mirror=k.mirror.enabled, queue_bytes=int(k.mirror.queue_mib * (1 << 20)),
                     overflow=k.mirror.overflow, group=k.worker.group, partitions=k.worker.partitions,
                     exchange_timeout=k.worker.exchange_timeout, web_port=k.worker.web_port)
+    if p.trust_forwarded:
+        logging.getLogger(__name__).warning(
+            "proxy.trust_forwarded is deprecated: every peer is trusted for one hop (the right-most "
+            "X-Forwarded-For entry is the client); set clients.trusted_proxies to your proxies instead")
+    clients = ClientsConfig(tuple(m.clients.trusted_proxies), m.clients.header, trust_any_peer=p.trust_forwarded)
     extra: dict[str, Any] = {}
     if m.sensor_id is not None:
         extra["sensor_id"] = m.sensor_id
@@ -926,7 +971,7 @@ def to_config(m: ConfigFile) -> Config:
         log_format=m.log_format, start_empty=m.start_empty,
         signatures=list(m.signatures), default_signatures=m.default_signatures, policy=m.policy,
         proxy=proxy, icap=_common(m.icap, IcapConfig, holdback=m.icap.holdback_kib << 10),
-        extproc=_common(m.extproc, ExtProcConfig),
+        extproc=_common(m.extproc, ExtProcConfig), clients=clients,
         query=QueryRule.parse(m.takedown.query, paging=m.takedown.page_params),
         site=SiteRule.parse(m.site.hosts, m.site.unknown_host), exposure=_common(m.exposure, ExposureSettings),
         fingerprint_bytes=m.takedown.fingerprint_kib << 10,

@@ -36,6 +36,8 @@ RELOADS: dict[str, str] = {
     "proxy.block_page": "proxy.block_page", "proxy.trust_forwarded": "proxy.trust_forwarded",
     "proxy.routes": "proxy.routes", "proxy.http10_buffer": "proxy.http10_buffer_mib",
     "icap.preview": "icap.preview", "icap.holdback": "icap.holdback_kib",
+    "clients.trusted_proxies": "clients.trusted_proxies", "clients.header": "clients.header",
+    "clients.trust_any_peer": "proxy.trust_forwarded",                      # read per request
     "site.hosts": "site.hosts", "site.unknown_host": "site.unknown_host",      # read per request
     **{f"exposure.{k}": f"exposure.{k}" for k in ("enabled", "window_s", "max_resources", "max_clients",
                                                   "max_records", "max_ids", "min_response_records")},

@@ -27,7 +27,7 @@ from sensor.alerts.unscanned import UnscannedAlerts
 from sensor.config import Config
 from sensor.decode.limits import DecodeLimits
 from sensor.detect.engine import Engine
-from sensor.detect.keys import content_fingerprint, fingerprint, load_key
+from sensor.detect.keys import content_fingerprint, load_key
 from sensor.detect.pack import PackError, load_pack
 from sensor.detect.policy import Policy, PolicyError, load_policy, parse_policy
 from sensor.detect.scanner import ScanResult
@@ -35,6 +35,7 @@ from sensor.enforce.ledger import Ledger
 from sensor.enforce.report import evidence_of
 from sensor.enforce.registry import DISK_ERRORS, Registry, Takedown, TakedownNotDurable
 from sensor.enforce.statefiles import MIN_SECRET_BYTES, StateError, load_or_create_secret, private_dir, private_file
+from sensor.exchange.identity import client_hash
 from sensor.metrics import Metrics
 from sensor.pipeline import BodyScan, Exchange
 
@@ -433,7 +434,7 @@ class Sensor:
             from sensor.stream.records import finding_record
             self.fleet.publish_finding(ctx.resource, finding_record(
                 ctx.exchange_id, ctx.resource, result, bytes_seen=ctx.bytes_sent,
-                client=fingerprint(self.key, ctx.client_ip.encode()) if ctx.client_ip else None,
+                client=self._client(ctx),
                 completed=completed, partial=ctx.partial, sensor=self.config.sensor_id,
                 origin=self.config.sensor_id, served_at=now, tripped_at=now if verdict == "trip" else None, now=now))
         return alert
@@ -494,4 +495,5 @@ class Sensor:
         return True
 
     def _client(self, ctx: AlertContext) -> str | None:
-        return self.content_fingerprint(ctx.client_ip.encode())[:16] if ctx.client_ip else None
+        """The client's keyed hash: the alert's ``dlp.client.hash``, in the ledger and the fleet finding too."""
+        return client_hash(self.key, ctx.client_ip) if ctx.client_ip else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import time
 import zipfile
 
 import pytest
@@ -12,6 +13,10 @@ from sensor.detect.engine import Engine
 from sensor.detect.pack import load_pack
 from sensor.detect.policy import Policy
 from sensor.pipeline import BodyScan, Exchange
+from tests.procs import OUTPUTS
+from tests.releak import OutputWatch, fail_on, report_outputs, state_dirs
+
+pytest_plugins = ["pytester"]      # tests/test_no_releak.py runs a pytest of its own
 
 KEY = bytes(range(32))
 REPORT_TABLES: list[str] = []     # tables tests want shown at the end of the run (even under -q)
@@ -56,3 +61,28 @@ def zip_bytes(members: dict[str, bytes]) -> bytes:
         for name, data in members.items():
             z.writestr(name, data)
     return buf.getvalue()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_releak_at_the_end():
+    """Never re-leak, last of all whatever the order: once every module's processes have stopped
+    (their last log lines written), sweep the outputs again and search each state dir's incident
+    report. Autouse and session-scoped, so set up first and torn down after everything else."""
+    watch = OutputWatch(OUTPUTS)
+    yield watch
+    leaks = watch.sweep()
+    t0 = time.perf_counter()
+    for d in state_dirs(OUTPUTS):
+        for name, blob in report_outputs(d).items():
+            leaks += watch.search(name, blob)
+    watch.seconds += time.perf_counter() - t0
+    REPORT_TABLES.append(watch.summary())
+    fail_on(leaks)
+
+
+@pytest.fixture(autouse=True)
+def _no_releak(_no_releak_at_the_end):
+    """Never re-leak, test by test: what the product wrote during this test (new or changed files
+    among tests.procs.OUTPUTS) holds no raw personal value of the synthetic roster."""
+    yield
+    fail_on(_no_releak_at_the_end.sweep())

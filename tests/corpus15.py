@@ -383,6 +383,158 @@ def staff_directory_xml(ps: list[Person]) -> bytes:
     return ("\n".join(out) + "</Directory>\n").encode()
 
 
+# -- more public-by-design spellings: other field names, nestings and page shapes ------------------------
+
+_BRANCHES = [f"{100 + 37 * k} {st} {suf}" for k, (st, suf) in enumerate(
+    [("Capitol", "Mall"), ("Broadway", "Street"), ("Howe", "Avenue"), ("Florin", "Road"), ("Watt", "Avenue"),
+     ("Fulton", "Avenue"), ("Folsom", "Boulevard"), ("Stockton", "Boulevard"), ("Arden", "Way"),
+     ("Madison", "Avenue"), ("Power Inn", "Road"), ("Franklin", "Boulevard")])]
+_AGENCIES = ["Department of Finance", "Franchise Tax Board", "State Controller", "Employment Development",
+             "Department of Justice", "Secretary of State", "Board of Equalization", "Department of Education"]
+
+
+def _ssn(rng: random.Random) -> str:
+    return f"{rng.randint(100, 665):03d}-{rng.randint(10, 99):02d}-{rng.randint(1000, 9999):04d}"
+
+
+def staff_directory_html(ps: list[Person]) -> bytes:
+    """A table whose columns say nothing about work: the evidence is twelve addresses for three
+    hundred people, and one email domain."""
+    rows = "".join(f"<tr><td>{p.first} {p.last}</td><td>Associate Analyst</td><td>{_AGENCIES[i % 8]}</td>"
+                   f"<td>{_BRANCHES[(i * 7) % 12]}, Sacramento, CA 95814</td><td>(916) 653-{1000 + i}</td>"
+                   f"<td>{p.first.lower()}.{p.last.lower()}@state.example.gov</td></tr>\n" for i, p in enumerate(ps))
+    return (f"<!doctype html><html><body><h1>Find a colleague</h1><table><tr><th>Name</th><th>Position</th>"
+            f"<th>Division</th><th>Location</th><th>Phone</th><th>E-mail</th></tr>\n{rows}</table></body></html>").encode()
+
+
+def staff_cards_html(ps: list[Person]) -> bytes:
+    cards = "".join(f'<div class="person"><h4>{p.first} {p.middle}. {p.last}</h4><p class="role">Deputy Clerk</p>'
+                    f'<p>Office: {_AGENCY_STREETS[i % 3]}, Sacramento, CA 95814</p><p>Tel. (916) 874-{2000 + i}</p>'
+                    f'</div>\n' for i, p in enumerate(ps))
+    return f"<!doctype html><html><body><section class=\"staff\">\n{cards}</section></body></html>".encode()
+
+
+def staff_directory_tsv(ps: list[Person]) -> bytes:
+    head = "FULL_NAME\tJOB_TITLE\tAGENCY\tWORK_LOCATION\tWORK_PHONE\n"
+    return (head + "".join(f"{p.first.upper()} {p.last.upper()}\tPROGRAM TECHNICIAN\t{_AGENCIES[i % 8].upper()}\t"
+                           f"{_BRANCHES[i % 12].upper()}, SACRAMENTO, CA 95814\t916-{200 + i % 700}-{1000 + i}\n"
+                           for i, p in enumerate(ps))).encode()
+
+
+def business_licences_json(ps: list[Person]) -> bytes:
+    """Open-data licences: a sole proprietor's legal name is the owner's own name, beside the
+    business's (distinct) street address; only the business-name field says it is a business."""
+    kinds = ["Retail Food Establishment", "Home Occupation", "Limited Business License", "Peddler, Food"]
+    return _dumps([{"id": f"{2_500_000 + i}-20240101", "license_id": 2_800_000 + i,
+                    "legal_name": f"{p.first.upper()} {p.last.upper()}",
+                    "doing_business_as_name": f"{p.last.upper()}'S {['TACOS', 'CLEANING', 'TAILORING', 'AUTO'][i % 4]}",
+                    "address": p.street.upper(), "city": p.city.upper(), "state": "CA", "zip_code": p.zip,
+                    "license_description": kinds[i % 4], "license_status": "AAI"} for i, p in enumerate(ps)],
+                  indent=1)
+
+
+def business_register_xml(ps: list[Person]) -> bytes:
+    out = ['<?xml version="1.0" encoding="UTF-8"?>\n<BusinessEntities>']
+    for i, p in enumerate(ps):
+        out.append(f"<Entity><EntityNumber>C{4_100_000 + i}</EntityNumber><EntityName>{escape(p.last)} "
+                   f"{['Holdings LLC', 'Partners LP', 'Ventures, Inc.', 'Family Trust'][i % 4]}</EntityName>"
+                   f"<Status>Active</Status><Agent><AgentName>{escape(p.first)} {escape(p.last)}</AgentName>"
+                   f"<AgentAddress>{escape(p.street)}, {p.city}, CA {p.zip}</AgentAddress></Agent></Entity>")
+    return ("\n".join(out) + "\n</BusinessEntities>\n").encode()
+
+
+def contributions_fec_txt(ps: list[Person]) -> bytes:
+    """FEC bulk style: pipe-delimited, no header, ZIP+4, employer and occupation."""
+    return "".join(f"C00{401224 + i % 50}|N|M3|P|202403{i % 28 + 10}|15|IND|{p.last.upper()}, {p.first.upper()}|"
+                   f"{p.city.upper()}|{p.state}|{p.zip}{1000 + i}|{['RETIRED', 'SELF-EMPLOYED', 'ACME CORP'][i % 3]}|"
+                   f"{['NOT EMPLOYED', 'CONSULTANT', 'ENGINEER'][i % 3]}|0{i % 9 + 1}152024|{(i % 30 + 1) * 10}\n"
+                   for i, p in enumerate(ps)).encode()
+
+
+def contributions_xml(ps: list[Person]) -> bytes:
+    out = ['<?xml version="1.0"?><Contributions>']
+    for i, p in enumerate(ps):
+        out.append(f"<Contribution><Contributor><Name>{escape(p.first)} {escape(p.last)}</Name>"
+                   f"<Location>{p.city}, {p.state} {p.zip}</Location><Employer>Kaiser Permanente</Employer>"
+                   f"<Occupation>Nurse</Occupation></Contributor><Amount>{100 + i}</Amount>"
+                   f"<Date>2024-02-{i % 28 + 1:02d}</Date></Contribution>")
+    return ("\n".join(out) + "</Contributions>\n").encode()
+
+
+def lobbying_json(ps: list[Person]) -> bytes:
+    return _dumps({"filings": [
+        {"filingId": 90_000 + i, "lobbyist": {"firstName": p.first, "lastName": p.last},
+         "firm": {"name": ["Capitol Advocacy Group", "Aaron Read & Associates", "KP Public Affairs"][i % 3],
+                  "address": {"street": _AGENCY_STREETS[i % 3], "city": "Sacramento", "zip": "95814"}},
+         "client": "Association of Builders", "period": "2024Q1", "amount": (i + 1) * 500} for i, p in enumerate(ps)]})
+
+
+def obituaries_txt(ps: list[Person]) -> bytes:
+    """Obituaries with full dates of birth: a dead person's date of birth is published on purpose."""
+    return "\n\n".join(f"{p.first} {p.middle}. {p.last} - Born {p.dob:%B %d, %Y} in {p.city}, passed "
+                         f"away peacefully on {dt.date(2024, p.dob.month, p.dob.day):%B %d, %Y}. Survived by family. "
+                         f"Memorial service at {_AGENCY_STREETS[i % 3]}." for i, p in enumerate(ps)).encode()
+
+
+def press_list_html(ps: list[Person]) -> bytes:
+    outlets = [("Sacramento Bee", "1601 Alhambra Blvd"), ("KCRA 3", "3 Television Cir"), ("CapRadio", "7055 Folsom Blvd")]
+    rows = "".join(f"<li>{p.first} {p.last} &mdash; {outlets[i % 3][0]}, {outlets[i % 3][1]}, Sacramento "
+                   f"&middot; (916) 321-{1000 + i}</li>\n" for i, p in enumerate(ps))
+    return f"<!doctype html><html><body><h2>Credentialed press</h2><ul>\n{rows}</ul></body></html>".encode()
+
+
+# -- leaks that look like the public files: the same columns, plus what makes them private ----------------
+
+def roster_leak_csv(ps: list[Person]) -> bytes:
+    """A staff directory with SSNs and dates of birth: one email domain, three offices, and a leak."""
+    rng = random.Random(41)
+    head = "Employee Name,Title,Department,Work Phone,Work Email,Office Address,SSN,Date of Birth\n"
+    return (head + "".join(
+        f"\"{p.last}, {p.first}\",Analyst,Licensing,(916) 445-{1000 + i},{p.first.lower()}.{p.last.lower()}{i}"
+        f"@dmv.ca.gov,\"{_AGENCY_STREETS[i % 3]}, Sacramento, CA 95814\",{_ssn(rng)},{p.us_dob}\n"
+        for i, p in enumerate(ps))).encode()
+
+
+def contributions_leak_csv(ps: list[Person]) -> bytes:
+    """Campaign contributions with home street addresses and dates of birth."""
+    head = "contributor_name,street,contributor_city,contributor_state,contributor_zip,employer,occupation,dob,amount\n"
+    return (head + "".join(f"\"{p.last.upper()}, {p.first.upper()}\",{p.street.upper()},{p.city.upper()},CA,{p.zip},"
+                           f"Acme Corp,Engineer,{p.us_dob},{(i % 40 + 1) * 25}.00\n" for i, p in enumerate(ps))).encode()
+
+
+def licence_owners_leak_csv(ps: list[Person]) -> bytes:
+    """A business-licence register whose owners' SSNs are in it."""
+    rng = random.Random(43)
+    head = "LICENSE_NO,BUSINESS_NAME,OWNER_NAME,OWNER_SSN,BUSINESS_ADDRESS,CITY,STATE,ZIP\n"
+    return (head + "".join(f"BL-2020-{i:06d},{p.last.upper()} PLUMBING LLC,{p.first.upper()} {p.last.upper()},"
+                           f"{_ssn(rng)},{p.street.upper()},{p.city.upper()},CA,{p.zip}\n"
+                           for i, p in enumerate(ps))).encode()
+
+
+def voter_roll_leak_csv(ps: list[Person]) -> bytes:
+    """Names and home street addresses, nothing else: each person at their own door."""
+    head = "VOTER_NAME,RESIDENCE_ADDRESS,RESIDENCE_CITY,ZIP,PARTY\n"
+    return (head + "".join(f"{p.first.upper()} {p.last.upper()},{p.street.upper()},{p.city.upper()},{p.zip},"
+                           f"{'DEM' if i % 2 else 'REP'}\n" for i, p in enumerate(ps))).encode()
+
+
+def staff_home_leak_json(ps: list[Person]) -> bytes:
+    """A staff directory export that carries home addresses: one email domain, but the field says home."""
+    return _dumps({"staff": [
+        {"givenName": p.first, "familyName": p.last, "email": f"{p.first.lower()}.{p.last.lower()}{i}@agency.example.gov",
+         "workPhone": f"916-555-{1000 + i}", "homeAddress": {"street": p.street, "city": p.city, "zip": p.zip}}
+        for i, p in enumerate(ps)]})
+
+
+LOOKALIKE_LEAKS: list[tuple[str, str, Callable[[list[Person]], bytes | None], str]] = [
+    ("roster_leak.csv", "text/csv", roster_leak_csv, "staff directory WITH SSNs and DOBs"),
+    ("contributions_leak.csv", "text/csv", contributions_leak_csv, "contributions WITH home streets and DOBs"),
+    ("licence_owners_leak.csv", "text/csv", licence_owners_leak_csv, "business licences WITH owners' SSNs"),
+    ("voter_roll_leak.csv", "text/csv", voter_roll_leak_csv, "names at home street addresses only"),
+    ("staff_home_leak.json", "application/json", staff_home_leak_json, "staff directory WITH home addresses"),
+]
+LEAKS += LOOKALIKE_LEAKS
+
 PUBLIC: list[tuple[str, str, Callable[[list[Person]], bytes], str]] = [
     ("staff_directory.csv", "text/csv", staff_directory_csv, "staff directory (work phones, emails, office)"),
     ("staff_directory.json", "application/json", staff_directory_json, "staff directory, JSON spellings"),
@@ -394,6 +546,16 @@ PUBLIC: list[tuple[str, str, Callable[[list[Person]], bytes], str]] = [
     ("lobbying.csv", "text/csv", lobbying_csv, "lobbying disclosure"),
     ("obituaries.html", "text/html", obituaries_html, "obituary list"),
     ("press_list.csv", "text/csv", press_list_csv, "press list"),
+    ("staff_directory.html", "text/html", staff_directory_html, "staff directory, HTML table, plain headers"),
+    ("staff_cards.html", "text/html", staff_cards_html, "staff directory, HTML cards, 'Office:' labels"),
+    ("staff_directory.tsv", "text/tab-separated-values", staff_directory_tsv, "staff directory, TSV, upper case"),
+    ("business_licences.json", "application/json", business_licences_json, "licences, owners' own names"),
+    ("business_register.xml", "application/xml", business_register_xml, "business register, XML, agents"),
+    ("contributions_fec.txt", "text/plain", contributions_fec_txt, "contributions, FEC pipe format, no header"),
+    ("contributions.xml", "application/xml", contributions_xml, "contributions, XML"),
+    ("lobbying.json", "application/json", lobbying_json, "lobbying disclosure, nested firm address"),
+    ("obituaries.txt", "text/plain", obituaries_txt, "obituaries with dates of birth"),
+    ("press_list.html", "text/html", press_list_html, "press list, HTML list with outlet addresses"),
 ]
 
 

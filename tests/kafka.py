@@ -275,7 +275,7 @@ def changelog(bootstrap: str, topic: str) -> dict:
 
 
 def snapshot_topics(bootstrap: str, topics: list[str], path: Path) -> None:
-    """Write what the product published to these topics into ``path`` for the never-re-leak test
+    """Write what the product published to these topics into ``path`` for the never-re-leak check
     (every topic but ``exchanges`` and ``deadletter``, which carry bodies by design)."""
     with open(path, "wb") as fh:
         for t in topics:

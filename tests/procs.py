@@ -1,7 +1,7 @@
 """Real processes for the tests: the sample upstream and dlp-sensor sidecars on free loopback ports.
 
 Every process is started by PID and stopped by PID; every sidecar's state dir and logs are
-recorded in OUTPUTS so the never-re-leak test can grep everything the product wrote.
+recorded in OUTPUTS so the never-re-leak check (tests/releak.py) searches everything the product wrote.
 """
 from __future__ import annotations
 

@@ -21,10 +21,17 @@ SUPPORTED = {
     "holders_children.xml", "holders_attributes.xml", "holders_dump.sql", "applicants_insert_cols.sql",
     "cards.html", "deflists.html", "no_header.txt", "fixed_width.txt", "table.pdf",
     "people.csv.zst", "people.csv.xz", "people.csv.bz2", "b64_csv_in.json", "data_uri.html", "people.parquet",
+    # leaks that look like public-by-design files (issue 15 point 3)
+    "roster_leak.csv", "contributions_leak.csv", "licence_owners_leak.csv", "voter_roll_leak.csv",
+    "staff_home_leak.json",
 }
 # public-by-design files that must not trip (the others are issue 15 point 3, pending)
 PUBLIC_OK = {
-    "staff_directory.json", "staff_directory.xml", "press_list.csv",
+    "staff_directory.csv", "staff_directory.json", "staff_directory.xml", "business_licences.csv",
+    "business_register.html", "contributions.csv", "contributions.json", "lobbying.csv", "obituaries.html",
+    "press_list.csv", "staff_directory.html", "staff_cards.html", "staff_directory.tsv",
+    "business_licences.json", "business_register.xml", "contributions_fec.txt", "contributions.xml",
+    "lobbying.json", "obituaries.txt", "press_list.html",
 }
 TOLERANCE = 0.05
 

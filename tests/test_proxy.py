@@ -511,7 +511,7 @@ def test_overload_follows_the_routes_fail_choice(site, tmp_path):
     try:
         slow = subprocess.Popen([require_tool("curl"), "-s", "-o", "/dev/null",
                                  sc.url + "/stream/stats-2.html?pause=0.5"])
-        time.sleep(0.5)                                     # the slow download holds the only scan slot
+        _wait(lambda: sc.metric("dlp_active_exchanges") >= 1)   # the slow download holds the only scan slot
         rc, st, body, _ = curl(sc.url + "/stream/exports/permits_2022.csv")
         assert st == 503                                    # fail-closed: refused, not sent unscanned
         rc, st, body, _ = curl(sc.url + "/stream/stats-3.html")

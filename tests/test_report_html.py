@@ -94,7 +94,8 @@ def test_one_self_contained_page_per_incident(incidents):
     # the roster: blocked in the hold-back (nothing served), then refused
     assert "takedown #" in roster and "refused (451)" in roster
     # the annual report: bytes left before the cut, so its client's keyed hash is listed
-    assert re.search(r"<td><code>[0-9a-f]{16}</code></td><td>[0-9TZ:.-]+</td>", late)
+    # ... as the alerts' dlp.client.hash
+    assert re.search(r"<td><code>hmac-sha256:[0-9a-f]{24}</code></td><td>[0-9TZ:.-]+</td>", late)
     m = re.search(r"<dt>Refused afterwards</dt><dd>([0-9,]+)</dd>", late)
     assert m and int(m.group(1)) >= 1
 

@@ -137,7 +137,7 @@ def test_fleet_takedown_mirror_worker_and_late_sidecar(tmp_path, broker, site):
                               str(a.config)], capture_output=True, timeout=60)
         assert out.returncode == 0, out.stderr.decode()[-2000:]
         rep = {i["resource"]: i for i in orjson.loads(out.stdout)["incidents"]}
-        assert rep[f"{HOST}/{ROSTER}"]["downloads"] >= 1 and rep[f"{HOST}/{ROSTER}"]["tripped_at"]
+        assert rep[f"{HOST}/{ROSTER}"]["served"] >= 1 and rep[f"{HOST}/{ROSTER}"]["tripped_at"]
         assert rep[f"{HOST}{leak2}"]["max_records_in_one_response"] >= 1
         snapshot_topics(broker.bootstrap, [prefix + t for t in ("findings", "alerts", "takedowns")] +
                         [f"{prefix}workers-exposure-changelog", f"{prefix}workers-exposure-clients-changelog"],

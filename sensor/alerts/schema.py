@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sensor import __version__
-from sensor.detect.keys import fingerprint
 from sensor.detect.scanner import ScanResult
+from sensor.exchange.identity import client_hash as keyed_client_hash
 
 ECS_VERSION = "8.11.0"
 SOURCE_IP_MODES = ("raw", "hashed", "drop")
@@ -77,7 +77,7 @@ def build_alert(ctx: AlertContext, result: ScanResult, *, key: bytes, source_ip:
     if ctx.client_ip and source_ip == "raw":
         source = {"address": ctx.client_ip, "ip": ctx.client_ip}
     elif ctx.client_ip and source_ip == "hashed":
-        client = {"hash": fingerprint(key, ctx.client_ip.encode())}
+        client = {"hash": keyed_client_hash(key, ctx.client_ip)}
     elif client_hash and source_ip != "drop":
         client = {"hash": client_hash}
     top = max(result.findings.items(), key=lambda kv: kv[1], default=("", 0))[0]

@@ -275,12 +275,12 @@ def report(config_file, state_dir, fmt: str, out_dir: str | None, only: str | No
         if not cfg.kafka.bootstrap:
             raise ConfigProblem("kafka.bootstrap: required for --fleet (or $DLP_KAFKA_BOOTSTRAP)")
         require("kafka", "dlp-sensor report --fleet")
-        from sensor.stream.report import fleet_report, read_exposure, render_fleet_text
+        from sensor.stream.report import fleet_report, read_exposure
         try:
             rep = fleet_report(asyncio.run(read_exposure(cfg.kafka)))
         except Exception as e:                          # noqa: BLE001  (broker down, auth…: say so, exit 2)
             raise ConfigProblem(f"cannot read the fleet exposure table from Kafka: {type(e).__name__}: {e}") from None
-        text = render_fleet_text(rep)
+        text = render_text(rep)
     elif fmt == "html":
         _html_report(config_file, state_dir, out_dir, only)
         return

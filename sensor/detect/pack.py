@@ -15,6 +15,9 @@ file) and ``signatures``. A signature holds:
   ``record_context`` category or one of the signature's hotwords — benign pages never pay for it;
 - optional ``validator`` (a name from :mod:`sensor.detect.validators`), ``hotwords``,
   ``needs_context`` and ``record_context`` (defaults for its patterns);
+- optional ``locality: true`` on an ``address`` signature whose values place a person in a town,
+  not at a door (city, state and ZIP): such a value is never a home address on its own
+  (see :mod:`sensor.detect.precision`);
 - ``examples`` and ``negative_examples``: the suite runs every one; a signature without both does
   not load.
 
@@ -74,6 +77,7 @@ class Signature:
     examples: tuple[str, ...] = ()
     negative_examples: tuple[str, ...] = ()
     origin: str = ""
+    locality: bool = False         # a town, not a door: never a home address on its own
 
 
 @dataclass
@@ -197,7 +201,7 @@ def _parse_signature(raw: Any, lists: dict[str, list[str]], where: str) -> Signa
         raise _fail(where, f"'id' must be lower-case letters, digits and dashes (got {sid!r})")
     where = f"{where}: signature {sid}"
     known = {"id", "name", "severity", "category", "kind", "patterns", "validator", "hotwords",
-             "needs_context", "record_context", "examples", "negative_examples"}
+             "needs_context", "record_context", "examples", "negative_examples", "locality"}
     extra = set(raw) - known
     if extra:
         raise _fail(where, f"unknown key(s) {sorted(extra)}; known: {sorted(known)}")
@@ -208,6 +212,8 @@ def _parse_signature(raw: Any, lists: dict[str, list[str]], where: str) -> Signa
         raise _fail(where, f"'severity' must be one of {SEVERITIES} (got {raw.get('severity')!r})")
     if raw.get("category") not in CATEGORIES:
         raise _fail(where, f"'category' must be one of {CATEGORIES} (got {raw.get('category')!r})")
+    if not isinstance(raw.get("locality", False), bool):
+        raise _fail(where, f"'locality' must be true or false (got {raw.get('locality')!r})")
     validator = raw.get("validator")
     if validator is not None and validator not in validators.REGISTRY:
         raise _fail(where, f"'validator' {validator!r} is unknown; known: {sorted(validators.REGISTRY)}")
@@ -269,7 +275,8 @@ def _parse_signature(raw: Any, lists: dict[str, list[str]], where: str) -> Signa
         raise _fail(where, "patterns that need context require 'hotwords'")
     return Signature(id=sid, name=raw["name"], severity=raw["severity"], category=raw["category"],
                      kind=raw["kind"], patterns=tuple(patterns), validator=validator, hotwords=hotwords,
-                     examples=examples, negative_examples=negatives, origin=where.split(":")[0])
+                     examples=examples, negative_examples=negatives, origin=where.split(":")[0],
+                     locality=bool(raw.get("locality", False)))
 
 
 def load_file(path: Path) -> list[Signature]:

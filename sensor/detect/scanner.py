@@ -13,8 +13,10 @@ Why it is shaped like this (all measured in bench/engine.py):
 """
 from __future__ import annotations
 
+import csv
 import ctypes
 import operator
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +27,8 @@ from sensor.detect.distinct import EXACT_CAP, DistinctCounter
 from sensor.detect.engine import CAT_BITS, Engine, PatInfo
 from sensor.detect.keys import fingerprint, redact
 from sensor.detect.policy import Policy, stronger
+from sensor.detect.precision import (Evidence, HomeRecords, business_field, business_name, business_record,
+                                     deceased, label_before, label_words, name_words, place_of)
 from sensor.detect.structure.view import Shadow, sniff as sniff_structure
 
 STRONG = CAT_BITS["strong"]
@@ -37,6 +41,10 @@ RECORD_IDS_CAP = 4096             # record identities a result hands on for expo
 _HTML_ROW_TAGS = (b"<tr", b"<TR", b"<li", b"<LI", b"<p>", b"<P>", b"<br", b"<BR", b"</div", b"</DIV")
 
 SNIFF_BYTES = 4096
+_TH_ROW = re.compile(rb"<t[rR][\s>].*?(?=<t[rR][\s>]|</t[rR]|$)", re.S)
+_CELL = re.compile(rb"<(t[hdHD])\b[^>]*>(.*?)(?=<t[hdHD]\b|</t[hdHD]|</t[rR]|$)", re.S)
+_TAG = re.compile(rb"<[^>]*>")
+_TH_OPEN = re.compile(rb"<[tT][hH][\s>]")
 _END = operator.itemgetter(1)
 _HS_CTX = object()   # a live, truthy context object for every Hyperscan call (see open_stream)
 
@@ -145,8 +153,17 @@ class ExchangeScanner:
         n = len(self._sigs)
         allow = policy.allow
         self._ignored = [s.id in allow for s in self._sigs]
-        # 1 = a name, 2 = a place in a life (DOB or address): a record with both (3) is a person
-        self._kindbits = [1 if s.kind == "name" else 2 if s.kind in ("dob", "address") else 0 for s in self._sigs]
+        # 1 = a name, 2 = a full date of birth, 4 = a street address (a home, unless the data says
+        # otherwise: sensor.detect.precision). A town (city/state/ZIP, ``locality``) is none of them.
+        self._kindbits = [1 if s.kind == "name" else 2 if s.kind == "dob"
+                          else 4 if s.kind == "address" and not s.locality else 0 for s in self._sigs]
+        self._keep_placed = [b in (1, 4) for b in self._kindbits]   # raw names/streets wait for their record
+        self._is_email = [s.kind == "email" for s in self._sigs]
+        self._evidence = Evidence()
+        self._homes = HomeRecords(self._evidence)
+        self._rbuf = b""                   # the buffer (and its base) the record being finished lies in
+        self._rbase = 0
+        self._rec_end: int | None = None   # where the next record starts, while one is being finished
         self._want_sample = [True] * n
         # EDM (sensor.edm): an EdmSet. Records then keep the raw values of the kinds it indexes
         # until they are decided, and hand them to the matcher.
@@ -163,6 +180,7 @@ class ExchangeScanner:
         self._contact_values = 0
         self._strong_ids: set[int] = set()      # record identities for exposure (bounded, see ScanResult)
         self._person_ids: set[int] = set()
+        self._home_ids: set[int] = set()        # ... of name + home-address records (see _identities)
         self._ids_capped = False
         self.result = ScanResult()
         self.verdict = "pass"
@@ -208,6 +226,9 @@ class ExchangeScanner:
         self._col_sigs: dict[int, set[int]] = {}
         self._th_cols: dict[int, set[int]] = {}
         self._header_sigs: set[int] = set()     # signatures some header column names
+        self._head_words: list[frozenset[str]] = []   # CSV/TSV header cells' words, by column
+        self._th_words: list[frozenset[str]] = []     # HTML header row <th> words, by column
+        self._biz_table = False                         # a header names a business-name column
 
     def _sniff(self, data: bytes) -> None:
         head = data[:4096].lstrip()
@@ -223,6 +244,13 @@ class ExchangeScanner:
         cands = {d: first.count(d) for d in (b",", b"\t", b";", b"|")}
         self._delim = max(cands, key=lambda d: cands[d]) if max(cands.values()) else b","
         self._tabular = self._mode == "lines" and cands[self._delim] >= 1   # header columns: CSV/TSV only
+        if self._tabular:
+            try:
+                cells = next(csv.reader([first.decode("utf-8", "replace")], delimiter=self._delim.decode()))
+            except (csv.Error, StopIteration):
+                cells = []
+            self._head_words = [label_words(c.encode()) for c in cells]
+            self._biz_table = any(business_field(w) for w in self._head_words)
         self._skind = sniff_structure(head)
         if self._skind is not None:
             if self._shadow is None:
@@ -260,6 +288,8 @@ class ExchangeScanner:
         elif self._gate is not None:
             self._gate.scan(data, match_event_handler=self._on_gated, context=_HS_CTX)
         buf = self._tail + data if hits else b""
+        if self._mode == "html" and (b"<th" in data or b"<TH" in data):
+            self._header_row(data)
         self._pos += len(data)
         self.result.decoded_bytes += len(data)
         if self._hits:
@@ -313,31 +343,37 @@ class ExchangeScanner:
         """Flush the last part and return the result (idempotent)."""
         if self._stream is not None:
             self._close_stream()
-            self._decide()
+            self._decide(final=True)
         r = self.result
         r.verdict = self.verdict
         r.seconds = time.perf_counter() - self._t0
         x = self._shadow.extra() if self._shadow is not None else (0, 0, 0, 0, 0)
-        r.records = len(self._all_recs) + x[0]
-        r.strong_records = len(self._strong_recs) + x[1]
-        r.person_records = len(self._person_recs) + x[2]
+        recs, strong, person = self._tallies()
+        r.records = recs + x[0]
+        r.strong_records = strong + x[1]
+        r.person_records = person + x[2]
+        for homes in (self._homes, self._shadow.child._homes if self._shadow and self._shadow.child else None):
+            note = homes.note() if homes is not None else None
+            if note and note not in r.notes:
+                r.notes.append(note)
         r.findings = {self._sigs[i].id: len(s) for i, s in enumerate(self._distinct) if s}
         r.samples = {self._sigs[i].id: s for i, s in enumerate(self._samples) if s}
         # the view (bytes or structure) that saw more records names them; the same content always
         # picks the same view, so a page fetched twice gives the same identities
-        ids = self
+        ids = self._identities()
         child = self._shadow.child if self._shadow is not None else None
-        if child is not None and len(child._strong_ids) + len(child._person_ids) > \
-                len(self._strong_ids) + len(self._person_ids):
-            ids = child
-        r.strong_ids, r.person_ids = frozenset(ids._strong_ids), frozenset(ids._person_ids)
-        r.ids_capped = ids._ids_capped or (r.strong_records > len(r.strong_ids)
-                                           or r.person_records > len(r.person_ids))
+        if child is not None:
+            cids = child._identities()
+            if len(cids[0]) + len(cids[1]) > len(ids[0]) + len(ids[1]):
+                ids = cids
+        r.strong_ids, r.person_ids = ids[0], ids[1]
+        r.ids_capped = ids[2] or (r.strong_records > len(r.strong_ids) or r.person_records > len(r.person_ids))
         if self._edm is not None:
             r.edm_records, r.edm = self._edm.total, dict(self._edm.counts)
             r.edm_rows = {k: sorted(v) for k, v in self._edm.rows.items()}
         approx = [self._sigs[i].id for i, s in enumerate(self._distinct) if s.approximate]
-        recs = self._all_recs.approximate or self._strong_recs.approximate or self._person_recs.approximate
+        recs = (self._all_recs.approximate or self._strong_recs.approximate or self._person_recs.approximate
+                or self._homes.approximate)
         if (approx or recs) and not any(n.startswith("approximate:") for n in r.notes):
             what = (["records"] if recs else []) + approx
             r.notes.append(f"approximate: counts approximate above {DISTINCT_CAP} distinct "
@@ -358,6 +394,9 @@ class ExchangeScanner:
         lines = mode == "lines"
         rec = self._rec
         rec_key = self._rec_key
+        self._rbuf = buf
+        self._rbase = base
+        keep = self._keep_placed
         line_start = self._line_start
         first_line = line_start < 0
         tabular = lines and self._tabular
@@ -418,7 +457,10 @@ class ExchangeScanner:
             if rk != rec_key:
                 if rec:
                     self._rec = rec
+                    self._rec_key = rec_key
+                    self._rec_end = rk
                     self._finish_record()
+                    self._rec_end = None
                     rec = self._rec
                 rec_key = rk
             if lazy:
@@ -438,7 +480,7 @@ class ExchangeScanner:
                     continue
             start = s + base
             # the raw value stays only until its record is decided, and only while samples are wanted
-            entry = (si, cat, ctx, rmask, hash(v), start, v if want[si] else None)
+            entry = (si, cat, ctx, rmask, hash(v), start, v if want[si] or keep[si] else None)
             if rec and rec[-1][0] == si and rec[-1][5] == start:
                 rec[-1] = entry              # a longer match from the same start: keep the longest
             else:
@@ -452,6 +494,8 @@ class ExchangeScanner:
             return
         if self._distinct[si].add(hash(v)):
             self._contact_values += 1
+            if self._is_email[si]:
+                self._evidence.email(v)
         if self._want_sample[si]:
             self._sample(si, v)
 
@@ -534,13 +578,16 @@ class ExchangeScanner:
         hashes = []
         edm_kind = self._edm_kind
         edm_vals: list[tuple[str, bytes]] | None = [] if self._edm is not None else None
-        for si, cat, ctx, rmask, h, _, raw in rec:
+        placed: list[tuple[int, int, int, bytes | None]] = []    # names and streets: (bit, start, hash, raw)
+        for si, cat, ctx, rmask, h, start, raw in rec:
             # record context stands in for a hotword, unless a header names this signature's
             # column (then the header is authoritative: an issue date beside a DOB column is not a DOB)
             if not ctx and not (rmask & uncond and si not in header):
                 continue
             if ignored[si]:
                 continue
+            if not ctx and self._org_field(start):
+                continue                      # record context cannot make an organisation's number a person's
             if h is None:                     # deferred: extract and validate now
                 raw = _extract(*raw)
                 if raw is None:
@@ -556,23 +603,46 @@ class ExchangeScanner:
             if raw is not None and want[si]:
                 self._sample(si, raw)
             cats |= cat
-            kind |= kinds[si]
+            k = kinds[si]
+            kind |= k
+            if k & 5:
+                placed.append((k, start, h, raw))
             hashes.append(h)
         if edm_vals and self._edm.record(edm_vals):
             self._decide()
         if not hashes:
             return
         is_strong = cats & STRONG and cats & QUASI
-        is_person = kind == 3                 # a name and a DOB or address
-        if is_strong or is_person:
+        is_person = kind & 3 == 3             # a name and a full date of birth
+        if is_person and not is_strong and deceased(self._record_text()):
+            return                            # an obituary: the date of birth is published on purpose
+        home = self._home_of(placed) if kind & 5 == 5 and not is_person else None   # a name and a street
+        if is_strong or is_person or home is not None:
             fp = hash(tuple(sorted(hashes)))
             if is_strong:
                 self._strong_recs.add(fp)
+                self._all_recs.add(fp)
                 self._keep_id(self._strong_ids, fp)
             if is_person:
                 self._person_recs.add(fp)
+                self._all_recs.add(fp)
                 self._keep_id(self._person_ids, fp)
-            self._all_recs.add(fp)
+            elif home is not None:
+                if is_strong:
+                    self._person_recs.add(fp)          # private through its identifier already
+                    self._keep_id(self._person_ids, fp)
+                else:
+                    self._homes.add(fp, home[0], home[1])
+                    self._keep_id(self._home_ids, fp)
+
+    def _identities(self) -> tuple[frozenset[int], frozenset[int], bool]:
+        """Strong and person record identities, and whether some were left out. Name + home-address
+        records are person records only while the evidence counts them all as homes: when it
+        discounts some (workplaces), none of them is named, and the count says how many there are."""
+        person = self._person_ids
+        if self._home_ids and self._homes.note() is None:
+            person = person | self._home_ids
+        return frozenset(self._strong_ids), frozenset(person), self._ids_capped
 
     def _keep_id(self, ids: set[int], fp: int) -> None:
         if len(ids) < RECORD_IDS_CAP:
@@ -580,19 +650,121 @@ class ExchangeScanner:
         elif fp not in ids:
             self._ids_capped = True
 
-    def _decide(self) -> None:
+    # -- precision: is a name + street record a person at home? (sensor.detect.precision) ------------
+    def _home_of(self, placed: list[tuple[int, int, int, bytes | None]]) -> tuple[int, bool] | None:
+        """The home address of a record that has a name and a street and nothing else private:
+        ``(address hash, labelled as a home)``, or None when the data says the names are businesses
+        or the streets are workplaces. Runs only for such records, never on the hot path."""
+        buf, base = self._rbuf, self._rbase
+        row = (self._rec_key if self._rec_key is not None else base) - base
+        if self._mode == "lines":
+            row += 1
+        row = max(row, 0)
+        delim = self._delim if self._tabular else None
+        names = None
+        person = False
+        for bit, start, _, raw in placed:
+            if bit != 1:
+                continue
+            s = start - base
+            if s < 0 or raw is None or start - base + len(raw) > len(buf):
+                person = True                  # its text is gone: nothing says it is a business
+                break
+            if self._place(buf, row, s) == 1:
+                continue                       # a name in the organisation's field
+            if names is None:
+                names = name_words(self.engine)
+            if not business_name(buf, s, s + len(raw), delim, names):
+                person = True
+                break
+        if not person:
+            return None
+        text = self._record_text()
+        if deceased(text):
+            return None                        # an obituary
+        # a business's record or a disclosure of people's jobs: only an address labelled home counts
+        public = self._biz_table or business_record(text)
+        for bit, start, h, _ in placed:
+            if bit != 4:
+                continue
+            s = start - base
+            place = self._place(buf, row, s) if s >= 0 else 0
+            if place == 2 or (place == 0 and not public):
+                return h, place == 2
+        return None
+
+    def _record_text(self) -> bytes:
+        """The bytes of the record being finished, as far as the buffer still holds them."""
+        buf, base = self._rbuf, self._rbase
+        row = max((self._rec_key if self._rec_key is not None else base) - base, 0)
+        end = min(len(buf), row + self.policy.max_record_bytes)
+        if self._rec_end is not None:
+            end = min(end, self._rec_end - base)
+        if self._mode == "lines":
+            nl = buf.find(b"\n", row + 1, end)
+            end = nl if nl >= 0 else end
+        return buf[row:end] if row < end else b""
+
+    def _org_field(self, start: int) -> bool:
+        """Is the value at ``start`` in a field labelled as an organisation's or a business's
+        (``entity number: C4100000``)? Asked only of values that count through their record."""
+        s = start - self._rbase
+        if s < 0:
+            return False
+        words = label_words(label_before(self._rbuf, 0, s))
+        return place_of(words) == 1 or business_field(words | {"name"})
+
+    def _place(self, buf: bytes, row: int, s: int) -> int:
+        """What the field of the value at ``buf[s]`` is named as: 0 nothing, 1 the organisation's,
+        2 the person's home (the CSV header or HTML ``<th>`` of its column, else the label before it)."""
+        words = None
+        if self._head_words and self._mode == "lines" and row <= s:
+            col = self._column_of(buf, row, s)
+            if col < len(self._head_words):
+                words = self._head_words[col]
+        elif self._th_words and self._mode == "html" and row <= s:
+            col = buf.count(b"<td", row, s) + buf.count(b"<TD", row, s) - 1
+            if 0 <= col < len(self._th_words):
+                words = self._th_words[col]
+        place = place_of(words) if words else 0
+        return place or place_of(label_words(label_before(buf, row, s)))
+
+    def _header_row(self, data: bytes) -> None:
+        """An HTML header row (every cell a ``<th>``) names the columns of the rows after it."""
+        m = _TH_OPEN.search(data)              # a header cell (not <thead>)
+        if m is None:
+            return
+        at = m.start()
+        lo = max(data.rfind(b"<tr", 0, at), data.rfind(b"<TR", 0, at))
+        m = _TH_ROW.match(data, lo) if lo >= 0 else None
+        if m is None:
+            return
+        cells = _CELL.findall(m.group())
+        if len(cells) >= 2 and all(t.lower() == b"th" for t, _ in cells):
+            self._th_words = [label_words(_TAG.sub(b" ", text)) for _, text in cells]
+            self._biz_table = any(business_field(w) for w in self._th_words)
+
+    def _tallies(self) -> tuple[int, int, int]:
+        """Records, strong records, person records (homes counted as the evidence allows)."""
+        h = len(self._homes)
+        return len(self._all_recs) + h, len(self._strong_recs), len(self._person_recs) + h
+
+    def _decide(self, final: bool = False) -> None:
+        """Raise the verdict after a chunk. A trip is final when it is reached; an alert is settled
+        at the end (``final``): evidence seen later (one email domain, shared addresses) may show
+        that records counted early were workplaces, not homes."""
         if self.verdict == "trip":
             return
+        _, strong, person = self._tallies()
         if self._shadow is None:
-            v = self.policy.decide(len(self._strong_recs), len(self._person_recs),
-                                   self._strong_values, self._contact_values)
+            v = self.policy.decide(strong, person, self._strong_values, self._contact_values)
         else:
             x = self._shadow.extra()
-            v = self.policy.decide(len(self._strong_recs) + x[1], len(self._person_recs) + x[2],
+            v = self.policy.decide(strong + x[1], person + x[2],
                                    self._strong_values + x[3], self._contact_values + x[4])
         if self._edm is not None:
             v = stronger(self._edm.verdict(), v)      # EDM thresholds first: an EDM trip always trips
-        if v != self.verdict and (v == "trip" or self.verdict == "pass"):
+        if v != self.verdict and (v == "trip" or self.verdict == "pass" or final):
             self.verdict = v
             if v == "trip":
                 self.result.trip_at_byte = self.result.decoded_bytes

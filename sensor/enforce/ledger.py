@@ -32,6 +32,7 @@ from pathlib import Path
 from sensor.enforce.diskthread import DiskThread
 from sensor.enforce.registry import DISK_ERRORS, Transaction as _tx, connect, disk_fault
 from sensor.enforce.statefiles import open_database
+from sensor.exchange.identity import CLIENT_HASH_PREFIX
 
 log = logging.getLogger("dlp_sensor")
 
@@ -59,6 +60,7 @@ CREATE TABLE IF NOT EXISTS clients (
 CREATE INDEX IF NOT EXISTS clients_age ON clients(first_seen);
 """
 DEFAULT_CLIENT_RETENTION_DAYS = 90.0
+CLIENT_HASH_VERSION = 2             # PRAGMA user_version: clients are the alerts' HMAC (client_hash)
 
 Mark = tuple                  # (resource, "tripped" | "taken_down", when[, this response served, its client])
 COUNTERS = ("served", "completed", "partial", "bytes", "refused", "alerts", "trips")
@@ -90,13 +92,31 @@ class Ledger:
         self.disk_fault: str | None = None      # why the last flush failed, while the disk refuses them
 
     def _migrate(self) -> None:
-        """Ledgers written before the ``clients`` column counted with count(*) over the rows."""
+        """Ledgers written before the ``clients`` column counted with count(*) over the rows.
+        Ledgers before version 2 (``PRAGMA user_version``) hashed clients with a truncated BLAKE2b
+        that no alert carries; a keyed hash cannot be converted to another, so those rows are
+        forgotten (the counts stay): a client seen before the upgrade and again after counts twice
+        in ``unique_clients`` of that resource, an upper bound, as after the retention."""
         cols = [r[1] for r in self.db.execute("PRAGMA table_info(resources)")]
         if cols and "clients" not in cols:
             with _tx(self.db):
                 self.db.execute("ALTER TABLE resources ADD COLUMN clients INTEGER NOT NULL DEFAULT 0")
                 self.db.execute("UPDATE resources SET clients = "
                                 "(SELECT count(*) FROM clients c WHERE c.resource = resources.resource)")
+        if self.db.execute("PRAGMA user_version").fetchone()[0] < CLIENT_HASH_VERSION:
+            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            with _tx(self.db):
+                gone = 0
+                if "clients" in tables:
+                    gone = self.db.execute("DELETE FROM clients WHERE client NOT LIKE ?",
+                                           (CLIENT_HASH_PREFIX + "%",)).rowcount
+                if "evidence" in tables:
+                    self.db.execute("UPDATE evidence SET client = NULL WHERE client NOT LIKE ?",
+                                    (CLIENT_HASH_PREFIX + "%",))
+                self.db.execute(f"PRAGMA user_version = {CLIENT_HASH_VERSION}")
+            if gone:
+                log.warning("exposure ledger %s: forgot %d client hashes of the old form (BLAKE2b, not the "
+                            "alerts' HMAC); the counts stay, a returning client counts again", self.path, gone)
 
     def close(self) -> None:
         self.disk.close()

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from sensor.alerts.schema import AlertContext
-from sensor.detect.keys import fingerprint
+from sensor.exchange.identity import client_hash
 from sensor.pipeline import Exchange
 from sensor.stream.kafka import Health, client_kwargs, supervised
 from sensor.stream.records import encode
@@ -83,7 +83,7 @@ class Mirror:
         self._put(ctx.exchange_id, encode(
             "meta", url=ctx.url, resource=ctx.resource, method=ctx.method, status=ctx.status,
             content_type=exchange.content_type, content_encoding=exchange.content_encoding,
-            client=fingerprint(s.key, ctx.client_ip.encode()) if ctx.client_ip else None, mode=ctx.mode,
+            client=client_hash(s.key, ctx.client_ip) if ctx.client_ip else None, mode=ctx.mode,
             path=exchange.path, partial=ctx.partial, sensor=s.config.sensor_id, ts=time.time()), 0)
         s.metrics.mirror_exchanges.inc()
         return MirroredExchange(self, ctx.exchange_id)

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from sensor.alerts.schema import iso
 from sensor.config import KafkaConfig
+from sensor.enforce.report import ExposureIncident, ExposureReport
 from sensor.stream.kafka import client_kwargs
 
 
@@ -47,33 +48,20 @@ async def read_exposure(k: KafkaConfig, timeout: float = 10.0) -> dict[str, dict
 
 
 def fleet_report(exposure: dict[str, dict]) -> dict[str, Any]:
+    """The fleet's report in the one exposure schema (:class:`ExposureReport`, scope ``fleet``): the
+    workers' table counts at the trip, so what it counts before the trip is ``served_before_detection``;
+    what it does not keep (refusals, takedown times, per-client snapshots) is None."""
     incidents = []
     for resource, e in sorted(exposure.items(), key=lambda kv: kv[1].get("first_served", 0)):
         if not e.get("flagged"):
             continue
-        tripped = e.get("tripped_at")
-        incidents.append({
-            "resource": resource, "first_served": iso(e["first_served"]) if e.get("first_served") else None,
-            "tripped_at": iso(tripped) if tripped else None,
-            "downloads": e.get("downloads", 0), "completed_downloads": e.get("completed", 0),
-            "downloads_before_takedown": e.get("before_takedown", 0), "unique_clients": e.get("clients", 0),
-            "max_records_in_one_response": e.get("records_max", 0), "bytes": e.get("bytes", 0),
-            "flagged_responses": e.get("flagged", 0)})
-    return {"scope": "fleet", "incidents": incidents}
-
-
-def render_fleet_text(report: dict[str, Any]) -> str:
-    inc = report["incidents"]
-    if not inc:
-        return "Fleet: no incidents in the workers' exposure table.\n"
-    lines = [f"Fleet: {len(inc)} incident(s) (every sidecar, from the workers' exposure table)", ""]
-    for i in inc:
-        lines += [f"== {i['resource']}",
-                  f"   first served        {i['first_served'] or '-'}",
-                  f"   tripped             {i['tripped_at'] or '-'}",
-                  f"   downloads           {i['downloads']:,} ({i['completed_downloads']:,} complete), "
-                  f"{i['downloads_before_takedown']:,} before the takedown",
-                  f"   distinct clients    {i['unique_clients']:,}",
-                  f"   records             {i['max_records_in_one_response']:,} people's records in one response",
-                  ""]
-    return "\n".join(lines)
+        first, last, tripped = e.get("first_served"), e.get("last_served"), e.get("tripped_at")
+        incidents.append(ExposureIncident(
+            resource=resource, status="tripped" if tripped else "alerted",
+            first_served=iso(first) if first else None, tripped_at=iso(tripped) if tripped else None,
+            exposed_seconds=round(last - first, 3) if first and last else None,
+            served=e.get("downloads", 0), completed_downloads=e.get("completed", 0), bytes_sent=e.get("bytes", 0),
+            served_before_detection=e.get("before_takedown", 0) if tripped else None,
+            unique_clients=e.get("clients", 0), max_records_in_one_response=e.get("records_max", 0),
+            flagged_responses=e.get("flagged", 0)))
+    return ExposureReport("fleet", incidents).to_dict()

@@ -96,6 +96,12 @@ class LineWriter:
         for key, value in fields:
             label, part, org, dob = self._key(key)
             if org:
+                # the organisation's field says nothing private about the person: its value is left
+                # out, its name stays (a business-name field makes the record a business's)
+                piece = f"{label}: -"
+                size += len(piece) + 2
+                if size <= MAX_LINE:
+                    out.append(piece)
                 continue
             if part == 1:
                 lead.append(value)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Iterator, Protocol
 import orjson
 
 from sensor.detect.engine import CAT_BITS
+from sensor.detect.precision import HomeRecords
 from sensor.detect.structure.json_records import WHOLE_LIMIT, parse, records_of
 from sensor.detect.structure.fixed_records import FixedReader, sniff_fixed
 from sensor.detect.structure.json_stream import JsonSplitter
@@ -220,6 +221,8 @@ class Shadow:
         child._distinct = p._distinct                 # one set of distinct values for both views
         child._samples = p._samples
         child._want_sample = p._want_sample
+        child._evidence = p._evidence                 # one response: one set of evidence (precision.py)
+        child._homes = HomeRecords(p._evidence)
         self.child = child
         self.writer = LineWriter(_labels(p.engine))
 
@@ -227,9 +230,8 @@ class Shadow:
     def _counts(self) -> tuple[int, int, int, int, int, int]:
         p, c = self.parent, self.child
         if c is None:
-            return len(p._all_recs), len(p._strong_recs), len(p._person_recs), 0, 0, 0
-        return (len(p._all_recs), len(p._strong_recs), len(p._person_recs),
-                len(c._all_recs), len(c._strong_recs), len(c._person_recs))
+            return p._tallies() + (0, 0, 0)
+        return p._tallies() + c._tallies()
 
     def extra(self) -> tuple[int, int, int, int, int]:
         """Records, strong records, person records, strong values, contact values to add."""

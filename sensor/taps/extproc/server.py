@@ -39,6 +39,7 @@ from google.protobuf import duration_pb2
 
 from sensor.alerts.schema import AlertContext
 from sensor.enforce.resource import public_url, resource_of
+from sensor.exchange.identity import client_address, envoy_peer
 from sensor.pipeline import Exchange
 from sensor.runtime import Sensor
 
@@ -55,8 +56,9 @@ def _headers(hm) -> dict[str, str]:
 class _Stream:
     """One exchange's state across the messages of its gRPC stream."""
 
-    def __init__(self, sensor: Sensor):
+    def __init__(self, sensor: Sensor, grpc_peer: str = ""):
         self.sensor = sensor
+        self.grpc_peer = grpc_peer     # Envoy's address: the peer when Envoy sends no source.address
         self.ctx: AlertContext | None = None
         self.scan = None
         self.enforce = True
@@ -167,7 +169,7 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
                 queue.put_nowait(None)
 
         task = asyncio.create_task(pump())
-        st = _Stream(self.sensor)
+        st = _Stream(self.sensor, context.peer())
         loop = asyncio.get_running_loop()
         try:
             while not st.done:
@@ -217,7 +219,7 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
             st.closed_on_limit = route.on_decode_limit == "closed"
             st.ctx = AlertContext(exchange_id=uuid.uuid4().hex, sensor_id=s.config.sensor_id, resource=resource,
                                   url=public_url(h.get(":scheme", "http"), st.host, st.path), method=st.method,
-                                  status=0, client_ip=h.get("x-forwarded-for", "").split(",")[0].strip(),
+                                  status=0, client_ip=client_address(s.config, envoy_peer(req, st.grpc_peer), h),
                                   mode=route.mode, action="cut_and_takedown" if st.enforce else "logged")
             return [pb.ProcessingResponse(request_headers=pb.HeadersResponse())]
         if kind == "response_headers":

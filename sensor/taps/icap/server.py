@@ -32,6 +32,7 @@ import uuid
 from sensor import __version__
 from sensor.alerts.schema import AlertContext
 from sensor.enforce.resource import public_url, resource_of
+from sensor.exchange.identity import client_address
 from sensor.pipeline import BodyScan, Exchange
 from sensor.runtime import Sensor
 from sensor.taps.connections import RateLimited, accept_backlog
@@ -158,7 +159,7 @@ class IcapServer:
         enforce = route.mode == "enforce"
         ctx = AlertContext(exchange_id=uuid.uuid4().hex, sensor_id=s.config.sensor_id, resource=resource,
                            url=public_url("http", host, target), method=method, status=status,
-                           client_ip=req.headers.get("x-client-ip", ""), mode=route.mode,
+                           client_ip=client_address(s.config, req.headers.get("x-client-ip", ""), req_h), mode=route.mode,
                            action="cut_and_takedown" if enforce else "logged", partial=status == 206)
         has_body = req.body_kind == "res-body"
         if s.registry.blocked(resource) is not None:

@@ -41,6 +41,7 @@ from multidict import CIMultiDict
 
 from sensor.alerts.schema import AlertContext
 from sensor.enforce.resource import public_url, resource_of
+from sensor.exchange.identity import client_address
 from sensor.pipeline import BodyScan, Exchange
 from sensor.runtime import Sensor
 
@@ -117,13 +118,6 @@ class Proxy:
         return web.Response(status=451, body=self.sensor.block_page(), content_type="text/html",
                             headers={"Cache-Control": "no-store"})
 
-    def _client_ip(self, request: web.Request) -> str:
-        if self.config.trust_forwarded:
-            xff = request.headers.get("X-Forwarded-For", "")
-            if xff:
-                return xff.split(",")[0].strip()
-        return request.remote or ""
-
     # -- the handler ------------------------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.StreamResponse:
         t0 = time.perf_counter()
@@ -177,7 +171,7 @@ class Proxy:
         exchange = Exchange(url=str(request.url), method=request.method, status=up.status,
                             content_type=up.headers.get("Content-Type", ""),
                             content_encoding=up.headers.get("Content-Encoding", ""),
-                            client=self._client_ip(request), path=request.path)
+                            client=client_address(s.config, request.remote or "", request.headers), path=request.path)
         ctx = AlertContext(exchange_id=uuid.uuid4().hex, sensor_id=s.config.sensor_id, resource=resource,
                            url=public_url(request.scheme, request.host, request.raw_path), method=request.method,
                            status=up.status, client_ip=exchange.client, mode=route.mode,
