@@ -95,10 +95,17 @@ class ProxyRoute:
     def on_decode_limit(self) -> str:
         """What a body that could not be fully inspected gets: ``on_error`` when the operator chose
         it, else closed on an enforce route (a leak must not hide behind a decode limit) and open on
-        a monitor route."""
+        a monitor route (the same as ``on_error``'s own default)."""
         if self.on_error_explicit:
             return self.on_error
         return "closed" if self.mode == "enforce" else "open"
+
+
+def default_on_error(mode: str) -> str:
+    """``on_error`` when neither the route nor the proxy section sets it: an enforce route fails
+    closed (an overload or a scanner fault must not turn enforcement off), a monitor route fails
+    open (it never delays a byte)."""
+    return "closed" if mode == "enforce" else "open"
 
 
 @dataclass
@@ -107,7 +114,7 @@ class ProxyConfig:
     upstream: str = "http://127.0.0.1:8080"
     mode: str = "enforce"
     holdback: int = 64 << 10
-    on_error: str = "open"
+    on_error: str | None = None         # None: default_on_error(the route's mode); read routes, not this
     on_error_explicit: bool = False
     upstream_timeout: float = 30.0
     connect_timeout: float = 5.0
@@ -126,7 +133,8 @@ class ProxyConfig:
         for r in self.routes:
             if fnmatch.fnmatchcase(path, r.match):
                 return r
-        return ProxyRoute("*", self.mode, self.on_error, self.holdback, self.on_error_explicit)
+        return ProxyRoute("*", self.mode, self.on_error or default_on_error(self.mode), self.holdback,
+                          self.on_error_explicit)
 
 
 @dataclass
@@ -454,7 +462,8 @@ class RouteSection(Section):
     ``policy.routes`` entry's), so one table can say everything about a path."""
     match: Text = Field(description="Path glob (fnmatch), e.g. /exports/*.")
     mode: Mode | None = Field(None, description="monitor or enforce; default: proxy.mode.")
-    on_error: OnError | None = Field(None, description="open or closed; default: proxy.on_error.")
+    on_error: OnError | None = Field(None, description="open or closed; default: proxy.on_error, else closed on "
+                                                       "an enforce route and open on a monitor route.")
     holdback_kib: whole(ge=0) | None = Field(None, description="KiB held back until scanned; "
                                                                "default: proxy.holdback_kib.")
     trip: ThresholdsSection | None = Field(None, description="Trip thresholds on this route; default: the policy's.")
@@ -475,9 +484,10 @@ class ProxySection(Section):
     upstream: HttpUrl = Field("http://127.0.0.1:8080", description="The app behind the sidecar.")
     mode: Mode = Field("enforce", description="Default route mode: enforce holds back and cuts; monitor only alerts.")
     holdback_kib: whole(ge=0) = Field(64, description="KiB of each response held back until scanned (enforce).")
-    on_error: OnError = Field("open", description="When the scanner is overloaded or fails: open forwards, "
-                                                  "closed refuses. Unset, a body that hit a decode limit "
-                                                  "fails closed on enforce routes and open on monitor routes.")
+    on_error: OnError | None = Field(None, description="When the scanner is overloaded or fails: open forwards "
+                                                       "(unscanned, with an alert), closed refuses (503) or cuts. "
+                                                       "Unset: closed on enforce routes, open on monitor routes; "
+                                                       "a body that hit a decode limit follows the same default.")
     upstream_timeout: number(gt=0) = Field(30.0, description="Seconds to wait for the upstream's answer.")
     connect_timeout: number(gt=0) = Field(5.0, description="Seconds to connect to the upstream.")
     max_scans: whole(ge=1) = Field(512, description="Responses scanned at once; above it on_error applies.")
@@ -964,11 +974,12 @@ def _overrides(t: ThresholdsSection | None) -> tuple[tuple[str, int], ...]:
 def to_config(m: ConfigFile) -> Config:
     """The runtime dataclasses of a validated file."""
     p = m.proxy
-    explicit = "on_error" in p.model_fields_set
+    explicit = p.on_error is not None
     proxy = _common(p, ProxyConfig, upstream=p.upstream.rstrip("/"), holdback=p.holdback_kib << 10,
                     tls_cert=p.tls.cert if p.tls else None, tls_key=p.tls.key if p.tls else None,
                     on_error_explicit=explicit, http10_buffer=int(p.http10_buffer_mib * (1 << 20)),
-                    routes=tuple(ProxyRoute(r.match, r.mode or p.mode, r.on_error or p.on_error,
+                    routes=tuple(ProxyRoute(r.match, r.mode or p.mode,
+                                            r.on_error or p.on_error or default_on_error(r.mode or p.mode),
                                             (p.holdback_kib if r.holdback_kib is None else r.holdback_kib) << 10,
                                             r.on_error is not None or explicit, trip=_overrides(r.trip),
                                             alert=_overrides(r.alert), allow=frozenset(r.allow or ()))

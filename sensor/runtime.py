@@ -22,7 +22,8 @@ from pathlib import Path
 from sensor.alerts.dispatch import Dispatcher
 from sensor.alerts.schema import AlertContext, build_alert, incident_id
 from sensor.alerts.sinks import make_sink
-from sensor.alerts.spool import Spool
+from sensor.alerts.spool import TRIP_HOLD, Spool
+from sensor.alerts.unscanned import UnscannedAlerts
 from sensor.config import Config
 from sensor.decode.limits import DecodeLimits
 from sensor.detect.engine import Engine
@@ -34,7 +35,7 @@ from sensor.enforce.ledger import Ledger
 from sensor.exchange.admission import Admission
 from sensor.exchange.routes import route_for
 from sensor.enforce.report import evidence_of
-from sensor.enforce.registry import Registry, Takedown, TakedownNotDurable
+from sensor.enforce.registry import DISK_ERRORS, Registry, Takedown, TakedownNotDurable
 from sensor.enforce.statefiles import MIN_SECRET_BYTES, StateError, load_or_create_secret, private_dir, private_file
 from sensor.exchange.identity import client_hash
 from sensor.metrics import Metrics
@@ -48,6 +49,19 @@ DEFAULT_BLOCK_PAGE = (b"<!doctype html><html><head><title>451 Unavailable For Le
 TOKEN_ENV = "DLP_SENSOR_ADMIN_TOKEN"
 NOT_DURABLE_NOTE = ("takedown-not-durable: the disk refused the takedown's commit; the resource is refused "
                     "from memory and the commit is retried until it lands (a stop before then loses it)")
+
+COMMITTED_LIMIT = 10_000       # trips in flight remembered for finished() (oldest forgotten first)
+COUNTS_UNKNOWN_NOTE = ("counts-unknown: the tap gave no scan result at the trip; the counts come when the "
+                       "exchange ends, if before delivery")
+
+
+def _at_trip(result: ScanResult | None) -> ScanResult:
+    """The result the trip's alert is built from: the tap's, or a bare trip when it gave none."""
+    if result is None:
+        return ScanResult(verdict="trip", notes=[COUNTS_UNKNOWN_NOTE])
+    if result.verdict == "trip":
+        return result
+    return dataclasses.replace(result, verdict="trip", notes=list(result.notes))
 
 
 @dataclass
@@ -113,7 +127,8 @@ class Sensor:
         self.spool = Spool(sd / "alerts.db", start_empty=empty)
         self.dispatcher = Dispatcher(self.spool, self._sinks(config), retry_initial=config.retry_initial,
                                      retry_max=config.retry_max, metrics=self.metrics)
-        self._not_durable: set[str] = set()        # exchanges whose takedown the disk refused (for the alert)
+        self._committed: dict[str, str] = {}       # exchange id -> dedup id of the alert take_down spooled
+        self.unscanned = UnscannedAlerts(self)
         self.limits = DecodeLimits()
         self.admission = Admission()                # scans in flight, shared by every tap of this process
         self.ready = False
@@ -160,6 +175,7 @@ class Sensor:
 
     async def stop(self) -> None:
         self.ready = False
+        self.unscanned.close()                      # the pending window's count goes out now
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -177,9 +193,10 @@ class Sensor:
         self.ledger.on_mark = wake.set
         next_prune = 0.0
         while True:
-            try:
-                await asyncio.wait_for(wake.wait(), 0.5)
-            except asyncio.TimeoutError:
+            try:                                    # not wait_for: on 3.11 it can swallow stop()'s cancel
+                async with asyncio.timeout(0.5):
+                    await wake.wait()
+            except TimeoutError:
                 pass
             wake.clear()
             try:
@@ -302,24 +319,63 @@ class Sensor:
         """Keyed hash of a body's first bytes: the same file under another URL has the same one."""
         return content_fingerprint(self.key, head)
 
-    async def take_down(self, ctx: AlertContext, fingerprint: str | None, tripped_at: float) -> Takedown:
-        """Durable (fsynced) before it returns: await it before the tripped response is cut."""
+    async def take_down(self, ctx: AlertContext, fingerprint: str | None, tripped_at: float, *,
+                        result: ScanResult | None = None, exposure: dict | None = None) -> Takedown:
+        """Commit the trip before the tap answers: await it before the 451 or the cut.
+
+        Three stores, in this order (docs/operations.md, "Durability order"): the takedown
+        (registry, fsynced; the resource is refused from the call on), then, concurrently, the SOC
+        alert (spooled for every sink, fsynced) and the ledger incident (trip and takedown marks,
+        the trip counter and the alert's evidence, fsynced), one transaction each on its store's
+        disk thread. The alert is built from ``result``, the scan's result at the trip; without
+        one it says only that the exchange tripped (note ``counts-unknown``). Its deliveries wait
+        (at most ``TRIP_HOLD`` s) for the end of the exchange: :meth:`finished` writes the final
+        counts into that same spooled alert (same dedup id) and releases them, instead of raising
+        a second alert. A store the disk refuses does not stop the cut: the
+        takedown is refused from memory and retried, the alert goes to the sinks from memory, the
+        ledger keeps its marks for the next flush (each logged once). ``exposure``: the trip is
+        cumulative exposure across responses already accounted (the alert's ``dlp.exposure``)."""
         actor, reason = f"sensor:{self.config.sensor_id}", "trip: personal-data leak"
         commit = self.registry.add_soon(ctx.resource, actor=actor, reason=reason, fingerprint=fingerprint,
                                         exchange_id=ctx.exchange_id)
         if self.fleet is not None:                  # the fleet does not wait for this host's fsync
             self.fleet.announce(ctx.resource, actor=actor, reason=reason, fingerprint=fingerprint,
                                 xid=ctx.exchange_id)
+        durable = True
         try:
             td = await asyncio.shield(commit)
         except TakedownNotDurable as e:             # a full disk: refused from memory, commit retried
-            td = e.takedown
-            self._not_durable.add(ctx.exchange_id)
+            td, durable = e.takedown, False
         else:
             self.metrics.detection_to_takedown.observe(time.perf_counter() - tripped_at)
         self.metrics.takedowns.labels(source="trip").inc()
         ctx.takedown_id = td.id
+        await asyncio.shield(self._commit_trip(ctx, result, durable, exposure))
         return td
+
+    async def _commit_trip(self, ctx: AlertContext, result: ScanResult | None, durable: bool,
+                           exposure: dict | None) -> None:
+        """The trip's alert (spool) and incident (ledger), committed concurrently (see take_down)."""
+        now = time.time()
+        ctx.ruleset = self.detector.generation
+        alert = build_alert(ctx, _at_trip(result), key=self.key, source_ip=self.config.source_ip, now=now,
+                            exposure=exposure)
+        if not durable:
+            alert["dlp"]["notes"].append(NOT_DURABLE_NOTE)
+        self._committed[ctx.exchange_id] = alert["dlp"]["dedup_id"]
+        while len(self._committed) > COMMITTED_LIMIT:          # a tap that never called finished()
+            self._committed.pop(next(iter(self._committed)))
+        client = self._client(ctx)
+        hold = TRIP_HOLD if exposure is None else 0.0           # the exchange's end brings the final counts
+        spooled = self.dispatcher.submit(alert, hold=hold)      # a disk fault: held in memory
+        served = ctx.bytes_sent > 0 and exposure is None        # an exposure trip's responses are counted
+        ledgered = self.ledger.commit_trip(ctx.resource, client=client, served=served,
+                                           taken_down=True, evidence=evidence_of(alert, client=client), now=now)
+        for what, outcome in zip(("alert spool", "exposure ledger"),
+                                 await asyncio.gather(spooled, ledgered, return_exceptions=True)):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, DISK_ERRORS):
+                log.error("exchange %s: the trip could not be committed to the %s (%s: %s)", ctx.exchange_id,
+                          what, type(outcome).__name__, outcome)
 
     def refused(self, resource: str, reason: str) -> None:
         self.ledger.refused(resource)
@@ -327,14 +383,31 @@ class Sensor:
         self.dispatcher.refused(incident_id(self.key, resource))     # counts into its incident, if any
 
     def finished(self, ctx: AlertContext, result: ScanResult | None, *, tap: str, completed: bool,
-                 scan_seconds: float = 0.0, mirrored: bool = False) -> dict | None:
-        """Account for one exchange; returns the alert it raised, if any."""
+                 scan_seconds: float = 0.0, mirrored: bool = False, unscanned: str | None = None) -> dict | None:
+        """Account for one exchange; returns the alert it raised or amended, if any.
+
+        ``unscanned`` says why bytes left without a full scan (``overload``, ``scanner-error``,
+        ``decode-limit``…): with no result the exchange counts into that reason's aggregated
+        "unscanned" alert (:class:`~sensor.alerts.unscanned.UnscannedAlerts`: one at once, then one
+        per window with the count); with a result the note ``unscanned: <reason>`` goes on its alert
+        and a pass becomes an alert. An exchange whose trip :meth:`take_down` committed raises no
+        second alert: its spooled alert gets the final counts (same dedup id) if it is still
+        waiting for a sink."""
         m = self.metrics
         verdict = result.verdict if result else "mirrored" if mirrored else "unscanned"
+        committed = self._committed.pop(ctx.exchange_id, None)
+        if result is not None and unscanned:
+            note = f"unscanned: {unscanned}"
+            if note not in result.notes:
+                result.notes.append(note)
+            if result.verdict == "pass":
+                result.verdict = verdict = "alert"  # the SOC hears of it, not only a metric
         m.exchanges.labels(tap=tap, verdict=verdict).inc()
         if result is None:
             self.ledger.served(ctx.resource, self._client(ctx), sent=ctx.bytes_sent, completed=completed,
                                partial=ctx.partial, records=0, verdict="pass")
+            if unscanned and not mirrored:
+                return self.unscanned.add(ctx, unscanned)
             return None
         m.bytes_scanned.labels(tap=tap).inc(result.bytes)
         m.scan_seconds.labels(tap=tap).observe(scan_seconds)
@@ -344,7 +417,8 @@ class Sensor:
             if note.startswith(("decode-limit:", "decode-error:", "truncated:")):
                 m.decode_limits.labels(reason=note.split(" ")[0]).inc()
         self.ledger.served(ctx.resource, self._client(ctx), sent=ctx.bytes_sent, completed=completed,
-                           partial=ctx.partial, records=result.records, verdict=verdict)
+                           partial=ctx.partial, records=result.records, verdict=verdict,
+                           trip_counted=committed is not None)
         if result.edm_rows:
             self.ledger.note_edm_rows(ctx.resource, result.edm_rows)
         if verdict != "trip" and (result.strong_ids or result.person_ids) and self._exposure(ctx, result):
@@ -353,17 +427,19 @@ class Sensor:
             return None
         if verdict == "trip":
             m.trips.labels(mode=ctx.mode).inc()
-            self.ledger.mark(ctx.resource, "tripped")
-            if ctx.takedown_id is not None:
-                self.ledger.mark(ctx.resource, "taken_down")
+            if committed is None:
+                self.ledger.mark(ctx.resource, "tripped")
+                if ctx.takedown_id is not None:
+                    self.ledger.mark(ctx.resource, "taken_down")
         ctx.ruleset = self.detector.generation
         now = time.time()
         alert = build_alert(ctx, result, key=self.key, source_ip=self.config.source_ip, now=now)
-        if ctx.exchange_id in self._not_durable:
-            self._not_durable.discard(ctx.exchange_id)
-            alert["dlp"]["notes"].append(NOT_DURABLE_NOTE)
-        self.dispatcher.submit(alert)
-        self.ledger.note_evidence(ctx.resource, evidence_of(alert, client=self._client(ctx)), now)
+        if committed is not None and alert["dlp"]["dedup_id"] == committed:
+            self.dispatcher.amend(alert)            # final counts, if no sink has it yet; never a second alert
+            self.ledger.amend_evidence(ctx.resource, evidence_of(alert, client=self._client(ctx)), now)
+        else:
+            self.dispatcher.submit(alert)
+            self.ledger.note_evidence(ctx.resource, evidence_of(alert, client=self._client(ctx)), now)
         if self.fleet is not None:
             from sensor.stream.records import finding_record
             self.fleet.publish_finding(ctx.resource, finding_record(
@@ -407,21 +483,19 @@ class Sensor:
                     "window_s": self.config.exposure.window_s, "approximate": c.approximate}
 
         async def trip_() -> None:
+            self.metrics.trips.labels(mode=ctx.mode).inc()
             if enforce:
-                try:
-                    await self.take_down(tctx, None, time.perf_counter())
+                try:                                    # takedown, alert and ledger marks committed together
+                    await self.take_down(tctx, None, time.perf_counter(), result=summary, exposure=exposure)
+                    return
                 except Exception:                       # the alert still goes out, saying no takedown id
                     log.exception("exposure takedown of exchange %s failed", ctx.exchange_id)
-            self.metrics.trips.labels(mode=ctx.mode).inc()
+                finally:
+                    self._committed.pop(tctx.exchange_id, None)     # the exchange has ended already
             self.ledger.mark(ctx.resource, "tripped")
-            if tctx.takedown_id is not None:
-                self.ledger.mark(ctx.resource, "taken_down")
             tctx.ruleset = self.detector.generation
             alert = build_alert(tctx, summary, key=self.key, source_ip=self.config.source_ip, now=time.time(),
                                 exposure=exposure)
-            if tctx.exchange_id in self._not_durable:
-                self._not_durable.discard(tctx.exchange_id)
-                alert["dlp"]["notes"].append(NOT_DURABLE_NOTE)
             self.dispatcher.submit(alert)
             self.ledger.note_evidence(ctx.resource, evidence_of(alert, client=self._client(ctx)), time.time())
 

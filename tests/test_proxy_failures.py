@@ -27,7 +27,7 @@ async def test_scanner_error_fails_open_or_closed_per_route(site, tmp_path, monk
 
     monkeypatch.setattr(BodyScan, "write", broken)
     cfg = Config(state_dir=tmp_path, metrics=None, admin=None, sinks=[],
-                 proxy=ProxyConfig(listen="127.0.0.1:0", upstream=site.url, holdback=0, routes=(
+                 proxy=ProxyConfig(listen="127.0.0.1:0", upstream=site.url, holdback=0, on_error="open", routes=(
                      ProxyRoute("/stream/closed/*", "enforce", "closed", 0),)))
     run = await start_proxy(cfg)
     base = f"http://127.0.0.1:{run.addresses['proxy'][1]}"

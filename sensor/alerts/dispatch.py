@@ -57,14 +57,38 @@ class Dispatcher:
         self._held_sent: dict[tuple[str, str], float] = {}     # (sink, incident) -> last sent from memory
         self.spool_fault: str | None = None     # why the spool cannot be written, while it cannot
 
-    def submit(self, alert: dict) -> "asyncio.Future[int]":
+    def submit(self, alert: dict, *, hold: float = 0.0) -> "asyncio.Future[int]":
         """Queue the alert for the spool (fsynced rows for every sink) on the spool's disk thread and
         return at once: the caller never waits on the disk. The senders wake once it is durable;
         they lease through the same thread, so they cannot miss it."""
-        fut = self.spool.disk.submit(self._store, alert)
+        fut = self.spool.disk.submit(self._store, alert, hold)
         self._storing.add(fut)
         fut.add_done_callback(functools.partial(self._stored, alert))
         return fut
+
+    def amend(self, alert: dict) -> None:
+        """Final counts for an alert :meth:`submit` stored at the trip (same dedup id): written into it
+        for the sinks that have not had it yet, on the spool's disk thread, after the store it amends;
+        the deliveries held for it are due at once.
+        Never a second alert; held in memory (the spool could not be written), it is amended there."""
+        for q in self._held.values():
+            for h in q:
+                if h.alert["dlp"]["dedup_id"] == alert["dlp"]["dedup_id"]:
+                    h.alert = {**alert, "dlp": {**alert["dlp"], "incident": h.alert["dlp"].get("incident")}}
+        try:
+            fut = self.spool.disk.submit(self.spool.amend, alert)
+        except RuntimeError:                        # shutting down: the trip-time counts stand
+            return
+        self._storing.add(fut)
+
+        def done(f: asyncio.Future) -> None:
+            self._storing.discard(f)
+            if not f.cancelled() and (e := f.exception()) is not None:
+                log.warning("alert %s: final counts not written (%s: %s); the counts at the trip stand",
+                            alert["dlp"]["dedup_id"], type(e).__name__, e)
+            for ev in self._wake.values():      # its held deliveries are due now
+                ev.set()
+        fut.add_done_callback(done)
 
     def refused(self, incident: str) -> None:
         """A request for a taken-down resource was refused: count it into its incident. Refusals are
@@ -94,8 +118,8 @@ class Dispatcher:
     def _windows(self) -> dict[str, float]:
         return {s.name: s.throttle for s in self.sinks}
 
-    def _store(self, alert: dict) -> tuple[int, dict[str, int], int]:
-        seq = self.spool.put(alert, self._windows(), every={s.name for s in self.sinks if s.every_alert})
+    def _store(self, alert: dict, hold: float = 0.0) -> tuple[int, dict[str, int], int]:
+        seq = self.spool.put(alert, self._windows(), every={s.name for s in self.sinks if s.every_alert}, hold=hold)
         return seq, self.spool.take_throttled(), self.spool.depth()
 
     def _store_refusals(self, counts: dict[str, int]) -> tuple[int, dict[str, int], int]:
@@ -317,7 +341,8 @@ class Dispatcher:
             wake.clear()
             if not self._serving(sink):
                 return
-            try:
-                await asyncio.wait_for(wake.wait(), timeout)
-            except asyncio.TimeoutError:
+            try:                                # not wait_for: on 3.11 it swallows a stop()'s cancel
+                async with asyncio.timeout(timeout):        # that comes with a wake-up
+                    await wake.wait()
+            except TimeoutError:
                 pass

@@ -23,6 +23,7 @@ from sensor.exchange.identity import client_hash as keyed_client_hash
 ECS_VERSION = "8.11.0"
 SOURCE_IP_MODES = ("raw", "hashed", "drop")
 SEVERITY = {"trip": 9, "alert": 5}      # ECS event.severity / OCSF severity_id via _OCSF_SEVERITY
+FORWARDED = ("logged", "forwarded_unscanned")     # actions that let the response through (not "denied")
 
 
 @dataclass
@@ -83,7 +84,7 @@ def build_alert(ctx: AlertContext, result: ScanResult, *, key: bytes, source_ip:
     alert: dict[str, Any] = {
         "@timestamp": iso(now),
         "ecs": {"version": ECS_VERSION},
-        "event": {"kind": "alert", "category": ["network"], "type": ["info", "denied"] if ctx.action != "logged"
+        "event": {"kind": "alert", "category": ["network"], "type": ["info", "denied"] if ctx.action not in FORWARDED
                   else ["info"], "action": f"dlp-{verdict}", "severity": SEVERITY.get(verdict, 3),
                   "dataset": "dlp_sensor.alert", "id": did},
         "rule": {"id": f"dlp.{verdict}", "name": ("Personal-data leak: records served across responses tripped "
@@ -136,8 +137,8 @@ def to_ocsf(alert: dict[str, Any]) -> dict[str, Any]:
                          "analytic": {"uid": alert["rule"]["id"], "name": alert["rule"]["name"], "type_id": 1}},
         "data_security": {"category_id": 1, "detection_system_id": 3, "detection_pattern": d["top_signature"],
                           "data_lifecycle_state_id": 2},   # category PII; system Network DLP; in transit
-        "action_id": 2 if d["action"] != "logged" else 1,  # Denied / Allowed
-        "disposition_id": 2 if d["action"] != "logged" else 1,
+        "action_id": 2 if d["action"] not in FORWARDED else 1,  # Denied / Allowed
+        "disposition_id": 2 if d["action"] not in FORWARDED else 1,
         "resources": [{"uid": d["resource"], "type": "http resource"}],
         "http_request": {"http_method": alert["http"]["request"]["method"],
                          "url": {"url_string": alert["url"].get("original"), "path": alert["url"].get("path"),

@@ -15,6 +15,13 @@ of those that came during the window when it closes (trailing edge, so the count
 the final ones). The pending trailing alert is an ordinary delivery row scheduled at the window's
 end, replaced by each newer alert; nothing is lost by a ``kill -9``.
 
+Trips: the alert of a trip is stored before the tap answers (``Sensor.take_down``), from the
+counts at the trip, with its deliveries held for at most ``hold`` seconds; when the exchange ends
+(milliseconds after the answer), :meth:`Spool.amend` writes its final counts into the stored alert
+(same dedup id) and makes the held deliveries due at once. A sink never gets a trip twice: one
+that had it already (the hold ran out) keeps the counts at the trip. A restart makes held
+deliveries due at once (:meth:`release_leases`).
+
 Dead letters: a delivery the receiver refused for good (an HTTP 4xx other than 408/429) is moved
 out of the spool into ``alerts.dead-letter.jsonl`` beside it (0600, one JSON line per alert and
 sink, fsynced), so it is neither retried forever nor lost.
@@ -68,6 +75,7 @@ CREATE TABLE IF NOT EXISTS throttles (
 ) WITHOUT ROWID;
 """
 LEASE_SECONDS = 30.0
+TRIP_HOLD = 2.0             # at most this long a trip's alert waits for the final counts of its exchange
 INCIDENT_RETENTION = 30 * 86400.0
 DEAD_LETTER_FILE = "alerts.dead-letter.jsonl"
 
@@ -88,20 +96,45 @@ class Spool:
         self.db.close()
 
     def put(self, alert: dict, sinks: dict[str, float], now: float | None = None,
-            every: Collection[str] = ()) -> int:
+            every: Collection[str] = (), hold: float = 0.0) -> int:
         """Store the alert and its deliveries; ``sinks`` maps each sink to its throttle window (0: none),
-        ``every`` names the sinks that get repeats of an incident too. Returns the alert's seq
+        ``every`` names the sinks that get repeats of an incident too. ``hold``: deliveries due now
+        wait that long for :meth:`amend` (which makes them due at once). Returns the alert's seq
         (0 when no sink gets it: the incident was counted, nothing else is kept)."""
         now = time.time() if now is None else now
         with Transaction(self.db):
             if alert["dlp"].get("incident") is None:
-                return self._store(alert, sinks, now)
+                return self._store(alert, sinks, now, hold)
             update = self.incidents.on_alert(alert, now)
             to = sinks if update.state in (OPENED, ESCALATED) else {s: w for s, w in sinks.items() if s in every}
-            seq = self._store(alert, to, now)
+            seq = self._store(alert, to, now, hold)
             if update.summary is not None:
                 self._store(update.summary, sinks, now)
         return seq
+
+    def amend(self, alert: dict, now: float | None = None, hold: float = TRIP_HOLD) -> int:
+        """Write an exchange's final counts into its alert, stored at the trip under the same dedup id,
+        for the sinks that have not had it yet; returns how many stored alerts it changed (0: every
+        sink has it already, and nothing is sent again: one alert per trip). The stored alert's
+        time, incident counts and notes stay (the incident already counted it). Its deliveries held
+        by :meth:`put` (``hold``) are due at once."""
+        did = alert["dlp"]["dedup_id"]
+        now = time.time() if now is None else now
+        n = 0
+        with Transaction(self.db):
+            for seq, created, body in self.db.execute("SELECT seq, created, body FROM alerts WHERE dedup_id = ?",
+                                                      (did,)).fetchall():
+                old = orjson.loads(body)
+                new = dict(alert, **{"@timestamp": old["@timestamp"]})
+                d = new["dlp"] = dict(alert["dlp"])
+                d["incident"] = old["dlp"]["incident"]
+                d["notes"] = [*d["notes"], *(x for x in old["dlp"]["notes"] if x not in d["notes"]
+                                             and not x.startswith("counts-unknown:"))]
+                self.db.execute("UPDATE alerts SET body = ? WHERE seq = ?", (orjson.dumps(new), seq))
+                self.db.execute("UPDATE deliveries SET next_at = ? WHERE seq = ? AND attempts = 0 AND next_at > ? "
+                                "AND next_at <= ?", (now, seq, now, created + hold))     # held for this: due now
+                n += 1
+        return n
 
     def refusals(self, counts: dict[str, int], sinks: dict[str, float], now: float | None = None) -> int:
         """Count refused requests into their incidents (``counts``: incident id -> n); a crossed power
@@ -115,7 +148,7 @@ class Spool:
                     n += 1
         return n
 
-    def _store(self, alert: dict, sinks: dict[str, float], now: float) -> int:
+    def _store(self, alert: dict, sinks: dict[str, float], now: float, hold: float = 0.0) -> int:
         if not sinks:
             return 0
         inc = alert["dlp"].get("incident")
@@ -123,6 +156,8 @@ class Spool:
                               (alert["dlp"]["dedup_id"], now, orjson.dumps(alert))).lastrowid
         for sink, window in sinks.items():
             due = now if inc is None or window <= 0 else self._throttle(sink, inc["id"], seq, window, now)
+            if hold > 0 and due <= now:
+                due = now + hold
             self.db.execute("INSERT INTO deliveries(seq, sink, next_at) VALUES (?,?,?)", (seq, sink, due))
         return seq
 

@@ -39,9 +39,9 @@ class _TimelineSensor(Sensor):
     """The demo's sensor: remembers when the trip and the takedown happened, to print them."""
     events: list[tuple[str, float]]
 
-    async def take_down(self, ctx, fingerprint, tripped_at):
+    async def take_down(self, ctx, fingerprint, tripped_at, **kw):
         self.events.append(("trip", tripped_at))
-        td = await super().take_down(ctx, fingerprint, tripped_at)
+        td = await super().take_down(ctx, fingerprint, tripped_at, **kw)
         self.events.append(("takedown", time.perf_counter()))
         return td
 

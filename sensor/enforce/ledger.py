@@ -62,7 +62,7 @@ CREATE INDEX IF NOT EXISTS clients_age ON clients(first_seen);
 DEFAULT_CLIENT_RETENTION_DAYS = 90.0
 CLIENT_HASH_VERSION = 2             # PRAGMA user_version: clients are the alerts' HMAC (client_hash)
 
-Mark = tuple[str, str, float]          # (resource, "tripped" | "taken_down", when)
+Mark = tuple                  # (resource, "tripped" | "taken_down", when[, this response served, its client])
 COUNTERS = ("served", "completed", "partial", "bytes", "refused", "alerts", "trips")
 
 
@@ -129,7 +129,8 @@ class Ledger:
 
     # -- hot path (memory only) -----------------------------------------------------------------
     def served(self, resource: str, client: str | None, *, sent: int, completed: bool, partial: bool,
-               records: int, verdict: str, now: float | None = None) -> None:
+               records: int, verdict: str, now: float | None = None, trip_counted: bool = False) -> None:
+        """Count one response (memory only). ``trip_counted``: :meth:`commit_trip` counted its trip already."""
         now = time.time() if now is None else now
         d = self._delta(resource, now)
         c = d.counts
@@ -141,7 +142,7 @@ class Ledger:
         c["partial"] += partial
         c["bytes"] += sent
         c["alerts"] += verdict == "alert"
-        c["trips"] += verdict == "trip"
+        c["trips"] += verdict == "trip" and not trip_counted
         if records > d.max_records:
             d.max_records = records
 
@@ -165,6 +166,43 @@ class Ledger:
         self.on_mark()
 
     # -- durable ---------------------------------------------------------------------------------
+    async def commit_trip(self, resource: str, *, client: str | None, served: bool, taken_down: bool,
+                          evidence: dict | None = None, now: float | None = None) -> bool:
+        """The trip, on disk before the tap answers: the counts so far, the trip counter, the
+        ``tripped`` (and ``taken_down``) marks and the alert's evidence, in one transaction on the
+        disk thread, fsynced (``synchronous=FULL`` for it: trips are rare, the half-second flushes
+        stay cheap). ``served``: bytes of the tripping response have left (a cut, not a 451), so the
+        marks' "before" counts include it and its ``client``, as they would once the response is
+        counted at its end (:meth:`served` with ``trip_counted``). A disk fault keeps the batches in
+        memory for the next flush (logged once) and returns False."""
+        now = time.time() if now is None else now
+        trip = _Delta(first=now, last=now)
+        trip.counts["trips"] = 1
+        batches = self._take()
+        batches.append(({resource: trip}, (resource, "tripped", now, served, client)))
+        if taken_down:
+            batches.append(({}, (resource, "taken_down", now, served, client)))
+        row = self._evidence_row(resource, evidence, now) if evidence is not None else None
+        try:
+            await self.disk(self._write_trip, batches, row)
+        except BaseException as e:
+            self._keep(batches, e)
+            if not disk_fault(e):
+                raise
+            return False
+        self._recovered()
+        return True
+
+    def _write_trip(self, batches: list, evidence: tuple | None) -> None:
+        self.db.execute("PRAGMA synchronous=FULL")
+        try:
+            with _tx(self.db):
+                self._write_batches(batches)
+                if evidence is not None:
+                    self._insert_evidence(evidence)
+        finally:
+            self.db.execute("PRAGMA synchronous=NORMAL")
+
     def flush(self) -> None:
         batches = self._take()
         try:
@@ -209,10 +247,13 @@ class Ledger:
         if not batches:
             return
         with _tx(self.db):
-            for pending, mark in batches:
-                self._write_counts(pending)
-                if mark is not None:
-                    self._write_mark(*mark)
+            self._write_batches(batches)
+
+    def _write_batches(self, batches: list[tuple[dict[str, _Delta], Mark | None]]) -> None:
+        for pending, mark in batches:
+            self._write_counts(pending)
+            if mark is not None:
+                self._write_mark(*mark)
 
     def _write_counts(self, pending: dict[str, _Delta]) -> None:
         sets = ", ".join(f"{k} = {k} + ?" for k in COUNTERS)
@@ -231,15 +272,18 @@ class Ledger:
                                           "VALUES (?,?,?)", [(res, c, t) for c, t in d.clients.items()]).rowcount
                 self.db.execute("UPDATE resources SET clients = clients + ? WHERE resource = ?", (new, res))
 
-    def _write_mark(self, res: str, event: str, now: float) -> None:
+    def _write_mark(self, res: str, event: str, now: float, served: bool = False, client: str | None = None) -> None:
+        """``served``/``client``: the tripping response, not counted yet, belongs in the snapshot."""
         col = {"tripped": "tripped_at", "taken_down": "taken_down_at"}[event]
         snap = {"tripped": ("served_at_trip", "clients_at_trip"),
                 "taken_down": ("served_at_takedown", "clients_at_takedown")}[event]
+        new_client = int(served and client is not None and self.db.execute(
+            "SELECT 1 FROM clients WHERE resource = ? AND client = ?", (res, client)).fetchone() is None)
         self.db.execute("INSERT OR IGNORE INTO resources(resource) VALUES (?)", (res,))
         self.db.execute(
-            f"UPDATE resources SET {snap[0]} = coalesce({snap[0]}, served), "
-            f"{snap[1]} = coalesce({snap[1]}, clients), "
-            f"{col} = coalesce({col}, ?) WHERE resource = ?", (now, res))
+            f"UPDATE resources SET {snap[0]} = coalesce({snap[0]}, served + ?), "
+            f"{snap[1]} = coalesce({snap[1]}, clients + ?), "
+            f"{col} = coalesce({col}, ?) WHERE resource = ?", (int(served), new_client, now, res))
 
     def prune(self, now: float | None = None) -> int:
         """Forget client hashes older than the retention (the counts stay); returns how many."""
@@ -284,8 +328,7 @@ class Ledger:
         import logging
 
         import orjson
-        doc = dict(doc)
-        row = (resource, at, str(doc.get("verdict", "")), doc.pop("client", None), orjson.dumps(doc))
+        row = self._evidence_row(resource, doc, at)
         try:
             asyncio.get_running_loop()
         except RuntimeError:                     # the CLI, a test: no loop to keep free
@@ -298,14 +341,48 @@ class Ledger:
 
         self.disk.submit(self._write_evidence, row).add_done_callback(failed)
 
-    def _write_evidence(self, row: tuple) -> None:
+    def amend_evidence(self, resource: str, doc: dict, at: float) -> None:
+        """Final counts of an exchange whose evidence :meth:`commit_trip` wrote at its trip: that row
+        is rewritten (the trip's time stays), or the row is added if the trip's commit did not land."""
+        import asyncio
+        row = self._evidence_row(resource, doc, at)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self._rewrite_evidence(row, doc.get("exchange_id"))
+            return
+        fut = self.disk.submit(self._rewrite_evidence, row, doc.get("exchange_id"))
+        fut.add_done_callback(lambda f: None if f.cancelled() or f.exception() is None else log.warning(
+            "ledger: evidence not written: %s", type(f.exception()).__name__))
+
+    def _rewrite_evidence(self, row: tuple, exchange_id: str | None) -> None:
+        import orjson
         with _tx(self.db):
             self.db.execute(self.EVIDENCE_SCHEMA)
-            (n,) = self.db.execute("SELECT count(*) FROM evidence WHERE resource = ?", (row[0],)).fetchone()
-            if n < self.EVIDENCE_PER_RESOURCE:
-                self.db.execute("INSERT INTO evidence(resource, at, verdict, client, doc) VALUES (?,?,?,?,?)", row)
-            self.db.execute("UPDATE evidence SET client = NULL WHERE at < ? AND client IS NOT NULL",
-                            (time.time() - self.client_retention,))
+            for rowid, doc in self.db.execute("SELECT rowid, doc FROM evidence WHERE resource = ?",
+                                              (row[0],)).fetchall():
+                if exchange_id is not None and orjson.loads(doc).get("exchange_id") == exchange_id:
+                    self.db.execute("UPDATE evidence SET verdict = ?, doc = ? WHERE rowid = ?", (row[2], row[4], rowid))
+                    return
+            self._insert_evidence(row)
+
+    @staticmethod
+    def _evidence_row(resource: str, doc: dict, at: float) -> tuple:
+        import orjson
+        doc = dict(doc)
+        return (resource, at, str(doc.get("verdict", "")), doc.pop("client", None), orjson.dumps(doc))
+
+    def _write_evidence(self, row: tuple) -> None:
+        with _tx(self.db):
+            self._insert_evidence(row)
+
+    def _insert_evidence(self, row: tuple) -> None:
+        self.db.execute(self.EVIDENCE_SCHEMA)
+        (n,) = self.db.execute("SELECT count(*) FROM evidence WHERE resource = ?", (row[0],)).fetchone()
+        if n < self.EVIDENCE_PER_RESOURCE:
+            self.db.execute("INSERT INTO evidence(resource, at, verdict, client, doc) VALUES (?,?,?,?,?)", row)
+        self.db.execute("UPDATE evidence SET client = NULL WHERE at < ? AND client IS NOT NULL",
+                        (time.time() - self.client_retention,))
 
     def evidence(self, resource: str) -> list[tuple[float, dict]]:
         """(when, evidence) of the resource's alerting responses, oldest first; ``client`` is None

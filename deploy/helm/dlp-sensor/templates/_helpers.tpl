@@ -140,7 +140,8 @@ for keys the chart does not model. Credentials never appear here: the sinks carr
 {{- range $name, $_ := $s.extraSignatures -}}
 {{- $sigs = append $sigs (printf "/etc/dlp-sensor/signatures-%s.yaml" $name) -}}
 {{- end -}}
-{{- $proxy := dict "listen" (printf "0.0.0.0:%v" $s.ports.proxy) "upstream" (printf "http://127.0.0.1:%v" .Values.sidecar.app.port) "mode" $s.mode "holdback_kib" $s.holdbackKiB "on_error" $s.onError "trust_forwarded" $s.trustForwarded -}}
+{{- $proxy := dict "listen" (printf "0.0.0.0:%v" $s.ports.proxy) "upstream" (printf "http://127.0.0.1:%v" .Values.sidecar.app.port) "mode" $s.mode "holdback_kib" $s.holdbackKiB "trust_forwarded" $s.trustForwarded -}}
+{{- with $s.onError }}{{- $_ := set $proxy "on_error" . -}}{{- end -}}
 {{- with $s.routes }}{{- $_ := set $proxy "routes" . -}}{{- end -}}
 {{- $fields := include "dlp-sensor.sinkCredentialFields" . | fromJson -}}
 {{- $sinks := list -}}
