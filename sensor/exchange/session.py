@@ -81,6 +81,7 @@ from sensor.detect.scanner import ScanResult
 from sensor.enforce.fingerprint import BodyPrint
 from sensor.enforce.resource import host_allowed, public_url, resource_of
 from sensor.exchange.identity import client_address
+from sensor.exchange import ranges
 from sensor.exchange.routes import Route, route_for
 from sensor.pipeline import BodyScan, Exchange
 
@@ -192,6 +193,13 @@ class ExchangeSession:
                                 client_ip=self.client, mode=self.route.mode,
                                 action="cut_and_takedown" if self.enforce else "logged")
         self.http10 = http10
+        # ranges (sensor.exchange.ranges): on an enforce route a range is served only of a body
+        # scanned whole and clean; else the whole body is asked for, scanned and sent (200)
+        self.range_key = parts.path + (f"?{parts.query}" if parts.query else "")
+        self.range_plan = ranges.plan(sensor.clean, enforce=self.enforce, resource=self.resource,
+                                      target=self.range_key, headers=headers)
+        self.validator: str | None = None               # the response's (a clean 200 fills sensor.clean)
+        self.unscanned_reason: str | None = None        # accounted as bytes refused unscanned
         self.read_more: Callable[[int], Awaitable[bytes]] | None = None
         # the body
         self.exchange: Exchange | None = None
@@ -226,9 +234,29 @@ class ExchangeSession:
             self.sensor.metrics.refusals.labels(reason="host").inc()    # no resource of the site: no ledger row
             return self._stop(421, "misdirected")
         if self.sensor.registry.blocked(self.resource) is not None:
+            self.sensor.clean.forget(self.resource)      # taken down here or by the fleet/admin
             self.sensor.refused(self.resource, "resource")     # a refusal, not an exchange: no accounting
             return self._stop(451, "refused")
         return Step(FORWARD)
+
+    @property
+    def upstream_drop(self) -> frozenset[str]:
+        """Request headers (lower case) the tap removes before asking the upstream: ``range`` and
+        ``if-range`` when the whole body must be scanned first (no clean verdict for it yet)."""
+        return frozenset(ranges.RANGE_HEADERS) if self.range_plan == ranges.WHOLE else frozenset()
+
+    def ask_whole(self, status: int, headers: Mapping[str, str]) -> bool:
+        """The upstream answered a range that was asked (a clean verdict was known) with a 206 of
+        another version (or without a validator): forget the verdict and ask for the whole body.
+        True when the tap should ask again without ``upstream_drop`` headers (a tap that cannot
+        ask again just calls :meth:`on_response`, which refuses that 206)."""
+        if self.range_plan != ranges.RANGED or status != 206:
+            return False
+        if ranges.range_allowed(self.sensor.clean, resource=self.resource, target=self.range_key, headers=headers):
+            return False
+        self.sensor.clean.forget(self.resource, self.range_key)
+        self.range_plan = ranges.WHOLE
+        return True
 
     def on_response(self, status: int, headers: Mapping[str, str], *, content_length: int | None = None,
                     has_body: bool = True, holdback_cap: int | None = None,
@@ -253,6 +281,16 @@ class ExchangeSession:
         if not has_body:
             self.started = True
             return Step(FORWARD, start=True)
+        self.validator = ranges.validator_of(status, headers)
+        if status == 206 and self.enforce and not ranges.range_allowed(
+                s.clean, resource=self.resource, target=self.range_key, headers=headers):
+            # part of a body never scanned whole (or of another version): a scan of the part cannot
+            # judge the whole, so it does not leave (nothing of it is sent)
+            s.metrics.failures.labels(reason="unverified_range", action="closed").inc()
+            log.warning("exchange %s refused: a 206 of a body not scanned whole and clean", ctx.exchange_id)
+            ctx.action = "refused_unverified_range"
+            self.unscanned_reason = "unverified-range"
+            return self._stop(503, "unverified_range")
         refusal = s.admission.refusal(self.client, s.config.proxy.max_scans, s.config.proxy.max_scans_per_client)
         if refusal == "client":
             s.metrics.failures.labels(reason="client_overload", action="closed").inc()
@@ -517,8 +555,9 @@ class ExchangeSession:
             return self.sensor.block_page(), (("Content-Type", "text/html"), NO_STORE)
         text = {"uninspected": "response could not be fully inspected", "scanner_error": "scanner unavailable",
                 "overload": "scanner overloaded", "http10_too_large": "this response needs HTTP/1.1",
-                "misdirected": "this server does not serve that host"}.get(reason, HTTPStatus(status).phrase)
-        retry = (RETRY,) if reason in ("scanner_error", "overload") else ()
+                "misdirected": "this server does not serve that host",
+                "unverified_range": "this range cannot be served before the whole body is scanned"}.get(reason, HTTPStatus(status).phrase)
+        retry = (RETRY,) if reason in ("scanner_error", "overload", "unverified_range") else ()
         return (text + "\n").encode(), (("Content-Type", "text/plain; charset=utf-8"), NO_STORE, *retry)
 
     # -- accounting ---------------------------------------------------------------------------
@@ -552,9 +591,20 @@ class ExchangeSession:
             if not late and not self.accounted and self.exchange is not None:   # no response: no exchange
                 self.accounted = True
                 self.sensor.finished(self.ctx, self.result, tap=self.tap, completed=completed,
-                                     scan_seconds=self.scan_s, mirrored=self.mirrored is not None)
+                                     scan_seconds=self.scan_s, mirrored=self.mirrored is not None,
+                                     unscanned=self.unscanned_reason)
+                self._remember_clean(completed)
         except Exception:                               # accounting must never break the data path
             log.exception("accounting for exchange %s failed", self.ctx.exchange_id)
+
+    def _remember_clean(self, completed: bool) -> None:
+        """A full representation scanned whole and clean on an enforce route: its later ranges may
+        be served as ranges (sensor.exchange.ranges)."""
+        r = self.result
+        if (self.enforce and completed and self.validator is not None and self.ctx.status == 200
+                and self.method == "GET" and r is not None and r.verdict == "pass" and self.stopped is None
+                and self.tripped_at is None and (self.content_length is None or self.received >= self.content_length)):
+            self.sensor.clean.remember(self.resource, self.range_key, self.validator)
 
     def _late(self, fut: asyncio.Future, scan: BodyScan, completed: bool) -> None:
         try:
@@ -563,5 +613,6 @@ class ExchangeSession:
                 self.accounted = True
                 self.result = result
                 self.sensor.finished(self.ctx, result, tap=self.tap, completed=completed, scan_seconds=self.scan_s)
+                self._remember_clean(completed)
         except Exception:                               # accounting must never break the data path
             log.exception("accounting for exchange %s failed", self.ctx.exchange_id)
