@@ -53,6 +53,10 @@ The session owns:
 - **failures**: a decode limit follows ``on_decode_limit`` (closed: 503 before the first byte, CUT
   after; the exchange raises an alert either way); a scanner exception follows ``on_error``
   (closed: 503 / CUT; open: the rest passes unscanned);
+- **ranges** (:mod:`sensor.exchange.ranges`, enforce): a range is served only of a version whose
+  whole body was scanned clean (``Sensor.clean``, filled in :meth:`close`); otherwise the tap
+  removes :attr:`upstream_drop` from its upstream request and the whole body is scanned and sent,
+  and a ``206`` nobody can vouch for is refused 503 in :meth:`on_response`;
 - **admission** (:mod:`sensor.exchange.admission`): the global and the per-client cap of scans in
   flight, 503 + ``Retry-After`` past them;
 - **accounting**: :meth:`Sensor.finished <sensor.runtime.Sensor.finished>` exactly once per
