@@ -87,6 +87,9 @@ class ProxyRoute:
     on_error: str
     holdback: int
     on_error_explicit: bool = False     # on_error was written in the file (route or proxy section)
+    trip: tuple[tuple[str, int], ...] = ()      # threshold overrides on this route (policy keys)
+    alert: tuple[tuple[str, int], ...] = ()
+    allow: frozenset[str] = frozenset()         # signature ids not counted on this route
 
     @property
     def on_decode_limit(self) -> str:
@@ -116,6 +119,7 @@ class ProxyConfig:
     upstream_timeout: float = 30.0
     connect_timeout: float = 5.0
     max_scans: int = 512
+    max_scans_per_client: int = 64      # one client's scans in flight; past it 503 + Retry-After
     block_page: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -441,14 +445,32 @@ SecretText = Annotated[str, WrapValidator(_secret_text)]
 SecretRef = Annotated[str, Field(min_length=1), _described("must be a non-empty string")]
 
 
+class ThresholdsSection(Section):
+    """Counts in one response at which it trips (or alerts); a key left out keeps the policy's."""
+    strong_records: whole(ge=0) | None = Field(None, description="Records with a strong identifier and a "
+                                                                 "quasi-identifier (0: never).")
+    person_records: whole(ge=0) | None = Field(None, description="Records with a name and a DOB or address "
+                                                                 "(0: never).")
+    strong_values: whole(ge=0) | None = Field(None, description="Validated strong identifiers on their own "
+                                                                "(0: never).")
+    contact_values: whole(ge=0) | None = Field(None, description="Distinct contact values (0: never).")
+
+
 class RouteSection(Section):
-    """A per-path override of the proxy's mode, error behaviour and hold-back; the first match wins."""
+    """A per-path override of the proxy's mode, error behaviour, hold-back and detection thresholds;
+    the first match wins. Thresholds here apply over the policy's (and over a matching
+    ``policy.routes`` entry's), so one table can say everything about a path."""
     match: Text = Field(description="Path glob (fnmatch), e.g. /exports/*.")
     mode: Mode | None = Field(None, description="monitor or enforce; default: proxy.mode.")
     on_error: OnError | None = Field(None, description="open or closed; default: proxy.on_error, else closed on "
                                                        "an enforce route and open on a monitor route.")
     holdback_kib: whole(ge=0) | None = Field(None, description="KiB held back until scanned; "
                                                                "default: proxy.holdback_kib.")
+    trip: ThresholdsSection | None = Field(None, description="Trip thresholds on this route; default: the policy's.")
+    alert: ThresholdsSection | None = Field(None, description="Alert thresholds on this route; default: the "
+                                                              "policy's.")
+    allow: Annotated[list[Text], BeforeValidator(_none_is_empty)] | None = Field(
+        None, description="Signature ids not counted on this route (added to the policy's allow).")
 
 
 class TlsSection(Section):
@@ -469,6 +491,8 @@ class ProxySection(Section):
     upstream_timeout: number(gt=0) = Field(30.0, description="Seconds to wait for the upstream's answer.")
     connect_timeout: number(gt=0) = Field(5.0, description="Seconds to connect to the upstream.")
     max_scans: whole(ge=1) = Field(512, description="Responses scanned at once; above it on_error applies.")
+    max_scans_per_client: whole(ge=1) = Field(64, description="Responses scanned at once for one client address; "
+                                               "above it 503 + Retry-After, whatever on_error says.")
     block_page: FilePath | None = Field(None, description="HTML file served with the 451 of a taken-down resource.")
     tls: TlsSection | None = Field(None, description="Serve HTTPS with this certificate and key.")
     trust_forwarded: Flag = Field(False, description="Deprecated (a warning at start): every peer is a trusted "
@@ -942,6 +966,11 @@ def _common(model: BaseModel, cls: type, **extra: Any) -> Any:
     return cls(**values, **extra)
 
 
+def _overrides(t: ThresholdsSection | None) -> tuple[tuple[str, int], ...]:
+    """The threshold keys a route sets (the others keep the policy's)."""
+    return tuple((k, getattr(t, k)) for k in sorted(t.model_fields_set)) if t is not None else ()
+
+
 def to_config(m: ConfigFile) -> Config:
     """The runtime dataclasses of a validated file."""
     p = m.proxy
@@ -952,7 +981,8 @@ def to_config(m: ConfigFile) -> Config:
                     routes=tuple(ProxyRoute(r.match, r.mode or p.mode,
                                             r.on_error or p.on_error or default_on_error(r.mode or p.mode),
                                             (p.holdback_kib if r.holdback_kib is None else r.holdback_kib) << 10,
-                                            r.on_error is not None or explicit)
+                                            r.on_error is not None or explicit, trip=_overrides(r.trip),
+                                            alert=_overrides(r.alert), allow=frozenset(r.allow or ()))
                                  for r in p.routes))
     k = m.kafka
     kafka = _common(k, KafkaConfig, mirror=k.mirror.enabled, queue_bytes=int(k.mirror.queue_mib * (1 << 20)),

@@ -105,7 +105,8 @@ def _default(model: type[BaseModel], key: str) -> str:
 
 def _path(model: type[Section]) -> str:
     paths = {"ConfigFile": "(top level)", "ProxySection": "proxy", "TlsSection": "proxy.tls",
-             "RouteSection": "proxy.routes[]", "IcapSection": "icap", "ExtProcSection": "extproc",
+             "RouteSection": "proxy.routes[]", "ThresholdsSection": "proxy.routes[].trip and .alert",
+             "IcapSection": "icap", "ExtProcSection": "extproc",
              "TakedownSection": "takedown", "LedgerSection": "ledger", "ClientsSection": "clients", "AdminSection": "admin",
              "AlertsSection": "alerts", "KafkaSection": "kafka", "MirrorSection": "kafka.mirror",
              "WorkerSection": "kafka.worker", "IndexSection": "indexes[]", "SiteSection": "site",

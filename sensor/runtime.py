@@ -1,9 +1,9 @@
 """One sensor process's shared state: engine + policy (reloadable), key, registry, ledger, alerts, metrics.
 
-Taps are thin: they turn their protocol into an :class:`~sensor.pipeline.Exchange` plus body chunks,
-call :meth:`Sensor.new_scan`, and hand the outcome back through :meth:`Sensor.take_down` (on a trip,
-before cutting) and :meth:`Sensor.finished` (always). Everything a verdict causes — takedown,
-ledger, SOC alert, metrics — happens here, once, the same way for every tap.
+Taps are thin: each exchange is an :class:`~sensor.exchange.session.ExchangeSession`, which calls
+:meth:`Sensor.new_scan`, :meth:`Sensor.take_down` (on a trip, before the refusal or cut) and
+:meth:`Sensor.finished` (always, once). Everything a verdict causes — takedown, ledger, SOC alert,
+metrics — happens here, once, the same way for every tap.
 """
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ from sensor.detect.pack import PackError, load_pack
 from sensor.detect.policy import Policy, PolicyError, load_policy, parse_policy
 from sensor.detect.scanner import ScanResult
 from sensor.enforce.ledger import Ledger
+from sensor.exchange.admission import Admission
+from sensor.exchange.routes import route_for
 from sensor.enforce.report import evidence_of
 from sensor.enforce.registry import DISK_ERRORS, Registry, Takedown, TakedownNotDurable
 from sensor.enforce.statefiles import MIN_SECRET_BYTES, StateError, load_or_create_secret, private_dir, private_file
@@ -80,8 +82,12 @@ def build_detector(config: Config) -> Detector:
     """Load pack and policy; raises PackError / PolicyError naming the file and key."""
     pack = load_pack([Path(p) for p in config.signatures], include_default=config.default_signatures)
     engine = Engine(pack)
-    policy = _policy_from(config, {s.id for s in engine.signatures})
-    gen = hashlib.sha256((pack.digest + repr(policy)).encode()).hexdigest()[:16]
+    known = {s.id for s in engine.signatures}
+    policy = _policy_from(config, known)
+    for i, r in enumerate(config.proxy.routes):         # the route table's own allow lists
+        if unknown := sorted(r.allow - known):
+            raise PolicyError(f"proxy.routes[{i}].allow: unknown signature id(s) {unknown}")
+    gen = hashlib.sha256((pack.digest + repr(policy) + repr(config.proxy.routes)).encode()).hexdigest()[:16]
     return Detector(engine, policy, gen)
 
 
@@ -124,6 +130,7 @@ class Sensor:
         self._committed: dict[str, str] = {}       # exchange id -> dedup id of the alert take_down spooled
         self.unscanned = UnscannedAlerts(self)
         self.limits = DecodeLimits()
+        self.admission = Admission()                # scans in flight, shared by every tap of this process
         self.ready = False
         self._tasks: list[asyncio.Task] = []
         self._watched: dict[Path, float] = {}
@@ -290,9 +297,12 @@ class Sensor:
         return (config.sinks, config.retry_initial, config.retry_max) != (c.sinks, c.retry_initial, c.retry_max)
 
     # -- per exchange -----------------------------------------------------------------------------
-    def new_scan(self, exchange: Exchange, *, stop_on_trip: bool = True) -> BodyScan:
-        d = self.detector
-        return BodyScan(d.engine, d.policy, key=self.key, exchange=exchange, limits=self.limits,
+    def new_scan(self, exchange: Exchange, *, stop_on_trip: bool = True, detector: Detector | None = None,
+                 policy: Policy | None = None) -> BodyScan:
+        """A body's scan with ``detector`` (the one the exchange started with; default: the current
+        one) and ``policy`` (the route's, already resolved for the path; default: the detector's)."""
+        d = detector or self.detector
+        return BodyScan(d.engine, policy or d.policy, key=self.key, exchange=exchange, limits=self.limits,
                         stop_on_trip=stop_on_trip, edm=self.edm)
 
     def block_page(self) -> bytes:
@@ -454,7 +464,7 @@ class Sensor:
         route = next((r.match for r in policy.routes if fnmatch.fnmatchcase(path, r.match)), None) \
             or next((r.match for r in self.config.proxy.routes if fnmatch.fnmatchcase(path, r.match)), None) \
             or path.rsplit("/", 1)[0] + "/*"                    # no route: the resource's directory
-        trip = policy.for_path(path).trip
+        trip = route_for(self.config, policy, path).policy.trip      # the route table's thresholds
         now = time.time()
         crossed = tracker.add(resource=ctx.resource, route=route, client=self._client(ctx),
                               strong=result.strong_ids, person=result.person_ids, capped=result.ids_capped,

@@ -62,7 +62,9 @@ def test_clean_response_204_or_identical_echo(site, icap, tmp_path):
 @pytest.mark.parametrize("opts", [["-nopreview"], ["-nopreview", "-no204"], ["-w", "1024"]])
 def test_leak_gets_an_encapsulated_451(site, icap, tmp_path, opts):
     url = f"http://www.example.gov/exports/{'-'.join(opts)}.csv"
-    out = c_icap(icap, "-f", str(site.root / ROSTER), "-resp", url, *opts, out=tmp_path / "o")
+    leak = tmp_path / "leak.csv"        # a leak of its own: the same file again is refused by its content print
+    leak.write_bytes(f"# {' '.join(opts)}\n".encode() + (site.root / ROSTER).read_bytes())
+    out = c_icap(icap, "-f", str(leak), "-resp", url, *opts, out=tmp_path / "o")
     assert "ICAP/1.0 200 OK" in out
     assert b"withdrawn" in (tmp_path / "o").read_bytes() and b"permit_id" not in (tmp_path / "o").read_bytes()
     (tmp_path / "o").unlink()

@@ -233,7 +233,7 @@ def assert_container_leak_cut_while_others_are_served(site, base: str, name: str
     during = [a for a in answered if marks["last_byte"] < a < marks["end"]]
     assert len(during) >= 3, (f"{len(during)} requests answered during the extraction", marks,
                               [round(a - marks["last_byte"], 3) for a in answered])
-    assert curl("-m", "30", base + "/exports/" + name)[1] == 451
+    assert curl("-m", "30", base + path.format(name))[1] == 451          # the tripped resource is taken down
     return marks
 
 

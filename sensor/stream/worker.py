@@ -21,6 +21,15 @@ carries the same exchange id (and alert dedup id), and the ledger counts each ex
 Both agents also admit each partition's records only in unbroken offset order from the committed
 offset (``acks.Contiguity``): faust can skip records after a rebalance, and they are read again.
 Malformed records go to the ``deadletter`` topic with the reason; the agent keeps going.
+
+Of the exchange session (:mod:`sensor.exchange.session`) the worker shares the scan and the
+content fingerprint (:class:`~sensor.enforce.fingerprint.BodyPrint`, the print stored with the
+takedown it publishes). The rest does not apply here: the bytes it reads are a copy of bytes that
+already left (mirroring is monitor mode), so there is nothing to hold back, look ahead, refuse or
+cut, and no admission to decide; it has no local registry (the sidecars enforce the fleet's
+takedowns), so a trip is a record on the takedowns topic rather than ``Sensor.take_down``, and its
+accounting is the finding and alert on Kafka rather than ``Sensor.finished`` (the exposure table is
+the fleet's ledger).
 """
 from __future__ import annotations
 
@@ -37,7 +46,8 @@ from aiohttp import web
 
 from sensor.alerts.schema import AlertContext, build_alert
 from sensor.config import Config
-from sensor.detect.keys import content_fingerprint, load_key
+from sensor.detect.keys import load_key
+from sensor.enforce.fingerprint import BodyPrint
 from sensor.metrics import Metrics
 from sensor.metrics.server import metrics_app
 from sensor.pipeline import BodyScan, Exchange
@@ -59,10 +69,9 @@ class Open:
     meta: Record
     scan: BodyScan
     tp: object
+    print: BodyPrint                    # the content fingerprint (stored with a takedown)
     messages: list = field(default_factory=list)
     next_seq: int = 0
-    head: bytearray = field(default_factory=bytearray)
-    fingerprint: str | None = None
     tripped_at: float | None = None
     takedown_sent: bool = False
     last_seen: float = field(default_factory=time.monotonic)
@@ -190,7 +199,8 @@ class Worker:
             d = self.detector
             scan = BodyScan(d.engine, d.policy, key=self.key, exchange=ex, stop_on_trip=False)
             # the earlier messages are acked with this exchange (never before: offsets must not pass it)
-            self.open[xid] = Open(rec, scan, msg.tp, (earlier.messages if earlier else []) + [msg])
+            print_ = BodyPrint(self.key, None, self.config.fingerprint_bytes)     # record-only: no registry here
+            self.open[xid] = Open(rec, scan, msg.tp, print_, (earlier.messages if earlier else []) + [msg])
             msg.value = None
             return
         st = self.open.get(xid)
@@ -223,27 +233,18 @@ class Worker:
             await self._finish(xid, st, completed=bool(rec.get("completed")) and not rec.get("lost"))
 
     def _feed(self, st: Open, data: bytes) -> None:
-        fp_bytes = self.config.fingerprint_bytes
-        if st.fingerprint is None:
-            st.head += data[: fp_bytes - len(st.head)]
-            if len(st.head) >= fp_bytes:
-                st.fingerprint = self._fingerprint(bytes(st.head))
+        st.print.feed(data)
         if st.scan.write(data) == "trip" and st.tripped_at is None:
             st.tripped_at = time.time()
 
-    def _fingerprint(self, head: bytes) -> str:
-        return content_fingerprint(self.key, head)
-
     async def _maybe_take_down(self, xid: str, st: Open, *, final: bool = False) -> None:
         """Publish the takedown once the trip is seen and the content fingerprint is known (or the body ended)."""
-        if st.tripped_at is None or st.takedown_sent or (st.fingerprint is None and not final):
+        if st.tripped_at is None or st.takedown_sent or (st.print.wants > 0 and not final):
             return
-        if st.fingerprint is None and st.head:
-            st.fingerprint = self._fingerprint(bytes(st.head))
         resource = st.meta["resource"]
         fut = await self.t_takedowns.send(key=resource.encode(), value=takedown_record(
             action="add", resource=resource, actor=self.me, reason="trip: personal-data leak (fleet worker)",
-            origin=self.me, ts=st.tripped_at, fingerprint=st.fingerprint, xid=xid))
+            origin=self.me, ts=st.tripped_at, fingerprint=st.print.value(), xid=xid))
         await fut
         st.takedown_sent = True
         self.metrics.takedowns.labels(source="trip").inc()

@@ -1,10 +1,16 @@
 """Envoy external processing (ext_proc) server: Envoy streams each exchange over gRPC.
 
-A thin tap (grpcio, protos from ``xds-protos``). Per stream (one HTTP exchange):
+A thin tap (grpcio, protos from ``xds-protos``): each stream is one exchange session
+(:mod:`sensor.exchange.session`), which decides; this module maps its steps to messages — each
+chunk the session releases answers one held body message, in order; a refusal or cut is an
+``ImmediateResponse``. Per stream:
 
 - request headers: a taken-down resource is answered with an ``ImmediateResponse`` 451 before the
-  upstream is asked;
-- response headers: open a scan with the status, content type and encoding;
+  upstream is asked. The client is the downstream peer Envoy reports (``source.address``, else
+  Envoy itself: :func:`~sensor.exchange.identity.envoy_peer`); a forwarded header counts only
+  from ``clients.trusted_proxies``;
+- response headers: open the scan with the status, content type and encoding (or 503 +
+  ``Retry-After`` past the admission caps);
 - response body, ``STREAMED`` with ``send_body_without_waiting_for_header_response``: in enforce
   mode the header answer is held until the route's hold-back (64 KiB) has been scanned, or 100 ms
   have passed (inside Envoy's 200 ms message timeout), so a small leak gets a clean 451 and never
@@ -27,8 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-import uuid
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -37,10 +41,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import duration_pb2
 
-from sensor.alerts.schema import AlertContext
-from sensor.enforce.resource import public_url, resource_of
-from sensor.exchange.identity import client_address, envoy_peer
-from sensor.pipeline import Exchange
+from sensor.exchange.identity import envoy_peer
+from sensor.exchange.session import ExchangeSession, Step
 from sensor.runtime import Sensor
 
 log = logging.getLogger("dlp_sensor.extproc")
@@ -54,106 +56,52 @@ def _headers(hm) -> dict[str, str]:
 
 
 class _Stream:
-    """One exchange's state across the messages of its gRPC stream."""
+    """One exchange's protocol state across the messages of its gRPC stream."""
 
-    def __init__(self, sensor: Sensor, grpc_peer: str = ""):
-        self.sensor = sensor
+    def __init__(self, grpc_peer: str = "") -> None:
         self.grpc_peer = grpc_peer     # Envoy's address: the peer when Envoy sends no source.address
-        self.ctx: AlertContext | None = None
-        self.scan = None
-        self.enforce = True
-        self.closed_on_limit = False   # a body not fully inspected (decode limit) is refused / reset
-        self.head = bytearray()
-        self.result = None
-        self.tripped = False
-        self.scan_s = 0.0
-        self.host = self.path = self.method = ""
-        self.holdback = 0
-        self.headers_held = False      # the response-headers answer waits for the hold-back
+        self.session: ExchangeSession | None = None
+        self.headers_held = False      # our answer to the response headers waits for the hold-back
         self.release_at = 0.0          # ... and whatever is held goes at this loop time at the latest
-        self.held_msgs = 0             # body messages not answered yet
-        self.held_bytes = 0
         self.done = False
         self.completed = False
 
-    async def feed(self, body: bytes, eos: bool) -> str:
-        """Scan one chunk: ``trip``, ``refused`` (content taken down) or ``pass``. At the end of the
-        body a PDF's text extraction runs in a thread, so other streams keep being answered."""
-        s = self.sensor
-        fp_bytes = s.config.fingerprint_bytes
-        if len(self.head) < fp_bytes:
-            self.head += body[: fp_bytes - len(self.head)]
-            if (len(self.head) >= fp_bytes and self.enforce
-                    and s.registry.blocked_content(s.content_fingerprint(bytes(self.head))) is not None):
-                s.refused(self.ctx.resource, "content")
-                return "refused"
-        t = time.perf_counter()
-        verdict = self.scan.write(body)
-        if eos and verdict != "trip":
-            self.result = await self.scan.finish_async()
-            verdict = self.result.verdict
-        self.scan_s += time.perf_counter() - t
-        if verdict != "trip" and self.closed_on_limit and self.scan.uninspected is not None:
-            s.metrics.failures.labels(reason="decode_limit", action="closed").inc()
-            log.warning("exchange %s not fully inspected (%s): refused, route fails closed",
-                        self.ctx.exchange_id, self.scan.uninspected)
-            self.ctx.action = "refused_uninspected"
-            return "uninspected"
-        if verdict == "trip":
-            self.tripped = True
-            if self.enforce:
-                await s.take_down(self.ctx, s.content_fingerprint(bytes(self.head)) if self.head else None,
-                                  time.perf_counter())
-        return verdict
+    @property
+    def holding(self) -> bool:
+        return self.headers_held or (self.session is not None and self.session.started and self.session.holding)
 
     def slow_end(self, req) -> bool:
         """Whether ``req`` ends a body whose verdict is read from a container in a thread."""
         return (req.WhichOneof("request") == "response_body" and req.response_body.end_of_stream
-                and self.scan is not None and not self.tripped and self.scan.needs_prepare)
-
-    @property
-    def holding(self) -> bool:
-        return self.headers_held or self.held_msgs > 0
-
-    def release(self, keep: int = 0) -> list:
-        """Answer the held headers and the held body messages but the last ``keep``, in order."""
-        out = [pb.ProcessingResponse(response_headers=pb.HeadersResponse())] if self.headers_held else []
-        out += [_BODY_OK] * (self.held_msgs - keep)
-        self.headers_held, self.held_msgs = False, keep
-        return out
-
-    def finish(self, completed: bool) -> None:
-        if self.ctx is None:
-            return
-        try:
-            if self.scan is not None and self.result is None:
-                self.result = self.scan.finish()
-            self.sensor.finished(self.ctx, self.result, tap="extproc", completed=completed, scan_seconds=self.scan_s)
-        except Exception:
-            log.exception("accounting failed")
-        self.ctx = None
+                and self.session is not None and self.session.slow_end)
 
 
 class ExtProc(pb_grpc.ExternalProcessorServicer):
     def __init__(self, sensor: Sensor):
         self.sensor = sensor
 
-    def _block(self) -> pb.ProcessingResponse:
+    @staticmethod
+    def _immediate(step: Step) -> pb.ProcessingResponse:
+        """The session's refusal: a clean answer while the headers are held; else Envoy resets the stream."""
         return pb.ProcessingResponse(immediate_response=pb.ImmediateResponse(
-            status=http_status_pb2.HttpStatus(code=451), body=self.sensor.block_page(),
+            status=http_status_pb2.HttpStatus(code=step.status), body=step.body,
             headers=pb.HeaderMutation(set_headers=[
-                base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key="content-type", raw_value=b"text/html")),
-                base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key="cache-control", raw_value=b"no-store"))]),
-            details="dlp-sensor: taken down"))
+                base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k.lower(), raw_value=v.encode("latin-1")))
+                for k, v in step.headers]),
+            details=f"dlp-sensor: {step.reason}"))
 
-    def _refuse(self) -> pb.ProcessingResponse:
-        """A body that could not be fully inspected, on a route that fails closed."""
-        return pb.ProcessingResponse(immediate_response=pb.ImmediateResponse(
-            status=http_status_pb2.HttpStatus(code=503), body=b"response could not be fully inspected\n",
-            headers=pb.HeaderMutation(set_headers=[
-                base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key="content-type", raw_value=b"text/plain")),
-                base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key="cache-control", raw_value=b"no-store"))]),
-            details="dlp-sensor: not fully inspected"))
+    def _answer(self, st: _Stream, step: Step) -> list:
+        """A step as messages: the immediate response, or the held headers then one answer per
+        released chunk (each chunk is one body message)."""
+        if step.stops:
+            st.done = True
+            return [self._immediate(step)]
+        out = []
+        if step.start and st.headers_held:
+            st.headers_held = False
+            out.append(pb.ProcessingResponse(response_headers=pb.HeadersResponse()))
+        out += [_BODY_OK] * len(tuple(step.send))
+        return out
 
     async def Process(self, request_iterator, context):          # noqa: N802 (gRPC method name)
         """Messages come through a queue so that the hold-back can wait with a deadline."""
@@ -169,7 +117,7 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
                 queue.put_nowait(None)
 
         task = asyncio.create_task(pump())
-        st = _Stream(self.sensor, context.peer())
+        st = _Stream(context.peer())
         loop = asyncio.get_running_loop()
         try:
             while not st.done:
@@ -179,7 +127,8 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
                     else:
                         req = await queue.get()
                 except asyncio.TimeoutError:
-                    for r in st.release():                       # slow body: answer inside Envoy's timeout
+                    # slow body: answer inside Envoy's timeout, the hold-back included
+                    for r in self._answer(st, st.session.tick(holdback_too=True)):
                         yield r
                     continue
                 if req is None:
@@ -188,86 +137,63 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
                     # judging the end may take seconds: ask Envoy to wait (it honours this once per message)
                     yield pb.ProcessingResponse(override_message_timeout=duration_pb2.Duration(
                         seconds=FINAL_VERDICT_TIMEOUT))
-                held = st.headers_held
-                out = await self._handle(st, req)
-                if st.headers_held and not held:
-                    # the headers wait for the hold-back's scan: on a starved CPU that can outlast
-                    # Envoy's 200 ms message timeout (a 504), so ask it to wait for this answer
-                    yield pb.ProcessingResponse(override_message_timeout=duration_pb2.Duration(
-                        seconds=HOLD_TIMEOUT_OVERRIDE))
-                for r in out:
+                for r in await self._handle(st, req):
                     yield r
         finally:
             task.cancel()
-            if st.scan is not None:
-                self.sensor.metrics.active_exchanges.dec()
-            st.finish(st.completed)
+            if st.session is not None:
+                st.session.close(st.completed)
 
-    async def _handle(self, st: "_Stream", req) -> list:
-        s = self.sensor
+    async def _handle(self, st: _Stream, req) -> list:
         kind = req.WhichOneof("request")
         if kind == "request_headers":
             h = _headers(req.request_headers.headers)
-            st.host, st.path, st.method = h.get(":authority", ""), h.get(":path", "/"), h.get(":method", "GET")
-            resource = resource_of(s.config, st.host, st.path)
-            if s.registry.blocked(resource) is not None:
-                s.refused(resource, "resource")
-                st.done = True
-                return [self._block()]
-            route = s.config.proxy.route(st.path.split("?", 1)[0])
-            st.enforce, st.holdback = route.mode == "enforce", route.holdback
-            st.closed_on_limit = route.on_decode_limit == "closed"
-            st.ctx = AlertContext(exchange_id=uuid.uuid4().hex, sensor_id=s.config.sensor_id, resource=resource,
-                                  url=public_url(h.get(":scheme", "http"), st.host, st.path), method=st.method,
-                                  status=0, client_ip=client_address(s.config, envoy_peer(req, st.grpc_peer), h),
-                                  mode=route.mode, action="cut_and_takedown" if st.enforce else "logged")
+            st.session = ExchangeSession(self.sensor, tap="extproc", method=h.get(":method", "GET"),
+                                         scheme=h.get(":scheme", "http"), host=h.get(":authority", ""),
+                                         target=h.get(":path", "/"), peer=envoy_peer(req, st.grpc_peer), headers=h)
+            step = st.session.on_request()
+            if step.stops:
+                return self._answer(st, step)
             return [pb.ProcessingResponse(request_headers=pb.HeadersResponse())]
         if kind == "response_headers":
+            if st.session is None:
+                return [pb.ProcessingResponse(response_headers=pb.HeadersResponse())]
             h = _headers(req.response_headers.headers)
-            if st.ctx is not None:
-                st.ctx.status = int(h.get(":status", "200") or 200)
-                st.ctx.partial = st.ctx.status == 206
-                st.scan = s.new_scan(Exchange(
-                    url=st.ctx.url.get("original", ""), method=st.method, status=st.ctx.status,
-                    content_type=h.get("content-type", ""), content_encoding=h.get("content-encoding", ""),
-                    client=st.ctx.client_ip, path=st.path.split("?", 1)[0]), stop_on_trip=st.enforce)
-                s.metrics.active_exchanges.inc()
-            if req.response_headers.end_of_stream:
-                st.completed = True
-            elif st.enforce and st.holdback > 0:
-                # hold the headers (Envoy sends the body meanwhile: send_body_without_waiting_for_header_response)
+            eos = req.response_headers.end_of_stream
+            step = st.session.on_response(int(h.get(":status", "200") or 200), h, has_body=not eos)
+            st.completed = eos
+            if step.stops:
+                return self._answer(st, step)
+            if not step.start:
+                # hold the headers (Envoy sends the body meanwhile: send_body_without_waiting_for_header_response);
+                # the scan of the hold-back can outlast Envoy's 200 ms message timeout on a starved CPU
+                # (a 504), so ask it to wait for this answer
                 st.headers_held = True
                 st.release_at = asyncio.get_running_loop().time() + HOLD_MAX_SECONDS
-                return []
+                return [pb.ProcessingResponse(override_message_timeout=duration_pb2.Duration(
+                    seconds=HOLD_TIMEOUT_OVERRIDE))]
             return [pb.ProcessingResponse(response_headers=pb.HeadersResponse())]
         if kind == "response_body":
             return await self._body(st, req.response_body.body, req.response_body.end_of_stream)
-        out = st.release()                          # trailers: the body has ended without end_of_stream
-        return out + [_passthrough(kind)]           # trailers and anything newer: unchanged
+        out = []
+        if st.session is not None and st.session.exchange is not None:
+            out = self._answer(st, await st.session.end())   # trailers: the body has ended without end_of_stream
+        return out + [_passthrough(kind)]                     # trailers and anything newer: unchanged
 
-    async def _body(self, st: "_Stream", body: bytes, eos: bool) -> list:
-        if st.scan is not None and not st.tripped:
-            verdict = await st.feed(body, eos)
-            if verdict == "refused" or (verdict == "trip" and st.enforce):
-                st.done = True
-                return [self._block()]              # a clean 451 while held; else Envoy resets the stream
-            if verdict == "uninspected":
-                st.done = True
-                return [self._refuse()]             # a clean 503 while held; else Envoy resets the stream
-        if st.ctx is not None:
-            st.ctx.bytes_sent += len(body)
-        st.completed = st.completed or eos
-        if not st.enforce or st.tripped:
+    async def _body(self, st: _Stream, body: bytes, eos: bool) -> list:
+        session = st.session
+        if session is None or session.exchange is None:
             return [_BODY_OK]
-        st.held_msgs += 1
-        st.held_bytes += len(body)
+        out = self._answer(st, await session.feed(body, last=eos))
+        if st.done:
+            return out
         if eos:
-            return st.release()
-        if st.headers_held and st.held_bytes < st.holdback:
-            return []                               # still inside the hold-back
-        # one message stays behind until the next says whether the body has ended
-        st.release_at = asyncio.get_running_loop().time() + HOLD_MAX_SECONDS
-        return st.release(keep=1)
+            st.completed = True
+            return out + self._answer(st, await session.end())
+        if session.started:
+            # one message stays behind until the next says whether the body has ended
+            st.release_at = asyncio.get_running_loop().time() + HOLD_MAX_SECONDS
+        return out
 
 
 _BODY_OK = pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse()))

@@ -1,15 +1,18 @@
 """ICAP RESPMOD server: squid (or a secure web gateway) hands every response over for a verdict.
 
-A thin tap: each RESPMOD becomes an Exchange plus body chunks for the shared Sensor (registry,
-alerts, ledger, metrics). How a response is answered:
+A thin tap: each RESPMOD becomes an exchange session (:mod:`sensor.exchange.session`), which
+decides; this module maps the session's steps to ICAP. How a response is answered:
 
 - taken down (resource or content fingerprint) or tripped before anything was returned:
   ``200`` carrying an encapsulated ``451`` block page;
 - clean, and the client allows it (inside the preview with ``ieof``, or ``Allow: 204``): ``204``;
 - clean, without ``Allow: 204``: ``200`` echoing the response, with the first ``holdback`` bytes
-  held until scanned and every later chunk scanned before it is returned; a trip after the hold-back
-  aborts the ICAP connection, so the proxy (``bypass=0``) fails the response instead of
-  delivering a truncated file.
+  held until scanned (at most ``icap.holdback_kib``: squid stops sending at 64 KiB not yet
+  answered) and every later chunk scanned before it is returned, the latest kept back until the
+  next arrives (the end of the body is judged before its last bytes leave); a trip after the
+  hold-back aborts the ICAP connection, so the proxy (``bypass=0``) fails the response instead of
+  delivering a truncated file. During a preview nothing is returned yet: what the session releases
+  is kept and echoed first if the answer turns out to be an echo.
 
 Malformed ICAP gets 400 (or 404/405/501/505) and the connection is closed; the server keeps
 serving. No maintained Python ICAP library exists: the framing is in ``protocol.py``.
@@ -27,13 +30,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
+from http import HTTPStatus
 
 from sensor import __version__
-from sensor.alerts.schema import AlertContext
-from sensor.enforce.resource import public_url, resource_of
-from sensor.exchange.identity import client_address
-from sensor.pipeline import BodyScan, Exchange
+from sensor.exchange.session import ExchangeSession, Step
 from sensor.runtime import Sensor
 from sensor.taps.connections import RateLimited, accept_backlog
 from sensor.taps.icap.protocol import (LAST_CHUNK, MAX_HEAD, ChunkReader, IcapError, IcapRequest, IcapTimeout, chunk,
@@ -151,151 +151,118 @@ class IcapServer:
             status = int(status_line.split(" ")[1])
         except (IndexError, ValueError):
             raise IcapError(400, "malformed encapsulated status line") from None
-        host = req_h.get("host", "")
-        path = "/" + target.split("://", 1)[1].split("/", 1)[1] if "://" in target and target.count("/") >= 3 \
-            else target
-        resource = resource_of(s.config, host, target)
-        route = s.config.proxy.route(path.split("?", 1)[0])
-        enforce = route.mode == "enforce"
-        ctx = AlertContext(exchange_id=uuid.uuid4().hex, sensor_id=s.config.sensor_id, resource=resource,
-                           url=public_url("http", host, target), method=method, status=status,
-                           client_ip=client_address(s.config, req.headers.get("x-client-ip", ""), req_h), mode=route.mode,
-                           action="cut_and_takedown" if enforce else "logged", partial=status == 206)
+        # the client's address is the one the proxy reports for it (X-Client-IP)
+        session = ExchangeSession(s, tap="icap", method=method, scheme="http", host=req_h.get("host", ""),
+                                  target=target, peer=req.headers.get("x-client-ip", ""), headers=req_h)
         has_body = req.body_kind == "res-body"
-        if s.registry.blocked(resource) is not None:
-            s.refused(resource, "resource")
-            await self._drain(reader, req, has_body)
-            await self._block(writer)
-            return True
-        if not has_body:
-            writer.write(response(204, "No Content", {"ISTag": self.istag}))
-            await self._flush(writer)
-            return True
-        ex = Exchange(url=f"http://{host}{target}" if not target.startswith("http") else target, method=method,
-                      status=status, content_type=res_h.get("content-type", ""),
-                      content_encoding=res_h.get("content-encoding", ""), client=ctx.client_ip, path=path)
-        gate = _Gate(self, s.new_scan(ex, stop_on_trip=enforce), ctx, resource, enforce,
-                     closed_on_limit=route.on_decode_limit == "closed")
+        completed = False
         try:
+            step = session.on_request()
+            if step.stops:
+                await self._drain(reader, req, has_body)
+                await self._block(writer, step)
+                return True
+            if not has_body:
+                writer.write(response(204, "No Content", {"ISTag": self.istag}))
+                await self._flush(writer)
+                return True
             # the echo hold-back stays under squid's 64 KiB of unanswered body, where it stops sending
-            return await self._body(req, reader, writer, gate, res_raw, min(route.holdback, s.config.icap.holdback))
+            step = session.on_response(status, res_h, holdback_cap=s.config.icap.holdback)
+            if step.stops:
+                await self._drain(reader, req, has_body)
+                await self._block(writer, step)
+                return True
+            keep, completed = await self._body(req, reader, writer, session, res_raw)
+            return keep
         finally:
-            gate.close()
+            session.close(completed)
 
-    async def _body(self, req: IcapRequest, reader, writer, gate: "_Gate", res_raw: bytes, holdback: int) -> bool:
-        preview = req.preview
-        ieof = False
-        previewed: list[bytes] = []                              # echoed back if it comes to that
-        if preview is not None:                                  # the preview, then maybe 100 Continue
+    async def _body(self, req: IcapRequest, reader, writer, session: ExchangeSession,
+                    res_raw: bytes) -> tuple[bool, bool]:
+        """(keep the connection, the response completed)."""
+        echo = _Echo(self, writer, res_raw)
+        if req.preview is not None:                              # the preview, then maybe 100 Continue
+            previewed = 0
             while True:
                 data, last, ieof = await reader.read()
                 if last:
                     break
-                previewed.append(data)
-                gate.previewed += len(data)
-                if gate.previewed > MAX_PREVIEW:
+                previewed += len(data)
+                if previewed > MAX_PREVIEW:
                     raise IcapError(400, f"preview longer than {MAX_PREVIEW} bytes")
-                if (v := await gate.feed(data)) != "pass":
-                    ieof = (await self._drain_chunks(reader))    # the rest of the preview is on its way
-                    await self._block(writer, v)                 # then the client waits for this answer
-                    return True
+                step = await session.feed(data)
+                if step.stops:
+                    await self._drain_chunks(reader)             # the rest of the preview is on its way
+                    await self._block(writer, step)              # then the client waits for this answer
+                    return True, False
+                echo.keep(step)                                  # nothing may be returned yet
             if ieof:
-                return await self._end(writer, gate)
+                return await self._end(writer, session)
             writer.write(b"ICAP/1.0 100 Continue\r\n\r\n")
             await self._flush(writer)
         if req.allow_204:                                        # the client keeps its copy: answer at the end
+            session.keep_nothing()
             while True:
                 data, last, _ = await reader.read()
                 if last:
-                    return await self._end(writer, gate)
-                if (v := await gate.feed(data)) != "pass":
-                    await self._block(writer, v)
+                    return await self._end(writer, session)
+                step = await session.feed(data)
+                if step.stops:
+                    await self._block(writer, step)
                     await self._drain_chunks(reader)
-                    return True
-        return await self._echo(reader, writer, gate, res_raw, holdback, previewed)
+                    return True, False
+        return await self._echo(reader, writer, session, echo)
 
-    async def _echo(self, reader, writer, gate: "_Gate", res_raw: bytes, holdback: int,
-                    previewed: list[bytes]) -> bool:
-        """No 204 allowed: return the body ourselves, held back and scanned before it goes."""
-        held: list[bytes] = previewed
-        held_n = sum(map(len, held))
-        started = False
-        lag: bytes | None = None
+    async def _echo(self, reader, writer, session: ExchangeSession, echo: "_Echo") -> tuple[bool, bool]:
+        """No 204 allowed: return the body ourselves, as the session releases it."""
+        if session.started:
+            echo.write(Step("forward"))                          # released during the preview
         while True:
             data, last, _ = await reader.read()
             if last:
                 break
-            if (v := await gate.feed(data)) != "pass":
-                if not started:
-                    await self._block(writer, v)
+            step = await session.feed(data)
+            if step.stops:
+                if not echo.started:
+                    await self._block(writer, step)
                     await self._drain_chunks(reader)
-                    return True
+                    return True, False
                 writer.transport.abort()                         # a failed response, never a short one
-                return False
-            if started:
-                # one chunk stays behind until the next arrives: the last bytes leave only after
-                # the final verdict (the last record may complete only at the end of the body)
-                if lag is not None:
-                    writer.write(chunk(lag))
-                    gate.ctx.bytes_sent += len(lag)
-                    await self._flush(writer)
-                lag = data
-                continue
-            held.append(data)
-            held_n += len(data)
-            if held_n >= holdback and gate.enforce:
-                started = True
-                self._start_echo(writer, res_raw, held, gate)
+                return False, False
+            if echo.write(step):
                 await self._flush(writer)
-            elif not gate.enforce:
-                started = True
-                self._start_echo(writer, res_raw, held, gate)
-        if (v := await gate.finish()) != "pass":
-            if not started:
-                await self._block(writer, v)
-                return True
+        step = await session.end()
+        if step.stops:
+            if not echo.started:
+                await self._block(writer, step)
+                return True, False
             writer.transport.abort()
-            return False
-        if not started:
-            self._start_echo(writer, res_raw, held, gate)
-        if lag is not None:
-            writer.write(chunk(lag))
-            gate.ctx.bytes_sent += len(lag)
+            return False, False
+        echo.write(step, start=True)
         writer.write(LAST_CHUNK)
         await self._flush(writer)
-        gate.completed = True
-        return True
+        return True, True
 
-    def _start_echo(self, writer, res_raw: bytes, held: list[bytes], gate: "_Gate") -> None:
-        writer.write(response(200, "OK", {"ISTag": self.istag}, f"res-hdr=0, res-body={len(res_raw)}") + res_raw)
-        for c in held:
-            writer.write(chunk(c))
-            gate.ctx.bytes_sent += len(c)
-        held.clear()
-
-    async def _end(self, writer, gate: "_Gate") -> bool:
-        if (v := await gate.finish()) != "pass":
-            await self._block(writer, v)
-            return True
+    async def _end(self, writer, session: ExchangeSession) -> tuple[bool, bool]:
+        """The client kept its own copy (preview with ieof, or 204 allowed): 204, or the refusal."""
+        session.keep_nothing()
+        step = await session.end()
+        if step.stops:
+            await self._block(writer, step)
+            return True, False
         writer.write(response(204, "No Content", {"ISTag": self.istag}))
         await self._flush(writer)
-        gate.ctx.bytes_sent = gate.received                     # the client sends its own copy
-        gate.completed = True
-        return True
+        return True, True
 
-    async def _block(self, writer, verdict: str = "block") -> None:
-        """The encapsulated answer instead of the response: the 451 page for a leak or a takedown,
-        a 503 for a body that could not be fully inspected (``refuse``)."""
-        if verdict == "refuse":
-            page = b"response could not be fully inspected\n"
-            res = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-                   b"Cache-Control: no-store\r\nContent-Length: %d\r\n\r\n" % len(page))
-        else:
-            page = self.sensor.block_page()
-            res = (b"HTTP/1.1 451 Unavailable For Legal Reasons\r\nContent-Type: text/html\r\n"
-                   b"Cache-Control: no-store\r\nContent-Length: %d\r\n\r\n" % len(page))
+    async def _block(self, writer, step: Step) -> None:
+        """The encapsulated answer instead of the response: the session's refusal (the 451 page for
+        a leak or a takedown, a 503 for a body that could not be fully inspected or a full scanner)."""
+        head = [f"HTTP/1.1 {step.status} {HTTPStatus(step.status).phrase}"]
+        head += [f"{k}: {v}" for k, v in step.headers]
+        head.append(f"Content-Length: {len(step.body)}")
+        res = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
         writer.write(response(200, "OK", {"ISTag": self.istag}, f"res-hdr=0, res-body={len(res)}")
-                     + res + chunk(page) + LAST_CHUNK)
+                     + res + chunk(step.body) + LAST_CHUNK)
         await self._flush(writer)
 
     async def _drain(self, reader, req: IcapRequest, has_body: bool) -> None:
@@ -315,84 +282,29 @@ class IcapServer:
                 raise ConnectionError("client kept sending a body we already answered")
 
 
-class _Gate:
-    """One exchange's scan, content fingerprint and accounting, in ICAP terms (``block`` or not)."""
+class _Echo:
+    """The ``200`` echo of one response: the ICAP head and the encapsulated HTTP head once, then
+    each chunk the session releases. Chunks released during a preview are kept until it starts."""
 
-    def __init__(self, server: IcapServer, scan: BodyScan, ctx: AlertContext, resource: str, enforce: bool,
-                 closed_on_limit: bool = False):
-        self.server, self.scan, self.ctx, self.resource, self.enforce = server, scan, ctx, resource, enforce
-        self.closed_on_limit = closed_on_limit      # a body not fully inspected is refused (or the echo aborted)
-        self.previewed = 0
-        self.sensor = server.sensor
-        self.head = bytearray()
-        self.fingerprint: str | None = None
-        self.received = 0
-        self.tripped_at: float | None = None
-        self.result = None
-        self.completed = False
-        self.scan_s = 0.0
-        self.sensor.metrics.active_exchanges.inc()
+    def __init__(self, server: IcapServer, writer, res_raw: bytes):
+        self.server, self.writer, self.res_raw = server, writer, res_raw
+        self.kept: list[bytes] = []
+        self.started = False
 
-    async def _trip(self) -> str:
-        if self.tripped_at is None:
-            self.tripped_at = time.perf_counter()
-            if self.enforce:
-                fp = self.fingerprint or (self.sensor.content_fingerprint(bytes(self.head)) if self.head else None)
-                await self.sensor.take_down(self.ctx, fp, self.tripped_at)
-                return "block"
-        return "pass"
+    def keep(self, step: Step) -> None:
+        self.kept.extend(step.send)
 
-    async def feed(self, data: bytes) -> str:
-        self.received += len(data)
-        fp_bytes = self.sensor.config.fingerprint_bytes
-        if len(self.head) < fp_bytes:
-            self.head += data[: fp_bytes - len(self.head)]
-            if len(self.head) >= fp_bytes:
-                self.fingerprint = self.sensor.content_fingerprint(bytes(self.head))
-                if self.enforce and self.sensor.registry.blocked_content(self.fingerprint) is not None:
-                    self.sensor.refused(self.resource, "content")
-                    return "block"
-        t = time.perf_counter()
-        verdict = self.scan.write(data)
-        self.scan_s += time.perf_counter() - t
-        if verdict == "trip":
-            return await self._trip()
-        return self._uninspected()
-
-    def _uninspected(self) -> str:
-        if self.closed_on_limit and self.scan.uninspected is not None:
-            if self.ctx.action != "refused_uninspected":
-                self.ctx.action = "refused_uninspected"
-                log.warning("exchange %s not fully inspected (%s): refused, route fails closed",
-                            self.ctx.exchange_id, self.scan.uninspected)
-            return "refuse"
-        return "pass"
-
-    async def finish(self) -> str:
-        """The final verdict. A PDF's text extraction runs in a thread (``finish_async``): seconds of
-        pure-Python work must not stall the other ICAP connections on this loop."""
-        t = time.perf_counter()
-        self.result = await self.scan.finish_async()
-        self.scan_s += time.perf_counter() - t
-        if self.result.verdict == "trip":
-            return await self._trip()
-        if self._uninspected() != "pass":
-            return "refuse"
-        if self.enforce and self.head and self.fingerprint is None:
-            fp = self.sensor.content_fingerprint(bytes(self.head))
-            if self.sensor.registry.blocked_content(fp) is not None:
-                self.sensor.refused(self.resource, "content")
-                return "block"
-        return "pass"
-
-    def close(self) -> None:
-        self.sensor.metrics.active_exchanges.dec()
-        try:
-            if self.result is None:
-                self.result = self.scan.finish()
-            self.sensor.finished(self.ctx, self.result, tap="icap", completed=self.completed, scan_seconds=self.scan_s)
-        except Exception:               # accounting must never break the data path
-            log.exception("accounting for exchange %s failed", self.ctx.exchange_id)
+    def write(self, step: Step, *, start: bool = False) -> bool:
+        """Write what ``step`` releases (the heads first); True when anything was written."""
+        send = [c for c in (*self.kept, *step.send) if c]       # an empty chunk would end the body
+        self.kept.clear()
+        if not self.started and (send or step.start or start):
+            self.started = True
+            self.writer.write(response(200, "OK", {"ISTag": self.server.istag},
+                                       f"res-hdr=0, res-body={len(self.res_raw)}") + self.res_raw)
+        for c in send:
+            self.writer.write(chunk(c))
+        return bool(send)
 
 
 _REASONS = {400: "Bad Request", 404: "ICAP Service Not Found", 405: "Method Not Allowed For Service",
