@@ -504,3 +504,56 @@ def test_route_thresholds_in_the_config_file_apply_over_the_policy_routes():
     assert (p.trip.strong_records, p.trip.person_records, p.routes) == (3, 5, ())
     with pytest.raises(ConfigError, match=r"proxy.routes\[0\].trip.people: unknown key"):
         parse_config({"proxy": {"routes": [{"match": "/a", "trip": {"people": 5}}]}})
+
+
+# -- what the act layer is told ------------------------------------------------------------------------
+
+def _spy_finished(s: Sensor) -> list[dict]:
+    """Every ``finished`` call's keywords, with the alert it raised (the real method still runs)."""
+    calls: list[dict] = []
+    real = s.finished
+
+    def finished(ctx, result, **kw):
+        alert = real(ctx, result, **kw)
+        calls.append({**kw, "result": result, "alert": alert})
+        return alert
+    s.finished = finished                       # type: ignore[method-assign]
+    return calls
+
+
+async def test_bytes_that_leave_unscanned_raise_an_alert_naming_why(make):
+    s = make(max_scans=1, on_error="open", holdback=0)
+    calls = _spy_finished(s)
+    first = open_session(s, peer="10.0.0.1")
+    first.on_response(200, {})
+    second = open_session(s, peer="10.0.0.2")        # past the global cap: forwarded unscanned
+    second.on_response(200, {}, content_length=len(LEAK))
+    await second.feed(LEAK)
+    second.close(True)
+    first.close(False)
+    third = open_session(s, peer="10.0.0.3")         # the scanner breaks: the rest leaves unscanned
+    third.on_response(200, {}, content_length=6)
+    _broken(third)
+    await third.feed(b"abc")
+    third.close(True)
+    by_reason = {c["unscanned"]: c for c in calls if c.get("unscanned")}
+    assert set(by_reason) == {"overload", "scanner-error"}
+    assert by_reason["overload"]["alert"]["rule"]["id"] == "dlp.unscanned"
+    assert by_reason["scanner-error"]["result"] is None
+
+
+async def test_a_trip_hands_its_counts_to_the_takedown(make):
+    s = make()
+    seen: list = []
+    real = s.take_down
+
+    async def take_down(ctx, fingerprint, tripped_at, **kw):
+        seen.append(kw.get("result"))
+        return await real(ctx, fingerprint, tripped_at, **kw)
+    s.take_down = take_down                     # type: ignore[method-assign]
+    ses = open_session(s)
+    ses.on_response(200, {}, content_length=len(LEAK))
+    _, step = await run(ses, pieces(LEAK))
+    ses.close(False)
+    assert step.status == 451 and len(seen) == 1
+    assert seen[0] is not None and seen[0].verdict == "trip" and seen[0].strong_records >= 10

@@ -16,7 +16,7 @@ from aiohttp import web
 from sensor.enforce.registry import DISK_ERRORS, TakedownNotDurable, disk_fault
 from sensor.enforce.report import build_report
 from sensor.enforce.resource import rekey, resource_of_url
-from sensor.runtime import Sensor
+from sensor.enforce.parts import AdminState
 
 
 def _json(data, status: int = 200) -> web.Response:
@@ -46,7 +46,7 @@ def _disk_refused(e: BaseException) -> web.Response:
     return _error(503, f"the takedown registry could not be written ({type(e).__name__}: {e}); try again")
 
 
-def admin_app(sensor: Sensor) -> web.Application:
+def admin_app(sensor: AdminState) -> web.Application:
     @web.middleware
     async def auth(request: web.Request, handler):
         if not authorized(request.headers.get("Authorization", ""), sensor.token):

@@ -203,7 +203,6 @@ class ExchangeSession:
         self.range_plan = ranges.plan(sensor.clean, enforce=self.enforce, resource=self.resource,
                                       target=self.range_key, headers=headers)
         self.validator: str | None = None               # the response's (a clean 200 fills sensor.clean)
-        self.unscanned_reason: str | None = None        # accounted as bytes refused unscanned
         self.read_more: Callable[[int], Awaitable[bytes]] | None = None
         # the body
         self.exchange: Exchange | None = None
@@ -224,6 +223,7 @@ class ExchangeSession:
         self.stopped: Step | None = None                # the REFUSE/CUT answered, if any
         self.accounted = False                          # refused at the request or admission: not an exchange
         self.closed = False
+        self.unscanned_why: str | None = None   # overload / scanner-error: bytes left unscanned (open routes)
         self.result: ScanResult | None = None
         self.finishing: asyncio.Future | None = None    # a container's final verdict, read in a thread
         self.tripped_at: float | None = None
@@ -293,7 +293,7 @@ class ExchangeSession:
             s.metrics.failures.labels(reason="unverified_range", action="closed").inc()
             log.warning("exchange %s refused: a 206 of a body not scanned whole and clean", ctx.exchange_id)
             ctx.action = "refused_unverified_range"
-            self.unscanned_reason = "unverified-range"
+            self.unscanned_why = "unverified-range"
             return self._stop(503, "unverified_range")
         refusal = s.admission.refusal(self.client, s.config.proxy.max_scans, s.config.proxy.max_scans_per_client)
         if refusal == "client":
@@ -307,6 +307,7 @@ class ExchangeSession:
             if self.route.on_error == "closed":
                 self.accounted = True
                 return self._stop(503, "overload")
+            self.unscanned_why = "overload"             # the body leaves unscanned: the SOC hears of it
         elif not self.enforce and s.mirror is not None:
             self.mirrored = s.mirror.open(ctx, self.exchange)     # the workers scan it
             if self.mirrored is None and s.mirror.k.overflow == "local":
@@ -412,6 +413,8 @@ class ExchangeSession:
         log.exception("scanner failed on exchange %s; route says fail-%s", self.ctx.exchange_id, on_error)
         self.scan = None
         self._drop_scan()
+        if on_error != "closed":
+            self.unscanned_why = "scanner-error"        # the rest of the body leaves unscanned
         return "fail-closed" if on_error == "closed" else "pass"
 
     async def _judge(self, verdict: str) -> Step | None:
@@ -530,7 +533,9 @@ class ExchangeSession:
             except Exception:                           # the upstream failed: take down with what there is
                 pass
         assert self.tripped_at is not None
-        await self.sensor.take_down(self.ctx, self.print.value(), self.tripped_at)
+        if self.result is None and self.scan is not None:
+            self.result = self.scan.finish()            # the scan stops at a trip: its counts go with the takedown
+        await self.sensor.take_down(self.ctx, self.print.value(), self.tripped_at, result=self.result)
         return self._stop(451, "tripped")
 
     def _content_taken_down(self) -> Step:
@@ -596,10 +601,19 @@ class ExchangeSession:
                 self.accounted = True
                 self.sensor.finished(self.ctx, self.result, tap=self.tap, completed=completed,
                                      scan_seconds=self.scan_s, mirrored=self.mirrored is not None,
-                                     unscanned=self.unscanned_reason)
+                                     unscanned=self._unscanned(self.result))
                 self._remember_clean(completed)
         except Exception:                               # accounting must never break the data path
             log.exception("accounting for exchange %s failed", self.ctx.exchange_id)
+
+    def _unscanned(self, result: ScanResult | None) -> str | None:
+        """Why bytes of this exchange left without being scanned, if they did (an alert says so)."""
+        if self.unscanned_why is not None:
+            return self.unscanned_why
+        if result is not None and self.route.on_decode_limit != "closed" and any(
+                n.startswith("uninspected:") for n in result.notes):
+            return "decode-limit"
+        return None
 
     def _remember_clean(self, completed: bool) -> None:
         """A full representation scanned whole and clean on an enforce route: its later ranges may
@@ -616,7 +630,8 @@ class ExchangeSession:
             if not self.accounted:
                 self.accounted = True
                 self.result = result
-                self.sensor.finished(self.ctx, result, tap=self.tap, completed=completed, scan_seconds=self.scan_s)
+                self.sensor.finished(self.ctx, result, tap=self.tap, completed=completed, scan_seconds=self.scan_s,
+                                     unscanned=self._unscanned(result))
                 self._remember_clean(completed)
         except Exception:                               # accounting must never break the data path
             log.exception("accounting for exchange %s failed", self.ctx.exchange_id)

@@ -28,6 +28,7 @@ from aiokafka.errors import KafkaError
 
 from sensor.enforce.resource import rekey
 from sensor.enforce.registry import FLEET_ACTOR, join_print, split_print
+from sensor.enforce.parts import SensorState
 from sensor.stream.kafka import Health, client_kwargs, ensure_topics, supervised
 from sensor.stream.records import RecordError, decode, encode, require
 
@@ -60,7 +61,7 @@ def _print_of(rec) -> str | None:
 
 
 class FleetLink:
-    def __init__(self, sensor):
+    def __init__(self, sensor: SensorState):
         self.sensor = sensor
         self.k = sensor.config.kafka
         self.topic = self.k.topic("takedowns")

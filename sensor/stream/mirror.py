@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from sensor.alerts.schema import AlertContext
+from sensor.enforce.parts import SensorState
 from sensor.exchange.identity import client_hash
 from sensor.pipeline import Exchange
 from sensor.stream.kafka import Health, client_kwargs, supervised
@@ -30,7 +31,7 @@ MAX_CHUNK = 512 << 10
 
 
 class Mirror:
-    def __init__(self, sensor):
+    def __init__(self, sensor: SensorState):
         self.sensor = sensor
         self.k = sensor.config.kafka
         self.topic = self.k.topic("exchanges")
