@@ -33,6 +33,7 @@ from sensor.detect.policy import Policy, PolicyError, load_policy, parse_policy
 from sensor.detect.scanner import ScanResult
 from sensor.enforce.ledger import Ledger
 from sensor.exchange.admission import Admission
+from sensor.exchange.ranges import CleanVerdicts
 from sensor.exchange.routes import route_for
 from sensor.enforce.report import evidence_of
 from sensor.enforce.registry import DISK_ERRORS, Registry, Takedown, TakedownNotDurable
@@ -131,6 +132,7 @@ class Sensor:
         self.unscanned = UnscannedAlerts(self)
         self.limits = DecodeLimits()
         self.admission = Admission()                # scans in flight, shared by every tap of this process
+        self.clean = CleanVerdicts()                # full bodies scanned clean: their ranges may be served
         self.ready = False
         self._tasks: list[asyncio.Task] = []
         self._watched: dict[Path, float] = {}
@@ -336,6 +338,7 @@ class Sensor:
         ledger keeps its marks for the next flush (each logged once). ``exposure``: the trip is
         cumulative exposure across responses already accounted (the alert's ``dlp.exposure``)."""
         actor, reason = f"sensor:{self.config.sensor_id}", "trip: personal-data leak"
+        self.clean.forget(ctx.resource)             # no range of it is served as clean again
         commit = self.registry.add_soon(ctx.resource, actor=actor, reason=reason, fingerprint=fingerprint,
                                         exchange_id=ctx.exchange_id)
         if self.fleet is not None:                  # the fleet does not wait for this host's fsync

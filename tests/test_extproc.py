@@ -80,6 +80,18 @@ def test_trip_mid_body_fails_the_download(site, envoy):
 
 
 
+def test_ranges_are_stripped_until_the_whole_body_was_scanned_clean(site, envoy):
+    """ext_proc removes Range/If-Range from the request until the body is known clean: a leak fetched
+    in ranges is scanned whole (451, no row out); a clean page is sent whole first, then as ranges."""
+    (site.root / "exports" / "envoy-ranges.csv").write_bytes(b"# envoy ranges\n" + (site.root / ROSTER).read_bytes())
+    for i in range(0, 4 * 512, 512):
+        _, st, body, _ = curl("-m", "30", "-r", f"{i}-{i + 511}", envoy + "/exports/envoy-ranges.csv")
+        assert st == 451 and b"permit_id" not in body
+    page = (site.root / "stats-5.html").read_bytes()
+    assert curl("-m", "30", "-r", "0-511", envoy + "/stats-5.html")[1:3] == (200, page)
+    assert curl("-m", "30", "-r", "512-1023", envoy + "/stats-5.html")[1:3] == (206, page[512:1024])
+
+
 def test_a_large_benign_pdf_arrives_whole(site, envoy, extproc):
     """Its text extraction (about 1 s) outlasts Envoy's 200 ms message timeout. Envoy 1.40 does not time the
     message that ends a streamed body, so no override_message_timeout is needed (checked: none is sent)."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import shutil
 import subprocess
 import tempfile
@@ -254,3 +255,44 @@ def test_run_starts_several_taps_from_one_config(site, tmp_path):
         assert b"withdrawn" in (tmp_path / "o").read_bytes(), out      # refused via ICAP: one registry
     finally:
         stop(proc)
+
+
+# -- ranges (206) on enforce routes: served only of a body scanned whole and clean --------------------
+
+def _respmod_of(path: str, status: bytes, res_headers: bytes, body: bytes) -> bytes:
+    """One RESPMOD (no preview, 204 allowed) of ``path`` answered ``status`` with ``body``."""
+    req = b"GET " + path.encode() + b" HTTP/1.1\r\nHost: www.example.gov\r\n\r\n"
+    res = b"HTTP/1.1 " + status + b"\r\n" + res_headers + b"Content-Length: %d\r\n\r\n" % len(body)
+    chunks = (b"%x\r\n" % len(body) + body + b"\r\n" if body else b"") + b"0\r\n\r\n"
+    return (b"RESPMOD icap://127.0.0.1/respmod ICAP/1.0\r\nHost: x\r\nAllow: 204\r\nEncapsulated: req-hdr=0, "
+            b"res-hdr=%d, res-body=%d\r\n\r\n" % (len(req), len(req) + len(res)) + req + res + chunks)
+
+
+def _answer(port: int, data: bytes) -> bytes:
+    """Send one ICAP request; its answer (a 204 head, or a 200 up to its last chunk)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        out = b""
+        while not (out.startswith(b"ICAP/1.0 204") and out.endswith(b"\r\n\r\n")) and not out.endswith(b"\r\n0\r\n\r\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+        return out
+
+
+def test_a_206_is_refused_until_the_whole_body_was_scanned_clean(site, icap):
+    page = (site.root / "stats-3.html").read_bytes()
+    etag = b'ETag: "icap-v1"\r\nContent-Type: text/html\r\n'
+    part = etag + b"Content-Range: bytes 0-511/%d\r\n" % len(page)
+    out = _answer(icap.port, _respmod_of("/icap-range.html", b"206 Partial Content", part, page[:512]))
+    assert out.startswith(b"ICAP/1.0 200") and b"HTTP/1.1 503" in out and b"Retry-After: 1" in out
+    assert page[:512] not in out
+    # the whole body, scanned clean: later ranges of that version pass (scanned as partial)
+    assert _answer(icap.port, _respmod_of("/icap-range.html", b"200 OK", etag, page)).startswith(b"ICAP/1.0 204")
+    assert _answer(icap.port, _respmod_of("/icap-range.html", b"206 Partial Content", part,
+                                          page[:512])).startswith(b"ICAP/1.0 204")
+    other = b'ETag: "icap-v2"\r\nContent-Range: bytes 0-511/%d\r\n' % len(page)     # another version
+    assert b"HTTP/1.1 503" in _answer(icap.port, _respmod_of("/icap-range.html", b"206 Partial Content", other,
+                                                             page[:512]))
+    assert icap.metric("dlp_scan_failures_total", reason="unverified_range", action="closed") == 2

@@ -53,6 +53,10 @@ The session owns:
 - **failures**: a decode limit follows ``on_decode_limit`` (closed: 503 before the first byte, CUT
   after; the exchange raises an alert either way); a scanner exception follows ``on_error``
   (closed: 503 / CUT; open: the rest passes unscanned);
+- **ranges** (:mod:`sensor.exchange.ranges`, enforce): a range is served only of a version whose
+  whole body was scanned clean (``Sensor.clean``, filled in :meth:`close`); otherwise the tap
+  removes :attr:`upstream_drop` from its upstream request and the whole body is scanned and sent,
+  and a ``206`` nobody can vouch for is refused 503 in :meth:`on_response`;
 - **admission** (:mod:`sensor.exchange.admission`): the global and the per-client cap of scans in
   flight, 503 + ``Retry-After`` past them;
 - **accounting**: :meth:`Sensor.finished <sensor.runtime.Sensor.finished>` exactly once per
@@ -81,6 +85,7 @@ from sensor.detect.scanner import ScanResult
 from sensor.enforce.fingerprint import BodyPrint
 from sensor.enforce.resource import host_allowed, public_url, resource_of
 from sensor.exchange.identity import client_address
+from sensor.exchange import ranges
 from sensor.exchange.routes import Route, route_for
 from sensor.pipeline import BodyScan, Exchange
 
@@ -192,6 +197,12 @@ class ExchangeSession:
                                 client_ip=self.client, mode=self.route.mode,
                                 action="cut_and_takedown" if self.enforce else "logged")
         self.http10 = http10
+        # ranges (sensor.exchange.ranges): on an enforce route a range is served only of a body
+        # scanned whole and clean; else the whole body is asked for, scanned and sent (200)
+        self.range_key = parts.path + (f"?{parts.query}" if parts.query else "")
+        self.range_plan = ranges.plan(sensor.clean, enforce=self.enforce, resource=self.resource,
+                                      target=self.range_key, headers=headers)
+        self.validator: str | None = None               # the response's (a clean 200 fills sensor.clean)
         self.read_more: Callable[[int], Awaitable[bytes]] | None = None
         # the body
         self.exchange: Exchange | None = None
@@ -227,9 +238,29 @@ class ExchangeSession:
             self.sensor.metrics.refusals.labels(reason="host").inc()    # no resource of the site: no ledger row
             return self._stop(421, "misdirected")
         if self.sensor.registry.blocked(self.resource) is not None:
+            self.sensor.clean.forget(self.resource)      # taken down here or by the fleet/admin
             self.sensor.refused(self.resource, "resource")     # a refusal, not an exchange: no accounting
             return self._stop(451, "refused")
         return Step(FORWARD)
+
+    @property
+    def upstream_drop(self) -> frozenset[str]:
+        """Request headers (lower case) the tap removes before asking the upstream: ``range`` and
+        ``if-range`` when the whole body must be scanned first (no clean verdict for it yet)."""
+        return frozenset(ranges.RANGE_HEADERS) if self.range_plan == ranges.WHOLE else frozenset()
+
+    def ask_whole(self, status: int, headers: Mapping[str, str]) -> bool:
+        """The upstream answered a range that was asked (a clean verdict was known) with a 206 of
+        another version (or without a validator): forget the verdict and ask for the whole body.
+        True when the tap should ask again without ``upstream_drop`` headers (a tap that cannot
+        ask again just calls :meth:`on_response`, which refuses that 206)."""
+        if self.range_plan != ranges.RANGED or status != 206:
+            return False
+        if ranges.range_allowed(self.sensor.clean, resource=self.resource, target=self.range_key, headers=headers):
+            return False
+        self.sensor.clean.forget(self.resource, self.range_key)
+        self.range_plan = ranges.WHOLE
+        return True
 
     def on_response(self, status: int, headers: Mapping[str, str], *, content_length: int | None = None,
                     has_body: bool = True, holdback_cap: int | None = None,
@@ -254,6 +285,16 @@ class ExchangeSession:
         if not has_body:
             self.started = True
             return Step(FORWARD, start=True)
+        self.validator = ranges.validator_of(status, headers)
+        if status == 206 and self.enforce and not ranges.range_allowed(
+                s.clean, resource=self.resource, target=self.range_key, headers=headers):
+            # part of a body never scanned whole (or of another version): a scan of the part cannot
+            # judge the whole, so it does not leave (nothing of it is sent)
+            s.metrics.failures.labels(reason="unverified_range", action="closed").inc()
+            log.warning("exchange %s refused: a 206 of a body not scanned whole and clean", ctx.exchange_id)
+            ctx.action = "refused_unverified_range"
+            self.unscanned_why = "unverified-range"
+            return self._stop(503, "unverified_range")
         refusal = s.admission.refusal(self.client, s.config.proxy.max_scans, s.config.proxy.max_scans_per_client)
         if refusal == "client":
             s.metrics.failures.labels(reason="client_overload", action="closed").inc()
@@ -523,8 +564,9 @@ class ExchangeSession:
             return self.sensor.block_page(), (("Content-Type", "text/html"), NO_STORE)
         text = {"uninspected": "response could not be fully inspected", "scanner_error": "scanner unavailable",
                 "overload": "scanner overloaded", "http10_too_large": "this response needs HTTP/1.1",
-                "misdirected": "this server does not serve that host"}.get(reason, HTTPStatus(status).phrase)
-        retry = (RETRY,) if reason in ("scanner_error", "overload") else ()
+                "misdirected": "this server does not serve that host",
+                "unverified_range": "this range cannot be served before the whole body is scanned"}.get(reason, HTTPStatus(status).phrase)
+        retry = (RETRY,) if reason in ("scanner_error", "overload", "unverified_range") else ()
         return (text + "\n").encode(), (("Content-Type", "text/plain; charset=utf-8"), NO_STORE, *retry)
 
     # -- accounting ---------------------------------------------------------------------------
@@ -560,6 +602,7 @@ class ExchangeSession:
                 self.sensor.finished(self.ctx, self.result, tap=self.tap, completed=completed,
                                      scan_seconds=self.scan_s, mirrored=self.mirrored is not None,
                                      unscanned=self._unscanned(self.result))
+                self._remember_clean(completed)
         except Exception:                               # accounting must never break the data path
             log.exception("accounting for exchange %s failed", self.ctx.exchange_id)
 
@@ -572,6 +615,15 @@ class ExchangeSession:
             return "decode-limit"
         return None
 
+    def _remember_clean(self, completed: bool) -> None:
+        """A full representation scanned whole and clean on an enforce route: its later ranges may
+        be served as ranges (sensor.exchange.ranges)."""
+        r = self.result
+        if (self.enforce and completed and self.validator is not None and self.ctx.status == 200
+                and self.method == "GET" and r is not None and r.verdict == "pass" and self.stopped is None
+                and self.tripped_at is None and (self.content_length is None or self.received >= self.content_length)):
+            self.sensor.clean.remember(self.resource, self.range_key, self.validator)
+
     def _late(self, fut: asyncio.Future, scan: BodyScan, completed: bool) -> None:
         try:
             result = fut.result() if not fut.cancelled() and fut.exception() is None else scan.finish()
@@ -580,5 +632,6 @@ class ExchangeSession:
                 self.result = result
                 self.sensor.finished(self.ctx, result, tap=self.tap, completed=completed, scan_seconds=self.scan_s,
                                      unscanned=self._unscanned(result))
+                self._remember_clean(completed)
         except Exception:                               # accounting must never break the data path
             log.exception("accounting for exchange %s failed", self.ctx.exchange_id)

@@ -52,7 +52,8 @@ KNOWN: dict[str, dict[str, tuple[str, ...]]] = {
     "takedowns": {"source": ("trip", "admin", "fleet")},
     "refusals": {"reason": ("resource", "content", "host")},   # host: not the site's (site.unknown_host: refuse)
     "upstream_errors": {"kind": ("timeout", "down", "body")},
-    "failures": {"reason": ("overload", "client_overload", "internal", "decode_limit"), "action": ON_ERROR},
+    "failures": {"reason": ("overload", "client_overload", "internal", "decode_limit", "unverified_range"),
+                 "action": ON_ERROR},
     "reloads": {"result": ("ok", "error", "restart_required")},
     "reload_restart_keys": {"key": RESTART_KEYS},
     "alert_delivery_failures": {"sink": ("spool",)},       # the spool itself; configured sinks via expect()

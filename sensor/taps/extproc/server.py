@@ -9,6 +9,10 @@ chunk the session releases answers one held body message, in order; a refusal or
   upstream is asked. The client is the downstream peer Envoy reports (``source.address``, else
   Envoy itself: :func:`~sensor.exchange.identity.envoy_peer`); a forwarded header counts only
   from ``clients.trusted_proxies``;
+- request headers with ``Range``/``If-Range`` on an enforce route without a clean verdict for the
+  body (:mod:`sensor.exchange.ranges`): both are removed (``HeaderMutation.remove_headers``), so
+  Envoy fetches the whole body, which is scanned as usual; a ``206`` the session cannot vouch for
+  is answered 503 + ``Retry-After``;
 - response headers: open the scan with the status, content type and encoding (or 503 +
   ``Retry-After`` past the admission caps);
 - response body, ``STREAMED`` with ``send_body_without_waiting_for_header_response``: in enforce
@@ -154,6 +158,9 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
             step = st.session.on_request()
             if step.stops:
                 return self._answer(st, step)
+            if drop := st.session.upstream_drop:        # a range of a body not yet scanned whole: ask for all of it
+                return [pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=pb.CommonResponse(
+                    header_mutation=pb.HeaderMutation(remove_headers=sorted(drop)))))]
             return [pb.ProcessingResponse(request_headers=pb.HeadersResponse())]
         if kind == "response_headers":
             if st.session is None:

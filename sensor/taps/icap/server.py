@@ -14,6 +14,10 @@ decides; this module maps the session's steps to ICAP. How a response is answere
   delivering a truncated file. During a preview nothing is returned yet: what the session releases
   is kept and echoed first if the answer turns out to be an echo.
 
+A ``206`` on an enforce route is answered with an encapsulated ``503`` + ``Retry-After`` unless the
+whole body of that version was scanned clean before (:mod:`sensor.exchange.ranges`): RESPMOD sees
+only the part, which cannot be judged alone.
+
 Malformed ICAP gets 400 (or 404/405/501/505) and the connection is closed; the server keeps
 serving. No maintained Python ICAP library exists: the framing is in ``protocol.py``.
 

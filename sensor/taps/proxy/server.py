@@ -99,7 +99,7 @@ class Proxy:
             if request.headers.get("Upgrade", "").lower() == "websocket":
                 return await self._websocket(request), "websocket"
 
-            headers = _forward_headers(request.headers)
+            headers = _forward_headers(request.headers, session.upstream_drop)   # a Range, until scanned whole
             xff = request.headers.get("X-Forwarded-For")
             headers["X-Forwarded-For"] = f"{xff}, {request.remote}" if xff else (request.remote or "")
             headers["X-Forwarded-Proto"] = request.scheme
@@ -109,10 +109,12 @@ class Proxy:
                                             sock_read=cfg.upstream_timeout)
             assert self.session is not None
             try:
-                upstream = await self.session.request(request.method, cfg.upstream + target, headers=headers,
-                                                      data=body, allow_redirects=False, timeout=timeout,
-                                                      skip_auto_headers=("User-Agent", "Accept-Encoding",
-                                                                         "Content-Type"))
+                upstream = await self._ask(request.method, cfg.upstream + target, headers, body, timeout)
+                if session.ask_whole(upstream.status, upstream.headers):   # a 206 of another version
+                    upstream.release()
+                    for h in session.upstream_drop:
+                        headers.popall(h, None)
+                    upstream = await self._ask(request.method, cfg.upstream + target, headers, body, timeout)
             except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
                 s.metrics.upstream_errors.labels(kind="timeout").inc()
                 return web.Response(status=504, text="upstream timed out\n"), "upstream_timeout"
@@ -127,6 +129,12 @@ class Proxy:
                 upstream.release()
         finally:
             session.close(completed)
+
+    async def _ask(self, method: str, url: str, headers: CIMultiDict, body, timeout) -> aiohttp.ClientResponse:
+        assert self.session is not None
+        return await self.session.request(method, url, headers=headers, data=body, allow_redirects=False,
+                                          timeout=timeout, skip_auto_headers=("User-Agent", "Accept-Encoding",
+                                                                              "Content-Type"))
 
     async def _relay(self, request: web.Request, up: aiohttp.ClientResponse,
                      session: ExchangeSession) -> tuple[web.StreamResponse, str, bool]:
