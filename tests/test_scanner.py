@@ -214,3 +214,17 @@ def test_a_hotword_after_the_value_labels_it_on_the_same_line(engine):
     assert scan_bytes(engine, b"part B7654321 - driver license\n").findings.get("us-driver-licence") == 1
     assert "dob" not in scan_bytes(engine, b"03/14/1975\nborn\n").findings          # another line
     assert "dob" not in scan_bytes(engine, b"03/14/1975 " + b"." * 200 + b" born\n").findings   # too far
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("declared", ["text/html", "text/html; charset=utf-8", "application/json", "text/plain"])
+def test_a_roster_served_under_another_content_type_is_read_as_the_table_it_is(engine, declared):
+    """The Content-Type is a hint, the bytes decide: a CSV roster misnamed .html or .json trips with
+    every row counted, as it does as text/csv."""
+    data = breach_csv(500)
+    as_csv = scan_bytes(engine, data, content_type="text/csv")
+    other = scan_bytes(engine, data, content_type=declared)
+    assert (other.verdict, other.records) == (as_csv.verdict, as_csv.records) == ("trip", 500)
+

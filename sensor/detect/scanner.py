@@ -233,6 +233,11 @@ class ExchangeScanner:
     def _sniff(self, data: bytes) -> None:
         head = data[:4096].lstrip()
         low = head[:512].lower()
+        # the declared Content-Type is a hint, the bytes decide: a CSV roster served as text/html
+        # (or as application/json) is read as the table it is, not as markup without a <tr>
+        first_byte = head.removeprefix(b"\xef\xbb\xbf")[:1]
+        if (self._mode == "html" and first_byte != b"<") or (self._mode == "json" and first_byte not in (b"{", b"[")):
+            self._mode = None
         if head[:1] in (b"{", b"[") and self._mode is None:
             self._mode = "json"
         elif self._mode is None and (low.startswith(b"<!doctype html") or b"<html" in low
