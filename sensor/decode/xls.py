@@ -32,7 +32,6 @@ from sensor.decode.limits import CorruptInput, LimitExceeded
 if TYPE_CHECKING:
     import xlrd
 
-from sensor.decode.containers import OLE2_MAGIC  # noqa: F401  (re-exported)
 MAX_COLUMNS = 256                    # BIFF8 sheets are 256 columns wide (65 536 rows)
 
 
