@@ -97,3 +97,25 @@ def test_a_workbook_is_bounded_like_an_xlsx(engine, limits, note):
     r = scan_bytes(engine, XLS, limits=limits)
     assert any(n.startswith(note) for n in r.notes), r.notes
     assert r.decoded_bytes <= max(limits.max_decoded_bytes, 0) + limits.piece
+
+
+def test_damaged_workbooks_never_crash():
+    """Seeded byte flips and cuts: every outcome is rows or a decode note, never an exception."""
+    import random
+
+    from sensor.decode.limits import DecodeProblem
+    rng = random.Random(15)
+    outcomes = set()
+    for _ in range(60):
+        b = bytearray(XLS)
+        for _ in range(rng.randint(1, 40)):
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        if rng.random() < 0.3:
+            b = b[:rng.randrange(512, len(b))]
+        try:
+            _lines(bytes(b))
+            outcomes.add("read")
+        except DecodeProblem as e:
+            assert e.note.startswith(("decode-error:xls", "decode-error:ole2", "decode-limit:")), e.note
+            outcomes.add("note")
+    assert "note" in outcomes
