@@ -165,20 +165,49 @@ def xlsx(rows: list[list[str]]) -> bytes:
     return bio.getvalue()
 
 
+def _pdf_esc(t: str) -> str:
+    return t.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+
+
 def pdf(lines: list[str], per_page: int = 60) -> bytes:
     """A PDF as report generators write it: Helvetica text drawn line by line, each page's content
     stream Flate-compressed (the bytes on the wire show none of the text)."""
+    pages = [lines[i:i + per_page] for i in range(0, len(lines), per_page)] or [[]]
+    return _pdf_pages([["BT /F1 8 Tf 10 TL 30 800 Td"] + [f"({_pdf_esc(t)}) Tj T*" for t in page] + ["ET"]
+                       for page in pages])
+
+
+def pdf_table(rows: list[list[str]], widths: list[int], order: str = "rows", per_page: int = 60,
+              seed: int = 0) -> bytes:
+    """A table PDF whose cells are separate text objects placed by ``Td``, emitted in ``order``:
+    "rows" (left to right, top to bottom), "columns" (each column top to bottom, as some report
+    engines draw them) or "random". Only the positions say which cells form a printed row, which
+    is what the PDF reader must rebuild (issue 15). ``widths`` are the column widths in points."""
+    rng = random.Random(seed)
+    pages = []
+    for first in range(0, len(rows), per_page):
+        cells = []
+        for r, row in enumerate(rows[first:first + per_page]):
+            x = 30
+            for c, text in enumerate(row):
+                cells.append((r, c, x, 800 - 12 * r, text))
+                x += widths[c]
+        if order == "columns":
+            cells.sort(key=lambda t: (t[1], t[0]))
+        elif order == "random":
+            rng.shuffle(cells)
+        pages.append([f"BT /F1 8 Tf {x} {y} Td ({_pdf_esc(t)}) Tj ET" for _, _, x, y, t in cells])
+    return _pdf_pages(pages or [[]])
+
+
+def _pdf_pages(pages: list[list[str]]) -> bytes:
+    """A valid PDF with one Flate-compressed content stream of operators per page."""
     import zlib
 
-    def esc(t: str) -> str:
-        return t.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
-
-    pages = [lines[i:i + per_page] for i in range(0, len(lines), per_page)] or [[]]
     objs: list[bytes] = [b"<< /Type /Catalog /Pages 2 0 R >>", b"",
                          b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>"]
     kids = []
-    for page in pages:
-        ops = ["BT /F1 8 Tf 10 TL 30 800 Td"] + [f"({esc(t)}) Tj T*" for t in page] + ["ET"]
+    for ops in pages:
         body = zlib.compress("\n".join(ops).encode("cp1252", "replace"))
         objs.append(b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(body) + body + b"\nendstream")
         content = len(objs)

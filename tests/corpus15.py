@@ -239,6 +239,21 @@ def pdf_table(ps: list[Person]) -> bytes:
     return synth.pdf(lines)
 
 
+PDF_COLUMNS = ["NAME", "DATE OF BIRTH", "ADDRESS", "CITY", "DL"]
+PDF_WIDTHS = [130, 70, 150, 90, 60]
+
+
+def pdf_cells(ps: list[Person]) -> list[list[str]]:
+    """The table a PDF report prints: a header row, then one row of cells per person."""
+    return [PDF_COLUMNS] + [[f"{p.last.upper()}, {p.first.upper()}", p.us_dob, p.street.upper(),
+                             p.city.upper(), p.dl] for p in ps]
+
+
+def pdf_table_columns(ps: list[Person]) -> bytes:
+    """Cells as separate text objects drawn column by column: only positions make the rows."""
+    return synth.pdf_table(pdf_cells(ps), PDF_WIDTHS, order="columns")
+
+
 def csv_zst(ps: list[Person]) -> bytes:
     return zstandard.ZstdCompressor().compress(_csv(ps))
 
@@ -296,6 +311,7 @@ LEAKS: list[tuple[str, str, Callable[[list[Person]], bytes | None], str]] = [
     ("no_header.txt", "text/plain", delimited_no_header, "delimited text without header"),
     ("fixed_width.txt", "text/plain", fixed_width, "fixed-width text, touching values"),
     ("table.pdf", "application/pdf", pdf_table, "PDF table"),
+    ("table_columns.pdf", "application/pdf", pdf_table_columns, "PDF table drawn column by column"),
     ("people.csv.zst", "application/octet-stream", csv_zst, "zstd file"),
     ("people.csv.xz", "application/octet-stream", csv_xz, "xz file"),
     ("people.csv.bz2", "application/octet-stream", csv_bz2, "bzip2 file"),

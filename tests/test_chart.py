@@ -447,6 +447,17 @@ def test_rendered_sensor_config_is_valid(tmp_path):
     assert [s.id for s in engine.signatures] == ["employee-badge"] and n == 2 and not failures
 
 
+def test_client_and_site_values_reach_the_sensor_config():
+    vals = example("sidecar.yaml")
+    vals["sensor"].update(trustedProxies=["10.0.0.0/8"], siteHosts=["www.example.gov", "example.gov"])
+    raw = yaml.safe_load(named(render(vals), "ConfigMap", "rel-dlp-sensor-config")["data"]["sensor.yaml"])
+    cfg = parse_config(raw, "chart sensor.yaml", resolve=False)
+    assert raw["clients"] == {"trusted_proxies": ["10.0.0.0/8"]} and "trust_forwarded" not in raw["proxy"]
+    assert cfg.site.hosts[0] == "www.example.gov"
+    assert not yaml.safe_load(named(render(example("sidecar.yaml")), "ConfigMap", "rel-dlp-sensor-config")
+                              ["data"]["sensor.yaml"]).get("clients")
+
+
 @pytest.mark.parametrize("values_file", VALUES)
 def test_every_rendered_sensor_config_parses(values_file):
     """The release's sensor.yaml and the test pod's both load in the sensor (shape only: the `<field>_env`

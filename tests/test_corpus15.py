@@ -19,7 +19,7 @@ SUPPORTED = {
     "json_nested.json", "jsonl_nested.jsonl", "rows_meta.json", "df_split.json", "df_columns.json",
     "df_index.json", "parallel_arrays.json", "dashboard_dictionary.json", "features.geojson",
     "holders_children.xml", "holders_attributes.xml", "holders_dump.sql", "applicants_insert_cols.sql",
-    "cards.html", "deflists.html", "no_header.txt", "fixed_width.txt", "table.pdf",
+    "cards.html", "deflists.html", "no_header.txt", "fixed_width.txt", "table.pdf", "table_columns.pdf",
     "people.csv.zst", "people.csv.xz", "people.csv.bz2", "b64_csv_in.json", "data_uri.html", "people.parquet",
     "people.xls",
     # leaks that look like public-by-design files (issue 15 point 3)

@@ -6,7 +6,7 @@ A zip cannot be read in order (its directory is at the end), so it is spooled â€
 (in a thread, for the taps: see :class:`Spool`).
 A PDF likewise (its cross-reference table is at the end, and its text sits in compressed content
 streams drawn through font encodings): it is spooled the same way and its text is extracted page
-by page with pypdf, one line of the page per line of text.
+by page with pypdf and its printed rows rebuilt from text positions (:mod:`sensor.decode.pdfrows`).
 Office files are turned back into text that keeps their structure: spreadsheet rows become
 tab-separated lines (shared strings resolved), document paragraphs and table rows become lines,
 so that the scanner sees records and header columns as it does in a CSV.
@@ -23,6 +23,7 @@ from xml.etree.ElementTree import ParseError, iterparse
 
 from sensor.decode.encodings import Bzip2Decoder, GzipDecoder, XzDecoder, ZstdDecoder
 from sensor.decode.limits import Budget, CorruptInput, DecodeProblem, LimitExceeded
+from sensor.decode.pdfrows import PageRows
 from sensor.decode.text import Transcoder, sniff_wide_text
 
 PDF_MAGIC = b"%PDF-"
@@ -311,7 +312,8 @@ class Spool:
 
 
 class PdfSpool(Spool):
-    """Text of every page, as lines (a table row in a PDF comes out as one line: one record).
+    """Text of every page, one line per printed row, rebuilt from the positions of the text runs
+    (a table row is one line, one record, whatever order its text objects are drawn in).
 
     pypdf is pure Python (~0.5 MB/s of text-heavy PDF here). It caps each stream's decompression
     itself (75 MB by default; a bomb is a decode-limit note), and the text is metered against the
@@ -336,12 +338,18 @@ class PdfSpool(Spool):
             if len(pages) > s.budget.limits.max_members:
                 raise LimitExceeded("members", f"more than {s.budget.limits.max_members} pages")
             out.begin_part("lines", s.name)
+
+            def emit(lines: list[str]) -> None:
+                text = "".join(line + "\n" for line in lines).encode("utf-8", "replace")
+                s.budget.take(len(text))
+                out.feed(text)
+
             for page in pages:
                 if s.stop():
                     return
-                text = (page.extract_text() or "").encode("utf-8", "replace") + b"\n"
-                s.budget.take(len(text))
-                out.feed(text)
+                rows = PageRows(emit)
+                page.extract_text(visitor_text=rows.visit)
+                emit(list(rows.lines()) or [""])
         except LimitReachedError:
             raise LimitExceeded("pdf-stream", "a content stream inflates past pypdf's limit") from None
         except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError, OSError,

@@ -140,7 +140,8 @@ for keys the chart does not model. Credentials never appear here: the sinks carr
 {{- range $name, $_ := $s.extraSignatures -}}
 {{- $sigs = append $sigs (printf "/etc/dlp-sensor/signatures-%s.yaml" $name) -}}
 {{- end -}}
-{{- $proxy := dict "listen" (printf "0.0.0.0:%v" $s.ports.proxy) "upstream" (printf "http://127.0.0.1:%v" .Values.sidecar.app.port) "mode" $s.mode "holdback_kib" $s.holdbackKiB "trust_forwarded" $s.trustForwarded -}}
+{{- $proxy := dict "listen" (printf "0.0.0.0:%v" $s.ports.proxy) "upstream" (printf "http://127.0.0.1:%v" .Values.sidecar.app.port) "mode" $s.mode "holdback_kib" $s.holdbackKiB -}}
+{{- if $s.trustForwarded }}{{- $_ := set $proxy "trust_forwarded" true -}}{{- end -}}
 {{- with $s.onError }}{{- $_ := set $proxy "on_error" . -}}{{- end -}}
 {{- with $s.routes }}{{- $_ := set $proxy "routes" . -}}{{- end -}}
 {{- $fields := include "dlp-sensor.sinkCredentialFields" . | fromJson -}}
@@ -157,6 +158,8 @@ for keys the chart does not model. Credentials never appear here: the sinks carr
 {{- end -}}
 {{- $cfg := dict "state_dir" "/var/lib/dlp-sensor/state" "signatures" $sigs "proxy" $proxy "metrics" (printf "0.0.0.0:%v" $s.ports.metrics) "admin" (dict "listen" (printf "127.0.0.1:%v" $s.ports.admin)) "alerts" (dict "source_ip" .Values.alerts.sourceIp "sinks" $sinks) "takedown" (dict "query" $s.takedownQuery) -}}
 {{- with $s.policy }}{{- $_ := set $cfg "policy" . -}}{{- end -}}
+{{- with $s.trustedProxies }}{{- $_ := set $cfg "clients" (dict "trusted_proxies" .) -}}{{- end -}}
+{{- with $s.siteHosts }}{{- $_ := set $cfg "site" (dict "hosts" .) -}}{{- end -}}
 {{- $k := .Values.kafka -}}
 {{- if $k.bootstrap -}}
 {{- $kafka := dict "topic_prefix" $k.topicPrefix "security_protocol" $k.securityProtocol "mirror" (dict "enabled" $k.mirror "overflow" $k.overflow) "worker" (dict "group" $k.group) -}}
