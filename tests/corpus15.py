@@ -284,6 +284,13 @@ def parquet(ps: list[Person]) -> bytes | None:
     return bio.getvalue()
 
 
+def xls_workbook(ps: list[Person]) -> bytes:
+    """A legacy binary .xls of these people (date cells, 1904 date system): no maintained library
+    writes BIFF, so it is a committed fixture made from :func:`people` by tests/data/make_xls.py."""
+    assert ps == people(), "tests/data/corpus15_people.xls holds people(); regenerate it with make_xls.py"
+    return (Path(__file__).resolve().parent / "data" / "corpus15_people.xls").read_bytes()
+
+
 # name, content type, generator, shape
 LEAKS: list[tuple[str, str, Callable[[list[Person]], bytes | None], str]] = [
     ("json_nested.json", "application/json", json_nested, "JSON objects nested in an array"),
@@ -311,6 +318,7 @@ LEAKS: list[tuple[str, str, Callable[[list[Person]], bytes | None], str]] = [
     ("b64_csv_in.json", "application/json", b64_csv_in_json, "base64 CSV inside JSON"),
     ("data_uri.html", "text/html", data_uri_html, "data: URI in HTML"),
     ("people.parquet", "application/octet-stream", parquet, "Parquet"),
+    ("people.xls", "application/vnd.ms-excel", xls_workbook, "legacy binary .xls, date cells"),
 ]
 
 

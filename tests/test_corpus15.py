@@ -21,6 +21,7 @@ SUPPORTED = {
     "holders_children.xml", "holders_attributes.xml", "holders_dump.sql", "applicants_insert_cols.sql",
     "cards.html", "deflists.html", "no_header.txt", "fixed_width.txt", "table.pdf", "table_columns.pdf",
     "people.csv.zst", "people.csv.xz", "people.csv.bz2", "b64_csv_in.json", "data_uri.html", "people.parquet",
+    "people.xls",
     # leaks that look like public-by-design files (issue 15 point 3)
     "roster_leak.csv", "contributions_leak.csv", "licence_owners_leak.csv", "voter_roll_leak.csv",
     "staff_home_leak.json",

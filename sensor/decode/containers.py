@@ -1,5 +1,5 @@
 """Containers found by magic bytes: gzip, zstd, xz and bzip2 files, zip and the zip-based office
-formats, PDF, Parquet and Arrow IPC tables, UTF-16 text; and base64 documents inside text.
+formats, PDF, Parquet and Arrow IPC tables, legacy ``.xls`` workbooks, UTF-16 text; and base64 documents inside text.
 
 A zip cannot be read in order (its directory is at the end), so it is spooled — in memory up to
 8 MiB, then to a temporary file, never beyond ``max_container_bytes`` — and read when complete
@@ -36,6 +36,7 @@ _BZIP2_BLOCK = b"\x31\x41\x59\x26\x53\x59"      # "BZh" + level, then the first 
 _BZIP2_EMPTY = b"\x17\x72\x45\x38\x50\x90"      # ... or the end-of-stream magic (sqrt pi)
 PARQUET_MAGIC = b"PAR1"
 ARROW_MAGIC = b"ARROW1\x00\x00"
+OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"   # compound file: .xls (and .doc/.ppt/.msg)
 SPOOL_MEMORY = 8 << 20
 SNIFF_HEAD = 64
 
@@ -111,6 +112,11 @@ class Sniffer:
             from sensor.decode.columnar import ColumnarSpool   # pyarrow loads only when a table comes
             self._route = ColumnarSpool(self, "parquet" if magic.startswith(PARQUET_MAGIC) else "arrow")
             self.kind = self._route.kind
+        elif magic.startswith(OLE2_MAGIC):
+            self.budget.check_depth(self.depth + 1)
+            from sensor.decode.xls import XlsSpool          # xlrd loads only when a workbook comes
+            self.kind = "xls"
+            self._route = XlsSpool(self)
         elif (file_kind := _compressed_kind(magic)) is not None:
             self.budget.check_depth(self.depth + 1)
             self.kind = file_kind

@@ -38,6 +38,10 @@ _FAR = -(1 << 60)
 SAMPLES_PER_SIGNATURE = 3
 DISTINCT_CAP = EXACT_CAP          # per counter; beyond it counts are HyperLogLog estimates (noted)
 RECORD_IDS_CAP = 4096             # record identities a result hands on for exposure across responses
+# A container (a line of plain text, or a max_record_bytes window of a longer one) holding at least this many distinct
+# values of one strong signature beside quasi-identifiers is not one person's row: it is counted as
+# that many people (an estimate, noted). A real row may carry two of a kind (own and spouse's SSN).
+ESTIMATE_MIN_IDS = 3
 _HTML_ROW_TAGS = (b"<tr", b"<TR", b"<li", b"<LI", b"<p>", b"<P>", b"<br", b"<BR", b"</div", b"</DIV")
 
 SNIFF_BYTES = 4096
@@ -46,6 +50,7 @@ _CELL = re.compile(rb"<(t[hdHD])\b[^>]*>(.*?)(?=<t[hdHD]\b|</t[hdHD]|</t[rR]|$)"
 _TAG = re.compile(rb"<[^>]*>")
 _TH_OPEN = re.compile(rb"<[tT][hH][\s>]")
 _END = operator.itemgetter(1)
+_ESTIMATED = "records-estimated"   # salts the identity of an estimated record (one identifier)
 _HS_CTX = object()   # a live, truthy context object for every Hyperscan call (see open_stream)
 
 
@@ -176,6 +181,10 @@ class ExchangeScanner:
         self._strong_recs = DistinctCounter(DISTINCT_CAP)
         self._person_recs = DistinctCounter(DISTINCT_CAP)
         self._all_recs = DistinctCounter(DISTINCT_CAP)
+        # records estimated where the structure gives no row (see _finish_record); the structure
+        # view's scanner turns this off: its records are rows by construction
+        self._estimate = True
+        self._est_recs = DistinctCounter(DISTINCT_CAP)
         self._strong_values = 0
         self._contact_values = 0
         self._strong_ids: set[int] = set()      # record identities for exposure (bounded, see ScanResult)
@@ -376,6 +385,10 @@ class ExchangeScanner:
         if self._edm is not None:
             r.edm_records, r.edm = self._edm.total, dict(self._edm.counts)
             r.edm_rows = {k: sorted(v) for k, v in self._edm.rows.items()}
+        if len(self._est_recs) and not any(n.startswith("records-estimated:") for n in r.notes):
+            r.notes.append(f"records-estimated: {len(self._est_recs)} distinct strong identifiers sharing "
+                           f"their container with quasi-identifiers (no row structure; each counted as "
+                           f"one person where a line of plain text held {ESTIMATE_MIN_IDS} or more of one kind)")
         approx = [self._sigs[i].id for i, s in enumerate(self._distinct) if s.approximate]
         recs = (self._all_recs.approximate or self._strong_recs.approximate or self._person_recs.approximate
                 or self._homes.approximate)
@@ -584,6 +597,10 @@ class ExchangeScanner:
         edm_kind = self._edm_kind
         edm_vals: list[tuple[str, bytes]] | None = [] if self._edm is not None else None
         placed: list[tuple[int, int, int, bytes | None]] = []    # names and streets: (bit, start, hash, raw)
+        # estimate only in plain text: a part the structure view reads (JSON, XML, HTML, SQL, fixed
+        # width) has rows, and a JSON object or an HTML block is one already
+        per_id: dict[int, set[int]] | None = {} if self._estimate and self._skind is None \
+            and self._mode == "lines" else None
         for si, cat, ctx, rmask, h, start, raw in rec:
             # record context stands in for a hotword, unless a header names this signature's
             # column (then the header is authoritative: an issue date beside a DOB column is not a DOB)
@@ -608,6 +625,8 @@ class ExchangeScanner:
             if raw is not None and want[si]:
                 self._sample(si, raw)
             cats |= cat
+            if cat == STRONG and per_id is not None:
+                per_id.setdefault(si, set()).add(h)
             k = kinds[si]
             kind |= k
             if k & 5:
@@ -622,6 +641,15 @@ class ExchangeScanner:
         if is_person and not is_strong and deceased(self._record_text()):
             return                            # an obituary: the date of birth is published on purpose
         home = self._home_of(placed) if kind & 5 == 5 and not is_person else None   # a name and a street
+        if is_strong and per_id and (ids := max(per_id.values(), key=len)) and len(ids) >= ESTIMATE_MIN_IDS:
+            # no row: each distinct identifier of the most frequent strong kind is one person
+            for h in ids:
+                fp = hash((_ESTIMATED, h))
+                self._est_recs.add(fp)
+                self._strong_recs.add(fp)
+                self._all_recs.add(fp)
+                self._keep_id(self._strong_ids, fp)
+            return
         if is_strong or is_person or home is not None:
             fp = hash(tuple(sorted(hashes)))
             if is_strong:
