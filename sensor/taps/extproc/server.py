@@ -29,6 +29,10 @@ chunk the session releases answers one held body message, in order; a refusal or
   starts with ``override_message_timeout`` (``FINAL_VERDICT_TIMEOUT``), which Envoy honours up to
   its ``max_message_timeout`` (the shipped config allows it). Envoy 1.40 was seen not to time
   that message anyway; the override guards versions that do.
+- any other answer not ready within ``SLOW_ANSWER`` (80 ms) is preceded by an
+  ``override_message_timeout`` too: a trip's durable commits (takedown, then alert and ledger
+  incident, each fsynced) can outlast the 200 ms on a busy disk, and Envoy would answer 504 where
+  the client must get the 451 (seen once in a full suite run before this guard).
 
 Envoy's ``failure_mode_allow`` decides what happens when this server is unreachable; the shipped
 config (``deploy/envoy/envoy.yaml``) sets it to ``false`` (fail closed).
@@ -53,6 +57,7 @@ log = logging.getLogger("dlp_sensor.extproc")
 HOLD_MAX_SECONDS = 0.1          # a slow body is released after this, well inside Envoy's 200 ms message timeout
 FINAL_VERDICT_TIMEOUT = 30      # seconds; deploy/envoy/envoy.yaml's max_message_timeout must allow it
 HOLD_TIMEOUT_OVERRIDE = 5       # seconds Envoy may wait for held response headers (CPU starvation guard)
+SLOW_ANSWER = 0.08              # s: an answer not ready by then gets override_message_timeout first
 
 
 def _headers(hm) -> dict[str, str]:
@@ -137,11 +142,25 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
                     continue
                 if req is None:
                     break
-                if st.slow_end(req):
+                overridden = st.slow_end(req)
+                if overridden:
                     # judging the end may take seconds: ask Envoy to wait (it honours this once per message)
                     yield pb.ProcessingResponse(override_message_timeout=duration_pb2.Duration(
                         seconds=FINAL_VERDICT_TIMEOUT))
-                for r in await self._handle(st, req):
+                work = asyncio.ensure_future(self._handle(st, req))
+                try:
+                    if not overridden:
+                        done, _ = await asyncio.wait((work,), timeout=SLOW_ANSWER)
+                        if not done:
+                            # a trip's durable commits (or a starved CPU) outlast Envoy's 200 ms message
+                            # timeout, which would answer the client 504 instead of our 451: ask it to wait
+                            yield pb.ProcessingResponse(override_message_timeout=duration_pb2.Duration(
+                                seconds=FINAL_VERDICT_TIMEOUT))
+                    out = await work
+                finally:
+                    if not work.done():
+                        work.cancel()
+                for r in out:
                     yield r
         finally:
             task.cancel()
