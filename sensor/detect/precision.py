@@ -36,6 +36,8 @@ The evidence, and what it does (the table in docs/detection.md says the same):
 """
 from __future__ import annotations
 
+import functools
+
 import re
 import weakref
 from dataclasses import dataclass, field
@@ -101,8 +103,10 @@ _LABEL_CUT = (b"\n", b";", b"|", b"\t", b",", b"\"", b"{", b"[", b"(")
 _WINDOW = 64
 
 
+@functools.lru_cache(maxsize=4096)
 def label_words(text: bytes) -> frozenset[str]:
-    """The words of a field name or label (``officeLocation`` -> office, location)."""
+    """The words of a field name or label (``officeLocation`` -> office, location). Cached: the same
+    few labels come back on every row and every response."""
     return frozenset(normalise(text.decode("utf-8", "replace")).split())
 
 

@@ -69,6 +69,10 @@ def open_stream(db: hs.Database, handler: object, context: object = None) -> hs.
     return st
 
 
+MAX_HEADER_CELLS = 512          # a first line with more cells, or a longer cell, is prose, not a header
+MAX_HEADER_CELL = 64
+
+
 @dataclass
 class Sample:
     redacted: str
@@ -263,8 +267,9 @@ class ExchangeScanner:
                 cells = next(csv.reader([first.decode("utf-8", "replace")], delimiter=self._delim.decode()))
             except (csv.Error, StopIteration):
                 cells = []
-            self._head_words = [label_words(c.encode()) for c in cells]
-            self._biz_table = any(business_field(w) for w in self._head_words)
+            if len(cells) <= MAX_HEADER_CELLS and all(len(c) <= MAX_HEADER_CELL for c in cells):
+                self._head_words = [label_words(c.encode()) for c in cells]     # else prose, not a header
+                self._biz_table = any(business_field(w) for w in self._head_words)
         self._skind = sniff_structure(head)
         if self._skind is not None:
             if self._shadow is None:
