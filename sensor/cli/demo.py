@@ -123,7 +123,7 @@ async def _run(people: int) -> None:
                           f"client received {n:,} bytes, download {'complete' if ok else 'FAILED'}: up to where "
                           f"the first download tripped it matches the taken-down file's content fingerprint")
 
-            sensor.ledger.flush()
+            await sensor.ledger.flush_async()      # on the disk thread, where trip commits also run
             await _alerts(sensor, 2)
             click.echo("")
             click.echo("Exposure report (`dlp-sensor report`):")
