@@ -14,7 +14,7 @@ wheel's statically linked libhs is not guaranteed to load in Debian's). Scratch:
 (``__thread``), grown with ``hs_alloc_scratch`` for every database it meets, never shared.
 """
 from libc.stdlib cimport malloc, realloc, free
-from libc.string cimport memchr, memcmp
+from libc.string cimport memchr, memcmp, memcpy
 from libc.stdint cimport uint64_t, int64_t
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.object cimport PyObject_Hash
@@ -26,6 +26,26 @@ cdef extern from *:
     #include <hs/hs.h>
     #include <string.h>
     static __thread hs_scratch_t *dlp_tls_scratch = NULL;
+    /* hs_alloc_scratch on a scratch that already fits still cost ~3 % on dense data: each thread
+       remembers the databases its scratch was grown for (a scratch only grows). A freed database's
+       address may come back as a bigger one: freeing any database bumps the epoch, which voids
+       every thread's list. */
+    static __thread const void *dlp_tls_sized[8];
+    static __thread int dlp_tls_nsized = 0;
+    static __thread unsigned long dlp_tls_epoch = 0;
+    static volatile unsigned long dlp_epoch = 0;
+    static int dlp_scratch_for(const hs_database_t *db) {
+        int k, rc;
+        if (dlp_tls_epoch != dlp_epoch) { dlp_tls_nsized = 0; dlp_tls_epoch = dlp_epoch; }
+        for (k = 0; k < dlp_tls_nsized; k++) if (dlp_tls_sized[k] == (const void *)db) return HS_SUCCESS;
+        rc = hs_alloc_scratch(db, &dlp_tls_scratch);
+        if (rc == HS_SUCCESS) {
+            if (dlp_tls_nsized == 8) dlp_tls_nsized = 0;
+            dlp_tls_sized[dlp_tls_nsized++] = (const void *)db;
+        }
+        return rc;
+    }
+    static void dlp_forget_databases(void) { dlp_epoch++; }
     static const void *dlp_memrchr(const void *s, int c, size_t n) { return memrchr(s, c, n); }
     """
     ctypedef struct hs_database_t:
@@ -44,6 +64,8 @@ cdef extern from *:
     int HS_MODE_STREAM
     hs_scratch_t *dlp_tls_scratch
     const void *dlp_memrchr(const void *s, int c, size_t n) nogil
+    int scratch_for "dlp_scratch_for"(const hs_database_t *db) nogil
+    void dlp_forget_databases() nogil
     int hs_compile_multi(const char *const *expressions, const unsigned int *flags, const unsigned int *ids,
                          unsigned int elements, unsigned int mode, const void *platform, hs_database_t **db,
                          hs_compile_error_t **error) nogil
@@ -80,6 +102,7 @@ cdef class Database:
         if self.db != NULL:
             hs_free_database(self.db)
             self.db = NULL
+            dlp_forget_databases()
 
     def serialize(self) -> bytes:
         cdef char *out = NULL
@@ -167,9 +190,41 @@ cdef int on_hit(unsigned int id, unsigned long long frm, unsigned long long to, 
     return 0
 
 
-cdef int scratch_for(hs_database_t *db) noexcept nogil:
-    """This thread's scratch, grown (if need be) for ``db``: never shared between threads."""
-    return hs_alloc_scratch(db, &dlp_tls_scratch)
+cdef void merge_sort(Hit *a, Hit *tmp, size_t n) noexcept nogil:
+    """Stable merge sort by end (the hits are a few sorted runs: main, then gated)."""
+    cdef size_t width = 1, lo, mid, hi, i, j, k
+    cdef Hit *src = a
+    cdef Hit *dst = tmp
+    cdef Hit *sw
+    while width < n:
+        lo = 0
+        while lo < n:
+            mid = lo + width if lo + width < n else n
+            hi = lo + 2 * width if lo + 2 * width < n else n
+            i, j, k = lo, mid, lo
+            while i < mid and j < hi:
+                if src[j].end < src[i].end:
+                    dst[k] = src[j]
+                    j += 1
+                else:
+                    dst[k] = src[i]
+                    i += 1
+                k += 1
+            while i < mid:
+                dst[k] = src[i]
+                i += 1
+                k += 1
+            while j < hi:
+                dst[k] = src[j]
+                j += 1
+                k += 1
+            lo = hi
+        sw = src
+        src = dst
+        dst = sw
+        width *= 2
+    if src != a:
+        memcpy(a, src, n * sizeof(Hit))
 
 
 cdef class PartScan:
@@ -259,15 +314,15 @@ cdef class PartScan:
 
     def sort(self) -> None:
         """Stable by end (as the reference's ``list.sort``): main hits first among equal ends."""
-        cdef size_t n = self.hits.n, k, j
-        cdef Hit t
-        for k in range(1, n):                  # two sorted runs: insertion sort moves each gated hit once
-            t = self.hits.a[k]
-            j = k
-            while j > 0 and self.hits.a[j - 1].end > t.end:
-                self.hits.a[j] = self.hits.a[j - 1]
-                j -= 1
-            self.hits.a[j] = t
+        cdef size_t n = self.hits.n
+        cdef Hit *tmp
+        if n < 2:
+            return
+        tmp = <Hit *>malloc(n * sizeof(Hit))
+        if tmp == NULL:
+            raise MemoryError()
+        merge_sort(self.hits.a, tmp, n)
+        free(tmp)
 
     def close(self) -> int:
         """End of the part: matches at end of data (main, then gated), streams freed."""
@@ -775,7 +830,7 @@ def process(sc, PartScan ps, bytes buf, int64_t base, Info info) -> None:
                 sc._rec = rec
                 sc._rec_key = rec_key          # set: rec holds entries only once a key is
                 sc._rec_end = rk
-                sc._finish_record()
+                finish_record(sc)
                 sc._rec_end = None
                 rec = sc._rec
             rec_key = rk
@@ -811,3 +866,169 @@ def process(sc, PartScan ps, bytes buf, int64_t base, Info info) -> None:
     sc._rec = rec
     if has_key:
         sc._rec_key = rec_key
+
+
+cdef int on_count(unsigned int id, unsigned long long frm, unsigned long long to, unsigned int flags,
+                  void *ctx) noexcept nogil:
+    (<size_t *>ctx)[0] += 1
+    return 0
+
+
+def raw_stream_scan(Database db, bytes data, Py_ssize_t chunk, bint count=False) -> int:
+    """The ceiling: ``data`` through one stream of ``db`` in ``chunk``-byte calls, no callback (or a
+    C callback that only counts, with ``count``); bench/core.py compares the full scanner with it."""
+    cdef size_t seen = 0
+    cdef match_event_handler cb = NULL
+    if count:
+        cb = on_count
+    cdef hs_stream_t *st = NULL
+    cdef const char *p = PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data), at = 0, k
+    cdef int rc = HS_SUCCESS
+    if hs_open_stream(db.db, 0, &st) != HS_SUCCESS:
+        raise CoreError("hs_open_stream failed")
+    with nogil:
+        rc = scratch_for(db.db)
+        while rc == HS_SUCCESS and at < n:
+            k = chunk if n - at > chunk else n - at
+            rc = hs_scan_stream(st, p + at, <unsigned int>k, 0, dlp_tls_scratch, cb, &seen)
+            at += k
+        hs_close_stream(st, dlp_tls_scratch if rc == HS_SUCCESS else NULL, cb, &seen)
+    if rc != HS_SUCCESS:
+        raise CoreError(f"hs_scan_stream failed ({rc})")
+    return seen
+
+
+# -- finishing a record (ExchangeScanner._finish_record, the common case typed) ---------------------------
+cdef object _extract_fn = None
+cdef object _deceased = None
+cdef object _ESTIMATED_SALT = None
+cdef Py_ssize_t _IDS_CAP = 0, _EST_MIN = 0
+
+
+cdef inline bint dadd(object counter, object h) except -1:
+    """DistinctCounter.add, the exact branch inline."""
+    cdef object s = counter.exact
+    if s is not None:
+        if h in <set>s:
+            return False
+        (<set>s).add(h)
+        if len(<set>s) > counter.cap:
+            counter._switch()
+        return True
+    return counter.add(h)
+
+
+cdef inline void keep_id(object sc, set ids, object fp) except *:
+    if len(ids) < _IDS_CAP:
+        ids.add(fp)
+    elif fp not in ids:
+        sc._ids_capped = True
+
+
+def finish_record(sc) -> None:
+    """ExchangeScanner._finish_record line for line (the rare precision paths call the same Python)."""
+    global _extract_fn, _deceased, _ESTIMATED_SALT, _IDS_CAP, _EST_MIN
+    cdef list rec = sc._rec
+    cdef tuple t
+    cdef int uncond = 0, cats = 0, kind = 0, si, cat, rmask, k
+    cdef bint ctx
+    cdef Py_ssize_t strong_values = 0, contact_values = 0
+    if not rec:
+        return
+    if _extract_fn is None:
+        from sensor.detect import scanner as S
+        from sensor.detect.precision import deceased
+        _extract_fn, _deceased, _ESTIMATED_SALT = S._extract, deceased, S._ESTIMATED
+        _IDS_CAP, _EST_MIN = S.RECORD_IDS_CAP, S.ESTIMATE_MIN_IDS
+    sc._rec = []
+    for t in rec:
+        if t[2]:
+            uncond |= <int>t[1]
+    header = sc._header_sigs
+    cdef list want = sc._want_sample
+    cdef list ignored = sc._ignored
+    cdef list distinct = sc._distinct
+    cdef list kinds = sc._kindbits
+    cdef list hashes = []
+    edm_kind = sc._edm_kind
+    edm = sc._edm
+    edm_vals = [] if edm is not None else None
+    cdef list placed = []
+    per_id = {} if sc._estimate and sc._skind is None and sc._mode == "lines" else None
+    for t in rec:
+        si = t[0]
+        cat = t[1]
+        ctx = t[2]
+        rmask = t[3]
+        h = t[4]
+        start = t[5]
+        raw = t[6]
+        if not ctx and not (rmask & uncond and si not in header):
+            continue
+        if ignored[si]:
+            continue
+        if not ctx and sc._org_field(start):
+            continue
+        if h is None:                     # deferred: extract and validate now
+            raw = _extract_fn(*raw)
+            if raw is None:
+                continue
+            h = PyObject_Hash(raw)
+        if edm_vals is not None and edm_kind[si] is not None and raw is not None:
+            edm_vals.append((edm_kind[si], raw))
+        if dadd(distinct[si], h):
+            if cat == STRONG:
+                strong_values += 1
+            elif cat == CONTACT:
+                contact_values += 1
+        if raw is not None and want[si]:
+            sc._sample(si, raw)
+        cats |= cat
+        if cat == STRONG and per_id is not None:
+            per_id.setdefault(si, set()).add(h)
+        k = kinds[si]
+        kind |= k
+        if k & 5:
+            placed.append((k, start, h, raw))
+        hashes.append(h)
+    if strong_values:
+        sc._strong_values += strong_values
+    if contact_values:
+        sc._contact_values += contact_values
+    if edm_vals and edm.record(edm_vals):
+        sc._decide()
+    if not hashes:
+        return
+    cdef bint is_strong = (cats & STRONG) and (cats & 2)
+    cdef bint is_person = kind & 3 == 3
+    if is_person and not is_strong and _deceased(sc._record_text()):
+        return
+    home = sc._home_of(placed) if kind & 5 == 5 and not is_person else None
+    if is_strong and per_id:
+        ids = max(per_id.values(), key=len)
+        if ids and len(ids) >= _EST_MIN:
+            for h in ids:
+                fp = hash((_ESTIMATED_SALT, h))
+                sc._est_recs.add(fp)
+                sc._strong_recs.add(fp)
+                sc._all_recs.add(fp)
+                keep_id(sc, sc._strong_ids, fp)
+            return
+    if is_strong or is_person or home is not None:
+        fp = hash(tuple(sorted(hashes)))
+        if is_strong:
+            dadd(sc._strong_recs, fp)
+            dadd(sc._all_recs, fp)
+            keep_id(sc, sc._strong_ids, fp)
+        if is_person:
+            dadd(sc._person_recs, fp)
+            dadd(sc._all_recs, fp)
+            keep_id(sc, sc._person_ids, fp)
+        elif home is not None:
+            if is_strong:
+                dadd(sc._person_recs, fp)
+                keep_id(sc, sc._person_ids, fp)
+            else:
+                sc._homes.add(fp, home[0], home[1])
+                keep_id(sc, sc._home_ids, fp)

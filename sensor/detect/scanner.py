@@ -645,6 +645,8 @@ class ExchangeScanner:
     # -- records and verdict -----------------------------------------------------------------------
     def _finish_record(self) -> None:
         """Decide which values of the record count, then count them and the record."""
+        if self._core is not None:
+            return _core._hscore.finish_record(self)     # the same steps, compiled
         rec = self._rec
         if not rec:
             return
