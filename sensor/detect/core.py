@@ -17,6 +17,7 @@ import os
 import re
 import tempfile
 import threading
+import weakref
 from typing import Any
 
 from sensor.detect.engine import ENGINE_FORMAT, Engine, _cache_dir
@@ -35,7 +36,7 @@ except ImportError:               # not built (no libhs or no compiler when the 
 _lock = threading.Lock()
 _status: dict[str, Any] = {"reason": None}
 _warned: set[str] = set()
-_gauges: list[Any] = []
+_gauges: "weakref.WeakSet[Any]" = weakref.WeakSet()   # every Metrics' gauge (tests make many)
 
 
 class Core:
@@ -109,7 +110,7 @@ def _set_status(reason: str) -> None:
         _warned.add(reason)
         log.warning("compiled scanning core not in use (%s): scanning with the Python reference "
                     "scanner, several times slower on dense data", reason)
-    for g in _gauges:
+    for g in list(_gauges):
         _export(g)
 
 
@@ -129,5 +130,5 @@ def _export(gauge: Any) -> None:
 def export_to(gauge: Any) -> None:
     """Keep a ``dlp_sensor_compiled_core{reason}`` gauge in step with the selection: one series,
     1 with reason ``compiled``, else 0 with the reason the Python reference runs."""
-    _gauges.append(gauge)
+    _gauges.add(gauge)
     _export(gauge)
