@@ -45,6 +45,7 @@ def _scan(engine, data: bytes, cuts: list[int], compiled: bool, content_type: st
         engine.__dict__["_core"] = None           # this engine's scanners take the Python reference
     try:
         body = BodyScan(engine, Policy(), key=KEY, exchange=Exchange(content_type=content_type), **kw)
+        assert (body.scanner._core is not None) == compiled     # the path this call claims to take
         prev = 0
         for c in cuts + [len(data)]:
             if c > prev:
