@@ -909,11 +909,13 @@ cdef Py_ssize_t _IDS_CAP = 0, _EST_MIN = 0
 cdef inline bint dadd(object counter, object h) except -1:
     """DistinctCounter.add, the exact branch inline."""
     cdef object s = counter.exact
+    cdef Py_ssize_t n
     if s is not None:
-        if h in <set>s:
+        n = len(<set>s)
+        (<set>s).add(h)                   # one hash-table probe, not two (``in`` then ``add``)
+        if len(<set>s) == n:
             return False
-        (<set>s).add(h)
-        if len(<set>s) > counter.cap:
+        if n + 1 > counter.cap:
             counter._switch()
         return True
     return counter.add(h)
