@@ -161,3 +161,25 @@ def test_validator_twins_agree():
     for name in core._hscore.TWINS:
         for v in cands:
             assert core._hscore.check(name, v) == V.REGISTRY[name](v), (name, len(v))
+
+
+def test_forced_python_is_warned_once_and_exported(monkeypatch, caplog, compiled):
+    """DLP_SENSOR_PYTHON_CORE=1 selects the Python reference: one warning, the gauge at 0 with the reason."""
+    from prometheus_client import generate_latest
+
+    from sensor.detect.engine import Engine
+    from sensor.detect.pack import load_pack
+    from sensor.metrics import Metrics
+
+    monkeypatch.setenv(core.ENV_FORCE_PYTHON, "1")
+    monkeypatch.setattr(core, "_warned", set())
+    try:
+        with caplog.at_level("WARNING", logger="dlp.core"):
+            engines = [Engine(load_pack()) for _ in range(2)]
+            assert all(core.core_for(e) is None for e in engines)
+        assert core.status() == "forced-python"
+        assert len([r for r in caplog.records if "compiled scanning core not in use" in r.message]) == 1
+        text = generate_latest(Metrics().registry).decode()
+        assert 'dlp_sensor_compiled_core{reason="forced-python"} 0.0' in text
+    finally:
+        core._set_status("compiled")           # the session's engine still runs the compiled core
