@@ -23,6 +23,7 @@ from typing import Any
 
 import hyperscan as hs
 
+from sensor.detect import core as _core
 from sensor.detect.distinct import EXACT_CAP, DistinctCounter
 from sensor.detect.engine import CAT_BITS, Engine, PatInfo
 from sensor.detect.keys import fingerprint, redact
@@ -217,6 +218,9 @@ class ExchangeScanner:
         self._t0 = time.perf_counter()
         self._shadow: Shadow | None = None     # records from structure: see structure/view.py
         self._skind: str | None = None
+        # the one selection point: the compiled core (sensor/detect/_hscore.pyx) when it is built and
+        # supports the pack, else this module's Python loop (the reference, see tests/test_core_diff.py)
+        self._core = _core.core_for(engine)
         self.begin_part(mode)
 
     # -- parts ----------------------------------------------------------------------------
@@ -224,7 +228,7 @@ class ExchangeScanner:
         """Start a new independent byte stream (new file in an archive, new body)."""
         if self._stream is not None:
             self._close_stream()
-        self._stream = open_stream(self.engine.db, self._on_match)
+        self._stream = self._core.part() if self._core is not None else open_stream(self.engine.db, self._on_match)
         self._gate = None
         self._mode = mode             # None = sniff from the first bytes
         self._pre: bytes | None = b""  # first bytes of the part, until the sniff can be made
@@ -292,6 +296,8 @@ class ExchangeScanner:
         return self.verdict
 
     def _scan(self, data: bytes) -> None:
+        if self._core is not None:
+            return self._scan_core(data)
         hits = self._hits
         hits.clear()
         self._stream.scan(data, scratch=self.scratch, match_event_handler=self._on_match, context=_HS_CTX)
@@ -338,6 +344,8 @@ class ExchangeScanner:
             data, self._pre = self._pre, None
             self._sniff(data)
             self._scan(data)
+        if self._core is not None:
+            return self._close_core()
         self._hits.clear()
         try:
             # Never pass scratch= to close(): hyperscan 0.9.1 swaps the O! converter's arguments there
@@ -352,6 +360,60 @@ class ExchangeScanner:
         if self._hits:
             base = self._pos - len(self._tail)
             self._process(self._tail, base)
+        self._finish_record()
+        if self._skind is not None:
+            self._shadow.close()
+            self._skind = None
+        self._stream = None
+
+    # -- the compiled core: _scan and _close_stream step for step, hits in a C array ----------------------
+    def _scan_core(self, data: bytes) -> None:
+        ps = self._stream
+        n = ps.scan(data)                       # GIL released while libhs scans
+        base = self._pos - len(self._tail)
+        if self._core.gated is not None and n:
+            m = n
+            if ps.gate_open:
+                m = ps.scan_gate(data)
+            elif ps.any_of(self._core.gate_ids):
+                start = (self._rec_key if self._rec else self._line_start) + 1
+                start = max(start, base, 0)
+                ps.open_gate(start)
+                m = ps.scan_gate(self._tail + data, start - base)
+            if m > n:
+                ps.sort()
+            n = m
+        elif ps.gate_open:
+            n = ps.scan_gate(data)
+        buf = self._tail + data if n else b""
+        if self._mode == "html" and (b"<th" in data or b"<TH" in data):
+            self._header_row(data)
+        self._pos += len(data)
+        self.result.decoded_bytes += len(data)
+        if n:
+            _core._hscore.process(self, ps, buf, base, self._core.info)
+        nl = data.rfind(b"\n")
+        if nl >= 0:
+            self._line_start = self._pos - len(data) + nl
+        if len(data) >= self._tail_len:
+            self._tail = data[-self._tail_len:]
+        else:
+            self._tail = (self._tail + data)[-self._tail_len:]
+        if self._skind is not None:
+            self._shadow.feed(data, ps.hits_list())
+        self._decide()
+
+    def _close_core(self) -> None:
+        ps = self._stream
+        gated = ps.gate_open
+        try:
+            n = ps.close()
+            if gated:
+                ps.sort()
+        except _core._hscore.CoreError:
+            n = 0
+        if n:
+            _core._hscore.process(self, ps, self._tail, self._pos - len(self._tail), self._core.info)
         self._finish_record()
         if self._skind is not None:
             self._shadow.close()
@@ -583,6 +645,8 @@ class ExchangeScanner:
     # -- records and verdict -----------------------------------------------------------------------
     def _finish_record(self) -> None:
         """Decide which values of the record count, then count them and the record."""
+        if self._core is not None:
+            return _core._hscore.finish_record(self)     # the same steps, compiled
         rec = self._rec
         if not rec:
             return

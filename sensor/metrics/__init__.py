@@ -122,6 +122,11 @@ class Metrics:
         self.icap_errors = Counter("dlp_icap_errors", "Malformed or refused ICAP requests, by ICAP status.",
                                    ["status"], registry=r)
         self.active_exchanges = Gauge("dlp_active_exchanges", "Exchanges being scanned now.", registry=r)
+        # 1 (reason "compiled") while scans run on sensor/detect/_hscore; else 0 and why (sensor.detect.core.REASONS)
+        self.compiled_core = Gauge("dlp_sensor_compiled_core", "1 while scans run on the compiled core; 0 with "
+                                   "the reason the Python reference scanner runs instead.", ["reason"], registry=r)
+        from sensor.detect import core as _core
+        _core.export_to(self.compiled_core)
         # scale-out over Kafka (sensor/stream)
         self.kafka_up = Gauge("dlp_kafka_up", "1 while the Kafka broker answers metadata requests, by component.",
                               ["component"], registry=r)

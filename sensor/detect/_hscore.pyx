@@ -1,0 +1,1036 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The compiled scanning core: Debian's libhs driven from C, and the scanner's per-match loop typed.
+
+Why: on dense data the Python scanner spent 82-84 % of its time in per-match Python (2.3-3.0 us a
+match) and the binding's Python callback takes the GIL back on every match. Here the chunk scan runs
+with the GIL released and a C callback appending ``(id, end)`` to a growable C array; the per-match
+loop (:func:`process`) is the Python reference ``ExchangeScanner._process`` line for line, with typed
+offsets, C byte searches and C twins of the validators, calling Python only where the reference
+does something Python-shaped (variable-width extraction with ``re``, header/column context,
+finishing a record). ``tests/test_core_diff.py`` holds both paths to identical results.
+
+Databases come from this module's own ``hs_compile_multi`` (a database serialized by the PyPI
+wheel's statically linked libhs is not guaranteed to load in Debian's). Scratch: one per thread
+(``__thread``), grown with ``hs_alloc_scratch`` for every database it meets, never shared.
+"""
+from libc.stdlib cimport malloc, realloc, free
+from libc.string cimport memchr, memcmp, memcpy
+from libc.stdint cimport uint64_t, int64_t
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
+from cpython.object cimport PyObject_Hash
+from cpython.list cimport PyList_GET_SIZE
+from cpython.sequence cimport PySequence_GetSlice
+
+cdef extern from *:
+    """
+    #include <hs/hs.h>
+    #include <string.h>
+    static __thread hs_scratch_t *dlp_tls_scratch = NULL;
+    /* hs_alloc_scratch on a scratch that already fits still cost ~3 % on dense data: each thread
+       remembers the databases its scratch was grown for (a scratch only grows). A freed database's
+       address may come back as a bigger one: freeing any database bumps the epoch, which voids
+       every thread's list. */
+    static __thread const void *dlp_tls_sized[8];
+    static __thread int dlp_tls_nsized = 0;
+    static __thread unsigned long dlp_tls_epoch = 0;
+    static volatile unsigned long dlp_epoch = 0;
+    static int dlp_scratch_for(const hs_database_t *db) {
+        int k, rc;
+        if (dlp_tls_epoch != dlp_epoch) { dlp_tls_nsized = 0; dlp_tls_epoch = dlp_epoch; }
+        for (k = 0; k < dlp_tls_nsized; k++) if (dlp_tls_sized[k] == (const void *)db) return HS_SUCCESS;
+        rc = hs_alloc_scratch(db, &dlp_tls_scratch);
+        if (rc == HS_SUCCESS) {
+            if (dlp_tls_nsized == 8) dlp_tls_nsized = 0;
+            dlp_tls_sized[dlp_tls_nsized++] = (const void *)db;
+        }
+        return rc;
+    }
+    static void dlp_forget_databases(void) { dlp_epoch++; }
+    static const void *dlp_memrchr(const void *s, int c, size_t n) { return memrchr(s, c, n); }
+    """
+    ctypedef struct hs_database_t:
+        pass
+    ctypedef struct hs_scratch_t:
+        pass
+    ctypedef struct hs_stream_t:
+        pass
+    ctypedef struct hs_compile_error_t:
+        char *message
+        int expression
+    ctypedef int (*match_event_handler)(unsigned int id, unsigned long long frm, unsigned long long to,
+                                        unsigned int flags, void *context) noexcept nogil
+    int HS_SUCCESS
+    int HS_SCAN_TERMINATED
+    int HS_MODE_STREAM
+    hs_scratch_t *dlp_tls_scratch
+    const void *dlp_memrchr(const void *s, int c, size_t n) nogil
+    int scratch_for "dlp_scratch_for"(const hs_database_t *db) nogil
+    void dlp_forget_databases() nogil
+    int hs_compile_multi(const char *const *expressions, const unsigned int *flags, const unsigned int *ids,
+                         unsigned int elements, unsigned int mode, const void *platform, hs_database_t **db,
+                         hs_compile_error_t **error) nogil
+    int hs_free_compile_error(hs_compile_error_t *error) nogil
+    int hs_free_database(hs_database_t *db) nogil
+    int hs_serialize_database(const hs_database_t *db, char **bytes, size_t *length) nogil
+    int hs_deserialize_database(const char *bytes, size_t length, hs_database_t **db) nogil
+    int hs_alloc_scratch(const hs_database_t *db, hs_scratch_t **scratch) nogil
+    int hs_open_stream(const hs_database_t *db, unsigned int flags, hs_stream_t **stream) nogil
+    int hs_scan_stream(hs_stream_t *id, const char *data, unsigned int length, unsigned int flags,
+                       hs_scratch_t *scratch, match_event_handler onEvent, void *ctxt) nogil
+    int hs_close_stream(hs_stream_t *id, hs_scratch_t *scratch, match_event_handler onEvent, void *ctxt) nogil
+    const char *hs_version() nogil
+
+
+class CoreError(Exception):
+    """libhs refused something; ``expression`` is the index of the expression at fault, or -1."""
+
+    def __init__(self, message: str, expression: int = -1):
+        super().__init__(message)
+        self.expression = expression
+
+
+def version() -> str:
+    """The libhs this module is linked against (part of the database cache key)."""
+    return hs_version().decode("ascii", "replace")
+
+
+cdef class Database:
+    """A stream-mode database owned by Debian's libhs."""
+    cdef hs_database_t *db
+
+    def __dealloc__(self):
+        if self.db != NULL:
+            hs_free_database(self.db)
+            self.db = NULL
+            dlp_forget_databases()
+
+    def serialize(self) -> bytes:
+        cdef char *out = NULL
+        cdef size_t n = 0
+        if hs_serialize_database(self.db, &out, &n) != HS_SUCCESS:
+            raise CoreError("hs_serialize_database failed")
+        try:
+            return PyBytes_FromStringAndSize(out, n)
+        finally:
+            free(out)
+
+
+def compile_stream(list expressions, list flags, list ids) -> Database:
+    """``hs_compile_multi`` in stream mode; raises CoreError naming the failing expression."""
+    cdef unsigned int n = len(expressions)
+    cdef const char **ex = <const char **>malloc(n * sizeof(char *) + 1)
+    cdef unsigned int *fl = <unsigned int *>malloc(n * sizeof(unsigned int) + 1)
+    cdef unsigned int *idv = <unsigned int *>malloc(n * sizeof(unsigned int) + 1)
+    cdef hs_compile_error_t *err = NULL
+    cdef Database d = Database()
+    cdef unsigned int k
+    cdef int rc
+    keep = [bytes(x) + b"" for x in expressions]
+    try:
+        for k in range(n):
+            ex[k] = PyBytes_AS_STRING(keep[k])
+            fl[k] = flags[k]
+            idv[k] = ids[k]
+        rc = hs_compile_multi(ex, fl, idv, n, HS_MODE_STREAM, NULL, &d.db, &err)
+        if rc != HS_SUCCESS:
+            msg = err.message.decode("utf-8", "replace") if err != NULL and err.message != NULL else "compile error"
+            at = err.expression if err != NULL else -1
+            if err != NULL:
+                hs_free_compile_error(err)
+            raise CoreError(msg, at)
+        return d
+    finally:
+        free(ex)
+        free(fl)
+        free(idv)
+
+
+def load_stream(bytes blob) -> Database:
+    """A database serialized by this same libhs; CoreError when it does not load."""
+    cdef Database d = Database()
+    if hs_deserialize_database(PyBytes_AS_STRING(blob), PyBytes_GET_SIZE(blob), &d.db) != HS_SUCCESS:
+        d.db = NULL
+        raise CoreError("hs_deserialize_database failed")
+    return d
+
+
+# -- hits: a growable C array filled by the C callback ---------------------------------------------
+ctypedef struct Hit:
+    int64_t end
+    unsigned int id
+
+ctypedef struct Hits:
+    Hit *a
+    size_t n
+    size_t cap
+    int oom
+
+ctypedef struct Sink:            # one per stream: the shared array, and the offset its ends are shifted by
+    Hits *hits
+    int64_t base
+
+
+cdef int on_hit(unsigned int id, unsigned long long frm, unsigned long long to, unsigned int flags,
+                void *ctx) noexcept nogil:
+    cdef Sink *s = <Sink *>ctx
+    cdef Hits *h = s.hits
+    cdef Hit *grown
+    cdef size_t cap
+    if h.n == h.cap:
+        cap = h.cap * 2 if h.cap else 4096
+        grown = <Hit *>realloc(h.a, cap * sizeof(Hit))
+        if grown == NULL:
+            h.oom = 1
+            return 1                    # stop the scan; the caller raises MemoryError
+        h.a = grown
+        h.cap = cap
+    h.a[h.n].id = id
+    h.a[h.n].end = <int64_t>to + s.base
+    h.n += 1
+    return 0
+
+
+cdef void merge_sort(Hit *a, Hit *tmp, size_t n) noexcept nogil:
+    """Stable merge sort by end (the hits are a few sorted runs: main, then gated)."""
+    cdef size_t width = 1, lo, mid, hi, i, j, k
+    cdef Hit *src = a
+    cdef Hit *dst = tmp
+    cdef Hit *sw
+    while width < n:
+        lo = 0
+        while lo < n:
+            mid = lo + width if lo + width < n else n
+            hi = lo + 2 * width if lo + 2 * width < n else n
+            i, j, k = lo, mid, lo
+            while i < mid and j < hi:
+                if src[j].end < src[i].end:
+                    dst[k] = src[j]
+                    j += 1
+                else:
+                    dst[k] = src[i]
+                    i += 1
+                k += 1
+            while i < mid:
+                dst[k] = src[i]
+                i += 1
+                k += 1
+            while j < hi:
+                dst[k] = src[j]
+                j += 1
+                k += 1
+            lo = hi
+        sw = src
+        src = dst
+        dst = sw
+        width *= 2
+    if src != a:
+        memcpy(a, src, n * sizeof(Hit))
+
+
+cdef class PartScan:
+    """The Hyperscan side of one part of one exchange: the main stream, the gated one once its gate
+    opens, the hits of the last call, and the per-part state the loop keeps in C (hotword positions,
+    signatures a header names). One call at a time; successive calls may come from different threads."""
+    cdef Database main, gated
+    cdef hs_stream_t *st
+    cdef hs_stream_t *gst
+    cdef Hits hits
+    cdef Sink msink, gsink
+    cdef int64_t *last_hot
+    cdef char *header
+    cdef int nsig
+
+    def __cinit__(self, Database main, Database gated, int nsig):
+        self.main = main
+        self.gated = gated
+        cdef int k
+        self.nsig = nsig
+        self.msink.hits = &self.hits
+        self.msink.base = 0
+        self.gsink.hits = &self.hits
+        self.last_hot = <int64_t *>malloc((nsig + 1) * sizeof(int64_t))
+        self.header = <char *>malloc(nsig + 1)
+        if self.last_hot == NULL or self.header == NULL:
+            raise MemoryError()
+        for k in range(nsig):
+            self.last_hot[k] = -(1 << 60)
+            self.header[k] = 0
+        if hs_open_stream(main.db, 0, &self.st) != HS_SUCCESS:
+            raise CoreError("hs_open_stream failed")
+
+    def __dealloc__(self):
+        if self.st != NULL:
+            hs_close_stream(self.st, NULL, NULL, NULL)
+        if self.gst != NULL:
+            hs_close_stream(self.gst, NULL, NULL, NULL)
+        free(self.hits.a)
+        free(self.last_hot)
+        free(self.header)
+
+    cdef int _run(self, hs_stream_t *st, hs_database_t *db, Sink *sink, const char *p, size_t n) except -1:
+        cdef int rc
+        with nogil:
+            rc = scratch_for(db)
+            if rc == HS_SUCCESS:
+                rc = hs_scan_stream(st, p, <unsigned int>n, 0, dlp_tls_scratch, on_hit, sink)
+        if self.hits.oom:
+            self.hits.oom = 0
+            raise MemoryError()
+        if rc != HS_SUCCESS:
+            raise CoreError(f"hs_scan_stream failed ({rc})")
+        return 0
+
+    def scan(self, bytes data) -> int:
+        """Scan the next bytes of the part (GIL released); the hits replace the previous call's."""
+        self.hits.n = 0
+        self._run(self.st, self.main.db, &self.msink, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+        return self.hits.n
+
+    @property
+    def gate_open(self) -> bool:
+        return self.gst != NULL
+
+    def open_gate(self, int64_t base) -> None:
+        if hs_open_stream(self.gated.db, 0, &self.gst) != HS_SUCCESS:
+            raise CoreError("hs_open_stream failed")
+        self.gsink.base = base
+
+    def scan_gate(self, bytes data, Py_ssize_t offset=0) -> int:
+        """Scan ``data[offset:]`` with the gated stream, appending to this call's hits."""
+        offset = _clamp(offset, PyBytes_GET_SIZE(data))
+        self._run(self.gst, self.gated.db, &self.gsink, PyBytes_AS_STRING(data) + offset,
+                  PyBytes_GET_SIZE(data) - offset)
+        return self.hits.n
+
+    def any_of(self, const unsigned char[:] ids not None) -> bool:
+        """Does any hit of this call have an id flagged in ``ids`` (the gate's opening ids)?"""
+        cdef size_t k
+        cdef unsigned int i
+        for k in range(self.hits.n):
+            i = self.hits.a[k].id
+            if i < <unsigned int>ids.shape[0] and ids[i]:
+                return True
+        return False
+
+    def sort(self) -> None:
+        """Stable by end (as the reference's ``list.sort``): main hits first among equal ends."""
+        cdef size_t n = self.hits.n
+        cdef Hit *tmp
+        if n < 2:
+            return
+        tmp = <Hit *>malloc(n * sizeof(Hit))
+        if tmp == NULL:
+            raise MemoryError()
+        merge_sort(self.hits.a, tmp, n)
+        free(tmp)
+
+    def close(self) -> int:
+        """End of the part: matches at end of data (main, then gated), streams freed."""
+        cdef int rc = HS_SUCCESS
+        cdef int rc2 = HS_SUCCESS
+        self.hits.n = 0
+        with nogil:
+            if self.st != NULL:
+                rc = scratch_for(self.main.db)
+                if rc == HS_SUCCESS:
+                    rc = hs_close_stream(self.st, dlp_tls_scratch, on_hit, &self.msink)
+                else:
+                    hs_close_stream(self.st, NULL, NULL, NULL)
+                self.st = NULL
+            if self.gst != NULL:
+                rc2 = scratch_for(self.gated.db)
+                if rc2 == HS_SUCCESS:
+                    rc2 = hs_close_stream(self.gst, dlp_tls_scratch, on_hit, &self.gsink)
+                else:
+                    hs_close_stream(self.gst, NULL, NULL, NULL)
+                self.gst = NULL
+        if self.hits.oom:
+            self.hits.oom = 0
+            raise MemoryError()
+        return self.hits.n
+
+    def hits_list(self) -> list:
+        """The hits as the reference's list of ``(id, end)`` (for the structure view)."""
+        return [(self.hits.a[k].id, self.hits.a[k].end) for k in range(self.hits.n)]
+
+
+# -- byte searches with Python's clamping -------------------------------------------------------------
+cdef inline Py_ssize_t _clamp(Py_ssize_t x, Py_ssize_t n) noexcept nogil:
+    return 0 if x < 0 else (n if x > n else x)
+
+
+cdef inline Py_ssize_t rfind1(const char *b, Py_ssize_t n, char c, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """``buf.rfind(c, lo, hi)`` for non-negative bounds."""
+    cdef const char *p
+    lo = _clamp(lo, n)
+    hi = _clamp(hi, n)
+    if hi <= lo:
+        return -1
+    p = <const char *>dlp_memrchr(b + lo, c, hi - lo)
+    return -1 if p == NULL else p - b
+
+
+cdef inline Py_ssize_t find1(const char *b, Py_ssize_t n, char c, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef const char *p
+    lo = _clamp(lo, n)
+    hi = _clamp(hi, n)
+    if hi <= lo:
+        return -1
+    p = <const char *>memchr(b + lo, c, hi - lo)
+    return -1 if p == NULL else p - b
+
+
+cdef inline Py_ssize_t count1(const char *b, Py_ssize_t n, char c, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef Py_ssize_t k, out = 0
+    lo = _clamp(lo, n)
+    hi = _clamp(hi, n)
+    for k in range(lo, hi):
+        if b[k] == c:
+            out += 1
+    return out
+
+
+cdef Py_ssize_t rfind_sub(const char *b, Py_ssize_t n, const char *t, Py_ssize_t tn, Py_ssize_t lo,
+                          Py_ssize_t hi) noexcept nogil:
+    """``buf.rfind(t, lo, hi)`` for a short ``t`` and non-negative bounds."""
+    cdef Py_ssize_t k
+    lo = _clamp(lo, n)
+    hi = _clamp(hi, n)
+    k = hi - tn
+    while k >= lo:
+        k = rfind1(b, n, t[0], lo, k + 1)
+        if k < 0:
+            return -1
+        if memcmp(b + k, t, tn) == 0:
+            return k
+        k -= 1
+    return -1
+
+
+cdef Py_ssize_t json_record(const char *b, Py_ssize_t n, Py_ssize_t e, Py_ssize_t maxrec) noexcept nogil:
+    """scanner._json_record in C."""
+    cdef Py_ssize_t lo = e - maxrec if e > maxrec else 0
+    cdef Py_ssize_t pos = e, j
+    cdef char c
+    while True:
+        pos = rfind1(b, n, b'{', lo, pos)
+        if pos < 0:
+            return lo
+        j = pos - 1
+        while j >= lo and (b[j] == b' ' or b[j] == b'\t' or b[j] == b'\r' or b[j] == b'\n'):
+            j -= 1
+        if j < lo:
+            return pos
+        c = b[j]
+        if c == b'[' or c == b',':
+            return pos
+
+
+cdef const char *HTML_TAGS[10]
+cdef Py_ssize_t HTML_LENS[10]
+_tags = (b"<tr", b"<TR", b"<li", b"<LI", b"<p>", b"<P>", b"<br", b"<BR", b"</div", b"</DIV")
+for _k in range(10):
+    HTML_TAGS[_k] = PyBytes_AS_STRING(_tags[_k])
+    HTML_LENS[_k] = PyBytes_GET_SIZE(_tags[_k])
+
+
+# -- validators: C twins of sensor.detect.validators ---------------------------------------------------
+from sensor.detect import validators as _V
+
+cdef object SSN_INVALID = _V._SSN_INVALID
+cdef object TEST_CARDS = _V._TEST_CARDS
+
+DEF MAXD = 32
+# codes; PY = call the Python validator (no C twin: see PY_VALIDATORS)
+TWINS = {"ssn": 1, "luhn": 2, "pan": 3, "aba": 4, "nanp": 5, "email": 6}
+# validators called through Python from the compiled loop, on purpose: ``dob`` keeps the reference's
+# lru_cache and calendar; ``iban`` is rare and its reference decodes text. Both exact by construction.
+PY_VALIDATORS = frozenset({"dob", "iban"})
+DEF V_PY = 99
+
+
+cdef inline int ndigits(const unsigned char *v, Py_ssize_t n, unsigned char *d) noexcept:
+    """The digits of ``v`` into ``d`` (at most MAXD kept); the full count is returned."""
+    cdef Py_ssize_t k
+    cdef int m = 0
+    for k in range(n):
+        if 48 <= v[k] <= 57:
+            if m < MAXD:
+                d[m] = v[k]
+            m += 1
+    return m
+
+
+cdef inline int distinct_at_least(const unsigned char *d, int n, int want) noexcept:
+    cdef int seen[10]
+    cdef int k, c = 0
+    for k in range(10):
+        seen[k] = 0
+    for k in range(n):
+        if not seen[d[k] - 48]:
+            seen[d[k] - 48] = 1
+            c += 1
+            if c >= want:
+                return 1
+    return 0
+
+
+cdef int luhn_digits(const unsigned char *d, int n) except -1:
+    cdef int total = 0, k, x
+    if n < 12 or n > 19:
+        return 0
+    if PyBytes_FromStringAndSize(<const char *>d, n) in TEST_CARDS:
+        return 0
+    if not distinct_at_least(d, n, 3):
+        return 0
+    for k in range(n):
+        x = d[n - 1 - k] - 48
+        if k & 1:
+            x *= 2
+            if x > 9:
+                x -= 9
+        total += x
+    return total % 10 == 0
+
+
+cdef inline int starts(const unsigned char *d, int n, const char *p) noexcept:
+    cdef int k = 0
+    while p[k]:
+        if k >= n or d[k] != <unsigned char>p[k]:
+            return 0
+        k += 1
+    return 1
+
+
+cdef inline int num(const unsigned char *d, int k) noexcept:
+    cdef int out = 0, j
+    for j in range(k):
+        out = out * 10 + d[j] - 48
+    return out
+
+
+cdef int pan_brand(const unsigned char *d, int n) noexcept:
+    """Some brand of validators._PAN_BRANDS has this prefix and this length."""
+    cdef int p2 = num(d, 2) if n >= 2 else -1
+    cdef int p3 = num(d, 3) if n >= 3 else -1
+    cdef int p4 = num(d, 4) if n >= 4 else -1
+    if starts(d, n, b"4") and (n == 13 or n == 16 or n == 19):
+        return 1
+    if n == 16 and ((51 <= p2 <= 55) or (2221 <= p4 <= 2720)):
+        return 1
+    if n == 15 and (p2 == 34 or p2 == 37):
+        return 1
+    if (n == 16 or n == 19) and (p4 == 6011 or p2 == 65 or (644 <= p3 <= 649)):
+        return 1
+    if (n == 16 or n == 19) and 3528 <= p4 <= 3589:
+        return 1
+    if (n == 14 or n == 16) and ((300 <= p3 <= 305) or p2 == 36 or p2 == 38):
+        return 1
+    if 12 <= n <= 19 and (p4 in (5018, 5020, 5038, 5893, 6304, 6759, 6761, 6762, 6763)
+                          or starts(d, n, b"676770") or starts(d, n, b"676774")):
+        return 1
+    if n == 16 and p4 == 5019:
+        return 1
+    if n == 15 and starts(d, n, b"1"):
+        return 1
+    return 0
+
+
+cdef int validate(int code, const unsigned char *v, Py_ssize_t n) except -1:
+    cdef unsigned char d[MAXD]
+    cdef int m, x, s, k
+    cdef const unsigned char *host
+    cdef Py_ssize_t hn, at, rl
+    if code == 1:                                   # ssn
+        m = ndigits(v, n, d)
+        if m != 9 or PyBytes_FromStringAndSize(<const char *>d, 9) in SSN_INVALID:
+            return 0
+        if (d[0] == 48 and d[1] == 48 and d[2] == 48) or (d[0] == 54 and d[1] == 54 and d[2] == 54) or d[0] == 57:
+            return 0
+        if (d[3] == 48 and d[4] == 48) or (d[5] == 48 and d[6] == 48 and d[7] == 48 and d[8] == 48):
+            return 0
+        return distinct_at_least(d, 9, 2)
+    if code == 2:                                   # luhn
+        m = ndigits(v, n, d)
+        return luhn_digits(d, m) if m <= MAXD else 0
+    if code == 3:                                   # pan
+        m = ndigits(v, n, d)
+        if m > 19 or not pan_brand(d, m):
+            return 0
+        return luhn_digits(d, m)
+    if code == 4:                                   # aba
+        m = ndigits(v, n, d)
+        if m != 9:
+            return 0
+        for k in range(9):
+            if d[k] != 48:
+                break
+        else:
+            return 0
+        s = 3 * (d[0] + d[3] + d[6] - 144) + 7 * (d[1] + d[4] + d[7] - 144) + (d[2] + d[5] + d[8] - 144)
+        return s % 10 == 0
+    if code == 5:                                   # nanp
+        m = ndigits(v, n, d)
+        k = 0
+        if m == 11 and d[0] == 49:
+            k = 1
+            m = 10
+        if m != 10:
+            return 0
+        if d[k] < 50 or d[k + 3] < 50:
+            return 0
+        if (d[k + 1] == 49 and d[k + 2] == 49) or (d[k + 4] == 49 and d[k + 5] == 49):
+            return 0
+        if d[k + 3] == 53 and d[k + 4] == 53 and d[k + 5] == 53 and d[k + 6] == 48 and d[k + 7] == 49:
+            return 0
+        return distinct_at_least(d + k, 10, 3)
+    if code == 6:                                   # email: the host is not a reserved name
+        at = n - 1
+        while at >= 0 and v[at] != 64:
+            at -= 1
+        host = v + at + 1
+        hn = n - at - 1
+        for r in _RESERVED:
+            rl = PyBytes_GET_SIZE(r)
+            if hn == rl and _ieq(host, <const unsigned char *>PyBytes_AS_STRING(r), rl):
+                return 0
+            if hn > rl and host[hn - rl - 1] == 46 and _ieq(host + hn - rl, <const unsigned char *>PyBytes_AS_STRING(r), rl):
+                return 0
+        return 1
+    return 1
+
+
+cdef object _RESERVED = tuple(_V._EMAIL_RESERVED)
+
+
+cdef inline int _ieq(const unsigned char *a, const unsigned char *b, Py_ssize_t n) noexcept:
+    """ASCII case-insensitive ``a == b`` (b is lower case), as ``bytes.lower()`` compares."""
+    cdef Py_ssize_t k
+    cdef unsigned char c
+    for k in range(n):
+        c = a[k]
+        if 65 <= c <= 90:
+            c += 32
+        if c != b[k]:
+            return 0
+    return 1
+
+
+def check(str name, bytes v) -> bool:
+    """The C twin of validator ``name`` (for tests)."""
+    return bool(validate(TWINS[name], <const unsigned char *>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v)))
+
+
+# -- the per-match loop ---------------------------------------------------------------------------------
+cdef class Info:
+    """The engine's patterns as C arrays (built once per engine)."""
+    cdef int nval, hot_base, npat, nsig
+    cdef int *psig
+    cdef int *pwidth
+    cdef int64_t *pmaxw
+    cdef char *pnctx
+    cdef int *prmask
+    cdef int *pcat
+    cdef char *pin_field
+    cdef char *pin_word
+    cdef int *pvalid
+    cdef int *hot_sig
+    cdef list pats, rx, req, vfn
+    cdef public object gate_ids
+
+    def __cinit__(self, engine):
+        names = {fn: name for name, fn in _V.REGISTRY.items()}
+        pats = list(engine.patterns)
+        n = len(pats)
+        self.npat = n
+        self.nval = engine.n_values
+        self.hot_base = engine.hot_base
+        self.nsig = len(engine.signatures)
+        self.psig = <int *>malloc((n + 1) * sizeof(int))
+        self.pwidth = <int *>malloc((n + 1) * sizeof(int))
+        self.pmaxw = <int64_t *>malloc((n + 1) * sizeof(int64_t))
+        self.pnctx = <char *>malloc(n + 1)
+        self.prmask = <int *>malloc((n + 1) * sizeof(int))
+        self.pcat = <int *>malloc((n + 1) * sizeof(int))
+        self.pin_field = <char *>malloc(n + 1)
+        self.pin_word = <char *>malloc(n + 1)
+        self.pvalid = <int *>malloc((n + 1) * sizeof(int))
+        self.hot_sig = <int *>malloc((len(engine.hot_sig) + 1) * sizeof(int))
+        self.pats = pats
+        self.rx = [p.rx for p in pats]
+        self.req = [p.require for p in pats]
+        self.vfn = [p.validator for p in pats]
+        for k, p in enumerate(pats):
+            self.psig[k] = p.sig
+            self.pwidth[k] = p.width
+            self.pmaxw[k] = p.maxw
+            self.pnctx[k] = bool(p.needs_ctx)
+            self.prmask[k] = p.rec_mask
+            self.pcat[k] = p.cat
+            self.pin_field[k] = bool(p.in_field)
+            self.pin_word[k] = bool(p.in_word)
+            if p.validator is None:
+                self.pvalid[k] = 0
+            else:
+                name = names.get(p.validator)
+                if name in TWINS:
+                    self.pvalid[k] = TWINS[name]
+                elif name in PY_VALIDATORS:
+                    self.pvalid[k] = V_PY
+                else:
+                    raise CoreError(f"validator without a C twin: {name}")
+        for k, si in enumerate(engine.hot_sig):
+            self.hot_sig[k] = si
+        g = bytearray(engine.n_ids + 1)
+        for i in engine.gate_ids:
+            g[i] = 1
+        self.gate_ids = bytes(g)
+
+    def __dealloc__(self):
+        free(self.psig); free(self.pwidth); free(self.pmaxw); free(self.pnctx); free(self.prmask)
+        free(self.pcat); free(self.pin_field); free(self.pin_word); free(self.pvalid); free(self.hot_sig)
+
+
+DEF STRONG = 1
+DEF CONTACT = 4
+
+
+cdef void label_after(list rec, const char *b, Py_ssize_t blen, int64_t base, int64_t end, int si,
+                      int64_t window) except *:
+    """ExchangeScanner._label_after."""
+    cdef Py_ssize_t k
+    cdef tuple t
+    cdef int64_t at, lo
+    cdef int64_t hot = end - base
+    for k in range(PyList_GET_SIZE(rec) - 1, -1, -1):
+        t = <tuple>rec[k]
+        if <int>t[0] != si or t[2]:
+            continue
+        if t[4] is None:
+            at = <int64_t>(<tuple>t[6])[2] + base
+        else:
+            at = <int64_t>t[5]
+        if end - at > window + 32:
+            break
+        lo = at - base
+        if lo >= 0 and find1(b, blen, b'\n', lo, hot) < 0:
+            rec[k] = t[:2] + (True,) + t[3:]
+
+
+def process(sc, PartScan ps, bytes buf, int64_t base, Info info) -> None:
+    """ExchangeScanner._process over the C array of hits: same decisions, same record entries."""
+    cdef const char *b = PyBytes_AS_STRING(buf)
+    cdef Py_ssize_t blen = PyBytes_GET_SIZE(buf)
+    cdef int64_t window = sc.policy.hotword_window
+    cdef int64_t maxrec = sc.policy.max_record_bytes
+    mode = sc._mode
+    cdef bint lines = mode == "lines"
+    cdef bint is_json = mode == "json"
+    cdef bint is_html = mode == "html"
+    cdef list rec = sc._rec
+    rec_key_obj = sc._rec_key
+    cdef bint has_key = rec_key_obj is not None
+    cdef int64_t rec_key = 0
+    if has_key:
+        rec_key = rec_key_obj
+    sc._rbuf = buf
+    sc._rbase = base
+    cdef list keep = sc._keep_placed
+    cdef list want = sc._keep_raw
+    cdef int64_t line_start = sc._line_start
+    cdef bint first_line = line_start < 0
+    cdef bint tabular = lines and sc._tabular
+    cdef char delim = (<bytes>sc._delim)[0]
+    col_sigs = sc._col_sigs
+    cdef int64_t *last_hot = ps.last_hot
+    cdef char *header = ps.header
+    cdef int nval = info.nval
+    cdef size_t k
+    cdef unsigned int i
+    cdef int64_t end, e, s, lo, r, rk, maxw, col
+    cdef int si, w, cat, rmask, code, t
+    cdef bint ctx, lazy
+    cdef Py_ssize_t r2
+    cdef tuple last
+    for k in range(ps.hits.n):
+        i = ps.hits.a[k].id
+        end = ps.hits.a[k].end
+        if i >= <unsigned int>nval:
+            si = info.hot_sig[i - info.hot_base]
+            # a hotword in a header names a column; it is not a label for the next values
+            if (first_line or is_html) and sc._header_hotword(buf, base, end, si):
+                header[si] = 1
+            else:
+                last_hot[si] = end
+                if rec:
+                    label_after(rec, b, blen, base, end, si, window)
+            continue
+        si = info.psig[i]
+        w = info.pwidth[i]
+        maxw = info.pmaxw[i]
+        rmask = info.prmask[i]
+        cat = info.pcat[i]
+        e = end - base
+        ctx = not info.pnctx[i] or end - maxw - last_hot[si] <= window
+        lazy = not ctx and not header[si]
+        if lazy and not rmask:
+            continue                     # needs a hotword or a column, and has neither
+        if not lazy:
+            if w > 0:
+                s = e - w
+                if s >= 0 and e <= blen:
+                    v = PyBytes_FromStringAndSize(b + s, w)
+                else:
+                    v = PySequence_GetSlice(buf, s, e)     # Python's slicing, negative bounds and all
+            else:
+                lo = e - maxw if e > maxw else 0
+                if info.pin_field[i] and tabular:
+                    r = rfind1(b, blen, delim, lo, e)
+                    if r + 1 != 0:
+                        lo = r + 1               # the value starts after its field's delimiter
+                if info.pin_word[i]:         # ... or after the last blank
+                    lo = max(lo, rfind1(b, blen, b' ', lo, e) + 1, rfind1(b, blen, b'\n', lo, e) + 1,
+                             rfind1(b, blen, b'\t', lo, e) + 1)
+                m = info.rx[i].search(buf, lo, e)
+                if m is None:
+                    continue
+                req = info.req[i]
+                if req and not all(m.group(g).upper() in words for g, words in req):
+                    continue
+                s = m.start()
+                v = m.group()
+            code = info.pvalid[i]
+            if code == V_PY:
+                if not info.vfn[i](v):
+                    continue
+            elif code:
+                if not validate(code, <const unsigned char *>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v)):
+                    continue
+            if cat == CONTACT and ctx:
+                sc._count_contact(si, v)   # contact values never make a record: no placement
+                continue
+        # which record (person) does the value belong to?
+        if lines:
+            r = rfind1(b, blen, b'\n', 0, e)
+            rk = r + base if r >= 0 else line_start
+        elif is_json:
+            rk = json_record(b, blen, e, maxrec) + base
+        else:
+            lo = e - maxrec if e > maxrec else 0
+            r = -1
+            for t in range(10):
+                r2 = rfind_sub(b, blen, HTML_TAGS[t], HTML_LENS[t], lo, e)
+                if r2 > r:
+                    r = r2
+            rk = r + base if r >= 0 else lo + base
+        if end - rk > maxrec:
+            rk += (end - rk) // maxrec * maxrec
+        if not has_key or rk != rec_key:
+            if rec:
+                sc._rec = rec
+                sc._rec_key = rec_key          # set: rec holds entries only once a key is
+                sc._rec_end = rk
+                finish_record(sc)
+                sc._rec_end = None
+                rec = sc._rec
+            rec_key = rk
+            has_key = True
+        if lazy:
+            # only the record can make it count: decide (and pay for extraction) later
+            rec.append((si, cat, False, rmask, None, end, (info.pats[i], buf, e)))
+            continue
+        if not ctx:
+            # header column context (CSV/TSV: delimiters before the value on its row, outside quotes)
+            if lines and col_sigs:
+                r = rk - base + 1
+                if r >= 0:
+                    if find1(b, blen, b'"', r, s) < 0:
+                        col = count1(b, blen, delim, r, s)
+                    else:
+                        col = sc._column_of(buf, r, s)
+                    ctx = si in col_sigs.get(col, ())
+            elif is_html:
+                ctx = sc._th_context(buf, base, s, rk, si)
+            if not ctx and not rmask:
+                continue
+        start = s + base
+        # the raw value stays only until its record is decided, and only while samples are wanted
+        entry = (si, cat, True if ctx else False, rmask, PyObject_Hash(v), start,
+                 v if want[si] or keep[si] else None)
+        if rec:
+            last = <tuple>rec[PyList_GET_SIZE(rec) - 1]
+            if last[0] == si and last[5] == start:
+                rec[PyList_GET_SIZE(rec) - 1] = entry              # a longer match from the same start: keep the longest
+                continue
+        rec.append(entry)
+    sc._rec = rec
+    if has_key:
+        sc._rec_key = rec_key
+
+
+cdef int on_count(unsigned int id, unsigned long long frm, unsigned long long to, unsigned int flags,
+                  void *ctx) noexcept nogil:
+    (<size_t *>ctx)[0] += 1
+    return 0
+
+
+def raw_stream_scan(Database db, bytes data, Py_ssize_t chunk, bint count=False) -> int:
+    """The ceiling: ``data`` through one stream of ``db`` in ``chunk``-byte calls, no callback (or a
+    C callback that only counts, with ``count``); bench/core.py compares the full scanner with it."""
+    cdef size_t seen = 0
+    cdef match_event_handler cb = NULL
+    if count:
+        cb = on_count
+    cdef hs_stream_t *st = NULL
+    cdef const char *p = PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data), at = 0, k
+    cdef int rc = HS_SUCCESS
+    if hs_open_stream(db.db, 0, &st) != HS_SUCCESS:
+        raise CoreError("hs_open_stream failed")
+    with nogil:
+        rc = scratch_for(db.db)
+        while rc == HS_SUCCESS and at < n:
+            k = chunk if n - at > chunk else n - at
+            rc = hs_scan_stream(st, p + at, <unsigned int>k, 0, dlp_tls_scratch, cb, &seen)
+            at += k
+        hs_close_stream(st, dlp_tls_scratch if rc == HS_SUCCESS else NULL, cb, &seen)
+    if rc != HS_SUCCESS:
+        raise CoreError(f"hs_scan_stream failed ({rc})")
+    return seen
+
+
+# -- finishing a record (ExchangeScanner._finish_record, the common case typed) ---------------------------
+cdef object _extract_fn = None
+cdef object _deceased = None
+cdef object _ESTIMATED_SALT = None
+cdef Py_ssize_t _IDS_CAP = 0, _EST_MIN = 0
+
+
+cdef inline bint dadd(object counter, object h) except -1:
+    """DistinctCounter.add, the exact branch inline."""
+    cdef object s = counter.exact
+    cdef Py_ssize_t n
+    if s is not None:
+        n = len(<set>s)
+        (<set>s).add(h)                   # one hash-table probe, not two (``in`` then ``add``)
+        if len(<set>s) == n:
+            return False
+        if n + 1 > counter.cap:
+            counter._switch()
+        return True
+    return counter.add(h)
+
+
+cdef inline void keep_id(object sc, set ids, object fp) except *:
+    if len(ids) < _IDS_CAP:
+        ids.add(fp)
+    elif fp not in ids:
+        sc._ids_capped = True
+
+
+def finish_record(sc) -> None:
+    """ExchangeScanner._finish_record line for line (the rare precision paths call the same Python)."""
+    global _extract_fn, _deceased, _ESTIMATED_SALT, _IDS_CAP, _EST_MIN
+    cdef list rec = sc._rec
+    cdef tuple t
+    cdef int uncond = 0, cats = 0, kind = 0, si, cat, rmask, k
+    cdef bint ctx
+    cdef Py_ssize_t strong_values = 0, contact_values = 0
+    if not rec:
+        return
+    if _extract_fn is None:
+        from sensor.detect import scanner as S
+        from sensor.detect.precision import deceased
+        _extract_fn, _deceased, _ESTIMATED_SALT = S._extract, deceased, S._ESTIMATED
+        _IDS_CAP, _EST_MIN = S.RECORD_IDS_CAP, S.ESTIMATE_MIN_IDS
+    sc._rec = []
+    for t in rec:
+        if t[2]:
+            uncond |= <int>t[1]
+    header = sc._header_sigs
+    cdef list want = sc._want_sample
+    cdef list ignored = sc._ignored
+    cdef list distinct = sc._distinct
+    cdef list kinds = sc._kindbits
+    cdef list hashes = []
+    edm_kind = sc._edm_kind
+    edm = sc._edm
+    edm_vals = [] if edm is not None else None
+    cdef list placed = []
+    per_id = {} if sc._estimate and sc._skind is None and sc._mode == "lines" else None
+    for t in rec:
+        si = t[0]
+        cat = t[1]
+        ctx = t[2]
+        rmask = t[3]
+        h = t[4]
+        start = t[5]
+        raw = t[6]
+        if not ctx and not (rmask & uncond and si not in header):
+            continue
+        if ignored[si]:
+            continue
+        if not ctx and sc._org_field(start):
+            continue
+        if h is None:                     # deferred: extract and validate now
+            raw = _extract_fn(*raw)
+            if raw is None:
+                continue
+            h = PyObject_Hash(raw)
+        if edm_vals is not None and edm_kind[si] is not None and raw is not None:
+            edm_vals.append((edm_kind[si], raw))
+        if dadd(distinct[si], h):
+            if cat == STRONG:
+                strong_values += 1
+            elif cat == CONTACT:
+                contact_values += 1
+        if raw is not None and want[si]:
+            sc._sample(si, raw)
+        cats |= cat
+        if cat == STRONG and per_id is not None:
+            per_id.setdefault(si, set()).add(h)
+        k = kinds[si]
+        kind |= k
+        if k & 5:
+            placed.append((k, start, h, raw))
+        hashes.append(h)
+    if strong_values:
+        sc._strong_values += strong_values
+    if contact_values:
+        sc._contact_values += contact_values
+    if edm_vals and edm.record(edm_vals):
+        sc._decide()
+    if not hashes:
+        return
+    cdef bint is_strong = (cats & STRONG) and (cats & 2)
+    cdef bint is_person = kind & 3 == 3
+    if is_person and not is_strong and _deceased(sc._record_text()):
+        return
+    home = sc._home_of(placed) if kind & 5 == 5 and not is_person else None
+    if is_strong and per_id:
+        ids = max(per_id.values(), key=len)
+        if ids and len(ids) >= _EST_MIN:
+            for h in ids:
+                fp = hash((_ESTIMATED_SALT, h))
+                sc._est_recs.add(fp)
+                sc._strong_recs.add(fp)
+                sc._all_recs.add(fp)
+                keep_id(sc, sc._strong_ids, fp)
+            return
+    if is_strong or is_person or home is not None:
+        fp = hash(tuple(sorted(hashes)))
+        if is_strong:
+            dadd(sc._strong_recs, fp)
+            dadd(sc._all_recs, fp)
+            keep_id(sc, sc._strong_ids, fp)
+        if is_person:
+            dadd(sc._person_recs, fp)
+            dadd(sc._all_recs, fp)
+            keep_id(sc, sc._person_ids, fp)
+        elif home is not None:
+            if is_strong:
+                dadd(sc._person_recs, fp)
+                keep_id(sc, sc._person_ids, fp)
+            else:
+                sc._homes.add(fp, home[0], home[1])
+                keep_id(sc, sc._home_ids, fp)
