@@ -412,6 +412,50 @@ def test_hasher_is_hmac_sha256():
                 _hmac.digest(key, f"{kind}:{v}".encode(), "sha256")[:8], "little")
 
 
+def test_matcher_agrees_with_a_plain_lookup(roster, index_file, state):
+    """The batched, inlined matcher decides every record as a plain per-value lookup would: matched
+    when some indexed row has >= min_fields of its kinds, whatever the order and early stops."""
+    from sensor.edm.indexfile import value_hash
+    from sensor.edm.match import BATCH
+    rows = roster[1]
+    key = load_key(None, state)
+    base = open_index(index_file)
+    rng = random.Random(7)
+    cols = {"name": lambda r: f"{r['last_name']}, {r['first_name']}", "dob": lambda r: r["date_of_birth"],
+            "dl": lambda r: r["driver_license"], "address": lambda r: r["street_address"]}
+    records = []
+    for _ in range(400):                     # fields of one person, of another, and of nobody
+        a, b = rng.choice(rows), rng.choice(rows)
+        rec = [(k, (f(a) if rng.random() < 0.5 else f(b) if rng.random() < 0.5 else "X" + f(a)).encode())
+               for k, f in cols.items() if rng.random() < 0.8]
+        records.append(rec)
+
+    def plain(rec, need):
+        hits: dict[int, set[str]] = {}
+        for k, raw in rec:
+            canon = normalise(k, raw.decode())
+            if canon is not None:
+                for r in base.fields[k].rows(value_hash(key, k, canon)):
+                    hits.setdefault(r, set()).add(k)
+        return any(len(ks) >= need for ks in hits.values())
+
+    for need in (1, 2, 3):
+        edm_set = load_indexes([IndexSpec(str(index_file), min_fields=need)], key)
+        want = [plain(rec, need) for rec in records]
+        assert 0 < sum(want) < len(records)
+        for rec, w in zip(records, want):
+            m = edm_set.matcher()
+            m.record(rec)
+            assert (m.total > 0) == w, (need, rec)
+        one, many = edm_set.matcher(), edm_set.matcher()   # flushed per record, or batched: the same
+        for rec in records:
+            one.record(rec)
+            one.flush()
+            many.record(rec)
+        assert len(records) > BATCH and many.total == one.total > 0 and many.rows == one.rows
+    base.close()
+
+
 def test_config_indexes_key_and_errors(index_file):
     from sensor.config import ConfigError, parse_config, with_overrides
     c = parse_config({"indexes": [{"path": str(index_file), "name": "permits", "min_fields": 3, "trip": 5}]})

@@ -8,6 +8,7 @@ and dropped. Only row ids (numbers in the protected table, not personal values) 
 """
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,13 +92,15 @@ class EdmSet:
         self.hashers = [Hasher(i.key) for i in self.indexes]
         self.kinds = frozenset(k for i in self.indexes for k in i.file.fields)
         # what a lookup needs, resolved once: the kinds in lookup order, and per index its
-        # ``min_fields``, the outer hash state, and per kind (rows of a hash, normaliser, inner state)
+        # ``min_fields``, the outer hash state, and per kind (the field's directory, shift, hashes and row
+        # ids as in Field.rows, the bytes normaliser, the inner hash state, memoise?)
         self.order = tuple(sorted(self.kinds, key=_cost))
         self.min_need = min((i.min_fields for i in self.indexes), default=1)
         norms = {k: bytes_normaliser(k) for k in self.kinds}
         self.plans = [
             (ix, ix.min_fields, h.outer.copy, tuple(k for k in self.order if k in ix.file.fields),
-             {k: (f.rows, norms[k], h.kind_state(k).copy, k in MEMO_KINDS) for k, f in ix.file.fields.items()})
+             {k: (f.directory, 64 - f.bits, f.hashes, f.ids, norms[k], h.kind_state(k).copy, k in MEMO_KINDS)
+              for k, f in ix.file.fields.items()})
             for ix, h in zip(self.indexes, self.hashers)]
 
     def matcher(self) -> "EdmMatcher":
@@ -188,9 +191,6 @@ class EdmMatcher:
         person: the rows that reached ``min_fields`` first are its matches). Every step is inlined
         (HMAC from precomputed pad states, per-scan memo of raw value -> hash): this runs once per
         record of dense content, and its cost is counted in bytecodes."""
-        need_min = self.edm.min_need
-        if len(values) < need_min:
-            return False
         by_kind: dict[str, list[bytes]] = {}
         for k, raw in values:
             if k in by_kind:
@@ -198,11 +198,12 @@ class EdmMatcher:
                     by_kind[k].append(raw)
             else:
                 by_kind[k] = [raw]
-        if len(by_kind) < need_min:
+        if len(by_kind) < self.edm.min_need:
             return False
         hit = False
+        present = by_kind.__contains__
         for ix, need, oc, order, steps, mk in self._plans:
-            kinds = [k for k in order if k in by_kind]
+            kinds = list(filter(present, order))   # (no comprehension frame: this runs per record)
             left = len(kinds)
             if left < need:
                 continue
@@ -213,7 +214,7 @@ class EdmMatcher:
                 if nfound + left < need:
                     break                          # even a hit on every kind left cannot make it
                 left -= 1
-                rows_of, norm, ic, keep = steps[k]
+                d, shift, hs, ids, norm, ic, keep = steps[k]
                 memo = mk[k]
                 rows: list[int] | None = None
                 for raw in by_kind[k]:
@@ -233,12 +234,26 @@ class EdmMatcher:
                             memo[raw] = h
                     elif h < 0:
                         continue
-                    got = rows_of(h)
-                    if got:
-                        rows = got if rows is None else set(rows).union(got)   # one value's rows are distinct
+                    b = h >> shift                 # Field.rows, inlined
+                    lo = d[b]
+                    hi = d[b + 1]
+                    if lo >= hi:
+                        continue
+                    j = bisect_left(hs, h, lo, hi)
+                    if j == hi or hs[j] != h:
+                        continue
+                    e = j + 1
+                    while e < hi and hs[e] == h:
+                        e += 1
+                    got = ids[j:e].tolist()
+                    rows = got if rows is None else set(rows).union(got)   # one value's rows are distinct
                 if rows is None:
                     continue
                 nfound += 1
+                if nfound == 1 and need > 1:       # the first kind that hit: its rows have one field
+                    if left + 1 >= need:
+                        per_row = dict.fromkeys(rows, 1)
+                    continue
                 if left + 1 >= need:               # a row first seen here can still reach min_fields
                     for r in rows:
                         c = per_row.get(r, 0) + 1
