@@ -2,8 +2,8 @@
 *same* indexed row.
 
 The scanner hands each finished record's candidate values (signature kind, raw bytes) to
-:meth:`EdmMatcher.record`; the raw bytes are normalised, hashed under the index key, looked up,
-and dropped. Only row ids (numbers in the protected table, not personal values) are kept, at most
+:meth:`EdmMatcher.record`; they are queued for at most ``BATCH`` records (in memory, within the
+scan), then normalised at the byte level, hashed under the index key, looked up, and dropped. Only row ids (numbers in the protected table, not personal values) are kept, at most
 ``ROW_CAP`` per index per scan; past it matches are counted only.
 """
 from __future__ import annotations
