@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from sensor.edm.indexfile import Hasher, write_index
-from sensor.edm.normalise import _ID_DROP, KNOWN_KINDS, identifier, normalise, normaliser
+from sensor.edm.normalise import _ID_DROP, KNOWN_KINDS, bytes_normaliser, identifier, normalise, normaliser
 from sensor.edm.sources import SourceError, _delimiter, read_table
 
 MAX_ROWS = 0xFFFFFFFF
@@ -109,14 +109,15 @@ def _worker_init(key: bytes) -> None:
     _W["hasher"] = Hasher(key)
 
 
-def _plain(fn: Callable[[str], str | None]) -> Callable[[str], str | None]:
-    """The normaliser without its LRU cache: a build sees each distinct value once."""
+def _plain(fn: Callable[[bytes], bytes | None]) -> Callable[[bytes], bytes | None]:
+    """The normaliser without its LRU cache: a build sees each distinct value once. (The bytes
+    normalisers give exactly the bytes of the text ones; a test compares them.)"""
     return getattr(fn, "__wrapped__", fn)
 
 
-def _digest_piece(piece: tuple[str, list, bool], hasher: Hasher | None = None) -> tuple[bytes, bytearray]:
+def _digest_piece(piece: tuple[str, list[bytes], bool], hasher: Hasher | None = None) -> tuple[bytes, bytearray]:
     kind, values, pre = piece
-    return (hasher or _W["hasher"]).many(kind, values, None if pre else _plain(normaliser(kind)))
+    return (hasher or _W["hasher"]).many(kind, values, None if pre else _plain(bytes_normaliser(kind)))
 
 
 class _Out:
@@ -193,7 +194,7 @@ def _csv_columnar(source: Path, specs: list[ColumnSpec], digest: _Digest, out: _
                 if pre:                      # identifiers: separators dropped, upper case, in C
                     col = pc.ascii_upper(pc.replace_substring_regex(col, _ID_DROP.pattern, ""))
                 enc = pc.dictionary_encode(col)
-                tasks.append((spec.kind, enc.dictionary.to_pylist(), pre))
+                tasks.append((spec.kind, enc.dictionary.cast(pa.binary()).to_pylist(), pre))
                 encs.append(enc.indices)
             for spec, idx, (hashes, ok) in zip(specs, encs, digest.run(tasks)):
                 hq, okq = _arrays(hashes, ok)
@@ -243,7 +244,7 @@ def _hash_rows(rows: Iterable[list], idxs: list[tuple[int, ...]], width: int, sp
                     canon.append(c)
                     rids.append(row_id + r)
             uniq = list(dict.fromkeys(canon))
-            tasks.append((kind, uniq, True))
+            tasks.append((kind, [u.encode() for u in uniq], True))
             where.append((kind, canon, rids, uniq))
         for (kind, canon, rids, uniq), (hashes, _ok) in zip(where, digest.run(tasks)):
             import pyarrow as pa

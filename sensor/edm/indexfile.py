@@ -78,10 +78,12 @@ class Hasher:
         """The outer hash state after the key's outer pad (copy it, then add the inner digest)."""
         return self._outer
 
-    def many(self, kind: str, values: list, norm: Callable[[str], str | None] | None = None) -> tuple[bytes, bytearray]:
-        """Normalise (with ``norm``) and hash a batch: (``HASH_BYTES`` per value, little-endian as
-        :meth:`__call__` gives it; zeros where the value is empty or not of the kind, and a 0 in the
-        second result there, 1 elsewhere). One tight loop: the build hashes millions of values."""
+    def many(self, kind: str, values: list[bytes], norm: Callable[[bytes], bytes | None] | None = None
+             ) -> tuple[bytes, bytearray]:
+        """Normalise (with ``norm``, bytes -> canonical bytes) and hash a batch: (``HASH_BYTES`` per
+        value, little-endian as :meth:`__call__` gives it; zeros where the value is empty or not of
+        the kind, and a 0 in the second result there, 1 elsewhere). One tight loop: the build hashes
+        millions of values."""
         ic = self.kind_state(kind).copy
         oc = self._outer.copy
         parts: list[bytes] = []
@@ -95,7 +97,7 @@ class Hasher:
                 add(zero)
                 continue
             i = ic()
-            i.update(v.encode())
+            i.update(v)
             o = oc()
             o.update(i.digest())
             add(o.digest()[:HASH_BYTES])
