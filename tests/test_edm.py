@@ -25,7 +25,7 @@ from sensor.alerts.schema import AlertContext, build_alert
 from sensor.cli.main import main as cli
 from sensor.detect.keys import load_key
 from sensor.detect.policy import Policy
-from sensor.edm.indexfile import IndexFileError, key_id, open_index
+from sensor.edm.indexfile import IndexFileError, key_id, open_index, verify_index
 from sensor.edm.match import EdmSet, IndexSpec, LoadedIndex, load_indexes
 from sensor.edm.normalise import normalise
 from sensor.edm.story import census_people, dashboard
@@ -111,6 +111,21 @@ def test_normalisers_fold_spellings():
 
 
 # -- the seed story ----------------------------------------------------------------------------------
+def test_bytes_normalisers_equal_the_text_normalisers():
+    """The scan's byte-level fast paths give exactly the bytes of the text normalisers (the build's)."""
+    from sensor.edm.normalise import bytes_normaliser, normaliser
+    rng = random.Random(20)
+    alphabet = "12 aBcSt.,-'\t\nÉé#/NORTHSTREETAVEN\x1c\x1f\x0b\x0c\x00\x7f"
+    for kind in ("address", "dl", "name", "dob", "email", "phone", "ssn"):
+        fast, text = bytes_normaliser(kind), normaliser(kind)
+        for _ in range(3000):
+            v = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 16)))
+            raw = (f"{rng.randint(1, 999)} " if rng.random() < 0.5 else "").encode() + v.encode() + \
+                (b"\xff" if rng.random() < 0.05 else b"")
+            want = text(raw.decode("utf-8", "replace"))
+            assert fast(raw) == (None if want is None else want.encode()), (kind, raw)
+
+
 def test_seed_story_hidden_people_trip_with_exactly_seven(engine, roster, edm, census):
     rows = roster[1]
     hidden = hidden_people(rows, census, 7)
@@ -247,6 +262,10 @@ def test_damaged_index_is_refused_with_its_name(tmp_path, index_file):
     (tmp_path / "junk.edm").write_bytes(b"hello world, not an index")
     with pytest.raises(IndexFileError, match="bad magic"):
         open_index(tmp_path / "junk.edm")
+    old = tmp_path / "v1.edm"                # a version 1 file (before the bucket directory)
+    old.write_bytes(b"DLPEDM\x00\x01" + index_file.read_bytes()[8:])
+    with pytest.raises(IndexFileError, match=r"v1.edm: format version 1 not supported .*rebuild it"):
+        open_index(old)
 
 
 def test_build_reads_jsonl_and_xlsx_like_csv(roster, state, tmp_path, index_file):
@@ -393,6 +412,50 @@ def test_hasher_is_hmac_sha256():
                 _hmac.digest(key, f"{kind}:{v}".encode(), "sha256")[:8], "little")
 
 
+def test_matcher_agrees_with_a_plain_lookup(roster, index_file, state):
+    """The batched, inlined matcher decides every record as a plain per-value lookup would: matched
+    when some indexed row has >= min_fields of its kinds, whatever the order and early stops."""
+    from sensor.edm.indexfile import value_hash
+    from sensor.edm.match import BATCH
+    rows = roster[1]
+    key = load_key(None, state)
+    base = open_index(index_file)
+    rng = random.Random(7)
+    cols = {"name": lambda r: f"{r['last_name']}, {r['first_name']}", "dob": lambda r: r["date_of_birth"],
+            "dl": lambda r: r["driver_license"], "address": lambda r: r["street_address"]}
+    records = []
+    for _ in range(400):                     # fields of one person, of another, and of nobody
+        a, b = rng.choice(rows), rng.choice(rows)
+        rec = [(k, (f(a) if rng.random() < 0.5 else f(b) if rng.random() < 0.5 else "X" + f(a)).encode())
+               for k, f in cols.items() if rng.random() < 0.8]
+        records.append(rec)
+
+    def plain(rec, need):
+        hits: dict[int, set[str]] = {}
+        for k, raw in rec:
+            canon = normalise(k, raw.decode())
+            if canon is not None:
+                for r in base.fields[k].rows(value_hash(key, k, canon)):
+                    hits.setdefault(r, set()).add(k)
+        return any(len(ks) >= need for ks in hits.values())
+
+    for need in (1, 2, 3):
+        edm_set = load_indexes([IndexSpec(str(index_file), min_fields=need)], key)
+        want = [plain(rec, need) for rec in records]
+        assert 0 < sum(want) < len(records)
+        for rec, w in zip(records, want):
+            m = edm_set.matcher()
+            m.record(rec)
+            assert (m.total > 0) == w, (need, rec)
+        one, many = edm_set.matcher(), edm_set.matcher()   # flushed per record, or batched: the same
+        for rec in records:
+            one.record(rec)
+            one.flush()
+            many.record(rec)
+        assert len(records) > BATCH and many.total == one.total > 0 and many.rows == one.rows
+    base.close()
+
+
 def test_config_indexes_key_and_errors(index_file):
     from sensor.config import ConfigError, parse_config, with_overrides
     c = parse_config({"indexes": [{"path": str(index_file), "name": "permits", "min_fields": 3, "trip": 5}]})
@@ -417,8 +480,9 @@ def test_thresholds_per_index(engine, roster, index_file, state, census):
 
 
 def test_parallel_build_gives_the_same_index(roster, state, tmp_path):
-    """CSV blocks hashed in worker processes: the same hashes and row ids as one process, also
-    when a quoted field holds a newline (a block never ends inside quotes)."""
+    """CSV read by Arrow in many batches, hashed in worker processes: the same hashes and row ids as
+    one process and as the row reader, also when a quoted field holds a newline, a blank line sits
+    between rows (not a row), and a ragged row sends a whole source to the row reader."""
     from sensor.edm import build as b
     from sensor.edm.build import build_index, parse_columns
     src = tmp_path / "r.csv"
@@ -427,20 +491,34 @@ def test_parallel_build_gives_the_same_index(roster, state, tmp_path):
         fields = text[i].rstrip("\n").split(",")
         fields[-1] = '"NOTE\nSECOND LINE"'
         text[i] = ",".join(fields) + "\n"
+    text.insert(40, "\n")
     src.write_text("".join(text))
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("".join(text[:60]) + "just,three,cells\n" + "".join(text[60:]))
     key = load_key(None, state)
-    old = b.BLOCK_LINES
-    b.BLOCK_LINES = 97                       # many blocks
+    old = b.BATCH_BYTES, b.CHUNK_VALUES
+    b.BATCH_BYTES, b.CHUNK_VALUES = 4096, 97          # many batches, many hashing tasks
     try:
         one = build_index([src, src], parse_columns(COLUMNS), tmp_path / "one.edm", key, jobs=1)
         two = build_index([src, src], parse_columns(COLUMNS), tmp_path / "two.edm", key, jobs=2)
+        b.COLUMNAR = False
+        rows = build_index([src, src], parse_columns(COLUMNS), tmp_path / "rows.edm", key, jobs=2)
+        b.COLUMNAR = True
+        bad = build_index([ragged], parse_columns(COLUMNS), tmp_path / "ragged.edm", key, jobs=2)
     finally:
-        b.BLOCK_LINES = old
-    assert one.rows == two.rows == 2 * ROSTER_ROWS
-    a, c = open_index(tmp_path / "one.edm"), open_index(tmp_path / "two.edm")
+        b.BATCH_BYTES, b.CHUNK_VALUES = old
+        b.COLUMNAR = True
+    assert one.rows == two.rows == rows.rows == 2 * ROSTER_ROWS
+    assert bad.rows == ROSTER_ROWS + 1
+    a, c, r = open_index(tmp_path / "one.edm"), open_index(tmp_path / "two.edm"), open_index(tmp_path / "rows.edm")
     for k in a.fields:
-        assert bytes(a.fields[k].hashes) == bytes(c.fields[k].hashes)
-        assert bytes(a.fields[k].ids) == bytes(c.fields[k].ids)
+        assert len(a.fields[k].hashes) > ROSTER_ROWS
+        assert bytes(a.fields[k].hashes) == bytes(c.fields[k].hashes) == bytes(r.fields[k].hashes)
+        assert bytes(a.fields[k].ids) == bytes(c.fields[k].ids) == bytes(r.fields[k].ids)
+        assert bytes(a.fields[k].directory) == bytes(r.fields[k].directory)
+    assert verify_index(tmp_path / "one.edm", key) == []
+    ref = open_index(tmp_path / "ragged.edm").fields["dl"]
+    assert len(ref.hashes) == ROSTER_ROWS   # the ragged row has no dl; the others keep their ids (+1 after it)
 
 
 def test_sidecar_reloads_a_changed_index(roster, census, tmp_path):

@@ -61,7 +61,7 @@ def index() -> None:
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Index file to write.")
 @click.option("--name", default=None, help="Index name in alerts and counts (default: the file name).")
 @click.option("--jobs", "-j", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Processes hashing CSV/TSV blocks; 0 = one per CPU core.")
+              help="Processes normalising and hashing the distinct values of CSV/TSV blocks; 0 = one per CPU core.")
 @_STATE_DIR
 def build(sources: tuple[str, ...], columns: str, out: str, name: str | None, jobs: int, state_dir: str | None) -> None:
     """Index SOURCE… (CSV/TSV, JSON Lines, xlsx; Parquet with pyarrow installed)."""

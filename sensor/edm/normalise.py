@@ -91,16 +91,15 @@ def address(s: str) -> str | None:
     if not s[:1].isdigit():
         return None                      # a street line starts with its number
     tokens = _ascii_upper(s.split(",", 1)[0]).translate(_PUNCT_BLANK).split()
-    out: list[str] = []
-    for i, t in enumerate(tokens):
-        t = SUFFIXES.get(t, t)
-        if i > 0 and t in _DIRECTIONS and len(out) == 1:
-            t = _DIRECTIONS[t]
-        out.append(t)
-        if i >= 2 and t in _SUFFIX_ABBR:
-            break                        # the street line ends at its suffix (no unit, no city)
-    if len(out) < 2 or not out[0][:1].isdigit():
+    if len(tokens) < 2 or not tokens[0][:1].isdigit():
         return None
+    t = tokens[1]
+    out = [tokens[0], SUFFIXES.get(t) or _DIRECTIONS.get(t, t)]   # a direction only right after the number
+    for t in tokens[2:]:
+        t = SUFFIXES.get(t, t)
+        out.append(t)
+        if t in _SUFFIX_ABBR:
+            break                        # the street line ends at its suffix (no unit, no city)
     return " ".join(out)
 
 
@@ -145,3 +144,68 @@ def normalise(kind: str, value: object) -> str | None:
     if not s.strip():
         return None
     return normaliser(kind)(s)
+
+
+# -- the same, from the raw bytes a scan hands over (canonical UTF-8 bytes out) --------------------
+# Why: a scan looks values up as bytes; the ASCII fast paths below skip a decode, a regex and an
+# encode per value (the matcher runs once per record of dense content). They give exactly the bytes
+# of ``normaliser(kind)(raw.decode("utf-8", "replace")).encode()`` (tests compare them); any other
+# input takes that path.
+_UPPER = bytes(range(256)).upper()
+_NON_ALNUM = bytes(b for b in range(256) if not (48 <= b <= 57 or 65 <= b <= 90 or 97 <= b <= 122))
+# punctuation -> blank, and the separators str.split() splits on but bytes.split() does not
+_PUNCT_BLANK_B = bytes(32 if chr(b) in "!\"#$%&'()*+-./:;<=>?@[\\]^_`{|}~\t\r\n\x1c\x1d\x1e\x1f" else b
+                       for b in range(256)).upper()
+_BLANKS = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"            # what str.strip() strips of ASCII
+_SUFFIXES_B = {k.encode(): v.encode() for k, v in SUFFIXES.items()}
+_SUFFIX_ABBR_B = {v.encode() for v in _SUFFIX_ABBR}
+_DIRECTIONS_B = {k.encode(): v.encode() for k, v in _DIRECTIONS.items()}
+
+
+def _via_str(kind: str) -> Callable[[bytes], bytes | None]:
+    fn = normaliser(kind)
+
+    def norm(raw: bytes) -> bytes | None:
+        v = fn(raw.decode("utf-8", "replace"))
+        return None if v is None else v.encode()
+    return norm
+
+
+def identifier_bytes(raw: bytes) -> bytes | None:
+    # non-ASCII characters are dropped by ``identifier`` too: every byte of one is >= 0x80
+    return raw.translate(_UPPER, _NON_ALNUM) or None
+
+
+def address_bytes(raw: bytes) -> bytes | None:
+    if not raw.isascii():
+        return _address_str(raw)
+    s = raw.lstrip(_BLANKS)
+    if not s[:1].isdigit():
+        return None
+    tokens = s.split(b",", 1)[0].translate(_PUNCT_BLANK_B).split()
+    if len(tokens) < 2 or not tokens[0][:1].isdigit():
+        return None
+    t = tokens[1]
+    out = [tokens[0], _SUFFIXES_B.get(t) or _DIRECTIONS_B.get(t, t)]
+    for t in tokens[2:]:
+        t = _SUFFIXES_B.get(t, t)
+        out.append(t)
+        if t in _SUFFIX_ABBR_B:
+            break
+    return b" ".join(out)
+
+
+_address_str = _via_str("address")
+
+
+def bytes_normaliser(kind: str) -> Callable[[bytes], bytes | None]:
+    """Raw bytes -> canonical UTF-8 bytes (or None) for a field kind; names and dates cached (they
+    repeat), like their text normalisers."""
+    fn = normaliser(kind)
+    if fn is identifier:
+        return identifier_bytes
+    if fn is address:
+        return address_bytes
+    if fn is name or fn is date:
+        return lru_cache(maxsize=65536)(_via_str(kind))
+    return _via_str(kind)

@@ -115,7 +115,9 @@ def read_table(path: Path) -> tuple[list[str], Iterator[list]]:
 
 def _closing(it: Iterator[list], fh) -> Iterator[list]:
     with fh:
-        yield from it
+        for row in it:
+            if row:                          # a blank line is not a data row (as csv.DictReader and Arrow read it)
+                yield row
 
 
 def read_rows(path: Path) -> Iterator[dict[str, object]]:
