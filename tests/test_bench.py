@@ -32,3 +32,17 @@ def test_engine_bench_json(tmp_path: Path) -> None:
     assert doc["cli_MBps_by_jobs"] and all(k.isdigit() and v > 0 for k, v in doc["cli_MBps_by_jobs"].items())
     assert doc["checks"] and all(set(c) == {"check", "pass", "figure"} and isinstance(c["pass"], bool)
                                  for c in doc["checks"])
+
+
+def test_proxy_bench_reads_the_sidecars_own_quantiles_between_two_scrapes() -> None:
+    """bench/proxy.py's latency is the sidecar's histogram, counted over one wrk run only: what
+    was observed before the first scrape does not move the quantile."""
+    sys.path.insert(0, str(ROOT))
+    from bench.proxy import quantile
+    inf = float("inf")
+    before = {0.0005: 1000.0, 0.001: 1000.0, 0.0025: 1000.0, 0.005: 1000.0, inf: 1000.0}   # fast, earlier
+    after = {0.0005: 1000.0, 0.001: 1090.0, 0.0025: 1099.0, 0.005: 1100.0, inf: 1100.0}   # 100 new ones
+    p50, le50 = quantile(before, after, 0.5)
+    p99, le99 = quantile(before, after, 0.99)
+    assert le50 == 0.001 and 0.0005 < p50 < 0.001
+    assert le99 == 0.0025 and 0.001 < p99 <= 0.0025
