@@ -1,12 +1,16 @@
-"""Engine benchmark: MB/s per core on benign web content and a breach-like CSV, one run.
+"""Engine benchmark: MB/s per core on benign web content, a dense breach CSV and real docs/source.
 
-Every figure is compared with baselines measured in the same run on the same bytes:
-the raw Hyperscan ceiling (block scan, same database, no callback), Python ``re`` with the same
-expressions, and Presidio's regex recognizers when ``presidio-analyzer`` is importable (its NLP
-model is never loaded). Also measured: start-of-match on the variable-width patterns (the choice
-the scanner does *not* make, and why) and the time from the first byte of the leak to the trip.
+The ceiling is the raw Hyperscan *stream* scan of the very databases the scanner uses (the main
+database and the gated one, in the same 64 KiB chunks, no callback): what the scanner would do if
+its per-match work cost nothing. Ceiling and full scanner are timed alternately, round after round
+on the same bytes, and the ratio is taken per round (then the median): on a shared machine both
+sides of a ratio see the same load. Times are the process's CPU time (the scan is one thread).
+Other rows, same bytes: the block-mode scan of all expressions, a counting Python callback, SOM
+(the design the scanner does not use), Python ``re`` with the same expressions, and Presidio's
+regex recognizers when ``presidio-analyzer`` is importable (its NLP model is never loaded). Also
+measured: the time from the first byte of the leak to the trip.
 
-    python bench/engine.py [--benign-mb 50] [--breach-rows 200000] [--re-mb 4] [--json FILE]
+    python bench/engine.py [--benign-mb 50] [--breach-rows 200000] [--re-mb 4] [--rounds 3] [--json FILE]
 """
 from __future__ import annotations
 
@@ -36,12 +40,13 @@ KEY = os.urandom(32)
 
 
 def timed(fn, runs: int = 3) -> float:
-    """Median wall time of ``runs`` calls."""
+    """Median CPU time of ``runs`` calls (CPU, not wall: preemption by other work on a shared
+    machine is not the code's cost; every scan here runs on this one thread)."""
     times = []
     for _ in range(runs):
-        t = time.perf_counter()
+        t = time.thread_time()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append(time.thread_time() - t)
     return statistics.median(times)
 
 
@@ -88,6 +93,41 @@ def som_db(engine: Engine) -> hs.Database:
     db = hs.Database(mode=hs.HS_MODE_STREAM | hs.HS_MODE_SOM_HORIZON_SMALL)
     db.compile(expressions=ex, ids=list(range(len(ex))), elements=len(ex), flags=fl)
     return db
+
+
+def _ignore(i, s, e, f, c) -> None:
+    return None
+
+
+def stream_raw(dbs: list[hs.Database], data: bytes) -> None:
+    """The ceiling: the scanner's own stream databases, same chunks, no callback during the scan
+    (Hyperscan finds every match and reports none). ``close`` gets a handler (the binding needs
+    one when a match lands at the very end)."""
+    for db in dbs:
+        st = open_stream(db, None)
+        for i in range(0, len(data), CHUNK):
+            st.scan(data[i:i + CHUNK])
+        st.close(match_event_handler=_ignore)
+
+
+def scanner_dbs(engine: Engine) -> list[hs.Database]:
+    """The databases an ExchangeScanner runs: main, and the gated one (opened by the scanner only
+    once a body shows a strong identifier; the ceiling scans it always, so it errs high)."""
+    return [db for db in (engine.db, engine.gated_db) if db is not None]
+
+
+def interleaved(engine: Engine, data: bytes, rounds: int) -> dict[str, float]:
+    """Ceiling and full scanner timed alternately; MB/s medians and the median per-round ratio."""
+    dbs = scanner_dbs(engine)
+    mb = len(data) / 1e6
+    ceil, full, ratio = [], [], []
+    for _ in range(rounds):
+        c = mb / timed(lambda: stream_raw(dbs, data), runs=1)
+        f = mb / timed(lambda: full_scan(engine, data), runs=1)
+        ceil.append(c)
+        full.append(f)
+        ratio.append(f / c)
+    return {"ceiling": statistics.median(ceil), "full": statistics.median(full), "ratio": statistics.median(ratio)}
 
 
 def stream_count(dbs: list[hs.Database], data: bytes) -> int:
@@ -154,27 +194,35 @@ def cli_directory(files: int, rows: int) -> dict[int, float]:
             t = time.perf_counter()
             p = subprocess.run([str(exe), "scan", "--format", "json", "--jobs", str(jobs), "--state-dir",
                                 str(Path(d) / "state"), d], capture_output=True)
-            if p.returncode != 1:
+            if p.returncode not in (0, 1):     # 1: something tripped (a full-size run), 0: nothing did
                 raise SystemExit(f"dlp-sensor scan exited {p.returncode}: {p.stderr.decode()[-500:]}")
             out[jobs] = total / 1e6 / (time.perf_counter() - t)
     return out
 
 
-def main() -> int:
+CEIL = "hyperscan stream, scanner's databases (main + gated), no callback (ceiling)"
+FULL = "full scanner (validators, context, records, verdict)"
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--benign-mb", type=int, default=50)
+    ap.add_argument("--benign-mb", type=float, default=50)
     ap.add_argument("--breach-rows", type=int, default=200_000)
     ap.add_argument("--re-mb", type=float, default=4, help="sample size for the slow Python baselines")
-    ap.add_argument("--cli-files", type=int, default=8, help="breach CSVs in the directory scanned by the CLI")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating ceiling / scanner rounds per corpus")
+    ap.add_argument("--cli-files", type=int, default=8,
+                    help="breach CSVs in the directory scanned by the CLI (0: skip that measurement)")
     ap.add_argument("--json", help="also write the figures here")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
 
     engine = Engine(load_pack())
-    corpora = {"benign web": synth.benign_web(a.benign_mb << 20), "breach CSV": synth.breach_csv(a.breach_rows),
-               "real docs+src": real_text(a.benign_mb << 20)}
+    size = int(a.benign_mb * (1 << 20))
+    corpora = {"benign web": synth.benign_web(size)[:size], "breach CSV": synth.breach_csv(a.breach_rows),
+               "real docs+src": real_text(size)}
     truth = {"breach CSV": a.breach_rows}
-    rows: dict[str, dict[str, float | None]] = {}
-    ceil = ceiling_db(engine)
+    rows: dict[str, dict[str, float | None]] = {CEIL: {}, FULL: {}}
+    full_ratio: dict[str, float] = {}
+    block = ceiling_db(engine)
     somdb = som_db(engine)
     rx = python_re(engine)
     recs = presidio_recognizers()
@@ -193,14 +241,16 @@ def main() -> int:
                          f"({err:.2%} off)")
         else:
             notes.append(f"{name}: verdict {res.verdict}, records {res.records}")
-        rows.setdefault("hyperscan block, no callback (ceiling)", {})[name] = mb / timed(lambda: ceil.scan(data))
-        both = [db for db in (engine.db, engine.gated_db) if db is not None]
-        rows.setdefault("hyperscan stream (all patterns, no gate), counting callback", {})[name] = \
-            mb / timed(lambda: stream_count(both, data))
+        il = interleaved(engine, data, a.rounds)
+        rows[CEIL][name] = il["ceiling"]
+        rows[FULL][name] = il["full"]
+        full_ratio[name] = il["ratio"]
+        rows.setdefault("hyperscan block, all expressions in one database, no callback", {})[name] = \
+            mb / timed(lambda: block.scan(data))
+        rows.setdefault("hyperscan stream (main + gated), counting callback", {})[name] = \
+            mb / timed(lambda: stream_count(scanner_dbs(engine), data))
         rows.setdefault("hyperscan stream + SOM on variable-width, counting callback", {})[name] = \
             mb / timed(lambda: stream_count([somdb], data))
-        rows.setdefault("full scanner (validators, context, records, verdict)", {})[name] = \
-            mb / timed(lambda: full_scan(engine, data))
         rows.setdefault("python re, same expressions (one alternation)", {})[name] = \
             (len(small) / 1e6) / timed(lambda: sum(1 for _ in rx.finditer(small)), runs=1)
         if recs is not None:
@@ -217,47 +267,60 @@ def main() -> int:
     trip_ms = (time.perf_counter() - t) * 1000
 
     names = list(corpora)
-    real = names[2]
-    ceiling = rows["hyperscan block, no callback (ceiling)"]
-    full = rows["full scanner (validators, context, records, verdict)"]
+    web, dense, real = names
+    ceiling = rows[CEIL]
+    full = rows[FULL]
     pyre = rows["python re, same expressions (one alternation)"]
+
+    def x_ceiling(k: str, n: str) -> float | None:
+        if k == FULL:
+            return full_ratio[n]             # the median of the per-round ratios, not a ratio of medians
+        v = rows[k][n]
+        return v / ceiling[n] if v and ceiling[n] else None
+
     w = max(len(k) for k in rows)
     print(f"\n{len(engine.signatures)} signatures, {engine.n_values} expressions (+{len(engine.hot_sig)} hotword sets); "
-          f"one core; median of 3 (Python baselines: one run on {a.re_mb:g} MB)\n")
-    print(f"| {'engine':{w}} | " + " | ".join(f"{n:>12}" for n in names) + " | " +
+          f"one core, CPU time; ceiling and full scanner alternated, {a.rounds} rounds, medians; other rows median "
+          f"of 3 (Python baselines: one run on {a.re_mb:g} MB)\n")
+    print(f"| {'engine':{w}} | " + " | ".join(f"{n:>13}" for n in names) + " | " +
           " | ".join(f"{'x ceiling':>9}" for _ in names) + " |")
-    print(f"|{'-' * (w + 2)}|" + "|".join("-" * 14 for _ in names) + "|" + "|".join("-" * 11 for _ in names) + "|")
+    print(f"|{'-' * (w + 2)}|" + "|".join("-" * 15 for _ in names) + "|" + "|".join("-" * 11 for _ in names) + "|")
     for k, vals in rows.items():
-        cells = " | ".join(f"{vals[n]:>7.1f} MB/s" if vals[n] else f"{'n/a':>12}" for n in names)
-        ratios = " | ".join(f"{vals[n] / ceiling[n]:>8.2f}x" if vals[n] else f"{'':>9}" for n in names)
+        cells = " | ".join(f"{vals[n]:>8.1f} MB/s" if vals[n] else f"{'n/a':>13}" for n in names)
+        ratios = " | ".join(f"{x:>8.2f}x" if (x := x_ceiling(k, n)) is not None else f"{'':>9}" for n in names)
         print(f"| {k:{w}} | {cells} | {ratios} |")
     print()
     for n in notes:
         print(f"- {n}")
     print(f"- time to trip on the breach CSV: {trip_ms:.1f} ms after {r.trip_at_byte:,} bytes "
           f"({r.trip_at_byte / len(breach):.2%} of the file)")
-    cli = cli_directory(a.cli_files, a.breach_rows // 8)
-    print(f"- dlp-sensor scan, a directory of {a.cli_files} breach CSVs ({a.breach_rows // 8:,} rows each), wall "
-          "clock incl. start-up: " + ", ".join(f"--jobs {j}: {v:.1f} MB/s" for j, v in cli.items()) +
-          (f" ({cli[max(cli)] / cli[1]:.2f}x)" if len(cli) > 1 else ""))
+    cli: dict[str, float] = {}
+    if a.cli_files > 0:
+        cli = {str(j): v for j, v in cli_directory(a.cli_files, max(1, a.breach_rows // 8)).items()}
+        print(f"- dlp-sensor scan, a directory of {a.cli_files} breach CSVs ({a.breach_rows // 8:,} rows each), wall "
+              "clock incl. start-up: " + ", ".join(f"--jobs {j}: {v:.1f} MB/s" for j, v in cli.items()) +
+              (f" ({cli[max(cli, key=int)] / cli['1']:.2f}x)" if len(cli) > 1 else ""))
     checks = [
-        ("full >= 0.7x ceiling on benign", full[names[0]] >= 0.7 * ceiling[names[0]],
-         f"{full[names[0]] / ceiling[names[0]]:.2f}x"),
-        ("full >= 125 MB/s (1 Gbit/s) on benign", full[names[0]] >= 125, f"{full[names[0]]:.0f} MB/s"),
-        ("full >= 0.7x ceiling on real docs+src", full[real] >= 0.7 * ceiling[real], f"{full[real] / ceiling[real]:.2f}x"),
-        ("full >= 125 MB/s on real docs+src", full[real] >= 125, f"{full[real]:.0f} MB/s"),
-        ("full >= 20x python re (benign)", full[names[0]] >= 20 * pyre[names[0]], f"{full[names[0]] / pyre[names[0]]:.0f}x"),
-        ("full >= 20x python re (breach)", full[names[1]] >= 20 * pyre[names[1]], f"{full[names[1]] / pyre[names[1]]:.0f}x"),
-        ("dense breach CSV >= 40 MB/s", full[names[1]] >= 40, f"{full[names[1]]:.1f} MB/s"),
+        ("full >= 0.9x ceiling on benign web", full_ratio[web] >= 0.9, f"{full_ratio[web]:.2f}x"),
+        ("full >= 0.6x ceiling on the dense breach CSV", full_ratio[dense] >= 0.6, f"{full_ratio[dense]:.2f}x"),
+        ("full >= 0.8x ceiling on real docs+src", full_ratio[real] >= 0.8, f"{full_ratio[real]:.2f}x"),
+        ("full >= 125 MB/s (1 Gbit/s) on benign web", full[web] >= 125, f"{full[web]:.0f} MB/s"),
+        ("full >= 20x python re (benign)", full[web] >= 20 * pyre[web], f"{full[web] / pyre[web]:.0f}x"),
+        ("full >= 20x python re (breach)", full[dense] >= 20 * pyre[dense], f"{full[dense] / pyre[dense]:.0f}x"),
+        ("dense breach CSV >= 40 MB/s", full[dense] >= 40, f"{full[dense]:.1f} MB/s"),
     ]
     print()
     for label, ok, fig in checks:
         print(f"- {'PASS' if ok else 'MISS'} {label}: {fig}")
     if a.json:
-        Path(a.json).write_bytes(orjson.dumps({"rows": rows, "notes": notes, "trip_ms": trip_ms,
-                                               "trip_at_byte": r.trip_at_byte, "cli_MBps_by_jobs": cli,
-                                               "checks": [(l, ok, f) for l, ok, f in checks]},
-                                              option=orjson.OPT_INDENT_2))
+        doc = {
+            "ceiling": CEIL, "rounds": a.rounds,
+            "corpora": {n: {"bytes": len(corpora[n]), "MBps": {k: rows[k][n] for k in rows},
+                            "x_ceiling": {k: x_ceiling(k, n) for k in rows}} for n in names},
+            "notes": notes, "trip_ms": trip_ms, "trip_at_byte": r.trip_at_byte, "cli_MBps_by_jobs": cli,
+            "checks": [{"check": label, "pass": ok, "figure": fig} for label, ok, fig in checks],
+        }
+        Path(a.json).write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
     return 0
 
 

@@ -1,0 +1,48 @@
+"""The benches run and write what they say they write (their JSON shape); no figure is asserted:
+speed is measured in bench/, never in tests."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_engine_bench_json(tmp_path: Path) -> None:
+    out = tmp_path / "engine.json"
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "engine.py"), "--benign-mb", "0.1", "--breach-rows", "40",
+                        "--re-mb", "0.01", "--rounds", "1", "--cli-files", "1", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    ceiling = doc["ceiling"]
+    assert "main + gated" in ceiling and "no callback" in ceiling
+    assert set(doc["corpora"]) == {"benign web", "breach CSV", "real docs+src"}
+    for name, c in doc["corpora"].items():
+        assert c["bytes"] > 0, name
+        assert set(c["MBps"]) == set(c["x_ceiling"])
+        assert c["MBps"][ceiling] > 0 and c["x_ceiling"][ceiling] == 1.0
+        full = next(k for k in c["MBps"] if k.startswith("full scanner"))
+        assert c["MBps"][full] > 0 and c["x_ceiling"][full] > 0
+    assert "verdict trip, records 40 of 40" in " ".join(doc["notes"])
+    assert doc["trip_at_byte"] > 0
+    # the CLI's figures are keyed by --jobs as a string (an int key is what broke --json)
+    assert doc["cli_MBps_by_jobs"] and all(k.isdigit() and v > 0 for k, v in doc["cli_MBps_by_jobs"].items())
+    assert doc["checks"] and all(set(c) == {"check", "pass", "figure"} and isinstance(c["pass"], bool)
+                                 for c in doc["checks"])
+
+
+def test_proxy_bench_reads_the_sidecars_own_quantiles_between_two_scrapes() -> None:
+    """bench/proxy.py's latency is the sidecar's histogram, counted over one wrk run only: what
+    was observed before the first scrape does not move the quantile."""
+    sys.path.insert(0, str(ROOT))
+    from bench.proxy import quantile
+    inf = float("inf")
+    before = {0.0005: 1000.0, 0.001: 1000.0, 0.0025: 1000.0, 0.005: 1000.0, inf: 1000.0}   # fast, earlier
+    after = {0.0005: 1000.0, 0.001: 1090.0, 0.0025: 1099.0, 0.005: 1100.0, inf: 1100.0}   # 100 new ones
+    p50, le50 = quantile(before, after, 0.5)
+    p99, le99 = quantile(before, after, 0.99)
+    assert le50 == 0.001 and 0.0005 < p50 < 0.001
+    assert le99 == 0.0025 and 0.001 < p99 <= 0.0025
