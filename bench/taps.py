@@ -169,9 +169,9 @@ def main() -> None:
         procs.append(nginx(d, "origin", op, f"root {www}; sendfile on;"))
         wait_http(f"http://127.0.0.1:{op}/10k.html")
         sc = Sidecar.create(d / "icap", f"http://127.0.0.1:{op}", {"alerts": {"sinks": []}}, command="icap").start()
+        monitor_route = {"match": "/monitor/*", "mode": "monitor"}
         ep = Sidecar.create(d / "extproc", f"http://127.0.0.1:{op}",
-                            {"alerts": {"sinks": []}, "proxy": {"routes": [{"match": "/monitor/*", "mode": "monitor"}]}},
-                            command="extproc").start()
+                            {"alerts": {"sinks": []}, "proxy": {"routes": [monitor_route]}}, command="extproc").start()
         modes = extproc_modes(d, op, ep, size, a.repeats)
         print(f"\n## ext_proc, {a.big_mb} MB benign download (curl, modes alternated, median of {a.repeats})\n")
         print("| mode | MB/s (median) | runs (MB/s) | sensor CPU s per download (median) |")

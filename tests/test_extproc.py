@@ -27,9 +27,9 @@ site = site_fixture(3000)
 
 @pytest.fixture(scope="module")
 def extproc(site, tmp_path_factory) -> Sidecar:
-    sc = Sidecar.create(tmp_path_factory.mktemp("extproc"), site.url,
-                        {"proxy": {"routes": [{"match": "/monitor/*", "mode": "monitor"},
-                                              {"match": "/stream/monitor/*", "mode": "monitor"}]}}, command="extproc").start()
+    routes = [{"match": "/monitor/*", "mode": "monitor"}, {"match": "/stream/monitor/*", "mode": "monitor"}]
+    sc = Sidecar.create(tmp_path_factory.mktemp("extproc"), site.url, {"proxy": {"routes": routes}},
+                        command="extproc").start()
     yield sc
     sc.stop()
 

@@ -13,8 +13,9 @@ in monitor mode.) Per stream:
 - request headers: a taken-down resource is answered with an ``ImmediateResponse`` 451 before the
   upstream is asked. The client is the downstream peer Envoy reports (``source.address``, else
   Envoy itself: :func:`~sensor.exchange.identity.envoy_peer`); a forwarded header counts only
-  from ``clients.trusted_proxies``. This answer is timed by Envoy's ``message_timeout`` (200 ms):
-  one not ready within ``SLOW_ANSWER`` (80 ms) is preceded by ``override_message_timeout``;
+  from ``clients.trusted_proxies``. This answer is the only one Envoy times (``message_timeout``,
+  1 s in the shipped config): one not ready within ``SLOW_ANSWER`` (80 ms) is preceded by
+  ``override_message_timeout``;
 - request headers with ``Range``/``If-Range`` on an enforce route without a clean verdict for the
   body (:mod:`sensor.exchange.ranges`): both are removed (``HeaderMutation.remove_headers``), so
   Envoy fetches the whole body, which is scanned as usual; a ``206`` the session cannot vouch for
