@@ -61,7 +61,8 @@ log = logging.getLogger("dlp_sensor.extproc")
 LAST_CHUNK_PATIENCE = 0.1       # s the latest chunk of an enforce body waits for the next before it leaves anyway
 SLOW_ANSWER = 0.08              # s: a request-header answer not ready by then gets override_message_timeout first
 REQUEST_TIMEOUT_OVERRIDE = 30   # s; deploy/envoy/envoy.yaml's max_message_timeout must allow it
-QUEUE_MESSAGES = 4              # messages read ahead of the scan (then gRPC flow control holds Envoy back)
+QUEUE_MESSAGES = 2              # messages (up to 1 MiB each) read ahead of the scan; then gRPC flow control
+                                # holds Envoy back
 FULL_DUPLEX = 4                 # ProcessingMode.BodySendMode.FULL_DUPLEX_STREAMED
 
 
