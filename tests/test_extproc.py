@@ -174,6 +174,14 @@ async def test_streams_closed_midway_and_garbage_do_not_hurt_the_server(extproc,
             await call.write(pb.ProcessingRequest(response_headers=pb.HttpHeaders(headers=_headers(_status="200"))))
             await call.write(pb.ProcessingRequest(response_body=pb.HttpBody(body=b"partial", end_of_stream=False)))
             call.cancel()
+        # an Envoy configured with another body mode (an old envoy.yaml): said once, loudly, in the log
+        call = stub.Process()
+        await call.write(pb.ProcessingRequest(
+            request_headers=pb.HttpHeaders(headers=_headers(_authority="x", _path="/c", _method="GET")),
+            protocol_config=pb.ProtocolConfiguration(response_body_mode=1)))         # STREAMED
+        await call.read()
+        call.cancel()
+        _wait(lambda: "answers FULL_DUPLEX_STREAMED only" in (extproc.state.parent / "stderr.log").read_text())
         # out of order: a body and trailers with no headers before them come back unchanged
         call = stub.Process()
         await call.write(pb.ProcessingRequest(response_body=pb.HttpBody(body=b"stray", end_of_stream=False)))

@@ -48,6 +48,7 @@ import logging
 
 import grpc
 from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
@@ -63,7 +64,7 @@ SLOW_ANSWER = 0.08              # s: a request-header answer not ready by then g
 REQUEST_TIMEOUT_OVERRIDE = 30   # s; deploy/envoy/envoy.yaml's max_message_timeout must allow it
 QUEUE_MESSAGES = 2              # messages (up to 1 MiB each) read ahead of the scan; then gRPC flow control
                                 # holds Envoy back
-FULL_DUPLEX = 4                 # ProcessingMode.BodySendMode.FULL_DUPLEX_STREAMED
+FULL_DUPLEX = ProcessingMode.FULL_DUPLEX_STREAMED
 
 
 def _headers(hm) -> dict[str, str]:
@@ -195,8 +196,8 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
             mode = req.protocol_config.response_body_mode
             if mode != FULL_DUPLEX:
                 self.warned_mode = True
-                log.error("Envoy sends response bodies in mode %d: this server answers FULL_DUPLEX_STREAMED (4) "
-                          "only; use deploy/envoy/envoy.yaml's processing_mode", mode)
+                log.error("Envoy sends response bodies in mode %s: this server answers FULL_DUPLEX_STREAMED only; "
+                          "use deploy/envoy/envoy.yaml's processing_mode", ProcessingMode.BodySendMode.Name(mode))
 
     async def _handle(self, st: _Stream, req) -> list:
         kind = req.WhichOneof("request")
