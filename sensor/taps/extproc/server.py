@@ -22,8 +22,8 @@ in monitor mode.) Per stream:
   is answered 503 + ``Retry-After``;
 - response headers: open the scan with the status, content type and encoding (or 503 +
   ``Retry-After`` past the admission caps). In enforce mode their answer waits until the route's
-  hold-back (64 KiB) has been scanned, or the body has ended, so a small leak gets a clean 451 and
-  never leaves. Envoy does not time response-side messages in ``FULL_DUPLEX_STREAMED`` mode, so
+  hold-back (64 KiB) has been scanned, or the body has ended, and goes with the first body bytes
+  released, so a leak in the first messages gets a clean 451 and never leaves. Envoy does not time response-side messages in ``FULL_DUPLEX_STREAMED`` mode, so
   this wait, a trip's durable commits and a container read at the end need no timeout override;
 - response body: each chunk is scanned and what the session releases is sent back in order; the
   latest chunk of an enforce body stays here until the next one arrives (or ``LAST_CHUNK_PATIENCE``
@@ -109,17 +109,24 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
                 for k, v in step.headers]),
             details=f"dlp-sensor: {step.reason}"))
 
-    def _answer(self, st: _Stream, step: Step, *, eos: bool = False) -> list:
+    def _answer(self, st: _Stream, step: Step, *, eos: bool = False, ended: bool = False) -> list:
         """A step as messages: the immediate response, or the held headers then the released bytes
-        (``eos``: they end the body)."""
+        (``eos``: they end the body; ``ended``: the body has ended, trailers follow).
+
+        The headers' answer goes with the first body bytes, not before: once the hold-back is
+        scanned the session lets the head go but keeps the latest chunk (lookahead), and with
+        Envoy's ~1 MiB messages that chunk is the whole body so far. Held here, a trip in the next
+        message is still a clean 451 (the session calls it a cut: ``ImmediateResponse`` is the
+        same answer for both), instead of a reset stream after an empty 200."""
         if step.stops:
             st.done = True
             return [self._immediate(step)]
         out = []
-        if step.start and st.headers_held:
+        chunks = [c for c in step.send if c]
+        if (st.headers_held and st.session is not None and st.session.started
+                and (chunks or eos or ended)):
             st.headers_held = False
             out.append(pb.ProcessingResponse(response_headers=pb.HeadersResponse()))
-        chunks = [c for c in step.send if c]
         out += [_body(c, eos and i == len(chunks) - 1) for i, c in enumerate(chunks)]
         if eos and not chunks:
             out.append(_body(b"", True))
@@ -234,7 +241,7 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
             s = st.session
             if s is not None and s.exchange is not None and not st.completed:
                 st.completed = True                     # the body ended without end_of_stream: judge it now
-                out = self._answer(st, await s.end())
+                out = self._answer(st, await s.end(), ended=True)
                 if st.done:
                     return out
             return out + [pb.ProcessingResponse(response_trailers=pb.TrailersResponse())]
