@@ -17,7 +17,8 @@ from envoy.config.core.v3 import base_pb2
 from sensor import synth
 from sensor.sample_site import ROSTER
 from tests.procs import Sidecar, free_port, site_fixture, stop, wait_http
-from tests.test_proxy import _wait, assert_byte_identical, assert_container_leak_cut_while_others_are_served, curl
+from tests.test_proxy import (CHUNK, HOLDBACK, LEAK_AT, _wait, assert_byte_identical,
+                              assert_container_leak_cut_while_others_are_served, curl)
 
 ROOT = Path(__file__).resolve().parents[1]
 ENVOY = Path(sys.executable).parent / "envoy"
@@ -26,7 +27,9 @@ site = site_fixture(3000)
 
 @pytest.fixture(scope="module")
 def extproc(site, tmp_path_factory) -> Sidecar:
-    sc = Sidecar.create(tmp_path_factory.mktemp("extproc"), site.url, command="extproc").start()
+    routes = [{"match": "/monitor/*", "mode": "monitor"}, {"match": "/stream/monitor/*", "mode": "monitor"}]
+    sc = Sidecar.create(tmp_path_factory.mktemp("extproc"), site.url, {"proxy": {"routes": routes}},
+                        command="extproc").start()
     yield sc
     sc.stop()
 
@@ -54,7 +57,10 @@ def test_shipped_config_validates():
     p = subprocess.run([str(ENVOY), "--mode", "validate", "-c", str(ROOT / "deploy" / "envoy" / "envoy.yaml")],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert "failure_mode_allow: false" in (ROOT / "deploy" / "envoy" / "envoy.yaml").read_text()
+    conf = (ROOT / "deploy" / "envoy" / "envoy.yaml").read_text()
+    assert "failure_mode_allow: false" in conf
+    # bodies stream both ways without stop-and-wait; that mode needs the trailers (they may end a body)
+    assert "response_body_mode: FULL_DUPLEX_STREAMED" in conf and "response_trailer_mode: SEND" in conf
 
 
 def test_benign_responses_are_byte_identical(site, envoy):
@@ -93,8 +99,8 @@ def test_ranges_are_stripped_until_the_whole_body_was_scanned_clean(site, envoy)
 
 
 def test_a_large_benign_pdf_arrives_whole(site, envoy, extproc):
-    """Its text extraction (about 1 s) outlasts Envoy's 200 ms message timeout. Envoy 1.40 does not time the
-    message that ends a streamed body, so no override_message_timeout is needed (checked: none is sent)."""
+    """Its text extraction (about 1 s) would outlast Envoy's message timeout; in FULL_DUPLEX_STREAMED mode Envoy
+    times no response-side message, so the verdict may take as long as it takes."""
     lines = synth.benign_web(2 << 20).decode("utf-8", "replace").splitlines()[:20000]
     (site.root / "exports" / "annual-report.pdf").write_bytes(synth.pdf(lines))
     before = extproc.metric("dlp_exchanges_total", tap="extproc", verdict="pass")
@@ -119,18 +125,107 @@ def _headers(**kv) -> base_pb2.HeaderMap:
                                                             raw_value=v.encode()) for k, v in kv.items()])
 
 
+def test_a_clean_large_body_passes_intact(site, envoy, extproc):
+    """Enforce, FULL_DUPLEX_STREAMED: Envoy streams the body without waiting for answers and forwards only
+    what the sensor sends back; a clean body comes back whole, byte for byte, with and without a length."""
+    block = synth.benign_web(1 << 20)[: 1 << 20]
+    (site.root / "exports" / "annual-data.html").write_bytes(block * 24)
+    before = extproc.metric("dlp_exchanges_total", tap="extproc", verdict="pass")
+    assert_byte_identical(site.url, envoy, ("/exports/annual-data.html", "/big?mb=24"))
+    _wait(lambda: extproc.metric("dlp_exchanges_total", tap="extproc", verdict="pass") >= before + 2)
+
+
+@pytest.mark.parametrize("prefix", ["", "/stream"])
+def test_a_leak_mid_body_releases_nothing_past_the_trip(site, envoy, prefix):
+    """Each chunk leaves only once scanned clean: the client gets an exact prefix of the file, short of
+    the tripping chunk, and a failed download (the headers had left with the hold-back)."""
+    data = b"# envoy mid " + prefix.encode() + b"\n" + synth.benign_web(LEAK_AT)[:LEAK_AT] + synth.breach_csv(3000)
+    name = f"exports/envoy-mid{prefix.replace('/', '-')}.csv"
+    (site.root / name).write_bytes(data)
+    rc, st, body, err = curl("-m", "60", envoy + prefix + "/" + name + ("?pause=0.005" if prefix else ""))
+    if st == 451:                                       # Envoy read it in chunks past the leak: refused whole
+        assert not prefix and data[:64] not in body     # (a slow stream's hold-back has left long before)
+    else:
+        assert st == 200 and rc != 0, err               # a failed download, not a complete-looking file
+        assert body == data[: len(body)]
+        # at most what was released (Envoy's reset may also drop some of that, never add to it)
+        assert len(body) <= LEAK_AT + HOLDBACK + CHUNK, len(body)
+    assert curl("-m", "30", envoy + "/" + name)[1] == 451
+
+
+def test_a_monitor_route_passes_a_leak_whole_and_raises_the_alert(site, envoy, extproc):
+    (site.root / "monitor").mkdir(exist_ok=True)
+    data = b"# envoy monitor\n" + synth.benign_web(LEAK_AT)[:LEAK_AT] + synth.breach_csv(3000)
+    (site.root / "monitor" / "envoy-watch.csv").write_bytes(data)
+    for path in ("/monitor/envoy-watch.csv", "/stream/monitor/envoy-watch.csv"):
+        rc, st, body, err = curl("-m", "60", envoy + path)
+        assert (rc, st) == (0, 200) and body == data, err
+    _wait(lambda: sum(a["url"]["path"].endswith("/monitor/envoy-watch.csv") for a in extproc.alerts()) >= 2)
+
+
+async def test_a_trip_in_the_message_after_the_holdback_is_still_a_clean_451(extproc):
+    """Envoy's messages are up to 1 MiB: the first one fills the hold-back, and the session lets the
+    head go but keeps that chunk (lookahead). The head's answer waits for the first body bytes, so a
+    trip in the next message is answered 451 before anything of the response has left."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{extproc.port}") as ch:
+        call = pb_grpc.ExternalProcessorStub(ch).Process()
+        await call.write(pb.ProcessingRequest(request_headers=pb.HttpHeaders(
+            headers=_headers(_authority="x", _path="/exports/next-message.csv", _method="GET"))))
+        assert (await call.read()).HasField("request_headers")
+        await call.write(pb.ProcessingRequest(response_headers=pb.HttpHeaders(
+            headers=_headers(_status="200", **{"content-type": "text/csv"}))))
+        await call.write(pb.ProcessingRequest(response_body=pb.HttpBody(
+            body=b"# next message\n" + synth.benign_web(HOLDBACK * 2)[: HOLDBACK * 2], end_of_stream=False)))
+        await call.write(pb.ProcessingRequest(response_body=pb.HttpBody(body=synth.breach_csv(3000),
+                                                                        end_of_stream=True)))
+        first = await call.read()
+        assert first.HasField("immediate_response"), first.WhichOneof("response")
+        assert first.immediate_response.status.code == 451
+        call.cancel()
+
+
 async def test_streams_closed_midway_and_garbage_do_not_hurt_the_server(extproc, envoy):
     async with grpc.aio.insecure_channel(f"127.0.0.1:{extproc.port}") as ch:
         stub = pb_grpc.ExternalProcessorStub(ch)
-        for _ in range(5):                                       # open, send headers, walk away
+        for _ in range(5):                                       # open, send headers and some body, walk away
             call = stub.Process()
             await call.write(pb.ProcessingRequest(request_headers=pb.HttpHeaders(
                 headers=_headers(_authority="x", _path="/a", _method="GET"))))
             await call.read()
+            # the answer to the response headers waits for the hold-back: none is read here
             await call.write(pb.ProcessingRequest(response_headers=pb.HttpHeaders(headers=_headers(_status="200"))))
-            await call.read()
             await call.write(pb.ProcessingRequest(response_body=pb.HttpBody(body=b"partial", end_of_stream=False)))
             call.cancel()
+        # an Envoy configured with another body mode (an old envoy.yaml): said once, loudly, in the log
+        call = stub.Process()
+        await call.write(pb.ProcessingRequest(
+            request_headers=pb.HttpHeaders(headers=_headers(_authority="x", _path="/c", _method="GET")),
+            protocol_config=pb.ProtocolConfiguration(response_body_mode=1)))         # STREAMED
+        await call.read()
+        call.cancel()
+        _wait(lambda: "answers FULL_DUPLEX_STREAMED only" in (extproc.state.parent / "stderr.log").read_text())
+        # out of order: a body and trailers with no headers before them come back unchanged
+        call = stub.Process()
+        await call.write(pb.ProcessingRequest(response_body=pb.HttpBody(body=b"stray", end_of_stream=False)))
+        got = await call.read()
+        assert got.response_body.response.body_mutation.streamed_response.body == b"stray"
+        await call.write(pb.ProcessingRequest(response_trailers=pb.HttpTrailers()))
+        assert (await call.read()).HasField("response_trailers")
+        await call.done_writing()
+        assert await call.read() == grpc.aio.EOF
+        # a short body that ends with trailers: held until they come, then sent before their answer
+        call = stub.Process()
+        await call.write(pb.ProcessingRequest(request_headers=pb.HttpHeaders(
+            headers=_headers(_authority="x", _path="/b", _method="GET"))))
+        await call.read()
+        await call.write(pb.ProcessingRequest(response_headers=pb.HttpHeaders(headers=_headers(_status="200"))))
+        await call.write(pb.ProcessingRequest(response_body=pb.HttpBody(body=b"short body", end_of_stream=False)))
+        await call.write(pb.ProcessingRequest(response_trailers=pb.HttpTrailers()))
+        kinds = [(await call.read()) for _ in range(3)]
+        assert kinds[0].HasField("response_headers")
+        assert kinds[1].response_body.response.body_mutation.streamed_response.body == b"short body"
+        assert kinds[2].HasField("response_trailers")
+        call.cancel()
     with socket.create_connection(("127.0.0.1", extproc.port), timeout=5) as s:   # not even HTTP/2
         s.sendall(b"GET / HTTP/1.1\r\n\r\n" + bytes(range(256)) * 4)
         s.settimeout(2)

@@ -1,38 +1,42 @@
 """Envoy external processing (ext_proc) server: Envoy streams each exchange over gRPC.
 
 A thin tap (grpcio, protos from ``xds-protos``): each stream is one exchange session
-(:mod:`sensor.exchange.session`), which decides; this module maps its steps to messages — each
-chunk the session releases answers one held body message, in order; a refusal or cut is an
-``ImmediateResponse``. Per stream:
+(:mod:`sensor.exchange.session`), which decides; this module maps its steps to messages. The
+response body is exchanged in ``FULL_DUPLEX_STREAMED`` mode: Envoy streams the body chunks as they
+arrive, without waiting for answers, and forwards only the bytes this server sends back
+(``StreamedBodyResponse``). So the session holds bytes, not Envoy's messages: the hold-back and the
+lookahead chunk stay here while the next chunks are already on their way and being scanned. (The
+``STREAMED`` mode this replaced answered each message before Envoy sent the next, so a held
+lookahead chunk stalled the body until a 100 ms timer: enforce ran at 17 MB/s against 114-120 MB/s
+in monitor mode.) Per stream:
 
 - request headers: a taken-down resource is answered with an ``ImmediateResponse`` 451 before the
   upstream is asked. The client is the downstream peer Envoy reports (``source.address``, else
   Envoy itself: :func:`~sensor.exchange.identity.envoy_peer`); a forwarded header counts only
-  from ``clients.trusted_proxies``;
+  from ``clients.trusted_proxies``. This answer is the only one Envoy times (``message_timeout``,
+  1 s in the shipped config): one not ready within ``SLOW_ANSWER`` (80 ms) is preceded by
+  ``override_message_timeout``;
 - request headers with ``Range``/``If-Range`` on an enforce route without a clean verdict for the
   body (:mod:`sensor.exchange.ranges`): both are removed (``HeaderMutation.remove_headers``), so
   Envoy fetches the whole body, which is scanned as usual; a ``206`` the session cannot vouch for
   is answered 503 + ``Retry-After``;
 - response headers: open the scan with the status, content type and encoding (or 503 +
-  ``Retry-After`` past the admission caps);
-- response body, ``STREAMED`` with ``send_body_without_waiting_for_header_response``: in enforce
-  mode the header answer is held until the route's hold-back (64 KiB) has been scanned, or 100 ms
-  have passed (inside Envoy's 200 ms message timeout), so a small leak gets a clean 451 and never
-  leaves. Holding starts with ``override_message_timeout`` (``HOLD_TIMEOUT_OVERRIDE``): on a
-  starved CPU the scan of the hold-back outlasted the 200 ms and Envoy answered 504. After that one body message always stays unanswered until the next one arrives (or
-  100 ms pass): Envoy often ends a body with an empty ``end_of_stream`` message, and a container
-  (PDF, xlsx, zip) is only judged there, so answering each chunk at once let every data byte of a
-  leaked file out before its verdict. On a trip the resource is taken down (durably, first) and
-  the stream is answered with an ``ImmediateResponse`` 451; once the headers have left, Envoy
-  resets the downstream stream: a failed download that lacks at least its last chunk.
-- the end of the body may take seconds to judge (a container is read in a thread): the answer
-  starts with ``override_message_timeout`` (``FINAL_VERDICT_TIMEOUT``), which Envoy honours up to
-  its ``max_message_timeout`` (the shipped config allows it). Envoy 1.40 was seen not to time
-  that message anyway; the override guards versions that do.
-- any other answer not ready within ``SLOW_ANSWER`` (80 ms) is preceded by an
-  ``override_message_timeout`` too: a trip's durable commits (takedown, then alert and ledger
-  incident, each fsynced) can outlast the 200 ms on a busy disk, and Envoy would answer 504 where
-  the client must get the 451 (seen once in a full suite run before this guard).
+  ``Retry-After`` past the admission caps). In enforce mode their answer waits until the route's
+  hold-back (64 KiB) has been scanned, or the body has ended, and goes with the first body bytes
+  released, so a leak in the first messages gets a clean 451 and never leaves. Envoy does not time response-side messages in ``FULL_DUPLEX_STREAMED`` mode, so
+  this wait, a trip's durable commits and a container read at the end need no timeout override;
+- response body: each chunk is scanned and what the session releases is sent back in order; the
+  latest chunk of an enforce body stays here until the next one arrives (or ``LAST_CHUNK_PATIENCE``
+  passes: a slow stream still flows), because the end of the body is known only from a later
+  message (``end_of_stream``, or the trailers) and a container (PDF, xlsx, zip) is only judged
+  there. On a trip the resource is taken down (durably, first) and the stream is answered with an
+  ``ImmediateResponse`` 451; once the headers have left, Envoy resets the downstream stream: a
+  failed download that lacks at least its last chunk (no byte past what the session released);
+- the end of the body (``end_of_stream``, or response trailers): the final verdict, then the last
+  bytes with ``end_of_stream`` (before the trailers' answer, when there are trailers).
+
+Messages are read through a small bounded queue: when scanning is slower than the body arrives,
+gRPC flow control slows Envoy down instead of this process buffering the body.
 
 Envoy's ``failure_mode_allow`` decides what happens when this server is unreachable; the shipped
 config (``deploy/envoy/envoy.yaml``) sets it to ``false`` (fail closed).
@@ -44,6 +48,7 @@ import logging
 
 import grpc
 from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
@@ -54,14 +59,22 @@ from sensor.exchange.session import ExchangeSession, Step
 from sensor.runtime import Sensor
 
 log = logging.getLogger("dlp_sensor.extproc")
-HOLD_MAX_SECONDS = 0.1          # a slow body is released after this, well inside Envoy's 200 ms message timeout
-FINAL_VERDICT_TIMEOUT = 30      # seconds; deploy/envoy/envoy.yaml's max_message_timeout must allow it
-HOLD_TIMEOUT_OVERRIDE = 5       # seconds Envoy may wait for held response headers (CPU starvation guard)
-SLOW_ANSWER = 0.08              # s: an answer not ready by then gets override_message_timeout first
+LAST_CHUNK_PATIENCE = 0.1       # s the latest chunk of an enforce body waits for the next before it leaves anyway
+SLOW_ANSWER = 0.08              # s: a request-header answer not ready by then gets override_message_timeout first
+REQUEST_TIMEOUT_OVERRIDE = 30   # s; deploy/envoy/envoy.yaml's max_message_timeout must allow it
+QUEUE_MESSAGES = 2              # messages (up to 1 MiB each) read ahead of the scan; then gRPC flow control
+                                # holds Envoy back
+FULL_DUPLEX = ProcessingMode.FULL_DUPLEX_STREAMED
 
 
 def _headers(hm) -> dict[str, str]:
     return {h.key.lower(): (h.raw_value.decode("latin-1") if h.raw_value else h.value) for h in hm.headers}
+
+
+def _body(data: bytes, eos: bool) -> pb.ProcessingResponse:
+    """Body bytes Envoy forwards (``FULL_DUPLEX_STREAMED``: only what this server sends leaves)."""
+    return pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse(
+        body_mutation=pb.BodyMutation(streamed_response=pb.StreamedBodyResponse(body=data, end_of_stream=eos)))))
 
 
 class _Stream:
@@ -71,23 +84,20 @@ class _Stream:
         self.grpc_peer = grpc_peer     # Envoy's address: the peer when Envoy sends no source.address
         self.session: ExchangeSession | None = None
         self.headers_held = False      # our answer to the response headers waits for the hold-back
-        self.release_at = 0.0          # ... and whatever is held goes at this loop time at the latest
         self.done = False
         self.completed = False
 
     @property
-    def holding(self) -> bool:
-        return self.headers_held or (self.session is not None and self.session.started and self.session.holding)
-
-    def slow_end(self, req) -> bool:
-        """Whether ``req`` ends a body whose verdict is read from a container in a thread."""
-        return (req.WhichOneof("request") == "response_body" and req.response_body.end_of_stream
-                and self.session is not None and self.session.slow_end)
+    def lookahead(self) -> bool:
+        """The head has left and the session keeps the latest chunk until the next message."""
+        s = self.session
+        return s is not None and s.started and s.holding
 
 
 class ExtProc(pb_grpc.ExternalProcessorServicer):
     def __init__(self, sensor: Sensor):
         self.sensor = sensor
+        self.warned_mode = False
 
     @staticmethod
     def _immediate(step: Step) -> pb.ProcessingResponse:
@@ -99,22 +109,33 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
                 for k, v in step.headers]),
             details=f"dlp-sensor: {step.reason}"))
 
-    def _answer(self, st: _Stream, step: Step) -> list:
-        """A step as messages: the immediate response, or the held headers then one answer per
-        released chunk (each chunk is one body message)."""
+    def _answer(self, st: _Stream, step: Step, *, eos: bool = False, ended: bool = False) -> list:
+        """A step as messages: the immediate response, or the held headers then the released bytes
+        (``eos``: they end the body; ``ended``: the body has ended, trailers follow).
+
+        The headers' answer goes with the first body bytes, not before: once the hold-back is
+        scanned the session lets the head go but keeps the latest chunk (lookahead), and with
+        Envoy's ~1 MiB messages that chunk is the whole body so far. Held here, a trip in the next
+        message is still a clean 451 (the session calls it a cut: ``ImmediateResponse`` is the
+        same answer for both), instead of a reset stream after an empty 200."""
         if step.stops:
             st.done = True
             return [self._immediate(step)]
         out = []
-        if step.start and st.headers_held:
+        chunks = [c for c in step.send if c]
+        if (st.headers_held and st.session is not None and st.session.started
+                and (chunks or eos or ended)):
             st.headers_held = False
             out.append(pb.ProcessingResponse(response_headers=pb.HeadersResponse()))
-        out += [_BODY_OK] * len(tuple(step.send))
+        out += [_body(c, eos and i == len(chunks) - 1) for i, c in enumerate(chunks)]
+        if eos and not chunks:
+            out.append(_body(b"", True))
         return out
 
     async def Process(self, request_iterator, context):          # noqa: N802 (gRPC method name)
-        """Messages come through a queue so that the hold-back can wait with a deadline."""
-        queue: asyncio.Queue = asyncio.Queue()
+        """Messages come through a bounded queue, so that the lookahead can wait with a deadline."""
+        queue: asyncio.Queue = asyncio.Queue(maxsize=QUEUE_MESSAGES)
+        ended = asyncio.Event()
 
         async def pump() -> None:
             try:
@@ -123,43 +144,52 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
             except (asyncio.CancelledError, grpc.RpcError):
                 pass
             finally:
-                queue.put_nowait(None)
+                ended.set()
+
+        async def next_request(timeout: float | None):
+            """The next message; None when the stream has ended (raises TimeoutError on ``timeout``)."""
+            get = asyncio.ensure_future(queue.get())
+            end = asyncio.ensure_future(ended.wait())
+            try:
+                done, _ = await asyncio.wait((get, end), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                end.cancel()
+                if not get.done():
+                    get.cancel()
+            if get in done:
+                return get.result()
+            if end in done:
+                return queue.get_nowait() if not queue.empty() else None
+            raise asyncio.TimeoutError
 
         task = asyncio.create_task(pump())
         st = _Stream(context.peer())
-        loop = asyncio.get_running_loop()
         try:
             while not st.done:
                 try:
-                    if st.holding:
-                        req = await asyncio.wait_for(queue.get(), max(0.0, st.release_at - loop.time()))
-                    else:
-                        req = await queue.get()
+                    req = await next_request(LAST_CHUNK_PATIENCE if st.lookahead else None)
                 except asyncio.TimeoutError:
-                    # slow body: answer inside Envoy's timeout, the hold-back included
-                    for r in self._answer(st, st.session.tick(holdback_too=True)):
+                    # a slow body: its latest chunk leaves without waiting longer for the next
+                    for r in self._answer(st, st.session.tick()):
                         yield r
                     continue
                 if req is None:
                     break
-                overridden = st.slow_end(req)
-                if overridden:
-                    # judging the end may take seconds: ask Envoy to wait (it honours this once per message)
-                    yield pb.ProcessingResponse(override_message_timeout=duration_pb2.Duration(
-                        seconds=FINAL_VERDICT_TIMEOUT))
-                work = asyncio.ensure_future(self._handle(st, req))
-                try:
-                    if not overridden:
+                if req.WhichOneof("request") == "request_headers":
+                    # Envoy times this answer (message_timeout): a registry or ledger write on a busy
+                    # disk could outlast it and turn our 451 into its 504, so ask it to wait
+                    work = asyncio.ensure_future(self._handle(st, req))
+                    try:
                         done, _ = await asyncio.wait((work,), timeout=SLOW_ANSWER)
                         if not done:
-                            # a trip's durable commits (or a starved CPU) outlast Envoy's 200 ms message
-                            # timeout, which would answer the client 504 instead of our 451: ask it to wait
                             yield pb.ProcessingResponse(override_message_timeout=duration_pb2.Duration(
-                                seconds=FINAL_VERDICT_TIMEOUT))
-                    out = await work
-                finally:
-                    if not work.done():
-                        work.cancel()
+                                seconds=REQUEST_TIMEOUT_OVERRIDE))
+                        out = await work
+                    finally:
+                        if not work.done():
+                            work.cancel()
+                else:
+                    out = await self._handle(st, req)
                 for r in out:
                     yield r
         finally:
@@ -167,9 +197,19 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
             if st.session is not None:
                 st.session.close(st.completed)
 
+    def _check_mode(self, req) -> None:
+        """The answers here are ``FULL_DUPLEX_STREAMED`` ones: say so once if Envoy is configured otherwise."""
+        if req.HasField("protocol_config") and not self.warned_mode:
+            mode = req.protocol_config.response_body_mode
+            if mode != FULL_DUPLEX:
+                self.warned_mode = True
+                log.error("Envoy sends response bodies in mode %s: this server answers FULL_DUPLEX_STREAMED only; "
+                          "use deploy/envoy/envoy.yaml's processing_mode", ProcessingMode.BodySendMode.Name(mode))
+
     async def _handle(self, st: _Stream, req) -> list:
         kind = req.WhichOneof("request")
         if kind == "request_headers":
+            self._check_mode(req)
             h = _headers(req.request_headers.headers)
             st.session = ExchangeSession(self.sensor, tap="extproc", method=h.get(":method", "GET"),
                                          scheme=h.get(":scheme", "http"), host=h.get(":authority", ""),
@@ -191,38 +231,31 @@ class ExtProc(pb_grpc.ExternalProcessorServicer):
             if step.stops:
                 return self._answer(st, step)
             if not step.start:
-                # hold the headers (Envoy sends the body meanwhile: send_body_without_waiting_for_header_response);
-                # the scan of the hold-back can outlast Envoy's 200 ms message timeout on a starved CPU
-                # (a 504), so ask it to wait for this answer
-                st.headers_held = True
-                st.release_at = asyncio.get_running_loop().time() + HOLD_MAX_SECONDS
-                return [pb.ProcessingResponse(override_message_timeout=duration_pb2.Duration(
-                    seconds=HOLD_TIMEOUT_OVERRIDE))]
+                st.headers_held = True                  # until the hold-back is scanned (Envoy does not time it)
+                return []
             return [pb.ProcessingResponse(response_headers=pb.HeadersResponse())]
         if kind == "response_body":
-            return await self._body(st, req.response_body.body, req.response_body.end_of_stream)
-        out = []
-        if st.session is not None and st.session.exchange is not None:
-            out = self._answer(st, await st.session.end())   # trailers: the body has ended without end_of_stream
-        return out + [_passthrough(kind)]                     # trailers and anything newer: unchanged
+            return await self._response_body(st, req.response_body.body, req.response_body.end_of_stream)
+        if kind == "response_trailers":
+            out = []
+            s = st.session
+            if s is not None and s.exchange is not None and not st.completed:
+                st.completed = True                     # the body ended without end_of_stream: judge it now
+                out = self._answer(st, await s.end(), ended=True)
+                if st.done:
+                    return out
+            return out + [pb.ProcessingResponse(response_trailers=pb.TrailersResponse())]
+        return [_passthrough(kind)]                     # request body and trailers (not asked for), anything newer
 
-    async def _body(self, st: _Stream, body: bytes, eos: bool) -> list:
+    async def _response_body(self, st: _Stream, body: bytes, eos: bool) -> list:
         session = st.session
         if session is None or session.exchange is None:
-            return [_BODY_OK]
+            return [_body(body, eos)]                   # nothing to judge: the bytes go back as they came
         out = self._answer(st, await session.feed(body, last=eos))
-        if st.done:
+        if st.done or not eos:
             return out
-        if eos:
-            st.completed = True
-            return out + self._answer(st, await session.end())
-        if session.started:
-            # one message stays behind until the next says whether the body has ended
-            st.release_at = asyncio.get_running_loop().time() + HOLD_MAX_SECONDS
-        return out
-
-
-_BODY_OK = pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse()))
+        st.completed = True
+        return out + self._answer(st, await session.end(), eos=True)
 
 
 def _passthrough(kind: str | None) -> pb.ProcessingResponse:
@@ -230,8 +263,6 @@ def _passthrough(kind: str | None) -> pb.ProcessingResponse:
         return pb.ProcessingResponse(request_body=pb.BodyResponse(response=pb.CommonResponse()))
     if kind == "request_trailers":
         return pb.ProcessingResponse(request_trailers=pb.TrailersResponse())
-    if kind == "response_trailers":
-        return pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
     return pb.ProcessingResponse()
 
 
