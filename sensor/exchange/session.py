@@ -47,9 +47,15 @@ The session owns:
   ``kafka.mirror`` on, a monitor exchange is published to the workers instead of scanned here; a
   full mirror queue (``overflow: local``) scans it here from that byte on;
 - **the scan** (:meth:`Sensor.new_scan <sensor.runtime.Sensor.new_scan>`, with the detector the
-  exchange started with); **trip → takedown first**: ``await sensor.take_down(...)`` is durable
-  before the REFUSE or CUT is answered (the fingerprint's bytes are read unsent first when the tap
-  gave a ``read_more``);
+  exchange started with), **off the event loop**: each write and the finish (a container's
+  extraction included) run in the process's worker pool (:mod:`sensor.exchange.workers`,
+  ``scan_workers``: one thread per core; 0 = on the loop), one job at a time per exchange and
+  awaited, so the chunks of an exchange are scanned in order and every step above keeps its
+  meaning; the loop moves other exchanges' bytes meanwhile. A handler cancelled while a job runs
+  leaves it running: :meth:`close` accounts after it. A body of at most 16 KiB as sent is scanned
+  on the loop (its trip to a thread costs more); **trip → takedown first**:
+  ``await sensor.take_down(...)`` is durable before the REFUSE or CUT is answered (the
+  fingerprint's bytes are read unsent first when the tap gave a ``read_more``);
 - **failures**: a decode limit follows ``on_decode_limit`` (closed: 503 before the first byte, CUT
   after; the exchange raises an alert either way); a scanner exception follows ``on_error``
   (closed: 503 / CUT; open: the rest passes unscanned);
@@ -404,7 +410,7 @@ class ExchangeSession:
         """``fn(*args)`` — scan work — in the worker pool, the loop free meanwhile (on the loop when
         there is no pool). One job at a time: the caller awaits it, and a handler cancelled meanwhile
         leaves the job running (shielded); :meth:`close` then waits for it before touching the scan."""
-        if self.pool is None:
+        if self.pool is None or self._small():
             t = time.perf_counter()
             try:
                 return fn(*args)
@@ -415,6 +421,12 @@ class ExchangeSession:
         value, seconds = await asyncio.shield(job)
         self.scan_s += seconds
         return value
+
+    def _small(self) -> bool:
+        """Scan work smaller than its trip to a thread: a body of at most ``workers.INLINE_BYTES``
+        so far, scanned as sent (no Content-Encoding to inflate, no container to extract)."""
+        return (self.received <= workers.INLINE_BYTES and self.scan is not None and self.exchange is not None
+                and not self.exchange.content_encoding and not self.scan.needs_prepare)
 
     async def _write(self, chunk: bytes) -> str:
         assert self.scan is not None

@@ -32,6 +32,10 @@ T = TypeVar("T")
 # call; bench/latency.py compares values in one run. Overridable for that bench only.
 SCAN_SWITCH_INTERVAL = float(os.environ.get("DLP_SCAN_SWITCH_INTERVAL", "0.0002"))
 
+# Bytes. A body no larger than this (as sent, not inflated) is scanned on the loop: handing it to a
+# thread and back costs more than scanning it. bench/latency.py compares values in one run.
+INLINE_BYTES = int(os.environ.get("DLP_SCAN_INLINE_BYTES", str(16 << 10)))
+
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _LOCK = threading.Lock()
 _running = 0
