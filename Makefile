@@ -44,6 +44,7 @@ bench: $(STAMP) apt
 		|| echo "presidio-analyzer did not install: its row will say n/a"
 	$(PY) bench/engine.py
 	$(PY) bench/proxy.py
+	$(PY) bench/latency.py
 	$(PY) bench/taps.py
 	$(PY) bench/stream.py
 

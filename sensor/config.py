@@ -10,6 +10,7 @@ Command-line flags override the file; the file overrides defaults. Every section
     signatures: []                   # extra packs (files or directories)
     default_signatures: true
     policy: null                     # a policy file path, or the policy mapping inline
+    scan_workers: null               # threads that scan bodies off the event loop; null: one per core, 0: none
     proxy: {listen, upstream, mode, holdback_kib, on_error, upstream_timeout, connect_timeout,
             max_scans, block_page, tls: {cert, key}, trust_forwarded, routes: [{match, mode, on_error, holdback_kib}],
             idle_timeout: 15, max_connections: 4096, http10_buffer_mib: 64}
@@ -199,6 +200,7 @@ class Config:
     signatures: list[str] = field(default_factory=list)
     default_signatures: bool = True
     policy: Any = None                      # path (str) or inline mapping
+    scan_workers: int | None = None         # scan threads (sensor.exchange.workers); None: one per core, 0: on the loop
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     icap: IcapConfig = field(default_factory=IcapConfig)
     extproc: ExtProcConfig = field(default_factory=ExtProcConfig)
@@ -852,6 +854,10 @@ class ConfigFile(Section):
     default_signatures: Flag = Field(True, description="Load the built-in pack.")
     policy: Annotated[Union[str, dict[str, Any]], _described("must be a file path or a mapping")] | None = Field(
         None, description="A policy file path, or the policy inline.")
+    scan_workers: whole(ge=0) | None = Field(None, description="Threads that scan response bodies, so the event "
+                                                               "loop only moves bytes; null: one per CPU core the "
+                                                               "process may use, 0: scans run on the event loop. "
+                                                               "Read per exchange.")
     proxy: ProxySection = Field(default_factory=ProxySection)
     icap: IcapSection = Field(default_factory=IcapSection)
     extproc: ExtProcSection = Field(default_factory=ExtProcSection)
@@ -1000,6 +1006,7 @@ def to_config(m: ConfigFile) -> Config:
         state_dir=Path(m.state_dir) if m.state_dir else None, hmac_key=m.hmac_key,
         log_format=m.log_format, start_empty=m.start_empty,
         signatures=list(m.signatures), default_signatures=m.default_signatures, policy=m.policy,
+        scan_workers=m.scan_workers,
         proxy=proxy, icap=_common(m.icap, IcapConfig, holdback=m.icap.holdback_kib << 10),
         extproc=_common(m.extproc, ExtProcConfig), clients=clients,
         query=QueryRule.parse(m.takedown.query, paging=m.takedown.page_params),

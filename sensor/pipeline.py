@@ -136,6 +136,19 @@ class BodyScan:
                 self._stop(e)
         return self.finish()
 
+    def finish_all(self) -> ScanResult:
+        """:meth:`finish_async` in one blocking call, for a worker thread (sensor.exchange.workers):
+        the container is extracted and what it read scanned there, then the scan is finished."""
+        if self.needs_prepare:
+            spool, _ = self._container()
+            try:
+                self.prepare()
+                while not self.stopped and not self.sniffer.stop() and spool.scan_some(SCAN_SLICE):
+                    pass
+            except DecodeProblem as e:
+                self._stop(e)
+        return self.finish()
+
     def finish(self) -> ScanResult:
         if not self.stopped:
             try:

@@ -27,6 +27,7 @@ from sensor.detect import core as _core
 from sensor.detect.distinct import EXACT_CAP, DistinctCounter
 from sensor.detect.engine import CAT_BITS, Engine, PatInfo
 from sensor.detect.keys import fingerprint, redact
+from sensor.detect.scratch import CLOSE_LOCK, scratch_for
 from sensor.detect.policy import Policy, stronger
 from sensor.detect.precision import (Evidence, HomeRecords, business_field, business_name, business_record,
                                      deceased, label_before, label_words, name_words, place_of)
@@ -300,18 +301,21 @@ class ExchangeScanner:
             return self._scan_core(data)
         hits = self._hits
         hits.clear()
-        self._stream.scan(data, scratch=self.scratch, match_event_handler=self._on_match, context=_HS_CTX)
+        self._stream.scan(data, scratch=scratch_for(self.engine.db), match_event_handler=self._on_match,
+                          context=_HS_CTX)
         base = self._pos - len(self._tail)
         if self.engine.gated_db is not None and hits:
             n = len(hits)
             if self._gate is not None:
-                self._gate.scan(data, match_event_handler=self._on_gated, context=_HS_CTX)
+                self._gate.scan(data, scratch=scratch_for(self.engine.gated_db), match_event_handler=self._on_gated,
+                                context=_HS_CTX)
             elif not self._gate_ids.isdisjoint([i for i, _ in hits]):
                 self._open_gate(self._tail + data, base)
             if len(hits) > n:
                 hits.sort(key=_END)          # two sorted runs: merged in linear time
         elif self._gate is not None:
-            self._gate.scan(data, match_event_handler=self._on_gated, context=_HS_CTX)
+            self._gate.scan(data, scratch=scratch_for(self.engine.gated_db), match_event_handler=self._on_gated,
+                            context=_HS_CTX)
         buf = self._tail + data if hits else b""
         if self._mode == "html" and (b"<th" in data or b"<TH" in data):
             self._header_row(data)
@@ -337,7 +341,8 @@ class ExchangeScanner:
         start = max(start, base, 0)
         self._gate = open_stream(self.engine.gated_db, self._on_gated)
         self._gate_base[0] = start
-        self._gate.scan(buf[start - base:], match_event_handler=self._on_gated, context=_HS_CTX)
+        self._gate.scan(buf[start - base:], scratch=scratch_for(self.engine.gated_db),
+                        match_event_handler=self._on_gated, context=_HS_CTX)
 
     def _close_stream(self) -> None:
         if self._pre:
@@ -349,11 +354,12 @@ class ExchangeScanner:
         self._hits.clear()
         try:
             # Never pass scratch= to close(): hyperscan 0.9.1 swaps the O! converter's arguments there
-            # and corrupts memory. Without it close() uses the database's own scratch.
-            self._stream.close(match_event_handler=self._on_match, context=_HS_CTX)
-            if self._gate is not None:
-                self._gate.close(match_event_handler=self._on_gated, context=_HS_CTX)
-                self._hits.sort(key=_END)
+            # and corrupts memory. Without it close() uses the database's own scratch: one close at a time.
+            with CLOSE_LOCK:
+                self._stream.close(match_event_handler=self._on_match, context=_HS_CTX)
+                if self._gate is not None:
+                    self._gate.close(match_event_handler=self._on_gated, context=_HS_CTX)
+                    self._hits.sort(key=_END)
         except hs.error:
             pass
         self._gate = None

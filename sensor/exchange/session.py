@@ -47,9 +47,15 @@ The session owns:
   ``kafka.mirror`` on, a monitor exchange is published to the workers instead of scanned here; a
   full mirror queue (``overflow: local``) scans it here from that byte on;
 - **the scan** (:meth:`Sensor.new_scan <sensor.runtime.Sensor.new_scan>`, with the detector the
-  exchange started with); **trip → takedown first**: ``await sensor.take_down(...)`` is durable
-  before the REFUSE or CUT is answered (the fingerprint's bytes are read unsent first when the tap
-  gave a ``read_more``);
+  exchange started with), **off the event loop**: each write and the finish (a container's
+  extraction included) run in the process's worker pool (:mod:`sensor.exchange.workers`,
+  ``scan_workers``: one thread per core; 0 = on the loop), one job at a time per exchange and
+  awaited, so the chunks of an exchange are scanned in order and every step above keeps its
+  meaning; the loop moves other exchanges' bytes meanwhile. A handler cancelled while a job runs
+  leaves it running: :meth:`close` accounts after it. A body of at most 16 KiB as sent is scanned
+  on the loop (its trip to a thread costs more); **trip → takedown first**:
+  ``await sensor.take_down(...)`` is durable before the REFUSE or CUT is answered (the
+  fingerprint's bytes are read unsent first when the tap gave a ``read_more``);
 - **failures**: a decode limit follows ``on_decode_limit`` (closed: 503 before the first byte, CUT
   after; the exchange raises an alert either way); a scanner exception follows ``on_error``
   (closed: 503 / CUT; open: the rest passes unscanned);
@@ -77,7 +83,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
 from sensor.alerts.schema import AlertContext
@@ -85,7 +91,7 @@ from sensor.detect.scanner import ScanResult
 from sensor.enforce.fingerprint import BodyPrint
 from sensor.enforce.resource import host_allowed, public_url, resource_of
 from sensor.exchange.identity import client_address
-from sensor.exchange import ranges
+from sensor.exchange import ranges, workers
 from sensor.exchange.routes import Route, route_for
 from sensor.pipeline import BodyScan, Exchange
 
@@ -104,6 +110,7 @@ UNFRAMED_MEMORY = 1 << 20     # an HTTP/1.0 client's unframed body: held in memo
 UNFRAMED_PIECE = 64 << 10     # and released in pieces this size
 READ_MORE_TIMEOUT = 1.0       # s a trip waits for the bytes its content fingerprint still needs
 
+T = TypeVar("T")
 NO_STORE = ("Cache-Control", "no-store")
 RETRY = ("Retry-After", "1")
 
@@ -246,6 +253,9 @@ class ExchangeSession:
         self.tripped_at: float | None = None
         self.scan_s = 0.0
         self._admitted = False
+        # scan work runs in the process's worker pool (None: on the loop), one job at a time
+        self.pool = workers.pool(config.scan_workers)
+        self._busy: asyncio.Future | None = None        # the job in flight, if any (see close)
 
     # -- request and response heads -----------------------------------------------------------
     def on_request(self) -> Step:
@@ -379,7 +389,7 @@ class ExchangeSession:
         if not self.enforce:
             return self._monitor(chunk)
         if self.scan is not None:
-            verdict = self._write(chunk)
+            verdict = await self._write(chunk)
             if (self.scan is not None and verdict != "trip" and self.content_length is not None
                     and self.received >= self.content_length):
                 # the last bytes of a Content-Length body: decide before they leave, or the client
@@ -411,9 +421,39 @@ class ExchangeSession:
         chunk, self.unscanned = self.unscanned, None
         if self.scan is None:
             return None
-        return await self._judge(self._write(chunk))
+        return await self._judge(await self._write(chunk))
 
-    def _write(self, chunk: bytes) -> str:
+    async def _off(self, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` — scan work — in the worker pool, the loop free meanwhile (on the loop when
+        there is no pool). One job at a time: the caller awaits it, and a handler cancelled meanwhile
+        leaves the job running (shielded); :meth:`close` then waits for it before touching the scan."""
+        if self.pool is None or self._small():
+            t = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                self.scan_s += time.perf_counter() - t
+        job = asyncio.get_running_loop().run_in_executor(self.pool, workers.timed, fn, *args)
+        self._busy = job
+        value, seconds = await asyncio.shield(job)
+        self.scan_s += seconds
+        return value
+
+    def _small(self) -> bool:
+        """Scan work smaller than its trip to a thread: a body of at most ``workers.INLINE_BYTES``
+        so far, scanned as sent (no Content-Encoding to inflate, no container to extract)."""
+        return (self.received <= workers.INLINE_BYTES and self.scan is not None and self.exchange is not None
+                and not self.exchange.content_encoding and not self.scan.needs_prepare)
+
+    async def _write(self, chunk: bytes) -> str:
+        assert self.scan is not None
+        try:
+            return await self._off(self.scan.write, chunk)
+        except Exception:
+            return self._scan_failed("internal")
+
+    def _write_here(self, chunk: bytes) -> str:
+        """:meth:`_write` on the calling thread (close() never awaits)."""
         assert self.scan is not None
         t = time.perf_counter()
         try:
@@ -522,10 +562,15 @@ class ExchangeSession:
         return self._let_go(final=True)
 
     async def _final(self) -> ScanResult:
-        """The final verdict. A container's is read in a thread (``finish_async``), as a task the
-        tap's handler awaits shielded: a client that leaves right after its last byte cancels the
-        handler, and the verdict must still be read and counted (:meth:`close`)."""
+        """The final verdict. Read in the worker pool (a container is extracted there too), or, with
+        no pool, a container's in a thread (``finish_async``): either way as a task the tap's handler
+        awaits shielded: a client that leaves right after its last byte cancels the handler, and the
+        verdict must still be read and counted (:meth:`close`)."""
         assert self.scan is not None
+        if self.pool is not None:
+            self.finishing = asyncio.ensure_future(self._off(self.scan.finish_all))
+            self.result = await asyncio.shield(self.finishing)
+            return self.result
         t = time.perf_counter()
         try:
             if self.scan.needs_prepare:
@@ -551,7 +596,7 @@ class ExchangeSession:
                 pass
         assert self.tripped_at is not None
         if self.result is None and self.scan is not None:
-            self.result = self.scan.finish()            # the scan stops at a trip: its counts go with the takedown
+            self.result = await self._off(self.scan.finish)     # the scan stops at a trip: its counts go with the takedown
         await self.sensor.take_down(self.ctx, self.print.value(), self.tripped_at, result=self.result)
         return self._stop(451, "tripped")
 
@@ -593,6 +638,19 @@ class ExchangeSession:
         if self.closed:
             return
         self.closed = True
+        if (not completed and not self.enforce and self.stopped is None and self.content_length is not None
+                and self.ctx.bytes_sent >= self.content_length):
+            # monitor: every byte of a Content-Length body had left before the final scan (in the pool)
+            # was in; a client that closes then, as it may, has the whole file: a completed download
+            completed = True
+        if self._busy is not None and not self._busy.done() and self.finishing is None:
+            # the handler was cancelled while a chunk was being scanned: the scan is the job's
+            # until it returns; the accounting follows it
+            self._busy.add_done_callback(lambda _: self._close(completed))
+            return
+        self._close(completed)
+
+    def _close(self, completed: bool) -> None:
         if self.unframed is not None:
             self.unframed.close()
         late = False                                    # accounting deferred to the end of ``finishing``
@@ -609,7 +667,7 @@ class ExchangeSession:
                 elif self.result is None:
                     if self.unscanned is not None:      # monitor: the last chunk left; it counts
                         chunk, self.unscanned = self.unscanned, None
-                        self._write(chunk)
+                        self._write_here(chunk)
                     if self.scan is not None:
                         t = time.perf_counter()
                         self.result = self.scan.finish()    # aborted exchanges: inline (close() never awaits)

@@ -1,0 +1,307 @@
+"""Latency of small requests while a dense leak streams through a monitoring sidecar (issue 19).
+
+One run, the same origin (nginx serving a 10 KiB page and a ~10 MB dense breach CSV) and one
+monitoring proxy sidecar per configuration:
+
+- ``loop``: ``scan_workers: 0``, every scan on the event loop (the behaviour before issue 19);
+- ``pool, switch X ms``: ``scan_workers`` unset (one thread per core), the interpreter's switch
+  interval set to X while scans run (``DLP_SCAN_SWITCH_INTERVAL``; 5 ms is CPython's default,
+  i.e. not lowered);
+- ``…, no inline``: every body to the pool, however small (``DLP_SCAN_INLINE_BYTES=0``; by default
+  a body of at most 16 KiB as sent is scanned on the loop: see sensor.exchange.workers);
+- ``pool, GIL-free stand-in``: the pool, with the scanner's per-chunk work replaced (in the
+  sidecar process only, by :data:`STANDIN`) by a raw Hyperscan stream scan of the same
+  database without a callback, which holds no GIL: what the loop sees once the compiled core
+  (issue 19 point 1) runs in the pool. It finds nothing (no per-match work): a latency
+  reference, not a scanner.
+
+For each: the 10 KiB requests' p50/p99 (wrk, 4 connections) with no big download, then again
+while one client downloads the dense leak over and over (curl in a loop; its MB/s is printed
+too), and the MB/s of one benign download (``--big-mb``, alone: what the pool costs or gains in
+throughput). Rounds are interleaved across configurations and repeated; the table shows medians.
+
+A second table needs no network: in this process, a ticker task on the event loop (a 0.5 ms sleep
+per turn) while one monitoring session scans the dense leak in 256 KiB chunks; the gaps between
+its turns are the loop's lag: the GIL contention alone, per switch interval.
+
+    python bench/latency.py [--seconds 6] [--rounds 3] [--leak-mb 10] [--switch-ms 5,1,0.2] [--no-standin]
+                            [--json FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import orjson  # noqa: E402
+
+from bench.proxy import nginx, wrk  # noqa: E402
+from sensor import synth  # noqa: E402
+from tests.procs import ROOT, Sidecar, free_port, wait_http  # noqa: E402
+
+ROW_BYTES = len(synth.breach_csv(1000)) / 1000
+STANDIN = '''
+import sys
+from sensor.detect import scanner
+from sensor.detect.scratch import scratch_for
+
+def _scan(self, data):                 # the stand-in: Hyperscan without a callback holds no GIL
+    raw = self.__dict__.get("_raw")
+    if raw is None:
+        raw = self._raw = scanner.open_stream(self.engine.db, None)
+    raw.scan(data, scratch=scratch_for(self.engine.db))
+    self._pos += len(data)
+
+scanner.ExchangeScanner._scan = _scan
+from sensor.cli.main import main
+sys.exit(main())
+'''
+
+
+def start_standin(sc: Sidecar, d: Path) -> Sidecar:
+    """``sc`` started as the CLI would, with the stand-in scan patched in (this process only)."""
+    script = d / "standin.py"
+    script.write_text(STANDIN)
+    tmp = sc.config.parent
+    sc.proc = subprocess.Popen(
+        [sys.executable, str(script), "proxy", "--config", str(sc.config), "--state-dir", str(sc.state),
+         "--listen", f"127.0.0.1:{sc.port}", "--metrics", f"127.0.0.1:{sc.metrics_port}",
+         "--admin", f"127.0.0.1:{sc.admin_port}"],
+        stdout=open(tmp / "stdout.log", "ab"), stderr=open(tmp / "stderr.log", "ab"), cwd=ROOT)
+    wait_http(sc.metrics + "/healthz", timeout=40, proc=sc.proc, log=tmp / "stderr.log")
+    return sc
+
+
+class Downloads:
+    """One client downloading ``url`` again and again (curl) until stopped; MB/s of each."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.rates: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "Downloads":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            p = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{speed_download} %{http_code}",
+                                "--max-time", "120", self.url], capture_output=True, text=True)
+            speed, _, code = p.stdout.partition(" ")
+            if code != "200":
+                raise SystemExit(f"leak download answered {code!r}: {p.stderr}")
+            self.rates.append(float(speed) / 2**20)
+
+
+def measure(url: str, seconds: int, leak: str | None) -> dict:
+    """The 10 KiB requests' latency, with the leak downloading meanwhile when ``leak`` is given."""
+    if leak is None:
+        r = wrk(url, seconds, 4)
+        return {"p50": r["p50"], "p99": r["p99"], "rps": r["rps"], "errors": r["errors"], "leak_MBps": None}
+    with Downloads(leak) as d:
+        time.sleep(0.5)                                 # the first download is under way
+        r = wrk(url, seconds, 4)
+    return {"p50": r["p50"], "p99": r["p99"], "rps": r["rps"], "errors": r["errors"],
+            "leak_MBps": statistics.median(d.rates) if d.rates else float("nan")}
+
+
+def loop_lag(leak: bytes, scan_workers: int, switch: float) -> dict:
+    """The event loop's lag (ms between a ticker's turns, meant to be 0.5) while one monitoring
+    session scans ``leak`` (in the pool, or on the loop with ``scan_workers`` 0)."""
+    import asyncio
+    from dataclasses import replace
+
+    from sensor.config import Config, with_overrides
+    from sensor.exchange import workers
+    from sensor.exchange.session import ExchangeSession
+    from sensor.runtime import Sensor, build_detector
+
+    workers.SCAN_SWITCH_INTERVAL = switch
+    state = Path(tempfile.mkdtemp(prefix="dlp-lag-"))
+    c = with_overrides(Config(), state_dir=str(state))
+    c = replace(c, sinks=[], metrics=None, admin=None, scan_workers=scan_workers,
+                proxy=replace(c.proxy, mode="monitor"))
+    sensor = Sensor(c, build_detector(c))
+
+    async def run() -> tuple[list[float], float]:
+        gaps: list[float] = []
+        done = False
+
+        async def ticker() -> None:
+            last = time.perf_counter()
+            while not done:
+                await asyncio.sleep(0.0005)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        t = asyncio.create_task(ticker())
+        await asyncio.sleep(0.01)
+        t0 = time.perf_counter()
+        ses = ExchangeSession(sensor, tap="proxy", method="GET", scheme="http", host="bench", target="/leak.csv",
+                              peer="10.0.0.1", headers={})
+        ses.on_request()
+        ses.on_response(200, {"Content-Type": "text/csv"})
+        for i in range(0, len(leak), 256 << 10):
+            await ses.feed(leak[i:i + (256 << 10)])
+        await ses.end()
+        ses.close(True)
+        secs = time.perf_counter() - t0
+        done = True
+        await t
+        return gaps, secs
+
+    try:
+        gaps, secs = asyncio.run(run())
+    finally:
+        sensor.ledger.close()
+        sensor.registry.close()
+        sensor.spool.close()
+        shutil.rmtree(state, ignore_errors=True)
+    g = sorted(x * 1000 for x in gaps) or [secs * 1000]
+    few = len(g) < 10                   # the loop was held the whole time: only the max means something
+    return {"p50": float("nan") if few else g[len(g) // 2],
+            "p99": float("nan") if few else g[min(len(g) - 1, int(len(g) * 0.99))], "max": g[-1],
+            "turns": len(g), "MBps": len(leak) / 2**20 / secs}
+
+
+def lag_table(leak: bytes, switches: list[float], rounds: int) -> dict:
+    cells = {"on the loop (scan_workers: 0)": (0, 0.0)}
+    for ms in switches:
+        cells[f"pool, switch {ms:g} ms"] = (None, 0.0 if ms == 5 else ms / 1000)
+    runs: dict[str, list[dict]] = {n: [] for n in cells}
+    for _ in range(rounds):
+        for name, (n, sw) in cells.items():
+            runs[name].append(loop_lag(leak, n, sw))
+    med = {n: {k: statistics.median(r[k] for r in v) for k in v[0]} for n, v in runs.items()}
+    print(f"\n## The event loop's lag while one session scans the {len(leak) / 2**20:.1f} MB dense leak "
+          f"(in process, median of {rounds})\n")
+    print("| scans | loop lag p50 ms | p99 ms | max ms | ticker turns | scan MB/s |\n|---|---|---|---|---|---|")
+    for name, m in med.items():
+        print(f"| {name} | {m['p50']:.2f} | {m['p99']:.2f} | {m['max']:.1f} | {m['turns']:.0f} | {m['MBps']:.2f} |")
+    return {"medians": med, "runs": runs}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--leak-mb", type=float, default=10)
+    ap.add_argument("--big-mb", type=int, default=100, help="benign download (0: none)")
+    ap.add_argument("--switch-ms", default="5,1,0.2", help="switch intervals (ms) to run the pool with")
+    ap.add_argument("--no-standin", action="store_true", help="leave out the GIL-free stand-in row")
+    ap.add_argument("--lag-only", action="store_true", help="only the in-process loop lag table")
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args()
+    leak = synth.breach_csv(int(a.leak_mb * (1 << 20) / ROW_BYTES))
+    switches = [float(ms) for ms in a.switch_ms.split(",")]
+    if a.lag_only:
+        lag_table(leak, switches + [0.05], a.rounds)
+        return
+    for tool in ("wrk", "nginx", "curl"):
+        if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
+            raise SystemExit(f"{tool} is required (make bench installs it)")
+    d = Path(tempfile.mkdtemp(prefix="dlp-latency-"))
+    os.chmod(d, 0o755)
+    www = d / "www"
+    www.mkdir()
+    (www / "10k.html").write_bytes(synth.benign_web(10 << 10)[: 10 << 10])
+    (www / "leak.csv").write_bytes(leak)
+    block = synth.benign_web(1 << 20)[: 1 << 20]
+    with open(www / "big.html", "wb") as fh:
+        for _ in range(a.big_mb):
+            fh.write(block)
+    configs: dict[str, tuple[dict, dict[str, str]]] = {"loop (scan_workers: 0)": ({"scan_workers": 0}, {})}
+    for ms in a.switch_ms.split(","):
+        configs[f"pool, switch {ms} ms"] = ({}, {"DLP_SCAN_SWITCH_INTERVAL": "0" if float(ms) == 5
+                                                 else str(float(ms) / 1000)})
+    last = a.switch_ms.split(",")[-1]
+    configs[f"pool, switch {last} ms, no inline"] = ({}, {**configs[f"pool, switch {last} ms"][1],
+                                                          "DLP_SCAN_INLINE_BYTES": "0"})
+    if not a.no_standin:
+        configs["pool, GIL-free stand-in"] = ({}, {})
+    procs: list[subprocess.Popen] = []
+    sidecars: dict[str, Sidecar] = {}
+    try:
+        op = free_port()
+        procs.append(nginx(d, "origin", op, f"root {www}; sendfile on;"))
+        origin = f"http://127.0.0.1:{op}"
+        wait_http(origin + "/10k.html")
+        for i, (name, (conf, knobs)) in enumerate(configs.items()):
+            env = os.environ.copy()
+            for k in ("DLP_SCAN_SWITCH_INTERVAL", "DLP_SCAN_INLINE_BYTES"):
+                os.environ.pop(k, None)
+            os.environ.update(knobs)
+            try:
+                sc = Sidecar.create(d / f"sc{i}", origin, {
+                    "proxy": {"mode": "monitor"}, "alerts": {"sinks": []}, **conf})
+                sidecars[name] = start_standin(sc, d) if "stand-in" in name else sc.start()
+            finally:
+                os.environ.clear()
+                os.environ.update(env)
+        runs: dict[str, dict[str, list[dict]]] = {n: {"idle": [], "busy": []} for n in configs}
+        big: dict[str, list[float]] = {n: [] for n in configs}
+        for rnd in range(a.rounds):
+            for name, sc in sidecars.items():
+                for what in ("idle", "busy"):
+                    runs[name][what].append(measure(sc.url + "/10k.html", a.seconds,
+                                                    None if what == "idle" else sc.url + "/leak.csv"))
+                if a.big_mb:
+                    p = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{speed_download}",
+                                        sc.url + "/big.html"], capture_output=True, text=True, timeout=300)
+                    big[name].append(float(p.stdout) / 2**20)
+                print(f"  round {rnd + 1}: {name}", file=sys.stderr)
+        med = {n: {w: {k: statistics.median([r[k] for r in v[w]]) if v[w][0][k] is not None else None
+                       for k in ("p50", "p99", "rps", "leak_MBps")} for w in v} for n, v in runs.items()}
+        print(f"\n## 10 KiB requests while a {len(leak) / 2**20:.1f} MB dense leak streams through a monitoring "
+              f"sidecar\n\n(wrk -c4, {a.seconds} s per cell, median of {a.rounds} interleaved rounds; "
+              f"{os.cpu_count()} cores, shared with other work)\n")
+        print("| sidecar | no download p50 / p99 ms | during the leak p50 / p99 ms | leak download MB/s | "
+              f"p99 × loop's | {a.big_mb} MB benign MB/s |")
+        print("|---|---|---|---|---|---|")
+        loop_p99 = med["loop (scan_workers: 0)"]["busy"]["p99"]
+        for name, m in med.items():
+            i, b = m["idle"], m["busy"]
+            err = " errors!" if any(r["errors"] for w in runs[name].values() for r in w) else ""
+            print(f"| {name} | {i['p50']:.2f} / {i['p99']:.2f} | {b['p50']:.2f} / {b['p99']:.2f} | "
+                  f"{b['leak_MBps']:.2f} | {b['p99'] / loop_p99:.3f} | "
+                  f"{statistics.median(big[name]) if big[name] else float('nan'):.0f} |{err}")
+        print("\nper round, during the leak (p99 ms): " + "; ".join(
+            f"{n}: " + ", ".join(f"{r['p99']:.1f}" for r in v["busy"]) for n, v in runs.items()))
+        best = min((n for n in med if n.startswith("pool") and "stand-in" not in n), key=lambda n: med[n]["busy"]["p99"])
+        print(f"\n{'PASS' if med[best]['busy']['p99'] <= 5 else 'MISS'}  10 KiB p99 <= 5 ms during the leak "
+              f"({best}: {med[best]['busy']['p99']:.2f} ms; with no download {med[best]['idle']['p99']:.2f} ms)")
+        if "pool, GIL-free stand-in" in med:
+            m = med["pool, GIL-free stand-in"]["busy"]
+            print(f"{'PASS' if m['p99'] <= 5 else 'MISS'}  the same with a scan that holds no GIL "
+                  f"(stand-in): {m['p99']:.2f} ms")
+        lag = lag_table(leak, switches + [0.05], a.rounds)
+        if a.json:
+            a.json.write_bytes(orjson.dumps({"medians": med, "runs": runs, "big_MBps": big, "lag": lag},
+                                            option=orjson.OPT_INDENT_2))
+    finally:
+        for sc in sidecars.values():
+            sc.stop()
+        for p in procs:
+            p.terminate()
+            p.wait()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
