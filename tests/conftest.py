@@ -22,6 +22,38 @@ KEY = bytes(range(32))
 REPORT_TABLES: list[str] = []     # tables tests want shown at the end of the run (even under -q)
 
 
+# Modules whose real brokers, browsers and gigabyte downloads take the longest (measured with
+# --durations), collected first: under pytest-xdist (`make test`: -n 2 --dist loadfile) whole modules
+# go to the workers in collection order, and a long module handed out last would leave one worker
+# running it alone at the end. Order only: every test still runs, and none depends on another's order.
+LONG_MODULES = ("test_stream.py", "test_report_html.py", "test_acceptance.py", "test_memory.py",
+                "test_proxy.py", "test_icap.py", "test_metrics_prom.py")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    rank = {name: i for i, name in enumerate(LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # stable: the rest keep their order
+
+
+def pytest_configure(config) -> None:
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_WorkerTables(), "dlp-worker-tables")
+
+
+class _WorkerTables:
+    """Under pytest-xdist the tables are registered in the workers, whose terminal nobody sees: each
+    worker hands its tables to the controller when it finishes, and the controller prints them all."""
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session) -> None:
+        out = getattr(session.config, "workeroutput", None)     # set in a worker only
+        if out is not None:
+            out["dlp_report_tables"] = list(REPORT_TABLES)
+
+    def pytest_testnodedown(self, node, error) -> None:
+        REPORT_TABLES.extend(getattr(node, "workeroutput", {}).get("dlp_report_tables", []))
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     """Print the tables tests registered (pytest -q swallows prints; the summary does not)."""
     for table in REPORT_TABLES:

@@ -25,10 +25,41 @@ BIN = Path(sys.executable).parent
 OUTPUTS: list[Path] = []            # files and directories the product wrote during the session
 
 
+_PORTS = (10_000, 32_000)            # below the kernel's ephemeral range (32768-60999 here)
+_next_port: list[int] = []
+
+
+def _port_range() -> range:
+    """This process's share of ``_PORTS``: under pytest-xdist each worker (``gw0``, ``gw1``…) has a
+    range of its own, so two workers never hand out the same port; a run without xdist has it all."""
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    index = int((os.environ.get("PYTEST_XDIST_WORKER") or "gw0").removeprefix("gw") or 0)
+    span = (_PORTS[1] - _PORTS[0]) // max(count, 1)
+    return range(_PORTS[0] + index * span, _PORTS[0] + (index + 1) * span)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nobody listens on, never the same twice in a session.
+
+    Not ``bind(0)``: the kernel picks that from the ephemeral range, where every outgoing connection
+    (curl, urllib, the brokers' clients) also takes its local port, and where a parallel worker may be
+    handed the same port before our process binds it. Ports here come from a range below the ephemeral
+    one, this worker's own, in order from a random start (two suites on one machine do not walk in
+    lockstep), each checked free by binding it."""
+    ports = _port_range()
+    if not _next_port:
+        import random
+        _next_port.append(random.randrange(len(ports)))
+    for _ in range(len(ports)):
+        port = ports[_next_port[0] % len(ports)]
+        _next_port[0] += 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue                    # in use (or in TIME_WAIT from an earlier listener)
+            return port
+    raise RuntimeError(f"no free loopback port in {ports}")
 
 
 def log_tail(log: Path | None, lines: int = 40) -> str:

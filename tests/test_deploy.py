@@ -56,7 +56,7 @@ def _exported_names(metrics_text: str) -> set[str]:
 @pytest.fixture(scope="module")
 def prometheus_on_sidecar(tmp_path_factory):
     """A sidecar with traffic behind it (pages, leaks, a dead alert sink, a corrupt gzip, a
-    timeout), scraped every second by a real Prometheus on loopback."""
+    timeout), scraped every 250 ms by a real Prometheus on loopback."""
     exe = require_tool("prometheus")
     tmp = tmp_path_factory.mktemp("prom")
     up = Upstream.start(build_site(tmp / "site", people=500))
@@ -66,7 +66,7 @@ def prometheus_on_sidecar(tmp_path_factory):
                   {"type": "webhook", "url": f"http://127.0.0.1:{free_port()}/down"}]}}).start()
     port = free_port()
     (tmp / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "global": {"scrape_interval": "250ms", "evaluation_interval": "250ms"},
         "scrape_configs": [{"job_name": "dlp-sensor", "static_configs": [{"targets": [f"127.0.0.1:{sc.metrics_port}"]}]}]}))
     prom = subprocess.Popen([exe, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
                              f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
@@ -87,7 +87,7 @@ def prometheus_on_sidecar(tmp_path_factory):
             r = json.loads(urllib.request.urlopen(api + urllib.parse.quote("count_over_time(up[1m])")).read())
             if r["data"]["result"] and float(r["data"]["result"][0]["value"][1]) >= 3:
                 break
-            time.sleep(0.5)
+            time.sleep(0.1)
         metrics = urllib.request.urlopen(sc.metrics + "/metrics").read().decode()
         yield api, metrics
     finally:

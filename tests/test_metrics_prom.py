@@ -149,7 +149,7 @@ def _poll(what: str, cond, timeout: float = 90.0):
         got = cond()
         if got:
             return got
-        time.sleep(0.5)
+        time.sleep(0.1)
     raise AssertionError(f"{what}: not seen within {timeout:.0f} s")
 
 
@@ -165,7 +165,7 @@ def test_real_prometheus_fires_DLPTakedownHappened_on_the_first_trip(site, tmp_p
         assert b.metric("dlp_takedowns_total", source="trip") == 1
         port = free_port()
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "global": {"scrape_interval": "250ms", "evaluation_interval": "250ms"},
             "rule_files": [str(RULES)],
             "scrape_configs": [{"job_name": "dlp-sensor", "static_configs": [
                 {"targets": [f"127.0.0.1:{a.metrics_port}"], "labels": {"namespace": "web", "pod": "a"}},

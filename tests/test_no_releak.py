@@ -11,6 +11,8 @@ import random
 import textwrap
 import time
 
+import pytest
+
 from sensor import synth
 from sensor.sample_site import ROSTER
 from tests.procs import OUTPUTS, ROOT, Sidecar, site_fixture
@@ -53,9 +55,11 @@ def test_a_value_is_reported_once_with_its_file_and_only_two_characters(tmp_path
 INNER_CONFTEST = "from tests.conftest import _no_releak, _no_releak_at_the_end  # noqa: F401\n"
 
 
-def test_a_leak_fails_the_test_that_wrote_it_and_a_late_one_fails_the_session(pytester, monkeypatch):
+@pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["serial", "xdist"])
+def test_a_leak_fails_the_test_that_wrote_it_and_a_late_one_fails_the_session(pytester, monkeypatch, workers):
     """Run in a pytest of its own: a test whose output holds a raw value errors at its teardown; a
-    module fixture that writes one while stopping errors the session's last teardown."""
+    module fixture that writes one while stopping errors the session's last teardown. The same under
+    pytest-xdist (`make test` runs two workers): each worker's session check fails its own last test."""
     value = roster_values()[7]
     pytester.makeconftest(INNER_CONFTEST)
     pytester.makepyfile(test_inner=textwrap.dedent(f"""
@@ -79,7 +83,7 @@ def test_a_leak_fails_the_test_that_wrote_it_and_a_late_one_fails_the_session(py
             pass
     """))
     monkeypatch.setenv("PYTHONPATH", str(ROOT))         # the inner run imports tests.conftest
-    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
+    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q", *workers)
     out = r.stdout.str()
     r.assert_outcomes(passed=2, errors=2)
     assert "ERROR at teardown of test_writes_a_leak" in out
