@@ -522,9 +522,11 @@ def test_overload_follows_the_routes_fail_choice(site, tmp_path):
         assert sc.metric("dlp_scan_failures_total", reason="overload", action="open") == 1
         assert sc.metric("dlp_exchanges_total", tap="proxy", verdict="unscanned") == 1
         # the bytes that left unscanned are an alert, not only a metric: the SOC hears scanning was saturated
-        _wait(lambda: any(x["rule"]["id"] == "dlp.unscanned" for x in sc.alerts()))
-        [sat] = [x for x in sc.alerts() if x["rule"]["id"] == "dlp.unscanned"]
-        assert sat["dlp"]["unscanned"]["reason"] == "overload" and sat["dlp"]["action"] == "forwarded_unscanned"
+        # and so are the refusals (clients turned away while the route fails closed)
+        _wait(lambda: sum(x["rule"]["id"] == "dlp.unscanned" for x in sc.alerts()) == 2)
+        sat = {x["dlp"]["unscanned"]["reason"]: x["dlp"]["action"] for x in sc.alerts()
+               if x["rule"]["id"] == "dlp.unscanned"}
+        assert sat == {"overload": "forwarded_unscanned", "overload-refused": "refused_unscanned"}
     finally:
         sc.stop()
 

@@ -94,9 +94,14 @@ async def test_a_leak_fetched_whole_for_a_range_trips_and_is_never_remembered(ma
 async def test_an_unasked_206_on_an_enforce_route_fails_closed_with_an_unscanned_alert(make):
     s = make()
     ses = _session(s)                                       # no Range asked (or an ICAP RESPMOD)
+    sent: list[dict] = []
+    s.dispatcher.submit = sent.append
     step = ses.on_response(206, _part(len(LEAK)), content_length=512)
     assert step.action == REFUSE and step.status == 503 and ("Retry-After", "1") in step.headers
     ses.close(False)
+    [alert] = sent                                          # refused, and said so: not "forwarded"
+    assert alert["dlp"]["unscanned"]["reason"] == "unverified-range"
+    assert alert["dlp"]["action"] == "refused_unscanned" and "denied" in alert["event"]["type"]
     assert count(s, "dlp_scan_failures_total", reason="unverified_range", action="closed") == 1
     assert count(s, "dlp_exchanges_total", tap="proxy", verdict="unscanned") == 1
 

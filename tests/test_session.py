@@ -350,8 +350,14 @@ async def test_admission_caps_per_client_and_global_answer_503_with_retry_after(
     assert (step.action, step.status) == (REFUSE, 503) and ("Retry-After", "1") in step.headers
     b = open_session(s, peer="10.0.0.2")
     assert b.on_response(200, {}).action == HOLD        # another client is not held up by the first
+    sent: list[dict] = []
+    s.dispatcher.submit = sent.append                   # the alerts the refusals raise
     c = open_session(s, peer="10.0.0.3")
     assert c.on_response(200, {}).status == 503         # the global cap, route fails closed
+    # saturation is heard by the SOC (the per-client cap is a throttle, not an alert)
+    [sat] = sent
+    assert sat["rule"]["id"] == "dlp.unscanned" and sat["dlp"]["unscanned"]["reason"] == "overload-refused"
+    assert sat["dlp"]["action"] == "refused_unscanned" and "denied" in sat["event"]["type"]
     assert count(s, "dlp_scan_failures_total", reason="client_overload", action="closed") == 1
     assert count(s, "dlp_scan_failures_total", reason="overload", action="closed") == 1
     a1.close(False)

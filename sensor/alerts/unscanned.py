@@ -35,7 +35,12 @@ if TYPE_CHECKING:
 WINDOW = 60.0                       # seconds an episode's follow-up exchanges are folded into one alert
 REASONS = {"overload": "the scanner was saturated",
            "scanner-error": "the scanner failed and the route is on_error: open",
-           "decode-limit": "a decode limit stopped the scan and the route is on_decode_limit: open"}
+           "decode-limit": "a decode limit stopped the scan and the route is on_decode_limit: open",
+           # refused, not forwarded: the SOC hears that clients are turned away (an overload may be an
+           # attack on the sensor itself, and either way legitimate downloads fail)
+           "overload-refused": "the scanner was saturated and the route is on_error: closed",
+           "unverified-range": "a range of a body never scanned whole and clean was asked for"}
+REFUSED = frozenset({"overload-refused", "unverified-range"})    # reasons whose responses did not leave
 
 
 @dataclass
@@ -100,15 +105,16 @@ class UnscannedAlerts:
         """The alert for ``count`` exchanges of ``reason`` (``ctx``: the latest of them)."""
         s = self.sensor
         why = REASONS.get(reason, reason)
-        note = (f"unscanned: {reason} ({why}); {count} exchange(s) left unscanned"
+        refused = reason in REFUSED
+        note = (f"unscanned: {reason} ({why}); {count} exchange(s) {'refused' if refused else 'left unscanned'}"
                 + (f" in the last {self.window:g} s, this one the latest" if count > 1 else ""))
-        ctx = dataclasses.replace(ctx, action="forwarded_unscanned", ruleset=s.detector.generation,
-                                  takedown_id=None)
+        ctx = dataclasses.replace(ctx, action="refused_unscanned" if refused else "forwarded_unscanned",
+                                  ruleset=s.detector.generation, takedown_id=None)
         alert = build_alert(ctx, ScanResult(verdict="alert", notes=[note]), key=s.key,
                             source_ip=s.config.source_ip, now=now)
         day = dt.datetime.fromtimestamp(now, dt.timezone.utc).date().isoformat()
-        alert["event"].update(action="dlp-unscanned", type=["info"])       # forwarded, not denied
-        alert["rule"].update(id="dlp.unscanned", name=f"Responses left without a scan: {reason}")
+        alert["event"].update(action="dlp-unscanned", type=["info", "denied"] if refused else ["info"])
+        alert["rule"].update(id="dlp.unscanned", name=f"Responses {'refused' if refused else 'left'} without a scan: {reason}")
         alert["dlp"]["incident"] = {"id": incident_id(s.key, f"unscanned|{reason}|{day}")}
         alert["dlp"]["unscanned"] = {"reason": reason, "exchanges": count, "window_seconds": self.window}
         return alert

@@ -333,6 +333,7 @@ class ExchangeSession:
             s.metrics.failures.labels(reason="overload", action=self.route.on_error).inc()
             if self.route.on_error == "closed":
                 self.accounted = True
+                s.unscanned.add(ctx, "overload-refused")    # saturation is the SOC's to hear, not only a metric
                 return self._stop(503, "overload")
             self.unscanned_why = "overload"             # the body leaves unscanned: the SOC hears of it
         elif not self.enforce and s.mirror is not None:
