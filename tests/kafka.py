@@ -74,6 +74,7 @@ class Broker:
     port: int = 0
     proc: subprocess.Popen | None = None
     log: Path | None = None
+    cpus: str | None = None         # ``taskset -c`` list: benches keep the broker off the worker's core
 
     @property
     def idempotent(self) -> bool:
@@ -81,7 +82,7 @@ class Broker:
         return self.kind != "tansu"
 
     @classmethod
-    def start(cls, tmp: Path, kind: str = "noida", *, local: bool = False) -> "Broker":
+    def start(cls, tmp: Path, kind: str = "noida", *, local: bool = False, cpus: str | None = None) -> "Broker":
         """``local``: a broker of our own even when $DLP_KAFKA_BOOTSTRAP names an external one (a test
         that stops and restarts the broker must not do that to a shared cluster)."""
         external = None if local else os.environ.get("DLP_KAFKA_BOOTSTRAP")
@@ -98,7 +99,7 @@ class Broker:
                 pytest.fail(f"{pkg} is required in CI (the Makefile installs it with the test extra)")
             pytest.skip(f"{pkg} not installed and DLP_KAFKA_BOOTSTRAP not set (CI fails instead)")
         port = free_port()
-        b = cls(f"127.0.0.1:{port}", kind, tmp / f"{kind}-data", port, log=tmp / f"{kind}.log")
+        b = cls(f"127.0.0.1:{port}", kind, tmp / f"{kind}-data", port, log=tmp / f"{kind}.log", cpus=cpus)
         b.data.mkdir(parents=True, exist_ok=True)
         b.exe = exe
         b.resume()
@@ -113,13 +114,18 @@ class Broker:
             url = f"tcp://127.0.0.1:{self.port}"
             cmd = [self.exe, "broker", "--listener-url", url, "--advertised-listener-url", url,
                    "--storage-engine", "memory://tansu/"]
-        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(pinned(cmd, self.cpus), stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
         wait_broker(self.bootstrap, proc=self.proc)
 
     def stop(self) -> None:
         if self.proc is not None:
             stop(self.proc, signal.SIGTERM, timeout=15)      # noida-db flushes to disk on SIGTERM
             self.proc = None
+
+
+def pinned(cmd: list[str], cpus: str | None) -> list[str]:
+    """``cmd`` run on the CPUs ``cpus`` (``taskset -c``; every thread it starts inherits them)."""
+    return ["taskset", "-c", cpus, *cmd] if cpus else cmd
 
 
 def kafka_conf(bootstrap: str, prefix: str, **extra) -> dict:
@@ -139,6 +145,7 @@ class WorkerProc:
     name: str
     metrics_port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    cpus: str | None = None         # ``taskset -c`` list (bench/stream.py gives the worker a core of its own)
 
     @property
     def metrics(self) -> str:
@@ -151,9 +158,9 @@ class WorkerProc:
         cfg = self.tmp / "worker.yaml"
         cfg.write_text(yaml.safe_dump(conf))
         OUTPUTS.extend([self.tmp / "stderr.log", self.tmp / "state"])
-        self.proc = subprocess.Popen([str(BIN / "dlp-sensor"), "worker", "--config", str(cfg), "--state-dir",
-                                      str(self.tmp / "state"), "--metrics", f"127.0.0.1:{self.metrics_port}",
-                                      "--log-level", "info"],
+        cmd = [str(BIN / "dlp-sensor"), "worker", "--config", str(cfg), "--state-dir", str(self.tmp / "state"),
+               "--metrics", f"127.0.0.1:{self.metrics_port}", "--log-level", "info"]
+        self.proc = subprocess.Popen(pinned(cmd, self.cpus),
                                      stdout=open(self.tmp / "stderr.log", "ab"), stderr=subprocess.STDOUT, cwd=ROOT)
         if wait:
             self.wait_ready()
@@ -172,7 +179,7 @@ class WorkerProc:
         return read_metric(self.metrics, name, **labels)
 
 
-def start_workers(tmp: Path, kafka: dict, names: list[str]) -> list[WorkerProc]:
+def start_workers(tmp: Path, kafka: dict, names: list[str], cpus: str | None = None) -> list[WorkerProc]:
     """Workers of one group, each started once the one before it is ready.
 
     noida-db 0.2.3 mishandles two JoinGroups that arrive within a fraction of a second of each
@@ -183,7 +190,7 @@ def start_workers(tmp: Path, kafka: dict, names: list[str]) -> list[WorkerProc]:
     out: list[WorkerProc] = []
     try:
         for n in names:
-            out.append(WorkerProc(tmp / n, kafka, n).start())
+            out.append(WorkerProc(tmp / n, kafka, n, cpus=cpus).start())
     except BaseException:
         for w in out:
             w.stop()
