@@ -146,6 +146,7 @@ class WorkerProc:
     metrics_port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
     cpus: str | None = None         # ``taskset -c`` list (bench/stream.py gives the worker a core of its own)
+    extra: dict = field(default_factory=dict)   # more configuration (policy, exposure...)
 
     @property
     def metrics(self) -> str:
@@ -153,7 +154,7 @@ class WorkerProc:
 
     def start(self, wait: bool = True) -> "WorkerProc":
         self.tmp.mkdir(parents=True, exist_ok=True)
-        conf = {"sensor_id": self.name, "hmac_key": HMAC_KEY,
+        conf = {**self.extra, "sensor_id": self.name, "hmac_key": HMAC_KEY,
                 "kafka": {**self.kafka, "worker": {**self.kafka.get("worker", {}), "web_port": free_port()}}}
         cfg = self.tmp / "worker.yaml"
         cfg.write_text(yaml.safe_dump(conf))
@@ -236,14 +237,16 @@ def json_values(bootstrap: str, topic: str) -> list[dict]:
 
 
 def exchange_records(xid: str, resource: str, body: bytes, *, client: str, chunk: int = 8 << 10,
-                     sensor: str = "test-producer") -> list[tuple[bytes, bytes]]:
-    """One exchange in the record format, as a mirror tap (or any producer) would publish it."""
+                     sensor: str = "test-producer", content_type: str = "text/csv",
+                     query: str = "") -> list[tuple[bytes, bytes]]:
+    """One exchange in the record format, as a mirror tap (or any producer) would publish it. ``query``:
+    the request's query string (the resource key leaves pagination out, as the sidecars fold it)."""
     from sensor.stream.records import encode
     host, _, path = resource.partition("/")
-    recs = [encode("meta", url={"scheme": "http", "domain": host, "path": "/" + path,
-                                "original": f"http://{resource}"}, resource=resource, method="GET", status=200,
-                   content_type="text/csv", content_encoding="", client=client, mode="monitor", path="/" + path,
-                   partial=False, sensor=sensor, ts=time.time())]
+    original = f"http://{resource}" + (f"?{query}" if query else "")
+    recs = [encode("meta", url={"scheme": "http", "domain": host, "path": "/" + path, "original": original},
+                   resource=resource, method="GET", status=200, content_type=content_type, content_encoding="",
+                   client=client, mode="monitor", path="/" + path, partial=False, sensor=sensor, ts=time.time())]
     parts = [body[i:i + chunk] for i in range(0, len(body), chunk)]
     recs += [encode("chunk", p, seq=n) for n, p in enumerate(parts)]
     recs.append(encode("end", seq=len(parts), bytes=len(body), completed=True, lost=False))
@@ -265,6 +268,49 @@ def produce(broker: Broker, topic: str, records: list[tuple[bytes | None, bytes]
             await p.stop()
 
     asyncio.run(go())
+
+
+def create_topics(bootstrap: str, prefix: str) -> None:
+    """The topics as a worker creates them (8 partitions), for records produced before any worker runs."""
+    from sensor.config import KafkaConfig
+    from sensor.stream.kafka import ensure_topics
+    asyncio.run(ensure_topics(KafkaConfig(bootstrap=bootstrap, topic_prefix=prefix)))
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int = 8) -> dict[int, int]:
+    """The group's committed offset per partition of ``topic`` (partitions never committed are absent).
+    The partitions are named: Tansu cannot answer a request for all of a group's offsets."""
+    from aiokafka import TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def go() -> dict[int, int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+        await admin.start()
+        try:
+            got = await admin.list_consumer_group_offsets(
+                group, partitions=[TopicPartition(topic, p) for p in range(partitions)])
+        finally:
+            await admin.close()
+        return {tp.partition: m.offset for tp, m in got.items() if tp.topic == topic and m.offset >= 0}
+
+    return asyncio.run(go())
+
+
+def end_offsets(bootstrap: str, topic: str, partitions: int = 8) -> dict[int, int]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    async def go() -> dict[int, int]:
+        c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+        await c.start()
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        try:
+            c.assign(tps)                               # the partitions' leaders, for ListOffsets
+            ends = await c.end_offsets(tps)
+        finally:
+            await c.stop()
+        return {tp.partition: o for tp, o in ends.items()}
+
+    return asyncio.run(go())
 
 
 def partition_of(key: str, partitions: int) -> int:

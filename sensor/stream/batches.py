@@ -14,7 +14,10 @@ a record not yet done. Anything not committed is read again after a crash (``kil
 partition's next owner; what it publishes twice carries the same exchange id.
 
 The consumer group is ``<kafka.worker.group>.scan``: faust's own members (the ledger agent, the
-exposure table) speak faust's assignor protocol, which a plain aiokafka member cannot join.
+exposure table) speak faust's assignor protocol, which a plain aiokafka member cannot join. On a
+partition the new group never committed, the worker starts where faust's group left the topic
+(workers before this one read ``exchanges`` through faust), not at the earliest record: replaying
+an hour of exchanges would re-publish takedowns that were lifted since.
 """
 from __future__ import annotations
 
@@ -60,7 +63,10 @@ class _Listener(ConsumerRebalanceListener):
         self.reader = reader
 
     async def on_partitions_revoked(self, revoked) -> None:
-        await self.reader.commit()                      # what is done, before another member takes it
+        try:                                            # what is done, before another member takes it
+            await asyncio.wait_for(self.reader.commit(), 5.0)
+        except asyncio.TimeoutError:
+            log.warning("commit before the rebalance timed out; the records will be read again")
         await self.reader.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned) -> None:

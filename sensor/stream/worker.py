@@ -490,7 +490,15 @@ class Worker:
         self.scan_acks.forget(assigned)
         self.scan_cursor.forget(assigned)
         try:
-            for tp, offset in (await self.offsets.starting(scan_group(self.k), list(assigned))).items():
+            start = await self.offsets.starting(scan_group(self.k), list(assigned))
+            fresh = [tp for tp in assigned if tp not in await self.offsets.committed(scan_group(self.k), assigned)]
+            if fresh:       # before the scan group existed, faust's group read the topic: go on from there
+                for tp, offset in (await self.offsets.committed(self.k.group, fresh)).items():
+                    log.info("%s[%d]: starting at offset %d, where faust's group %s left it", tp.topic,
+                             tp.partition, offset, self.k.group)
+                    self.reader.seek(tp, offset)
+                    start[tp] = offset
+            for tp, offset in start.items():
                 self.scan_cursor.position(tp, offset)
         except Exception as e:                          # noqa: BLE001  (then the first record read positions it)
             log.warning("committed offsets unavailable after the rebalance: %r", e)
