@@ -160,3 +160,39 @@ def test_a_worker_killed_mid_batch_loses_nothing(tmp_path, tansu):
         for w in (w1, w2):
             if w is not None:
                 w.stop()
+
+
+def test_a_new_scan_group_starts_where_fausts_group_left_the_exchanges(tmp_path, broker):
+    """Workers before the batch reader consumed ``exchanges`` in faust's group. A worker upgraded in its place
+    goes on from those offsets (replaying the topic's hour would re-publish takedowns lifted since)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    prefix = unique_prefix()
+    k = kafka_conf(broker.bootstrap, prefix)
+    topic = prefix + "exchanges"
+    create_topics(broker.bootstrap, prefix)
+    body = synth.breach_csv(50)
+    old, new = [f"o{i:02d}" for i in range(10)], [f"n{i:02d}" for i in range(6)]
+    produce(broker, topic, [r for x in old for r in exchange_records(x, f"{HOST}/e/{x}.csv", body, client=x)])
+    ends = end_offsets(broker.bootstrap, topic)
+
+    async def commit_as_faust() -> None:
+        c = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=k["worker"]["group"],
+                             enable_auto_commit=False)
+        await c.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in ends]
+            c.assign(tps)
+            await c.commit({tp: ends[tp.partition] for tp in tps if ends[tp.partition] > 0})
+        finally:
+            await c.stop()
+
+    asyncio.run(commit_as_faust())
+    produce(broker, topic, [r for x in new for r in exchange_records(x, f"{HOST}/e/{x}.csv", body, client=x)])
+    w = WorkerProc(tmp_path / "w", k, "w").start()
+    try:
+        wait_for(lambda: sum(committed_offsets(broker.bootstrap, k["worker"]["group"] + ".scan", topic).values())
+                 == sum(end_offsets(broker.bootstrap, topic).values()), what="the scan group to reach the end")
+        assert sorted({f["xid"] for f in findings(broker.bootstrap, prefix)}) == new
+    finally:
+        w.stop()

@@ -16,8 +16,8 @@ partition's next owner; what it publishes twice carries the same exchange id.
 The consumer group is ``<kafka.worker.group>.scan``: faust's own members (the ledger agent, the
 exposure table) speak faust's assignor protocol, which a plain aiokafka member cannot join. On a
 partition the new group never committed, the worker starts where faust's group left the topic
-(workers before this one read ``exchanges`` through faust), not at the earliest record: replaying
-an hour of exchanges would re-publish takedowns that were lifted since.
+(workers before this one read ``exchanges`` through faust; :meth:`BatchReader.adopt`), not at the
+earliest record: replaying an hour of exchanges would re-publish takedowns that were lifted since.
 """
 from __future__ import annotations
 
@@ -102,6 +102,27 @@ class BatchReader:
         self.consumer = c
         self.consumer.subscribe([self.topic], listener=_Listener(self))
         self.started = True
+
+    async def adopt(self, legacy: str, offsets) -> None:
+        """Before joining: partitions this group never committed start where ``legacy`` (faust's group, which
+        read the topic before) committed, by committing those offsets for this group. Only while the group
+        is empty: a live group has its own offsets, and the broker refuses a commit from outside it."""
+        tps = [TopicPartition(self.topic, p) for p in range(self.k.partitions)]
+        have = await offsets.committed(self.group, tps)
+        left = await offsets.committed(legacy, [tp for tp in tps if tp not in have])
+        if not left:
+            return
+        c = AIOKafkaConsumer(**client_kwargs(self.k), group_id=self.group, enable_auto_commit=False)
+        await c.start()
+        try:
+            c.assign(list(left))
+            await c.commit(left)
+            log.info("%s: %d partition(s) start where faust's group %s left them", self.topic, len(left), legacy)
+        except KafkaError as e:
+            log.info("%s: offsets of %s not adopted (%s): the group has its own", self.topic, legacy,
+                     type(e).__name__)
+        finally:
+            await c.stop()
 
     async def stop(self) -> None:
         """Commit what is done and leave the group (its partitions move at once, not after the session timeout)."""

@@ -348,9 +348,10 @@ class Worker:
                         await p.start()
                         self._producer = p
                         self._producer_up.set()
+                    await self.reader.adopt(self.k.group, self.offsets)
                     await self.reader.start()
                     break
-                except (KafkaError, OSError) as e:
+                except (KafkaError, OSError, asyncio.TimeoutError) as e:
                     log.warning("scan consumer not started (%s); retrying", type(e).__name__)
                     await asyncio.sleep(1.0)
             await self._scan_loop()
@@ -490,15 +491,7 @@ class Worker:
         self.scan_acks.forget(assigned)
         self.scan_cursor.forget(assigned)
         try:
-            start = await self.offsets.starting(scan_group(self.k), list(assigned))
-            fresh = [tp for tp in assigned if tp not in await self.offsets.committed(scan_group(self.k), assigned)]
-            if fresh:       # before the scan group existed, faust's group read the topic: go on from there
-                for tp, offset in (await self.offsets.committed(self.k.group, fresh)).items():
-                    log.info("%s[%d]: starting at offset %d, where faust's group %s left it", tp.topic,
-                             tp.partition, offset, self.k.group)
-                    self.reader.seek(tp, offset)
-                    start[tp] = offset
-            for tp, offset in start.items():
+            for tp, offset in (await self.offsets.starting(scan_group(self.k), list(assigned))).items():
                 self.scan_cursor.position(tp, offset)
         except Exception as e:                          # noqa: BLE001  (then the first record read positions it)
             log.warning("committed offsets unavailable after the rebalance: %r", e)
