@@ -229,6 +229,7 @@ class Worker:
                 else:
                     if out is not None:
                         pending.append(out)
+                await asyncio.sleep(0)      # let the fetcher ask for (and read) the next records meanwhile
             if now - self._last_expiry >= 1.0:
                 self._last_expiry = now
                 for xid in self._expired():
