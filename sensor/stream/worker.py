@@ -566,23 +566,25 @@ class Worker:
 
     # -- metrics -------------------------------------------------------------------------------
     async def _lag(self) -> None:
-        lag: dict[str, int] = {t.get_topic_name(): 0 for t in (self.t_exchanges, self.t_findings)}
-        owned = dict.fromkeys(lag, 0)
-        try:
-            for c in (self.app.consumer, self.reader):
-                for tp in c.assignment():
-                    if tp.topic not in lag:
-                        continue                        # changelog partitions (standbys) are not ours to scan
-                    owned[tp.topic] += 1
-                    pos = await c.position(tp)
+        """Partitions owned (always) and records behind (when every position is known within a moment:
+        during a rebalance a position can wait for its reset, and this runs on faust's timer)."""
+        topics = {self.t_exchanges.get_topic_name(): self.reader, self.t_findings.get_topic_name(): self.app.consumer}
+        for topic, c in topics.items():
+            try:
+                tps = [tp for tp in c.assignment() if tp.topic == topic]   # (not changelog standbys)
+            except Exception:                           # noqa: BLE001  (the consumer is not up yet)
+                continue
+            self.metrics.assigned_partitions.labels(topic=topic).set(len(tps))
+            try:
+                lag = 0
+                for tp in tps:
+                    pos = await asyncio.wait_for(c.position(tp), 0.5)
                     hw = c.highwater(tp)
                     if pos is not None and hw is not None:
-                        lag[tp.topic] += max(0, hw - pos)
-        except Exception:                               # noqa: BLE001  (a rebalance in progress)
-            return
-        for topic in lag:
-            self.metrics.consumer_lag.labels(topic=topic).set(lag[topic])
-            self.metrics.assigned_partitions.labels(topic=topic).set(owned[topic])
+                        lag += max(0, hw - pos)
+            except Exception:                           # noqa: BLE001  (a rebalance in progress)
+                continue
+            self.metrics.consumer_lag.labels(topic=topic).set(lag)
 
     async def start_http(self) -> None:
         """Serve /metrics, /healthz and /readyz from the first moment, before faust joins the group:
