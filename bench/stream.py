@@ -13,7 +13,7 @@ sidecar processes, the sample site. Same run, same data:
    CPU 0 with ``sched_setaffinity`` after the baseline. Baseline and worker alternate ``--repeat``
    times in the same run; the table shows medians and the ratio of the medians. (Other processes on
    the machine are not pinned away: quote the load with the figures.)
-3. With ``--all``: 2 workers (both unpinned; the machine has 2 cores shared by the broker, the
+3. With ``--all`` (on a noida-db broker: the sidecars' mirror needs the idempotent producer): 2 workers (both unpinned; the machine has 2 cores shared by the broker, the
    producer and the workers, so the row says how the pool behaves, not how it scales), latency (one
    exchange every 50 ms, end record sent -> finding readable, p50/p99) and **fleet takedowns**:
    sidecars A (monitor, mirrored to the workers; ``/stream/*`` enforced
@@ -224,11 +224,14 @@ def main() -> None:
         mb = sum(len(b) for _, b, _ in items) / 1e6
         one_worker(d, broker, items, a.repeat, rows, out)
         os.sched_setaffinity(0, cpus)
-        if a.all:
-            fleet(d, broker, items, mb, a.trips, rows, out, procs)
+        if a.all:       # the sidecars' mirror uses the idempotent producer, which Tansu refuses: noida-db
+            fleet_broker = broker if a.broker == "noida" else Broker.start(d, kind="noida")
+            procs.append(fleet_broker)
+            fleet(d, fleet_broker, items, mb, a.trips, rows, out, procs)
     finally:
         for p in reversed(procs):
-            p.stop()
+            if p is not broker:
+                p.stop()
         broker.stop()
     w = max(len(r[0]) for r in rows)
     print(f"\n{'scale-out (bench/stream.py)':<{w}}  {'':>16}  {'':>16}")
