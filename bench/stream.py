@@ -13,7 +13,7 @@ sidecar processes, the sample site. Same run, same data:
    CPU 0 with ``sched_setaffinity`` after the baseline. Baseline and worker alternate ``--repeat``
    times in the same run; the table shows medians and the ratio of the medians. (Other processes on
    the machine are not pinned away: quote the load with the figures.)
-3. With ``--all`` (on a noida-db broker: the sidecars' mirror needs the idempotent producer): 2 workers (both unpinned; the machine has 2 cores shared by the broker, the
+3. Unless ``--worker-only`` (on a noida-db broker: the sidecars' mirror needs the idempotent producer): 2 workers (both unpinned; the machine has 2 cores shared by the broker, the
    producer and the workers, so the row says how the pool behaves, not how it scales), latency (one
    exchange every 50 ms, end record sent -> finding readable, p50/p99) and **fleet takedowns**:
    sidecars A (monitor, mirrored to the workers; ``/stream/*`` enforced
@@ -22,7 +22,8 @@ sidecar processes, the sample site. Same run, same data:
    enforced route sent (it trips there) -> B's first 451, B polled every 5 ms meanwhile (A
    announces the takedown before its own commit, so B may refuse before A answers). Plus B's server-side histogram (takedown record created -> enforced at B).
 
-    python bench/stream.py [--exchanges 400] [--repeat 3] [--all] [--trips 50] [--json FILE]
+    python bench/stream.py [--exchanges 400] [--repeat 3] [--worker-only] [--broker tansu|noida] [--trips 50]
+                           [--json FILE]
 """
 from __future__ import annotations
 
@@ -205,7 +206,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--exchanges", type=int, default=400)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--all", action="store_true", help="also 2 workers, latency and fleet takedowns")
+    ap.add_argument("--worker-only", action="store_true", help="only the one-worker comparison (no 2 workers, "
+                                                                "latency or fleet takedowns)")
     ap.add_argument("--trips", type=int, default=50)
     ap.add_argument("--broker", choices=("tansu", "noida"), default="tansu",
                     help="tansu (default): noida-db 0.2.3 ignores a fetch's max wait and answers empty fetches at "
@@ -224,7 +226,7 @@ def main() -> None:
         mb = sum(len(b) for _, b, _ in items) / 1e6
         one_worker(d, broker, items, a.repeat, rows, out)
         os.sched_setaffinity(0, cpus)
-        if a.all:       # the sidecars' mirror uses the idempotent producer, which Tansu refuses: noida-db
+        if not a.worker_only:       # the sidecars' mirror uses the idempotent producer, which Tansu refuses: noida-db
             fleet_broker = broker if a.broker == "noida" else Broker.start(d, kind="noida")
             procs.append(fleet_broker)
             fleet(d, fleet_broker, items, mb, a.trips, rows, out, procs)
@@ -272,12 +274,18 @@ def fleet(d: Path, broker: Broker, items, mb: float, trips: int, rows: list, out
 
     # fleet takedowns: two sidecars, the two workers still running
     site_root = build_site(d / "site", people=400)
+    header, *people = (site_root / ROSTER).read_bytes().splitlines(keepends=True)
     for i in range(trips):
         shutil.copy(site_root / ROSTER, site_root / f"exports/leak-{i:03d}.csv")
+        # the local trips need content of their own (the rows rotated): A refuses a body that starts like
+        # one already taken down by its fingerprint, without a new trip (so no takedown of the path for B)
+        rotated = people[i + 1:] + people[:i + 1]
+        (site_root / f"exports/local-{i:03d}.csv").write_bytes(b"".join([header, *rotated]))
     site = Upstream.start(site_root)
     procs.append(site)
     conf = lambda name, kafka, **p: {"sensor_id": name, "hmac_key": HMAC_KEY, "kafka": kafka,  # noqa: E731
-                                     "alerts": {"sinks": []}, "proxy": {"mode": "monitor", **p}}
+                                     "alerts": {"sinks": []}, "proxy": {"mode": "monitor", **p},
+                                     "site": {"hosts": [HOST]}}      # resource keys name the public site
     sa = Sidecar.create(d / "sa", site.url, conf("a", {**k, "mirror": {"enabled": True}},
                                                   routes=[{"match": "/stream/*", "mode": "enforce"}])).start()
     sb = Sidecar.create(d / "sb", site.url, conf("b", k)).start()
@@ -290,8 +298,9 @@ def fleet(d: Path, broker: Broker, items, mb: float, trips: int, rows: list, out
         done = time.perf_counter()
         mirrored.append(until_451(sb.url + path) - done)
         t = time.perf_counter()                 # B is polled from the moment A's request is sent
-        trip = pool.submit(get, sa.url + "/stream" + path)
-        local.append(until_451(sb.url + "/stream" + path) - t)
+        local_path = f"/stream/exports/local-{i:03d}.csv"
+        trip = pool.submit(get, sa.url + local_path)
+        local.append(until_451(sb.url + local_path) - t)
         assert trip.result() == 451
     pool.shutdown()
     for name, xs in (("mirrored: A served the leak -> B's 451", mirrored),
