@@ -74,6 +74,7 @@ class Broker:
     port: int = 0
     proc: subprocess.Popen | None = None
     log: Path | None = None
+    cpus: str | None = None         # ``taskset -c`` list: benches keep the broker off the worker's core
 
     @property
     def idempotent(self) -> bool:
@@ -81,7 +82,7 @@ class Broker:
         return self.kind != "tansu"
 
     @classmethod
-    def start(cls, tmp: Path, kind: str = "noida", *, local: bool = False) -> "Broker":
+    def start(cls, tmp: Path, kind: str = "noida", *, local: bool = False, cpus: str | None = None) -> "Broker":
         """``local``: a broker of our own even when $DLP_KAFKA_BOOTSTRAP names an external one (a test
         that stops and restarts the broker must not do that to a shared cluster)."""
         external = None if local else os.environ.get("DLP_KAFKA_BOOTSTRAP")
@@ -98,7 +99,7 @@ class Broker:
                 pytest.fail(f"{pkg} is required in CI (the Makefile installs it with the test extra)")
             pytest.skip(f"{pkg} not installed and DLP_KAFKA_BOOTSTRAP not set (CI fails instead)")
         port = free_port()
-        b = cls(f"127.0.0.1:{port}", kind, tmp / f"{kind}-data", port, log=tmp / f"{kind}.log")
+        b = cls(f"127.0.0.1:{port}", kind, tmp / f"{kind}-data", port, log=tmp / f"{kind}.log", cpus=cpus)
         b.data.mkdir(parents=True, exist_ok=True)
         b.exe = exe
         b.resume()
@@ -113,13 +114,18 @@ class Broker:
             url = f"tcp://127.0.0.1:{self.port}"
             cmd = [self.exe, "broker", "--listener-url", url, "--advertised-listener-url", url,
                    "--storage-engine", "memory://tansu/"]
-        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(pinned(cmd, self.cpus), stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
         wait_broker(self.bootstrap, proc=self.proc)
 
     def stop(self) -> None:
         if self.proc is not None:
             stop(self.proc, signal.SIGTERM, timeout=15)      # noida-db flushes to disk on SIGTERM
             self.proc = None
+
+
+def pinned(cmd: list[str], cpus: str | None) -> list[str]:
+    """``cmd`` run on the CPUs ``cpus`` (``taskset -c``; every thread it starts inherits them)."""
+    return ["taskset", "-c", cpus, *cmd] if cpus else cmd
 
 
 def kafka_conf(bootstrap: str, prefix: str, **extra) -> dict:
@@ -139,6 +145,8 @@ class WorkerProc:
     name: str
     metrics_port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    cpus: str | None = None         # ``taskset -c`` list (bench/stream.py gives the worker a core of its own)
+    extra: dict = field(default_factory=dict)   # more configuration (policy, exposure...)
 
     @property
     def metrics(self) -> str:
@@ -146,14 +154,14 @@ class WorkerProc:
 
     def start(self, wait: bool = True) -> "WorkerProc":
         self.tmp.mkdir(parents=True, exist_ok=True)
-        conf = {"sensor_id": self.name, "hmac_key": HMAC_KEY,
+        conf = {**self.extra, "sensor_id": self.name, "hmac_key": HMAC_KEY,
                 "kafka": {**self.kafka, "worker": {**self.kafka.get("worker", {}), "web_port": free_port()}}}
         cfg = self.tmp / "worker.yaml"
         cfg.write_text(yaml.safe_dump(conf))
         OUTPUTS.extend([self.tmp / "stderr.log", self.tmp / "state"])
-        self.proc = subprocess.Popen([str(BIN / "dlp-sensor"), "worker", "--config", str(cfg), "--state-dir",
-                                      str(self.tmp / "state"), "--metrics", f"127.0.0.1:{self.metrics_port}",
-                                      "--log-level", "info"],
+        cmd = [str(BIN / "dlp-sensor"), "worker", "--config", str(cfg), "--state-dir", str(self.tmp / "state"),
+               "--metrics", f"127.0.0.1:{self.metrics_port}", "--log-level", "info"]
+        self.proc = subprocess.Popen(pinned(cmd, self.cpus),
                                      stdout=open(self.tmp / "stderr.log", "ab"), stderr=subprocess.STDOUT, cwd=ROOT)
         if wait:
             self.wait_ready()
@@ -172,7 +180,7 @@ class WorkerProc:
         return read_metric(self.metrics, name, **labels)
 
 
-def start_workers(tmp: Path, kafka: dict, names: list[str]) -> list[WorkerProc]:
+def start_workers(tmp: Path, kafka: dict, names: list[str], cpus: str | None = None) -> list[WorkerProc]:
     """Workers of one group, each started once the one before it is ready.
 
     noida-db 0.2.3 mishandles two JoinGroups that arrive within a fraction of a second of each
@@ -183,7 +191,7 @@ def start_workers(tmp: Path, kafka: dict, names: list[str]) -> list[WorkerProc]:
     out: list[WorkerProc] = []
     try:
         for n in names:
-            out.append(WorkerProc(tmp / n, kafka, n).start())
+            out.append(WorkerProc(tmp / n, kafka, n, cpus=cpus).start())
     except BaseException:
         for w in out:
             w.stop()
@@ -229,14 +237,16 @@ def json_values(bootstrap: str, topic: str) -> list[dict]:
 
 
 def exchange_records(xid: str, resource: str, body: bytes, *, client: str, chunk: int = 8 << 10,
-                     sensor: str = "test-producer") -> list[tuple[bytes, bytes]]:
-    """One exchange in the record format, as a mirror tap (or any producer) would publish it."""
+                     sensor: str = "test-producer", content_type: str = "text/csv",
+                     query: str = "") -> list[tuple[bytes, bytes]]:
+    """One exchange in the record format, as a mirror tap (or any producer) would publish it. ``query``:
+    the request's query string (the resource key leaves pagination out, as the sidecars fold it)."""
     from sensor.stream.records import encode
     host, _, path = resource.partition("/")
-    recs = [encode("meta", url={"scheme": "http", "domain": host, "path": "/" + path,
-                                "original": f"http://{resource}"}, resource=resource, method="GET", status=200,
-                   content_type="text/csv", content_encoding="", client=client, mode="monitor", path="/" + path,
-                   partial=False, sensor=sensor, ts=time.time())]
+    original = f"http://{resource}" + (f"?{query}" if query else "")
+    recs = [encode("meta", url={"scheme": "http", "domain": host, "path": "/" + path, "original": original},
+                   resource=resource, method="GET", status=200, content_type=content_type, content_encoding="",
+                   client=client, mode="monitor", path="/" + path, partial=False, sensor=sensor, ts=time.time())]
     parts = [body[i:i + chunk] for i in range(0, len(body), chunk)]
     recs += [encode("chunk", p, seq=n) for n, p in enumerate(parts)]
     recs.append(encode("end", seq=len(parts), bytes=len(body), completed=True, lost=False))
@@ -258,6 +268,49 @@ def produce(broker: Broker, topic: str, records: list[tuple[bytes | None, bytes]
             await p.stop()
 
     asyncio.run(go())
+
+
+def create_topics(bootstrap: str, prefix: str) -> None:
+    """The topics as a worker creates them (8 partitions), for records produced before any worker runs."""
+    from sensor.config import KafkaConfig
+    from sensor.stream.kafka import ensure_topics
+    asyncio.run(ensure_topics(KafkaConfig(bootstrap=bootstrap, topic_prefix=prefix)))
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int = 8) -> dict[int, int]:
+    """The group's committed offset per partition of ``topic`` (partitions never committed are absent).
+    The partitions are named: Tansu cannot answer a request for all of a group's offsets."""
+    from aiokafka import TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def go() -> dict[int, int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+        await admin.start()
+        try:
+            got = await admin.list_consumer_group_offsets(
+                group, partitions=[TopicPartition(topic, p) for p in range(partitions)])
+        finally:
+            await admin.close()
+        return {tp.partition: m.offset for tp, m in got.items() if tp.topic == topic and m.offset >= 0}
+
+    return asyncio.run(go())
+
+
+def end_offsets(bootstrap: str, topic: str, partitions: int = 8) -> dict[int, int]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    async def go() -> dict[int, int]:
+        c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+        await c.start()
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        try:
+            c.assign(tps)                               # the partitions' leaders, for ListOffsets
+            ends = await c.end_offsets(tps)
+        finally:
+            await c.stop()
+        return {tp.partition: o for tp, o in ends.items()}
+
+    return asyncio.run(go())
 
 
 def partition_of(key: str, partitions: int) -> int:

@@ -124,12 +124,18 @@ class Offsets:
             self._consumer = consumer
         return self._admin, self._consumer
 
-    async def starting(self, group: str, tps: list) -> dict:
-        """Where a group's consumer starts each partition: its committed offset, else the earliest."""
-        admin, consumer = await self._clients()
+    async def committed(self, group: str, tps: list) -> dict:
+        """A group's committed offsets (partitions it never committed are absent)."""
+        admin, _ = await self._clients()
         parts = [TopicPartition(tp.topic, tp.partition) for tp in tps]
         committed = await asyncio.wait_for(admin.list_consumer_group_offsets(group, partitions=parts), self.timeout)
-        out = {tp: committed[tp].offset for tp in parts if tp in committed and committed[tp].offset >= 0}
+        return {tp: committed[tp].offset for tp in parts if tp in committed and committed[tp].offset >= 0}
+
+    async def starting(self, group: str, tps: list) -> dict:
+        """Where a group's consumer starts each partition: its committed offset, else the earliest."""
+        _, consumer = await self._clients()
+        parts = [TopicPartition(tp.topic, tp.partition) for tp in tps]
+        out = await self.committed(group, parts)
         rest = [tp for tp in parts if tp not in out]
         if rest:
             out.update(await asyncio.wait_for(consumer.beginning_offsets(rest), self.timeout))

@@ -1,25 +1,34 @@
 """``dlp-sensor worker``: the faust-streaming app that scans mirrored exchanges for the whole fleet.
 
-Two agents:
+Two consumers:
 
-- ``scan`` reads ``exchanges`` (keyed by exchange id, so one worker sees a whole exchange in
-  order) and keeps one stream scanner per open exchange. On a trip it publishes the takedown at
+- the scan loop reads ``exchanges`` (keyed by exchange id, so one worker sees a whole exchange in
+  order) in batches (``batches.py``: aiokafka ``getmany``, manual commits, its own group
+  ``<group>.scan``) and keeps one stream scanner per open exchange. On a trip it publishes the takedown at
   once (every sidecar enforces it within the second); when the ``end`` record comes — or the
   exchange idles past ``kafka.worker.exchange_timeout`` — it publishes the finding (and the SOC
   alert when there is one).
-- ``ledger`` reads ``findings`` (keyed by resource) into the ``exposure`` table, the fleet-wide
+- the faust agent ``ledger`` reads ``findings`` (keyed by resource) into the ``exposure`` table, the fleet-wide
   exposure ledger: downloads, downloads before the takedown, unique clients (keyed hashes),
   records. The table lives in memory and is restored from its compacted changelog topic when a
   partition moves, so a killed worker loses none of it.
 
-Delivery is at-least-once with nothing lost: the ``scan`` agent acks an exchange's records only
-after its finding is on the broker, and hands faust those acks in offset order (``acks.py``: faust
-itself would commit past a hole), so the committed offset never passes the oldest exchange still
-open. A worker killed mid-exchange leaves those records uncommitted; the worker that takes
+Delivery is at-least-once with nothing lost: the scan loop publishes every finding of a batch,
+waits once for the broker to have them all, then acks those exchanges' records in offset order
+(``acks.py``) and commits the highest contiguous offset, so the committed offset never passes the
+oldest exchange still open. A record of a batch that cannot be read goes to the dead-letter topic
+alone; the rest of the batch is processed and committed. A worker killed mid-exchange leaves those records uncommitted; the worker that takes
 the partition over reads the exchange again from its ``meta`` record. What it publishes twice
 carries the same exchange id (and alert dedup id), and the ledger counts each exchange id once.
-Both agents also admit each partition's records only in unbroken offset order from the committed
+Both consumers also admit each partition's records only in unbroken offset order from the committed
 offset (``acks.Contiguity``): faust can skip records after a rebalance, and they are read again.
+
+Cumulative exposure is counted here as in the sidecars (:mod:`sensor.enforce.exposure`): distinct
+records per resource and per client on a route over the sliding window, from each exchange's record
+identities. A paginated API mirrored to the workers trips once its total crosses the route's trip
+thresholds: a fleet takedown and one alert naming the total, as a single-response trip. The windows
+are this worker's: an exchange goes to one worker, so with N workers each sees about 1/N of a
+resource's pages (the sidecars' own count is not affected).
 Malformed records go to the ``deadletter`` topic with the reason; the agent keeps going.
 
 Of the exchange session (:mod:`sensor.exchange.session`) the worker shares the scan and the
@@ -34,6 +43,8 @@ the fleet's ledger).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import fnmatch
 import logging
 import os
 import threading
@@ -47,20 +58,25 @@ from aiohttp import web
 from sensor.alerts.schema import AlertContext, build_alert
 from sensor.config import Config
 from sensor.detect.keys import load_key
+from sensor.enforce.exposure import Crossing, ExposureTracker
 from sensor.enforce.fingerprint import BodyPrint
+from sensor.exchange.routes import route_for
 from sensor.metrics import Metrics
 from sensor.metrics.server import metrics_app
 from sensor.pipeline import BodyScan, Exchange
 from sensor.runtime import build_detector
 from sensor.stream.acks import REWINDS_BEFORE_SKIPPING, Contiguity, InOrderAcks
+from sensor.stream.batches import BatchReader, scan_group
 from sensor.stream.fleet import takedown_record
 from sensor.stream.kafka import Offsets, client_kwargs
+from aiokafka.errors import KafkaError
 from sensor.stream.records import Record, RecordError, decode, encode, finding_record, require
 
 log = logging.getLogger("dlp_sensor.worker")
 RECENT_XIDS = 256           # exchange ids remembered per resource to collapse redeliveries
 IDLE_BEFORE_STALL_CHECK = 1.0   # the agents have taken no record for this long: look for stalled partitions
 STALL_AFTER = 3.0               # a partition with records to read that has not moved for this long is sought back
+BATCH_WAIT_MS = 200             # an idle scan loop still expires exchanges and commits this often
 
 
 @dataclass
@@ -106,10 +122,18 @@ class Worker:
         self._started_at = time.monotonic()     # reset when the HTTP endpoints open
         self.me = f"worker:{config.sensor_id}"
         self.open: dict[str, Open] = {}
-        self.acks = InOrderAcks(lambda msg: msg.ack(self.app.consumer))
+        self.acks = InOrderAcks(lambda msg: msg.ack(self.app.consumer))      # the ledger agent's (faust)
         self.cursor = Contiguity(clock=time.monotonic)
+        self.reader = BatchReader(k, k.topic("exchanges"), scan_group(k), on_assigned=self._scan_assigned,
+                                  on_revoked=self._scan_revoked)
+        self.scan_acks = InOrderAcks(self.reader.done)                      # the scan loop's
+        self.scan_cursor = Contiguity(clock=time.monotonic)
+        self.exposure_windows = ExposureTracker(config.exposure)
+        self._producer = None
+        self._producer_up = asyncio.Event()
         self.offsets = Offsets(k)
-        self._last_record = time.monotonic()
+        self._last_record = self._last_scan_record = self._last_expiry = time.monotonic()
+        self._scanning: asyncio.Task | None = None
         self.app = app = faust.App(
             k.group, broker=[f"kafka://{hp}" for hp in k.bootstrap.split(",")], broker_credentials=_credentials(k),
             store="memory://", key_serializer="raw", value_serializer="raw",
@@ -124,7 +148,6 @@ class Worker:
         self.t_dead = app.topic(k.topic("deadletter"), partitions=k.partitions)
         self.exposure = app.Table("exposure", default=dict, partitions=k.partitions, key_type=str)
         self.clients = app.Table("exposure-clients", default=int, partitions=k.partitions, key_type=str)
-        app.agent(self.t_exchanges, name="scan")(self._scan_agent)
         app.agent(self.t_findings, name="ledger")(self._ledger_agent)
         app.timer(1.0)(self._expire)
         app.task(self._on_app_started)
@@ -137,24 +160,33 @@ class Worker:
         async for event in stream.noack().events():
             msg = event.message
             self._last_record = time.monotonic()
-            back = self.cursor.admit(msg)
-            for tp, first, last in self.cursor.skipped:
-                log.warning("%s[%d]: offsets %d-%d never arrived after %d rewinds; skipping them (missing on "
-                            "the broker)", tp.topic, tp.partition, first, last, REWINDS_BEFORE_SKIPPING)
-                self.metrics.worker_skipped.labels(topic=tp.topic).inc(last - first + 1)
-            self.cursor.skipped.clear()
-            if back is None:
-                self.acks.track(msg)
+            if await self._admit(msg, self.cursor, self.acks, self.app.consumer.seek):
                 yield msg
-            elif back >= 0:
-                await self._rewind(msg.tp, back, f"offset {msg.offset} arrived before {back}")
 
-    async def _rewind(self, tp, offset: int, why: str) -> None:
+    async def _admit(self, msg, cursor: Contiguity, acks: InOrderAcks, seek) -> bool:
+        """Is ``msg`` next on its partition? Then it is tracked for in-order acks; if it lies past a hole it
+        is dropped unacked and its partition sought back to the hole (``seek``: the consumer's)."""
+        back = cursor.admit(msg)
+        for tp, first, last in cursor.skipped:
+            log.warning("%s[%d]: offsets %d-%d never arrived after %d rewinds; skipping them (missing on "
+                        "the broker)", tp.topic, tp.partition, first, last, REWINDS_BEFORE_SKIPPING)
+            self.metrics.worker_skipped.labels(topic=tp.topic).inc(last - first + 1)
+        cursor.skipped.clear()
+        if back is None:
+            acks.track(msg)
+            return True
+        if back >= 0:
+            await self._rewind(msg.tp, back, f"offset {msg.offset} arrived before {back}", seek)
+        return False
+
+    async def _rewind(self, tp, offset: int, why: str, seek) -> None:
         log.warning("%s[%d]: %s; seeking back to %d (the consumer skipped records)", tp.topic, tp.partition, why,
                     offset)
         self.metrics.worker_rewinds.labels(topic=tp.topic).inc()
         try:
-            await self.app.consumer.seek(tp, offset)
+            r = seek(tp, offset)
+            if asyncio.iscoroutine(r):
+                await r
         except Exception as e:                          # noqa: BLE001  (moved away meanwhile: its new owner reads it)
             log.warning("%s[%d]: seek to %d failed: %r", tp.topic, tp.partition, offset, e)
 
@@ -171,19 +203,67 @@ class Worker:
             log.debug("end offsets unavailable: %r", e)
             return
         for tp, offset in self.cursor.stalled(ends.get, after=STALL_AFTER):
-            await self._rewind(tp, offset, f"records up to offset {ends[tp] - 1} but none delivered from {offset}")
+            await self._rewind(tp, offset, f"records up to offset {ends[tp] - 1} but none delivered from {offset}",
+                               self.app.consumer.seek)
 
-    # -- the scan agent ------------------------------------------------------------------------
-    async def _scan_agent(self, stream) -> None:
-        async for msg in self._records(stream):
-            try:
-                await self._on_exchange_record(msg)
-            except RecordError as e:
-                await self._dead(msg, str(e))
-                self.acks.done(msg)
+    # -- the scan loop -------------------------------------------------------------------------
+    async def _scan_loop(self) -> None:
+        """Batch after batch: admit, scan, publish the batch's findings, wait for the broker once, ack, commit."""
+        reader = self.reader
+        while True:
+            msgs = await reader.batch(BATCH_WAIT_MS)
+            now = time.monotonic()
+            pending: list[tuple] = []
+            if msgs:
+                self._last_scan_record = now
+            for msg in msgs:
+                if not await self._admit(msg, self.scan_cursor, self.scan_acks, reader.seek):
+                    continue
+                try:
+                    out = await self._on_exchange_record(msg)
+                except RecordError as e:
+                    await self._dead(msg, str(e))
+                    self.scan_acks.done(msg)
+                except Exception as e:                  # noqa: BLE001  (one exchange's failure is not the batch's)
+                    await self._failed(msg, e)
+                else:
+                    if out is not None:
+                        pending.append(out)
+                await asyncio.sleep(0)      # let the fetcher ask for (and read) the next records meanwhile
+            if now - self._last_expiry >= 1.0:
+                self._last_expiry = now
+                for xid in self._expired():
+                    pending.append(await self._finish(xid, self.open[xid], completed=False))
+            await self._settle(pending)
+            await reader.commit()
             self._gauge_open()
+            if not msgs:
+                await self._check_scan_stalls()
 
-    async def _on_exchange_record(self, msg) -> None:
+    async def _check_scan_stalls(self) -> None:
+        if time.monotonic() - self._last_scan_record < IDLE_BEFORE_STALL_CHECK:
+            return
+        ends = {tp: self.reader.highwater(tp) for tp in self.reader.assignment()}
+        for tp, offset in self.scan_cursor.stalled(ends.get, after=STALL_AFTER):
+            await self._rewind(tp, offset, f"records up to offset {ends[tp] - 1} but none delivered from {offset}",
+                               self.reader.seek)
+
+    async def _failed(self, msg, e: Exception) -> None:
+        """An exchange whose processing raised: its record goes to the dead-letter topic (the error's type
+        only: a scanner's message could quote the body), the exchange is dropped and its records acked."""
+        log.error("exchange record %s[%d]@%d failed: %s; dead-lettered, its exchange dropped", msg.topic,
+                  msg.partition, msg.offset, type(e).__name__)
+        await self._dead(msg, f"processing failed: {type(e).__name__}")
+        xid = (msg.key or b"").decode("utf-8", "replace")
+        st = self.open.get(xid)
+        if st is not None and st.tp == msg.tp:
+            del self.open[xid]
+            for m in st.messages:
+                self.scan_acks.done(m)
+        self.scan_acks.done(msg)
+
+    async def _on_exchange_record(self, msg) -> tuple | None:
+        """Feed one record to its exchange; on its end, the exchange's publications to settle (see _settle)."""
         rec = decode(msg.value)
         xid = (msg.key or b"").decode("utf-8", "replace")
         if not xid:
@@ -202,7 +282,7 @@ class Worker:
             print_ = BodyPrint(self.key, None, self.config.fingerprint_bytes)     # record-only: no registry here
             self.open[xid] = Open(rec, scan, msg.tp, print_, (earlier.messages if earlier else []) + [msg])
             msg.value = None
-            return
+            return None
         st = self.open.get(xid)
         if st is None or st.tp != msg.tp:
             # its meta was never seen (expired earlier, or lost by the producer): nothing to add it to
@@ -210,8 +290,8 @@ class Worker:
             if rec.type == "end":
                 log.info("exchange %s ended on %s[%d]@%d but its meta record was never seen here",
                          xid, msg.topic, msg.partition, msg.offset)
-            self.acks.done(msg)
-            return
+            self.scan_acks.done(msg)
+            return None
         st.messages.append(msg)
         st.last_seen = time.monotonic()
         require(rec, seq=int)
@@ -219,7 +299,7 @@ class Worker:
         if seq < st.next_seq and rec.type == "chunk":
             self.metrics.worker_duplicates.labels(kind="chunk").inc()
             msg.value = None
-            return
+            return None
         if seq > st.next_seq:
             st.notes.append(f"gap: {seq - st.next_seq} chunk(s) missing before seq {seq}")
         st.next_seq = seq + 1
@@ -230,54 +310,148 @@ class Worker:
         elif rec.type == "end":
             if rec.get("lost"):
                 st.notes.append("lost: the sidecar's mirror queue overflowed; only part of the body was mirrored")
-            await self._finish(xid, st, completed=bool(rec.get("completed")) and not rec.get("lost"))
+            return await self._finish(xid, st, completed=bool(rec.get("completed")) and not rec.get("lost"))
+        return None
 
     def _feed(self, st: Open, data: bytes) -> None:
         st.print.feed(data)
         if st.scan.write(data) == "trip" and st.tripped_at is None:
             st.tripped_at = time.time()
 
-    async def _maybe_take_down(self, xid: str, st: Open, *, final: bool = False) -> None:
-        """Publish the takedown once the trip is seen and the content fingerprint is known (or the body ended)."""
+    async def _maybe_take_down(self, xid: str, st: Open, *, final: bool = False, reason: str | None = None) -> None:
+        """Publish the takedown once the trip is seen and the content fingerprint is known (or the body ended).
+        Awaited at once, not with the batch: every sidecar should refuse the resource within the second."""
         if st.tripped_at is None or st.takedown_sent or (st.print.wants > 0 and not final):
             return
         resource = st.meta["resource"]
-        fut = await self.t_takedowns.send(key=resource.encode(), value=takedown_record(
-            action="add", resource=resource, actor=self.me, reason="trip: personal-data leak (fleet worker)",
-            origin=self.me, ts=st.tripped_at, fingerprint=st.print.value(), xid=xid))
+        fut = await self._send(self.t_takedowns, resource.encode(), takedown_record(
+            action="add", resource=resource, actor=self.me, reason=reason or "trip: personal-data leak (fleet worker)",
+            origin=self.me, ts=st.tripped_at, fingerprint=st.print.value() if reason is None else None, xid=xid))
         await fut
         st.takedown_sent = True
         self.metrics.takedowns.labels(source="trip").inc()
         self.metrics.detection_to_takedown.observe(time.time() - st.tripped_at)
 
-    async def _finish(self, xid: str, st: Open, *, completed: bool) -> None:
-        """Publish the finding (and alert), wait for the broker to have them, then ack the exchange."""
+    async def _send(self, topic, key: bytes | None, value: bytes) -> asyncio.Future:
+        """Queue one record on the worker's producer; the future resolves once the broker has it."""
+        await self._producer_up.wait()
+        return await self._producer.send(topic.get_topic_name(), value, key=key)
+
+    async def _scan(self) -> None:
+        """Start the producer and the batch reader (retrying while the broker is away), then run the loop.
+        Anything the loop cannot handle ends the process: what was not committed is read again."""
+        from aiokafka import AIOKafkaProducer
+        try:
+            while True:
+                try:
+                    if self._producer is None:
+                        p = AIOKafkaProducer(**client_kwargs(self.k), acks="all", max_request_size=2 << 20)
+                        await p.start()
+                        self._producer = p
+                        self._producer_up.set()
+                    await self.reader.adopt(self.k.group, self.offsets)
+                    await self.reader.start()
+                    break
+                except (KafkaError, OSError, asyncio.TimeoutError) as e:
+                    log.warning("scan consumer not started (%s); retrying", type(e).__name__)
+                    await asyncio.sleep(1.0)
+            await self._scan_loop()
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            log.critical("the scan loop failed; exiting (uncommitted records are read again)", exc_info=True)
+            logging.shutdown()
+            os._exit(70)
+
+    async def stop_scanning(self) -> None:
+        """At shutdown: stop the loop, commit what is done, leave the scan group, flush the producer."""
+        if self._scanning is not None:
+            self._scanning.cancel()
+            try:
+                await self._scanning
+            except (asyncio.CancelledError, Exception):   # noqa: BLE001
+                pass
+        for stop in ([self.reader.stop()] if self.reader.started else []) + (
+                [self._producer.stop()] if self._producer else []):
+            try:
+                await asyncio.wait_for(stop, 5.0)
+            except (asyncio.TimeoutError, KafkaError, OSError) as e:
+                log.warning("stopping the scan consumer: %s", type(e).__name__)
+
+    async def _finish(self, xid: str, st: Open, *, completed: bool) -> tuple:
+        """Queue the finding (and alert): the batch waits for the broker once (``_settle``), then acks."""
         result = st.scan.finish()
         result.notes.extend(st.notes)
         if result.verdict == "trip" and st.tripped_at is None:
             st.tripped_at = time.time()
         await self._maybe_take_down(xid, st, final=True)
+        self.open.pop(xid, None)
         meta = st.meta
-        finding = finding_record(xid, meta["resource"], result, bytes_seen=result.bytes, client=meta.get("client"),
+        alert_of, exposure = result, None
+        if result.verdict != "trip" and (result.strong_ids or result.person_ids):
+            crossed = self._count_exposure(meta, result)
+            if crossed is not None:                     # the one alert is the exposure trip's
+                alert_of, exposure = await self._exposure_trip(xid, st, result, crossed)
+        finding = finding_record(xid, meta["resource"], alert_of, bytes_seen=result.bytes, client=meta.get("client"),
                                  completed=completed, partial=bool(meta.get("partial")), sensor=meta["sensor"],
                                  origin=self.me, served_at=meta["ts"], tripped_at=st.tripped_at, now=time.time())
-        futs = [await self.t_findings.send(key=meta["resource"].encode(), value=finding)]
-        if result.verdict in ("alert", "trip"):
-            futs.append(await self.t_alerts.send(key=meta["resource"].encode(),
-                                                 value=orjson.dumps(self._alert(xid, st, result))))
-        await asyncio.gather(*futs)
-        m = self.metrics
-        m.exchanges.labels(tap="kafka", verdict=result.verdict).inc()
-        m.bytes_scanned.labels(tap="kafka").inc(result.bytes)
-        for sig, n in result.findings.items():
-            m.findings.labels(signature=sig).inc(n)
-        if result.verdict == "trip":
-            m.trips.labels(mode=str(meta.get("mode", "monitor"))).inc()
-        for msg in st.messages:
-            self.acks.done(msg)
-        self.open.pop(xid, None)
+        key = meta["resource"].encode()
+        futs = [await self._send(self.t_findings, key, finding)]
+        if alert_of.verdict in ("alert", "trip"):
+            alert = self._alert(xid, st, alert_of, exposure)
+            futs.append(await self._send(self.t_alerts, key, orjson.dumps(alert)))
+        return futs, st, result
 
-    def _alert(self, xid: str, st: Open, result) -> dict:
+    def _count_exposure(self, meta: Record, result) -> Crossing | None:
+        """Count the exchange's record identities into the windows (as ``Sensor._exposure`` does in a sidecar)."""
+        tracker = self.exposure_windows
+        resource = meta["resource"]
+        path = str(meta.get("path") or meta["url"].get("path") or "/" + resource.split("/", 1)[-1]).split("?", 1)[0]
+        policy = self.detector.policy
+        route = next((r.match for r in policy.routes if fnmatch.fnmatchcase(path, r.match)), None) \
+            or next((r.match for r in self.config.proxy.routes if fnmatch.fnmatchcase(path, r.match)), None) \
+            or path.rsplit("/", 1)[0] + "/*"            # no route: the resource's directory
+        trip = route_for(self.config, policy, path).policy.trip
+        crossed = tracker.add(resource=resource, route=route, client=meta.get("client"), strong=result.strong_ids,
+                              person=result.person_ids, capped=result.ids_capped, now=time.time(),
+                              strong_trip=trip.strong_records, person_trip=trip.person_records)
+        return crossed[0] if crossed else None          # the resource's own, when both crossed
+
+    async def _exposure_trip(self, xid: str, st: Open, result, c: Crossing) -> tuple:
+        """The exposure total crossed: publish the takedown now, and return the trip's summary and the
+        alert's ``dlp.exposure``."""
+        window = self.config.exposure.window_s
+        summary = dataclasses.replace(result, verdict="trip", records=c.records, strong_records=c.strong_records,
+                                      person_records=c.person_records, notes=[*result.notes, (
+                                          f"exposure: {c.records} distinct records from {c.responses} responses "
+                                          f"in {window:g} s ({c.scope} {c.key})")])
+        exposure = {"scope": c.scope, "key": c.key, "records": c.records, "strong_records": c.strong_records,
+                    "person_records": c.person_records, "responses": c.responses, "window_s": window,
+                    "approximate": c.approximate}
+        st.tripped_at = time.time()
+        await self._maybe_take_down(xid, st, final=True, reason=f"trip: exposure of {c.records} distinct records "
+                                                                f"from {c.responses} responses (fleet worker)")
+        return summary, exposure
+
+    async def _settle(self, pending: list[tuple]) -> None:
+        """Wait for the broker to have every finding and alert of the batch, then ack those exchanges. A
+        publication the producer gives up on stops the loop: the process exits and what was not committed
+        is read again."""
+        if not pending:
+            return
+        await asyncio.gather(*(f for futs, _, _ in pending for f in futs))
+        m = self.metrics
+        for _futs, st, result in pending:
+            m.exchanges.labels(tap="kafka", verdict=result.verdict).inc()
+            m.bytes_scanned.labels(tap="kafka").inc(result.bytes)
+            for sig, n in result.findings.items():
+                m.findings.labels(signature=sig).inc(n)
+            if result.verdict == "trip" or st.takedown_sent:
+                m.trips.labels(mode=str(st.meta.get("mode", "monitor"))).inc()
+            for msg in st.messages:
+                self.scan_acks.done(msg)
+
+    def _alert(self, xid: str, st: Open, result, exposure: dict | None = None) -> dict:
         meta = st.meta
         ctx = AlertContext(exchange_id=xid, sensor_id=meta["sensor"], resource=meta["resource"], url=meta["url"],
                            method=str(meta.get("method", "GET")), status=meta["status"], client_ip="",
@@ -285,52 +459,67 @@ class Worker:
                            action="takedown" if st.takedown_sent else "logged", partial=bool(meta.get("partial")),
                            bytes_sent=result.bytes, ruleset=self.detector.generation)
         alert = build_alert(ctx, result, key=self.key, source_ip=self.config.source_ip, now=time.time(),
-                            client_hash=meta.get("client"))         # dlp.client.hash: never source.*
+                            client_hash=meta.get("client"), exposure=exposure)   # dlp.client.hash: never source.*
         alert["observer"]["hostname"] = self.me
         return alert
 
-    async def _expire(self) -> None:
-        """Finish exchanges whose end never came (sidecar killed, producer lost records)."""
+    def _expired(self) -> list[str]:
+        """Exchanges whose end never came (sidecar killed, producer lost records): the loop finishes them."""
         cutoff = time.monotonic() - self.k.exchange_timeout
-        for xid, st in list(self.open.items()):
-            if st.last_seen < cutoff and self.open.get(xid) is st:
+        out = []
+        for xid, st in self.open.items():
+            if st.last_seen < cutoff:
                 st.notes.append(f"abandoned: no end record within {self.k.exchange_timeout:.0f}s")
                 self.metrics.worker_expired.inc()
-                await self._finish(xid, st, completed=False)
+                out.append(xid)
+        return out
+
+    async def _expire(self) -> None:
         self._gauge_open()
         await self._check_stalls()
         await self._lag()
 
     def _gauge_open(self) -> None:
         self.metrics.worker_open.set(len(self.open))
-        self.metrics.worker_held.set(self.acks.held())
+        self.metrics.worker_held.set(self.scan_acks.held() + self.acks.held())
 
-    async def _assigned(self, *args, **kwargs) -> None:
-        """After a rebalance: drop the open exchanges of partitions that moved away, unacked (the new
-        owner reads them again from their meta record). Partitions that stayed keep theirs — faust does
-        not always rewind a partition it keeps, and its records would otherwise come back as orphans."""
-        assigned = args[1] if len(args) > 1 else kwargs.get("assigned", set())
+    async def _scan_assigned(self, assigned: set) -> None:
+        """After a rebalance of the scan group: drop the open exchanges of partitions that moved away, unacked
+        (the new owner reads them again from their meta record), and position the contiguity guard."""
         dropped = [xid for xid, st in self.open.items() if st.tp not in assigned]
         for xid in dropped:
             del self.open[xid]
+        self.scan_acks.forget(assigned)
+        self.scan_cursor.forget(assigned)
+        try:
+            for tp, offset in (await self.offsets.starting(scan_group(self.k), list(assigned))).items():
+                self.scan_cursor.position(tp, offset)
+        except Exception as e:                          # noqa: BLE001  (then the first record read positions it)
+            log.warning("committed offsets unavailable after the rebalance: %r", e)
+        log.info("rebalanced: %d exchange partitions here; kept %d open exchanges, dropped %d %s",
+                 len(assigned), len(self.open), len(dropped), dropped[:8])
+
+    async def _scan_revoked(self, revoked: set) -> None:
+        self.reader.forget(revoked)
+
+    async def _assigned(self, *args, **kwargs) -> None:
+        """After a rebalance of faust's group: position the ledger agent's contiguity guard."""
+        assigned = args[1] if len(args) > 1 else kwargs.get("assigned", set())
         self.acks.forget(assigned)
-        mine = [tp for tp in assigned if tp.topic in (self.k.topic("exchanges"), self.k.topic("findings"))]
+        mine = [tp for tp in assigned if tp.topic == self.k.topic("findings")]
         self.cursor.forget(mine)
         try:
             for tp, offset in (await self.offsets.starting(self.k.group, mine)).items():
                 self.cursor.position(tp, offset)
         except Exception as e:                          # noqa: BLE001  (then the first record read positions it)
             log.warning("committed offsets unavailable after the rebalance: %r", e)
-        log.info("rebalanced: %d exchange partitions here; kept %d open exchanges, dropped %d %s",
-                 sum(1 for tp in mine if tp.topic == self.k.topic("exchanges")),
-                 len(self.open), len(dropped), dropped[:8])
 
     async def _dead(self, msg, why: str) -> None:
         log.warning("dead-lettering %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, why)
         self.metrics.deadletters.labels(topic=msg.topic).inc()
-        fut = await self.t_dead.send(key=msg.key, value=encode("dead", msg.value or b"", topic=msg.topic,
-                                                                partition=msg.partition, offset=msg.offset,
-                                                                error=why[:500]))
+        fut = await self._send(self.t_dead, msg.key, encode("dead", msg.value or b"", topic=msg.topic,
+                                                            partition=msg.partition, offset=msg.offset,
+                                                            error=why[:500]))
         await fut
 
     # -- the ledger agent ----------------------------------------------------------------------
@@ -377,23 +566,25 @@ class Worker:
 
     # -- metrics -------------------------------------------------------------------------------
     async def _lag(self) -> None:
-        c = self.app.consumer
-        lag: dict[str, int] = {t.get_topic_name(): 0 for t in (self.t_exchanges, self.t_findings)}
-        owned = dict.fromkeys(lag, 0)
-        try:
-            for tp in c.assignment():
-                if tp.topic not in lag:
-                    continue                            # changelog partitions (standbys) are not ours to scan
-                owned[tp.topic] += 1
-                pos = await c.position(tp)
-                hw = c.highwater(tp)
-                if pos is not None and hw is not None:
-                    lag[tp.topic] += max(0, hw - pos)
-        except Exception:                               # noqa: BLE001  (a rebalance in progress)
-            return
-        for topic in lag:
-            self.metrics.consumer_lag.labels(topic=topic).set(lag[topic])
-            self.metrics.assigned_partitions.labels(topic=topic).set(owned[topic])
+        """Partitions owned (always) and records behind (when every position is known within a moment:
+        during a rebalance a position can wait for its reset, and this runs on faust's timer)."""
+        topics = {self.t_exchanges.get_topic_name(): self.reader, self.t_findings.get_topic_name(): self.app.consumer}
+        for topic, c in topics.items():
+            try:
+                tps = [tp for tp in c.assignment() if tp.topic == topic]   # (not changelog standbys)
+            except Exception:                           # noqa: BLE001  (the consumer is not up yet)
+                continue
+            self.metrics.assigned_partitions.labels(topic=topic).set(len(tps))
+            try:
+                lag = 0
+                for tp in tps:
+                    pos = await asyncio.wait_for(c.position(tp), 0.5)
+                    hw = c.highwater(tp)
+                    if pos is not None and hw is not None:
+                        lag += max(0, hw - pos)
+            except Exception:                           # noqa: BLE001  (a rebalance in progress)
+                continue
+            self.metrics.consumer_lag.labels(topic=topic).set(lag)
 
     async def start_http(self) -> None:
         """Serve /metrics, /healthz and /readyz from the first moment, before faust joins the group:
@@ -423,7 +614,10 @@ class Worker:
 
     async def _on_app_started(self) -> None:
         """faust runs app tasks once its table recovery has completed: from here on the worker processes."""
-        from sensor.stream.kafka import Health
+        from sensor.stream.kafka import Health, supervised
+        self._scanning = supervised(self._scan(), "scan loop")
+        while not self.reader.joined:                   # ready once the scan group has given it partitions
+            await asyncio.sleep(0.05)
         self.ready = True
         log.info("worker %s ready in %.1fs: generation %s, %d signatures", self.me,
                  time.monotonic() - self._started_at, self.detector.generation,
@@ -450,6 +644,7 @@ class _FaustWorker(faust.Worker):
         await super().on_first_start()
 
     async def on_stop(self) -> None:
+        await self.dlp.stop_scanning()
         await self.dlp.offsets.close()
         await super().on_stop()
 
