@@ -1,6 +1,7 @@
 """The sidecar through real clients (curl, aiohttp) against a real upstream process."""
 from __future__ import annotations
 
+import asyncio
 import gzip
 import shutil
 import socket
@@ -544,3 +545,42 @@ def test_a_leak_decided_only_at_the_last_byte_never_arrives_complete(site, tmp_p
         assert curl(sc.url + "/exports/tail-leak.csv")[1] == 451
     finally:
         sc.stop()
+
+
+async def test_520_slow_downloads_and_a_leak_at_the_default_caps(site, sidecar):
+    """Saturation with the shipped defaults (512 scans at once, 64 per client, enforce routes fail
+    closed): 520 slow downloads from ten client addresses fill every scan slot, and the leak that
+    comes next is refused, not sent unscanned; the SOC gets an alert saying scanning was saturated."""
+    slow = synth.benign_web(256 << 10)[: 256 << 10]                 # 16 chunks, 0.5 s apart: 8 s
+    (site.root / "exports" / "slow-520.html").write_bytes(slow)
+    url = sidecar.url + "/stream/exports/slow-520.html?pause=0.5"
+    refused_before = sidecar.metric("dlp_scan_failures_total", reason="overload", action="closed")
+    timeout = aiohttp.ClientTimeout(total=120)
+    connectors = [aiohttp.TCPConnector(limit=0, local_addr=(f"127.0.0.{10 + k}", 0)) for k in range(10)]
+    sessions = [aiohttp.ClientSession(connector=c, timeout=timeout) for c in connectors]
+
+    async def fetch(s: aiohttp.ClientSession) -> tuple[int, bytes]:
+        async with s.get(url) as r:
+            return r.status, await r.read()
+
+    try:
+        jobs = [asyncio.ensure_future(fetch(sessions[i % 10])) for i in range(520)]
+        deadline = time.monotonic() + 60
+        while sidecar.metric("dlp_active_exchanges") < 512:      # every slot is taken by a slow download
+            assert time.monotonic() < deadline and not any(j.done() and j.exception() for j in jobs)
+            await asyncio.sleep(0.05)
+        rc, st, body, _ = await asyncio.to_thread(curl, "-m", "60", "--interface", "127.0.0.60",
+                                                  sidecar.url + "/exports/permits_2022.csv")
+        assert st == 503                                         # refused, not forwarded unscanned
+        got = await asyncio.gather(*jobs)
+    finally:
+        for s in sessions:
+            await s.close()
+    served = [b for st, b in got if st == 200]
+    refused = sum(st == 503 for st, _ in got)
+    assert served and all(b == slow for b in served) and len(served) + refused == 520
+    assert refused >= 1                                          # past the 512th, slow ones were refused too
+    assert (sidecar.metric("dlp_scan_failures_total", reason="overload", action="closed")
+            == refused_before + refused + 1)
+    _wait(lambda: any(a["rule"]["id"] == "dlp.unscanned" and a["dlp"]["unscanned"]["reason"] == "overload-refused"
+                      for a in sidecar.alerts()))
