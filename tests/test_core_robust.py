@@ -147,6 +147,23 @@ def test_two_calls_in_one_part_at_once_are_refused(engine, compiled):
     assert got == want                                  # the refused calls changed nothing
 
 
+def test_a_chunk_is_scanned_in_slices_with_the_same_hits(compiled):
+    """A chunk longer than one libhs call takes (4 GiB: an unsigned int) goes in slices; the hits are
+    those of one call (the slice size is lowered here to make it testable)."""
+    data = synth.breach_csv(300)
+    one = compiled.part()
+    one.scan(data)
+    want = one.hits_list()
+    core._hscore._set_max_call(7)
+    try:
+        sliced = compiled.part()
+        sliced.scan(data)
+        got = sliced.hits_list()
+    finally:
+        core._hscore._set_max_call(0)
+    assert got == want and len(want) > 100
+
+
 def test_typed_arguments_refuse_none(compiled):
     ps = compiled.part()
     for call in (lambda: ps.scan(None), lambda: ps.scan_gate(None), lambda: core._hscore.load_stream(None),
@@ -292,3 +309,56 @@ def test_many_scanners_moved_between_pool_threads(engine, compiled):
         results = list(pool.map(lambda s: _json(s[1].finish()), scans))
     for (b, _), r in zip(scans, results):
         assert r == wants[b]
+
+
+def test_corrupt_or_truncated_cached_database_is_refused(compiled):
+    """A cached database with flipped bits or cut short does not load (libhs checks it): CoreError,
+    and core.py compiles again, never a crash."""
+    H = core._hscore
+    blob = compiled.main.serialize()
+    rnd = random.Random(5)
+    for _ in range(40):
+        b = bytearray(blob)
+        for _ in range(rnd.randrange(1, 4)):
+            b[rnd.randrange(len(b))] ^= 1 << rnd.randrange(8)
+        with pytest.raises(H.CoreError):
+            H.load_stream(bytes(b))
+    for n in (0, 1, 16, 1000, len(blob) // 2, len(blob) - 1):
+        with pytest.raises(H.CoreError):
+            H.load_stream(blob[:n])
+
+
+class _Unserializable:
+    def serialize(self) -> bytes:
+        raise core._hscore.CoreError("hs_serialize_database failed")
+
+
+class _Full:
+    def serialize(self) -> bytes:
+        return b"x" * 100
+
+
+def test_failing_cache_write_leaves_no_temporary(tmp_path, monkeypatch):
+    """Neither a serialization error nor a failed write escapes _store, nor leaves a temporary."""
+    if core._hscore is None:
+        pytest.skip("not built") if os.environ.get("CI") != "true" else pytest.fail("not built")
+    path = tmp_path / "c" / "db.hsdb"
+    core._store(path, _Unserializable())
+    assert not path.exists()
+
+    def full(fd, mode):                       # a full disk: the write fails after mkstemp
+        class F:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *a):
+                os.close(fd)
+
+            def write(self, b):
+                raise OSError(28, "No space left on device")
+        return F()
+
+    monkeypatch.setattr(core.os, "fdopen", full)
+    core._store(path, _Full())
+    assert not path.exists()
+    assert list(path.parent.iterdir()) == []

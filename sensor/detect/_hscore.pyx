@@ -211,6 +211,15 @@ def _scratch_in_native_thread(Database db not None) -> int:
     return rc
 
 
+cdef size_t _max_call = 1 << 30
+
+
+def _set_max_call(size_t n) -> None:
+    """For tests: the largest slice of a chunk handed to one hs_scan_stream call (1 GiB)."""
+    global _max_call
+    _max_call = n if n > 0 else 1 << 30
+
+
 # test hook: the next close() of a PartScan fails with this libhs code, as if hs_close_stream had
 _close_fault = 0
 
@@ -348,13 +357,19 @@ cdef class PartScan:
 
     cdef int _run(self, hs_stream_t *st, hs_database_t *db, Sink *sink, const char *p, size_t n) except -1:
         cdef int rc
+        cdef size_t k, most = _max_call
         if st == NULL:
             raise CoreError("stream closed")
         self._enter()
         with nogil:
             rc = scratch_for(db)
-            if rc == HS_SUCCESS:
-                rc = hs_scan_stream(st, p, <unsigned int>n, 0, dlp_tls_scratch, on_hit, sink)
+            # libhs takes an unsigned int length: a chunk of 4 GiB or more goes in slices (a stream's
+            # matches do not depend on how its bytes are cut), not truncated to its length mod 2**32
+            while rc == HS_SUCCESS and n > 0:
+                k = n if n <= most else most
+                rc = hs_scan_stream(st, p, <unsigned int>k, 0, dlp_tls_scratch, on_hit, sink)
+                p += k
+                n -= k
         self.busy = 0
         if self.hits.oom:
             self.hits.oom = 0
@@ -466,7 +481,11 @@ cdef class PartScan:
 
     def hits_list(self) -> list:
         """The hits as the reference's list of ``(id, end)`` (for the structure view)."""
-        return [(self.hits.a[k].id, self.hits.a[k].end) for k in range(self.hits.n)]
+        self._enter()                          # building the list may run a collection, and other threads
+        try:
+            return [(self.hits.a[k].id, self.hits.a[k].end) for k in range(self.hits.n)]
+        finally:
+            self.busy = 0
 
 
 # -- byte searches with Python's clamping -------------------------------------------------------------
@@ -771,6 +790,10 @@ cdef class Info:
         self.pin_word = <char *>malloc(n + 1)
         self.pvalid = <int *>malloc((n + 1) * sizeof(int))
         self.hot_sig = <int *>malloc((len(engine.hot_sig) + 1) * sizeof(int))
+        if (self.psig == NULL or self.pwidth == NULL or self.pmaxw == NULL or self.pnctx == NULL
+                or self.prmask == NULL or self.pcat == NULL or self.pin_field == NULL
+                or self.pin_word == NULL or self.pvalid == NULL or self.hot_sig == NULL):
+            raise MemoryError()                # __dealloc__ frees the ones that were allocated
         self.pats = pats
         self.rx = [p.rx for p in pats]
         self.req = [p.require for p in pats]
@@ -1012,6 +1035,8 @@ def raw_stream_scan(Database db not None, bytes data not None, Py_ssize_t chunk,
     cdef const char *p = PyBytes_AS_STRING(data)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data), at = 0, k
     cdef int rc = HS_SUCCESS
+    if chunk <= 0:
+        raise ValueError("chunk must be positive")     # else a loop without end, GIL released
     if hs_open_stream(db.db, 0, &st) != HS_SUCCESS:
         raise CoreError("hs_open_stream failed")
     with nogil:
