@@ -13,6 +13,7 @@ Databases come from this module's own ``hs_compile_multi`` (a database serialize
 wheel's statically linked libhs is not guaranteed to load in Debian's). Scratch: one per thread
 (``__thread``), grown with ``hs_alloc_scratch`` for every database it meets, never shared.
 """
+cimport cython
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memchr, memcmp, memcpy
 from libc.stdint cimport uint64_t, int64_t
@@ -306,6 +307,7 @@ cdef void merge_sort(Hit *a, Hit *tmp, size_t n) noexcept nogil:
 DEF HITS_KEEP = 1 << 16        # hits (16 bytes each) an idle PartScan keeps room for between chunks
 
 
+@cython.no_gc_clear                # a collection never drops main/gated before the streams are freed
 cdef class PartScan:
     """The Hyperscan side of one part of one exchange: the main stream, the gated one once its gate
     opens, the hits of the last call, and the per-part state the loop keeps in C (hotword positions,
