@@ -362,3 +362,24 @@ def test_failing_cache_write_leaves_no_temporary(tmp_path, monkeypatch):
     core._store(path, _Full())
     assert not path.exists()
     assert list(path.parent.iterdir()) == []
+
+
+def test_unexpected_build_failure_falls_back_to_the_reference(monkeypatch, compiled):
+    """Any exception while building an engine's core selects the Python reference (warned, exported),
+    it does not make every scanner of that engine fail to start."""
+    from sensor.detect.engine import Engine
+    from sensor.detect.pack import load_pack
+
+    def boom(engine):
+        raise RuntimeError("unexpected")
+
+    monkeypatch.setattr(core, "Core", boom)
+    e = Engine(load_pack())
+    try:
+        assert core.core_for(e) is None
+        assert core.status() == "compile-error"
+        body = BodyScan(e, Policy(), key=KEY, exchange=Exchange())
+        body.write(synth.breach_csv(300))
+        assert body.finish().verdict == "trip"
+    finally:
+        core._set_status("compiled")           # the session's engine still runs the compiled core

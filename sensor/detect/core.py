@@ -117,6 +117,11 @@ def _build(engine: Engine) -> tuple[str, Core | None]:
         return "compiled", Core(engine)
     except _hscore.CoreError as e:
         return ("compile-error" if "validator" not in str(e) else "validator"), None
+    except Exception as e:        # noqa: BLE001 - any failure to build: the reference scans, never no scan
+        # (the type only: a message could quote the pack)
+        log.error("building the compiled core failed (%s): falling back to the Python reference",
+                  type(e).__name__)
+        return "compile-error", None
 
 
 def _set_status(reason: str) -> None:
