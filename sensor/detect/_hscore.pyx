@@ -13,6 +13,7 @@ Databases come from this module's own ``hs_compile_multi`` (a database serialize
 wheel's statically linked libhs is not guaranteed to load in Debian's). Scratch: one per thread
 (``__thread``), grown with ``hs_alloc_scratch`` for every database it meets, never shared.
 """
+cimport cython
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memchr, memcmp, memcpy
 from libc.stdint cimport uint64_t, int64_t
@@ -25,6 +26,7 @@ cdef extern from *:
     """
     #include <hs/hs.h>
     #include <string.h>
+    #include <pthread.h>
     static __thread hs_scratch_t *dlp_tls_scratch = NULL;
     /* hs_alloc_scratch on a scratch that already fits still cost ~3 % on dense data: each thread
        remembers the databases its scratch was grown for (a scratch only grows). A freed database's
@@ -34,16 +36,54 @@ cdef extern from *:
     static __thread int dlp_tls_nsized = 0;
     static __thread unsigned long dlp_tls_epoch = 0;
     static volatile unsigned long dlp_epoch = 0;
+    /* A thread's scratch is freed when the thread exits (a pthread key's destructor): a worker pool
+       that replaces its threads does not leak one scratch per thread that ever scanned. */
+    static pthread_key_t dlp_scratch_key;
+    static pthread_once_t dlp_key_once = PTHREAD_ONCE_INIT;
+    static int dlp_key_ok = 0;
+    static long dlp_live = 0;                    /* scratches allocated and not yet freed */
+    static void dlp_scratch_exit(void *s) {
+        if (s != NULL) {
+            hs_free_scratch((hs_scratch_t *)s);
+            __atomic_sub_fetch(&dlp_live, 1, __ATOMIC_RELAXED);
+        }
+        dlp_tls_scratch = NULL;
+        dlp_tls_nsized = 0;
+    }
+    static void dlp_make_key(void) { dlp_key_ok = pthread_key_create(&dlp_scratch_key, dlp_scratch_exit) == 0; }
+    static long dlp_live_scratches(void) { return __atomic_load_n(&dlp_live, __ATOMIC_RELAXED); }
     static int dlp_scratch_for(const hs_database_t *db) {
         int k, rc;
+        hs_scratch_t *before = dlp_tls_scratch;
         if (dlp_tls_epoch != dlp_epoch) { dlp_tls_nsized = 0; dlp_tls_epoch = dlp_epoch; }
-        for (k = 0; k < dlp_tls_nsized; k++) if (dlp_tls_sized[k] == (const void *)db) return HS_SUCCESS;
+        if (before != NULL)
+            for (k = 0; k < dlp_tls_nsized; k++) if (dlp_tls_sized[k] == (const void *)db) return HS_SUCCESS;
         rc = hs_alloc_scratch(db, &dlp_tls_scratch);
         if (rc == HS_SUCCESS) {
             if (dlp_tls_nsized == 8) dlp_tls_nsized = 0;
             dlp_tls_sized[dlp_tls_nsized++] = (const void *)db;
+        } else {
+            dlp_tls_nsized = 0;     /* a failed grow frees the old scratch (NULL): it fits nothing now */
+        }
+        if (dlp_tls_scratch != before) {
+            if (before == NULL) __atomic_add_fetch(&dlp_live, 1, __ATOMIC_RELAXED);
+            else if (dlp_tls_scratch == NULL) __atomic_sub_fetch(&dlp_live, 1, __ATOMIC_RELAXED);
+            pthread_once(&dlp_key_once, dlp_make_key);
+            if (dlp_key_ok) pthread_setspecific(dlp_scratch_key, dlp_tls_scratch);
         }
         return rc;
+    }
+    /* for tests: size a scratch for db in a native thread that exits (joined: its TLS destructors ran) */
+    typedef struct { const hs_database_t *db; int rc; } dlp_tjob;
+    static void *dlp_tjob_run(void *arg) { dlp_tjob *j = (dlp_tjob *)arg; j->rc = dlp_scratch_for(j->db); return NULL; }
+    static int dlp_scratch_in_thread(const hs_database_t *db) {
+        pthread_t t;
+        dlp_tjob j;
+        j.db = db;
+        j.rc = -1;
+        if (pthread_create(&t, NULL, dlp_tjob_run, &j) != 0) return -1;
+        pthread_join(t, NULL);
+        return j.rc;
     }
     static void dlp_forget_databases(void) { dlp_epoch++; }
     static const void *dlp_memrchr(const void *s, int c, size_t n) { return memrchr(s, c, n); }
@@ -66,6 +106,9 @@ cdef extern from *:
     const void *dlp_memrchr(const void *s, int c, size_t n) nogil
     int scratch_for "dlp_scratch_for"(const hs_database_t *db) nogil
     void dlp_forget_databases() nogil
+    long dlp_live_scratches() nogil
+    int dlp_scratch_in_thread(const hs_database_t *db) nogil
+    int hs_free_scratch(hs_scratch_t *scratch) nogil
     int hs_compile_multi(const char *const *expressions, const unsigned int *flags, const unsigned int *ids,
                          unsigned int elements, unsigned int mode, const void *platform, hs_database_t **db,
                          hs_compile_error_t **error) nogil
@@ -127,6 +170,8 @@ def compile_stream(list expressions, list flags, list ids) -> Database:
     cdef int rc
     keep = [bytes(x) + b"" for x in expressions]
     try:
+        if ex == NULL or fl == NULL or idv == NULL:
+            raise MemoryError()
         for k in range(n):
             ex[k] = PyBytes_AS_STRING(keep[k])
             fl[k] = flags[k]
@@ -145,13 +190,45 @@ def compile_stream(list expressions, list flags, list ids) -> Database:
         free(idv)
 
 
-def load_stream(bytes blob) -> Database:
+def load_stream(bytes blob not None) -> Database:
     """A database serialized by this same libhs; CoreError when it does not load."""
     cdef Database d = Database()
     if hs_deserialize_database(PyBytes_AS_STRING(blob), PyBytes_GET_SIZE(blob), &d.db) != HS_SUCCESS:
         d.db = NULL
         raise CoreError("hs_deserialize_database failed")
     return d
+
+
+def live_scratches() -> int:
+    """Thread scratches allocated and not yet freed (a thread's is freed when the thread exits)."""
+    return dlp_live_scratches()
+
+
+def _scratch_in_native_thread(Database db not None) -> int:
+    """For tests: size a scratch for ``db`` in a native thread that exits; libhs's return code."""
+    cdef int rc
+    with nogil:
+        rc = dlp_scratch_in_thread(db.db)
+    return rc
+
+
+cdef size_t _max_call = 1 << 30
+
+
+def _set_max_call(size_t n) -> None:
+    """For tests: the largest slice of a chunk handed to one hs_scan_stream call (1 GiB)."""
+    global _max_call
+    _max_call = n if n > 0 else 1 << 30
+
+
+# test hook: the next close() of a PartScan fails with this libhs code, as if hs_close_stream had
+_close_fault = 0
+
+
+def _fail_next_close(int rc) -> None:
+    """For tests: make the next ``PartScan.close`` fail with libhs code ``rc`` (before any match)."""
+    global _close_fault
+    _close_fault = rc
 
 
 # -- hits: a growable C array filled by the C callback ---------------------------------------------
@@ -227,6 +304,10 @@ cdef void merge_sort(Hit *a, Hit *tmp, size_t n) noexcept nogil:
         memcpy(a, src, n * sizeof(Hit))
 
 
+DEF HITS_KEEP = 1 << 16        # hits (16 bytes each) an idle PartScan keeps room for between chunks
+
+
+@cython.no_gc_clear                # a collection never drops main/gated before the streams are freed
 cdef class PartScan:
     """The Hyperscan side of one part of one exchange: the main stream, the gated one once its gate
     opens, the hits of the last call, and the per-part state the loop keeps in C (hotword positions,
@@ -239,8 +320,9 @@ cdef class PartScan:
     cdef int64_t *last_hot
     cdef char *header
     cdef int nsig
+    cdef int busy                # a call is in progress (maybe with the GIL released): refuse another
 
-    def __cinit__(self, Database main, Database gated, int nsig):
+    def __cinit__(self, Database main not None, Database gated, int nsig):
         self.main = main
         self.gated = gated
         cdef int k
@@ -267,12 +349,30 @@ cdef class PartScan:
         free(self.last_hot)
         free(self.header)
 
+    cdef int _enter(self) except -1:
+        """One call at a time: two threads in one stream (or one scanning while another closes or
+        walks the hits) would corrupt libhs's stream state or the hits array; refuse instead."""
+        if self.busy:
+            raise CoreError("PartScan used by two calls at once")
+        self.busy = 1
+        return 0
+
     cdef int _run(self, hs_stream_t *st, hs_database_t *db, Sink *sink, const char *p, size_t n) except -1:
         cdef int rc
+        cdef size_t k, most = _max_call
+        if st == NULL:
+            raise CoreError("stream closed")
+        self._enter()
         with nogil:
             rc = scratch_for(db)
-            if rc == HS_SUCCESS:
-                rc = hs_scan_stream(st, p, <unsigned int>n, 0, dlp_tls_scratch, on_hit, sink)
+            # libhs takes an unsigned int length: a chunk of 4 GiB or more goes in slices (a stream's
+            # matches do not depend on how its bytes are cut), not truncated to its length mod 2**32
+            while rc == HS_SUCCESS and n > 0:
+                k = n if n <= most else most
+                rc = hs_scan_stream(st, p, <unsigned int>k, 0, dlp_tls_scratch, on_hit, sink)
+                p += k
+                n -= k
+        self.busy = 0
         if self.hits.oom:
             self.hits.oom = 0
             raise MemoryError()
@@ -280,9 +380,15 @@ cdef class PartScan:
             raise CoreError(f"hs_scan_stream failed ({rc})")
         return 0
 
-    def scan(self, bytes data) -> int:
+    def scan(self, bytes data not None) -> int:
         """Scan the next bytes of the part (GIL released); the hits replace the previous call's."""
+        if self.busy:
+            raise CoreError("PartScan used by two calls at once")
         self.hits.n = 0
+        if self.hits.cap > HITS_KEEP:           # one dense chunk does not pin its peak for the part
+            free(self.hits.a)
+            self.hits.a = NULL
+            self.hits.cap = 0
         self._run(self.st, self.main.db, &self.msink, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
         return self.hits.n
 
@@ -290,12 +396,23 @@ cdef class PartScan:
     def gate_open(self) -> bool:
         return self.gst != NULL
 
+    @property
+    def nhits(self) -> int:
+        """The hits of the last call (kept when close() raised: the ones reported before the error)."""
+        return self.hits.n
+
+    @property
+    def capacity(self) -> int:
+        return self.hits.cap
+
     def open_gate(self, int64_t base) -> None:
+        if self.gated is None or self.gst != NULL or self.st == NULL or self.busy:
+            raise CoreError("no gated database, or its stream is already open")
         if hs_open_stream(self.gated.db, 0, &self.gst) != HS_SUCCESS:
             raise CoreError("hs_open_stream failed")
         self.gsink.base = base
 
-    def scan_gate(self, bytes data, Py_ssize_t offset=0) -> int:
+    def scan_gate(self, bytes data not None, Py_ssize_t offset=0) -> int:
         """Scan ``data[offset:]`` with the gated stream, appending to this call's hits."""
         offset = _clamp(offset, PyBytes_GET_SIZE(data))
         self._run(self.gst, self.gated.db, &self.gsink, PyBytes_AS_STRING(data) + offset,
@@ -318,6 +435,8 @@ cdef class PartScan:
         cdef Hit *tmp
         if n < 2:
             return
+        if self.busy:
+            raise CoreError("PartScan used by two calls at once")
         tmp = <Hit *>malloc(n * sizeof(Hit))
         if tmp == NULL:
             raise MemoryError()
@@ -325,33 +444,50 @@ cdef class PartScan:
         free(tmp)
 
     def close(self) -> int:
-        """End of the part: matches at end of data (main, then gated), streams freed."""
+        """End of the part: matches at end of data (main, then gated), streams freed (always).
+
+        A libhs error raises CoreError after both streams are freed, with ``nhits`` the matches
+        reported before it, as the reference's ``hs.Stream.close`` raises with its list filled so far;
+        when the main stream fails, the gated one is freed unscanned (the reference never reaches it)."""
+        global _close_fault
         cdef int rc = HS_SUCCESS
-        cdef int rc2 = HS_SUCCESS
+        cdef int fault = _close_fault
+        _close_fault = 0
+        self._enter()
         self.hits.n = 0
         with nogil:
             if self.st != NULL:
-                rc = scratch_for(self.main.db)
+                rc = fault if fault else scratch_for(self.main.db)
                 if rc == HS_SUCCESS:
                     rc = hs_close_stream(self.st, dlp_tls_scratch, on_hit, &self.msink)
                 else:
                     hs_close_stream(self.st, NULL, NULL, NULL)
                 self.st = NULL
             if self.gst != NULL:
-                rc2 = scratch_for(self.gated.db)
-                if rc2 == HS_SUCCESS:
-                    rc2 = hs_close_stream(self.gst, dlp_tls_scratch, on_hit, &self.gsink)
+                if rc == HS_SUCCESS:
+                    rc = scratch_for(self.gated.db)
+                    if rc == HS_SUCCESS:
+                        rc = hs_close_stream(self.gst, dlp_tls_scratch, on_hit, &self.gsink)
+                    else:
+                        hs_close_stream(self.gst, NULL, NULL, NULL)
                 else:
                     hs_close_stream(self.gst, NULL, NULL, NULL)
                 self.gst = NULL
+        self.busy = 0
         if self.hits.oom:
             self.hits.oom = 0
             raise MemoryError()
+        if rc != HS_SUCCESS:
+            raise CoreError(f"hs_close_stream failed ({rc})")
         return self.hits.n
 
     def hits_list(self) -> list:
         """The hits as the reference's list of ``(id, end)`` (for the structure view)."""
-        return [(self.hits.a[k].id, self.hits.a[k].end) for k in range(self.hits.n)]
+        self._enter()                          # building the list may run a collection, and other threads
+        try:
+            return [(self.hits.a[k].id, self.hits.a[k].end) for k in range(self.hits.n)]
+        finally:
+            self.busy = 0
 
 
 # -- byte searches with Python's clamping -------------------------------------------------------------
@@ -656,6 +792,10 @@ cdef class Info:
         self.pin_word = <char *>malloc(n + 1)
         self.pvalid = <int *>malloc((n + 1) * sizeof(int))
         self.hot_sig = <int *>malloc((len(engine.hot_sig) + 1) * sizeof(int))
+        if (self.psig == NULL or self.pwidth == NULL or self.pmaxw == NULL or self.pnctx == NULL
+                or self.prmask == NULL or self.pcat == NULL or self.pin_field == NULL
+                or self.pin_word == NULL or self.pvalid == NULL or self.hot_sig == NULL):
+            raise MemoryError()                # __dealloc__ frees the ones that were allocated
         self.pats = pats
         self.rx = [p.rx for p in pats]
         self.req = [p.require for p in pats]
@@ -717,8 +857,19 @@ cdef void label_after(list rec, const char *b, Py_ssize_t blen, int64_t base, in
             rec[k] = t[:2] + (True,) + t[3:]
 
 
-def process(sc, PartScan ps, bytes buf, int64_t base, Info info) -> None:
-    """ExchangeScanner._process over the C array of hits: same decisions, same record entries."""
+def process(sc, PartScan ps not None, bytes buf not None, int64_t base, Info info not None) -> None:
+    """ExchangeScanner._process over the C array of hits: same decisions, same record entries.
+
+    The PartScan is held for the walk: the Python the loop calls may let another thread run, and a
+    scan of the same part from there would move the hits array under it."""
+    ps._enter()
+    try:
+        _process(sc, ps, buf, base, info)
+    finally:
+        ps.busy = 0
+
+
+cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1:
     cdef const char *b = PyBytes_AS_STRING(buf)
     cdef Py_ssize_t blen = PyBytes_GET_SIZE(buf)
     cdef int64_t window = sc.policy.hotword_window
@@ -866,6 +1017,7 @@ def process(sc, PartScan ps, bytes buf, int64_t base, Info info) -> None:
     sc._rec = rec
     if has_key:
         sc._rec_key = rec_key
+    return 0
 
 
 cdef int on_count(unsigned int id, unsigned long long frm, unsigned long long to, unsigned int flags,
@@ -874,7 +1026,7 @@ cdef int on_count(unsigned int id, unsigned long long frm, unsigned long long to
     return 0
 
 
-def raw_stream_scan(Database db, bytes data, Py_ssize_t chunk, bint count=False) -> int:
+def raw_stream_scan(Database db not None, bytes data not None, Py_ssize_t chunk, bint count=False) -> int:
     """The ceiling: ``data`` through one stream of ``db`` in ``chunk``-byte calls, no callback (or a
     C callback that only counts, with ``count``); bench/core.py compares the full scanner with it."""
     cdef size_t seen = 0
@@ -885,6 +1037,8 @@ def raw_stream_scan(Database db, bytes data, Py_ssize_t chunk, bint count=False)
     cdef const char *p = PyBytes_AS_STRING(data)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data), at = 0, k
     cdef int rc = HS_SUCCESS
+    if chunk <= 0:
+        raise ValueError("chunk must be positive")     # else a loop without end, GIL released
     if hs_open_stream(db.db, 0, &st) != HS_SUCCESS:
         raise CoreError("hs_open_stream failed")
     with nogil:

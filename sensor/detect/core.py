@@ -67,15 +67,30 @@ def _load_or_compile(engine: Engine, ids: list[int], part: str) -> Any:
             pass                                  # corrupt or foreign: rebuild it
     db = _hscore.compile_stream([engine.expressions[i] for i in ids],
                                 [engine.expression_flags[i] for i in ids], ids)
+    _store(path, db)
+    return db
+
+
+def _store(path: Any, db: Any) -> None:
+    """Cache the database; failing to (read-only or full disk, a serialization error) only means
+    compiling next time: it never turns a compiled database into a fallback to the Python core."""
+    tmp = None
     try:
+        blob = db.serialize()
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".db-")
         with os.fdopen(fd, "wb") as fh:
-            fh.write(db.serialize())
+            fh.write(blob)
         os.replace(tmp, path)
-    except OSError:
-        pass                                      # a read-only cache: compile next time too
-    return db
+        tmp = None
+    except (OSError, _hscore.CoreError):
+        pass
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)                    # no half-written temporary left in the cache
+            except OSError:
+                pass
 
 
 def core_for(engine: Engine) -> Core | None:
@@ -102,6 +117,11 @@ def _build(engine: Engine) -> tuple[str, Core | None]:
         return "compiled", Core(engine)
     except _hscore.CoreError as e:
         return ("compile-error" if "validator" not in str(e) else "validator"), None
+    except Exception as e:        # noqa: BLE001 - any failure to build: the reference scans, never no scan
+        # (the type only: a message could quote the pack)
+        log.error("building the compiled core failed (%s): falling back to the Python reference",
+                  type(e).__name__)
+        return "compile-error", None
 
 
 def _set_status(reason: str) -> None:

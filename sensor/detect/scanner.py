@@ -285,6 +285,8 @@ class ExchangeScanner:
     def feed(self, data: bytes) -> str:
         if not data or (self.stop_on_trip and self.verdict == "trip"):
             return self.verdict
+        if type(data) is not bytes:
+            data = bytes(data)      # a bytearray or view: values are hashed, and the core takes bytes
         if self._pre is not None:
             # hold the first bytes of a part until its first line is whole (or 4 KiB), so that
             # the sniff (json/html/table, delimiter) sees the same thing however the body is cut
@@ -417,7 +419,7 @@ class ExchangeScanner:
             if gated:
                 ps.sort()
         except _core._hscore.CoreError:
-            n = 0
+            n = ps.nhits                        # as the reference: what was reported before the error
         if n:
             _core._hscore.process(self, ps, self._tail, self._pos - len(self._tail), self._core.info)
         self._finish_record()
