@@ -211,6 +211,13 @@ class Sidecar:
         return [orjson.loads(l) for l in p.read_bytes().splitlines()] if p.exists() else []
 
     def metric(self, name: str, **labels: str) -> float:
+        """One sample, read once the exchanges in flight are accounted (up to 5 s): a monitor
+        exchange's final scan runs in the scan pool after its last byte has reached the client, so
+        a client's next request can be answered before its counters move."""
+        if name != "dlp_active_exchanges":
+            deadline = time.monotonic() + 5
+            while read_metric(self.metrics, "dlp_active_exchanges") > 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
         return read_metric(self.metrics, name, **labels)
 
 

@@ -659,13 +659,15 @@ class ExchangeSession:
             if self.mirrored is not None:
                 self.mirrored.end(completed=completed, sent=self.ctx.bytes_sent)
             if self.scan is not None:
-                self._drop_scan()
                 if self.result is None and self.finishing is not None:
                     # the client left (the handler is cancelled) while the verdict was being read,
-                    # typically right after the last byte: the verdict still counts, when it is in
+                    # typically right after the last byte: the verdict still counts, when it is in;
+                    # the exchange holds its scan slot (and stays active) until then
                     self.finishing.add_done_callback(lambda f, sc=self.scan, done=completed: self._late(f, sc, done))
                     late = True
-                elif self.result is None:
+                else:
+                    self._drop_scan()
+                if not late and self.result is None:
                     if self.unscanned is not None:      # monitor: the last chunk left; it counts
                         chunk, self.unscanned = self.unscanned, None
                         self._write_here(chunk)
@@ -711,3 +713,5 @@ class ExchangeSession:
                 self._remember_clean(completed)
         except Exception:                               # accounting must never break the data path
             log.exception("accounting for exchange %s failed", self.ctx.exchange_id)
+        finally:
+            self._drop_scan()                           # active until accounted (see _close)
