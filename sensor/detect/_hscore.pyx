@@ -46,6 +46,24 @@ cdef extern from *:
         return rc;
     }
     static void dlp_forget_databases(void) { dlp_epoch++; }
+    /* The value-start databases (one small block-mode database per value regex) of one engine: a
+       second per-thread scratch grown for all of them at once, redone when the thread meets another
+       engine's set or any database was freed. */
+    static __thread hs_scratch_t *dlp_som_scratch = NULL;
+    static __thread const void *dlp_som_owner = NULL;
+    static __thread unsigned long dlp_som_epoch = 0;
+    static int dlp_som_scratch_for(const void *owner, hs_database_t *const *dbs, int n) {
+        int k, rc;
+        if (dlp_som_owner == owner && dlp_som_epoch == dlp_epoch) return HS_SUCCESS;
+        for (k = 0; k < n; k++) {
+            if (dbs[k] == NULL) continue;
+            rc = hs_alloc_scratch(dbs[k], &dlp_som_scratch);
+            if (rc != HS_SUCCESS) { dlp_som_owner = NULL; return rc; }
+        }
+        dlp_som_owner = owner;
+        dlp_som_epoch = dlp_epoch;
+        return HS_SUCCESS;
+    }
     static const void *dlp_memrchr(const void *s, int c, size_t n) { return memrchr(s, c, n); }
     """
     ctypedef struct hs_database_t:
@@ -62,10 +80,17 @@ cdef extern from *:
     int HS_SUCCESS
     int HS_SCAN_TERMINATED
     int HS_MODE_STREAM
+    int HS_MODE_BLOCK
+    int HS_FLAG_SOM_LEFTMOST
+    int HS_FLAG_CASELESS
+    int hs_scan(const hs_database_t *db, const char *data, unsigned int length, unsigned int flags,
+                hs_scratch_t *scratch, match_event_handler onEvent, void *context) nogil
     hs_scratch_t *dlp_tls_scratch
     const void *dlp_memrchr(const void *s, int c, size_t n) nogil
     int scratch_for "dlp_scratch_for"(const hs_database_t *db) nogil
     void dlp_forget_databases() nogil
+    hs_scratch_t *dlp_som_scratch
+    int som_scratch_for "dlp_som_scratch_for"(const void *owner, hs_database_t *const *dbs, int n) nogil
     int hs_compile_multi(const char *const *expressions, const unsigned int *flags, const unsigned int *ids,
                          unsigned int elements, unsigned int mode, const void *platform, hs_database_t **db,
                          hs_compile_error_t **error) nogil
@@ -143,6 +168,74 @@ def compile_stream(list expressions, list flags, list ids) -> Database:
         free(ex)
         free(fl)
         free(idv)
+
+
+def compile_som(list expressions, list flags, list ids) -> Database:
+    """``hs_compile_multi`` in block mode with HS_FLAG_SOM_LEFTMOST on every expression (the value
+    regexes that find where a variable-width value starts: see :func:`som_start`)."""
+    cdef unsigned int n = len(expressions)
+    cdef const char **ex = <const char **>malloc(n * sizeof(char *) + 1)
+    cdef unsigned int *fl = <unsigned int *>malloc(n * sizeof(unsigned int) + 1)
+    cdef unsigned int *idv = <unsigned int *>malloc(n * sizeof(unsigned int) + 1)
+    cdef hs_compile_error_t *err = NULL
+    cdef Database d = Database()
+    cdef unsigned int k
+    cdef int rc
+    keep = [bytes(x) + b"" for x in expressions]
+    try:
+        for k in range(n):
+            ex[k] = PyBytes_AS_STRING(keep[k])
+            fl[k] = flags[k] | HS_FLAG_SOM_LEFTMOST
+            idv[k] = ids[k]
+        rc = hs_compile_multi(ex, fl, idv, n, HS_MODE_BLOCK, NULL, &d.db, &err)
+        if rc != HS_SUCCESS:
+            msg = err.message.decode("utf-8", "replace") if err != NULL and err.message != NULL else "compile error"
+            at = err.expression if err != NULL else -1
+            if err != NULL:
+                hs_free_compile_error(err)
+            d.db = NULL
+            raise CoreError(msg, at)
+        return d
+    finally:
+        free(ex)
+        free(fl)
+        free(idv)
+
+
+ctypedef struct SomAt:
+    unsigned int want
+    unsigned long long n
+    long long start
+
+
+cdef int on_som(unsigned int id, unsigned long long frm, unsigned long long to, unsigned int flags,
+                void *ctx) noexcept nogil:
+    cdef SomAt *a = <SomAt *>ctx
+    if id == a.want and to == a.n:
+        a.start = <long long>frm
+        return 1                          # the last end there is: nothing more to learn
+    return 0
+
+
+cdef inline bint is_word(unsigned char c) noexcept nogil:
+    return (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or c == 95
+
+
+cdef Py_ssize_t som_start(Info info, int t, const char *p, Py_ssize_t n) except -2:
+    """Leftmost start (offset in ``p``) of a match of value regex ``t`` ending exactly at ``n``, or
+    -1. libhs sees no byte before ``p``: the caller starts ``p`` after a non-word byte, or one byte
+    early (a match cannot be wider than its pattern's maxw, so none starts there but in error)."""
+    cdef SomAt a
+    cdef int rc
+    a.want = 0
+    a.n = <unsigned long long>n
+    a.start = -1
+    rc = som_scratch_for(<void *>info, info.somdb, info.nsom)
+    if rc == HS_SUCCESS:
+        rc = hs_scan(info.somdb[t], p, <unsigned int>n, 0, dlp_som_scratch, on_som, &a)
+    if rc != HS_SUCCESS and rc != HS_SCAN_TERMINATED:
+        raise CoreError(f"hs_scan failed ({rc})")
+    return a.start
 
 
 def load_stream(bytes blob) -> Database:
@@ -637,6 +730,10 @@ cdef class Info:
     cdef int *hot_sig
     cdef list pats, rx, req, vfn
     cdef public object gate_ids
+    cdef int *psom                  # index in ``somdb`` of the pattern's value regex, or -1 (``re`` finds the start)
+    cdef hs_database_t **somdb
+    cdef int nsom
+    cdef list som                   # the Database objects owning ``somdb``
 
     def __cinit__(self, engine):
         names = {fn: name for name, fn in _V.REGISTRY.items()}
@@ -681,12 +778,50 @@ cdef class Info:
                     raise CoreError(f"validator without a C twin: {name}")
         for k, si in enumerate(engine.hot_sig):
             self.hot_sig[k] = si
+        self.psom = <int *>malloc((n + 1) * sizeof(int))
+        if self.psom == NULL:
+            raise MemoryError()
+        self._build_som(pats)
         g = bytearray(engine.n_ids + 1)
         for i in engine.gate_ids:
             g[i] = 1
         self.gate_ids = bytes(g)
 
+    def _build_som(self, list pats):
+        """A block-mode SOM database for each distinct value regex libhs can give a leftmost start
+        for; the others stay with ``re``."""
+        cdef int k
+        cdef Database d
+        uniq = {}
+        for k in range(self.npat):
+            self.psom[k] = -1
+            p = pats[k]
+            if p.width <= 0 and p.rx is not None and p.rx.pattern.endswith(rb"\Z") and not p.rx.flags & ~2:
+                self.psom[k] = uniq.setdefault((p.rx.pattern, p.rx.flags), len(uniq))
+        self.som = []
+        self.nsom = len(uniq)
+        self.somdb = <hs_database_t **>malloc((self.nsom + 1) * sizeof(hs_database_t *))
+        if self.somdb == NULL:
+            raise MemoryError()
+        for (pat, fl), j in uniq.items():
+            try:
+                d = compile_som([pat[:-2] + rb"\z"], [HS_FLAG_CASELESS if fl & 2 else 0], [0])
+            except CoreError:
+                d = None                           # not supported with SOM (or at all): re
+            self.som.append(d)
+            self.somdb[j] = d.db if d is not None else NULL
+        for k in range(self.npat):
+            if self.psom[k] >= 0 and self.somdb[self.psom[k]] == NULL:
+                self.psom[k] = -1
+
+    @property
+    def som_patterns(self) -> int:
+        """How many patterns find their value's start with libhs (tests, bench)."""
+        return sum(1 for k in range(self.npat) if self.psom[k] >= 0)
+
     def __dealloc__(self):
+        free(self.psom)
+        free(self.somdb)
         free(self.psig); free(self.pwidth); free(self.pmaxw); free(self.pnctx); free(self.prmask)
         free(self.pcat); free(self.pin_field); free(self.pin_word); free(self.pvalid); free(self.hot_sig)
 
@@ -791,14 +926,37 @@ def process(sc, PartScan ps, bytes buf, int64_t base, Info info) -> None:
                 if info.pin_word[i]:         # ... or after the last blank
                     lo = max(lo, rfind1(b, blen, b' ', lo, e) + 1, rfind1(b, blen, b'\n', lo, e) + 1,
                              rfind1(b, blen, b'\t', lo, e) + 1)
-                m = info.rx[i].search(buf, lo, e)
-                if m is None:
+                t = info.psom[i]
+                s = -2
+                if t >= 0:
+                    if lo == 0 or not is_word(<unsigned char>b[lo - 1]):
+                        s = som_start(info, t, b + lo, e - lo)      # none: re finds none either
+                        if s >= 0:
+                            s += lo
+                    elif lo == e - maxw:                          # let libhs see the byte before lo
+                        s = som_start(info, t, b + lo - 1, e - lo + 1)
+                        if s >= 0:
+                            s += lo - 1
+                            if s < lo:
+                                s = -2                            # wider than maxw: ask re
+                if s == -1:
                     continue
-                req = info.req[i]
-                if req and not all(m.group(g).upper() in words for g, words in req):
-                    continue
-                s = m.start()
-                v = m.group()
+                if s >= 0:
+                    req = info.req[i]
+                    if req:
+                        m = info.rx[i].match(buf, s, e)              # the match re.search would return
+                        if m is None or not all(m.group(g).upper() in words for g, words in req):
+                            continue
+                    v = PyBytes_FromStringAndSize(b + s, e - s)
+                else:
+                    m = info.rx[i].search(buf, lo, e)
+                    if m is None:
+                        continue
+                    req = info.req[i]
+                    if req and not all(m.group(g).upper() in words for g, words in req):
+                        continue
+                    s = m.start()
+                    v = m.group()
             code = info.pvalid[i]
             if code == V_PY:
                 if not info.vfn[i](v):
