@@ -13,7 +13,7 @@ Databases come from this module's own ``hs_compile_multi`` (a database serialize
 wheel's statically linked libhs is not guaranteed to load in Debian's). Scratch: one per thread
 (``__thread``), grown with ``hs_alloc_scratch`` for every database it meets, never shared.
 """
-from libc.stdlib cimport malloc, realloc, free
+from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memchr, memcmp, memcpy
 from libc.stdint cimport uint64_t, int64_t
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
@@ -945,7 +945,7 @@ def process(sc, PartScan ps, bytes buf, int64_t base, Info info) -> None:
                     req = info.req[i]
                     if req:
                         m = info.rx[i].match(buf, s, e)              # the match re.search would return
-                        if m is None or not all(m.group(g).upper() in words for g, words in req):
+                        if m is None or not require_ok(m, req):
                             continue
                     v = PyBytes_FromStringAndSize(b + s, e - s)
                 else:
@@ -1026,6 +1026,15 @@ def process(sc, PartScan ps, bytes buf, int64_t base, Info info) -> None:
         sc._rec_key = rec_key
 
 
+cdef bint require_ok(object m, tuple req) except -1:
+    """``all(m.group(g).upper() in words for g, words in req)`` without a generator."""
+    cdef tuple gw
+    for gw in req:
+        if m.group(gw[0]).upper() not in gw[1]:
+            return False
+    return True
+
+
 cdef int on_count(unsigned int id, unsigned long long frm, unsigned long long to, unsigned int flags,
                   void *ctx) noexcept nogil:
     (<size_t *>ctx)[0] += 1
@@ -1057,6 +1066,135 @@ def raw_stream_scan(Database db, bytes data, Py_ssize_t chunk, bint count=False)
     return seen
 
 
+# -- distinct counting in C (DistinctCounter's exact part) ------------------------------------------------
+cdef inline uint64_t mix64(uint64_t x) noexcept nogil:
+    x ^= x >> 33
+    x *= 0xFF51AFD7ED558CCDULL
+    x ^= x >> 33
+    return x
+
+
+cdef class Distinct:
+    """sensor.detect.distinct.DistinctCounter with its exact part in C: an open-addressing table of
+    the same ``Py_hash_t`` values (no int objects, no set), counted alike; past ``cap`` it hands the
+    hashes to a Python DistinctCounter (HyperLogLog), which answers from then on. The table is
+    allocated at the first add (an exchange with no value pays for none)."""
+    cdef Py_hash_t *tab
+    cdef size_t mask                 # slots - 1 (0 before the first add)
+    cdef Py_ssize_t n
+    cdef bint has_zero               # 0 marks an empty slot: the hash 0 is a flag
+    cdef readonly Py_ssize_t cap
+    cdef object py                   # the DistinctCounter, once past the cap
+
+    def __cinit__(self, Py_ssize_t cap):
+        self.cap = cap
+
+    def __dealloc__(self):
+        free(self.tab)
+
+    cdef int _grow(self) except -1:
+        cdef size_t old = self.mask + 1 if self.tab != NULL else 0
+        cdef size_t slots = old * 2 if old else 16
+        cdef Py_hash_t *t = <Py_hash_t *>calloc(slots, sizeof(Py_hash_t))
+        cdef size_t k, j
+        if t == NULL:
+            raise MemoryError()
+        for k in range(old):
+            if self.tab[k] != 0:
+                j = mix64(<uint64_t>self.tab[k]) & (slots - 1)
+                while t[j] != 0:
+                    j = (j + 1) & (slots - 1)
+                t[j] = self.tab[k]
+        free(self.tab)
+        self.tab = t
+        self.mask = slots - 1
+        return 0
+
+    cdef int cadd(self, Py_hash_t h) except -1:
+        """DistinctCounter.add: 1 when ``h`` is new (past the cap: when the sketch changed)."""
+        cdef size_t j
+        if self.py is not None:
+            return 1 if self.py.add(h) else 0
+        if h == 0:
+            if self.has_zero:
+                return 0
+            self.has_zero = True
+        else:
+            if self.tab == NULL or <size_t>(self.n + 1) * 2 > self.mask + 1:
+                self._grow()
+            j = mix64(<uint64_t>h) & self.mask
+            while self.tab[j] != 0:
+                if self.tab[j] == h:
+                    return 0
+                j = (j + 1) & self.mask
+            self.tab[j] = h
+        self.n += 1
+        if self.n > self.cap:
+            self._switch()
+        return 1
+
+    cdef int _switch(self) except -1:
+        from sensor.detect.distinct import DistinctCounter
+        c = DistinctCounter(self.cap)
+        c.exact = self._set()
+        c._switch()
+        self.py = c
+        free(self.tab)
+        self.tab = NULL
+        self.mask = 0
+        return 0
+
+    cdef set _set(self):
+        cdef set out = set()
+        cdef size_t k
+        if self.has_zero:
+            out.add(0)
+        if self.tab != NULL:
+            for k in range(self.mask + 1):
+                if self.tab[k] != 0:
+                    out.add(self.tab[k])
+        return out
+
+    def add(self, h) -> bool:
+        return self.cadd(h) == 1
+
+    def __contains__(self, h) -> bool:
+        cdef Py_hash_t x
+        cdef size_t j
+        if self.py is not None:
+            return h in self.py
+        x = h
+        if x == 0:
+            return self.has_zero
+        if self.tab == NULL:
+            return False
+        j = mix64(<uint64_t>x) & self.mask
+        while self.tab[j] != 0:
+            if self.tab[j] == x:
+                return True
+            j = (j + 1) & self.mask
+        return False
+
+    def __len__(self) -> int:
+        return self.n if self.py is None else len(self.py)
+
+    def __bool__(self) -> bool:
+        return self.n > 0 if self.py is None else bool(self.py)
+
+    @property
+    def approximate(self) -> bool:
+        return self.py is not None
+
+    @property
+    def exact(self):
+        """The exact hashes as a set (a copy), None past the cap: DistinctCounter's attribute."""
+        return self._set() if self.py is None else None
+
+    @property
+    def hll(self):
+        return self.py.hll if self.py is not None else None
+
+
 # -- finishing a record (ExchangeScanner._finish_record, the common case typed) ---------------------------
 cdef object _extract_fn = None
 cdef object _deceased = None
@@ -1065,7 +1203,9 @@ cdef Py_ssize_t _IDS_CAP = 0, _EST_MIN = 0
 
 
 cdef inline bint dadd(object counter, object h) except -1:
-    """DistinctCounter.add, the exact branch inline."""
+    """DistinctCounter.add, the exact branch inline (a C table for a :class:`Distinct`)."""
+    if type(counter) is Distinct:
+        return (<Distinct>counter).cadd(h) == 1
     cdef object s = counter.exact
     cdef Py_ssize_t n
     if s is not None:
