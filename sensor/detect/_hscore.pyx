@@ -170,7 +170,7 @@ def compile_stream(list expressions, list flags, list ids) -> Database:
         free(idv)
 
 
-def compile_som(list expressions, list flags, list ids) -> Database:
+def compile_som(list expressions, list flags, list ids, bint som=True) -> Database:
     """``hs_compile_multi`` in block mode with HS_FLAG_SOM_LEFTMOST on every expression (the value
     regexes that find where a variable-width value starts: see :func:`som_start`)."""
     cdef unsigned int n = len(expressions)
@@ -185,7 +185,7 @@ def compile_som(list expressions, list flags, list ids) -> Database:
     try:
         for k in range(n):
             ex[k] = PyBytes_AS_STRING(keep[k])
-            fl[k] = flags[k] | HS_FLAG_SOM_LEFTMOST
+            fl[k] = flags[k] | (HS_FLAG_SOM_LEFTMOST if som else 0)
             idv[k] = ids[k]
         rc = hs_compile_multi(ex, fl, idv, n, HS_MODE_BLOCK, NULL, &d.db, &err)
         if rc != HS_SUCCESS:
@@ -221,16 +221,22 @@ cdef inline bint is_word(unsigned char c) noexcept nogil:
     return (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or c == 95
 
 
-cdef Py_ssize_t som_start(Info info, int t, const char *p, Py_ssize_t n) except -2:
+cdef Py_ssize_t som_start(Info info, int t, const char *p, Py_ssize_t n, bint after_blank) except -2:
     """Leftmost start (offset in ``p``) of a match of value regex ``t`` ending exactly at ``n``, or
     -1. libhs sees no byte before ``p``: the caller starts ``p`` after a non-word byte, or one byte
-    early (a match cannot be wider than its pattern's maxw, so none starts there but in error)."""
+    early (a match cannot be wider than its pattern's maxw, so none starts there but in error).
+    ``after_blank``: ``p`` starts where ``re`` would search from (first try a match from there)."""
     cdef SomAt a
     cdef int rc
     a.want = 0
     a.n = <unsigned long long>n
     a.start = -1
-    rc = som_scratch_for(<void *>info, info.somdb, info.nsom)
+    rc = som_scratch_for(<void *>info, info.somdb, 2 * info.nsom)
+    if rc == HS_SUCCESS and after_blank and info.somdb[info.nsom + t] != NULL:
+        # a value that starts where the search starts (a CSV field) needs no SOM: one anchored test
+        rc = hs_scan(info.somdb[info.nsom + t], p, <unsigned int>n, 0, dlp_som_scratch, on_som, &a)
+        if rc == HS_SCAN_TERMINATED:
+            return 0
     if rc == HS_SUCCESS:
         rc = hs_scan(info.somdb[t], p, <unsigned int>n, 0, dlp_som_scratch, on_som, &a)
     if rc != HS_SUCCESS and rc != HS_SCAN_TERMINATED:
@@ -800,7 +806,7 @@ cdef class Info:
                 self.psom[k] = uniq.setdefault((p.rx.pattern, p.rx.flags), len(uniq))
         self.som = []
         self.nsom = len(uniq)
-        self.somdb = <hs_database_t **>malloc((self.nsom + 1) * sizeof(hs_database_t *))
+        self.somdb = <hs_database_t **>malloc((2 * self.nsom + 1) * sizeof(hs_database_t *))
         if self.somdb == NULL:
             raise MemoryError()
         for (pat, fl), j in uniq.items():
@@ -808,8 +814,13 @@ cdef class Info:
                 d = compile_som([pat[:-2] + rb"\z"], [HS_FLAG_CASELESS if fl & 2 else 0], [0])
             except CoreError:
                 d = None                           # not supported with SOM (or at all): re
-            self.som.append(d)
+            try:                                   # the same regex anchored at both ends, no SOM
+                a = compile_som([rb"\A" + pat[:-2] + rb"\z"], [HS_FLAG_CASELESS if fl & 2 else 0], [0], False)
+            except CoreError:
+                a = None
+            self.som.append((d, a))
             self.somdb[j] = d.db if d is not None else NULL
+            self.somdb[self.nsom + j] = (<Database>a).db if a is not None and d is not None else NULL
         for k in range(self.npat):
             if self.psom[k] >= 0 and self.somdb[self.psom[k]] == NULL:
                 self.psom[k] = -1
@@ -930,11 +941,11 @@ def process(sc, PartScan ps, bytes buf, int64_t base, Info info) -> None:
                 s = -2
                 if t >= 0:
                     if lo == 0 or not is_word(<unsigned char>b[lo - 1]):
-                        s = som_start(info, t, b + lo, e - lo)      # none: re finds none either
+                        s = som_start(info, t, b + lo, e - lo, True)      # none: re finds none either
                         if s >= 0:
                             s += lo
                     elif lo == e - maxw:                          # let libhs see the byte before lo
-                        s = som_start(info, t, b + lo - 1, e - lo + 1)
+                        s = som_start(info, t, b + lo - 1, e - lo + 1, False)
                         if s >= 0:
                             s += lo - 1
                             if s < lo:
@@ -1024,6 +1035,27 @@ def process(sc, PartScan ps, bytes buf, int64_t base, Info info) -> None:
     sc._rec = rec
     if has_key:
         sc._rec_key = rec_key
+
+
+def value_start(Info info, int k, bytes buf, Py_ssize_t lo, Py_ssize_t e) -> int:
+    """Where :func:`process` finds the start of pattern ``k``'s value ending at ``e`` searched from
+    ``lo``: -1 none, -2 "ask re" (tests compare it with ``rx.search(buf, lo, e)``; bench)."""
+    cdef const char *b = PyBytes_AS_STRING(buf)
+    cdef int t = info.psom[k]
+    cdef Py_ssize_t s = -2
+    if t < 0 or not 0 <= lo <= e <= PyBytes_GET_SIZE(buf):
+        return -2
+    if lo == 0 or not is_word(<unsigned char>b[lo - 1]):
+        s = som_start(info, t, b + lo, e - lo, True)
+        if s >= 0:
+            s += lo
+    elif lo == e - info.pmaxw[k]:
+        s = som_start(info, t, b + lo - 1, e - lo + 1, False)
+        if s >= 0:
+            s += lo - 1
+            if s < lo:
+                s = -2
+    return s
 
 
 cdef bint require_ok(object m, tuple req) except -1:
