@@ -898,6 +898,7 @@ def process(sc, PartScan ps, bytes buf, int64_t base, Info info) -> None:
     cdef bint ctx, lazy
     cdef Py_ssize_t r2
     cdef tuple last
+    cdef RecEnv env = None
     for k in range(ps.hits.n):
         i = ps.hits.a[k].id
         end = ps.hits.a[k].end
@@ -996,12 +997,10 @@ def process(sc, PartScan ps, bytes buf, int64_t base, Info info) -> None:
             rk += (end - rk) // maxrec * maxrec
         if not has_key or rk != rec_key:
             if rec:
-                sc._rec = rec
-                sc._rec_key = rec_key          # set: rec holds entries only once a key is
-                sc._rec_end = rk
-                finish_record(sc)
-                sc._rec_end = None
-                rec = sc._rec
+                if env is None:
+                    env = rec_env(sc)
+                finish(sc, env, rec, rec_key, rk)   # rec holds entries only once a key is set
+                rec = []
             rec_key = rk
             has_key = True
         if lazy:
@@ -1258,36 +1257,75 @@ cdef inline void keep_id(object sc, set ids, object fp) except *:
         sc._ids_capped = True
 
 
-def finish_record(sc) -> None:
-    """ExchangeScanner._finish_record line for line (the rare precision paths call the same Python)."""
+cdef class RecEnv:
+    """What finishing a record reads of the scanner, fetched once per :func:`process` call (the
+    lists and sets are the scanner's own objects, mutated in place; none is rebound meanwhile)."""
+    cdef set header
+    cdef list want, ignored, distinct, kinds, edm_kind
+    cdef object edm
+    cdef bint per_id
+
+
+cdef RecEnv rec_env(sc):
     global _extract_fn, _deceased, _ESTIMATED_SALT, _IDS_CAP, _EST_MIN
-    cdef list rec = sc._rec
-    cdef tuple t
-    cdef int uncond = 0, cats = 0, kind = 0, si, cat, rmask, k
-    cdef bint ctx
-    cdef Py_ssize_t strong_values = 0, contact_values = 0
-    if not rec:
-        return
+    cdef RecEnv env = RecEnv.__new__(RecEnv)
     if _extract_fn is None:
         from sensor.detect import scanner as S
         from sensor.detect.precision import deceased
         _extract_fn, _deceased, _ESTIMATED_SALT = S._extract, deceased, S._ESTIMATED
         _IDS_CAP, _EST_MIN = S.RECORD_IDS_CAP, S.ESTIMATE_MIN_IDS
+    env.header = sc._header_sigs
+    env.want = sc._want_sample
+    env.ignored = sc._ignored
+    env.distinct = sc._distinct
+    env.kinds = sc._kindbits
+    env.edm_kind = sc._edm_kind
+    env.edm = sc._edm
+    # estimate only in plain text (see the reference)
+    env.per_id = bool(sc._estimate and sc._skind is None and sc._mode == "lines")
+    return env
+
+
+def finish_record(sc) -> None:
+    """ExchangeScanner._finish_record line for line (the rare precision paths call the same Python)."""
+    cdef list rec = sc._rec
+    if not rec:
+        return
     sc._rec = []
+    finish(sc, rec_env(sc), rec, sc._rec_key, sc._rec_end)
+
+
+DEF MAX_STRONG = 64
+
+
+cdef int finish(sc, RecEnv env, list rec, object rec_key, object rec_end) except -1:
+    """The body of :func:`finish_record` on a record ``rec`` (already taken off the scanner) whose key
+    and successor are ``rec_key`` / ``rec_end``: the scanner's ``_rec_key`` / ``_rec_end`` are set to
+    them only where the reference's Python reads them (obituary and home checks)."""
+    cdef tuple t
+    cdef int uncond = 0, cats = 0, kind = 0, si, cat, rmask, k, j, best, nbest, c
+    cdef bint ctx
+    cdef Py_ssize_t strong_values = 0, contact_values = 0
+    # strong values of the record for the estimate (the reference's per_id dict of sets), in C
+    cdef int psi[MAX_STRONG]
+    cdef Py_hash_t ph[MAX_STRONG]
+    cdef int np = 0
+    cdef dict per = None
+    cdef Py_hash_t hv
     for t in rec:
         if t[2]:
             uncond |= <int>t[1]
-    header = sc._header_sigs
-    cdef list want = sc._want_sample
-    cdef list ignored = sc._ignored
-    cdef list distinct = sc._distinct
-    cdef list kinds = sc._kindbits
+    cdef set header = env.header
+    cdef list want = env.want
+    cdef list ignored = env.ignored
+    cdef list distinct = env.distinct
+    cdef list kinds = env.kinds
     cdef list hashes = []
-    edm_kind = sc._edm_kind
-    edm = sc._edm
+    cdef list edm_kind = env.edm_kind
+    edm = env.edm
     edm_vals = [] if edm is not None else None
     cdef list placed = []
-    per_id = {} if sc._estimate and sc._skind is None and sc._mode == "lines" else None
+    cdef bint per_id = env.per_id
     for t in rec:
         si = t[0]
         cat = t[1]
@@ -1317,8 +1355,17 @@ def finish_record(sc) -> None:
         if raw is not None and want[si]:
             sc._sample(si, raw)
         cats |= cat
-        if cat == STRONG and per_id is not None:
-            per_id.setdefault(si, set()).add(h)
+        if cat == STRONG and per_id:
+            if np < MAX_STRONG:
+                psi[np] = si
+                ph[np] = h
+                np += 1
+            else:                         # more strong values than the C arrays hold: the reference's dict
+                if per is None:
+                    per = {}
+                    for j in range(np):
+                        per.setdefault(psi[j], set()).add(ph[j])
+                per.setdefault(si, set()).add(h)
         k = kinds[si]
         kind |= k
         if k & 5:
@@ -1331,22 +1378,53 @@ def finish_record(sc) -> None:
     if edm_vals and edm.record(edm_vals):
         sc._decide()
     if not hashes:
-        return
+        return 0
     cdef bint is_strong = (cats & STRONG) and (cats & 2)
     cdef bint is_person = kind & 3 == 3
-    if is_person and not is_strong and _deceased(sc._record_text()):
-        return
-    home = sc._home_of(placed) if kind & 5 == 5 and not is_person else None
-    if is_strong and per_id:
-        ids = max(per_id.values(), key=len)
+    if is_person and not is_strong:
+        sc._rec_key = rec_key
+        sc._rec_end = rec_end
+        text = sc._record_text()
+        sc._rec_end = None
+        if _deceased(text):
+            return 0
+    home = None
+    if kind & 5 == 5 and not is_person:
+        sc._rec_key = rec_key
+        sc._rec_end = rec_end
+        try:
+            home = sc._home_of(placed)
+        finally:
+            sc._rec_end = None
+    if is_strong and np:
+        ids = None
+        if per is not None:
+            ids = max(per.values(), key=len)
+        else:
+            # the first signature (in order of appearance) with the most distinct strong values
+            best, nbest = -1, 0
+            for k in range(np):
+                if any_before(psi, k, psi[k]):
+                    continue              # counted with its first appearance
+                c = 0
+                for j in range(k, np):
+                    if psi[j] == psi[k] and not seen_before(psi, ph, k, j):
+                        c += 1
+                if c > nbest:
+                    best, nbest = psi[k], c
+            if nbest >= _EST_MIN:
+                ids = set()
+                for k in range(np):
+                    if psi[k] == best:
+                        ids.add(ph[k])    # the reference's set, filled in the same order
         if ids and len(ids) >= _EST_MIN:
-            for h in ids:
-                fp = hash((_ESTIMATED_SALT, h))
+            for hv in ids:
+                fp = hash((_ESTIMATED_SALT, hv))
                 sc._est_recs.add(fp)
                 sc._strong_recs.add(fp)
                 sc._all_recs.add(fp)
                 keep_id(sc, sc._strong_ids, fp)
-            return
+            return 0
     if is_strong or is_person or home is not None:
         fp = hash(tuple(sorted(hashes)))
         if is_strong:
@@ -1364,3 +1442,21 @@ def finish_record(sc) -> None:
             else:
                 sc._homes.add(fp, home[0], home[1])
                 keep_id(sc, sc._home_ids, fp)
+    return 0
+
+
+cdef inline bint any_before(const int *psi, int k, int si) noexcept:
+    cdef int j
+    for j in range(k):
+        if psi[j] == si:
+            return True
+    return False
+
+
+cdef inline bint seen_before(const int *psi, const Py_hash_t *ph, int k, int j) noexcept:
+    """Is value ``j`` (signature ``psi[j]``) a repeat of an earlier value of that signature from ``k`` on?"""
+    cdef int x
+    for x in range(k, j):
+        if psi[x] == psi[j] and ph[x] == ph[j]:
+            return True
+    return False
