@@ -94,3 +94,27 @@ def test_distinct_answers_as_distinct_counter(info):
     small = core._hscore.Distinct(10)
     assert not small and len(small) == 0 and 0 not in small
     assert small.add(0) and not small.add(0) and 0 in small and small.exact == {0}
+
+
+def _ssns(n: int, rnd: random.Random) -> list[bytes]:
+    out = []
+    while len(out) < n:
+        a, g, s = rnd.randrange(1, 600), rnd.randrange(1, 99), rnd.randrange(1, 9999)
+        out.append(b"%03d-%02d-%04d" % (a, g, s))
+    return out
+
+
+@pytest.mark.parametrize("n", [2, 5, 80])
+def test_estimated_records_same_as_reference(engine, info, n):
+    """A line of plain text with many strong identifiers beside a date of birth: the estimate (one
+    person per distinct identifier, ESTIMATE_MIN_IDS or more) is computed in C arrays, or past 64
+    strong values of a record with the reference's dict; both give the reference's result."""
+    from tests.test_core_diff import same
+
+    rnd = random.Random(n)
+    line = b"Employee roster export. DOB 03/14/1975 " + b" ".join(
+        b"SSN: " + v for v in _ssns(n, rnd) + _ssns(2, random.Random(1)))
+    body = b"plain notes\n" + line + b"\nnext line SSN 078-05-1120 born 01/02/1980\n"
+    r = same(engine, body * 3)
+    if n >= 5:
+        assert any(x.startswith("records-estimated:") for x in r["notes"]), r

@@ -202,6 +202,21 @@ def compile_som(list expressions, list flags, list ids, bint som=True) -> Databa
         free(idv)
 
 
+_SOM_DBS = {}                              # (expression, flags, som) -> Database or None: engines share them
+
+
+def _som_db(bytes expr, unsigned int flags, bint som):
+    """A one-expression block-mode database (SOM_LEFTMOST with ``som``), compiled once per process;
+    None where libhs refuses it (the pattern then stays with ``re``). Databases are immutable."""
+    key = (expr, flags, som)
+    if key not in _SOM_DBS:
+        try:
+            _SOM_DBS[key] = compile_som([expr], [flags], [0], som)
+        except CoreError:
+            _SOM_DBS[key] = None
+    return _SOM_DBS[key]
+
+
 ctypedef struct SomAt:
     unsigned int want
     unsigned long long n
@@ -810,14 +825,8 @@ cdef class Info:
         if self.somdb == NULL:
             raise MemoryError()
         for (pat, fl), j in uniq.items():
-            try:
-                d = compile_som([pat[:-2] + rb"\z"], [HS_FLAG_CASELESS if fl & 2 else 0], [0])
-            except CoreError:
-                d = None                           # not supported with SOM (or at all): re
-            try:                                   # the same regex anchored at both ends, no SOM
-                a = compile_som([rb"\A" + pat[:-2] + rb"\z"], [HS_FLAG_CASELESS if fl & 2 else 0], [0], False)
-            except CoreError:
-                a = None
+            d = _som_db(pat[:-2] + rb"\z", HS_FLAG_CASELESS if fl & 2 else 0, True)
+            a = _som_db(rb"\A" + pat[:-2] + rb"\z", HS_FLAG_CASELESS if fl & 2 else 0, False)
             self.som.append((d, a))
             self.somdb[j] = d.db if d is not None else NULL
             self.somdb[self.nsom + j] = (<Database>a).db if a is not None and d is not None else NULL
