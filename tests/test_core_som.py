@@ -118,3 +118,16 @@ def test_estimated_records_same_as_reference(engine, info, n):
     r = same(engine, body * 3)
     if n >= 5:
         assert any(x.startswith("records-estimated:") for x in r["notes"]), r
+
+
+def test_record_identity_hash_is_pythons(info):
+    """The compiled record identity: hash(tuple(sorted(value hashes))) computed without objects."""
+    rnd = random.Random(11)
+    edge = [0, 1, -1, -2, 2**61 - 2, 2**61 - 1, 2**61, -(2**61 - 1), -(2**61), 2**63 - 1, -(2**63), -(2**63) + 1]
+    cases = [[], [0], [-1], edge, edge[::-1]]
+    for _ in range(3000):
+        n = rnd.randrange(1, 12)
+        cases.append([rnd.choice(edge) if rnd.random() < 0.1 else hash(rnd.randbytes(rnd.randrange(0, 9)))
+                      for _ in range(n)])
+    for hs in cases:
+        assert core._hscore.tuple_hash_of_sorted(list(hs)) == hash(tuple(sorted(hs))), hs

@@ -1329,7 +1329,9 @@ cdef int finish(sc, RecEnv env, list rec, object rec_key, object rec_end) except
     cdef list ignored = env.ignored
     cdef list distinct = env.distinct
     cdef list kinds = env.kinds
-    cdef list hashes = []
+    cdef Py_hash_t hc[MAX_STRONG]     # the record's value hashes (its identity), in C while they fit
+    cdef int nh = 0
+    cdef list hashes = None
     cdef list edm_kind = env.edm_kind
     edm = env.edm
     edm_vals = [] if edm is not None else None
@@ -1379,14 +1381,20 @@ cdef int finish(sc, RecEnv env, list rec, object rec_key, object rec_end) except
         kind |= k
         if k & 5:
             placed.append((k, start, h, raw))
-        hashes.append(h)
+        if hashes is None and nh < MAX_STRONG:
+            hc[nh] = h
+        else:
+            if hashes is None:
+                hashes = [hc[j] for j in range(nh)]
+            hashes.append(h)
+        nh += 1
     if strong_values:
         sc._strong_values += strong_values
     if contact_values:
         sc._contact_values += contact_values
     if edm_vals and edm.record(edm_vals):
         sc._decide()
-    if not hashes:
+    if not nh:
         return 0
     cdef bint is_strong = (cats & STRONG) and (cats & 2)
     cdef bint is_person = kind & 3 == 3
@@ -1435,7 +1443,7 @@ cdef int finish(sc, RecEnv env, list rec, object rec_key, object rec_end) except
                 keep_id(sc, sc._strong_ids, fp)
             return 0
     if is_strong or is_person or home is not None:
-        fp = hash(tuple(sorted(hashes)))
+        fp = hash(tuple(sorted(hashes))) if hashes is not None else sorted_tuple_hash(hc, nh)
         if is_strong:
             dadd(sc._strong_recs, fp)
             dadd(sc._all_recs, fp)
@@ -1452,6 +1460,49 @@ cdef int finish(sc, RecEnv env, list rec, object rec_key, object rec_end) except
                 sc._homes.add(fp, home[0], home[1])
                 keep_id(sc, sc._home_ids, fp)
     return 0
+
+
+cdef Py_hash_t int_hash(Py_hash_t v) noexcept:
+    """``hash(int(v))`` (CPython: |v| modulo 2**61 - 1, the sign kept, -1 made -2)."""
+    cdef uint64_t x = <uint64_t>v if v >= 0 else (<uint64_t>0) - <uint64_t>v
+    cdef Py_hash_t r = <Py_hash_t>(x % 0x1FFFFFFFFFFFFFFFULL)
+    if v < 0:
+        r = -r
+    return -2 if r == -1 else r
+
+
+cdef Py_hash_t sorted_tuple_hash(Py_hash_t *a, int n) noexcept:
+    """``hash(tuple(sorted(a[:n])))`` without the objects: CPython 3.11's tuplehash (xxHash lanes)
+    over the ints' hashes (tests/test_core_som.py holds it to the real thing)."""
+    cdef int k, j
+    cdef Py_hash_t x
+    cdef uint64_t acc = 2870177450012600261ULL, lane
+    for k in range(1, n):                 # insertion sort: a record has a handful of values
+        x = a[k]
+        j = k - 1
+        while j >= 0 and a[j] > x:
+            a[j + 1] = a[j]
+            j -= 1
+        a[j + 1] = x
+    for k in range(n):
+        lane = <uint64_t>int_hash(a[k])
+        acc += lane * 14029467366897019727ULL
+        acc = (acc << 31) | (acc >> 33)
+        acc *= 11400714785074694791ULL
+    acc += (<uint64_t>n) ^ (2870177450012600261ULL ^ 3527539ULL)
+    if acc == <uint64_t>-1:
+        return 1546275796
+    return <Py_hash_t>acc
+
+
+def tuple_hash_of_sorted(list hashes) -> int:
+    """:func:`sorted_tuple_hash` for tests (at most 64 hashes)."""
+    cdef Py_hash_t a[MAX_STRONG]
+    cdef int n = len(hashes), k
+    assert n <= MAX_STRONG
+    for k in range(n):
+        a[k] = hashes[k]
+    return sorted_tuple_hash(a, n)
 
 
 cdef inline bint any_before(const int *psi, int k, int si) noexcept:
