@@ -236,11 +236,12 @@ cdef inline bint is_word(unsigned char c) noexcept nogil:
     return (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or c == 95
 
 
-cdef Py_ssize_t som_start(Info info, int t, const char *p, Py_ssize_t n, bint after_blank) except -2:
+cdef Py_ssize_t som_start(Info info, int t, const char *p, Py_ssize_t n, bint after_blank) noexcept:
     """Leftmost start (offset in ``p``) of a match of value regex ``t`` ending exactly at ``n``, or
     -1. libhs sees no byte before ``p``: the caller starts ``p`` after a non-word byte, or one byte
     early (a match cannot be wider than its pattern's maxw, so none starts there but in error).
-    ``after_blank``: ``p`` starts where ``re`` would search from (first try a match from there)."""
+    ``after_blank``: ``p`` starts where ``re`` would search from (first try a match from there).
+    -2 when libhs fails (the caller then asks ``re``)."""
     cdef SomAt a
     cdef int rc
     a.want = 0
@@ -255,7 +256,7 @@ cdef Py_ssize_t som_start(Info info, int t, const char *p, Py_ssize_t n, bint af
     if rc == HS_SUCCESS:
         rc = hs_scan(info.somdb[t], p, <unsigned int>n, 0, dlp_som_scratch, on_som, &a)
     if rc != HS_SUCCESS and rc != HS_SCAN_TERMINATED:
-        raise CoreError(f"hs_scan failed ({rc})")
+        return -2                         # libhs could not say (no scratch): re decides, as the reference
     return a.start
 
 
@@ -842,6 +843,7 @@ cdef class Info:
     def __dealloc__(self):
         free(self.psom)
         free(self.somdb)
+        dlp_forget_databases()           # a thread's value-start scratch was sized for this Info's set
         free(self.psig); free(self.pwidth); free(self.pmaxw); free(self.pnctx); free(self.prmask)
         free(self.pcat); free(self.pin_field); free(self.pin_word); free(self.pvalid); free(self.hot_sig)
 
