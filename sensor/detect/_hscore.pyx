@@ -21,6 +21,9 @@ from cpython.object cimport PyObject_Hash
 from cpython.list cimport PyList_GET_SIZE
 from cpython.sequence cimport PySequence_GetSlice
 
+cdef extern from "Python.h":
+    Py_hash_t _Py_HashBytes(const void *src, Py_ssize_t n)     # hash(bytes): the same SipHash and key
+
 cdef extern from *:
     """
     #include <hs/hs.h>
@@ -937,7 +940,10 @@ def process(sc, PartScan ps, bytes buf, int64_t base, Info info) -> None:
             if w > 0:
                 s = e - w
                 if s >= 0 and e <= blen:
-                    v = PyBytes_FromStringAndSize(b + s, w)
+                    if info.pvalid[i] == V_PY or (cat == CONTACT and ctx):
+                        v = PyBytes_FromStringAndSize(b + s, w)
+                    else:
+                        v = None     # checked and hashed in the buffer; made only if the value is kept
                 else:
                     v = PySequence_GetSlice(buf, s, e)     # Python's slicing, negative bounds and all
             else:
@@ -985,7 +991,10 @@ def process(sc, PartScan ps, bytes buf, int64_t base, Info info) -> None:
                 if not info.vfn[i](v):
                     continue
             elif code:
-                if not validate(code, <const unsigned char *>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v)):
+                if v is None:
+                    if not validate(code, <const unsigned char *>b + s, w):
+                        continue
+                elif not validate(code, <const unsigned char *>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v)):
                     continue
             if cat == CONTACT and ctx:
                 sc._count_contact(si, v)   # contact values never make a record: no placement
@@ -1034,8 +1043,12 @@ def process(sc, PartScan ps, bytes buf, int64_t base, Info info) -> None:
                 continue
         start = s + base
         # the raw value stays only until its record is decided, and only while samples are wanted
-        entry = (si, cat, True if ctx else False, rmask, PyObject_Hash(v), start,
-                 v if want[si] or keep[si] else None)
+        if v is None:                    # a fixed-width value still in the buffer
+            entry = (si, cat, True if ctx else False, rmask, _Py_HashBytes(b + s, w), start,
+                     PyBytes_FromStringAndSize(b + s, w) if want[si] or keep[si] else None)
+        else:
+            entry = (si, cat, True if ctx else False, rmask, PyObject_Hash(v), start,
+                     v if want[si] or keep[si] else None)
         if rec:
             last = <tuple>rec[PyList_GET_SIZE(rec) - 1]
             if last[0] == si and last[5] == start:
