@@ -28,6 +28,7 @@ cdef extern from *:
     """
     #include <hs/hs.h>
     #include <string.h>
+    #include <pthread.h>
     static __thread hs_scratch_t *dlp_tls_scratch = NULL;
     /* hs_alloc_scratch on a scratch that already fits still cost ~3 % on dense data: each thread
        remembers the databases its scratch was grown for (a scratch only grows). A freed database's
@@ -55,17 +56,29 @@ cdef extern from *:
     static __thread hs_scratch_t *dlp_som_scratch = NULL;
     static __thread const void *dlp_som_owner = NULL;
     static __thread unsigned long dlp_som_epoch = 0;
+    /* freed when its thread exits (a pthread key's destructor), like the stream scratch */
+    static pthread_key_t dlp_som_key;
+    static pthread_once_t dlp_som_once = PTHREAD_ONCE_INIT;
+    static int dlp_som_key_ok = 0;
+    static void dlp_som_exit(void *s) {
+        if (s != NULL) hs_free_scratch((hs_scratch_t *)s);
+        dlp_som_scratch = NULL;
+        dlp_som_owner = NULL;
+    }
+    static void dlp_som_make_key(void) { dlp_som_key_ok = pthread_key_create(&dlp_som_key, dlp_som_exit) == 0; }
     static int dlp_som_scratch_for(const void *owner, hs_database_t *const *dbs, int n) {
-        int k, rc;
-        if (dlp_som_owner == owner && dlp_som_epoch == dlp_epoch) return HS_SUCCESS;
-        for (k = 0; k < n; k++) {
-            if (dbs[k] == NULL) continue;
-            rc = hs_alloc_scratch(dbs[k], &dlp_som_scratch);
-            if (rc != HS_SUCCESS) { dlp_som_owner = NULL; return rc; }
-        }
-        dlp_som_owner = owner;
+        int k, rc = HS_SUCCESS;
+        hs_scratch_t *before = dlp_som_scratch;
+        if (before != NULL && dlp_som_owner == owner && dlp_som_epoch == dlp_epoch) return HS_SUCCESS;
+        for (k = 0; k < n && rc == HS_SUCCESS; k++)
+            if (dbs[k] != NULL) rc = hs_alloc_scratch(dbs[k], &dlp_som_scratch);
+        dlp_som_owner = rc == HS_SUCCESS ? owner : NULL;
         dlp_som_epoch = dlp_epoch;
-        return HS_SUCCESS;
+        if (dlp_som_scratch != before) {
+            pthread_once(&dlp_som_once, dlp_som_make_key);
+            if (dlp_som_key_ok) pthread_setspecific(dlp_som_key, dlp_som_scratch);
+        }
+        return rc;
     }
     static const void *dlp_memrchr(const void *s, int c, size_t n) { return memrchr(s, c, n); }
     """
