@@ -14,13 +14,16 @@ wheel's statically linked libhs is not guaranteed to load in Debian's). Scratch:
 (``__thread``), grown with ``hs_alloc_scratch`` for every database it meets, never shared.
 """
 cimport cython
-from libc.stdlib cimport malloc, realloc, free
+from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memchr, memcmp, memcpy
 from libc.stdint cimport uint64_t, int64_t
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.object cimport PyObject_Hash
 from cpython.list cimport PyList_GET_SIZE
 from cpython.sequence cimport PySequence_GetSlice
+
+cdef extern from "Python.h":
+    Py_hash_t _Py_HashBytes(const void *src, Py_ssize_t n)     # hash(bytes): the same SipHash and key
 
 cdef extern from *:
     """
@@ -86,6 +89,36 @@ cdef extern from *:
         return j.rc;
     }
     static void dlp_forget_databases(void) { dlp_epoch++; }
+    /* The value-start databases (one small block-mode database per value regex) of one engine: a
+       second per-thread scratch grown for all of them at once, redone when the thread meets another
+       engine's set or any database was freed. */
+    static __thread hs_scratch_t *dlp_som_scratch = NULL;
+    static __thread const void *dlp_som_owner = NULL;
+    static __thread unsigned long dlp_som_epoch = 0;
+    /* freed when its thread exits (a pthread key's destructor), like the stream scratch */
+    static pthread_key_t dlp_som_key;
+    static pthread_once_t dlp_som_once = PTHREAD_ONCE_INIT;
+    static int dlp_som_key_ok = 0;
+    static void dlp_som_exit(void *s) {
+        if (s != NULL) hs_free_scratch((hs_scratch_t *)s);
+        dlp_som_scratch = NULL;
+        dlp_som_owner = NULL;
+    }
+    static void dlp_som_make_key(void) { dlp_som_key_ok = pthread_key_create(&dlp_som_key, dlp_som_exit) == 0; }
+    static int dlp_som_scratch_for(const void *owner, hs_database_t *const *dbs, int n) {
+        int k, rc = HS_SUCCESS;
+        hs_scratch_t *before = dlp_som_scratch;
+        if (before != NULL && dlp_som_owner == owner && dlp_som_epoch == dlp_epoch) return HS_SUCCESS;
+        for (k = 0; k < n && rc == HS_SUCCESS; k++)
+            if (dbs[k] != NULL) rc = hs_alloc_scratch(dbs[k], &dlp_som_scratch);
+        dlp_som_owner = rc == HS_SUCCESS ? owner : NULL;
+        dlp_som_epoch = dlp_epoch;
+        if (dlp_som_scratch != before) {
+            pthread_once(&dlp_som_once, dlp_som_make_key);
+            if (dlp_som_key_ok) pthread_setspecific(dlp_som_key, dlp_som_scratch);
+        }
+        return rc;
+    }
     static const void *dlp_memrchr(const void *s, int c, size_t n) { return memrchr(s, c, n); }
     """
     ctypedef struct hs_database_t:
@@ -102,6 +135,11 @@ cdef extern from *:
     int HS_SUCCESS
     int HS_SCAN_TERMINATED
     int HS_MODE_STREAM
+    int HS_MODE_BLOCK
+    int HS_FLAG_SOM_LEFTMOST
+    int HS_FLAG_CASELESS
+    int hs_scan(const hs_database_t *db, const char *data, unsigned int length, unsigned int flags,
+                hs_scratch_t *scratch, match_event_handler onEvent, void *context) nogil
     hs_scratch_t *dlp_tls_scratch
     const void *dlp_memrchr(const void *s, int c, size_t n) nogil
     int scratch_for "dlp_scratch_for"(const hs_database_t *db) nogil
@@ -109,6 +147,8 @@ cdef extern from *:
     long dlp_live_scratches() nogil
     int dlp_scratch_in_thread(const hs_database_t *db) nogil
     int hs_free_scratch(hs_scratch_t *scratch) nogil
+    hs_scratch_t *dlp_som_scratch
+    int som_scratch_for "dlp_som_scratch_for"(const void *owner, hs_database_t *const *dbs, int n) nogil
     int hs_compile_multi(const char *const *expressions, const unsigned int *flags, const unsigned int *ids,
                          unsigned int elements, unsigned int mode, const void *platform, hs_database_t **db,
                          hs_compile_error_t **error) nogil
@@ -188,6 +228,96 @@ def compile_stream(list expressions, list flags, list ids) -> Database:
         free(ex)
         free(fl)
         free(idv)
+
+
+def compile_som(list expressions, list flags, list ids, bint som=True) -> Database:
+    """``hs_compile_multi`` in block mode with HS_FLAG_SOM_LEFTMOST on every expression (the value
+    regexes that find where a variable-width value starts: see :func:`som_start`)."""
+    cdef unsigned int n = len(expressions)
+    cdef const char **ex = <const char **>malloc(n * sizeof(char *) + 1)
+    cdef unsigned int *fl = <unsigned int *>malloc(n * sizeof(unsigned int) + 1)
+    cdef unsigned int *idv = <unsigned int *>malloc(n * sizeof(unsigned int) + 1)
+    cdef hs_compile_error_t *err = NULL
+    cdef Database d = Database()
+    cdef unsigned int k
+    cdef int rc
+    keep = [bytes(x) + b"" for x in expressions]
+    try:
+        for k in range(n):
+            ex[k] = PyBytes_AS_STRING(keep[k])
+            fl[k] = flags[k] | (HS_FLAG_SOM_LEFTMOST if som else 0)
+            idv[k] = ids[k]
+        rc = hs_compile_multi(ex, fl, idv, n, HS_MODE_BLOCK, NULL, &d.db, &err)
+        if rc != HS_SUCCESS:
+            msg = err.message.decode("utf-8", "replace") if err != NULL and err.message != NULL else "compile error"
+            at = err.expression if err != NULL else -1
+            if err != NULL:
+                hs_free_compile_error(err)
+            d.db = NULL
+            raise CoreError(msg, at)
+        return d
+    finally:
+        free(ex)
+        free(fl)
+        free(idv)
+
+
+_SOM_DBS = {}                              # (expression, flags, som) -> Database or None: engines share them
+
+
+def _som_db(bytes expr, unsigned int flags, bint som):
+    """A one-expression block-mode database (SOM_LEFTMOST with ``som``), compiled once per process;
+    None where libhs refuses it (the pattern then stays with ``re``). Databases are immutable."""
+    key = (expr, flags, som)
+    if key not in _SOM_DBS:
+        try:
+            _SOM_DBS[key] = compile_som([expr], [flags], [0], som)
+        except CoreError:
+            _SOM_DBS[key] = None
+    return _SOM_DBS[key]
+
+
+ctypedef struct SomAt:
+    unsigned int want
+    unsigned long long n
+    long long start
+
+
+cdef int on_som(unsigned int id, unsigned long long frm, unsigned long long to, unsigned int flags,
+                void *ctx) noexcept nogil:
+    cdef SomAt *a = <SomAt *>ctx
+    if id == a.want and to == a.n:
+        a.start = <long long>frm
+        return 1                          # the last end there is: nothing more to learn
+    return 0
+
+
+cdef inline bint is_word(unsigned char c) noexcept nogil:
+    return (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or c == 95
+
+
+cdef Py_ssize_t som_start(Info info, int t, const char *p, Py_ssize_t n, bint after_blank) noexcept:
+    """Leftmost start (offset in ``p``) of a match of value regex ``t`` ending exactly at ``n``, or
+    -1. libhs sees no byte before ``p``: the caller starts ``p`` after a non-word byte, or one byte
+    early (a match cannot be wider than its pattern's maxw, so none starts there but in error).
+    ``after_blank``: ``p`` starts where ``re`` would search from (first try a match from there).
+    -2 when libhs fails (the caller then asks ``re``)."""
+    cdef SomAt a
+    cdef int rc
+    a.want = 0
+    a.n = <unsigned long long>n
+    a.start = -1
+    rc = som_scratch_for(<void *>info, info.somdb, 2 * info.nsom)
+    if rc == HS_SUCCESS and after_blank and info.somdb[info.nsom + t] != NULL:
+        # a value that starts where the search starts (a CSV field) needs no SOM: one anchored test
+        rc = hs_scan(info.somdb[info.nsom + t], p, <unsigned int>n, 0, dlp_som_scratch, on_som, &a)
+        if rc == HS_SCAN_TERMINATED:
+            return 0
+    if rc == HS_SUCCESS:
+        rc = hs_scan(info.somdb[t], p, <unsigned int>n, 0, dlp_som_scratch, on_som, &a)
+    if rc != HS_SUCCESS and rc != HS_SCAN_TERMINATED:
+        return -2                         # libhs could not say (no scratch): re decides, as the reference
+    return a.start
 
 
 def load_stream(bytes blob not None) -> Database:
@@ -773,6 +903,10 @@ cdef class Info:
     cdef int *hot_sig
     cdef list pats, rx, req, vfn
     cdef public object gate_ids
+    cdef int *psom                  # index in ``somdb`` of the pattern's value regex, or -1 (``re`` finds the start)
+    cdef hs_database_t **somdb
+    cdef int nsom
+    cdef list som                   # the Database objects owning ``somdb``
 
     def __cinit__(self, engine):
         names = {fn: name for name, fn in _V.REGISTRY.items()}
@@ -821,12 +955,50 @@ cdef class Info:
                     raise CoreError(f"validator without a C twin: {name}")
         for k, si in enumerate(engine.hot_sig):
             self.hot_sig[k] = si
+        self.psom = <int *>malloc((n + 1) * sizeof(int))
+        if self.psom == NULL:
+            raise MemoryError()
+        self._build_som(pats)
         g = bytearray(engine.n_ids + 1)
         for i in engine.gate_ids:
             g[i] = 1
         self.gate_ids = bytes(g)
 
+    def _build_som(self, list pats):
+        """A block-mode SOM database for each distinct value regex libhs can give a leftmost start
+        for; the others stay with ``re``."""
+        cdef int k
+        cdef Database d
+        uniq = {}
+        for k in range(self.npat):
+            self.psom[k] = -1
+            p = pats[k]
+            if p.width <= 0 and p.rx is not None and p.rx.pattern.endswith(rb"\Z") and not p.rx.flags & ~2:
+                self.psom[k] = uniq.setdefault((p.rx.pattern, p.rx.flags), len(uniq))
+        self.som = []
+        self.nsom = len(uniq)
+        self.somdb = <hs_database_t **>malloc((2 * self.nsom + 1) * sizeof(hs_database_t *))
+        if self.somdb == NULL:
+            raise MemoryError()
+        for (pat, fl), j in uniq.items():
+            d = _som_db(pat[:-2] + rb"\z", HS_FLAG_CASELESS if fl & 2 else 0, True)
+            a = _som_db(rb"\A" + pat[:-2] + rb"\z", HS_FLAG_CASELESS if fl & 2 else 0, False)
+            self.som.append((d, a))
+            self.somdb[j] = d.db if d is not None else NULL
+            self.somdb[self.nsom + j] = (<Database>a).db if a is not None and d is not None else NULL
+        for k in range(self.npat):
+            if self.psom[k] >= 0 and self.somdb[self.psom[k]] == NULL:
+                self.psom[k] = -1
+
+    @property
+    def som_patterns(self) -> int:
+        """How many patterns find their value's start with libhs (tests, bench)."""
+        return sum(1 for k in range(self.npat) if self.psom[k] >= 0)
+
     def __dealloc__(self):
+        free(self.psom)
+        free(self.somdb)
+        dlp_forget_databases()           # a thread's value-start scratch was sized for this Info's set
         free(self.psig); free(self.pwidth); free(self.pmaxw); free(self.pnctx); free(self.prmask)
         free(self.pcat); free(self.pin_field); free(self.pin_word); free(self.pvalid); free(self.hot_sig)
 
@@ -903,6 +1075,7 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
     cdef bint ctx, lazy
     cdef Py_ssize_t r2
     cdef tuple last
+    cdef RecEnv env = None
     for k in range(ps.hits.n):
         i = ps.hits.a[k].id
         end = ps.hits.a[k].end
@@ -930,7 +1103,10 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
             if w > 0:
                 s = e - w
                 if s >= 0 and e <= blen:
-                    v = PyBytes_FromStringAndSize(b + s, w)
+                    if info.pvalid[i] == V_PY or (cat == CONTACT and ctx):
+                        v = PyBytes_FromStringAndSize(b + s, w)
+                    else:
+                        v = None     # checked and hashed in the buffer; made only if the value is kept
                 else:
                     v = PySequence_GetSlice(buf, s, e)     # Python's slicing, negative bounds and all
             else:
@@ -942,20 +1118,46 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
                 if info.pin_word[i]:         # ... or after the last blank
                     lo = max(lo, rfind1(b, blen, b' ', lo, e) + 1, rfind1(b, blen, b'\n', lo, e) + 1,
                              rfind1(b, blen, b'\t', lo, e) + 1)
-                m = info.rx[i].search(buf, lo, e)
-                if m is None:
+                t = info.psom[i]
+                s = -2
+                if t >= 0:
+                    if lo == 0 or not is_word(<unsigned char>b[lo - 1]):
+                        s = som_start(info, t, b + lo, e - lo, True)      # none: re finds none either
+                        if s >= 0:
+                            s += lo
+                    elif lo == e - maxw:                          # let libhs see the byte before lo
+                        s = som_start(info, t, b + lo - 1, e - lo + 1, False)
+                        if s >= 0:
+                            s += lo - 1
+                            if s < lo:
+                                s = -2                            # wider than maxw: ask re
+                if s == -1:
                     continue
-                req = info.req[i]
-                if req and not all(m.group(g).upper() in words for g, words in req):
-                    continue
-                s = m.start()
-                v = m.group()
+                if s >= 0:
+                    req = info.req[i]
+                    if req:
+                        m = info.rx[i].match(buf, s, e)              # the match re.search would return
+                        if m is None or not require_ok(m, req):
+                            continue
+                    v = PyBytes_FromStringAndSize(b + s, e - s)
+                else:
+                    m = info.rx[i].search(buf, lo, e)
+                    if m is None:
+                        continue
+                    req = info.req[i]
+                    if req and not all(m.group(g).upper() in words for g, words in req):
+                        continue
+                    s = m.start()
+                    v = m.group()
             code = info.pvalid[i]
             if code == V_PY:
                 if not info.vfn[i](v):
                     continue
             elif code:
-                if not validate(code, <const unsigned char *>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v)):
+                if v is None:
+                    if not validate(code, <const unsigned char *>b + s, w):
+                        continue
+                elif not validate(code, <const unsigned char *>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v)):
                     continue
             if cat == CONTACT and ctx:
                 sc._count_contact(si, v)   # contact values never make a record: no placement
@@ -978,12 +1180,10 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
             rk += (end - rk) // maxrec * maxrec
         if not has_key or rk != rec_key:
             if rec:
-                sc._rec = rec
-                sc._rec_key = rec_key          # set: rec holds entries only once a key is
-                sc._rec_end = rk
-                finish_record(sc)
-                sc._rec_end = None
-                rec = sc._rec
+                if env is None:
+                    env = rec_env(sc)
+                finish(sc, env, rec, rec_key, rk)   # rec holds entries only once a key is set
+                rec = []
             rec_key = rk
             has_key = True
         if lazy:
@@ -1006,8 +1206,12 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
                 continue
         start = s + base
         # the raw value stays only until its record is decided, and only while samples are wanted
-        entry = (si, cat, True if ctx else False, rmask, PyObject_Hash(v), start,
-                 v if want[si] or keep[si] else None)
+        if v is None:                    # a fixed-width value still in the buffer
+            entry = (si, cat, True if ctx else False, rmask, _Py_HashBytes(b + s, w), start,
+                     PyBytes_FromStringAndSize(b + s, w) if want[si] or keep[si] else None)
+        else:
+            entry = (si, cat, True if ctx else False, rmask, PyObject_Hash(v), start,
+                     v if want[si] or keep[si] else None)
         if rec:
             last = <tuple>rec[PyList_GET_SIZE(rec) - 1]
             if last[0] == si and last[5] == start:
@@ -1018,6 +1222,36 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
     if has_key:
         sc._rec_key = rec_key
     return 0
+
+
+def value_start(Info info, int k, bytes buf, Py_ssize_t lo, Py_ssize_t e) -> int:
+    """Where :func:`process` finds the start of pattern ``k``'s value ending at ``e`` searched from
+    ``lo``: -1 none, -2 "ask re" (tests compare it with ``rx.search(buf, lo, e)``; bench)."""
+    cdef const char *b = PyBytes_AS_STRING(buf)
+    cdef int t = info.psom[k]
+    cdef Py_ssize_t s = -2
+    if t < 0 or not 0 <= lo <= e <= PyBytes_GET_SIZE(buf):
+        return -2
+    if lo == 0 or not is_word(<unsigned char>b[lo - 1]):
+        s = som_start(info, t, b + lo, e - lo, True)
+        if s >= 0:
+            s += lo
+    elif lo == e - info.pmaxw[k]:
+        s = som_start(info, t, b + lo - 1, e - lo + 1, False)
+        if s >= 0:
+            s += lo - 1
+            if s < lo:
+                s = -2
+    return s
+
+
+cdef bint require_ok(object m, tuple req) except -1:
+    """``all(m.group(g).upper() in words for g, words in req)`` without a generator."""
+    cdef tuple gw
+    for gw in req:
+        if m.group(gw[0]).upper() not in gw[1]:
+            return False
+    return True
 
 
 cdef int on_count(unsigned int id, unsigned long long frm, unsigned long long to, unsigned int flags,
@@ -1053,6 +1287,135 @@ def raw_stream_scan(Database db not None, bytes data not None, Py_ssize_t chunk,
     return seen
 
 
+# -- distinct counting in C (DistinctCounter's exact part) ------------------------------------------------
+cdef inline uint64_t mix64(uint64_t x) noexcept nogil:
+    x ^= x >> 33
+    x *= 0xFF51AFD7ED558CCDULL
+    x ^= x >> 33
+    return x
+
+
+cdef class Distinct:
+    """sensor.detect.distinct.DistinctCounter with its exact part in C: an open-addressing table of
+    the same ``Py_hash_t`` values (no int objects, no set), counted alike; past ``cap`` it hands the
+    hashes to a Python DistinctCounter (HyperLogLog), which answers from then on. The table is
+    allocated at the first add (an exchange with no value pays for none)."""
+    cdef Py_hash_t *tab
+    cdef size_t mask                 # slots - 1 (0 before the first add)
+    cdef Py_ssize_t n
+    cdef bint has_zero               # 0 marks an empty slot: the hash 0 is a flag
+    cdef readonly Py_ssize_t cap
+    cdef object py                   # the DistinctCounter, once past the cap
+
+    def __cinit__(self, Py_ssize_t cap):
+        self.cap = cap
+
+    def __dealloc__(self):
+        free(self.tab)
+
+    cdef int _grow(self) except -1:
+        cdef size_t old = self.mask + 1 if self.tab != NULL else 0
+        cdef size_t slots = old * 2 if old else 16
+        cdef Py_hash_t *t = <Py_hash_t *>calloc(slots, sizeof(Py_hash_t))
+        cdef size_t k, j
+        if t == NULL:
+            raise MemoryError()
+        for k in range(old):
+            if self.tab[k] != 0:
+                j = mix64(<uint64_t>self.tab[k]) & (slots - 1)
+                while t[j] != 0:
+                    j = (j + 1) & (slots - 1)
+                t[j] = self.tab[k]
+        free(self.tab)
+        self.tab = t
+        self.mask = slots - 1
+        return 0
+
+    cdef int cadd(self, Py_hash_t h) except -1:
+        """DistinctCounter.add: 1 when ``h`` is new (past the cap: when the sketch changed)."""
+        cdef size_t j
+        if self.py is not None:
+            return 1 if self.py.add(h) else 0
+        if h == 0:
+            if self.has_zero:
+                return 0
+            self.has_zero = True
+        else:
+            if self.tab == NULL or <size_t>(self.n + 1) * 2 > self.mask + 1:
+                self._grow()
+            j = mix64(<uint64_t>h) & self.mask
+            while self.tab[j] != 0:
+                if self.tab[j] == h:
+                    return 0
+                j = (j + 1) & self.mask
+            self.tab[j] = h
+        self.n += 1
+        if self.n > self.cap:
+            self._switch()
+        return 1
+
+    cdef int _switch(self) except -1:
+        from sensor.detect.distinct import DistinctCounter
+        c = DistinctCounter(self.cap)
+        c.exact = self._set()
+        c._switch()
+        self.py = c
+        free(self.tab)
+        self.tab = NULL
+        self.mask = 0
+        return 0
+
+    cdef set _set(self):
+        cdef set out = set()
+        cdef size_t k
+        if self.has_zero:
+            out.add(0)
+        if self.tab != NULL:
+            for k in range(self.mask + 1):
+                if self.tab[k] != 0:
+                    out.add(self.tab[k])
+        return out
+
+    def add(self, h) -> bool:
+        return self.cadd(h) == 1
+
+    def __contains__(self, h) -> bool:
+        cdef Py_hash_t x
+        cdef size_t j
+        if self.py is not None:
+            return h in self.py
+        x = h
+        if x == 0:
+            return self.has_zero
+        if self.tab == NULL:
+            return False
+        j = mix64(<uint64_t>x) & self.mask
+        while self.tab[j] != 0:
+            if self.tab[j] == x:
+                return True
+            j = (j + 1) & self.mask
+        return False
+
+    def __len__(self) -> int:
+        return self.n if self.py is None else len(self.py)
+
+    def __bool__(self) -> bool:
+        return self.n > 0 if self.py is None else bool(self.py)
+
+    @property
+    def approximate(self) -> bool:
+        return self.py is not None
+
+    @property
+    def exact(self):
+        """The exact hashes as a set (a copy), None past the cap: DistinctCounter's attribute."""
+        return self._set() if self.py is None else None
+
+    @property
+    def hll(self):
+        return self.py.hll if self.py is not None else None
+
+
 # -- finishing a record (ExchangeScanner._finish_record, the common case typed) ---------------------------
 cdef object _extract_fn = None
 cdef object _deceased = None
@@ -1061,7 +1424,9 @@ cdef Py_ssize_t _IDS_CAP = 0, _EST_MIN = 0
 
 
 cdef inline bint dadd(object counter, object h) except -1:
-    """DistinctCounter.add, the exact branch inline."""
+    """DistinctCounter.add, the exact branch inline (a C table for a :class:`Distinct`)."""
+    if type(counter) is Distinct:
+        return (<Distinct>counter).cadd(h) == 1
     cdef object s = counter.exact
     cdef Py_ssize_t n
     if s is not None:
@@ -1082,36 +1447,77 @@ cdef inline void keep_id(object sc, set ids, object fp) except *:
         sc._ids_capped = True
 
 
-def finish_record(sc) -> None:
-    """ExchangeScanner._finish_record line for line (the rare precision paths call the same Python)."""
+cdef class RecEnv:
+    """What finishing a record reads of the scanner, fetched once per :func:`process` call (the
+    lists and sets are the scanner's own objects, mutated in place; none is rebound meanwhile)."""
+    cdef set header
+    cdef list want, ignored, distinct, kinds, edm_kind
+    cdef object edm
+    cdef bint per_id
+
+
+cdef RecEnv rec_env(sc):
     global _extract_fn, _deceased, _ESTIMATED_SALT, _IDS_CAP, _EST_MIN
-    cdef list rec = sc._rec
-    cdef tuple t
-    cdef int uncond = 0, cats = 0, kind = 0, si, cat, rmask, k
-    cdef bint ctx
-    cdef Py_ssize_t strong_values = 0, contact_values = 0
-    if not rec:
-        return
+    cdef RecEnv env = RecEnv.__new__(RecEnv)
     if _extract_fn is None:
         from sensor.detect import scanner as S
         from sensor.detect.precision import deceased
         _extract_fn, _deceased, _ESTIMATED_SALT = S._extract, deceased, S._ESTIMATED
         _IDS_CAP, _EST_MIN = S.RECORD_IDS_CAP, S.ESTIMATE_MIN_IDS
+    env.header = sc._header_sigs
+    env.want = sc._want_sample
+    env.ignored = sc._ignored
+    env.distinct = sc._distinct
+    env.kinds = sc._kindbits
+    env.edm_kind = sc._edm_kind
+    env.edm = sc._edm
+    # estimate only in plain text (see the reference)
+    env.per_id = bool(sc._estimate and sc._skind is None and sc._mode == "lines")
+    return env
+
+
+def finish_record(sc) -> None:
+    """ExchangeScanner._finish_record line for line (the rare precision paths call the same Python)."""
+    cdef list rec = sc._rec
+    if not rec:
+        return
     sc._rec = []
+    finish(sc, rec_env(sc), rec, sc._rec_key, sc._rec_end)
+
+
+DEF MAX_STRONG = 64
+
+
+cdef int finish(sc, RecEnv env, list rec, object rec_key, object rec_end) except -1:
+    """The body of :func:`finish_record` on a record ``rec`` (already taken off the scanner) whose key
+    and successor are ``rec_key`` / ``rec_end``: the scanner's ``_rec_key`` / ``_rec_end`` are set to
+    them only where the reference's Python reads them (obituary and home checks)."""
+    cdef tuple t
+    cdef int uncond = 0, cats = 0, kind = 0, si, cat, rmask, k, j, best, nbest, c
+    cdef bint ctx
+    cdef Py_ssize_t strong_values = 0, contact_values = 0
+    # strong values of the record for the estimate (the reference's per_id dict of sets), in C
+    cdef int psi[MAX_STRONG]
+    cdef Py_hash_t ph[MAX_STRONG]
+    cdef int np = 0
+    cdef dict per = None
+    cdef Py_hash_t hv
     for t in rec:
         if t[2]:
             uncond |= <int>t[1]
-    header = sc._header_sigs
-    cdef list want = sc._want_sample
-    cdef list ignored = sc._ignored
-    cdef list distinct = sc._distinct
-    cdef list kinds = sc._kindbits
-    cdef list hashes = []
-    edm_kind = sc._edm_kind
-    edm = sc._edm
+    cdef set header = env.header
+    cdef list want = env.want
+    cdef list ignored = env.ignored
+    cdef list distinct = env.distinct
+    cdef list kinds = env.kinds
+    cdef Py_hash_t hc[MAX_STRONG]     # the record's value hashes (its identity), in C while they fit
+    cdef int nh = 0
+    cdef list hashes = None
+    cdef list edm_kind = env.edm_kind
+    edm = env.edm
     edm_vals = [] if edm is not None else None
     cdef list placed = []
-    per_id = {} if sc._estimate and sc._skind is None and sc._mode == "lines" else None
+    cdef bint per_id = env.per_id
     for t in rec:
         si = t[0]
         cat = t[1]
@@ -1141,38 +1547,84 @@ def finish_record(sc) -> None:
         if raw is not None and want[si]:
             sc._sample(si, raw)
         cats |= cat
-        if cat == STRONG and per_id is not None:
-            per_id.setdefault(si, set()).add(h)
+        if cat == STRONG and per_id:
+            if np < MAX_STRONG:
+                psi[np] = si
+                ph[np] = h
+                np += 1
+            else:                         # more strong values than the C arrays hold: the reference's dict
+                if per is None:
+                    per = {}
+                    for j in range(np):
+                        per.setdefault(psi[j], set()).add(ph[j])
+                per.setdefault(si, set()).add(h)
         k = kinds[si]
         kind |= k
         if k & 5:
             placed.append((k, start, h, raw))
-        hashes.append(h)
+        if hashes is None and nh < MAX_STRONG:
+            hc[nh] = h
+        else:
+            if hashes is None:
+                hashes = [hc[j] for j in range(nh)]
+            hashes.append(h)
+        nh += 1
     if strong_values:
         sc._strong_values += strong_values
     if contact_values:
         sc._contact_values += contact_values
     if edm_vals and edm.record(edm_vals):
         sc._decide()
-    if not hashes:
-        return
+    if not nh:
+        return 0
     cdef bint is_strong = (cats & STRONG) and (cats & 2)
     cdef bint is_person = kind & 3 == 3
-    if is_person and not is_strong and _deceased(sc._record_text()):
-        return
-    home = sc._home_of(placed) if kind & 5 == 5 and not is_person else None
-    if is_strong and per_id:
-        ids = max(per_id.values(), key=len)
+    if is_person and not is_strong:
+        sc._rec_key = rec_key
+        sc._rec_end = rec_end
+        text = sc._record_text()
+        sc._rec_end = None
+        if _deceased(text):
+            return 0
+    home = None
+    if kind & 5 == 5 and not is_person:
+        sc._rec_key = rec_key
+        sc._rec_end = rec_end
+        try:
+            home = sc._home_of(placed)
+        finally:
+            sc._rec_end = None
+    if is_strong and np:
+        ids = None
+        if per is not None:
+            ids = max(per.values(), key=len)
+        else:
+            # the first signature (in order of appearance) with the most distinct strong values
+            best, nbest = -1, 0
+            for k in range(np):
+                if any_before(psi, k, psi[k]):
+                    continue              # counted with its first appearance
+                c = 0
+                for j in range(k, np):
+                    if psi[j] == psi[k] and not seen_before(psi, ph, k, j):
+                        c += 1
+                if c > nbest:
+                    best, nbest = psi[k], c
+            if nbest >= _EST_MIN:
+                ids = set()
+                for k in range(np):
+                    if psi[k] == best:
+                        ids.add(ph[k])    # the reference's set, filled in the same order
         if ids and len(ids) >= _EST_MIN:
-            for h in ids:
-                fp = hash((_ESTIMATED_SALT, h))
+            for hv in ids:
+                fp = hash((_ESTIMATED_SALT, hv))
                 sc._est_recs.add(fp)
                 sc._strong_recs.add(fp)
                 sc._all_recs.add(fp)
                 keep_id(sc, sc._strong_ids, fp)
-            return
+            return 0
     if is_strong or is_person or home is not None:
-        fp = hash(tuple(sorted(hashes)))
+        fp = hash(tuple(sorted(hashes))) if hashes is not None else sorted_tuple_hash(hc, nh)
         if is_strong:
             dadd(sc._strong_recs, fp)
             dadd(sc._all_recs, fp)
@@ -1188,3 +1640,64 @@ def finish_record(sc) -> None:
             else:
                 sc._homes.add(fp, home[0], home[1])
                 keep_id(sc, sc._home_ids, fp)
+    return 0
+
+
+cdef Py_hash_t int_hash(Py_hash_t v) noexcept:
+    """``hash(int(v))`` (CPython: |v| modulo 2**61 - 1, the sign kept, -1 made -2)."""
+    cdef uint64_t x = <uint64_t>v if v >= 0 else (<uint64_t>0) - <uint64_t>v
+    cdef Py_hash_t r = <Py_hash_t>(x % 0x1FFFFFFFFFFFFFFFULL)
+    if v < 0:
+        r = -r
+    return -2 if r == -1 else r
+
+
+cdef Py_hash_t sorted_tuple_hash(Py_hash_t *a, int n) noexcept:
+    """``hash(tuple(sorted(a[:n])))`` without the objects: CPython 3.11's tuplehash (xxHash lanes)
+    over the ints' hashes (tests/test_core_som.py holds it to the real thing)."""
+    cdef int k, j
+    cdef Py_hash_t x
+    cdef uint64_t acc = 2870177450012600261ULL, lane
+    for k in range(1, n):                 # insertion sort: a record has a handful of values
+        x = a[k]
+        j = k - 1
+        while j >= 0 and a[j] > x:
+            a[j + 1] = a[j]
+            j -= 1
+        a[j + 1] = x
+    for k in range(n):
+        lane = <uint64_t>int_hash(a[k])
+        acc += lane * 14029467366897019727ULL
+        acc = (acc << 31) | (acc >> 33)
+        acc *= 11400714785074694791ULL
+    acc += (<uint64_t>n) ^ (2870177450012600261ULL ^ 3527539ULL)
+    if acc == <uint64_t>-1:
+        return 1546275796
+    return <Py_hash_t>acc
+
+
+def tuple_hash_of_sorted(list hashes) -> int:
+    """:func:`sorted_tuple_hash` for tests (at most 64 hashes)."""
+    cdef Py_hash_t a[MAX_STRONG]
+    cdef int n = len(hashes), k
+    assert n <= MAX_STRONG
+    for k in range(n):
+        a[k] = hashes[k]
+    return sorted_tuple_hash(a, n)
+
+
+cdef inline bint any_before(const int *psi, int k, int si) noexcept:
+    cdef int j
+    for j in range(k):
+        if psi[j] == si:
+            return True
+    return False
+
+
+cdef inline bint seen_before(const int *psi, const Py_hash_t *ph, int k, int j) noexcept:
+    """Is value ``j`` (signature ``psi[j]``) a repeat of an earlier value of that signature from ``k`` on?"""
+    cdef int x
+    for x in range(k, j):
+        if psi[x] == psi[j] and ph[x] == ph[j]:
+            return True
+    return False

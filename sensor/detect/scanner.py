@@ -222,6 +222,10 @@ class ExchangeScanner:
         # the one selection point: the compiled core (sensor/detect/_hscore.pyx) when it is built and
         # supports the pack, else this module's Python loop (the reference, see tests/test_core_diff.py)
         self._core = _core.core_for(engine)
+        if self._core is not None:       # the same counts, kept in C tables the compiled loop adds to
+            Distinct = _core._hscore.Distinct
+            self._distinct = [Distinct(DISTINCT_CAP) for _ in range(n)]
+            self._strong_recs, self._person_recs, self._all_recs = (Distinct(DISTINCT_CAP) for _ in range(3))
         self.begin_part(mode)
 
     # -- parts ----------------------------------------------------------------------------

@@ -1,0 +1,133 @@
+"""Value starts from libhs (block-mode SOM_LEFTMOST databases, sensor/detect/_hscore.pyx) against
+``re``: wherever the compiled core takes a start from libhs, it is the start ``rx.search(buf, lo, e)``
+returns (and "no match" where it returns None), at every end offset of random and leak-like bytes.
+``value_start`` answers -2 where the core leaves the search to ``re``; that must stay rare on rows
+of values. Distinct counting in C (``Distinct``) answers as DistinctCounter does.
+"""
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from sensor import synth
+from sensor.detect import core
+from sensor.detect.distinct import DistinctCounter
+
+
+@pytest.fixture(scope="module")
+def info(engine):
+    if core._hscore is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("sensor.detect._hscore is not built: CI requires the compiled core")
+        pytest.skip("sensor.detect._hscore not built (CI fails instead of skipping)")
+    c = core.core_for(engine)
+    assert c is not None
+    return c.info
+
+
+def _som_patterns(engine, info):
+    ks = [k for k, p in enumerate(engine.patterns) if p.width <= 0 and p.rx is not None]
+    got = [k for k in ks if core._hscore.value_start(info, k, b"x", 0, 1) != -2]
+    assert got, "no value regex takes its start from libhs"
+    return got
+
+
+def _check(engine, info, ks, buf: bytes, lo_of) -> int:
+    asked_re = 0
+    for k in ks:
+        p = engine.patterns[k]
+        for e in range(1, len(buf) + 1):
+            lo = lo_of(p, buf, e)
+            s = core._hscore.value_start(info, k, buf, lo, e)
+            if s == -2:
+                asked_re += 1
+                continue
+            m = p.rx.search(buf, lo, e)
+            assert (m.start() if m else -1) == s, (k, lo, e)
+    return asked_re
+
+
+def _lo_window(p, buf, e):
+    return e - p.maxw if e > p.maxw else 0
+
+
+def _lo_field(p, buf, e):
+    lo = _lo_window(p, buf, e)
+    return max(lo, buf.rfind(b",", lo, e) + 1, buf.rfind(b" ", lo, e) + 1)
+
+
+def test_starts_on_leak_rows_are_re_starts(engine, info):
+    ks = _som_patterns(engine, info)
+    data = synth.breach_csv(40)
+    asked = _check(engine, info, ks, data[:3000], _lo_window) + _check(engine, info, ks, data[:3000], _lo_field)
+    assert asked < len(ks) * 6000 // 10                       # libhs answers the great majority
+
+
+ALPHABET = b"AaBbZz019 ,.-'\t\n@_&\xc2\xa7JanSTCA"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(list(ALPHABET)), min_size=1, max_size=90), st.integers(0, 2**32))
+def test_starts_on_fuzzed_bytes_are_re_starts(engine, info, chars, seed):
+    rnd = random.Random(seed)
+    buf = bytes(chars)
+    if rnd.random() < 0.5:                                 # splice a real row in
+        row = synth.breach_csv(2).split(b"\n")[1 + rnd.randrange(2)]
+        at = rnd.randrange(len(buf) + 1)
+        buf = buf[:at] + row + buf[at:]
+    ks = _som_patterns(engine, info)
+    _check(engine, info, ks, buf, _lo_window if rnd.random() < 0.5 else _lo_field)
+
+
+def test_distinct_answers_as_distinct_counter(info):
+    rnd = random.Random(7)
+    hs = [rnd.getrandbits(64) - (1 << 63) for _ in range(3000)] + [0, 0, -2, 5, 5]
+    hs += hs[:500]
+    a, b = core._hscore.Distinct(2000), DistinctCounter(2000)
+    for h in hs:
+        assert a.add(h) == b.add(h)
+        assert len(a) == len(b) and bool(a) == bool(b) and a.approximate == b.approximate
+    assert a.approximate and a.exact is None
+    small = core._hscore.Distinct(10)
+    assert not small and len(small) == 0 and 0 not in small
+    assert small.add(0) and not small.add(0) and 0 in small and small.exact == {0}
+
+
+def _ssns(n: int, rnd: random.Random) -> list[bytes]:
+    out = []
+    while len(out) < n:
+        a, g, s = rnd.randrange(1, 600), rnd.randrange(1, 99), rnd.randrange(1, 9999)
+        out.append(b"%03d-%02d-%04d" % (a, g, s))
+    return out
+
+
+@pytest.mark.parametrize("n", [2, 5, 80])
+def test_estimated_records_same_as_reference(engine, info, n):
+    """A line of plain text with many strong identifiers beside a date of birth: the estimate (one
+    person per distinct identifier, ESTIMATE_MIN_IDS or more) is computed in C arrays, or past 64
+    strong values of a record with the reference's dict; both give the reference's result."""
+    from tests.test_core_diff import same
+
+    rnd = random.Random(n)
+    line = b"Employee roster export. DOB 03/14/1975 " + b" ".join(
+        b"SSN: " + v for v in _ssns(n, rnd) + _ssns(2, random.Random(1)))
+    body = b"plain notes\n" + line + b"\nnext line SSN 078-05-1120 born 01/02/1980\n"
+    r = same(engine, body * 3)
+    if n >= 5:
+        assert any(x.startswith("records-estimated:") for x in r["notes"]), r
+
+
+def test_record_identity_hash_is_pythons(info):
+    """The compiled record identity: hash(tuple(sorted(value hashes))) computed without objects."""
+    rnd = random.Random(11)
+    edge = [0, 1, -1, -2, 2**61 - 2, 2**61 - 1, 2**61, -(2**61 - 1), -(2**61), 2**63 - 1, -(2**63), -(2**63) + 1]
+    cases = [[], [0], [-1], edge, edge[::-1]]
+    for _ in range(3000):
+        n = rnd.randrange(1, 12)
+        cases.append([rnd.choice(edge) if rnd.random() < 0.1 else hash(rnd.randbytes(rnd.randrange(0, 9)))
+                      for _ in range(n)])
+    for hs in cases:
+        assert core._hscore.tuple_hash_of_sorted(list(hs)) == hash(tuple(sorted(hs))), hs
