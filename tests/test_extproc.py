@@ -150,7 +150,14 @@ def test_a_leak_mid_body_releases_nothing_past_the_trip(site, envoy, prefix):
         assert body == data[: len(body)]
         # at most what was released (Envoy's reset may also drop some of that, never add to it)
         assert len(body) <= LEAK_AT + HOLDBACK + CHUNK, len(body)
-    assert curl("-m", "30", envoy + "/" + name)[1] == 451
+    # The same file under another URL: refused by the resource's takedown (no prefix), else by the tripped
+    # body's print, checked when the body crosses the print's length (about LEAK_AT, past the hold-back).
+    # A clean 451 then needs Envoy to have read the fast body in at most two messages up to there (the
+    # head leaves with the first released bytes); on a loaded host it may read it in smaller pieces, the
+    # head leaves first and the print cuts the download instead: never a byte past the print's length.
+    rc, st, body, err = curl("-m", "30", envoy + "/" + name)
+    assert st == 451 or (prefix and st == 200 and rc != 0 and body == data[: len(body)]
+                         and len(body) <= LEAK_AT + HOLDBACK + CHUNK), (rc, st, len(body), err)
 
 
 def test_a_monitor_route_passes_a_leak_whole_and_raises_the_alert(site, envoy, extproc):

@@ -255,3 +255,16 @@ def test_stream_closes_in_many_threads_lose_no_match(engine):
     finally:
         sys.setswitchinterval(old)
     assert lost == []
+
+
+def test_the_switch_interval_the_process_set_is_restored_after_the_scans():
+    """serve_forever sets 0.5 ms after the imports; the scans lower it while they run and must give
+    back that one, not CPython's 5 ms read when workers was imported (the loop would then wait up to
+    5 ms for the GIL per wake-up whenever another thread runs Python)."""
+    old = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.0005)
+        assert workers.timed(sys.getswitchinterval)[0] == pytest.approx(workers.SCAN_SWITCH_INTERVAL)
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+    finally:
+        sys.setswitchinterval(old)

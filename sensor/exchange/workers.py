@@ -39,7 +39,7 @@ INLINE_BYTES = int(os.environ.get("DLP_SCAN_INLINE_BYTES", str(16 << 10)))
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _LOCK = threading.Lock()
 _running = 0
-_default_switch = sys.getswitchinterval()
+_default_switch = sys.getswitchinterval()    # the process's, as it was when the first scan started
 
 
 def cores() -> int:
@@ -72,10 +72,13 @@ def pool(setting: int | None) -> ThreadPoolExecutor | None:
 def timed(fn: Callable[..., T], *args: Any) -> tuple[T, float]:
     """Run ``fn(*args)`` in a worker: (its value, the seconds it took there, not queued). The switch
     interval is lowered while any scan runs."""
-    global _running
+    global _running, _default_switch
     with _LOCK:
         _running += 1
         if _running == 1 and SCAN_SWITCH_INTERVAL > 0:
+            # read now, not at import: serve_forever sets its own (0.5 ms) after the imports, and
+            # restoring CPython's 5 ms would undo it after the first scan
+            _default_switch = sys.getswitchinterval()
             sys.setswitchinterval(SCAN_SWITCH_INTERVAL)
     t = time.perf_counter()
     try:
