@@ -547,10 +547,18 @@ def test_a_leak_decided_only_at_the_last_byte_never_arrives_complete(site, tmp_p
         sc.stop()
 
 
-async def test_520_slow_downloads_and_a_leak_at_the_default_caps(site, sidecar):
+async def test_520_slow_downloads_and_a_leak_at_the_default_caps(site, tmp_path):
     """Saturation with the shipped defaults (512 scans at once, 64 per client, enforce routes fail
     closed): 520 slow downloads from ten client addresses fill every scan slot, and the leak that
     comes next is refused, not sent unscanned; the SOC gets an alert saying scanning was saturated."""
+    sidecar = await asyncio.to_thread(lambda: Sidecar.create(tmp_path, site.url).start())   # the defaults
+    try:
+        await _saturate(site, sidecar)
+    finally:
+        await asyncio.to_thread(sidecar.stop)
+
+
+async def _saturate(site: Upstream, sidecar: Sidecar) -> None:
     slow = synth.benign_web(256 << 10)[: 256 << 10]                 # 16 chunks, 0.5 s apart: 8 s
     (site.root / "exports" / "slow-520.html").write_bytes(slow)
     url = sidecar.url + "/stream/exports/slow-520.html?pause=0.5"
