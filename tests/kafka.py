@@ -335,3 +335,16 @@ def snapshot_topics(bootstrap: str, topics: list[str], path: Path) -> None:
             for m in asyncio.run(read_topic(bootstrap, t)):
                 fh.write((m.key or b"") + b"\t" + (m.value or b"") + b"\n")
     OUTPUTS.append(path)
+
+
+def wait_for(pred, timeout: float = 15.0, every: float = 0.05, what: str = "condition"):
+    """``pred()``'s first truthy value, polled until ``timeout`` (a broker, a worker and a sidecar
+    meet over the network: their effects arrive when they arrive)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+

@@ -20,18 +20,7 @@ from sensor.detect import core
 from sensor.detect.policy import Policy
 from sensor.pipeline import BodyScan, Exchange
 from tests.conftest import KEY
-from tests.test_core_diff import _scan, same
-
-
-@pytest.fixture(scope="module")
-def compiled(engine):
-    if core._hscore is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("sensor.detect._hscore is not built: CI requires the compiled core")
-        pytest.skip("sensor.detect._hscore not built (CI fails instead of skipping)")
-    c = core.core_for(engine)
-    assert c is not None, f"compiled core refused the default pack: {core.status()}"
-    return c
+from tests.test_core_diff import _scan, compiled, same  # noqa: F401  (compiled: a fixture)
 
 
 def _json(r) -> dict:

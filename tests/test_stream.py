@@ -19,7 +19,7 @@ import pytest
 from sensor.sample_site import ROSTER
 from sensor.stream.records import decode
 from tests.kafka import (HMAC_KEY, Broker, WorkerProc, findings, json_values, kafka_conf, read_topic,
-                         snapshot_topics, start_workers, unique_prefix)
+                         snapshot_topics, start_workers, unique_prefix, wait_for)
 from tests.procs import BIN, Sidecar, disk_stalled, site_fixture
 
 site = site_fixture(people=400)
@@ -35,15 +35,6 @@ def get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
     except urllib.error.HTTPError as e:
         return e.code, e.read()
 
-
-def wait_for(pred, timeout: float = 15.0, every: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from sensor import synth
 from sensor.stream.records import decode, encode
 from tests.kafka import (Broker, WorkerProc, committed_offsets, create_topics, end_offsets, exchange_records, findings, json_values,
                          kafka_conf, produce, read_topic, snapshot_topics, unique_prefix)
+from tests.kafka import wait_for as _wait_for
 from tests.people_api import PER_PAGE, page_body, people
 
 HOST = "data.example.gov"
@@ -24,13 +25,8 @@ TRIP_PEOPLE = 40
 
 
 def wait_for(pred, timeout: float = 30.0, every: float = 0.1, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    """Batches take longer than single exchanges: a longer default wait."""
+    return _wait_for(pred, timeout, every, what)
 
 
 @pytest.fixture(scope="module")

@@ -322,13 +322,18 @@ class ExchangeScanner:
         elif self._gate is not None:
             self._gate.scan(data, scratch=scratch_for(self.engine.gated_db), match_event_handler=self._on_gated,
                             context=_HS_CTX)
-        buf = self._tail + data if hits else b""
+        self._advance(data, base, bool(hits), self._process, lambda: hits)
+
+    def _advance(self, data: bytes, base: int, any_hit: bool, process, hits) -> None:
+        """After a chunk's matches are in (either path): header row, offsets, the per-match work
+        (``process(buf, base)``), line start, tail, structure view (``hits()``), verdict."""
+        buf = self._tail + data if any_hit else b""
         if self._mode == "html" and (b"<th" in data or b"<TH" in data):
             self._header_row(data)
         self._pos += len(data)
         self.result.decoded_bytes += len(data)
-        if self._hits:
-            self._process(buf, base)
+        if any_hit:
+            process(buf, base)
         nl = data.rfind(b"\n")
         if nl >= 0:
             self._line_start = self._pos - len(data) + nl
@@ -337,7 +342,7 @@ class ExchangeScanner:
         else:
             self._tail = (self._tail + data)[-self._tail_len:]
         if self._skind is not None:
-            self._shadow.feed(data, hits)
+            self._shadow.feed(data, hits())
         self._decide()
 
     def _open_gate(self, buf: bytes, base: int) -> None:
@@ -397,23 +402,8 @@ class ExchangeScanner:
             n = m
         elif ps.gate_open:
             n = ps.scan_gate(data)
-        buf = self._tail + data if n else b""
-        if self._mode == "html" and (b"<th" in data or b"<TH" in data):
-            self._header_row(data)
-        self._pos += len(data)
-        self.result.decoded_bytes += len(data)
-        if n:
-            _core._hscore.process(self, ps, buf, base, self._core.info)
-        nl = data.rfind(b"\n")
-        if nl >= 0:
-            self._line_start = self._pos - len(data) + nl
-        if len(data) >= self._tail_len:
-            self._tail = data[-self._tail_len:]
-        else:
-            self._tail = (self._tail + data)[-self._tail_len:]
-        if self._skind is not None:
-            self._shadow.feed(data, ps.hits_list())
-        self._decide()
+        self._advance(data, base, bool(n), lambda buf, b: _core._hscore.process(self, ps, buf, b, self._core.info),
+                      ps.hits_list)
 
     def _close_core(self) -> None:
         ps = self._stream
