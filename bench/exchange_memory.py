@@ -1,0 +1,280 @@
+"""Memory per in-flight exchange: the proxy sidecar's resident set with N slow downloads open at once.
+
+Issue 19 moved scans off the event loop (a scan pool, a compiled core) and asks that the memory
+an exchange costs stay what it was. This bench measures it on real processes, in one run:
+
+- origin: nginx serving the bodies at ``--rate`` KB/s per connection (``limit_rate``), so that
+  every download stays in flight while the sidecar's resident set is sampled;
+- bodies: ``clean`` (benign web text), ``leakish`` (the same with a work contact block —
+  phones, an e-mail, an office address — every 16 KiB: findings on every chunk, never a trip)
+  and, in monitor only (enforce would cut it at once), ``breach`` (a dense roster CSV: the
+  scanner's per-exchange record and distinct-value state at its fullest);
+- trees: this tree with its compiled core, this tree with ``DLP_SENSOR_PYTHON_CORE=1`` (the
+  Python reference scanner), and the tree before issue 19's work (commit ab9bce6, ``--base``: a
+  checkout of that commit, run from this venv with PYTHONPATH; its dependencies are the same);
+- for each (mode, body) a fresh sidecar per tree, the trees back to back (load from elsewhere
+  falls on all alike): its idle VmRSS after one warm-up download of that body, then for each N
+  the N downloads are opened by one aiohttp client here; once the sidecar counts N exchanges in
+  flight (``dlp_active_exchanges``) and every client has bytes, VmRSS is sampled every 0.1 s for
+  ``--sample-s``; then the clients hang up and the sidecar drains before the next N.
+
+Per exchange = (median in-flight VmRSS - idle VmRSS) / N; peak = (max sample - idle) / N.
+Rounds repeat the whole grid (fresh sidecars); the table gives medians over rounds.
+
+    python bench/exchange_memory.py --base /tmp/base [--n 50,200] [--rounds 3] [--json FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import aiohttp  # noqa: E402
+import orjson  # noqa: E402
+
+from bench.proxy import nginx  # noqa: E402
+from sensor import synth  # noqa: E402
+from tests.procs import Sidecar, free_port, read_metric, wait_http  # noqa: E402
+
+BASE_COMMIT = "ab9bce6"
+CONTACT = ("\n<p>Front desk (916) 445-9555, fax (916) 445-9556, press@agency.ca.gov. "
+           "1300 I Street, Sacramento, CA 95814.</p>\n").encode()
+BODIES = {"clean": ("monitor", "enforce"), "leakish": ("monitor", "enforce"), "breach": ("monitor",)}
+VERDICT_SLACK = 1.10        # "unchanged": this tree's compiled core within 10 % of the base per exchange
+
+
+@dataclass
+class Tree:
+    name: str
+    env: dict[str, str]         # over os.environ for the sidecar
+
+
+def write_bodies(www: Path, mb: int) -> None:
+    size = mb << 20
+    benign = synth.benign_web(size)[:size]
+    (www / "clean.html").write_bytes(benign)
+    step = 16 << 10
+    (www / "leakish.html").write_bytes(b"".join(benign[i:i + step] + CONTACT for i in range(0, size, step)))
+    breach = b""
+    rows = 20_000
+    while len(breach) < size:
+        breach = synth.breach_csv(rows)
+        rows *= 2
+    (www / "breach.csv").write_bytes(breach[:size])
+
+
+def vm_rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def start_sidecar(d: Path, origin: str, mode: str, tree: Tree) -> Sidecar:
+    conf = {"proxy": {"mode": mode, "max_scans_per_client": 100_000, "max_scans": 100_000},
+            "alerts": {"sinks": []}}
+    sc = Sidecar.create(d, origin, conf)
+    saved = dict(os.environ)
+    os.environ.update(tree.env)         # Sidecar.start passes this process's environment on
+    try:
+        sc.start()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return sc
+
+
+async def in_flight(sc: Sidecar, url: str, n: int, sample_s: float, timeout: float) -> dict:
+    """Open ``n`` downloads of ``url``; sample the sidecar's VmRSS once all are in flight."""
+    got = [0] * n
+    statuses: list[int] = []
+    conn = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=None)) as http:
+
+        async def one(i: int) -> None:
+            async with http.get(url, headers={"Accept-Encoding": "identity"}) as r:
+                statuses.append(r.status)
+                async for chunk in r.content.iter_any():
+                    got[i] += len(chunk)
+
+        tasks = [asyncio.create_task(one(i)) for i in range(n)]
+        deadline = time.monotonic() + timeout
+        loop = asyncio.get_running_loop()
+        while True:
+            active = await loop.run_in_executor(None, read_metric, sc.metrics, "dlp_active_exchanges")
+            done = [t for t in tasks if t.done()]
+            if done:
+                errs = [t.exception() for t in done if t.exception() is not None]
+                raise SystemExit(f"{len(done)} downloads ended early (statuses {sorted(set(statuses))}): "
+                                 f"{errs[:1]}; raise --mb or lower --rate")
+            if active >= n and all(got):
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"only {active:.0f} of {n} exchanges in flight, "
+                                 f"{sum(1 for g in got if g)} with bytes, after {timeout}s")
+            await asyncio.sleep(0.1)
+        samples = []
+        end = time.monotonic() + sample_s
+        while time.monotonic() < end:
+            samples.append(vm_rss_kb(sc.proc.pid))
+            await asyncio.sleep(0.1)
+        still = sum(1 for t in tasks if not t.done())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    if still < n:
+        raise SystemExit(f"{n - still} downloads ended while sampling; raise --mb or lower --rate")
+    return {"median_kb": statistics.median(samples), "max_kb": max(samples), "samples": len(samples)}
+
+
+def drain(sc: Sidecar, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while read_metric(sc.metrics, "dlp_active_exchanges") > 0:
+        if time.monotonic() > deadline:
+            raise SystemExit("the sidecar did not drain its exchanges")
+        time.sleep(0.1)
+
+
+def warm(url: str) -> None:
+    """One whole download: first-use imports, buffers and the scan pool's threads count as idle."""
+    async def go() -> None:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url, headers={"Accept-Encoding": "identity"}) as r:
+                async for _ in r.content.iter_any():
+                    pass
+    asyncio.run(go())
+
+
+def measure(d: Path, origin: str, mode: str, body: str, tree: Tree, ns: list[int],
+            sample_s: float, timeout: float) -> dict:
+    sc = start_sidecar(d, origin, mode, tree)
+    try:
+        path = {"clean": "/clean.html", "leakish": "/leakish.html", "breach": "/breach.csv"}[body]
+        warm(sc.url + "/fast" + path)          # the origin's unthrottled alias of the same file
+        drain(sc)
+        time.sleep(0.5)
+        idle = vm_rss_kb(sc.proc.pid)
+        out = {"idle_mb": idle / 1024}
+        for n in ns:
+            r = asyncio.run(in_flight(sc, sc.url + path, n, sample_s, timeout))
+            out[n] = {"kb_per_exchange": (r["median_kb"] - idle) / n, "peak_kb_per_exchange": (r["max_kb"] - idle) / n,
+                      "rss_mb": r["median_kb"] / 1024}
+            drain(sc)
+        return out
+    finally:
+        sc.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base", type=Path, help=f"a checkout of {BASE_COMMIT} (the tree before issue 19's work); "
+                    f"e.g. git worktree add /tmp/base {BASE_COMMIT}")
+    ap.add_argument("--n", default="50,200", help="concurrent downloads, comma-separated")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rate", type=int, default=64, help="KB/s per download at the origin")
+    ap.add_argument("--mb", type=int, default=8, help="body size (must outlast ramp-up and sampling at --rate)")
+    ap.add_argument("--sample-s", type=float, default=2.0)
+    ap.add_argument("--timeout", type=float, default=60.0, help="seconds for N downloads to be in flight")
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args()
+    ns = [int(x) for x in a.n.split(",") if x]
+    if not shutil.which("nginx") and not Path("/usr/sbin/nginx").exists():
+        raise SystemExit("nginx is required (make bench installs it)")
+    trees = [Tree("this tree, compiled core", {"DLP_SENSOR_PYTHON_CORE": ""}),
+             Tree("this tree, DLP_SENSOR_PYTHON_CORE=1", {"DLP_SENSOR_PYTHON_CORE": "1"})]
+    if a.base:
+        base = a.base.resolve()
+        if not (base / "sensor" / "__init__.py").exists():
+            raise SystemExit(f"--base {base}: no sensor package there")
+        trees.append(Tree(f"before issue 19 ({BASE_COMMIT})",
+                          {"PYTHONPATH": str(base), "DLP_SENSOR_PYTHON_CORE": ""}))
+        probe = subprocess.run([sys.executable, "-c", "import sensor, sensor.cli.main; print(sensor.__file__)"],
+                               env={**os.environ, "PYTHONPATH": str(base)}, capture_output=True, text=True,
+                               cwd="/")
+        if not probe.stdout.strip().startswith(str(base)):
+            raise SystemExit(f"--base does not import from {base}: {probe.stdout} {probe.stderr[-500:]}")
+    else:
+        print(f"(no --base: the tree before issue 19 is not measured; see --help)", file=sys.stderr)
+    d = Path(tempfile.mkdtemp(prefix="dlp-bench-mem-"))
+    os.chmod(d, 0o755)                  # nginx workers run as nobody when started by root
+    www = d / "www"
+    www.mkdir()
+    write_bodies(www, a.mb)
+    procs: list[subprocess.Popen] = []
+    results: dict[tuple[str, str, str], list[dict]] = {}
+    try:
+        op = free_port()
+        procs.append(nginx(d, "origin", op, f"root {www}; sendfile on; location /fast/ {{ alias {www}/; }} "
+                                            f"location / {{ limit_rate {a.rate}k; }}"))
+        origin = f"http://127.0.0.1:{op}"
+        wait_http(origin + "/fast/clean.html")
+        k = 0
+        for rnd in range(a.rounds):
+            for body, modes in BODIES.items():
+                for mode in modes:
+                    for tree in trees:
+                        k += 1
+                        print(f"  round {rnd + 1}: {mode} {body} {tree.name}", file=sys.stderr)
+                        r = measure(d / f"sc{k}", origin, mode, body, tree, ns, a.sample_s, a.timeout)
+                        results.setdefault((mode, body, tree.name), []).append(r)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGQUIT)
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(d, ignore_errors=True)
+    med = statistics.median
+    print(f"\n## Memory per in-flight exchange (proxy sidecar, {a.mb} MB bodies at {a.rate} KB/s each, "
+          f"{a.rounds} rounds, medians; 2-core VM, other work running)\n")
+    head = "| mode | body | tree | idle RSS MB | " + " | ".join(
+        f"N={n}: KiB per exchange (peak)" for n in ns) + " |"
+    print(head)
+    print("|" + "---|" * (4 + len(ns)))
+    table = {}
+    for (mode, body, tname), rs in results.items():
+        row = {"idle_mb": med(r["idle_mb"] for r in rs)}
+        cells = []
+        for n in ns:
+            per = med(r[n]["kb_per_exchange"] for r in rs)
+            peak = med(r[n]["peak_kb_per_exchange"] for r in rs)
+            row[n] = {"kb_per_exchange": per, "peak_kb_per_exchange": peak, "rounds": [r[n] for r in rs]}
+            cells.append(f"{per:.0f} ({peak:.0f})")
+        table[(mode, body, tname)] = row
+        print(f"| {mode} | {body} | {tname} | {row['idle_mb']:.1f} | " + " | ".join(cells) + " |")
+    verdicts = []
+    if a.base:
+        base_name = trees[-1].name
+        print()
+        for (mode, body, tname), row in table.items():
+            if tname != trees[0].name:
+                continue
+            b = table[(mode, body, base_name)]
+            n = max(ns)
+            ratio = row[n]["kb_per_exchange"] / b[n]["kb_per_exchange"] if b[n]["kb_per_exchange"] > 0 else float("nan")
+            ok = row[n]["kb_per_exchange"] <= VERDICT_SLACK * b[n]["kb_per_exchange"]
+            verdicts.append({"mode": mode, "body": body, "ratio": ratio, "ok": ok})
+            print(f"{'PASS' if ok else 'MISS'}  {mode} {body}, N={n}: compiled core {row[n]['kb_per_exchange']:.0f} KiB "
+                  f"per exchange vs {b[n]['kb_per_exchange']:.0f} before issue 19 ({ratio:.2f}x; "
+                  f"unchanged = within {VERDICT_SLACK:.2f}x)")
+    if a.json:
+        a.json.write_bytes(orjson.dumps({"args": {k: str(v) for k, v in vars(a).items()},
+                                         "table": [{"mode": m, "body": b, "tree": t, **{str(k): v for k, v in row.items()}}
+                                                   for (m, b, t), row in table.items()],
+                                         "verdicts": verdicts}, option=orjson.OPT_INDENT_2))
+
+
+if __name__ == "__main__":
+    main()
