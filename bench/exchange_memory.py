@@ -3,8 +3,10 @@
 Issue 19 moved scans off the event loop (a scan pool, a compiled core) and asks that the memory
 an exchange costs stay what it was. This bench measures it on real processes, in one run:
 
-- origin: nginx serving the bodies at ``--rate`` KB/s per connection (``limit_rate``), so that
-  every download stays in flight while the sidecar's resident set is sampled;
+- origin: nginx serving the bodies at ``--rate`` KB/s per connection (``limit_rate``;
+  ``--breach-rate``, lower, for the dense body: N of them must stay within the slowest tree's
+  scan rate, or the figure is a backlog, not an exchange), so that every download stays in
+  flight while the sidecar's resident set is sampled;
 - bodies: ``clean`` (benign web text), ``leakish`` (the same with a work contact block —
   phones, an e-mail, an office address — every 16 KiB: findings on every chunk, never a trip)
   and, in monitor only (enforce would cut it at once), ``breach`` (a dense roster CSV: the
@@ -13,7 +15,7 @@ an exchange costs stay what it was. This bench measures it on real processes, in
   Python reference scanner), and the tree before issue 19's work (commit ab9bce6, ``--base``: a
   checkout of that commit, run from this venv with PYTHONPATH; its dependencies are the same);
 - for each (mode, body) a fresh sidecar per tree, the trees back to back (load from elsewhere
-  falls on all alike): its idle VmRSS after one warm-up download of that body, then for each N
+  falls on all alike): its idle VmRSS after one warm-up download (256 KiB of that body), then for each N
   the N downloads are opened by one aiohttp client here; once the sidecar counts N exchanges in
   flight (``dlp_active_exchanges``) and every client has bytes, VmRSS is sampled every 0.1 s for
   ``--sample-s``; then the clients hang up and the sidecar drains before the next N.
@@ -72,6 +74,8 @@ def write_bodies(www: Path, mb: int) -> None:
         breach = synth.breach_csv(rows)
         rows *= 2
     (www / "breach.csv").write_bytes(breach[:size])
+    for name in ("clean.html", "leakish.html", "breach.csv"):        # the warm-up: the same kind, 256 KiB
+        (www / f"warm-{name}").write_bytes((www / name).read_bytes()[:256 << 10])
 
 
 def vm_rss_kb(pid: int) -> int:
@@ -112,16 +116,16 @@ async def in_flight(sc: Sidecar, url: str, n: int, sample_s: float, timeout: flo
         deadline = time.monotonic() + timeout
         loop = asyncio.get_running_loop()
         while True:
-            active = await loop.run_in_executor(None, read_metric, sc.metrics, "dlp_active_exchanges")
+            now = await loop.run_in_executor(None, active, sc) or 0
             done = [t for t in tasks if t.done()]
             if done:
                 errs = [t.exception() for t in done if t.exception() is not None]
                 raise SystemExit(f"{len(done)} downloads ended early (statuses {sorted(set(statuses))}): "
                                  f"{errs[:1]}; raise --mb or lower --rate")
-            if active >= n and all(got):
+            if now >= n and all(got):
                 break
             if time.monotonic() > deadline:
-                raise SystemExit(f"only {active:.0f} of {n} exchanges in flight, "
+                raise SystemExit(f"only {now:.0f} of {n} exchanges in flight, "
                                  f"{sum(1 for g in got if g)} with bytes, after {timeout}s")
             await asyncio.sleep(0.1)
         samples = []
@@ -138,16 +142,26 @@ async def in_flight(sc: Sidecar, url: str, n: int, sample_s: float, timeout: flo
     return {"median_kb": statistics.median(samples), "max_kb": max(samples), "samples": len(samples)}
 
 
-def drain(sc: Sidecar, timeout: float = 30.0) -> None:
+def active(sc: Sidecar) -> float | None:
+    """The sidecar's exchanges in flight; None while it does not answer (a tree that scans on its
+    event loop cannot serve /metrics while a backlog of dense chunks is scanned)."""
+    try:
+        return read_metric(sc.metrics, "dlp_active_exchanges")
+    except OSError:
+        return None
+
+
+def drain(sc: Sidecar, timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
-    while read_metric(sc.metrics, "dlp_active_exchanges") > 0:
+    while active(sc) != 0:
         if time.monotonic() > deadline:
             raise SystemExit("the sidecar did not drain its exchanges")
         time.sleep(0.1)
 
 
 def warm(url: str) -> None:
-    """One whole download: first-use imports, buffers and the scan pool's threads count as idle."""
+    """One short download: first-use imports, buffers and the scan pool's threads count as idle (a
+    whole dense body would leave the allocator holding its peak, which later exchanges reuse)."""
     async def go() -> None:
         async with aiohttp.ClientSession() as http:
             async with http.get(url, headers={"Accept-Encoding": "identity"}) as r:
@@ -161,10 +175,13 @@ def measure(d: Path, origin: str, mode: str, body: str, tree: Tree, ns: list[int
     sc = start_sidecar(d, origin, mode, tree)
     try:
         path = {"clean": "/clean.html", "leakish": "/leakish.html", "breach": "/breach.csv"}[body]
-        warm(sc.url + "/fast" + path)          # the origin's unthrottled alias of the same file
+        warm(sc.url + "/fast/warm-" + path[1:])     # unthrottled, 256 KiB of the same kind
         drain(sc)
-        time.sleep(0.5)
-        idle = vm_rss_kb(sc.proc.pid)
+        idle_samples = []
+        for _ in range(5):
+            time.sleep(0.2)
+            idle_samples.append(vm_rss_kb(sc.proc.pid))
+        idle = statistics.median(idle_samples)
         out = {"idle_mb": idle / 1024}
         for n in ns:
             r = asyncio.run(in_flight(sc, sc.url + path, n, sample_s, timeout))
@@ -183,9 +200,13 @@ def main() -> None:
     ap.add_argument("--n", default="50,200", help="concurrent downloads, comma-separated")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--rate", type=int, default=64, help="KB/s per download at the origin")
+    ap.add_argument("--breach-rate", type=int, default=8,
+                    help="KB/s per breach download: N of them stay within the slowest tree's scan rate, so that "
+                         "what is measured is the state of an exchange, not a backlog of unscanned bytes")
     ap.add_argument("--mb", type=int, default=8, help="body size (must outlast ramp-up and sampling at --rate)")
     ap.add_argument("--sample-s", type=float, default=2.0)
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds for N downloads to be in flight")
+    ap.add_argument("--bodies", default=",".join(BODIES), help="comma-separated: " + ", ".join(BODIES))
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     ns = [int(x) for x in a.n.split(",") if x]
@@ -216,12 +237,15 @@ def main() -> None:
     try:
         op = free_port()
         procs.append(nginx(d, "origin", op, f"root {www}; sendfile on; location /fast/ {{ alias {www}/; }} "
-                                            f"location / {{ limit_rate {a.rate}k; }}"))
+                                            f"location / {{ limit_rate {a.rate}k; }} "
+                                            f"location = /breach.csv {{ limit_rate {a.breach_rate}k; }}"))
         origin = f"http://127.0.0.1:{op}"
         wait_http(origin + "/fast/clean.html")
         k = 0
         for rnd in range(a.rounds):
             for body, modes in BODIES.items():
+                if body not in a.bodies.split(","):
+                    continue
                 for mode in modes:
                     for tree in trees:
                         k += 1
@@ -237,7 +261,8 @@ def main() -> None:
                 p.kill()
         shutil.rmtree(d, ignore_errors=True)
     med = statistics.median
-    print(f"\n## Memory per in-flight exchange (proxy sidecar, {a.mb} MB bodies at {a.rate} KB/s each, "
+    print(f"\n## Memory per in-flight exchange (proxy sidecar, {a.mb} MB bodies at {a.rate} KB/s each "
+          f"(breach {a.breach_rate} KB/s), "
           f"{a.rounds} rounds, medians; 2-core VM, other work running)\n")
     head = "| mode | body | tree | idle RSS MB | " + " | ".join(
         f"N={n}: KiB per exchange (peak)" for n in ns) + " |"
