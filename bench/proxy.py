@@ -412,6 +412,11 @@ def reuse_port_section(d: Path, origin: str, a: argparse.Namespace) -> dict:
         print(f"| {n} | {r['MBps']:.1f} | {r['x_one']:.2f} | "
               + ", ".join(f"{c:.1f} ({b:.0%})" for c, b in zip(r["cpu_s"], r["busy"]))
               + f" | {r['MB_per_cpu_s']:.1f} |" + (" errors!" if r["errors"] else ""))
+    one = rp[1]["busy"][0]
+    if one < 0.8:
+        print(f"\nOne process kept its core only {one:.0%} busy: something else (other work on the machine, or "
+              "wrk and nginx on the same cores) held the CPU, so this run cannot show scaling with cores; "
+              "read the MB per CPU-second column (flat = nothing shared throttles the processes).")
     return rp
 
 
