@@ -3,17 +3,20 @@
 Issue 19 moved scans off the event loop (a scan pool, a compiled core) and asks that the memory
 an exchange costs stay what it was. This bench measures it on real processes, in one run:
 
-- origin: nginx serving the bodies at ``--rate`` KB/s per connection (``limit_rate``;
-  ``--breach-rate``, lower, for the dense body: N of them must stay within the slowest tree's
-  scan rate, or the figure is a backlog, not an exchange), so that every download stays in
-  flight while the sidecar's resident set is sampled;
+- origin: nginx serving the bodies at ``--rate`` KB/s per connection (``limit_rate``, 8 by
+  default; ``--breach-rate`` for the dense body), so that every download stays in flight while
+  the sidecar's resident set is sampled. Slow on purpose: N downloads must stay well within
+  what the slowest tree scans on a loaded machine, or the figure is a backlog of bytes waiting
+  in buffers, not the cost of an exchange (at 64 KB/s x 200 on the shared 2-core VM, every tree
+  showed 150-260 KiB per exchange, growing with N: buffers);
 - bodies: ``clean`` (benign web text), ``leakish`` (the same with a work contact block —
   phones, an e-mail, an office address — every 16 KiB: findings on every chunk, never a trip)
   and, in monitor only (enforce would cut it at once), ``breach`` (a dense roster CSV: the
   scanner's per-exchange record and distinct-value state at its fullest);
 - trees: this tree with its compiled core, this tree with ``DLP_SENSOR_PYTHON_CORE=1`` (the
-  Python reference scanner), and the tree before issue 19's work (commit ab9bce6, ``--base``: a
-  checkout of that commit, run from this venv with PYTHONPATH; its dependencies are the same);
+  Python reference scanner), and the tree before issue 19's work (``--base``, commit ab9bce6 by
+  default, extracted with ``git archive`` into a temporary directory — or a checkout — and run
+  from this venv with PYTHONPATH: its dependencies are the same);
 - for each (mode, body) a fresh sidecar per tree, the trees back to back (load from elsewhere
   falls on all alike): its idle VmRSS after one warm-up download (256 KiB of that body), then for each N
   the N downloads are opened by one aiohttp client here; once the sidecar counts N exchanges in
@@ -23,7 +26,7 @@ an exchange costs stay what it was. This bench measures it on real processes, in
 Per exchange = (median in-flight VmRSS - idle VmRSS) / N; peak = (max sample - idle) / N.
 Rounds repeat the whole grid (fresh sidecars); the table gives medians over rounds.
 
-    python bench/exchange_memory.py --base /tmp/base [--n 50,200] [--rounds 3] [--json FILE]
+    python bench/exchange_memory.py [--base ab9bce6|DIR|none] [--n 50,200] [--rate 8] [--rounds 3] [--json FILE]
 """
 from __future__ import annotations
 
@@ -193,16 +196,37 @@ def measure(d: Path, origin: str, mode: str, body: str, tree: Tree, ns: list[int
         sc.stop()
 
 
+def checkout(base: str) -> Path | None:
+    """``--base`` as a directory holding the ``sensor`` package: as given, or extracted from a commit."""
+    if base == "none":
+        return None
+    if Path(base).is_dir():
+        d = Path(base).resolve()
+    else:
+        root = Path(__file__).resolve().parents[1]
+        d = Path(tempfile.mkdtemp(prefix="dlp-bench-base-"))
+        arch = subprocess.run(["git", "-C", str(root), "archive", base], capture_output=True)
+        if arch.returncode != 0:
+            print(f"(--base {base}: not in this repository, the tree before issue 19 is not measured: "
+                  f"{arch.stderr.decode(errors='replace').strip()[:200]})", file=sys.stderr)
+            return None
+        subprocess.run(["tar", "-x", "-C", str(d)], input=arch.stdout, check=True)
+    if not (d / "sensor" / "__init__.py").exists():
+        raise SystemExit(f"--base {base}: no sensor package in {d}")
+    return d
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--base", type=Path, help=f"a checkout of {BASE_COMMIT} (the tree before issue 19's work); "
-                    f"e.g. git worktree add /tmp/base {BASE_COMMIT}")
+    ap.add_argument("--base", default=BASE_COMMIT,
+                    help=f"the tree before issue 19's work: a checkout (directory), or a commit that this repository "
+                         f"has (extracted with git archive into a temporary directory); default {BASE_COMMIT}; "
+                         "'none' to measure this tree only")
     ap.add_argument("--n", default="50,200", help="concurrent downloads, comma-separated")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--rate", type=int, default=64, help="KB/s per download at the origin")
+    ap.add_argument("--rate", type=int, default=8, help="KB/s per download at the origin")
     ap.add_argument("--breach-rate", type=int, default=8,
-                    help="KB/s per breach download: N of them stay within the slowest tree's scan rate, so that "
-                         "what is measured is the state of an exchange, not a backlog of unscanned bytes")
+                    help="KB/s per breach download (N of them must stay within the slowest tree's scan rate)")
     ap.add_argument("--mb", type=int, default=8, help="body size (must outlast ramp-up and sampling at --rate)")
     ap.add_argument("--sample-s", type=float, default=2.0)
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds for N downloads to be in flight")
@@ -214,11 +238,9 @@ def main() -> None:
         raise SystemExit("nginx is required (make bench installs it)")
     trees = [Tree("this tree, compiled core", {"DLP_SENSOR_PYTHON_CORE": ""}),
              Tree("this tree, DLP_SENSOR_PYTHON_CORE=1", {"DLP_SENSOR_PYTHON_CORE": "1"})]
-    if a.base:
-        base = a.base.resolve()
-        if not (base / "sensor" / "__init__.py").exists():
-            raise SystemExit(f"--base {base}: no sensor package there")
-        trees.append(Tree(f"before issue 19 ({BASE_COMMIT})",
+    base = checkout(a.base)
+    if base is not None:
+        trees.append(Tree(f"before issue 19 ({a.base if not Path(a.base).is_dir() else base.name})",
                           {"PYTHONPATH": str(base), "DLP_SENSOR_PYTHON_CORE": ""}))
         probe = subprocess.run([sys.executable, "-c", "import sensor, sensor.cli.main; print(sensor.__file__)"],
                                env={**os.environ, "PYTHONPATH": str(base)}, capture_output=True, text=True,
@@ -226,7 +248,7 @@ def main() -> None:
         if not probe.stdout.strip().startswith(str(base)):
             raise SystemExit(f"--base does not import from {base}: {probe.stdout} {probe.stderr[-500:]}")
     else:
-        print(f"(no --base: the tree before issue 19 is not measured; see --help)", file=sys.stderr)
+        print("(no --base: the tree before issue 19 is not measured; see --help)", file=sys.stderr)
     d = Path(tempfile.mkdtemp(prefix="dlp-bench-mem-"))
     os.chmod(d, 0o755)                  # nginx workers run as nobody when started by root
     www = d / "www"
@@ -253,6 +275,8 @@ def main() -> None:
                         r = measure(d / f"sc{k}", origin, mode, body, tree, ns, a.sample_s, a.timeout)
                         results.setdefault((mode, body, tree.name), []).append(r)
     finally:
+        if base is not None and not Path(a.base).is_dir():
+            shutil.rmtree(base, ignore_errors=True)
         for p in procs:
             p.send_signal(signal.SIGQUIT)
             try:
@@ -280,7 +304,7 @@ def main() -> None:
         table[(mode, body, tname)] = row
         print(f"| {mode} | {body} | {tname} | {row['idle_mb']:.1f} | " + " | ".join(cells) + " |")
     verdicts = []
-    if a.base:
+    if base is not None:
         base_name = trees[-1].name
         print()
         for (mode, body, tname), row in table.items():
