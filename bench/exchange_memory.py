@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -48,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import aiohttp  # noqa: E402
 import orjson  # noqa: E402
 
-from bench.proxy import nginx  # noqa: E402
+from bench.proxy import nginx, stop_nginx  # noqa: E402
 from sensor import synth  # noqa: E402
 from tests.procs import Sidecar, free_port, read_metric, wait_http  # noqa: E402
 
@@ -277,12 +276,7 @@ def main() -> None:
     finally:
         if base is not None and not Path(a.base).is_dir():
             shutil.rmtree(base, ignore_errors=True)
-        for p in procs:
-            p.send_signal(signal.SIGQUIT)
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_nginx(procs)
         shutil.rmtree(d, ignore_errors=True)
     med = statistics.median
     print(f"\n## Memory per in-flight exchange (proxy sidecar, {a.mb} MB bodies at {a.rate} KB/s each "

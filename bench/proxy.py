@@ -75,6 +75,16 @@ def nginx(d: Path, name: str, port: int, body: str) -> subprocess.Popen:
     return p
 
 
+def stop_nginx(procs: list[subprocess.Popen]) -> None:
+    """SIGQUIT (nginx's graceful stop), then kill what has not left within 5 s."""
+    for p in procs:
+        p.send_signal(signal.SIGQUIT)
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def wrk(url: str, seconds: int, conns: int) -> dict:
     # --timeout: longer than any download (wrk's default 2 s would count a slow 100 MB as an error)
     out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "60s", "--latency", url],
@@ -362,12 +372,7 @@ def main() -> None:
     finally:
         for sc in sidecars:
             sc.stop()
-        for p in procs:
-            p.send_signal(signal.SIGQUIT)
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_nginx(procs)
         shutil.rmtree(d, ignore_errors=True)
 
 
