@@ -47,6 +47,7 @@ bench: $(STAMP) apt
 	$(PY) bench/latency.py
 	$(PY) bench/taps.py
 	$(PY) bench/stream.py
+	$(PY) bench/exchange_memory.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) build *.egg-info

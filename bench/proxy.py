@@ -13,13 +13,15 @@ the origin is never the bottleneck. Measured with wrk on the same machine, same 
   file in this process, alternated with the downloads; "per core" divides the bytes by the
   sidecar's own CPU seconds (/proc/PID/stat) over the download;
 - ``--reuse-port``: groups of N = 1 .. cores sidecar processes (monitor), each group on one
-  port, 8 connections of 100 MB downloads, groups alternated round by round: aggregate MB/s,
-  and how it scales with processes (cores);
+  port, each process with ``scan_workers: 1`` pinned to a core of its own (one process = one
+  core's worth), 8 connections of 100 MB downloads, groups alternated round by round: aggregate
+  MB/s, and how it scales with processes (cores);
 - the sidecar in monitor mode and in enforce mode; nginx (1 worker) as the reference proxy;
 - trips: ≥ 100 leaks downloaded through the enforcing sidecar; trip -> takedown durable
   (server-side histogram), and the client-side time to the 451 of the next request.
 
-    python bench/proxy.py [--seconds 8] [--trips 120] [--rounds 3] [--procs 2] [--json FILE]
+    python bench/proxy.py [--seconds 8] [--trips 120] [--rounds 3] [--procs 2] [--only download,reuse-port]
+                          [--json FILE]
 """
 from __future__ import annotations
 
@@ -71,6 +73,16 @@ def nginx(d: Path, name: str, port: int, body: str) -> subprocess.Popen:
     p = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(conf), "-p", str(d)],
                          stderr=subprocess.DEVNULL)
     return p
+
+
+def stop_nginx(procs: list[subprocess.Popen]) -> None:
+    """SIGQUIT (nginx's graceful stop), then kill what has not left within 5 s."""
+    for p in procs:
+        p.send_signal(signal.SIGQUIT)
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def wrk(url: str, seconds: int, conns: int) -> dict:
@@ -188,37 +200,59 @@ def download_vs_ceiling(sc: Sidecar, url: str, big: bytes, seconds: int, rounds:
             "kernel_share_of_cpu": med(sys_share)}
 
 
+SECTIONS = ("paths", "download", "reuse-port", "trips")
+
+
+def pin(pid: int, cpu: int) -> None:
+    """Every thread of ``pid`` on CPU ``cpu`` (threads it starts later inherit it)."""
+    subprocess.run(["taskset", "-a", "-cp", str(cpu), str(pid)], check=True, capture_output=True)
+
+
 def reuse_port(d: Path, origin: str, url_path: str, seconds: int, procs: int, rounds: int) -> dict:
     """Groups of N = 1 .. procs sidecar processes, each group sharing one port (--reuse-port, one
     state dir), all started up front; 8 concurrent 100 MB downloads against each group in turn,
-    round after round (so load from elsewhere falls on every N alike): aggregate MB/s (median),
-    its ratio to N = 1 per round (median), and each process's CPU seconds (connections spread by
-    the kernel's hash: one process left idle shows as 0)."""
+    round after round (so load from elsewhere falls on every N alike).
+
+    What is isolated: one process is one core's worth. Each process has ``scan_workers: 1`` and
+    all its threads are pinned (taskset) to a core of its own (process i on CPU i), so N processes
+    can use N cores and never more; without this one process's scan pool already spreads over
+    every core and N processes cannot add throughput. wrk and the nginx origin are not pinned:
+    they share the same cores (on a 2-core machine no core is left for them). Per N: aggregate
+    MB/s (median), its ratio to N = 1 per round (median), each process's CPU seconds and its busy
+    share of its core over the download (connections are spread by the kernel's hash: an idle
+    process shows 0), and MB per CPU-second of the sidecars (the per-core cost, which should stay
+    flat as N grows when the scaling is real)."""
     groups: dict[int, list[Sidecar]] = {}
     out: dict[int, dict] = {}
+    ncpu = os.cpu_count() or 1
+    conf = {"proxy": {"mode": "monitor"}, "alerts": {"sinks": []}, "scan_workers": 1}
     try:
         for n in range(1, procs + 1):
-            base = Sidecar.create(d / f"reuse-{n}", origin, {"proxy": {"mode": "monitor"}, "alerts": {"sinks": []}},
-                                  extra_args=["--reuse-port"])
+            base = Sidecar.create(d / f"reuse-{n}", origin, conf, extra_args=["--reuse-port"])
             groups[n] = [base] + [Sidecar(base.state, base.config, base.port, free_port(), free_port(), ["--reuse-port"])
                                   for _ in range(n - 1)]
-            for sc in groups[n]:
+            for i, sc in enumerate(groups[n]):
                 sc.start()
+                pin(sc.proc.pid, i % ncpu)
         runs: dict[int, list[dict]] = {n: [] for n in groups}
         for _ in range(rounds):
             for n, group in groups.items():
                 cpu0 = [cpu_seconds(sc.proc.pid) for sc in group]
+                t0 = time.perf_counter()
                 r = wrk(group[0].url + url_path, seconds, 8)
+                wall = time.perf_counter() - t0
                 cpu = [cpu_seconds(sc.proc.pid) - c for sc, c in zip(group, cpu0)]
                 runs[n].append({"MBps": r["mbps"] * 1.048576, "cpu_s": cpu, "errors": r["errors"],
+                                "busy": [c / wall for c in cpu],
                                 "MB_per_cpu_s": r["read_mb"] * 1.048576 / sum(cpu) if sum(cpu) > 0 else float("nan")})
         med = statistics.median
         for n, rs in runs.items():
+            mid = sorted(rs, key=lambda x: x["MBps"])[len(rs) // 2]
             out[n] = {"MBps": med(x["MBps"] for x in rs),
                       "x_one": med(x["MBps"] / y["MBps"] for x, y in zip(rs, runs[1])),
                       "MB_per_cpu_s": med(x["MB_per_cpu_s"] for x in rs),
-                      "cpu_s": [round(c, 2) for c in rs[len(rs) // 2]["cpu_s"]], "rounds": rs,
-                      "errors": any(x["errors"] for x in rs)}
+                      "cpu_s": [round(c, 2) for c in mid["cpu_s"]], "busy": [round(b, 2) for b in mid["busy"]],
+                      "rounds": rs, "errors": any(x["errors"] for x in rs)}
     finally:
         for group in groups.values():
             for sc in group:
@@ -259,8 +293,18 @@ def main() -> None:
     ap.add_argument("--big-mb", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3, help="download / ceiling rounds")
     ap.add_argument("--procs", type=int, default=os.cpu_count() or 1, help="--reuse-port: up to this many processes")
+    ap.add_argument("--only", default=",".join(SECTIONS),
+                    help=f"comma-separated sections to run (default all): {', '.join(SECTIONS)}")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
+    only = set(a.only.split(","))
+    if only - set(SECTIONS):
+        raise SystemExit(f"--only: unknown section(s) {sorted(only - set(SECTIONS))}; known: {', '.join(SECTIONS)}")
+    rows: dict = {}
+    dl: dict = {}
+    rp: dict = {}
+    t: dict = {}
+    checks: list[tuple[str, bool]] = []
     for tool in ("wrk", "nginx"):
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
             raise SystemExit(f"{tool} is required (make bench installs it)")
@@ -287,8 +331,7 @@ def main() -> None:
             sc = Sidecar.create(d / mode, origin, {"proxy": {"mode": mode}, "alerts": {"sinks": []}}).start()
             sidecars.append(sc)
         targets = {"direct (nginx origin)": origin, "nginx reverse proxy": f"http://127.0.0.1:{pp}",
-                   "sidecar monitor": sidecars[0].url, "sidecar enforce": sidecars[1].url}
-        rows = {}
+                   "sidecar monitor": sidecars[0].url, "sidecar enforce": sidecars[1].url} if "paths" in only else {}
         for name, base in targets.items():
             sc = sidecars[0] if name == "sidecar monitor" else sidecars[1] if name == "sidecar enforce" else None
             tput = wrk(base + "/10k.html", a.seconds, 10)
@@ -299,56 +342,25 @@ def main() -> None:
             if sc:
                 rows[name].update({k: lat[k] for k in ("own_p50_ms", "own_p99_ms", "own_p99_le_ms", "own_n")})
             print(f"  measured {name}", file=sys.stderr)
-        ng = rows["nginx reverse proxy"]
-        print(f"\n## Proxy (2-core VM, wrk, same run; {a.big_mb} MB downloads, 10 KiB pages)\n")
-        print("| path | 10 KiB req/s (c=10) | client p50 / p99 ms (c=1) | sidecar's own p50 / p99 ms (its histogram) | "
-              f"{a.big_mb} MB download MB/s (Gbit/s) | × nginx |")
-        print("|---|---|---|---|---|---|")
-        for name, r in rows.items():
-            own = "-" if "own_p99_ms" not in r else \
-                f"{r['own_p50_ms']:.2f} / {r['own_p99_ms']:.2f} (p99 bucket ≤ {r['own_p99_le_ms']:g}; n={r['own_n']:,.0f})"
-            print(f"| {name} | {r['rps_10k']:,.0f} | {r['p50_10k_ms']:.2f} / {r['p99_10k_ms']:.2f} | {own} | "
-                  f"{r['big_MBps']:,.0f} ({r['big_MBps'] * 8 * 1.048576 / 1000:.2f}) | "
-                  f"{r['big_MBps'] / ng['big_MBps']:.2f} |" + (" errors!" if r["errors"] else ""))
-        print(f"  measuring {a.big_mb} MB downloads against the raw stream ceiling", file=sys.stderr)
-        dl = download_vs_ceiling(sidecars[0], sidecars[0].url + "/big.html", (www / "big.html").read_bytes(),
-                                 a.seconds + 4, a.rounds)
-        print(f"\n## {a.big_mb} MB benign download, sidecar (monitor) against the raw stream ceiling "
-              f"({dl['rounds']} alternated rounds, medians)\n")
-        print("| raw Hyperscan stream scan, main + gated, no callback (this process, CPU time) | sidecar, wall (c=1) | "
-              "sidecar, MB per CPU-second of its process (kernel's share) | × ceiling (wall) | × ceiling per core |")
-        print("|---|---|---|---|---|")
-        print(f"| {dl['ceiling_MBps']:.1f} MB/s | {dl['sidecar_MBps']:.1f} MB/s | {dl['sidecar_MB_per_cpu_s']:.1f} "
-              f"({dl['kernel_share_of_cpu']:.0%} system time) | {dl['x_ceiling_wall']:.2f}x | {dl['x_ceiling_per_core']:.2f}x |")
-        print(f"  measuring --reuse-port with 1..{a.procs} processes", file=sys.stderr)
-        rp = reuse_port(d, origin, "/big.html", a.seconds + 4, a.procs, a.rounds)
-        print(f"\n## --reuse-port: N sidecar processes (monitor) on one port, 8 connections of {a.big_mb} MB downloads "
-              f"({a.rounds} alternated rounds, medians)\n")
-        print("| N | aggregate MB/s | × N=1 | sidecar CPU s per process (median round) | MB per sidecar CPU-second |\n"
-              "|---|---|---|---|---|")
-        for n, r in rp.items():
-            print(f"| {n} | {r['MBps']:.1f} | {r['x_one']:.2f} | "
-                  + ", ".join(f"{c:.1f}" for c in r["cpu_s"]) + f" | {r['MB_per_cpu_s']:.1f} |"
-                  + (" errors!" if r["errors"] else ""))
-        t = trips(sidecars[1], www, a.trips)
-        print(f"\n## Trips ({t['n']} leaks through the enforcing sidecar)\n")
-        print("| measure | p50 ms | p99 ms |\n|---|---|---|")
-        print(f"| trip -> takedown durable (server histogram, interpolated) | {t['takedown_p50_ms']:.2f} | "
-              f"{t['takedown_p99_ms']:.2f} |")
-        print(f"| client: leak request -> 451 | {t['first_451_p50_ms']:.2f} | {t['first_451_p99_ms']:.2f} |")
-        print(f"| client: next request -> 451 (takedown enforced) | {t['next_451_p50_ms']:.2f} | "
-              f"{t['next_451_p99_ms']:.2f} |")
-        mon = rows["sidecar monitor"]
-        top = max(rp)
-        checks = [
-            ("large downloads, monitor >= 1 Gbit/s", mon["big_MBps"] * 8 * 1.048576 >= 1000),
-            ("large downloads, monitor >= 0.5x nginx", mon["big_MBps"] >= 0.5 * ng["big_MBps"]),
-            (f"{a.big_mb} MB benign download >= 0.8x the raw stream ceiling per core", dl["x_ceiling_per_core"] >= 0.8),
-            (f"--reuse-port: {top} processes >= 0.8 x {top} x one process", rp[top]["x_one"] >= 0.8 * top),
-            ("10 KiB: the sidecar's own p50 <= 1 ms", mon["own_p50_ms"] <= 1.0),
-            ("10 KiB: the sidecar's own p99 <= 5 ms", mon["own_p99_ms"] <= 5.0),
-            ("trip -> takedown p99 <= 50 ms", t["takedown_p99_ms"] <= 50 and t["next_451_p99_ms"] <= 50),
-        ]
+        if rows:
+            print_paths(rows, a.big_mb)
+            mon, ng = rows["sidecar monitor"], rows["nginx reverse proxy"]
+            checks += [("large downloads, monitor >= 1 Gbit/s", mon["big_MBps"] * 8 * 1.048576 >= 1000),
+                       ("large downloads, monitor >= 0.5x nginx", mon["big_MBps"] >= 0.5 * ng["big_MBps"]),
+                       ("10 KiB: the sidecar's own p50 <= 1 ms", mon["own_p50_ms"] <= 1.0),
+                       ("10 KiB: the sidecar's own p99 <= 5 ms", mon["own_p99_ms"] <= 5.0)]
+        if "download" in only:
+            dl = download_section(sidecars[0], www, a)
+            checks.append((f"{a.big_mb} MB benign download >= 0.8x the raw stream ceiling per core",
+                           dl["x_ceiling_per_core"] >= 0.8))
+        if "reuse-port" in only:
+            rp = reuse_port_section(d, origin, a)
+            top = max(rp)
+            checks.append((f"--reuse-port: {top} processes (one core each) >= 0.8 x {top} x one process",
+                           rp[top]["x_one"] >= 0.8 * top))
+        if "trips" in only:
+            t = trips_section(sidecars[1], www, a.trips)
+            checks.append(("trip -> takedown p99 <= 50 ms", t["takedown_p99_ms"] <= 50 and t["next_451_p99_ms"] <= 50))
         print()
         for what, ok in checks:
             print(f"{'PASS' if ok else 'MISS'}  {what}")
@@ -360,13 +372,69 @@ def main() -> None:
     finally:
         for sc in sidecars:
             sc.stop()
-        for p in procs:
-            p.send_signal(signal.SIGQUIT)
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_nginx(procs)
         shutil.rmtree(d, ignore_errors=True)
+
+
+def print_paths(rows: dict, big_mb: int) -> None:
+    ng = rows["nginx reverse proxy"]
+    print(f"\n## Proxy (2-core VM, wrk, same run; {big_mb} MB downloads, 10 KiB pages)\n")
+    print("| path | 10 KiB req/s (c=10) | client p50 / p99 ms (c=1) | sidecar's own p50 / p99 ms (its histogram) | "
+          f"{big_mb} MB download MB/s (Gbit/s) | × nginx |")
+    print("|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        own = "-" if "own_p99_ms" not in r else \
+            f"{r['own_p50_ms']:.2f} / {r['own_p99_ms']:.2f} (p99 bucket ≤ {r['own_p99_le_ms']:g}; n={r['own_n']:,.0f})"
+        print(f"| {name} | {r['rps_10k']:,.0f} | {r['p50_10k_ms']:.2f} / {r['p99_10k_ms']:.2f} | {own} | "
+              f"{r['big_MBps']:,.0f} ({r['big_MBps'] * 8 * 1.048576 / 1000:.2f}) | "
+              f"{r['big_MBps'] / ng['big_MBps']:.2f} |" + (" errors!" if r["errors"] else ""))
+
+
+def download_section(sc: Sidecar, www: Path, a: argparse.Namespace) -> dict:
+    print(f"  measuring {a.big_mb} MB downloads against the raw stream ceiling", file=sys.stderr)
+    dl = download_vs_ceiling(sc, sc.url + "/big.html", (www / "big.html").read_bytes(), a.seconds + 4, a.rounds)
+    print(f"\n## {a.big_mb} MB benign download, sidecar (monitor) against the raw stream ceiling "
+          f"({dl['rounds']} alternated rounds, medians)\n")
+    print("| raw Hyperscan stream scan, main + gated, no callback (this process, CPU time) | sidecar, wall (c=1) | "
+          "sidecar, MB per CPU-second of its process (kernel's share) | × ceiling (wall) | × ceiling per core |")
+    print("|---|---|---|---|---|")
+    print(f"| {dl['ceiling_MBps']:.1f} MB/s | {dl['sidecar_MBps']:.1f} MB/s | {dl['sidecar_MB_per_cpu_s']:.1f} "
+          f"({dl['kernel_share_of_cpu']:.0%} system time) | {dl['x_ceiling_wall']:.2f}x | {dl['x_ceiling_per_core']:.2f}x |")
+    return dl
+
+
+def reuse_port_section(d: Path, origin: str, a: argparse.Namespace) -> dict:
+    print(f"  measuring --reuse-port with 1..{a.procs} processes", file=sys.stderr)
+    rp = reuse_port(d, origin, "/big.html", a.seconds + 4, a.procs, a.rounds)
+    print(f"\n## --reuse-port: N sidecar processes (monitor) on one port, 8 connections of {a.big_mb} MB downloads "
+          f"({a.rounds} alternated rounds, medians)\n")
+    print("Each process has `scan_workers: 1` and is pinned to a core of its own (taskset), so one process "
+          "is one core's worth and N processes may use N cores; wrk and the nginx origin are not pinned and "
+          f"share those cores ({os.cpu_count()} on this machine).\n")
+    print("| N | aggregate MB/s | × N=1 | sidecar CPU s per process (busy share of its core), median round | "
+          "MB per sidecar CPU-second |\n|---|---|---|---|---|")
+    for n, r in rp.items():
+        print(f"| {n} | {r['MBps']:.1f} | {r['x_one']:.2f} | "
+              + ", ".join(f"{c:.1f} ({b:.0%})" for c, b in zip(r["cpu_s"], r["busy"]))
+              + f" | {r['MB_per_cpu_s']:.1f} |" + (" errors!" if r["errors"] else ""))
+    one = rp[1]["busy"][0]
+    if one < 0.8:
+        print(f"\nOne process kept its core only {one:.0%} busy: something else (other work on the machine, or "
+              "wrk and nginx on the same cores) held the CPU, so this run cannot show scaling with cores; "
+              "read the MB per CPU-second column (flat = nothing shared throttles the processes).")
+    return rp
+
+
+def trips_section(sc: Sidecar, www: Path, n: int) -> dict:
+    t = trips(sc, www, n)
+    print(f"\n## Trips ({t['n']} leaks through the enforcing sidecar)\n")
+    print("| measure | p50 ms | p99 ms |\n|---|---|---|")
+    print(f"| trip -> takedown durable (server histogram, interpolated) | {t['takedown_p50_ms']:.2f} | "
+          f"{t['takedown_p99_ms']:.2f} |")
+    print(f"| client: leak request -> 451 | {t['first_451_p50_ms']:.2f} | {t['first_451_p99_ms']:.2f} |")
+    print(f"| client: next request -> 451 (takedown enforced) | {t['next_451_p50_ms']:.2f} | "
+          f"{t['next_451_p99_ms']:.2f} |")
+    return t
 
 
 if __name__ == "__main__":

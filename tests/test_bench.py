@@ -46,3 +46,23 @@ def test_proxy_bench_reads_the_sidecars_own_quantiles_between_two_scrapes() -> N
     p99, le99 = quantile(before, after, 0.99)
     assert le50 == 0.001 and 0.0005 < p50 < 0.001
     assert le99 == 0.0025 and 0.001 < p99 <= 0.0025
+
+
+def test_exchange_memory_bench_json(tmp_path: Path) -> None:
+    """bench/exchange_memory.py: real sidecars behind a throttled nginx, N downloads in flight, a row
+    per (mode, body, tree) with the idle RSS and KiB per exchange (a tiny run: no figure asserted)."""
+    from tests.conftest import require_tool
+    require_tool("nginx")
+    out = tmp_path / "mem.json"
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "exchange_memory.py"), "--base", "none", "--n", "3",
+                        "--rounds", "1", "--bodies", "clean", "--mb", "1", "--sample-s", "0.3", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    rows = {(r["mode"], r["body"], r["tree"]) for r in doc["table"]}
+    assert rows == {(m, "clean", t) for m in ("monitor", "enforce")
+                    for t in ("this tree, compiled core", "this tree, DLP_SENSOR_PYTHON_CORE=1")}
+    for r in doc["table"]:
+        assert r["idle_mb"] > 0 and len(r["3"]["rounds"]) == 1
+        assert {"kb_per_exchange", "peak_kb_per_exchange"} <= set(r["3"])
+    assert doc["verdicts"] == []                    # no base tree, no verdict

@@ -166,3 +166,36 @@ def test_demo_runs_the_sidecar_story_and_exits_0(tmp_path):
     assert "client got 451" in out and "0 rows of the roster left" in out
     assert "download FAILED" in out and "content fingerprint" in out
     assert "again -> 451" in out and "dlp_trips_total" in out and "taken down" in out
+
+
+def test_help_lists_every_command_from_its_own_first_paragraph() -> None:
+    """``dlp-sensor --help`` lists the lazy commands from summaries kept in main.py (so that listing
+    them imports none): each summary must be its command's first help paragraph, word for word."""
+    import click
+
+    from sensor.cli.main import LazyGroup, main
+
+    ctx = click.Context(main)
+    for name, (_, _, summary) in LazyGroup.LAZY.items():
+        cmd = main.get_command(ctx, name)
+        assert cmd is not None and cmd.help is not None, name
+        assert " ".join(cmd.help.split("\n\n")[0].split()) == summary, name
+        for limit in (30, 45, 200):
+            assert click.utils.make_default_short_help(summary, limit) == cmd.get_short_help_str(limit)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["proxy", "--help"], ["takedowns", "--help"], ["config", "--help"],
+                                  ["scan", "--help"]])
+def test_help_imports_no_serving_libraries(args: list[str]) -> None:
+    """Reading the options must not pay for the serving stack (aiohttp, pydantic, prometheus_client):
+    the commands that run import it (bench/cli_start.py measures the start-up)."""
+    probe = ("import sys, runpy\n"
+             "sys.argv = ['dlp-sensor'] + sys.argv[1:]\n"
+             "try:\n"
+             "    runpy.run_module('sensor.cli.main', run_name='__main__')\n"
+             "except SystemExit as e:\n"
+             "    assert e.code in (0, None), e.code\n"
+             "print(sorted(m for m in ('aiohttp', 'pydantic', 'prometheus_client', 'pyarrow') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout

@@ -7,50 +7,29 @@ import asyncio
 import gzip
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 
 import aiohttp
 import pytest
 
 from sensor import synth
-from sensor.config import Config, with_overrides
 from sensor.exchange import workers
 from sensor.exchange.session import FORWARD, ExchangeSession
-from sensor.runtime import Sensor, build_detector
+from sensor.runtime import Sensor
 from tests.conftest import scan_bytes, zip_bytes
 from tests.procs import Sidecar, Upstream
+from tests.sensors import detector, sensor_fixture  # noqa: F401  (detector: a fixture)
 from tests.test_proxy import _wait
 
 K = 1 << 10
 DENSE = synth.breach_csv(20_000)                 # ~2 MB of breach CSV: one chunk takes a while to scan
+
+make = sensor_fixture(mode="monitor")     # every pool test scans in monitor unless it says so
 
 
 def counts(r) -> dict:
     """What must not depend on threads or scheduling (not timings)."""
     j = r.to_json()
     return {k: j[k] for k in ("verdict", "records", "strong_records", "person_records", "findings", "notes")}
-
-
-@pytest.fixture(scope="module")
-def detector():
-    return build_detector(Config())
-
-
-@pytest.fixture
-def make(tmp_path, detector):
-    made: list[Sensor] = []
-
-    def sensor(scan_workers: int | None = None, mode: str = "monitor") -> Sensor:
-        c = with_overrides(Config(), state_dir=str(tmp_path / f"state{len(made)}"))
-        c = replace(c, sinks=[], scan_workers=scan_workers, proxy=replace(c.proxy, mode=mode))
-        s = Sensor(c, detector)
-        made.append(s)
-        return s
-    yield sensor
-    for s in made:
-        s.ledger.close()
-        s.registry.close()
-        s.spool.close()
 
 
 def session(s: Sensor, path: str = "/exports/x.csv") -> ExchangeSession:

@@ -16,35 +16,14 @@ from sensor.enforce.resource import resource_of
 from sensor.exchange.session import CUT, FORWARD, HOLD, REFUSE, ExchangeSession, Step
 from sensor.runtime import Sensor, build_detector
 from tests.conftest import zip_bytes
+from tests.sensors import detector, sensor_fixture  # noqa: F401  (detector: a fixture)
 
 HOST = "site.example"
 K = 1 << 10
 LEAK = synth.breach_csv(60)                     # 60 people with licence numbers: trips (>= 10 strong records)
 BENIGN = synth.benign_web(512 << 10)[: 512 << 10]
 
-
-@pytest.fixture(scope="module")
-def detector():
-    return build_detector(Config())
-
-
-@pytest.fixture
-def make(tmp_path, detector):
-    """A Sensor on a fresh state dir; ``proxy`` keys override the proxy section."""
-    made: list[Sensor] = []
-
-    def sensor(**proxy) -> Sensor:
-        c = with_overrides(Config(), state_dir=str(tmp_path / f"state{len(made)}"))
-        c.sinks = []
-        c.proxy = replace(c.proxy, **proxy)
-        s = Sensor(c, detector)
-        made.append(s)
-        return s
-    yield sensor
-    for s in made:
-        s.ledger.close()
-        s.registry.close()
-        s.spool.close()
+make = sensor_fixture()
 
 
 def open_session(sensor: Sensor, path: str = "/exports/x.csv", *, peer: str = "10.0.0.1", tap: str = "proxy",

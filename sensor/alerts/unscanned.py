@@ -30,7 +30,7 @@ from sensor.alerts.schema import AlertContext, build_alert, incident_id
 from sensor.detect.scanner import ScanResult
 
 if TYPE_CHECKING:
-    from sensor.runtime import Sensor
+    from sensor.enforce.parts import AlertingState
 
 WINDOW = 60.0                       # seconds an episode's follow-up exchanges are folded into one alert
 REASONS = {"overload": "the scanner was saturated",
@@ -55,7 +55,7 @@ class _Window:
 class UnscannedAlerts:
     """Per reason, one alert at once and then one per :data:`WINDOW` with the count (module docstring)."""
 
-    def __init__(self, sensor: "Sensor", window: float = WINDOW):
+    def __init__(self, sensor: "AlertingState", window: float = WINDOW):
         self.sensor = sensor
         self.window = window
         self._open: dict[str, _Window] = {}

@@ -6,8 +6,6 @@ from pathlib import Path
 import click
 import orjson
 
-from sensor.config import ConfigError, load_config
-
 
 class ConfigProblem(click.ClickException):
     """A file the sensor would refuse at start-up: exit 2, the key named, no traceback."""
@@ -34,6 +32,7 @@ def schema() -> None:
                    "names, do not load the signature packs and policy. For a config rendered away from its host.")
 def check(file: str, offline: bool) -> None:
     """Validate FILE as the sensor would at start-up: exit 0 if it would start, 2 (with the key) if not."""
+    from sensor.config import ConfigError, load_config      # here: pydantic is for the commands that run
     try:
         cfg = load_config(Path(file), resolve=not offline)
     except ConfigError as e:

@@ -131,24 +131,35 @@ def scan_files(files: list[tuple[str, str | None]], jobs: int, *job) -> Iterator
 
 
 class LazyGroup(click.Group):
-    """Commands defined in other modules are imported only when they run (or ``--help`` lists them).
+    """Commands defined in other modules are imported only when they run or their own ``--help`` is asked.
 
-    Why: the serving commands pull in aiohttp, the alert sinks and the stores; ``scan`` — run once per
-    CI job or per file in a pre-publication hook — needs none of it and starts faster without. The
-    optional extras (Kafka, gRPC) are imported later still, by the code paths that use them.
+    Why: the serving commands pull in aiohttp, pydantic, the alert sinks and the stores; ``scan`` — run
+    once per CI job or per file in a pre-publication hook — needs none of it and starts faster without.
+    ``dlp-sensor --help`` lists every command from the summaries below, without importing any of them
+    (tests/test_cli.py checks that each summary is its command's first help paragraph). The optional
+    extras (Kafka, gRPC) are imported later still, by the code paths that use them.
     """
 
-    LAZY = {  # command name -> (module, attribute)
-        "demo": ("sensor.cli.demo", "demo"),
-        "index": ("sensor.cli.edm", "index"),
-        "proxy": ("sensor.cli.sidecar", "proxy"),
-        "icap": ("sensor.cli.sidecar", "icap"),
-        "extproc": ("sensor.cli.sidecar", "extproc"),
-        "run": ("sensor.cli.sidecar", "run"),
-        "takedowns": ("sensor.cli.sidecar", "takedowns"),
-        "report": ("sensor.cli.sidecar", "report"),
-        "worker": ("sensor.cli.sidecar", "worker"),
-        "config": ("sensor.cli.config_cmd", "config"),
+    LAZY = {  # command name -> (module, attribute, first paragraph of its help)
+        "demo": ("sensor.cli.demo", "demo",
+                 "The sidecar in front of a sample dashboard that leaks its permit roster (synthetic data)."),
+        "index": ("sensor.cli.edm", "index",
+                  "Build and check exact-data-match indexes (keyed hashes of a protected table, no raw values)."),
+        "proxy": ("sensor.cli.sidecar", "proxy", "Run the inline reverse proxy in front of a web app."),
+        "icap": ("sensor.cli.sidecar", "icap",
+                 "Run the ICAP RESPMOD server for squid or a secure web gateway (service /respmod)."),
+        "extproc": ("sensor.cli.sidecar", "extproc",
+                    "Run the Envoy ext_proc gRPC server (see deploy/envoy/envoy.yaml)."),
+        "run": ("sensor.cli.sidecar", "run",
+                "Start several taps in one process from one config file (one registry, ledger, spool, metrics)."),
+        "takedowns": ("sensor.cli.sidecar", "takedowns",
+                      "List, add and lift takedowns (on this host's registry; every sidecar sharing it obeys at once)."),
+        "report": ("sensor.cli.sidecar", "report",
+                   "The incident report: what leaked, how long, how many downloads and clients, how many records."),
+        "worker": ("sensor.cli.sidecar", "worker",
+                   "Run a faust-streaming worker that scans exchanges mirrored to Kafka (scale-out)."),
+        "config": ("sensor.cli.config_cmd", "config",
+                   "Export the configuration file's JSON Schema, or check a file against it."),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -157,9 +168,26 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in self.LAZY:
             import importlib
-            module, attr = self.LAZY[name]
+            module, attr, _ = self.LAZY[name]
             return getattr(importlib.import_module(module), attr)
         return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """click's listing, with the lazy commands' lines made from their summaries (no import)."""
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(map(len, names))
+        rows = []
+        for name in names:
+            if name in self.LAZY:
+                rows.append((name, click.utils.make_default_short_help(self.LAZY[name][2], limit)))
+                continue
+            cmd = super().get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

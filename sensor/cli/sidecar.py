@@ -1,4 +1,9 @@
-"""``dlp-sensor proxy``, ``takedowns list|add|lift`` and ``report``: running and operating the sidecar."""
+"""``dlp-sensor proxy``, ``takedowns list|add|lift`` and ``report``: running and operating the sidecar.
+
+The configuration (pydantic, and the alert sinks' aiohttp through it), the stores and the report
+are imported by the commands that run, not by this module: ``dlp-sensor proxy --help`` (or a
+shell completion) reads the options only, and starts in a third of the time.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -11,15 +16,6 @@ import orjson
 
 from sensor.cli.extras import require
 from sensor.cli.logformat import LOG_FORMATS, setup_logging
-from sensor.config import ConfigError, load_config, with_overrides
-from sensor.detect.pack import PackError
-from sensor.detect.policy import PolicyError
-from sensor.enforce.ledger import Ledger
-from sensor.enforce.registry import DISK_ERRORS, Registry, disk_fault
-from sensor.enforce.report import build_report, render_text
-from sensor.enforce.resource import rekey, resource_of_url
-from sensor.edm.indexfile import IndexFileError
-from sensor.enforce.statefiles import StateError
 
 
 class ConfigProblem(click.ClickException):
@@ -27,6 +23,7 @@ class ConfigProblem(click.ClickException):
 
 
 def _config(config_file: str | None, **flags):
+    from sensor.config import ConfigError, load_config, with_overrides
     try:
         return with_overrides(load_config(Path(config_file) if config_file else None), **flags)
     except ConfigError as e:
@@ -139,6 +136,9 @@ def worker(config_file, kafka, state_dir, metrics, log_level) -> None:
     if not cfg.kafka.bootstrap:
         raise ConfigProblem("kafka.bootstrap: required for a worker (or --kafka, or $DLP_KAFKA_BOOTSTRAP)")
     require("kafka", "dlp-sensor worker")
+    from sensor.detect.pack import PackError
+    from sensor.detect.policy import PolicyError
+    from sensor.enforce.statefiles import StateError
     from sensor.stream.worker import run_worker
     try:
         run_worker(cfg, loglevel=log_level)
@@ -151,6 +151,10 @@ def _serve(cfg, taps: tuple[str, ...], reuse_port: bool = False) -> None:
         require("extproc", "the ext_proc tap")
     if cfg.kafka.bootstrap:
         require("kafka", "kafka.bootstrap (fleet takedowns, the mirror tap)")
+    from sensor.detect.pack import PackError
+    from sensor.detect.policy import PolicyError
+    from sensor.edm.indexfile import IndexFileError
+    from sensor.enforce.statefiles import StateError
     from sensor.service import serve_forever
     try:
         asyncio.run(serve_forever(cfg, taps=taps, reuse_port=reuse_port))
@@ -174,6 +178,8 @@ def state_options(f):
     """--config and --state-dir; a state dir or database that cannot be used is a clean exit 2."""
     @functools.wraps(f)
     def wrapped(*args, **kw):
+        from sensor.enforce.registry import DISK_ERRORS, disk_fault
+        from sensor.enforce.statefiles import StateError
         try:
             return f(*args, **kw)
         except StateError as e:
@@ -197,6 +203,7 @@ def takedowns() -> None:
 @click.option("--all", "include_lifted", is_flag=True, help="Include lifted takedowns.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 def td_list(config_file, state_dir, include_lifted: bool, fmt: str) -> None:
+    from sensor.enforce.registry import Registry
     reg = Registry(_state(config_file, state_dir) / "takedowns.db")
     rows = reg.list(include_lifted=include_lifted)
     if fmt == "json":
@@ -222,6 +229,9 @@ def audited(f):
 @audited
 def td_add(config_file, state_dir, url: str, reason: str, actor: str) -> None:
     """Take URL (http://host/path, or host/path) down."""
+    from sensor.enforce.ledger import Ledger
+    from sensor.enforce.registry import Registry
+    from sensor.enforce.resource import resource_of_url
     cfg = _config(config_file, state_dir=state_dir)
     reg = Registry(cfg.state_dir / "takedowns.db")
     t = reg.add(resource_of_url(cfg, url), actor=actor, reason=reason)
@@ -237,6 +247,8 @@ def td_add(config_file, state_dir, url: str, reason: str, actor: str) -> None:
 @audited
 def td_lift(config_file, state_dir, ident: str, reason: str, actor: str) -> None:
     """Lift takedown IDENT (its number, or the resource)."""
+    from sensor.enforce.registry import Registry
+    from sensor.enforce.resource import rekey
     cfg = _config(config_file, state_dir=state_dir)
     reg = Registry(cfg.state_dir / "takedowns.db")
     which: int | str = int(ident.lstrip("#")) if ident.lstrip("#").isdigit() else ident
@@ -263,6 +275,9 @@ def td_lift(config_file, state_dir, ident: str, reason: str, actor: str) -> None
 def report(config_file, state_dir, fmt: str, out_dir: str | None, only: str | None, fleet: bool,
            rows_of: str | None = None) -> None:
     """The incident report: what leaked, how long, how many downloads and clients, how many records."""
+    from sensor.enforce.ledger import Ledger
+    from sensor.enforce.registry import Registry
+    from sensor.enforce.report import build_report, render_text
     if rows_of is not None:
         _rows_report(config_file, state_dir, rows_of, fmt)
         return
@@ -294,7 +309,9 @@ def report(config_file, state_dir, fmt: str, out_dir: str | None, only: str | No
 
 
 def _rows_report(config_file, state_dir, ident: str, fmt: str) -> None:
-    from sensor.enforce.report import render_rows
+    from sensor.enforce.ledger import Ledger
+    from sensor.enforce.registry import Registry
+    from sensor.enforce.report import build_report, render_rows
     sd = _state(config_file, state_dir)
     ledger = Ledger(sd / "ledger.db")
     rep = _only(build_report(ledger, Registry(sd / "takedowns.db")), ident, sd, config_file, state_dir)
@@ -318,6 +335,7 @@ def _key(config_file, state_dir):
 def _only(rep: dict, ident: str, sd: Path, config_file, state_dir) -> dict:
     """The text/json report narrowed to one incident (--incident)."""
     from sensor.alerts.schema import incident_id
+    from sensor.enforce.registry import Registry
     from sensor.enforce.report_html import matches
     key, _ = _key(config_file, state_dir)
     tds = Registry(sd / "takedowns.db").list(include_lifted=True)
@@ -329,6 +347,8 @@ def _only(rep: dict, ident: str, sd: Path, config_file, state_dir) -> dict:
 
 
 def _html_report(config_file, state_dir, out_dir: str | None, only: str | None) -> None:
+    from sensor.enforce.ledger import Ledger
+    from sensor.enforce.registry import Registry
     from sensor.enforce.report_html import incident_pages
     key, cfg = _key(config_file, state_dir)
     sd = cfg.state_dir

@@ -110,12 +110,6 @@ class BodyPrint:
         return self.matched
 
     @property
-    def wants(self) -> int:
-        """Bytes the print still needs before a trip can record it (the tap may read them unsent):
-        none — a trip's print covers the bytes seen so far, whatever their number."""
-        return 0
-
-    @property
     def length(self) -> int:
         """The prefix a print made now covers (the bytes fed so far)."""
         return self.seen

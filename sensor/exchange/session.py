@@ -54,8 +54,8 @@ The session owns:
   meaning; the loop moves other exchanges' bytes meanwhile. A handler cancelled while a job runs
   leaves it running: :meth:`close` accounts after it. A body of at most 16 KiB as sent is scanned
   on the loop (its trip to a thread costs more); **trip → takedown first**:
-  ``await sensor.take_down(...)`` is durable before the REFUSE or CUT is answered (the
-  fingerprint's bytes are read unsent first when the tap gave a ``read_more``);
+  ``await sensor.take_down(...)`` is durable before the REFUSE or CUT is answered (the print
+  covers the bytes seen so far);
 - **failures**: a decode limit follows ``on_decode_limit`` (closed: 503 before the first byte, CUT
   after; the exchange raises an alert either way); a scanner exception follows ``on_error``
   (closed: 503 / CUT; open: the rest passes unscanned);
@@ -80,7 +80,7 @@ import logging
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, TypeVar
@@ -108,7 +108,6 @@ ACTIONS = (FORWARD, HOLD, REFUSE, CUT)
 
 UNFRAMED_MEMORY = 1 << 20     # an HTTP/1.0 client's unframed body: held in memory up to this, then on disk
 UNFRAMED_PIECE = 64 << 10     # and released in pieces this size
-READ_MORE_TIMEOUT = 1.0       # s a trip waits for the bytes its content fingerprint still needs
 
 T = TypeVar("T")
 NO_STORE = ("Cache-Control", "no-store")
@@ -225,7 +224,6 @@ class ExchangeSession:
         self.range_plan = ranges.plan(sensor.clean, enforce=self.enforce, resource=self.resource,
                                       target=self.range_key, headers=headers)
         self.validator: str | None = None               # the response's (a clean 200 fills sensor.clean)
-        self.read_more: Callable[[int], Awaitable[bytes]] | None = None
         # the body
         self.exchange: Exchange | None = None
         self.scan: BodyScan | None = None
@@ -290,17 +288,14 @@ class ExchangeSession:
         return True
 
     def on_response(self, status: int, headers: Mapping[str, str], *, content_length: int | None = None,
-                    has_body: bool = True, holdback_cap: int | None = None,
-                    read_more: Callable[[int], Awaitable[bytes]] | None = None) -> Step:
+                    has_body: bool = True, holdback_cap: int | None = None) -> Step:
         """The response head. ``content_length``: the body's length when the tap knows it ends
         there (then the last read is judged before it leaves; without it the lookahead applies);
-        ``holdback_cap``: the most the tap's protocol lets it hold (ICAP's echo); ``read_more(n)``:
-        reads up to ``n`` more body bytes without sending them (fills a tripped body's fingerprint)."""
+        ``holdback_cap``: the most the tap's protocol lets it hold (ICAP's echo)."""
         s = self.sensor
         h = _lower(headers)
         ctx = self.ctx
         ctx.status = status
-        self.read_more = read_more
         ctx.partial = status == 206                     # only the range that was sent is scanned
         if ctx.partial:
             s.metrics.partial.inc()
@@ -585,16 +580,7 @@ class ExchangeSession:
 
     # -- stopping -----------------------------------------------------------------------------
     async def _trip(self) -> Step:
-        """An enforced trip: fill the fingerprint (unsent), take down — durably — then refuse or cut."""
-        if self.read_more is not None:
-            try:
-                while self.print.wants > 0:
-                    more = await asyncio.wait_for(self.read_more(self.print.wants), READ_MORE_TIMEOUT)
-                    if not more:
-                        break
-                    self.print.feed(more)
-            except Exception:                           # the upstream failed: take down with what there is
-                pass
+        """An enforced trip: take down — durably, with the print of the bytes seen — then refuse or cut."""
         assert self.tripped_at is not None
         if self.result is None and self.scan is not None:
             self.result = await self._off(self.scan.finish)     # the scan stops at a trip: its counts go with the takedown

@@ -321,7 +321,7 @@ class Worker:
     async def _maybe_take_down(self, xid: str, st: Open, *, final: bool = False, reason: str | None = None) -> None:
         """Publish the takedown once the trip is seen and the content fingerprint is known (or the body ended).
         Awaited at once, not with the batch: every sidecar should refuse the resource within the second."""
-        if st.tripped_at is None or st.takedown_sent or (st.print.wants > 0 and not final):
+        if st.tripped_at is None or st.takedown_sent:
             return
         resource = st.meta["resource"]
         fut = await self._send(self.t_takedowns, resource.encode(), takedown_record(

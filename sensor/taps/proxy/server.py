@@ -145,8 +145,7 @@ class Proxy:
             resp.content_length = up.content_length
         has_body = request.method != "HEAD" and up.status not in (204, 304) and not 100 <= up.status < 200
         try:
-            step = session.on_response(up.status, up.headers, content_length=up.content_length, has_body=has_body,
-                                       read_more=up.content.read)
+            step = session.on_response(up.status, up.headers, content_length=up.content_length, has_body=has_body)
             if (answer := await self._apply(request, resp, step)) is not None:
                 return answer, step.reason, False
             it = up.content.iter_chunked(CHUNK if session.enforce else MONITOR_CHUNK) if has_body else _empty()
