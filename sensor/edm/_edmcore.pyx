@@ -259,8 +259,6 @@ cdef Py_ssize_t _n_address(const unsigned char *s, Py_ssize_t n, unsigned char *
     cdef Py_ssize_t i = 0, e, ts, w = 0
     cdef int nt = 0
     cdef const char *sub
-    cdef const char *v
-    cdef unsigned char c
     if not _is_ascii(s, n):
         return -2
     while i < n and (s[i] == 32 or 9 <= s[i] <= 13 or 28 <= s[i] <= 31):
@@ -270,15 +268,14 @@ cdef Py_ssize_t _n_address(const unsigned char *s, Py_ssize_t n, unsigned char *
     e = i
     while e < n and s[e] != 44:                 # split(b",", 1)[0]
         e += 1
-    for ts in range(i, e):                      # translate: upper case, separators -> 0
-        c = s[ts]
-        tmp[ts] = 0 if _addr_sep(c) else _up(c)
+    for ts in range(i, e):                      # translate: upper case (a NUL byte is a letter here)
+        tmp[ts] = _up(s[ts])
     while i < e:
-        if tmp[i] == 0:
+        if _addr_sep(tmp[i]):
             i += 1
             continue
         ts = i
-        while i < e and tmp[i] != 0:
+        while i < e and not _addr_sep(tmp[i]):
             i += 1
         # token tmp[ts:i]
         if nt == 0:
@@ -375,6 +372,27 @@ cdef Py_ssize_t _n_date(const unsigned char *s, Py_ssize_t n, unsigned char *out
 
 
 # -- growable scratch ------------------------------------------------------------------------------
+def normalise_c(int code, bytes raw):
+    """The C normaliser ``code`` (0 identifier, 1 address, 2 name, 3 date) on ``raw``: canonical
+    bytes, None (not a value of the kind) or NotImplemented (left to the Python normaliser)."""
+    cdef Py_ssize_t n = len(raw), r = -2
+    cdef bytearray out = bytearray(2 * n + 64)
+    cdef bytearray tmp = bytearray(n + 1)
+    cdef const unsigned char *s = <const unsigned char *>PyBytes_AS_STRING(raw)
+    cdef unsigned char *o = <unsigned char *>(<char *>out)
+    if code == N_IDENT:
+        r = _n_ident(s, n, o)
+    elif code == N_NAME:
+        r = _n_name(s, n, o)
+    elif code == N_ADDRESS:
+        r = _n_address(s, n, o, <unsigned char *>(<char *>tmp))
+    elif code == N_DATE:
+        r = _n_date(s, n, o)
+    if r == -2:
+        return NotImplemented
+    return None if r < 0 else bytes(out[:r])
+
+
 cdef struct Buf:
     void *p
     Py_ssize_t cap
@@ -877,6 +895,26 @@ cdef class Matcher:
             c += 1
         self._counts[name] = c
         return 0
+
+    def probe(self, int x, str kind, bytes raw):
+        """(canonical bytes, keyed hash) of one value under index ``x``, or (None, None) when it is
+        not a value of the kind: the tests hold both to the Python normaliser and Hasher."""
+        cdef const unsigned char *cp
+        cdef Py_ssize_t cl
+        cdef int j
+        cdef KField *f
+        if not 0 <= x < self.plan.nix or kind not in self.plan.kind_slot:
+            raise KeyError(kind)
+        j = self.plan.ix[x].fmap[<int>self.plan.kind_slot[kind]]
+        if j < 0:
+            raise KeyError(kind)
+        f = &self.plan.ix[x].f[j]
+        cl = self._canon(f.norm, f.kind, <const unsigned char *>PyBytes_AS_STRING(raw), len(raw), &cp)
+        if cl < 0:
+            return None, None
+        out = (<char *>cp)[:cl]
+        self._hold = []
+        return out, _hmac(&f.inner, &self.plan.ix[x].outer, <const unsigned char *>PyBytes_AS_STRING(out), cl)
 
     def flush(self) -> bool:
         """Nothing is queued here (the reference batches records); for the same interface."""
