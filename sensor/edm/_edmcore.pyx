@@ -507,18 +507,6 @@ cdef class Plan:
             free(self.ix)
             self.ix = NULL
 
-    def release(self) -> None:
-        """Drop the buffer exports (the index can then be closed); the plan matches nothing after."""
-        cdef int i
-        self._keep = []
-        if self.ix != NULL:
-            for i in range(self.nix):
-                free(self.ix[i].f)
-                free(self.ix[i].fmap)
-            free(self.ix)
-            self.ix = NULL
-        self.nix = 0
-
 
 cdef class Matcher:
     """Per-scan state, the compiled twin of :class:`sensor.edm.match.EdmMatcher` (same interface).
