@@ -230,8 +230,10 @@ cdef inline bint _tok_eq(const unsigned char *t, Py_ssize_t n, const char *w) no
 cdef inline const char *_lookup_word(const unsigned char *t, Py_ssize_t n, const char **keys,
                                      const char **vals) noexcept nogil:
     cdef int i = 0
+    if n < 1 or n > 9 or not (65 <= t[0] <= 90):
+        return NULL                             # every word of the tables: 1-9 capital letters
     while keys[i] != NULL:
-        if _tok_eq(t, n, keys[i]):
+        if <unsigned char>keys[i][0] == t[0] and _tok_eq(t, n, keys[i]):
             return vals[i]
         i += 1
     return NULL
