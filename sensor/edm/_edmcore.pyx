@@ -631,27 +631,32 @@ cdef class Matcher:
         cdef bint have
         cdef Buf sw
         cdef const unsigned char *cp
-        # kinds of this index present in the record
+        # kinds of this index present in the record; the first need + 1 of them are looked up
+        # whatever the outcome (a match needs two kinds; a record of other people misses need + 1)
+        cdef int cutoff = ip.nk
         for k in range(ip.nk):
             for i in range(m):
                 if vk[i] == ip.f[k].kind:
                     left += 1
+                    if left == need + 1:
+                        cutoff = k
                     break
         if left < need:
             return False
-        # every value's keyed hash first, and its directory entry and bucket fetched ahead: the
-        # lookups below then wait on memory once, not once per value (a directory of 1 MB and
-        # hashes of 8 MB per field: each lookup is two cache misses)
+        # the values of those kinds hashed first, their directory entries and buckets fetched
+        # ahead: the lookups below then wait on memory once, not once per value (a directory of
+        # 1 MB and hashes of 8 MB per field: each lookup is two cache misses). Kinds after them
+        # are rarely reached (dates last): hashed when they are
         cdef uint64_t *vh = <uint64_t *>self.vh.p
-        cdef uint64_t *vb = vh + m              # bucket start, or NONE (not a value of the kind)
+        cdef uint64_t *vb = vh + m              # bucket start, NONE (not a value of the kind), LAZY
         cdef bint ahead = _ahead
         for i in range(m):
-            if not ahead:
-                vb[i] = LAZY
-                continue
             j = ip.fmap[vk[i]]
             if j < 0:
                 vb[i] = NONE
+                continue
+            if not ahead or j > cutoff:
+                vb[i] = LAZY
                 continue
             f = &ip.f[j]
             cl = self._canon(f.norm, f.kind, vp[i], vn[i], &cp)
@@ -664,7 +669,7 @@ cdef class Matcher:
             vb[i] = <uint64_t>b
             dlp_prefetch(&f.dir[b])
         for i in range(m):
-            if ahead and vb[i] != NONE:
+            if vb[i] != NONE and vb[i] != LAZY:
                 f = &ip.f[ip.fmap[vk[i]]]
                 dlp_prefetch(&f.hs[f.dir[vb[i]]])
         for k in range(ip.nk):
