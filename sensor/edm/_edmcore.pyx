@@ -50,6 +50,7 @@ DEF N_PYTHON = 4
 DEF MAX_NAME_TOKENS = 32
 DEF NONE = 0xFFFFFFFFFFFFFFFF
 DEF LAZY = 0xFFFFFFFFFFFFFFFE
+DEF DONE = 0xFFFFFFFFFFFFFFFD
 
 
 cdef int _ahead = 1
@@ -567,7 +568,7 @@ cdef class Matcher:
         _grow(&self.vk, n * sizeof(int))
         _grow(&self.vp, n * sizeof(void *))
         _grow(&self.vn, n * sizeof(Py_ssize_t))
-        _grow(&self.vh, n * sizeof(uint64_t) * 2)
+        _grow(&self.vh, n * sizeof(uint64_t) * 4)
         cdef int *vk = <int *>self.vk.p
         cdef const unsigned char **vp = <const unsigned char **>self.vp.p
         cdef Py_ssize_t *vn = <Py_ssize_t *>self.vn.p
@@ -672,6 +673,30 @@ cdef class Matcher:
             if vb[i] != NONE and vb[i] != LAZY:
                 f = &ip.f[ip.fmap[vk[i]]]
                 dlp_prefetch(&f.hs[f.dir[vb[i]]])
+        # then each of them looked up (the buckets are on their way) and its row ids fetched ahead
+        cdef uint64_t *va = vb + m              # found: hashes[va:ve] (va == ve: a miss)
+        cdef uint64_t *ve = va + m
+        for i in range(m):
+            if vb[i] == NONE or vb[i] == LAZY:
+                continue
+            f = &ip.f[ip.fmap[vk[i]]]
+            h = vh[i]
+            b = <Py_ssize_t>vb[i]
+            vb[i] = DONE
+            lo = f.dir[b]
+            hi = f.dir[b + 1]
+            va[i] = ve[i] = 0
+            if lo >= hi:
+                continue
+            a = _lower(f.hs, lo, hi, h)
+            if a == hi or f.hs[a] != h:
+                continue
+            e = a + 1
+            while e < hi and f.hs[e] == h:
+                e += 1
+            va[i] = a
+            ve[i] = e
+            dlp_prefetch(&f.ids[a])
         for k in range(ip.nk):
             f = &ip.f[k]
             nv = 0
@@ -689,32 +714,27 @@ cdef class Matcher:
             for i in range(m):
                 if vk[i] != f.kind or vb[i] == NONE:
                     continue
-                if vb[i] == LAZY:
+                if vb[i] == DONE:
+                    a = <Py_ssize_t>va[i]
+                    e = <Py_ssize_t>ve[i]
+                    if a == e:
+                        continue
+                else:                           # LAZY: hashed and looked up now
                     cl = self._canon(f.norm, f.kind, vp[i], vn[i], &cp)
                     if cl < 0:
                         continue
                     h = _hmac(&f.inner, &ip.outer, cp, cl)
                     b = <Py_ssize_t>(h >> f.shift) if f.shift < 64 else 0
-                else:
-                    h = vh[i]
-                    b = <Py_ssize_t>vb[i]
-                lo = f.dir[b]
-                hi = f.dir[b + 1]
-                if lo >= hi:
-                    continue
-                a = lo                          # lower bound of h in hs[lo:hi]
-                e = hi
-                while a < e:
-                    j = (a + e) >> 1
-                    if f.hs[j] < h:
-                        a = j + 1
-                    else:
-                        e = j
-                if a == hi or f.hs[a] != h:
-                    continue
-                e = a + 1
-                while e < hi and f.hs[e] == h:
-                    e += 1
+                    lo = f.dir[b]
+                    hi = f.dir[b + 1]
+                    if lo >= hi:
+                        continue
+                    a = _lower(f.hs, lo, hi, h)
+                    if a == hi or f.hs[a] != h:
+                        continue
+                    e = a + 1
+                    while e < hi and f.hs[e] == h:
+                        e += 1
                 rp = f.ids + a
                 nr = e - a
                 if not have:
@@ -939,6 +959,18 @@ cdef class Matcher:
             if ix.alert > 0 and n >= ix.alert:
                 v = "alert"
         return v
+
+
+cdef inline Py_ssize_t _lower(const uint64_t *hs, Py_ssize_t lo, Py_ssize_t hi, uint64_t h) noexcept nogil:
+    """The first position in hs[lo:hi] whose hash is >= h (bisect_left)."""
+    cdef Py_ssize_t j
+    while lo < hi:
+        j = (lo + hi) >> 1
+        if hs[j] < h:
+            lo = j + 1
+        else:
+            hi = j
+    return lo
 
 
 cdef inline bint _bsearch(const uint32_t *a, Py_ssize_t n, uint32_t r) noexcept nogil:
