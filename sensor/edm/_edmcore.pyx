@@ -28,6 +28,8 @@ from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy, memcmp, memset
 from libc.stdint cimport uint64_t, uint32_t
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_Check
+from cpython.object cimport PyObject
+from cpython.tuple cimport PyTuple_Check, PyTuple_GET_SIZE, PyTuple_GET_ITEM
 
 cdef extern from "openssl/sha.h":
     ctypedef struct SHA256_CTX:
@@ -55,6 +57,7 @@ DEF MAX_NAME_TOKENS = 32
 DEF NONE = 0xFFFFFFFFFFFFFFFF
 DEF LAZY = 0xFFFFFFFFFFFFFFFE
 DEF DONE = 0xFFFFFFFFFFFFFFFD
+DEF KIND_CACHE = 32
 
 
 cdef int _ahead = 1
@@ -527,6 +530,10 @@ cdef class Matcher:
     cdef list _hold                  # Python-normalised values of the current record (kept alive)
     cdef Py_ssize_t _htcap, _htn
     cdef Py_ssize_t row_cap
+    cdef list _kobj                  # kind objects seen (held), their addresses and slots
+    cdef PyObject *_kptr[KIND_CACHE]
+    cdef int _kslot[KIND_CACHE]
+    cdef int _nk
 
     def __cinit__(self):
         memset(&self.vk, 0, sizeof(Buf))
@@ -545,6 +552,8 @@ cdef class Matcher:
     def __init__(self, edm, Plan plan, Py_ssize_t row_cap):
         self.edm = edm
         self.row_cap = row_cap
+        self._kobj = []
+        self._nk = 0
         self.plan = plan
         self._counts = {}
         self._rows = {}
@@ -581,17 +590,26 @@ cdef class Matcher:
         cdef unsigned long long seen = 0
         cdef object t, raw
         cdef const unsigned char *p
-        slots = self.plan.kind_slot
+        cdef object kind
+        cdef int c
         # distinct values per kind, in order of first appearance (the reference's by_kind)
         for i in range(n):
             t = values[i]
-            s = slots.get(t[0])
-            if s is None:
+            if PyTuple_Check(t) and PyTuple_GET_SIZE(t) == 2:
+                kind = <object>PyTuple_GET_ITEM(t, 0)
+                raw = <object>PyTuple_GET_ITEM(t, 1)
+            else:
+                kind, raw = t
+            # the scanner hands the same kind objects every time: known by identity, not hashed
+            slot = -1
+            for c in range(self._nk):
+                if <PyObject *>kind == self._kptr[c]:
+                    slot = self._kslot[c]
+                    break
+            else:
+                slot = self._learn(kind)
+            if slot < 0 or not PyBytes_Check(raw):
                 continue
-            raw = t[1]
-            if not PyBytes_Check(raw):
-                continue
-            slot = s
             p = <const unsigned char *>PyBytes_AS_STRING(raw)
             ln = PyBytes_GET_SIZE(raw)
             for j in range(m):
@@ -617,6 +635,17 @@ cdef class Matcher:
                 hit = True
         self._hold = []
         return hit
+
+    cdef int _learn(self, object kind) except -2:
+        """The slot of a kind not seen by identity yet (-1: no index holds it); remembered."""
+        v = self.plan.kind_slot.get(kind)
+        cdef int slot = -1 if v is None else <int>v
+        if self._nk < KIND_CACHE:
+            self._kobj.append(kind)
+            self._kptr[self._nk] = <PyObject *>kind
+            self._kslot[self._nk] = slot
+            self._nk += 1
+        return slot
 
     cdef bint _one(self, int x, int *vk, const unsigned char **vp, Py_ssize_t *vn, Py_ssize_t m) except -1:
         cdef IPlan *ip = &self.plan.ix[x]
