@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import http.client
+import os
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -268,3 +272,69 @@ def test_the_switch_interval_the_process_set_is_restored_after_the_scans():
         assert sys.getswitchinterval() == pytest.approx(0.0005)
     finally:
         sys.setswitchinterval(old)
+
+
+# -- scan threads yield the CPU to the event loop (scan_nice) -------------------------------------------
+
+def _nice_here() -> int:
+    """The calling thread's nice value (Linux: per thread)."""
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+async def test_scan_threads_run_below_the_loops_priority(make):
+    """By default every scan thread runs ``scan_nice`` (10) steps below the event loop's thread, so
+    a loop woken by a socket pre-empts a scan; the loop's own priority is untouched."""
+    s = make()
+    assert s.config.scan_nice == 10
+    ses = session(s)
+    loop_nice = _nice_here()
+    await ses.feed(DENSE)                           # past the inline size: scan jobs go to the pool
+    assert await ses._off(_nice_here) == min(19, loop_nice + 10)   # the thread a scan job runs on
+    assert _nice_here() == loop_nice
+    end = await ses.end()
+    assert end.action == FORWARD and ses.result is not None and ses.result.records == 20_000
+    ses.close(True)
+
+
+async def test_scan_nice_0_keeps_the_loops_priority(make):
+    s = make()
+    s.config = replace(s.config, scan_nice=0)
+    ses = session(s)
+    await ses.feed(DENSE)
+    assert await ses._off(_nice_here) == _nice_here()
+    ses.close(True)
+
+
+def test_scan_nice_is_read_from_the_file_and_checked(tmp_path):
+    from sensor.config import ConfigError, load_config
+    f = tmp_path / "c.yaml"
+    f.write_text("scan_nice: 5\nevent_loop: uvloop\n")
+    c = load_config(f)
+    assert (c.scan_nice, c.event_loop) == (5, "uvloop")
+    for bad in ("scan_nice: 20\n", "scan_nice: -1\n", "event_loop: trio\n"):
+        f.write_text(bad)
+        with pytest.raises(ConfigError, match=bad.split(":")[0]):
+            load_config(f)
+
+
+def test_a_sidecar_on_uvloop_relays_and_scans(site, tmp_path):
+    """``event_loop: uvloop``: the sidecar really runs on libuv, relays a clean body whole, counts a
+    monitored leak, and cuts or refuses an enforced one."""
+    import urllib.error
+    import urllib.request
+    sc = Sidecar.create(tmp_path / "sc", site.url, {
+        "event_loop": "uvloop", "proxy": {"routes": [{"match": "/mon/*", "mode": "monitor"}]}}).start()
+    try:
+        assert sc.proc is not None and "uvloop/loop" in Path(f"/proc/{sc.proc.pid}/maps").read_text()
+        benign = (site.root / "mon" / "benign.html").read_bytes()
+        assert urllib.request.urlopen(sc.url + "/mon/benign.html", timeout=30).read() == benign
+        leak = (site.root / "mon" / "leak-4000.csv").read_bytes()
+        assert urllib.request.urlopen(sc.url + "/mon/leak-4000.csv", timeout=30).read() == leak
+        _wait(lambda: any(a["url"]["path"] == "/mon/leak-4000.csv" for a in sc.alerts()), timeout=30)
+        with pytest.raises((urllib.error.HTTPError, ConnectionError, http.client.IncompleteRead)) as e:
+            urllib.request.urlopen(sc.url + "/enf/0-leak-4000.csv", timeout=30).read()
+        if isinstance(e.value, urllib.error.HTTPError):
+            assert e.value.code == 451
+        assert "Traceback" not in sc.log()
+    finally:
+        sc.stop()

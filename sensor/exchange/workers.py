@@ -12,12 +12,22 @@ each time it wants the GIL back, i.e. after every socket call: a 10 KiB proxied 
 dozen of those. While scans run, the switch interval is lowered to :data:`SCAN_SWITCH_INTERVAL`
 (bench/latency.py measures the effect) and restored when the last one ends.
 
+What the scheduler costs: on a host with two cores a dense scan keeps one core busy, and the event
+loop shares the other with the load balancer, the upstream and the clients. At equal priority
+the kernel lets a woken loop thread wait behind a running scan thread (bench/latency.py: the
+10 KiB p99 stayed near 8 ms with a scan that holds no GIL at all). Scan threads therefore run at
+a lower CPU priority than the loop (``scan_nice``, added to the process's nice value for each
+pool thread when it starts): a woken loop pre-empts them at once, and a scan still gets every
+cycle nobody else wants. A scan never waits for the loop to be idle for long, because the loop
+only moves bytes: scans slow down under load rather than the loop answering late.
+
 Order: a session submits one job at a time and awaits it (see ExchangeSession._off), so the
 chunks of one exchange are scanned in order, one at a time, possibly on different threads: every
 Hyperscan call takes the calling thread's scratch (sensor.detect.scratch).
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -27,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger("dlp_sensor.workers")
 
 # Seconds. 5 ms (CPython's default) lets a busy scan thread keep the loop waiting ~5 ms per socket
 # call; bench/latency.py compares values in one run. Overridable for that bench only.
@@ -36,7 +47,10 @@ SCAN_SWITCH_INTERVAL = float(os.environ.get("DLP_SCAN_SWITCH_INTERVAL", "0.0002"
 # thread and back costs more than scanning it. bench/latency.py compares values in one run.
 INLINE_BYTES = int(os.environ.get("DLP_SCAN_INLINE_BYTES", str(16 << 10)))
 
-_POOLS: dict[int, ThreadPoolExecutor] = {}
+# Overrides ``scan_nice`` with "idle" (SCHED_IDLE) for bench/latency.py's comparison only.
+SCAN_SCHED = os.environ.get("DLP_SCAN_SCHED", "")
+
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 _LOCK = threading.Lock()
 _running = 0
 _default_switch = sys.getswitchinterval()    # the process's, as it was when the first scan started
@@ -55,17 +69,44 @@ def size_of(setting: int | None) -> int:
     return cores() if setting is None else setting
 
 
-def pool(setting: int | None) -> ThreadPoolExecutor | None:
-    """The process's pool for ``scan_workers`` (shared by every exchange and tap), or None when
-    scans run on the event loop. A reload to another size makes a new pool for new exchanges; the
-    old one's threads stay idle."""
+def lower_priority(nice: int) -> None:
+    """Lower the calling thread's CPU priority by ``nice`` (Linux: nice values are per thread).
+    Runs once in each pool thread as it starts. Raising it back needs a privilege, so a pool
+    keeps its threads' priority for life (a reload to another value makes a new pool).
+    A refusal (no such call on this platform, a seccomp policy) is logged once: the scans then
+    run at the loop's priority, which is slower for the loop but not wrong."""
+    if nice <= 0 and SCAN_SCHED != "idle":
+        return
+    try:
+        tid = threading.get_native_id()
+        if SCAN_SCHED == "idle":
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        else:
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except (AttributeError, OSError) as e:
+        global _warned
+        if not _warned:
+            _warned = True
+            log.warning("scan threads run at the event loop's priority (scan_nice not applied: %s)",
+                        type(e).__name__)
+
+
+_warned = False
+
+
+def pool(setting: int | None, nice: int = 0) -> ThreadPoolExecutor | None:
+    """The process's pool for ``scan_workers`` (shared by every exchange and tap), its threads
+    ``nice`` steps below the loop's priority, or None when scans run on the event loop. A reload
+    to another size or priority makes a new pool for new exchanges; the old one's threads stay
+    idle."""
     n = size_of(setting)
     if n <= 0:
         return None
     with _LOCK:
-        p = _POOLS.get(n)
+        p = _POOLS.get((n, nice))
         if p is None:
-            p = _POOLS[n] = ThreadPoolExecutor(n, thread_name_prefix="dlp-scan")
+            p = _POOLS[(n, nice)] = ThreadPoolExecutor(n, thread_name_prefix="dlp-scan",
+                                                       initializer=lower_priority, initargs=(nice,))
         return p
 
 
