@@ -6,9 +6,11 @@ monitoring proxy sidecar per configuration:
 - ``origin direct``: wrk against nginx itself, no sidecar: the floor of this machine and client
   (on a machine shared with other work this floor is far from zero; read the rows against it);
 - ``loop``: ``scan_workers: 0``, every scan on the event loop (the behaviour before issue 19);
+- ``pool, scan_nice 0, whole chunks``: the pool as it was before ``scan_nice`` and slices (each
+  256 KiB chunk in one scanner call, ``DLP_SCAN_PIECE_BYTES``; sensor.exchange.workers);
 - ``pool, scan_nice N``: ``scan_workers`` unset (one thread per core), the scan threads ``N`` nice
-  steps below the event loop (0: the same priority, as before ``scan_nice``; ``idle``: SCHED_IDLE,
-  ``DLP_SCAN_SCHED=idle``);
+  steps below the event loop (0: the same priority; ``idle``: SCHED_IDLE, ``DLP_SCAN_SCHED=idle``),
+  each chunk written to the scanner in 64 KiB slices;
 - ``…, uvloop``: ``event_loop: uvloop``;
 - ``stand-in, …``: the pool, with the scanner's per-chunk work replaced (in the sidecar process
   only, by :data:`STANDIN`) by a raw Hyperscan stream scan of the same database without a
@@ -138,7 +140,7 @@ def measure(url: str, seconds: int, leak: str | None, pid: int | None = None) ->
             "leak_MBps": statistics.median(d.rates) if d.rates else float("nan"), "cpu_us": None}
 
 
-def loop_lag(leak: bytes, scan_workers: int, switch: float, nice: int = 10) -> dict:
+def loop_lag(leak: bytes, scan_workers: int, switch: float, nice: int = 10, piece: int = 64 << 10) -> dict:
     """The event loop's lag (ms between a ticker's turns, meant to be 0.5) while one monitoring
     session scans ``leak`` (in the pool, or on the loop with ``scan_workers`` 0)."""
     import asyncio
@@ -150,6 +152,7 @@ def loop_lag(leak: bytes, scan_workers: int, switch: float, nice: int = 10) -> d
     from sensor.runtime import Sensor, build_detector
 
     workers.SCAN_SWITCH_INTERVAL = switch
+    workers.SCAN_PIECE = piece
     state = Path(tempfile.mkdtemp(prefix="dlp-lag-"))
     c = with_overrides(Config(), state_dir=str(state))
     c = replace(c, sinks=[], metrics=None, admin=None, scan_workers=scan_workers, scan_nice=nice,
@@ -199,12 +202,15 @@ def loop_lag(leak: bytes, scan_workers: int, switch: float, nice: int = 10) -> d
 
 
 def lag_table(leak: bytes, rounds: int) -> dict:
-    cells = {"on the loop (scan_workers: 0)": (0, 0), "pool, scan_nice 0": (None, 0),
-             "pool, scan_nice 10": (None, 10)}
+    whole = 1 << 30                             # no slicing: each 256 KiB chunk in one scanner call
+    cells = {"on the loop (scan_workers: 0)": (0, 0, whole), "pool, scan_nice 0, whole chunks": (None, 0, whole),
+             "pool, scan_nice 10, whole chunks": (None, 10, whole),
+             "pool, scan_nice 10, 64 KiB slices": (None, 10, 64 << 10),
+             "pool, scan_nice 10, 16 KiB slices": (None, 10, 16 << 10)}
     runs: dict[str, list[dict]] = {n: [] for n in cells}
     for _ in range(rounds):
-        for name, (n, nice) in cells.items():
-            runs[name].append(loop_lag(leak, n, 0.0002, nice))
+        for name, (n, nice, piece) in cells.items():
+            runs[name].append(loop_lag(leak, n, 0.0002, nice, piece))
     med = {n: {k: statistics.median(r[k] for r in v) for k in v[0]} for n, v in runs.items()}
     print(f"\n## The event loop's lag while one session scans the {len(leak) / 2**20:.1f} MB dense leak "
           f"(in process, median of {rounds})\n")
@@ -223,7 +229,10 @@ def configurations(a: argparse.Namespace) -> dict[str, tuple[dict, dict[str, str
         if v == "idle":
             return "SCHED_IDLE", {}, {"DLP_SCAN_SCHED": "idle"}
         return f"scan_nice {v}", {"scan_nice": int(v)}, {}
-    out: dict[str, tuple[dict, dict[str, str], bool]] = {"loop (scan_workers: 0)": ({"scan_workers": 0}, {}, False)}
+    out: dict[str, tuple[dict, dict[str, str], bool]] = {
+        "loop (scan_workers: 0)": ({"scan_workers": 0}, {}, False),
+        # session 12's pool: scans at the loop's priority, each chunk in one scanner call
+        "pool, scan_nice 0, whole chunks": ({"scan_nice": 0}, {"DLP_SCAN_PIECE_BYTES": str(1 << 30)}, False)}
     levels = [nice(v) for v in a.nice.split(",")]
     for label, conf, env in levels:
         out[f"pool, {label}"] = (conf, env, False)
@@ -284,7 +293,7 @@ def main() -> None:
         wait_http(origin + "/10k.html")
         for i, (name, (conf, knobs, standin)) in enumerate(configs.items()):
             env = os.environ.copy()
-            for k in ("DLP_SCAN_SWITCH_INTERVAL", "DLP_SCAN_INLINE_BYTES", "DLP_SCAN_SCHED"):
+            for k in ("DLP_SCAN_SWITCH_INTERVAL", "DLP_SCAN_INLINE_BYTES", "DLP_SCAN_SCHED", "DLP_SCAN_PIECE_BYTES"):
                 os.environ.pop(k, None)
             os.environ.update(knobs)
             try:

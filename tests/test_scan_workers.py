@@ -338,3 +338,40 @@ def test_a_sidecar_on_uvloop_relays_and_scans(site, tmp_path):
         assert "Traceback" not in sc.log()
     finally:
         sc.stop()
+
+
+async def test_a_chunk_scanned_in_slices_finds_what_the_whole_chunk_does(make, monkeypatch):
+    """A scan job writes its chunk in slices (``workers.SCAN_PIECE``: how long compiled code may
+    keep the loop waiting for the GIL): records cut across slices are found and counted as in one
+    call (monitor), and an enforce route trips and refuses the same (its counts are those up to the
+    trip, where a scan that stops at a trip stops: chunking-dependent by design)."""
+    body = synth.benign_web(40 * K)[: 40 * K] + synth.breach_csv(3000, seed=5) + b"tail,no newline"
+    results = {}
+    for mode in ("monitor", "enforce"):
+        for piece in (1 << 30, 4999):
+            monkeypatch.setattr(workers, "SCAN_PIECE", piece)
+            ses = session(make(mode=mode))
+            for i in range(0, len(body), 256 * K):
+                if (await ses.feed(body[i:i + 256 * K])).stops:
+                    break
+            else:
+                await ses.end()
+            ses.close(True)
+            assert ses.result is not None
+            c = counts(ses.result)
+            results[mode, piece] = (c if mode == "monitor" else c["verdict"], ses.ctx.bytes_sent,
+                                    ses.stopped and ses.stopped.status)
+        assert results[mode, 4999] == results[mode, 1 << 30]
+    assert results["monitor", 4999][0]["verdict"] == "trip" and results["monitor", 4999][1] == len(body)
+    assert results["enforce", 4999] == ("trip", 0, 451)
+
+
+def test_in_pieces_calls_in_order_and_returns_the_last_value():
+    seen: list[bytes] = []
+
+    def write(b: bytes) -> int:
+        seen.append(b)
+        return len(seen)
+    assert workers.in_pieces(write, b"abcdefghij", 4) == 3 and seen == [b"abcd", b"efgh", b"ij"]
+    seen.clear()
+    assert workers.in_pieces(write, b"abc", 4) == 1 and seen == [b"abc"]

@@ -449,7 +449,7 @@ class ExchangeSession:
     async def _write(self, chunk: bytes) -> str:
         assert self.scan is not None
         try:
-            return await self._off(self.scan.write, chunk)
+            return await self._off(workers.in_pieces, self.scan.write, chunk)
         except Exception:
             return self._scan_failed("internal")
 

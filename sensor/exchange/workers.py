@@ -50,6 +50,12 @@ INLINE_BYTES = int(os.environ.get("DLP_SCAN_INLINE_BYTES", str(16 << 10)))
 # Overrides ``scan_nice`` with "idle" (SCHED_IDLE) for bench/latency.py's comparison only.
 SCAN_SCHED = os.environ.get("DLP_SCAN_SCHED", "")
 
+# Bytes. A chunk handed to a scan job is written to the scanner in slices of at most this size.
+# Compiled code that holds the GIL never reaches the interpreter's switch check; between two slices
+# the thread runs Python again, where a waiting event loop gets the GIL within the switch interval.
+# The slice bounds how long one call can keep the loop waiting. bench/latency.py --lag-only compares.
+SCAN_PIECE = int(os.environ.get("DLP_SCAN_PIECE_BYTES", str(64 << 10)))
+
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 _LOCK = threading.Lock()
 _running = 0
@@ -108,6 +114,20 @@ def pool(setting: int | None, nice: int = 0) -> ThreadPoolExecutor | None:
             p = _POOLS[(n, nice)] = ThreadPoolExecutor(n, thread_name_prefix="dlp-scan",
                                                        initializer=lower_priority, initargs=(nice,))
         return p
+
+
+def in_pieces(write: Callable[[bytes], T], data: bytes, piece: int = 0) -> T:
+    """``write(data)`` as consecutive slices of at most ``piece`` bytes (:data:`SCAN_PIECE` by
+    default); the value of the last call. A scanner keeps its state across writes (streams, records
+    in progress), so slicing changes nothing it finds; its verdict after the last slice is the one
+    after the whole chunk."""
+    piece = piece or SCAN_PIECE
+    if len(data) <= piece or piece <= 0:
+        return write(data)
+    value = write(data[:piece])
+    for i in range(piece, len(data), piece):
+        value = write(data[i:i + piece])
+    return value
 
 
 def timed(fn: Callable[..., T], *args: Any) -> tuple[T, float]:
