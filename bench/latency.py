@@ -11,7 +11,7 @@ monitoring proxy sidecar per configuration:
 - ``pool, scan_nice N``: ``scan_workers`` unset (one thread per core), the scan threads ``N`` nice
   steps below the event loop (0: the same priority; ``idle``: SCHED_IDLE, ``DLP_SCAN_SCHED=idle``),
   each chunk written to the scanner in 64 KiB slices;
-- ``…, uvloop``: ``event_loop: uvloop``;
+- ``…, uvloop`` (``--uvloop``, with uvloop installed): the taps on uvloop's event loop;
 - ``stand-in, …``: the pool, with the scanner's per-chunk work replaced (in the sidecar process
   only, by :data:`STANDIN`) by a raw Hyperscan stream scan of the same database without a
   callback, which holds no GIL: what the loop sees once the compiled core runs the whole chunk
@@ -33,7 +33,7 @@ A second table needs no network: in this process, a ticker task on the event loo
 per turn) while one monitoring session scans the dense leak in 256 KiB chunks; the gaps between
 its turns are the loop's lag.
 
-    python bench/latency.py [--seconds 6] [--rounds 3] [--leak-mb 10] [--nice 0,10] [--no-uvloop]
+    python bench/latency.py [--seconds 6] [--rounds 3] [--leak-mb 10] [--nice 0,10] [--uvloop]
                             [--no-standin] [--switch-ms 1] [--lag-only] [--json FILE]
 """
 from __future__ import annotations
@@ -76,10 +76,19 @@ sys.exit(main())
 '''
 
 
-def start_standin(sc: Sidecar, d: Path) -> Sidecar:
-    """``sc`` started as the CLI would, with the stand-in scan patched in (this process only)."""
-    script = d / "standin.py"
-    script.write_text(STANDIN)
+UVLOOP = '''
+import asyncio, sys
+import uvloop
+asyncio.run = uvloop.run               # the taps on libuv's loop
+'''
+
+
+def start_standin(sc: Sidecar, d: Path, *, standin: bool = True, uvloop: bool = False) -> Sidecar:
+    """``sc`` started as the CLI would, with the stand-in scan patched in and/or on uvloop (this
+    process only)."""
+    script = d / f"run-{int(standin)}{int(uvloop)}.py"
+    main = STANDIN[STANDIN.index("from sensor.cli.main"):]
+    script.write_text((UVLOOP if uvloop else "") + (STANDIN if standin else "import sys\n" + main))
     tmp = sc.config.parent
     sc.proc = subprocess.Popen(
         [sys.executable, str(script), "proxy", "--config", str(sc.config), "--state-dir", str(sc.state),
@@ -223,32 +232,33 @@ def lag_table(leak: bytes, rounds: int) -> dict:
 FLOOR = "origin direct (no sidecar)"
 
 
-def configurations(a: argparse.Namespace) -> dict[str, tuple[dict, dict[str, str], bool]]:
-    """name -> (config keys, environment for the sidecar, stand-in?)"""
+def configurations(a: argparse.Namespace) -> dict[str, tuple[dict, dict[str, str], str]]:
+    """name -> (config keys, environment for the sidecar, how it starts: "" (the CLI), "standin",
+    "uvloop", "standin+uvloop")"""
     def nice(v: str) -> tuple[str, dict, dict[str, str]]:
         if v == "idle":
             return "SCHED_IDLE", {}, {"DLP_SCAN_SCHED": "idle"}
         return f"scan_nice {v}", {"scan_nice": int(v)}, {}
-    out: dict[str, tuple[dict, dict[str, str], bool]] = {
-        "loop (scan_workers: 0)": ({"scan_workers": 0}, {}, False),
+    out: dict[str, tuple[dict, dict[str, str], str]] = {
+        "loop (scan_workers: 0)": ({"scan_workers": 0}, {}, ""),
         # session 12's pool: scans at the loop's priority, each chunk in one scanner call
-        "pool, scan_nice 0, whole chunks": ({"scan_nice": 0}, {"DLP_SCAN_PIECE_BYTES": str(1 << 30)}, False)}
+        "pool, scan_nice 0, whole chunks": ({"scan_nice": 0}, {"DLP_SCAN_PIECE_BYTES": str(1 << 30)}, "")}
     levels = [nice(v) for v in a.nice.split(",")]
     for label, conf, env in levels:
-        out[f"pool, {label}"] = (conf, env, False)
+        out[f"pool, {label}"] = (conf, env, "")
     for ms in filter(None, a.switch_ms.split(",")):
         label, conf, env = levels[-1]
         out[f"pool, {label}, switch {ms} ms"] = (conf, {**env, "DLP_SCAN_SWITCH_INTERVAL": str(float(ms) / 1000)},
-                                                 False)
-    if not a.no_uvloop:
+                                                 "")
+    if a.uvloop:
         label, conf, env = levels[-1]
-        out[f"pool, {label}, uvloop"] = ({**conf, "event_loop": "uvloop"}, env, False)
+        out[f"pool, {label}, uvloop"] = (conf, env, "uvloop")
     if not a.no_standin:
         for label, conf, env in levels:
-            out[f"stand-in, {label}"] = (conf, env, True)
-        if not a.no_uvloop:
+            out[f"stand-in, {label}"] = (conf, env, "standin")
+        if a.uvloop:
             label, conf, env = levels[-1]
-            out[f"stand-in, {label}, uvloop"] = ({**conf, "event_loop": "uvloop"}, env, True)
+            out[f"stand-in, {label}, uvloop"] = (conf, env, "standin+uvloop")
     return out
 
 
@@ -261,7 +271,8 @@ def main() -> None:
     ap.add_argument("--nice", default="0,10", help="scan_nice values to compare (and 'idle': SCHED_IDLE); "
                                                    "the last one also gets the uvloop and switch rows")
     ap.add_argument("--switch-ms", default="", help="extra switch intervals (ms) for pool rows")
-    ap.add_argument("--no-uvloop", action="store_true", help="leave out the uvloop rows")
+    ap.add_argument("--uvloop", action="store_true", help="add rows with the taps on uvloop (pip install uvloop: "
+                                                          "not a dependency, bench/latency.py measured no real gain)")
     ap.add_argument("--no-standin", action="store_true", help="leave out the GIL-free stand-in rows")
     ap.add_argument("--lag-only", action="store_true", help="only the in-process loop lag table")
     ap.add_argument("--json", type=Path)
@@ -291,7 +302,7 @@ def main() -> None:
         procs.append(nginx(d, "origin", op, f"root {www}; sendfile on;"))
         origin = f"http://127.0.0.1:{op}"
         wait_http(origin + "/10k.html")
-        for i, (name, (conf, knobs, standin)) in enumerate(configs.items()):
+        for i, (name, (conf, knobs, how)) in enumerate(configs.items()):
             env = os.environ.copy()
             for k in ("DLP_SCAN_SWITCH_INTERVAL", "DLP_SCAN_INLINE_BYTES", "DLP_SCAN_SCHED", "DLP_SCAN_PIECE_BYTES"):
                 os.environ.pop(k, None)
@@ -299,7 +310,8 @@ def main() -> None:
             try:
                 sc = Sidecar.create(d / f"sc{i}", origin, {
                     "proxy": {"mode": "monitor"}, "alerts": {"sinks": []}, **conf})
-                sidecars[name] = start_standin(sc, d) if standin else sc.start()
+                sidecars[name] = (start_standin(sc, d, standin="standin" in how, uvloop="uvloop" in how) if how
+                                  else sc.start())
             finally:
                 os.environ.clear()
                 os.environ.update(env)

@@ -45,7 +45,6 @@ RELOADS: dict[str, str] = {
                                                   "max_records", "max_ids", "min_response_records")},
 }
 RESTART: dict[str, str] = {
-    "event_loop": "event_loop",                                         # (h/latency) picked at start
     "sensor_id": "sensor_id", "log_format": "log_format", "state_dir": "state_dir", "start_empty": "start_empty",
     "hmac_key": "hmac_key", "metrics": "metrics", "admin": "admin.listen",
     "proxy.listen": "proxy.listen", "proxy.upstream": "proxy.upstream", "proxy.tls_cert": "proxy.tls",

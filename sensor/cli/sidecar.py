@@ -146,16 +146,6 @@ def worker(config_file, kafka, state_dir, metrics, log_level) -> None:
         raise ConfigProblem(str(e)) from None
 
 
-def _run_loop(main, kind: str) -> None:
-    """Run the taps on the configured event loop (``event_loop``): uvloop spends less of the loop's
-    CPU per request than asyncio's pure-Python loop (bench/latency.py compares them)."""
-    if kind == "uvloop":
-        import uvloop
-        uvloop.run(main)
-    else:
-        asyncio.run(main)
-
-
 def _serve(cfg, taps: tuple[str, ...], reuse_port: bool = False) -> None:
     if "extproc" in taps:
         require("extproc", "the ext_proc tap")
@@ -163,7 +153,7 @@ def _serve(cfg, taps: tuple[str, ...], reuse_port: bool = False) -> None:
         require("kafka", "kafka.bootstrap (fleet takedowns, the mirror tap)")
     from sensor.service import serve_forever
     try:
-        _run_loop(serve_forever(cfg, taps=taps, reuse_port=reuse_port), cfg.event_loop)
+        asyncio.run(serve_forever(cfg, taps=taps, reuse_port=reuse_port))
     except (PackError, PolicyError, StateError, IndexFileError) as e:
         raise ConfigProblem(str(e)) from None
     except OSError as e:

@@ -13,13 +13,18 @@ dozen of those. While scans run, the switch interval is lowered to :data:`SCAN_S
 (bench/latency.py measures the effect) and restored when the last one ends.
 
 What the scheduler costs: on a host with two cores a dense scan keeps one core busy, and the event
-loop shares the other with the load balancer, the upstream and the clients. At equal priority
-the kernel lets a woken loop thread wait behind a running scan thread (bench/latency.py: the
-10 KiB p99 stayed near 8 ms with a scan that holds no GIL at all). Scan threads therefore run at
-a lower CPU priority than the loop (``scan_nice``, added to the process's nice value for each
-pool thread when it starts): a woken loop pre-empts them at once, and a scan still gets every
-cycle nobody else wants. A scan never waits for the loop to be idle for long, because the loop
-only moves bytes: scans slow down under load rather than the loop answering late.
+loop shares the other with the load balancer, the upstream and the clients. At equal priority a
+woken loop thread can wait a scheduler slice (milliseconds) behind a running scan thread: with a
+scan that holds no GIL at all, other clients' 10 KiB p99 stayed near 8 ms (bench/latency.py's
+stand-in). Scan threads therefore run ``scan_nice`` steps below the loop (default 10: a scheduler
+weight of 110 against the loop's 1024), set on each pool thread as it starts (Linux nice values
+are per thread): a woken loop pre-empts a scan at once. The price, by design: when the cores are
+saturated, scans get what is left, so a monitored download (which moves at its scan's pace) slows
+down (bench/latency.py prints its MB/s) while the loop, which serves every other client, does not.
+
+What compiled code costs: code that holds the GIL without running Python (a compiled per-match
+loop) never reaches the interpreter's switch check, so the switch interval does not bound it; a
+scan job therefore writes its chunk to the scanner in :data:`SCAN_PIECE` slices.
 
 Order: a session submits one job at a time and awaits it (see ExchangeSession._off), so the
 chunks of one exchange are scanned in order, one at a time, possibly on different threads: every

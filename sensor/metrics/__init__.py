@@ -39,8 +39,7 @@ ON_ERROR = ("open", "closed")
 # Keys of the configuration file (by their path in the file) that a reload cannot apply: a reload
 # that changes one is refused whole (sensor/config_reload.py classifies every key); "other" is a key
 # this list does not name yet (refused too, to be safe).
-RESTART_KEYS = ("event_loop", "sensor_id", "log_format", "state_dir", "start_empty", "hmac_key", "metrics",
-                "admin.listen",
+RESTART_KEYS = ("sensor_id", "log_format", "state_dir", "start_empty", "hmac_key", "metrics", "admin.listen",
                 "proxy.listen", "proxy.upstream", "proxy.tls", "proxy.idle_timeout", "proxy.max_connections",
                 "icap.listen", "icap.max_connections", "icap.options_ttl", "icap.idle_timeout", "icap.read_timeout",
                 "extproc.listen", "kafka.bootstrap", "kafka.topic_prefix", "kafka.security_protocol",
