@@ -204,7 +204,7 @@ def loop_lag(leak: bytes, scan_workers: int, switch: float, nice: int = 10, piec
         sensor.spool.close()
         shutil.rmtree(state, ignore_errors=True)
     g = sorted(x * 1000 for x in gaps) or [secs * 1000]
-    few = len(g) < 10                   # the loop was held the whole time: only the max means something
+    few = len(g) < 20                   # the loop was held the whole time: only the max means something
     return {"p50": float("nan") if few else g[len(g) // 2],
             "p99": float("nan") if few else g[min(len(g) - 1, int(len(g) * 0.99))], "max": g[-1],
             "turns": len(g), "MBps": len(leak) / 2**20 / secs}
