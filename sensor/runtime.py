@@ -26,6 +26,7 @@ from sensor.alerts.spool import TRIP_HOLD, Spool
 from sensor.alerts.unscanned import UnscannedAlerts
 from sensor.config import Config
 from sensor.decode.limits import DecodeLimits
+from sensor.detect.core import core_for
 from sensor.detect.engine import Engine
 from sensor.detect.keys import content_fingerprint, load_key
 from sensor.detect.pack import PackError, load_pack
@@ -89,6 +90,10 @@ def build_detector(config: Config) -> Detector:
         if unknown := sorted(r.allow - known):
             raise PolicyError(f"proxy.routes[{i}].allow: unknown signature id(s) {unknown}")
     gen = hashlib.sha256((pack.digest + repr(policy) + repr(config.proxy.routes)).encode()).hexdigest()[:16]
+    # the compiled core now (~0.7 s), not in the first exchange's scanner: that runs on the event loop
+    # and stalled every other client for as long (bench/latency.py's first rounds); a reload builds
+    # its detector in a thread
+    core_for(engine)
     return Detector(engine, policy, gen)
 
 

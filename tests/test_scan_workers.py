@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import os
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
@@ -247,3 +249,82 @@ def test_the_switch_interval_the_process_set_is_restored_after_the_scans():
         assert sys.getswitchinterval() == pytest.approx(0.0005)
     finally:
         sys.setswitchinterval(old)
+
+
+# -- scan threads yield the CPU to the event loop (scan_nice) -------------------------------------------
+
+def _nice_here() -> int:
+    """The calling thread's nice value (Linux: per thread)."""
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+async def test_scan_threads_run_below_the_loops_priority(make):
+    """By default every scan thread runs ``scan_nice`` (10) steps below the event loop's thread, so
+    a loop woken by a socket pre-empts a scan; the loop's own priority is untouched."""
+    s = make()
+    assert s.config.scan_nice == 10
+    ses = session(s)
+    loop_nice = _nice_here()
+    await ses.feed(DENSE)                           # past the inline size: scan jobs go to the pool
+    assert await ses._off(_nice_here) == min(19, loop_nice + 10)   # the thread a scan job runs on
+    assert _nice_here() == loop_nice
+    end = await ses.end()
+    assert end.action == FORWARD and ses.result is not None and ses.result.records == 20_000
+    ses.close(True)
+
+
+async def test_scan_nice_0_keeps_the_loops_priority(make):
+    s = make()
+    s.config = replace(s.config, scan_nice=0)
+    ses = session(s)
+    await ses.feed(DENSE)
+    assert await ses._off(_nice_here) == _nice_here()
+    ses.close(True)
+
+
+def test_scan_nice_is_read_from_the_file_and_checked(tmp_path):
+    from sensor.config import ConfigError, load_config
+    f = tmp_path / "c.yaml"
+    f.write_text("scan_nice: 5\n")
+    assert load_config(f).scan_nice == 5
+    for bad in ("scan_nice: 20\n", "scan_nice: -1\n", "scan_nice: 2.5\n"):
+        f.write_text(bad)
+        with pytest.raises(ConfigError, match=bad.split(":")[0]):
+            load_config(f)
+
+
+async def test_a_chunk_scanned_in_slices_finds_what_the_whole_chunk_does(make, monkeypatch):
+    """A scan job writes its chunk in slices (``workers.SCAN_PIECE``: how long compiled code may
+    keep the loop waiting for the GIL): records cut across slices are found and counted as in one
+    call (monitor), and an enforce route trips and refuses the same (its counts are those up to the
+    trip, where a scan that stops at a trip stops: chunking-dependent by design)."""
+    body = synth.benign_web(40 * K)[: 40 * K] + synth.breach_csv(3000, seed=5) + b"tail,no newline"
+    results = {}
+    for mode in ("monitor", "enforce"):
+        for piece in (1 << 30, 4999):
+            monkeypatch.setattr(workers, "SCAN_PIECE", piece)
+            ses = session(make(mode=mode))
+            for i in range(0, len(body), 256 * K):
+                if (await ses.feed(body[i:i + 256 * K])).stops:
+                    break
+            else:
+                await ses.end()
+            ses.close(True)
+            assert ses.result is not None
+            c = counts(ses.result)
+            results[mode, piece] = (c if mode == "monitor" else c["verdict"], ses.ctx.bytes_sent,
+                                    ses.stopped and ses.stopped.status)
+        assert results[mode, 4999] == results[mode, 1 << 30]
+    assert results["monitor", 4999][0]["verdict"] == "trip" and results["monitor", 4999][1] == len(body)
+    assert results["enforce", 4999] == ("trip", 0, 451)
+
+
+def test_in_pieces_calls_in_order_and_returns_the_last_value():
+    seen: list[bytes] = []
+
+    def write(b: bytes) -> int:
+        seen.append(b)
+        return len(seen)
+    assert workers.in_pieces(write, b"abcdefghij", 4) == 3 and seen == [b"abcd", b"efgh", b"ij"]
+    seen.clear()
+    assert workers.in_pieces(write, b"abc", 4) == 1 and seen == [b"abc"]

@@ -252,7 +252,7 @@ class ExchangeSession:
         self.scan_s = 0.0
         self._admitted = False
         # scan work runs in the process's worker pool (None: on the loop), one job at a time
-        self.pool = workers.pool(config.scan_workers)
+        self.pool = workers.pool(config.scan_workers, config.scan_nice)
         self._busy: asyncio.Future | None = None        # the job in flight, if any (see close)
 
     # -- request and response heads -----------------------------------------------------------
@@ -444,7 +444,7 @@ class ExchangeSession:
     async def _write(self, chunk: bytes) -> str:
         assert self.scan is not None
         try:
-            return await self._off(self.scan.write, chunk)
+            return await self._off(workers.in_pieces, self.scan.write, chunk)
         except Exception:
             return self._scan_failed("internal")
 

@@ -12,12 +12,27 @@ each time it wants the GIL back, i.e. after every socket call: a 10 KiB proxied 
 dozen of those. While scans run, the switch interval is lowered to :data:`SCAN_SWITCH_INTERVAL`
 (bench/latency.py measures the effect) and restored when the last one ends.
 
+What the scheduler costs: on a host with two cores a dense scan keeps one core busy, and the event
+loop shares the other with the load balancer, the upstream and the clients. At equal priority a
+woken loop thread can wait a scheduler slice (milliseconds) behind a running scan thread: with a
+scan that holds no GIL at all, other clients' 10 KiB p99 stayed near 8 ms (bench/latency.py's
+stand-in). Scan threads therefore run ``scan_nice`` steps below the loop (default 10: a scheduler
+weight of 110 against the loop's 1024), set on each pool thread as it starts (Linux nice values
+are per thread): a woken loop pre-empts a scan at once. The price, by design: when the cores are
+saturated, scans get what is left, so a monitored download (which moves at its scan's pace) slows
+down (bench/latency.py prints its MB/s) while the loop, which serves every other client, does not.
+
+What compiled code costs: code that holds the GIL without running Python (a compiled per-match
+loop) never reaches the interpreter's switch check, so the switch interval does not bound it; a
+scan job therefore writes its chunk to the scanner in :data:`SCAN_PIECE` slices.
+
 Order: a session submits one job at a time and awaits it (see ExchangeSession._off), so the
 chunks of one exchange are scanned in order, one at a time, possibly on different threads: every
 Hyperscan call takes the calling thread's scratch (sensor.detect.scratch).
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -27,6 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger("dlp_sensor.workers")
 
 # Seconds. 5 ms (CPython's default) lets a busy scan thread keep the loop waiting ~5 ms per socket
 # call; bench/latency.py compares values in one run. Overridable for that bench only.
@@ -36,7 +52,16 @@ SCAN_SWITCH_INTERVAL = float(os.environ.get("DLP_SCAN_SWITCH_INTERVAL", "0.0002"
 # thread and back costs more than scanning it. bench/latency.py compares values in one run.
 INLINE_BYTES = int(os.environ.get("DLP_SCAN_INLINE_BYTES", str(16 << 10)))
 
-_POOLS: dict[int, ThreadPoolExecutor] = {}
+# Overrides ``scan_nice`` with "idle" (SCHED_IDLE) for bench/latency.py's comparison only.
+SCAN_SCHED = os.environ.get("DLP_SCAN_SCHED", "")
+
+# Bytes. A chunk handed to a scan job is written to the scanner in slices of at most this size.
+# Compiled code that holds the GIL never reaches the interpreter's switch check; between two slices
+# the thread runs Python again, where a waiting event loop gets the GIL within the switch interval.
+# The slice bounds how long one call can keep the loop waiting. bench/latency.py --lag-only compares.
+SCAN_PIECE = int(os.environ.get("DLP_SCAN_PIECE_BYTES", str(64 << 10)))
+
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 _LOCK = threading.Lock()
 _running = 0
 _default_switch = sys.getswitchinterval()    # the process's, as it was when the first scan started
@@ -55,18 +80,59 @@ def size_of(setting: int | None) -> int:
     return cores() if setting is None else setting
 
 
-def pool(setting: int | None) -> ThreadPoolExecutor | None:
-    """The process's pool for ``scan_workers`` (shared by every exchange and tap), or None when
-    scans run on the event loop. A reload to another size makes a new pool for new exchanges; the
-    old one's threads stay idle."""
+def lower_priority(nice: int) -> None:
+    """Lower the calling thread's CPU priority by ``nice`` (Linux: nice values are per thread).
+    Runs once in each pool thread as it starts. Raising it back needs a privilege, so a pool
+    keeps its threads' priority for life (a reload to another value makes a new pool).
+    A refusal (no such call on this platform, a seccomp policy) is logged once: the scans then
+    run at the loop's priority, which is slower for the loop but not wrong."""
+    if nice <= 0 and SCAN_SCHED != "idle":
+        return
+    try:
+        tid = threading.get_native_id()
+        if SCAN_SCHED == "idle":
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        else:
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except (AttributeError, OSError) as e:
+        global _warned
+        if not _warned:
+            _warned = True
+            log.warning("scan threads run at the event loop's priority (scan_nice not applied: %s)",
+                        type(e).__name__)
+
+
+_warned = False
+
+
+def pool(setting: int | None, nice: int = 0) -> ThreadPoolExecutor | None:
+    """The process's pool for ``scan_workers`` (shared by every exchange and tap), its threads
+    ``nice`` steps below the loop's priority, or None when scans run on the event loop. A reload
+    to another size or priority makes a new pool for new exchanges; the old one's threads stay
+    idle."""
     n = size_of(setting)
     if n <= 0:
         return None
     with _LOCK:
-        p = _POOLS.get(n)
+        p = _POOLS.get((n, nice))
         if p is None:
-            p = _POOLS[n] = ThreadPoolExecutor(n, thread_name_prefix="dlp-scan")
+            p = _POOLS[(n, nice)] = ThreadPoolExecutor(n, thread_name_prefix="dlp-scan",
+                                                       initializer=lower_priority, initargs=(nice,))
         return p
+
+
+def in_pieces(write: Callable[[bytes], T], data: bytes, piece: int = 0) -> T:
+    """``write(data)`` as consecutive slices of at most ``piece`` bytes (:data:`SCAN_PIECE` by
+    default); the value of the last call. A scanner keeps its state across writes (streams, records
+    in progress), so slicing changes nothing it finds; its verdict after the last slice is the one
+    after the whole chunk."""
+    piece = piece or SCAN_PIECE
+    if len(data) <= piece or piece <= 0:
+        return write(data)
+    value = write(data[:piece])
+    for i in range(piece, len(data), piece):
+        value = write(data[i:i + piece])
+    return value
 
 
 def timed(fn: Callable[..., T], *args: Any) -> tuple[T, float]:
