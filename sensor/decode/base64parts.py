@@ -16,6 +16,11 @@ beside the scanner (the text itself is scanned unchanged) and decodes every run 
   bytes);
 - JSON escapes inside a string (``\\/``, ``\\n`` line wraps, ``\\u003d``) and the URL-safe alphabet
   are undone before decoding;
+- base64 wrapped into lines as MIME, PEM and XML serialisers write it (``\n``, ``\r\n`` or
+  ``&#13;\n`` after every 64 or 76 characters) is joined back first: a line break counts as part of
+  the run when at least :data:`WRAP_MIN` base64 characters come before it and one comes right after
+  it (a second Hyperscan pattern finds such breaks; ordinary text, whose lines hold blanks, has
+  none). The joining only feeds the run finder: the text itself is scanned as it came;
 - the decoded bytes go through a :class:`~sensor.decode.containers.Sniffer` one level deeper, so a
   base64 zip, xlsx, PDF, gzip or CSV is read as such, metered by the body's
   :class:`~sensor.decode.limits.Budget` (output size, ratio, depth) like any other decoding;
@@ -39,6 +44,7 @@ if TYPE_CHECKING:
     from sensor.decode.containers import PartRecorder, Sniffer
 
 MIN_RUN = 256                      # base64 characters before a run is decoded
+WRAP_MIN = 40                      # base64 characters before a line break that continues a run
 MIN_SYMBOLS = 8                    # distinct characters among the first MIN_RUN (a bomb's base64 has ~12)
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 _RUN_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_=\\"
@@ -85,6 +91,90 @@ def _has_run(buf: bytes) -> bool:
     except hs.ScanTerminated:
         pass
     return bool(hits)
+
+
+# a line break inside wrapped base64: WRAP_MIN base64 characters, an optional CR (raw or as an XML
+# character reference), LF, and one more base64 character (the end offset Hyperscan reports is after it)
+_B64 = rb"[A-Za-z0-9+/]"
+_WRAP_EXPR = _B64 + rb"{%d}(?:\r|&#13;|&#[xX]0?[dD];)?\n" % WRAP_MIN + _B64
+_BREAKS = (b"\r\n", b"&#13;\n", b"&#xD;\n", b"&#xd;\n", b"&#XD;\n", b"&#x0D;\n", b"&#x0d;\n", b"\n")
+_WRAPDB: hs.Database | None = None
+
+
+def _on_break(i: int, start: int, end: int, flags: int, ctx: list) -> None:
+    ctx.append(end)
+
+
+def _break_ends(buf: bytes) -> list[int]:
+    """End offsets (one past the next line's first character) of every wrapped-line break in ``buf``."""
+    global _WRAPDB
+    if _WRAPDB is None:
+        with _PRE_LOCK:
+            if _WRAPDB is None:
+                db = hs.Database(mode=hs.HS_MODE_BLOCK)
+                db.compile(expressions=[_WRAP_EXPR], ids=[0], flags=[0])
+                _WRAPDB = db
+    scratch = getattr(_LOCAL, "wrap_scratch", None)
+    if scratch is None:
+        scratch = _LOCAL.wrap_scratch = hs.Scratch(_WRAPDB)
+    ends: list[int] = []
+    _WRAPDB.scan(buf, match_event_handler=_on_break, context=ends, scratch=scratch)
+    return ends
+
+
+def _held(buf: bytes) -> int:
+    """How many trailing bytes of ``buf`` may be a line break whose next character is still to come."""
+    n = 0
+    for br in _BREAKS:
+        for k in range(len(br), n, -1):
+            if buf.endswith(br[:k]):
+                n = k
+                break
+    return n
+
+
+class _Unwrap:
+    """Joins base64 lines back across chunk boundaries (module docstring): keeps the last
+    :data:`WRAP_MIN` bytes it passed on as context, and holds back a possible line break until the
+    character after it is known."""
+
+    def __init__(self) -> None:
+        self.ctx = b""
+        self.hold = b""
+
+    def write(self, data: bytes) -> bytes:
+        buf = self.ctx + self.hold + data
+        h = _held(buf)
+        work = buf[:len(buf) - h] if h else buf
+        self.hold = buf[len(work):]
+        out = self._join(work)[len(self.ctx):]
+        self.ctx = (self.ctx + out)[-WRAP_MIN:]
+        return out
+
+    def flush(self) -> bytes:
+        out, self.hold = self.hold, b""
+        return out
+
+    @staticmethod
+    def _join(work: bytes) -> bytes:
+        if b"\n" not in work:
+            return work
+        ends = _break_ends(work)
+        if not ends:
+            return work
+        pieces = []
+        pos = 0
+        for e in ends:
+            nl = e - 2                               # the LF; what comes before it is the rest of the break
+            s = nl
+            for br in _BREAKS:
+                if work.startswith(br, nl + 1 - len(br)):
+                    s = nl + 1 - len(br)
+                    break
+            pieces.append(work[pos:s])
+            pos = nl + 1
+        pieces.append(work[pos:])
+        return b"".join(pieces)
 
 
 class _Run:
@@ -156,6 +246,7 @@ class Base64Finder:
         self._carry = b""
         self._run: _Run | None = None
         self._parts: PartRecorder | None = None
+        self._unwrap = _Unwrap()
         self.count = 0
 
     def open_part(self) -> "Sniffer":
@@ -171,7 +262,9 @@ class Base64Finder:
         if not self.enabled or not data:
             return
         try:
-            self._write(data)
+            data = self._unwrap.write(data)
+            if data:
+                self._write(data)
         except LimitExceeded:
             self._run = None
             self._replay()            # what was decoded is scanned; then the limit stops the body
@@ -256,6 +349,9 @@ class Base64Finder:
         """End of the text: finish the open run, then scan what the runs decoded."""
         if self.enabled:
             try:
+                rest = self._unwrap.flush()
+                if rest:
+                    self._write(rest)
                 self._end_run()
             except LimitExceeded:
                 self._replay()
