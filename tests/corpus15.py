@@ -333,8 +333,8 @@ def uatp_cards_csv(ps: list[Person]) -> bytes:
     """Airline corporate cards: travellers' names and UATP numbers bare in a column headed like a card
     (no card word on the row, nothing else private: the card makes the record)."""
     rng = random.Random(151)
-    head = "traveler_first,traveler_last,CardNumber,expiry,fare_class\n"
-    return (head + "".join(f"{p.first},{p.last},{_uatp(rng)},{(i % 12) + 1:02d}/2{7 + i % 3},Y\n"
+    head = "traveler,CardNumber,expiry,fare_class\n"
+    return (head + "".join(f"{p.first} {p.last},{_uatp(rng)},{(i % 12) + 1:02d}/2{7 + i % 3},Y\n"
                            for i, p in enumerate(ps))).encode()
 
 

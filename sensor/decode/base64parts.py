@@ -50,6 +50,9 @@ _HEX = frozenset(b"0123456789abcdefABCDEF")
 _RUN_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_=\\"
 _CLASS = bytes(0x41 if c in _RUN_CHARS else 0x2E for c in range(256))   # run chars -> "A", others -> "."
 _MARK = b"A" * MIN_RUN
+_WIDE_CHARS = _RUN_CHARS + b"\r\n&#;"       # ... and what a wrapped run's line breaks are written with
+_WIDE = frozenset(bytes([c]) for c in _WIDE_CHARS)
+_WIDE_CLASS = bytes(0x41 if c in _WIDE_CHARS else 0x2E for c in range(256))
 _URLSAFE = bytes.maketrans(b"-_", b"+/")
 # decoded media that cannot hold text worth scanning: images and fonts inlined as data: URIs
 _MEDIA = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"RIFF", b"wOFF", b"wOF2", b"OTTO", b"\x00\x01\x00\x00",
@@ -72,25 +75,45 @@ def _found(i: int, start: int, end: int, flags: int, ctx: list) -> bool:
     return True                      # the first run is enough: stop the scan
 
 
-def _has_run(buf: bytes) -> bool:
-    """Whether ``buf`` holds MIN_RUN base64 characters in a row (Hyperscan, block mode)."""
-    global _PREFILTER
-    if _PREFILTER is None:
+def _single(expr: bytes, name: str) -> hs.Database:
+    """A one-pattern block database, compiled on first use (``name``: the module global holding it)."""
+    db = globals()[name]
+    if db is None:
         with _PRE_LOCK:
-            if _PREFILTER is None:
+            db = globals()[name]
+            if db is None:
                 db = hs.Database(mode=hs.HS_MODE_BLOCK)
-                db.compile(expressions=[rb"[A-Za-z0-9+/=_\-\\]{%d}" % MIN_RUN], ids=[0],
-                           flags=[hs.HS_FLAG_SINGLEMATCH])
-                _PREFILTER = db
-    scratch = getattr(_LOCAL, "scratch", None)
+                db.compile(expressions=[expr], ids=[0], flags=[hs.HS_FLAG_SINGLEMATCH])
+                globals()[name] = db
+    return db
+
+
+def _first(db: hs.Database, slot: str, buf: bytes) -> bool:
+    scratch = getattr(_LOCAL, slot, None)
     if scratch is None:
-        scratch = _LOCAL.scratch = hs.Scratch(_PREFILTER)
+        scratch = hs.Scratch(db)
+        setattr(_LOCAL, slot, scratch)
     hits: list[int] = []
     try:
-        _PREFILTER.scan(buf, match_event_handler=_found, context=hits, scratch=scratch)
+        db.scan(buf, match_event_handler=_found, context=hits, scratch=scratch)
     except hs.ScanTerminated:
         pass
     return bool(hits)
+
+
+def _has_run(buf: bytes) -> bool:
+    """Whether ``buf`` holds MIN_RUN base64 characters in a row (Hyperscan, block mode)."""
+    return _first(_single(rb"[A-Za-z0-9+/=_\-\\]{%d}" % MIN_RUN, "_PREFILTER"), "scratch", buf)
+
+
+_ANYFILTER: hs.Database | None = None
+
+
+def _may_run(buf: bytes) -> bool:
+    """Whether ``buf`` holds MIN_RUN characters in a row that could be base64 once wrapped lines
+    are joined (line breaks and CR character references count): the one scan a chunk without any
+    base64 pays; joining lines costs a second scan, paid only where this one fires."""
+    return _first(_single(rb"[A-Za-z0-9+/=_\-\\\r\n&#;]{%d}" % MIN_RUN, "_ANYFILTER"), "any_scratch", buf)
 
 
 # a line break inside wrapped base64: WRAP_MIN base64 characters, an optional CR (raw or as an XML
@@ -98,6 +121,7 @@ def _has_run(buf: bytes) -> bool:
 _B64 = rb"[A-Za-z0-9+/]"
 _WRAP_EXPR = _B64 + rb"{%d}(?:\r|&#13;|&#[xX]0?[dD];)?\n" % WRAP_MIN + _B64
 _BREAKS = (b"\r\n", b"&#13;\n", b"&#xD;\n", b"&#xd;\n", b"&#XD;\n", b"&#x0D;\n", b"&#x0d;\n", b"\n")
+_BREAK_ENDS = frozenset(bytes([c]) for br in _BREAKS for c in br)
 _WRAPDB: hs.Database | None = None
 
 
@@ -124,6 +148,8 @@ def _break_ends(buf: bytes) -> list[int]:
 
 def _held(buf: bytes) -> int:
     """How many trailing bytes of ``buf`` may be a line break whose next character is still to come."""
+    if buf[-1:] not in _BREAK_ENDS:
+        return 0
     n = 0
     for br in _BREAKS:
         for k in range(len(br), n, -1):
@@ -247,6 +273,7 @@ class Base64Finder:
         self._run: _Run | None = None
         self._parts: PartRecorder | None = None
         self._unwrap = _Unwrap()
+        self._raw_tail = b""             # the last MIN_RUN - 1 bytes as they came (for _may_run across chunks)
         self.count = 0
 
     def open_part(self) -> "Sniffer":
@@ -262,6 +289,19 @@ class Base64Finder:
         if not self.enabled or not data:
             return
         try:
+            tail = self._raw_tail
+            if (len(data) >= MIN_RUN and self._run is None and not _may_run(data)
+                    and not (tail[-1:] in _WIDE and data[:1] in _WIDE and _may_run(tail + data[:MIN_RUN - 1]))):
+                # no run overlaps this chunk: all it leaves for the next one (a run's start, a line
+                # break) is its last stretch of run characters, shorter than a run
+                self._raw_tail = data[1 - MIN_RUN:]
+                t = data[-MIN_RUN:]
+                seg = t[t.translate(_WIDE_CLASS).rfind(b".") + 1:]
+                self._unwrap = _Unwrap()
+                out = self._unwrap.write(seg) if seg else b""
+                self._carry = out[out.translate(_CLASS).rfind(b".") + 1:]
+                return
+            self._raw_tail = (tail + data)[1 - MIN_RUN:] if len(data) < MIN_RUN - 1 else data[1 - MIN_RUN:]
             data = self._unwrap.write(data)
             if data:
                 self._write(data)
