@@ -354,7 +354,7 @@ def uatp_cards_xml(ps: list[Person]) -> bytes:
 
 
 PDF2_COLUMNS = ["NAME", "BORN", "ADDRESS", "DL"]
-PDF2_WIDTHS = [110, 50, 110, 50]
+PDF2_WIDTHS = [110, 60, 110, 50]
 
 
 def pdf_two_up(ps: list[Person], order: str = "rows") -> bytes:
