@@ -147,6 +147,10 @@ WRAPPED = {
     "xlsx wrapped at 72 in a SOAP body": (
         f"<soap:Body><Report><Content>\n{_wrap(synth.xlsx(_ROWS), 72, chr(10))}\n</Content></Report></soap:Body>".encode(),
         "text/xml"),
+    "multipart/mixed, MIME part after a text part": (
+        ("--b1\r\nContent-Type: text/plain\r\n\r\nThe export you asked for is attached to this message, see below.\r\n"
+         "--b1\r\nContent-Type: text/csv\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+         + _wrap(LEAK, 76, "\r\n") + "\r\n--b1--\r\n").encode(), "multipart/mixed; boundary=b1"),
 }
 
 
@@ -173,10 +177,13 @@ def test_a_wrapped_run_after_a_long_quiet_stretch_is_found(engine):
 
 
 def test_lines_that_only_look_wrapped_are_left_alone(engine):
-    """Prose lines, short tokens one per line and hex digests one per line decode nothing."""
+    """Prose lines, short tokens one per line, hex digests one per line and PEM certificates decode
+    nothing."""
     prose = "\n".join(["The quick brown fox jumps over the lazy dog again and again"] * 50)
     tokens = "\n".join(base64.b64encode(os.urandom(12)).decode() for _ in range(200))       # 16 chars each
     digests = "\n".join(os.urandom(32).hex() for _ in range(50))                            # hex: not base64
-    for text in (prose, tokens, digests):
+    der = b"\x30\x82\x05\x10" + LEAK[:1300]                    # a PEM certificate (DER inside): public by design
+    pem = f"-----BEGIN CERTIFICATE-----\n{_wrap(der, 64, chr(10))}\n-----END CERTIFICATE-----\n"
+    for text in (prose, tokens, digests, pem):
         r = scan_bytes(engine, text.encode(), content_type="text/plain")
         assert not any(n.startswith("base64") for n in r.notes), r.notes

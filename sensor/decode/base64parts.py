@@ -56,7 +56,8 @@ _WIDE_CLASS = bytes(0x41 if c in _WIDE_CHARS else 0x2E for c in range(256))
 _URLSAFE = bytes.maketrans(b"-_", b"+/")
 # decoded media that cannot hold text worth scanning: images and fonts inlined as data: URIs
 _MEDIA = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"RIFF", b"wOFF", b"wOF2", b"OTTO", b"\x00\x01\x00\x00",
-          b"\x00\x00\x01\x00", b"<svg", b"BM")
+          b"\x00\x00\x01\x00", b"<svg", b"BM",
+          b"\x30\x82", b"\x30\x83")   # DER (a PEM certificate or key, now that wrapped lines are joined)
 
 
 def _unescape(chars: bytes) -> bytes:
