@@ -186,6 +186,7 @@ def test_workplace_record_needs_two_signs():
     assert workplace_record(b"Ann Lee | Clerk | 12 Oak St | (530) 555-1234 ext. 22")
     assert workplace_record(b"Ann Lee | 12 Oak St Rm 4 | 530-555-1234 X 22")
     assert workplace_record(b"ANN LEE,BUREAU OF AUTOMOTIVE REPAIR,\"12 OAK ST, STE. 9, CHICO\"")
+    assert workplace_record(b"Ann Lee - Acme Widgets Inc. - 400 Main St, Ste 12, Chico")
     assert not workplace_record(b"Ann Lee, Analyst, Department of Finance, 12 Oak St, Chico")   # home, titled
     assert not workplace_record(b"Ann Lee, 12 Oak St, Suite 200, Chico")                       # one sign
     assert not workplace_record(b"Ann Lee, Clerk, 12 Oak St Apt 4, Chico, (530) 555-1234")

@@ -35,8 +35,9 @@ The evidence, and what it does (the table in docs/detection.md says the same):
   count only where the address is labelled as a home (home, residence, residential …);
 - a record that itself says it is a desk at a workplace, with no field names needed: a phone with
   an extension (``x1234``, ``ext. 12``: a switchboard) or an office unit in its address (Suite, Ste,
-  Floor, Room, Bldg, Mail Stop), together with a second sign of work (the other of those two, or a
-  job title or an organisational unit: Analyst, Manager, Clerk …; Department, Division, Bureau …),
+  Floor, Room, Bldg, Mail Stop), together with a second sign of work (the other of those two, a
+  job title or an organisational unit: Analyst, Manager, Clerk …; Department, Division, Bureau …,
+  or a business suffix: Inc, Corp, LLC, Company …),
   is a staff directory's row: its addresses count only where labelled as homes. This is decided on
   each row as it passes, so a directory spread over many offices (too many addresses for
   distinctness to tell, no single email domain) never trips on its first rows; it is not deferred
@@ -113,7 +114,8 @@ _ROLE = re.compile(
     rb"(?i)(?<![a-z])(?:analyst|manager|director|clerk|officer|supervisor|supervising|specialist|assistant|coordinator"
     rb"|engineer|inspector|technician|administrator|secretary|deputy|chief|attorney|counsel|investigator"
     rb"|representative|liaison|commissioner|superintendent|auditor|accountant|receptionist|librarian|planner"
-    rb"|dept|department|division|bureau|directorate|agency|ministry|unit|section|branch|office of|program)"
+    rb"|dept|department|division|bureau|directorate|agency|ministry|unit|section|branch|office of|program"
+    rb"|inc|corp|corporation|llc|llp|ltd|company|associates|partners)"
     rb"(?![a-z])")
 _WORD = re.compile(rb"[A-Za-z][A-Za-z'.-]*")
 _TAGS = re.compile(rb"<[^>]*>|^[^<]*>")
