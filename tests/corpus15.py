@@ -648,6 +648,13 @@ def staff_offices_csv(ps: list[Person]) -> bytes:
                    for i, p in enumerate(ps)).encode()
 
 
+def staff_offices_tsv(ps: list[Person]) -> bytes:
+    """Tab-separated, no header: the department is a field of its own, not the address's label."""
+    return "".join(f"{p.last}, {p.first}\t{_DEPTS[(i + 2) % 6][0]}\t{_TITLES[(i + 7) % 10]}\t{_field_office(i + 5)}\t"
+                   f"{_work_phone(i + 3)}\t{p.first.lower()}.{p.last.lower()}@{_DEPTS[(i + 2) % 6][1]}\n"
+                   for i, p in enumerate(ps)).encode()
+
+
 # -- leaks that look like the public files: the same columns, plus what makes them private ----------------
 
 def roster_leak_csv(ps: list[Person]) -> bytes:
@@ -732,6 +739,7 @@ PUBLIC: list[tuple[str, str, Callable[[list[Person]], bytes], str]] = [
     ("staff_offices.txt", "text/plain", staff_offices_txt, "staff at 40 field offices, no header, 6 domains"),
     ("staff_offices.html", "text/html", staff_offices_html, "staff at 40 field offices, HTML list, no labels"),
     ("staff_offices.csv", "text/csv", staff_offices_csv, "staff at 40 field offices, CSV without header"),
+    ("staff_offices.tsv", "text/tab-separated-values", staff_offices_tsv, "staff at 40 field offices, TSV, no header"),
 ]
 
 

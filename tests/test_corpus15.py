@@ -37,7 +37,7 @@ PUBLIC_OK = {
     "business_licences.json", "business_register.xml", "contributions_fec.txt", "contributions.xml",
     "lobbying.json", "obituaries.txt", "press_list.html",
     # session 13: a directory over many offices, no field names, no single email domain
-    "staff_offices.txt", "staff_offices.html", "staff_offices.csv",
+    "staff_offices.txt", "staff_offices.html", "staff_offices.csv", "staff_offices.tsv",
 }
 TOLERANCE = 0.05
 

@@ -135,6 +135,8 @@ def test_evidence_helpers():
     assert place_of(label_words(b"street")) == 0
     assert label_before(b'{"workLocation": "', 0, 18) == b"workLocation"
     assert label_before(b"<td>Principal office:</td><td>", 0, 30) == b"Principal office"
+    assert label_before(b"Ann Lee\tDepartment of Finance\t", 0, 30) == b""        # a TSV field, not a label
+    assert label_before(b"Office address:\t", 0, 16) == b"Office address"
     names = type("N", (), {"names": frozenset({b"MARIA", b"GARCIA", b"LOPEZ"})})()
     row = b"MARIA GARCIA PLUMBING,12 MAIN ST"
     assert business_name(row, 0, 12, b",", names)
@@ -172,13 +174,15 @@ def test_a_directory_over_many_offices_never_trips_on_its_first_rows(engine, uni
         assert r.verdict != "trip" and r.trip_at_byte is None, (unit, ext, r.records, r.notes)
 
 
-def test_titles_and_departments_alone_do_not_make_homes_offices(engine):
-    """An HR export: titles and departments beside home streets (no extension, no office unit)."""
+@pytest.mark.parametrize("sep", [" | ", "\t", ";"])
+def test_titles_and_departments_alone_do_not_make_homes_offices(engine, sep):
+    """An HR export: titles and departments beside home streets (no extension, no office unit). In a
+    TSV the department field before the street is a field of its own, not the street's label."""
     ps = corpus15.people(N, seed=82)
-    body = "".join(f"{p.first} {p.last} | Senior Analyst | Department of Finance | {p.street}, {p.city}, CA {p.zip}\n"
-                   for p in ps).encode()
+    body = "".join(sep.join([f"{p.first} {p.last}", "Senior Analyst", "Department of Finance",
+                             f"{p.street}, {p.city}, CA {p.zip}"]) + "\n" for p in ps).encode()
     r = scan_bytes(engine, body, content_type="text/plain")
-    assert r.verdict == "trip" and abs(r.records - N) <= 0.05 * N, (r.records, r.notes)
+    assert r.verdict == "trip" and abs(r.records - N) <= 0.05 * N, (sep, r.records, r.notes)
 
 
 def test_workplace_record_needs_two_signs():

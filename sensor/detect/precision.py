@@ -178,7 +178,10 @@ def label_before(buf: bytes, lo: int, s: int) -> bytes:
     w = buf[max(lo, s - _WINDOW, 0):s]
     if b"<" in w or b">" in w:
         w = _TAGS.sub(b" ", w)
-    w = w.rstrip(b" \t:=\"'")
+    k = len(w.rstrip(b" \t:=\"'"))
+    if b"\t" in w[k:] and b":" not in w[k:] and b"=" not in w[k:]:
+        return b""                # a tab-separated field: the field before it is a value, not its label
+    w = w[:k]
     cut = max(w.rfind(c) for c in _LABEL_CUT)
     return (w[cut + 1:] if cut >= 0 else w).strip()
 
