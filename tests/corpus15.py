@@ -636,7 +636,7 @@ def staff_offices_txt(ps: list[Person]) -> bytes:
 
 def staff_offices_html(ps: list[Person]) -> bytes:
     """The same directory as HTML list items with no labels at all."""
-    items = "".join(f"<li><b>{p.last}, {p.first}</b><br>{_TITLES[(i + 3) % 10]}, {_DEPTS[(i + 1) % 6][0]}<br>"
+    items = "".join(f"<li><b>{p.first} {p.last}</b><br>{_TITLES[(i + 3) % 10]}, {_DEPTS[(i + 1) % 6][0]}<br>"
                     f"{_field_office(i + 11)}<br>{_work_phone(i + 1)}</li>\n" for i, p in enumerate(ps))
     return f"<!doctype html><html><body><h1>Regional staff</h1><ul>\n{items}</ul></body></html>".encode()
 
