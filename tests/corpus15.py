@@ -373,6 +373,15 @@ def pdf_two_up(ps: list[Person], order: str = "rows") -> bytes:
 def pdf_two_up_columns(ps: list[Person]) -> bytes:
     return pdf_two_up(ps, order="columns")
 
+
+def pdf_two_text_columns(ps: list[Person]) -> bytes:
+    """A list set in two text columns, one line per person in each: no table cells, only a gutter."""
+    def line(p: Person) -> str:
+        return f"{p.last.upper()}, {p.first.upper()} {p.us_dob} {p.street.upper()} DL {p.dl}"
+    half = (len(ps) + 1) // 2
+    rows = [[line(ps[k]), line(ps[half + k]) if half + k < len(ps) else ""] for k in range(half)]
+    return synth.pdf_table(rows, [285, 285], order="random", per_page=64, seed=12)
+
 # name, content type, generator, shape
 LEAKS: list[tuple[str, str, Callable[[list[Person]], bytes | None], str]] = [
     ("json_nested.json", "application/json", json_nested, "JSON objects nested in an array"),
@@ -409,6 +418,7 @@ LEAKS: list[tuple[str, str, Callable[[list[Person]], bytes | None], str]] = [
     ("uatp_cards.xml", "application/xml", uatp_cards_xml, "UATP numbers in a card element"),
     ("two_up.pdf", "application/pdf", pdf_two_up, "PDF roster printed two-up (two people per row)"),
     ("two_up_columns.pdf", "application/pdf", pdf_two_up_columns, "two-up PDF drawn column by column"),
+    ("two_text_columns.pdf", "application/pdf", pdf_two_text_columns, "PDF list set in two text columns"),
 ]
 
 

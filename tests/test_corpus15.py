@@ -24,7 +24,7 @@ SUPPORTED = {
     "people.xls",
     # session 13: base64 wrapped into lines, UATP numbers by their field's name, PDF rosters printed two-up
     "b64_mime_in.xml", "b64_wrapped_uri.html", "b64_wrapped_in.json", "uatp_cards.csv", "uatp_cards.json",
-    "uatp_cards.xml", "two_up.pdf", "two_up_columns.pdf",
+    "uatp_cards.xml", "two_up.pdf", "two_up_columns.pdf", "two_text_columns.pdf",
     # leaks that look like public-by-design files (issue 15 point 3)
     "roster_leak.csv", "contributions_leak.csv", "licence_owners_leak.csv", "voter_roll_leak.csv",
     "staff_home_leak.json", "staff_homes_unlabelled.txt",

@@ -114,3 +114,21 @@ def test_two_up_pdf_of_people_counts_one_record_per_person(engine):
         f = next(x for x in corpus15.build() if x.name == name)
         r = scan_bytes(engine, f.data, content_type=f.content_type)
         assert r.verdict == "trip" and abs(r.records - f.truth) <= TOLERANCE * f.truth, (name, r.records)
+
+
+def test_two_text_columns_are_read_column_by_column():
+    """A list set in two text columns (one cell per line on each side, here in mixed case with
+    words between the values): each column's lines come out on their own, left column first."""
+    ps = corpus15.people(60, seed=3)
+    text = [f"{p.first} {p.middle}. {p.last}, born {p.us_dob}, of {p.street}, {p.city}" for p in ps]
+    rows = [[text[k], text[30 + k]] for k in range(30)]
+    lines = _page_lines(synth.pdf_table(rows, [300, 300], order="random", seed=2))
+    assert lines == text
+
+
+def test_a_two_column_person_table_is_not_cut():
+    """Name | street: one cell per side too, but not the same kind of value: one record per row."""
+    ps = corpus15.people(40, seed=4)
+    cells = [[f"{p.first} {p.last}", f"{p.street}, {p.city}"] for p in ps]
+    lines = _page_lines(synth.pdf_table(cells, [200, 250], order="columns"))
+    assert lines == ["\t".join(row) for row in cells]

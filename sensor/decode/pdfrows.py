@@ -9,15 +9,17 @@ size form one printed row, ordered left to right; runs separated by a gap wider 
 character become cells joined by a tab, which the scanner reads as a column separator. Each
 printed row is then one line: one record, whatever order the text objects came in.
 
-A page printed *n-up* (a roster laid out as two or three copies of the same table side by side, so
-that each printed row holds two or three people) would come out as one line per printed row, two
-people to a record. So before rows are joined the page's columns are rebuilt from the x-positions
-where cells start: when those column starts fall into n equal groups, each group the previous one
-shifted by the same distance, and the groups hold the same kind of values (the same header text,
-or in every column the same shape of value: a date beside a date, a name beside a name), the page is
-cut at the gutters and each group is read as a table of its own, left group first. An ordinary
-table never repeats its columns that way (its date column does not sit where its name column
-would); the split only happens on that evidence.
+A page printed *n-up* (a roster laid out as two or three copies of the same table side by side, or
+a list set in two or three text columns, so that each printed row holds two or three people) would
+come out as one line per printed row, two people to a record. So before rows are joined the page's
+columns are rebuilt from the x-positions where cells start: when those column starts fall into n
+equal groups, each group the previous one shifted by the same distance, and the groups hold the
+same kind of values (the same header text, or in every column the same shape of value: a date
+beside a date, a name beside a name; for text columns, one cell a side, the shape of the whole
+line with runs of words taken as one), the page is cut at the gutters and each group is read as a
+table of its own, left group first. An ordinary table never repeats its columns that way (its date
+column does not sit where its name column would, its street column holds no names); the split only
+happens on that evidence.
 
 Memory is bounded per page: at most :data:`MAX_RUNS` runs are held; past that the rows gathered
 so far are emitted and the page continues (a table that large still comes out row by row, in
@@ -128,6 +130,13 @@ def _shape(text: str) -> str:
     return _SHAPE.sub(lambda m: "A" if m.group()[0].isalpha() else "9", text.upper())
 
 
+_WORDS = re.compile(r"A(?: A)+")
+
+
+def _line_shape(text: str) -> str:
+    return _WORDS.sub("A", _shape(text))
+
+
 def _gutters(rows: list[list[Run]]) -> list[float]:
     """The x-positions to cut a page printed n-up at (module docstring), or [] for any other page."""
     if len(rows) < 3:
@@ -146,7 +155,7 @@ def _gutters(rows: list[list[Run]]) -> list[float]:
     starts = [g[0] for g in groups if len(g) >= max(2, COLUMN_SHARE * len(rows))]
     k = len(starts)
     for n in range(MAX_UP, 1, -1):
-        if k % n or k // n < 2:
+        if k % n or k < n:
             continue
         m = k // n
         parts = [starts[i * m:(i + 1) * m] for i in range(n)]
@@ -160,7 +169,10 @@ def _gutters(rows: list[list[Run]]) -> list[float]:
 
 def _same_values(table: list[list[tuple[float, str]]], parts: list[list[float]], tol: float) -> bool:
     """Do the column groups hold the same kind of values: the same header words, or in every column
-    the same most common value shape (and the groups are not all one shape, as plain text is)?"""
+    the same most common value shape? Groups of several columns must not all be one shape (plain
+    text); a group of one column (text columns, a line per person) compares shapes with runs of
+    words taken as one ("GARCIA, MARIA 03/14/1975 12 OAK ST" -> "A, A 9/9/9 9 A"), and columns of
+    prose, whose lines are all words, are cut apart too: read column by column, as printed."""
     def column(cells: list[tuple[float, str]], x: float) -> str | None:
         return next((t for cx, t in cells if abs(cx - x) <= tol), None)
 
@@ -168,14 +180,15 @@ def _same_values(table: list[list[tuple[float, str]]], parts: list[list[float]],
     heads = [[(column(head, x) or "").upper() for x in p] for p in parts]
     if all(heads[0]) and all(h == heads[0] for h in heads):
         return True
+    single = len(parts[0]) == 1
     shapes = []
     for p in parts:
         group = []
         for x in p:
-            c = Counter(_shape(t) for cells in table if (t := column(cells, x)))
+            c = Counter(_line_shape(t) if single else _shape(t) for cells in table if (t := column(cells, x)))
             group.append(c.most_common(1)[0][0] if c else "")
         shapes.append(group)
-    return len(set(shapes[0])) > 1 and all(g == shapes[0] for g in shapes)
+    return (single or len(set(shapes[0])) > 1) and all(g == shapes[0] for g in shapes)
 
 
 def _join(row: list[Run]) -> str:
