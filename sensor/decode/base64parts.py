@@ -76,7 +76,7 @@ def _found(i: int, start: int, end: int, flags: int, ctx: list) -> bool:
     return True                      # the first run is enough: stop the scan
 
 
-def _single(expr: bytes, name: str) -> hs.Database:
+def _single(expr: bytes, name: str, flags: int = hs.HS_FLAG_SINGLEMATCH) -> hs.Database:
     """A one-pattern block database, compiled on first use (``name``: the module global holding it)."""
     db = globals()[name]
     if db is None:
@@ -84,27 +84,29 @@ def _single(expr: bytes, name: str) -> hs.Database:
             db = globals()[name]
             if db is None:
                 db = hs.Database(mode=hs.HS_MODE_BLOCK)
-                db.compile(expressions=[expr], ids=[0], flags=[hs.HS_FLAG_SINGLEMATCH])
+                db.compile(expressions=[expr], ids=[0], flags=[flags])
                 globals()[name] = db
     return db
 
 
-def _first(db: hs.Database, slot: str, buf: bytes) -> bool:
-    scratch = getattr(_LOCAL, slot, None)
+def _ends(db: hs.Database, buf: bytes, handler=_found) -> list[int]:
+    """End offsets of ``db``'s matches in ``buf`` (the first only, with the default handler), on a
+    scratch of this thread's own."""
+    scratches = _LOCAL.__dict__.setdefault("scratch", {})
+    scratch = scratches.get(id(db))
     if scratch is None:
-        scratch = hs.Scratch(db)
-        setattr(_LOCAL, slot, scratch)
-    hits: list[int] = []
+        scratch = scratches[id(db)] = hs.Scratch(db)
+    ends: list[int] = []
     try:
-        db.scan(buf, match_event_handler=_found, context=hits, scratch=scratch)
+        db.scan(buf, match_event_handler=handler, context=ends, scratch=scratch)
     except hs.ScanTerminated:
         pass
-    return bool(hits)
+    return ends
 
 
 def _has_run(buf: bytes) -> bool:
     """Whether ``buf`` holds MIN_RUN base64 characters in a row (Hyperscan, block mode)."""
-    return _first(_single(rb"[A-Za-z0-9+/=_\-\\]{%d}" % MIN_RUN, "_PREFILTER"), "scratch", buf)
+    return bool(_ends(_single(rb"[A-Za-z0-9+/=_\-\\]{%d}" % MIN_RUN, "_PREFILTER"), buf))
 
 
 _ANYFILTER: hs.Database | None = None
@@ -114,7 +116,7 @@ def _may_run(buf: bytes) -> bool:
     """Whether ``buf`` holds MIN_RUN characters in a row that could be base64 once wrapped lines
     are joined (line breaks and CR character references count): the one scan a chunk without any
     base64 pays; joining lines costs a second scan, paid only where this one fires."""
-    return _first(_single(rb"[A-Za-z0-9+/=_\-\\\r\n&#;]{%d}" % MIN_RUN, "_ANYFILTER"), "any_scratch", buf)
+    return bool(_ends(_single(rb"[A-Za-z0-9+/=_\-\\\r\n&#;]{%d}" % MIN_RUN, "_ANYFILTER"), buf))
 
 
 # a line break inside wrapped base64: WRAP_MIN base64 characters, an optional CR (raw or as an XML
@@ -132,19 +134,7 @@ def _on_break(i: int, start: int, end: int, flags: int, ctx: list) -> None:
 
 def _break_ends(buf: bytes) -> list[int]:
     """End offsets (one past the next line's first character) of every wrapped-line break in ``buf``."""
-    global _WRAPDB
-    if _WRAPDB is None:
-        with _PRE_LOCK:
-            if _WRAPDB is None:
-                db = hs.Database(mode=hs.HS_MODE_BLOCK)
-                db.compile(expressions=[_WRAP_EXPR], ids=[0], flags=[0])
-                _WRAPDB = db
-    scratch = getattr(_LOCAL, "wrap_scratch", None)
-    if scratch is None:
-        scratch = _LOCAL.wrap_scratch = hs.Scratch(_WRAPDB)
-    ends: list[int] = []
-    _WRAPDB.scan(buf, match_event_handler=_on_break, context=ends, scratch=scratch)
-    return ends
+    return _ends(_single(_WRAP_EXPR, "_WRAPDB", 0), buf, _on_break)
 
 
 def _held(buf: bytes) -> int:
