@@ -16,6 +16,7 @@ import json
 import lzma
 import random
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -319,6 +320,15 @@ def b64_wrapped_in_json(ps: list[Person]) -> bytes:
                                   "body": _wrapped(_csv(ps), 76, "\r\n")}}, indent=2)
 
 
+def b64_indented_xml(ps: list[Person]) -> bytes:
+    """Pretty-printed XML: the base64 of a zipped CSV wrapped at 76 and every line indented."""
+    bio = io.BytesIO()
+    with zipfile.ZipFile(bio, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("permits.csv", _csv(ps))
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n<ExportResult>\n  <Files>\n    <File name="permits.zip">\n'
+            '      ' + _wrapped(bio.getvalue(), 76, "\n      ") + "\n    </File>\n  </Files>\n</ExportResult>\n").encode()
+
+
 def _uatp(rng: random.Random) -> str:
     """A UATP card number: 15 digits starting with 1, Luhn-valid."""
     body = [1] + [rng.randint(0, 9) for _ in range(13)]
@@ -413,6 +423,7 @@ LEAKS: list[tuple[str, str, Callable[[list[Person]], bytes | None], str]] = [
     ("b64_mime_in.xml", "application/xml", b64_mime_in_xml, "base64 wrapped at 76 + CRLF in XML"),
     ("b64_wrapped_uri.html", "text/html", b64_wrapped_data_uri, "data: URI wrapped at 64 + LF"),
     ("b64_wrapped_in.json", "application/json", b64_wrapped_in_json, "base64 wrapped, JSON-escaped CRLF"),
+    ("b64_indented.xml", "application/xml", b64_indented_xml, "base64 zip, wrapped and indented in pretty XML"),
     ("uatp_cards.csv", "text/csv", uatp_cards_csv, "UATP numbers under a card column header"),
     ("uatp_cards.json", "application/json", uatp_cards_json, "UATP numbers (JSON numbers) under a card key"),
     ("uatp_cards.xml", "application/xml", uatp_cards_xml, "UATP numbers in a card element"),

@@ -147,6 +147,14 @@ WRAPPED = {
     "xlsx wrapped at 72 in a SOAP body": (
         f"<soap:Body><Report><Content>\n{_wrap(synth.xlsx(_ROWS), 72, chr(10))}\n</Content></Report></soap:Body>".encode(),
         "text/xml"),
+    "pretty-printed XML, indented lines": (
+        ('<?xml version="1.0"?>\n<Response>\n  <Document>\n    <Name>r.zip</Name>\n    <Content>\n      '
+         + _wrap(zip_bytes({"r.csv": LEAK}), 76, "\n      ") + "\n    </Content>\n  </Document>\n</Response>\n").encode(),
+        "application/xml"),
+    "xmlns document, tab-indented, CRLF": (
+        ('<env:Envelope xmlns:env="urn:x">\r\n\t<env:Body>\r\n\t\t<data>\r\n\t\t\t'
+         + _wrap(LEAK, 64, "\r\n\t\t\t") + "\r\n\t\t</data>\r\n\t</env:Body>\r\n</env:Envelope>").encode(),
+        "text/xml"),
     "multipart/mixed, MIME part after a text part": (
         ("--b1\r\nContent-Type: text/plain\r\n\r\nThe export you asked for is attached to this message, see below.\r\n"
          "--b1\r\nContent-Type: text/csv\r\nContent-Transfer-Encoding: base64\r\n\r\n"

@@ -23,7 +23,7 @@ SUPPORTED = {
     "people.csv.zst", "people.csv.xz", "people.csv.bz2", "b64_csv_in.json", "data_uri.html", "people.parquet",
     "people.xls",
     # session 13: base64 wrapped into lines, UATP numbers by their field's name, PDF rosters printed two-up
-    "b64_mime_in.xml", "b64_wrapped_uri.html", "b64_wrapped_in.json", "uatp_cards.csv", "uatp_cards.json",
+    "b64_mime_in.xml", "b64_wrapped_uri.html", "b64_wrapped_in.json", "b64_indented.xml", "uatp_cards.csv", "uatp_cards.json",
     "uatp_cards.xml", "two_up.pdf", "two_up_columns.pdf", "two_text_columns.pdf",
     # leaks that look like public-by-design files (issue 15 point 3)
     "roster_leak.csv", "contributions_leak.csv", "licence_owners_leak.csv", "voter_roll_leak.csv",

@@ -20,7 +20,9 @@ beside the scanner (the text itself is scanned unchanged) and decodes every run 
   ``&#13;\n`` after every 64 or 76 characters) is joined back first: a line break counts as part of
   the run when at least :data:`WRAP_MIN` base64 characters come before it and one comes right after
   it (a second Hyperscan pattern finds such breaks; ordinary text, whose lines hold blanks, has
-  none). The joining only feeds the run finder: the text itself is scanned as it came;
+  none). In XML (``<?xml`` or ``xmlns`` up front) the next line may be indented, as pretty-printers
+  write an element's text: the blanks go with the break. The joining only feeds the run finder:
+  the text itself is scanned as it came;
 - the decoded bytes go through a :class:`~sensor.decode.containers.Sniffer` one level deeper, so a
   base64 zip, xlsx, PDF, gzip or CSV is read as such, metered by the body's
   :class:`~sensor.decode.limits.Budget` (output size, ratio, depth) like any other decoding;
@@ -112,17 +114,34 @@ def _has_run(buf: bytes) -> bool:
 _ANYFILTER: hs.Database | None = None
 
 
-def _may_run(buf: bytes) -> bool:
+_ANYFILTER_XML: hs.Database | None = None
+_WIDE_EXPR = rb"[A-Za-z0-9+/=_\-\\\r\n&#;]{%d}" % MIN_RUN
+
+
+def _may_run(buf: bytes, indented: bool = False) -> bool:
     """Whether ``buf`` holds MIN_RUN characters in a row that could be base64 once wrapped lines
-    are joined (line breaks and CR character references count): the one scan a chunk without any
-    base64 pays; joining lines costs a second scan, paid only where this one fires."""
-    return bool(_ends(_single(rb"[A-Za-z0-9+/=_\-\\\r\n&#;]{%d}" % MIN_RUN, "_ANYFILTER"), buf))
+    are joined (line breaks and CR character references count), or, in XML (``indented``), a long
+    base64 line followed by an indented one: the one scan a chunk without any base64 pays; joining
+    lines costs a second scan, paid only where this one fires."""
+    if not indented:
+        return bool(_ends(_single(_WIDE_EXPR, "_ANYFILTER"), buf))
+    db = _ANYFILTER_XML
+    if db is None:
+        with _PRE_LOCK:
+            db = hs.Database(mode=hs.HS_MODE_BLOCK)
+            db.compile(expressions=[_WIDE_EXPR, rb"[A-Za-z0-9+/]{%d}\r?\n[ \t]" % WRAP_MIN], ids=[0, 1],
+                       flags=[hs.HS_FLAG_SINGLEMATCH] * 2)
+            globals()["_ANYFILTER_XML"] = db
+    return bool(_ends(db, buf))
 
 
 # a line break inside wrapped base64: WRAP_MIN base64 characters, an optional CR (raw or as an XML
 # character reference), LF, and one more base64 character (the end offset Hyperscan reports is after it)
 _B64 = rb"[A-Za-z0-9+/]"
 _WRAP_EXPR = _B64 + rb"{%d}(?:\r|&#13;|&#[xX]0?[dD];)?\n" % WRAP_MIN + _B64
+# ... in XML, pretty-printers indent every line of an element's text: blanks may follow the LF
+_WRAP_XML_EXPR = _B64 + rb"{%d}(?:\r|&#13;|&#[xX]0?[dD];)?\n[ \t]{0,%d}" % (WRAP_MIN, 64) + _B64
+_WRAPDB_XML: hs.Database | None = None
 _BREAKS = (b"\r\n", b"&#13;\n", b"&#xD;\n", b"&#xd;\n", b"&#XD;\n", b"&#x0D;\n", b"&#x0d;\n", b"\n")
 _BREAK_ENDS = frozenset(bytes([c]) for br in _BREAKS for c in br)
 _WRAPDB: hs.Database | None = None
@@ -132,13 +151,21 @@ def _on_break(i: int, start: int, end: int, flags: int, ctx: list) -> None:
     ctx.append(end)
 
 
-def _break_ends(buf: bytes) -> list[int]:
+def _break_ends(buf: bytes, indented: bool) -> list[int]:
     """End offsets (one past the next line's first character) of every wrapped-line break in ``buf``."""
+    if indented:
+        return _ends(_single(_WRAP_XML_EXPR, "_WRAPDB_XML", 0), buf, _on_break)
     return _ends(_single(_WRAP_EXPR, "_WRAPDB", 0), buf, _on_break)
 
 
-def _held(buf: bytes) -> int:
-    """How many trailing bytes of ``buf`` may be a line break whose next character is still to come."""
+def _held(buf: bytes, indented: bool = False) -> int:
+    """How many trailing bytes of ``buf`` may be a line break whose next character is still to come
+    (with the indentation after it, in XML)."""
+    if indented and buf[-1:] in b" \t":
+        k = len(buf.rstrip(b" \t"))
+        if len(buf) - k <= 64 and buf[k - 1:k] == b"\n":
+            return len(buf) - k + _held(buf[:k])
+        return 0
     if buf[-1:] not in _BREAK_ENDS:
         return 0
     n = 0
@@ -155,13 +182,14 @@ class _Unwrap:
     :data:`WRAP_MIN` bytes it passed on as context, and holds back a possible line break until the
     character after it is known."""
 
-    def __init__(self) -> None:
+    def __init__(self, indented: bool = False) -> None:
+        self.indented = indented
         self.ctx = b""
         self.hold = b""
 
     def write(self, data: bytes) -> bytes:
         buf = self.ctx + self.hold + data
-        h = _held(buf)
+        h = _held(buf, self.indented)
         work = buf[:len(buf) - h] if h else buf
         self.hold = buf[len(work):]
         out = self._join(work)[len(self.ctx):]
@@ -172,24 +200,23 @@ class _Unwrap:
         out, self.hold = self.hold, b""
         return out
 
-    @staticmethod
-    def _join(work: bytes) -> bytes:
+    def _join(self, work: bytes) -> bytes:
         if b"\n" not in work:
             return work
-        ends = _break_ends(work)
+        ends = _break_ends(work, self.indented)
         if not ends:
             return work
         pieces = []
         pos = 0
         for e in ends:
-            nl = e - 2                               # the LF; what comes before it is the rest of the break
+            nl = work.rfind(b"\n", 0, e - 1)           # the LF; what comes before it is the rest of the break
             s = nl
             for br in _BREAKS:
                 if work.startswith(br, nl + 1 - len(br)):
                     s = nl + 1 - len(br)
                     break
             pieces.append(work[pos:s])
-            pos = nl + 1
+            pos = e - 1                              # the next line's first base64 character
         pieces.append(work[pos:])
         return b"".join(pieces)
 
@@ -263,7 +290,8 @@ class Base64Finder:
         self._carry = b""
         self._run: _Run | None = None
         self._parts: PartRecorder | None = None
-        self._unwrap = _Unwrap()
+        self._unwrap: _Unwrap | None = None   # made on the first chunk: is the text XML?
+        self._xml = False
         self._raw_tail = b""             # the last MIN_RUN - 1 bytes as they came (for _may_run across chunks)
         self.count = 0
 
@@ -280,15 +308,21 @@ class Base64Finder:
         if not self.enabled or not data:
             return
         try:
-            tail = self._raw_tail
-            if (len(data) >= MIN_RUN and self._run is None and not _may_run(data)
-                    and not (tail[-1:] in _WIDE and data[:1] in _WIDE and _may_run(tail + data[:MIN_RUN - 1]))):
+            if self._unwrap is None:
+                head = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n")
+                self._xml = head.startswith(b"<?xml") or (head.startswith(b"<") and b"xmlns" in head
+                                                          and not head[:15].lower().startswith((b"<!doctype", b"<html")))
+                self._unwrap = _Unwrap(self._xml)
+            tail, xml = self._raw_tail, self._xml
+            edge = tail[-1:] in _WIDE and (data[:1] in _WIDE or (xml and data[:1] in b" \t"))
+            if (len(data) >= MIN_RUN and self._run is None and not _may_run(data, xml)
+                    and not (edge and _may_run(tail + data[:MIN_RUN - 1], xml))):
                 # no run overlaps this chunk: all it leaves for the next one (a run's start, a line
                 # break) is its last stretch of run characters, shorter than a run
                 self._raw_tail = data[1 - MIN_RUN:]
                 t = data[-MIN_RUN:]
                 seg = t[t.translate(_WIDE_CLASS).rfind(b".") + 1:]
-                self._unwrap = _Unwrap()
+                self._unwrap = _Unwrap(xml)
                 out = self._unwrap.write(seg) if seg else b""
                 self._carry = out[out.translate(_CLASS).rfind(b".") + 1:]
                 return
@@ -380,7 +414,7 @@ class Base64Finder:
         """End of the text: finish the open run, then scan what the runs decoded."""
         if self.enabled:
             try:
-                rest = self._unwrap.flush()
+                rest = self._unwrap.flush() if self._unwrap is not None else b""
                 if rest:
                     self._write(rest)
                 self._end_run()
