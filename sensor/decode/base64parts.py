@@ -293,6 +293,7 @@ class Base64Finder:
         self._unwrap: _Unwrap | None = None   # made on the first chunk: is the text XML?
         self._xml = False
         self._raw_tail = b""             # the last MIN_RUN - 1 bytes as they came (for _may_run across chunks)
+        self._tail_run = 0               # run characters at the end of a quiet chunk (its edge, cheaply)
         self.count = 0
 
     def open_part(self) -> "Sniffer":
@@ -315,6 +316,9 @@ class Base64Finder:
                 self._unwrap = _Unwrap(self._xml)
             tail, xml = self._raw_tail, self._xml
             edge = tail[-1:] in _WIDE and (data[:1] in _WIDE or (xml and data[:1] in b" \t"))
+            if edge and not xml:                     # run characters on both sides: how many in a row?
+                lead = data[:MIN_RUN].translate(_WIDE_CLASS).find(b".")
+                edge = self._tail_run + (MIN_RUN if lead < 0 else lead) >= MIN_RUN
             if (len(data) >= MIN_RUN and self._run is None and not _may_run(data, xml)
                     and not (edge and _may_run(tail + data[:MIN_RUN - 1], xml))):
                 # no run overlaps this chunk: all it leaves for the next one (a run's start, a line
@@ -322,10 +326,13 @@ class Base64Finder:
                 self._raw_tail = data[1 - MIN_RUN:]
                 t = data[-MIN_RUN:]
                 seg = t[t.translate(_WIDE_CLASS).rfind(b".") + 1:]
-                self._unwrap = _Unwrap(xml)
-                out = self._unwrap.write(seg) if seg else b""
-                self._carry = out[out.translate(_CLASS).rfind(b".") + 1:]
+                self._tail_run = len(seg)
+                self._unwrap.ctx = self._unwrap.hold = self._carry = b""
+                if seg:
+                    out = self._unwrap.write(seg)
+                    self._carry = out[out.translate(_CLASS).rfind(b".") + 1:]
                 return
+            self._tail_run = MIN_RUN                 # not counted here: the next chunk scans its edge
             self._raw_tail = (tail + data)[1 - MIN_RUN:] if len(data) < MIN_RUN - 1 else data[1 - MIN_RUN:]
             data = self._unwrap.write(data)
             if data:
