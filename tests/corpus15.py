@@ -16,6 +16,7 @@ import json
 import lzma
 import random
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -291,6 +292,106 @@ def xls_workbook(ps: list[Person]) -> bytes:
     return (Path(__file__).resolve().parent / "data" / "corpus15_people.xls").read_bytes()
 
 
+
+# -- session 13: the remaining gaps (base64 wrapped into lines, UATP by field name, two-column PDF) --------
+
+def _wrapped(data: bytes, width: int = 76, eol: str = "\n") -> str:
+    """Base64 as MIME and PEM writers emit it: lines of ``width`` characters, then ``eol``."""
+    b64 = base64.b64encode(data).decode()
+    return eol.join(b64[k:k + width] for k in range(0, len(b64), width))
+
+
+def b64_mime_in_xml(ps: list[Person]) -> bytes:
+    """A SOAP/XML attachment wrapped at 76 characters with CRLF (.NET, Java MIME encoders)."""
+    return ('<?xml version="1.0" encoding="utf-8"?>\r\n<Envelope><Body><GetExportResponse><Attachment '
+            'name="permits.csv" contentType="text/csv">\r\n' + _wrapped(_csv(ps), 76, "\r\n")
+            + '\r\n</Attachment></GetExportResponse></Body></Envelope>\r\n').encode()
+
+
+def b64_wrapped_data_uri(ps: list[Person]) -> bytes:
+    """A data: URI whose base64 is wrapped at 64 characters (PEM width) inside an HTML attribute."""
+    return ('<!doctype html><html><body><a download="export.csv" href="data:text/csv;base64,\n'
+            + _wrapped(_csv(ps), 64, "\n") + '\n">Export</a></body></html>').encode()
+
+
+def b64_wrapped_in_json(ps: list[Person]) -> bytes:
+    """MIME-wrapped base64 kept as a JSON string: the line breaks are the two characters "\\r\\n"."""
+    return _dumps({"attachment": {"name": "permits.csv", "encoding": "base64",
+                                  "body": _wrapped(_csv(ps), 76, "\r\n")}}, indent=2)
+
+
+def b64_indented_xml(ps: list[Person]) -> bytes:
+    """Pretty-printed XML: the base64 of a zipped CSV wrapped at 76 and every line indented."""
+    bio = io.BytesIO()
+    with zipfile.ZipFile(bio, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("permits.csv", _csv(ps))
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n<ExportResult>\n  <Files>\n    <File name="permits.zip">\n'
+            '      ' + _wrapped(bio.getvalue(), 76, "\n      ") + "\n    </File>\n  </Files>\n</ExportResult>\n").encode()
+
+
+def _uatp(rng: random.Random) -> str:
+    """A UATP card number: 15 digits starting with 1, Luhn-valid."""
+    body = [1] + [rng.randint(0, 9) for _ in range(13)]
+    total = 0
+    for k, d in enumerate(reversed(body)):            # the check digit goes after body: double from the right
+        d = d * 2 if k % 2 == 0 else d
+        total += d - 9 if d > 9 else d
+    return "".join(map(str, body)) + str((10 - total % 10) % 10)
+
+
+def uatp_cards_csv(ps: list[Person]) -> bytes:
+    """Airline corporate cards: travellers' names and UATP numbers bare in a column headed like a card
+    (no card word on the row, nothing else private: the card makes the record)."""
+    rng = random.Random(151)
+    head = "traveler,CardNumber,expiry,fare_class\n"
+    return (head + "".join(f"{p.first} {p.last},{_uatp(rng)},{(i % 12) + 1:02d}/2{7 + i % 3},Y\n"
+                           for i, p in enumerate(ps))).encode()
+
+
+def uatp_cards_json(ps: list[Person]) -> bytes:
+    """The same as JSON, numeric card values under a ``card_no`` key."""
+    rng = random.Random(152)
+    return _dumps({"travelers": [{"name": {"first": p.first, "last": p.last}, "seat": f"{i % 40 + 1}C",
+                                  "payment": {"type": "UA", "card_no": int(_uatp(rng))}} for i, p in enumerate(ps)]})
+
+
+def uatp_cards_xml(ps: list[Person]) -> bytes:
+    rng = random.Random(153)
+    return ('<?xml version="1.0"?><Travelers>' + "".join(
+        f"<Traveler><GivenName>{escape(p.first)}</GivenName><Surname>{escape(p.last)}</Surname>"
+        f"<Cabin>Y</Cabin><PaymentCardNumber>{_uatp(rng)}</PaymentCardNumber></Traveler>"
+        for p in ps) + "</Travelers>").encode()
+
+
+PDF2_COLUMNS = ["NAME", "BORN", "ADDRESS", "DL"]
+PDF2_WIDTHS = [110, 60, 110, 50]
+
+
+def pdf_two_up(ps: list[Person], order: str = "rows") -> bytes:
+    """A roster printed two-up: the table repeated side by side, so every printed row holds two people
+    (left half: the first of each pair, right half: the second)."""
+    def cells(p: Person) -> list[str]:
+        return [f"{p.last.upper()}, {p.first.upper()}", p.us_dob, p.street.upper(), p.dl]
+    half = (len(ps) + 1) // 2
+    rows = [PDF2_COLUMNS + [""] + PDF2_COLUMNS]
+    for k in range(half):
+        right = cells(ps[half + k]) if half + k < len(ps) else [""] * 4
+        rows.append(cells(ps[k]) + [""] + right)
+    return synth.pdf_table(rows, PDF2_WIDTHS + [12] + PDF2_WIDTHS, order=order, per_page=60)
+
+
+def pdf_two_up_columns(ps: list[Person]) -> bytes:
+    return pdf_two_up(ps, order="columns")
+
+
+def pdf_two_text_columns(ps: list[Person]) -> bytes:
+    """A list set in two text columns, one line per person in each: no table cells, only a gutter."""
+    def line(p: Person) -> str:
+        return f"{p.last.upper()}, {p.first.upper()} {p.us_dob} {p.street.upper()} DL {p.dl}"
+    half = (len(ps) + 1) // 2
+    rows = [[line(ps[k]), line(ps[half + k]) if half + k < len(ps) else ""] for k in range(half)]
+    return synth.pdf_table(rows, [285, 285], order="random", per_page=64, seed=12)
+
 # name, content type, generator, shape
 LEAKS: list[tuple[str, str, Callable[[list[Person]], bytes | None], str]] = [
     ("json_nested.json", "application/json", json_nested, "JSON objects nested in an array"),
@@ -319,6 +420,16 @@ LEAKS: list[tuple[str, str, Callable[[list[Person]], bytes | None], str]] = [
     ("data_uri.html", "text/html", data_uri_html, "data: URI in HTML"),
     ("people.parquet", "application/octet-stream", parquet, "Parquet"),
     ("people.xls", "application/vnd.ms-excel", xls_workbook, "legacy binary .xls, date cells"),
+    ("b64_mime_in.xml", "application/xml", b64_mime_in_xml, "base64 wrapped at 76 + CRLF in XML"),
+    ("b64_wrapped_uri.html", "text/html", b64_wrapped_data_uri, "data: URI wrapped at 64 + LF"),
+    ("b64_wrapped_in.json", "application/json", b64_wrapped_in_json, "base64 wrapped, JSON-escaped CRLF"),
+    ("b64_indented.xml", "application/xml", b64_indented_xml, "base64 zip, wrapped and indented in pretty XML"),
+    ("uatp_cards.csv", "text/csv", uatp_cards_csv, "UATP numbers under a card column header"),
+    ("uatp_cards.json", "application/json", uatp_cards_json, "UATP numbers (JSON numbers) under a card key"),
+    ("uatp_cards.xml", "application/xml", uatp_cards_xml, "UATP numbers in a card element"),
+    ("two_up.pdf", "application/pdf", pdf_two_up, "PDF roster printed two-up (two people per row)"),
+    ("two_up_columns.pdf", "application/pdf", pdf_two_up_columns, "two-up PDF drawn column by column"),
+    ("two_text_columns.pdf", "application/pdf", pdf_two_text_columns, "PDF list set in two text columns"),
 ]
 
 
@@ -507,6 +618,64 @@ def press_list_html(ps: list[Person]) -> bytes:
     return f"<!doctype html><html><body><h2>Credentialed press</h2><ul>\n{rows}</ul></body></html>".encode()
 
 
+# a statewide agency: field offices in many towns, so addresses are many and one domain is not the rule
+_FIELD_OFFICES = [f"{1000 + 113 * k} {st} {suf}" for k, (st, suf) in enumerate(
+    [(a, b) for a in ("Mariposa", "Tulare", "Van Ness", "Main", "Oak", "Center", "Market", "Park", "Civic Center",
+                      "Harbor", "Mission", "El Camino") for b in ("Street", "Avenue", "Boulevard", "Drive")])][:40]
+_OFFICE_TOWNS = ["Fresno", "Bakersfield", "Redding", "Eureka", "Chico", "Modesto", "Stockton", "Visalia", "Merced",
+                 "Salinas", "San Jose", "Oakland", "Riverside", "San Bernardino", "Ventura", "Santa Rosa"]
+_TITLES = ["Associate Governmental Program Analyst", "Staff Services Manager I", "Office Technician",
+           "Supervising Investigator", "Senior Legal Analyst", "Program Specialist", "Field Representative",
+           "Information Technology Specialist II", "Deputy Director", "Administrative Assistant"]
+_DEPTS = [("Dept. of Consumer Affairs", "dca.ca.gov"), ("Division of Labor Standards", "dir.ca.gov"),
+          ("Employment Development Dept", "edd.ca.gov"), ("Bureau of Automotive Repair", "bar.ca.gov"),
+          ("Department of Rehabilitation", "dor.ca.gov"), ("Office of Tax Appeals", "ota.ca.gov")]
+
+
+def _field_office(i: int) -> str:
+    """Office addresses as staff directories print them: a suite, floor or room on most, not all."""
+    k = (i * 7) % len(_FIELD_OFFICES)
+    unit = ["Suite %d" % (100 + 10 * (k % 30)), "Floor %d" % (k % 9 + 2), "Room %d" % (1000 + k), "Ste. %d" % (200 + k),
+            ""][i % 5]
+    return f"{_FIELD_OFFICES[k]}{', ' + unit if unit else ''}, {_OFFICE_TOWNS[k % 16]}, CA 9{3600 + k:04d}"
+
+
+def _work_phone(i: int) -> str:
+    """Desk lines through a switchboard: an extension on most, spelled several ways."""
+    main = f"({559 + i % 7 * 10}) {445 + i % 5}-{5100 + i % 40}"
+    return main + ["", " ext. %d" % (200 + i), " x%d" % (3000 + i), " Ext %d" % (400 + i)][i % 4]
+
+
+def staff_offices_txt(ps: list[Person]) -> bytes:
+    """Issue 15 point 3 (session 13): a statewide staff directory as pipe-separated text with no
+    header: 300 people at 40 field offices in 16 towns, six department email domains. Addresses
+    repeat too slowly to tell offices from homes before the trip threshold."""
+    return "".join(f"{p.first} {p.last} | {_TITLES[i % 10]} | {_DEPTS[i % 6][0]} | {_field_office(i)} | "
+                   f"{_work_phone(i)} | {p.first[0].lower()}{p.last.lower()}@{_DEPTS[i % 6][1]}\n"
+                   for i, p in enumerate(ps)).encode()
+
+
+def staff_offices_html(ps: list[Person]) -> bytes:
+    """The same directory as HTML list items with no labels at all."""
+    items = "".join(f"<li><b>{p.first} {p.last}</b><br>{_TITLES[(i + 3) % 10]}, {_DEPTS[(i + 1) % 6][0]}<br>"
+                    f"{_field_office(i + 11)}<br>{_work_phone(i + 1)}</li>\n" for i, p in enumerate(ps))
+    return f"<!doctype html><html><body><h1>Regional staff</h1><ul>\n{items}</ul></body></html>".encode()
+
+
+def staff_offices_csv(ps: list[Person]) -> bytes:
+    """Comma-separated, no header, upper case, the office address split into street and town."""
+    return "".join(f"\"{p.last.upper()}, {p.first.upper()}\",{_TITLES[(i + 5) % 10].upper()},"
+                   f"\"{_field_office(i + 3).upper()}\",{_work_phone(i + 2).upper()}\n"
+                   for i, p in enumerate(ps)).encode()
+
+
+def staff_offices_tsv(ps: list[Person]) -> bytes:
+    """Tab-separated, no header: the department is a field of its own, not the address's label."""
+    return "".join(f"{p.last}, {p.first}\t{_DEPTS[(i + 2) % 6][0]}\t{_TITLES[(i + 7) % 10]}\t{_field_office(i + 5)}\t"
+                   f"{_work_phone(i + 3)}\t{p.first.lower()}.{p.last.lower()}@{_DEPTS[(i + 2) % 6][1]}\n"
+                   for i, p in enumerate(ps)).encode()
+
+
 # -- leaks that look like the public files: the same columns, plus what makes them private ----------------
 
 def roster_leak_csv(ps: list[Person]) -> bytes:
@@ -550,12 +719,20 @@ def staff_home_leak_json(ps: list[Person]) -> bytes:
         for i, p in enumerate(ps)]})
 
 
+def staff_homes_unlabelled_txt(ps: list[Person]) -> bytes:
+    """An HR export with no header: names, job titles and departments beside people's own home
+    streets and cell phones. Titles are no sign of a workplace on their own."""
+    return "".join(f"{p.first} {p.last} | {_TITLES[i % 10]} | {_DEPTS[i % 6][0]} | {p.street}, {p.city}, CA {p.zip}"
+                   f" | {p.phone}\n" for i, p in enumerate(ps)).encode()
+
+
 LOOKALIKE_LEAKS: list[tuple[str, str, Callable[[list[Person]], bytes | None], str]] = [
     ("roster_leak.csv", "text/csv", roster_leak_csv, "staff directory WITH SSNs and DOBs"),
     ("contributions_leak.csv", "text/csv", contributions_leak_csv, "contributions WITH home streets and DOBs"),
     ("licence_owners_leak.csv", "text/csv", licence_owners_leak_csv, "business licences WITH owners' SSNs"),
     ("voter_roll_leak.csv", "text/csv", voter_roll_leak_csv, "names at home street addresses only"),
     ("staff_home_leak.json", "application/json", staff_home_leak_json, "staff directory WITH home addresses"),
+    ("staff_homes_unlabelled.txt", "text/plain", staff_homes_unlabelled_txt, "HR export: titles + home streets, no header"),
 ]
 LEAKS += LOOKALIKE_LEAKS
 
@@ -580,6 +757,10 @@ PUBLIC: list[tuple[str, str, Callable[[list[Person]], bytes], str]] = [
     ("lobbying.json", "application/json", lobbying_json, "lobbying disclosure, nested firm address"),
     ("obituaries.txt", "text/plain", obituaries_txt, "obituaries with dates of birth"),
     ("press_list.html", "text/html", press_list_html, "press list, HTML list with outlet addresses"),
+    ("staff_offices.txt", "text/plain", staff_offices_txt, "staff at 40 field offices, no header, 6 domains"),
+    ("staff_offices.html", "text/html", staff_offices_html, "staff at 40 field offices, HTML list, no labels"),
+    ("staff_offices.csv", "text/csv", staff_offices_csv, "staff at 40 field offices, CSV without header"),
+    ("staff_offices.tsv", "text/tab-separated-values", staff_offices_tsv, "staff at 40 field offices, TSV, no header"),
 ]
 
 

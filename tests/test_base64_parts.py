@@ -129,3 +129,69 @@ def test_base64_inside_a_zip_member_and_depth(engine):
     assert scan_bytes(engine, deep, limits=DecodeLimits(max_depth=3)).records == 300
     r = scan_bytes(engine, deep, limits=DecodeLimits(max_depth=2))
     assert r.records < 300 and any(n.startswith("decode-limit:depth") for n in r.notes), r.notes
+
+
+# -- base64 wrapped into lines (session 13): MIME, PEM and XML serialisers ---------------------------------
+
+def _wrap(data: bytes, width: int, eol: str) -> str:
+    b = base64.b64encode(data).decode()
+    return eol.join(b[k:k + width] for k in range(0, len(b), width))
+
+
+WRAPPED = {
+    "xml element, 76 + CRLF": (f'<?xml version="1.0"?>\r\n<doc><file name="a.csv">\r\n{_wrap(LEAK, 76, chr(13) + chr(10))}'
+                               f'\r\n</file></doc>\r\n'.encode(), "application/xml"),
+    "data: URI, 64 + LF": (f'<html><a href="data:text/csv;base64,\n{_wrap(LEAK, 64, chr(10))}\n">x</a></html>'.encode(),
+                           "text/html"),
+    "xml, CR written as &#13;": (f"<doc><file>{_wrap(LEAK, 76, '&#13;' + chr(10))}</file></doc>".encode(), "application/xml"),
+    "xlsx wrapped at 72 in a SOAP body": (
+        f"<soap:Body><Report><Content>\n{_wrap(synth.xlsx(_ROWS), 72, chr(10))}\n</Content></Report></soap:Body>".encode(),
+        "text/xml"),
+    "pretty-printed XML, indented lines": (
+        ('<?xml version="1.0"?>\n<Response>\n  <Document>\n    <Name>r.zip</Name>\n    <Content>\n      '
+         + _wrap(zip_bytes({"r.csv": LEAK}), 76, "\n      ") + "\n    </Content>\n  </Document>\n</Response>\n").encode(),
+        "application/xml"),
+    "xmlns document, tab-indented, CRLF": (
+        ('<env:Envelope xmlns:env="urn:x">\r\n\t<env:Body>\r\n\t\t<data>\r\n\t\t\t'
+         + _wrap(LEAK, 64, "\r\n\t\t\t") + "\r\n\t\t</data>\r\n\t</env:Body>\r\n</env:Envelope>").encode(),
+        "text/xml"),
+    "multipart/mixed, MIME part after a text part": (
+        ("--b1\r\nContent-Type: text/plain\r\n\r\nThe export you asked for is attached to this message, see below.\r\n"
+         "--b1\r\nContent-Type: text/csv\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+         + _wrap(LEAK, 76, "\r\n") + "\r\n--b1--\r\n").encode(), "multipart/mixed; boundary=b1"),
+}
+
+
+@pytest.mark.parametrize("label", sorted(WRAPPED))
+def test_wrapped_base64_is_joined_and_decoded(engine, label):
+    data, ctype = WRAPPED[label]
+    whole = scan_bytes(engine, data, content_type=ctype, chunk=len(data))
+    assert whole.verdict == "trip" and whole.records == 300, (label, whole.notes)
+    assert "base64:1 embedded document(s) decoded and scanned" in whole.notes
+    for chunk in (1, 41, 77, MIN_RUN - 1, 4096):        # a line break cut from its next character, etc.
+        r = scan_bytes(engine, data, content_type=ctype, chunk=chunk)
+        assert (r.records, r.findings, r.notes) == (whole.records, whole.findings, whole.notes), (label, chunk)
+
+
+def test_a_wrapped_run_after_a_long_quiet_stretch_is_found(engine):
+    """The one-scan path for chunks without base64 keeps what a run starting at a chunk's end needs."""
+    data, ctype = WRAPPED["data: URI, 64 + LF"]
+    pad = ("<p>" + "lorem ipsum dolor sit amet " * 40 + "</p>\n") * 30
+    for cut in (0, 1, 40, 63, 64, 65, 300):
+        body = pad.encode() + data
+        chunk = len(pad) + cut                                  # the boundary falls inside the run
+        r = scan_bytes(engine, body, content_type=ctype, chunk=chunk)
+        assert r.records == 300, (cut, r.notes)
+
+
+def test_lines_that_only_look_wrapped_are_left_alone(engine):
+    """Prose lines, short tokens one per line, hex digests one per line and PEM certificates decode
+    nothing."""
+    prose = "\n".join(["The quick brown fox jumps over the lazy dog again and again"] * 50)
+    tokens = "\n".join(base64.b64encode(os.urandom(12)).decode() for _ in range(200))       # 16 chars each
+    digests = "\n".join(os.urandom(32).hex() for _ in range(50))                            # hex: not base64
+    der = b"\x30\x82\x05\x10" + LEAK[:1300]                    # a PEM certificate (DER inside): public by design
+    pem = f"-----BEGIN CERTIFICATE-----\n{_wrap(der, 64, chr(10))}\n-----END CERTIFICATE-----\n"
+    for text in (prose, tokens, digests, pem):
+        r = scan_bytes(engine, text.encode(), content_type="text/plain")
+        assert not any(n.startswith("base64") for n in r.notes), r.notes

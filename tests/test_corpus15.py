@@ -22,9 +22,12 @@ SUPPORTED = {
     "cards.html", "deflists.html", "no_header.txt", "fixed_width.txt", "table.pdf", "table_columns.pdf",
     "people.csv.zst", "people.csv.xz", "people.csv.bz2", "b64_csv_in.json", "data_uri.html", "people.parquet",
     "people.xls",
+    # session 13: base64 wrapped into lines, UATP numbers by their field's name, PDF rosters printed two-up
+    "b64_mime_in.xml", "b64_wrapped_uri.html", "b64_wrapped_in.json", "b64_indented.xml", "uatp_cards.csv", "uatp_cards.json",
+    "uatp_cards.xml", "two_up.pdf", "two_up_columns.pdf", "two_text_columns.pdf",
     # leaks that look like public-by-design files (issue 15 point 3)
     "roster_leak.csv", "contributions_leak.csv", "licence_owners_leak.csv", "voter_roll_leak.csv",
-    "staff_home_leak.json",
+    "staff_home_leak.json", "staff_homes_unlabelled.txt",
 }
 # public-by-design files that must not trip (the others are issue 15 point 3, pending)
 PUBLIC_OK = {
@@ -33,6 +36,8 @@ PUBLIC_OK = {
     "press_list.csv", "staff_directory.html", "staff_cards.html", "staff_directory.tsv",
     "business_licences.json", "business_register.xml", "contributions_fec.txt", "contributions.xml",
     "lobbying.json", "obituaries.txt", "press_list.html",
+    # session 13: a directory over many offices, no field names, no single email domain
+    "staff_offices.txt", "staff_offices.html", "staff_offices.csv", "staff_offices.tsv",
 }
 TOLERANCE = 0.05
 

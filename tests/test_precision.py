@@ -12,7 +12,8 @@ import random
 
 import pytest
 
-from sensor.detect.precision import business_name, business_record, deceased, label_before, label_words, place_of
+from sensor.detect.precision import (business_name, business_record, deceased, label_before, label_words, place_of,
+                                     workplace_record)
 from tests import corpus15
 from tests.conftest import scan_bytes
 
@@ -134,6 +135,8 @@ def test_evidence_helpers():
     assert place_of(label_words(b"street")) == 0
     assert label_before(b'{"workLocation": "', 0, 18) == b"workLocation"
     assert label_before(b"<td>Principal office:</td><td>", 0, 30) == b"Principal office"
+    assert label_before(b"Ann Lee\tDepartment of Finance\t", 0, 30) == b""        # a TSV field, not a label
+    assert label_before(b"Office address:\t", 0, 16) == b"Office address"
     names = type("N", (), {"names": frozenset({b"MARIA", b"GARCIA", b"LOPEZ"})})()
     row = b"MARIA GARCIA PLUMBING,12 MAIN ST"
     assert business_name(row, 0, 12, b",", names)
@@ -143,3 +146,52 @@ def test_evidence_helpers():
     assert business_record(b'"doing_business_as_name": "X"') and business_record(b"<EntityName>X")
     assert not business_record(b'"identity": "x"') and not business_record(b'"name": "Maria Garcia"')
     assert deceased(b"Maria Garcia, 84, passed away on May 3") and not deceased(b"Maria Garcia, 84, of Davis")
+
+
+# -- a record that says it is a desk at a workplace (session 13: many offices, no field names) -----------
+
+TOWNS = ["Fresno", "Redding", "Eureka", "Chico", "Modesto", "Stockton", "Visalia", "Merced", "Salinas", "Oakland"]
+
+
+def _offices(n: int) -> list[str]:
+    return [f"{200 + 61 * k} {['Oak', 'Main', 'Civic Center', 'Harbor'][k % 4]} {['St', 'Ave', 'Dr'][k % 3]}"
+            for k in range(n)]
+
+
+@pytest.mark.parametrize("unit,ext", [("Suite 210", ""), ("", " ext. 4431"), ("3rd Floor", " x12"),
+                                      ("Rm. 114", ""), ("Mail Stop 22", " Ext: 301")])
+def test_a_directory_over_many_offices_never_trips_on_its_first_rows(engine, unit, ext):
+    """Fifty offices in ten towns, no header, a different email domain per department: distinctness
+    cannot tell (hundreds of addresses), yet every row says it is a desk."""
+    ps = corpus15.people(N, seed=81)
+    offices = _offices(50)
+    body = "".join(f"{p.first} {p.last}, {['Senior Analyst', 'Clerk', 'Division Chief'][i % 3]}; "
+                   f"{offices[i % 50]}{', ' + unit if unit else ''}, {TOWNS[i % 10]}, CA 9{5000 + i % 50}; "
+                   f"(559) 555-{1000 + i}{ext}; {p.first[0].lower()}{p.last.lower()}@d{i % 9}.example.gov\n"
+                   for i, p in enumerate(ps)).encode()
+    for chunk in (len(body), 700):
+        r = scan_bytes(engine, body, content_type="text/plain", chunk=chunk)
+        assert r.verdict != "trip" and r.trip_at_byte is None, (unit, ext, r.records, r.notes)
+
+
+@pytest.mark.parametrize("sep", [" | ", "\t", ";"])
+def test_titles_and_departments_alone_do_not_make_homes_offices(engine, sep):
+    """An HR export: titles and departments beside home streets (no extension, no office unit). In a
+    TSV the department field before the street is a field of its own, not the street's label."""
+    ps = corpus15.people(N, seed=82)
+    body = "".join(sep.join([f"{p.first} {p.last}", "Senior Analyst", "Department of Finance",
+                             f"{p.street}, {p.city}, CA {p.zip}"]) + "\n" for p in ps).encode()
+    r = scan_bytes(engine, body, content_type="text/plain")
+    assert r.verdict == "trip" and abs(r.records - N) <= 0.05 * N, (sep, r.records, r.notes)
+
+
+def test_workplace_record_needs_two_signs():
+    assert workplace_record(b"Ann Lee, Analyst, 12 Oak St, Suite 200, Chico")
+    assert workplace_record(b"Ann Lee | Clerk | 12 Oak St | (530) 555-1234 ext. 22")
+    assert workplace_record(b"Ann Lee | 12 Oak St Rm 4 | 530-555-1234 X 22")
+    assert workplace_record(b"ANN LEE,BUREAU OF AUTOMOTIVE REPAIR,\"12 OAK ST, STE. 9, CHICO\"")
+    assert workplace_record(b"Ann Lee - Acme Widgets Inc. - 400 Main St, Ste 12, Chico")
+    assert not workplace_record(b"Ann Lee, Analyst, Department of Finance, 12 Oak St, Chico")   # home, titled
+    assert not workplace_record(b"Ann Lee, 12 Oak St, Suite 200, Chico")                       # one sign
+    assert not workplace_record(b"Ann Lee, Clerk, 12 Oak St Apt 4, Chico, (530) 555-1234")
+    assert not workplace_record(b"Ann Lee, 0x1f Analyst, 12 Oak St")

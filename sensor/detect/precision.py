@@ -32,7 +32,17 @@ The evidence, and what it does (the table in docs/detection.md says the same):
   an address count at most :data:`HOUSEHOLD` per distinct address (three hundred people at three
   addresses are three offices, six records at most);
 - one email domain for nearly every address (a staff directory): records on a name and an address
-  count only where the address is labelled as a home (home, residence, residential …).
+  count only where the address is labelled as a home (home, residence, residential …);
+- a record that itself says it is a desk at a workplace, with no field names needed: a phone with
+  an extension (``x1234``, ``ext. 12``: a switchboard) or an office unit in its address (Suite, Ste,
+  Floor, Room, Bldg, Mail Stop), together with a second sign of work (the other of those two, a
+  job title or an organisational unit: Analyst, Manager, Clerk …; Department, Division, Bureau …,
+  or a business suffix: Inc, Corp, LLC, Company …),
+  is a staff directory's row: its addresses count only where labelled as homes. This is decided on
+  each row as it passes, so a directory spread over many offices (too many addresses for
+  distinctness to tell, no single email domain) never trips on its first rows; it is not deferred
+  to the end of the response, which would let a real leak out before it is cut. A title or a
+  department alone is not enough: an HR export of people's home addresses carries those too.
 """
 from __future__ import annotations
 
@@ -96,6 +106,17 @@ _DECEASED = re.compile(
     rb"(?i)(?<![a-z])(?:died|passed away|passed on|deceased|obituary|obituaries|survived by|predeceased"
     rb"|funeral|memorial service|in loving memory|rest in peace|celebration of life|interment|date of death"
     rb"|laid to rest|entered into rest|date[ _-]?of[ _-]?death|death[ _-]?date|dod)(?![a-z])")
+# signs, in a record's own text, that it is a desk at a workplace (see workplace_record)
+_EXTENSION = re.compile(rb"(?i)\d{3}[\s)]*(?:x|ext\.?|extn\.?|extension)\s*[.:#]?\s*\d{1,6}(?!\d)")
+_OFFICE_UNIT = re.compile(rb"(?i)(?<![a-z])(?:suite|ste\.?|floor|fl\.|room|rm\.?|bldg\.?|building|mail stop|mailstop"
+                          rb"|m\.?s\.?)[\s#.:]*\d{1,5}(?![\d/-])|(?<![a-z])\d{1,2}(?:st|nd|rd|th) floor(?![a-z])")
+_ROLE = re.compile(
+    rb"(?i)(?<![a-z])(?:analyst|manager|director|clerk|officer|supervisor|supervising|specialist|assistant|coordinator"
+    rb"|engineer|inspector|technician|administrator|secretary|deputy|chief|attorney|counsel|investigator"
+    rb"|representative|liaison|commissioner|superintendent|auditor|accountant|receptionist|librarian|planner"
+    rb"|dept|department|division|bureau|directorate|agency|ministry|unit|section|branch|office of|program"
+    rb"|inc|corp|corporation|llc|llp|ltd|company|associates|partners)"
+    rb"(?![a-z])")
 _WORD = re.compile(rb"[A-Za-z][A-Za-z'.-]*")
 _TAGS = re.compile(rb"<[^>]*>|^[^<]*>")
 _FIELD_END = re.compile(rb"[\n\t<>\"|;]| {2}")
@@ -135,6 +156,17 @@ def business_record(text: bytes) -> bool:
     return _BUSINESS_FIELD.search(text) is not None
 
 
+def workplace_record(text: bytes) -> bool:
+    """Does a record's own text say it is a desk at a workplace (module docstring)? Two signs: a
+    switchboard extension or an office unit in the address, plus the other one or a job title or
+    organisational unit."""
+    ext = _EXTENSION.search(text) is not None
+    unit = _OFFICE_UNIT.search(text) is not None
+    if not (ext or unit):
+        return False
+    return (ext and unit) or _ROLE.search(text) is not None
+
+
 def deceased(text: bytes) -> bool:
     """Does a record's text say its person has died (an obituary, a death notice)?"""
     return _DECEASED.search(text) is not None
@@ -146,7 +178,10 @@ def label_before(buf: bytes, lo: int, s: int) -> bytes:
     w = buf[max(lo, s - _WINDOW, 0):s]
     if b"<" in w or b">" in w:
         w = _TAGS.sub(b" ", w)
-    w = w.rstrip(b" \t:=\"'")
+    k = len(w.rstrip(b" \t:=\"'"))
+    if b"\t" in w[k:] and b":" not in w[k:] and b"=" not in w[k:]:
+        return b""                # a tab-separated field: the field before it is a value, not its label
+    w = w[:k]
     cut = max(w.rfind(c) for c in _LABEL_CUT)
     return (w[cut + 1:] if cut >= 0 else w).strip()
 

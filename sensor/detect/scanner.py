@@ -30,7 +30,8 @@ from sensor.detect.keys import fingerprint, redact
 from sensor.detect.scratch import CLOSE_LOCK, scratch_for
 from sensor.detect.policy import Policy, stronger
 from sensor.detect.precision import (Evidence, HomeRecords, business_field, business_name, business_record,
-                                     deceased, label_before, label_words, name_words, place_of)
+                                     deceased, label_before, label_words, name_words, place_of,
+                                     workplace_record)
 from sensor.detect.structure.view import Shadow, sniff as sniff_structure
 
 STRONG = CAT_BITS["strong"]
@@ -787,7 +788,7 @@ class ExchangeScanner:
         if deceased(text):
             return None                        # an obituary
         # a business's record or a disclosure of people's jobs: only an address labelled home counts
-        public = self._biz_table or business_record(text)
+        public = self._biz_table or business_record(text) or workplace_record(text)
         for bit, start, h, _ in placed:
             if bit != 4:
                 continue
