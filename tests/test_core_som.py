@@ -59,11 +59,61 @@ def _lo_field(p, buf, e):
     return max(lo, buf.rfind(b",", lo, e) + 1, buf.rfind(b" ", lo, e) + 1)
 
 
-def test_starts_on_leak_rows_are_re_starts(engine, info):
+@pytest.fixture(params=[0, 1, 2], ids=["adaptive", "word-starts", "window"])
+def strategy(request):
+    """Both exact ways to find a word-start regex's start, and the timed choice between them."""
+    core._hscore._set_start_strategy(request.param)
+    yield request.param
+    core._hscore._set_start_strategy(0)
+
+
+def test_starts_on_leak_rows_are_re_starts(engine, info, strategy):
     ks = _som_patterns(engine, info)
     data = synth.breach_csv(40)
     asked = _check(engine, info, ks, data[:3000], _lo_window) + _check(engine, info, ks, data[:3000], _lo_field)
     assert asked < len(ks) * 6000 // 10                       # libhs answers the great majority
+    assert info.word_start_patterns >= 4                     # names, street, city: by word starts
+
+
+def test_leading_group_require_is_res(engine, info):
+    """``m.group(g).upper() in words`` from the group's byte table (no ``re``) wherever a match
+    starts, on leak rows, names in several shapes and fuzzed bytes."""
+    rnd = random.Random(5)
+    names = [b"SMITH,JOHN", b"Smith, John", b"JOHN SMITH", b"John Q. Smith", b"O'NEIL,MARY", b"de la Cruz, Ana",
+             b"MARY-ANN JONES", b"ZZQX,QQQ", b"Zzqx, Qqq", b"A" * 80 + b",BOB"]
+    bufs = [synth.breach_csv(30), b" ; ".join(names)]
+    for _ in range(40):
+        bufs.append(bytes(rnd.choice(ALPHABET + b"JOHNSMITHMARY") for _ in range(rnd.randrange(1, 60))))
+    ks = [k for k, p in enumerate(engine.patterns) if p.require and core._hscore._lead_group_ok(info, k, b"x", 0, 1)
+          is not None]
+    assert ks, "no require takes the leading-group table"
+    checked = 0
+    for k in ks:
+        p = engine.patterns[k]
+        for buf in bufs:
+            for e in range(1, len(buf) + 1):
+                m = p.rx.search(buf, max(0, e - p.maxw), e)
+                if m is None:
+                    continue
+                want = all(m.group(g).upper() in w for g, w in p.require)
+                assert core._hscore._lead_group_ok(info, k, buf, m.start(), e) == want, (k, buf[m.start():e])
+                checked += 1
+    assert checked > 100
+
+
+@pytest.mark.parametrize("pattern,flags,lead", [
+    (rb"(?:\b(?P<g>[A-Z]{2,5}) [A-Z]+)\Z", 0, True),
+    (rb"(?:\b(?P<g>[A-Z]{2,5})[A-Z ]+)\Z", 0, False),            # the next byte may be the group's
+    (rb"(?:\b(?P<g>[A-Z]{2,5}) ?[A-Z]+)\Z", 0, False),           # the next element is optional
+    (rb"(?:\b(?P<g>[a-z]{2,5})A)\Z", 2, False),                  # IGNORECASE: A is a group byte
+    (rb"(?:\b(?P<g>\w+)-x)\Z", 0, True),
+    (rb"(?:\b(?P<g>[^ ]+) x)\Z", 0, False),                      # a negated class: not handled
+    (rb"(?:x|\b(?P<g>[A-Z]+) x)\Z", 0, False),                   # alternation at the top
+    (rb"(?:\bA(?P<g>[A-Z]+) x)\Z", 0, False),                    # the group is not the first element
+])
+def test_leading_group_analysis(pattern, flags, lead, info):
+    import re
+    assert (core._hscore._lead_group(re.compile(pattern, flags), "g") is not None) == lead
 
 
 ALPHABET = b"AaBbZz019 ,.-'\t\n@_&\xc2\xa7JanSTCA"

@@ -21,6 +21,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStri
 from cpython.object cimport PyObject_Hash
 from cpython.list cimport PyList_GET_SIZE
 from cpython.sequence cimport PySequence_GetSlice
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 cdef extern from "Python.h":
     Py_hash_t _Py_HashBytes(const void *src, Py_ssize_t n)     # hash(bytes): the same SipHash and key
@@ -120,6 +121,7 @@ cdef extern from *:
         return rc;
     }
     static const void *dlp_memrchr(const void *s, int c, size_t n) { return memrchr(s, c, n); }
+    static inline void dlp_prefetch(const void *p) { __builtin_prefetch(p, 1, 3); }
     """
     ctypedef struct hs_database_t:
         pass
@@ -142,6 +144,7 @@ cdef extern from *:
                 hs_scratch_t *scratch, match_event_handler onEvent, void *context) nogil
     hs_scratch_t *dlp_tls_scratch
     const void *dlp_memrchr(const void *s, int c, size_t n) nogil
+    void dlp_prefetch(const void *p) nogil
     int scratch_for "dlp_scratch_for"(const hs_database_t *db) nogil
     void dlp_forget_databases() nogil
     long dlp_live_scratches() nogil
@@ -318,6 +321,223 @@ cdef Py_ssize_t som_start(Info info, int t, const char *p, Py_ssize_t n, bint af
     if rc != HS_SUCCESS and rc != HS_SCAN_TERMINATED:
         return -2                         # libhs could not say (no scratch): re decides, as the reference
     return a.start
+
+
+DEF MAX_TRIES = 6             # word starts tried one by one before one leftmost-start scan of the rest
+
+
+cdef Py_ssize_t som_start_ws(Info info, int t, const char *b, Py_ssize_t lo, Py_ssize_t e) noexcept:
+    """:func:`som_start` for a value regex whose every match starts with ``\\b`` and a word byte
+    (see :func:`_word_start`): the only possible starts are the word starts in ``[lo, e)``, tried
+    leftmost first with the anchored database (~0.1 us each), where one leftmost-start scan of the
+    window costs 2-3 us on the name and place patterns. After MAX_TRIES misses, one such scan from
+    the next word start answers for the rest. ``b`` is the whole buffer: a word start's byte before
+    is a real one, as ``re`` sees it. -1 none, -2 libhs failed (the caller asks ``re``)."""
+    cdef SomAt a
+    cdef int rc, tries = 0
+    cdef Py_ssize_t p = lo
+    rc = som_scratch_for(<void *>info, info.somdb, 2 * info.nsom)
+    if rc != HS_SUCCESS:
+        return -2
+    while p < e:
+        if is_word(<unsigned char>b[p]) and (p == 0 or not is_word(<unsigned char>b[p - 1])):
+            a.want = 0
+            a.n = <unsigned long long>(e - p)
+            a.start = -1
+            if tries == MAX_TRIES:
+                rc = hs_scan(info.somdb[t], b + p, <unsigned int>(e - p), 0, dlp_som_scratch, on_som, &a)
+                if rc != HS_SUCCESS and rc != HS_SCAN_TERMINATED:
+                    return -2
+                return a.start + p if a.start >= 0 else -1
+            rc = hs_scan(info.somdb[info.nsom + t], b + p, <unsigned int>(e - p), 0, dlp_som_scratch, on_som, &a)
+            if rc == HS_SCAN_TERMINATED:
+                return p
+            if rc != HS_SUCCESS:
+                return -2
+            tries += 1
+        p += 1
+    return -1
+
+
+cdef int _strategy = 0          # tests: 0 adaptive, 1 word starts only, 2 window scan only
+
+
+def _set_start_strategy(int mode) -> None:
+    """For tests: force how :func:`value_start` / the loop find a word-start regex's start."""
+    global _strategy
+    _strategy = mode
+
+
+cdef inline double _now() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec * 1e9 + ts.tv_nsec
+
+
+cdef Py_ssize_t window_start(Info info, int t, const char *b, Py_ssize_t lo, Py_ssize_t e, int64_t maxw) noexcept:
+    """The window scan (leftmost-start database over ``[lo, e)``, anchored first after a blank)."""
+    cdef Py_ssize_t s = -2
+    if lo == 0 or not is_word(<unsigned char>b[lo - 1]):
+        s = som_start(info, t, b + lo, e - lo, True)      # none: re finds none either
+        if s >= 0:
+            s += lo
+    elif lo == e - maxw:                          # let libhs see the byte before lo
+        s = som_start(info, t, b + lo - 1, e - lo + 1, False)
+        if s >= 0:
+            s += lo - 1
+            if s < lo:
+                s = -2                            # wider than maxw: ask re
+    return s
+
+
+cdef Py_ssize_t value_start_c(Info info, int t, const char *b, Py_ssize_t lo, Py_ssize_t e, int64_t maxw) noexcept:
+    """Where the value of regex ``t`` ending at ``e`` starts (searched from ``lo``): -1 none, -2 ask
+    ``re``. A word-start regex has two exact ways (the same answer): its word starts one by one, or
+    the window scan; which is cheaper depends on the pattern and the data (a failed anchored try
+    costs 0.1-0.8 us, a window scan 0.2-3 us), so every 8th call is timed, alternating the two, and
+    the others take the one with the lower moving average. Only the cost is adaptive, never the
+    answer (tests/test_core_som.py holds both ways to ``re``)."""
+    cdef unsigned int n
+    cdef bint ws
+    cdef double t0, dt
+    cdef Py_ssize_t s
+    if not info.pws[t] or _strategy == 2:
+        return window_start(info, t, b, lo, e, maxw)
+    if _strategy == 1:
+        return som_start_ws(info, t, b, lo, e)
+    n = info.scount[t]
+    info.scount[t] = n + 1
+    if n & 7:
+        if info.cost_ws[t] <= info.cost_win[t]:
+            return som_start_ws(info, t, b, lo, e)
+        return window_start(info, t, b, lo, e, maxw)
+    ws = not (n >> 3) & 1
+    t0 = _now()
+    s = som_start_ws(info, t, b, lo, e) if ws else window_start(info, t, b, lo, e, maxw)
+    dt = _now() - t0
+    if ws:
+        info.cost_ws[t] = dt if info.cost_ws[t] == 0 else info.cost_ws[t] + (dt - info.cost_ws[t]) / 8
+    else:
+        info.cost_win[t] = dt if info.cost_win[t] == 0 else info.cost_win[t] + (dt - info.cost_win[t]) / 8
+    return s
+
+
+_WORD = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
+
+
+def _first_is_word(items) -> bool:
+    """Does every match of this parsed sequence begin with a word byte?"""
+    from re import _constants as C
+    if not items:
+        return False
+    op, av = items[0]
+    if op is C.LITERAL:
+        return av in _WORD
+    if op is C.IN:
+        for o, x in av:
+            if o is C.LITERAL:
+                if x not in _WORD:
+                    return False
+            elif o is C.RANGE:
+                if not all(c in _WORD for c in range(x[0], x[1] + 1)):
+                    return False
+            elif o is C.CATEGORY:
+                if x not in (C.CATEGORY_DIGIT, C.CATEGORY_WORD):
+                    return False
+            else:
+                return False
+        return True
+    if op is C.MAX_REPEAT or op is C.MIN_REPEAT:
+        return av[0] >= 1 and _first_is_word(list(av[2]))
+    if op is C.SUBPATTERN:
+        return _first_is_word(list(av[3]))
+    if op is C.BRANCH:
+        return all(_first_is_word(list(br)) for br in av[1])
+    return False
+
+
+def _byte_set(op, av, C):
+    """The bytes one parsed element can consume, as a set, or None when not a plain byte class."""
+    out = set()
+    if op is C.LITERAL:
+        return {av}
+    if op is C.IN:
+        for o, x in av:
+            if o is C.LITERAL:
+                out.add(x)
+            elif o is C.RANGE:
+                out.update(range(x[0], x[1] + 1))
+            elif o is C.CATEGORY and x is C.CATEGORY_DIGIT:
+                out.update(b"0123456789")
+            elif o is C.CATEGORY and x is C.CATEGORY_WORD:
+                out.update(_WORD)
+            else:
+                return None                   # NEGATE, other categories: not handled
+        return out
+    return None
+
+
+def _lead_group(rx, str name):
+    """For a ``require`` on group ``name`` of ``rx``: a 256-byte table of the bytes the group can
+    consume, when the group is the first element after the leading ``\\b`` and made only of byte
+    classes, and the element after it must consume a byte the group cannot. Then, in a match found
+    from its start, the group runs exactly to the first byte outside the table (no ``re`` needed
+    to find it). None otherwise (the loop asks ``re``, as before)."""
+    from re import _constants as C, _parser as P
+    try:
+        items = list(P.parse(rx.pattern, rx.flags))
+        gid = rx.groupindex[name]
+    except Exception:                    # noqa: BLE001 - not understood: ask re
+        return None
+    while (items and items[0][0] is C.SUBPATTERN and items[0][1][0] is None
+           and items[1:] in ([], [(C.AT, C.AT_END_STRING)])):
+        items = list(items[0][1][3]) + items[1:]
+    if len(items) < 3 or items[0] != (C.AT, C.AT_BOUNDARY) or items[1][0] is not C.SUBPATTERN:
+        return None
+    g, add, dele, body = items[1][1]
+    if g != gid or add or dele:
+        return None
+    member = set()
+    for op, av in body:
+        if op is C.MAX_REPEAT or op is C.MIN_REPEAT:
+            sub = list(av[2])
+            if len(sub) != 1:
+                return None
+            op, av = sub[0]
+        got = _byte_set(op, av, C)
+        if got is None:
+            return None
+        member |= got
+    op, av = items[2]
+    if op is C.MAX_REPEAT or op is C.MIN_REPEAT:
+        sub = list(av[2])
+        if av[0] < 1 or len(sub) != 1:
+            return None
+        op, av = sub[0]
+    follow = _byte_set(op, av, C)
+    if follow is None:
+        return None
+    if rx.flags & 2:                     # IGNORECASE (ASCII bytes): both cases of every letter
+        for st in (member, follow):
+            st |= {c ^ 32 for c in st if 65 <= (c & ~32) <= 90}
+    if member & follow:
+        return None
+    return bytes(1 if c in member else 0 for c in range(256))
+
+
+def _word_start(rx) -> bool:
+    """Does every match of ``rx`` (``(?:...)\\Z``) start with ``\\b`` then a word byte? Then its
+    starts are word starts (:func:`som_start_ws`). Parsed with ``re``'s own parser; any shape not
+    recognised answers False (the window scan, as before)."""
+    from re import _constants as C, _parser as P
+    try:
+        items = list(P.parse(rx.pattern, rx.flags))
+    except Exception:                    # noqa: BLE001 - not understood: not eligible
+        return False
+    while (items and items[0][0] is C.SUBPATTERN and items[0][1][0] is None
+           and items[1:] in ([], [(C.AT, C.AT_END_STRING)])):
+        items = list(items[0][1][3]) + items[1:]
+    return items[:1] == [(C.AT, C.AT_BOUNDARY)] and _first_is_word(items[1:])
 
 
 def load_stream(bytes blob not None) -> Database:
@@ -708,10 +928,11 @@ cdef object TEST_CARDS = _V._TEST_CARDS
 
 DEF MAXD = 32
 # codes; PY = call the Python validator (no C twin: see PY_VALIDATORS)
-TWINS = {"ssn": 1, "luhn": 2, "pan": 3, "aba": 4, "nanp": 5, "email": 6}
-# validators called through Python from the compiled loop, on purpose: ``dob`` keeps the reference's
-# lru_cache and calendar; ``iban`` is rare and its reference decodes text. Both exact by construction.
-PY_VALIDATORS = frozenset({"dob", "iban"})
+TWINS = {"ssn": 1, "luhn": 2, "pan": 3, "aba": 4, "nanp": 5, "email": 6, "dob": 7}
+# validators called through Python from the compiled loop, on purpose: ``iban`` is rare and its
+# reference decodes text (exact by construction). ``dob`` has a C twin for the shapes a date match
+# takes (digits and ``/ - . , space``) and asks the Python validator for anything else.
+PY_VALIDATORS = frozenset({"iban"})
 DEF V_PY = 99
 
 
@@ -802,6 +1023,77 @@ cdef int pan_brand(const unsigned char *d, int n) noexcept:
     return 0
 
 
+cdef int _ty = 0, _tm = 0, _td = 0          # today (validators._today), refreshed per process() call
+
+
+cdef int refresh_today() except -1:
+    global _ty, _tm, _td
+    t = _V._today()
+    _ty, _tm, _td = t.year, t.month, t.day
+    return 0
+
+
+cdef inline int _is_leap(int y) noexcept:
+    return y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+
+
+cdef int dob_c(const unsigned char *v, Py_ssize_t n) noexcept:
+    """validators.dob for values of digits and ``/ - . ,`` and spaces: 1/0, or -1 for "ask Python"
+    (any other byte, or a number too long for the calendar's ints: the reference may raise there).
+    The reference splits on those separators; one 8-digit part is YYYYMMDD, three parts are
+    Y-M-D when the first has 4 digits, else M/D/Y; anything else is no date."""
+    cdef int starts_[4]
+    cdef int lens[4]
+    cdef int np = 0, k, y, m, d, dim
+    cdef Py_ssize_t j = 0, a
+    cdef unsigned char c
+    while j < n:
+        c = v[j]
+        if 48 <= c <= 57:
+            a = j
+            while j < n and 48 <= v[j] <= 57:
+                j += 1
+            if np < 4:
+                starts_[np] = <int>a
+                lens[np] = <int>(j - a)
+            np += 1
+        elif c == 47 or c == 45 or c == 46 or c == 44 or c == 32:
+            j += 1
+        else:
+            return -1
+    if np == 1 and lens[0] == 8:
+        y = num(v + starts_[0], 4)
+        m = num(v + starts_[0] + 4, 2)
+        d = num(v + starts_[0] + 6, 2)
+    elif np == 3:
+        for k in range(3):
+            if lens[k] > 9:
+                return -1                # int() of it may overflow date(): the reference decides
+        if lens[0] == 4:
+            y = num(v + starts_[0], lens[0])
+            m = num(v + starts_[1], lens[1])
+            d = num(v + starts_[2], lens[2])
+        else:
+            m = num(v + starts_[0], lens[0])
+            d = num(v + starts_[1], lens[1])
+            y = num(v + starts_[2], lens[2])
+    else:
+        return 0
+    if y < 1 or y > 9999 or m < 1 or m > 12 or d < 1:
+        return 0
+    if m == 2:
+        dim = 29 if _is_leap(y) else 28
+    elif m == 4 or m == 6 or m == 9 or m == 11:
+        dim = 30
+    else:
+        dim = 31
+    if d > dim:
+        return 0
+    if y > _ty or (y == _ty and (m > _tm or (m == _tm and d > _td))):
+        return 0
+    return _ty - y <= 120
+
+
 cdef int validate(int code, const unsigned char *v, Py_ssize_t n) except -1:
     cdef unsigned char d[MAXD]
     cdef int m, x, s, k
@@ -863,6 +1155,11 @@ cdef int validate(int code, const unsigned char *v, Py_ssize_t n) except -1:
             if hn > rl and host[hn - rl - 1] == 46 and _ieq(host + hn - rl, <const unsigned char *>PyBytes_AS_STRING(r), rl):
                 return 0
         return 1
+    if code == 7:                                   # dob
+        m = dob_c(v, n)
+        if m < 0:
+            return 1 if _V.dob(PyBytes_FromStringAndSize(<const char *>v, n)) else 0
+        return m
     return 1
 
 
@@ -884,6 +1181,7 @@ cdef inline int _ieq(const unsigned char *a, const unsigned char *b, Py_ssize_t 
 
 def check(str name, bytes v) -> bool:
     """The C twin of validator ``name`` (for tests)."""
+    refresh_today()
     return bool(validate(TWINS[name], <const unsigned char *>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v)))
 
 
@@ -902,8 +1200,13 @@ cdef class Info:
     cdef int *pvalid
     cdef int *hot_sig
     cdef list pats, rx, req, vfn
+    cdef list reqfast               # by pattern: (member table, words) when the require needs no re
     cdef public object gate_ids
     cdef int *psom                  # index in ``somdb`` of the pattern's value regex, or -1 (``re`` finds the start)
+    cdef char *pws                  # by ``somdb`` index: its starts are word starts (som_start_ws)
+    cdef unsigned int *scount       # by ``somdb`` index: value starts asked (value_start_c's timing)
+    cdef double *cost_ws
+    cdef double *cost_win
     cdef hs_database_t **somdb
     cdef int nsom
     cdef list som                   # the Database objects owning ``somdb``
@@ -934,6 +1237,12 @@ cdef class Info:
         self.rx = [p.rx for p in pats]
         self.req = [p.require for p in pats]
         self.vfn = [p.validator for p in pats]
+        self.reqfast = [None] * n
+        for k, p in enumerate(pats):
+            if p.require and len(p.require) == 1 and p.width <= 0 and p.rx is not None:
+                table = _lead_group(p.rx, p.require[0][0])
+                if table is not None:
+                    self.reqfast[k] = (table, p.require[0][1])
         for k, p in enumerate(pats):
             self.psig[k] = p.sig
             self.pwidth[k] = p.width
@@ -980,12 +1289,20 @@ cdef class Info:
         self.somdb = <hs_database_t **>malloc((2 * self.nsom + 1) * sizeof(hs_database_t *))
         if self.somdb == NULL:
             raise MemoryError()
+        self.pws = <char *>malloc(self.nsom + 1)
+        self.scount = <unsigned int *>calloc(self.nsom + 1, sizeof(unsigned int))
+        self.cost_ws = <double *>calloc(self.nsom + 1, sizeof(double))
+        self.cost_win = <double *>calloc(self.nsom + 1, sizeof(double))
+        if self.pws == NULL or self.scount == NULL or self.cost_ws == NULL or self.cost_win == NULL:
+            raise MemoryError()
+        rxs = {(p.rx.pattern, p.rx.flags): p.rx for p in pats if p.rx is not None}
         for (pat, fl), j in uniq.items():
             d = _som_db(pat[:-2] + rb"\z", HS_FLAG_CASELESS if fl & 2 else 0, True)
             a = _som_db(rb"\A" + pat[:-2] + rb"\z", HS_FLAG_CASELESS if fl & 2 else 0, False)
             self.som.append((d, a))
             self.somdb[j] = d.db if d is not None else NULL
             self.somdb[self.nsom + j] = (<Database>a).db if a is not None and d is not None else NULL
+            self.pws[j] = self.somdb[self.nsom + j] != NULL and _word_start(rxs[(pat, fl)])
         for k in range(self.npat):
             if self.psom[k] >= 0 and self.somdb[self.psom[k]] == NULL:
                 self.psom[k] = -1
@@ -995,7 +1312,16 @@ cdef class Info:
         """How many patterns find their value's start with libhs (tests, bench)."""
         return sum(1 for k in range(self.npat) if self.psom[k] >= 0)
 
+    @property
+    def word_start_patterns(self) -> int:
+        """How many value regexes find their start among word starts (tests, bench)."""
+        return sum(1 for k in range(self.nsom) if self.pws[k])
+
     def __dealloc__(self):
+        free(self.pws)
+        free(self.scount)
+        free(self.cost_ws)
+        free(self.cost_win)
         free(self.psom)
         free(self.somdb)
         dlp_forget_databases()           # a thread's value-start scratch was sized for this Info's set
@@ -1076,6 +1402,9 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
     cdef Py_ssize_t r2
     cdef tuple last
     cdef RecEnv env = None
+    cdef Py_hash_t hv
+    cdef list distinct = sc._distinct
+    refresh_today()
     for k in range(ps.hits.n):
         i = ps.hits.a[k].id
         end = ps.hits.a[k].end
@@ -1119,26 +1448,20 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
                     lo = max(lo, rfind1(b, blen, b' ', lo, e) + 1, rfind1(b, blen, b'\n', lo, e) + 1,
                              rfind1(b, blen, b'\t', lo, e) + 1)
                 t = info.psom[i]
-                s = -2
-                if t >= 0:
-                    if lo == 0 or not is_word(<unsigned char>b[lo - 1]):
-                        s = som_start(info, t, b + lo, e - lo, True)      # none: re finds none either
-                        if s >= 0:
-                            s += lo
-                    elif lo == e - maxw:                          # let libhs see the byte before lo
-                        s = som_start(info, t, b + lo - 1, e - lo + 1, False)
-                        if s >= 0:
-                            s += lo - 1
-                            if s < lo:
-                                s = -2                            # wider than maxw: ask re
+                s = value_start_c(info, t, b, lo, e, maxw) if t >= 0 else -2
                 if s == -1:
                     continue
                 if s >= 0:
                     req = info.req[i]
                     if req:
-                        m = info.rx[i].match(buf, s, e)              # the match re.search would return
-                        if m is None or not require_ok(m, req):
-                            continue
+                        rf = info.reqfast[i]
+                        if rf is not None:
+                            if not lead_group_ok(<tuple>rf, b, s, e):
+                                continue
+                        else:
+                            m = info.rx[i].match(buf, s, e)              # the match re.search would return
+                            if m is None or not require_ok(m, req):
+                                continue
                     v = PyBytes_FromStringAndSize(b + s, e - s)
                 else:
                     m = info.rx[i].search(buf, lo, e)
@@ -1207,17 +1530,24 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
         start = s + base
         # the raw value stays only until its record is decided, and only while samples are wanted
         if v is None:                    # a fixed-width value still in the buffer
-            entry = (si, cat, True if ctx else False, rmask, _Py_HashBytes(b + s, w), start,
+            hv = _Py_HashBytes(b + s, w)
+            entry = (si, cat, True if ctx else False, rmask, hv, start,
                      PyBytes_FromStringAndSize(b + s, w) if want[si] or keep[si] else None)
         else:
-            entry = (si, cat, True if ctx else False, rmask, PyObject_Hash(v), start,
+            hv = PyObject_Hash(v)
+            entry = (si, cat, True if ctx else False, rmask, hv, start,
                      v if want[si] or keep[si] else None)
+        d = distinct[si]
+        if type(d) is Distinct:
+            (<Distinct>d).prefetch(hv)
         if rec:
             last = <tuple>rec[PyList_GET_SIZE(rec) - 1]
             if last[0] == si and last[5] == start:
                 rec[PyList_GET_SIZE(rec) - 1] = entry              # a longer match from the same start: keep the longest
                 continue
         rec.append(entry)
+    if env is not None:
+        env_flush(sc, env)
     sc._rec = rec
     if has_key:
         sc._rec_key = rec_key
@@ -1227,22 +1557,38 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
 def value_start(Info info, int k, bytes buf, Py_ssize_t lo, Py_ssize_t e) -> int:
     """Where :func:`process` finds the start of pattern ``k``'s value ending at ``e`` searched from
     ``lo``: -1 none, -2 "ask re" (tests compare it with ``rx.search(buf, lo, e)``; bench)."""
-    cdef const char *b = PyBytes_AS_STRING(buf)
     cdef int t = info.psom[k]
-    cdef Py_ssize_t s = -2
     if t < 0 or not 0 <= lo <= e <= PyBytes_GET_SIZE(buf):
         return -2
-    if lo == 0 or not is_word(<unsigned char>b[lo - 1]):
-        s = som_start(info, t, b + lo, e - lo, True)
-        if s >= 0:
-            s += lo
-    elif lo == e - info.pmaxw[k]:
-        s = som_start(info, t, b + lo - 1, e - lo + 1, False)
-        if s >= 0:
-            s += lo - 1
-            if s < lo:
-                s = -2
-    return s
+    return value_start_c(info, t, PyBytes_AS_STRING(buf), lo, e, info.pmaxw[k])
+
+
+DEF MAX_GROUP = 64
+
+
+cdef bint lead_group_ok(tuple rf, const char *b, Py_ssize_t s, Py_ssize_t e) except -1:
+    """``m.group(g).upper() in words`` for a leading group (:func:`_lead_group`) of a match that
+    starts at ``s``: the group is ``b[s:q]``, q the first byte it cannot consume."""
+    cdef const unsigned char *member = <const unsigned char *>PyBytes_AS_STRING(<bytes>rf[0])
+    cdef unsigned char up[MAX_GROUP]
+    cdef Py_ssize_t q = s, k
+    cdef unsigned char c
+    while q < e and member[<unsigned char>b[q]]:
+        q += 1
+    if q - s > MAX_GROUP:
+        return PyBytes_FromStringAndSize(b + s, q - s).upper() in rf[1]
+    for k in range(q - s):
+        c = <unsigned char>b[s + k]
+        up[k] = c - 32 if 97 <= c <= 122 else c
+    return PyBytes_FromStringAndSize(<const char *>up, q - s) in rf[1]
+
+
+def _lead_group_ok(Info info, int k, bytes buf, Py_ssize_t s, Py_ssize_t e):
+    """For tests: pattern ``k``'s require by the leading-group table, or None without one."""
+    rf = info.reqfast[k]
+    if rf is None:
+        return None
+    return lead_group_ok(<tuple>rf, PyBytes_AS_STRING(buf), s, e)
 
 
 cdef bint require_ok(object m, tuple req) except -1:
@@ -1330,6 +1676,12 @@ cdef class Distinct:
         self.tab = t
         self.mask = slots - 1
         return 0
+
+    cdef inline void prefetch(self, Py_hash_t h) noexcept:
+        """Start loading the slot ``h`` probes first: on dense data the tables outgrow the caches
+        and every add would wait for memory; the add comes a record later."""
+        if self.tab != NULL:
+            dlp_prefetch(&self.tab[mix64(<uint64_t>h) & self.mask])
 
     cdef int cadd(self, Py_hash_t h) except -1:
         """DistinctCounter.add: 1 when ``h`` is new (past the cap: when the sketch changed)."""
@@ -1449,11 +1801,22 @@ cdef inline void keep_id(object sc, set ids, object fp) except *:
 
 cdef class RecEnv:
     """What finishing a record reads of the scanner, fetched once per :func:`process` call (the
-    lists and sets are the scanner's own objects, mutated in place; none is rebound meanwhile)."""
+    lists, sets and counters are the scanner's own objects, mutated in place; none is rebound
+    meanwhile). It also holds what finishing defers to the next record or the end of the call
+    (:func:`env_flush`): the value counts (added to the scanner's), and the record identity's
+    adds to the record counters, so that the counters' tables (outgrowing the caches on dense
+    data) are prefetched a record ahead instead of waited for. Every add still happens, in order,
+    before anything reads the counters (the end of the call, or a verdict asked mid-record)."""
     cdef set header
     cdef list want, ignored, distinct, kinds, edm_kind
     cdef object edm
     cdef bint per_id
+    cdef object strong_recs, person_recs, all_recs
+    cdef set strong_ids, person_ids
+    cdef Py_ssize_t strong_values, contact_values
+    cdef object pend0, pend1, pend2      # Distinct counters owed an add of pend_fp
+    cdef Py_hash_t pend_fp
+    cdef int npend
 
 
 cdef RecEnv rec_env(sc):
@@ -1473,16 +1836,67 @@ cdef RecEnv rec_env(sc):
     env.edm = sc._edm
     # estimate only in plain text (see the reference)
     env.per_id = bool(sc._estimate and sc._skind is None and sc._mode == "lines")
+    env.strong_recs = sc._strong_recs
+    env.person_recs = sc._person_recs
+    env.all_recs = sc._all_recs
+    env.strong_ids = sc._strong_ids
+    env.person_ids = sc._person_ids
     return env
+
+
+cdef int env_pending(RecEnv env) except -1:
+    """The record counters' adds owed by the last record, in the reference's order."""
+    cdef int n = env.npend
+    env.npend = 0
+    if n > 0:
+        dadd(env.pend0, env.pend_fp)
+    if n > 1:
+        dadd(env.pend1, env.pend_fp)
+    if n > 2:
+        dadd(env.pend2, env.pend_fp)
+    env.pend0 = env.pend1 = env.pend2 = None
+    return 0
+
+
+cdef int env_flush(sc, RecEnv env) except -1:
+    """Everything deferred, into the scanner: before anything reads its counters."""
+    env_pending(env)
+    if env.strong_values:
+        sc._strong_values += env.strong_values
+        env.strong_values = 0
+    if env.contact_values:
+        sc._contact_values += env.contact_values
+        env.contact_values = 0
+    return 0
+
+
+cdef int owe(RecEnv env, object counter, Py_hash_t fp) except -1:
+    """Add ``fp`` to ``counter`` when the next record starts (one record's adds share its fp)."""
+    if type(counter) is not Distinct or env.npend == 3:
+        dadd(counter, fp)
+        return 0
+    (<Distinct>counter).prefetch(fp)
+    env.pend_fp = fp
+    if env.npend == 0:
+        env.pend0 = counter
+    elif env.npend == 1:
+        env.pend1 = counter
+    else:
+        env.pend2 = counter
+    env.npend += 1
+    return 0
 
 
 def finish_record(sc) -> None:
     """ExchangeScanner._finish_record line for line (the rare precision paths call the same Python)."""
     cdef list rec = sc._rec
+    cdef RecEnv env
     if not rec:
         return
     sc._rec = []
-    finish(sc, rec_env(sc), rec, sc._rec_key, sc._rec_end)
+    env = rec_env(sc)
+    finish(sc, env, rec, sc._rec_key, sc._rec_end)
+    env_flush(sc, env)
 
 
 DEF MAX_STRONG = 64
@@ -1569,11 +1983,10 @@ cdef int finish(sc, RecEnv env, list rec, object rec_key, object rec_end) except
                 hashes = [hc[j] for j in range(nh)]
             hashes.append(h)
         nh += 1
-    if strong_values:
-        sc._strong_values += strong_values
-    if contact_values:
-        sc._contact_values += contact_values
+    env.strong_values += strong_values
+    env.contact_values += contact_values
     if edm_vals and edm.record(edm_vals):
+        env_flush(sc, env)                # the verdict reads the counts
         sc._decide()
     if not nh:
         return 0
@@ -1616,6 +2029,7 @@ cdef int finish(sc, RecEnv env, list rec, object rec_key, object rec_end) except
                     if psi[k] == best:
                         ids.add(ph[k])    # the reference's set, filled in the same order
         if ids and len(ids) >= _EST_MIN:
+            env_pending(env)
             for hv in ids:
                 fp = hash((_ESTIMATED_SALT, hv))
                 sc._est_recs.add(fp)
@@ -1625,18 +2039,20 @@ cdef int finish(sc, RecEnv env, list rec, object rec_key, object rec_end) except
             return 0
     if is_strong or is_person or home is not None:
         fp = hash(tuple(sorted(hashes))) if hashes is not None else sorted_tuple_hash(hc, nh)
+        env_pending(env)                  # the last record's adds first: the reference's order
         if is_strong:
-            dadd(sc._strong_recs, fp)
-            dadd(sc._all_recs, fp)
-            keep_id(sc, sc._strong_ids, fp)
+            owe(env, env.strong_recs, fp)
+            owe(env, env.all_recs, fp)
+            keep_id(sc, env.strong_ids, fp)
         if is_person:
-            dadd(sc._person_recs, fp)
-            dadd(sc._all_recs, fp)
-            keep_id(sc, sc._person_ids, fp)
+            owe(env, env.person_recs, fp)
+            if not is_strong:             # (the reference adds it again: a no-op, exact or estimated)
+                owe(env, env.all_recs, fp)
+            keep_id(sc, env.person_ids, fp)
         elif home is not None:
             if is_strong:
-                dadd(sc._person_recs, fp)
-                keep_id(sc, sc._person_ids, fp)
+                owe(env, env.person_recs, fp)
+                keep_id(sc, env.person_ids, fp)
             else:
                 sc._homes.add(fp, home[0], home[1])
                 keep_id(sc, sc._home_ids, fp)
