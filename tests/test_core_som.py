@@ -181,3 +181,20 @@ def test_record_identity_hash_is_pythons(info):
                       for _ in range(n)])
     for hs in cases:
         assert core._hscore.tuple_hash_of_sorted(list(hs)) == hash(tuple(sorted(hs))), hs
+
+
+def test_word_set_answers_as_frozenset(engine, info):
+    """The require word sets as C tables: membership as the frozenset's, long words included."""
+    rnd = random.Random(3)
+    sets = {id(w): w for p in engine.patterns for _, w in (p.require or ())}
+    extra = frozenset([b"", b"A", b"X" * 23, b"Y" * 24, b"Z" * 90, b"\xc3\x89MILE", b"O'NEIL", b"MARY-ANN"])
+    for words in list(sets.values()) + [extra, frozenset()]:
+        ws = core._hscore.WordSet(words)
+        probes = list(words)[:500] + list(extra)
+        probes += [bytes(rnd.choice(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ'-") for _ in range(rnd.randrange(0, 30)))
+                   for _ in range(2000)]
+        probes += [w[:-1] for w in list(words)[:200] if w] + [w + b"S" for w in list(words)[:200]]
+        for v in probes:
+            assert (v in ws) == (v in words), v
+    with pytest.raises(TypeError):
+        core._hscore.WordSet(frozenset(["text"]))

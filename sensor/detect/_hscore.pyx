@@ -22,6 +22,7 @@ from cpython.object cimport PyObject_Hash
 from cpython.list cimport PyList_GET_SIZE
 from cpython.sequence cimport PySequence_GetSlice
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from libc.time cimport time, time_t
 
 cdef extern from "Python.h":
     Py_hash_t _Py_HashBytes(const void *src, Py_ssize_t n)     # hash(bytes): the same SipHash and key
@@ -1026,8 +1027,16 @@ cdef int pan_brand(const unsigned char *d, int n) noexcept:
 cdef int _ty = 0, _tm = 0, _td = 0          # today (validators._today), refreshed per process() call
 
 
+cdef time_t _today_at = 0
+
+
 cdef int refresh_today() except -1:
-    global _ty, _tm, _td
+    """Today's date, asked of Python at most once a second (date.today() costs ~20 us here)."""
+    global _ty, _tm, _td, _today_at
+    cdef time_t now = time(NULL)
+    if now == _today_at:
+        return 0
+    _today_at = now
     t = _V._today()
     _ty, _tm, _td = t.year, t.month, t.day
     return 0
@@ -1238,11 +1247,18 @@ cdef class Info:
         self.req = [p.require for p in pats]
         self.vfn = [p.validator for p in pats]
         self.reqfast = [None] * n
+        sets = {}                       # one WordSet per word set (patterns share them)
         for k, p in enumerate(pats):
             if p.require and len(p.require) == 1 and p.width <= 0 and p.rx is not None:
                 table = _lead_group(p.rx, p.require[0][0])
-                if table is not None:
-                    self.reqfast[k] = (table, p.require[0][1])
+                words = p.require[0][1]
+                if table is not None and id(words) not in sets:
+                    try:
+                        sets[id(words)] = (WordSet(words), words)
+                    except TypeError:       # a word that is not bytes: re decides, as before
+                        sets[id(words)] = (None, words)
+                if table is not None and sets[id(words)][0] is not None:
+                    self.reqfast[k] = (table, sets[id(words)][0])
         for k, p in enumerate(pats):
             self.psig[k] = p.sig
             self.pwidth[k] = p.width
@@ -1564,6 +1580,78 @@ def value_start(Info info, int k, bytes buf, Py_ssize_t lo, Py_ssize_t e) -> int
 
 
 DEF MAX_GROUP = 64
+DEF WS_INLINE = 23                 # words up to this long live in the C table
+
+
+cdef inline uint64_t fnv1a(const unsigned char *p, Py_ssize_t n) noexcept nogil:
+    cdef uint64_t h = 14695981039346656037ULL
+    cdef Py_ssize_t k
+    for k in range(n):
+        h = (h ^ p[k]) * 1099511628211ULL
+    return mix64(h) | 1               # 0 marks an empty slot
+
+
+cdef class WordSet:
+    """A require's word set (a frozenset of bytes) as a C table: hash, length and bytes inline, so
+    that asking about a name makes no bytes object and chases no pointer (the frozenset cost a
+    cache miss into the set and another into the word). Words longer than WS_INLINE bytes are
+    asked of the frozenset, which is kept."""
+    cdef uint64_t *hashes
+    cdef unsigned char *keys          # slot k: keys[k * (WS_INLINE + 1)] = length, then the bytes
+    cdef size_t mask
+    cdef object words
+    cdef bint has_long
+
+    def __cinit__(self, words):
+        cdef size_t slots = 16, j
+        cdef uint64_t h
+        cdef bytes w
+        cdef Py_ssize_t n
+        self.words = words
+        for w in words:                   # (a non-bytes word raises TypeError: no table then)
+            pass
+        while slots < 2 * len(words) + 2:
+            slots *= 2
+        self.hashes = <uint64_t *>calloc(slots, sizeof(uint64_t))
+        self.keys = <unsigned char *>calloc(slots, WS_INLINE + 1)
+        if self.hashes == NULL or self.keys == NULL:
+            raise MemoryError()
+        self.mask = slots - 1
+        for w in words:
+            n = PyBytes_GET_SIZE(w)
+            if n > WS_INLINE:
+                self.has_long = True
+                continue
+            h = fnv1a(<const unsigned char *>PyBytes_AS_STRING(w), n)
+            j = h & self.mask
+            while self.hashes[j] != 0:
+                j = (j + 1) & self.mask
+            self.hashes[j] = h
+            self.keys[j * (WS_INLINE + 1)] = <unsigned char>n
+            memcpy(self.keys + j * (WS_INLINE + 1) + 1, PyBytes_AS_STRING(w), n)
+
+    def __dealloc__(self):
+        free(self.hashes)
+        free(self.keys)
+
+    cdef bint has(self, const unsigned char *p, Py_ssize_t n) except -1:
+        cdef uint64_t h
+        cdef size_t j
+        cdef const unsigned char *k
+        if n > WS_INLINE:
+            return self.has_long and PyBytes_FromStringAndSize(<const char *>p, n) in self.words
+        h = fnv1a(p, n)
+        j = h & self.mask
+        while self.hashes[j] != 0:
+            if self.hashes[j] == h:
+                k = self.keys + j * (WS_INLINE + 1)
+                if k[0] == n and memcmp(k + 1, p, n) == 0:
+                    return True
+            j = (j + 1) & self.mask
+        return False
+
+    def __contains__(self, bytes w) -> bool:
+        return self.has(<const unsigned char *>PyBytes_AS_STRING(w), PyBytes_GET_SIZE(w))
 
 
 cdef bint lead_group_ok(tuple rf, const char *b, Py_ssize_t s, Py_ssize_t e) except -1:
@@ -1576,11 +1664,11 @@ cdef bint lead_group_ok(tuple rf, const char *b, Py_ssize_t s, Py_ssize_t e) exc
     while q < e and member[<unsigned char>b[q]]:
         q += 1
     if q - s > MAX_GROUP:
-        return PyBytes_FromStringAndSize(b + s, q - s).upper() in rf[1]
+        return PyBytes_FromStringAndSize(b + s, q - s).upper() in (<WordSet>rf[1]).words
     for k in range(q - s):
         c = <unsigned char>b[s + k]
         up[k] = c - 32 if 97 <= c <= 122 else c
-    return PyBytes_FromStringAndSize(<const char *>up, q - s) in rf[1]
+    return (<WordSet>rf[1]).has(up, q - s)
 
 
 def _lead_group_ok(Info info, int k, bytes buf, Py_ssize_t s, Py_ssize_t e):
@@ -1792,10 +1880,11 @@ cdef inline bint dadd(object counter, object h) except -1:
     return counter.add(h)
 
 
-cdef inline void keep_id(object sc, set ids, object fp) except *:
+cdef inline void keep_id(object sc, RecEnv env, set ids, object fp) except *:
     if len(ids) < _IDS_CAP:
         ids.add(fp)
-    elif fp not in ids:
+    elif not env.ids_capped and fp not in ids:   # once capped, the answer cannot change
+        env.ids_capped = True
         sc._ids_capped = True
 
 
@@ -1815,6 +1904,7 @@ cdef class RecEnv:
     cdef set strong_ids, person_ids
     cdef Py_ssize_t strong_values, contact_values
     cdef object pend0, pend1, pend2      # Distinct counters owed an add of pend_fp
+    cdef bint ids_capped
     cdef Py_hash_t pend_fp
     cdef int npend
 
@@ -1841,6 +1931,7 @@ cdef RecEnv rec_env(sc):
     env.all_recs = sc._all_recs
     env.strong_ids = sc._strong_ids
     env.person_ids = sc._person_ids
+    env.ids_capped = sc._ids_capped
     return env
 
 
@@ -2035,7 +2126,7 @@ cdef int finish(sc, RecEnv env, list rec, object rec_key, object rec_end) except
                 sc._est_recs.add(fp)
                 sc._strong_recs.add(fp)
                 sc._all_recs.add(fp)
-                keep_id(sc, sc._strong_ids, fp)
+                keep_id(sc, env, sc._strong_ids, fp)
             return 0
     if is_strong or is_person or home is not None:
         fp = hash(tuple(sorted(hashes))) if hashes is not None else sorted_tuple_hash(hc, nh)
@@ -2043,19 +2134,19 @@ cdef int finish(sc, RecEnv env, list rec, object rec_key, object rec_end) except
         if is_strong:
             owe(env, env.strong_recs, fp)
             owe(env, env.all_recs, fp)
-            keep_id(sc, env.strong_ids, fp)
+            keep_id(sc, env, env.strong_ids, fp)
         if is_person:
             owe(env, env.person_recs, fp)
             if not is_strong:             # (the reference adds it again: a no-op, exact or estimated)
                 owe(env, env.all_recs, fp)
-            keep_id(sc, env.person_ids, fp)
+            keep_id(sc, env, env.person_ids, fp)
         elif home is not None:
             if is_strong:
                 owe(env, env.person_recs, fp)
-                keep_id(sc, env.person_ids, fp)
+                keep_id(sc, env, env.person_ids, fp)
             else:
                 sc._homes.add(fp, home[0], home[1])
-                keep_id(sc, sc._home_ids, fp)
+                keep_id(sc, env, sc._home_ids, fp)
     return 0
 
 
