@@ -791,7 +791,8 @@ cdef class PartScan:
         tmp = <Hit *>malloc(n * sizeof(Hit))
         if tmp == NULL:
             raise MemoryError()
-        merge_sort(self.hits.a, tmp, n)
+        with nogil:
+            merge_sort(self.hits.a, tmp, n)
         free(tmp)
 
     def close(self) -> int:
@@ -1371,6 +1372,20 @@ cdef void label_after(list rec, const char *b, Py_ssize_t blen, int64_t base, in
             rec[k] = t[:2] + (True,) + t[3:]
 
 
+DEF GIL_EVERY = 255                # + 1: matches between two releases of the GIL in process()
+cdef long _yields = 0
+
+
+cdef inline void yielded() noexcept nogil:
+    global _yields
+    _yields += 1                       # (a statistic for tests; racy increments are fine)
+
+
+def gil_yields() -> int:
+    """How many times :func:`process` let the GIL go mid-chunk (tests)."""
+    return _yields
+
+
 def process(sc, PartScan ps not None, bytes buf not None, int64_t base, Info info not None) -> None:
     """ExchangeScanner._process over the C array of hits: same decisions, same record entries.
 
@@ -1422,6 +1437,11 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
     cdef list distinct = sc._distinct
     refresh_today()
     for k in range(ps.hits.n):
+        if k & GIL_EVERY == GIL_EVERY:
+            # a dense chunk holds the GIL for ~1 us a match: let a waiting thread (the event loop)
+            # in every GIL_EVERY matches (CPython hands the GIL over when one asked for it)
+            with nogil:
+                yielded()
         i = ps.hits.a[k].id
         end = ps.hits.a[k].end
         if i >= <unsigned int>nval:
