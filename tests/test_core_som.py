@@ -75,6 +75,26 @@ def test_starts_on_leak_rows_are_re_starts(engine, info, strategy):
     assert info.word_start_patterns >= 4                     # names, street, city: by word starts
 
 
+EMAILISH = b"ab._%+-@@..xyZ09 <>,;:\n"
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from(list(EMAILISH)), min_size=1, max_size=120), st.integers(0, 2**32))
+def test_email_starts_by_word_boundaries_are_re_starts(engine, info, chars, seed):
+    """The email pattern has no leftmost-start database (libhs: "too large"): its starts come from
+    the word boundaries, a boundary after a word byte through the database that takes that byte
+    first. Emails with junk around them and random email-ish bytes, at every end offset."""
+    rnd = random.Random(seed)
+    buf = bytes(chars)
+    for v in (b"john.doe@example.com", b"-x@y.org", b"a..b@c.de", b"_@a.io", b"%a@b.co", b".+@x.info"):
+        at = rnd.randrange(len(buf) + 1)
+        buf = buf[:at] + v + buf[at:]
+    ks = [k for k, p in enumerate(engine.patterns) if p.rx is not None and b"@" in p.rx.pattern
+          and core._hscore.value_start(info, k, b"x", 0, 1) != -2]
+    assert ks, "the email pattern takes its start from libhs"
+    _check(engine, info, ks, buf, _lo_window if rnd.random() < 0.5 else _lo_field)
+
+
 def test_leading_group_require_is_res(engine, info):
     """``m.group(g).upper() in words`` from the group's byte table (no ``re``) wherever a match
     starts, on leak rows, names in several shapes and fuzzed bytes."""

@@ -311,7 +311,7 @@ cdef Py_ssize_t som_start(Info info, int t, const char *p, Py_ssize_t n, bint af
     a.want = 0
     a.n = <unsigned long long>n
     a.start = -1
-    rc = som_scratch_for(<void *>info, info.somdb, 2 * info.nsom)
+    rc = som_scratch_for(<void *>info, info.somdb, 3 * info.nsom)
     if rc == HS_SUCCESS and after_blank and info.somdb[info.nsom + t] != NULL:
         # a value that starts where the search starts (a CSV field) needs no SOM: one anchored test
         rc = hs_scan(info.somdb[info.nsom + t], p, <unsigned int>n, 0, dlp_som_scratch, on_som, &a)
@@ -328,29 +328,43 @@ DEF MAX_TRIES = 6             # word starts tried one by one before one leftmost
 
 
 cdef Py_ssize_t som_start_ws(Info info, int t, const char *b, Py_ssize_t lo, Py_ssize_t e) noexcept:
-    """:func:`som_start` for a value regex whose every match starts with ``\\b`` and a word byte
-    (see :func:`_word_start`): the only possible starts are the word starts in ``[lo, e)``, tried
-    leftmost first with the anchored database (~0.1 us each), where one leftmost-start scan of the
-    window costs 2-3 us on the name and place patterns. After MAX_TRIES misses, one such scan from
-    the next word start answers for the rest. ``b`` is the whole buffer: a word start's byte before
-    is a real one, as ``re`` sees it. -1 none, -2 libhs failed (the caller asks ``re``)."""
+    """:func:`som_start` for a value regex whose every match starts with ``\\b`` (see
+    :func:`_word_start`): the only possible starts are the word boundaries in ``[lo, e)`` (only word
+    starts when the first byte is always a word byte), tried leftmost first with the anchored
+    database (~0.1 us each), where one leftmost-start scan of the window costs 2-3 us on the name
+    and place patterns, and libhs cannot give the email pattern one at all. A boundary after a word
+    byte is tried with the database that takes that byte first (libhs sees no byte before the data).
+    After MAX_TRIES misses, one leftmost-start scan from the next word start answers for the rest
+    (or ``re``, without one). ``b`` is the whole buffer: the byte before a candidate is a real one,
+    as ``re`` sees it. -1 none, -2 ask ``re``."""
     cdef SomAt a
     cdef int rc, tries = 0
     cdef Py_ssize_t p = lo
-    rc = som_scratch_for(<void *>info, info.somdb, 2 * info.nsom)
+    cdef bint wb, wc, only_word = info.pws[t] == 1
+    rc = som_scratch_for(<void *>info, info.somdb, 3 * info.nsom)
     if rc != HS_SUCCESS:
         return -2
     while p < e:
-        if is_word(<unsigned char>b[p]) and (p == 0 or not is_word(<unsigned char>b[p - 1])):
+        wb = p > 0 and is_word(<unsigned char>b[p - 1])
+        wc = is_word(<unsigned char>b[p])
+        if (wc and not wb) if only_word else wc != wb:
             a.want = 0
-            a.n = <unsigned long long>(e - p)
             a.start = -1
             if tries == MAX_TRIES:
+                if wb or info.somdb[t] == NULL:
+                    return -2                     # no leftmost-start scan fits here: re decides
+                a.n = <unsigned long long>(e - p)
                 rc = hs_scan(info.somdb[t], b + p, <unsigned int>(e - p), 0, dlp_som_scratch, on_som, &a)
                 if rc != HS_SUCCESS and rc != HS_SCAN_TERMINATED:
                     return -2
                 return a.start + p if a.start >= 0 else -1
-            rc = hs_scan(info.somdb[info.nsom + t], b + p, <unsigned int>(e - p), 0, dlp_som_scratch, on_som, &a)
+            if wb:
+                a.n = <unsigned long long>(e - p + 1)
+                rc = hs_scan(info.somdb[2 * info.nsom + t], b + p - 1, <unsigned int>(e - p + 1), 0,
+                             dlp_som_scratch, on_som, &a)
+            else:
+                a.n = <unsigned long long>(e - p)
+                rc = hs_scan(info.somdb[info.nsom + t], b + p, <unsigned int>(e - p), 0, dlp_som_scratch, on_som, &a)
             if rc == HS_SCAN_TERMINATED:
                 return p
             if rc != HS_SUCCESS:
@@ -402,9 +416,9 @@ cdef Py_ssize_t value_start_c(Info info, int t, const char *b, Py_ssize_t lo, Py
     cdef bint ws
     cdef double t0, dt
     cdef Py_ssize_t s
-    if not info.pws[t] or _strategy == 2:
-        return window_start(info, t, b, lo, e, maxw)
-    if _strategy == 1:
+    if not info.pws[t] or (_strategy == 2 and info.somdb[t] != NULL):
+        return window_start(info, t, b, lo, e, maxw) if info.somdb[t] != NULL else -2
+    if _strategy == 1 or info.somdb[t] == NULL:
         return som_start_ws(info, t, b, lo, e)
     n = info.scount[t]
     info.scount[t] = n + 1
@@ -526,10 +540,10 @@ def _lead_group(rx, str name):
     return bytes(1 if c in member else 0 for c in range(256))
 
 
-def _word_start(rx) -> bool:
-    """Does every match of ``rx`` (``(?:...)\\Z``) start with ``\\b`` then a word byte? Then its
-    starts are word starts (:func:`som_start_ws`). Parsed with ``re``'s own parser; any shape not
-    recognised answers False (the window scan, as before)."""
+def _word_start(rx) -> int:
+    """Does every match of ``rx`` (``(?:...)\\Z``) start with ``\\b``? 1: and then a word byte (its
+    starts are word starts), 2: and then any byte (its starts are word boundaries), 0: neither
+    (:func:`som_start_ws`). Parsed with ``re``'s own parser; a shape not recognised answers 0."""
     from re import _constants as C, _parser as P
     try:
         items = list(P.parse(rx.pattern, rx.flags))
@@ -538,7 +552,9 @@ def _word_start(rx) -> bool:
     while (items and items[0][0] is C.SUBPATTERN and items[0][1][0] is None
            and items[1:] in ([], [(C.AT, C.AT_END_STRING)])):
         items = list(items[0][1][3]) + items[1:]
-    return items[:1] == [(C.AT, C.AT_BOUNDARY)] and _first_is_word(items[1:])
+    if items[:1] != [(C.AT, C.AT_BOUNDARY)]:
+        return 0
+    return 1 if _first_is_word(items[1:]) else 2
 
 
 def load_stream(bytes blob not None) -> Database:
@@ -1303,7 +1319,7 @@ cdef class Info:
                 self.psom[k] = uniq.setdefault((p.rx.pattern, p.rx.flags), len(uniq))
         self.som = []
         self.nsom = len(uniq)
-        self.somdb = <hs_database_t **>malloc((2 * self.nsom + 1) * sizeof(hs_database_t *))
+        self.somdb = <hs_database_t **>malloc((3 * self.nsom + 1) * sizeof(hs_database_t *))
         if self.somdb == NULL:
             raise MemoryError()
         self.pws = <char *>malloc(self.nsom + 1)
@@ -1316,12 +1332,21 @@ cdef class Info:
         for (pat, fl), j in uniq.items():
             d = _som_db(pat[:-2] + rb"\z", HS_FLAG_CASELESS if fl & 2 else 0, True)
             a = _som_db(rb"\A" + pat[:-2] + rb"\z", HS_FLAG_CASELESS if fl & 2 else 0, False)
-            self.som.append((d, a))
+            kind = _word_start(rxs[(pat, fl)]) if a is not None else 0
+            # the anchored database that takes the byte before the value first (boundaries after
+            # a word byte); libhs may refuse it (then the pattern is not tried by boundaries)
+            a1 = _som_db(rb"\A[\x00-\xff]" + pat[:-2] + rb"\z", HS_FLAG_CASELESS if fl & 2 else 0, False) \
+                if kind == 2 else None
+            if kind == 2 and a1 is None:
+                kind = 0
+            self.som.append((d, a, a1))
             self.somdb[j] = d.db if d is not None else NULL
-            self.somdb[self.nsom + j] = (<Database>a).db if a is not None and d is not None else NULL
-            self.pws[j] = self.somdb[self.nsom + j] != NULL and _word_start(rxs[(pat, fl)])
+            self.somdb[self.nsom + j] = (<Database>a).db if a is not None else NULL
+            self.somdb[2 * self.nsom + j] = (<Database>a1).db if a1 is not None else NULL
+            self.pws[j] = kind
         for k in range(self.npat):
-            if self.psom[k] >= 0 and self.somdb[self.psom[k]] == NULL:
+            t = self.psom[k]
+            if t >= 0 and self.somdb[t] == NULL and not self.pws[t]:
                 self.psom[k] = -1
 
     @property
@@ -1432,7 +1457,7 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
     cdef bint ctx, lazy
     cdef Py_ssize_t r2
     cdef tuple last
-    cdef RecEnv env = None
+    cdef RecEnv env = rec_env(sc)
     cdef Py_hash_t hv
     cdef list distinct = sc._distinct
     refresh_today()
@@ -1519,7 +1544,7 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
                 elif not validate(code, <const unsigned char *>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v)):
                     continue
             if cat == CONTACT and ctx:
-                sc._count_contact(si, v)   # contact values never make a record: no placement
+                count_contact(sc, env, si, v)   # contact values never make a record: no placement
                 continue
         # which record (person) does the value belong to?
         if lines:
@@ -1539,8 +1564,6 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
             rk += (end - rk) // maxrec * maxrec
         if not has_key or rk != rec_key:
             if rec:
-                if env is None:
-                    env = rec_env(sc)
                 finish(sc, env, rec, rec_key, rk)   # rec holds entries only once a key is set
                 rec = []
             rec_key = rk
@@ -1582,8 +1605,7 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
                 rec[PyList_GET_SIZE(rec) - 1] = entry              # a longer match from the same start: keep the longest
                 continue
         rec.append(entry)
-    if env is not None:
-        env_flush(sc, env)
+    env_flush(sc, env)
     sc._rec = rec
     if has_key:
         sc._rec_key = rec_key
@@ -1925,6 +1947,8 @@ cdef class RecEnv:
     cdef Py_ssize_t strong_values, contact_values
     cdef object pend0, pend1, pend2      # Distinct counters owed an add of pend_fp
     cdef bint ids_capped
+    cdef list is_email
+    cdef object evidence
     cdef Py_hash_t pend_fp
     cdef int npend
 
@@ -1952,7 +1976,23 @@ cdef RecEnv rec_env(sc):
     env.strong_ids = sc._strong_ids
     env.person_ids = sc._person_ids
     env.ids_capped = sc._ids_capped
+    env.is_email = sc._is_email
+    env.evidence = sc._evidence
     return env
+
+
+cdef int count_contact(sc, RecEnv env, int si, bytes v) except -1:
+    """ExchangeScanner._count_contact: phones and emails count as distinct values only (the
+    count kept in ``env`` until the call ends or a verdict is asked)."""
+    if env.ignored[si]:
+        return 0
+    if dadd(env.distinct[si], PyObject_Hash(v)):
+        env.contact_values += 1
+        if env.is_email[si]:
+            env.evidence.email(v)
+    if env.want[si]:
+        sc._sample(si, v)
+    return 0
 
 
 cdef int env_pending(RecEnv env) except -1:
