@@ -218,3 +218,19 @@ def test_word_set_answers_as_frozenset(engine, info):
             assert (v in ws) == (v in words), v
     with pytest.raises(TypeError):
         core._hscore.WordSet(frozenset(["text"]))
+
+
+@pytest.mark.parametrize("pattern,flags,first", [
+    (rb"(?:\b[A-Z][a-z]+ x)\Z", 0, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"),
+    (rb"(?:\b[A-Z][a-z]+ x)\Z", 2, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"),
+    (rb"(?:\b(?:x|\d{2})y)\Z", 0, b"x0123456789"),
+    (rb"(?:\b(?P<g>[.-]{1,3})@)\Z", 0, b".-"),
+    (rb"(?:\b[a-z]?b)\Z", 0, None),                                  # optional first element: any byte
+    (rb"(?:a\b[a-z])\Z", 0, None),                                   # no leading \b
+])
+def test_first_bytes_of_a_boundary_regex(pattern, flags, first, info):
+    """Word starts whose byte cannot begin a match are not tried: the table of first bytes."""
+    import re
+    got = core._hscore._first_bytes(re.compile(pattern, flags))
+    want = bytes(1 if first is None or c in first else 0 for c in range(256))
+    assert got == want

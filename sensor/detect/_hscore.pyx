@@ -21,7 +21,6 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStri
 from cpython.object cimport PyObject_Hash
 from cpython.list cimport PyList_GET_SIZE
 from cpython.sequence cimport PySequence_GetSlice
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from libc.time cimport time, time_t
 
 cdef extern from "Python.h":
@@ -123,6 +122,17 @@ cdef extern from *:
     }
     static const void *dlp_memrchr(const void *s, int c, size_t n) { return memrchr(s, c, n); }
     static inline void dlp_prefetch(const void *p) { __builtin_prefetch(p, 1, 3); }
+    /* a cheap clock for comparing two ways of one step (the TSC where there is one: ~10 ns, where
+       clock_gettime costs ~25-40 ns under a hypervisor); only differences of it are used */
+    #if defined(__x86_64__) || defined(__i386__)
+    #include <x86intrin.h>
+    static inline double dlp_ticks(void) { return (double)__rdtsc(); }
+    #else
+    #include <time.h>
+    static inline double dlp_ticks(void) {
+        struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts); return ts.tv_sec * 1e9 + ts.tv_nsec;
+    }
+    #endif
     """
     ctypedef struct hs_database_t:
         pass
@@ -146,6 +156,7 @@ cdef extern from *:
     hs_scratch_t *dlp_tls_scratch
     const void *dlp_memrchr(const void *s, int c, size_t n) nogil
     void dlp_prefetch(const void *p) nogil
+    double dlp_ticks() nogil
     int scratch_for "dlp_scratch_for"(const hs_database_t *db) nogil
     void dlp_forget_databases() nogil
     long dlp_live_scratches() nogil
@@ -341,13 +352,14 @@ cdef Py_ssize_t som_start_ws(Info info, int t, const char *b, Py_ssize_t lo, Py_
     cdef int rc, tries = 0
     cdef Py_ssize_t p = lo
     cdef bint wb, wc, only_word = info.pws[t] == 1
+    cdef const unsigned char *first = info.pfirst + 256 * t
     rc = som_scratch_for(<void *>info, info.somdb, 3 * info.nsom)
     if rc != HS_SUCCESS:
         return -2
     while p < e:
         wb = p > 0 and is_word(<unsigned char>b[p - 1])
         wc = is_word(<unsigned char>b[p])
-        if (wc and not wb) if only_word else wc != wb:
+        if ((wc and not wb) if only_word else wc != wb) and first[<unsigned char>b[p]]:
             a.want = 0
             a.start = -1
             if tries == MAX_TRIES:
@@ -383,12 +395,6 @@ def _set_start_strategy(int mode) -> None:
     _strategy = mode
 
 
-cdef inline double _now() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec * 1e9 + ts.tv_nsec
-
-
 cdef Py_ssize_t window_start(Info info, int t, const char *b, Py_ssize_t lo, Py_ssize_t e, int64_t maxw) noexcept:
     """The window scan (leftmost-start database over ``[lo, e)``, anchored first after a blank)."""
     cdef Py_ssize_t s = -2
@@ -409,7 +415,7 @@ cdef Py_ssize_t value_start_c(Info info, int t, const char *b, Py_ssize_t lo, Py
     """Where the value of regex ``t`` ending at ``e`` starts (searched from ``lo``): -1 none, -2 ask
     ``re``. A word-start regex has two exact ways (the same answer): its word starts one by one, or
     the window scan; which is cheaper depends on the pattern and the data (a failed anchored try
-    costs 0.1-0.8 us, a window scan 0.2-3 us), so every 8th call is timed, alternating the two, and
+    costs 0.1-0.8 us, a window scan 0.2-3 us), so every 16th call is timed, alternating the two, and
     the others take the one with the lower moving average. Only the cost is adaptive, never the
     answer (tests/test_core_som.py holds both ways to ``re``)."""
     cdef unsigned int n
@@ -422,14 +428,14 @@ cdef Py_ssize_t value_start_c(Info info, int t, const char *b, Py_ssize_t lo, Py
         return som_start_ws(info, t, b, lo, e)
     n = info.scount[t]
     info.scount[t] = n + 1
-    if n & 7:
+    if n & 15:
         if info.cost_ws[t] <= info.cost_win[t]:
             return som_start_ws(info, t, b, lo, e)
         return window_start(info, t, b, lo, e, maxw)
-    ws = not (n >> 3) & 1
-    t0 = _now()
+    ws = not (n >> 4) & 1
+    t0 = dlp_ticks()
     s = som_start_ws(info, t, b, lo, e) if ws else window_start(info, t, b, lo, e, maxw)
-    dt = _now() - t0
+    dt = dlp_ticks() - t0
     if ws:
         info.cost_ws[t] = dt if info.cost_ws[t] == 0 else info.cost_ws[t] + (dt - info.cost_ws[t]) / 8
     else:
@@ -538,6 +544,49 @@ def _lead_group(rx, str name):
     if member & follow:
         return None
     return bytes(1 if c in member else 0 for c in range(256))
+
+
+def _first_set(items):
+    """The bytes a match of this parsed sequence can begin with, or None when not worked out."""
+    from re import _constants as C
+    if not items:
+        return None
+    op, av = items[0]
+    if op is C.LITERAL or op is C.IN:
+        return _byte_set(op, av, C)
+    if op is C.MAX_REPEAT or op is C.MIN_REPEAT:
+        return _first_set(list(av[2])) if av[0] >= 1 else None
+    if op is C.SUBPATTERN:
+        return _first_set(list(av[3])) if not av[1] and not av[2] else None
+    if op is C.BRANCH:
+        out = set()
+        for br in av[1]:
+            got = _first_set(list(br))
+            if got is None:
+                return None
+            out |= got
+        return out
+    return None
+
+
+def _first_bytes(rx) -> bytes:
+    """A 256-byte table: may a match of ``rx`` (after its leading ``\\b``) begin with this byte?
+    All ones when not worked out. Word starts and boundaries whose byte cannot begin a match are
+    not tried (:func:`som_start_ws`)."""
+    from re import _constants as C, _parser as P
+    try:
+        items = list(P.parse(rx.pattern, rx.flags))
+    except Exception:                    # noqa: BLE001 - not understood: every byte may begin one
+        return b"\x01" * 256
+    while (items and items[0][0] is C.SUBPATTERN and items[0][1][0] is None
+           and items[1:] in ([], [(C.AT, C.AT_END_STRING)])):
+        items = list(items[0][1][3]) + items[1:]
+    first = _first_set(items[1:]) if items[:1] == [(C.AT, C.AT_BOUNDARY)] else None
+    if first is None:
+        return b"\x01" * 256
+    if rx.flags & 2:                     # IGNORECASE: both cases of every letter
+        first |= {c ^ 32 for c in first if 65 <= (c & ~32) <= 90}
+    return bytes(1 if c in first else 0 for c in range(256))
 
 
 def _word_start(rx) -> int:
@@ -1230,6 +1279,7 @@ cdef class Info:
     cdef public object gate_ids
     cdef int *psom                  # index in ``somdb`` of the pattern's value regex, or -1 (``re`` finds the start)
     cdef char *pws                  # by ``somdb`` index: its starts are word starts (som_start_ws)
+    cdef unsigned char *pfirst      # by ``somdb`` index, 256 each: bytes a match may begin with
     cdef unsigned int *scount       # by ``somdb`` index: value starts asked (value_start_c's timing)
     cdef double *cost_ws
     cdef double *cost_win
@@ -1323,6 +1373,9 @@ cdef class Info:
         if self.somdb == NULL:
             raise MemoryError()
         self.pws = <char *>malloc(self.nsom + 1)
+        self.pfirst = <unsigned char *>malloc(256 * (self.nsom + 1))
+        if self.pfirst == NULL:
+            raise MemoryError()
         self.scount = <unsigned int *>calloc(self.nsom + 1, sizeof(unsigned int))
         self.cost_ws = <double *>calloc(self.nsom + 1, sizeof(double))
         self.cost_win = <double *>calloc(self.nsom + 1, sizeof(double))
@@ -1344,6 +1397,8 @@ cdef class Info:
             self.somdb[self.nsom + j] = (<Database>a).db if a is not None else NULL
             self.somdb[2 * self.nsom + j] = (<Database>a1).db if a1 is not None else NULL
             self.pws[j] = kind
+            fb = _first_bytes(rxs[(pat, fl)])
+            memcpy(self.pfirst + 256 * <int>j, PyBytes_AS_STRING(<bytes>fb), 256)
         for k in range(self.npat):
             t = self.psom[k]
             if t >= 0 and self.somdb[t] == NULL and not self.pws[t]:
@@ -1361,6 +1416,7 @@ cdef class Info:
 
     def __dealloc__(self):
         free(self.pws)
+        free(self.pfirst)
         free(self.scount)
         free(self.cost_ws)
         free(self.cost_win)
