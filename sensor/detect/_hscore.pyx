@@ -9,6 +9,16 @@ offsets, C byte searches and C twins of the validators, calling Python only wher
 does something Python-shaped (variable-width extraction with ``re``, header/column context,
 finishing a record). ``tests/test_core_diff.py`` holds both paths to identical results.
 
+Measured on the dense breach CSV (perf, session 13), and what was done about it: the dob validator's
+Python call (a C twin now), ``re`` for the name patterns' required words (read off the bytes when
+the group leads the match: :func:`_lead_group`), libhs's leftmost-start scan of a 40-80 byte window
+per variable-width value (2-3 us on names; now the word starts are tried with an anchored database
+first where cheaper: :func:`value_start_c`), emails through ``re`` (libhs cannot give that pattern a
+leftmost start) and ``_count_contact`` in Python (both in C). What remains on that corpus, in this
+order: the distinct-count tables' memory stalls when finishing records (a dozen tables of 1 MB,
+probed at random), the window scans of the city/state/ZIP pattern, and the Python objects of the
+record entries. The loop lets the GIL go every 256 matches (:data:`GIL_EVERY`).
+
 Databases come from this module's own ``hs_compile_multi`` (a database serialized by the PyPI
 wheel's statically linked libhs is not guaranteed to load in Debian's). Scratch: one per thread
 (``__thread``), grown with ``hs_alloc_scratch`` for every database it meets, never shared.
