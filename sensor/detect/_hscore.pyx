@@ -131,7 +131,7 @@ cdef extern from *:
         return rc;
     }
     static const void *dlp_memrchr(const void *s, int c, size_t n) { return memrchr(s, c, n); }
-    static inline void dlp_prefetch(const void *p) { __builtin_prefetch(p, 1, 3); }
+    static inline void dlp_prefetch(const void *p) { __builtin_prefetch(p, 0, 3); }
     /* a cheap clock for comparing two ways of one step (the TSC where there is one: ~10 ns, where
        clock_gettime costs ~25-40 ns under a hypervisor); only differences of it are used */
     #if defined(__x86_64__) || defined(__i386__)
