@@ -59,11 +59,81 @@ def _lo_field(p, buf, e):
     return max(lo, buf.rfind(b",", lo, e) + 1, buf.rfind(b" ", lo, e) + 1)
 
 
-def test_starts_on_leak_rows_are_re_starts(engine, info):
+@pytest.fixture(params=[0, 1, 2], ids=["adaptive", "word-starts", "window"])
+def strategy(request):
+    """Both exact ways to find a word-start regex's start, and the timed choice between them."""
+    core._hscore._set_start_strategy(request.param)
+    yield request.param
+    core._hscore._set_start_strategy(0)
+
+
+def test_starts_on_leak_rows_are_re_starts(engine, info, strategy):
     ks = _som_patterns(engine, info)
     data = synth.breach_csv(40)
     asked = _check(engine, info, ks, data[:3000], _lo_window) + _check(engine, info, ks, data[:3000], _lo_field)
     assert asked < len(ks) * 6000 // 10                       # libhs answers the great majority
+    assert info.word_start_patterns >= 4                     # names, street, city: by word starts
+
+
+EMAILISH = b"ab._%+-@@..xyZ09 <>,;:\n"
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from(list(EMAILISH)), min_size=1, max_size=120), st.integers(0, 2**32))
+def test_email_starts_by_word_boundaries_are_re_starts(engine, info, chars, seed):
+    """The email pattern has no leftmost-start database (libhs: "too large"): its starts come from
+    the word boundaries, a boundary after a word byte through the database that takes that byte
+    first. Emails with junk around them and random email-ish bytes, at every end offset."""
+    rnd = random.Random(seed)
+    buf = bytes(chars)
+    for v in (b"john.doe@example.com", b"-x@y.org", b"a..b@c.de", b"_@a.io", b"%a@b.co", b".+@x.info"):
+        at = rnd.randrange(len(buf) + 1)
+        buf = buf[:at] + v + buf[at:]
+    ks = [k for k, p in enumerate(engine.patterns) if p.rx is not None and b"@" in p.rx.pattern
+          and core._hscore.value_start(info, k, b"x", 0, 1) != -2]
+    assert ks, "the email pattern takes its start from libhs"
+    _check(engine, info, ks, buf, _lo_window if rnd.random() < 0.5 else _lo_field)
+
+
+def test_leading_group_require_is_res(engine, info):
+    """``m.group(g).upper() in words`` from the group's byte table (no ``re``) wherever a match
+    starts, on leak rows, names in several shapes and fuzzed bytes."""
+    rnd = random.Random(5)
+    names = [b"SMITH,JOHN", b"Smith, John", b"JOHN SMITH", b"John Q. Smith", b"O'NEIL,MARY", b"de la Cruz, Ana",
+             b"MARY-ANN JONES", b"ZZQX,QQQ", b"Zzqx, Qqq", b"A" * 80 + b",BOB"]
+    bufs = [synth.breach_csv(30), b" ; ".join(names)]
+    for _ in range(40):
+        bufs.append(bytes(rnd.choice(ALPHABET + b"JOHNSMITHMARY") for _ in range(rnd.randrange(1, 60))))
+    ks = [k for k, p in enumerate(engine.patterns) if p.require and core._hscore._lead_group_ok(info, k, b"x", 0, 1)
+          is not None]
+    assert ks, "no require takes the leading-group table"
+    checked = 0
+    for k in ks:
+        p = engine.patterns[k]
+        for buf in bufs:
+            for e in range(1, len(buf) + 1):
+                m = p.rx.search(buf, max(0, e - p.maxw), e)
+                if m is None:
+                    continue
+                want = all(m.group(g).upper() in w for g, w in p.require)
+                assert core._hscore._lead_group_ok(info, k, buf, m.start(), e) == want, (k, buf[m.start():e])
+                checked += 1
+    assert checked > 100
+
+
+@pytest.mark.parametrize("pattern,flags,lead", [
+    (rb"(?:\b(?P<g>[A-Z]{2,5}) [A-Z]+)\Z", 0, True),
+    (rb"(?:\b(?P<g>[A-Z]{2,5})[A-Z ]+)\Z", 0, False),            # the next byte may be the group's
+    (rb"(?:\b(?P<g>[A-Z]{2,5}) ?[A-Z]+)\Z", 0, False),           # the next element is optional
+    (rb"(?:\b(?P<g>[a-z]{2,5})A)\Z", 2, False),                  # IGNORECASE: A is a group byte
+    (rb"(?:\b(?P<g>\w+)-x)\Z", 0, True),
+    (rb"(?:\b(?P<g>[^ ]+) x)\Z", 0, False),                      # a negated class: not handled
+    (rb"(?:x|\b(?P<g>[A-Z]+) x)\Z", 0, False),                   # alternation at the top
+    (rb"(?:\bA(?P<g>[A-Z]+) x)\Z", 0, False),                    # the group is not the first element
+])
+def test_leading_group_analysis(pattern, flags, lead, info):
+    import re
+    assert (core._hscore._lead_group(re.compile(pattern, flags), "g") is not None) == lead
 
 
 ALPHABET = b"AaBbZz019 ,.-'\t\n@_&\xc2\xa7JanSTCA"
@@ -131,3 +201,36 @@ def test_record_identity_hash_is_pythons(info):
                       for _ in range(n)])
     for hs in cases:
         assert core._hscore.tuple_hash_of_sorted(list(hs)) == hash(tuple(sorted(hs))), hs
+
+
+def test_word_set_answers_as_frozenset(engine, info):
+    """The require word sets as C tables: membership as the frozenset's, long words included."""
+    rnd = random.Random(3)
+    sets = {id(w): w for p in engine.patterns for _, w in (p.require or ())}
+    extra = frozenset([b"", b"A", b"X" * 23, b"Y" * 24, b"Z" * 90, b"\xc3\x89MILE", b"O'NEIL", b"MARY-ANN"])
+    for words in list(sets.values()) + [extra, frozenset()]:
+        ws = core._hscore.WordSet(words)
+        probes = list(words)[:500] + list(extra)
+        probes += [bytes(rnd.choice(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ'-") for _ in range(rnd.randrange(0, 30)))
+                   for _ in range(2000)]
+        probes += [w[:-1] for w in list(words)[:200] if w] + [w + b"S" for w in list(words)[:200]]
+        for v in probes:
+            assert (v in ws) == (v in words), v
+    with pytest.raises(TypeError):
+        core._hscore.WordSet(frozenset(["text"]))
+
+
+@pytest.mark.parametrize("pattern,flags,first", [
+    (rb"(?:\b[A-Z][a-z]+ x)\Z", 0, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"),
+    (rb"(?:\b[A-Z][a-z]+ x)\Z", 2, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"),
+    (rb"(?:\b(?:x|\d{2})y)\Z", 0, b"x0123456789"),
+    (rb"(?:\b(?P<g>[.-]{1,3})@)\Z", 0, b".-"),
+    (rb"(?:\b[a-z]?b)\Z", 0, None),                                  # optional first element: any byte
+    (rb"(?:a\b[a-z])\Z", 0, None),                                   # no leading \b
+])
+def test_first_bytes_of_a_boundary_regex(pattern, flags, first, info):
+    """Word starts whose byte cannot begin a match are not tried: the table of first bytes."""
+    import re
+    got = core._hscore._first_bytes(re.compile(pattern, flags))
+    want = bytes(1 if first is None or c in first else 0 for c in range(256))
+    assert got == want

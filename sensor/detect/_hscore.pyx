@@ -9,6 +9,16 @@ offsets, C byte searches and C twins of the validators, calling Python only wher
 does something Python-shaped (variable-width extraction with ``re``, header/column context,
 finishing a record). ``tests/test_core_diff.py`` holds both paths to identical results.
 
+Measured on the dense breach CSV (perf, session 13), and what was done about it: the dob validator's
+Python call (a C twin now), ``re`` for the name patterns' required words (read off the bytes when
+the group leads the match: :func:`_lead_group`), libhs's leftmost-start scan of a 40-80 byte window
+per variable-width value (2-3 us on names; now the word starts are tried with an anchored database
+first where cheaper: :func:`value_start_c`), emails through ``re`` (libhs cannot give that pattern a
+leftmost start) and ``_count_contact`` in Python (both in C). What remains on that corpus, in this
+order: the distinct-count tables' memory stalls when finishing records (a dozen tables of 1 MB,
+probed at random), the window scans of the city/state/ZIP pattern, and the Python objects of the
+record entries. The loop lets the GIL go every 256 matches (:data:`GIL_EVERY`).
+
 Databases come from this module's own ``hs_compile_multi`` (a database serialized by the PyPI
 wheel's statically linked libhs is not guaranteed to load in Debian's). Scratch: one per thread
 (``__thread``), grown with ``hs_alloc_scratch`` for every database it meets, never shared.
@@ -21,6 +31,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStri
 from cpython.object cimport PyObject_Hash
 from cpython.list cimport PyList_GET_SIZE
 from cpython.sequence cimport PySequence_GetSlice
+from libc.time cimport time, time_t
 
 cdef extern from "Python.h":
     Py_hash_t _Py_HashBytes(const void *src, Py_ssize_t n)     # hash(bytes): the same SipHash and key
@@ -120,6 +131,18 @@ cdef extern from *:
         return rc;
     }
     static const void *dlp_memrchr(const void *s, int c, size_t n) { return memrchr(s, c, n); }
+    static inline void dlp_prefetch(const void *p) { __builtin_prefetch(p, 0, 3); }
+    /* a cheap clock for comparing two ways of one step (the TSC where there is one: ~10 ns, where
+       clock_gettime costs ~25-40 ns under a hypervisor); only differences of it are used */
+    #if defined(__x86_64__) || defined(__i386__)
+    #include <x86intrin.h>
+    static inline double dlp_ticks(void) { return (double)__rdtsc(); }
+    #else
+    #include <time.h>
+    static inline double dlp_ticks(void) {
+        struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts); return ts.tv_sec * 1e9 + ts.tv_nsec;
+    }
+    #endif
     """
     ctypedef struct hs_database_t:
         pass
@@ -142,6 +165,8 @@ cdef extern from *:
                 hs_scratch_t *scratch, match_event_handler onEvent, void *context) nogil
     hs_scratch_t *dlp_tls_scratch
     const void *dlp_memrchr(const void *s, int c, size_t n) nogil
+    void dlp_prefetch(const void *p) nogil
+    double dlp_ticks() nogil
     int scratch_for "dlp_scratch_for"(const hs_database_t *db) nogil
     void dlp_forget_databases() nogil
     long dlp_live_scratches() nogil
@@ -307,7 +332,7 @@ cdef Py_ssize_t som_start(Info info, int t, const char *p, Py_ssize_t n, bint af
     a.want = 0
     a.n = <unsigned long long>n
     a.start = -1
-    rc = som_scratch_for(<void *>info, info.somdb, 2 * info.nsom)
+    rc = som_scratch_for(<void *>info, info.somdb, 3 * info.nsom)
     if rc == HS_SUCCESS and after_blank and info.somdb[info.nsom + t] != NULL:
         # a value that starts where the search starts (a CSV field) needs no SOM: one anchored test
         rc = hs_scan(info.somdb[info.nsom + t], p, <unsigned int>n, 0, dlp_som_scratch, on_som, &a)
@@ -318,6 +343,277 @@ cdef Py_ssize_t som_start(Info info, int t, const char *p, Py_ssize_t n, bint af
     if rc != HS_SUCCESS and rc != HS_SCAN_TERMINATED:
         return -2                         # libhs could not say (no scratch): re decides, as the reference
     return a.start
+
+
+DEF MAX_TRIES = 6             # word starts tried one by one before one leftmost-start scan of the rest
+
+
+cdef Py_ssize_t som_start_ws(Info info, int t, const char *b, Py_ssize_t lo, Py_ssize_t e) noexcept:
+    """:func:`som_start` for a value regex whose every match starts with ``\\b`` (see
+    :func:`_word_start`): the only possible starts are the word boundaries in ``[lo, e)`` (only word
+    starts when the first byte is always a word byte), tried leftmost first with the anchored
+    database (~0.1 us each), where one leftmost-start scan of the window costs 2-3 us on the name
+    and place patterns, and libhs cannot give the email pattern one at all. A boundary after a word
+    byte is tried with the database that takes that byte first (libhs sees no byte before the data).
+    After MAX_TRIES misses, one leftmost-start scan from the next word start answers for the rest
+    (or ``re``, without one). ``b`` is the whole buffer: the byte before a candidate is a real one,
+    as ``re`` sees it. -1 none, -2 ask ``re``."""
+    cdef SomAt a
+    cdef int rc, tries = 0
+    cdef Py_ssize_t p = lo
+    cdef bint wb, wc, only_word = info.pws[t] == 1
+    cdef const unsigned char *first = info.pfirst + 256 * t
+    rc = som_scratch_for(<void *>info, info.somdb, 3 * info.nsom)
+    if rc != HS_SUCCESS:
+        return -2
+    while p < e:
+        wb = p > 0 and is_word(<unsigned char>b[p - 1])
+        wc = is_word(<unsigned char>b[p])
+        if ((wc and not wb) if only_word else wc != wb) and first[<unsigned char>b[p]]:
+            a.want = 0
+            a.start = -1
+            if tries == MAX_TRIES:
+                if wb or info.somdb[t] == NULL:
+                    return -2                     # no leftmost-start scan fits here: re decides
+                a.n = <unsigned long long>(e - p)
+                rc = hs_scan(info.somdb[t], b + p, <unsigned int>(e - p), 0, dlp_som_scratch, on_som, &a)
+                if rc != HS_SUCCESS and rc != HS_SCAN_TERMINATED:
+                    return -2
+                return a.start + p if a.start >= 0 else -1
+            if wb:
+                a.n = <unsigned long long>(e - p + 1)
+                rc = hs_scan(info.somdb[2 * info.nsom + t], b + p - 1, <unsigned int>(e - p + 1), 0,
+                             dlp_som_scratch, on_som, &a)
+            else:
+                a.n = <unsigned long long>(e - p)
+                rc = hs_scan(info.somdb[info.nsom + t], b + p, <unsigned int>(e - p), 0, dlp_som_scratch, on_som, &a)
+            if rc == HS_SCAN_TERMINATED:
+                return p
+            if rc != HS_SUCCESS:
+                return -2
+            tries += 1
+        p += 1
+    return -1
+
+
+cdef int _strategy = 0          # tests: 0 adaptive, 1 word starts only, 2 window scan only
+
+
+def _set_start_strategy(int mode) -> None:
+    """For tests: force how :func:`value_start` / the loop find a word-start regex's start."""
+    global _strategy
+    _strategy = mode
+
+
+cdef Py_ssize_t window_start(Info info, int t, const char *b, Py_ssize_t lo, Py_ssize_t e, int64_t maxw) noexcept:
+    """The window scan (leftmost-start database over ``[lo, e)``, anchored first after a blank)."""
+    cdef Py_ssize_t s = -2
+    if lo == 0 or not is_word(<unsigned char>b[lo - 1]):
+        s = som_start(info, t, b + lo, e - lo, True)      # none: re finds none either
+        if s >= 0:
+            s += lo
+    elif lo == e - maxw:                          # let libhs see the byte before lo
+        s = som_start(info, t, b + lo - 1, e - lo + 1, False)
+        if s >= 0:
+            s += lo - 1
+            if s < lo:
+                s = -2                            # wider than maxw: ask re
+    return s
+
+
+cdef Py_ssize_t value_start_c(Info info, int t, const char *b, Py_ssize_t lo, Py_ssize_t e, int64_t maxw) noexcept:
+    """Where the value of regex ``t`` ending at ``e`` starts (searched from ``lo``): -1 none, -2 ask
+    ``re``. A word-start regex has two exact ways (the same answer): its word starts one by one, or
+    the window scan; which is cheaper depends on the pattern and the data (a failed anchored try
+    costs 0.1-0.8 us, a window scan 0.2-3 us), so every 16th call is timed, alternating the two, and
+    the others take the one with the lower moving average. Only the cost is adaptive, never the
+    answer (tests/test_core_som.py holds both ways to ``re``)."""
+    cdef unsigned int n
+    cdef bint ws
+    cdef double t0, dt
+    cdef Py_ssize_t s
+    if not info.pws[t] or (_strategy == 2 and info.somdb[t] != NULL):
+        return window_start(info, t, b, lo, e, maxw) if info.somdb[t] != NULL else -2
+    if _strategy == 1 or info.somdb[t] == NULL:
+        return som_start_ws(info, t, b, lo, e)
+    n = info.scount[t]
+    info.scount[t] = n + 1
+    if n & 15:
+        if info.cost_ws[t] <= info.cost_win[t]:
+            return som_start_ws(info, t, b, lo, e)
+        return window_start(info, t, b, lo, e, maxw)
+    ws = not (n >> 4) & 1
+    t0 = dlp_ticks()
+    s = som_start_ws(info, t, b, lo, e) if ws else window_start(info, t, b, lo, e, maxw)
+    dt = dlp_ticks() - t0
+    if ws:
+        info.cost_ws[t] = dt if info.cost_ws[t] == 0 else info.cost_ws[t] + (dt - info.cost_ws[t]) / 8
+    else:
+        info.cost_win[t] = dt if info.cost_win[t] == 0 else info.cost_win[t] + (dt - info.cost_win[t]) / 8
+    return s
+
+
+_WORD = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
+
+
+def _first_is_word(items) -> bool:
+    """Does every match of this parsed sequence begin with a word byte?"""
+    from re import _constants as C
+    if not items:
+        return False
+    op, av = items[0]
+    if op is C.LITERAL:
+        return av in _WORD
+    if op is C.IN:
+        for o, x in av:
+            if o is C.LITERAL:
+                if x not in _WORD:
+                    return False
+            elif o is C.RANGE:
+                if not all(c in _WORD for c in range(x[0], x[1] + 1)):
+                    return False
+            elif o is C.CATEGORY:
+                if x not in (C.CATEGORY_DIGIT, C.CATEGORY_WORD):
+                    return False
+            else:
+                return False
+        return True
+    if op is C.MAX_REPEAT or op is C.MIN_REPEAT:
+        return av[0] >= 1 and _first_is_word(list(av[2]))
+    if op is C.SUBPATTERN:
+        return _first_is_word(list(av[3]))
+    if op is C.BRANCH:
+        return all(_first_is_word(list(br)) for br in av[1])
+    return False
+
+
+def _byte_set(op, av, C):
+    """The bytes one parsed element can consume, as a set, or None when not a plain byte class."""
+    out = set()
+    if op is C.LITERAL:
+        return {av}
+    if op is C.IN:
+        for o, x in av:
+            if o is C.LITERAL:
+                out.add(x)
+            elif o is C.RANGE:
+                out.update(range(x[0], x[1] + 1))
+            elif o is C.CATEGORY and x is C.CATEGORY_DIGIT:
+                out.update(b"0123456789")
+            elif o is C.CATEGORY and x is C.CATEGORY_WORD:
+                out.update(_WORD)
+            else:
+                return None                   # NEGATE, other categories: not handled
+        return out
+    return None
+
+
+def _lead_group(rx, str name):
+    """For a ``require`` on group ``name`` of ``rx``: a 256-byte table of the bytes the group can
+    consume, when the group is the first element after the leading ``\\b`` and made only of byte
+    classes, and the element after it must consume a byte the group cannot. Then, in a match found
+    from its start, the group runs exactly to the first byte outside the table (no ``re`` needed
+    to find it). None otherwise (the loop asks ``re``, as before)."""
+    from re import _constants as C, _parser as P
+    try:
+        items = list(P.parse(rx.pattern, rx.flags))
+        gid = rx.groupindex[name]
+    except Exception:                    # noqa: BLE001 - not understood: ask re
+        return None
+    while (items and items[0][0] is C.SUBPATTERN and items[0][1][0] is None
+           and items[1:] in ([], [(C.AT, C.AT_END_STRING)])):
+        items = list(items[0][1][3]) + items[1:]
+    if len(items) < 3 or items[0] != (C.AT, C.AT_BOUNDARY) or items[1][0] is not C.SUBPATTERN:
+        return None
+    g, add, dele, body = items[1][1]
+    if g != gid or add or dele:
+        return None
+    member = set()
+    for op, av in body:
+        if op is C.MAX_REPEAT or op is C.MIN_REPEAT:
+            sub = list(av[2])
+            if len(sub) != 1:
+                return None
+            op, av = sub[0]
+        got = _byte_set(op, av, C)
+        if got is None:
+            return None
+        member |= got
+    op, av = items[2]
+    if op is C.MAX_REPEAT or op is C.MIN_REPEAT:
+        sub = list(av[2])
+        if av[0] < 1 or len(sub) != 1:
+            return None
+        op, av = sub[0]
+    follow = _byte_set(op, av, C)
+    if follow is None:
+        return None
+    if rx.flags & 2:                     # IGNORECASE (ASCII bytes): both cases of every letter
+        for st in (member, follow):
+            st |= {c ^ 32 for c in st if 65 <= (c & ~32) <= 90}
+    if member & follow:
+        return None
+    return bytes(1 if c in member else 0 for c in range(256))
+
+
+def _first_set(items):
+    """The bytes a match of this parsed sequence can begin with, or None when not worked out."""
+    from re import _constants as C
+    if not items:
+        return None
+    op, av = items[0]
+    if op is C.LITERAL or op is C.IN:
+        return _byte_set(op, av, C)
+    if op is C.MAX_REPEAT or op is C.MIN_REPEAT:
+        return _first_set(list(av[2])) if av[0] >= 1 else None
+    if op is C.SUBPATTERN:
+        return _first_set(list(av[3])) if not av[1] and not av[2] else None
+    if op is C.BRANCH:
+        out = set()
+        for br in av[1]:
+            got = _first_set(list(br))
+            if got is None:
+                return None
+            out |= got
+        return out
+    return None
+
+
+def _first_bytes(rx) -> bytes:
+    """A 256-byte table: may a match of ``rx`` (after its leading ``\\b``) begin with this byte?
+    All ones when not worked out. Word starts and boundaries whose byte cannot begin a match are
+    not tried (:func:`som_start_ws`)."""
+    from re import _constants as C, _parser as P
+    try:
+        items = list(P.parse(rx.pattern, rx.flags))
+    except Exception:                    # noqa: BLE001 - not understood: every byte may begin one
+        return b"\x01" * 256
+    while (items and items[0][0] is C.SUBPATTERN and items[0][1][0] is None
+           and items[1:] in ([], [(C.AT, C.AT_END_STRING)])):
+        items = list(items[0][1][3]) + items[1:]
+    first = _first_set(items[1:]) if items[:1] == [(C.AT, C.AT_BOUNDARY)] else None
+    if first is None:
+        return b"\x01" * 256
+    if rx.flags & 2:                     # IGNORECASE: both cases of every letter
+        first |= {c ^ 32 for c in first if 65 <= (c & ~32) <= 90}
+    return bytes(1 if c in first else 0 for c in range(256))
+
+
+def _word_start(rx) -> int:
+    """Does every match of ``rx`` (``(?:...)\\Z``) start with ``\\b``? 1: and then a word byte (its
+    starts are word starts), 2: and then any byte (its starts are word boundaries), 0: neither
+    (:func:`som_start_ws`). Parsed with ``re``'s own parser; a shape not recognised answers 0."""
+    from re import _constants as C, _parser as P
+    try:
+        items = list(P.parse(rx.pattern, rx.flags))
+    except Exception:                    # noqa: BLE001 - not understood: not eligible
+        return False
+    while (items and items[0][0] is C.SUBPATTERN and items[0][1][0] is None
+           and items[1:] in ([], [(C.AT, C.AT_END_STRING)])):
+        items = list(items[0][1][3]) + items[1:]
+    if items[:1] != [(C.AT, C.AT_BOUNDARY)]:
+        return 0
+    return 1 if _first_is_word(items[1:]) else 2
 
 
 def load_stream(bytes blob not None) -> Database:
@@ -570,7 +866,8 @@ cdef class PartScan:
         tmp = <Hit *>malloc(n * sizeof(Hit))
         if tmp == NULL:
             raise MemoryError()
-        merge_sort(self.hits.a, tmp, n)
+        with nogil:
+            merge_sort(self.hits.a, tmp, n)
         free(tmp)
 
     def close(self) -> int:
@@ -708,10 +1005,11 @@ cdef object TEST_CARDS = _V._TEST_CARDS
 
 DEF MAXD = 32
 # codes; PY = call the Python validator (no C twin: see PY_VALIDATORS)
-TWINS = {"ssn": 1, "luhn": 2, "pan": 3, "aba": 4, "nanp": 5, "email": 6}
-# validators called through Python from the compiled loop, on purpose: ``dob`` keeps the reference's
-# lru_cache and calendar; ``iban`` is rare and its reference decodes text. Both exact by construction.
-PY_VALIDATORS = frozenset({"dob", "iban"})
+TWINS = {"ssn": 1, "luhn": 2, "pan": 3, "aba": 4, "nanp": 5, "email": 6, "dob": 7}
+# validators called through Python from the compiled loop, on purpose: ``iban`` is rare and its
+# reference decodes text (exact by construction). ``dob`` has a C twin for the shapes a date match
+# takes (digits and ``/ - . , space``) and asks the Python validator for anything else.
+PY_VALIDATORS = frozenset({"iban"})
 DEF V_PY = 99
 
 
@@ -802,6 +1100,85 @@ cdef int pan_brand(const unsigned char *d, int n) noexcept:
     return 0
 
 
+cdef int _ty = 0, _tm = 0, _td = 0          # today (validators._today), refreshed per process() call
+
+
+cdef time_t _today_at = 0
+
+
+cdef int refresh_today() except -1:
+    """Today's date, asked of Python at most once a second (date.today() costs ~20 us here)."""
+    global _ty, _tm, _td, _today_at
+    cdef time_t now = time(NULL)
+    if now == _today_at:
+        return 0
+    _today_at = now
+    t = _V._today()
+    _ty, _tm, _td = t.year, t.month, t.day
+    return 0
+
+
+cdef inline int _is_leap(int y) noexcept:
+    return y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+
+
+cdef int dob_c(const unsigned char *v, Py_ssize_t n) noexcept:
+    """validators.dob for values of digits and ``/ - . ,`` and spaces: 1/0, or -1 for "ask Python"
+    (any other byte, or a number too long for the calendar's ints: the reference may raise there).
+    The reference splits on those separators; one 8-digit part is YYYYMMDD, three parts are
+    Y-M-D when the first has 4 digits, else M/D/Y; anything else is no date."""
+    cdef int starts_[4]
+    cdef int lens[4]
+    cdef int np = 0, k, y, m, d, dim
+    cdef Py_ssize_t j = 0, a
+    cdef unsigned char c
+    while j < n:
+        c = v[j]
+        if 48 <= c <= 57:
+            a = j
+            while j < n and 48 <= v[j] <= 57:
+                j += 1
+            if np < 4:
+                starts_[np] = <int>a
+                lens[np] = <int>(j - a)
+            np += 1
+        elif c == 47 or c == 45 or c == 46 or c == 44 or c == 32:
+            j += 1
+        else:
+            return -1
+    if np == 1 and lens[0] == 8:
+        y = num(v + starts_[0], 4)
+        m = num(v + starts_[0] + 4, 2)
+        d = num(v + starts_[0] + 6, 2)
+    elif np == 3:
+        for k in range(3):
+            if lens[k] > 9:
+                return -1                # int() of it may overflow date(): the reference decides
+        if lens[0] == 4:
+            y = num(v + starts_[0], lens[0])
+            m = num(v + starts_[1], lens[1])
+            d = num(v + starts_[2], lens[2])
+        else:
+            m = num(v + starts_[0], lens[0])
+            d = num(v + starts_[1], lens[1])
+            y = num(v + starts_[2], lens[2])
+    else:
+        return 0
+    if y < 1 or y > 9999 or m < 1 or m > 12 or d < 1:
+        return 0
+    if m == 2:
+        dim = 29 if _is_leap(y) else 28
+    elif m == 4 or m == 6 or m == 9 or m == 11:
+        dim = 30
+    else:
+        dim = 31
+    if d > dim:
+        return 0
+    if y > _ty or (y == _ty and (m > _tm or (m == _tm and d > _td))):
+        return 0
+    return _ty - y <= 120
+
+
 cdef int validate(int code, const unsigned char *v, Py_ssize_t n) except -1:
     cdef unsigned char d[MAXD]
     cdef int m, x, s, k
@@ -863,6 +1240,11 @@ cdef int validate(int code, const unsigned char *v, Py_ssize_t n) except -1:
             if hn > rl and host[hn - rl - 1] == 46 and _ieq(host + hn - rl, <const unsigned char *>PyBytes_AS_STRING(r), rl):
                 return 0
         return 1
+    if code == 7:                                   # dob
+        m = dob_c(v, n)
+        if m < 0:
+            return 1 if _V.dob(PyBytes_FromStringAndSize(<const char *>v, n)) else 0
+        return m
     return 1
 
 
@@ -884,6 +1266,7 @@ cdef inline int _ieq(const unsigned char *a, const unsigned char *b, Py_ssize_t 
 
 def check(str name, bytes v) -> bool:
     """The C twin of validator ``name`` (for tests)."""
+    refresh_today()
     return bool(validate(TWINS[name], <const unsigned char *>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v)))
 
 
@@ -902,8 +1285,14 @@ cdef class Info:
     cdef int *pvalid
     cdef int *hot_sig
     cdef list pats, rx, req, vfn
+    cdef list reqfast               # by pattern: (member table, words) when the require needs no re
     cdef public object gate_ids
     cdef int *psom                  # index in ``somdb`` of the pattern's value regex, or -1 (``re`` finds the start)
+    cdef char *pws                  # by ``somdb`` index: its starts are word starts (som_start_ws)
+    cdef unsigned char *pfirst      # by ``somdb`` index, 256 each: bytes a match may begin with
+    cdef unsigned int *scount       # by ``somdb`` index: value starts asked (value_start_c's timing)
+    cdef double *cost_ws
+    cdef double *cost_win
     cdef hs_database_t **somdb
     cdef int nsom
     cdef list som                   # the Database objects owning ``somdb``
@@ -934,6 +1323,19 @@ cdef class Info:
         self.rx = [p.rx for p in pats]
         self.req = [p.require for p in pats]
         self.vfn = [p.validator for p in pats]
+        self.reqfast = [None] * n
+        sets = {}                       # one WordSet per word set (patterns share them)
+        for k, p in enumerate(pats):
+            if p.require and len(p.require) == 1 and p.width <= 0 and p.rx is not None:
+                table = _lead_group(p.rx, p.require[0][0])
+                words = p.require[0][1]
+                if table is not None and id(words) not in sets:
+                    try:
+                        sets[id(words)] = (WordSet(words), words)
+                    except TypeError:       # a word that is not bytes: re decides, as before
+                        sets[id(words)] = (None, words)
+                if table is not None and sets[id(words)][0] is not None:
+                    self.reqfast[k] = (table, sets[id(words)][0])
         for k, p in enumerate(pats):
             self.psig[k] = p.sig
             self.pwidth[k] = p.width
@@ -977,17 +1379,39 @@ cdef class Info:
                 self.psom[k] = uniq.setdefault((p.rx.pattern, p.rx.flags), len(uniq))
         self.som = []
         self.nsom = len(uniq)
-        self.somdb = <hs_database_t **>malloc((2 * self.nsom + 1) * sizeof(hs_database_t *))
+        self.somdb = <hs_database_t **>malloc((3 * self.nsom + 1) * sizeof(hs_database_t *))
         if self.somdb == NULL:
             raise MemoryError()
+        self.pws = <char *>malloc(self.nsom + 1)
+        self.pfirst = <unsigned char *>malloc(256 * (self.nsom + 1))
+        if self.pfirst == NULL:
+            raise MemoryError()
+        self.scount = <unsigned int *>calloc(self.nsom + 1, sizeof(unsigned int))
+        self.cost_ws = <double *>calloc(self.nsom + 1, sizeof(double))
+        self.cost_win = <double *>calloc(self.nsom + 1, sizeof(double))
+        if self.pws == NULL or self.scount == NULL or self.cost_ws == NULL or self.cost_win == NULL:
+            raise MemoryError()
+        rxs = {(p.rx.pattern, p.rx.flags): p.rx for p in pats if p.rx is not None}
         for (pat, fl), j in uniq.items():
             d = _som_db(pat[:-2] + rb"\z", HS_FLAG_CASELESS if fl & 2 else 0, True)
             a = _som_db(rb"\A" + pat[:-2] + rb"\z", HS_FLAG_CASELESS if fl & 2 else 0, False)
-            self.som.append((d, a))
+            kind = _word_start(rxs[(pat, fl)]) if a is not None else 0
+            # the anchored database that takes the byte before the value first (boundaries after
+            # a word byte); libhs may refuse it (then the pattern is not tried by boundaries)
+            a1 = _som_db(rb"\A[\x00-\xff]" + pat[:-2] + rb"\z", HS_FLAG_CASELESS if fl & 2 else 0, False) \
+                if kind == 2 else None
+            if kind == 2 and a1 is None:
+                kind = 0
+            self.som.append((d, a, a1))
             self.somdb[j] = d.db if d is not None else NULL
-            self.somdb[self.nsom + j] = (<Database>a).db if a is not None and d is not None else NULL
+            self.somdb[self.nsom + j] = (<Database>a).db if a is not None else NULL
+            self.somdb[2 * self.nsom + j] = (<Database>a1).db if a1 is not None else NULL
+            self.pws[j] = kind
+            fb = _first_bytes(rxs[(pat, fl)])
+            memcpy(self.pfirst + 256 * <int>j, PyBytes_AS_STRING(<bytes>fb), 256)
         for k in range(self.npat):
-            if self.psom[k] >= 0 and self.somdb[self.psom[k]] == NULL:
+            t = self.psom[k]
+            if t >= 0 and self.somdb[t] == NULL and not self.pws[t]:
                 self.psom[k] = -1
 
     @property
@@ -995,7 +1419,17 @@ cdef class Info:
         """How many patterns find their value's start with libhs (tests, bench)."""
         return sum(1 for k in range(self.npat) if self.psom[k] >= 0)
 
+    @property
+    def word_start_patterns(self) -> int:
+        """How many value regexes find their start among word starts (tests, bench)."""
+        return sum(1 for k in range(self.nsom) if self.pws[k])
+
     def __dealloc__(self):
+        free(self.pws)
+        free(self.pfirst)
+        free(self.scount)
+        free(self.cost_ws)
+        free(self.cost_win)
         free(self.psom)
         free(self.somdb)
         dlp_forget_databases()           # a thread's value-start scratch was sized for this Info's set
@@ -1029,6 +1463,20 @@ cdef void label_after(list rec, const char *b, Py_ssize_t blen, int64_t base, in
             rec[k] = t[:2] + (True,) + t[3:]
 
 
+DEF GIL_EVERY = 255                # + 1: matches between two releases of the GIL in process()
+cdef long _yields = 0                  # times process() let the GIL go (counted with the GIL held)
+
+
+cdef void gil_gap() noexcept nogil:
+    """Nothing: the GIL is released around this call, which lets a waiting thread in."""
+    pass
+
+
+def gil_yields() -> int:
+    """How many times :func:`process` let the GIL go mid-chunk (tests)."""
+    return _yields
+
+
 def process(sc, PartScan ps not None, bytes buf not None, int64_t base, Info info not None) -> None:
     """ExchangeScanner._process over the C array of hits: same decisions, same record entries.
 
@@ -1042,6 +1490,7 @@ def process(sc, PartScan ps not None, bytes buf not None, int64_t base, Info inf
 
 
 cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1:
+    global _yields
     cdef const char *b = PyBytes_AS_STRING(buf)
     cdef Py_ssize_t blen = PyBytes_GET_SIZE(buf)
     cdef int64_t window = sc.policy.hotword_window
@@ -1075,8 +1524,17 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
     cdef bint ctx, lazy
     cdef Py_ssize_t r2
     cdef tuple last
-    cdef RecEnv env = None
+    cdef RecEnv env = rec_env(sc)
+    cdef Py_hash_t hv
+    cdef list distinct = sc._distinct
+    refresh_today()
     for k in range(ps.hits.n):
+        if k & GIL_EVERY == GIL_EVERY:
+            # a dense chunk holds the GIL for ~1 us a match: let a waiting thread (the event loop)
+            # in every GIL_EVERY matches (CPython hands the GIL over when one asked for it)
+            _yields += 1
+            with nogil:
+                gil_gap()
         i = ps.hits.a[k].id
         end = ps.hits.a[k].end
         if i >= <unsigned int>nval:
@@ -1119,26 +1577,20 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
                     lo = max(lo, rfind1(b, blen, b' ', lo, e) + 1, rfind1(b, blen, b'\n', lo, e) + 1,
                              rfind1(b, blen, b'\t', lo, e) + 1)
                 t = info.psom[i]
-                s = -2
-                if t >= 0:
-                    if lo == 0 or not is_word(<unsigned char>b[lo - 1]):
-                        s = som_start(info, t, b + lo, e - lo, True)      # none: re finds none either
-                        if s >= 0:
-                            s += lo
-                    elif lo == e - maxw:                          # let libhs see the byte before lo
-                        s = som_start(info, t, b + lo - 1, e - lo + 1, False)
-                        if s >= 0:
-                            s += lo - 1
-                            if s < lo:
-                                s = -2                            # wider than maxw: ask re
+                s = value_start_c(info, t, b, lo, e, maxw) if t >= 0 else -2
                 if s == -1:
                     continue
                 if s >= 0:
                     req = info.req[i]
                     if req:
-                        m = info.rx[i].match(buf, s, e)              # the match re.search would return
-                        if m is None or not require_ok(m, req):
-                            continue
+                        rf = info.reqfast[i]
+                        if rf is not None:
+                            if not lead_group_ok(<tuple>rf, b, s, e):
+                                continue
+                        else:
+                            m = info.rx[i].match(buf, s, e)              # the match re.search would return
+                            if m is None or not require_ok(m, req):
+                                continue
                     v = PyBytes_FromStringAndSize(b + s, e - s)
                 else:
                     m = info.rx[i].search(buf, lo, e)
@@ -1160,7 +1612,7 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
                 elif not validate(code, <const unsigned char *>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v)):
                     continue
             if cat == CONTACT and ctx:
-                sc._count_contact(si, v)   # contact values never make a record: no placement
+                count_contact(sc, env, si, v)   # contact values never make a record: no placement
                 continue
         # which record (person) does the value belong to?
         if lines:
@@ -1180,8 +1632,6 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
             rk += (end - rk) // maxrec * maxrec
         if not has_key or rk != rec_key:
             if rec:
-                if env is None:
-                    env = rec_env(sc)
                 finish(sc, env, rec, rec_key, rk)   # rec holds entries only once a key is set
                 rec = []
             rec_key = rk
@@ -1207,17 +1657,23 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
         start = s + base
         # the raw value stays only until its record is decided, and only while samples are wanted
         if v is None:                    # a fixed-width value still in the buffer
-            entry = (si, cat, True if ctx else False, rmask, _Py_HashBytes(b + s, w), start,
+            hv = _Py_HashBytes(b + s, w)
+            entry = (si, cat, True if ctx else False, rmask, hv, start,
                      PyBytes_FromStringAndSize(b + s, w) if want[si] or keep[si] else None)
         else:
-            entry = (si, cat, True if ctx else False, rmask, PyObject_Hash(v), start,
+            hv = PyObject_Hash(v)
+            entry = (si, cat, True if ctx else False, rmask, hv, start,
                      v if want[si] or keep[si] else None)
+        d = distinct[si]
+        if type(d) is Distinct:
+            (<Distinct>d).prefetch(hv)
         if rec:
             last = <tuple>rec[PyList_GET_SIZE(rec) - 1]
             if last[0] == si and last[5] == start:
                 rec[PyList_GET_SIZE(rec) - 1] = entry              # a longer match from the same start: keep the longest
                 continue
         rec.append(entry)
+    env_flush(sc, env)
     sc._rec = rec
     if has_key:
         sc._rec_key = rec_key
@@ -1227,22 +1683,110 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
 def value_start(Info info, int k, bytes buf, Py_ssize_t lo, Py_ssize_t e) -> int:
     """Where :func:`process` finds the start of pattern ``k``'s value ending at ``e`` searched from
     ``lo``: -1 none, -2 "ask re" (tests compare it with ``rx.search(buf, lo, e)``; bench)."""
-    cdef const char *b = PyBytes_AS_STRING(buf)
     cdef int t = info.psom[k]
-    cdef Py_ssize_t s = -2
     if t < 0 or not 0 <= lo <= e <= PyBytes_GET_SIZE(buf):
         return -2
-    if lo == 0 or not is_word(<unsigned char>b[lo - 1]):
-        s = som_start(info, t, b + lo, e - lo, True)
-        if s >= 0:
-            s += lo
-    elif lo == e - info.pmaxw[k]:
-        s = som_start(info, t, b + lo - 1, e - lo + 1, False)
-        if s >= 0:
-            s += lo - 1
-            if s < lo:
-                s = -2
-    return s
+    return value_start_c(info, t, PyBytes_AS_STRING(buf), lo, e, info.pmaxw[k])
+
+
+DEF MAX_GROUP = 64
+DEF WS_INLINE = 23                 # words up to this long live in the C table
+
+
+cdef inline uint64_t fnv1a(const unsigned char *p, Py_ssize_t n) noexcept nogil:
+    cdef uint64_t h = 14695981039346656037ULL
+    cdef Py_ssize_t k
+    for k in range(n):
+        h = (h ^ p[k]) * 1099511628211ULL
+    return mix64(h) | 1               # 0 marks an empty slot
+
+
+cdef class WordSet:
+    """A require's word set (a frozenset of bytes) as a C table: hash, length and bytes inline, so
+    that asking about a name makes no bytes object and chases no pointer (the frozenset cost a
+    cache miss into the set and another into the word). Words longer than WS_INLINE bytes are
+    asked of the frozenset, which is kept."""
+    cdef uint64_t *hashes
+    cdef unsigned char *keys          # slot k: keys[k * (WS_INLINE + 1)] = length, then the bytes
+    cdef size_t mask
+    cdef object words
+    cdef bint has_long
+
+    def __cinit__(self, words):
+        cdef size_t slots = 16, j
+        cdef uint64_t h
+        cdef bytes w
+        cdef Py_ssize_t n
+        self.words = words
+        for w in words:                   # (a non-bytes word raises TypeError: no table then)
+            pass
+        while slots < 2 * len(words) + 2:
+            slots *= 2
+        self.hashes = <uint64_t *>calloc(slots, sizeof(uint64_t))
+        self.keys = <unsigned char *>calloc(slots, WS_INLINE + 1)
+        if self.hashes == NULL or self.keys == NULL:
+            raise MemoryError()
+        self.mask = slots - 1
+        for w in words:
+            n = PyBytes_GET_SIZE(w)
+            if n > WS_INLINE:
+                self.has_long = True
+                continue
+            h = fnv1a(<const unsigned char *>PyBytes_AS_STRING(w), n)
+            j = h & self.mask
+            while self.hashes[j] != 0:
+                j = (j + 1) & self.mask
+            self.hashes[j] = h
+            self.keys[j * (WS_INLINE + 1)] = <unsigned char>n
+            memcpy(self.keys + j * (WS_INLINE + 1) + 1, PyBytes_AS_STRING(w), n)
+
+    def __dealloc__(self):
+        free(self.hashes)
+        free(self.keys)
+
+    cdef bint has(self, const unsigned char *p, Py_ssize_t n) except -1:
+        cdef uint64_t h
+        cdef size_t j
+        cdef const unsigned char *k
+        if n > WS_INLINE:
+            return self.has_long and PyBytes_FromStringAndSize(<const char *>p, n) in self.words
+        h = fnv1a(p, n)
+        j = h & self.mask
+        while self.hashes[j] != 0:
+            if self.hashes[j] == h:
+                k = self.keys + j * (WS_INLINE + 1)
+                if k[0] == n and memcmp(k + 1, p, n) == 0:
+                    return True
+            j = (j + 1) & self.mask
+        return False
+
+    def __contains__(self, bytes w) -> bool:
+        return self.has(<const unsigned char *>PyBytes_AS_STRING(w), PyBytes_GET_SIZE(w))
+
+
+cdef bint lead_group_ok(tuple rf, const char *b, Py_ssize_t s, Py_ssize_t e) except -1:
+    """``m.group(g).upper() in words`` for a leading group (:func:`_lead_group`) of a match that
+    starts at ``s``: the group is ``b[s:q]``, q the first byte it cannot consume."""
+    cdef const unsigned char *member = <const unsigned char *>PyBytes_AS_STRING(<bytes>rf[0])
+    cdef unsigned char up[MAX_GROUP]
+    cdef Py_ssize_t q = s, k
+    cdef unsigned char c
+    while q < e and member[<unsigned char>b[q]]:
+        q += 1
+    if q - s > MAX_GROUP:
+        return PyBytes_FromStringAndSize(b + s, q - s).upper() in (<WordSet>rf[1]).words
+    for k in range(q - s):
+        c = <unsigned char>b[s + k]
+        up[k] = c - 32 if 97 <= c <= 122 else c
+    return (<WordSet>rf[1]).has(up, q - s)
+
+
+def _lead_group_ok(Info info, int k, bytes buf, Py_ssize_t s, Py_ssize_t e):
+    """For tests: pattern ``k``'s require by the leading-group table, or None without one."""
+    rf = info.reqfast[k]
+    if rf is None:
+        return None
+    return lead_group_ok(<tuple>rf, PyBytes_AS_STRING(buf), s, e)
 
 
 cdef bint require_ok(object m, tuple req) except -1:
@@ -1330,6 +1874,12 @@ cdef class Distinct:
         self.tab = t
         self.mask = slots - 1
         return 0
+
+    cdef inline void prefetch(self, Py_hash_t h) noexcept:
+        """Start loading the slot ``h`` probes first: on dense data the tables outgrow the caches
+        and every add would wait for memory; the add comes a record later."""
+        if self.tab != NULL:
+            dlp_prefetch(&self.tab[mix64(<uint64_t>h) & self.mask])
 
     cdef int cadd(self, Py_hash_t h) except -1:
         """DistinctCounter.add: 1 when ``h`` is new (past the cap: when the sketch changed)."""
@@ -1440,20 +1990,35 @@ cdef inline bint dadd(object counter, object h) except -1:
     return counter.add(h)
 
 
-cdef inline void keep_id(object sc, set ids, object fp) except *:
+cdef inline void keep_id(object sc, RecEnv env, set ids, object fp) except *:
     if len(ids) < _IDS_CAP:
         ids.add(fp)
-    elif fp not in ids:
+    elif not env.ids_capped and fp not in ids:   # once capped, the answer cannot change
+        env.ids_capped = True
         sc._ids_capped = True
 
 
 cdef class RecEnv:
     """What finishing a record reads of the scanner, fetched once per :func:`process` call (the
-    lists and sets are the scanner's own objects, mutated in place; none is rebound meanwhile)."""
+    lists, sets and counters are the scanner's own objects, mutated in place; none is rebound
+    meanwhile). It also holds what finishing defers to the next record or the end of the call
+    (:func:`env_flush`): the value counts (added to the scanner's), and the record identity's
+    adds to the record counters, so that the counters' tables (outgrowing the caches on dense
+    data) are prefetched a record ahead instead of waited for. Every add still happens, in order,
+    before anything reads the counters (the end of the call, or a verdict asked mid-record)."""
     cdef set header
     cdef list want, ignored, distinct, kinds, edm_kind
     cdef object edm
     cdef bint per_id
+    cdef object strong_recs, person_recs, all_recs
+    cdef set strong_ids, person_ids
+    cdef Py_ssize_t strong_values, contact_values
+    cdef object pend0, pend1, pend2      # Distinct counters owed an add of pend_fp
+    cdef bint ids_capped
+    cdef list is_email
+    cdef object evidence
+    cdef Py_hash_t pend_fp
+    cdef int npend
 
 
 cdef RecEnv rec_env(sc):
@@ -1473,16 +2038,84 @@ cdef RecEnv rec_env(sc):
     env.edm = sc._edm
     # estimate only in plain text (see the reference)
     env.per_id = bool(sc._estimate and sc._skind is None and sc._mode == "lines")
+    env.strong_recs = sc._strong_recs
+    env.person_recs = sc._person_recs
+    env.all_recs = sc._all_recs
+    env.strong_ids = sc._strong_ids
+    env.person_ids = sc._person_ids
+    env.ids_capped = sc._ids_capped
+    env.is_email = sc._is_email
+    env.evidence = sc._evidence
     return env
+
+
+cdef int count_contact(sc, RecEnv env, int si, bytes v) except -1:
+    """ExchangeScanner._count_contact: phones and emails count as distinct values only (the
+    count kept in ``env`` until the call ends or a verdict is asked)."""
+    if env.ignored[si]:
+        return 0
+    if dadd(env.distinct[si], PyObject_Hash(v)):
+        env.contact_values += 1
+        if env.is_email[si]:
+            env.evidence.email(v)
+    if env.want[si]:
+        sc._sample(si, v)
+    return 0
+
+
+cdef int env_pending(RecEnv env) except -1:
+    """The record counters' adds owed by the last record, in the reference's order."""
+    cdef int n = env.npend
+    env.npend = 0
+    if n > 0:
+        dadd(env.pend0, env.pend_fp)
+    if n > 1:
+        dadd(env.pend1, env.pend_fp)
+    if n > 2:
+        dadd(env.pend2, env.pend_fp)
+    env.pend0 = env.pend1 = env.pend2 = None
+    return 0
+
+
+cdef int env_flush(sc, RecEnv env) except -1:
+    """Everything deferred, into the scanner: before anything reads its counters."""
+    env_pending(env)
+    if env.strong_values:
+        sc._strong_values += env.strong_values
+        env.strong_values = 0
+    if env.contact_values:
+        sc._contact_values += env.contact_values
+        env.contact_values = 0
+    return 0
+
+
+cdef int owe(RecEnv env, object counter, Py_hash_t fp) except -1:
+    """Add ``fp`` to ``counter`` when the next record starts (one record's adds share its fp)."""
+    if type(counter) is not Distinct or env.npend == 3:
+        dadd(counter, fp)
+        return 0
+    (<Distinct>counter).prefetch(fp)
+    env.pend_fp = fp
+    if env.npend == 0:
+        env.pend0 = counter
+    elif env.npend == 1:
+        env.pend1 = counter
+    else:
+        env.pend2 = counter
+    env.npend += 1
+    return 0
 
 
 def finish_record(sc) -> None:
     """ExchangeScanner._finish_record line for line (the rare precision paths call the same Python)."""
     cdef list rec = sc._rec
+    cdef RecEnv env
     if not rec:
         return
     sc._rec = []
-    finish(sc, rec_env(sc), rec, sc._rec_key, sc._rec_end)
+    env = rec_env(sc)
+    finish(sc, env, rec, sc._rec_key, sc._rec_end)
+    env_flush(sc, env)
 
 
 DEF MAX_STRONG = 64
@@ -1569,11 +2202,10 @@ cdef int finish(sc, RecEnv env, list rec, object rec_key, object rec_end) except
                 hashes = [hc[j] for j in range(nh)]
             hashes.append(h)
         nh += 1
-    if strong_values:
-        sc._strong_values += strong_values
-    if contact_values:
-        sc._contact_values += contact_values
+    env.strong_values += strong_values
+    env.contact_values += contact_values
     if edm_vals and edm.record(edm_vals):
+        env_flush(sc, env)                # the verdict reads the counts
         sc._decide()
     if not nh:
         return 0
@@ -1616,30 +2248,33 @@ cdef int finish(sc, RecEnv env, list rec, object rec_key, object rec_end) except
                     if psi[k] == best:
                         ids.add(ph[k])    # the reference's set, filled in the same order
         if ids and len(ids) >= _EST_MIN:
+            env_pending(env)
             for hv in ids:
                 fp = hash((_ESTIMATED_SALT, hv))
                 sc._est_recs.add(fp)
                 sc._strong_recs.add(fp)
                 sc._all_recs.add(fp)
-                keep_id(sc, sc._strong_ids, fp)
+                keep_id(sc, env, sc._strong_ids, fp)
             return 0
     if is_strong or is_person or home is not None:
         fp = hash(tuple(sorted(hashes))) if hashes is not None else sorted_tuple_hash(hc, nh)
+        env_pending(env)                  # the last record's adds first: the reference's order
         if is_strong:
-            dadd(sc._strong_recs, fp)
-            dadd(sc._all_recs, fp)
-            keep_id(sc, sc._strong_ids, fp)
+            owe(env, env.strong_recs, fp)
+            owe(env, env.all_recs, fp)
+            keep_id(sc, env, env.strong_ids, fp)
         if is_person:
-            dadd(sc._person_recs, fp)
-            dadd(sc._all_recs, fp)
-            keep_id(sc, sc._person_ids, fp)
+            owe(env, env.person_recs, fp)
+            if not is_strong:             # (the reference adds it again: a no-op, exact or estimated)
+                owe(env, env.all_recs, fp)
+            keep_id(sc, env, env.person_ids, fp)
         elif home is not None:
             if is_strong:
-                dadd(sc._person_recs, fp)
-                keep_id(sc, sc._person_ids, fp)
+                owe(env, env.person_recs, fp)
+                keep_id(sc, env, env.person_ids, fp)
             else:
                 sc._homes.add(fp, home[0], home[1])
-                keep_id(sc, sc._home_ids, fp)
+                keep_id(sc, env, sc._home_ids, fp)
     return 0
 
 
