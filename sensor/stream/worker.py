@@ -45,7 +45,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import fnmatch
-import gc
 import logging
 import os
 import threading
@@ -75,6 +74,11 @@ from sensor.stream.records import Record, RecordError, decode, encode, finding_r
 
 log = logging.getLogger("dlp_sensor.worker")
 RECENT_XIDS = 256           # exchange ids remembered per resource to collapse redeliveries
+# A resource's first clients (keyed hashes) are kept in its exposure entry, past that in the
+# ``exposure-clients`` table. Each table write is a changelog record through faust's producer:
+# ~0.3 ms of the worker's CPU apiece (bench/stream.py, ablation), two per finding when every client
+# went to the table, 15% of the worker's CPU. Inline, a finding from a new client costs one write.
+INLINE_CLIENTS = 32
 IDLE_BEFORE_STALL_CHECK = 1.0   # the agents have taken no record for this long: look for stalled partitions
 STALL_AFTER = 3.0               # a partition with records to read that has not moved for this long is sought back
 BATCH_WAIT_MS = 200             # an idle scan loop still expires exchanges and commits this often
@@ -579,11 +583,26 @@ class Worker:
             e["before_takedown"] = e.get("before_takedown", 0) + 1
         client = rec.get("client")
         if client:
-            ck = f"{resource}\x1f{client}"
-            if not self.clients[ck]:
-                self.clients[ck] = 1
-                e["clients"] = e.get("clients", 0) + 1
+            self._count_client(e, resource, client)
         self.exposure[resource] = e
+
+    def _count_client(self, e: dict, resource: str, client: str) -> None:
+        """Count ``client`` once per resource: in the entry's own list while it has room (an entry made
+        before the list existed, with clients counted, uses the table only), then in the table."""
+        inline = e.get("client_list")
+        if inline is None and not e.get("clients"):
+            inline = []
+        if inline is not None:
+            if client in inline:
+                return
+            if len(inline) < INLINE_CLIENTS:
+                e["client_list"] = [*inline, client]
+                e["clients"] = e.get("clients", 0) + 1
+                return
+        ck = f"{resource}\x1f{client}"
+        if not self.clients[ck]:
+            self.clients[ck] = 1
+            e["clients"] = e.get("clients", 0) + 1
 
     # -- metrics -------------------------------------------------------------------------------
     async def _lag(self) -> None:
@@ -640,23 +659,11 @@ class Worker:
         while not self.reader.joined:                   # ready once the scan group has given it partitions
             await asyncio.sleep(0.05)
         self.ready = True
-        quiet_gc()
         log.info("worker %s ready in %.1fs: generation %s, %d signatures", self.me,
                  time.monotonic() - self._started_at, self.detector.generation,
                  len(self.detector.engine.signatures))
         health = Health(self.k, self.metrics.kafka_up, "worker")
         await health.run()
-
-
-def quiet_gc() -> None:
-    """Once started: move everything allocated so far (faust, aiokafka, the signature pack...) out of
-    the collector's reach (``gc.freeze``), so that the collections the records' short-lived objects
-    trigger no longer re-walk the long-lived start-up heap (with it, the collector took ~4% of the
-    worker's CPU: perf, bench/stream.py). Collecting the young generation less often as well
-    (threshold 20,000) stalled faust's changelog recovery after a rebalance
-    (test_exposure_table_moves_with_its_partitions, 2 runs of 2), so the thresholds stay CPython's."""
-    gc.collect()
-    gc.freeze()
 
 
 SHUTDOWN_GRACE = 10.0
