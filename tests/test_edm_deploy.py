@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from pathlib import Path
@@ -127,8 +128,9 @@ def test_bad_index_keys_are_named_never_quoted(owned_index, tmp_path):
     assert r.exit_code == 2 and "must be at least 16 bytes" in r.output and "abcd" not in r.output
 
 
-def test_reload_keeps_a_per_index_key_and_a_sidecar_loads_it_by_path(owned_index, key_file, tmp_path):
-    """The fleet's sidecars load the index from the same path as the workers (a sidecar here)."""
+def test_reload_keeps_a_per_index_key_and_a_sidecar_loads_it_by_path(owned_index, key_file, tmp_path, caplog):
+    """The fleet's sidecars load the index from the same path as the workers (a sidecar here); a reload
+    re-reads the entry's key file and refuses an index rebuilt under another key."""
     cfg = tmp_path / "sensor.yaml"
     cfg.write_text(f"indexes:\n  - {{path: {owned_index}, key_file: {key_file}}}\nmetrics: null\nadmin: null\n")
     from sensor.config import load_config
@@ -137,6 +139,24 @@ def test_reload_keeps_a_per_index_key_and_a_sidecar_loads_it_by_path(owned_index
     try:
         assert s.edm is not None and s.edm.indexes[0].name == "permit-holders"
         assert s.edm.indexes[0].key == bytes.fromhex(OWN_KEY) != s.key
+        first = s.edm
+        # rebuilt under another key: the reload is refused (key ids named) and the old set keeps serving
+        copy = tmp_path / "roster.edm"
+        wrong = tmp_path / "wrong.key"
+        wrong.write_text("66" * 32)
+        src = owned_index.parent / "roster.csv"
+        build = ["index", "build", "--columns", COLUMNS, "--out", str(copy), "--name", "permit-holders"]
+        assert CliRunner().invoke(cli, [*build, "--key-file", str(wrong), str(src)]).exit_code == 0
+        cfg.write_text(f"indexes:\n  - {{path: {copy}, key_file: {key_file}}}\nmetrics: null\nadmin: null\n")
+        assert asyncio.run(s.reload()) is False and s.edm is first
+        assert s.metrics.reloads.labels(result="error")._value.get() == 1
+        refused = [r.getMessage() for r in caplog.records if "reload refused" in r.getMessage()]
+        assert len(refused) == 1 and key_id(bytes.fromhex("66" * 32)) in refused[0] and "66" * 32 not in refused[0]
+        assert OWN_KEY not in refused[0]
+        # rebuilt with its key: swapped in
+        assert CliRunner().invoke(cli, [*build, "--key-file", str(key_file), str(src)]).exit_code == 0
+        assert asyncio.run(s.reload()) is True and s.edm is not first
+        assert s.edm.indexes[0].file.path == copy and s.edm.indexes[0].key == bytes.fromhex(OWN_KEY)
     finally:
         s.edm.close()
 
