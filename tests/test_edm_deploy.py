@@ -162,31 +162,76 @@ def test_reload_keeps_a_per_index_key_and_a_sidecar_loads_it_by_path(owned_index
 
 
 # -- the fleet by path: the Kafka worker on a real broker ----------------------------------------------
-def test_the_kafka_worker_counts_edm_records_of_mirrored_exchanges(tmp_path, owned_index, key_file, roster):
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    from tests.kafka import Broker
+    b = Broker.start(tmp_path_factory.mktemp("kafka"))
+    yield b
+    b.stop()
+
+
+def _two_exchanges(broker, roster) -> tuple[dict, str]:
+    """A dashboard export hiding 7 roster people, and the same export without them, on the exchanges topic."""
+    from tests.kafka import create_topics, exchange_records, kafka_conf, produce, unique_prefix
+    prefix = unique_prefix()
+    recs = exchange_records("leak", "data.example.gov/export/dash.csv", dashboard(roster[1], census_people(roster[1], 7)),
+                            client="c1")
+    recs += exchange_records("clean", "data.example.gov/export/dash2.csv", dashboard(roster[1], []), client="c2")
+    create_topics(broker.bootstrap, prefix)
+    produce(broker, prefix + "exchanges", recs)
+    return kafka_conf(broker.bootstrap, prefix), prefix
+
+
+def _findings_of_both(broker, prefix: str) -> dict[str, dict]:
+    from tests.kafka import findings, wait_for
+    fs = wait_for(lambda: (lambda f: f if {x["xid"] for x in f} >= {"leak", "clean"} else None)(
+        findings(broker.bootstrap, prefix)), 60.0, 0.2, "findings of both exchanges")
+    return {f["xid"]: f for f in fs}
+
+
+def test_the_kafka_worker_counts_edm_records_of_mirrored_exchanges(tmp_path, broker, owned_index, key_file, roster):
     """A worker given the index by path (config ``indexes:`` with the index's own key file) publishes
     findings whose ``edm`` names the index and counts exactly the 7 hidden people; an exchange without
     them counts none."""
-    from tests.kafka import (Broker, WorkerProc, create_topics, exchange_records, findings, kafka_conf,
-                             produce, unique_prefix, wait_for)
-    broker = Broker.start(tmp_path / "kafka")
+    from tests.kafka import WorkerProc
+    k, prefix = _two_exchanges(broker, roster)
+    w = WorkerProc(tmp_path / "w", k, "w",
+                   extra={"indexes": [{"path": str(owned_index), "key_file": str(key_file)}]}).start()
     try:
-        prefix = unique_prefix()
-        k = kafka_conf(broker.bootstrap, prefix)
-        hidden = census_people(roster[1], 7)
-        recs = exchange_records("leak", "data.example.gov/export/dash.csv", dashboard(roster[1], hidden), client="c1")
-        recs += exchange_records("clean", "data.example.gov/export/dash2.csv", dashboard(roster[1], []), client="c2")
-        create_topics(broker.bootstrap, prefix)
-        produce(broker, prefix + "exchanges", recs)
-        w = WorkerProc(tmp_path / "w", k, "w",
-                       extra={"indexes": [{"path": str(owned_index), "key_file": str(key_file)}]}).start()
-        try:
-            fs = wait_for(lambda: (lambda f: f if {x["xid"] for x in f} >= {"leak", "clean"} else None)(
-                findings(broker.bootstrap, prefix)), 60.0, 0.2, "findings of both exchanges")
-            by = {f["xid"]: f for f in fs}
-            assert by["leak"]["edm"] == {"permit-holders": 7} and by["leak"]["edm_records"] == 7
-            assert by["leak"]["verdict"] == "trip"
-            assert by["clean"]["edm"] == {} and by["clean"]["edm_records"] == 0
-        finally:
-            w.stop()
+        by = _findings_of_both(broker, prefix)
+        assert by["leak"]["edm"] == {"permit-holders": 7} and by["leak"]["edm_records"] == 7
+        assert by["leak"]["verdict"] == "trip"
+        assert by["clean"]["edm"] == {} and by["clean"]["edm_records"] == 0
     finally:
-        broker.stop()
+        w.stop()
+
+
+def test_the_worker_takes_index_flags_keyed_with_the_fleet_key(tmp_path, broker, roster):
+    """``dlp-sensor worker --index PATH``: an index built with the fleet's shared HMAC key (no key of
+    its own), given on the command line as to the sidecars."""
+    from tests.kafka import HMAC_KEY, WorkerProc
+    from tests.procs import BIN
+    fleet_key = tmp_path / "fleet.key"
+    fleet_key.write_text(HMAC_KEY)                   # the builder holds the fleet's key as a file here
+    idx = tmp_path / "fleet.edm"
+    r = CliRunner().invoke(cli, ["index", "build", "--columns", COLUMNS, "--out", str(idx), "--key-file",
+                                 str(fleet_key), "--name", "fleet-roster", str(roster[0])])
+    assert r.exit_code == 0, r.output
+
+    class FlagWorker(WorkerProc):                    # WorkerProc's command, plus --index
+        def start(self, wait: bool = True):
+            import tests.kafka as kafka_mod
+            real = kafka_mod.pinned
+            kafka_mod.pinned = lambda cmd, cpus: real([*cmd, "--index", str(idx)], cpus)
+            try:
+                return super().start(wait)
+            finally:
+                kafka_mod.pinned = real
+
+    k, prefix = _two_exchanges(broker, roster)
+    w = FlagWorker(tmp_path / "w", k, "w").start()
+    try:
+        by = _findings_of_both(broker, prefix)
+        assert by["leak"]["edm"] == {"fleet-roster": 7} and by["clean"]["edm_records"] == 0
+    finally:
+        w.stop()
