@@ -202,6 +202,10 @@ def test_the_kafka_worker_counts_edm_records_of_mirrored_exchanges(tmp_path, bro
         assert by["leak"]["edm"] == {"permit-holders": 7} and by["leak"]["edm_records"] == 7
         assert by["leak"]["verdict"] == "trip"
         assert by["clean"]["edm"] == {} and by["clean"]["edm_records"] == 0
+        from tests.kafka import json_values, wait_for
+        alerts = wait_for(lambda: [a for a in json_values(broker.bootstrap, prefix + "alerts")
+                                   if a["dlp"].get("edm")], 30.0, 0.2, "the leak's alert")
+        assert [a["dlp"]["edm"] for a in alerts] == [{"permit-holders": 7}]   # the name and count, no row id
     finally:
         w.stop()
 

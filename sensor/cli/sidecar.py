@@ -139,8 +139,8 @@ def worker(config_file, kafka, state_dir, metrics, log_level, indexes=()) -> Non
     require("kafka", "dlp-sensor worker")
     from sensor.detect.pack import PackError
     from sensor.detect.policy import PolicyError
-    from sensor.enforce.statefiles import StateError
     from sensor.edm.indexfile import IndexFileError
+    from sensor.enforce.statefiles import StateError
     from sensor.stream.worker import run_worker
     try:
         run_worker(cfg, loglevel=log_level)
