@@ -822,12 +822,25 @@ class KafkaSection(Section):
 
 
 class IndexSection(Section):
-    """An exact-data-match index (docs/edm.md)."""
-    path: Text = Field(description="Index file built by `dlp-sensor index build` with this sensor's key.")
+    """An exact-data-match index (docs/edm.md). Its key is the sensor's (``hmac_key`` or the state
+    dir's) unless the entry gives one: a data owner may key its index apart from the sensors' own."""
+    secrets: ClassVar[dict[str, bool]] = {"key": False}
+
+    path: Text = Field(description="Index file built by `dlp-sensor index build` with this sensor's key "
+                                   "(or with this entry's key).")
     name: Text | None = Field(None, description="Name in alerts and counts; default: the name given at build time.")
     min_fields: whole(ge=1) = Field(2, description="Fields of one indexed row a record must match.")
     trip: whole(ge=0) = Field(3, description="EDM records in one response that trip (0: never).")
     alert: whole(ge=0) = Field(1, description="EDM records in one response that alert (0: never).")
+    key: SecretText | None = Field(None, **_secret_doc("key", "This index's HMAC key (hex, >= 32 digits), when it "
+                                                             "was built with `index build --key-file` instead of "
+                                                             "the sensor's key; default: the sensor's key."))
+    key_file: SecretRef | None = Field(None, description="File holding this index's key.")
+    key_env: SecretRef | None = Field(None, description="Environment variable holding this index's key.")
+
+    @classmethod
+    def check_secret(cls, name: str, value: str) -> str | None:
+        return hmac_key_problem(value)
 
 
 # -- the file -----------------------------------------------------------------------------------
@@ -909,7 +922,7 @@ def hmac_key_problem(value: str) -> str | None:
 # ---------------------------------------------------------------------------------------------
 
 _SECRET_KEYS = {n for m in (ConfigFile, AdminSection, KafkaSection, WebhookSinkSection, SlackSinkSection,
-                            PagerDutySinkSection, SplunkHecSinkSection) for n in m.secrets}
+                            PagerDutySinkSection, SplunkHecSinkSection, IndexSection) for n in m.secrets}
 
 
 def _key_path(where: str, loc: tuple) -> str:
@@ -1028,7 +1041,8 @@ def to_config(m: ConfigFile) -> Config:
 
 def _index_spec(i: "IndexSection") -> Any:
     from sensor.edm.match import IndexSpec
-    return IndexSpec(i.path, i.name, i.min_fields, i.trip, i.alert)
+    return IndexSpec(i.path, i.name, i.min_fields, i.trip, i.alert,
+                     key=bytes.fromhex(i.key.strip()) if i.key is not None else None)
 
 
 def parse_config(raw: Any, where: str = "config", *, resolve: bool = True) -> Config:

@@ -13,7 +13,19 @@ class IndexProblem(click.ClickException):
     exit_code = 2
 
 
-def _key(state_dir: str | None) -> bytes:
+def _key(state_dir: str | None, key_file: str | None = None) -> bytes:
+    """The index's key: ``--key-file`` (hex, the same file an ``indexes:`` entry's ``key_file`` names),
+    else the state dir's HMAC key. Errors name the file, never its content."""
+    if key_file:
+        from sensor.config import hmac_key_problem
+        try:
+            text = Path(key_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise IndexProblem(f"--key-file {key_file}: {getattr(e, 'strerror', None) or 'not UTF-8 text'}") from None
+        why = hmac_key_problem(text)
+        if why:
+            raise IndexProblem(f"--key-file {key_file}: {why}")
+        return bytes.fromhex(text)
     try:
         return load_key(None, Path(state_dir) if state_dir else None)
     except (ValueError, OSError) as e:
@@ -47,6 +59,9 @@ def _row_estimate(paths: list[Path]) -> int | None:
 
 _STATE_DIR = click.option("--state-dir", type=click.Path(file_okay=False),
                           help="Where the HMAC key lives (default ~/.local/state/dlp-sensor); the index is keyed with it.")
+_KEY_FILE = click.option("--key-file", type=click.Path(dir_okay=False), default=None,
+                         help="The index's own key (a file holding >= 32 hex digits, e.g. `openssl rand -hex 32`) "
+                              "instead of the state dir's; sensors load it with the index entry's key_file/key_env.")
 
 
 @click.group("index")
@@ -63,7 +78,9 @@ def index() -> None:
 @click.option("--jobs", "-j", type=click.IntRange(min=0), default=0, show_default=True,
               help="Processes normalising and hashing the distinct values of CSV/TSV blocks; 0 = one per CPU core.")
 @_STATE_DIR
-def build(sources: tuple[str, ...], columns: str, out: str, name: str | None, jobs: int, state_dir: str | None) -> None:
+@_KEY_FILE
+def build(sources: tuple[str, ...], columns: str, out: str, name: str | None, jobs: int, state_dir: str | None,
+          key_file: str | None) -> None:
     """Index SOURCE… (CSV/TSV, JSON Lines, xlsx; Parquet with pyarrow installed)."""
     from sensor.edm.build import build_index, parse_columns
     from sensor.edm.sources import SourceError
@@ -71,7 +88,7 @@ def build(sources: tuple[str, ...], columns: str, out: str, name: str | None, jo
         specs = parse_columns(columns)
     except ValueError as e:
         raise click.BadParameter(str(e).removeprefix("--columns: "), param_hint="--columns") from None
-    key = _key(state_dir)
+    key = _key(state_dir, key_file)
     paths = [Path(s) for s in sources]
     try:
         total = _row_estimate(paths) if sys.stderr.isatty() else None
@@ -104,10 +121,13 @@ def info(file: str) -> None:
 @index.command("verify")
 @click.argument("file", type=click.Path(dir_okay=False))
 @_STATE_DIR
-def verify(file: str, state_dir: str | None) -> None:
-    """Check the structure and that the index was built with this state dir's key (exit 1 if not)."""
+@_KEY_FILE
+def verify(file: str, state_dir: str | None, key_file: str | None) -> None:
+    """Check the structure and that the index was built with this state dir's key, or the
+    ``--key-file`` key (exit 1 if not)."""
     from sensor.edm.indexfile import verify_index
-    problems = verify_index(Path(file), _key(state_dir))
+    problems = verify_index(Path(file), _key(state_dir, key_file),
+                            f"the key of {key_file}" if key_file else "this state dir's key")
     if problems:
         for p in problems:
             click.echo(f"{file}: {p}", err=True)

@@ -129,20 +129,22 @@ def run(config_file, taps, state_dir, start_empty, log_level, log_format, indexe
 @click.option("--state-dir", type=click.Path(file_okay=False), help="Where the HMAC key lives if not configured.")
 @click.option("--metrics", help="HOST:PORT for /metrics /healthz /readyz, or 'off' (default 127.0.0.1:9102).")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
-def worker(config_file, kafka, state_dir, metrics, log_level) -> None:
+@index_option
+def worker(config_file, kafka, state_dir, metrics, log_level, indexes=()) -> None:
     """Run a faust-streaming worker that scans exchanges mirrored to Kafka (scale-out)."""
     _logging(log_level)
-    cfg = _config(config_file, kafka=kafka, state_dir=state_dir, metrics=metrics)
+    cfg = _config(config_file, kafka=kafka, state_dir=state_dir, metrics=metrics, indexes=indexes)
     if not cfg.kafka.bootstrap:
         raise ConfigProblem("kafka.bootstrap: required for a worker (or --kafka, or $DLP_KAFKA_BOOTSTRAP)")
     require("kafka", "dlp-sensor worker")
     from sensor.detect.pack import PackError
     from sensor.detect.policy import PolicyError
+    from sensor.edm.indexfile import IndexFileError
     from sensor.enforce.statefiles import StateError
     from sensor.stream.worker import run_worker
     try:
         run_worker(cfg, loglevel=log_level)
-    except (PackError, PolicyError, StateError) as e:
+    except (PackError, PolicyError, StateError, IndexFileError) as e:
         raise ConfigProblem(str(e)) from None
 
 

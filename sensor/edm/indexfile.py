@@ -267,9 +267,10 @@ class IndexFile:
             self._mm = None
 
 
-def open_index(path: Path, key: bytes | None = None) -> IndexFile:
+def open_index(path: Path, key: bytes | None = None, *, key_source: str | None = None) -> IndexFile:
     """Open and check an index. With ``key``, refuse one built with another key (it could match
-    nothing, and a silent no-op index is worse than a refused start)."""
+    nothing, and a silent no-op index is worse than a refused start). ``key_source`` names where
+    ``key`` came from in that error (default: this sensor's state dir); only key ids are shown."""
     path = Path(path)
     try:
         fh = open(path, "rb")
@@ -298,8 +299,12 @@ def open_index(path: Path, key: bytes | None = None) -> IndexFile:
             if off % 8 or off + _align(4 * ((1 << bits) + 1)) + count * 12 > size:
                 raise IndexFileError(f"index {path}: field {kind!r} runs past the end of the file (truncated?)")
         if key is not None and header["key_id"] != key_id(key):
+            if key_source is None:
+                raise IndexFileError(f"index {path}: built with another key (key id {header['key_id']}, "
+                                     f"this sensor's is {key_id(key)}); rebuild it with this sensor's state dir")
             raise IndexFileError(f"index {path}: built with another key (key id {header['key_id']}, "
-                                 f"this sensor's is {key_id(key)}); rebuild it with this sensor's state dir")
+                                 f"{key_source} has key id {key_id(key)}); rebuild it with that key "
+                                 "(`dlp-sensor index build --key-file`) or give the key it was built with")
         idx = IndexFile(path, header, size=size)
         if not specs or size == 0:
             return idx
@@ -323,7 +328,7 @@ def open_index(path: Path, key: bytes | None = None) -> IndexFile:
     return idx
 
 
-def verify_index(path: Path, key: bytes) -> list[str]:
+def verify_index(path: Path, key: bytes, key_source: str = "this state dir's key") -> list[str]:
     """Problems found in the structure (sorted hashes, row ids in range) and the key; [] when sound."""
     try:
         idx = open_index(path)
@@ -331,7 +336,7 @@ def verify_index(path: Path, key: bytes) -> list[str]:
         return [str(e)]
     problems = []
     if idx.key_id != key_id(key):
-        problems.append(f"key id {idx.key_id} does not match this state dir's key ({key_id(key)})")
+        problems.append(f"key id {idx.key_id} does not match {key_source} ({key_id(key)})")
     import pyarrow as pa
     import pyarrow.compute as pc
     rows = idx.rows

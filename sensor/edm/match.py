@@ -63,12 +63,17 @@ class LoadedIndex:
 
 @dataclass(frozen=True)
 class IndexSpec:
-    """Where an index is and how to use it (``--index FILE`` or a config ``indexes:`` entry)."""
+    """Where an index is and how to use it (``--index FILE`` or a config ``indexes:`` entry).
+
+    ``key``: the index's own HMAC key (config ``key``/``key_file``/``key_env``), when the data owner
+    builds it with a key of its own instead of every sensor's state-dir key; None: the sensor's key.
+    Kept out of ``repr`` (a spec may be logged or shown in a reload message)."""
     path: str
     name: str | None = None
     min_fields: int = DEFAULT_MIN_FIELDS
     trip: int = DEFAULT_TRIP
     alert: int = DEFAULT_ALERT
+    key: bytes | None = field(default=None, repr=False)
 
 
 def parse_index_specs(raw: object, where: str = "indexes") -> list[IndexSpec]:
@@ -184,19 +189,22 @@ def export_to(gauge: Any) -> None:
 
 
 def load_indexes(specs: list[IndexSpec], key: bytes) -> EdmSet | None:
-    """Open every index; refuse one built with another key (IndexFileError names the file)."""
+    """Open every index with its own key when the spec gives one, else ``key`` (the state dir's);
+    refuse one built with another key (IndexFileError names the file and both key ids, never a key)."""
     if not specs:
         return None
     _announce()
     loaded = []
     names: set[str] = set()
     for s in specs:
-        f = open_index(Path(s.path), key)
+        own = s.key is not None
+        k = s.key if own else key
+        f = open_index(Path(s.path), k, key_source="the key given for this index" if own else None)
         name = s.name or f.name
         if name in names:
             raise IndexFileError(f"index {s.path}: name {name!r} used twice (give each index a name)")
         names.add(name)
-        loaded.append(LoadedIndex(name, f, key, s.min_fields, s.trip, s.alert))
+        loaded.append(LoadedIndex(name, f, k, s.min_fields, s.trip, s.alert))
     return EdmSet(tuple(loaded))
 
 

@@ -87,7 +87,8 @@ def finding_record(xid: str, resource: str, result, *, bytes_seen: int, client: 
     """One exchange's verdict and counts (a ``ScanResult``) for the fleet ledger — never a value."""
     return encode("finding", xid=xid, resource=resource, verdict=result.verdict, records=result.records,
                   strong_records=result.strong_records, person_records=result.person_records,
-                  findings=result.findings, bytes=bytes_seen, client=client, completed=completed, partial=partial,
+                  findings=result.findings, edm_records=result.edm_records, edm=dict(result.edm),
+                  bytes=bytes_seen, client=client, completed=completed, partial=partial,
                   sensor=sensor, origin=origin, served_at=served_at, ts=now, tripped_at=tripped_at)
 
 

@@ -120,6 +120,8 @@ class Worker:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.key = load_key(config.hmac_key, config.state_dir)
         self.detector = build_detector(config)
+        from sensor.edm.match import load_indexes         # EDM: the fleet's indexes, by path (docs/edm.md)
+        self.edm = load_indexes(config.indexes, self.key)
         self.metrics = Metrics()
         self.metrics.expect(taps=("kafka",), signatures=[sig.id for sig in self.detector.engine.signatures],
                             kafka=("worker",), topics=(k.topic("exchanges"), k.topic("findings")))
@@ -299,7 +301,7 @@ class Worker:
                           status=rec["status"], content_type=str(rec.get("content_type") or ""),
                           content_encoding=str(rec.get("content_encoding") or ""), path=rec.get("path"))
             d = self.detector
-            scan = BodyScan(d.engine, d.policy, key=self.key, exchange=ex, stop_on_trip=False)
+            scan = BodyScan(d.engine, d.policy, key=self.key, exchange=ex, stop_on_trip=False, edm=self.edm)
             # the earlier messages are acked with this exchange (never before: offsets must not pass it)
             print_ = LazyPrint(self.key, self.config.fingerprint_bytes, self.print_budget)   # hashed if it trips
             self.open[xid] = Open(rec, scan, msg.tp, print_, (earlier.messages if earlier else []) + [msg])

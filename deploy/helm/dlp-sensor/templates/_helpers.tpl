@@ -131,6 +131,45 @@ Returned as JSON ({"items": [...]}) because templates can only return text.
 {{- end -}}
 
 {{/*
+Exact-data-match indexes (edm.indexes): each is mounted read-only at /etc/dlp-sensor-edm/<name>/ from
+its Secret (only the index's own key of it) or its volume source, and listed in the config's
+`indexes:` by that path; the sensor reloads an index when its file changes (a Secret update swaps it).
+An index's own HMAC key (keySecret) reaches the container as DLP_EDM_<i>_KEY, never the ConfigMap:
+the entry carries `key_env`. {"items": [config entries]} in JSON.
+*/}}
+{{- define "dlp-sensor.edmIndexes" -}}
+{{- $out := list -}}
+{{- $seen := dict -}}
+{{- range $i, $x := (.Values.edm | default dict).indexes -}}
+{{- if hasKey $seen $x.name }}{{- fail (printf "edm.indexes[%d].name %q is used twice (each index needs a name of its own)" $i $x.name) -}}{{- end -}}
+{{- $_ := set $seen $x.name true -}}
+{{- $file := $x.file -}}
+{{- if $x.existingSecret }}{{- $file = $x.secretKey | default "index.edm" -}}{{- end -}}
+{{- $e := dict "name" $x.name "path" (printf "/etc/dlp-sensor-edm/%s/%s" $x.name $file) -}}
+{{- if hasKey $x "minFields" }}{{- $_ := set $e "min_fields" $x.minFields -}}{{- end -}}
+{{- if hasKey $x "trip" }}{{- $_ := set $e "trip" $x.trip -}}{{- end -}}
+{{- if hasKey $x "alert" }}{{- $_ := set $e "alert" $x.alert -}}{{- end -}}
+{{- if $x.keySecret }}{{- $_ := set $e "key_env" (printf "DLP_EDM_%d_KEY" $i) -}}{{- end -}}
+{{- $out = append $out $e -}}
+{{- end -}}
+{{- toJson (dict "items" $out) -}}
+{{- end -}}
+
+{{/* The index volumes (dlp-edm-<i>), a YAML list; empty without edm.indexes. Takes the chart context. */}}
+{{- define "dlp-sensor.edmVolumes" -}}
+{{- range $i, $x := (.Values.edm | default dict).indexes }}
+{{- if $x.existingSecret }}
+- name: dlp-edm-{{ $i }}
+  secret:
+    secretName: {{ $x.existingSecret }}
+    items: [{key: {{ $x.secretKey | default "index.edm" | quote }}, path: {{ $x.secretKey | default "index.edm" | quote }}}]
+{{- else }}
+- {{ toYaml (merge (dict "name" (printf "dlp-edm-%d" $i)) (deepCopy $x.volume)) | nindent 2 | trim }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
 The sensor's config file (sensor.yaml) as a dict, in JSON. `.Values.config` is merged over it last,
 for keys the chart does not model. Credentials never appear here: the sinks carry `<field>_env`.
 */}}
@@ -160,6 +199,7 @@ for keys the chart does not model. Credentials never appear here: the sinks carr
 {{- with $s.policy }}{{- $_ := set $cfg "policy" . -}}{{- end -}}
 {{- with $s.trustedProxies }}{{- $_ := set $cfg "clients" (dict "trusted_proxies" .) -}}{{- end -}}
 {{- with $s.siteHosts }}{{- $_ := set $cfg "site" (dict "hosts" .) -}}{{- end -}}
+{{- with (include "dlp-sensor.edmIndexes" . | fromJson).items }}{{- $_ := set $cfg "indexes" . -}}{{- end -}}
 {{- $k := .Values.kafka -}}
 {{- if $k.bootstrap -}}
 {{- $kafka := dict "topic_prefix" $k.topicPrefix "security_protocol" $k.securityProtocol "mirror" (dict "enabled" $k.mirror "overflow" $k.overflow) "worker" (dict "group" $k.group) -}}
@@ -176,8 +216,15 @@ names, never a generated random value, so two renders of the same values give th
 template and `helm upgrade` restarts pods only when a credential really changed. The config file
 itself reloads live and is not part of it.
 */}}
+{{/* The per-index key Secrets (read from the environment at start: a change restarts the pods). */}}
+{{- define "dlp-sensor.edmKeyRefs" -}}
+{{- $out := list -}}
+{{- range $i, $x := (.Values.edm | default dict).indexes }}{{- with $x.keySecret }}{{- $out = append $out (list $i .name .key) -}}{{- end -}}{{- end -}}
+{{- toJson (dict "items" $out) -}}
+{{- end -}}
+
 {{- define "dlp-sensor.podAnnotations" -}}
-{{- $in := dict "existingSecret" .Values.sensor.existingSecret "adminToken" .Values.sensor.adminToken "hmacKey" .Values.sensor.hmacKey "credentials" (include "dlp-sensor.credentials" . | fromJson).items -}}
+{{- $in := dict "existingSecret" .Values.sensor.existingSecret "adminToken" .Values.sensor.adminToken "hmacKey" .Values.sensor.hmacKey "credentials" (include "dlp-sensor.credentials" . | fromJson).items "edmKeys" (include "dlp-sensor.edmKeyRefs" . | fromJson).items -}}
 checksum/credentials: {{ toJson $in | sha256sum }}
 {{- with .Values.podAnnotations }}
 {{ toYaml . }}
@@ -245,6 +292,13 @@ shared by the sidecar, the standalone deployments and the sidecar templates for 
       valueFrom:
         secretKeyRef: {name: {{ .secret }}, key: {{ .key }}}
     {{- end }}
+    {{- range $i, $x := ($root.Values.edm | default dict).indexes }}
+    {{- with $x.keySecret }}
+    - name: DLP_EDM_{{ $i }}_KEY
+      valueFrom:
+        secretKeyRef: {name: {{ .name }}, key: {{ .key }}}
+    {{- end }}
+    {{- end }}
     {{- with .env }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -280,6 +334,9 @@ shared by the sidecar, the standalone deployments and the sidecar templates for 
     - {name: dlp-state, mountPath: /var/lib/dlp-sensor}
     - {name: dlp-cache, mountPath: /var/cache/dlp-sensor}
     - {name: dlp-tmp, mountPath: /tmp}
+    {{- range $i, $x := ($root.Values.edm | default dict).indexes }}
+    - {name: dlp-edm-{{ $i }}, mountPath: /etc/dlp-sensor-edm/{{ $x.name }}, readOnly: true}
+    {{- end }}
     {{- with $root.Values.extraVolumeMounts }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -315,6 +372,7 @@ before the app, stays up for the pod's life and stops after it. Clients reach it
   emptyDir: {sizeLimit: 256Mi}
 - name: dlp-tmp
   emptyDir: {sizeLimit: 1Gi}
+{{- include "dlp-sensor.edmVolumes" . }}
 {{- with .Values.extraVolumes }}
 {{ toYaml . }}
 {{- end }}
