@@ -148,7 +148,8 @@ class Worker:
             topic_partitions=k.partitions, topic_replication_factor=1,
             consumer_auto_offset_reset="earliest", broker_session_timeout=6.0, broker_heartbeat_interval=1.0,
             broker_commit_interval=0.5, stream_wait_empty=False,   # open exchanges are not acked: do not wait
-            web_enabled=False, web_bind="127.0.0.1", web_port=k.web_port, producer_acks=-1)
+            web_enabled=False, web_bind="127.0.0.1", web_port=k.web_port, producer_acks=-1,
+            datadir=str(config.state_dir / "faust"))   # faust's own files in the state dir, not the cwd
         self.t_exchanges = app.topic(k.topic("exchanges"), partitions=k.partitions)
         self.t_findings = app.topic(k.topic("findings"), partitions=k.partitions)
         self.t_alerts = app.topic(k.topic("alerts"), partitions=k.partitions)
