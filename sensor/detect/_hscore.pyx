@@ -398,6 +398,63 @@ cdef Py_ssize_t som_start_ws(Info info, int t, const char *b, Py_ssize_t lo, Py_
 
 cdef int _strategy = 0          # tests: 0 adaptive, 1 word starts only, 2 window scan only
 
+# The pack's email value regex (signatures/contact.yaml) as the engine compiles it. Its start has a
+# closed form (email_start); any other spelling keeps the generic paths.
+EMAIL_VALUE_RX = (rb"(?:\b[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,4}"
+                  rb"\.[A-Za-z]{2,18})\Z")
+
+
+cdef inline bint _email_local(unsigned char c) noexcept nogil:
+    return is_word(c) or c == 46 or c == 37 or c == 43 or c == 45
+
+
+cdef inline bint _email_label(unsigned char c) noexcept nogil:
+    return (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or c == 45
+
+
+cdef Py_ssize_t email_start(const char *b, Py_ssize_t lo, Py_ssize_t e) noexcept nogil:
+    """Leftmost ``s >= lo`` where EMAIL_VALUE_RX matches ``b[s:e]`` (what ``rx.search(buf, lo, e)``
+    starts at), or -1, with no libhs call: no class of the regex holds ``@``, so a match holds
+    exactly one, the last ``@`` of ``[lo, e)``; the domain after it either matches (labels split on
+    dots, a forced parse) or no start does; the start is then the first word boundary of the run
+    of local-part bytes (at most 64) before the ``@``. Per email this replaces several anchored
+    libhs tries (the pattern has no leftmost-start database: "Pattern is too large")."""
+    cdef const char *p
+    cdef Py_ssize_t at, q, ls, r, s, labels = 0
+    cdef unsigned char c
+    if e <= lo:
+        return -1
+    p = <const char *>dlp_memrchr(b + lo, 64, e - lo)
+    if p == NULL:
+        return -1
+    at = p - b
+    q = at + 1
+    while True:                                # the domain: 1-5 labels of 1-63, then a TLD of 2-18 letters
+        ls = q
+        while q < e and b[q] != 46:
+            if not _email_label(<unsigned char>b[q]):
+                return -1
+            q += 1
+        if q == e:
+            if labels < 1 or q - ls < 2 or q - ls > 18:
+                return -1
+            for r in range(ls, q):
+                c = <unsigned char>b[r]
+                if not ((65 <= c <= 90) or (97 <= c <= 122)):
+                    return -1
+            break
+        if q - ls < 1 or q - ls > 63 or labels == 5:
+            return -1
+        labels += 1
+        q += 1                                 # past the dot
+    r = at
+    while r > lo and r > at - 64 and _email_local(<unsigned char>b[r - 1]):
+        r -= 1
+    for s in range(r, at):
+        if (s > 0 and is_word(<unsigned char>b[s - 1])) != is_word(<unsigned char>b[s]):
+            return s
+    return -1
+
 
 def _set_start_strategy(int mode) -> None:
     """For tests: force how :func:`value_start` / the loop find a word-start regex's start."""
@@ -432,6 +489,8 @@ cdef Py_ssize_t value_start_c(Info info, int t, const char *b, Py_ssize_t lo, Py
     cdef bint ws
     cdef double t0, dt
     cdef Py_ssize_t s
+    if info.pemail[t] and _strategy == 0:
+        return email_start(b, lo, e)
     if not info.pws[t] or (_strategy == 2 and info.somdb[t] != NULL):
         return window_start(info, t, b, lo, e, maxw) if info.somdb[t] != NULL else -2
     if _strategy == 1 or info.somdb[t] == NULL:
@@ -1289,6 +1348,7 @@ cdef class Info:
     cdef public object gate_ids
     cdef int *psom                  # index in ``somdb`` of the pattern's value regex, or -1 (``re`` finds the start)
     cdef char *pws                  # by ``somdb`` index: its starts are word starts (som_start_ws)
+    cdef char *pemail               # by ``somdb`` index: EMAIL_VALUE_RX (email_start)
     cdef unsigned char *pfirst      # by ``somdb`` index, 256 each: bytes a match may begin with
     cdef unsigned int *scount       # by ``somdb`` index: value starts asked (value_start_c's timing)
     cdef double *cost_ws
@@ -1383,6 +1443,9 @@ cdef class Info:
         if self.somdb == NULL:
             raise MemoryError()
         self.pws = <char *>malloc(self.nsom + 1)
+        self.pemail = <char *>calloc(self.nsom + 1, 1)
+        if self.pemail == NULL:
+            raise MemoryError()
         self.pfirst = <unsigned char *>malloc(256 * (self.nsom + 1))
         if self.pfirst == NULL:
             raise MemoryError()
@@ -1407,11 +1470,12 @@ cdef class Info:
             self.somdb[self.nsom + j] = (<Database>a).db if a is not None else NULL
             self.somdb[2 * self.nsom + j] = (<Database>a1).db if a1 is not None else NULL
             self.pws[j] = kind
+            self.pemail[j] = pat == EMAIL_VALUE_RX and not fl & 2
             fb = _first_bytes(rxs[(pat, fl)])
             memcpy(self.pfirst + 256 * <int>j, PyBytes_AS_STRING(<bytes>fb), 256)
         for k in range(self.npat):
             t = self.psom[k]
-            if t >= 0 and self.somdb[t] == NULL and not self.pws[t]:
+            if t >= 0 and self.somdb[t] == NULL and not self.pws[t] and not self.pemail[t]:
                 self.psom[k] = -1
 
     @property
@@ -1426,6 +1490,7 @@ cdef class Info:
 
     def __dealloc__(self):
         free(self.pws)
+        free(self.pemail)
         free(self.pfirst)
         free(self.scount)
         free(self.cost_ws)
