@@ -488,6 +488,125 @@ cdef Py_ssize_t place_start(const char *b, Py_ssize_t lo, Py_ssize_t e) noexcept
     return best
 
 
+# The pack's four person-name value regexes (signatures/person.yaml), in closed form too (name_start).
+NAME_VALUE_RX = (
+    rb"(?:\b(?P<first>[A-Z]{2,15}) (?:[A-Z]\.? )?[A-Z][A-Z'-]{1,19})\Z",        # 3: JOHN Q SMITH
+    rb"(?:\b(?P<first>[A-Z][a-z]{1,14}) (?:[A-Z]\.? )?[A-Z][a-z'-]{1,19})\Z",   # 4: John Q. Smith
+    rb"(?:\b(?P<last>[A-Z][A-Z'-]{1,19})[,\t] ?[A-Z]{2,15})\Z",                 # 5: SMITH, JOHN
+    rb"(?:\b(?P<last>[A-Z][a-z'-]{1,19}), [A-Z][a-z]{1,14})\Z",                 # 6: Smith, John
+)
+
+
+cdef inline bint _uq(unsigned char c) noexcept nogil:      # [A-Z'-]
+    return 65 <= c <= 90 or c == 39 or c == 45
+
+
+cdef inline bint _lq(unsigned char c) noexcept nogil:      # [a-z'-]
+    return 97 <= c <= 122 or c == 39 or c == 45
+
+
+cdef inline bint _boundary(const char *b, Py_ssize_t s) noexcept nogil:
+    """``\\b`` before a word byte at ``s`` (re sees the real byte before its search start)."""
+    return s == 0 or not is_word(<unsigned char>b[s - 1])
+
+
+cdef Py_ssize_t name_start(int kind, const char *b, Py_ssize_t lo, Py_ssize_t e) noexcept nogil:
+    """Leftmost ``s >= lo`` where NAME_VALUE_RX[kind - 3] matches ``b[s:e]``, or -1, read backwards.
+    Each part is a whole run of its class (the byte before it is a separator or fails ``\\b``), and
+    the optional middle initial is told by the byte before the last name's space; only the
+    upper-case "LAST, FIRST" shape has several starts to choose from (inside ``O'NEIL``)."""
+    cdef Py_ssize_t r, ls, fe, f, le, x
+    cdef bint up = kind == 3 or kind == 5
+    if kind <= 4:
+        r = e                                   # the last name: a run of [A-Z'-] / [a-z'-] up to e
+        if up:
+            while r > 0 and e - r < 20 and _uq(<unsigned char>b[r - 1]):
+                r -= 1
+            if r > 0 and _uq(<unsigned char>b[r - 1]):
+                return -1
+            ls = r
+            if e - ls < 2:
+                return -1
+        else:
+            while r > 0 and e - r < 19 and _lq(<unsigned char>b[r - 1]):
+                r -= 1
+            if r > 0 and _lq(<unsigned char>b[r - 1]):
+                return -1
+            if e - r < 1:
+                return -1
+            ls = r - 1
+        if ls < 2 or not _upper(<unsigned char>b[ls]) or b[ls - 1] != 32:
+            return -1
+        x = <unsigned char>b[ls - 2]
+        if x == 46:                             # "Q. "
+            if ls < 4 or not _upper(<unsigned char>b[ls - 3]) or b[ls - 4] != 32:
+                return -1
+            fe = ls - 4
+        elif _upper(<unsigned char>x) and (not up or (ls >= 3 and b[ls - 3] == 32)):
+            if ls < 3 or b[ls - 3] != 32:       # "Q "
+                return -1
+            fe = ls - 3
+        elif (up and _upper(<unsigned char>x)) or (not up and _lower(<unsigned char>x)):
+            fe = ls - 1                         # no middle initial
+        else:
+            return -1
+        f = fe                                  # the first name
+        if up:
+            while f > 0 and fe - f < 15 and _upper(<unsigned char>b[f - 1]):
+                f -= 1
+            if (f > 0 and _upper(<unsigned char>b[f - 1])) or fe - f < 2:
+                return -1
+        else:
+            while f > 0 and fe - f < 14 and _lower(<unsigned char>b[f - 1]):
+                f -= 1
+            if (f > 0 and _lower(<unsigned char>b[f - 1])) or fe - f < 1:
+                return -1
+            f -= 1
+            if f < 0 or not _upper(<unsigned char>b[f]):
+                return -1
+        return f if f >= lo and _boundary(b, f) else -1
+    f = e                                       # the first name after the comma
+    if up:
+        while f > 0 and e - f < 15 and _upper(<unsigned char>b[f - 1]):
+            f -= 1
+        if (f > 0 and _upper(<unsigned char>b[f - 1])) or e - f < 2 or f < 1:
+            return -1
+        if b[f - 1] == 32:
+            le = f - 2
+            if le < 0 or (b[le] != 44 and b[le] != 9):
+                return -1
+        elif b[f - 1] == 44 or b[f - 1] == 9:
+            le = f - 1
+        else:
+            return -1
+        r = le                                  # the last name: [A-Z] then [A-Z'-], 2-20 bytes
+        while r > 0 and le - r < 20 and _uq(<unsigned char>b[r - 1]):
+            r -= 1
+        if r < lo:
+            r = lo
+        for x in range(r, le - 1):
+            if _upper(<unsigned char>b[x]) and _boundary(b, x):
+                return x
+        return -1
+    while f > 0 and e - f < 14 and _lower(<unsigned char>b[f - 1]):
+        f -= 1
+    if (f > 0 and _lower(<unsigned char>b[f - 1])) or e - f < 1:
+        return -1
+    f -= 1
+    if f < 3 or not _upper(<unsigned char>b[f]) or b[f - 1] != 32 or b[f - 2] != 44:
+        return -1
+    le = f - 2
+    r = le
+    while r > 0 and le - r < 19 and _lq(<unsigned char>b[r - 1]):
+        r -= 1
+    if (r > 0 and _lq(<unsigned char>b[r - 1])) or le - r < 1:
+        return -1
+    r -= 1
+    if r < lo or not _upper(<unsigned char>b[r]) or not _boundary(b, r):
+        return -1
+    return r
+
+
 cdef Py_ssize_t email_start(const char *b, Py_ssize_t lo, Py_ssize_t e) noexcept nogil:
     """Leftmost ``s >= lo`` where EMAIL_VALUE_RX matches ``b[s:e]`` (what ``rx.search(buf, lo, e)``
     starts at), or -1, with no libhs call: no class of the regex holds ``@``, so a match holds
@@ -566,7 +685,9 @@ cdef Py_ssize_t value_start_c(Info info, int t, const char *b, Py_ssize_t lo, Py
     cdef double t0, dt
     cdef Py_ssize_t s
     if info.pemail[t] and _strategy == 0:
-        return email_start(b, lo, e) if info.pemail[t] == 1 else place_start(b, lo, e)
+        if info.pemail[t] == 1:
+            return email_start(b, lo, e)
+        return place_start(b, lo, e) if info.pemail[t] == 2 else name_start(info.pemail[t], b, lo, e)
     if not info.pws[t] or (_strategy == 2 and info.somdb[t] != NULL):
         return window_start(info, t, b, lo, e, maxw) if info.somdb[t] != NULL else -2
     if _strategy == 1 or info.somdb[t] == NULL:
@@ -1424,7 +1545,7 @@ cdef class Info:
     cdef public object gate_ids
     cdef int *psom                  # index in ``somdb`` of the pattern's value regex, or -1 (``re`` finds the start)
     cdef char *pws                  # by ``somdb`` index: its starts are word starts (som_start_ws)
-    cdef char *pemail               # by ``somdb`` index: 1 EMAIL_VALUE_RX (email_start), 2 PLACE_VALUE_RX
+    cdef char *pemail               # by ``somdb`` index: a closed form: 1 email, 2 place, 3-6 names
     cdef unsigned char *pfirst      # by ``somdb`` index, 256 each: bytes a match may begin with
     cdef unsigned int *scount       # by ``somdb`` index: value starts asked (value_start_c's timing)
     cdef double *cost_ws
@@ -1547,7 +1668,8 @@ cdef class Info:
             self.somdb[2 * self.nsom + j] = (<Database>a1).db if a1 is not None else NULL
             self.pws[j] = kind
             self.pemail[j] = 1 if pat == EMAIL_VALUE_RX and not fl & 2 else \
-                2 if pat == PLACE_VALUE_RX and not fl & 2 else 0
+                2 if pat == PLACE_VALUE_RX and not fl & 2 else \
+                3 + NAME_VALUE_RX.index(pat) if pat in NAME_VALUE_RX and not fl & 2 else 0
             fb = _first_bytes(rxs[(pat, fl)])
             memcpy(self.pfirst + 256 * <int>j, PyBytes_AS_STRING(<bytes>fb), 256)
         for k in range(self.npat):
