@@ -1913,7 +1913,11 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
                         col = count1(b, blen, delim, r, s)
                     else:
                         col = sc._column_of(buf, r, s)
-                    ctx = si in col_sigs.get(col, ())
+                    if type(col_sigs) is dict:   # the scanner's: a C lookup, no method call
+                        cs = (<dict>col_sigs).get(col)
+                        ctx = cs is not None and si in cs
+                    else:
+                        ctx = si in col_sigs.get(col, ())
             elif is_html:
                 ctx = sc._th_context(buf, base, s, rk, si)
             if not ctx and not rmask:
