@@ -234,3 +234,32 @@ def test_first_bytes_of_a_boundary_regex(pattern, flags, first, info):
     got = core._hscore._first_bytes(re.compile(pattern, flags))
     want = bytes(1 if first is None or c in first else 0 for c in range(256))
     assert got == want
+
+
+PLACEISH = b"AaBbCcKkSsOoNnYyZz 0123456789 ,,,\t_-.\n'"
+PLACES = [b"LOS ANGELES,CA,93015", b"Kansas City, MO 64101", b"Salt Lake City UT, 84101", b"Oak\tCA\t90210",
+          b"New York, NY, 10001", b"SAN LUIS OBISPO, CA 93401", b"X_Oak Park, IL 60301", b"9Reno,NV,89501",
+          b"A" * 21 + b" Bend, OR 97701", b"Abcdefghijklmnopqrstu, WA 98001", b"AB CD EF GH, ZZ 12345",
+          b"Boise,,ID 83701", b"Boise , ID 83701", b"Boise  ID 83701", b"Mc Allen TX  78501", b"El Paso,TX,7990"]
+NAMES = [b"JOHN Q SMITH", b"JOHN Q. SMITH", b"MARY O'NEIL", b"AB C-SMITH", b"X JOHN SMITH", b"John Smith",
+         b"John Q. Smith", b"Mary O'Neil-Jones", b"9John Smith", b"J Smith", b"SMITH,JOHN", b"O'NEIL, MARY",
+         b"SMITH\tJOHN", b"D'ARCY-O'NEIL,ANN", b"Smith, John", b"O'Neil, Mary", b"Smith,John", b"_SMITH,JOHN",
+         b"A" * 21 + b",BOB", b"Abcdefghijklmnopqrst, Bob", b"Jo Ab", b"JOHN  SMITH", b"Ann Q  Smith"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(list(PLACEISH)), min_size=0, max_size=80), st.integers(0, 2**32))
+def test_closed_form_starts_are_re_starts(engine, info, chars, seed):
+    """Emails, city/state/ZIP places and the four name shapes take their start from a closed form in
+    C (email_start, place_start, name_start), never from ``re``: the same start as ``rx.search(buf, lo, e)`` at every end offset,
+    on real and near-miss values spliced into random bytes."""
+    rnd = random.Random(seed)
+    buf = bytes(chars)
+    for v in rnd.sample(PLACES, 3) + rnd.sample(NAMES, 4) + [b"john.doe@example.com", b"a@b.c.d.e.f.gh", b"x@" + b"a" * 64 + b".com"]:
+        at = rnd.randrange(len(buf) + 1)
+        buf = buf[:at] + v + buf[at:]
+    ks = [k for k, p in enumerate(engine.patterns) if p.rx is not None
+          and p.rx.pattern in (core._hscore.EMAIL_VALUE_RX, core._hscore.PLACE_VALUE_RX) + core._hscore.NAME_VALUE_RX]
+    assert len({engine.patterns[k].rx.pattern for k in ks}) == 6, "the pack's value regexes are the closed forms'"
+    assert _check(engine, info, ks, buf, _lo_window) == 0
+    assert _check(engine, info, ks, buf, _lo_field) == 0

@@ -398,6 +398,258 @@ cdef Py_ssize_t som_start_ws(Info info, int t, const char *b, Py_ssize_t lo, Py_
 
 cdef int _strategy = 0          # tests: 0 adaptive, 1 word starts only, 2 window scan only
 
+# The pack's email value regex (signatures/contact.yaml) as the engine compiles it. Its start has a
+# closed form (email_start); any other spelling keeps the generic paths.
+EMAIL_VALUE_RX = (rb"(?:\b[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,4}"
+                  rb"\.[A-Za-z]{2,18})\Z")
+
+
+cdef inline bint _email_local(unsigned char c) noexcept nogil:
+    return is_word(c) or c == 46 or c == 37 or c == 43 or c == 45
+
+
+cdef inline bint _email_label(unsigned char c) noexcept nogil:
+    return (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or c == 45
+
+
+# The pack's city/state/ZIP value regex (signatures/address.yaml) as the engine compiles it, and its
+# states: its start has a closed form too (place_start).
+PLACE_VALUE_RX = (rb"(?:\b(?:[A-Z][a-z]{1,20}|[A-Z]{2,20})(?: (?:[A-Z][a-z]{1,20}|[A-Z]{2,20})){0,2}"
+                  rb"(?:, ?|,? |\t)(?:AL|AK|AZ|AR|CA|CO|CT|DE|DC|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|"
+                  rb"MI|MN|MS|MO|MT|NE|NV|NH|NJ|NM|NY|NC|ND|OH|OK|OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY)"
+                  rb"(?:, ?| |\t)\d{5}\b)\Z")
+cdef unsigned char _STATE[26 * 26]
+for _st in PLACE_VALUE_RX.split(b"(?:AL|")[1].split(b")")[0].split(b"|") + [b"AL"]:
+    _STATE[(_st[0] - 65) * 26 + _st[1] - 65] = 1
+
+
+cdef inline bint _upper(unsigned char c) noexcept nogil:
+    return 65 <= c <= 90
+
+
+cdef inline bint _lower(unsigned char c) noexcept nogil:
+    return 97 <= c <= 122
+
+
+cdef inline Py_ssize_t _before_sep(const char *b, Py_ssize_t x) noexcept nogil:
+    """End of what comes before a ``, ?|,? |\\t`` separator that ends at ``x`` (the parse is forced:
+    neither side of it may end or start with one of its bytes), or -1."""
+    if x < 1:
+        return -1
+    if b[x - 1] == 32:
+        return x - 2 if x >= 2 and b[x - 2] == 44 else x - 1
+    if b[x - 1] == 44 or b[x - 1] == 9:
+        return x - 1
+    return -1
+
+
+cdef Py_ssize_t place_start(const char *b, Py_ssize_t lo, Py_ssize_t e) noexcept nogil:
+    """Leftmost ``s >= lo`` where PLACE_VALUE_RX matches ``b[s:e]``, or -1, read backwards: five
+    digits, a separator, a state, a separator, then one to three city words, each a whole run of
+    letters (a start needs a word boundary, a later word a space before it): the leftmost word that
+    starts on a boundary at or after ``lo`` is the start. Replaces the window scan (2-3 us) or the
+    anchored tries on every row of an address roster."""
+    cdef Py_ssize_t d = e - 5, st, ce, ws, k, best = -1
+    cdef int words = 0
+    cdef unsigned char c
+    if d < lo:
+        return -1
+    for k in range(d, e):
+        if not 48 <= <unsigned char>b[k] <= 57:
+            return -1
+    st = _before_sep(b, d)
+    if st < 2 or not _upper(<unsigned char>b[st - 2]) or not _upper(<unsigned char>b[st - 1]) \
+            or not _STATE[(<unsigned char>b[st - 2] - 65) * 26 + <unsigned char>b[st - 1] - 65]:
+        return -1
+    st -= 2
+    ce = _before_sep(b, st)
+    while ce > lo and words < 3:
+        ws = ce
+        while ws > 0 and ce - ws <= 21 and (_upper(<unsigned char>b[ws - 1]) or _lower(<unsigned char>b[ws - 1])):
+            ws -= 1
+        if ws < lo or ce - ws < 2 or ce - ws > 21 or not _upper(<unsigned char>b[ws]):
+            break
+        if _upper(<unsigned char>b[ws + 1]):             # [A-Z]{2,20}
+            if ce - ws > 20:
+                break
+            for k in range(ws + 2, ce):
+                if not _upper(<unsigned char>b[k]):
+                    return best
+        else:                                          # [A-Z][a-z]{1,20}
+            for k in range(ws + 1, ce):
+                if not _lower(<unsigned char>b[k]):
+                    return best
+        words += 1
+        if ws == 0 or not is_word(<unsigned char>b[ws - 1]):
+            best = ws
+        if ws < 1 or b[ws - 1] != 32:
+            break
+        ce = ws - 1
+    return best
+
+
+# The pack's four person-name value regexes (signatures/person.yaml), in closed form too (name_start).
+NAME_VALUE_RX = (
+    rb"(?:\b(?P<first>[A-Z]{2,15}) (?:[A-Z]\.? )?[A-Z][A-Z'-]{1,19})\Z",        # 3: JOHN Q SMITH
+    rb"(?:\b(?P<first>[A-Z][a-z]{1,14}) (?:[A-Z]\.? )?[A-Z][a-z'-]{1,19})\Z",   # 4: John Q. Smith
+    rb"(?:\b(?P<last>[A-Z][A-Z'-]{1,19})[,\t] ?[A-Z]{2,15})\Z",                 # 5: SMITH, JOHN
+    rb"(?:\b(?P<last>[A-Z][a-z'-]{1,19}), [A-Z][a-z]{1,14})\Z",                 # 6: Smith, John
+)
+
+
+cdef inline bint _uq(unsigned char c) noexcept nogil:      # [A-Z'-]
+    return 65 <= c <= 90 or c == 39 or c == 45
+
+
+cdef inline bint _lq(unsigned char c) noexcept nogil:      # [a-z'-]
+    return 97 <= c <= 122 or c == 39 or c == 45
+
+
+cdef inline bint _boundary(const char *b, Py_ssize_t s) noexcept nogil:
+    """``\\b`` before a word byte at ``s`` (re sees the real byte before its search start)."""
+    return s == 0 or not is_word(<unsigned char>b[s - 1])
+
+
+cdef Py_ssize_t name_start(int kind, const char *b, Py_ssize_t lo, Py_ssize_t e) noexcept nogil:
+    """Leftmost ``s >= lo`` where NAME_VALUE_RX[kind - 3] matches ``b[s:e]``, or -1, read backwards.
+    Each part is a whole run of its class (the byte before it is a separator or fails ``\\b``), and
+    the optional middle initial is told by the byte before the last name's space; only the
+    upper-case "LAST, FIRST" shape has several starts to choose from (inside ``O'NEIL``)."""
+    cdef Py_ssize_t r, ls, fe, f, le, x
+    cdef bint up = kind == 3 or kind == 5
+    if kind <= 4:
+        r = e                                   # the last name: a run of [A-Z'-] / [a-z'-] up to e
+        if up:
+            while r > 0 and e - r < 20 and _uq(<unsigned char>b[r - 1]):
+                r -= 1
+            if r > 0 and _uq(<unsigned char>b[r - 1]):
+                return -1
+            ls = r
+            if e - ls < 2:
+                return -1
+        else:
+            while r > 0 and e - r < 19 and _lq(<unsigned char>b[r - 1]):
+                r -= 1
+            if r > 0 and _lq(<unsigned char>b[r - 1]):
+                return -1
+            if e - r < 1:
+                return -1
+            ls = r - 1
+        if ls < 2 or not _upper(<unsigned char>b[ls]) or b[ls - 1] != 32:
+            return -1
+        x = <unsigned char>b[ls - 2]
+        if x == 46:                             # "Q. "
+            if ls < 4 or not _upper(<unsigned char>b[ls - 3]) or b[ls - 4] != 32:
+                return -1
+            fe = ls - 4
+        elif _upper(<unsigned char>x) and (not up or (ls >= 3 and b[ls - 3] == 32)):
+            if ls < 3 or b[ls - 3] != 32:       # "Q "
+                return -1
+            fe = ls - 3
+        elif (up and _upper(<unsigned char>x)) or (not up and _lower(<unsigned char>x)):
+            fe = ls - 1                         # no middle initial
+        else:
+            return -1
+        f = fe                                  # the first name
+        if up:
+            while f > 0 and fe - f < 15 and _upper(<unsigned char>b[f - 1]):
+                f -= 1
+            if (f > 0 and _upper(<unsigned char>b[f - 1])) or fe - f < 2:
+                return -1
+        else:
+            while f > 0 and fe - f < 14 and _lower(<unsigned char>b[f - 1]):
+                f -= 1
+            if (f > 0 and _lower(<unsigned char>b[f - 1])) or fe - f < 1:
+                return -1
+            f -= 1
+            if f < 0 or not _upper(<unsigned char>b[f]):
+                return -1
+        return f if f >= lo and _boundary(b, f) else -1
+    f = e                                       # the first name after the comma
+    if up:
+        while f > 0 and e - f < 15 and _upper(<unsigned char>b[f - 1]):
+            f -= 1
+        if (f > 0 and _upper(<unsigned char>b[f - 1])) or e - f < 2 or f < 1:
+            return -1
+        if b[f - 1] == 32:
+            le = f - 2
+            if le < 0 or (b[le] != 44 and b[le] != 9):
+                return -1
+        elif b[f - 1] == 44 or b[f - 1] == 9:
+            le = f - 1
+        else:
+            return -1
+        r = le                                  # the last name: [A-Z] then [A-Z'-], 2-20 bytes
+        while r > 0 and le - r < 20 and _uq(<unsigned char>b[r - 1]):
+            r -= 1
+        if r < lo:
+            r = lo
+        for x in range(r, le - 1):
+            if _upper(<unsigned char>b[x]) and _boundary(b, x):
+                return x
+        return -1
+    while f > 0 and e - f < 14 and _lower(<unsigned char>b[f - 1]):
+        f -= 1
+    if (f > 0 and _lower(<unsigned char>b[f - 1])) or e - f < 1:
+        return -1
+    f -= 1
+    if f < 3 or not _upper(<unsigned char>b[f]) or b[f - 1] != 32 or b[f - 2] != 44:
+        return -1
+    le = f - 2
+    r = le
+    while r > 0 and le - r < 19 and _lq(<unsigned char>b[r - 1]):
+        r -= 1
+    if (r > 0 and _lq(<unsigned char>b[r - 1])) or le - r < 1:
+        return -1
+    r -= 1
+    if r < lo or not _upper(<unsigned char>b[r]) or not _boundary(b, r):
+        return -1
+    return r
+
+
+cdef Py_ssize_t email_start(const char *b, Py_ssize_t lo, Py_ssize_t e) noexcept nogil:
+    """Leftmost ``s >= lo`` where EMAIL_VALUE_RX matches ``b[s:e]`` (what ``rx.search(buf, lo, e)``
+    starts at), or -1, with no libhs call: no class of the regex holds ``@``, so a match holds
+    exactly one, the last ``@`` of ``[lo, e)``; the domain after it either matches (labels split on
+    dots, a forced parse) or no start does; the start is then the first word boundary of the run
+    of local-part bytes (at most 64) before the ``@``. Per email this replaces several anchored
+    libhs tries (the pattern has no leftmost-start database: "Pattern is too large")."""
+    cdef const char *p
+    cdef Py_ssize_t at, q, ls, r, s, labels = 0
+    cdef unsigned char c
+    if e <= lo:
+        return -1
+    p = <const char *>dlp_memrchr(b + lo, 64, e - lo)
+    if p == NULL:
+        return -1
+    at = p - b
+    q = at + 1
+    while True:                                # the domain: 1-5 labels of 1-63, then a TLD of 2-18 letters
+        ls = q
+        while q < e and b[q] != 46:
+            if not _email_label(<unsigned char>b[q]):
+                return -1
+            q += 1
+        if q == e:
+            if labels < 1 or q - ls < 2 or q - ls > 18:
+                return -1
+            for r in range(ls, q):
+                c = <unsigned char>b[r]
+                if not ((65 <= c <= 90) or (97 <= c <= 122)):
+                    return -1
+            break
+        if q - ls < 1 or q - ls > 63 or labels == 5:
+            return -1
+        labels += 1
+        q += 1                                 # past the dot
+    r = at
+    while r > lo and r > at - 64 and _email_local(<unsigned char>b[r - 1]):
+        r -= 1
+    for s in range(r, at):
+        if (s > 0 and is_word(<unsigned char>b[s - 1])) != is_word(<unsigned char>b[s]):
+            return s
+    return -1
+
 
 def _set_start_strategy(int mode) -> None:
     """For tests: force how :func:`value_start` / the loop find a word-start regex's start."""
@@ -432,6 +684,10 @@ cdef Py_ssize_t value_start_c(Info info, int t, const char *b, Py_ssize_t lo, Py
     cdef bint ws
     cdef double t0, dt
     cdef Py_ssize_t s
+    if info.pemail[t] and _strategy == 0:
+        if info.pemail[t] == 1:
+            return email_start(b, lo, e)
+        return place_start(b, lo, e) if info.pemail[t] == 2 else name_start(info.pemail[t], b, lo, e)
     if not info.pws[t] or (_strategy == 2 and info.somdb[t] != NULL):
         return window_start(info, t, b, lo, e, maxw) if info.somdb[t] != NULL else -2
     if _strategy == 1 or info.somdb[t] == NULL:
@@ -1289,6 +1545,7 @@ cdef class Info:
     cdef public object gate_ids
     cdef int *psom                  # index in ``somdb`` of the pattern's value regex, or -1 (``re`` finds the start)
     cdef char *pws                  # by ``somdb`` index: its starts are word starts (som_start_ws)
+    cdef char *pemail               # by ``somdb`` index: a closed form: 1 email, 2 place, 3-6 names
     cdef unsigned char *pfirst      # by ``somdb`` index, 256 each: bytes a match may begin with
     cdef unsigned int *scount       # by ``somdb`` index: value starts asked (value_start_c's timing)
     cdef double *cost_ws
@@ -1383,6 +1640,9 @@ cdef class Info:
         if self.somdb == NULL:
             raise MemoryError()
         self.pws = <char *>malloc(self.nsom + 1)
+        self.pemail = <char *>calloc(self.nsom + 1, 1)
+        if self.pemail == NULL:
+            raise MemoryError()
         self.pfirst = <unsigned char *>malloc(256 * (self.nsom + 1))
         if self.pfirst == NULL:
             raise MemoryError()
@@ -1407,11 +1667,14 @@ cdef class Info:
             self.somdb[self.nsom + j] = (<Database>a).db if a is not None else NULL
             self.somdb[2 * self.nsom + j] = (<Database>a1).db if a1 is not None else NULL
             self.pws[j] = kind
+            self.pemail[j] = 1 if pat == EMAIL_VALUE_RX and not fl & 2 else \
+                2 if pat == PLACE_VALUE_RX and not fl & 2 else \
+                3 + NAME_VALUE_RX.index(pat) if pat in NAME_VALUE_RX and not fl & 2 else 0
             fb = _first_bytes(rxs[(pat, fl)])
             memcpy(self.pfirst + 256 * <int>j, PyBytes_AS_STRING(<bytes>fb), 256)
         for k in range(self.npat):
             t = self.psom[k]
-            if t >= 0 and self.somdb[t] == NULL and not self.pws[t]:
+            if t >= 0 and self.somdb[t] == NULL and not self.pws[t] and not self.pemail[t]:
                 self.psom[k] = -1
 
     @property
@@ -1426,6 +1689,7 @@ cdef class Info:
 
     def __dealloc__(self):
         free(self.pws)
+        free(self.pemail)
         free(self.pfirst)
         free(self.scount)
         free(self.cost_ws)
@@ -1649,7 +1913,11 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
                         col = count1(b, blen, delim, r, s)
                     else:
                         col = sc._column_of(buf, r, s)
-                    ctx = si in col_sigs.get(col, ())
+                    if type(col_sigs) is dict:   # the scanner's: a C lookup, no method call
+                        cs = (<dict>col_sigs).get(col)
+                        ctx = cs is not None and si in cs
+                    else:
+                        ctx = si in col_sigs.get(col, ())
             elif is_html:
                 ctx = sc._th_context(buf, base, s, rk, si)
             if not ctx and not rmask:
