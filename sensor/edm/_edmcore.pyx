@@ -47,6 +47,10 @@ cdef extern from *:
 cdef extern from "stdlib.h":
     int posix_memalign(void **memptr, size_t alignment, size_t size) nogil
 
+cdef extern from "sys/mman.h":
+    int madvise(void *addr, size_t length, int advice) nogil
+    int MADV_HUGEPAGE
+
 cdef extern from "openssl/opensslv.h":
     const char *OPENSSL_VERSION_TEXT
 
@@ -66,6 +70,14 @@ DEF FILTER_BITS = 10          # filter bits per hash of the index (~1 % false po
 
 cdef int _ahead = 1
 cdef int _filter = 1
+cdef int _pardir = 1
+
+
+def set_pardir(int on) -> None:
+    """Fetch a value's directory entry together with its filter block (1) or only once the filter
+    passed it (0). For the benchmark's comparison only."""
+    global _pardir
+    _pardir = on
 
 
 def set_ahead(int on) -> None:
@@ -76,8 +88,9 @@ def set_ahead(int on) -> None:
 
 
 def set_filter(int on) -> None:
-    """Check the in-memory membership filter before the mapped index (1, default) or go to the
-    index for every value (0). For the benchmark's comparison only: the results are the same."""
+    """Check the in-memory membership filter before the mapped index while most values miss it (1,
+    default), always (2: the tests) or never (0: the benchmark's comparison). The results are the
+    same."""
     global _filter
     _filter = on
 
@@ -570,8 +583,11 @@ cdef class Plan:
         cdef Py_ssize_t i
         if n == 0:
             return 0
-        if posix_memalign(&p, 64, nb * 32) != 0:
+        # 2 MB aligned and huge pages asked for: a probe is then one cache miss, not a TLB miss too
+        if posix_memalign(&p, 1 << 21, nb * 32) != 0:
             raise MemoryError()
+        if nb * 32 >= (1 << 21):
+            madvise(p, nb * 32, MADV_HUGEPAGE)      # advice only: without huge pages it still works
         memset(p, 0, nb * 32)
         with nogil:
             for i in range(n):
@@ -610,6 +626,7 @@ cdef class Matcher:
     cdef PyObject *_kptr[KIND_CACHE]
     cdef int _kslot[KIND_CACHE]
     cdef int _nk
+    cdef Py_ssize_t _probes, _hits   # values looked up lately and how many were in the index
 
     def __cinit__(self):
         memset(&self.vk, 0, sizeof(Buf))
@@ -630,6 +647,8 @@ cdef class Matcher:
         self.row_cap = row_cap
         self._kobj = []
         self._nk = 0
+        self._probes = 0
+        self._hits = 0
         self.plan = plan
         self._counts = {}
         self._rows = {}
@@ -760,7 +779,14 @@ cdef class Matcher:
         cdef uint64_t *vh = <uint64_t *>self.vh.p
         cdef uint64_t *vb = vh + m              # bucket start, NONE (not a value of the kind), LAZY
         cdef bint ahead = _ahead
-        cdef bint filt = _filter
+        # the filter pays when most values are not in the index (a miss: one line instead of two or
+        # three) and costs a line when most are (breach-like content of the indexed people): it is
+        # used while at most half the values looked up lately were in the index. Either way the
+        # results are the same
+        if self._probes > 4096:
+            self._probes >>= 1
+            self._hits >>= 1
+        cdef bint filt = _filter and (_filter == 2 or 2 * self._hits <= self._probes)
         cdef uint64_t *va = vb + m              # found: hashes[va:ve] (va == ve: a miss)
         cdef uint64_t *ve = va + m
         for i in range(m):
@@ -777,12 +803,13 @@ cdef class Matcher:
                 vb[i] = NONE
                 continue
             h = _hmac(&f.inner, &ip.outer, cp, cl)
+            self._probes += 1
             vh[i] = h
             b = <Py_ssize_t>(h >> f.shift) if f.shift < 64 else 0
             vb[i] = <uint64_t>b
             if filt and f.flt != NULL:
                 dlp_prefetch(_fblock(f.flt, f.fblocks, h))
-            else:
+            if _pardir or not filt:
                 dlp_prefetch(&f.dir[b])
         if filt:
             # the filter first (its lines are on their way): a value it rejects is a miss without
@@ -795,7 +822,8 @@ cdef class Matcher:
                     vb[i] = DONE
                     va[i] = ve[i] = 0
                     continue
-                dlp_prefetch(&f.dir[vb[i]])
+                if not _pardir:
+                    dlp_prefetch(&f.dir[vb[i]])
             # fewer kinds that may still hit than min_fields: no lookup can make a match
             nfound = 0
             for k in range(ip.nk):
@@ -831,6 +859,7 @@ cdef class Matcher:
                 e += 1
             va[i] = a
             ve[i] = e
+            self._hits += 1
             dlp_prefetch(&f.ids[a])
         for k in range(ip.nk):
             f = &ip.f[k]
@@ -859,6 +888,7 @@ cdef class Matcher:
                     if cl < 0:
                         continue
                     h = _hmac(&f.inner, &ip.outer, cp, cl)
+                    self._probes += 1
                     if filt and f.flt != NULL and not _fhas(_fblock(f.flt, f.fblocks, h), h):
                         continue
                     b = <Py_ssize_t>(h >> f.shift) if f.shift < 64 else 0
@@ -872,6 +902,7 @@ cdef class Matcher:
                     e = a + 1
                     while e < hi and f.hs[e] == h:
                         e += 1
+                    self._hits += 1
                 rp = f.ids + a
                 nr = e - a
                 if not have:
@@ -1067,6 +1098,18 @@ cdef class Matcher:
         out = (<char *>cp)[:cl]
         self._hold = []
         return out, _hmac(&f.inner, &self.plan.ix[x].outer, <const unsigned char *>PyBytes_AS_STRING(out), cl)
+
+    def in_filter(self, int x, str kind, unsigned long long h) -> bool:
+        """Whether the membership filter of ``kind`` under index ``x`` may hold the keyed hash ``h``
+        (True for every hash in the index: the tests check it has no false negatives)."""
+        if not 0 <= x < self.plan.nix or kind not in self.plan.kind_slot:
+            raise KeyError(kind)
+        cdef int j = self.plan.ix[x].fmap[<int>self.plan.kind_slot[kind]]
+        if j < 0:
+            raise KeyError(kind)
+        cdef KField *f = &self.plan.ix[x].f[j]
+        cdef uint64_t v = <uint64_t>h
+        return f.flt == NULL or _fhas(_fblock(f.flt, f.fblocks, v), v)
 
     def flush(self) -> bool:
         """Nothing is queued here (the reference batches records); for the same interface."""
