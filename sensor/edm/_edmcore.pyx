@@ -611,6 +611,9 @@ cdef class Plan:
         if total >= (1 << 21):
             madvise(p, total, MADV_HUGEPAGE)
         cdef char *c = <char *>p
+        cdef const void *sd = f.dir
+        cdef const void *sh = f.hs
+        cdef const void *si = f.ids
         memcpy(c, f.dir, nd * 4)
         if nh:
             memcpy(c + a, f.hs, nh * 8)
@@ -618,9 +621,9 @@ cdef class Plan:
         if ni:
             memcpy(c + a + b, f.ids, ni * 4)
             f.ids = <const uint32_t *>(c + a + b)
-        _drop(f.dir, nd * 4)                    # the mapping's pages read for the copy leave this
-        _drop(f.hs, nh * 8)                     # process's RSS (they stay in the page cache; a later
-        _drop(f.ids, ni * 4)                    # read faults them in again)
+        _drop(sd, nd * 4)                       # the mapping's pages read for the copy leave this
+        _drop(sh, nh * 8)                       # process's RSS (they stay in the page cache; a later
+        _drop(si, ni * 4)                       # read faults them in again)
         f.dir = <const uint32_t *>c
         f.arena = p
         self.copy_bytes += <Py_ssize_t>total
