@@ -164,12 +164,16 @@ def _run(edm, records):
     return m.counts, {k: sorted(v) for k, v in m.rows.items()}, m.total, m.verdict(), hits
 
 
-@pytest.fixture(params=[1, 2, 0], ids=["filter-adaptive", "filter-always", "filter-never"])
+@pytest.fixture(params=[(1, 1), (2, 1), (0, 1), (0, 0)],
+                ids=["filter-adaptive", "filter-always", "filter-never", "filter-never-not-lean"])
 def filter_mode(core, request):
-    """The membership filter used while most values miss (default), always, never: same results."""
-    core.set_filter(request.param)
+    """The membership filter used while most values miss (default), always, never; min_fields kinds
+    hashed ahead while most values hit (default) or min_fields + 1: the same results."""
+    core.set_filter(request.param[0])
+    core.set_lean(request.param[1])
     yield request.param
     core.set_filter(1)
+    core.set_lean(1)
 
 
 @pytest.mark.parametrize("need", [1, 2, 3, 4])
@@ -202,7 +206,7 @@ def test_two_indexes_and_a_small_row_cap(core, roster, index_file, state, monkey
     assert len(got[1]["a"]) == 40 and got[0]["a"] > 40 and got[0]["b"] > 0
 
 
-def test_a_scan_gives_the_same_edm_result(core, engine, roster, index_file, state, monkeypatch):
+def test_a_scan_gives_the_same_edm_result(core, engine, roster, index_file, state, monkeypatch, filter_mode):
     """Through the scanner: the roster's own people (respelled as a JSON export) and other people."""
     import json
     key = load_key(None, state)

@@ -73,6 +73,14 @@ cdef int _ahead = 1
 cdef int _filter = 1
 cdef int _pardir = 1
 cdef int _copy = 1
+cdef int _lean = 1
+
+
+def set_lean(int on) -> None:
+    """While most values hit, hash ahead only min_fields kinds (1, default) or min_fields + 1 (0).
+    For the benchmark's comparison only: the results are the same."""
+    global _lean
+    _lean = on
 
 
 def set_copy(int on) -> None:
@@ -816,12 +824,19 @@ cdef class Matcher:
         cdef const unsigned char *cp
         # kinds of this index present in the record; the first need + 1 of them are looked up
         # whatever the outcome (a match needs two kinds; a record of other people misses need + 1)
+        # while most values looked up lately were in the index (the filter is off then), a record is
+        # most likely a match after its first need kinds: only they are hashed ahead
+        if self._probes > 4096:
+            self._probes >>= 1
+            self._hits >>= 1
+        cdef bint mostly_in = 2 * self._hits > self._probes
+        cdef int ahead_kinds = need if (mostly_in and _lean) else need + 1
         cdef int cutoff = ip.nk
         for k in range(ip.nk):
             for i in range(m):
                 if vk[i] == ip.f[k].kind:
                     left += 1
-                    if left == need + 1:
+                    if left == ahead_kinds:
                         cutoff = k
                     break
         if left < need:
@@ -837,10 +852,7 @@ cdef class Matcher:
         # three) and costs a line when most are (breach-like content of the indexed people): it is
         # used while at most half the values looked up lately were in the index. Either way the
         # results are the same
-        if self._probes > 4096:
-            self._probes >>= 1
-            self._hits >>= 1
-        cdef bint filt = _filter and (_filter == 2 or 2 * self._hits <= self._probes)
+        cdef bint filt = _filter and (_filter == 2 or not mostly_in)
         cdef uint64_t *va = vb + m              # found: hashes[va:ve] (va == ve: a miss)
         cdef uint64_t *ve = va + m
         for i in range(m):
