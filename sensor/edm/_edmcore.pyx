@@ -17,6 +17,9 @@ same order:
   kinds of a record (the ones looked up whatever the outcome) are hashed first and their
   directory entries, buckets and row ids fetched ahead, in passes: the record waits on memory
   about once, not once per value;
+- a membership filter per field in front of the index (used while most values miss it), the
+  fields copied to huge pages at load, and only ``min_fields`` kinds hashed ahead while most values
+  hit: see ``docs/benchmarks.md`` (h/edmf) for what each buys;
 - the per-row counting of :meth:`EdmMatcher._lookup`, with the same early exits and the same order
   (so the same row ids reach ``ROW_CAP`` first).
 
