@@ -122,6 +122,20 @@ def test_probe_hash_is_the_hasher(core, roster, index_file, state, monkeypatch):
             assert m.probe(0, kind, raw) == want, (kind, raw)
 
 
+def test_the_filter_holds_every_indexed_hash(core, index_file, state, monkeypatch):
+    """No false negatives: every hash of every field passes its filter (so skipping the mapping on a
+    rejected value cannot change a result); most random hashes are rejected."""
+    c, _ = _pair(index_file, load_key(None, state), monkeypatch)
+    m = c.matcher()
+    ix = c.indexes[0]
+    rng = random.Random(8)
+    for kind, fl in ix.file.fields.items():
+        hs = list(fl.hashes)
+        assert hs and all(m.in_filter(0, kind, h) for h in hs), kind
+        fp = sum(m.in_filter(0, kind, rng.getrandbits(64)) for _ in range(4000))
+        assert fp < 200, (kind, fp)               # ~1 % expected at 10 bits a hash
+
+
 # -- records -----------------------------------------------------------------------------------------
 def _records(rows: list[dict], n: int, seed: int) -> list[list[tuple[str, bytes]]]:
     """Fields of one person, of another, and of nobody; some kinds twice; respelled."""
@@ -150,8 +164,20 @@ def _run(edm, records):
     return m.counts, {k: sorted(v) for k, v in m.rows.items()}, m.total, m.verdict(), hits
 
 
+@pytest.fixture(params=[(1, 1), (2, 1), (0, 1), (0, 0)],
+                ids=["filter-adaptive", "filter-always", "filter-never", "filter-never-not-lean"])
+def filter_mode(core, request):
+    """The membership filter used while most values miss (default), always, never; min_fields kinds
+    hashed ahead while most values hit (default) or min_fields + 1: the same results."""
+    core.set_filter(request.param[0])
+    core.set_lean(request.param[1])
+    yield request.param
+    core.set_filter(1)
+    core.set_lean(1)
+
+
 @pytest.mark.parametrize("need", [1, 2, 3, 4])
-def test_same_counts_and_rows_as_the_reference(core, roster, index_file, state, monkeypatch, need):
+def test_same_counts_and_rows_as_the_reference(core, roster, index_file, state, monkeypatch, need, filter_mode):
     key = load_key(None, state)
     c, p = _pair(index_file, key, monkeypatch, [IndexSpec(str(index_file), min_fields=need)])
     records = _records(roster[1], 1500, seed=need)
@@ -168,7 +194,7 @@ def test_same_counts_and_rows_as_the_reference(core, roster, index_file, state, 
     assert ch == alone
 
 
-def test_two_indexes_and_a_small_row_cap(core, roster, index_file, state, monkeypatch):
+def test_two_indexes_and_a_small_row_cap(core, roster, index_file, state, monkeypatch, filter_mode):
     """Two indexes (each its own min_fields); past ROW_CAP the same rows were kept, the same counted."""
     key = load_key(None, state)
     specs = [IndexSpec(str(index_file), name="a", min_fields=2), IndexSpec(str(index_file), name="b", min_fields=3)]
@@ -180,7 +206,7 @@ def test_two_indexes_and_a_small_row_cap(core, roster, index_file, state, monkey
     assert len(got[1]["a"]) == 40 and got[0]["a"] > 40 and got[0]["b"] > 0
 
 
-def test_a_scan_gives_the_same_edm_result(core, engine, roster, index_file, state, monkeypatch):
+def test_a_scan_gives_the_same_edm_result(core, engine, roster, index_file, state, monkeypatch, filter_mode):
     """Through the scanner: the roster's own people (respelled as a JSON export) and other people."""
     import json
     key = load_key(None, state)

@@ -17,6 +17,9 @@ same order:
   kinds of a record (the ones looked up whatever the outcome) are hashed first and their
   directory entries, buckets and row ids fetched ahead, in passes: the record waits on memory
   about once, not once per value;
+- a membership filter per field in front of the index (used while most values miss it), the
+  fields copied to huge pages at load, and only ``min_fields`` kinds hashed ahead while most values
+  hit: see ``docs/benchmarks.md`` (h/edmf) for what each buys;
 - the per-row counting of :meth:`EdmMatcher._lookup`, with the same early exits and the same order
   (so the same row ids reach ``ROW_CAP`` first).
 
@@ -44,6 +47,14 @@ cdef extern from *:
     """
     void dlp_prefetch(const void *p) nogil
 
+cdef extern from "stdlib.h":
+    int posix_memalign(void **memptr, size_t alignment, size_t size) nogil
+
+cdef extern from "sys/mman.h":
+    int madvise(void *addr, size_t length, int advice) nogil
+    int MADV_HUGEPAGE
+    int MADV_DONTNEED
+
 cdef extern from "openssl/opensslv.h":
     const char *OPENSSL_VERSION_TEXT
 
@@ -58,9 +69,35 @@ DEF NONE = 0xFFFFFFFFFFFFFFFF
 DEF LAZY = 0xFFFFFFFFFFFFFFFE
 DEF DONE = 0xFFFFFFFFFFFFFFFD
 DEF KIND_CACHE = 32
+DEF FILTER_BITS = 10          # filter bits per hash of the index (~1 % false positives)
 
 
 cdef int _ahead = 1
+cdef int _filter = 1
+cdef int _pardir = 1
+cdef int _copy = 1
+cdef int _lean = 1
+
+
+def set_lean(int on) -> None:
+    """While most values hit, hash ahead only min_fields kinds (1, default) or min_fields + 1 (0).
+    For the benchmark's comparison only: the results are the same."""
+    global _lean
+    _lean = on
+
+
+def set_copy(int on) -> None:
+    """Plans made from now on copy the fields to huge pages (1, default) or read the mapping (0).
+    For the benchmark's comparison only."""
+    global _copy
+    _copy = on
+
+
+def set_pardir(int on) -> None:
+    """Fetch a value's directory entry together with its filter block (1) or only once the filter
+    passed it (0). For the benchmark's comparison only."""
+    global _pardir
+    _pardir = on
 
 
 def set_ahead(int on) -> None:
@@ -68,6 +105,49 @@ def set_ahead(int on) -> None:
     hash lazily in lookup order (0). For the benchmark's comparison only."""
     global _ahead
     _ahead = on
+
+
+def set_filter(int on) -> None:
+    """Check the in-memory membership filter before the mapped index while most values miss it (1,
+    default), always (2: the tests) or never (0: the benchmark's comparison). The results are the
+    same."""
+    global _filter
+    _filter = on
+
+
+# -- the membership filter ------------------------------------------------------------------------
+# A split-block Bloom filter (the Parquet layout): 32-byte blocks of eight 32-bit words, one bit set
+# in each word. The block comes from the hash's top 32 bits, the bits from its low 32 bits times
+# eight odd salts. Built at load from the index's own 64-bit hashes, so it has no false negatives:
+# a value it rejects is not in the index, and the results cannot change. Why: a value of a dense
+# file is mostly not in the index (all of them for other people's records); rejecting it costs one
+# cache line in a filter of ~1.2 bytes per row and field instead of two or three misses in the
+# mapping (directory, bucket, row ids) that also evict the scanner's own tables.
+
+cdef uint32_t _SALT[8]
+_SALT[:] = [0x47b6137b, 0x44974d91, 0x8824ad5b, 0xa2b7289d, 0x705495c7, 0x2df1424b, 0x9efc4947,
+            0x5c6bfb31]
+
+
+cdef inline const uint32_t *_fblock(const uint32_t *flt, uint64_t nblocks, uint64_t h) noexcept nogil:
+    return flt + (((h >> 32) * nblocks) >> 32) * 8
+
+
+cdef inline bint _fhas(const uint32_t *blk, uint64_t h) noexcept nogil:
+    cdef uint32_t lo = <uint32_t>h
+    cdef int i
+    for i in range(8):
+        if not (blk[i] >> ((lo * _SALT[i]) >> 27)) & 1:
+            return False
+    return True
+
+
+cdef inline void _fadd(uint32_t *flt, uint64_t nblocks, uint64_t h) noexcept nogil:
+    cdef uint32_t *blk = flt + (((h >> 32) * nblocks) >> 32) * 8
+    cdef uint32_t lo = <uint32_t>h
+    cdef int i
+    for i in range(8):
+        blk[i] |= (<uint32_t>1) << ((lo * _SALT[i]) >> 27)
 
 
 def version() -> str:
@@ -80,6 +160,9 @@ cdef struct KField:
     const uint64_t *hs
     const uint32_t *ids
     int shift                 # 64 - bits (64: one bucket)
+    void *arena               # private huge-page copy of dir, hs, ids (owned; NULL: the mapping)
+    uint32_t *flt             # membership filter (owned; NULL: none, every value goes to the index)
+    uint64_t fblocks          # its 32-byte blocks
     int norm
     int kind                  # global kind slot
     SHA256_CTX inner          # inner state after the key's inner pad and "kind:"
@@ -421,6 +504,14 @@ cdef int _grow(Buf *b, Py_ssize_t need) except -1:
     return 0
 
 
+cdef void _drop(const void *p, size_t n) noexcept nogil:
+    """MADV_DONTNEED on the whole 4 KB pages inside [p, p + n) of the read-only mapping."""
+    cdef size_t a = (<size_t>p + 4095) & ~(<size_t>4095)
+    cdef size_t e = (<size_t>p + n) & ~(<size_t>4095)
+    if e > a:
+        madvise(<void *>a, e - a, MADV_DONTNEED)
+
+
 cdef class Plan:
     """What a lookup needs from an :class:`~sensor.edm.match.EdmSet`, resolved once: per index its
     ``min_fields`` and, per kind in lookup order, pointers into the mapped field, the normaliser
@@ -433,6 +524,8 @@ cdef class Plan:
     cdef list fallback               # slot -> Python bytes normaliser
     cdef list _keep                  # the typed views (buffer exports) the pointers point into
     cdef list names                  # index names
+    cdef public Py_ssize_t filter_bytes  # the membership filters' memory
+    cdef public Py_ssize_t copy_bytes    # the huge-page copies of the fields
 
     def __cinit__(self):
         self.ix = NULL
@@ -463,6 +556,8 @@ cdef class Plan:
             self.ix[i].f = NULL
             self.ix[i].fmap = NULL
             self.ix[i].nk = 0
+        self.filter_bytes = 0
+        self.copy_bytes = 0
         self.nix = n
         for i, ix in enumerate(edm.indexes):
             k = bytes(ix.key)                   # the HMAC pads of this index's key (RFC 2104)
@@ -490,6 +585,7 @@ cdef class Plan:
             self.ix[i].f = <KField *>malloc(max(len(order), 1) * sizeof(KField))
             if self.ix[i].f == NULL:
                 raise MemoryError()
+            memset(self.ix[i].f, 0, max(len(order), 1) * sizeof(KField))
             self.ix[i].nk = len(order)
             for j, kd in enumerate(order):
                 fl = ix.file.fields[kd]
@@ -501,6 +597,11 @@ cdef class Plan:
                 self.ix[i].f[j].hs = <const uint64_t *>&hv[0] if hv.shape[0] else NULL
                 self.ix[i].f[j].ids = &iv[0] if iv.shape[0] else NULL
                 self.ix[i].f[j].shift = 64 - fl.bits
+                self.ix[i].f[j].flt = NULL
+                self.ix[i].f[j].fblocks = 0
+                if _copy:
+                    self._copy_field(&self.ix[i].f[j], dv.shape[0], hv.shape[0], iv.shape[0])
+                self._build_filter(&self.ix[i].f[j], self.ix[i].f[j].hs, hv.shape[0])
                 self.ix[i].f[j].norm = codes[kd]
                 self.ix[i].f[j].kind = self.kind_slot[kd]
                 memcpy(&c, &inner, sizeof(SHA256_CTX))
@@ -508,10 +609,66 @@ cdef class Plan:
                 SHA256_Update(&c, PyBytes_AS_STRING(pre), len(pre))
                 memcpy(&self.ix[i].f[j].inner, &c, sizeof(SHA256_CTX))
 
+    cdef int _copy_field(self, KField *f, Py_ssize_t nd, Py_ssize_t nh, Py_ssize_t ni) except -1:
+        """The field's directory, hashes and row ids copied to anonymous memory on 2 MB pages: a
+        lookup's two or three cache misses are then not TLB misses too (the mapping has 4 KB pages:
+        65 MB of them for 1M rows x 5 fields, far beyond the TLB's reach)."""
+        cdef size_t a = (<size_t>nd * 4 + 63) & ~(<size_t>63)
+        cdef size_t b = (<size_t>nh * 8 + 63) & ~(<size_t>63)
+        cdef size_t total = a + b + <size_t>ni * 4 + 64
+        cdef void *p = NULL
+        if posix_memalign(&p, 1 << 21, total) != 0:
+            raise MemoryError()
+        if total >= (1 << 21):
+            madvise(p, total, MADV_HUGEPAGE)
+        cdef char *c = <char *>p
+        cdef const void *sd = f.dir
+        cdef const void *sh = f.hs
+        cdef const void *si = f.ids
+        memcpy(c, f.dir, nd * 4)
+        if nh:
+            memcpy(c + a, f.hs, nh * 8)
+            f.hs = <const uint64_t *>(c + a)
+        if ni:
+            memcpy(c + a + b, f.ids, ni * 4)
+            f.ids = <const uint32_t *>(c + a + b)
+        _drop(sd, nd * 4)                       # the mapping's pages read for the copy leave this
+        _drop(sh, nh * 8)                       # process's RSS (they stay in the page cache; a later
+        _drop(si, ni * 4)                       # read faults them in again)
+        f.dir = <const uint32_t *>c
+        f.arena = p
+        self.copy_bytes += <Py_ssize_t>total
+        return 0
+
+    cdef int _build_filter(self, KField *f, const uint64_t *hs, Py_ssize_t n) except -1:
+        """The field's membership filter from its sorted hashes (read once, in order)."""
+        cdef uint64_t nb = <uint64_t>((n * FILTER_BITS + 255) // 256)
+        cdef void *p = NULL
+        cdef Py_ssize_t i
+        if n == 0:
+            return 0
+        # 2 MB aligned and huge pages asked for: a probe is then one cache miss, not a TLB miss too
+        if posix_memalign(&p, 1 << 21, nb * 32) != 0:
+            raise MemoryError()
+        if nb * 32 >= (1 << 21):
+            madvise(p, nb * 32, MADV_HUGEPAGE)      # advice only: without huge pages it still works
+        memset(p, 0, nb * 32)
+        with nogil:
+            for i in range(n):
+                _fadd(<uint32_t *>p, nb, hs[i])
+        f.flt = <uint32_t *>p
+        f.fblocks = nb
+        self.filter_bytes += <Py_ssize_t>(nb * 32)
+        return 0
+
     def __dealloc__(self):
-        cdef int i
+        cdef int i, j
         if self.ix != NULL:
             for i in range(self.nix):
+                if self.ix[i].f != NULL:
+                    for j in range(self.ix[i].nk):
+                        free(self.ix[i].f[j].flt)
+                        free(self.ix[i].f[j].arena)
                 free(self.ix[i].f)
                 free(self.ix[i].fmap)
             free(self.ix)
@@ -534,6 +691,7 @@ cdef class Matcher:
     cdef PyObject *_kptr[KIND_CACHE]
     cdef int _kslot[KIND_CACHE]
     cdef int _nk
+    cdef Py_ssize_t _probes, _hits   # values looked up lately and how many were in the index
 
     def __cinit__(self):
         memset(&self.vk, 0, sizeof(Buf))
@@ -554,6 +712,8 @@ cdef class Matcher:
         self.row_cap = row_cap
         self._kobj = []
         self._nk = 0
+        self._probes = 0
+        self._hits = 0
         self.plan = plan
         self._counts = {}
         self._rows = {}
@@ -667,12 +827,19 @@ cdef class Matcher:
         cdef const unsigned char *cp
         # kinds of this index present in the record; the first need + 1 of them are looked up
         # whatever the outcome (a match needs two kinds; a record of other people misses need + 1)
+        # while most values looked up lately were in the index (the filter is off then), a record is
+        # most likely a match after its first need kinds: only they are hashed ahead
+        if self._probes > 4096:
+            self._probes >>= 1
+            self._hits >>= 1
+        cdef bint mostly_in = 2 * self._hits > self._probes
+        cdef int ahead_kinds = need if (mostly_in and _lean) else need + 1
         cdef int cutoff = ip.nk
         for k in range(ip.nk):
             for i in range(m):
                 if vk[i] == ip.f[k].kind:
                     left += 1
-                    if left == need + 1:
+                    if left == ahead_kinds:
                         cutoff = k
                     break
         if left < need:
@@ -684,6 +851,13 @@ cdef class Matcher:
         cdef uint64_t *vh = <uint64_t *>self.vh.p
         cdef uint64_t *vb = vh + m              # bucket start, NONE (not a value of the kind), LAZY
         cdef bint ahead = _ahead
+        # the filter pays when most values are not in the index (a miss: one line instead of two or
+        # three) and costs a line when most are (breach-like content of the indexed people): it is
+        # used while at most half the values looked up lately were in the index. Either way the
+        # results are the same
+        cdef bint filt = _filter and (_filter == 2 or not mostly_in)
+        cdef uint64_t *va = vb + m              # found: hashes[va:ve] (va == ve: a miss)
+        cdef uint64_t *ve = va + m
         for i in range(m):
             j = ip.fmap[vk[i]]
             if j < 0:
@@ -698,19 +872,44 @@ cdef class Matcher:
                 vb[i] = NONE
                 continue
             h = _hmac(&f.inner, &ip.outer, cp, cl)
+            self._probes += 1
             vh[i] = h
             b = <Py_ssize_t>(h >> f.shift) if f.shift < 64 else 0
             vb[i] = <uint64_t>b
-            dlp_prefetch(&f.dir[b])
+            if filt and f.flt != NULL:
+                dlp_prefetch(_fblock(f.flt, f.fblocks, h))
+            if _pardir or not filt:
+                dlp_prefetch(&f.dir[b])
+        if filt:
+            # the filter first (its lines are on their way): a value it rejects is a miss without
+            # touching the mapping; the others have their directory entries fetched
+            for i in range(m):
+                if vb[i] == NONE or vb[i] == LAZY:
+                    continue
+                f = &ip.f[ip.fmap[vk[i]]]
+                if f.flt != NULL and not _fhas(_fblock(f.flt, f.fblocks, vh[i]), vh[i]):
+                    vb[i] = DONE
+                    va[i] = ve[i] = 0
+                    continue
+                if not _pardir:
+                    dlp_prefetch(&f.dir[vb[i]])
+            # fewer kinds that may still hit than min_fields: no lookup can make a match
+            nfound = 0
+            for k in range(ip.nk):
+                for i in range(m):
+                    if vk[i] == ip.f[k].kind and vb[i] != NONE and vb[i] != DONE:
+                        nfound += 1
+                        break
+            if nfound < need:
+                return False
+            nfound = 0
         for i in range(m):
-            if vb[i] != NONE and vb[i] != LAZY:
+            if vb[i] != NONE and vb[i] != LAZY and vb[i] != DONE:
                 f = &ip.f[ip.fmap[vk[i]]]
                 dlp_prefetch(&f.hs[f.dir[vb[i]]])
         # then each of them looked up (the buckets are on their way) and its row ids fetched ahead
-        cdef uint64_t *va = vb + m              # found: hashes[va:ve] (va == ve: a miss)
-        cdef uint64_t *ve = va + m
         for i in range(m):
-            if vb[i] == NONE or vb[i] == LAZY:
+            if vb[i] == NONE or vb[i] == LAZY or vb[i] == DONE:
                 continue
             f = &ip.f[ip.fmap[vk[i]]]
             h = vh[i]
@@ -729,6 +928,7 @@ cdef class Matcher:
                 e += 1
             va[i] = a
             ve[i] = e
+            self._hits += 1
             dlp_prefetch(&f.ids[a])
         for k in range(ip.nk):
             f = &ip.f[k]
@@ -757,6 +957,9 @@ cdef class Matcher:
                     if cl < 0:
                         continue
                     h = _hmac(&f.inner, &ip.outer, cp, cl)
+                    self._probes += 1
+                    if filt and f.flt != NULL and not _fhas(_fblock(f.flt, f.fblocks, h), h):
+                        continue
                     b = <Py_ssize_t>(h >> f.shift) if f.shift < 64 else 0
                     lo = f.dir[b]
                     hi = f.dir[b + 1]
@@ -768,6 +971,7 @@ cdef class Matcher:
                     e = a + 1
                     while e < hi and f.hs[e] == h:
                         e += 1
+                    self._hits += 1
                 rp = f.ids + a
                 nr = e - a
                 if not have:
@@ -963,6 +1167,18 @@ cdef class Matcher:
         out = (<char *>cp)[:cl]
         self._hold = []
         return out, _hmac(&f.inner, &self.plan.ix[x].outer, <const unsigned char *>PyBytes_AS_STRING(out), cl)
+
+    def in_filter(self, int x, str kind, unsigned long long h) -> bool:
+        """Whether the membership filter of ``kind`` under index ``x`` may hold the keyed hash ``h``
+        (True for every hash in the index: the tests check it has no false negatives)."""
+        if not 0 <= x < self.plan.nix or kind not in self.plan.kind_slot:
+            raise KeyError(kind)
+        cdef int j = self.plan.ix[x].fmap[<int>self.plan.kind_slot[kind]]
+        if j < 0:
+            raise KeyError(kind)
+        cdef KField *f = &self.plan.ix[x].f[j]
+        cdef uint64_t v = <uint64_t>h
+        return f.flt == NULL or _fhas(_fblock(f.flt, f.fblocks, v), v)
 
     def flush(self) -> bool:
         """Nothing is queued here (the reference batches records); for the same interface."""
