@@ -1786,7 +1786,7 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
     cdef int64_t end, e, s, lo, r, rk, maxw, col
     cdef int si, w, cat, rmask, code, t
     cdef bint ctx, lazy
-    cdef Py_ssize_t r2
+    cdef Py_ssize_t r2, vn = 0
     cdef tuple last
     cdef RecEnv env = rec_env(sc)
     cdef Py_hash_t hv
@@ -1825,10 +1825,11 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
             if w > 0:
                 s = e - w
                 if s >= 0 and e <= blen:
-                    if info.pvalid[i] == V_PY or (cat == CONTACT and ctx):
+                    if info.pvalid[i] == V_PY:
                         v = PyBytes_FromStringAndSize(b + s, w)
                     else:
                         v = None     # checked and hashed in the buffer; made only if the value is kept
+                        vn = w
                 else:
                     v = PySequence_GetSlice(buf, s, e)     # Python's slicing, negative bounds and all
             else:
@@ -1855,7 +1856,11 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
                             m = info.rx[i].match(buf, s, e)              # the match re.search would return
                             if m is None or not require_ok(m, req):
                                 continue
-                    v = PyBytes_FromStringAndSize(b + s, e - s)
+                    if cat == CONTACT and ctx and info.pvalid[i] != V_PY:
+                        v = None     # an email or phone: checked and counted in the buffer
+                        vn = e - s
+                    else:
+                        v = PyBytes_FromStringAndSize(b + s, e - s)
                 else:
                     m = info.rx[i].search(buf, lo, e)
                     if m is None:
@@ -1871,12 +1876,12 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
                     continue
             elif code:
                 if v is None:
-                    if not validate(code, <const unsigned char *>b + s, w):
+                    if not validate(code, <const unsigned char *>b + s, vn):
                         continue
                 elif not validate(code, <const unsigned char *>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v)):
                     continue
             if cat == CONTACT and ctx:
-                count_contact(sc, env, si, v)   # contact values never make a record: no placement
+                count_contact(sc, env, si, b + s, vn, v)   # contact values never make a record: no placement
                 continue
         # which record (person) does the value belong to?
         if lines:
@@ -2346,19 +2351,26 @@ def _evidence_email(ev, bytes v not None) -> None:
     evidence_email(ev, v)
 
 
-cdef int count_contact(sc, RecEnv env, int si, bytes v) except -1:
+cdef int count_contact(sc, RecEnv env, int si, const char *p, Py_ssize_t n, object v) except -1:
     """ExchangeScanner._count_contact: phones and emails count as distinct values only (the
-    count kept in ``env`` until the call ends or a verdict is asked)."""
+    count kept in ``env`` until the call ends or a verdict is asked). ``v`` is None while the value
+    is only ``p[:n]`` in the buffer: the bytes object is made only for a new email or a sample."""
     if env.ignored[si]:
         return 0
-    if dadd(env.distinct[si], PyObject_Hash(v)):
+    cdef Py_hash_t hv = _Py_HashBytes(p, n) if v is None else PyObject_Hash(v)
+    d = env.distinct[si]
+    if (<Distinct>d).cadd(hv) == 1 if type(d) is Distinct else dadd(d, hv):
         env.contact_values += 1
         if env.is_email[si]:
+            if v is None:
+                v = PyBytes_FromStringAndSize(p, n)
             if env.ev_c:
                 evidence_email(env.evidence, v)
             else:
                 env.evidence.email(v)
     if env.want[si]:
+        if v is None:
+            v = PyBytes_FromStringAndSize(p, n)
         sc._sample(si, v)
     return 0
 
