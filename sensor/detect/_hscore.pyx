@@ -2460,9 +2460,13 @@ cdef int finish(sc, RecEnv env, list rec, object rec_key, object rec_end) except
     cdef int np = 0
     cdef dict per = None
     cdef Py_hash_t hv
+    cdef bint any_ctx = False
     for t in rec:
         if t[2]:
             uncond |= <int>t[1]
+            any_ctx = True
+    if not any_ctx:
+        return 0        # every entry counts only through one in context: none here (lines of dates)
     cdef set header = env.header
     cdef list want = env.want
     cdef list ignored = env.ignored
