@@ -1801,6 +1801,7 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
     cdef int si, w, cat, rmask, code, t
     cdef bint ctx, lazy
     cdef Py_ssize_t r2, vn = 0
+    cdef int64_t nl_e = -1, nl_r = -1    # the last record-key LF search: its end and answer
     cdef tuple last
     cdef RecEnv env = rec_env(sc)
     cdef Py_hash_t hv
@@ -1898,7 +1899,15 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
                 continue
         # which record (person) does the value belong to?
         if lines:
-            r = rfind1(b, blen, b'\n', 0, e)
+            # the last LF before e; hits come by end, so only the bytes since the last ask are read
+            if nl_e >= 0 and e >= nl_e:
+                r = rfind1(b, blen, b'\n', nl_e, e)
+                if r < 0:
+                    r = nl_r
+            else:
+                r = rfind1(b, blen, b'\n', 0, e)
+            nl_e = e
+            nl_r = r
             rk = r + base if r >= 0 else line_start
         elif is_json:
             rk = json_record(b, blen, e, maxrec) + base
