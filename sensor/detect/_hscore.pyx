@@ -1518,7 +1518,7 @@ cdef int validate(int code, const unsigned char *v, Py_ssize_t n) except -1:
     return 1
 
 
-cdef object _RESERVED = tuple(_V._EMAIL_RESERVED)
+cdef tuple _RESERVED = tuple(_V._EMAIL_RESERVED)     # a tuple: the loop indexes it, no iterator object
 
 
 cdef inline int _ieq(const unsigned char *a, const unsigned char *b, Py_ssize_t n) noexcept:
