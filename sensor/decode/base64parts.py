@@ -144,6 +144,7 @@ _WRAP_XML_EXPR = _B64 + rb"{%d}(?:\r|&#13;|&#[xX]0?[dD];)?\n[ \t]{0,%d}" % (WRAP
 _WRAPDB_XML: hs.Database | None = None
 _BREAKS = (b"\r\n", b"&#13;\n", b"&#xD;\n", b"&#xd;\n", b"&#XD;\n", b"&#x0D;\n", b"&#x0d;\n", b"\n")
 _BREAK_ENDS = frozenset(bytes([c]) for br in _BREAKS for c in br)
+_BREAK_PENULT = frozenset(br[-2:-1] for br in _BREAKS if len(br) > 1)   # the byte before the LF: CR or ';'
 _WRAPDB: hs.Database | None = None
 
 
@@ -211,10 +212,11 @@ class _Unwrap:
         for e in ends:
             nl = work.rfind(b"\n", 0, e - 1)           # the LF; what comes before it is the rest of the break
             s = nl
-            for br in _BREAKS:
-                if work.startswith(br, nl + 1 - len(br)):
-                    s = nl + 1 - len(br)
-                    break
+            if work[nl - 1:nl] in _BREAK_PENULT:      # else a bare LF (most breaks): no other to try
+                for br in _BREAKS:
+                    if work.startswith(br, nl + 1 - len(br)):
+                        s = nl + 1 - len(br)
+                        break
             pieces.append(work[pos:s])
             pos = e - 1                              # the next line's first base64 character
         pieces.append(work[pos:])
