@@ -12,7 +12,13 @@ sidecar processes, the sample site. Same run, same data:
    the broker under ``taskset -c 0``, and this process (producer, findings reader) moves itself to
    CPU 0 with ``sched_setaffinity`` after the baseline. Baseline and worker alternate ``--repeat``
    times in the same run; the table shows medians and the ratio of the medians. (Other processes on
-   the machine are not pinned away: quote the load with the figures.)
+   the machine are not pinned away: quote the load with the figures.) The worker's CPU seconds are
+   read from ``/proc`` from the first record sent to the last finding read (the process started,
+   imported, joined and warmed before); they are the load-independent figure. The wall clock of
+   this row is set by whichever side is slower: the bench prints the share of it the worker was
+   busy (its CPU / wall): well under 100% means the producer and broker on CPU 0 set the pace.
+   Then the same exchanges as a backlog drained by a freshly started worker: wall and CPU seconds
+   from its first batch of findings to its last (start-up and join left out).
 3. Unless ``--worker-only`` (on a noida-db broker: the sidecars' mirror needs the idempotent producer): 2 workers (both unpinned; the machine has 2 cores shared by the broker, the
    producer and the workers, so the row says how the pool behaves, not how it scales), latency (one
    exchange every 50 ms, end record sent -> finding readable, p50/p99) and **fleet takedowns**:
@@ -125,10 +131,11 @@ async def _run_through(broker: Broker, prefix: str, items, pace: float = 0.0) ->
     return elapsed, latencies
 
 
-async def _drain(broker: Broker, prefix: str, items, start_worker) -> tuple[int, float]:
-    """Publish the exchanges while no worker runs, then start one: (exchanges, seconds) from the first
-    batch of findings to the last, the first batch left out. The worker reads a backlog at its own
-    speed, not at the producer's (which shares CPU 0 with the broker)."""
+async def _drain(broker: Broker, prefix: str, items, start_worker, cpu=None) -> tuple[int, float, float]:
+    """Publish the exchanges while no worker runs, then start one: (exchanges, seconds, worker CPU seconds)
+    from the first batch of findings to the last, the first batch left out (so neither the worker's
+    start-up nor its join is counted; ``cpu()`` reads the worker's CPU time). The worker reads a backlog
+    at its own speed, not at the producer's (which shares CPU 0 with the broker)."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
     from sensor.stream.records import decode
     cons = AIOKafkaConsumer(prefix + "findings", bootstrap_servers=broker.bootstrap, group_id=None,
@@ -146,18 +153,20 @@ async def _drain(broker: Broker, prefix: str, items, start_worker) -> tuple[int,
     await asyncio.to_thread(start_worker)
     want = {xid for xid, _, _ in items}
     seen: set[str] = set()
-    first_batch, t_first, t_last = 0, 0.0, 0.0
+    first_batch, t_first, t_last, c_first, c_last = 0, 0.0, 0.0, 0.0, 0.0
     while len(seen) < len(want):
         for msgs in (await cons.getmany(timeout_ms=100)).values():
             now = time.perf_counter()
             new = {x for x in (decode(m.value)["xid"] for m in msgs) if x in want and x not in seen}
             if new and not seen:
                 first_batch, t_first = len(new), now
+                c_first = cpu() if cpu else 0.0
             if new:
                 seen |= new
                 t_last = now
+                c_last = cpu() if cpu else 0.0
     await cons.stop()
-    return len(want) - first_batch, t_last - t_first
+    return len(want) - first_batch, t_last - t_first, c_last - c_first
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -203,7 +212,9 @@ def one_worker(d: Path, broker: Broker, items, repeat: int, rows: list, out: dic
         while time.monotonic() < deadline and ws[0].metric("dlp_kafka_assigned_partitions", topic=topic) < 8:
             time.sleep(0.2)
         asyncio.run(_run_through(broker, prefix, [(f"warm-{x}", b, c) for x, b, c in items[:20]]))
-        base, through, base_cpu, worker_cpu, drained = [], [], [], [], []
+        pin(WORKER_CPU)
+        baseline(items[:20])        # the baseline warmed like the worker (its first run was slower: 0.8x vs 0.65x)
+        base, through, base_cpu, worker_cpu, drained, drain_cpu, busy = [], [], [], [], [], [], []
         for r in range(repeat):
             pin(WORKER_CPU)
             wall, cpu = baseline(items)
@@ -215,13 +226,16 @@ def one_worker(d: Path, broker: Broker, items, repeat: int, rows: list, out: dic
             worker_cpu.append(cpu_seconds(ws[0].proc.pid) - c0)
             through.append(secs)
             ws[0].stop()
-            n, dsecs = asyncio.run(_drain(broker, prefix, [(f"d{r}-{x}", b, c) for x, b, c in items],
-                                          ws[0].start))
+            busy.append(worker_cpu[-1] / secs)
+            n, dsecs, dcpu = asyncio.run(_drain(broker, prefix, [(f"d{r}-{x}", b, c) for x, b, c in items],
+                                                ws[0].start, cpu=lambda: cpu_seconds(ws[0].proc.pid)))
             drained.append(dsecs * len(items) / n)          # seconds for all of them at that rate
+            drain_cpu.append(dcpu * len(items) / n)
             print(f"  run {r + 1}: baseline {mb / base[-1]:.1f} MB/s, 1 worker {mb / secs:.1f} MB/s "
-                  f"({base[-1] / secs:.2f}x), draining a backlog {mb / drained[-1]:.1f} MB/s "
-                  f"({base[-1] / drained[-1]:.2f}x); CPU s: baseline {cpu:.2f}, worker {worker_cpu[-1]:.2f} "
-                  f"({cpu / worker_cpu[-1]:.2f}x)", flush=True)
+                  f"({base[-1] / secs:.2f}x; the worker busy {busy[-1]:.0%} of that time), draining a backlog "
+                  f"{mb / drained[-1]:.1f} MB/s ({base[-1] / drained[-1]:.2f}x); CPU s: baseline {cpu:.2f}, "
+                  f"worker {worker_cpu[-1]:.2f} ({cpu / worker_cpu[-1]:.2f}x), draining {drain_cpu[-1]:.2f} "
+                  f"({cpu / drain_cpu[-1]:.2f}x)", flush=True)
         mb_s = lambda xs: mb / statistics.median(xs)  # noqa: E731
         ex_s = lambda xs: len(items) / statistics.median(xs)  # noqa: E731
         rows.append((f"baseline: in-process scan, CPU {WORKER_CPU} (median of {repeat})",
@@ -239,9 +253,19 @@ def one_worker(d: Path, broker: Broker, items, repeat: int, rows: list, out: dic
         out["ratios"] = [b / t for b, t in zip(base, through)]
         out["cpu_ratio_1"] = statistics.median(base_cpu) / statistics.median(worker_cpu)
         out["cpu_ratios"] = [b / t for b, t in zip(base_cpu, worker_cpu)]
+        out["drain_cpu_ratio_1"] = statistics.median(base_cpu) / statistics.median(drain_cpu)
+        out["drain_cpu_ratios"] = [b / t for b, t in zip(base_cpu, drain_cpu)]
+        out["cpu_s"] = {"baseline": base_cpu, "worker": worker_cpu, "worker_draining": drain_cpu}
+        out["worker_busy"] = busy
         rows.append((f"1 worker, CPU time of the worker process (median of {repeat})",
                      f"{len(items) / statistics.median(worker_cpu):,.0f} exch/cpu-s",
                      f"{mb / statistics.median(worker_cpu):,.1f} MB/cpu-s"))
+        rows.append((f"1 worker draining, CPU time of the worker process, first batch to last (median of {repeat})",
+                     f"{len(items) / statistics.median(drain_cpu):,.0f} exch/cpu-s",
+                     f"{mb / statistics.median(drain_cpu):,.1f} MB/cpu-s"))
+        rows.append((f"baseline, CPU time (median of {repeat})",
+                     f"{len(items) / statistics.median(base_cpu):,.0f} exch/cpu-s",
+                     f"{mb / statistics.median(base_cpu):,.1f} MB/cpu-s"))
     finally:
         for w in ws:
             w.stop()
@@ -289,7 +313,10 @@ def main() -> None:
     print(f"1 worker draining a backlog vs the baseline: {out['drain_ratio_1']:.2f}x (per run "
           f"{', '.join(f'{x:.2f}' for x in out['drain_ratios'])}); the producer is not in the way")
     print(f"the same in CPU seconds (baseline process vs worker process, load-independent): "
-          f"{out['cpu_ratio_1']:.2f}x (per run {', '.join(f'{x:.2f}' for x in out['cpu_ratios'])})")
+          f"{out['cpu_ratio_1']:.2f}x (per run {', '.join(f'{x:.2f}' for x in out['cpu_ratios'])}); "
+          f"draining {out['drain_cpu_ratio_1']:.2f}x (per run {', '.join(f'{x:.2f}' for x in out['drain_cpu_ratios'])})")
+    print(f"the worker was busy {', '.join(f'{x:.0%}' for x in out['worker_busy'])} of the through-Kafka runs' "
+          f"wall time: well under 100%, that wall ratio is the producer's and broker's (CPU {OTHER_CPU}), not the worker's")
     if "fleet_ms" in out:
         print(f"2 workers vs the baseline: {out['workers_2']['mb_s'] / out['baseline']['mb_s']:.2f}x (2 cores "
               f"shared with the broker and producer)")
