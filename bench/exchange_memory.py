@@ -26,7 +26,8 @@ an exchange costs stay what it was. This bench measures it on real processes, in
 Per exchange = (median in-flight VmRSS - idle VmRSS) / N; peak = (max sample - idle) / N.
 Rounds repeat the whole grid (fresh sidecars); the table gives medians over rounds.
 
-    python bench/exchange_memory.py [--base ab9bce6|DIR|none] [--n 50,200] [--rate 8] [--rounds 3] [--json FILE]
+    python bench/exchange_memory.py [--base ab9bce6|DIR|none] [--n 50,200] [--rate 8] [--rounds 3]
+        [--bodies clean,leakish,breach] [--trees compiled,python,base] [--json FILE]
 """
 from __future__ import annotations
 
@@ -55,13 +56,28 @@ BASE_COMMIT = "ab9bce6"
 CONTACT = ("\n<p>Front desk (916) 445-9555, fax (916) 445-9556, press@agency.ca.gov. "
            "1300 I Street, Sacramento, CA 95814.</p>\n").encode()
 BODIES = {"clean": ("monitor", "enforce"), "leakish": ("monitor", "enforce"), "breach": ("monitor",)}
-VERDICT_SLACK = 1.10        # "unchanged": this tree's compiled core within 10 % of the base per exchange
+# this tree's variants (--trees): name -> (label, environment over os.environ). The sidecar caps
+# glibc's malloc arenas itself (sensor.exchange.workers.cap_arenas); DLP_MALLOC_ARENA_MAX=0 leaves
+# glibc's default (8 per core) to measure what the cap saves.
+THIS_TREES: dict[str, tuple] = {
+    "compiled": ("this tree, compiled core", {"DLP_SENSOR_PYTHON_CORE": ""}),
+    "python": ("this tree, DLP_SENSOR_PYTHON_CORE=1", {"DLP_SENSOR_PYTHON_CORE": "1"}),
+    "arenas-default": ("this tree, compiled core, glibc's default arenas",
+                       {"DLP_SENSOR_PYTHON_CORE": "", "DLP_MALLOC_ARENA_MAX": "0"}),
+    "arenas-1": ("this tree, compiled core, one malloc arena", {"DLP_SENSOR_PYTHON_CORE": "", "DLP_MALLOC_ARENA_MAX": "1"}),
+    "nice0": ("this tree, compiled core, scan_nice: 0", {"DLP_SENSOR_PYTHON_CORE": ""}, {"scan_nice": 0}),
+    "loop": ("this tree, compiled core, scan_workers: 0 (scans on the loop)", {"DLP_SENSOR_PYTHON_CORE": ""},
+             {"scan_workers": 0}),
+}
+VERDICT_SLACK = 1.10
+SMAPS = False               # --smaps: print where the resident growth is, per (mode, body, tree, N)        # "unchanged": this tree's compiled core within 10 % of the base per exchange
 
 
 @dataclass
 class Tree:
     name: str
     env: dict[str, str]         # over os.environ for the sidecar
+    conf: dict | None = None    # over the sidecar's configuration (top-level keys)
 
 
 def write_bodies(www: Path, mb: int) -> None:
@@ -87,9 +103,29 @@ def vm_rss_kb(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+def rss_by_kind(pid: int) -> dict[str, int]:
+    """Resident KiB by kind of mapping (--smaps): glibc's main heap, thread-arena heaps (anonymous
+    mappings reserved 64 MiB at a time, read as >= 32 MiB), other anonymous memory (pymalloc's
+    arenas, large mallocs, Hyperscan's scratch and streams), and files (code, databases read in)."""
+    out = {"heap": 0, "thread-arenas": 0, "anon": 0, "file": 0}
+    kind = "file"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        f = line.split()
+        if not f:
+            continue
+        if "-" in f[0] and len(f) >= 5 and not f[0].endswith(":"):
+            lo, hi = (int(x, 16) for x in f[0].split("-"))
+            name = f[5] if len(f) > 5 else ""
+            kind = ("heap" if name == "[heap]" else "file" if name.startswith("/") else
+                    "thread-arenas" if not name and hi - lo >= 32 << 20 else "anon")
+        elif f[0] == "Rss:":
+            out[kind] += int(f[1])
+    return out
+
+
 def start_sidecar(d: Path, origin: str, mode: str, tree: Tree) -> Sidecar:
     conf = {"proxy": {"mode": mode, "max_scans_per_client": 100_000, "max_scans": 100_000},
-            "alerts": {"sinks": []}}
+            "alerts": {"sinks": []}, **(tree.conf or {})}
     sc = Sidecar.create(d, origin, conf)
     saved = dict(os.environ)
     os.environ.update(tree.env)         # Sidecar.start passes this process's environment on
@@ -131,6 +167,7 @@ async def in_flight(sc: Sidecar, url: str, n: int, sample_s: float, timeout: flo
                                  f"{sum(1 for g in got if g)} with bytes, after {timeout}s")
             await asyncio.sleep(0.1)
         samples = []
+        kinds = rss_by_kind(sc.proc.pid) if SMAPS else None
         end = time.monotonic() + sample_s
         while time.monotonic() < end:
             samples.append(vm_rss_kb(sc.proc.pid))
@@ -141,7 +178,7 @@ async def in_flight(sc: Sidecar, url: str, n: int, sample_s: float, timeout: flo
         await asyncio.gather(*tasks, return_exceptions=True)
     if still < n:
         raise SystemExit(f"{n - still} downloads ended while sampling; raise --mb or lower --rate")
-    return {"median_kb": statistics.median(samples), "max_kb": max(samples), "samples": len(samples)}
+    return {"median_kb": statistics.median(samples), "max_kb": max(samples), "samples": len(samples), "kinds": kinds}
 
 
 def active(sc: Sidecar) -> float | None:
@@ -185,10 +222,14 @@ def measure(d: Path, origin: str, mode: str, body: str, tree: Tree, ns: list[int
             idle_samples.append(vm_rss_kb(sc.proc.pid))
         idle = statistics.median(idle_samples)
         out = {"idle_mb": idle / 1024}
+        idle_kinds = rss_by_kind(sc.proc.pid) if SMAPS else None
         for n in ns:
             r = asyncio.run(in_flight(sc, sc.url + path, n, sample_s, timeout))
             out[n] = {"kb_per_exchange": (r["median_kb"] - idle) / n, "peak_kb_per_exchange": (r["max_kb"] - idle) / n,
                       "rss_mb": r["median_kb"] / 1024}
+            if SMAPS:
+                print(f"    {mode} {body} {tree.name} N={n}: KiB per exchange by kind: " + ", ".join(
+                    f"{k} {(r['kinds'][k] - idle_kinds[k]) / n:.0f}" for k in idle_kinds), file=sys.stderr)
             drain(sc)
         return out
     finally:
@@ -230,14 +271,25 @@ def main() -> None:
     ap.add_argument("--sample-s", type=float, default=2.0)
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds for N downloads to be in flight")
     ap.add_argument("--bodies", default=",".join(BODIES), help="comma-separated: " + ", ".join(BODIES))
+    ap.add_argument("--trees", default="compiled,python,base",
+                    help="comma-separated, this tree's first: " + ", ".join(f"{k} ({v[0]})" for k, v in THIS_TREES.items())
+                         + ", base (the tree before issue 19, see --base)")
+    ap.add_argument("--smaps", action="store_true", help="print each measurement's resident growth by kind of mapping")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
+    global SMAPS
+    SMAPS = a.smaps
     ns = [int(x) for x in a.n.split(",") if x]
     if not shutil.which("nginx") and not Path("/usr/sbin/nginx").exists():
         raise SystemExit("nginx is required (make bench installs it)")
-    trees = [Tree("this tree, compiled core", {"DLP_SENSOR_PYTHON_CORE": ""}),
-             Tree("this tree, DLP_SENSOR_PYTHON_CORE=1", {"DLP_SENSOR_PYTHON_CORE": "1"})]
-    base = checkout(a.base)
+    picked = [t for t in a.trees.split(",") if t]
+    unknown = set(picked) - set(THIS_TREES) - {"base"}
+    if unknown:
+        raise SystemExit(f"--trees: unknown {sorted(unknown)}; known: {', '.join([*THIS_TREES, 'base'])}")
+    trees = [Tree(*THIS_TREES[t]) for t in picked if t in THIS_TREES]
+    if not trees:
+        raise SystemExit("--trees: name at least one of this tree's variants (the verdict compares the first)")
+    base = checkout(a.base) if "base" in picked else None
     if base is not None:
         trees.append(Tree(f"before issue 19 ({a.base if not Path(a.base).is_dir() else base.name})",
                           {"PYTHONPATH": str(base), "DLP_SENSOR_PYTHON_CORE": ""}))
