@@ -56,21 +56,20 @@ BASE_COMMIT = "ab9bce6"
 CONTACT = ("\n<p>Front desk (916) 445-9555, fax (916) 445-9556, press@agency.ca.gov. "
            "1300 I Street, Sacramento, CA 95814.</p>\n").encode()
 BODIES = {"clean": ("monitor", "enforce"), "leakish": ("monitor", "enforce"), "breach": ("monitor",)}
-# this tree's variants (--trees): name -> (label, environment over os.environ). The sidecar caps
-# glibc's malloc arenas itself (sensor.exchange.workers.cap_arenas); DLP_MALLOC_ARENA_MAX=0 leaves
-# glibc's default (8 per core) to measure what the cap saves.
+# this tree's variants (--trees): name -> (label, environment over os.environ[, configuration over
+# the sidecar's]): what an enforce exchange's memory depends on, measured in the same run.
 THIS_TREES: dict[str, tuple] = {
     "compiled": ("this tree, compiled core", {"DLP_SENSOR_PYTHON_CORE": ""}),
     "python": ("this tree, DLP_SENSOR_PYTHON_CORE=1", {"DLP_SENSOR_PYTHON_CORE": "1"}),
-    "arenas-default": ("this tree, compiled core, glibc's default arenas",
-                       {"DLP_SENSOR_PYTHON_CORE": "", "DLP_MALLOC_ARENA_MAX": "0"}),
-    "arenas-1": ("this tree, compiled core, one malloc arena", {"DLP_SENSOR_PYTHON_CORE": "", "DLP_MALLOC_ARENA_MAX": "1"}),
+    "arenas-1": ("this tree, compiled core, MALLOC_ARENA_MAX=1", {"DLP_SENSOR_PYTHON_CORE": "", "MALLOC_ARENA_MAX": "1"}),
+    "inline4k": ("this tree, compiled core, chunks <= 4 KiB scanned on the loop",
+                 {"DLP_SENSOR_PYTHON_CORE": "", "DLP_SCAN_INLINE_CHUNK": "4096"}),
     "nice0": ("this tree, compiled core, scan_nice: 0", {"DLP_SENSOR_PYTHON_CORE": ""}, {"scan_nice": 0}),
     "loop": ("this tree, compiled core, scan_workers: 0 (scans on the loop)", {"DLP_SENSOR_PYTHON_CORE": ""},
              {"scan_workers": 0}),
 }
-VERDICT_SLACK = 1.10
-SMAPS = False               # --smaps: print where the resident growth is, per (mode, body, tree, N)        # "unchanged": this tree's compiled core within 10 % of the base per exchange
+VERDICT_SLACK = 1.10        # "unchanged": this tree's compiled core within 10 % of the base per exchange
+SMAPS = False               # --smaps: print where the resident growth is, per (mode, body, tree, N)
 
 
 @dataclass
@@ -270,6 +269,7 @@ def main() -> None:
     ap.add_argument("--mb", type=int, default=8, help="body size (must outlast ramp-up and sampling at --rate)")
     ap.add_argument("--sample-s", type=float, default=2.0)
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds for N downloads to be in flight")
+    ap.add_argument("--modes", default="monitor,enforce")
     ap.add_argument("--bodies", default=",".join(BODIES), help="comma-separated: " + ", ".join(BODIES))
     ap.add_argument("--trees", default="compiled,python,base",
                     help="comma-separated, this tree's first: " + ", ".join(f"{k} ({v[0]})" for k, v in THIS_TREES.items())
@@ -319,7 +319,7 @@ def main() -> None:
             for body, modes in BODIES.items():
                 if body not in a.bodies.split(","):
                     continue
-                for mode in modes:
+                for mode in (m for m in modes if m in a.modes.split(",")):
                     for tree in trees:
                         k += 1
                         print(f"  round {rnd + 1}: {mode} {body} {tree.name}", file=sys.stderr)

@@ -54,6 +54,13 @@ SCAN_SWITCH_INTERVAL = float(os.environ.get("DLP_SCAN_SWITCH_INTERVAL", "0.0002"
 # thread and back costs more than scanning it. bench/latency.py compares values in one run.
 INLINE_BYTES = int(os.environ.get("DLP_SCAN_INLINE_BYTES", str(16 << 10)))
 
+# Bytes. A chunk no larger than this, scanned as sent (no Content-Encoding, no container), is
+# scanned on the loop even past INLINE_BYTES. 0 (the default): off. A bench knob for now:
+# bench/exchange_memory.py --trees compiled,inline4k measures what the trip to a thread costs in
+# memory per slow exchange (many small chunks, each a job); bench/latency.py must show what it
+# costs the loop before it becomes a default.
+INLINE_CHUNK = int(os.environ.get("DLP_SCAN_INLINE_CHUNK", "0"))
+
 # Overrides ``scan_nice`` with "idle" (SCHED_IDLE) for bench/latency.py's comparison only.
 SCAN_SCHED = os.environ.get("DLP_SCAN_SCHED", "")
 
@@ -63,10 +70,6 @@ SCAN_SCHED = os.environ.get("DLP_SCAN_SCHED", "")
 # The slice bounds how long one call can keep the loop waiting. bench/latency.py --lag-only compares.
 # 0 (the default): whole chunks, since the compiled core lets the GIL go on its own.
 SCAN_PIECE = int(os.environ.get("DLP_SCAN_PIECE_BYTES", "0"))
-
-# glibc malloc arenas the process may have (0: glibc's default, 8 per core). See cap_arenas.
-MALLOC_ARENA_MAX = int(os.environ.get("DLP_MALLOC_ARENA_MAX", "2"))
-M_ARENA_MAX = -8                # glibc's mallopt parameter number (malloc.h)
 
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 _LOCK = threading.Lock()
@@ -112,28 +115,6 @@ def lower_priority(nice: int) -> None:
 _warned = False
 
 
-def cap_arenas(limit: int = MALLOC_ARENA_MAX) -> bool:
-    """Cap glibc's malloc arenas before the first scan thread starts; True when applied.
-
-    Why: glibc gives a thread that meets a locked arena one of its own (up to 8 per core), and
-    a scan thread allocates as it scans (the compiled core's hit array, the scanner's records,
-    chunks' slices). An exchange's chunks then hop between threads and arenas, and memory freed
-    in one arena is not reused by allocations in another: with the pool's threads each on its
-    own arena, an enforce exchange in flight cost ~15 % more resident memory than with scans on
-    the loop (bench/exchange_memory.py --trees compiled,arenas-default compares in one run).
-    The scan threads spend their time in Hyperscan and the compiled core, which do not allocate
-    per match, so sharing arenas costs no measurable CPU. An operator's own ``MALLOC_ARENA_MAX``
-    (read by glibc at start) wins: then nothing is changed here. Not glibc (musl): no-op."""
-    if limit <= 0 or "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None)
-        return bool(libc.mallopt(M_ARENA_MAX, limit))
-    except (OSError, AttributeError):                   # no mallopt in this libc
-        return False
-
-
 def pool(setting: int | None, nice: int = 0) -> ThreadPoolExecutor | None:
     """The process's pool for ``scan_workers`` (shared by every exchange and tap), its threads
     ``nice`` steps below the loop's priority, or None when scans run on the event loop. A reload
@@ -145,8 +126,6 @@ def pool(setting: int | None, nice: int = 0) -> ThreadPoolExecutor | None:
     with _LOCK:
         p = _POOLS.get((n, nice))
         if p is None:
-            if not _POOLS:
-                cap_arenas()
             p = _POOLS[(n, nice)] = ThreadPoolExecutor(n, thread_name_prefix="dlp-scan",
                                                        initializer=lower_priority, initargs=(nice,))
         return p
