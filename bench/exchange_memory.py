@@ -105,9 +105,10 @@ def vm_rss_kb(pid: int) -> int:
 
 
 def rss_by_kind(pid: int) -> dict[str, int]:
-    """Resident KiB by kind of mapping (--smaps): glibc's main heap, thread-arena heaps (anonymous
-    mappings reserved 64 MiB at a time, read as >= 32 MiB), other anonymous memory (pymalloc's
-    arenas, large mallocs, Hyperscan's scratch and streams), and files (code, databases read in)."""
+    """Resident KiB by kind of mapping (--smaps): glibc's main heap (``[heap]``), its thread arenas
+    (anonymous mappings that start on a 64 MiB boundary: glibc aligns each arena heap to its
+    maximum size), other anonymous memory (pymalloc's arenas, large mallocs, thread stacks) and
+    files (code, databases read in)."""
     out = {"heap": 0, "thread-arenas": 0, "anon": 0, "file": 0}
     kind = "file"
     for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
@@ -115,10 +116,10 @@ def rss_by_kind(pid: int) -> dict[str, int]:
         if not f:
             continue
         if "-" in f[0] and len(f) >= 5 and not f[0].endswith(":"):
-            lo, hi = (int(x, 16) for x in f[0].split("-"))
+            lo = int(f[0].split("-")[0], 16)
             name = f[5] if len(f) > 5 else ""
             kind = ("heap" if name == "[heap]" else "file" if name.startswith("/") else
-                    "thread-arenas" if not name and hi - lo >= 32 << 20 else "anon")
+                    "thread-arenas" if not name and lo % (64 << 20) == 0 else "anon")
         elif f[0] == "Rss:":
             out[kind] += int(f[1])
     return out
