@@ -63,7 +63,8 @@ BODIES = {"clean": ("monitor", "enforce"), "leakish": ("monitor", "enforce"), "b
 THIS_TREES: dict[str, tuple] = {
     "compiled": ("this tree, compiled core", {"DLP_SENSOR_PYTHON_CORE": ""}),
     "python": ("this tree, DLP_SENSOR_PYTHON_CORE=1", {"DLP_SENSOR_PYTHON_CORE": "1"}),
-    "arenas-1": ("this tree, compiled core, MALLOC_ARENA_MAX=1", {"DLP_SENSOR_PYTHON_CORE": "", "MALLOC_ARENA_MAX": "1"}),
+    "arenas-default": ("this tree, compiled core, glibc's default arenas",
+                       {"DLP_SENSOR_PYTHON_CORE": "", "DLP_MALLOC_ARENA_MAX": "0"}),
     "inline4k": ("this tree, compiled core, chunks <= 4 KiB scanned on the loop",
                  {"DLP_SENSOR_PYTHON_CORE": "", "DLP_SCAN_INLINE_CHUNK": "4096"}),
     "nice0": ("this tree, compiled core, scan_nice: 0", {"DLP_SENSOR_PYTHON_CORE": ""}, {"scan_nice": 0}),
