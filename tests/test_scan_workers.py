@@ -359,3 +359,13 @@ async def test_small_chunks_past_the_inline_body_scan_on_the_loop_when_asked(mak
     assert results[0][0] == results[4 * K][0] and results[0][0]["verdict"] == "trip"
     assert len(results[0][1]) > 10                      # every 4 KiB chunk went to the pool
     assert results[4 * K][1] == [32 * K]                # only the 32 KiB one did
+
+
+def test_malloc_arenas_are_capped_unless_the_operator_set_them(monkeypatch):
+    """glibc's arenas are capped at import (one: scan threads leave no memory in arenas of their
+    own, bench/exchange_memory.py --smaps); an operator's MALLOC_ARENA_MAX, or 0, leaves them be."""
+    if sys.platform.startswith("linux") and "MALLOC_ARENA_MAX" not in os.environ:
+        assert workers.ARENAS_CAPPED
+    assert not workers.cap_arenas(0)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert not workers.cap_arenas(1)
