@@ -65,8 +65,6 @@ THIS_TREES: dict[str, tuple] = {
     "python": ("this tree, DLP_SENSOR_PYTHON_CORE=1", {"DLP_SENSOR_PYTHON_CORE": "1"}),
     "arenas-default": ("this tree, compiled core, glibc's default arenas",
                        {"DLP_SENSOR_PYTHON_CORE": "", "DLP_MALLOC_ARENA_MAX": "0"}),
-    "inline4k": ("this tree, compiled core, chunks <= 4 KiB scanned on the loop",
-                 {"DLP_SENSOR_PYTHON_CORE": "", "DLP_SCAN_INLINE_CHUNK": "4096"}),
     "nice0": ("this tree, compiled core, scan_nice: 0", {"DLP_SENSOR_PYTHON_CORE": ""}, {"scan_nice": 0}),
     "loop": ("this tree, compiled core, scan_workers: 0 (scans on the loop)", {"DLP_SENSOR_PYTHON_CORE": ""},
              {"scan_workers": 0}),

@@ -332,35 +332,6 @@ def test_in_pieces_calls_in_order_and_returns_the_last_value():
 
 
 
-async def test_small_chunks_past_the_inline_body_scan_on_the_loop_when_asked(make, monkeypatch):
-    """``workers.INLINE_CHUNK`` (a bench knob, off by default): a chunk no larger, of a body scanned
-    as sent, is scanned on the loop (no pool job), and the verdict and counts are the pool's."""
-    body = synth.benign_web(64 * K)[: 64 * K] + synth.breach_csv(200, seed=3)
-    timed = workers.timed
-    jobs: list[int] = []
-
-    def counted(fn, *args):
-        if fn is workers.in_pieces:
-            jobs.append(len(args[1]))                   # a chunk written in the pool
-        return timed(fn, *args)
-
-    monkeypatch.setattr(workers, "timed", counted)
-    results = {}
-    for inline in (0, 4 * K):
-        monkeypatch.setattr(workers, "INLINE_CHUNK", inline)
-        jobs.clear()
-        ses = session(make())
-        await ses.feed(body[: 32 * K])                  # past INLINE_BYTES: a pool job either way
-        for i in range(32 * K, len(body), 4 * K):
-            await ses.feed(body[i:i + 4 * K])
-        await ses.end()
-        ses.close(True)
-        results[inline] = (counts(ses.result), list(jobs))
-    assert results[0][0] == results[4 * K][0] and results[0][0]["verdict"] == "trip"
-    assert len(results[0][1]) > 10                      # every 4 KiB chunk went to the pool
-    assert results[4 * K][1] == [32 * K]                # only the 32 KiB one did
-
-
 def test_malloc_arenas_are_capped_unless_the_operator_set_them(monkeypatch):
     """glibc's arenas are capped at import (one: scan threads leave no memory in arenas of their
     own, bench/exchange_memory.py --smaps); an operator's MALLOC_ARENA_MAX, or 0, leaves them be."""

@@ -438,17 +438,11 @@ class ExchangeSession:
     def _small(self) -> bool:
         """Scan work smaller than its trip to a thread: a body of at most ``workers.INLINE_BYTES``
         so far, scanned as sent (no Content-Encoding to inflate, no container to extract)."""
-        return self.received <= workers.INLINE_BYTES and self._as_sent()
-
-    def _as_sent(self) -> bool:
-        """The scan reads the body as sent: its cost follows the chunk's size."""
-        return (self.scan is not None and self.exchange is not None
+        return (self.received <= workers.INLINE_BYTES and self.scan is not None and self.exchange is not None
                 and not self.exchange.content_encoding and not self.scan.needs_prepare)
 
     async def _write(self, chunk: bytes) -> str:
         assert self.scan is not None
-        if len(chunk) <= workers.INLINE_CHUNK and self._as_sent():
-            return self._write_here(chunk)          # a small chunk: its trip to a thread costs more
         try:
             return await self._off(workers.in_pieces, self.scan.write, chunk)
         except Exception:

@@ -54,13 +54,6 @@ SCAN_SWITCH_INTERVAL = float(os.environ.get("DLP_SCAN_SWITCH_INTERVAL", "0.0002"
 # thread and back costs more than scanning it. bench/latency.py compares values in one run.
 INLINE_BYTES = int(os.environ.get("DLP_SCAN_INLINE_BYTES", str(16 << 10)))
 
-# Bytes. A chunk no larger than this, scanned as sent (no Content-Encoding, no container), is
-# scanned on the loop even past INLINE_BYTES. 0 (the default): off. A bench knob for now:
-# bench/exchange_memory.py --trees compiled,inline4k measures what the trip to a thread costs in
-# memory per slow exchange (many small chunks, each a job); bench/latency.py must show what it
-# costs the loop before it becomes a default.
-INLINE_CHUNK = int(os.environ.get("DLP_SCAN_INLINE_CHUNK", "0"))
-
 # Overrides ``scan_nice`` with "idle" (SCHED_IDLE) for bench/latency.py's comparison only.
 SCAN_SCHED = os.environ.get("DLP_SCAN_SCHED", "")
 
