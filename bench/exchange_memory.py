@@ -24,9 +24,12 @@ an exchange costs stay what it was. This bench measures it on real processes, in
   ``--sample-s``; then the clients hang up and the sidecar drains before the next N.
 
 Per exchange = (median in-flight VmRSS - idle VmRSS) / N; peak = (max sample - idle) / N.
-Rounds repeat the whole grid (fresh sidecars); the table gives medians over rounds.
+Rounds repeat the whole grid (fresh sidecars); the table gives medians over rounds, the verdict
+(at the largest N) the median over rounds of each round's ratio to the base. ``--smaps`` prints
+where the growth is resident (glibc's main heap, thread arenas, other anonymous memory).
 
-    python bench/exchange_memory.py [--base ab9bce6|DIR|none] [--n 50,200] [--rate 8] [--rounds 3] [--json FILE]
+    python bench/exchange_memory.py [--base ab9bce6|DIR|none] [--n 50,200] [--rate 8] [--rounds 3]
+        [--bodies clean,leakish,breach] [--trees compiled,python,base] [--json FILE]
 """
 from __future__ import annotations
 
@@ -55,13 +58,26 @@ BASE_COMMIT = "ab9bce6"
 CONTACT = ("\n<p>Front desk (916) 445-9555, fax (916) 445-9556, press@agency.ca.gov. "
            "1300 I Street, Sacramento, CA 95814.</p>\n").encode()
 BODIES = {"clean": ("monitor", "enforce"), "leakish": ("monitor", "enforce"), "breach": ("monitor",)}
+# this tree's variants (--trees): name -> (label, environment over os.environ[, configuration over
+# the sidecar's]): what an enforce exchange's memory depends on, measured in the same run.
+THIS_TREES: dict[str, tuple] = {
+    "compiled": ("this tree, compiled core", {"DLP_SENSOR_PYTHON_CORE": ""}),
+    "python": ("this tree, DLP_SENSOR_PYTHON_CORE=1", {"DLP_SENSOR_PYTHON_CORE": "1"}),
+    "arenas-default": ("this tree, compiled core, glibc's default arenas",
+                       {"DLP_SENSOR_PYTHON_CORE": "", "DLP_MALLOC_ARENA_MAX": "0"}),
+    "nice0": ("this tree, compiled core, scan_nice: 0", {"DLP_SENSOR_PYTHON_CORE": ""}, {"scan_nice": 0}),
+    "loop": ("this tree, compiled core, scan_workers: 0 (scans on the loop)", {"DLP_SENSOR_PYTHON_CORE": ""},
+             {"scan_workers": 0}),
+}
 VERDICT_SLACK = 1.10        # "unchanged": this tree's compiled core within 10 % of the base per exchange
+SMAPS = False               # --smaps: print where the resident growth is, per (mode, body, tree, N)
 
 
 @dataclass
 class Tree:
     name: str
     env: dict[str, str]         # over os.environ for the sidecar
+    conf: dict | None = None    # over the sidecar's configuration (top-level keys)
 
 
 def write_bodies(www: Path, mb: int) -> None:
@@ -87,9 +103,30 @@ def vm_rss_kb(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+def rss_by_kind(pid: int) -> dict[str, int]:
+    """Resident KiB by kind of mapping (--smaps): glibc's main heap (``[heap]``), its thread arenas
+    (anonymous mappings that start on a 64 MiB boundary: glibc aligns each arena heap to its
+    maximum size), other anonymous memory (pymalloc's arenas, large mallocs, thread stacks) and
+    files (code, databases read in)."""
+    out = {"heap": 0, "thread-arenas": 0, "anon": 0, "file": 0}
+    kind = "file"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        f = line.split()
+        if not f:
+            continue
+        if "-" in f[0] and len(f) >= 5 and not f[0].endswith(":"):
+            lo = int(f[0].split("-")[0], 16)
+            name = f[5] if len(f) > 5 else ""
+            kind = ("heap" if name == "[heap]" else "file" if name.startswith("/") else
+                    "thread-arenas" if not name and lo % (64 << 20) == 0 else "anon")
+        elif f[0] == "Rss:":
+            out[kind] += int(f[1])
+    return out
+
+
 def start_sidecar(d: Path, origin: str, mode: str, tree: Tree) -> Sidecar:
     conf = {"proxy": {"mode": mode, "max_scans_per_client": 100_000, "max_scans": 100_000},
-            "alerts": {"sinks": []}}
+            "alerts": {"sinks": []}, **(tree.conf or {})}
     sc = Sidecar.create(d, origin, conf)
     saved = dict(os.environ)
     os.environ.update(tree.env)         # Sidecar.start passes this process's environment on
@@ -131,6 +168,7 @@ async def in_flight(sc: Sidecar, url: str, n: int, sample_s: float, timeout: flo
                                  f"{sum(1 for g in got if g)} with bytes, after {timeout}s")
             await asyncio.sleep(0.1)
         samples = []
+        kinds = rss_by_kind(sc.proc.pid) if SMAPS else None
         end = time.monotonic() + sample_s
         while time.monotonic() < end:
             samples.append(vm_rss_kb(sc.proc.pid))
@@ -141,7 +179,7 @@ async def in_flight(sc: Sidecar, url: str, n: int, sample_s: float, timeout: flo
         await asyncio.gather(*tasks, return_exceptions=True)
     if still < n:
         raise SystemExit(f"{n - still} downloads ended while sampling; raise --mb or lower --rate")
-    return {"median_kb": statistics.median(samples), "max_kb": max(samples), "samples": len(samples)}
+    return {"median_kb": statistics.median(samples), "max_kb": max(samples), "samples": len(samples), "kinds": kinds}
 
 
 def active(sc: Sidecar) -> float | None:
@@ -185,10 +223,14 @@ def measure(d: Path, origin: str, mode: str, body: str, tree: Tree, ns: list[int
             idle_samples.append(vm_rss_kb(sc.proc.pid))
         idle = statistics.median(idle_samples)
         out = {"idle_mb": idle / 1024}
+        idle_kinds = rss_by_kind(sc.proc.pid) if SMAPS else None
         for n in ns:
             r = asyncio.run(in_flight(sc, sc.url + path, n, sample_s, timeout))
             out[n] = {"kb_per_exchange": (r["median_kb"] - idle) / n, "peak_kb_per_exchange": (r["max_kb"] - idle) / n,
                       "rss_mb": r["median_kb"] / 1024}
+            if SMAPS:
+                print(f"    {mode} {body} {tree.name} N={n}: KiB per exchange by kind: " + ", ".join(
+                    f"{k} {(r['kinds'][k] - idle_kinds[k]) / n:.0f}" for k in idle_kinds), file=sys.stderr)
             drain(sc)
         return out
     finally:
@@ -229,15 +271,27 @@ def main() -> None:
     ap.add_argument("--mb", type=int, default=8, help="body size (must outlast ramp-up and sampling at --rate)")
     ap.add_argument("--sample-s", type=float, default=2.0)
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds for N downloads to be in flight")
+    ap.add_argument("--modes", default="monitor,enforce")
     ap.add_argument("--bodies", default=",".join(BODIES), help="comma-separated: " + ", ".join(BODIES))
+    ap.add_argument("--trees", default="compiled,python,base",
+                    help="comma-separated, this tree's first: " + ", ".join(f"{k} ({v[0]})" for k, v in THIS_TREES.items())
+                         + ", base (the tree before issue 19, see --base)")
+    ap.add_argument("--smaps", action="store_true", help="print each measurement's resident growth by kind of mapping")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
+    global SMAPS
+    SMAPS = a.smaps
     ns = [int(x) for x in a.n.split(",") if x]
     if not shutil.which("nginx") and not Path("/usr/sbin/nginx").exists():
         raise SystemExit("nginx is required (make bench installs it)")
-    trees = [Tree("this tree, compiled core", {"DLP_SENSOR_PYTHON_CORE": ""}),
-             Tree("this tree, DLP_SENSOR_PYTHON_CORE=1", {"DLP_SENSOR_PYTHON_CORE": "1"})]
-    base = checkout(a.base)
+    picked = [t for t in a.trees.split(",") if t]
+    unknown = set(picked) - set(THIS_TREES) - {"base"}
+    if unknown:
+        raise SystemExit(f"--trees: unknown {sorted(unknown)}; known: {', '.join([*THIS_TREES, 'base'])}")
+    trees = [Tree(*THIS_TREES[t]) for t in picked if t in THIS_TREES]
+    if not trees:
+        raise SystemExit("--trees: name at least one of this tree's variants (the verdict compares the first)")
+    base = checkout(a.base) if "base" in picked else None
     if base is not None:
         trees.append(Tree(f"before issue 19 ({a.base if not Path(a.base).is_dir() else base.name})",
                           {"PYTHONPATH": str(base), "DLP_SENSOR_PYTHON_CORE": ""}))
@@ -267,7 +321,7 @@ def main() -> None:
             for body, modes in BODIES.items():
                 if body not in a.bodies.split(","):
                     continue
-                for mode in modes:
+                for mode in (m for m in modes if m in a.modes.split(",")):
                     for tree in trees:
                         k += 1
                         print(f"  round {rnd + 1}: {mode} {body} {tree.name}", file=sys.stderr)
@@ -306,11 +360,16 @@ def main() -> None:
                 continue
             b = table[(mode, body, base_name)]
             n = max(ns)
-            ratio = row[n]["kb_per_exchange"] / b[n]["kb_per_exchange"] if b[n]["kb_per_exchange"] > 0 else float("nan")
-            ok = row[n]["kb_per_exchange"] <= VERDICT_SLACK * b[n]["kb_per_exchange"]
-            verdicts.append({"mode": mode, "body": body, "ratio": ratio, "ok": ok})
+            # the verdict: the median over rounds of this round's ratio (the trees ran back to back in
+            # a round, under the same load from elsewhere), less swayed than a ratio of medians
+            paired = [t["kb_per_exchange"] / o["kb_per_exchange"] if o["kb_per_exchange"] > 0 else float("nan")
+                      for t, o in zip(row[n]["rounds"], b[n]["rounds"])]
+            ratio = med(paired)
+            ok = ratio <= VERDICT_SLACK
+            verdicts.append({"mode": mode, "body": body, "ratio": ratio, "rounds": paired, "ok": ok})
             print(f"{'PASS' if ok else 'MISS'}  {mode} {body}, N={n}: compiled core {row[n]['kb_per_exchange']:.0f} KiB "
-                  f"per exchange vs {b[n]['kb_per_exchange']:.0f} before issue 19 ({ratio:.2f}x; "
+                  f"per exchange vs {b[n]['kb_per_exchange']:.0f} before issue 19 ({ratio:.2f}x, median of the "
+                  f"rounds' {', '.join(f'{x:.2f}' for x in paired)}; "
                   f"unchanged = within {VERDICT_SLACK:.2f}x)")
     if a.json:
         a.json.write_bytes(orjson.dumps({"args": {k: str(v) for k, v in vars(a).items()},

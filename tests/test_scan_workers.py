@@ -329,3 +329,14 @@ def test_in_pieces_calls_in_order_and_returns_the_last_value():
     assert workers.in_pieces(write, b"abcdefghij", 4) == 3 and seen == [b"abcd", b"efgh", b"ij"]
     seen.clear()
     assert workers.in_pieces(write, b"abc", 4) == 1 and seen == [b"abc"]
+
+
+
+def test_malloc_arenas_are_capped_unless_the_operator_set_them(monkeypatch):
+    """glibc's arenas are capped at import (one: scan threads leave no memory in arenas of their
+    own, bench/exchange_memory.py --smaps); an operator's MALLOC_ARENA_MAX, or 0, leaves them be."""
+    if sys.platform.startswith("linux") and "MALLOC_ARENA_MAX" not in os.environ:
+        assert workers.ARENAS_CAPPED
+    assert not workers.cap_arenas(0)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert not workers.cap_arenas(1)
