@@ -223,8 +223,9 @@ cdef class Database:
             free(out)
 
 
-def compile_stream(list expressions, list flags, list ids) -> Database:
-    """``hs_compile_multi`` in stream mode; raises CoreError naming the failing expression."""
+cdef Database _compile_multi(list expressions, list flags, list ids, unsigned int mode, unsigned int extra):
+    """``hs_compile_multi`` of ``expressions`` in ``mode``, ``extra`` or-ed into every flag; raises
+    CoreError naming the failing expression."""
     cdef unsigned int n = len(expressions)
     cdef const char **ex = <const char **>malloc(n * sizeof(char *) + 1)
     cdef unsigned int *fl = <unsigned int *>malloc(n * sizeof(unsigned int) + 1)
@@ -239,40 +240,9 @@ def compile_stream(list expressions, list flags, list ids) -> Database:
             raise MemoryError()
         for k in range(n):
             ex[k] = PyBytes_AS_STRING(keep[k])
-            fl[k] = flags[k]
+            fl[k] = <unsigned int>flags[k] | extra
             idv[k] = ids[k]
-        rc = hs_compile_multi(ex, fl, idv, n, HS_MODE_STREAM, NULL, &d.db, &err)
-        if rc != HS_SUCCESS:
-            msg = err.message.decode("utf-8", "replace") if err != NULL and err.message != NULL else "compile error"
-            at = err.expression if err != NULL else -1
-            if err != NULL:
-                hs_free_compile_error(err)
-            raise CoreError(msg, at)
-        return d
-    finally:
-        free(ex)
-        free(fl)
-        free(idv)
-
-
-def compile_som(list expressions, list flags, list ids, bint som=True) -> Database:
-    """``hs_compile_multi`` in block mode with HS_FLAG_SOM_LEFTMOST on every expression (the value
-    regexes that find where a variable-width value starts: see :func:`som_start`)."""
-    cdef unsigned int n = len(expressions)
-    cdef const char **ex = <const char **>malloc(n * sizeof(char *) + 1)
-    cdef unsigned int *fl = <unsigned int *>malloc(n * sizeof(unsigned int) + 1)
-    cdef unsigned int *idv = <unsigned int *>malloc(n * sizeof(unsigned int) + 1)
-    cdef hs_compile_error_t *err = NULL
-    cdef Database d = Database()
-    cdef unsigned int k
-    cdef int rc
-    keep = [bytes(x) + b"" for x in expressions]
-    try:
-        for k in range(n):
-            ex[k] = PyBytes_AS_STRING(keep[k])
-            fl[k] = flags[k] | (HS_FLAG_SOM_LEFTMOST if som else 0)
-            idv[k] = ids[k]
-        rc = hs_compile_multi(ex, fl, idv, n, HS_MODE_BLOCK, NULL, &d.db, &err)
+        rc = hs_compile_multi(ex, fl, idv, n, mode, NULL, &d.db, &err)
         if rc != HS_SUCCESS:
             msg = err.message.decode("utf-8", "replace") if err != NULL and err.message != NULL else "compile error"
             at = err.expression if err != NULL else -1
@@ -285,6 +255,17 @@ def compile_som(list expressions, list flags, list ids, bint som=True) -> Databa
         free(ex)
         free(fl)
         free(idv)
+
+
+def compile_stream(list expressions, list flags, list ids) -> Database:
+    """``hs_compile_multi`` in stream mode; raises CoreError naming the failing expression."""
+    return _compile_multi(expressions, flags, ids, HS_MODE_STREAM, 0)
+
+
+def compile_som(list expressions, list flags, list ids, bint som=True) -> Database:
+    """``hs_compile_multi`` in block mode with HS_FLAG_SOM_LEFTMOST on every expression (the value
+    regexes that find where a variable-width value starts: see :func:`som_start`)."""
+    return _compile_multi(expressions, flags, ids, HS_MODE_BLOCK, HS_FLAG_SOM_LEFTMOST if som else 0)
 
 
 _SOM_DBS = {}                              # (expression, flags, som) -> Database or None: engines share them

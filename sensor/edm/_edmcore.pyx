@@ -811,7 +811,7 @@ cdef class Matcher:
         cdef IPlan *ip = &self.plan.ix[x]
         cdef int need = ip.need
         cdef int k, left = 0, nfound = 0, nv
-        cdef Py_ssize_t i, j, lo, hi, e, b, a, nr, npr = 0, nm = 0, q
+        cdef Py_ssize_t i, j, e, b, a, nr, npr = 0, nm = 0, q
         cdef KField *f
         cdef uint64_t h
         cdef const uint32_t *rp
@@ -915,17 +915,9 @@ cdef class Matcher:
             h = vh[i]
             b = <Py_ssize_t>vb[i]
             vb[i] = DONE
-            lo = f.dir[b]
-            hi = f.dir[b + 1]
             va[i] = ve[i] = 0
-            if lo >= hi:
+            if not _span(f, b, h, &a, &e):
                 continue
-            a = _lower(f.hs, lo, hi, h)
-            if a == hi or f.hs[a] != h:
-                continue
-            e = a + 1
-            while e < hi and f.hs[e] == h:
-                e += 1
             va[i] = a
             ve[i] = e
             self._hits += 1
@@ -961,16 +953,8 @@ cdef class Matcher:
                     if filt and f.flt != NULL and not _fhas(_fblock(f.flt, f.fblocks, h), h):
                         continue
                     b = <Py_ssize_t>(h >> f.shift) if f.shift < 64 else 0
-                    lo = f.dir[b]
-                    hi = f.dir[b + 1]
-                    if lo >= hi:
+                    if not _span(f, b, h, &a, &e):
                         continue
-                    a = _lower(f.hs, lo, hi, h)
-                    if a == hi or f.hs[a] != h:
-                        continue
-                    e = a + 1
-                    while e < hi and f.hs[e] == h:
-                        e += 1
                     self._hits += 1
                 rp = f.ids + a
                 nr = e - a
@@ -1208,6 +1192,22 @@ cdef class Matcher:
             if ix.alert > 0 and n >= ix.alert:
                 v = "alert"
         return v
+
+
+cdef inline bint _span(const KField *f, Py_ssize_t b, uint64_t h, Py_ssize_t *a, Py_ssize_t *e) noexcept nogil:
+    """The positions [a, e) of hash ``h`` in bucket ``b`` of field ``f``; False when it is absent."""
+    cdef Py_ssize_t lo = f.dir[b], hi = f.dir[b + 1], j
+    if lo >= hi:
+        return False
+    j = _lower(f.hs, lo, hi, h)
+    if j == hi or f.hs[j] != h:
+        return False
+    a[0] = j
+    j += 1
+    while j < hi and f.hs[j] == h:
+        j += 1
+    e[0] = j
+    return True
 
 
 cdef inline Py_ssize_t _lower(const uint64_t *hs, Py_ssize_t lo, Py_ssize_t hi, uint64_t h) noexcept nogil:
