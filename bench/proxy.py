@@ -426,9 +426,12 @@ def main() -> None:
                        ("10 KiB: the sidecar's own p99 <= 5 ms", mon["own_p99_ms"] <= 5.0)]
         if "download" in only:
             dl = download_section(sidecars[0], www, a)
-            checks.append((f"{a.big_mb} MB benign download >= 0.8x the raw stream ceiling per core, like for like "
-                           "(the sidecar's own databases, the ones it scans this file with)",
-                           dl["x_ceiling_per_core"] >= 0.8))
+            checks.append((f"{a.big_mb} MB benign download >= 0.8x the raw stream ceiling per core: main + gated "
+                           "(the scanner's databases, as bench/engine.py and bench/core.py define the ceiling; "
+                           f"{dl['x_main_gated_per_core']:.2f}x)", dl["x_main_gated_per_core"] >= 0.8))
+            checks.append((f"{a.big_mb} MB benign download >= 0.8x the raw stream ceiling per core, like for like: "
+                           "only the databases the sidecar scans this file with "
+                           f"({dl['x_ceiling_per_core']:.2f}x)", dl["x_ceiling_per_core"] >= 0.8))
         if "reuse-port" in only:
             rp = reuse_port_section(d, origin, a)
             top = max(rp)
