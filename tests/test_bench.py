@@ -48,6 +48,20 @@ def test_proxy_bench_reads_the_sidecars_own_quantiles_between_two_scrapes() -> N
     assert le99 == 0.0025 and 0.001 < p99 <= 0.0025
 
 
+def test_proxy_bench_ceiling_is_what_the_sidecar_scans() -> None:
+    """bench/proxy.py's like-for-like ceiling scans the gated database only when the file opens a
+    part's gate: benign web never does (so the ceiling is the main database alone), a roster does."""
+    sys.path.insert(0, str(ROOT))
+    from bench.proxy import Ceilings, gate_hits
+    from sensor import synth
+    benign = synth.benign_web(1 << 20)
+    c = Ceilings(benign)
+    assert gate_hits(c.engine, benign) == 0 and not c.gate_opens
+    assert gate_hits(c.engine, synth.breach_csv(20)) > 0
+    figures = c.measure(benign[: 64 << 10])
+    assert set(figures) == {"like", "main_gated", "wheel"} and all(v > 0 for v in figures.values())
+
+
 def test_exchange_memory_bench_json(tmp_path: Path) -> None:
     """bench/exchange_memory.py: real sidecars behind a throttled nginx, N downloads in flight, a row
     per (mode, body, tree) with the idle RSS and KiB per exchange (a tiny run: no figure asserted)."""
