@@ -182,16 +182,27 @@ def test_same_counts_and_rows_as_the_reference(core, roster, index_file, state, 
     c, p = _pair(index_file, key, monkeypatch, [IndexSpec(str(index_file), min_fields=need)])
     records = _records(roster[1], 1500, seed=need)
     cc, cr, ct, cv, ch = _run(c, records)
-    pc, pr, pt, pv, _ = _run(p, records)
+    pc, pr, pt, pv, ph = _run(p, records)
     assert (cc, cr, ct, cv) == (pc, pr, pt, pv)
     assert 0 < ct < len(records)
-    # per record too: the compiled matcher reports a match at the call that found it
+    # both batch alike: a match is reported at the call that completed its batch
+    assert ch == ph and any(ch)
+    # per record too: flushed after each record, each one's own answer
     alone = []
     for rec in records:
         one = p.matcher()
         one.record(list(rec))
         alone.append(one.total > 0)
-    assert ch == alone
+    assert _flushed_hits(c, records) == alone
+
+
+def _flushed_hits(edm, records):
+    m = edm.matcher()
+    out = []
+    for rec in records:
+        m.record(list(rec))
+        out.append(m.flush())
+    return out
 
 
 def test_two_indexes_and_a_small_row_cap(core, roster, index_file, state, monkeypatch, filter_mode):
@@ -252,7 +263,7 @@ def test_close_with_a_matcher_alive(core, index_file, state, roster):
     m = edm.matcher()
     edm.close()
     r = roster[1][0]
-    assert m.record([("name", f"{r['first_name']} {r['last_name']}".encode()),
-                     ("dl", r["driver_license"].encode())]) is True
+    m.record([("name", f"{r['first_name']} {r['last_name']}".encode()), ("dl", r["driver_license"].encode())])
+    assert m.flush() is True and m.total == 1
     del m
     gc.collect()

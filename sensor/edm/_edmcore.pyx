@@ -65,9 +65,17 @@ DEF N_NAME = 2
 DEF N_DATE = 3
 DEF N_PYTHON = 4
 DEF MAX_NAME_TOKENS = 32
-DEF NONE = 0xFFFFFFFFFFFFFFFF
-DEF LAZY = 0xFFFFFFFFFFFFFFFE
-DEF DONE = 0xFFFFFFFFFFFFFFFD
+# a value's state instead of a bucket: C constants (a DEF this large is a Python int, and every
+# comparison with it made and compared Python objects: ~0.3 us a record, found with perf)
+cdef extern from *:
+    """
+    #define DLP_V_NONE 0xFFFFFFFFFFFFFFFFull
+    #define DLP_V_LAZY 0xFFFFFFFFFFFFFFFEull
+    #define DLP_V_DONE 0xFFFFFFFFFFFFFFFDull
+    """
+    const uint64_t NONE "DLP_V_NONE"
+    const uint64_t LAZY "DLP_V_LAZY"
+    const uint64_t DONE "DLP_V_DONE"
 DEF KIND_CACHE = 32
 DEF FILTER_BITS = 10          # filter bits per hash of the index (~1 % false positives)
 
@@ -675,18 +683,107 @@ cdef class Plan:
             self.ix = NULL
 
 
+cdef struct VS:               # one value of a queued record, under one index
+    uint64_t h                # keyed hash
+    uint64_t b                # bucket, or NONE (not a value of the kind), LAZY (hashed when reached), DONE
+    Py_ssize_t a              # DONE: found at hashes[a:e] (a == e: a miss)
+    Py_ssize_t e
+
+
+cdef struct RX:               # one queued record, under one index
+    int alive                 # 0: it cannot match this index (too few kinds, or the filter said so)
+    int left                  # kinds of the index present in the record
+    int filt                  # the membership filter is used for its values
+
+
+cdef struct RowSet:           # the matched row ids of one index (at most row_cap), open addressing
+    uint32_t *t               # EMPTY: a free slot (row EMPTY itself: has_max)
+    Py_ssize_t cap            # a power of two, or 0
+    Py_ssize_t n              # rows held
+    Py_ssize_t count          # EDM records
+    int has_max
+    int touched               # some record matched this index (its name is in counts and rows)
+
+
+cdef extern from *:
+    """
+    #define DLP_EMPTY_ROW 0xFFFFFFFFu
+    """
+    const uint32_t EMPTY "DLP_EMPTY_ROW"
+
+
+cdef inline bint _rs_has(const RowSet *s, uint32_t r) noexcept nogil:
+    cdef Py_ssize_t i, mask
+    if r == EMPTY:
+        return s.has_max
+    if s.cap == 0:
+        return False
+    mask = s.cap - 1
+    i = <Py_ssize_t>((r * 2654435761u) & mask)
+    while s.t[i] != EMPTY:
+        if s.t[i] == r:
+            return True
+        i = (i + 1) & mask
+    return False
+
+
+cdef inline void _rs_put(uint32_t *t, Py_ssize_t cap, uint32_t r) noexcept nogil:
+    cdef Py_ssize_t mask = cap - 1
+    cdef Py_ssize_t i = <Py_ssize_t>((r * 2654435761u) & mask)
+    while t[i] != EMPTY:
+        i = (i + 1) & mask
+    t[i] = r
+
+
+cdef int _rs_add(RowSet *s, uint32_t r) except -1:
+    """Add a row known to be absent."""
+    cdef Py_ssize_t cap, i
+    cdef uint32_t *t
+    if r == EMPTY:
+        s.has_max = 1
+        s.n += 1
+        return 0
+    if 2 * (s.n + 1) > s.cap:                   # keep the table at most half full
+        cap = 64 if s.cap == 0 else 2 * s.cap
+        t = <uint32_t *>malloc(cap * sizeof(uint32_t))
+        if t == NULL:
+            raise MemoryError()
+        memset(t, 0xFF, cap * sizeof(uint32_t))
+        for i in range(s.cap):
+            if s.t[i] != EMPTY:
+                _rs_put(t, cap, s.t[i])
+        free(s.t)
+        s.t = t
+        s.cap = cap
+    _rs_put(s.t, s.cap, r)
+    s.n += 1
+    return 0
+
+
 cdef class Matcher:
-    """Per-scan state, the compiled twin of :class:`sensor.edm.match.EdmMatcher` (same interface).
-    A record is looked up when it is handed over: no queue, so ``record`` reports a match at once."""
+    """Per-scan state, the compiled twin of :class:`sensor.edm.match.EdmMatcher` (same interface,
+    same batching: ``record`` returns True at the call that completed a batch in which a record
+    matched; reading ``counts``, ``rows``, ``total`` or ``verdict`` looks the queue up first).
+
+    Why a batch: each value looked up is two or three dependent cache misses (directory, bucket,
+    row ids) in an index far larger than the caches. One record's lookups overlap only each other;
+    ``batch`` records' lookups are issued stage by stage (hash and fetch the filter block and
+    directory entry of every value when the record is handed over; then every bucket; then every
+    row-id span; then the counting, record by record in order), so the misses of the whole batch
+    overlap and a record waits on memory about once per batch instead of three times.
+    Matched row ids are kept in a C table per index (a Python set is made when ``rows`` is read)."""
     cdef Plan plan
     cdef object edm
-    cdef dict _counts
-    cdef dict _rows
     # scratch, reused across records
-    cdef Buf vk, vp, vn, vh, canon, tmp, rows, rowbuf, prk, prc, ht, matched
-    cdef list _hold                  # Python-normalised values of the current record (kept alive)
+    cdef Buf vk, vp, vn, vs, rx, roff, rm, canon, tmp, rows, rowbuf, prk, prc, ht, matched
+    cdef list _hold                  # Python-normalised values (kept alive until hashed)
+    cdef list _pend                  # the queued records' values (the raw bytes vp points into)
+    cdef Py_ssize_t _nr, _nv         # queued records, and their distinct values
+    cdef Py_ssize_t _nq              # records handed over since the last lookup (the batch's count)
+    cdef Py_ssize_t batch
     cdef Py_ssize_t _htcap, _htn
     cdef Py_ssize_t row_cap
+    cdef RowSet *_rs                 # per index
     cdef list _kobj                  # kind objects seen (held), their addresses and slots
     cdef PyObject *_kptr[KIND_CACHE]
     cdef int _kslot[KIND_CACHE]
@@ -697,7 +794,10 @@ cdef class Matcher:
         memset(&self.vk, 0, sizeof(Buf))
         memset(&self.vp, 0, sizeof(Buf))
         memset(&self.vn, 0, sizeof(Buf))
-        memset(&self.vh, 0, sizeof(Buf))
+        memset(&self.vs, 0, sizeof(Buf))
+        memset(&self.rx, 0, sizeof(Buf))
+        memset(&self.roff, 0, sizeof(Buf))
+        memset(&self.rm, 0, sizeof(Buf))
         memset(&self.canon, 0, sizeof(Buf))
         memset(&self.tmp, 0, sizeof(Buf))
         memset(&self.rows, 0, sizeof(Buf))
@@ -706,24 +806,35 @@ cdef class Matcher:
         memset(&self.prc, 0, sizeof(Buf))
         memset(&self.ht, 0, sizeof(Buf))
         memset(&self.matched, 0, sizeof(Buf))
+        self._rs = NULL
 
-    def __init__(self, edm, Plan plan, Py_ssize_t row_cap):
+    def __init__(self, edm, Plan plan, Py_ssize_t row_cap, Py_ssize_t batch=64):
         self.edm = edm
         self.row_cap = row_cap
+        self.batch = max(batch, 1)
         self._kobj = []
         self._nk = 0
         self._probes = 0
         self._hits = 0
         self.plan = plan
-        self._counts = {}
-        self._rows = {}
         self._hold = []
+        self._pend = []
+        self._nr = 0
+        self._nv = 0
+        self._rs = <RowSet *>malloc(max(plan.nix, 1) * sizeof(RowSet))
+        if self._rs == NULL:
+            raise MemoryError()
+        memset(self._rs, 0, max(plan.nix, 1) * sizeof(RowSet))
 
     def __dealloc__(self):
+        cdef int x
         free(self.vk.p)
         free(self.vp.p)
         free(self.vn.p)
-        free(self.vh.p)
+        free(self.vs.p)
+        free(self.rx.p)
+        free(self.roff.p)
+        free(self.rm.p)
         free(self.canon.p)
         free(self.tmp.p)
         free(self.rows.p)
@@ -732,26 +843,33 @@ cdef class Matcher:
         free(self.prc.p)
         free(self.ht.p)
         free(self.matched.p)
+        if self._rs != NULL:
+            for x in range(self.plan.nix if self.plan is not None else 0):
+                free(self._rs[x].t)
+            free(self._rs)
+            self._rs = NULL
 
     def record(self, list values) -> bool:
-        """One record's candidate values (kind, raw bytes); True when it matched a row of some index."""
+        """Queue one record's candidate values (kind, raw bytes), hashed now and their first lines
+        fetched; True when the batch this call completed matched a row of some index."""
         cdef Py_ssize_t n = len(values)
         if n < self.plan.min_need or self.plan.nix == 0:
             return False
-        _grow(&self.vk, n * sizeof(int))
-        _grow(&self.vp, n * sizeof(void *))
-        _grow(&self.vn, n * sizeof(Py_ssize_t))
-        _grow(&self.vh, n * sizeof(uint64_t) * 4)
-        cdef int *vk = <int *>self.vk.p
-        cdef const unsigned char **vp = <const unsigned char **>self.vp.p
-        cdef Py_ssize_t *vn = <Py_ssize_t *>self.vn.p
+        cdef Py_ssize_t V = self._nv, R = self._nr
+        cdef int nix = self.plan.nix
+        _grow(&self.vk, (V + n) * sizeof(int))
+        _grow(&self.vp, (V + n) * sizeof(void *))
+        _grow(&self.vn, (V + n) * sizeof(Py_ssize_t))
+        cdef int *vk = <int *>self.vk.p + V
+        cdef const unsigned char **vp = <const unsigned char **>self.vp.p + V
+        cdef Py_ssize_t *vn = <Py_ssize_t *>self.vn.p + V
         cdef Py_ssize_t i, j, m = 0, ln
         cdef int slot, nkinds_present = 0
         cdef unsigned long long seen = 0
         cdef object t, raw
         cdef const unsigned char *p
         cdef object kind
-        cdef int c
+        cdef int c, x
         # distinct values per kind, in order of first appearance (the reference's by_kind)
         for i in range(n):
             t = values[i]
@@ -786,15 +904,31 @@ cdef class Matcher:
                         nkinds_present += 1
                 else:
                     nkinds_present += 1         # (more than 64 kinds: counted per value, a bound)
+        self._nq += 1                           # (the reference queues it, then finds it short)
         if nkinds_present < self.plan.min_need:
+            if self._nq >= self.batch:
+                return self._flush() == 1
             return False
-        cdef bint hit = False
-        cdef int x
-        for x in range(self.plan.nix):
-            if self._one(x, vk, vp, vn, m):
-                hit = True
-        self._hold = []
-        return hit
+        _grow(&self.vs, (V + m) * nix * sizeof(VS))
+        _grow(&self.rx, (R + 1) * nix * sizeof(RX))
+        _grow(&self.roff, (R + 1) * sizeof(Py_ssize_t))
+        _grow(&self.rm, (R + 1) * sizeof(Py_ssize_t))
+        cdef VS *vs = <VS *>self.vs.p + V * nix
+        cdef RX *rx = <RX *>self.rx.p + R * nix
+        for x in range(nix):
+            self._stage1(x, vk, vp, vn, m, vs + x * m, rx + x)
+        if self._hold:
+            self._hold = []
+        # the values' bytes (vp points into them) held until the batch is looked up; a tuple: the
+        # caller's list may change after this call
+        self._pend.append(tuple(values))
+        (<Py_ssize_t *>self.roff.p)[R] = V
+        (<Py_ssize_t *>self.rm.p)[R] = m
+        self._nv = V + m
+        self._nr = R + 1
+        if self._nq >= self.batch:
+            return self._flush() == 1
+        return False
 
     cdef int _learn(self, object kind) except -2:
         """The slot of a kind not seen by identity yet (-1: no index holds it); remembered."""
@@ -807,24 +941,61 @@ cdef class Matcher:
             self._nk += 1
         return slot
 
-    cdef bint _one(self, int x, int *vk, const unsigned char **vp, Py_ssize_t *vn, Py_ssize_t m) except -1:
+    cdef int _flush(self) except -1:
+        """Look the queued records up, stage by stage over the whole batch; 1 when one matched."""
+        cdef Py_ssize_t R = self._nr, r, off, m
+        cdef int nix = self.plan.nix, x
+        cdef bint hit = False
+        self._nq = 0
+        if R == 0:
+            return 0
+        cdef int *vk = <int *>self.vk.p
+        cdef const unsigned char **vp = <const unsigned char **>self.vp.p
+        cdef Py_ssize_t *vn = <Py_ssize_t *>self.vn.p
+        cdef VS *vs = <VS *>self.vs.p
+        cdef RX *rx = <RX *>self.rx.p
+        cdef Py_ssize_t *roff = <Py_ssize_t *>self.roff.p
+        cdef Py_ssize_t *rm = <Py_ssize_t *>self.rm.p
+        try:
+            for r in range(R):                  # the filter (its lines came with the hashing); buckets fetched
+                off = roff[r]
+                m = rm[r]
+                for x in range(nix):
+                    if rx[r * nix + x].alive:
+                        self._stage2(x, vk + off, m, vs + off * nix + x * m, rx + r * nix + x)
+            for r in range(R):                  # the buckets searched; row ids fetched
+                off = roff[r]
+                m = rm[r]
+                for x in range(nix):
+                    if rx[r * nix + x].alive:
+                        self._stage3(x, vk + off, m, vs + off * nix + x * m)
+            for r in range(R):                  # counted, record by record in order
+                off = roff[r]
+                m = rm[r]
+                for x in range(nix):
+                    if rx[r * nix + x].alive and self._stage4(x, vk + off, vp + off, vn + off, m,
+                                                              vs + off * nix + x * m, rx + r * nix + x):
+                        hit = True
+        finally:
+            self._nr = 0
+            self._nv = 0
+            self._nq = 0
+            self._pend = []
+            self._hold = []
+        return 1 if hit else 0
+
+    cdef int _stage1(self, int x, int *vk, const unsigned char **vp, Py_ssize_t *vn, Py_ssize_t m,
+                     VS *vs, RX *rx) except -1:
+        """At hand-over: which values of the record are looked up ahead under index ``x``; those
+        hashed, their filter block and directory entry fetched."""
         cdef IPlan *ip = &self.plan.ix[x]
         cdef int need = ip.need
-        cdef int k, left = 0, nfound = 0, nv
-        cdef Py_ssize_t i, j, e, b, a, nr, npr = 0, nm = 0, q
+        cdef int k, left = 0
+        cdef Py_ssize_t i, j, b, cl
         cdef KField *f
         cdef uint64_t h
-        cdef const uint32_t *rp
-        cdef uint32_t *rows
-        cdef uint32_t *rb
-        cdef uint32_t *prk
-        cdef uint32_t *prc
-        cdef uint32_t *mt
-        cdef uint32_t r
-        cdef Py_ssize_t cl, nrows
-        cdef bint have
-        cdef Buf sw
         cdef const unsigned char *cp
+        rx.alive = 0
         # kinds of this index present in the record; the first need + 1 of them are looked up
         # whatever the outcome (a match needs two kinds; a record of other people misses need + 1)
         # while most values looked up lately were in the index (the filter is off then), a record is
@@ -843,85 +1014,116 @@ cdef class Matcher:
                         cutoff = k
                     break
         if left < need:
-            return False
-        # the values of those kinds hashed first, their directory entries and buckets fetched
-        # ahead: the lookups below then wait on memory once, not once per value (a directory of
-        # 1 MB and hashes of 8 MB per field: each lookup is two cache misses). Kinds after them
-        # are rarely reached (dates last): hashed when they are
-        cdef uint64_t *vh = <uint64_t *>self.vh.p
-        cdef uint64_t *vb = vh + m              # bucket start, NONE (not a value of the kind), LAZY
+            return 0
         cdef bint ahead = _ahead
         # the filter pays when most values are not in the index (a miss: one line instead of two or
         # three) and costs a line when most are (breach-like content of the indexed people): it is
         # used while at most half the values looked up lately were in the index. Either way the
         # results are the same
         cdef bint filt = _filter and (_filter == 2 or not mostly_in)
-        cdef uint64_t *va = vb + m              # found: hashes[va:ve] (va == ve: a miss)
-        cdef uint64_t *ve = va + m
         for i in range(m):
             j = ip.fmap[vk[i]]
             if j < 0:
-                vb[i] = NONE
+                vs[i].b = NONE
                 continue
             if not ahead or j > cutoff:
-                vb[i] = LAZY
+                vs[i].b = LAZY
                 continue
             f = &ip.f[j]
             cl = self._canon(f.norm, f.kind, vp[i], vn[i], &cp)
             if cl < 0:
-                vb[i] = NONE
+                vs[i].b = NONE
                 continue
             h = _hmac(&f.inner, &ip.outer, cp, cl)
             self._probes += 1
-            vh[i] = h
+            vs[i].h = h
             b = <Py_ssize_t>(h >> f.shift) if f.shift < 64 else 0
-            vb[i] = <uint64_t>b
+            vs[i].b = <uint64_t>b
             if filt and f.flt != NULL:
                 dlp_prefetch(_fblock(f.flt, f.fblocks, h))
             if _pardir or not filt:
                 dlp_prefetch(&f.dir[b])
-        if filt:
-            # the filter first (its lines are on their way): a value it rejects is a miss without
-            # touching the mapping; the others have their directory entries fetched
+        rx.alive = 1
+        rx.left = left
+        rx.filt = filt
+        return 0
+
+    cdef int _stage2(self, int x, int *vk, Py_ssize_t m, VS *vs, RX *rx) noexcept:
+        """The filter checked (a value it rejects is a miss without touching the index); the
+        buckets of the others fetched."""
+        cdef IPlan *ip = &self.plan.ix[x]
+        cdef KField *f
+        cdef Py_ssize_t i
+        cdef int k, nfound
+        if rx.filt:
             for i in range(m):
-                if vb[i] == NONE or vb[i] == LAZY:
+                if vs[i].b == NONE or vs[i].b == LAZY:
                     continue
                 f = &ip.f[ip.fmap[vk[i]]]
-                if f.flt != NULL and not _fhas(_fblock(f.flt, f.fblocks, vh[i]), vh[i]):
-                    vb[i] = DONE
-                    va[i] = ve[i] = 0
+                if f.flt != NULL and not _fhas(_fblock(f.flt, f.fblocks, vs[i].h), vs[i].h):
+                    vs[i].b = DONE
+                    vs[i].a = vs[i].e = 0
                     continue
                 if not _pardir:
-                    dlp_prefetch(&f.dir[vb[i]])
+                    dlp_prefetch(&f.dir[vs[i].b])
             # fewer kinds that may still hit than min_fields: no lookup can make a match
             nfound = 0
             for k in range(ip.nk):
                 for i in range(m):
-                    if vk[i] == ip.f[k].kind and vb[i] != NONE and vb[i] != DONE:
+                    if vk[i] == ip.f[k].kind and vs[i].b != NONE and vs[i].b != DONE:
                         nfound += 1
                         break
-            if nfound < need:
-                return False
-            nfound = 0
+            if nfound < ip.need:
+                rx.alive = 0
+                return 0
         for i in range(m):
-            if vb[i] != NONE and vb[i] != LAZY and vb[i] != DONE:
+            if vs[i].b != NONE and vs[i].b != LAZY and vs[i].b != DONE:
                 f = &ip.f[ip.fmap[vk[i]]]
-                dlp_prefetch(&f.hs[f.dir[vb[i]]])
-        # then each of them looked up (the buckets are on their way) and its row ids fetched ahead
+                dlp_prefetch(&f.hs[f.dir[vs[i].b]])
+        return 0
+
+    cdef int _stage3(self, int x, int *vk, Py_ssize_t m, VS *vs) noexcept:
+        """Each bucket searched (its lines are on their way); the found row ids fetched."""
+        cdef IPlan *ip = &self.plan.ix[x]
+        cdef KField *f
+        cdef Py_ssize_t i, a = 0, e = 0
         for i in range(m):
-            if vb[i] == NONE or vb[i] == LAZY or vb[i] == DONE:
+            if vs[i].b == NONE or vs[i].b == LAZY or vs[i].b == DONE:
                 continue
             f = &ip.f[ip.fmap[vk[i]]]
-            h = vh[i]
-            b = <Py_ssize_t>vb[i]
-            vb[i] = DONE
-            va[i] = ve[i] = 0
-            if not _span(f, b, h, &a, &e):
+            if not _span(f, <Py_ssize_t>vs[i].b, vs[i].h, &a, &e):
+                vs[i].b = DONE
+                vs[i].a = vs[i].e = 0
                 continue
-            va[i] = a
-            ve[i] = e
+            vs[i].b = DONE
+            vs[i].a = a
+            vs[i].e = e
             self._hits += 1
             dlp_prefetch(&f.ids[a])
+        return 0
+
+    cdef bint _stage4(self, int x, int *vk, const unsigned char **vp, Py_ssize_t *vn, Py_ssize_t m,
+                      VS *vs, RX *rx) except -1:
+        """The per-row counting of EdmMatcher._lookup for one record under index ``x``, with the same
+        early exits and order; values left LAZY are hashed and looked up here."""
+        cdef IPlan *ip = &self.plan.ix[x]
+        cdef int need = ip.need
+        cdef int k, left = rx.left, nfound = 0, nv
+        cdef bint filt = rx.filt
+        cdef Py_ssize_t i, j, e, b, a, nr, npr = 0, nm = 0, q
+        cdef KField *f
+        cdef uint64_t h
+        cdef const uint32_t *rp
+        cdef uint32_t *rows
+        cdef uint32_t *rb
+        cdef uint32_t *prk
+        cdef uint32_t *prc
+        cdef uint32_t *mt
+        cdef uint32_t r
+        cdef Py_ssize_t cl, nrows
+        cdef bint have
+        cdef Buf sw
+        cdef const unsigned char *cp
         for k in range(ip.nk):
             f = &ip.f[k]
             nv = 0
@@ -937,11 +1139,11 @@ cdef class Matcher:
             nrows = 0
             rows = NULL
             for i in range(m):
-                if vk[i] != f.kind or vb[i] == NONE:
+                if vk[i] != f.kind or vs[i].b == NONE:
                     continue
-                if vb[i] == DONE:
-                    a = <Py_ssize_t>va[i]
-                    e = <Py_ssize_t>ve[i]
+                if vs[i].b == DONE:
+                    a = vs[i].a
+                    e = vs[i].e
                     if a == e:
                         continue
                 else:                           # LAZY: hashed and looked up now
@@ -1046,6 +1248,21 @@ cdef class Matcher:
         self._note(x, <uint32_t *>self.matched.p, nm)
         return True
 
+    cdef int _note(self, int x, uint32_t *mt, Py_ssize_t nm) except -1:
+        """A matched record's rows: each new one counted (and kept while fewer than ``row_cap``)."""
+        cdef Py_ssize_t i
+        cdef uint32_t r
+        cdef RowSet *s = &self._rs[x]
+        s.touched = 1
+        for i in range(nm):
+            r = mt[i]
+            if _rs_has(s, r):
+                continue
+            if s.n < self.row_cap:
+                _rs_add(s, r)
+            s.count += 1
+        return 0
+
     cdef Py_ssize_t _canon(self, int norm, int kind, const unsigned char *s, Py_ssize_t n,
                            const unsigned char **outp) except -3:
         """Canonical bytes of one value in ``self.canon`` (or a Python bytes object held for the
@@ -1115,23 +1332,6 @@ cdef class Matcher:
         t[i] = pos
         self._htn += 1
 
-    cdef int _note(self, int x, uint32_t *mt, Py_ssize_t nm) except -1:
-        cdef Py_ssize_t i
-        name = self.plan.names[x]
-        got = self._rows.get(name)
-        if got is None:
-            got = self._rows[name] = set()
-        c = self._counts.get(name, 0)
-        for i in range(nm):
-            r = mt[i]
-            if r in got:
-                continue
-            if len(got) < self.row_cap:
-                got.add(r)
-            c += 1
-        self._counts[name] = c
-        return 0
-
     def probe(self, int x, str kind, bytes raw):
         """(canonical bytes, keyed hash) of one value under index ``x``, or (None, None) when it is
         not a value of the kind: the tests hold both to the Python normaliser and Hasher."""
@@ -1165,28 +1365,48 @@ cdef class Matcher:
         return f.flt == NULL or _fhas(_fblock(f.flt, f.fblocks, v), v)
 
     def flush(self) -> bool:
-        """Nothing is queued here (the reference batches records); for the same interface."""
-        return False
+        """Look the queued records up now; True when one matched."""
+        return self._flush() == 1
 
     @property
     def counts(self) -> dict:
         """Index name -> EDM records so far."""
-        return self._counts
+        self._flush()
+        cdef int x
+        return {self.plan.names[x]: self._rs[x].count for x in range(self.plan.nix) if self._rs[x].touched}
 
     @property
     def rows(self) -> dict:
         """Index name -> matched row ids so far (at most ``ROW_CAP``)."""
-        return self._rows
+        self._flush()
+        cdef int x
+        cdef Py_ssize_t i
+        cdef RowSet *s
+        out = {}
+        for x in range(self.plan.nix):
+            s = &self._rs[x]
+            if not s.touched:
+                continue
+            got = out[self.plan.names[x]] = {s.t[i] for i in range(s.cap) if s.t[i] != EMPTY}
+            if s.has_max:
+                got.add(EMPTY)
+        return out
 
     @property
     def total(self) -> int:
-        return sum(self._counts.values())
+        self._flush()
+        cdef int x
+        return sum(self._rs[x].count for x in range(self.plan.nix))
 
     def verdict(self) -> str:
         """pass / alert / trip from the per-index EDM thresholds (0 = that level never fires)."""
+        self._flush()
         v = "pass"
+        cdef int x = 0
+        cdef Py_ssize_t n
         for ix in self.edm.indexes:
-            n = self._counts.get(ix.name, 0)
+            n = self._rs[x].count if x < self.plan.nix else 0
+            x += 1
             if ix.trip > 0 and n >= ix.trip:
                 return "trip"
             if ix.alert > 0 and n >= ix.alert:

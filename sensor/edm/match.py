@@ -137,7 +137,7 @@ class EdmSet:
     def matcher(self) -> "EdmMatcher":
         """A per-scan matcher: the compiled one when built, else the Python reference."""
         if self._plan is not None:
-            return _edmcore.Matcher(self, self._plan, ROW_CAP)
+            return _edmcore.Matcher(self, self._plan, ROW_CAP, BATCH)
         return EdmMatcher(self)
 
     def close(self) -> None:
