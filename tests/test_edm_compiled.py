@@ -164,16 +164,20 @@ def _run(edm, records):
     return m.counts, {k: sorted(v) for k, v in m.rows.items()}, m.total, m.verdict(), hits
 
 
-@pytest.fixture(params=[(1, 1), (2, 1), (0, 1), (0, 0)],
-                ids=["filter-adaptive", "filter-always", "filter-never", "filter-never-not-lean"])
+@pytest.fixture(params=[(1, 1, 0), (2, 1, 0), (2, 1, 1), (0, 1, 0), (0, 0, 0)],
+                ids=["filter-adaptive", "filter-always", "filter-always-pardir", "filter-never",
+                     "filter-never-not-lean"])
 def filter_mode(core, request):
     """The membership filter used while most values miss (default), always, never; min_fields kinds
-    hashed ahead while most values hit (default) or min_fields + 1: the same results."""
+    hashed ahead while most values hit (default) or min_fields + 1; directory entries fetched after
+    the filter (default) or with it: the same results."""
     core.set_filter(request.param[0])
     core.set_lean(request.param[1])
+    core.set_pardir(request.param[2])
     yield request.param
     core.set_filter(1)
     core.set_lean(1)
+    core.set_pardir(0)
 
 
 @pytest.mark.parametrize("need", [1, 2, 3, 4])

@@ -82,7 +82,7 @@ DEF FILTER_BITS = 10          # filter bits per hash of the index (~1 % false po
 
 cdef int _ahead = 1
 cdef int _filter = 1
-cdef int _pardir = 1
+cdef int _pardir = 0
 cdef int _copy = 1
 cdef int _lean = 1
 
@@ -103,7 +103,9 @@ def set_copy(int on) -> None:
 
 def set_pardir(int on) -> None:
     """Fetch a value's directory entry together with its filter block (1) or only once the filter
-    passed it (0). For the benchmark's comparison only."""
+    passed it (0, default: with a batch in flight the latency is hidden either way, and a directory
+    line fetched for a value the filter rejects only evicts the scanner's own tables; in the scan
+    the two measure alike within the noise of a loaded machine). For the benchmark's comparison only."""
     global _pardir
     _pardir = on
 
@@ -989,12 +991,18 @@ cdef class Matcher:
         cdef Py_ssize_t *roff = <Py_ssize_t *>self.roff.p
         cdef Py_ssize_t *rm = <Py_ssize_t *>self.rm.p
         try:
-            for r in range(R):                  # the filter (its lines came with the hashing); buckets fetched
+            for r in range(R):                  # the filter (its lines came with the hashing); directory fetched
                 off = roff[r]
                 m = rm[r]
                 for x in range(nix):
                     if rx[r * nix + x].alive:
                         self._stage2(x, vk + off, m, vs + off * nix + x * m, rx + r * nix + x)
+            for r in range(R):                  # the buckets fetched
+                off = roff[r]
+                m = rm[r]
+                for x in range(nix):
+                    if rx[r * nix + x].alive:
+                        self._stage2b(x, vk + off, m, vs + off * nix + x * m)
             for r in range(R):                  # the buckets searched; row ids fetched
                 off = roff[r]
                 m = rm[r]
@@ -1082,7 +1090,8 @@ cdef class Matcher:
 
     cdef int _stage2(self, int x, int *vk, Py_ssize_t m, VS *vs, RX *rx) noexcept:
         """The filter checked (a value it rejects is a miss without touching the index); the
-        buckets of the others fetched."""
+        directory entries of the others fetched (those of a record without the filter came with
+        its hashing)."""
         cdef IPlan *ip = &self.plan.ix[x]
         cdef KField *f
         cdef Py_ssize_t i
@@ -1107,7 +1116,13 @@ cdef class Matcher:
                         break
             if nfound < ip.need:
                 rx.alive = 0
-                return 0
+        return 0
+
+    cdef int _stage2b(self, int x, int *vk, Py_ssize_t m, VS *vs) noexcept:
+        """The buckets of the values left fetched (their directory entries are in by now)."""
+        cdef IPlan *ip = &self.plan.ix[x]
+        cdef KField *f
+        cdef Py_ssize_t i
         for i in range(m):
             if vs[i].b != NONE and vs[i].b != LAZY and vs[i].b != DONE:
                 f = &ip.f[ip.fmap[vk[i]]]
