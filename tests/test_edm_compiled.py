@@ -109,9 +109,17 @@ def test_c_normalisers_give_the_python_bytes(core, roster):
         assert handled > 2500, (kind, handled)       # the hot path is the C one
 
 
-def test_probe_hash_is_the_hasher(core, roster, index_file, state, monkeypatch):
+@pytest.mark.parametrize("short", [1, 0], ids=["padded-here", "sha256-final"])
+def test_probe_hash_is_the_hasher(core, roster, index_file, state, monkeypatch, short):
+    """The keyed hash of every spelling, from the saved chaining states with the padding built by
+    the matcher (default; values of 0 to ~120 bytes: one or two inner blocks) or through
+    SHA256_Update/Final: the Python Hasher's."""
     key = load_key(None, state)
-    c, _ = _pair(index_file, key, monkeypatch)
+    core.set_short(short)
+    try:
+        c, _ = _pair(index_file, key, monkeypatch)
+    finally:
+        core.set_short(1)
     m, h = c.matcher(), Hasher(key)
     rng = random.Random(3)
     for kind in CODES:
@@ -120,6 +128,11 @@ def test_probe_hash_is_the_hasher(core, roster, index_file, state, monkeypatch):
             canon = bytes_normaliser(kind)(raw)
             want = (None, None) if canon is None else (canon, h(kind, canon.decode()))
             assert m.probe(0, kind, raw) == want, (kind, raw)
+    for n in range(0, 140):                        # every length across the one/two-block and fallback edges
+        raw = (b"A1" * 80)[:n]
+        canon = bytes_normaliser("dl")(raw)
+        want = (None, None) if canon is None else (canon, h("dl", canon.decode()))
+        assert m.probe(0, "dl", raw) == want, n
 
 
 def test_the_filter_holds_every_indexed_hash(core, index_file, state, monkeypatch):

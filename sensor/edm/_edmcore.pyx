@@ -36,10 +36,11 @@ from cpython.tuple cimport PyTuple_Check, PyTuple_GET_SIZE, PyTuple_GET_ITEM
 
 cdef extern from "openssl/sha.h":
     ctypedef struct SHA256_CTX:
-        pass
+        unsigned int h[8]     # the chaining state (the rest of the struct is OpenSSL's)
     int SHA256_Init(SHA256_CTX *c) nogil
     int SHA256_Update(SHA256_CTX *c, const void *data, size_t n) nogil
     int SHA256_Final(unsigned char *md, SHA256_CTX *c) nogil
+    void SHA256_Transform(SHA256_CTX *c, const unsigned char *data) nogil
 
 cdef extern from *:
     """
@@ -85,6 +86,14 @@ cdef int _filter = 1
 cdef int _pardir = 0
 cdef int _copy = 1
 cdef int _lean = 1
+cdef int _short = 1
+
+
+def set_short(int on) -> None:
+    """Plans made from now on hash short values from the saved SHA-256 chaining states (1, default)
+    or through SHA256_Update/Final (0). For the tests and the benchmark's comparison: the same hashes."""
+    global _short
+    _short = on
 
 
 def set_lean(int on) -> None:
@@ -176,10 +185,14 @@ cdef struct KField:
     int norm
     int kind                  # global kind slot
     SHA256_CTX inner          # inner state after the key's inner pad and "kind:"
+    unsigned int ih[8]        # the chaining state after the inner pad alone
+    unsigned char pre[32]     # "kind:" (npre bytes; 0: the short path is not used for this kind)
+    int npre
 
 
 cdef struct IPlan:
     SHA256_CTX outer          # outer state after the index key's outer pad
+    unsigned int oh[8]        # its chaining state
     int need
     int nk                    # kinds this index holds, in lookup order
     KField *f
@@ -201,6 +214,46 @@ cdef inline uint64_t _hmac(const SHA256_CTX *inner, const SHA256_CTX *outer,
     for i in range(7, -1, -1):
         h = (h << 8) | d[i]   # little-endian, as int.from_bytes(digest[:8], "little")
     return h
+
+
+cdef inline uint32_t _bswap32(uint32_t x) noexcept nogil:
+    return ((x >> 24) | ((x >> 8) & 0xFF00) | ((x << 8) & 0xFF0000) | (x << 24))
+
+
+cdef inline uint64_t _hmac_short(const KField *f, const IPlan *ip, const unsigned char *v,
+                                 Py_ssize_t n) noexcept nogil:
+    """_hmac for a value whose "kind:" + value + padding fits two SHA-256 blocks: the padded blocks
+    built here and compressed from the saved chaining states (SHA256_Transform), without the
+    context copies, buffering and clearing of SHA256_Update/Final. The same digest:
+    tests/test_edm_compiled.py holds every value to the Python Hasher, with this path and without."""
+    cdef Py_ssize_t k = f.npre, t = k + n, nb, i
+    cdef uint64_t bits
+    cdef SHA256_CTX c
+    cdef unsigned char blk[128]
+    if k == 0 or t + 9 > 128:
+        return _hmac(&f.inner, &ip.outer, v, n)
+    memcpy(blk, f.pre, k)
+    memcpy(blk + k, v, n)
+    blk[t] = 0x80
+    nb = 64 if t + 9 <= 64 else 128
+    memset(blk + t + 1, 0, nb - t - 9)
+    bits = <uint64_t>(64 + t) * 8            # the inner pad's block, "kind:" and the value
+    for i in range(8):
+        blk[nb - 1 - i] = <unsigned char>(bits >> (8 * i))
+    memcpy(c.h, f.ih, 32)
+    SHA256_Transform(&c, blk)
+    if nb == 128:
+        SHA256_Transform(&c, blk + 64)
+    for i in range(8):                        # the inner digest, big-endian, then the outer padding
+        (<uint32_t *>blk)[i] = _bswap32(c.h[i])
+    blk[32] = 0x80
+    memset(blk + 33, 0, 29)
+    blk[62] = 0x03                            # 768 bits: the outer pad's block and the digest
+    blk[63] = 0x00
+    memcpy(c.h, ip.oh, 32)
+    SHA256_Transform(&c, blk)
+    # the first 8 digest bytes read little-endian, as int.from_bytes(digest[:8], "little")
+    return <uint64_t>_bswap32(c.h[0]) | (<uint64_t>_bswap32(c.h[1]) << 32)
 
 
 # -- normalisers: exactly the bytes of sensor.edm.normalise for the inputs they accept ------------
@@ -615,6 +668,7 @@ cdef class Plan:
             SHA256_Update(&inner, ipad, 64)
             SHA256_Init(&self.ix[i].outer)
             SHA256_Update(&self.ix[i].outer, opad, 64)
+            memcpy(self.ix[i].oh, self.ix[i].outer.h, 32)
             order = [kd for kd in edm.order if kd in ix.file.fields]
             self.ix[i].fmap = <int *>malloc(max(self.nkinds, 1) * sizeof(int))
             if self.ix[i].fmap == NULL:
@@ -647,7 +701,11 @@ cdef class Plan:
                 self.ix[i].f[j].norm = codes[kd]
                 self.ix[i].f[j].kind = self.kind_slot[kd]
                 memcpy(&c, &inner, sizeof(SHA256_CTX))
+                memcpy(self.ix[i].f[j].ih, inner.h, 32)
                 pre = f"{kd}:".encode()
+                if len(pre) <= 32 and _short:
+                    memcpy(self.ix[i].f[j].pre, PyBytes_AS_STRING(pre), len(pre))
+                    self.ix[i].f[j].npre = len(pre)
                 SHA256_Update(&c, PyBytes_AS_STRING(pre), len(pre))
                 memcpy(&self.ix[i].f[j].inner, &c, sizeof(SHA256_CTX))
 
@@ -1074,7 +1132,7 @@ cdef class Matcher:
             if cl < 0:
                 vs[i].b = NONE
                 continue
-            h = _hmac(&f.inner, &ip.outer, cp, cl)
+            h = _hmac_short(f, ip, cp, cl)
             self._probes += 1
             vs[i].h = h
             b = <Py_ssize_t>(h >> f.shift) if f.shift < 64 else 0
@@ -1197,7 +1255,7 @@ cdef class Matcher:
                     cl = self._canon(f.norm, f.kind, vp[i], vn[i], &cp)
                     if cl < 0:
                         continue
-                    h = _hmac(&f.inner, &ip.outer, cp, cl)
+                    h = _hmac_short(f, ip, cp, cl)
                     self._probes += 1
                     if filt and f.flt != NULL and not _fhas(_fblock(f.flt, f.fblocks, h), h):
                         continue
@@ -1397,7 +1455,7 @@ cdef class Matcher:
             return None, None
         out = (<char *>cp)[:cl]
         self._hold = []
-        return out, _hmac(&f.inner, &self.plan.ix[x].outer, <const unsigned char *>PyBytes_AS_STRING(out), cl)
+        return out, _hmac_short(f, &self.plan.ix[x], <const unsigned char *>PyBytes_AS_STRING(out), cl)
 
     def in_filter(self, int x, str kind, unsigned long long h) -> bool:
         """Whether the membership filter of ``kind`` under index ``x`` may hold the keyed hash ``h``
