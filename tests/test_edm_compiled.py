@@ -284,3 +284,24 @@ def test_close_with_a_matcher_alive(core, index_file, state, roster):
     assert m.flush() is True and m.total == 1
     del m
     gc.collect()
+
+
+def test_queued_values_are_held_then_released(core, roster, index_file, state):
+    """A queued record's values are referenced by the matcher until its batch is looked up (the
+    caller's list may be dropped or changed), then released: none leaks, none is freed early."""
+    import sys
+    edm = load_indexes([IndexSpec(str(index_file))], load_key(None, state))
+    r = roster[1][0]
+    dl, name = r["driver_license"].encode() + b"", f"{r['first_name']} {r['last_name']}".encode()
+    base = sys.getrefcount(dl)
+    m = edm.matcher()
+    vals = [("dl", dl), ("name", name)]
+    for _ in range(10):
+        m.record(vals)
+    vals.clear()                                   # the caller's list changes: the bytes stay held
+    assert sys.getrefcount(dl) == base + 10
+    assert m.counts == {edm.indexes[0].name: 1}   # one person ten times (reading counts looks the queue up)
+    assert sys.getrefcount(dl) == base
+    m.record([("dl", dl), ("name", name)])
+    del m
+    assert sys.getrefcount(dl) == base

@@ -32,6 +32,10 @@ from libc.string cimport memcpy, memcmp, memset
 from libc.stdint cimport uint64_t, uint32_t
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_Check
 from cpython.object cimport PyObject
+
+cdef extern from "Python.h":
+    void _incref "Py_INCREF"(PyObject *o)
+    void _decref "Py_DECREF"(PyObject *o)
 from cpython.tuple cimport PyTuple_Check, PyTuple_GET_SIZE, PyTuple_GET_ITEM
 
 cdef extern from "openssl/sha.h":
@@ -867,9 +871,8 @@ cdef class Matcher:
     cdef Plan plan
     cdef object edm
     # scratch, reused across records
-    cdef Buf vk, vp, vn, vs, rx, roff, rm, canon, tmp, rows, rowbuf, prk, prc, ht, matched
+    cdef Buf vk, vp, vn, vo, vs, rx, roff, rm, canon, tmp, rows, rowbuf, prk, prc, ht, matched
     cdef list _hold                  # Python-normalised values (kept alive until hashed)
-    cdef list _pend                  # the queued records' values (the raw bytes vp points into)
     cdef Py_ssize_t _nr, _nv         # queued records, and their distinct values
     cdef Py_ssize_t _nq              # records handed over since the last lookup (the batch's count)
     cdef Py_ssize_t batch
@@ -886,6 +889,7 @@ cdef class Matcher:
         memset(&self.vk, 0, sizeof(Buf))
         memset(&self.vp, 0, sizeof(Buf))
         memset(&self.vn, 0, sizeof(Buf))
+        memset(&self.vo, 0, sizeof(Buf))
         memset(&self.vs, 0, sizeof(Buf))
         memset(&self.rx, 0, sizeof(Buf))
         memset(&self.roff, 0, sizeof(Buf))
@@ -910,7 +914,6 @@ cdef class Matcher:
         self._hits = 0
         self.plan = plan
         self._hold = []
-        self._pend = []
         self._nr = 0
         self._nv = 0
         self._rs = <RowSet *>malloc(max(plan.nix, 1) * sizeof(RowSet))
@@ -922,7 +925,9 @@ cdef class Matcher:
         cdef int x
         free(self.vk.p)
         free(self.vp.p)
+        self._release()
         free(self.vn.p)
+        free(self.vo.p)
         free(self.vs.p)
         free(self.rx.p)
         free(self.roff.p)
@@ -952,9 +957,11 @@ cdef class Matcher:
         _grow(&self.vk, (V + n) * sizeof(int))
         _grow(&self.vp, (V + n) * sizeof(void *))
         _grow(&self.vn, (V + n) * sizeof(Py_ssize_t))
+        _grow(&self.vo, (V + n) * sizeof(PyObject *))
         cdef int *vk = <int *>self.vk.p + V
         cdef const unsigned char **vp = <const unsigned char **>self.vp.p + V
         cdef Py_ssize_t *vn = <Py_ssize_t *>self.vn.p + V
+        cdef PyObject **vo = <PyObject **>self.vo.p + V
         cdef Py_ssize_t i, j, m = 0, ln
         cdef int slot, nkinds_present = 0
         cdef unsigned long long seen = 0
@@ -989,6 +996,7 @@ cdef class Matcher:
                 vk[m] = slot
                 vp[m] = p
                 vn[m] = ln
+                vo[m] = <PyObject *>raw
                 m += 1
                 if slot < 64:
                     if not (seen >> slot) & 1:
@@ -1011,9 +1019,10 @@ cdef class Matcher:
             self._stage1(x, vk, vp, vn, m, vs + x * m, rx + x)
         if self._hold:
             self._hold = []
-        # the values' bytes (vp points into them) held until the batch is looked up; a tuple: the
-        # caller's list may change after this call
-        self._pend.append(tuple(values))
+        # the values' bytes (vp points into them) held until the batch is looked up (the caller's
+        # list may change after this call): a reference each, no Python object made
+        for i in range(m):
+            _incref(vo[i])
         (<Py_ssize_t *>self.roff.p)[R] = V
         (<Py_ssize_t *>self.rm.p)[R] = m
         self._nv = V + m
@@ -1075,12 +1084,19 @@ cdef class Matcher:
                                                               vs + off * nix + x * m, rx + r * nix + x):
                         hit = True
         finally:
+            self._release()
             self._nr = 0
-            self._nv = 0
             self._nq = 0
-            self._pend = []
             self._hold = []
         return 1 if hit else 0
+
+    cdef void _release(self) noexcept:
+        """Drop the queued values' references."""
+        cdef PyObject **vo = <PyObject **>self.vo.p
+        cdef Py_ssize_t i, n = self._nv
+        self._nv = 0
+        for i in range(n):
+            _decref(vo[i])
 
     cdef int _stage1(self, int x, int *vk, const unsigned char **vp, Py_ssize_t *vn, Py_ssize_t m,
                      VS *vs, RX *rx) except -1:
