@@ -1412,7 +1412,7 @@ cdef class Matcher:
 
     # per_row: rows in insertion order (prk/prc) and an open-addressing table row -> position
     cdef int _ht_reset(self, Py_ssize_t want) except -1:
-        cdef Py_ssize_t cap = 64
+        cdef Py_ssize_t cap = 16                 # (a record matches a row or a few: a small table to clear)
         while cap < 4 * want + 4:
             cap <<= 1
         _grow(&self.ht, cap * sizeof(Py_ssize_t))
