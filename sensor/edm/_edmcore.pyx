@@ -3,27 +3,29 @@
 
 Why: on dense content every record is a lookup. The Python matcher spent ~7 us a record in
 interpreted code (grouping, bytes normalisers, four ``hashlib`` calls per HMAC, ``bisect``, the
-per-row bookkeeping): it halved the scan. Here one call per record does, in C, the same steps in the
-same order:
+per-row bookkeeping): it halved the scan. Here the same steps run in C, in the same order, on the
+same batches of records (64, or fewer when the verdict, counts or rows are read):
 
 - normalisation of the hot kinds on their ASCII spellings (identifiers, names, addresses, the
   numeric date spellings). Anything else (non-ASCII text, spelled-out months, e-mail, phone) calls
   the Python bytes normaliser of :mod:`sensor.edm.normalise`, so both matchers always agree on the
   canonical bytes;
-- HMAC-SHA256 from the key's inner (after ``kind:``) and outer states precomputed once, copied as
-  plain structs (OpenSSL libcrypto, ``SHA256_*``: one compression per side for a short value);
-- the bucketed lookup on the memory-mapped index (directory, then a binary search). A lookup is
-  two or three cache misses in a 45 MB mapping, so the values of the first ``min_fields + 1``
-  kinds of a record (the ones looked up whatever the outcome) are hashed first and their
-  directory entries, buckets and row ids fetched ahead, in passes: the record waits on memory
-  about once, not once per value;
+- HMAC-SHA256 from the key's inner and outer chaining states saved once: a short value's padded
+  blocks are built here and compressed with ``SHA256_Transform`` (OpenSSL libcrypto; one
+  compression per side for most values), longer ones go through ``SHA256_Update/Final``;
+- the bucketed lookup on the index (directory, then a binary search). A lookup is two or three
+  dependent cache misses, so the values of the first ``min_fields + 1`` kinds of a record (the
+  ones looked up whatever the outcome) are hashed when the record is handed over, and the lines
+  of the whole batch are fetched in stages (filter blocks, directory entries, buckets, row ids):
+  the batch's misses overlap, a record waits on memory about once per batch;
 - a membership filter per field in front of the index (used while most values miss it), the
   fields copied to huge pages at load, and only ``min_fields`` kinds hashed ahead while most values
   hit: see ``docs/benchmarks.md`` (h/edmf) for what each buys;
 - the per-row counting of :meth:`EdmMatcher._lookup`, with the same early exits and the same order
   (so the same row ids reach ``ROW_CAP`` first).
 
-Only the bookkeeping of a *matched* record (row ids into a set, counts) touches Python objects.
+No Python object is made per record: the queued values are held by a reference each, matched row
+ids are kept in a C table per index (a set is made when ``rows`` is read).
 ``tests/test_edm_compiled.py`` holds both matchers to identical counts and rows.
 """
 cimport cython
