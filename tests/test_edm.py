@@ -521,6 +521,55 @@ def test_parallel_build_gives_the_same_index(roster, state, tmp_path):
     assert len(ref.hashes) == ROSTER_ROWS   # the ragged row has no dl; the others keep their ids (+1 after it)
 
 
+def test_the_workers_indexes_reload_on_change(engine, roster, census, state, tmp_path, caplog):
+    """The Kafka worker holds its indexes in sensor.edm.reload.IndexHolder (the sidecar's mechanism:
+    files polled at most once a second, the new set loaded in a thread, swapped whole): a rebuilt
+    index is picked up without a restart; a scan started before keeps the set it began with; a file
+    that cannot be loaded is refused with one log line and the set in use keeps serving."""
+    from sensor.edm.build import build_index, parse_columns
+    from sensor.edm.reload import IndexHolder
+    key = load_key(None, state)
+    rows = roster[1]
+    export = dashboard(rows, hidden_people(rows, census, 7))
+    other = tmp_path / "other.csv"
+    other.write_bytes(synth.breach_csv(100, seed=99))               # other people: matches nothing
+    idx = tmp_path / "fleet.edm"
+    build_index([other], parse_columns(COLUMNS), idx, key, name="fleet")
+    clock, results = [100.0], []
+    held = IndexHolder([IndexSpec(str(idx))], key, on_reload=results.append, clock=lambda: clock[0])
+    old = held.current()
+    assert scan(engine, export, old).edm_records == 0
+    early = BodyScan(engine, Policy(), key=key, edm=held.current())    # a scan in flight across the swap
+
+    new = tmp_path / "new.edm"                                       # rebuilt beside it, moved in whole
+    build_index([roster[0]], parse_columns(COLUMNS), new, key, name="fleet")
+    new.replace(idx)
+    assert held.current() is old                                     # not checked again before a second
+    clock[0] += 1.0
+    got = held.current()                                             # the check starts the load, in a thread
+    held.join(30)
+    assert results == ["ok"] and held.current() is not old and got in (old, held.edm)
+    assert scan(engine, export, held.current()).edm_records == 7
+    early.write(export)
+    assert early.finish().edm_records == 0                           # it kept the set it started with
+
+    serving = held.current()
+    broken = tmp_path / "broken.edm"                                 # a broken file: refused, logged once
+    broken.write_bytes(b"not an index")
+    broken.replace(idx)
+    clock[0] += 1.0
+    with caplog.at_level("ERROR", logger="dlp.edm"):
+        held.current()
+        held.join(30)
+        clock[0] += 1.0
+        held.current()                                               # unchanged since: not tried again
+        held.join(30)
+    assert results == ["ok", "error"] and held.current() is serving
+    refused = [r.getMessage() for r in caplog.records if "index reload refused" in r.getMessage()]
+    assert len(refused) == 1 and str(idx) in refused[0]
+    assert scan(engine, export, held.current()).edm_records == 7
+
+
 def test_sidecar_reloads_a_changed_index(roster, census, tmp_path):
     """Indexes are watched: a rebuilt index file is swapped in without a restart (--index kept)."""
     from tests.procs import read_metric

@@ -109,9 +109,17 @@ def test_c_normalisers_give_the_python_bytes(core, roster):
         assert handled > 2500, (kind, handled)       # the hot path is the C one
 
 
-def test_probe_hash_is_the_hasher(core, roster, index_file, state, monkeypatch):
+@pytest.mark.parametrize("short", [1, 0], ids=["padded-here", "sha256-final"])
+def test_probe_hash_is_the_hasher(core, roster, index_file, state, monkeypatch, short):
+    """The keyed hash of every spelling, from the saved chaining states with the padding built by
+    the matcher (default; values of 0 to ~120 bytes: one or two inner blocks) or through
+    SHA256_Update/Final: the Python Hasher's."""
     key = load_key(None, state)
-    c, _ = _pair(index_file, key, monkeypatch)
+    core.set_short(short)
+    try:
+        c, _ = _pair(index_file, key, monkeypatch)
+    finally:
+        core.set_short(1)
     m, h = c.matcher(), Hasher(key)
     rng = random.Random(3)
     for kind in CODES:
@@ -120,6 +128,11 @@ def test_probe_hash_is_the_hasher(core, roster, index_file, state, monkeypatch):
             canon = bytes_normaliser(kind)(raw)
             want = (None, None) if canon is None else (canon, h(kind, canon.decode()))
             assert m.probe(0, kind, raw) == want, (kind, raw)
+    for n in range(0, 140):                        # every length across the one/two-block and fallback edges
+        raw = (b"A1" * 80)[:n]
+        canon = bytes_normaliser("dl")(raw)
+        want = (None, None) if canon is None else (canon, h("dl", canon.decode()))
+        assert m.probe(0, "dl", raw) == want, n
 
 
 def test_the_filter_holds_every_indexed_hash(core, index_file, state, monkeypatch):
@@ -164,16 +177,20 @@ def _run(edm, records):
     return m.counts, {k: sorted(v) for k, v in m.rows.items()}, m.total, m.verdict(), hits
 
 
-@pytest.fixture(params=[(1, 1), (2, 1), (0, 1), (0, 0)],
-                ids=["filter-adaptive", "filter-always", "filter-never", "filter-never-not-lean"])
+@pytest.fixture(params=[(1, 1, 0), (2, 1, 0), (2, 1, 1), (0, 1, 0), (0, 0, 0)],
+                ids=["filter-adaptive", "filter-always", "filter-always-pardir", "filter-never",
+                     "filter-never-not-lean"])
 def filter_mode(core, request):
     """The membership filter used while most values miss (default), always, never; min_fields kinds
-    hashed ahead while most values hit (default) or min_fields + 1: the same results."""
+    hashed ahead while most values hit (default) or min_fields + 1; directory entries fetched after
+    the filter (default) or with it: the same results."""
     core.set_filter(request.param[0])
     core.set_lean(request.param[1])
+    core.set_pardir(request.param[2])
     yield request.param
     core.set_filter(1)
     core.set_lean(1)
+    core.set_pardir(0)
 
 
 @pytest.mark.parametrize("need", [1, 2, 3, 4])
@@ -182,16 +199,27 @@ def test_same_counts_and_rows_as_the_reference(core, roster, index_file, state, 
     c, p = _pair(index_file, key, monkeypatch, [IndexSpec(str(index_file), min_fields=need)])
     records = _records(roster[1], 1500, seed=need)
     cc, cr, ct, cv, ch = _run(c, records)
-    pc, pr, pt, pv, _ = _run(p, records)
+    pc, pr, pt, pv, ph = _run(p, records)
     assert (cc, cr, ct, cv) == (pc, pr, pt, pv)
     assert 0 < ct < len(records)
-    # per record too: the compiled matcher reports a match at the call that found it
+    # both batch alike: a match is reported at the call that completed its batch
+    assert ch == ph and any(ch)
+    # per record too: flushed after each record, each one's own answer
     alone = []
     for rec in records:
         one = p.matcher()
         one.record(list(rec))
         alone.append(one.total > 0)
-    assert ch == alone
+    assert _flushed_hits(c, records) == alone
+
+
+def _flushed_hits(edm, records):
+    m = edm.matcher()
+    out = []
+    for rec in records:
+        m.record(list(rec))
+        out.append(m.flush())
+    return out
 
 
 def test_two_indexes_and_a_small_row_cap(core, roster, index_file, state, monkeypatch, filter_mode):
@@ -252,7 +280,28 @@ def test_close_with_a_matcher_alive(core, index_file, state, roster):
     m = edm.matcher()
     edm.close()
     r = roster[1][0]
-    assert m.record([("name", f"{r['first_name']} {r['last_name']}".encode()),
-                     ("dl", r["driver_license"].encode())]) is True
+    m.record([("name", f"{r['first_name']} {r['last_name']}".encode()), ("dl", r["driver_license"].encode())])
+    assert m.flush() is True and m.total == 1
     del m
     gc.collect()
+
+
+def test_queued_values_are_held_then_released(core, roster, index_file, state):
+    """A queued record's values are referenced by the matcher until its batch is looked up (the
+    caller's list may be dropped or changed), then released: none leaks, none is freed early."""
+    import sys
+    edm = load_indexes([IndexSpec(str(index_file))], load_key(None, state))
+    r = roster[1][0]
+    dl, name = r["driver_license"].encode() + b"", f"{r['first_name']} {r['last_name']}".encode()
+    base = sys.getrefcount(dl)
+    m = edm.matcher()
+    vals = [("dl", dl), ("name", name)]
+    for _ in range(10):
+        m.record(vals)
+    vals.clear()                                   # the caller's list changes: the bytes stay held
+    assert sys.getrefcount(dl) == base + 10
+    assert m.counts == {edm.indexes[0].name: 1}   # one person ten times (reading counts looks the queue up)
+    assert sys.getrefcount(dl) == base
+    m.record([("dl", dl), ("name", name)])
+    del m
+    assert sys.getrefcount(dl) == base

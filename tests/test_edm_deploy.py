@@ -210,6 +210,35 @@ def test_the_kafka_worker_counts_edm_records_of_mirrored_exchanges(tmp_path, bro
         w.stop()
 
 
+def test_the_worker_reloads_a_changed_index(tmp_path, broker, key_file, roster):
+    """Issue 20 point 4 for the worker (sensor.edm.reload): its index file rebuilt in place (other
+    people, then the roster) is swapped in without a restart; exchanges read after the reload count
+    the hidden people, those read before counted none."""
+    from tests.kafka import WorkerProc, exchange_records, findings, produce, wait_for
+    idx = tmp_path / "fleet.edm"
+    other = tmp_path / "other.csv"
+    other.write_bytes(synth.breach_csv(100, seed=99))               # other people: matches nothing
+    build = ["index", "build", "--columns", COLUMNS, "--out", str(idx), "--key-file", str(key_file),
+             "--name", "permit-holders"]
+    assert CliRunner().invoke(cli, [*build, str(other)]).exit_code == 0
+    k, prefix = _two_exchanges(broker, roster)
+    w = WorkerProc(tmp_path / "w", k, "w", extra={"indexes": [{"path": str(idx), "key_file": str(key_file)}]}).start()
+    try:
+        by = _findings_of_both(broker, prefix)
+        assert by["leak"]["edm_records"] == 0 and by["clean"]["edm_records"] == 0
+        assert CliRunner().invoke(cli, [*build, str(roster[0])]).exit_code == 0       # written aside, renamed in
+        wait_for(lambda: w.metric("dlp_reloads_total", result="ok") >= 1, 30.0, 0.2, "the worker's index reload")
+        produce(broker, prefix + "exchanges", exchange_records(
+            "leak-again", "data.example.gov/export/dash3.csv", dashboard(roster[1], census_people(roster[1], 7)),
+            client="c3"))
+        f = wait_for(lambda: [x for x in findings(broker.bootstrap, prefix) if x["xid"] == "leak-again"],
+                     60.0, 0.2, "the finding of the exchange read after the reload")
+        assert f[0]["edm"] == {"permit-holders": 7} and f[0]["verdict"] == "trip"
+        assert w.metric("dlp_reloads_total", result="error") == 0
+    finally:
+        w.stop()
+
+
 def test_the_worker_takes_index_flags_keyed_with_the_fleet_key(tmp_path, broker, roster):
     """``dlp-sensor worker --index PATH``: an index built with the fleet's shared HMAC key (no key of
     its own), given on the command line as to the sidecars."""

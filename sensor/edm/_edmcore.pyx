@@ -3,27 +3,29 @@
 
 Why: on dense content every record is a lookup. The Python matcher spent ~7 us a record in
 interpreted code (grouping, bytes normalisers, four ``hashlib`` calls per HMAC, ``bisect``, the
-per-row bookkeeping): it halved the scan. Here one call per record does, in C, the same steps in the
-same order:
+per-row bookkeeping): it halved the scan. Here the same steps run in C, in the same order, on the
+same batches of records (64, or fewer when the verdict, counts or rows are read):
 
 - normalisation of the hot kinds on their ASCII spellings (identifiers, names, addresses, the
   numeric date spellings). Anything else (non-ASCII text, spelled-out months, e-mail, phone) calls
   the Python bytes normaliser of :mod:`sensor.edm.normalise`, so both matchers always agree on the
   canonical bytes;
-- HMAC-SHA256 from the key's inner (after ``kind:``) and outer states precomputed once, copied as
-  plain structs (OpenSSL libcrypto, ``SHA256_*``: one compression per side for a short value);
-- the bucketed lookup on the memory-mapped index (directory, then a binary search). A lookup is
-  two or three cache misses in a 45 MB mapping, so the values of the first ``min_fields + 1``
-  kinds of a record (the ones looked up whatever the outcome) are hashed first and their
-  directory entries, buckets and row ids fetched ahead, in passes: the record waits on memory
-  about once, not once per value;
+- HMAC-SHA256 from the key's inner and outer chaining states saved once: a short value's padded
+  blocks are built here and compressed with ``SHA256_Transform`` (OpenSSL libcrypto; one
+  compression per side for most values), longer ones go through ``SHA256_Update/Final``;
+- the bucketed lookup on the index (directory, then a binary search). A lookup is two or three
+  dependent cache misses, so the values of the first ``min_fields + 1`` kinds of a record (the
+  ones looked up whatever the outcome) are hashed when the record is handed over, and the lines
+  of the whole batch are fetched in stages (filter blocks, directory entries, buckets, row ids):
+  the batch's misses overlap, a record waits on memory about once per batch;
 - a membership filter per field in front of the index (used while most values miss it), the
   fields copied to huge pages at load, and only ``min_fields`` kinds hashed ahead while most values
   hit: see ``docs/benchmarks.md`` (h/edmf) for what each buys;
 - the per-row counting of :meth:`EdmMatcher._lookup`, with the same early exits and the same order
   (so the same row ids reach ``ROW_CAP`` first).
 
-Only the bookkeeping of a *matched* record (row ids into a set, counts) touches Python objects.
+No Python object is made per record: the queued values are held by a reference each, matched row
+ids are kept in a C table per index (a set is made when ``rows`` is read).
 ``tests/test_edm_compiled.py`` holds both matchers to identical counts and rows.
 """
 cimport cython
@@ -32,14 +34,19 @@ from libc.string cimport memcpy, memcmp, memset
 from libc.stdint cimport uint64_t, uint32_t
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_Check
 from cpython.object cimport PyObject
+
+cdef extern from "Python.h":
+    void _incref "Py_INCREF"(PyObject *o)
+    void _decref "Py_DECREF"(PyObject *o)
 from cpython.tuple cimport PyTuple_Check, PyTuple_GET_SIZE, PyTuple_GET_ITEM
 
 cdef extern from "openssl/sha.h":
     ctypedef struct SHA256_CTX:
-        pass
+        unsigned int h[8]     # the chaining state (the rest of the struct is OpenSSL's)
     int SHA256_Init(SHA256_CTX *c) nogil
     int SHA256_Update(SHA256_CTX *c, const void *data, size_t n) nogil
     int SHA256_Final(unsigned char *md, SHA256_CTX *c) nogil
+    void SHA256_Transform(SHA256_CTX *c, const unsigned char *data) nogil
 
 cdef extern from *:
     """
@@ -65,18 +72,34 @@ DEF N_NAME = 2
 DEF N_DATE = 3
 DEF N_PYTHON = 4
 DEF MAX_NAME_TOKENS = 32
-DEF NONE = 0xFFFFFFFFFFFFFFFF
-DEF LAZY = 0xFFFFFFFFFFFFFFFE
-DEF DONE = 0xFFFFFFFFFFFFFFFD
+# a value's state instead of a bucket: C constants (a DEF this large is a Python int, and every
+# comparison with it made and compared Python objects: ~0.3 us a record, found with perf)
+cdef extern from *:
+    """
+    #define DLP_V_NONE 0xFFFFFFFFFFFFFFFFull
+    #define DLP_V_LAZY 0xFFFFFFFFFFFFFFFEull
+    #define DLP_V_DONE 0xFFFFFFFFFFFFFFFDull
+    """
+    const uint64_t NONE "DLP_V_NONE"
+    const uint64_t LAZY "DLP_V_LAZY"
+    const uint64_t DONE "DLP_V_DONE"
 DEF KIND_CACHE = 32
 DEF FILTER_BITS = 10          # filter bits per hash of the index (~1 % false positives)
 
 
 cdef int _ahead = 1
 cdef int _filter = 1
-cdef int _pardir = 1
+cdef int _pardir = 0
 cdef int _copy = 1
 cdef int _lean = 1
+cdef int _short = 1
+
+
+def set_short(int on) -> None:
+    """Plans made from now on hash short values from the saved SHA-256 chaining states (1, default)
+    or through SHA256_Update/Final (0). For the tests and the benchmark's comparison: the same hashes."""
+    global _short
+    _short = on
 
 
 def set_lean(int on) -> None:
@@ -95,7 +118,9 @@ def set_copy(int on) -> None:
 
 def set_pardir(int on) -> None:
     """Fetch a value's directory entry together with its filter block (1) or only once the filter
-    passed it (0). For the benchmark's comparison only."""
+    passed it (0, default: with a batch in flight the latency is hidden either way, and a directory
+    line fetched for a value the filter rejects only evicts the scanner's own tables; in the scan
+    the two measure alike within the noise of a loaded machine). For the benchmark's comparison only."""
     global _pardir
     _pardir = on
 
@@ -166,10 +191,14 @@ cdef struct KField:
     int norm
     int kind                  # global kind slot
     SHA256_CTX inner          # inner state after the key's inner pad and "kind:"
+    unsigned int ih[8]        # the chaining state after the inner pad alone
+    unsigned char pre[32]     # "kind:" (npre bytes; 0: the short path is not used for this kind)
+    int npre
 
 
 cdef struct IPlan:
     SHA256_CTX outer          # outer state after the index key's outer pad
+    unsigned int oh[8]        # its chaining state
     int need
     int nk                    # kinds this index holds, in lookup order
     KField *f
@@ -191,6 +220,46 @@ cdef inline uint64_t _hmac(const SHA256_CTX *inner, const SHA256_CTX *outer,
     for i in range(7, -1, -1):
         h = (h << 8) | d[i]   # little-endian, as int.from_bytes(digest[:8], "little")
     return h
+
+
+cdef inline uint32_t _bswap32(uint32_t x) noexcept nogil:
+    return ((x >> 24) | ((x >> 8) & 0xFF00) | ((x << 8) & 0xFF0000) | (x << 24))
+
+
+cdef inline uint64_t _hmac_short(const KField *f, const IPlan *ip, const unsigned char *v,
+                                 Py_ssize_t n) noexcept nogil:
+    """_hmac for a value whose "kind:" + value + padding fits two SHA-256 blocks: the padded blocks
+    built here and compressed from the saved chaining states (SHA256_Transform), without the
+    context copies, buffering and clearing of SHA256_Update/Final. The same digest:
+    tests/test_edm_compiled.py holds every value to the Python Hasher, with this path and without."""
+    cdef Py_ssize_t k = f.npre, t = k + n, nb, i
+    cdef uint64_t bits
+    cdef SHA256_CTX c
+    cdef unsigned char blk[128]
+    if k == 0 or t + 9 > 128:
+        return _hmac(&f.inner, &ip.outer, v, n)
+    memcpy(blk, f.pre, k)
+    memcpy(blk + k, v, n)
+    blk[t] = 0x80
+    nb = 64 if t + 9 <= 64 else 128
+    memset(blk + t + 1, 0, nb - t - 9)
+    bits = <uint64_t>(64 + t) * 8            # the inner pad's block, "kind:" and the value
+    for i in range(8):
+        blk[nb - 1 - i] = <unsigned char>(bits >> (8 * i))
+    memcpy(c.h, f.ih, 32)
+    SHA256_Transform(&c, blk)
+    if nb == 128:
+        SHA256_Transform(&c, blk + 64)
+    for i in range(8):                        # the inner digest, big-endian, then the outer padding
+        (<uint32_t *>blk)[i] = _bswap32(c.h[i])
+    blk[32] = 0x80
+    memset(blk + 33, 0, 29)
+    blk[62] = 0x03                            # 768 bits: the outer pad's block and the digest
+    blk[63] = 0x00
+    memcpy(c.h, ip.oh, 32)
+    SHA256_Transform(&c, blk)
+    # the first 8 digest bytes read little-endian, as int.from_bytes(digest[:8], "little")
+    return <uint64_t>_bswap32(c.h[0]) | (<uint64_t>_bswap32(c.h[1]) << 32)
 
 
 # -- normalisers: exactly the bytes of sensor.edm.normalise for the inputs they accept ------------
@@ -309,24 +378,56 @@ _DIR_K[:] = [b"NORTH", b"SOUTH", b"EAST", b"WEST", NULL]
 _DIR_V[:] = [b"N", b"S", b"E", b"W", NULL]
 
 
-cdef inline bint _tok_eq(const unsigned char *t, Py_ssize_t n, const char *w) noexcept nogil:
-    cdef Py_ssize_t i = 0
-    while i < n:
-        if w[i] == 0 or <unsigned char>w[i] != t[i]:
-            return False
+# The word tables indexed by first letter and length (a chain per slot): a street token is looked
+# up with one or two memcmp instead of a walk over the table (perf: the walk was ~40 % of the
+# address normaliser, itself the matcher's costliest normaliser on records of other people)
+DEF T_SUF = 0                 # suffix word -> abbreviation
+DEF T_DIR = 1                 # direction word -> letter
+DEF T_ABBR = 2                # an abbreviation itself
+cdef const char **_WK[3]
+cdef const char **_WV[3]
+cdef signed char _whead[3][26][10]
+cdef signed char _wnext[3][20]
+cdef unsigned char _wlen[3][20]
+
+
+cdef void _index_words(int tab, const char **keys, const char **vals) noexcept:
+    cdef int i = 0, n, c
+    _WK[tab] = keys
+    _WV[tab] = vals
+    while keys[i] != NULL:
+        n = 0
+        while keys[i][n] != 0:
+            n += 1
+        c = <unsigned char>keys[i][0] - 65
+        _wlen[tab][i] = n
+        # appended at the chain's end: the first of equal words wins, as in table order
+        _wnext[tab][i] = -1
+        if _whead[tab][c][n] < 0:
+            _whead[tab][c][n] = i
+        else:
+            c = _whead[tab][c][n]
+            while _wnext[tab][c] >= 0:
+                c = _wnext[tab][c]
+            _wnext[tab][c] = i
         i += 1
-    return w[n] == 0
 
 
-cdef inline const char *_lookup_word(const unsigned char *t, Py_ssize_t n, const char **keys,
-                                     const char **vals) noexcept nogil:
-    cdef int i = 0
+memset(_whead, 0xFF, sizeof(_whead))
+_index_words(T_SUF, _SUF_K, _SUF_V)
+_index_words(T_DIR, _DIR_K, _DIR_V)
+_index_words(T_ABBR, _SUF_V, _SUF_V)
+
+
+cdef inline const char *_lookup_word(const unsigned char *t, Py_ssize_t n, int tab) noexcept nogil:
+    cdef int i
     if n < 1 or n > 9 or not (65 <= t[0] <= 90):
         return NULL                             # every word of the tables: 1-9 capital letters
-    while keys[i] != NULL:
-        if <unsigned char>keys[i][0] == t[0] and _tok_eq(t, n, keys[i]):
-            return vals[i]
-        i += 1
+    i = _whead[tab][t[0] - 65][n]
+    while i >= 0:
+        if memcmp(_WK[tab][i], t, n) == 0:
+            return _WV[tab][i]
+        i = _wnext[tab][i]
     return NULL
 
 
@@ -376,14 +477,14 @@ cdef Py_ssize_t _n_address(const unsigned char *s, Py_ssize_t n, unsigned char *
                 return -1
             w = _put(out, w, tmp + ts, i - ts, NULL)
         elif nt == 1:
-            sub = _lookup_word(tmp + ts, i - ts, _SUF_K, _SUF_V)
+            sub = _lookup_word(tmp + ts, i - ts, T_SUF)
             if sub == NULL:
-                sub = _lookup_word(tmp + ts, i - ts, _DIR_K, _DIR_V)
+                sub = _lookup_word(tmp + ts, i - ts, T_DIR)
             w = _put(out, w, tmp + ts, i - ts, sub)
         else:
-            sub = _lookup_word(tmp + ts, i - ts, _SUF_K, _SUF_V)
+            sub = _lookup_word(tmp + ts, i - ts, T_SUF)
             w = _put(out, w, tmp + ts, i - ts, sub)
-            if sub != NULL or _lookup_word(tmp + ts, i - ts, _SUF_V, _SUF_V) != NULL:
+            if sub != NULL or _lookup_word(tmp + ts, i - ts, T_ABBR) != NULL:
                 nt += 1
                 break                           # the street line ends at its suffix
         nt += 1
@@ -573,6 +674,7 @@ cdef class Plan:
             SHA256_Update(&inner, ipad, 64)
             SHA256_Init(&self.ix[i].outer)
             SHA256_Update(&self.ix[i].outer, opad, 64)
+            memcpy(self.ix[i].oh, self.ix[i].outer.h, 32)
             order = [kd for kd in edm.order if kd in ix.file.fields]
             self.ix[i].fmap = <int *>malloc(max(self.nkinds, 1) * sizeof(int))
             if self.ix[i].fmap == NULL:
@@ -605,7 +707,11 @@ cdef class Plan:
                 self.ix[i].f[j].norm = codes[kd]
                 self.ix[i].f[j].kind = self.kind_slot[kd]
                 memcpy(&c, &inner, sizeof(SHA256_CTX))
+                memcpy(self.ix[i].f[j].ih, inner.h, 32)
                 pre = f"{kd}:".encode()
+                if len(pre) <= 32 and _short:
+                    memcpy(self.ix[i].f[j].pre, PyBytes_AS_STRING(pre), len(pre))
+                    self.ix[i].f[j].npre = len(pre)
                 SHA256_Update(&c, PyBytes_AS_STRING(pre), len(pre))
                 memcpy(&self.ix[i].f[j].inner, &c, sizeof(SHA256_CTX))
 
@@ -675,18 +781,106 @@ cdef class Plan:
             self.ix = NULL
 
 
+cdef struct VS:               # one value of a queued record, under one index
+    uint64_t h                # keyed hash
+    uint64_t b                # bucket, or NONE (not a value of the kind), LAZY (hashed when reached), DONE
+    Py_ssize_t a              # DONE: found at hashes[a:e] (a == e: a miss)
+    Py_ssize_t e
+
+
+cdef struct RX:               # one queued record, under one index
+    int alive                 # 0: it cannot match this index (too few kinds, or the filter said so)
+    int left                  # kinds of the index present in the record
+    int filt                  # the membership filter is used for its values
+
+
+cdef struct RowSet:           # the matched row ids of one index (at most row_cap), open addressing
+    uint32_t *t               # EMPTY: a free slot (row EMPTY itself: has_max)
+    Py_ssize_t cap            # a power of two, or 0
+    Py_ssize_t n              # rows held
+    Py_ssize_t count          # EDM records
+    int has_max
+    int touched               # some record matched this index (its name is in counts and rows)
+
+
+cdef extern from *:
+    """
+    #define DLP_EMPTY_ROW 0xFFFFFFFFu
+    """
+    const uint32_t EMPTY "DLP_EMPTY_ROW"
+
+
+cdef inline bint _rs_has(const RowSet *s, uint32_t r) noexcept nogil:
+    cdef Py_ssize_t i, mask
+    if r == EMPTY:
+        return s.has_max
+    if s.cap == 0:
+        return False
+    mask = s.cap - 1
+    i = <Py_ssize_t>((r * 2654435761u) & mask)
+    while s.t[i] != EMPTY:
+        if s.t[i] == r:
+            return True
+        i = (i + 1) & mask
+    return False
+
+
+cdef inline void _rs_put(uint32_t *t, Py_ssize_t cap, uint32_t r) noexcept nogil:
+    cdef Py_ssize_t mask = cap - 1
+    cdef Py_ssize_t i = <Py_ssize_t>((r * 2654435761u) & mask)
+    while t[i] != EMPTY:
+        i = (i + 1) & mask
+    t[i] = r
+
+
+cdef int _rs_add(RowSet *s, uint32_t r) except -1:
+    """Add a row known to be absent."""
+    cdef Py_ssize_t cap, i
+    cdef uint32_t *t
+    if r == EMPTY:
+        s.has_max = 1
+        s.n += 1
+        return 0
+    if 2 * (s.n + 1) > s.cap:                   # keep the table at most half full
+        cap = 64 if s.cap == 0 else 2 * s.cap
+        t = <uint32_t *>malloc(cap * sizeof(uint32_t))
+        if t == NULL:
+            raise MemoryError()
+        memset(t, 0xFF, cap * sizeof(uint32_t))
+        for i in range(s.cap):
+            if s.t[i] != EMPTY:
+                _rs_put(t, cap, s.t[i])
+        free(s.t)
+        s.t = t
+        s.cap = cap
+    _rs_put(s.t, s.cap, r)
+    s.n += 1
+    return 0
+
+
 cdef class Matcher:
-    """Per-scan state, the compiled twin of :class:`sensor.edm.match.EdmMatcher` (same interface).
-    A record is looked up when it is handed over: no queue, so ``record`` reports a match at once."""
+    """Per-scan state, the compiled twin of :class:`sensor.edm.match.EdmMatcher` (same interface,
+    same batching: ``record`` returns True at the call that completed a batch in which a record
+    matched; reading ``counts``, ``rows``, ``total`` or ``verdict`` looks the queue up first).
+
+    Why a batch: each value looked up is two or three dependent cache misses (directory, bucket,
+    row ids) in an index far larger than the caches. One record's lookups overlap only each other;
+    ``batch`` records' lookups are issued stage by stage (hash and fetch the filter block and
+    directory entry of every value when the record is handed over; then every bucket; then every
+    row-id span; then the counting, record by record in order), so the misses of the whole batch
+    overlap and a record waits on memory about once per batch instead of three times.
+    Matched row ids are kept in a C table per index (a Python set is made when ``rows`` is read)."""
     cdef Plan plan
     cdef object edm
-    cdef dict _counts
-    cdef dict _rows
     # scratch, reused across records
-    cdef Buf vk, vp, vn, vh, canon, tmp, rows, rowbuf, prk, prc, ht, matched
-    cdef list _hold                  # Python-normalised values of the current record (kept alive)
+    cdef Buf vk, vp, vn, vo, vs, rx, roff, rm, canon, tmp, rows, rowbuf, prk, prc, ht, matched
+    cdef list _hold                  # Python-normalised values (kept alive until hashed)
+    cdef Py_ssize_t _nr, _nv         # queued records, and their distinct values
+    cdef Py_ssize_t _nq              # records handed over since the last lookup (the batch's count)
+    cdef Py_ssize_t batch
     cdef Py_ssize_t _htcap, _htn
     cdef Py_ssize_t row_cap
+    cdef RowSet *_rs                 # per index
     cdef list _kobj                  # kind objects seen (held), their addresses and slots
     cdef PyObject *_kptr[KIND_CACHE]
     cdef int _kslot[KIND_CACHE]
@@ -697,7 +891,11 @@ cdef class Matcher:
         memset(&self.vk, 0, sizeof(Buf))
         memset(&self.vp, 0, sizeof(Buf))
         memset(&self.vn, 0, sizeof(Buf))
-        memset(&self.vh, 0, sizeof(Buf))
+        memset(&self.vo, 0, sizeof(Buf))
+        memset(&self.vs, 0, sizeof(Buf))
+        memset(&self.rx, 0, sizeof(Buf))
+        memset(&self.roff, 0, sizeof(Buf))
+        memset(&self.rm, 0, sizeof(Buf))
         memset(&self.canon, 0, sizeof(Buf))
         memset(&self.tmp, 0, sizeof(Buf))
         memset(&self.rows, 0, sizeof(Buf))
@@ -706,24 +904,36 @@ cdef class Matcher:
         memset(&self.prc, 0, sizeof(Buf))
         memset(&self.ht, 0, sizeof(Buf))
         memset(&self.matched, 0, sizeof(Buf))
+        self._rs = NULL
 
-    def __init__(self, edm, Plan plan, Py_ssize_t row_cap):
+    def __init__(self, edm, Plan plan, Py_ssize_t row_cap, Py_ssize_t batch=64):
         self.edm = edm
         self.row_cap = row_cap
+        self.batch = max(batch, 1)
         self._kobj = []
         self._nk = 0
         self._probes = 0
         self._hits = 0
         self.plan = plan
-        self._counts = {}
-        self._rows = {}
         self._hold = []
+        self._nr = 0
+        self._nv = 0
+        self._rs = <RowSet *>malloc(max(plan.nix, 1) * sizeof(RowSet))
+        if self._rs == NULL:
+            raise MemoryError()
+        memset(self._rs, 0, max(plan.nix, 1) * sizeof(RowSet))
 
     def __dealloc__(self):
+        cdef int x
         free(self.vk.p)
         free(self.vp.p)
+        self._release()
         free(self.vn.p)
-        free(self.vh.p)
+        free(self.vo.p)
+        free(self.vs.p)
+        free(self.rx.p)
+        free(self.roff.p)
+        free(self.rm.p)
         free(self.canon.p)
         free(self.tmp.p)
         free(self.rows.p)
@@ -732,26 +942,35 @@ cdef class Matcher:
         free(self.prc.p)
         free(self.ht.p)
         free(self.matched.p)
+        if self._rs != NULL:
+            for x in range(self.plan.nix if self.plan is not None else 0):
+                free(self._rs[x].t)
+            free(self._rs)
+            self._rs = NULL
 
     def record(self, list values) -> bool:
-        """One record's candidate values (kind, raw bytes); True when it matched a row of some index."""
+        """Queue one record's candidate values (kind, raw bytes), hashed now and their first lines
+        fetched; True when the batch this call completed matched a row of some index."""
         cdef Py_ssize_t n = len(values)
         if n < self.plan.min_need or self.plan.nix == 0:
             return False
-        _grow(&self.vk, n * sizeof(int))
-        _grow(&self.vp, n * sizeof(void *))
-        _grow(&self.vn, n * sizeof(Py_ssize_t))
-        _grow(&self.vh, n * sizeof(uint64_t) * 4)
-        cdef int *vk = <int *>self.vk.p
-        cdef const unsigned char **vp = <const unsigned char **>self.vp.p
-        cdef Py_ssize_t *vn = <Py_ssize_t *>self.vn.p
+        cdef Py_ssize_t V = self._nv, R = self._nr
+        cdef int nix = self.plan.nix
+        _grow(&self.vk, (V + n) * sizeof(int))
+        _grow(&self.vp, (V + n) * sizeof(void *))
+        _grow(&self.vn, (V + n) * sizeof(Py_ssize_t))
+        _grow(&self.vo, (V + n) * sizeof(PyObject *))
+        cdef int *vk = <int *>self.vk.p + V
+        cdef const unsigned char **vp = <const unsigned char **>self.vp.p + V
+        cdef Py_ssize_t *vn = <Py_ssize_t *>self.vn.p + V
+        cdef PyObject **vo = <PyObject **>self.vo.p + V
         cdef Py_ssize_t i, j, m = 0, ln
         cdef int slot, nkinds_present = 0
         cdef unsigned long long seen = 0
         cdef object t, raw
         cdef const unsigned char *p
         cdef object kind
-        cdef int c
+        cdef int c, x
         # distinct values per kind, in order of first appearance (the reference's by_kind)
         for i in range(n):
             t = values[i]
@@ -779,6 +998,7 @@ cdef class Matcher:
                 vk[m] = slot
                 vp[m] = p
                 vn[m] = ln
+                vo[m] = <PyObject *>raw
                 m += 1
                 if slot < 64:
                     if not (seen >> slot) & 1:
@@ -786,15 +1006,32 @@ cdef class Matcher:
                         nkinds_present += 1
                 else:
                     nkinds_present += 1         # (more than 64 kinds: counted per value, a bound)
+        self._nq += 1                           # (the reference queues it, then finds it short)
         if nkinds_present < self.plan.min_need:
+            if self._nq >= self.batch:
+                return self._flush() == 1
             return False
-        cdef bint hit = False
-        cdef int x
-        for x in range(self.plan.nix):
-            if self._one(x, vk, vp, vn, m):
-                hit = True
-        self._hold = []
-        return hit
+        _grow(&self.vs, (V + m) * nix * sizeof(VS))
+        _grow(&self.rx, (R + 1) * nix * sizeof(RX))
+        _grow(&self.roff, (R + 1) * sizeof(Py_ssize_t))
+        _grow(&self.rm, (R + 1) * sizeof(Py_ssize_t))
+        cdef VS *vs = <VS *>self.vs.p + V * nix
+        cdef RX *rx = <RX *>self.rx.p + R * nix
+        for x in range(nix):
+            self._stage1(x, vk, vp, vn, m, vs + x * m, rx + x)
+        if self._hold:
+            self._hold = []
+        # the values' bytes (vp points into them) held until the batch is looked up (the caller's
+        # list may change after this call): a reference each, no Python object made
+        for i in range(m):
+            _incref(vo[i])
+        (<Py_ssize_t *>self.roff.p)[R] = V
+        (<Py_ssize_t *>self.rm.p)[R] = m
+        self._nv = V + m
+        self._nr = R + 1
+        if self._nq >= self.batch:
+            return self._flush() == 1
+        return False
 
     cdef int _learn(self, object kind) except -2:
         """The slot of a kind not seen by identity yet (-1: no index holds it); remembered."""
@@ -807,24 +1044,74 @@ cdef class Matcher:
             self._nk += 1
         return slot
 
-    cdef bint _one(self, int x, int *vk, const unsigned char **vp, Py_ssize_t *vn, Py_ssize_t m) except -1:
+    cdef int _flush(self) except -1:
+        """Look the queued records up, stage by stage over the whole batch; 1 when one matched."""
+        cdef Py_ssize_t R = self._nr, r, off, m
+        cdef int nix = self.plan.nix, x
+        cdef bint hit = False
+        self._nq = 0
+        if R == 0:
+            return 0
+        cdef int *vk = <int *>self.vk.p
+        cdef const unsigned char **vp = <const unsigned char **>self.vp.p
+        cdef Py_ssize_t *vn = <Py_ssize_t *>self.vn.p
+        cdef VS *vs = <VS *>self.vs.p
+        cdef RX *rx = <RX *>self.rx.p
+        cdef Py_ssize_t *roff = <Py_ssize_t *>self.roff.p
+        cdef Py_ssize_t *rm = <Py_ssize_t *>self.rm.p
+        try:
+            for r in range(R):                  # the filter (its lines came with the hashing); directory fetched
+                off = roff[r]
+                m = rm[r]
+                for x in range(nix):
+                    if rx[r * nix + x].alive:
+                        self._stage2(x, vk + off, m, vs + off * nix + x * m, rx + r * nix + x)
+            for r in range(R):                  # the buckets fetched
+                off = roff[r]
+                m = rm[r]
+                for x in range(nix):
+                    if rx[r * nix + x].alive:
+                        self._stage2b(x, vk + off, m, vs + off * nix + x * m)
+            for r in range(R):                  # the buckets searched; row ids fetched
+                off = roff[r]
+                m = rm[r]
+                for x in range(nix):
+                    if rx[r * nix + x].alive:
+                        self._stage3(x, vk + off, m, vs + off * nix + x * m)
+            for r in range(R):                  # counted, record by record in order
+                off = roff[r]
+                m = rm[r]
+                for x in range(nix):
+                    if rx[r * nix + x].alive and self._stage4(x, vk + off, vp + off, vn + off, m,
+                                                              vs + off * nix + x * m, rx + r * nix + x):
+                        hit = True
+        finally:
+            self._release()
+            self._nr = 0
+            self._nq = 0
+            self._hold = []
+        return 1 if hit else 0
+
+    cdef void _release(self) noexcept:
+        """Drop the queued values' references."""
+        cdef PyObject **vo = <PyObject **>self.vo.p
+        cdef Py_ssize_t i, n = self._nv
+        self._nv = 0
+        for i in range(n):
+            _decref(vo[i])
+
+    cdef int _stage1(self, int x, int *vk, const unsigned char **vp, Py_ssize_t *vn, Py_ssize_t m,
+                     VS *vs, RX *rx) except -1:
+        """At hand-over: which values of the record are looked up ahead under index ``x``; those
+        hashed, their filter block and directory entry fetched."""
         cdef IPlan *ip = &self.plan.ix[x]
         cdef int need = ip.need
-        cdef int k, left = 0, nfound = 0, nv
-        cdef Py_ssize_t i, j, e, b, a, nr, npr = 0, nm = 0, q
+        cdef int k, left = 0
+        cdef Py_ssize_t i, j, b, cl
         cdef KField *f
         cdef uint64_t h
-        cdef const uint32_t *rp
-        cdef uint32_t *rows
-        cdef uint32_t *rb
-        cdef uint32_t *prk
-        cdef uint32_t *prc
-        cdef uint32_t *mt
-        cdef uint32_t r
-        cdef Py_ssize_t cl, nrows
-        cdef bint have
-        cdef Buf sw
         cdef const unsigned char *cp
+        rx.alive = 0
         # kinds of this index present in the record; the first need + 1 of them are looked up
         # whatever the outcome (a match needs two kinds; a record of other people misses need + 1)
         # while most values looked up lately were in the index (the filter is off then), a record is
@@ -843,85 +1130,123 @@ cdef class Matcher:
                         cutoff = k
                     break
         if left < need:
-            return False
-        # the values of those kinds hashed first, their directory entries and buckets fetched
-        # ahead: the lookups below then wait on memory once, not once per value (a directory of
-        # 1 MB and hashes of 8 MB per field: each lookup is two cache misses). Kinds after them
-        # are rarely reached (dates last): hashed when they are
-        cdef uint64_t *vh = <uint64_t *>self.vh.p
-        cdef uint64_t *vb = vh + m              # bucket start, NONE (not a value of the kind), LAZY
+            return 0
         cdef bint ahead = _ahead
         # the filter pays when most values are not in the index (a miss: one line instead of two or
         # three) and costs a line when most are (breach-like content of the indexed people): it is
         # used while at most half the values looked up lately were in the index. Either way the
         # results are the same
         cdef bint filt = _filter and (_filter == 2 or not mostly_in)
-        cdef uint64_t *va = vb + m              # found: hashes[va:ve] (va == ve: a miss)
-        cdef uint64_t *ve = va + m
         for i in range(m):
             j = ip.fmap[vk[i]]
             if j < 0:
-                vb[i] = NONE
+                vs[i].b = NONE
                 continue
             if not ahead or j > cutoff:
-                vb[i] = LAZY
+                vs[i].b = LAZY
                 continue
             f = &ip.f[j]
             cl = self._canon(f.norm, f.kind, vp[i], vn[i], &cp)
             if cl < 0:
-                vb[i] = NONE
+                vs[i].b = NONE
                 continue
-            h = _hmac(&f.inner, &ip.outer, cp, cl)
+            h = _hmac_short(f, ip, cp, cl)
             self._probes += 1
-            vh[i] = h
+            vs[i].h = h
             b = <Py_ssize_t>(h >> f.shift) if f.shift < 64 else 0
-            vb[i] = <uint64_t>b
+            vs[i].b = <uint64_t>b
             if filt and f.flt != NULL:
                 dlp_prefetch(_fblock(f.flt, f.fblocks, h))
             if _pardir or not filt:
                 dlp_prefetch(&f.dir[b])
-        if filt:
-            # the filter first (its lines are on their way): a value it rejects is a miss without
-            # touching the mapping; the others have their directory entries fetched
+        rx.alive = 1
+        rx.left = left
+        rx.filt = filt
+        return 0
+
+    cdef int _stage2(self, int x, int *vk, Py_ssize_t m, VS *vs, RX *rx) noexcept:
+        """The filter checked (a value it rejects is a miss without touching the index); the
+        directory entries of the others fetched (those of a record without the filter came with
+        its hashing)."""
+        cdef IPlan *ip = &self.plan.ix[x]
+        cdef KField *f
+        cdef Py_ssize_t i
+        cdef int k, nfound
+        if rx.filt:
             for i in range(m):
-                if vb[i] == NONE or vb[i] == LAZY:
+                if vs[i].b == NONE or vs[i].b == LAZY:
                     continue
                 f = &ip.f[ip.fmap[vk[i]]]
-                if f.flt != NULL and not _fhas(_fblock(f.flt, f.fblocks, vh[i]), vh[i]):
-                    vb[i] = DONE
-                    va[i] = ve[i] = 0
+                if f.flt != NULL and not _fhas(_fblock(f.flt, f.fblocks, vs[i].h), vs[i].h):
+                    vs[i].b = DONE
+                    vs[i].a = vs[i].e = 0
                     continue
                 if not _pardir:
-                    dlp_prefetch(&f.dir[vb[i]])
+                    dlp_prefetch(&f.dir[vs[i].b])
             # fewer kinds that may still hit than min_fields: no lookup can make a match
             nfound = 0
             for k in range(ip.nk):
                 for i in range(m):
-                    if vk[i] == ip.f[k].kind and vb[i] != NONE and vb[i] != DONE:
+                    if vk[i] == ip.f[k].kind and vs[i].b != NONE and vs[i].b != DONE:
                         nfound += 1
                         break
-            if nfound < need:
-                return False
-            nfound = 0
+            if nfound < ip.need:
+                rx.alive = 0
+        return 0
+
+    cdef int _stage2b(self, int x, int *vk, Py_ssize_t m, VS *vs) noexcept:
+        """The buckets of the values left fetched (their directory entries are in by now)."""
+        cdef IPlan *ip = &self.plan.ix[x]
+        cdef KField *f
+        cdef Py_ssize_t i
         for i in range(m):
-            if vb[i] != NONE and vb[i] != LAZY and vb[i] != DONE:
+            if vs[i].b != NONE and vs[i].b != LAZY and vs[i].b != DONE:
                 f = &ip.f[ip.fmap[vk[i]]]
-                dlp_prefetch(&f.hs[f.dir[vb[i]]])
-        # then each of them looked up (the buckets are on their way) and its row ids fetched ahead
+                dlp_prefetch(&f.hs[f.dir[vs[i].b]])
+        return 0
+
+    cdef int _stage3(self, int x, int *vk, Py_ssize_t m, VS *vs) noexcept:
+        """Each bucket searched (its lines are on their way); the found row ids fetched."""
+        cdef IPlan *ip = &self.plan.ix[x]
+        cdef KField *f
+        cdef Py_ssize_t i, a = 0, e = 0
         for i in range(m):
-            if vb[i] == NONE or vb[i] == LAZY or vb[i] == DONE:
+            if vs[i].b == NONE or vs[i].b == LAZY or vs[i].b == DONE:
                 continue
             f = &ip.f[ip.fmap[vk[i]]]
-            h = vh[i]
-            b = <Py_ssize_t>vb[i]
-            vb[i] = DONE
-            va[i] = ve[i] = 0
-            if not _span(f, b, h, &a, &e):
+            if not _span(f, <Py_ssize_t>vs[i].b, vs[i].h, &a, &e):
+                vs[i].b = DONE
+                vs[i].a = vs[i].e = 0
                 continue
-            va[i] = a
-            ve[i] = e
+            vs[i].b = DONE
+            vs[i].a = a
+            vs[i].e = e
             self._hits += 1
             dlp_prefetch(&f.ids[a])
+        return 0
+
+    cdef bint _stage4(self, int x, int *vk, const unsigned char **vp, Py_ssize_t *vn, Py_ssize_t m,
+                      VS *vs, RX *rx) except -1:
+        """The per-row counting of EdmMatcher._lookup for one record under index ``x``, with the same
+        early exits and order; values left LAZY are hashed and looked up here."""
+        cdef IPlan *ip = &self.plan.ix[x]
+        cdef int need = ip.need
+        cdef int k, left = rx.left, nfound = 0, nv
+        cdef bint filt = rx.filt
+        cdef Py_ssize_t i, j, e, b, a, nr, npr = 0, nm = 0, q
+        cdef KField *f
+        cdef uint64_t h
+        cdef const uint32_t *rp
+        cdef uint32_t *rows
+        cdef uint32_t *rb
+        cdef uint32_t *prk
+        cdef uint32_t *prc
+        cdef uint32_t *mt
+        cdef uint32_t r
+        cdef Py_ssize_t cl, nrows
+        cdef bint have
+        cdef Buf sw
+        cdef const unsigned char *cp
         for k in range(ip.nk):
             f = &ip.f[k]
             nv = 0
@@ -937,18 +1262,18 @@ cdef class Matcher:
             nrows = 0
             rows = NULL
             for i in range(m):
-                if vk[i] != f.kind or vb[i] == NONE:
+                if vk[i] != f.kind or vs[i].b == NONE:
                     continue
-                if vb[i] == DONE:
-                    a = <Py_ssize_t>va[i]
-                    e = <Py_ssize_t>ve[i]
+                if vs[i].b == DONE:
+                    a = vs[i].a
+                    e = vs[i].e
                     if a == e:
                         continue
                 else:                           # LAZY: hashed and looked up now
                     cl = self._canon(f.norm, f.kind, vp[i], vn[i], &cp)
                     if cl < 0:
                         continue
-                    h = _hmac(&f.inner, &ip.outer, cp, cl)
+                    h = _hmac_short(f, ip, cp, cl)
                     self._probes += 1
                     if filt and f.flt != NULL and not _fhas(_fblock(f.flt, f.fblocks, h), h):
                         continue
@@ -1046,6 +1371,21 @@ cdef class Matcher:
         self._note(x, <uint32_t *>self.matched.p, nm)
         return True
 
+    cdef int _note(self, int x, uint32_t *mt, Py_ssize_t nm) except -1:
+        """A matched record's rows: each new one counted (and kept while fewer than ``row_cap``)."""
+        cdef Py_ssize_t i
+        cdef uint32_t r
+        cdef RowSet *s = &self._rs[x]
+        s.touched = 1
+        for i in range(nm):
+            r = mt[i]
+            if _rs_has(s, r):
+                continue
+            if s.n < self.row_cap:
+                _rs_add(s, r)
+            s.count += 1
+        return 0
+
     cdef Py_ssize_t _canon(self, int norm, int kind, const unsigned char *s, Py_ssize_t n,
                            const unsigned char **outp) except -3:
         """Canonical bytes of one value in ``self.canon`` (or a Python bytes object held for the
@@ -1074,7 +1414,7 @@ cdef class Matcher:
 
     # per_row: rows in insertion order (prk/prc) and an open-addressing table row -> position
     cdef int _ht_reset(self, Py_ssize_t want) except -1:
-        cdef Py_ssize_t cap = 64
+        cdef Py_ssize_t cap = 16                 # (a record matches a row or a few: a small table to clear)
         while cap < 4 * want + 4:
             cap <<= 1
         _grow(&self.ht, cap * sizeof(Py_ssize_t))
@@ -1115,23 +1455,6 @@ cdef class Matcher:
         t[i] = pos
         self._htn += 1
 
-    cdef int _note(self, int x, uint32_t *mt, Py_ssize_t nm) except -1:
-        cdef Py_ssize_t i
-        name = self.plan.names[x]
-        got = self._rows.get(name)
-        if got is None:
-            got = self._rows[name] = set()
-        c = self._counts.get(name, 0)
-        for i in range(nm):
-            r = mt[i]
-            if r in got:
-                continue
-            if len(got) < self.row_cap:
-                got.add(r)
-            c += 1
-        self._counts[name] = c
-        return 0
-
     def probe(self, int x, str kind, bytes raw):
         """(canonical bytes, keyed hash) of one value under index ``x``, or (None, None) when it is
         not a value of the kind: the tests hold both to the Python normaliser and Hasher."""
@@ -1150,7 +1473,7 @@ cdef class Matcher:
             return None, None
         out = (<char *>cp)[:cl]
         self._hold = []
-        return out, _hmac(&f.inner, &self.plan.ix[x].outer, <const unsigned char *>PyBytes_AS_STRING(out), cl)
+        return out, _hmac_short(f, &self.plan.ix[x], <const unsigned char *>PyBytes_AS_STRING(out), cl)
 
     def in_filter(self, int x, str kind, unsigned long long h) -> bool:
         """Whether the membership filter of ``kind`` under index ``x`` may hold the keyed hash ``h``
@@ -1165,28 +1488,48 @@ cdef class Matcher:
         return f.flt == NULL or _fhas(_fblock(f.flt, f.fblocks, v), v)
 
     def flush(self) -> bool:
-        """Nothing is queued here (the reference batches records); for the same interface."""
-        return False
+        """Look the queued records up now; True when one matched."""
+        return self._flush() == 1
 
     @property
     def counts(self) -> dict:
         """Index name -> EDM records so far."""
-        return self._counts
+        self._flush()
+        cdef int x
+        return {self.plan.names[x]: self._rs[x].count for x in range(self.plan.nix) if self._rs[x].touched}
 
     @property
     def rows(self) -> dict:
         """Index name -> matched row ids so far (at most ``ROW_CAP``)."""
-        return self._rows
+        self._flush()
+        cdef int x
+        cdef Py_ssize_t i
+        cdef RowSet *s
+        out = {}
+        for x in range(self.plan.nix):
+            s = &self._rs[x]
+            if not s.touched:
+                continue
+            got = out[self.plan.names[x]] = {s.t[i] for i in range(s.cap) if s.t[i] != EMPTY}
+            if s.has_max:
+                got.add(EMPTY)
+        return out
 
     @property
     def total(self) -> int:
-        return sum(self._counts.values())
+        self._flush()
+        cdef int x
+        return sum(self._rs[x].count for x in range(self.plan.nix))
 
     def verdict(self) -> str:
         """pass / alert / trip from the per-index EDM thresholds (0 = that level never fires)."""
+        self._flush()
         v = "pass"
+        cdef int x = 0
+        cdef Py_ssize_t n
         for ix in self.edm.indexes:
-            n = self._counts.get(ix.name, 0)
+            n = self._rs[x].count if x < self.plan.nix else 0
+            x += 1
             if ix.trip > 0 and n >= ix.trip:
                 return "trip"
             if ix.alert > 0 and n >= ix.alert:

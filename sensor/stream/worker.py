@@ -115,9 +115,10 @@ class Worker:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.key = load_key(config.hmac_key, config.state_dir)
         self.detector = build_detector(config)
-        from sensor.edm.match import load_indexes         # EDM: the fleet's indexes, by path (docs/edm.md)
-        self.edm = load_indexes(config.indexes, self.key)
+        from sensor.edm.reload import IndexHolder         # EDM: the fleet's indexes, by path, reloaded on change
+        self.indexes = IndexHolder(config.indexes, self.key, watch=True)
         self.metrics = Metrics()
+        self.indexes.on_reload = lambda result: self.metrics.reloads.labels(result=result).inc()
         self.metrics.expect(taps=("kafka",), signatures=[sig.id for sig in self.detector.engine.signatures],
                             kafka=("worker",), topics=(k.topic("exchanges"), k.topic("findings")))
         self.ready = False
@@ -280,7 +281,7 @@ class Worker:
                           status=rec["status"], content_type=str(rec.get("content_type") or ""),
                           content_encoding=str(rec.get("content_encoding") or ""), path=rec.get("path"))
             d = self.detector
-            scan = BodyScan(d.engine, d.policy, key=self.key, exchange=ex, stop_on_trip=False, edm=self.edm)
+            scan = BodyScan(d.engine, d.policy, key=self.key, exchange=ex, stop_on_trip=False, edm=self.indexes.current())
             # the earlier messages are acked with this exchange (never before: offsets must not pass it)
             print_ = BodyPrint(self.key, None, self.config.fingerprint_bytes)     # record-only: no registry here
             self.open[xid] = Open(rec, scan, msg.tp, print_, (earlier.messages if earlier else []) + [msg])
