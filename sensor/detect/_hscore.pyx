@@ -25,10 +25,11 @@ wheel's statically linked libhs is not guaranteed to load in Debian's). Scratch:
 """
 cimport cython
 from libc.stdlib cimport malloc, calloc, realloc, free
-from libc.string cimport memchr, memcmp, memcpy
+from libc.string cimport memchr, memcmp, memcpy, memset
 from libc.stdint cimport uint64_t, int64_t
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.object cimport PyObject_Hash
+from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from cpython.list cimport PyList_GET_SIZE
 from cpython.sequence cimport PySequence_GetSlice
 from libc.time cimport time, time_t
@@ -1700,26 +1701,105 @@ DEF STRONG = 1
 DEF CONTACT = 4
 
 
-cdef void label_after(list rec, const char *b, Py_ssize_t blen, int64_t base, int64_t end, int si,
-                      int64_t window) except *:
+# -- the open record's entries, in C (the reference's list of tuples) -------------------------------------
+ctypedef struct Ent:
+    Py_hash_t h                  # the value's hash (has_h), else unused
+    int64_t start                # absolute start of the value (a lazy entry: its match end, as the reference's t[5])
+    int64_t le                   # a lazy entry: the match end in its buffer (``obj``)
+    PyObject *obj                # owned: the raw value or NULL (has_h); the buffer (lazy)
+    int si
+    int cat
+    int rmask
+    int pat                      # a lazy entry: the pattern to extract it with
+    char ctx
+    char has_h
+
+
+@cython.final
+cdef class RecBuf:
+    """The open record of a part (``sc._rec`` on the compiled path): the reference's list of
+    ``(si, cat, ctx, rmask, hash, start, raw)`` tuples as a C array, so that a dense record makes
+    no tuple or int per value. Python only asks whether it is empty."""
+    cdef Ent *a
+    cdef Py_ssize_t n, cap
+
+    def __dealloc__(self):
+        self.clear()
+        free(self.a)
+
+    def __bool__(self) -> bool:
+        return self.n > 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    cdef void clear(self) noexcept:
+        cdef Py_ssize_t k
+        cdef PyObject *o
+        for k in range(self.n):
+            o = self.a[k].obj
+            self.a[k].obj = NULL
+            Py_XDECREF(o)
+        self.n = 0
+
+    cdef Ent *push(self) except NULL:
+        """A new zeroed entry at the end (the caller fills it; ``obj`` owned)."""
+        cdef Py_ssize_t cap
+        cdef Ent *grown
+        if self.n == self.cap:
+            cap = self.cap * 2 if self.cap else 16
+            grown = <Ent *>realloc(self.a, cap * sizeof(Ent))
+            if grown == NULL:
+                raise MemoryError()
+            self.a = grown
+            self.cap = cap
+        memset(&self.a[self.n], 0, sizeof(Ent))
+        self.n += 1
+        return &self.a[self.n - 1]
+
+
+cdef RecBuf recbuf_of(sc):
+    """The scanner's open record as a RecBuf (a part starts with the reference's empty list)."""
+    r = sc._rec
+    if type(r) is RecBuf:
+        return <RecBuf>r
+    if r:
+        raise CoreError("a record of the Python reference in the compiled loop")
+    cdef RecBuf rb = RecBuf.__new__(RecBuf)
+    sc._rec = rb
+    return rb
+
+
+cdef inline void set_obj(Ent *t, object o) noexcept:
+    cdef PyObject *old = t.obj
+    if o is None:
+        t.obj = NULL
+    else:
+        Py_INCREF(o)
+        t.obj = <PyObject *>o
+    Py_XDECREF(old)
+
+
+cdef void label_after(RecBuf rec, const char *b, Py_ssize_t blen, int64_t base, int64_t end, int si,
+                      int64_t window) noexcept:
     """ExchangeScanner._label_after."""
     cdef Py_ssize_t k
-    cdef tuple t
+    cdef Ent *t
     cdef int64_t at, lo
     cdef int64_t hot = end - base
-    for k in range(PyList_GET_SIZE(rec) - 1, -1, -1):
-        t = <tuple>rec[k]
-        if <int>t[0] != si or t[2]:
+    for k in range(rec.n - 1, -1, -1):
+        t = &rec.a[k]
+        if t.si != si or t.ctx:
             continue
-        if t[4] is None:
-            at = <int64_t>(<tuple>t[6])[2] + base
+        if not t.has_h:
+            at = t.le + base
         else:
-            at = <int64_t>t[5]
+            at = t.start
         if end - at > window + 32:
             break
         lo = at - base
         if lo >= 0 and find1(b, blen, b'\n', lo, hot) < 0:
-            rec[k] = t[:2] + (True,) + t[3:]
+            t.ctx = 1
 
 
 DEF GIL_EVERY = 255                # + 1: matches between two releases of the GIL in process()
@@ -1758,7 +1838,8 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
     cdef bint lines = mode == "lines"
     cdef bint is_json = mode == "json"
     cdef bint is_html = mode == "html"
-    cdef list rec = sc._rec
+    cdef RecBuf rec = recbuf_of(sc)
+    cdef Ent *ent
     rec_key_obj = sc._rec_key
     cdef bint has_key = rec_key_obj is not None
     cdef int64_t rec_key = 0
@@ -1783,7 +1864,6 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
     cdef bint ctx, lazy
     cdef Py_ssize_t r2, vn = 0
     cdef int64_t nl_e = -1, nl_r = -1    # the last record-key LF search: its end and answer
-    cdef tuple last
     cdef RecEnv env = rec_env(sc)
     cdef Py_hash_t hv
     cdef list distinct = sc._distinct
@@ -1804,7 +1884,7 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
                 header[si] = 1
             else:
                 last_hot[si] = end
-                if rec:
+                if rec.n:
                     label_after(rec, b, blen, base, end, si, window)
             continue
         si = info.psig[i]
@@ -1903,14 +1983,20 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
         if end - rk > maxrec:
             rk += (end - rk) // maxrec * maxrec
         if not has_key or rk != rec_key:
-            if rec:
-                finish(sc, env, rec, rec_key, rk)   # rec holds entries only once a key is set
-                rec = []
+            if rec.n:
+                finish_clear(sc, env, rec, rec_key, rk)   # rec holds entries only once a key is set
             rec_key = rk
             has_key = True
         if lazy:
             # only the record can make it count: decide (and pay for extraction) later
-            rec.append((si, cat, False, rmask, None, end, (info.pats[i], buf, e)))
+            ent = rec.push()
+            ent.si = si
+            ent.cat = cat
+            ent.rmask = rmask
+            ent.start = end
+            ent.le = e
+            ent.pat = i
+            set_obj(ent, buf)
             continue
         if not ctx:
             # header column context (CSV/TSV: delimiters before the value on its row, outside quotes)
@@ -1934,23 +2020,33 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
         # the raw value stays only until its record is decided, and only while samples are wanted
         if v is None:                    # a fixed-width value still in the buffer
             hv = _Py_HashBytes(b + s, w)
-            entry = (si, cat, True if ctx else False, rmask, hv, start,
-                     PyBytes_FromStringAndSize(b + s, w) if want[si] or keep[si] else None)
+            if want[si] or keep[si]:
+                v = PyBytes_FromStringAndSize(b + s, w)
         else:
             hv = PyObject_Hash(v)
-            entry = (si, cat, True if ctx else False, rmask, hv, start,
-                     v if want[si] or keep[si] else None)
+            if not (want[si] or keep[si]):
+                v = None
         d = distinct[si]
         if type(d) is Distinct:
             (<Distinct>d).prefetch(hv)
-        if rec:
-            last = <tuple>rec[PyList_GET_SIZE(rec) - 1]
-            if last[0] == si and last[5] == start:
-                rec[PyList_GET_SIZE(rec) - 1] = entry              # a longer match from the same start: keep the longest
-                continue
-        rec.append(entry)
+        ent = NULL
+        if rec.n:
+            ent = &rec.a[rec.n - 1]
+            if not (ent.si == si and ent.start == start):
+                ent = NULL               # else a longer match from the same start: keep the longest
+        if ent == NULL:
+            ent = rec.push()
+        ent.si = si
+        ent.cat = cat
+        ent.ctx = 1 if ctx else 0
+        ent.rmask = rmask
+        ent.h = hv
+        ent.has_h = 1
+        ent.start = start
+        ent.le = 0
+        ent.pat = 0
+        set_obj(ent, v)
     env_flush(sc, env)
-    sc._rec = rec
     if has_key:
         sc._rec_key = rec_key
     return 0
@@ -2297,6 +2393,7 @@ cdef class RecEnv:
     cdef bint ev_c                       # evidence is a precision.Evidence: its email() in C
     cdef Py_hash_t pend_fp
     cdef int npend
+    cdef Info info                       # the patterns, for the deferred (lazy) entries
 
 
 cdef RecEnv rec_env(sc):
@@ -2325,6 +2422,7 @@ cdef RecEnv rec_env(sc):
     env.is_email = sc._is_email
     env.evidence = sc._evidence
     env.ev_c = type(env.evidence) is _Evidence   # a subclass keeps its own email()
+    env.info = sc._core.info
     return env
 
 
@@ -2423,24 +2521,62 @@ cdef int owe(RecEnv env, object counter, Py_hash_t fp) except -1:
 
 def finish_record(sc) -> None:
     """ExchangeScanner._finish_record line for line (the rare precision paths call the same Python)."""
-    cdef list rec = sc._rec
+    r = sc._rec
     cdef RecEnv env
-    if not rec:
+    if type(r) is not RecBuf:
+        if r:
+            raise CoreError("a record of the Python reference in the compiled loop")
         return
-    sc._rec = []
+    if not (<RecBuf>r).n:
+        return
     env = rec_env(sc)
-    finish(sc, env, rec, sc._rec_key, sc._rec_end)
+    finish_clear(sc, env, <RecBuf>r, sc._rec_key, sc._rec_end)
     env_flush(sc, env)
+
+
+cdef int finish_clear(sc, RecEnv env, RecBuf rec, object rec_key, object rec_end) except -1:
+    """:func:`finish` on the open record, which is empty afterwards (also when finishing raised:
+    the reference takes the record off the scanner first)."""
+    try:
+        finish(sc, env, rec, rec_key, rec_end)
+    finally:
+        rec.clear()
+    return 0
+
+
+cdef inline bint dadd_h(object counter, Py_hash_t h) except -1:
+    """:func:`dadd` of a C hash (an int object only for a Python counter)."""
+    if type(counter) is Distinct:
+        return (<Distinct>counter).cadd(h) == 1
+    return dadd(counter, h)
+
+
+cdef list placed_list(RecBuf rec, const int *pbit, const Py_ssize_t *pidx, const Py_hash_t *phh, int npl,
+                      dict extra):
+    """The reference's ``placed`` list (bit, start, hash, raw) of the first ``npl`` placed values."""
+    cdef list out = []
+    cdef int j
+    cdef Ent *t
+    for j in range(npl):
+        t = &rec.a[pidx[j]]
+        if not t.has_h:
+            raw = extra[pidx[j]]
+        else:
+            raw = <object>t.obj if t.obj != NULL else None
+        out.append((pbit[j], t.start, phh[j], raw))
+    return out
 
 
 DEF MAX_STRONG = 64
 
 
-cdef int finish(sc, RecEnv env, list rec, object rec_key, object rec_end) except -1:
-    """The body of :func:`finish_record` on a record ``rec`` (already taken off the scanner) whose key
-    and successor are ``rec_key`` / ``rec_end``: the scanner's ``_rec_key`` / ``_rec_end`` are set to
-    them only where the reference's Python reads them (obituary and home checks)."""
-    cdef tuple t
+cdef int finish(sc, RecEnv env, RecBuf rec, object rec_key, object rec_end) except -1:
+    """The body of :func:`finish_record` on the record ``rec`` whose key and successor are
+    ``rec_key`` / ``rec_end``: the scanner's ``_rec_key`` / ``_rec_end`` are set to them only where
+    the reference's Python reads them (obituary and home checks). The entries are C structs; Python
+    objects are made only for what Python is handed (samples, EDM values, the rare paths)."""
+    cdef Ent *t
+    cdef Py_ssize_t x, nrec = rec.n
     cdef int uncond = 0, cats = 0, kind = 0, si, cat, rmask, k, j, best, nbest, c
     cdef bint ctx
     cdef Py_ssize_t strong_values = 0, contact_values = 0
@@ -2449,11 +2585,18 @@ cdef int finish(sc, RecEnv env, list rec, object rec_key, object rec_end) except
     cdef Py_hash_t ph[MAX_STRONG]
     cdef int np = 0
     cdef dict per = None
-    cdef Py_hash_t hv
+    cdef Py_hash_t hv, h
     cdef bint any_ctx = False
-    for t in rec:
-        if t[2]:
-            uncond |= <int>t[1]
+    # values with a place bit (names, streets): for the home check, which few records need
+    cdef int pbit[MAX_STRONG]
+    cdef Py_ssize_t pidx[MAX_STRONG]
+    cdef Py_hash_t phh[MAX_STRONG]
+    cdef int npl = 0
+    cdef list placed = None
+    cdef dict extra = None
+    for x in range(nrec):
+        if rec.a[x].ctx:
+            uncond |= rec.a[x].cat
             any_ctx = True
     if not any_ctx:
         return 0        # every entry counts only through one in context: none here (lines of dates)
@@ -2468,30 +2611,31 @@ cdef int finish(sc, RecEnv env, list rec, object rec_key, object rec_end) except
     cdef list edm_kind = env.edm_kind
     edm = env.edm
     edm_vals = [] if edm is not None else None
-    cdef list placed = []
     cdef bint per_id = env.per_id
-    for t in rec:
-        si = t[0]
-        cat = t[1]
-        ctx = t[2]
-        rmask = t[3]
-        h = t[4]
-        start = t[5]
-        raw = t[6]
+    for x in range(nrec):
+        t = &rec.a[x]
+        si = t.si
+        cat = t.cat
+        ctx = t.ctx
+        rmask = t.rmask
         if not ctx and not (rmask & uncond and si not in header):
             continue
         if ignored[si]:
             continue
-        if not ctx and sc._org_field(start):
+        if not ctx and sc._org_field(t.start):
             continue
-        if h is None:                     # deferred: extract and validate now
-            raw = _extract_fn(*raw)
+        t = &rec.a[x]
+        if not t.has_h:                   # deferred: extract and validate now
+            raw = _extract_fn(env.info.pats[t.pat], <object>t.obj, t.le)
             if raw is None:
                 continue
             h = PyObject_Hash(raw)
+        else:
+            h = t.h
+            raw = <object>t.obj if t.obj != NULL else None
         if edm_vals is not None and edm_kind[si] is not None and raw is not None:
             edm_vals.append((edm_kind[si], raw))
-        if dadd(distinct[si], h):
+        if dadd_h(distinct[si], h):
             if cat == STRONG:
                 strong_values += 1
             elif cat == CONTACT:
@@ -2513,7 +2657,20 @@ cdef int finish(sc, RecEnv env, list rec, object rec_key, object rec_end) except
         k = kinds[si]
         kind |= k
         if k & 5:
-            placed.append((k, start, h, raw))
+            t = &rec.a[x]
+            if placed is None and npl < MAX_STRONG:
+                pbit[npl] = k
+                pidx[npl] = x
+                phh[npl] = h
+                if not t.has_h:
+                    if extra is None:
+                        extra = {}
+                    extra[x] = raw
+                npl += 1
+            else:
+                if placed is None:
+                    placed = placed_list(rec, pbit, pidx, phh, npl, extra)
+                placed.append((k, t.start, h, raw))
         if hashes is None and nh < MAX_STRONG:
             hc[nh] = h
         else:
@@ -2542,7 +2699,7 @@ cdef int finish(sc, RecEnv env, list rec, object rec_key, object rec_end) except
         sc._rec_key = rec_key
         sc._rec_end = rec_end
         try:
-            home = sc._home_of(placed)
+            home = sc._home_of(placed if placed is not None else placed_list(rec, pbit, pidx, phh, npl, extra))
         finally:
             sc._rec_end = None
     if is_strong and np:
