@@ -2026,9 +2026,6 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
             hv = PyObject_Hash(v)
             if not (want[si] or keep[si]):
                 v = None
-        d = distinct[si]
-        if type(d) is Distinct:
-            (<Distinct>d).prefetch(hv)
         ent = NULL
         if rec.n:
             ent = &rec.a[rec.n - 1]
@@ -2371,14 +2368,24 @@ cdef inline void keep_id(object sc, RecEnv env, set ids, object fp) except *:
         sc._ids_capped = True
 
 
+DEF BATCH = 512                    # adds to Distinct tables made at once (batch_flush)
+DEF AHEAD = 16                     # a slot is fetched this many adds before it is probed
+
+ctypedef struct PAdd:
+    PyObject *d                    # a Distinct of the scanner's (borrowed: it outlives the call)
+    Py_hash_t h
+    int cat                        # STRONG / CONTACT: a new value counts; 0: a record identity
+
+
 cdef class RecEnv:
     """What finishing a record reads of the scanner, fetched once per :func:`process` call (the
     lists, sets and counters are the scanner's own objects, mutated in place; none is rebound
     meanwhile). It also holds what finishing defers to the next record or the end of the call
-    (:func:`env_flush`): the value counts (added to the scanner's), and the record identity's
-    adds to the record counters, so that the counters' tables (outgrowing the caches on dense
-    data) are prefetched a record ahead instead of waited for. Every add still happens, in order,
-    before anything reads the counters (the end of the call, or a verdict asked mid-record)."""
+    (:func:`env_flush`): the value counts (added to the scanner's), and the adds to the distinct
+    value and record counters (:func:`batch_add`), made in batches so that the tables' slots
+    (outgrowing the caches on dense data) are fetched many adds ahead instead of waited for one at
+    a time. Every add still happens, in order, before anything reads the counters (the end of the
+    call, a verdict asked mid-record, a contact value's add whose answer is needed at once)."""
     cdef set header
     cdef list want, ignored, distinct, kinds, edm_kind
     cdef object edm
@@ -2386,13 +2393,12 @@ cdef class RecEnv:
     cdef object strong_recs, person_recs, all_recs
     cdef set strong_ids, person_ids
     cdef Py_ssize_t strong_values, contact_values
-    cdef object pend0, pend1, pend2      # Distinct counters owed an add of pend_fp
     cdef bint ids_capped
     cdef list is_email
     cdef object evidence
     cdef bint ev_c                       # evidence is a precision.Evidence: its email() in C
-    cdef Py_hash_t pend_fp
-    cdef int npend
+    cdef PAdd pb[BATCH]                  # adds to Distinct tables not yet made (batch_add)
+    cdef int npb
     cdef Info info                       # the patterns, for the deferred (lazy) entries
 
 
@@ -2458,6 +2464,8 @@ cdef int count_contact(sc, RecEnv env, int si, const char *p, Py_ssize_t n, obje
     is only ``p[:n]`` in the buffer: the bytes object is made only for a new email or a sample."""
     if env.ignored[si]:
         return 0
+    if env.npb:
+        batch_flush(env)                  # this add's answer is needed now: the earlier ones first
     cdef Py_hash_t hv = _Py_HashBytes(p, n) if v is None else PyObject_Hash(v)
     d = env.distinct[si]
     if (<Distinct>d).cadd(hv) == 1 if type(d) is Distinct else dadd(d, hv):
@@ -2476,46 +2484,57 @@ cdef int count_contact(sc, RecEnv env, int si, const char *p, Py_ssize_t n, obje
     return 0
 
 
-cdef int env_pending(RecEnv env) except -1:
-    """The record counters' adds owed by the last record, in the reference's order."""
-    cdef int n = env.npend
-    env.npend = 0
-    if n > 0:
-        dadd(env.pend0, env.pend_fp)
-    if n > 1:
-        dadd(env.pend1, env.pend_fp)
-    if n > 2:
-        dadd(env.pend2, env.pend_fp)
-    env.pend0 = env.pend1 = env.pend2 = None
+cdef int batch_add(RecEnv env, object counter, Py_hash_t h, int cat) except -1:
+    """Add ``h`` to ``counter`` (DistinctCounter.add); a new value counts as ``cat``. The add to a
+    :class:`Distinct` waits in the batch: only sums of the answers are kept, and the batch is made
+    in order before anything reads the counters, so the counts are the reference's."""
+    cdef PAdd *t
+    if type(counter) is not Distinct:
+        if dadd(counter, h):
+            if cat == STRONG:
+                env.strong_values += 1
+            elif cat == CONTACT:
+                env.contact_values += 1
+        return 0
+    if env.npb == BATCH:
+        batch_flush(env)
+    t = &env.pb[env.npb]
+    t.d = <PyObject *>counter
+    t.h = h
+    t.cat = cat
+    env.npb += 1
+    return 0
+
+
+cdef int batch_flush(RecEnv env) except -1:
+    """The waiting adds, in order, each table slot fetched AHEAD adds before it is probed: on the
+    dense breach CSV the eight tables (~1 MB each) miss the caches on nearly every add, and a
+    prefetch one record ahead (~8 adds) was too close to help (measured: no change)."""
+    cdef int n = env.npb, k
+    cdef PAdd *pb = env.pb
+    env.npb = 0
+    for k in range(n if n < AHEAD else AHEAD):
+        (<Distinct>pb[k].d).prefetch(pb[k].h)
+    for k in range(n):
+        if k + AHEAD < n:
+            (<Distinct>pb[k + AHEAD].d).prefetch(pb[k + AHEAD].h)
+        if (<Distinct>pb[k].d).cadd(pb[k].h) == 1:
+            if pb[k].cat == STRONG:
+                env.strong_values += 1
+            elif pb[k].cat == CONTACT:
+                env.contact_values += 1
     return 0
 
 
 cdef int env_flush(sc, RecEnv env) except -1:
     """Everything deferred, into the scanner: before anything reads its counters."""
-    env_pending(env)
+    batch_flush(env)
     if env.strong_values:
         sc._strong_values += env.strong_values
         env.strong_values = 0
     if env.contact_values:
         sc._contact_values += env.contact_values
         env.contact_values = 0
-    return 0
-
-
-cdef int owe(RecEnv env, object counter, Py_hash_t fp) except -1:
-    """Add ``fp`` to ``counter`` when the next record starts (one record's adds share its fp)."""
-    if type(counter) is not Distinct or env.npend == 3:
-        dadd(counter, fp)
-        return 0
-    (<Distinct>counter).prefetch(fp)
-    env.pend_fp = fp
-    if env.npend == 0:
-        env.pend0 = counter
-    elif env.npend == 1:
-        env.pend1 = counter
-    else:
-        env.pend2 = counter
-    env.npend += 1
     return 0
 
 
@@ -2542,13 +2561,6 @@ cdef int finish_clear(sc, RecEnv env, RecBuf rec, object rec_key, object rec_end
     finally:
         rec.clear()
     return 0
-
-
-cdef inline bint dadd_h(object counter, Py_hash_t h) except -1:
-    """:func:`dadd` of a C hash (an int object only for a Python counter)."""
-    if type(counter) is Distinct:
-        return (<Distinct>counter).cadd(h) == 1
-    return dadd(counter, h)
 
 
 cdef list placed_list(RecBuf rec, const int *pbit, const Py_ssize_t *pidx, const Py_hash_t *phh, int npl,
@@ -2579,7 +2591,6 @@ cdef int finish(sc, RecEnv env, RecBuf rec, object rec_key, object rec_end) exce
     cdef Py_ssize_t x, nrec = rec.n
     cdef int uncond = 0, cats = 0, kind = 0, si, cat, rmask, k, j, best, nbest, c
     cdef bint ctx
-    cdef Py_ssize_t strong_values = 0, contact_values = 0
     # strong values of the record for the estimate (the reference's per_id dict of sets), in C
     cdef int psi[MAX_STRONG]
     cdef Py_hash_t ph[MAX_STRONG]
@@ -2635,11 +2646,7 @@ cdef int finish(sc, RecEnv env, RecBuf rec, object rec_key, object rec_end) exce
             raw = <object>t.obj if t.obj != NULL else None
         if edm_vals is not None and edm_kind[si] is not None and raw is not None:
             edm_vals.append((edm_kind[si], raw))
-        if dadd_h(distinct[si], h):
-            if cat == STRONG:
-                strong_values += 1
-            elif cat == CONTACT:
-                contact_values += 1
+        batch_add(env, distinct[si], h, cat)
         if raw is not None and want[si]:
             sc._sample(si, raw)
         cats |= cat
@@ -2678,8 +2685,6 @@ cdef int finish(sc, RecEnv env, RecBuf rec, object rec_key, object rec_end) exce
                 hashes = [hc[j] for j in range(nh)]
             hashes.append(h)
         nh += 1
-    env.strong_values += strong_values
-    env.contact_values += contact_values
     if edm_vals and edm.record(edm_vals):
         env_flush(sc, env)                # the verdict reads the counts
         sc._decide()
@@ -2724,7 +2729,7 @@ cdef int finish(sc, RecEnv env, RecBuf rec, object rec_key, object rec_end) exce
                     if psi[k] == best:
                         ids.add(ph[k])    # the reference's set, filled in the same order
         if ids and len(ids) >= _EST_MIN:
-            env_pending(env)
+            batch_flush(env)              # the adds below are Python's: the waiting ones first
             for hv in ids:
                 fp = hash((_ESTIMATED_SALT, hv))
                 sc._est_recs.add(fp)
@@ -2734,19 +2739,18 @@ cdef int finish(sc, RecEnv env, RecBuf rec, object rec_key, object rec_end) exce
             return 0
     if is_strong or is_person or home is not None:
         fp = hash(tuple(sorted(hashes))) if hashes is not None else sorted_tuple_hash(hc, nh)
-        env_pending(env)                  # the last record's adds first: the reference's order
         if is_strong:
-            owe(env, env.strong_recs, fp)
-            owe(env, env.all_recs, fp)
+            batch_add(env, env.strong_recs, fp, 0)
+            batch_add(env, env.all_recs, fp, 0)
             keep_id(sc, env, env.strong_ids, fp)
         if is_person:
-            owe(env, env.person_recs, fp)
+            batch_add(env, env.person_recs, fp, 0)
             if not is_strong:             # (the reference adds it again: a no-op, exact or estimated)
-                owe(env, env.all_recs, fp)
+                batch_add(env, env.all_recs, fp, 0)
             keep_id(sc, env, env.person_ids, fp)
         elif home is not None:
             if is_strong:
-                owe(env, env.person_recs, fp)
+                batch_add(env, env.person_recs, fp, 0)
                 keep_id(sc, env, env.person_ids, fp)
             else:
                 sc._homes.add(fp, home[0], home[1])
