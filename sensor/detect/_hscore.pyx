@@ -932,8 +932,37 @@ cdef int on_hit(unsigned int id, unsigned long long frm, unsigned long long to, 
 
 
 cdef void merge_sort(Hit *a, Hit *tmp, size_t n) noexcept nogil:
-    """Stable merge sort by end (the hits are a few sorted runs: main, then gated)."""
-    cdef size_t width = 1, lo, mid, hi, i, j, k
+    """Stable merge sort by end (the hits are a few sorted runs: main, then gated). Two runs, the
+    usual case, are one linear merge; anything else the bottom-up sort (log2 n passes)."""
+    cdef size_t width = 1, lo, mid, hi, i, j, k, runs = 1, cut = 0
+    for i in range(1, n):
+        if a[i].end < a[i - 1].end:
+            runs += 1
+            cut = i
+            if runs > 2:
+                break
+    if runs == 1:
+        return
+    if runs == 2:
+        i, j, k = 0, cut, 0
+        while i < cut and j < n:
+            if a[j].end < a[i].end:
+                tmp[k] = a[j]
+                j += 1
+            else:
+                tmp[k] = a[i]
+                i += 1
+            k += 1
+        while i < cut:
+            tmp[k] = a[i]
+            i += 1
+            k += 1
+        while j < n:
+            tmp[k] = a[j]
+            j += 1
+            k += 1
+        memcpy(a, tmp, n * sizeof(Hit))
+        return
     cdef Hit *src = a
     cdef Hit *dst = tmp
     cdef Hit *sw
@@ -2234,6 +2263,8 @@ cdef class Distinct:
         if t == NULL:
             raise MemoryError()
         for k in range(old):
+            if k + 16 < old and self.tab[k + 16] != 0:    # the new table's slots miss the caches too
+                dlp_prefetch(&t[mix64(<uint64_t>self.tab[k + 16]) & (slots - 1)])
             if self.tab[k] != 0:
                 j = mix64(<uint64_t>self.tab[k]) & (slots - 1)
                 while t[j] != 0:
@@ -2369,7 +2400,7 @@ cdef inline void keep_id(object sc, RecEnv env, set ids, object fp) except *:
 
 
 DEF BATCH = 512                    # adds to Distinct tables made at once (batch_flush)
-DEF AHEAD = 16                     # a slot is fetched this many adds before it is probed
+DEF AHEAD = 32                     # a slot is fetched this many adds before it is probed
 
 ctypedef struct PAdd:
     PyObject *d                    # a Distinct of the scanner's (borrowed: it outlives the call)
@@ -2761,7 +2792,11 @@ cdef int finish(sc, RecEnv env, RecBuf rec, object rec_key, object rec_end) exce
 cdef Py_hash_t int_hash(Py_hash_t v) noexcept:
     """``hash(int(v))`` (CPython: |v| modulo 2**61 - 1, the sign kept, -1 made -2)."""
     cdef uint64_t x = <uint64_t>v if v >= 0 else (<uint64_t>0) - <uint64_t>v
-    cdef Py_hash_t r = <Py_hash_t>(x % 0x1FFFFFFFFFFFFFFFULL)
+    # x mod 2**61 - 1 without a division: x = q * 2**61 + low is q + low modulo it (q <= 7)
+    cdef uint64_t m = (x & 0x1FFFFFFFFFFFFFFFULL) + (x >> 61)
+    if m >= 0x1FFFFFFFFFFFFFFFULL:
+        m -= 0x1FFFFFFFFFFFFFFFULL
+    cdef Py_hash_t r = <Py_hash_t>m
     if v < 0:
         r = -r
     return -2 if r == -1 else r
