@@ -133,6 +133,51 @@ cdef extern from *:
     }
     static const void *dlp_memrchr(const void *s, int c, size_t n) { return memrchr(s, c, n); }
     static inline void dlp_prefetch(const void *p) { __builtin_prefetch(p, 0, 3); }
+    /* Distinct tables of 64 KiB and more, kept for the next exchange when freed (at most 8 of them,
+       8 MiB in all): a dense exchange grows eight tables to ~1 MiB each, and fresh ones cost a page
+       fault per 4 KiB (measured ~4 % of a dense scan, kernel time) where reusing one costs a memset.
+       Callers hold the GIL (the tables belong to Python objects): no lock. */
+    #define DLP_POOL_N 8
+    #define DLP_POOL_MIN ((size_t)64 << 10)
+    #define DLP_POOL_MAX ((size_t)8 << 20)
+    static void *dlp_pool_p[DLP_POOL_N];
+    static size_t dlp_pool_n[DLP_POOL_N];
+    static size_t dlp_pool_bytes = 0;
+    static void *dlp_tab_calloc(size_t n) {
+        int k;
+        if (n >= DLP_POOL_MIN)
+            for (k = 0; k < DLP_POOL_N; k++)
+                if (dlp_pool_p[k] != NULL && dlp_pool_n[k] == n) {
+                    void *p = dlp_pool_p[k];
+                    dlp_pool_p[k] = NULL;
+                    dlp_pool_bytes -= n;
+                    memset(p, 0, n);
+                    return p;
+                }
+        return calloc(n, 1);
+    }
+    static void dlp_tab_free(void *p, size_t n) {
+        int k, small = -1;
+        if (p == NULL || n < DLP_POOL_MIN || n > DLP_POOL_MAX) { free(p); return; }
+        /* the biggest tables are the ones worth keeping: make room by dropping smaller ones */
+        for (;;) {
+            small = -1;
+            for (k = 0; k < DLP_POOL_N; k++)
+                if (dlp_pool_p[k] == NULL) { if (dlp_pool_bytes + n <= DLP_POOL_MAX) break; }
+                else if (dlp_pool_n[k] < n && (small < 0 || dlp_pool_n[k] < dlp_pool_n[small])) small = k;
+            if (k < DLP_POOL_N) {
+                dlp_pool_p[k] = p;
+                dlp_pool_n[k] = n;
+                dlp_pool_bytes += n;
+                return;
+            }
+            if (small < 0) { free(p); return; }
+            free(dlp_pool_p[small]);
+            dlp_pool_bytes -= dlp_pool_n[small];
+            dlp_pool_p[small] = NULL;
+        }
+    }
+    static size_t dlp_pool_held(void) { return dlp_pool_bytes; }
     /* a cheap clock for comparing two ways of one step (the TSC where there is one: ~10 ns, where
        clock_gettime costs ~25-40 ns under a hypervisor); only differences of it are used */
     #if defined(__x86_64__) || defined(__i386__)
@@ -167,6 +212,10 @@ cdef extern from *:
     hs_scratch_t *dlp_tls_scratch
     const void *dlp_memrchr(const void *s, int c, size_t n) nogil
     void dlp_prefetch(const void *p) nogil
+    void *dlp_tab_calloc(size_t n)
+    void dlp_tab_free(void *p, size_t n)
+    size_t dlp_pool_held()
+    int posix_memalign(void **memptr, size_t alignment, size_t size) nogil
     double dlp_ticks() nogil
     int scratch_for "dlp_scratch_for"(const hs_database_t *db) nogil
     void dlp_forget_databases() nogil
@@ -2099,13 +2148,18 @@ cdef inline uint64_t fnv1a(const unsigned char *p, Py_ssize_t n) noexcept nogil:
     return mix64(h) | 1               # 0 marks an empty slot
 
 
+ctypedef struct WsSlot:            # 32 bytes, two to a cache line (the table is 64-byte aligned)
+    uint64_t h                     # fnv1a of the word; 0 = empty
+    unsigned char k[WS_INLINE + 1]  # length, then the bytes
+
+
 cdef class WordSet:
-    """A require's word set (a frozenset of bytes) as a C table: hash, length and bytes inline, so
-    that asking about a name makes no bytes object and chases no pointer (the frozenset cost a
-    cache miss into the set and another into the word). Words longer than WS_INLINE bytes are
-    asked of the frozenset, which is kept."""
-    cdef uint64_t *hashes
-    cdef unsigned char *keys          # slot k: keys[k * (WS_INLINE + 1)] = length, then the bytes
+    """A require's word set (a frozenset of bytes) as a C table: hash, length and bytes inline in
+    one 32-byte slot, so that asking about a name makes no bytes object and costs one cache miss
+    (the frozenset cost one into the set and another into the word; hashes and words in two arrays
+    still cost two for a word that is there, the usual case on a roster). Words longer than
+    WS_INLINE bytes are asked of the frozenset, which is kept."""
+    cdef WsSlot *slot
     cdef size_t mask
     cdef object words
     cdef bint has_long
@@ -2115,15 +2169,16 @@ cdef class WordSet:
         cdef uint64_t h
         cdef bytes w
         cdef Py_ssize_t n
+        cdef void *mem = NULL
         self.words = words
         for w in words:                   # (a non-bytes word raises TypeError: no table then)
             pass
         while slots < 2 * len(words) + 2:
             slots *= 2
-        self.hashes = <uint64_t *>calloc(slots, sizeof(uint64_t))
-        self.keys = <unsigned char *>calloc(slots, WS_INLINE + 1)
-        if self.hashes == NULL or self.keys == NULL:
+        if posix_memalign(&mem, 64, slots * sizeof(WsSlot)) != 0:
             raise MemoryError()
+        memset(mem, 0, slots * sizeof(WsSlot))
+        self.slot = <WsSlot *>mem
         self.mask = slots - 1
         for w in words:
             n = PyBytes_GET_SIZE(w)
@@ -2132,29 +2187,27 @@ cdef class WordSet:
                 continue
             h = fnv1a(<const unsigned char *>PyBytes_AS_STRING(w), n)
             j = h & self.mask
-            while self.hashes[j] != 0:
+            while self.slot[j].h != 0:
                 j = (j + 1) & self.mask
-            self.hashes[j] = h
-            self.keys[j * (WS_INLINE + 1)] = <unsigned char>n
-            memcpy(self.keys + j * (WS_INLINE + 1) + 1, PyBytes_AS_STRING(w), n)
+            self.slot[j].h = h
+            self.slot[j].k[0] = <unsigned char>n
+            memcpy(&self.slot[j].k[1], PyBytes_AS_STRING(w), n)
 
     def __dealloc__(self):
-        free(self.hashes)
-        free(self.keys)
+        free(self.slot)
 
     cdef bint has(self, const unsigned char *p, Py_ssize_t n) except -1:
         cdef uint64_t h
         cdef size_t j
-        cdef const unsigned char *k
+        cdef WsSlot *t
         if n > WS_INLINE:
             return self.has_long and PyBytes_FromStringAndSize(<const char *>p, n) in self.words
         h = fnv1a(p, n)
         j = h & self.mask
-        while self.hashes[j] != 0:
-            if self.hashes[j] == h:
-                k = self.keys + j * (WS_INLINE + 1)
-                if k[0] == n and memcmp(k + 1, p, n) == 0:
-                    return True
+        while self.slot[j].h != 0:
+            t = &self.slot[j]
+            if t.h == h and t.k[0] == n and memcmp(&t.k[1], p, n) == 0:
+                return True
             j = (j + 1) & self.mask
         return False
 
@@ -2237,6 +2290,11 @@ cdef inline uint64_t mix64(uint64_t x) noexcept nogil:
     return x
 
 
+def pool_held() -> int:
+    """Bytes of freed Distinct tables kept for reuse (at most 8 MiB; tests, bench)."""
+    return dlp_pool_held()
+
+
 cdef class Distinct:
     """sensor.detect.distinct.DistinctCounter with its exact part in C: an open-addressing table of
     the same ``Py_hash_t`` values (no int objects, no set), counted alike; past ``cap`` it hands the
@@ -2253,12 +2311,12 @@ cdef class Distinct:
         self.cap = cap
 
     def __dealloc__(self):
-        free(self.tab)
+        dlp_tab_free(self.tab, (self.mask + 1) * sizeof(Py_hash_t) if self.tab != NULL else 0)
 
     cdef int _grow(self) except -1:
         cdef size_t old = self.mask + 1 if self.tab != NULL else 0
         cdef size_t slots = old * 2 if old else 16
-        cdef Py_hash_t *t = <Py_hash_t *>calloc(slots, sizeof(Py_hash_t))
+        cdef Py_hash_t *t = <Py_hash_t *>dlp_tab_calloc(slots * sizeof(Py_hash_t))
         cdef size_t k, j
         if t == NULL:
             raise MemoryError()
@@ -2270,7 +2328,7 @@ cdef class Distinct:
                 while t[j] != 0:
                     j = (j + 1) & (slots - 1)
                 t[j] = self.tab[k]
-        free(self.tab)
+        dlp_tab_free(self.tab, (self.mask + 1) * sizeof(Py_hash_t) if self.tab != NULL else 0)
         self.tab = t
         self.mask = slots - 1
         return 0
@@ -2310,7 +2368,7 @@ cdef class Distinct:
         c.exact = self._set()
         c._switch()
         self.py = c
-        free(self.tab)
+        dlp_tab_free(self.tab, (self.mask + 1) * sizeof(Py_hash_t) if self.tab != NULL else 0)
         self.tab = NULL
         self.mask = 0
         return 0
