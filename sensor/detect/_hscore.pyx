@@ -2010,8 +2010,8 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
                             m = info.rx[i].match(buf, s, e)              # the match re.search would return
                             if m is None or not require_ok(m, req):
                                 continue
-                    if cat == CONTACT and ctx and info.pvalid[i] != V_PY:
-                        v = None     # an email or phone: checked and counted in the buffer
+                    if info.pvalid[i] != V_PY:
+                        v = None     # checked, hashed (and counted) in the buffer: made only if kept
                         vn = e - s
                     else:
                         v = PyBytes_FromStringAndSize(b + s, e - s)
@@ -2109,10 +2109,10 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
                 continue
         start = s + base
         # the raw value stays only until its record is decided, and only while samples are wanted
-        if v is None:                    # a fixed-width value still in the buffer
-            hv = _Py_HashBytes(b + s, w)
+        if v is None:                    # a value still in the buffer: b[s:s + vn]
+            hv = _Py_HashBytes(b + s, vn)
             if want[si] or keep[si]:
-                v = PyBytes_FromStringAndSize(b + s, w)
+                v = PyBytes_FromStringAndSize(b + s, vn)
         else:
             hv = PyObject_Hash(v)
             if not (want[si] or keep[si]):
