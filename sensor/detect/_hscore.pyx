@@ -2364,7 +2364,9 @@ cdef class Distinct:
                 return 0
             self.has_zero = True
         else:
-            if self.tab == NULL or <size_t>(self.n + 1) * 2 > self.mask + 1:
+            # grown at 70 % full (was 50 %): half the memory and one rehash fewer on a dense exchange
+            # (a table of 40,000 values: 512 KiB, not 1 MiB); a probe mostly stays in its cache line
+            if self.tab == NULL or <size_t>(self.n + 1) * 10 > (self.mask + 1) * 7:
                 self._grow()
             j = mix64(<uint64_t>h) & self.mask
             while self.tab[j] != 0:
