@@ -14,10 +14,11 @@ Python call (a C twin now), ``re`` for the name patterns' required words (read o
 the group leads the match: :func:`_lead_group`), libhs's leftmost-start scan of a 40-80 byte window
 per variable-width value (2-3 us on names; now the word starts are tried with an anchored database
 first where cheaper: :func:`value_start_c`), emails through ``re`` (libhs cannot give that pattern a
-leftmost start) and ``_count_contact`` in Python (both in C). What remains on that corpus, in this
-order: the distinct-count tables' memory stalls when finishing records (a dozen tables of 1 MB,
-probed at random), the window scans of the city/state/ZIP pattern, and the Python objects of the
-record entries. The loop lets the GIL go every 256 matches (:data:`GIL_EVERY`).
+leftmost start) and ``_count_contact`` in Python (both in C); session 14: the open record's entries
+are C structs (:class:`RecBuf`, no tuple or int per value) and the adds to the distinct-count
+tables are batched with their slots prefetched far ahead (:func:`batch_add`). What remains on that
+corpus (docs/benchmarks.md, compiled core): those tables' memory stalls and growth, word-set lookups
+missing L2, the loop itself. The loop lets the GIL go every 256 matches (:data:`GIL_EVERY`).
 
 Databases come from this module's own ``hs_compile_multi`` (a database serialized by the PyPI
 wheel's statically linked libhs is not guaranteed to load in Debian's). Scratch: one per thread
