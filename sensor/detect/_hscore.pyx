@@ -2318,6 +2318,7 @@ cdef class Distinct:
     allocated at the first add (an exchange with no value pays for none)."""
     cdef Py_hash_t *tab
     cdef size_t mask                 # slots - 1 (0 before the first add)
+    cdef int shift                   # 64 - log2(slots): a hash's home slot is its mixed top bits
     cdef Py_ssize_t n
     cdef bint has_zero               # 0 marks an empty slot: the hash 0 is a flag
     cdef readonly Py_ssize_t cap
@@ -2332,28 +2333,30 @@ cdef class Distinct:
     cdef int _grow(self) except -1:
         cdef size_t old = self.mask + 1 if self.tab != NULL else 0
         cdef size_t slots = old * 2 if old else 16
+        cdef int shift = self.shift - 1 if old else 60
         cdef Py_hash_t *t = <Py_hash_t *>dlp_tab_calloc(slots * sizeof(Py_hash_t))
         cdef size_t k, j
         if t == NULL:
             raise MemoryError()
+        # homes are top bits: the old slot j's values go home to 2j or 2j + 1, so walking the old
+        # table in order writes the new one in order too (no random access, no cache miss per value)
         for k in range(old):
-            if k + 16 < old and self.tab[k + 16] != 0:    # the new table's slots miss the caches too
-                dlp_prefetch(&t[mix64(<uint64_t>self.tab[k + 16]) & (slots - 1)])
             if self.tab[k] != 0:
-                j = mix64(<uint64_t>self.tab[k]) & (slots - 1)
+                j = <size_t>(mix64(<uint64_t>self.tab[k]) >> shift)
                 while t[j] != 0:
                     j = (j + 1) & (slots - 1)
                 t[j] = self.tab[k]
         dlp_tab_free(self.tab, (self.mask + 1) * sizeof(Py_hash_t) if self.tab != NULL else 0)
         self.tab = t
         self.mask = slots - 1
+        self.shift = shift
         return 0
 
     cdef inline void prefetch(self, Py_hash_t h) noexcept:
         """Start loading the slot ``h`` probes first: on dense data the tables outgrow the caches
         and every add would wait for memory; the add comes a record later."""
         if self.tab != NULL:
-            dlp_prefetch(&self.tab[mix64(<uint64_t>h) & self.mask])
+            dlp_prefetch(&self.tab[mix64(<uint64_t>h) >> self.shift])
 
     cdef int cadd(self, Py_hash_t h) except -1:
         """DistinctCounter.add: 1 when ``h`` is new (past the cap: when the sketch changed)."""
@@ -2369,7 +2372,7 @@ cdef class Distinct:
             # (a table of 40,000 values: 512 KiB, not 1 MiB); a probe mostly stays in its cache line
             if self.tab == NULL or <size_t>(self.n + 1) * 10 > (self.mask + 1) * 7:
                 self._grow()
-            j = mix64(<uint64_t>h) & self.mask
+            j = <size_t>(mix64(<uint64_t>h) >> self.shift)
             while self.tab[j] != 0:
                 if self.tab[j] == h:
                     return 0
@@ -2415,7 +2418,7 @@ cdef class Distinct:
             return self.has_zero
         if self.tab == NULL:
             return False
-        j = mix64(<uint64_t>x) & self.mask
+        j = <size_t>(mix64(<uint64_t>x) >> self.shift)
         while self.tab[j] != 0:
             if self.tab[j] == x:
                 return True
