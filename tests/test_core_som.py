@@ -228,13 +228,16 @@ def test_word_set_answers_as_frozenset(engine, info):
     """The require word sets as C tables: membership as the frozenset's, long words included."""
     rnd = random.Random(3)
     sets = {id(w): w for p in engine.patterns for _, w in (p.require or ())}
-    extra = frozenset([b"", b"A", b"X" * 23, b"Y" * 24, b"Z" * 90, b"\xc3\x89MILE", b"O'NEIL", b"MARY-ANN"])
+    extra = frozenset([b"", b"A", b"X" * 23, b"Y" * 24, b"Z" * 90, b"\xc3\x89MILE", b"O'NEIL", b"MARY-ANN",
+                       # the 8-byte keys (a short word is its own zero-padded key): NULs, the edges
+                       b"AB\x00", b"\x00", b"\x00AB", b"ABCDEFGH", b"ABCDEFGHI", b"ABCDEFG\x00", b"\xff" * 8])
     for words in list(sets.values()) + [extra, frozenset()]:
         ws = core._hscore.WordSet(words)
         probes = list(words)[:500] + list(extra)
         probes += [bytes(rnd.choice(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ'-") for _ in range(rnd.randrange(0, 30)))
                    for _ in range(2000)]
         probes += [w[:-1] for w in list(words)[:200] if w] + [w + b"S" for w in list(words)[:200]]
+        probes += [b"AB", b"AB\x00\x00", b"\x00\x00", b"ABCDEFG", b"\xff" * 7, b"\xff" * 9]
         for v in probes:
             assert (v in ws) == (v in words), v
     with pytest.raises(TypeError):
