@@ -166,6 +166,25 @@ def test_distinct_answers_as_distinct_counter(info):
     assert small.add(0) and not small.add(0) and 0 in small and small.exact == {0}
 
 
+def test_reused_distinct_tables_start_empty(info):
+    """Freed tables of 64 KiB and more are kept for the next counters (a page fault per 4 KiB
+    saved on dense data): a counter built on a reused table counts from zero, as a fresh one."""
+    rnd = random.Random(3)
+    for _ in range(3):
+        big = [core._hscore.Distinct(1 << 20) for _ in range(3)]
+        for d in big:
+            for _ in range(40_000):
+                d.add(rnd.getrandbits(63) + 1)
+        assert core._hscore.pool_held() <= 8 << 20
+        kept = [rnd.getrandbits(63) + 1 for _ in range(20_000)]
+        del big                                       # their tables go to the pool
+        a, b = core._hscore.Distinct(1 << 20), DistinctCounter(1 << 20)
+        for h in kept + kept[:5000]:
+            assert a.add(h) == b.add(h)
+        assert len(a) == len(b) == len(set(kept))
+        assert all(h in a for h in kept[:100]) and not any(rnd.getrandbits(63) + 1 in a for _ in range(100))
+
+
 def _ssns(n: int, rnd: random.Random) -> list[bytes]:
     out = []
     while len(out) < n:
@@ -193,7 +212,9 @@ def test_estimated_records_same_as_reference(engine, info, n):
 def test_record_identity_hash_is_pythons(info):
     """The compiled record identity: hash(tuple(sorted(value hashes))) computed without objects."""
     rnd = random.Random(11)
-    edge = [0, 1, -1, -2, 2**61 - 2, 2**61 - 1, 2**61, -(2**61 - 1), -(2**61), 2**63 - 1, -(2**63), -(2**63) + 1]
+    edge = [0, 1, -1, -2, 2**61 - 2, 2**61 - 1, 2**61, -(2**61 - 1), -(2**61), 2**63 - 1, -(2**63), -(2**63) + 1,
+            2 * (2**61 - 1), 4 * (2**61 - 1), 4 * (2**61 - 1) - 1, 4 * (2**61 - 1) + 1, 2**62, -(2**62),
+            -4 * (2**61 - 1), 2**63 - 2]                 # int_hash's reduction without a division
     cases = [[], [0], [-1], edge, edge[::-1]]
     for _ in range(3000):
         n = rnd.randrange(1, 12)
@@ -207,13 +228,16 @@ def test_word_set_answers_as_frozenset(engine, info):
     """The require word sets as C tables: membership as the frozenset's, long words included."""
     rnd = random.Random(3)
     sets = {id(w): w for p in engine.patterns for _, w in (p.require or ())}
-    extra = frozenset([b"", b"A", b"X" * 23, b"Y" * 24, b"Z" * 90, b"\xc3\x89MILE", b"O'NEIL", b"MARY-ANN"])
+    extra = frozenset([b"", b"A", b"X" * 23, b"Y" * 24, b"Z" * 90, b"\xc3\x89MILE", b"O'NEIL", b"MARY-ANN",
+                       # the 8-byte keys (a short word is its own zero-padded key): NULs, the edges
+                       b"AB\x00", b"\x00", b"\x00AB", b"ABCDEFGH", b"ABCDEFGHI", b"ABCDEFG\x00", b"\xff" * 8])
     for words in list(sets.values()) + [extra, frozenset()]:
         ws = core._hscore.WordSet(words)
         probes = list(words)[:500] + list(extra)
         probes += [bytes(rnd.choice(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ'-") for _ in range(rnd.randrange(0, 30)))
                    for _ in range(2000)]
         probes += [w[:-1] for w in list(words)[:200] if w] + [w + b"S" for w in list(words)[:200]]
+        probes += [b"AB", b"AB\x00\x00", b"\x00\x00", b"ABCDEFG", b"\xff" * 7, b"\xff" * 9]
         for v in probes:
             assert (v in ws) == (v in words), v
     with pytest.raises(TypeError):

@@ -14,10 +14,11 @@ Python call (a C twin now), ``re`` for the name patterns' required words (read o
 the group leads the match: :func:`_lead_group`), libhs's leftmost-start scan of a 40-80 byte window
 per variable-width value (2-3 us on names; now the word starts are tried with an anchored database
 first where cheaper: :func:`value_start_c`), emails through ``re`` (libhs cannot give that pattern a
-leftmost start) and ``_count_contact`` in Python (both in C). What remains on that corpus, in this
-order: the distinct-count tables' memory stalls when finishing records (a dozen tables of 1 MB,
-probed at random), the window scans of the city/state/ZIP pattern, and the Python objects of the
-record entries. The loop lets the GIL go every 256 matches (:data:`GIL_EVERY`).
+leftmost start) and ``_count_contact`` in Python (both in C); session 14: the open record's entries
+are C structs (:class:`RecBuf`, no tuple or int per value) and the adds to the distinct-count
+tables are batched with their slots prefetched far ahead (:func:`batch_add`). What remains on that
+corpus (docs/benchmarks.md, compiled core): those tables' memory stalls and growth, word-set lookups
+missing L2, the loop itself. The loop lets the GIL go every 256 matches (:data:`GIL_EVERY`).
 
 Databases come from this module's own ``hs_compile_multi`` (a database serialized by the PyPI
 wheel's statically linked libhs is not guaranteed to load in Debian's). Scratch: one per thread
@@ -25,10 +26,11 @@ wheel's statically linked libhs is not guaranteed to load in Debian's). Scratch:
 """
 cimport cython
 from libc.stdlib cimport malloc, calloc, realloc, free
-from libc.string cimport memchr, memcmp, memcpy
+from libc.string cimport memchr, memcmp, memcpy, memset
 from libc.stdint cimport uint64_t, int64_t
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.object cimport PyObject_Hash
+from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from cpython.list cimport PyList_GET_SIZE
 from cpython.sequence cimport PySequence_GetSlice
 from libc.time cimport time, time_t
@@ -132,6 +134,51 @@ cdef extern from *:
     }
     static const void *dlp_memrchr(const void *s, int c, size_t n) { return memrchr(s, c, n); }
     static inline void dlp_prefetch(const void *p) { __builtin_prefetch(p, 0, 3); }
+    /* Distinct tables of 64 KiB and more, kept for the next exchange when freed (at most 8 of them,
+       8 MiB in all): a dense exchange grows eight tables to ~1 MiB each, and fresh ones cost a page
+       fault per 4 KiB (measured ~4 % of a dense scan, kernel time) where reusing one costs a memset.
+       Callers hold the GIL (the tables belong to Python objects): no lock. */
+    #define DLP_POOL_N 8
+    #define DLP_POOL_MIN ((size_t)64 << 10)
+    #define DLP_POOL_MAX ((size_t)8 << 20)
+    static void *dlp_pool_p[DLP_POOL_N];
+    static size_t dlp_pool_n[DLP_POOL_N];
+    static size_t dlp_pool_bytes = 0;
+    static void *dlp_tab_calloc(size_t n) {
+        int k;
+        if (n >= DLP_POOL_MIN)
+            for (k = 0; k < DLP_POOL_N; k++)
+                if (dlp_pool_p[k] != NULL && dlp_pool_n[k] == n) {
+                    void *p = dlp_pool_p[k];
+                    dlp_pool_p[k] = NULL;
+                    dlp_pool_bytes -= n;
+                    memset(p, 0, n);
+                    return p;
+                }
+        return calloc(n, 1);
+    }
+    static void dlp_tab_free(void *p, size_t n) {
+        int k, small = -1;
+        if (p == NULL || n < DLP_POOL_MIN || n > DLP_POOL_MAX) { free(p); return; }
+        /* the biggest tables are the ones worth keeping: make room by dropping smaller ones */
+        for (;;) {
+            small = -1;
+            for (k = 0; k < DLP_POOL_N; k++)
+                if (dlp_pool_p[k] == NULL) { if (dlp_pool_bytes + n <= DLP_POOL_MAX) break; }
+                else if (dlp_pool_n[k] < n && (small < 0 || dlp_pool_n[k] < dlp_pool_n[small])) small = k;
+            if (k < DLP_POOL_N) {
+                dlp_pool_p[k] = p;
+                dlp_pool_n[k] = n;
+                dlp_pool_bytes += n;
+                return;
+            }
+            if (small < 0) { free(p); return; }
+            free(dlp_pool_p[small]);
+            dlp_pool_bytes -= dlp_pool_n[small];
+            dlp_pool_p[small] = NULL;
+        }
+    }
+    static size_t dlp_pool_held(void) { return dlp_pool_bytes; }
     /* a cheap clock for comparing two ways of one step (the TSC where there is one: ~10 ns, where
        clock_gettime costs ~25-40 ns under a hypervisor); only differences of it are used */
     #if defined(__x86_64__) || defined(__i386__)
@@ -166,6 +213,10 @@ cdef extern from *:
     hs_scratch_t *dlp_tls_scratch
     const void *dlp_memrchr(const void *s, int c, size_t n) nogil
     void dlp_prefetch(const void *p) nogil
+    void *dlp_tab_calloc(size_t n)
+    void dlp_tab_free(void *p, size_t n)
+    size_t dlp_pool_held()
+    int posix_memalign(void **memptr, size_t alignment, size_t size) nogil
     double dlp_ticks() nogil
     int scratch_for "dlp_scratch_for"(const hs_database_t *db) nogil
     void dlp_forget_databases() nogil
@@ -931,8 +982,37 @@ cdef int on_hit(unsigned int id, unsigned long long frm, unsigned long long to, 
 
 
 cdef void merge_sort(Hit *a, Hit *tmp, size_t n) noexcept nogil:
-    """Stable merge sort by end (the hits are a few sorted runs: main, then gated)."""
-    cdef size_t width = 1, lo, mid, hi, i, j, k
+    """Stable merge sort by end (the hits are a few sorted runs: main, then gated). Two runs, the
+    usual case, are one linear merge; anything else the bottom-up sort (log2 n passes)."""
+    cdef size_t width = 1, lo, mid, hi, i, j, k, runs = 1, cut = 0
+    for i in range(1, n):
+        if a[i].end < a[i - 1].end:
+            runs += 1
+            cut = i
+            if runs > 2:
+                break
+    if runs == 1:
+        return
+    if runs == 2:
+        i, j, k = 0, cut, 0
+        while i < cut and j < n:
+            if a[j].end < a[i].end:
+                tmp[k] = a[j]
+                j += 1
+            else:
+                tmp[k] = a[i]
+                i += 1
+            k += 1
+        while i < cut:
+            tmp[k] = a[i]
+            i += 1
+            k += 1
+        while j < n:
+            tmp[k] = a[j]
+            j += 1
+            k += 1
+        memcpy(a, tmp, n * sizeof(Hit))
+        return
     cdef Hit *src = a
     cdef Hit *dst = tmp
     cdef Hit *sw
@@ -1700,26 +1780,105 @@ DEF STRONG = 1
 DEF CONTACT = 4
 
 
-cdef void label_after(list rec, const char *b, Py_ssize_t blen, int64_t base, int64_t end, int si,
-                      int64_t window) except *:
+# -- the open record's entries, in C (the reference's list of tuples) -------------------------------------
+ctypedef struct Ent:
+    Py_hash_t h                  # the value's hash (has_h), else unused
+    int64_t start                # absolute start of the value (a lazy entry: its match end, as the reference's t[5])
+    int64_t le                   # a lazy entry: the match end in its buffer (``obj``)
+    PyObject *obj                # owned: the raw value or NULL (has_h); the buffer (lazy)
+    int si
+    int cat
+    int rmask
+    int pat                      # a lazy entry: the pattern to extract it with
+    char ctx
+    char has_h
+
+
+@cython.final
+cdef class RecBuf:
+    """The open record of a part (``sc._rec`` on the compiled path): the reference's list of
+    ``(si, cat, ctx, rmask, hash, start, raw)`` tuples as a C array, so that a dense record makes
+    no tuple or int per value. Python only asks whether it is empty."""
+    cdef Ent *a
+    cdef Py_ssize_t n, cap
+
+    def __dealloc__(self):
+        self.clear()
+        free(self.a)
+
+    def __bool__(self) -> bool:
+        return self.n > 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    cdef void clear(self) noexcept:
+        cdef Py_ssize_t k
+        cdef PyObject *o
+        for k in range(self.n):
+            o = self.a[k].obj
+            self.a[k].obj = NULL
+            Py_XDECREF(o)
+        self.n = 0
+
+    cdef Ent *push(self) except NULL:
+        """A new zeroed entry at the end (the caller fills it; ``obj`` owned)."""
+        cdef Py_ssize_t cap
+        cdef Ent *grown
+        if self.n == self.cap:
+            cap = self.cap * 2 if self.cap else 16
+            grown = <Ent *>realloc(self.a, cap * sizeof(Ent))
+            if grown == NULL:
+                raise MemoryError()
+            self.a = grown
+            self.cap = cap
+        memset(&self.a[self.n], 0, sizeof(Ent))
+        self.n += 1
+        return &self.a[self.n - 1]
+
+
+cdef RecBuf recbuf_of(sc):
+    """The scanner's open record as a RecBuf (a part starts with the reference's empty list)."""
+    r = sc._rec
+    if type(r) is RecBuf:
+        return <RecBuf>r
+    if r:
+        raise CoreError("a record of the Python reference in the compiled loop")
+    cdef RecBuf rb = RecBuf.__new__(RecBuf)
+    sc._rec = rb
+    return rb
+
+
+cdef inline void set_obj(Ent *t, object o) noexcept:
+    cdef PyObject *old = t.obj
+    if o is None:
+        t.obj = NULL
+    else:
+        Py_INCREF(o)
+        t.obj = <PyObject *>o
+    Py_XDECREF(old)
+
+
+cdef void label_after(RecBuf rec, const char *b, Py_ssize_t blen, int64_t base, int64_t end, int si,
+                      int64_t window) noexcept:
     """ExchangeScanner._label_after."""
     cdef Py_ssize_t k
-    cdef tuple t
+    cdef Ent *t
     cdef int64_t at, lo
     cdef int64_t hot = end - base
-    for k in range(PyList_GET_SIZE(rec) - 1, -1, -1):
-        t = <tuple>rec[k]
-        if <int>t[0] != si or t[2]:
+    for k in range(rec.n - 1, -1, -1):
+        t = &rec.a[k]
+        if t.si != si or t.ctx:
             continue
-        if t[4] is None:
-            at = <int64_t>(<tuple>t[6])[2] + base
+        if not t.has_h:
+            at = t.le + base
         else:
-            at = <int64_t>t[5]
+            at = t.start
         if end - at > window + 32:
             break
         lo = at - base
         if lo >= 0 and find1(b, blen, b'\n', lo, hot) < 0:
-            rec[k] = t[:2] + (True,) + t[3:]
+            t.ctx = 1
 
 
 DEF GIL_EVERY = 255                # + 1: matches between two releases of the GIL in process()
@@ -1758,7 +1917,8 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
     cdef bint lines = mode == "lines"
     cdef bint is_json = mode == "json"
     cdef bint is_html = mode == "html"
-    cdef list rec = sc._rec
+    cdef RecBuf rec = recbuf_of(sc)
+    cdef Ent *ent
     rec_key_obj = sc._rec_key
     cdef bint has_key = rec_key_obj is not None
     cdef int64_t rec_key = 0
@@ -1783,7 +1943,7 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
     cdef bint ctx, lazy
     cdef Py_ssize_t r2, vn = 0
     cdef int64_t nl_e = -1, nl_r = -1    # the last record-key LF search: its end and answer
-    cdef tuple last
+    cdef int64_t c_row = -1, c_at = 0, c_col = 0   # the last column count: its row, end and answer
     cdef RecEnv env = rec_env(sc)
     cdef Py_hash_t hv
     cdef list distinct = sc._distinct
@@ -1804,7 +1964,7 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
                 header[si] = 1
             else:
                 last_hot[si] = end
-                if rec:
+                if rec.n:
                     label_after(rec, b, blen, base, end, si, window)
             continue
         si = info.psig[i]
@@ -1851,8 +2011,8 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
                             m = info.rx[i].match(buf, s, e)              # the match re.search would return
                             if m is None or not require_ok(m, req):
                                 continue
-                    if cat == CONTACT and ctx and info.pvalid[i] != V_PY:
-                        v = None     # an email or phone: checked and counted in the buffer
+                    if info.pvalid[i] != V_PY:
+                        v = None     # checked, hashed (and counted) in the buffer: made only if kept
                         vn = e - s
                     else:
                         v = PyBytes_FromStringAndSize(b + s, e - s)
@@ -1903,23 +2063,41 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
         if end - rk > maxrec:
             rk += (end - rk) // maxrec * maxrec
         if not has_key or rk != rec_key:
-            if rec:
-                finish(sc, env, rec, rec_key, rk)   # rec holds entries only once a key is set
-                rec = []
+            if rec.n:
+                finish_clear(sc, env, rec, rec_key, rk)   # rec holds entries only once a key is set
             rec_key = rk
             has_key = True
         if lazy:
             # only the record can make it count: decide (and pay for extraction) later
-            rec.append((si, cat, False, rmask, None, end, (info.pats[i], buf, e)))
+            ent = rec.push()
+            ent.si = si
+            ent.cat = cat
+            ent.rmask = rmask
+            ent.start = end
+            ent.le = e
+            ent.pat = i
+            set_obj(ent, buf)
             continue
         if not ctx:
             # header column context (CSV/TSV: delimiters before the value on its row, outside quotes)
             if lines and col_sigs:
                 r = rk - base + 1
                 if r >= 0:
-                    if find1(b, blen, b'"', r, s) < 0:
+                    if r == c_row and s >= c_at:         # the row's last value: count on from there
+                        if find1(b, blen, b'"', c_at, s) < 0:
+                            col = c_col + count1(b, blen, delim, c_at, s)
+                            c_at = s
+                            c_col = col
+                        else:
+                            c_row = -1
+                            col = sc._column_of(buf, r, s)
+                    elif find1(b, blen, b'"', r, s) < 0:
                         col = count1(b, blen, delim, r, s)
+                        c_row = r
+                        c_at = s
+                        c_col = col
                     else:
+                        c_row = -1
                         col = sc._column_of(buf, r, s)
                     if type(col_sigs) is dict:   # the scanner's: a C lookup, no method call
                         cs = (<dict>col_sigs).get(col)
@@ -1932,25 +2110,32 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
                 continue
         start = s + base
         # the raw value stays only until its record is decided, and only while samples are wanted
-        if v is None:                    # a fixed-width value still in the buffer
-            hv = _Py_HashBytes(b + s, w)
-            entry = (si, cat, True if ctx else False, rmask, hv, start,
-                     PyBytes_FromStringAndSize(b + s, w) if want[si] or keep[si] else None)
+        if v is None:                    # a value still in the buffer: b[s:s + vn]
+            hv = _Py_HashBytes(b + s, vn)
+            if want[si] or keep[si]:
+                v = PyBytes_FromStringAndSize(b + s, vn)
         else:
             hv = PyObject_Hash(v)
-            entry = (si, cat, True if ctx else False, rmask, hv, start,
-                     v if want[si] or keep[si] else None)
-        d = distinct[si]
-        if type(d) is Distinct:
-            (<Distinct>d).prefetch(hv)
-        if rec:
-            last = <tuple>rec[PyList_GET_SIZE(rec) - 1]
-            if last[0] == si and last[5] == start:
-                rec[PyList_GET_SIZE(rec) - 1] = entry              # a longer match from the same start: keep the longest
-                continue
-        rec.append(entry)
+            if not (want[si] or keep[si]):
+                v = None
+        ent = NULL
+        if rec.n:
+            ent = &rec.a[rec.n - 1]
+            if not (ent.si == si and ent.start == start):
+                ent = NULL               # else a longer match from the same start: keep the longest
+        if ent == NULL:
+            ent = rec.push()
+        ent.si = si
+        ent.cat = cat
+        ent.ctx = 1 if ctx else 0
+        ent.rmask = rmask
+        ent.h = hv
+        ent.has_h = 1
+        ent.start = start
+        ent.le = 0
+        ent.pat = 0
+        set_obj(ent, v)
     env_flush(sc, env)
-    sc._rec = rec
     if has_key:
         sc._rec_key = rec_key
     return 0
@@ -1969,70 +2154,112 @@ DEF MAX_GROUP = 64
 DEF WS_INLINE = 23                 # words up to this long live in the C table
 
 
-cdef inline uint64_t fnv1a(const unsigned char *p, Py_ssize_t n) noexcept nogil:
-    cdef uint64_t h = 14695981039346656037ULL
-    cdef Py_ssize_t k
-    for k in range(n):
-        h = (h ^ p[k]) * 1099511628211ULL
-    return mix64(h) | 1               # 0 marks an empty slot
+cdef inline uint64_t ws_hash(const unsigned char *p, Py_ssize_t n) noexcept nogil:
+    """A word's hash (n <= WS_INLINE), three 8-byte loads instead of a multiply per byte (FNV-1a
+    was ~half of a lookup on a roster's names); only this table uses it."""
+    cdef uint64_t w[3]
+    w[0] = w[1] = w[2] = 0
+    memcpy(w, p, n)
+    return mix64((w[0] * 0x9E3779B97F4A7C15ULL) ^ (w[1] * 0xC2B2AE3D27D4EB4FULL)
+                 ^ (w[2] * 0x165667B19E3779F9ULL) ^ <uint64_t>n) | 1      # 0 marks an empty slot
+
+
+ctypedef struct WsSlot:            # 32 bytes, two to a cache line (the table is 64-byte aligned)
+    uint64_t h                     # ws_hash of the word; 0 = empty
+    unsigned char k[WS_INLINE + 1]  # length, then the bytes
 
 
 cdef class WordSet:
-    """A require's word set (a frozenset of bytes) as a C table: hash, length and bytes inline, so
-    that asking about a name makes no bytes object and chases no pointer (the frozenset cost a
-    cache miss into the set and another into the word). Words longer than WS_INLINE bytes are
-    asked of the frozenset, which is kept."""
-    cdef uint64_t *hashes
-    cdef unsigned char *keys          # slot k: keys[k * (WS_INLINE + 1)] = length, then the bytes
+    """A require's word set (a frozenset of bytes) as C tables, so that asking about a name makes
+    no bytes object and chases no pointer. Words of up to 8 bytes with no NUL (census names, nearly
+    all) are their own key: the word zero-padded to a uint64, 8 bytes a slot, so the table of 3,000
+    names is 64 KiB and stays in L2 beside the distinct tables (a 32-byte slot of hash, length and
+    bytes made it 256 KiB, and ~90 % of a lookup was the wait for its line). Longer words (up to
+    WS_INLINE bytes) live in 32-byte slots of hash, length and bytes; longer still are asked of the
+    frozenset, which is kept."""
+    cdef uint64_t *short_tab         # a short word's padded bytes; 0 = empty slot
+    cdef size_t smask
+    cdef bint has_empty              # b"" is a word (its padded form is the empty slot's 0)
+    cdef WsSlot *slot
     cdef size_t mask
     cdef object words
     cdef bint has_long
 
     def __cinit__(self, words):
-        cdef size_t slots = 16, j
-        cdef uint64_t h
+        cdef size_t slots = 16, sslots = 16, j
+        cdef uint64_t h, key
         cdef bytes w
-        cdef Py_ssize_t n
+        cdef Py_ssize_t n, nshort = 0, nmid = 0
+        cdef void *mem = NULL
         self.words = words
         for w in words:                   # (a non-bytes word raises TypeError: no table then)
-            pass
-        while slots < 2 * len(words) + 2:
+            n = PyBytes_GET_SIZE(w)
+            if n <= 8 and memchr(PyBytes_AS_STRING(w), 0, n) == NULL:
+                nshort += 1
+            elif n <= WS_INLINE:
+                nmid += 1
+        while sslots < 2 * nshort + 2:
+            sslots *= 2
+        while slots < 2 * nmid + 2:
             slots *= 2
-        self.hashes = <uint64_t *>calloc(slots, sizeof(uint64_t))
-        self.keys = <unsigned char *>calloc(slots, WS_INLINE + 1)
-        if self.hashes == NULL or self.keys == NULL:
+        self.short_tab = <uint64_t *>calloc(sslots, sizeof(uint64_t))
+        if self.short_tab == NULL or posix_memalign(&mem, 64, slots * sizeof(WsSlot)) != 0:
             raise MemoryError()
+        memset(mem, 0, slots * sizeof(WsSlot))
+        self.slot = <WsSlot *>mem
         self.mask = slots - 1
+        self.smask = sslots - 1
         for w in words:
             n = PyBytes_GET_SIZE(w)
+            if n <= 8 and memchr(PyBytes_AS_STRING(w), 0, n) == NULL:
+                if n == 0:
+                    self.has_empty = True
+                    continue
+                key = 0
+                memcpy(&key, PyBytes_AS_STRING(w), n)
+                j = mix64(key) & self.smask
+                while self.short_tab[j] != 0 and self.short_tab[j] != key:
+                    j = (j + 1) & self.smask
+                self.short_tab[j] = key
+                continue
             if n > WS_INLINE:
                 self.has_long = True
                 continue
-            h = fnv1a(<const unsigned char *>PyBytes_AS_STRING(w), n)
+            h = ws_hash(<const unsigned char *>PyBytes_AS_STRING(w), n)
             j = h & self.mask
-            while self.hashes[j] != 0:
+            while self.slot[j].h != 0:
                 j = (j + 1) & self.mask
-            self.hashes[j] = h
-            self.keys[j * (WS_INLINE + 1)] = <unsigned char>n
-            memcpy(self.keys + j * (WS_INLINE + 1) + 1, PyBytes_AS_STRING(w), n)
+            self.slot[j].h = h
+            self.slot[j].k[0] = <unsigned char>n
+            memcpy(&self.slot[j].k[1], PyBytes_AS_STRING(w), n)
 
     def __dealloc__(self):
-        free(self.hashes)
-        free(self.keys)
+        free(self.short_tab)
+        free(self.slot)
 
     cdef bint has(self, const unsigned char *p, Py_ssize_t n) except -1:
-        cdef uint64_t h
+        cdef uint64_t h, key
         cdef size_t j
-        cdef const unsigned char *k
+        cdef WsSlot *t
+        if n <= 8 and memchr(p, 0, n) == NULL:
+            if n == 0:
+                return self.has_empty
+            key = 0
+            memcpy(&key, p, n)
+            j = mix64(key) & self.smask
+            while self.short_tab[j] != 0:
+                if self.short_tab[j] == key:
+                    return True
+                j = (j + 1) & self.smask
+            return False
         if n > WS_INLINE:
             return self.has_long and PyBytes_FromStringAndSize(<const char *>p, n) in self.words
-        h = fnv1a(p, n)
+        h = ws_hash(p, n)
         j = h & self.mask
-        while self.hashes[j] != 0:
-            if self.hashes[j] == h:
-                k = self.keys + j * (WS_INLINE + 1)
-                if k[0] == n and memcmp(k + 1, p, n) == 0:
-                    return True
+        while self.slot[j].h != 0:
+            t = &self.slot[j]
+            if t.h == h and t.k[0] == n and memcmp(&t.k[1], p, n) == 0:
+                return True
             j = (j + 1) & self.mask
         return False
 
@@ -2115,6 +2342,11 @@ cdef inline uint64_t mix64(uint64_t x) noexcept nogil:
     return x
 
 
+def pool_held() -> int:
+    """Bytes of freed Distinct tables kept for reuse (at most 8 MiB; tests, bench)."""
+    return dlp_pool_held()
+
+
 cdef class Distinct:
     """sensor.detect.distinct.DistinctCounter with its exact part in C: an open-addressing table of
     the same ``Py_hash_t`` values (no int objects, no set), counted alike; past ``cap`` it hands the
@@ -2122,6 +2354,7 @@ cdef class Distinct:
     allocated at the first add (an exchange with no value pays for none)."""
     cdef Py_hash_t *tab
     cdef size_t mask                 # slots - 1 (0 before the first add)
+    cdef int shift                   # 64 - log2(slots): a hash's home slot is its mixed top bits
     cdef Py_ssize_t n
     cdef bint has_zero               # 0 marks an empty slot: the hash 0 is a flag
     cdef readonly Py_ssize_t cap
@@ -2131,31 +2364,35 @@ cdef class Distinct:
         self.cap = cap
 
     def __dealloc__(self):
-        free(self.tab)
+        dlp_tab_free(self.tab, (self.mask + 1) * sizeof(Py_hash_t) if self.tab != NULL else 0)
 
     cdef int _grow(self) except -1:
         cdef size_t old = self.mask + 1 if self.tab != NULL else 0
         cdef size_t slots = old * 2 if old else 16
-        cdef Py_hash_t *t = <Py_hash_t *>calloc(slots, sizeof(Py_hash_t))
+        cdef int shift = self.shift - 1 if old else 60
+        cdef Py_hash_t *t = <Py_hash_t *>dlp_tab_calloc(slots * sizeof(Py_hash_t))
         cdef size_t k, j
         if t == NULL:
             raise MemoryError()
+        # homes are top bits: the old slot j's values go home to 2j or 2j + 1, so walking the old
+        # table in order writes the new one in order too (no random access, no cache miss per value)
         for k in range(old):
             if self.tab[k] != 0:
-                j = mix64(<uint64_t>self.tab[k]) & (slots - 1)
+                j = <size_t>(mix64(<uint64_t>self.tab[k]) >> shift)
                 while t[j] != 0:
                     j = (j + 1) & (slots - 1)
                 t[j] = self.tab[k]
-        free(self.tab)
+        dlp_tab_free(self.tab, (self.mask + 1) * sizeof(Py_hash_t) if self.tab != NULL else 0)
         self.tab = t
         self.mask = slots - 1
+        self.shift = shift
         return 0
 
     cdef inline void prefetch(self, Py_hash_t h) noexcept:
         """Start loading the slot ``h`` probes first: on dense data the tables outgrow the caches
         and every add would wait for memory; the add comes a record later."""
         if self.tab != NULL:
-            dlp_prefetch(&self.tab[mix64(<uint64_t>h) & self.mask])
+            dlp_prefetch(&self.tab[mix64(<uint64_t>h) >> self.shift])
 
     cdef int cadd(self, Py_hash_t h) except -1:
         """DistinctCounter.add: 1 when ``h`` is new (past the cap: when the sketch changed)."""
@@ -2167,9 +2404,11 @@ cdef class Distinct:
                 return 0
             self.has_zero = True
         else:
-            if self.tab == NULL or <size_t>(self.n + 1) * 2 > self.mask + 1:
+            # grown at 70 % full (was 50 %): half the memory and one rehash fewer on a dense exchange
+            # (a table of 40,000 values: 512 KiB, not 1 MiB); a probe mostly stays in its cache line
+            if self.tab == NULL or <size_t>(self.n + 1) * 10 > (self.mask + 1) * 7:
                 self._grow()
-            j = mix64(<uint64_t>h) & self.mask
+            j = <size_t>(mix64(<uint64_t>h) >> self.shift)
             while self.tab[j] != 0:
                 if self.tab[j] == h:
                     return 0
@@ -2186,7 +2425,7 @@ cdef class Distinct:
         c.exact = self._set()
         c._switch()
         self.py = c
-        free(self.tab)
+        dlp_tab_free(self.tab, (self.mask + 1) * sizeof(Py_hash_t) if self.tab != NULL else 0)
         self.tab = NULL
         self.mask = 0
         return 0
@@ -2215,7 +2454,7 @@ cdef class Distinct:
             return self.has_zero
         if self.tab == NULL:
             return False
-        j = mix64(<uint64_t>x) & self.mask
+        j = <size_t>(mix64(<uint64_t>x) >> self.shift)
         while self.tab[j] != 0:
             if self.tab[j] == x:
                 return True
@@ -2275,14 +2514,24 @@ cdef inline void keep_id(object sc, RecEnv env, set ids, object fp) except *:
         sc._ids_capped = True
 
 
+DEF BATCH = 512                    # adds to Distinct tables made at once (batch_flush)
+DEF AHEAD = 32                     # a slot is fetched this many adds before it is probed
+
+ctypedef struct PAdd:
+    PyObject *d                    # a Distinct of the scanner's (borrowed: it outlives the call)
+    Py_hash_t h
+    int cat                        # STRONG / CONTACT: a new value counts; 0: a record identity
+
+
 cdef class RecEnv:
     """What finishing a record reads of the scanner, fetched once per :func:`process` call (the
     lists, sets and counters are the scanner's own objects, mutated in place; none is rebound
     meanwhile). It also holds what finishing defers to the next record or the end of the call
-    (:func:`env_flush`): the value counts (added to the scanner's), and the record identity's
-    adds to the record counters, so that the counters' tables (outgrowing the caches on dense
-    data) are prefetched a record ahead instead of waited for. Every add still happens, in order,
-    before anything reads the counters (the end of the call, or a verdict asked mid-record)."""
+    (:func:`env_flush`): the value counts (added to the scanner's), and the adds to the distinct
+    value and record counters (:func:`batch_add`), made in batches so that the tables' slots
+    (outgrowing the caches on dense data) are fetched many adds ahead instead of waited for one at
+    a time. Every add still happens, in order, before anything reads the counters (the end of the
+    call, a verdict asked mid-record, a contact value's add whose answer is needed at once)."""
     cdef set header
     cdef list want, ignored, distinct, kinds, edm_kind
     cdef object edm
@@ -2290,13 +2539,13 @@ cdef class RecEnv:
     cdef object strong_recs, person_recs, all_recs
     cdef set strong_ids, person_ids
     cdef Py_ssize_t strong_values, contact_values
-    cdef object pend0, pend1, pend2      # Distinct counters owed an add of pend_fp
     cdef bint ids_capped
     cdef list is_email
     cdef object evidence
     cdef bint ev_c                       # evidence is a precision.Evidence: its email() in C
-    cdef Py_hash_t pend_fp
-    cdef int npend
+    cdef PAdd pb[BATCH]                  # adds to Distinct tables not yet made (batch_add)
+    cdef int npb
+    cdef Info info                       # the patterns, for the deferred (lazy) entries
 
 
 cdef RecEnv rec_env(sc):
@@ -2325,6 +2574,7 @@ cdef RecEnv rec_env(sc):
     env.is_email = sc._is_email
     env.evidence = sc._evidence
     env.ev_c = type(env.evidence) is _Evidence   # a subclass keeps its own email()
+    env.info = sc._core.info
     return env
 
 
@@ -2360,6 +2610,8 @@ cdef int count_contact(sc, RecEnv env, int si, const char *p, Py_ssize_t n, obje
     is only ``p[:n]`` in the buffer: the bytes object is made only for a new email or a sample."""
     if env.ignored[si]:
         return 0
+    if env.npb:
+        batch_flush(env)                  # this add's answer is needed now: the earlier ones first
     cdef Py_hash_t hv = _Py_HashBytes(p, n) if v is None else PyObject_Hash(v)
     d = env.distinct[si]
     if (<Distinct>d).cadd(hv) == 1 if type(d) is Distinct else dadd(d, hv):
@@ -2378,23 +2630,51 @@ cdef int count_contact(sc, RecEnv env, int si, const char *p, Py_ssize_t n, obje
     return 0
 
 
-cdef int env_pending(RecEnv env) except -1:
-    """The record counters' adds owed by the last record, in the reference's order."""
-    cdef int n = env.npend
-    env.npend = 0
-    if n > 0:
-        dadd(env.pend0, env.pend_fp)
-    if n > 1:
-        dadd(env.pend1, env.pend_fp)
-    if n > 2:
-        dadd(env.pend2, env.pend_fp)
-    env.pend0 = env.pend1 = env.pend2 = None
+cdef int batch_add(RecEnv env, object counter, Py_hash_t h, int cat) except -1:
+    """Add ``h`` to ``counter`` (DistinctCounter.add); a new value counts as ``cat``. The add to a
+    :class:`Distinct` waits in the batch: only sums of the answers are kept, and the batch is made
+    in order before anything reads the counters, so the counts are the reference's."""
+    cdef PAdd *t
+    if type(counter) is not Distinct:
+        if dadd(counter, h):
+            if cat == STRONG:
+                env.strong_values += 1
+            elif cat == CONTACT:
+                env.contact_values += 1
+        return 0
+    if env.npb == BATCH:
+        batch_flush(env)
+    t = &env.pb[env.npb]
+    t.d = <PyObject *>counter
+    t.h = h
+    t.cat = cat
+    env.npb += 1
+    return 0
+
+
+cdef int batch_flush(RecEnv env) except -1:
+    """The waiting adds, in order, each table slot fetched AHEAD adds before it is probed: on the
+    dense breach CSV the eight tables (~1 MB each) miss the caches on nearly every add, and a
+    prefetch one record ahead (~8 adds) was too close to help (measured: no change)."""
+    cdef int n = env.npb, k
+    cdef PAdd *pb = env.pb
+    env.npb = 0
+    for k in range(n if n < AHEAD else AHEAD):
+        (<Distinct>pb[k].d).prefetch(pb[k].h)
+    for k in range(n):
+        if k + AHEAD < n:
+            (<Distinct>pb[k + AHEAD].d).prefetch(pb[k + AHEAD].h)
+        if (<Distinct>pb[k].d).cadd(pb[k].h) == 1:
+            if pb[k].cat == STRONG:
+                env.strong_values += 1
+            elif pb[k].cat == CONTACT:
+                env.contact_values += 1
     return 0
 
 
 cdef int env_flush(sc, RecEnv env) except -1:
     """Everything deferred, into the scanner: before anything reads its counters."""
-    env_pending(env)
+    batch_flush(env)
     if env.strong_values:
         sc._strong_values += env.strong_values
         env.strong_values = 0
@@ -2404,56 +2684,76 @@ cdef int env_flush(sc, RecEnv env) except -1:
     return 0
 
 
-cdef int owe(RecEnv env, object counter, Py_hash_t fp) except -1:
-    """Add ``fp`` to ``counter`` when the next record starts (one record's adds share its fp)."""
-    if type(counter) is not Distinct or env.npend == 3:
-        dadd(counter, fp)
-        return 0
-    (<Distinct>counter).prefetch(fp)
-    env.pend_fp = fp
-    if env.npend == 0:
-        env.pend0 = counter
-    elif env.npend == 1:
-        env.pend1 = counter
-    else:
-        env.pend2 = counter
-    env.npend += 1
+def finish_record(sc) -> None:
+    """ExchangeScanner._finish_record line for line (the rare precision paths call the same Python)."""
+    r = sc._rec
+    cdef RecEnv env
+    if type(r) is not RecBuf:
+        if r:
+            raise CoreError("a record of the Python reference in the compiled loop")
+        return
+    if not (<RecBuf>r).n:
+        return
+    env = rec_env(sc)
+    finish_clear(sc, env, <RecBuf>r, sc._rec_key, sc._rec_end)
+    env_flush(sc, env)
+
+
+cdef int finish_clear(sc, RecEnv env, RecBuf rec, object rec_key, object rec_end) except -1:
+    """:func:`finish` on the open record, which is empty afterwards (also when finishing raised:
+    the reference takes the record off the scanner first)."""
+    try:
+        finish(sc, env, rec, rec_key, rec_end)
+    finally:
+        rec.clear()
     return 0
 
 
-def finish_record(sc) -> None:
-    """ExchangeScanner._finish_record line for line (the rare precision paths call the same Python)."""
-    cdef list rec = sc._rec
-    cdef RecEnv env
-    if not rec:
-        return
-    sc._rec = []
-    env = rec_env(sc)
-    finish(sc, env, rec, sc._rec_key, sc._rec_end)
-    env_flush(sc, env)
+cdef list placed_list(RecBuf rec, const int *pbit, const Py_ssize_t *pidx, const Py_hash_t *phh, int npl,
+                      dict extra):
+    """The reference's ``placed`` list (bit, start, hash, raw) of the first ``npl`` placed values."""
+    cdef list out = []
+    cdef int j
+    cdef Ent *t
+    for j in range(npl):
+        t = &rec.a[pidx[j]]
+        if not t.has_h:
+            raw = extra[pidx[j]]
+        else:
+            raw = <object>t.obj if t.obj != NULL else None
+        out.append((pbit[j], t.start, phh[j], raw))
+    return out
 
 
 DEF MAX_STRONG = 64
 
 
-cdef int finish(sc, RecEnv env, list rec, object rec_key, object rec_end) except -1:
-    """The body of :func:`finish_record` on a record ``rec`` (already taken off the scanner) whose key
-    and successor are ``rec_key`` / ``rec_end``: the scanner's ``_rec_key`` / ``_rec_end`` are set to
-    them only where the reference's Python reads them (obituary and home checks)."""
-    cdef tuple t
+cdef int finish(sc, RecEnv env, RecBuf rec, object rec_key, object rec_end) except -1:
+    """The body of :func:`finish_record` on the record ``rec`` whose key and successor are
+    ``rec_key`` / ``rec_end``: the scanner's ``_rec_key`` / ``_rec_end`` are set to them only where
+    the reference's Python reads them (obituary and home checks). The entries are C structs; Python
+    objects are made only for what Python is handed (samples, EDM values, the rare paths)."""
+    cdef Ent *t
+    cdef Py_ssize_t x, nrec = rec.n
     cdef int uncond = 0, cats = 0, kind = 0, si, cat, rmask, k, j, best, nbest, c
     cdef bint ctx
-    cdef Py_ssize_t strong_values = 0, contact_values = 0
     # strong values of the record for the estimate (the reference's per_id dict of sets), in C
     cdef int psi[MAX_STRONG]
     cdef Py_hash_t ph[MAX_STRONG]
     cdef int np = 0
     cdef dict per = None
-    cdef Py_hash_t hv
+    cdef Py_hash_t hv, h
     cdef bint any_ctx = False
-    for t in rec:
-        if t[2]:
-            uncond |= <int>t[1]
+    # values with a place bit (names, streets): for the home check, which few records need
+    cdef int pbit[MAX_STRONG]
+    cdef Py_ssize_t pidx[MAX_STRONG]
+    cdef Py_hash_t phh[MAX_STRONG]
+    cdef int npl = 0
+    cdef list placed = None
+    cdef dict extra = None
+    for x in range(nrec):
+        if rec.a[x].ctx:
+            uncond |= rec.a[x].cat
             any_ctx = True
     if not any_ctx:
         return 0        # every entry counts only through one in context: none here (lines of dates)
@@ -2468,34 +2768,31 @@ cdef int finish(sc, RecEnv env, list rec, object rec_key, object rec_end) except
     cdef list edm_kind = env.edm_kind
     edm = env.edm
     edm_vals = [] if edm is not None else None
-    cdef list placed = []
     cdef bint per_id = env.per_id
-    for t in rec:
-        si = t[0]
-        cat = t[1]
-        ctx = t[2]
-        rmask = t[3]
-        h = t[4]
-        start = t[5]
-        raw = t[6]
+    for x in range(nrec):
+        t = &rec.a[x]
+        si = t.si
+        cat = t.cat
+        ctx = t.ctx
+        rmask = t.rmask
         if not ctx and not (rmask & uncond and si not in header):
             continue
         if ignored[si]:
             continue
-        if not ctx and sc._org_field(start):
+        if not ctx and sc._org_field(t.start):
             continue
-        if h is None:                     # deferred: extract and validate now
-            raw = _extract_fn(*raw)
+        t = &rec.a[x]
+        if not t.has_h:                   # deferred: extract and validate now
+            raw = _extract_fn(env.info.pats[t.pat], <object>t.obj, t.le)
             if raw is None:
                 continue
             h = PyObject_Hash(raw)
+        else:
+            h = t.h
+            raw = <object>t.obj if t.obj != NULL else None
         if edm_vals is not None and edm_kind[si] is not None and raw is not None:
             edm_vals.append((edm_kind[si], raw))
-        if dadd(distinct[si], h):
-            if cat == STRONG:
-                strong_values += 1
-            elif cat == CONTACT:
-                contact_values += 1
+        batch_add(env, distinct[si], h, cat)
         if raw is not None and want[si]:
             sc._sample(si, raw)
         cats |= cat
@@ -2513,7 +2810,20 @@ cdef int finish(sc, RecEnv env, list rec, object rec_key, object rec_end) except
         k = kinds[si]
         kind |= k
         if k & 5:
-            placed.append((k, start, h, raw))
+            t = &rec.a[x]
+            if placed is None and npl < MAX_STRONG:
+                pbit[npl] = k
+                pidx[npl] = x
+                phh[npl] = h
+                if not t.has_h:
+                    if extra is None:
+                        extra = {}
+                    extra[x] = raw
+                npl += 1
+            else:
+                if placed is None:
+                    placed = placed_list(rec, pbit, pidx, phh, npl, extra)
+                placed.append((k, t.start, h, raw))
         if hashes is None and nh < MAX_STRONG:
             hc[nh] = h
         else:
@@ -2521,8 +2831,6 @@ cdef int finish(sc, RecEnv env, list rec, object rec_key, object rec_end) except
                 hashes = [hc[j] for j in range(nh)]
             hashes.append(h)
         nh += 1
-    env.strong_values += strong_values
-    env.contact_values += contact_values
     if edm_vals and edm.record(edm_vals):
         env_flush(sc, env)                # the verdict reads the counts
         sc._decide()
@@ -2542,7 +2850,7 @@ cdef int finish(sc, RecEnv env, list rec, object rec_key, object rec_end) except
         sc._rec_key = rec_key
         sc._rec_end = rec_end
         try:
-            home = sc._home_of(placed)
+            home = sc._home_of(placed if placed is not None else placed_list(rec, pbit, pidx, phh, npl, extra))
         finally:
             sc._rec_end = None
     if is_strong and np:
@@ -2567,7 +2875,7 @@ cdef int finish(sc, RecEnv env, list rec, object rec_key, object rec_end) except
                     if psi[k] == best:
                         ids.add(ph[k])    # the reference's set, filled in the same order
         if ids and len(ids) >= _EST_MIN:
-            env_pending(env)
+            batch_flush(env)              # the adds below are Python's: the waiting ones first
             for hv in ids:
                 fp = hash((_ESTIMATED_SALT, hv))
                 sc._est_recs.add(fp)
@@ -2577,19 +2885,18 @@ cdef int finish(sc, RecEnv env, list rec, object rec_key, object rec_end) except
             return 0
     if is_strong or is_person or home is not None:
         fp = hash(tuple(sorted(hashes))) if hashes is not None else sorted_tuple_hash(hc, nh)
-        env_pending(env)                  # the last record's adds first: the reference's order
         if is_strong:
-            owe(env, env.strong_recs, fp)
-            owe(env, env.all_recs, fp)
+            batch_add(env, env.strong_recs, fp, 0)
+            batch_add(env, env.all_recs, fp, 0)
             keep_id(sc, env, env.strong_ids, fp)
         if is_person:
-            owe(env, env.person_recs, fp)
+            batch_add(env, env.person_recs, fp, 0)
             if not is_strong:             # (the reference adds it again: a no-op, exact or estimated)
-                owe(env, env.all_recs, fp)
+                batch_add(env, env.all_recs, fp, 0)
             keep_id(sc, env, env.person_ids, fp)
         elif home is not None:
             if is_strong:
-                owe(env, env.person_recs, fp)
+                batch_add(env, env.person_recs, fp, 0)
                 keep_id(sc, env, env.person_ids, fp)
             else:
                 sc._homes.add(fp, home[0], home[1])
@@ -2600,7 +2907,11 @@ cdef int finish(sc, RecEnv env, list rec, object rec_key, object rec_end) except
 cdef Py_hash_t int_hash(Py_hash_t v) noexcept:
     """``hash(int(v))`` (CPython: |v| modulo 2**61 - 1, the sign kept, -1 made -2)."""
     cdef uint64_t x = <uint64_t>v if v >= 0 else (<uint64_t>0) - <uint64_t>v
-    cdef Py_hash_t r = <Py_hash_t>(x % 0x1FFFFFFFFFFFFFFFULL)
+    # x mod 2**61 - 1 without a division: x = q * 2**61 + low is q + low modulo it (q <= 7)
+    cdef uint64_t m = (x & 0x1FFFFFFFFFFFFFFFULL) + (x >> 61)
+    if m >= 0x1FFFFFFFFFFFFFFFULL:
+        m -= 0x1FFFFFFFFFFFFFFFULL
+    cdef Py_hash_t r = <Py_hash_t>m
     if v < 0:
         r = -r
     return -2 if r == -1 else r
