@@ -133,6 +133,29 @@ def cpu_seconds(pid: int) -> float:
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def fixed_rate(url: str, rate: float, seconds: int) -> dict:
+    """bench/openloop.py (its own process: not slowed by this one) at ``rate`` requests/s."""
+    p = subprocess.run([sys.executable, str(Path(__file__).with_name("openloop.py")), url, "--rate", str(rate),
+                        "--seconds", str(seconds)], capture_output=True, text=True, timeout=seconds + 180)
+    if p.returncode:
+        raise SystemExit(f"openloop failed: {p.stderr[-500:]}")
+    return orjson.loads(p.stdout)
+
+
+def measure_rate(url: str, rate: float, seconds: int, leak: str | None) -> dict:
+    """Other clients at a fixed rate (open loop, latency from each request's due time), with the leak
+    downloading meanwhile when ``leak`` is given."""
+    if leak is None:
+        r = fixed_rate(url, rate, seconds)
+        r["leak_MBps"] = None
+        return r
+    with Downloads(leak) as d:
+        time.sleep(0.5)                                 # the first download is under way
+        r = fixed_rate(url, rate, seconds)
+    r["leak_MBps"] = statistics.median(d.rates) if d.rates else float("nan")
+    return r
+
+
 def measure(url: str, seconds: int, leak: str | None, pid: int | None = None) -> dict:
     """The 10 KiB requests' latency, with the leak downloading meanwhile when ``leak`` is given;
     ``pid``: the sidecar's, for its CPU per request (meaningful with no download)."""
@@ -233,6 +256,35 @@ def lag_table(leak: bytes, rounds: int) -> dict:
 FLOOR = "origin direct (no sidecar)"
 
 
+def fixed_table(fixed: dict[str, dict[str, list[dict]]], a: argparse.Namespace, leak_bytes: int,
+                load: tuple[float, float, float]) -> None:
+    """The table of other clients at a fixed rate (bench/openloop.py), medians over the rounds."""
+    def med(rs: list[dict], k: str) -> float:
+        vals = [r[k] for r in rs if r[k] is not None]
+        return statistics.median(vals) if vals else float("nan")
+    print(f"\n## 10 KiB requests at a fixed {a.rate:.0f}/s (open loop, from each request's due time) while a "
+          f"{leak_bytes / 2**20:.1f} MB dense leak streams through a monitoring sidecar\n\n"
+          f"(bench/openloop.py, {a.seconds} s per cell, median of {a.rounds} interleaved rounds; {os.cpu_count()} "
+          f"cores, shared with other work: load average {load[0]:.1f} at the end)\n")
+    print("| sidecar | no download p50 / p99 / p99.9 ms | during the leak p50 / p99 / p99.9 ms | max ms | "
+          "leak download MB/s | errors |\n|---|---|---|---|---|---|")
+    for name, v in fixed.items():
+        i, b = v["idle"], v["busy"]
+        busy = (f"{med(b, 'p50'):.2f} / **{med(b, 'p99'):.2f}** / {med(b, 'p999'):.1f} | {med(b, 'max'):.1f} | "
+                f"{med(b, 'leak_MBps'):.2f}" if b else "– | – | –")
+        err = sum(r["errors"] for w in v.values() for r in w)
+        print(f"| {name} | {med(i, 'p50'):.2f} / {med(i, 'p99'):.2f} / {med(i, 'p999'):.1f} | {busy} | {err} |")
+    print("\nper round, during the leak (p99 ms): " + "; ".join(
+        f"{n}: " + ", ".join(f"{r['p99']:.1f}" for r in v["busy"]) for n, v in fixed.items() if v["busy"]))
+    pools = [n for n in fixed if n.startswith("pool") and fixed[n]["busy"]]
+    if pools:
+        best = min(pools, key=lambda n: med(fixed[n]["busy"], "p99"))
+        p99 = med(fixed[best]["busy"], "p99")
+        print(f"\n{'PASS' if p99 <= 5 else 'MISS'}  10 KiB p99 <= 5 ms during the leak at {a.rate:.0f}/s "
+              f"({best}: {p99:.2f} ms; no download {med(fixed[best]['idle'], 'p99'):.2f} ms; no sidecar "
+              f"{med(fixed[FLOOR]['idle'], 'p99'):.2f} ms)")
+
+
 def configurations(a: argparse.Namespace) -> dict[str, tuple[dict, dict[str, str], str]]:
     """name -> (config keys, environment for the sidecar, how it starts: "" (the CLI), "standin",
     "uvloop", "standin+uvloop")"""
@@ -276,6 +328,10 @@ def main() -> None:
                                                           "not a dependency, bench/latency.py measured no real gain)")
     ap.add_argument("--no-standin", action="store_true", help="leave out the GIL-free stand-in rows")
     ap.add_argument("--lag-only", action="store_true", help="only the in-process loop lag table")
+    ap.add_argument("--rate", type=float, default=200, help="the fixed-rate table's requests/s (bench/openloop.py; "
+                                                            "0: no such table)")
+    ap.add_argument("--no-wrk", action="store_true", help="leave out the saturating (wrk -c4) cells")
+    ap.add_argument("--only", default="", help="substrings separated by |: only the sidecars whose name has one")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     leak = synth.breach_csv(int(a.leak_mb * (1 << 20) / ROW_BYTES))
@@ -296,6 +352,8 @@ def main() -> None:
         for _ in range(a.big_mb):
             fh.write(block)
     configs = configurations(a)
+    if a.only:
+        configs = {n: c for n, c in configs.items() if any(w in n for w in a.only.split("|"))}
     procs: list[subprocess.Popen] = []
     sidecars: dict[str, Sidecar] = {}
     try:
@@ -321,13 +379,22 @@ def main() -> None:
             wrk(sc.url + "/10k.html", 1, 4)
         names = [FLOOR, *sidecars]
         runs: dict[str, dict[str, list[dict]]] = {n: {"idle": [], "busy": []} for n in names}
+        fixed: dict[str, dict[str, list[dict]]] = {n: {"idle": [], "busy": []} for n in names}
         big: dict[str, list[float]] = {n: [] for n in names}
         for rnd in range(a.rounds):
-            runs[FLOOR]["idle"].append(measure(origin + "/10k.html", a.seconds, None))
+            if not a.no_wrk:
+                runs[FLOOR]["idle"].append(measure(origin + "/10k.html", a.seconds, None))
+            if a.rate:
+                fixed[FLOOR]["idle"].append(measure_rate(origin + "/10k.html", a.rate, a.seconds, None))
             for name, sc in sidecars.items():
                 assert sc.proc is not None
-                runs[name]["idle"].append(measure(sc.url + "/10k.html", a.seconds, None, sc.proc.pid))
-                runs[name]["busy"].append(measure(sc.url + "/10k.html", a.seconds, sc.url + "/leak.csv"))
+                if not a.no_wrk:
+                    runs[name]["idle"].append(measure(sc.url + "/10k.html", a.seconds, None, sc.proc.pid))
+                    runs[name]["busy"].append(measure(sc.url + "/10k.html", a.seconds, sc.url + "/leak.csv"))
+                if a.rate:
+                    fixed[name]["idle"].append(measure_rate(sc.url + "/10k.html", a.rate, a.seconds, None))
+                    fixed[name]["busy"].append(measure_rate(sc.url + "/10k.html", a.rate, a.seconds,
+                                                            sc.url + "/leak.csv"))
                 if a.big_mb:
                     p = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{speed_download}",
                                         sc.url + "/big.html"], capture_output=True, text=True, timeout=300)
@@ -337,9 +404,16 @@ def main() -> None:
         def med_of(rs: list[dict], k: str) -> float | None:
             vals = [r[k] for r in rs if r[k] is not None]
             return statistics.median(vals) if vals else None
+        load = os.getloadavg()
+        if a.rate:
+            fixed_table(fixed, a, len(leak), load)
+        if a.no_wrk:
+            lag = lag_table(leak, a.rounds)
+            if a.json:
+                a.json.write_bytes(orjson.dumps({"fixed": fixed, "lag": lag}, option=orjson.OPT_INDENT_2))
+            return
         med = {n: {w: {k: med_of(v[w], k) for k in ("p50", "p99", "rps", "leak_MBps", "cpu_us")} for w in v if v[w]}
                for n, v in runs.items()}
-        load = os.getloadavg()
         print(f"\n## 10 KiB requests while a {len(leak) / 2**20:.1f} MB dense leak streams through a monitoring "
               f"sidecar\n\n(wrk -c4, {a.seconds} s per cell, median of {a.rounds} interleaved rounds; "
               f"{os.cpu_count()} cores, shared with other work: load average {load[0]:.1f} at the end)\n")
@@ -371,7 +445,7 @@ def main() -> None:
                   f"({best}): {med[best]['busy']['p99']:.2f} ms")
         lag = lag_table(leak, a.rounds)
         if a.json:
-            a.json.write_bytes(orjson.dumps({"medians": med, "runs": runs, "big_MBps": big, "lag": lag},
+            a.json.write_bytes(orjson.dumps({"medians": med, "runs": runs, "fixed": fixed, "big_MBps": big, "lag": lag},
                                             option=orjson.OPT_INDENT_2))
     finally:
         for sc in sidecars.values():
