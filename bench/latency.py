@@ -133,13 +133,25 @@ def cpu_seconds(pid: int) -> float:
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def steal_ms() -> float:
+    """CPU time the hypervisor took from this VM so far (ms, all CPUs; /proc/stat's steal). While it
+    steals, every process stalls whatever its priority: an open-loop client sees it as latency."""
+    try:
+        f = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return int(f[8]) * 1000 / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def fixed_rate(url: str, rate: float, seconds: int) -> dict:
-    """bench/openloop.py (its own process: not slowed by this one) at ``rate`` requests/s."""
+    """bench/openloop.py (its own process: not slowed by this one) at ``rate`` requests/s; with the
+    VM's steal time meanwhile."""
+    s0 = steal_ms()
     p = subprocess.run([sys.executable, str(Path(__file__).with_name("openloop.py")), url, "--rate", str(rate),
                         "--seconds", str(seconds)], capture_output=True, text=True, timeout=seconds + 180)
     if p.returncode:
         raise SystemExit(f"openloop failed: {p.stderr[-500:]}")
-    return orjson.loads(p.stdout)
+    return {**orjson.loads(p.stdout), "steal_ms": steal_ms() - s0}
 
 
 def measure_rate(url: str, rate: float, seconds: int, leak: str | None) -> dict:
@@ -173,14 +185,21 @@ def measure(url: str, seconds: int, leak: str | None, pid: int | None = None) ->
             "leak_MBps": statistics.median(d.rates) if d.rates else float("nan"), "cpu_us": None}
 
 
-def loop_lag(leak: bytes, scan_workers: int, switch: float, nice: int = 10, piece: int = 64 << 10) -> dict:
+def loop_lag(leak: bytes, scan_workers: int, switch: float, nice: int = 10, piece: int = 64 << 10,
+             standin: bool = False) -> dict:
     """The event loop's lag (ms between a ticker's turns, meant to be 0.5) while one monitoring
-    session scans ``leak`` (in the pool, or on the loop with ``scan_workers`` 0)."""
+    session scans ``leak`` (in the pool, or on the loop with ``scan_workers`` 0); ``standin``: with
+    :data:`STANDIN`'s scan that holds no GIL in place of the scanner's."""
     import asyncio
     from dataclasses import replace
 
     from sensor.config import Config, with_overrides
+    from sensor.detect import scanner
     from sensor.exchange import workers
+
+    real_scan = scanner.ExchangeScanner._scan
+    if standin:
+        exec(STANDIN[:STANDIN.index("from sensor.cli.main")], {})      # patches ExchangeScanner._scan
     from sensor.exchange.session import ExchangeSession
     from sensor.runtime import Sensor, build_detector
 
@@ -207,6 +226,12 @@ def loop_lag(leak: bytes, scan_workers: int, switch: float, nice: int = 10, piec
         t = asyncio.create_task(ticker())
         await asyncio.sleep(0.01)
         t0 = time.perf_counter()
+        sched0 = schedstat()
+        if scan_workers is not None and scan_workers < 0:   # the floor: the ticker alone, for a second
+            await asyncio.sleep(1.0)
+            done = True
+            await t
+            return gaps, time.perf_counter() - t0, [b - a for a, b in zip(sched0, schedstat())]
         ses = ExchangeSession(sensor, tap="proxy", method="GET", scheme="http", host="bench", target="/leak.csv",
                               peer="10.0.0.1", headers={})
         ses.on_request()
@@ -216,40 +241,68 @@ def loop_lag(leak: bytes, scan_workers: int, switch: float, nice: int = 10, piec
         await ses.end()
         ses.close(True)
         secs = time.perf_counter() - t0
+        sched = [b - a for a, b in zip(sched0, schedstat())]
         done = True
         await t
-        return gaps, secs
+        return gaps, secs, sched
 
     try:
-        gaps, secs = asyncio.run(run())
+        gaps, secs, (on_cpu, queued) = asyncio.run(run())
     finally:
+        scanner.ExchangeScanner._scan = real_scan
         sensor.ledger.close()
         sensor.registry.close()
         sensor.spool.close()
         shutil.rmtree(state, ignore_errors=True)
     g = sorted(x * 1000 for x in gaps) or [secs * 1000]
     few = len(g) < 20                   # the loop was held the whole time: only the max means something
+    wall = secs
+    if scan_workers is not None and scan_workers < 0:
+        secs = float("inf")                     # no bytes scanned: MB/s 0
     return {"p50": float("nan") if few else g[len(g) // 2],
             "p99": float("nan") if few else g[min(len(g) - 1, int(len(g) * 0.99))], "max": g[-1],
-            "turns": len(g), "MBps": len(leak) / 2**20 / secs}
+            "turns": len(g), "MBps": len(leak) / 2**20 / secs,
+            "cpu_pct": on_cpu / wall * 100, "queued_pct": queued / wall * 100,
+            "blocked_ms_per_turn": (wall - on_cpu - queued) * 1000 / max(1, len(gaps)),
+            "wall_s": wall}
+
+
+def schedstat() -> tuple[float, float]:
+    """The calling thread's (seconds on a CPU, seconds runnable but waiting for one) so far (Linux
+    schedstats; zeros elsewhere). The loop's lag is its own work, its wait in the run queue (the
+    scheduler: other threads and processes on the cores), and the rest: blocked, i.e. waiting for
+    the GIL (or sleeping, for the ticker's 0.5 ms)."""
+    try:
+        f = Path(f"/proc/self/task/{threading.get_native_id()}/schedstat").read_text().split()
+        return int(f[0]) / 1e9, int(f[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0, 0.0
 
 
 def lag_table(leak: bytes, rounds: int) -> dict:
     whole = 1 << 30                             # no slicing: each 256 KiB chunk in one scanner call
-    cells = {"on the loop (scan_workers: 0)": (0, 0, whole), "pool, scan_nice 0, whole chunks": (None, 0, whole),
+    cells = {"no scan (the ticker alone, 1 s)": (-1, 0, whole), "on the loop (scan_workers: 0)": (0, 0, whole), "pool, scan_nice 0, whole chunks": (None, 0, whole),
              "pool, scan_nice 10, whole chunks": (None, 10, whole),
              "pool, scan_nice 10, 64 KiB slices": (None, 10, 64 << 10),
-             "pool, scan_nice 10, 16 KiB slices": (None, 10, 16 << 10)}
+             "pool, scan_nice 10, 16 KiB slices": (None, 10, 16 << 10),
+             "stand-in (no GIL held), scan_nice 0": (None, 0, whole),
+             "stand-in (no GIL held), scan_nice 10": (None, 10, whole)}
     runs: dict[str, list[dict]] = {n: [] for n in cells}
     for _ in range(rounds):
         for name, (n, nice, piece) in cells.items():
-            runs[name].append(loop_lag(leak, n, 0.0002, nice, piece))
+            runs[name].append(loop_lag(leak, n, 0.0002, nice, piece, standin=name.startswith("stand-in")))
     med = {n: {k: statistics.median(r[k] for r in v) for k in v[0]} for n, v in runs.items()}
     print(f"\n## The event loop's lag while one session scans the {len(leak) / 2**20:.1f} MB dense leak "
           f"(in process, median of {rounds})\n")
-    print("| scans | loop lag p50 ms | p99 ms | max ms | ticker turns | scan MB/s |\n|---|---|---|---|---|---|")
+    floor = next(iter(med.values()))["blocked_ms_per_turn"]      # the ticker alone: its sleep per turn
+    print("| scans | loop lag p50 ms | p99 ms | max ms | ticker turns | scan MB/s | loop thread on a CPU % | "
+          "in the run queue % | blocked past its sleeps (≈ GIL) % |\n|---|---|---|---|---|---|---|---|---|")
     for name, m in med.items():
-        print(f"| {name} | {m['p50']:.2f} | {m['p99']:.2f} | {m['max']:.1f} | {m['turns']:.0f} | {m['MBps']:.2f} |")
+        gil = 100 - m["cpu_pct"] - m["queued_pct"] - m["turns"] * floor / 10 / m["wall_s"]
+        print(f"| {name} | {m['p50']:.2f} | {m['p99']:.2f} | {m['max']:.1f} | {m['turns']:.0f} | {m['MBps']:.2f} | "
+              f"{m['cpu_pct']:.0f} | {m['queued_pct']:.0f} | {gil:.0f} |")
+    print("(% of the scan's wall time, from the loop thread's schedstat; blocked past its sleeps: the time it was "
+          "neither running, nor waiting for a CPU, nor in the ticker's sleep as long as the first row's)")
     return {"medians": med, "runs": runs}
 
 
@@ -267,15 +320,20 @@ def fixed_table(fixed: dict[str, dict[str, list[dict]]], a: argparse.Namespace, 
           f"(bench/openloop.py, {a.seconds} s per cell, median of {a.rounds} interleaved rounds; {os.cpu_count()} "
           f"cores, shared with other work: load average {load[0]:.1f} at the end)\n")
     print("| sidecar | no download p50 / p99 / p99.9 ms | during the leak p50 / p99 / p99.9 ms | max ms | "
-          "leak download MB/s | errors |\n|---|---|---|---|---|---|")
+          "leak download MB/s | errors | client stalls max ms (cells) |\n|---|---|---|---|---|---|---|")
     for name, v in fixed.items():
         i, b = v["idle"], v["busy"]
         busy = (f"{med(b, 'p50'):.2f} / **{med(b, 'p99'):.2f}** / {med(b, 'p999'):.1f} | {med(b, 'max'):.1f} | "
                 f"{med(b, 'leak_MBps'):.2f}" if b else "– | – | –")
         err = sum(r["errors"] for w in v.values() for r in w)
-        print(f"| {name} | {med(i, 'p50'):.2f} / {med(i, 'p99'):.2f} / {med(i, 'p999'):.1f} | {busy} | {err} |")
-    print("\nper round, during the leak (p99 ms): " + "; ".join(
-        f"{n}: " + ", ".join(f"{r['p99']:.1f}" for r in v["busy"]) for n, v in fixed.items() if v["busy"]))
+        steal = "/".join(f"{r['client_stall_max']:.0f}" for w in v.values() for r in w)
+        print(f"| {name} | {med(i, 'p50'):.2f} / {med(i, 'p99'):.2f} / {med(i, 'p999'):.1f} | {busy} | {err} | {steal} |")
+    print("\nper round, during the leak (p99 ms [the client's own longest stall, ms; VM steal ms]): " + "; ".join(
+        f"{n}: " + ", ".join(f"{r['p99']:.1f} [{r['client_stall_max']:.0f}; {r['steal_ms']:.0f}]" for r in v["busy"])
+        for n, v in fixed.items() if v["busy"]))
+    quiet = {n: [r for r in v["busy"] if r["client_stall_max"] < 5] for n, v in fixed.items()}
+    print("during the leak, only the cells where the client itself never stalled 5 ms: " + "; ".join(
+        f"{n}: p99 {med(q, 'p99'):.1f} ms ({len(q)} of {len(fixed[n]['busy'])})" for n, q in quiet.items() if q))
     pools = [n for n in fixed if n.startswith("pool") and fixed[n]["busy"]]
     if pools:
         best = min(pools, key=lambda n: med(fixed[n]["busy"], "p99"))

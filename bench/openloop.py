@@ -10,6 +10,8 @@ Here request ``i`` is due at ``t0 + i / rate``, decided before the run. It goes 
 keep-alive connection, or a new one when all are busy (up to ``--max-conns``; past that it waits
 for one, and the wait counts). Its latency is ``answer complete - due time``, so a stall of the
 server, or of this client, counts for every request that fell due during it (as wrk2 does).
+``client_stall_max``: the longest this client itself woke late from a timed wait (the machine
+not running it; on a shared VM the same stall hits the server too): read p99s against it.
 One thread, ``selectors`` and raw sockets: a few µs of client CPU per request, so the client
 barely competes with the sidecar for the cores. The same client against the origin directly
 gives the floor of the machine and the client.
@@ -61,6 +63,7 @@ def run(url: str, rate: float, seconds: float, max_conns: int = 64) -> dict:
     t0 = time.perf_counter() + 0.05
     sent = 0
     peak = [0]
+    stalls: list[float] = []                    # how late each timed-out wait returned (s)
 
     def start(c: Conn, due: float) -> None:
         c.due, c.buf, c.need, c.chunked = due, bytearray(), -1, False
@@ -134,7 +137,13 @@ def run(url: str, rate: float, seconds: float, max_conns: int = 64) -> dict:
         if sent >= n_total and not busy:
             break
         nxt = t0 + sent / rate if sent < n_total else now + 1.0
-        for key, ev in sel.select(max(0.0, nxt - time.perf_counter())):
+        before = time.perf_counter()
+        wait = max(0.0, nxt - before)
+        events = sel.select(wait)
+        if not events:                          # woken late for nothing: this process was not running
+            late = time.perf_counter() - before - wait
+            stalls.append(late)
+        for key, ev in events:
             c: Conn = key.data
             now = time.perf_counter()
             if ev & selectors.EVENT_WRITE and not c.connected:
@@ -170,7 +179,9 @@ def run(url: str, rate: float, seconds: float, max_conns: int = 64) -> dict:
     lat.sort()
     return {"rate": rate, "requests": len(lat), "errors": errors, "conns": peak[0],
             "p50": quantile(lat, 0.50), "p90": quantile(lat, 0.90), "p99": quantile(lat, 0.99),
-            "p999": quantile(lat, 0.999), "max": lat[-1] if lat else float("nan")}
+            "p999": quantile(lat, 0.999), "max": lat[-1] if lat else float("nan"),
+            "client_stall_max": max(stalls, default=0.0) * 1000,
+            "client_stalled_ms": sum(x for x in stalls if x > 0.005) * 1000}
 
 
 def main() -> None:
