@@ -291,7 +291,8 @@ def schedstat() -> tuple[float, float]:
 
 def lag_table(leak: bytes, rounds: int) -> dict:
     whole = 1 << 30                             # no slicing: each 256 KiB chunk in one scanner call
-    cells = {"no scan (the ticker alone, 1 s)": (-1, 0, whole), "on the loop (scan_workers: 0)": (0, 0, whole), "pool, scan_nice 0, whole chunks": (None, 0, whole),
+    cells = {"no scan (the ticker alone, 1 s)": (-1, 0, whole), "on the loop (scan_workers: 0)": (0, 0, whole),
+             "pool, scan_nice 0, whole chunks": (None, 0, whole),
              "pool, scan_nice 10, whole chunks": (None, 10, whole),
              "pool, scan_nice 10, 64 KiB slices": (None, 10, 64 << 10),
              "pool, scan_nice 10, 16 KiB slices": (None, 10, 16 << 10),
@@ -336,8 +337,9 @@ def fixed_table(fixed: dict[str, dict[str, list[dict]]], a: argparse.Namespace, 
         busy = (f"{med(b, 'p50'):.2f} / **{med(b, 'p99'):.2f}** / {med(b, 'p999'):.1f} | {med(b, 'max'):.1f} | "
                 f"{med(b, 'leak_MBps'):.2f}" if b else "– | – | –")
         err = sum(r["errors"] for w in v.values() for r in w)
-        steal = "/".join(f"{r['client_stall_max']:.0f}" for w in v.values() for r in w)
-        print(f"| {name} | {med(i, 'p50'):.2f} / {med(i, 'p99'):.2f} / {med(i, 'p999'):.1f} | {busy} | {err} | {steal} |")
+        stalls = "/".join(f"{r['client_stall_max']:.0f}" for w in v.values() for r in w)
+        print(f"| {name} | {med(i, 'p50'):.2f} / {med(i, 'p99'):.2f} / {med(i, 'p999'):.1f} | {busy} | {err} | "
+              f"{stalls} |")
     print("\nper round, during the leak (p99 ms [the client's own longest stall, ms; VM steal ms]): " + "; ".join(
         f"{n}: " + ", ".join(f"{r['p99']:.1f} [{r['client_stall_max']:.0f}; {r['steal_ms']:.0f}]" for r in v["busy"])
         for n, v in fixed.items() if v["busy"]))
