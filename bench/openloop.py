@@ -59,6 +59,7 @@ def run(url: str, rate: float, seconds: float, max_conns: int = 64) -> dict:
     waiting: list[float] = []                   # due times with no connection free (max_conns reached)
     lat: list[float] = []
     errors = 0
+    why: dict[str, int] = {}                    # errors by kind: "status 503", "connect", "closed"
     n_total = int(rate * seconds)
     t0 = time.perf_counter() + 0.05
     sent = 0
@@ -116,6 +117,8 @@ def run(url: str, rate: float, seconds: float, max_conns: int = 64) -> dict:
             head = bytes(c.buf[:end]).decode("latin-1").lower()
             if not head.startswith("http/1.1 200"):
                 errors += 1
+                kind = "status " + head[9:12]
+                why[kind] = why.get(kind, 0) + 1
             del c.buf[:end + 4]
             c.chunked = "transfer-encoding: chunked" in head
             c.need = 0
@@ -149,6 +152,7 @@ def run(url: str, rate: float, seconds: float, max_conns: int = 64) -> dict:
             if ev & selectors.EVENT_WRITE and not c.connected:
                 if c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
                     errors += 1
+                    why["connect"] = why.get("connect", 0) + 1
                     due = c.due
                     drop(c)
                     if due is not None:
@@ -169,6 +173,7 @@ def run(url: str, rate: float, seconds: float, max_conns: int = 64) -> dict:
                 drop(c)
                 if due is not None:
                     errors += 1
+                    why["closed"] = why.get("closed", 0) + 1
                     dispatch(due)               # the same request again, still from its due time
                 continue
             on_data(c, data, now)
@@ -177,7 +182,7 @@ def run(url: str, rate: float, seconds: float, max_conns: int = 64) -> dict:
     for c in list(conns):
         drop(c)
     lat.sort()
-    return {"rate": rate, "requests": len(lat), "errors": errors, "conns": peak[0],
+    return {"rate": rate, "requests": len(lat), "errors": errors, "errors_by_kind": why, "conns": peak[0],
             "p50": quantile(lat, 0.50), "p90": quantile(lat, 0.90), "p99": quantile(lat, 0.99),
             "p999": quantile(lat, 0.999), "max": lat[-1] if lat else float("nan"),
             "client_stall_max": max(stalls, default=0.0) * 1000,
