@@ -80,3 +80,52 @@ def test_exchange_memory_bench_json(tmp_path: Path) -> None:
         assert r["idle_mb"] > 0 and len(r["3"]["rounds"]) == 1
         assert {"kb_per_exchange", "peak_kb_per_exchange"} <= set(r["3"])
     assert doc["verdicts"] == []                    # no base tree, no verdict
+
+
+def test_openloop_counts_a_stall_for_every_request_due_during_it() -> None:
+    """bench/openloop.py measures from each request's due time: a server that stalls once for
+    0.5 s, with one connection allowed, delays every request due meanwhile (no coordinated
+    omission); with connections to spare it opens another and the others go on."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    sys.path.insert(0, str(ROOT))
+    from bench.openloop import run
+
+    served = [0]
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            with lock:
+                served[0] += 1
+                stall = served[0] == 10
+            if stall:
+                threading.Event().wait(0.5)         # the slow answer under test, not an ordering wait
+            body = b"x" * 1024
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/page"
+        one = run(url, rate=100, seconds=1.5, max_conns=1)
+        assert one["requests"] == 150 and one["errors"] == 0 and one["conns"] == 1
+        # ~50 requests fall due during the stall; those due in its first 0.4 s wait >= 0.1 s
+        assert one["max"] >= 500 and one["p90"] >= 100
+        served[0] = 0
+        many = run(url, rate=100, seconds=1.5, max_conns=64)
+        assert many["requests"] == 150 and many["errors"] == 0 and many["conns"] >= 2
+        assert many["max"] >= 500
+    finally:
+        srv.shutdown()
+        srv.server_close()
