@@ -37,6 +37,12 @@ MAX_RECORDS = 500                   # records per batch (a chunk record is at mo
 # per partition and fetch (aiokafka's default): 4 MiB cost ~5% more CPU per exchange here (bigger
 # responses through asyncio's stream buffer) and more memory
 PARTITION_FETCH_BYTES = 1 << 20
+# aiokafka recomputes every record batch's CRC-32C in software: 3.5% of the worker's CPU (perf,
+# bench/stream.py), the body bytes being most of what it reads. The broker checked it when the batch
+# was produced and TCP guards the wire; librdkafka's consumers skip the check by default too
+# (``check.crcs=false``). What it would catch here is a broker's storage flipping bits in a mirrored
+# copy of a response: one exchange scanned wrong, never an offset skipped.
+CHECK_CRCS = False
 
 
 def scan_group(k: KafkaConfig) -> str:
@@ -45,11 +51,13 @@ def scan_group(k: KafkaConfig) -> str:
 
 class Msg:
     """One record as the worker handles it (``tp`` and ``offset`` are what the ack and contiguity
-    guards key on); ``value`` is dropped once scanned, so a held record costs no body bytes."""
-    __slots__ = ("tp", "offset", "key", "value")
+    guards key on); ``value`` is dropped once scanned, so a held record costs no body bytes.
+    ``scanned``: the record carried body bytes that were scanned (the loop yields after those)."""
+    __slots__ = ("tp", "offset", "key", "value", "scanned")
 
     def __init__(self, tp: TopicPartition, offset: int, key: bytes | None, value: bytes | None) -> None:
         self.tp, self.offset, self.key, self.value = tp, offset, key, value
+        self.scanned = False
 
     @property
     def topic(self) -> str:
@@ -95,7 +103,7 @@ class BatchReader:
         c = AIOKafkaConsumer(
             **client_kwargs(self.k), group_id=self.group, enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=6000, heartbeat_interval_ms=1000, max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
-            fetch_max_wait_ms=100, max_poll_interval_ms=300_000)
+            fetch_max_wait_ms=100, max_poll_interval_ms=300_000, check_crcs=CHECK_CRCS)
         try:
             await c.start()
         except BaseException:
