@@ -73,6 +73,8 @@ class _Listener(ConsumerRebalanceListener):
         self.reader = reader
 
     async def on_partitions_revoked(self, revoked) -> None:
+        if self.reader.on_revoking is not None:         # work in flight finishes first: its acks go in the commit
+            await self.reader.on_revoking()
         try:                                            # what is done, before another member takes it
             await asyncio.wait_for(self.reader.commit(), 5.0)
         except asyncio.TimeoutError:
@@ -89,9 +91,11 @@ class BatchReader:
     :meth:`done` in offset order, and calls :meth:`commit` after each batch."""
 
     def __init__(self, k: KafkaConfig, topic: str, group: str, *,
-                 on_assigned: Callable[[set], Awaitable[None]], on_revoked: Callable[[set], Awaitable[None]]) -> None:
+                 on_assigned: Callable[[set], Awaitable[None]], on_revoked: Callable[[set], Awaitable[None]],
+                 on_revoking: Callable[[], Awaitable[None]] | None = None) -> None:
         self.k, self.topic, self.group = k, topic, group
         self.on_assigned, self.on_revoked = on_assigned, on_revoked
+        self.on_revoking = on_revoking                  # before the rebalance's commit
         self.joined = False                             # the first assignment has arrived
         self.started = False
         self._done: dict[TopicPartition, int] = {}      # partition -> next offset to commit

@@ -69,6 +69,7 @@ from sensor.stream.batches import BatchReader, scan_group
 from sensor.stream.fleet import takedown_record
 from sensor.stream.kafka import Offsets, client_kwargs
 from sensor.stream.prints import Budget, LazyPrint
+from sensor.stream.recovery import RecoveryWatch
 from aiokafka.errors import KafkaError
 from sensor.stream.records import Record, RecordError, decode, encode, finding_record, require
 
@@ -81,6 +82,7 @@ RECENT_XIDS = 256           # exchange ids remembered per resource to collapse r
 INLINE_CLIENTS = 32
 IDLE_BEFORE_STALL_CHECK = 1.0   # the agents have taken no record for this long: look for stalled partitions
 STALL_AFTER = 3.0               # a partition with records to read that has not moved for this long is sought back
+SETTLE_BEFORE_REVOKE = 3.0      # a rebalance waits this long at most for the batch in flight to settle
 BATCH_WAIT_MS = 200             # an idle scan loop still expires exchanges and commits this often
 
 
@@ -132,7 +134,7 @@ class Worker:
         self.acks = InOrderAcks(lambda msg: msg.ack(self.app.consumer))      # the ledger agent's (faust)
         self.cursor = Contiguity(clock=time.monotonic)
         self.reader = BatchReader(k, k.topic("exchanges"), scan_group(k), on_assigned=self._scan_assigned,
-                                  on_revoked=self._scan_revoked)
+                                  on_revoked=self._scan_revoked, on_revoking=self._drain_settling)
         self.scan_acks = InOrderAcks(self.reader.done)                      # the scan loop's
         self.scan_cursor = Contiguity(clock=time.monotonic)
         self.exposure_windows = ExposureTracker(config.exposure)
@@ -142,6 +144,7 @@ class Worker:
         self.offsets = Offsets(k)
         self._last_record = self._last_scan_record = self._last_expiry = time.monotonic()
         self._scanning: asyncio.Task | None = None
+        self._settling: asyncio.Task | None = None      # the batch whose findings the broker has not confirmed yet
         self.app = app = faust.App(
             k.group, broker=[f"kafka://{hp}" for hp in k.bootstrap.split(",")], broker_credentials=_credentials(k),
             store="memory://", key_serializer="raw", value_serializer="raw",
@@ -224,7 +227,6 @@ class Worker:
         of a 400-exchange backlog's drain). The commit after batch N+1 then carries batch N's acks; an
         idle loop waits for the batch in flight, so what is done is committed within ``BATCH_WAIT_MS``."""
         reader = self.reader
-        settling: asyncio.Task | None = None
         while True:
             msgs = await reader.batch(BATCH_WAIT_MS)
             now = time.monotonic()
@@ -250,14 +252,15 @@ class Worker:
                 self._last_expiry = now
                 for xid in self._expired():
                     pending.append(await self._finish(xid, self.open[xid], completed=False))
-            if settling is not None:
-                await settling                          # the batch before: its acks are in before this commit
-                settling = None
+            if self._settling is not None:
+                await asyncio.shield(self._settling)    # the batch before: its acks are in before this commit
+                                                        # (shielded: a stop cancels the loop, not the settling)
+                self._settling = None
             if pending:
-                settling = asyncio.create_task(self._settle(pending))
+                self._settling = asyncio.create_task(self._settle(pending))
                 if not msgs:                            # nothing else to do: settle now, commit now
-                    await settling
-                    settling = None
+                    await asyncio.shield(self._settling)
+                    self._settling = None
             await reader.commit()
             self._gauge_open()
             if not msgs:
@@ -398,6 +401,7 @@ class Worker:
                 await self._scanning
             except (asyncio.CancelledError, Exception):   # noqa: BLE001
                 pass
+        await self._drain_settling()                    # its acks in the final commit
         for stop in ([self.reader.stop()] if self.reader.started else []) + (
                 [self._producer.stop()] if self._producer else []):
             try:
@@ -527,6 +531,22 @@ class Worker:
         log.info("rebalanced: %d exchange partitions here; kept %d open exchanges, dropped %d %s",
                  len(assigned), len(self.open), len(dropped), dropped[:8])
 
+    async def _drain_settling(self) -> None:
+        """Before a rebalance commits and gives partitions up: let the batch in flight settle, so its acks are
+        in that commit. Otherwise the next owner reads those exchanges again and publishes them twice
+        (collapsed by the ledger, but the alerts go out twice). Bounded: a producer that does not answer
+        leaves them to be read again, as before."""
+        t = self._settling
+        if t is None or t.done():
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(t), SETTLE_BEFORE_REVOKE)
+        except asyncio.TimeoutError:
+            log.warning("the batch in flight did not settle within %.0fs of a rebalance; its exchanges will be "
+                        "read again by their next owner", SETTLE_BEFORE_REVOKE)
+        except Exception:                               # noqa: BLE001  (the scan loop sees it and exits)
+            pass
+
     async def _scan_revoked(self, revoked: set) -> None:
         self.reader.forget(revoked)
 
@@ -639,7 +659,20 @@ class Worker:
             host, _, port = self.config.metrics.rpartition(":")
             await web.TCPSite(runner, host, int(port)).start()
         self._started_at = time.monotonic()
-        asyncio.get_running_loop().create_task(self._startup_watch())
+        loop = asyncio.get_running_loop()
+        loop.create_task(self._startup_watch())
+        self._recovery_watching = loop.create_task(self._recovery_watch())
+
+    async def _recovery_watch(self) -> None:
+        """Every second, from before faust joins: seek again a changelog partition the table recovery waits
+        for in vain (``recovery.RecoveryWatch``), or the ledger stops counting after a handover."""
+        watch = RecoveryWatch(self.app, on_reseek=lambda tp: self.metrics.worker_rewinds.labels(topic=tp.topic).inc())
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await watch.check()
+            except Exception as e:                      # noqa: BLE001  (the watch must not end the worker)
+                log.warning("table recovery watch: %r", e)
 
     async def _startup_watch(self) -> None:
         """Say so in the log while faust has not finished joining the group and restoring tables
