@@ -73,6 +73,7 @@ class _Listener(ConsumerRebalanceListener):
         self.reader = reader
 
     async def on_partitions_revoked(self, revoked) -> None:
+        self.reader.steady.clear()                      # records fetched from here on wait for the new assignment
         if self.reader.on_revoking is not None:         # work in flight finishes first: its acks go in the commit
             await self.reader.on_revoking()
         try:                                            # what is done, before another member takes it
@@ -82,8 +83,11 @@ class _Listener(ConsumerRebalanceListener):
         await self.reader.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned) -> None:
-        self.reader.joined = True
-        await self.reader.on_assigned(set(assigned))
+        try:
+            await self.reader.on_assigned(set(assigned))
+        finally:
+            self.reader.joined = True
+            self.reader.steady.set()
 
 
 class BatchReader:
@@ -96,7 +100,12 @@ class BatchReader:
         self.k, self.topic, self.group = k, topic, group
         self.on_assigned, self.on_revoked = on_assigned, on_revoked
         self.on_revoking = on_revoking                  # before the rebalance's commit
-        self.joined = False                             # the first assignment has arrived
+        self.joined = False                             # the first assignment has arrived (and been positioned)
+        # set while no rebalance is under way: aiokafka fetches for a new assignment while the assigned
+        # hook (which positions the worker's contiguity guard at the committed offsets) still awaits the
+        # broker; a record processed before that hook is done is read again after it (seen under load:
+        # a record dead-lettered twice)
+        self.steady = asyncio.Event()
         self.started = False
         self._done: dict[TopicPartition, int] = {}      # partition -> next offset to commit
         self._committing = asyncio.Lock()
@@ -149,6 +158,10 @@ class BatchReader:
     async def batch(self, timeout_ms: int) -> list:
         """Up to ``MAX_RECORDS`` records; each partition's in offset order."""
         got = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=MAX_RECORDS)
+        if got and not self.steady.is_set():
+            await self.steady.wait()                    # the assignment these came under is not positioned yet
+            owned = self.assignment()                   # a partition gone meanwhile: its next owner reads them
+            got = {tp: recs for tp, recs in got.items() if tp in owned}
         return [Msg(tp, r.offset, r.key, r.value) for tp, recs in got.items() for r in recs]
 
     def done(self, msg: Msg) -> None:
