@@ -192,3 +192,56 @@ def test_a_new_scan_group_starts_where_fausts_group_left_the_exchanges(tmp_path,
         assert sorted({f["xid"] for f in findings(broker.bootstrap, prefix)}) == new
     finally:
         w.stop()
+
+
+def test_no_record_reaches_the_loop_before_its_assignment_is_positioned(broker):
+    """aiokafka fetches for a new assignment while the reader's assigned hook (the worker positions its
+    contiguity guard there, asking the broker for committed offsets) is still running. Records handed out
+    then were processed before the guard knew where the partition starts, and read again after it (a bad
+    record dead-lettered twice under load). The hook is held here until the records are surely fetched:
+    the batch waits for it, then hands out each record once."""
+    from sensor.config import KafkaConfig
+    from sensor.stream.batches import BatchReader
+
+    prefix = unique_prefix()
+    create_topics(broker.bootstrap, prefix)
+    topic = prefix + "exchanges"
+    produce(broker, topic, [(f"k{i}".encode(), encode("meta", url={}, resource=f"r{i}")) for i in range(16)])
+
+    async def run() -> None:
+        entered, release, order = asyncio.Event(), asyncio.Event(), []
+
+        async def on_assigned(tps: set) -> None:
+            entered.set()
+            await release.wait()
+            order.append("positioned")
+
+        async def on_revoked(tps: set) -> None:
+            pass
+
+        r = BatchReader(KafkaConfig(bootstrap=broker.bootstrap, topic_prefix=prefix), topic, prefix + "g",
+                        on_assigned=on_assigned, on_revoked=on_revoked)
+        await r.start()
+        try:
+            async def read_all() -> list:
+                got: list = []
+                while len(got) < 16:
+                    batch = await r.batch(100)
+                    order.extend("record" for _ in batch)
+                    got += batch
+                return got
+
+            reading = asyncio.create_task(read_all())
+            await asyncio.wait_for(entered.wait(), 30)
+            # the hook is held; meanwhile the consumer fetches the 16 records (well within 3 s here)
+            done, _ = await asyncio.wait({reading}, timeout=3.0)
+            assert not done and "record" not in order, "records were handed out before the assignment was positioned"
+            release.set()
+            got = await asyncio.wait_for(reading, 30)
+            assert order[0] == "positioned"
+            assert sorted((m.partition, m.offset) for m in got) == sorted({(m.partition, m.offset) for m in got})
+        finally:
+            release.set()                               # (a held hook would hold the consumer's stop too)
+            await r.consumer.stop()
+
+    asyncio.run(run())

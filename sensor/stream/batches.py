@@ -37,6 +37,12 @@ MAX_RECORDS = 500                   # records per batch (a chunk record is at mo
 # per partition and fetch (aiokafka's default): 4 MiB cost ~5% more CPU per exchange here (bigger
 # responses through asyncio's stream buffer) and more memory
 PARTITION_FETCH_BYTES = 1 << 20
+# aiokafka recomputes every record batch's CRC-32C in software: 3.5% of the worker's CPU (perf,
+# bench/stream.py), the body bytes being most of what it reads. The broker checked it when the batch
+# was produced and TCP guards the wire; librdkafka's consumers skip the check by default too
+# (``check.crcs=false``). What it would catch here is a broker's storage flipping bits in a mirrored
+# copy of a response: one exchange scanned wrong, never an offset skipped.
+CHECK_CRCS = False
 
 
 def scan_group(k: KafkaConfig) -> str:
@@ -45,11 +51,13 @@ def scan_group(k: KafkaConfig) -> str:
 
 class Msg:
     """One record as the worker handles it (``tp`` and ``offset`` are what the ack and contiguity
-    guards key on); ``value`` is dropped once scanned, so a held record costs no body bytes."""
-    __slots__ = ("tp", "offset", "key", "value")
+    guards key on); ``value`` is dropped once scanned, so a held record costs no body bytes.
+    ``scanned``: the record carried body bytes that were scanned (the loop yields after those)."""
+    __slots__ = ("tp", "offset", "key", "value", "scanned")
 
     def __init__(self, tp: TopicPartition, offset: int, key: bytes | None, value: bytes | None) -> None:
         self.tp, self.offset, self.key, self.value = tp, offset, key, value
+        self.scanned = False
 
     @property
     def topic(self) -> str:
@@ -65,6 +73,9 @@ class _Listener(ConsumerRebalanceListener):
         self.reader = reader
 
     async def on_partitions_revoked(self, revoked) -> None:
+        self.reader.steady.clear()                      # records fetched from here on wait for the new assignment
+        if self.reader.on_revoking is not None:         # work in flight finishes first: its acks go in the commit
+            await self.reader.on_revoking()
         try:                                            # what is done, before another member takes it
             await asyncio.wait_for(self.reader.commit(), 5.0)
         except asyncio.TimeoutError:
@@ -72,8 +83,11 @@ class _Listener(ConsumerRebalanceListener):
         await self.reader.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned) -> None:
-        self.reader.joined = True
-        await self.reader.on_assigned(set(assigned))
+        try:
+            await self.reader.on_assigned(set(assigned))
+        finally:
+            self.reader.joined = True
+            self.reader.steady.set()
 
 
 class BatchReader:
@@ -81,10 +95,17 @@ class BatchReader:
     :meth:`done` in offset order, and calls :meth:`commit` after each batch."""
 
     def __init__(self, k: KafkaConfig, topic: str, group: str, *,
-                 on_assigned: Callable[[set], Awaitable[None]], on_revoked: Callable[[set], Awaitable[None]]) -> None:
+                 on_assigned: Callable[[set], Awaitable[None]], on_revoked: Callable[[set], Awaitable[None]],
+                 on_revoking: Callable[[], Awaitable[None]] | None = None) -> None:
         self.k, self.topic, self.group = k, topic, group
         self.on_assigned, self.on_revoked = on_assigned, on_revoked
-        self.joined = False                             # the first assignment has arrived
+        self.on_revoking = on_revoking                  # before the rebalance's commit
+        self.joined = False                             # the first assignment has arrived (and been positioned)
+        # set while no rebalance is under way: aiokafka fetches for a new assignment while the assigned
+        # hook (which positions the worker's contiguity guard at the committed offsets) still awaits the
+        # broker; a record processed before that hook is done is read again after it (seen under load:
+        # a record dead-lettered twice)
+        self.steady = asyncio.Event()
         self.started = False
         self._done: dict[TopicPartition, int] = {}      # partition -> next offset to commit
         self._committing = asyncio.Lock()
@@ -95,7 +116,7 @@ class BatchReader:
         c = AIOKafkaConsumer(
             **client_kwargs(self.k), group_id=self.group, enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=6000, heartbeat_interval_ms=1000, max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
-            fetch_max_wait_ms=100, max_poll_interval_ms=300_000)
+            fetch_max_wait_ms=100, max_poll_interval_ms=300_000, check_crcs=CHECK_CRCS)
         try:
             await c.start()
         except BaseException:
@@ -137,6 +158,10 @@ class BatchReader:
     async def batch(self, timeout_ms: int) -> list:
         """Up to ``MAX_RECORDS`` records; each partition's in offset order."""
         got = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=MAX_RECORDS)
+        if got and not self.steady.is_set():
+            await self.steady.wait()                    # the assignment these came under is not positioned yet
+            owned = self.assignment()                   # a partition gone meanwhile: its next owner reads them
+            got = {tp: recs for tp, recs in got.items() if tp in owned}
         return [Msg(tp, r.offset, r.key, r.value) for tp, recs in got.items() for r in recs]
 
     def done(self, msg: Msg) -> None:
