@@ -76,7 +76,6 @@ chunk back to one message.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import tempfile
 import time
@@ -255,9 +254,6 @@ class ExchangeSession:
         # scan work runs in the process's worker pool (None: on the loop), one job at a time
         self.pool = workers.pool(config.scan_workers, config.scan_nice)
         self._busy: asyncio.Future | None = None        # the job in flight, if any (see close)
-        # monitor: the scan of the chunk released last, handed to the pool as it left and read on
-        # the next call (see _monitor); not awaited through the loop unless it is still running
-        self._pending: concurrent.futures.Future | None = None
 
     # -- request and response heads -----------------------------------------------------------
     def on_request(self) -> Step:
@@ -408,30 +404,14 @@ class ExchangeSession:
                 assert self.scan is not None
                 self.scan.notes.append(f"mirror-overflow: scanned here from byte {self.received - len(chunk)}")
         if self.scan is not None:
-            if self.pool is not None and not self._small():
-                # its scan starts now, while the loop sends it and reads the next chunk; the next
-                # call reads the verdict, as it would have scanned it (one job at a time). A job
-                # done by then costs the loop no wake-up (no call_soon_threadsafe, no self-pipe)
-                self._pending = self.pool.submit(workers.timed, workers.in_pieces, self.scan.write, chunk)
-            else:
-                self.unscanned = chunk
+            self.unscanned = chunk
         self.ctx.bytes_sent += len(chunk)
         if self.judge_only:
             return _HOLD
         return Step(FORWARD, send=(chunk,))
 
     async def _scan_unscanned(self) -> Step | None:
-        """Monitor: scan the chunk released last time (a trip there cuts nothing; a failure may),
-        or read the verdict of its scan handed to the pool then."""
-        if self._pending is not None:
-            job, self._pending = self._pending, None
-            if not job.done():
-                self._busy = asyncio.wrap_future(job)
-                try:
-                    await asyncio.shield(self._busy)
-                except Exception:
-                    pass                                # read by _collect
-            return await self._judge(self._collect(job))
+        """Monitor: scan the chunk released last time (a trip there cuts nothing; a failure may)."""
         if self.unscanned is None:
             return None
         chunk, self.unscanned = self.unscanned, None
@@ -467,15 +447,6 @@ class ExchangeSession:
             return await self._off(workers.in_pieces, self.scan.write, chunk)
         except Exception:
             return self._scan_failed("internal")
-
-    def _collect(self, job: concurrent.futures.Future) -> str:
-        """The verdict of a finished pool job of :meth:`_monitor` (a scanner failure as in :meth:`_write`)."""
-        try:
-            verdict, seconds = job.result()
-        except Exception:
-            return self._scan_failed("internal")
-        self.scan_s += seconds
-        return verdict
 
     def _write_here(self, chunk: bytes) -> str:
         """:meth:`_write` on the calling thread (close() never awaits)."""
@@ -659,8 +630,6 @@ class ExchangeSession:
             # monitor: every byte of a Content-Length body had left before the final scan (in the pool)
             # was in; a client that closes then, as it may, has the whole file: a completed download
             completed = True
-        if self._pending is not None and not self._pending.done() and self.finishing is None:
-            self._busy = asyncio.wrap_future(self._pending)     # the chunk's scan, still running
         if self._busy is not None and not self._busy.done() and self.finishing is None:
             # the handler was cancelled while a chunk was being scanned: the scan is the job's
             # until it returns; the accounting follows it
@@ -685,9 +654,6 @@ class ExchangeSession:
                 else:
                     self._drop_scan()
                 if not late and self.result is None:
-                    if self._pending is not None:       # monitor: the last chunk's scan, done by now
-                        job, self._pending = self._pending, None
-                        self._collect(job)
                     if self.unscanned is not None:      # monitor: the last chunk left; it counts
                         chunk, self.unscanned = self.unscanned, None
                         self._write_here(chunk)
