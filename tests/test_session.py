@@ -491,6 +491,31 @@ def test_route_thresholds_in_the_config_file_apply_over_the_policy_routes():
         parse_config({"proxy": {"routes": [{"match": "/a", "trip": {"people": 5}}]}})
 
 
+def test_a_route_is_resolved_once_per_policy_and_proxy_section_and_follows_a_change():
+    """route_for remembers a path's route (every exchange resolves one on the loop); a reload (a new
+    policy), a changed mode or new routes resolve it afresh."""
+    from sensor.config import parse_config
+    from sensor.detect.policy import parse_policy
+    from sensor.exchange.routes import route_for
+    c = parse_config({"proxy": {"mode": "monitor", "routes": [{"match": "/api/*", "trip": {"person_records": 5}}]}})
+    policy = parse_policy({})
+    first = route_for(c, policy, "/api/people")
+    assert route_for(c, policy, "/api/people") is first
+    assert route_for(c, policy, "/other").mode == "monitor"
+    c.proxy.mode = "enforce"                        # the config object changed in place
+    assert route_for(c, policy, "/other").mode == "enforce"
+    c.proxy.routes = ()
+    assert route_for(c, policy, "/api/people").policy.trip.person_records != 5
+    reloaded = parse_policy({"trip": {"person_records": 7}})
+    assert route_for(c, reloaded, "/x").policy.trip.person_records == 7
+
+
+def test_the_client_hash_is_remembered_but_keyed_per_sensor_key():
+    from sensor.exchange.identity import client_hash
+    assert client_hash(b"k1", "203.0.113.7") == client_hash(b"k1", "203.0.113.7:4711")
+    assert client_hash(b"k1", "203.0.113.7") != client_hash(b"k2", "203.0.113.7")
+
+
 # -- what the act layer is told ------------------------------------------------------------------------
 
 def _spy_finished(s: Sensor) -> list[dict]:

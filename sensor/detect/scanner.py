@@ -182,12 +182,15 @@ class ExchangeScanner:
         self._edm = edm.matcher() if edm is not None else None
         self._edm_kind = [s.kind if edm is not None and s.kind in edm.kinds else None for s in self._sigs]
         self._keep_raw = self._want_sample if edm is None else [True] * n
+        # the one selection point: the compiled core (sensor/detect/_hscore.pyx) when it is built and
+        # supports the pack, else this module's Python loop (the reference, see tests/test_core_diff.py)
+        self._core = _core.core_for(engine)
         # distinct values and records by keyed hash: exact up to DISTINCT_CAP each, then estimated
-        self._distinct = [DistinctCounter(DISTINCT_CAP) for _ in range(n)]
+        # (with the core, the same counts kept in C tables the compiled loop adds to)
+        Distinct = _core._hscore.Distinct if self._core is not None else DistinctCounter
+        self._distinct = [Distinct(DISTINCT_CAP) for _ in range(n)]
         self._samples: list[list[Sample]] = [[] for _ in range(n)]
-        self._strong_recs = DistinctCounter(DISTINCT_CAP)
-        self._person_recs = DistinctCounter(DISTINCT_CAP)
-        self._all_recs = DistinctCounter(DISTINCT_CAP)
+        self._strong_recs, self._person_recs, self._all_recs = (Distinct(DISTINCT_CAP) for _ in range(3))
         # records estimated where the structure gives no row (see _finish_record); the structure
         # view's scanner turns this off: its records are rows by construction
         self._estimate = True
@@ -220,13 +223,6 @@ class ExchangeScanner:
         self._t0 = time.perf_counter()
         self._shadow: Shadow | None = None     # records from structure: see structure/view.py
         self._skind: str | None = None
-        # the one selection point: the compiled core (sensor/detect/_hscore.pyx) when it is built and
-        # supports the pack, else this module's Python loop (the reference, see tests/test_core_diff.py)
-        self._core = _core.core_for(engine)
-        if self._core is not None:       # the same counts, kept in C tables the compiled loop adds to
-            Distinct = _core._hscore.Distinct
-            self._distinct = [Distinct(DISTINCT_CAP) for _ in range(n)]
-            self._strong_recs, self._person_recs, self._all_recs = (Distinct(DISTINCT_CAP) for _ in range(3))
         self.begin_part(mode)
 
     # -- parts ----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from __future__ import annotations
 import posixpath
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
@@ -110,6 +111,7 @@ class SiteRule:
         return host_name(host) in self.hosts
 
 
+@lru_cache(maxsize=4096)          # pure; every request of a sidecar asks (its pages repeat)
 def _path_key(target: str, rule: QueryRule) -> str:
     """``/path[?query]`` of a request target (path + query, or an absolute URL). An origin-form
     target is never read as a URL: ``//other.example/x`` is the path ``/other.example/x``."""

@@ -22,6 +22,7 @@ import hmac
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:                   # no import of the config at run time: the alert schema imports this
@@ -31,8 +32,12 @@ IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip")
 MAX_HOPS = 64               # a header with more hops is walked over its last 64 only (each costs a parse)
 CLIENT_HASH_PREFIX = "hmac-sha256:"
+# Per-exchange work is paid on the event loop for every request: the few clients (and proxies) a
+# sidecar sees repeat, so their parse and keyed hash are remembered (bounded; both are pure).
+CACHED_ADDRESSES = 4096
 
 
+@lru_cache(maxsize=CACHED_ADDRESSES)
 def client_hash(key: bytes, address: str) -> str:
     """The client's keyed hash, the same in the alert (``dlp.client.hash``), the exposure ledger, the
     fleet finding and the reports, so that a SOC analyst can join them: HMAC-SHA256 under the
@@ -147,6 +152,7 @@ def _forwarded_for(element: str) -> str | None:
 _PORT = re.compile(r"[0-9]{1,5}")
 
 
+@lru_cache(maxsize=CACHED_ADDRESSES)
 def parse_node(node: str) -> IpAddress | None:
     """An address from one hop or peer: ``203.0.113.7``, ``203.0.113.7:4711``, ``2001:db8::1``,
     ``[2001:db8::1]``, ``[2001:db8::1]:4711``, gRPC's ``ipv4:1.2.3.4:5`` / ``ipv6:[::1]:5``, quoted

@@ -31,7 +31,29 @@ class Route:
         return self.mode == "enforce"
 
 
+CACHED_ROUTES = 4096
+# (id(policy), the proxy section's route inputs, path) -> (policy, Route). Resolving a route costs
+# more than a dict look-up (a glob per route, two dataclass replaces): a sidecar's paths repeat,
+# and every exchange resolves one on the event loop. A reload makes a new policy (and config), so
+# its routes are resolved afresh; the policy kept with each entry pins its id.
+_ROUTES: dict[tuple, tuple[Policy, Route]] = {}
+
+
 def route_for(config: Config, policy: Policy, path: str) -> Route:
+    """:func:`resolve_route`, remembered per policy, proxy section and path (bounded)."""
+    px = config.proxy
+    key = (id(policy), px.routes, px.mode, px.on_error, px.on_error_explicit, px.holdback, path)
+    hit = _ROUTES.get(key)
+    if hit is not None and hit[0] is policy:
+        return hit[1]
+    route = resolve_route(config, policy, path)
+    if len(_ROUTES) >= CACHED_ROUTES:
+        _ROUTES.clear()
+    _ROUTES[key] = (policy, route)
+    return route
+
+
+def resolve_route(config: Config, policy: Policy, path: str) -> Route:
     """The route of ``path`` (the URL path, no query): the first matching ``proxy.routes`` entry
     (else the proxy section's defaults); its thresholds and allow apply over the first matching
     ``policy.routes`` entry's, which apply over the policy's. The policy returned is fully
