@@ -27,7 +27,7 @@ wheel's statically linked libhs is not guaranteed to load in Debian's). Scratch:
 cimport cython
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memchr, memcmp, memcpy, memset
-from libc.stdint cimport uint64_t, int64_t
+from libc.stdint cimport uint64_t, int64_t, INT64_MAX
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.object cimport PyObject_Hash
 from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
@@ -134,6 +134,14 @@ cdef extern from *:
     }
     static const void *dlp_memrchr(const void *s, int c, size_t n) { return memrchr(s, c, n); }
     static inline void dlp_prefetch(const void *p) { __builtin_prefetch(p, 0, 3); }
+    /* a[0:8] sorted by Knuth's 19-comparator network, each step a min/max (cmov, no branch): a
+       record's handful of value hashes are random, so an insertion sort's branches mispredicted */
+    #define DLP_CX(i, j) { int64_t x_ = a[i], y_ = a[j]; a[i] = x_ < y_ ? x_ : y_; a[j] = x_ < y_ ? y_ : x_; }
+    static inline void dlp_sort8(int64_t *a) {
+        DLP_CX(0,1) DLP_CX(2,3) DLP_CX(4,5) DLP_CX(6,7) DLP_CX(0,2) DLP_CX(1,3) DLP_CX(4,6) DLP_CX(5,7)
+        DLP_CX(1,2) DLP_CX(5,6) DLP_CX(0,4) DLP_CX(3,7) DLP_CX(1,5) DLP_CX(2,6) DLP_CX(1,4) DLP_CX(3,6)
+        DLP_CX(2,4) DLP_CX(3,5) DLP_CX(3,4)
+    }
     /* the delimiters in b[lo:hi], or -1 when a '"' is there (a quoted field: the caller asks the
        reference's parser): one pass, 8 bytes a step (a byte equal to c is a zero byte of x ^ c*ONES,
        flagged exactly by its top bit). Was a memchr for '"' and a byte loop over the same span, ~17 %
@@ -148,7 +156,7 @@ cdef extern from *:
             t = x ^ cq;
             if (~(((t & low7) + low7) | t | low7)) return -1;
             t = x ^ cd;
-            out += __builtin_popcountll(~(((t & low7) + low7) | t | low7));
+            out += (Py_ssize_t)(((~(((t & low7) + low7) | t | low7) >> 7) * ones) >> 56);   /* no popcnt at -O2 */
         }
         for (; k < hi; k++) {
             if (b[k] == '"') return -1;
@@ -235,6 +243,7 @@ cdef extern from *:
     hs_scratch_t *dlp_tls_scratch
     const void *dlp_memrchr(const void *s, int c, size_t n) nogil
     void dlp_prefetch(const void *p) nogil
+    void dlp_sort8(int64_t *a) nogil
     Py_ssize_t dlp_count_unquoted(const char *b, Py_ssize_t lo, Py_ssize_t hi, char c) nogil
     void *dlp_tab_calloc(size_t n)
     void dlp_tab_free(void *p, size_t n)
@@ -2951,13 +2960,21 @@ cdef Py_hash_t sorted_tuple_hash(Py_hash_t *a, int n) noexcept:
     cdef int k, j
     cdef Py_hash_t x
     cdef uint64_t acc = 2870177450012600261ULL, lane
-    for k in range(1, n):                 # insertion sort: a record has a handful of values
-        x = a[k]
-        j = k - 1
-        while j >= 0 and a[j] > x:
-            a[j + 1] = a[j]
-            j -= 1
-        a[j + 1] = x
+    cdef int64_t b8[8]
+    if 2 <= n <= 8:                       # a record's handful: a sorting network, padded with the max
+        for k in range(8):
+            b8[k] = a[k] if k < n else INT64_MAX
+        dlp_sort8(b8)                     # (a real INT64_MAX sorts among the pads: equal values alike)
+        for k in range(n):
+            a[k] = b8[k]
+    else:
+        for k in range(1, n):             # insertion sort
+            x = a[k]
+            j = k - 1
+            while j >= 0 and a[j] > x:
+                a[j + 1] = a[j]
+                j -= 1
+            a[j + 1] = x
     for k in range(n):
         lane = <uint64_t>int_hash(a[k])
         acc += lane * 14029467366897019727ULL
