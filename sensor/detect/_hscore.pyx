@@ -561,7 +561,7 @@ STREET_VALUE_RX = (rb"(?:\b\d{1,6} (?:[NSEW]\.? |North |South |East |West |NORTH
                    rb"(?:[A-Z][a-z]{1,20} |[A-Z]{2,20} |\d{1,3}(?:st|nd|rd|th|ST|ND|RD|TH) ){1,3}(?:"
                    + b"|".join(STREET_SUFFIXES) + rb")\b)\Z")
 # suffixes and directions of up to 8 bytes as their zero-padded uint64 (the two 9-byte suffixes apart)
-cdef uint64_t _SFX_KEYS[64]
+cdef uint64_t _SFX_TAB[128]            # the suffix keys by their multiplied top 7 bits (0 = empty)
 cdef uint64_t _DIR_KEYS[16]
 cdef int _NSFX = 0, _NDIR = 0
 
@@ -570,12 +570,16 @@ cdef int _street_keys() except -1:
     global _NSFX, _NDIR
     cdef uint64_t key
     cdef bytes w
+    cdef size_t j
     for w in STREET_SUFFIXES:
         if len(w) <= 8:
             key = 0
             memcpy(&key, PyBytes_AS_STRING(w), len(w))
-            _SFX_KEYS[_NSFX] = key
             _NSFX += 1
+            j = (key * 0x9E3779B97F4A7C15ULL) >> 57
+            while _SFX_TAB[j] != 0:
+                j = (j + 1) & 127
+            _SFX_TAB[j] = key
     for w in b"N S E W N. S. E. W. North South East West NORTH SOUTH EAST WEST".split():
         key = 0
         memcpy(&key, PyBytes_AS_STRING(w), len(w))
@@ -600,9 +604,19 @@ cdef inline bint _listed(const uint64_t *keys, int nkeys, const char *p, Py_ssiz
 
 
 cdef inline bint _street_suffix(const char *p, Py_ssize_t n) noexcept nogil:
+    cdef uint64_t key = 0
+    cdef size_t j
     if n == 9:
         return memcmp(p, b"Boulevard", 9) == 0 or memcmp(p, b"BOULEVARD", 9) == 0
-    return 1 <= n <= 8 and _listed(_SFX_KEYS, _NSFX, p, n)
+    if not 1 <= n <= 8:
+        return False
+    memcpy(&key, p, n)
+    j = (key * 0x9E3779B97F4A7C15ULL) >> 57
+    while _SFX_TAB[j] != 0:
+        if _SFX_TAB[j] == key:
+            return True
+        j = (j + 1) & 127
+    return False
 
 
 cdef inline bint _street_word(const char *b, Py_ssize_t a, Py_ssize_t z) noexcept nogil:
@@ -647,6 +661,7 @@ cdef Py_ssize_t street_start(const char *b, Py_ssize_t lo, Py_ssize_t e) noexcep
     cdef Py_ssize_t z = e - 1, a, d, best = -1
     cdef int i
     cdef bint allw = True, allw_prev = True, isw, isdir, prev_dir = False
+    cdef unsigned char c
     while z >= lo and z >= e - 10 and b[z] != 32:
         z -= 1
     if z <= lo or b[z] != 32 or not _street_suffix(b + z + 1, e - z - 1):
@@ -666,7 +681,9 @@ cdef Py_ssize_t street_start(const char *b, Py_ssize_t lo, Py_ssize_t e) noexcep
         if a <= lo or b[a - 1] != 32:
             break
         isw = _street_word(b, a, z)
-        isdir = 1 <= z - a <= 5 and _listed(_DIR_KEYS, _NDIR, b + a, z - a)
+        c = <unsigned char>b[a]
+        isdir = 1 <= z - a <= 5 and (c == b'N' or c == b'S' or c == b'E' or c == b'W') \
+            and _listed(_DIR_KEYS, _NDIR, b + a, z - a)
         if not ((isw and allw and i <= 3) or (isdir and allw and 1 <= i - 1 <= 3)):
             break
         allw_prev = allw
