@@ -32,6 +32,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStri
 from cpython.object cimport PyObject_Hash
 from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from cpython.list cimport PyList_GET_SIZE
+from cpython.tuple cimport PyTuple_GET_SIZE
 from cpython.sequence cimport PySequence_GetSlice
 from libc.time cimport time, time_t
 
@@ -2141,6 +2142,7 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
     cdef bint tabular = lines and sc._tabular
     cdef char delim = (<bytes>sc._delim)[0]
     col_sigs = sc._col_sigs
+    cdef bint has_cols = bool(col_sigs)     # asked per value: the truth of the dict once (and per header hotword)
     cdef int64_t *last_hot = ps.last_hot
     cdef char *header = ps.header
     cdef int nval = info.nval
@@ -2172,6 +2174,7 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
             if (first_line or is_html) and sc._header_hotword(buf, base, end, si):
                 header[si] = 1
                 cstate = -1                  # the column table is stale
+                has_cols = bool(col_sigs)
             else:
                 last_hot[si] = end
                 if rec.n:
@@ -2212,7 +2215,7 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
                     continue
                 if s >= 0:
                     req = info.req[i]
-                    if req:
+                    if PyTuple_GET_SIZE(req) != 0 if type(req) is tuple else req:   # no IsTrue call
                         rf = info.reqfast[i]
                         if rf is not None:
                             if not lead_group_ok(<tuple>rf, b, s, e):
@@ -2290,7 +2293,7 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
             continue
         if not ctx:
             # header column context (CSV/TSV: delimiters before the value on its row, outside quotes)
-            if lines and col_sigs:
+            if lines and has_cols:
                 r = rk - base + 1
                 if r >= 0:
                     if r == c_row and s >= c_at:         # the row's last value: count on from there
