@@ -198,3 +198,15 @@ def test_forced_python_is_warned_once_and_exported(monkeypatch, caplog, compiled
         assert 'dlp_sensor_compiled_core{reason="forced-python"} 0.0' in text
     finally:
         core._set_status("compiled")           # the session's engine still runs the compiled core
+
+
+def test_header_columns_beyond_the_c_table_same_result(engine, compiled):
+    """A CSV whose header names columns past the compiled loop's C column table (64 columns) and
+    before it: column context from the table where it covers the header, from the dict where not."""
+    rows = synth.breach_csv(400).split(b"\n")
+    head, body = rows[0], [r for r in rows[1:] if r]
+    pad = b",".join(b"c%d" % k for k in range(60))
+    wide = [pad + b"," + head] + [b",".join(b"%d" % k for k in range(60)) + b"," + r for r in body]
+    r = same(engine, b"\n".join(wide) + b"\n")
+    assert r["verdict"] == "trip"
+    same(engine, b"\n".join(rows) + b"\n", cuts=list(range(211, 40000, 211)))

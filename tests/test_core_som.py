@@ -269,21 +269,62 @@ NAMES = [b"JOHN Q SMITH", b"JOHN Q. SMITH", b"MARY O'NEIL", b"AB C-SMITH", b"X J
          b"John Q. Smith", b"Mary O'Neil-Jones", b"9John Smith", b"J Smith", b"SMITH,JOHN", b"O'NEIL, MARY",
          b"SMITH\tJOHN", b"D'ARCY-O'NEIL,ANN", b"Smith, John", b"O'Neil, Mary", b"Smith,John", b"_SMITH,JOHN",
          b"A" * 21 + b",BOB", b"Abcdefghijklmnopqrst, Bob", b"Jo Ab", b"JOHN  SMITH", b"Ann Q  Smith"]
+STREETS = [b"22448 S MAIN CT", b"1234 W MAIN ST", b"55 Elm Street", b"901 N. Maple Ave", b"77 21st Street",
+           b"7 North Elm Oak Pine Way", b"7 NORTH ELM OAK PINE RD", b"7 North Elm Oak Pine Birch Way", b"1 N St St",
+           b"1234567 MAIN ST", b"x123 MAIN ST", b"-123 MAIN ST", b"12 E  MAIN ST", b"12 Main  St", b"12 MAIN STREETS",
+           b"12 3rd 4TH 5Th Ave", b"123456 " + b"A" * 20 + b" ST", b"1 " + b"Ab" * 11 + b" Rd", b"9 N 10th ST ST",
+           b"12 W. West Hwy", b"5 SOUTH 1ST AVE", b"4 Ln Ln Ln Ln", b"_12 OAK DR", b"12 OAK DR ST"]
 
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.sampled_from(list(PLACEISH)), min_size=0, max_size=80), st.integers(0, 2**32))
 def test_closed_form_starts_are_re_starts(engine, info, chars, seed):
-    """Emails, city/state/ZIP places and the four name shapes take their start from a closed form in
-    C (email_start, place_start, name_start), never from ``re``: the same start as ``rx.search(buf, lo, e)`` at every end offset,
+    """Emails, city/state/ZIP places, street addresses and the four name shapes take their start from
+    a closed form in C (email_start, place_start, street_start, name_start), never from ``re``: the same start as ``rx.search(buf, lo, e)`` at every end offset,
     on real and near-miss values spliced into random bytes."""
     rnd = random.Random(seed)
     buf = bytes(chars)
-    for v in rnd.sample(PLACES, 3) + rnd.sample(NAMES, 4) + [b"john.doe@example.com", b"a@b.c.d.e.f.gh", b"x@" + b"a" * 64 + b".com"]:
+    for v in rnd.sample(PLACES, 3) + rnd.sample(NAMES, 4) + rnd.sample(STREETS, 4) + [b"john.doe@example.com", b"a@b.c.d.e.f.gh", b"x@" + b"a" * 64 + b".com"]:
         at = rnd.randrange(len(buf) + 1)
         buf = buf[:at] + v + buf[at:]
     ks = [k for k, p in enumerate(engine.patterns) if p.rx is not None
-          and p.rx.pattern in (core._hscore.EMAIL_VALUE_RX, core._hscore.PLACE_VALUE_RX) + core._hscore.NAME_VALUE_RX]
-    assert len({engine.patterns[k].rx.pattern for k in ks}) == 6, "the pack's value regexes are the closed forms'"
+          and p.rx.pattern in (core._hscore.EMAIL_VALUE_RX, core._hscore.PLACE_VALUE_RX, core._hscore.STREET_VALUE_RX)
+          + core._hscore.NAME_VALUE_RX]
+    assert len({engine.patterns[k].rx.pattern for k in ks}) == 7, "the pack's value regexes are the closed forms'"
     assert _check(engine, info, ks, buf, _lo_window) == 0
     assert _check(engine, info, ks, buf, _lo_field) == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=80), st.sampled_from([b",", b"\t", b";", b"|", b"\x00", b"\xff"]),
+       st.integers(-4, 90), st.integers(-4, 90))
+def test_column_count_scan_is_pythons(info, buf, delim, lo, hi):
+    """The CSV column count reads 8 bytes a step: as ``bytes.find``/``bytes.count`` for every span,
+    quote anywhere, delimiter bytes with the top bit set or zero."""
+    a, b = max(0, min(lo, len(buf))), max(0, min(hi, len(buf)))
+    want = (-1 if buf.find(b'"', a, b) >= 0 else buf.count(delim, a, b)) if a < b else 0
+    assert core._hscore._count_unquoted(buf, delim, lo, hi) == want
+    dense = (buf + delim * 9 + b"x" * 7) * 3            # long runs of delimiters, no quote
+    assert core._hscore._count_unquoted(dense, delim, 0, len(dense)) == (
+        -1 if b'"' in dense else dense.count(delim))
+
+
+STREETISH = b"0123456789 NSEWnsewStRrdDhHTAaLl.Oo_-,\tx"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(list(STREETISH)), min_size=0, max_size=60), st.integers(0, 2**32))
+def test_street_starts_are_re_starts(engine, info, chars, seed):
+    """street_start against ``re`` at every end offset: street-like bytes (digits, directions,
+    ordinals, suffix letters, single and double spaces) with real and near-miss addresses spliced in,
+    the search bounded by the window and by the field."""
+    rnd = random.Random(seed)
+    buf = bytes(chars)
+    for v in rnd.sample(STREETS, 3):
+        at = rnd.randrange(len(buf) + 1)
+        buf = buf[:at] + v + buf[at:]
+    ks = [k for k, p in enumerate(engine.patterns) if p.rx is not None and p.rx.pattern == core._hscore.STREET_VALUE_RX]
+    assert ks, "the pack's street regex is the closed form's"
+    assert _check(engine, info, ks, buf, _lo_window) == 0
+    assert _check(engine, info, ks, buf, _lo_field) == 0
+    assert _check(engine, info, ks, buf, lambda p, b, e: rnd.randrange(e + 1)) == 0

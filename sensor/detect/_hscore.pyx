@@ -27,11 +27,12 @@ wheel's statically linked libhs is not guaranteed to load in Debian's). Scratch:
 cimport cython
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memchr, memcmp, memcpy, memset
-from libc.stdint cimport uint64_t, int64_t
+from libc.stdint cimport uint64_t, int64_t, INT64_MAX
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.object cimport PyObject_Hash
 from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from cpython.list cimport PyList_GET_SIZE
+from cpython.tuple cimport PyTuple_GET_SIZE
 from cpython.sequence cimport PySequence_GetSlice
 from libc.time cimport time, time_t
 
@@ -134,6 +135,36 @@ cdef extern from *:
     }
     static const void *dlp_memrchr(const void *s, int c, size_t n) { return memrchr(s, c, n); }
     static inline void dlp_prefetch(const void *p) { __builtin_prefetch(p, 0, 3); }
+    /* a[0:8] sorted by Knuth's 19-comparator network, each step a min/max (cmov, no branch): a
+       record's handful of value hashes are random, so an insertion sort's branches mispredicted */
+    #define DLP_CX(i, j) { int64_t x_ = a[i], y_ = a[j]; a[i] = x_ < y_ ? x_ : y_; a[j] = x_ < y_ ? y_ : x_; }
+    static inline void dlp_sort8(int64_t *a) {
+        DLP_CX(0,1) DLP_CX(2,3) DLP_CX(4,5) DLP_CX(6,7) DLP_CX(0,2) DLP_CX(1,3) DLP_CX(4,6) DLP_CX(5,7)
+        DLP_CX(1,2) DLP_CX(5,6) DLP_CX(0,4) DLP_CX(3,7) DLP_CX(1,5) DLP_CX(2,6) DLP_CX(1,4) DLP_CX(3,6)
+        DLP_CX(2,4) DLP_CX(3,5) DLP_CX(3,4)
+    }
+    /* the delimiters in b[lo:hi], or -1 when a '"' is there (a quoted field: the caller asks the
+       reference's parser): one pass, 8 bytes a step (a byte equal to c is a zero byte of x ^ c*ONES,
+       flagged exactly by its top bit). Was a memchr for '"' and a byte loop over the same span, ~17 %
+       of the per-match loop on the dense CSV. */
+    static inline Py_ssize_t dlp_count_unquoted(const char *b, Py_ssize_t lo, Py_ssize_t hi, char c) {
+        const uint64_t ones = 0x0101010101010101ULL, low7 = 0x7F7F7F7F7F7F7F7FULL;
+        const uint64_t cq = ones * 0x22u, cd = ones * (unsigned char)c;
+        Py_ssize_t out = 0, k = lo;
+        uint64_t x, t;
+        for (; k + 8 <= hi; k += 8) {
+            memcpy(&x, b + k, 8);
+            t = x ^ cq;
+            if (~(((t & low7) + low7) | t | low7)) return -1;
+            t = x ^ cd;
+            out += (Py_ssize_t)(((~(((t & low7) + low7) | t | low7) >> 7) * ones) >> 56);   /* no popcnt at -O2 */
+        }
+        for (; k < hi; k++) {
+            if (b[k] == '"') return -1;
+            out += b[k] == c;
+        }
+        return out;
+    }
     /* Distinct tables of 64 KiB and more, kept for the next exchange when freed (at most 8 of them,
        8 MiB in all): a dense exchange grows eight tables to ~1 MiB each, and fresh ones cost a page
        fault per 4 KiB (measured ~4 % of a dense scan, kernel time) where reusing one costs a memset.
@@ -213,6 +244,8 @@ cdef extern from *:
     hs_scratch_t *dlp_tls_scratch
     const void *dlp_memrchr(const void *s, int c, size_t n) nogil
     void dlp_prefetch(const void *p) nogil
+    void dlp_sort8(int64_t *a) nogil
+    Py_ssize_t dlp_count_unquoted(const char *b, Py_ssize_t lo, Py_ssize_t hi, char c) nogil
     void *dlp_tab_calloc(size_t n)
     void dlp_tab_free(void *p, size_t n)
     size_t dlp_pool_held()
@@ -520,6 +553,150 @@ cdef Py_ssize_t place_start(const char *b, Py_ssize_t lo, Py_ssize_t e) noexcept
     return best
 
 
+# The pack's street-address value regex (signatures/person.yaml), in closed form too (street_start).
+STREET_SUFFIXES = (b"Street St Avenue Ave Road Rd Boulevard Blvd Drive Dr Lane Ln Court Ct Way Place Pl Circle Cir "
+                   b"Terrace Ter Parkway Pkwy Highway Hwy Trail Trl STREET ST AVENUE AVE ROAD RD BOULEVARD BLVD "
+                   b"DRIVE DR LANE LN COURT CT WAY PLACE PL CIRCLE CIR TERRACE TER PARKWAY PKWY HIGHWAY HWY TRAIL "
+                   b"TRL").split()
+STREET_VALUE_RX = (rb"(?:\b\d{1,6} (?:[NSEW]\.? |North |South |East |West |NORTH |SOUTH |EAST |WEST )?"
+                   rb"(?:[A-Z][a-z]{1,20} |[A-Z]{2,20} |\d{1,3}(?:st|nd|rd|th|ST|ND|RD|TH) ){1,3}(?:"
+                   + b"|".join(STREET_SUFFIXES) + rb")\b)\Z")
+# suffixes and directions of up to 8 bytes as their zero-padded uint64 (the two 9-byte suffixes apart)
+cdef uint64_t _SFX_TAB[128]            # the suffix keys by their multiplied top 7 bits (0 = empty)
+cdef uint64_t _DIR_KEYS[16]
+cdef int _NSFX = 0, _NDIR = 0
+
+
+cdef int _street_keys() except -1:
+    global _NSFX, _NDIR
+    cdef uint64_t key
+    cdef bytes w
+    cdef size_t j
+    for w in STREET_SUFFIXES:
+        if len(w) <= 8:
+            key = 0
+            memcpy(&key, PyBytes_AS_STRING(w), len(w))
+            _NSFX += 1
+            j = (key * 0x9E3779B97F4A7C15ULL) >> 57
+            while _SFX_TAB[j] != 0:
+                j = (j + 1) & 127
+            _SFX_TAB[j] = key
+    for w in b"N S E W N. S. E. W. North South East West NORTH SOUTH EAST WEST".split():
+        key = 0
+        memcpy(&key, PyBytes_AS_STRING(w), len(w))
+        _DIR_KEYS[_NDIR] = key
+        _NDIR += 1
+    return 0
+
+
+cdef inline bint _digit(unsigned char c) noexcept nogil:
+    return 48 <= c <= 57
+
+
+cdef inline bint _listed(const uint64_t *keys, int nkeys, const char *p, Py_ssize_t n) noexcept nogil:
+    """``p[:n]`` (1 <= n <= 8) is one of ``keys`` (zero-padded words)."""
+    cdef uint64_t key = 0
+    cdef int k
+    memcpy(&key, p, n)
+    for k in range(nkeys):
+        if keys[k] == key:
+            return True
+    return False
+
+
+cdef inline bint _street_suffix(const char *p, Py_ssize_t n) noexcept nogil:
+    cdef uint64_t key = 0
+    cdef size_t j
+    if n == 9:
+        return memcmp(p, b"Boulevard", 9) == 0 or memcmp(p, b"BOULEVARD", 9) == 0
+    if not 1 <= n <= 8:
+        return False
+    memcpy(&key, p, n)
+    j = (key * 0x9E3779B97F4A7C15ULL) >> 57
+    while _SFX_TAB[j] != 0:
+        if _SFX_TAB[j] == key:
+            return True
+        j = (j + 1) & 127
+    return False
+
+
+cdef inline bint _street_word(const char *b, Py_ssize_t a, Py_ssize_t z) noexcept nogil:
+    """``b[a:z]`` is one of ``[A-Z][a-z]{1,20}``, ``[A-Z]{2,20}``, ``\\d{1,3}(?:st|nd|rd|th|ST|ND|RD|TH)``."""
+    cdef Py_ssize_t n = z - a, k
+    cdef unsigned char c, d
+    if n < 2:
+        return False
+    if _upper(<unsigned char>b[a]):
+        if _upper(<unsigned char>b[a + 1]):
+            if n > 20:
+                return False
+            for k in range(a + 2, z):
+                if not _upper(<unsigned char>b[k]):
+                    return False
+            return True
+        if n > 21:
+            return False
+        for k in range(a + 1, z):
+            if not _lower(<unsigned char>b[k]):
+                return False
+        return True
+    if n < 3 or n > 5:
+        return False
+    for k in range(a, z - 2):
+        if not _digit(<unsigned char>b[k]):
+            return False
+    c = <unsigned char>b[z - 2]
+    d = <unsigned char>b[z - 1]
+    return (c == b's' and d == b't') or (c == b'n' and d == b'd') or (c == b'r' and d == b'd') \
+        or (c == b't' and d == b'h') or (c == b'S' and d == b'T') or (c == b'N' and d == b'D') \
+        or (c == b'R' and d == b'D') or (c == b'T' and d == b'H')
+
+
+cdef Py_ssize_t street_start(const char *b, Py_ssize_t lo, Py_ssize_t e) noexcept nogil:
+    """Leftmost ``s >= lo`` where STREET_VALUE_RX matches ``b[s:e]``, or -1, read backwards. Each
+    part of the regex is a space-free token followed by one space, so the tokens are the runs between
+    single spaces: the suffix is the run after the last space, then one to three words, maybe a
+    direction, then the number (the digits before a space, 1-6 of them, on a word boundary). A
+    token that is a word and a direction (``North``) is tried both ways. Replaces libhs's anchored
+    tries (~0.2 us a value, the costliest value start left on an address roster)."""
+    cdef Py_ssize_t z = e - 1, a, d, best = -1
+    cdef int i
+    cdef bint allw = True, allw_prev = True, isw, isdir, prev_dir = False
+    cdef unsigned char c
+    while z >= lo and z >= e - 10 and b[z] != 32:
+        z -= 1
+    if z <= lo or b[z] != 32 or not _street_suffix(b + z + 1, e - z - 1):
+        return -1
+    # T_1, T_2, ...: the run before the space at z. allw: T_1..T_{i-1} are words (allw_prev: up to
+    # T_{i-2}); prev_dir: T_{i-1} is a direction
+    for i in range(1, 6):
+        if i >= 2 and ((allw and i - 1 <= 3) or (prev_dir and allw_prev and 1 <= i - 2 <= 3)):
+            d = z
+            while d > 0 and z - d <= 6 and _digit(<unsigned char>b[d - 1]):
+                d -= 1
+            if 1 <= z - d <= 6 and d >= lo and (d == 0 or not is_word(<unsigned char>b[d - 1])):
+                best = d
+        a = z
+        while a > 0 and z - a <= 21 and b[a - 1] != 32:
+            a -= 1
+        if a <= lo or b[a - 1] != 32:
+            break
+        isw = _street_word(b, a, z)
+        c = <unsigned char>b[a]
+        isdir = 1 <= z - a <= 5 and (c == b'N' or c == b'S' or c == b'E' or c == b'W') \
+            and _listed(_DIR_KEYS, _NDIR, b + a, z - a)
+        if not ((isw and allw and i <= 3) or (isdir and allw and 1 <= i - 1 <= 3)):
+            break
+        allw_prev = allw
+        allw = allw and isw
+        prev_dir = isdir
+        z = a - 1
+    return best
+
+
+_street_keys()
+
+
 # The pack's four person-name value regexes (signatures/person.yaml), in closed form too (name_start).
 NAME_VALUE_RX = (
     rb"(?:\b(?P<first>[A-Z]{2,15}) (?:[A-Z]\.? )?[A-Z][A-Z'-]{1,19})\Z",        # 3: JOHN Q SMITH
@@ -719,6 +896,8 @@ cdef Py_ssize_t value_start_c(Info info, int t, const char *b, Py_ssize_t lo, Py
     if info.pemail[t] and _strategy == 0:
         if info.pemail[t] == 1:
             return email_start(b, lo, e)
+        if info.pemail[t] == 7:
+            return street_start(b, lo, e)
         return place_start(b, lo, e) if info.pemail[t] == 2 else name_start(info.pemail[t], b, lo, e)
     if not info.pws[t] or (_strategy == 2 and info.somdb[t] != NULL):
         return window_start(info, t, b, lo, e, maxw) if info.somdb[t] != NULL else -2
@@ -1062,6 +1241,7 @@ cdef class PartScan:
     cdef Sink msink, gsink
     cdef int64_t *last_hot
     cdef char *header
+    cdef unsigned char *colctx   # COLS x nsig: the header names signature si for column c (col_context)
     cdef int nsig
     cdef int busy                # a call is in progress (maybe with the GIL released): refuse another
 
@@ -1091,6 +1271,7 @@ cdef class PartScan:
         free(self.hits.a)
         free(self.last_hot)
         free(self.header)
+        free(self.colctx)
 
     cdef int _enter(self) except -1:
         """One call at a time: two threads in one stream (or one scanning while another closes or
@@ -1274,14 +1455,12 @@ cdef inline Py_ssize_t find1(const char *b, Py_ssize_t n, char c, Py_ssize_t lo,
     return -1 if p == NULL else p - b
 
 
-cdef inline Py_ssize_t count1(const char *b, Py_ssize_t n, char c, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
-    cdef Py_ssize_t k, out = 0
+cdef inline Py_ssize_t count_unquoted(const char *b, Py_ssize_t n, char c, Py_ssize_t lo,
+                                     Py_ssize_t hi) noexcept nogil:
+    """``-1 if buf.find(b'"', lo, hi) >= 0 else buf.count(c, lo, hi)`` for non-negative bounds."""
     lo = _clamp(lo, n)
     hi = _clamp(hi, n)
-    for k in range(lo, hi):
-        if b[k] == c:
-            out += 1
-    return out
+    return dlp_count_unquoted(b, lo, hi, c) if lo < hi else 0
 
 
 cdef Py_ssize_t rfind_sub(const char *b, Py_ssize_t n, const char *t, Py_ssize_t tn, Py_ssize_t lo,
@@ -1620,7 +1799,7 @@ cdef class Info:
     cdef public object gate_ids
     cdef int *psom                  # index in ``somdb`` of the pattern's value regex, or -1 (``re`` finds the start)
     cdef char *pws                  # by ``somdb`` index: its starts are word starts (som_start_ws)
-    cdef char *pemail               # by ``somdb`` index: a closed form: 1 email, 2 place, 3-6 names
+    cdef char *pemail               # by ``somdb`` index: a closed form: 1 email, 2 place, 3-6 names, 7 street
     cdef unsigned char *pfirst      # by ``somdb`` index, 256 each: bytes a match may begin with
     cdef unsigned int *scount       # by ``somdb`` index: value starts asked (value_start_c's timing)
     cdef double *cost_ws
@@ -1744,7 +1923,8 @@ cdef class Info:
             self.pws[j] = kind
             self.pemail[j] = 1 if pat == EMAIL_VALUE_RX and not fl & 2 else \
                 2 if pat == PLACE_VALUE_RX and not fl & 2 else \
-                3 + NAME_VALUE_RX.index(pat) if pat in NAME_VALUE_RX and not fl & 2 else 0
+                3 + NAME_VALUE_RX.index(pat) if pat in NAME_VALUE_RX and not fl & 2 else \
+                7 if pat == STREET_VALUE_RX and not fl & 2 else 0
             fb = _first_bytes(rxs[(pat, fl)])
             memcpy(self.pfirst + 256 * <int>j, PyBytes_AS_STRING(<bytes>fb), 256)
         for k in range(self.npat):
@@ -1882,6 +2062,35 @@ cdef void label_after(RecBuf rec, const char *b, Py_ssize_t blen, int64_t base, 
 
 
 DEF GIL_EVERY = 255                # + 1: matches between two releases of the GIL in process()
+DEF COLS = 64                      # header columns the C table of column context covers
+
+
+cdef int col_context(PartScan ps, dict col_sigs) except -1:
+    """The scanner's ``{column: {signature, ...}}`` as a COLS x nsig byte table (ps.colctx), so that
+    a CSV value's column context is one load, not a dict lookup and a set probe with int objects
+    (~2 % of the dense scan). 1 when the table covers every column, 0 when some column does not (the
+    caller then asks the dict). Rebuilt per process() call and after a header hotword changed the
+    dict."""
+    cdef int si
+    cdef bint covered = True
+    if ps.colctx == NULL:
+        ps.colctx = <unsigned char *>malloc(COLS * ps.nsig + 1)
+        if ps.colctx == NULL:
+            raise MemoryError()
+    memset(ps.colctx, 0, COLS * ps.nsig)
+    for col, sigs in col_sigs.items():
+        if type(col) is not int or not 0 <= col < COLS:
+            covered = False
+            continue
+        for x in sigs:
+            if type(x) is not int or not 0 <= x < ps.nsig:
+                covered = False
+                continue
+            si = x
+            ps.colctx[<int>col * ps.nsig + si] = 1
+    return 1 if covered else 0
+
+
 cdef long _yields = 0                  # times process() let the GIL go (counted with the GIL held)
 
 
@@ -1933,6 +2142,7 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
     cdef bint tabular = lines and sc._tabular
     cdef char delim = (<bytes>sc._delim)[0]
     col_sigs = sc._col_sigs
+    cdef bint has_cols = bool(col_sigs)     # asked per value: the truth of the dict once (and per header hotword)
     cdef int64_t *last_hot = ps.last_hot
     cdef char *header = ps.header
     cdef int nval = info.nval
@@ -1947,6 +2157,7 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
     cdef RecEnv env = rec_env(sc)
     cdef Py_hash_t hv
     cdef list distinct = sc._distinct
+    cdef int cstate = -1                 # the column table: -1 not built, 1 covers all, 0 ask the dict
     refresh_today()
     for k in range(ps.hits.n):
         if k & GIL_EVERY == GIL_EVERY:
@@ -1962,6 +2173,8 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
             # a hotword in a header names a column; it is not a label for the next values
             if (first_line or is_html) and sc._header_hotword(buf, base, end, si):
                 header[si] = 1
+                cstate = -1                  # the column table is stale
+                has_cols = bool(col_sigs)
             else:
                 last_hot[si] = end
                 if rec.n:
@@ -2002,7 +2215,7 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
                     continue
                 if s >= 0:
                     req = info.req[i]
-                    if req:
+                    if PyTuple_GET_SIZE(req) != 0 if type(req) is tuple else req:   # no IsTrue call
                         rf = info.reqfast[i]
                         if rf is not None:
                             if not lead_group_ok(<tuple>rf, b, s, e):
@@ -2080,28 +2293,35 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
             continue
         if not ctx:
             # header column context (CSV/TSV: delimiters before the value on its row, outside quotes)
-            if lines and col_sigs:
+            if lines and has_cols:
                 r = rk - base + 1
                 if r >= 0:
                     if r == c_row and s >= c_at:         # the row's last value: count on from there
-                        if find1(b, blen, b'"', c_at, s) < 0:
-                            col = c_col + count1(b, blen, delim, c_at, s)
+                        col = count_unquoted(b, blen, delim, c_at, s)
+                        if col >= 0:
+                            col += c_col
                             c_at = s
                             c_col = col
                         else:
                             c_row = -1
                             col = sc._column_of(buf, r, s)
-                    elif find1(b, blen, b'"', r, s) < 0:
-                        col = count1(b, blen, delim, r, s)
-                        c_row = r
-                        c_at = s
-                        c_col = col
                     else:
-                        c_row = -1
-                        col = sc._column_of(buf, r, s)
-                    if type(col_sigs) is dict:   # the scanner's: a C lookup, no method call
-                        cs = (<dict>col_sigs).get(col)
-                        ctx = cs is not None and si in cs
+                        col = count_unquoted(b, blen, delim, r, s)
+                        if col >= 0:
+                            c_row = r
+                            c_at = s
+                            c_col = col
+                        else:
+                            c_row = -1
+                            col = sc._column_of(buf, r, s)
+                    if type(col_sigs) is dict:   # the scanner's: a C table, else a C lookup
+                        if cstate < 0:
+                            cstate = col_context(ps, <dict>col_sigs)
+                        if cstate == 1:
+                            ctx = 0 <= col < COLS and ps.colctx[col * ps.nsig + si] != 0
+                        else:
+                            cs = (<dict>col_sigs).get(col)
+                            ctx = cs is not None and si in cs
                     else:
                         ctx = si in col_sigs.get(col, ())
             elif is_html:
@@ -2198,7 +2418,7 @@ cdef class WordSet:
                 nshort += 1
             elif n <= WS_INLINE:
                 nmid += 1
-        while sslots < 2 * nshort + 2:
+        while sslots * 3 < 4 * nshort + 4:     # at most 75 % full: 3,000 names in 32 KiB
             sslots *= 2
         while slots < 2 * nmid + 2:
             slots *= 2
@@ -2282,6 +2502,11 @@ cdef bint lead_group_ok(tuple rf, const char *b, Py_ssize_t s, Py_ssize_t e) exc
         c = <unsigned char>b[s + k]
         up[k] = c - 32 if 97 <= c <= 122 else c
     return (<WordSet>rf[1]).has(up, q - s)
+
+
+def _count_unquoted(bytes buf not None, bytes delim not None, Py_ssize_t lo, Py_ssize_t hi) -> int:
+    """For tests: the CSV column count's scan of ``buf[lo:hi]`` (-1 when a '"' is there)."""
+    return count_unquoted(PyBytes_AS_STRING(buf), PyBytes_GET_SIZE(buf), delim[0], lo, hi)
 
 
 def _lead_group_ok(Info info, int k, bytes buf, Py_ssize_t s, Py_ssize_t e):
@@ -2506,7 +2731,9 @@ cdef inline bint dadd(object counter, object h) except -1:
     return counter.add(h)
 
 
-cdef inline void keep_id(object sc, RecEnv env, set ids, object fp) except *:
+cdef inline void keep_id(object sc, RecEnv env, set ids, Py_hash_t fp) except *:
+    # fp unboxed: the int object is made only while the set is filling or the cap is undecided
+    # (was one per record and set, ~1 % of the dense scan in allocation alone)
     if len(ids) < _IDS_CAP:
         ids.add(fp)
     elif not env.ids_capped and fp not in ids:   # once capped, the answer cannot change
@@ -2763,6 +2990,7 @@ cdef int finish(sc, RecEnv env, RecBuf rec, object rec_key, object rec_end) exce
     cdef list distinct = env.distinct
     cdef list kinds = env.kinds
     cdef Py_hash_t hc[MAX_STRONG]     # the record's value hashes (its identity), in C while they fit
+    cdef Py_hash_t fp                 # the record's identity
     cdef int nh = 0
     cdef list hashes = None
     cdef list edm_kind = env.edm_kind
@@ -2923,13 +3151,21 @@ cdef Py_hash_t sorted_tuple_hash(Py_hash_t *a, int n) noexcept:
     cdef int k, j
     cdef Py_hash_t x
     cdef uint64_t acc = 2870177450012600261ULL, lane
-    for k in range(1, n):                 # insertion sort: a record has a handful of values
-        x = a[k]
-        j = k - 1
-        while j >= 0 and a[j] > x:
-            a[j + 1] = a[j]
-            j -= 1
-        a[j + 1] = x
+    cdef int64_t b8[8]
+    if 2 <= n <= 8:                       # a record's handful: a sorting network, padded with the max
+        for k in range(8):
+            b8[k] = a[k] if k < n else INT64_MAX
+        dlp_sort8(b8)                     # (a real INT64_MAX sorts among the pads: equal values alike)
+        for k in range(n):
+            a[k] = b8[k]
+    else:
+        for k in range(1, n):             # insertion sort
+            x = a[k]
+            j = k - 1
+            while j >= 0 and a[j] > x:
+                a[j + 1] = a[j]
+                j -= 1
+            a[j + 1] = x
     for k in range(n):
         lane = <uint64_t>int_hash(a[k])
         acc += lane * 14029467366897019727ULL
