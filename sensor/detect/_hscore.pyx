@@ -1972,6 +1972,7 @@ ctypedef struct Ent:
     int pat                      # a lazy entry: the pattern to extract it with
     char ctx
     char has_h
+    char in_buf                  # has_h and the raw value is still ``obj[le:le + pat]`` (obj: the chunk)
 
 
 @cython.final
@@ -2027,6 +2028,15 @@ cdef RecBuf recbuf_of(sc):
     cdef RecBuf rb = RecBuf.__new__(RecBuf)
     sc._rec = rb
     return rb
+
+
+cdef inline object ent_raw(Ent *t):
+    """A hashed entry's raw value (None if not kept), made now if it is still in its chunk."""
+    if t.obj == NULL:
+        return None
+    if t.in_buf:
+        return PyBytes_FromStringAndSize(PyBytes_AS_STRING(<object>t.obj) + t.le, t.pat)
+    return <object>t.obj
 
 
 cdef inline void set_obj(Ent *t, object o) noexcept:
@@ -2151,6 +2161,7 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
     cdef int64_t end, e, s, lo, r, rk, maxw, col
     cdef int si, w, cat, rmask, code, t
     cdef bint ctx, lazy
+    cdef char in_buf = 0
     cdef Py_ssize_t r2, vn = 0
     cdef int64_t nl_e = -1, nl_r = -1    # the last record-key LF search: its end and answer
     cdef int64_t c_row = -1, c_at = 0, c_col = 0   # the last column count: its row, end and answer
@@ -2289,6 +2300,7 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
             ent.start = end
             ent.le = e
             ent.pat = i
+            ent.in_buf = 0
             set_obj(ent, buf)
             continue
         if not ctx:
@@ -2329,11 +2341,16 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
             if not ctx and not rmask:
                 continue
         start = s + base
-        # the raw value stays only until its record is decided, and only while samples are wanted
+        # the raw value stays only until its record is decided, and only while samples are wanted;
+        # a kept name or street (the home check, which few records ask for) stays an offset into
+        # the chunk, which the entry holds: no bytes object per value
+        in_buf = 0
         if v is None:                    # a value still in the buffer: b[s:s + vn]
             hv = _Py_HashBytes(b + s, vn)
-            if want[si] or keep[si]:
+            if want[si]:
                 v = PyBytes_FromStringAndSize(b + s, vn)
+            elif keep[si]:
+                in_buf = 1
         else:
             hv = PyObject_Hash(v)
             if not (want[si] or keep[si]):
@@ -2352,9 +2369,15 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
         ent.h = hv
         ent.has_h = 1
         ent.start = start
-        ent.le = 0
-        ent.pat = 0
-        set_obj(ent, v)
+        ent.in_buf = in_buf
+        if in_buf:
+            ent.le = s
+            ent.pat = <int>vn
+            set_obj(ent, buf)
+        else:
+            ent.le = 0
+            ent.pat = 0
+            set_obj(ent, v)
     env_flush(sc, env)
     if has_key:
         sc._rec_key = rec_key
@@ -2947,7 +2970,7 @@ cdef list placed_list(RecBuf rec, const int *pbit, const Py_ssize_t *pidx, const
         if not t.has_h:
             raw = extra[pidx[j]]
         else:
-            raw = <object>t.obj if t.obj != NULL else None
+            raw = ent_raw(t)
         out.append((pbit[j], t.start, phh[j], raw))
     return out
 
@@ -3015,6 +3038,11 @@ cdef int finish(sc, RecEnv env, RecBuf rec, object rec_key, object rec_end) exce
             if raw is None:
                 continue
             h = PyObject_Hash(raw)
+        elif t.in_buf:
+            h = t.h
+            # still in its chunk: made only for what reads it here (EDM, a sample); placed values
+            # are made by placed_list when the home check asks
+            raw = ent_raw(t) if want[si] or (edm_vals is not None and edm_kind[si] is not None) else None
         else:
             h = t.h
             raw = <object>t.obj if t.obj != NULL else None
@@ -3051,7 +3079,7 @@ cdef int finish(sc, RecEnv env, RecBuf rec, object rec_key, object rec_end) exce
             else:
                 if placed is None:
                     placed = placed_list(rec, pbit, pidx, phh, npl, extra)
-                placed.append((k, t.start, h, raw))
+                placed.append((k, t.start, h, ent_raw(t) if t.has_h and t.in_buf and raw is None else raw))
         if hashes is None and nh < MAX_STRONG:
             hc[nh] = h
         else:
