@@ -1160,10 +1160,31 @@ cdef int on_hit(unsigned int id, unsigned long long frm, unsigned long long to, 
     return 0
 
 
+cdef inline void merge_runs(const Hit *src, Hit *dst, size_t lo, size_t mid, size_t hi) noexcept nogil:
+    """Merge the sorted runs src[lo:mid] and src[mid:hi] into dst[lo:hi], stable by end."""
+    cdef size_t i = lo, j = mid, k = lo
+    while i < mid and j < hi:
+        if src[j].end < src[i].end:
+            dst[k] = src[j]
+            j += 1
+        else:
+            dst[k] = src[i]
+            i += 1
+        k += 1
+    while i < mid:
+        dst[k] = src[i]
+        i += 1
+        k += 1
+    while j < hi:
+        dst[k] = src[j]
+        j += 1
+        k += 1
+
+
 cdef void merge_sort(Hit *a, Hit *tmp, size_t n) noexcept nogil:
     """Stable merge sort by end (the hits are a few sorted runs: main, then gated). Two runs, the
     usual case, are one linear merge; anything else the bottom-up sort (log2 n passes)."""
-    cdef size_t width = 1, lo, mid, hi, i, j, k, runs = 1, cut = 0
+    cdef size_t width = 1, lo, mid, hi, i, runs = 1, cut = 0
     for i in range(1, n):
         if a[i].end < a[i - 1].end:
             runs += 1
@@ -1173,23 +1194,7 @@ cdef void merge_sort(Hit *a, Hit *tmp, size_t n) noexcept nogil:
     if runs == 1:
         return
     if runs == 2:
-        i, j, k = 0, cut, 0
-        while i < cut and j < n:
-            if a[j].end < a[i].end:
-                tmp[k] = a[j]
-                j += 1
-            else:
-                tmp[k] = a[i]
-                i += 1
-            k += 1
-        while i < cut:
-            tmp[k] = a[i]
-            i += 1
-            k += 1
-        while j < n:
-            tmp[k] = a[j]
-            j += 1
-            k += 1
+        merge_runs(a, tmp, 0, cut, n)
         memcpy(a, tmp, n * sizeof(Hit))
         return
     cdef Hit *src = a
@@ -1200,23 +1205,7 @@ cdef void merge_sort(Hit *a, Hit *tmp, size_t n) noexcept nogil:
         while lo < n:
             mid = lo + width if lo + width < n else n
             hi = lo + 2 * width if lo + 2 * width < n else n
-            i, j, k = lo, mid, lo
-            while i < mid and j < hi:
-                if src[j].end < src[i].end:
-                    dst[k] = src[j]
-                    j += 1
-                else:
-                    dst[k] = src[i]
-                    i += 1
-                k += 1
-            while i < mid:
-                dst[k] = src[i]
-                i += 1
-                k += 1
-            while j < hi:
-                dst[k] = src[j]
-                j += 1
-                k += 1
+            merge_runs(src, dst, lo, mid, hi)
             lo = hi
         sw = src
         src = dst
