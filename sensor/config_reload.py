@@ -16,7 +16,9 @@ the tables complete.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import fields, is_dataclass
+from pathlib import Path
 from typing import Any
 
 from sensor.config import Config, load_config, with_overrides
@@ -108,3 +110,20 @@ def reread(current: Config, extra_indexes: list | tuple = ()) -> Config:
     c.indexes = [*c.indexes, *extra_indexes]
     c.flags = None
     return c
+
+
+FileStamp = tuple[int, int, int] | int
+
+
+def file_stamps(paths: Iterable[str | Path]) -> dict[str, FileStamp]:
+    """What a watcher compares between two looks at its files: modification time, size and inode
+    (a file replaced by a rename can keep its mtime), or -1 for a file that cannot be read. Used by
+    the sidecar's watch (configuration, pack, policy, indexes) and the Kafka worker's index holder."""
+    out: dict[str, FileStamp] = {}
+    for path in paths:
+        try:
+            st = Path(path).stat()
+            out[str(path)] = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            out[str(path)] = -1
+    return out

@@ -25,6 +25,7 @@ from sensor.alerts.sinks import make_sink
 from sensor.alerts.spool import TRIP_HOLD, Spool
 from sensor.alerts.unscanned import UnscannedAlerts
 from sensor.config import Config
+from sensor.config_reload import FileStamp, file_stamps
 from sensor.decode.limits import DecodeLimits
 from sensor.detect.core import core_for
 from sensor.detect.engine import Engine
@@ -140,7 +141,7 @@ class Sensor:
         self.clean = CleanVerdicts()                # full bodies scanned clean: their ranges may be served
         self.ready = False
         self._tasks: list[asyncio.Task] = []
-        self._watched: dict[Path, float] = {}
+        self._watched: dict[str, FileStamp] = {}
         self.metrics.takedowns_active.set_function(lambda: self.registry.active)
         self.fleet = None                   # sensor.stream.fleet.FleetLink when kafka.bootstrap is set
         self.mirror = None                  # sensor.stream.mirror.Mirror when kafka.mirror is on
@@ -227,14 +228,8 @@ class Sensor:
         files.extend(Path(i.path) for i in getattr(self.config, "indexes", None) or [])
         return files
 
-    def _mtimes(self) -> dict[Path, float]:
-        out = {}
-        for p in self._watch_files():
-            try:
-                out[p] = p.stat().st_mtime_ns
-            except OSError:
-                out[p] = -1
-        return out
+    def _mtimes(self) -> dict[str, FileStamp]:
+        return file_stamps(self._watch_files())
 
     async def _watch_loop(self) -> None:
         while True:

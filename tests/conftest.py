@@ -72,6 +72,16 @@ def require_tool(name: str) -> str:
     pytest.skip(f"{name} not installed (CI fails instead of skipping)")
 
 
+def require_built(module, name: str):
+    """A compiled extension (``module`` as its package imported it, None if it is not built); in CI
+    its absence fails the test instead of skipping it: the Makefile builds it."""
+    if module is not None:
+        return module
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{name} is not built: CI requires it (make .venv/.installed)")
+    pytest.skip(f"{name} not built (CI fails instead of skipping)")
+
+
 @pytest.fixture(scope="session")
 def engine() -> Engine:
     return Engine(load_pack())

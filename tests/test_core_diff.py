@@ -11,7 +11,6 @@ slower on dense data.
 """
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
@@ -23,17 +22,14 @@ from sensor.detect import core
 from sensor.pipeline import BodyScan, Exchange
 from sensor.detect.policy import Policy
 from tests import corpus15
-from tests.conftest import KEY
+from tests.conftest import KEY, require_built
 
 DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(scope="module")
 def compiled(engine):
-    if core._hscore is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("sensor.detect._hscore is not built: CI requires the compiled core (make .venv/.installed)")
-        pytest.skip("sensor.detect._hscore not built (CI fails instead of skipping)")
+    require_built(core._hscore, "sensor.detect._hscore")
     c = core.core_for(engine)
     assert c is not None, f"compiled core refused the default pack: {core.status()}"
     return c
@@ -147,8 +143,7 @@ def test_scans_from_other_threads(engine, compiled):
 
 def test_validator_twins_agree():
     """Every C twin against its Python validator, on values shaped like its matches and on noise."""
-    if core._hscore is None:
-        pytest.skip("not built") if os.environ.get("CI") != "true" else pytest.fail("not built")
+    require_built(core._hscore, "sensor.detect._hscore")
     from sensor.detect import validators as V
     rnd = random.Random(19)
     cands = [b"078-05-1120", b"123-45-6789", b"666-12-3456", b"4111 1111 1111 1111", b"5555555555554444",

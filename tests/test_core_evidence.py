@@ -3,22 +3,18 @@ sensor/detect/_hscore.pyx) leaves the evidence exactly as the method does: same 
 domain table (lowered domain keys, counts, the 4096-domain cap), on real, odd and random values."""
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
 
 from sensor.detect import core
 from sensor.detect.precision import Evidence
+from tests.conftest import require_built
 
 
 @pytest.fixture(scope="module")
 def hscore():
-    if core._hscore is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("sensor.detect._hscore is not built: CI requires the compiled core")
-        pytest.skip("sensor.detect._hscore not built (CI fails instead of skipping)")
-    return core._hscore
+    return require_built(core._hscore, "sensor.detect._hscore")
 
 
 def _values(rng: random.Random, n: int) -> list[bytes]:

@@ -19,7 +19,7 @@ from sensor import synth
 from sensor.detect import core
 from sensor.detect.policy import Policy
 from sensor.pipeline import BodyScan, Exchange
-from tests.conftest import KEY
+from tests.conftest import KEY, require_built
 from tests.test_core_diff import _scan, compiled, same  # noqa: F401  (compiled: a fixture)
 
 
@@ -329,8 +329,7 @@ class _Full:
 
 def test_failing_cache_write_leaves_no_temporary(tmp_path, monkeypatch):
     """Neither a serialization error nor a failed write escapes _store, nor leaves a temporary."""
-    if core._hscore is None:
-        pytest.skip("not built") if os.environ.get("CI") != "true" else pytest.fail("not built")
+    require_built(core._hscore, "sensor.detect._hscore")
     path = tmp_path / "c" / "db.hsdb"
     core._store(path, _Unserializable())
     assert not path.exists()

@@ -6,7 +6,6 @@ of values. Distinct counting in C (``Distinct``) answers as DistinctCounter does
 """
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
@@ -15,14 +14,12 @@ from hypothesis import given, settings, strategies as st
 from sensor import synth
 from sensor.detect import core
 from sensor.detect.distinct import DistinctCounter
+from tests.conftest import require_built
 
 
 @pytest.fixture(scope="module")
 def info(engine):
-    if core._hscore is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("sensor.detect._hscore is not built: CI requires the compiled core")
-        pytest.skip("sensor.detect._hscore not built (CI fails instead of skipping)")
+    require_built(core._hscore, "sensor.detect._hscore")
     c = core.core_for(engine)
     assert c is not None
     return c.info

@@ -8,7 +8,6 @@ the same index file built by the real ``dlp-sensor index build``.
 """
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
@@ -19,6 +18,7 @@ from sensor.edm import match as M
 from sensor.edm.indexfile import Hasher
 from sensor.edm.match import EdmMatcher, IndexSpec, load_indexes
 from sensor.edm.normalise import bytes_normaliser
+from tests.conftest import require_built
 from tests.test_edm import _LONG_DIR, _LONG_SUFFIX, _MONTHS, census, index_file, roster, scan, state  # noqa: F401
 
 CODES = {"dl": 0, "address": 1, "name": 2, "dob": 3}
@@ -26,11 +26,7 @@ CODES = {"dl": 0, "address": 1, "name": 2, "dob": 3}
 
 @pytest.fixture(scope="module")
 def core():
-    if M._edmcore is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("sensor.edm._edmcore is not built: CI requires the compiled EDM matcher (make .venv/.installed)")
-        pytest.skip("sensor.edm._edmcore not built (CI fails instead of skipping)")
-    return M._edmcore
+    return require_built(M._edmcore, "sensor.edm._edmcore")
 
 
 def _pair(index_file, key, monkeypatch, specs=None):

@@ -22,8 +22,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
+from sensor.config_reload import FileStamp, file_stamps
 from sensor.edm.indexfile import IndexFileError
 from sensor.edm.match import EdmSet, IndexSpec, load_indexes
 
@@ -121,12 +121,5 @@ class IndexHolder:
             except Exception:                    # a metric must not stop the reload thread's report
                 log.exception("index reload callback failed")
 
-    def _mtimes(self) -> dict[str, tuple[int, int, int] | int]:
-        out: dict[str, tuple[int, int, int] | int] = {}
-        for s in self.specs:
-            try:
-                st = Path(s.path).stat()
-                out[s.path] = (st.st_mtime_ns, st.st_size, st.st_ino)
-            except OSError:
-                out[s.path] = -1
-        return out
+    def _mtimes(self) -> dict[str, FileStamp]:
+        return file_stamps(s.path for s in self.specs)
