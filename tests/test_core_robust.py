@@ -392,3 +392,13 @@ def test_a_dense_chunk_is_walked_without_the_gil(engine, compiled):
     assert exits2 - exits == 0                         # no hit of the rows needed Python
     assert batches2 - batches == calls2 - calls        # one GIL-held batch per call
     assert body.finish().verdict == "trip"
+
+
+def test_records_finished_in_the_walk_keep_the_reference_order(engine, compiled):
+    """Records finished without the GIL queue their distinct adds, samples and identities for the
+    batch in the reference's order: past the identity cap (RECORD_IDS_CAP = 4096 records) the same
+    identities are kept, and the same samples, with chunks cut mid-record."""
+    from sensor.detect.scanner import RECORD_IDS_CAP
+    data = synth.breach_csv(RECORD_IDS_CAP + 600)
+    r = same(engine, data, cuts=list(range(40_000, len(data), 40_000)))
+    assert r["records"] > RECORD_IDS_CAP

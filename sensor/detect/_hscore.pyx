@@ -2008,11 +2008,19 @@ ctypedef struct Ent:
     # (made by the GIL-free walk: ``obj`` is NULL where it will be the call's chunk, set by bind_chunk)
 
 
+DEF EV_REC = 0                   # a finished record that needs Python: finish() in the batch
+DEF EV_CONTACT = 1               # a contact value: count_contact
+DEF EV_SAMPLE = 2                # a value of a record finished in the walk, for sc._sample (if still wanted)
+DEF EV_STRONG_ID = 3             # keep_id(strong_ids, key) of a record finished in the walk
+DEF EV_PERSON_ID = 4             # keep_id(person_ids, key)
+
 ctypedef struct Ev:              # what the GIL-free walk leaves to the GIL-held batch, in order
-    int64_t key                  # a finished record: its key
-    int64_t end                  # ... and the next record's (the reference's rec_end)
-    Py_ssize_t a, n              # a record: its entries ``a[a:a + n]``; a contact value: ``chunk[a:a + n]``
-    int si                       # a contact value's signature; -1 for a record
+    int kind
+    int si                       # a contact value's or a sample's signature
+    int64_t key                  # a record: its key; an identity: the record's hash
+    int64_t end                  # a record: the next record's key (the reference's rec_end)
+    Py_ssize_t a, n              # a record: its entries ``a[a:a + n]``; a value: ``chunk[a:a + n]``
+    Py_ssize_t mark              # the walk's distinct adds made before this step (RecBuf.adds[:mark])
 
 
 ctypedef struct ReqC:            # a pattern's require, for the walk (Info.reqfast's WordSet, its C tables)
@@ -2043,8 +2051,11 @@ cdef class RecBuf:
     cdef Py_ssize_t nev, evcap
     cdef ReqC *reqc                    # by pattern, for reqc_info
     cdef object reqc_info
-    cdef char *flags                   # by signature: the raw value is kept (keep_raw or keep_placed)
+    cdef char *flags                   # by signature, 5 rows: raw kept, ignored, in a header, sample wanted, kind bits
     cdef int nflags
+    cdef PyObject **dist               # by signature: the scanner's distinct counters (borrowed, per call)
+    cdef PAdd *adds                    # the walk's distinct adds (records it finished), made in the batch
+    cdef Py_ssize_t nadds, addcap
 
     def __dealloc__(self):
         self.clear()
@@ -2052,6 +2063,8 @@ cdef class RecBuf:
         free(self.ev)
         free(self.reqc)
         free(self.flags)
+        free(self.dist)
+        free(self.adds)
 
     def __bool__(self) -> bool:
         return self.n > 0
@@ -2090,10 +2103,11 @@ cdef class RecBuf:
         self.n += 1
         return &self.a[self.n - 1]
 
-    cdef Ev *ev_push(self) noexcept nogil:
+    cdef Ev *ev_push(self, int kind) noexcept nogil:
         """A new queued step (NULL when out of memory)."""
         cdef Py_ssize_t cap
         cdef Ev *grown
+        cdef Ev *t
         if self.nev == self.evcap:
             cap = self.evcap * 2 if self.evcap else 64
             grown = <Ev *>realloc(self.ev, cap * sizeof(Ev))
@@ -2102,7 +2116,27 @@ cdef class RecBuf:
             self.ev = grown
             self.evcap = cap
         self.nev += 1
-        return &self.ev[self.nev - 1]
+        t = &self.ev[self.nev - 1]
+        t.kind = kind
+        t.mark = self.nadds
+        return t
+
+    cdef int add_push(self, PyObject *d, Py_hash_t h, int cat) noexcept nogil:
+        """A distinct add for the batch (-1 when out of memory)."""
+        cdef Py_ssize_t cap
+        cdef PAdd *grown
+        if self.nadds == self.addcap:
+            cap = self.addcap * 2 if self.addcap else 1024
+            grown = <PAdd *>realloc(self.adds, cap * sizeof(PAdd))
+            if grown == NULL:
+                return -1
+            self.adds = grown
+            self.addcap = cap
+        self.adds[self.nadds].d = d
+        self.adds[self.nadds].h = h
+        self.adds[self.nadds].cat = cat
+        self.nadds += 1
+        return 0
 
 
 cdef RecBuf recbuf_of(sc):
@@ -2192,6 +2226,7 @@ from libc.string cimport memmove
 cdef long _calls = 0                   # process() calls (counted with the GIL held)
 cdef long _exits = 0                   # times the walk took the GIL back for one hit (a rare path)
 cdef long _batches = 0                 # GIL-held batches that finished the walk's queued records
+cdef double _walk_ticks = 0, _batch_ticks = 0   # time in the walk / in the batches (dlp_ticks units)
 
 
 def pass_counts() -> tuple:
@@ -2200,6 +2235,17 @@ def pass_counts() -> tuple:
     CSV field, an HTML header cell, a header hotword), and the GIL-held batches that finished the
     queued records (one per call, plus one before each header hotword). Tests and bench read it."""
     return (_calls, _exits, _batches)
+
+
+def gil_yields() -> int:
+    """How many times a batch of :func:`process` let the GIL go between its records (tests)."""
+    return _yields
+
+
+def pass_ticks() -> tuple:
+    """``(walk, batch)``: the time :func:`process` spent in its GIL-free walks and in its GIL-held
+    batches (dlp_ticks units: TSC cycles on x86-64; only the ratio is meant; bench)."""
+    return (_walk_ticks, _batch_ticks)
 
 
 ctypedef Py_ssize_t (*vstart_t)(void *info, int t, const char *b, Py_ssize_t lo, Py_ssize_t e,
@@ -2219,6 +2265,13 @@ ctypedef struct Walk:              # the walk's state (process): what the refere
     bint lines, is_json, is_html, first_line, tabular, sc_tabular, has_cols, has_key
     int cstate                     # the column table: 1 covers all, 0 ask the dict, 2 not a dict
     long exits
+    int nsig
+    bint fast                      # records may be finished in the walk (no EDM matcher)
+    bint per_id                    # the reference's estimate per line (finished in the batch)
+    bint strong_ids_done, person_ids_done     # keep_id on that set is a no-op from now on
+    PyObject *strong_recs
+    PyObject *person_recs
+    PyObject *all_recs
 
 
 def process(sc, PartScan ps not None, bytes buf not None, int64_t base, Info info not None) -> None:
@@ -2283,7 +2336,8 @@ cdef int req_tables(RecBuf rec, Info info) except -1:
 
 
 cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1:
-    global _calls, _exits, _batches
+    global _calls, _exits, _batches, _walk_ticks, _batch_ticks
+    cdef double t0, t1
     cdef Walk w
     cdef int rc = 0, si
     cdef RecBuf rec = recbuf_of(sc)
@@ -2317,22 +2371,42 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
     # taken meanwhile only turns want off, and finish asks want again, so the start's is the same)
     cdef list want = sc._keep_raw
     cdef list keep = sc._keep_placed
-    if rec.nflags < ps.nsig:
+    cdef int nsig = ps.nsig
+    if rec.nflags < nsig:
         free(rec.flags)
+        free(rec.dist)
         rec.nflags = 0
-        rec.flags = <char *>malloc(ps.nsig + 1)
-        if rec.flags == NULL:
+        rec.flags = <char *>malloc(5 * nsig + 1)
+        rec.dist = <PyObject **>malloc((nsig + 1) * sizeof(PyObject *))
+        if rec.flags == NULL or rec.dist == NULL:
             raise MemoryError()
-        rec.nflags = ps.nsig
-    for si in range(ps.nsig):
+        rec.nflags = nsig
+    for si in range(nsig):
         rec.flags[si] = 1 if (want[si] or keep[si]) else 0
+        rec.flags[nsig + si] = 1 if env.ignored[si] else 0
+        rec.flags[3 * nsig + si] = 1 if env.want[si] else 0
+        rec.flags[4 * nsig + si] = <char>(<int>env.kinds[si])
+        rec.dist[si] = <PyObject *>env.distinct[si]
+    header_flags(rec, nsig, env.header)
+    w.nsig = nsig
+    w.fast = env.edm is None
+    w.per_id = env.per_id
+    w.strong_recs = <PyObject *>env.strong_recs
+    w.person_recs = <PyObject *>env.person_recs
+    w.all_recs = <PyObject *>env.all_recs
+    w.strong_ids_done = env.ids_capped and len(env.strong_ids) >= _IDS_CAP
+    w.person_ids_done = env.ids_capped and len(env.person_ids) >= _IDS_CAP
     req_tables(rec, info)
     refresh_today()
     _calls += 1
     try:
         with nogil:
+            t0 = dlp_ticks()
             rc = walk(&w, rec, info, ps, sc, buf, env)
+            t1 = dlp_ticks()
         flush_queue(rec, sc, buf, env)
+        _walk_ticks += t1 - t0
+        _batch_ticks += dlp_ticks() - t1
     except BaseException:
         drop_queue(rec, buf)
         raise
@@ -2343,6 +2417,127 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
     if w.has_key:
         sc._rec_key = w.rec_key
     return 0
+
+
+cdef void header_flags(RecBuf rec, int nsig, set header) noexcept:
+    """The scanner's header signatures as the flags' third row (rebuilt after a header hotword)."""
+    cdef int si
+    for si in range(nsig):
+        rec.flags[2 * nsig + si] = 1 if si in header else 0
+
+
+DEF REC_C = 64                     # values of a record finish_c takes (more: the batch does)
+
+
+cdef int finish_c(Walk *w, RecBuf rec, Py_ssize_t a, Py_ssize_t nrec) noexcept nogil:
+    """:func:`finish` in the walk, for a record that needs no Python (no sample object, no EDM, no
+    precision check, no estimate, no deferred value, no object of an earlier chunk): its distinct
+    adds go to ``rec.adds``, its samples and identities to the queue, all in the reference's
+    order (the batch makes them in that order). 1 done, 0 "finish it in the batch" (nothing done),
+    -1 out of memory."""
+    cdef Ent *ents = rec.a + a
+    cdef Ent *t
+    cdef int nsig = w.nsig
+    cdef const char *ign = rec.flags + nsig
+    cdef const char *hdr = rec.flags + 2 * nsig
+    cdef const char *wnt = rec.flags + 3 * nsig
+    cdef const char *knd = rec.flags + 4 * nsig
+    cdef Py_ssize_t x
+    cdef int uncond = 0, cats = 0, kind = 0, nh = 0, si
+    cdef bint any_ctx = False, is_strong, is_person
+    cdef Py_hash_t hc[REC_C]
+    cdef Py_hash_t fp
+    cdef Ev *ev
+    cdef int psi[REC_C]                  # the strong values, for the reference's estimate per line
+    cdef Py_hash_t ph[REC_C]
+    cdef int np = 0, k, j, c, nbest = 0
+    for x in range(nrec):
+        if ents[x].obj != NULL:
+            return 0                     # an earlier chunk's entry: its object is released with the GIL
+        if ents[x].ctx:
+            uncond |= ents[x].cat
+            any_ctx = True
+    if not any_ctx:
+        return 1        # every entry counts only through one in context: none here (lines of dates)
+    if not w.fast:
+        return 0
+    for x in range(nrec):                # first: does any step of finish() need Python?
+        t = &ents[x]
+        si = t.si
+        if not t.ctx and not (t.rmask & uncond and not hdr[si]):
+            continue
+        if ign[si]:
+            continue
+        if not t.ctx or not t.has_h:     # the organisation-field check; a deferred value
+            return 0
+        if t.cat == STRONG and w.per_id:
+            if np == REC_C:
+                return 0
+            psi[np] = si
+            ph[np] = t.h
+            np += 1
+        cats |= t.cat
+        kind |= knd[si]
+        nh += 1
+    if nh > REC_C:
+        return 0
+    is_strong = (cats & STRONG) and (cats & 2)
+    is_person = kind & 3 == 3
+    if (is_person and not is_strong) or (kind & 5 == 5 and not is_person):
+        return 0                         # the obituary or the home check
+    if is_strong and np:                 # finish()'s estimate: enough of one kind on the line?
+        for k in range(np):
+            if any_before(psi, k, psi[k]):
+                continue
+            c = 0
+            for j in range(k, np):
+                if psi[j] == psi[k] and not seen_before(psi, ph, k, j):
+                    c += 1
+            if c > nbest:
+                nbest = c
+        if nbest >= _EST_MIN:
+            return 0                     # an estimated record: the batch
+    nh = 0
+    for x in range(nrec):
+        t = &ents[x]
+        si = t.si
+        if not t.ctx and not (t.rmask & uncond and not hdr[si]):
+            continue
+        if ign[si]:
+            continue
+        if rec.add_push(rec.dist[si], t.h, t.cat) < 0:
+            return -1
+        if wnt[si] and t.in_buf:
+            ev = rec.ev_push(EV_SAMPLE)
+            if ev == NULL:
+                return -1
+            ev.si = si
+            ev.a = t.le
+            ev.n = t.pat
+        hc[nh] = t.h
+        nh += 1
+    if not nh or not (is_strong or is_person):
+        return 1
+    fp = sorted_tuple_hash(hc, nh)
+    if is_strong:
+        if rec.add_push(w.strong_recs, fp, 0) < 0 or rec.add_push(w.all_recs, fp, 0) < 0:
+            return -1
+        if not w.strong_ids_done:
+            ev = rec.ev_push(EV_STRONG_ID)
+            if ev == NULL:
+                return -1
+            ev.key = fp
+    if is_person:
+        if rec.add_push(w.person_recs, fp, 0) < 0:
+            return -1
+        if not is_strong and rec.add_push(w.all_recs, fp, 0) < 0:
+            return -1
+        if not w.person_ids_done:
+            ev = rec.ev_push(EV_PERSON_ID)
+            if ev == NULL:
+                return -1
+            ev.key = fp
+    return 1
 
 
 cdef void bind_chunk(Ent *a, Py_ssize_t n, object buf) noexcept:
@@ -2373,6 +2568,7 @@ cdef void compact(RecBuf rec, object buf) noexcept:
         rec.n = m
         rec.rs = 0
     rec.nev = 0
+    rec.nadds = 0
 
 
 cdef void drop_queue(RecBuf rec, object buf) noexcept:
@@ -2381,24 +2577,68 @@ cdef void drop_queue(RecBuf rec, object buf) noexcept:
     compact(rec, buf)
 
 
+DEF YIELD_EVERY = 63               # + 1: queued steps between two releases of the GIL in a batch
+cdef long _yields = 0                  # times a batch let the GIL go (counted with the GIL held)
+
+
+cdef void gil_gap() noexcept nogil:
+    """Nothing: the GIL is released around this call, which lets a waiting thread in."""
+    pass
+
+
 cdef int flush_queue(RecBuf rec, object sc, object buf, RecEnv env) except -1:
     """The batch (with the GIL): the walk's finished records and contact values, in the walk's
     order, exactly as the reference handles them at the hit that ended them."""
-    global _batches
-    cdef Py_ssize_t q
+    global _batches, _yields
+    cdef Py_ssize_t q, done = 0
     cdef Ev *ev
     cdef const char *b = PyBytes_AS_STRING(buf)
     for q in range(rec.nev):
+        if q & YIELD_EVERY == YIELD_EVERY:
+            # a record finished here holds the GIL ~1 us: let a waiting thread (the event loop) in
+            # every YIELD_EVERY + 1 steps (CPython hands the GIL over when one asked for it)
+            _yields += 1
+            with nogil:
+                gil_gap()
         ev = &rec.ev[q]
-        if ev.si >= 0:
+        if done < ev.mark:
+            flush_adds(rec, env, done, ev.mark)
+            done = ev.mark
+        if ev.kind == EV_CONTACT:
             count_contact(sc, env, ev.si, b + ev.a, ev.n, None)
-            continue
-        bind_chunk(rec.a + ev.a, ev.n, buf)
-        try:
-            finish(sc, env, rec.a + ev.a, ev.n, ev.key, ev.end)
-        finally:
-            release(rec.a + ev.a, ev.n)
+        elif ev.kind == EV_SAMPLE:
+            if env.want[ev.si]:
+                sc._sample(ev.si, PyBytes_FromStringAndSize(b + ev.a, ev.n))
+        elif ev.kind == EV_STRONG_ID:
+            keep_id(sc, env, env.strong_ids, ev.key)
+        elif ev.kind == EV_PERSON_ID:
+            keep_id(sc, env, env.person_ids, ev.key)
+        else:
+            bind_chunk(rec.a + ev.a, ev.n, buf)
+            try:
+                finish(sc, env, rec.a + ev.a, ev.n, ev.key, ev.end)
+            finally:
+                release(rec.a + ev.a, ev.n)
+    flush_adds(rec, env, done, rec.nadds)
     compact(rec, buf)
+    return 0
+
+
+DEF ADDS_YIELD = 4095              # + 1: the walk's adds made between two releases of the GIL
+
+
+cdef int flush_adds(RecBuf rec, RecEnv env, Py_ssize_t lo, Py_ssize_t hi) except -1:
+    """The walk's distinct adds ``rec.adds[lo:hi]``, in order, through batch_add."""
+    global _yields
+    cdef Py_ssize_t k
+    cdef PAdd *t
+    for k in range(lo, hi):
+        if k & ADDS_YIELD == ADDS_YIELD:
+            _yields += 1
+            with nogil:
+                gil_gap()
+        t = &rec.adds[k]
+        batch_add(env, <object>t.d, t.h, t.cat)
     return 0
 
 
@@ -2440,6 +2680,7 @@ cdef int walk(Walk *w, RecBuf rec, Info info, PartScan ps, object sc, object buf
                     if sc._header_hotword(buf, base, end, si):
                         ok = 1
                         header[si] = 1
+                        header_flags(rec, w.nsig, env.header)
                         col_sigs = sc._col_sigs
                         w.has_cols = bool(col_sigs)
                         w.cstate = col_state(ps, col_sigs) if w.lines and w.has_cols else 2
@@ -2534,7 +2775,7 @@ cdef int walk(Walk *w, RecBuf rec, Info info, PartScan ps, object sc, object buf
                     continue
             if cat == CONTACT and ctx:
                 # contact values never make a record: counted in the batch, in order with the records
-                ev = rec.ev_push()
+                ev = rec.ev_push(EV_CONTACT)
                 if ev == NULL:
                     with gil:
                         raise MemoryError()
@@ -2567,17 +2808,23 @@ cdef int walk(Walk *w, RecBuf rec, Info info, PartScan ps, object sc, object buf
         if end - rk > w.maxrec:
             rk += (end - rk) // w.maxrec * w.maxrec
         if not w.has_key or rk != w.rec_key:
-            if rec.n > rec.rs:           # the record ended: queued for the batch
-                ev = rec.ev_push()
-                if ev == NULL:
+            if rec.n > rec.rs:           # the record ended: finished here, or queued for the batch
+                ok = finish_c(w, rec, rec.rs, rec.n - rec.rs)
+                if ok < 0:
                     with gil:
                         raise MemoryError()
-                ev.si = -1
-                ev.key = w.rec_key
-                ev.end = rk
-                ev.a = rec.rs
-                ev.n = rec.n - rec.rs
-                rec.rs = rec.n
+                if ok:
+                    rec.n = rec.rs
+                else:
+                    ev = rec.ev_push(EV_REC)
+                    if ev == NULL:
+                        with gil:
+                            raise MemoryError()
+                    ev.key = w.rec_key
+                    ev.end = rk
+                    ev.a = rec.rs
+                    ev.n = rec.n - rec.rs
+                    rec.rs = rec.n
             w.rec_key = rk
             w.has_key = True
         if lazy:
@@ -3443,7 +3690,7 @@ cdef int finish(sc, RecEnv env, Ent *ents, Py_ssize_t nrec, object rec_key, obje
     return 0
 
 
-cdef Py_hash_t int_hash(Py_hash_t v) noexcept:
+cdef Py_hash_t int_hash(Py_hash_t v) noexcept nogil:
     """``hash(int(v))`` (CPython: |v| modulo 2**61 - 1, the sign kept, -1 made -2)."""
     cdef uint64_t x = <uint64_t>v if v >= 0 else (<uint64_t>0) - <uint64_t>v
     # x mod 2**61 - 1 without a division: x = q * 2**61 + low is q + low modulo it (q <= 7)
@@ -3456,7 +3703,7 @@ cdef Py_hash_t int_hash(Py_hash_t v) noexcept:
     return -2 if r == -1 else r
 
 
-cdef Py_hash_t sorted_tuple_hash(Py_hash_t *a, int n) noexcept:
+cdef Py_hash_t sorted_tuple_hash(Py_hash_t *a, int n) noexcept nogil:
     """``hash(tuple(sorted(a[:n])))`` without the objects: CPython 3.11's tuplehash (xxHash lanes)
     over the ints' hashes (tests/test_core_som.py holds it to the real thing)."""
     cdef int k, j
@@ -3498,7 +3745,7 @@ def tuple_hash_of_sorted(list hashes) -> int:
     return sorted_tuple_hash(a, n)
 
 
-cdef inline bint any_before(const int *psi, int k, int si) noexcept:
+cdef inline bint any_before(const int *psi, int k, int si) noexcept nogil:
     cdef int j
     for j in range(k):
         if psi[j] == si:
@@ -3506,7 +3753,7 @@ cdef inline bint any_before(const int *psi, int k, int si) noexcept:
     return False
 
 
-cdef inline bint seen_before(const int *psi, const Py_hash_t *ph, int k, int j) noexcept:
+cdef inline bint seen_before(const int *psi, const Py_hash_t *ph, int k, int j) noexcept nogil:
     """Is value ``j`` (signature ``psi[j]``) a repeat of an earlier value of that signature from ``k`` on?"""
     cdef int x
     for x in range(k, j):
