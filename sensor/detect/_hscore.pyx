@@ -2056,6 +2056,10 @@ cdef class RecBuf:
     cdef PyObject **dist               # by signature: the scanner's distinct counters (borrowed, per call)
     cdef PAdd *adds                    # the walk's distinct adds (records it finished), made in the batch
     cdef Py_ssize_t nadds, addcap
+    cdef Py_ssize_t *addn              # by table (signatures, then strong, person, all records): adds not yet made
+    cdef Py_ssize_t *sq                # by signature, SQ_MAX each: the distinct values queued as samples this call
+    cdef int *nsq                      # ... how many (finish_c queues a sample only for a value not among them)
+    cdef bint adds_free                # this call's tables take the walk's adds without the GIL (flush_queue)
 
     def __dealloc__(self):
         self.clear()
@@ -2065,6 +2069,9 @@ cdef class RecBuf:
         free(self.flags)
         free(self.dist)
         free(self.adds)
+        free(self.addn)
+        free(self.sq)
+        free(self.nsq)
 
     def __bool__(self) -> bool:
         return self.n > 0
@@ -2121,7 +2128,7 @@ cdef class RecBuf:
         t.mark = self.nadds
         return t
 
-    cdef int add_push(self, PyObject *d, Py_hash_t h, int cat) noexcept nogil:
+    cdef int add_push(self, PyObject *d, Py_hash_t h, int cat, int ti) noexcept nogil:
         """A distinct add for the batch (-1 when out of memory)."""
         cdef Py_ssize_t cap
         cdef PAdd *grown
@@ -2135,6 +2142,8 @@ cdef class RecBuf:
         self.adds[self.nadds].d = d
         self.adds[self.nadds].h = h
         self.adds[self.nadds].cat = cat
+        self.adds[self.nadds].ti = ti
+        self.addn[ti] += 1
         self.nadds += 1
         return 0
 
@@ -2223,10 +2232,15 @@ cdef int col_context(PartScan ps, dict col_sigs) except -1:
 
 from libc.string cimport memmove
 
+DEF SQ_MAX = 8                     # samples per signature the walk tells apart (SAMPLES_PER_SIGNATURE <= it)
+
 cdef long _calls = 0                   # process() calls (counted with the GIL held)
 cdef long _exits = 0                   # times the walk took the GIL back for one hit (a rare path)
 cdef long _batches = 0                 # GIL-held batches that finished the walk's queued records
 cdef double _walk_ticks = 0, _batch_ticks = 0   # time in the walk / in the batches (dlp_ticks units)
+cdef double _free_ticks = 0            # ... of which the batches' distinct adds made without the GIL
+cdef long _queued[5]                   # the batches' steps by kind (EV_REC ... EV_PERSON_ID)
+_queued[:] = [0, 0, 0, 0, 0]
 
 
 def pass_counts() -> tuple:
@@ -2243,9 +2257,16 @@ def gil_yields() -> int:
 
 
 def pass_ticks() -> tuple:
-    """``(walk, batch)``: the time :func:`process` spent in its GIL-free walks and in its GIL-held
-    batches (dlp_ticks units: TSC cycles on x86-64; only the ratio is meant; bench)."""
-    return (_walk_ticks, _batch_ticks)
+    """``(walk, batch, free)``: the time :func:`process` spent in its GIL-free walks, in its batches,
+    and in the part of the batches that runs without the GIL (the walk's distinct adds), in
+    dlp_ticks units (TSC cycles on x86-64; only ratios are meant; bench)."""
+    return (_walk_ticks, _batch_ticks, _free_ticks)
+
+
+def queued_steps() -> tuple:
+    """The batches' steps so far by kind: (records finished with the GIL, contact values, samples,
+    strong identities, person identities); records the walk finished itself are not steps."""
+    return tuple(_queued[k] for k in range(5))
 
 
 ctypedef Py_ssize_t (*vstart_t)(void *info, int t, const char *b, Py_ssize_t lo, Py_ssize_t e,
@@ -2375,10 +2396,16 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
     if rec.nflags < nsig:
         free(rec.flags)
         free(rec.dist)
+        free(rec.addn)
+        free(rec.sq)
+        free(rec.nsq)
         rec.nflags = 0
         rec.flags = <char *>malloc(5 * nsig + 1)
-        rec.dist = <PyObject **>malloc((nsig + 1) * sizeof(PyObject *))
-        if rec.flags == NULL or rec.dist == NULL:
+        rec.dist = <PyObject **>malloc((nsig + 3) * sizeof(PyObject *))
+        rec.addn = <Py_ssize_t *>calloc(nsig + 3, sizeof(Py_ssize_t))
+        rec.sq = <Py_ssize_t *>calloc(nsig * SQ_MAX + 1, 2 * sizeof(Py_ssize_t))
+        rec.nsq = <int *>calloc(nsig + 1, sizeof(int))
+        if rec.flags == NULL or rec.dist == NULL or rec.addn == NULL or rec.sq == NULL or rec.nsq == NULL:
             raise MemoryError()
         rec.nflags = nsig
     for si in range(nsig):
@@ -2394,6 +2421,12 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
     w.strong_recs = <PyObject *>env.strong_recs
     w.person_recs = <PyObject *>env.person_recs
     w.all_recs = <PyObject *>env.all_recs
+    rec.dist[nsig] = w.strong_recs
+    rec.dist[nsig + 1] = w.person_recs
+    rec.dist[nsig + 2] = w.all_recs
+    memset(rec.addn, 0, (nsig + 3) * sizeof(Py_ssize_t))
+    memset(rec.nsq, 0, nsig * sizeof(int))
+    rec.adds_free = adds_free(rec, nsig, <Py_ssize_t>ps.hits.n)
     w.strong_ids_done = env.ids_capped and len(env.strong_ids) >= _IDS_CAP
     w.person_ids_done = env.ids_capped and len(env.person_ids) >= _IDS_CAP
     req_tables(rec, info)
@@ -2505,9 +2538,9 @@ cdef int finish_c(Walk *w, RecBuf rec, Py_ssize_t a, Py_ssize_t nrec) noexcept n
             continue
         if ign[si]:
             continue
-        if rec.add_push(rec.dist[si], t.h, t.cat) < 0:
+        if rec.add_push(rec.dist[si], t.h, t.cat, si) < 0:
             return -1
-        if wnt[si] and t.in_buf:
+        if wnt[si] and t.in_buf and new_sample(rec, w.b, si, t.le, t.pat):
             ev = rec.ev_push(EV_SAMPLE)
             if ev == NULL:
                 return -1
@@ -2520,7 +2553,7 @@ cdef int finish_c(Walk *w, RecBuf rec, Py_ssize_t a, Py_ssize_t nrec) noexcept n
         return 1
     fp = sorted_tuple_hash(hc, nh)
     if is_strong:
-        if rec.add_push(w.strong_recs, fp, 0) < 0 or rec.add_push(w.all_recs, fp, 0) < 0:
+        if rec.add_push(w.strong_recs, fp, 0, nsig) < 0 or rec.add_push(w.all_recs, fp, 0, nsig + 2) < 0:
             return -1
         if not w.strong_ids_done:
             ev = rec.ev_push(EV_STRONG_ID)
@@ -2528,9 +2561,9 @@ cdef int finish_c(Walk *w, RecBuf rec, Py_ssize_t a, Py_ssize_t nrec) noexcept n
                 return -1
             ev.key = fp
     if is_person:
-        if rec.add_push(w.person_recs, fp, 0) < 0:
+        if rec.add_push(w.person_recs, fp, 0, nsig + 1) < 0:
             return -1
-        if not is_strong and rec.add_push(w.all_recs, fp, 0) < 0:
+        if not is_strong and rec.add_push(w.all_recs, fp, 0, nsig + 2) < 0:
             return -1
         if not w.person_ids_done:
             ev = rec.ev_push(EV_PERSON_ID)
@@ -2538,6 +2571,30 @@ cdef int finish_c(Walk *w, RecBuf rec, Py_ssize_t a, Py_ssize_t nrec) noexcept n
                 return -1
             ev.key = fp
     return 1
+
+
+cdef int _sq_want = SQ_MAX + 1         # SAMPLES_PER_SIGNATURE (set by rec_env); above SQ_MAX: every value queued
+
+
+cdef bint new_sample(RecBuf rec, const char *b, int si, Py_ssize_t a, Py_ssize_t n) noexcept nogil:
+    """Queue ``b[a:a + n]`` as a sample of ``si``? Only the first SAMPLES_PER_SIGNATURE distinct
+    values of a call can matter: the scanner keeps that many distinct samples, and one equal to a
+    kept sample or to an earlier queued value changes nothing (sc._sample compares fingerprints of
+    the same bytes). A value equal to a queued one is dropped here; the others queue up to that
+    many; later ones cannot be taken (the first that many distinct values fill what is left)."""
+    cdef Py_ssize_t *q = rec.sq + 2 * SQ_MAX * si
+    cdef int k, m = rec.nsq[si]
+    if _sq_want > SQ_MAX:
+        return True
+    if m >= _sq_want:
+        return False
+    for k in range(m):
+        if q[2 * k + 1] == n and memcmp(b + q[2 * k], b + a, n) == 0:
+            return False
+    q[2 * m] = a
+    q[2 * m + 1] = n
+    rec.nsq[si] = m + 1
+    return True
 
 
 cdef void bind_chunk(Ent *a, Py_ssize_t n, object buf) noexcept:
@@ -2601,6 +2658,7 @@ cdef int flush_queue(RecBuf rec, object sc, object buf, RecEnv env) except -1:
             with nogil:
                 gil_gap()
         ev = &rec.ev[q]
+        _queued[ev.kind] += 1
         if done < ev.mark:
             flush_adds(rec, env, done, ev.mark)
             done = ev.mark
@@ -2627,11 +2685,86 @@ cdef int flush_queue(RecBuf rec, object sc, object buf, RecEnv env) except -1:
 DEF ADDS_YIELD = 4095              # + 1: the walk's adds made between two releases of the GIL
 
 
+cdef bint adds_free(RecBuf rec, int nsig, Py_ssize_t nhits) except -1:
+    """Can this call's walk adds be made without the GIL? Every table is a :class:`Distinct` that
+    stays exact through them (at most one add per hit to each: no switch to the sketch, which is
+    Python)."""
+    cdef int ti
+    for ti in range(nsig + 3):
+        d = <object>rec.dist[ti]
+        if type(d) is not Distinct or (<Distinct>d).py is not None:
+            return False
+        if (<Distinct>d).n + nhits + 1 > (<Distinct>d).cap:
+            return False
+    return True
+
+
+cdef int _dcadd(Distinct d, Py_hash_t h) except -1:
+    return d.cadd(h)
+
+
+cdef void _dprefetch(Distinct d, Py_hash_t h) noexcept:
+    d.prefetch(h)
+
+
+ctypedef int (*dcadd_t)(PyObject *d, Py_hash_t h) noexcept nogil
+ctypedef void (*dprefetch_t)(PyObject *d, Py_hash_t h) noexcept nogil
+
+
+cdef int pregrow(RecBuf rec, int nsig) except -1:
+    """Grow each table (with the GIL) to take the walk's adds still to be made, so that Distinct.cadd
+    does not grow it in flush_adds_c (a failed allocation raises: that needs the GIL). The counts do
+    not depend on a table's size; this follows cadd's rule (grown past 70 % full)."""
+    cdef int ti
+    cdef Distinct d
+    for ti in range(nsig + 3):
+        if rec.addn[ti] <= 0:
+            continue
+        d = <Distinct>rec.dist[ti]
+        while d.tab == NULL or <size_t>(d.n + rec.addn[ti] + 1) * 10 > (d.mask + 1) * 7:
+            d._grow()
+    return 0
+
+
+DEF AHEAD_C = 32                   # batch_flush's AHEAD: a slot is fetched this many adds before it is probed
+
+
+cdef void flush_adds_c(RecBuf rec, RecEnv env, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """batch_flush of ``rec.adds[lo:hi]`` without the GIL (adds_free and pregrow made it safe):
+    Distinct.cadd through a pointer, each slot fetched AHEAD_C adds before it is probed."""
+    cdef dcadd_t cadd = <dcadd_t>_dcadd
+    cdef dprefetch_t pre = <dprefetch_t>_dprefetch
+    cdef PAdd *pb = rec.adds
+    cdef Py_ssize_t k
+    for k in range(lo, hi if hi - lo < AHEAD_C else lo + AHEAD_C):
+        pre(pb[k].d, pb[k].h)
+    for k in range(lo, hi):
+        if k + AHEAD_C < hi:
+            pre(pb[k + AHEAD_C].d, pb[k + AHEAD_C].h)
+        rec.addn[pb[k].ti] -= 1
+        if cadd(pb[k].d, pb[k].h) == 1:
+            if pb[k].cat == STRONG:
+                env.strong_values += 1
+            elif pb[k].cat == CONTACT:
+                env.contact_values += 1
+
+
 cdef int flush_adds(RecBuf rec, RecEnv env, Py_ssize_t lo, Py_ssize_t hi) except -1:
-    """The walk's distinct adds ``rec.adds[lo:hi]``, in order, through batch_add."""
-    global _yields
+    """The walk's distinct adds ``rec.adds[lo:hi]``, in order: without the GIL when the call's
+    tables allow it (after the batch's earlier adds), else through batch_add."""
+    global _yields, _free_ticks
     cdef Py_ssize_t k
     cdef PAdd *t
+    cdef double t0
+    if rec.adds_free:
+        batch_flush(env)                 # the adds before these (records finished in the batch)
+        pregrow(rec, rec.nflags)
+        with nogil:
+            t0 = dlp_ticks()
+            flush_adds_c(rec, env, lo, hi)
+            t0 = dlp_ticks() - t0
+        _free_ticks += t0
+        return 0
     for k in range(lo, hi):
         if k & ADDS_YIELD == ADDS_YIELD:
             _yields += 1
@@ -3301,6 +3434,7 @@ ctypedef struct PAdd:
     PyObject *d                    # a Distinct of the scanner's (borrowed: it outlives the call)
     Py_hash_t h
     int cat                        # STRONG / CONTACT: a new value counts; 0: a record identity
+    int ti                         # the walk's adds: the table's index in RecBuf.addn
 
 
 cdef class RecEnv:
@@ -3328,14 +3462,19 @@ cdef class RecEnv:
     cdef Info info                       # the patterns, for the deferred (lazy) entries
 
 
+cdef object _scanner_mod = None
+
+
 cdef RecEnv rec_env(sc):
-    global _extract_fn, _deceased, _ESTIMATED_SALT, _IDS_CAP, _EST_MIN, _Evidence
+    global _extract_fn, _deceased, _ESTIMATED_SALT, _IDS_CAP, _EST_MIN, _Evidence, _sq_want, _scanner_mod
     cdef RecEnv env = RecEnv.__new__(RecEnv)
     if _extract_fn is None:
         from sensor.detect import scanner as S
         from sensor.detect.precision import deceased, Evidence
         _extract_fn, _deceased, _ESTIMATED_SALT, _Evidence = S._extract, deceased, S._ESTIMATED, Evidence
         _IDS_CAP, _EST_MIN = S.RECORD_IDS_CAP, S.ESTIMATE_MIN_IDS
+        _scanner_mod = S
+    _sq_want = _scanner_mod.SAMPLES_PER_SIGNATURE     # read per call, as sc._sample reads it
     env.header = sc._header_sigs
     env.want = sc._want_sample
     env.ignored = sc._ignored
