@@ -2051,7 +2051,7 @@ cdef class RecBuf:
     cdef Py_ssize_t nev, evcap
     cdef ReqC *reqc                    # by pattern, for reqc_info
     cdef object reqc_info
-    cdef char *flags                   # by signature, 5 rows: raw kept, ignored, in a header, sample wanted, kind bits
+    cdef char *flags                   # by signature, 6 rows: raw kept, ignored, in a header, sample wanted, kind bits, email
     cdef int nflags
     cdef PyObject **dist               # by signature: the scanner's distinct counters (borrowed, per call)
     cdef PAdd *adds                    # the walk's distinct adds (records it finished), made in the batch
@@ -2400,7 +2400,7 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
         free(rec.sq)
         free(rec.nsq)
         rec.nflags = 0
-        rec.flags = <char *>malloc(5 * nsig + 1)
+        rec.flags = <char *>malloc(6 * nsig + 1)
         rec.dist = <PyObject **>malloc((nsig + 3) * sizeof(PyObject *))
         rec.addn = <Py_ssize_t *>calloc(nsig + 3, sizeof(Py_ssize_t))
         rec.sq = <Py_ssize_t *>calloc(nsig * SQ_MAX + 1, 2 * sizeof(Py_ssize_t))
@@ -2413,6 +2413,7 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
         rec.flags[nsig + si] = 1 if env.ignored[si] else 0
         rec.flags[3 * nsig + si] = 1 if env.want[si] else 0
         rec.flags[4 * nsig + si] = <char>(<int>env.kinds[si])
+        rec.flags[5 * nsig + si] = 1 if env.is_email[si] else 0
         rec.dist[si] = <PyObject *>env.distinct[si]
     header_flags(rec, nsig, env.header)
     w.nsig = nsig
@@ -2907,7 +2908,15 @@ cdef int walk(Walk *w, RecBuf rec, Info info, PartScan ps, object sc, object buf
                 if not ok:
                     continue
             if cat == CONTACT and ctx:
-                # contact values never make a record: counted in the batch, in order with the records
+                # contact values never make a record: counted in the batch, in order with the records;
+                # one that is neither an email (the evidence) nor a wanted sample is only an add
+                if rec.flags[w.nsig + si]:
+                    continue             # ignored (count_contact returns at once)
+                if not rec.flags[5 * w.nsig + si] and not rec.flags[3 * w.nsig + si]:
+                    if rec.add_push(rec.dist[si], hash_bytes_nogil(b + vo, vn), CONTACT, si) < 0:
+                        with gil:
+                            raise MemoryError()
+                    continue
                 ev = rec.ev_push(EV_CONTACT)
                 if ev == NULL:
                     with gil:
