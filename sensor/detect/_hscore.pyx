@@ -3182,6 +3182,51 @@ cdef class WordSet:
         return self.has(<const unsigned char *>PyBytes_AS_STRING(w), PyBytes_GET_SIZE(w))
 
 
+# -- the walk's require lookups without the GIL (WordSet's tables, read through ReqC) --------------------
+cdef int ws_has_c(const ReqC *r, const unsigned char *p, Py_ssize_t n) noexcept nogil:
+    """WordSet.has on the C tables ReqC copies: 1 / 0, or -1 "ask the frozenset" (a long word)."""
+    cdef uint64_t h, key
+    cdef size_t j
+    cdef const WsSlot *t
+    if n <= 8 and memchr(p, 0, n) == NULL:
+        if n == 0:
+            return 1 if r.has_empty else 0
+        key = 0
+        memcpy(&key, p, n)
+        j = mix64(key) & r.smask
+        while r.short_tab[j] != 0:
+            if r.short_tab[j] == key:
+                return 1
+            j = (j + 1) & r.smask
+        return 0
+    if n > WS_INLINE:
+        return -1 if r.has_long else 0
+    h = ws_hash(p, n)
+    j = h & r.mask
+    while r.slot[j].h != 0:
+        t = &r.slot[j]
+        if t.h == h and t.k[0] == n and memcmp(&t.k[1], p, n) == 0:
+            return 1
+        j = (j + 1) & r.mask
+    return 0
+
+
+cdef int lead_group_c(const ReqC *r, const char *b, Py_ssize_t s, Py_ssize_t e) noexcept nogil:
+    """lead_group_ok without the GIL: 1 / 0, or -1 "ask with the GIL" (a group longer than
+    MAX_GROUP, or a word longer than the C table holds)."""
+    cdef unsigned char up[MAX_GROUP]
+    cdef Py_ssize_t q = s, k
+    cdef unsigned char c
+    while q < e and r.member[<unsigned char>b[q]]:
+        q += 1
+    if q - s > MAX_GROUP:
+        return -1
+    for k in range(q - s):
+        c = <unsigned char>b[s + k]
+        up[k] = c - 32 if 97 <= c <= 122 else c
+    return ws_has_c(r, up, q - s)
+
+
 cdef bint lead_group_ok(tuple rf, const char *b, Py_ssize_t s, Py_ssize_t e) except -1:
     """``m.group(g).upper() in words`` for a leading group (:func:`_lead_group`) of a match that
     starts at ``s``: the group is ``b[s:q]``, q the first byte it cannot consume."""
@@ -3908,48 +3953,3 @@ cdef inline bint seen_before(const int *psi, const Py_hash_t *ph, int k, int j) 
         if psi[x] == psi[j] and ph[x] == ph[j]:
             return True
     return False
-
-
-# -- the walk's require lookups without the GIL (WordSet's tables, read through ReqC) --------------------
-cdef int ws_has_c(const ReqC *r, const unsigned char *p, Py_ssize_t n) noexcept nogil:
-    """WordSet.has on the C tables ReqC copies: 1 / 0, or -1 "ask the frozenset" (a long word)."""
-    cdef uint64_t h, key
-    cdef size_t j
-    cdef const WsSlot *t
-    if n <= 8 and memchr(p, 0, n) == NULL:
-        if n == 0:
-            return 1 if r.has_empty else 0
-        key = 0
-        memcpy(&key, p, n)
-        j = mix64(key) & r.smask
-        while r.short_tab[j] != 0:
-            if r.short_tab[j] == key:
-                return 1
-            j = (j + 1) & r.smask
-        return 0
-    if n > WS_INLINE:
-        return -1 if r.has_long else 0
-    h = ws_hash(p, n)
-    j = h & r.mask
-    while r.slot[j].h != 0:
-        t = &r.slot[j]
-        if t.h == h and t.k[0] == n and memcmp(&t.k[1], p, n) == 0:
-            return 1
-        j = (j + 1) & r.mask
-    return 0
-
-
-cdef int lead_group_c(const ReqC *r, const char *b, Py_ssize_t s, Py_ssize_t e) noexcept nogil:
-    """lead_group_ok without the GIL: 1 / 0, or -1 "ask with the GIL" (a group longer than
-    MAX_GROUP, or a word longer than the C table holds)."""
-    cdef unsigned char up[MAX_GROUP]
-    cdef Py_ssize_t q = s, k
-    cdef unsigned char c
-    while q < e and r.member[<unsigned char>b[q]]:
-        q += 1
-    if q - s > MAX_GROUP:
-        return -1
-    for k in range(q - s):
-        c = <unsigned char>b[s + k]
-        up[k] = c - 32 if 97 <= c <= 122 else c
-    return ws_has_c(r, up, q - s)
