@@ -10,7 +10,7 @@ monitoring proxy sidecar per configuration:
   256 KiB chunk in one scanner call, ``DLP_SCAN_PIECE_BYTES``; sensor.exchange.workers);
 - ``pool, scan_nice N``: ``scan_workers`` unset (one thread per core), the scan threads ``N`` nice
   steps below the event loop (0: the same priority; ``idle``: SCHED_IDLE, ``DLP_SCAN_SCHED=idle``),
-  each chunk written to the scanner whole (the compiled core lets the GIL go every 256 matches;
+  each chunk written to the scanner whole (the compiled core walks a chunk's matches without the GIL;
   the lag table compares slices);
 - ``…, uvloop`` (``--uvloop``, with uvloop installed): the taps on uvloop's event loop;
 - ``stand-in, …``: the pool, with the scanner's per-chunk work replaced (in the sidecar process

@@ -18,7 +18,8 @@ leftmost start) and ``_count_contact`` in Python (both in C); session 14: the op
 are C structs (:class:`RecBuf`, no tuple or int per value) and the adds to the distinct-count
 tables are batched with their slots prefetched far ahead (:func:`batch_add`). What remains on that
 corpus (docs/benchmarks.md, compiled core): those tables' memory stalls and growth, word-set lookups
-missing L2, the loop itself. The loop lets the GIL go every 256 matches (:data:`GIL_EVERY`).
+missing L2, the loop itself. The loop walks a chunk's hits without the GIL and finishes the records
+it queued in one GIL-held batch (:func:`process`).
 
 Databases come from this module's own ``hs_compile_multi`` (a database serialized by the PyPI
 wheel's statically linked libhs is not guaranteed to load in Debian's). Scratch: one per thread
@@ -1512,7 +1513,7 @@ PY_VALIDATORS = frozenset({"iban"})
 DEF V_PY = 99
 
 
-cdef inline int ndigits(const unsigned char *v, Py_ssize_t n, unsigned char *d) noexcept:
+cdef inline int ndigits(const unsigned char *v, Py_ssize_t n, unsigned char *d) noexcept nogil:
     """The digits of ``v`` into ``d`` (at most MAXD kept); the full count is returned."""
     cdef Py_ssize_t k
     cdef int m = 0
@@ -1524,7 +1525,7 @@ cdef inline int ndigits(const unsigned char *v, Py_ssize_t n, unsigned char *d) 
     return m
 
 
-cdef inline int distinct_at_least(const unsigned char *d, int n, int want) noexcept:
+cdef inline int distinct_at_least(const unsigned char *d, int n, int want) noexcept nogil:
     cdef int seen[10]
     cdef int k, c = 0
     for k in range(10):
@@ -1538,11 +1539,11 @@ cdef inline int distinct_at_least(const unsigned char *d, int n, int want) noexc
     return 0
 
 
-cdef int luhn_digits(const unsigned char *d, int n) except -1:
+cdef int luhn_digits(const unsigned char *d, int n) noexcept nogil:
     cdef int total = 0, k, x
     if n < 12 or n > 19:
         return 0
-    if PyBytes_FromStringAndSize(<const char *>d, n) in TEST_CARDS:
+    if in_list(_CARDS, _NCARDS, d, n):
         return 0
     if not distinct_at_least(d, n, 3):
         return 0
@@ -1556,7 +1557,7 @@ cdef int luhn_digits(const unsigned char *d, int n) except -1:
     return total % 10 == 0
 
 
-cdef inline int starts(const unsigned char *d, int n, const char *p) noexcept:
+cdef inline int starts(const unsigned char *d, int n, const char *p) noexcept nogil:
     cdef int k = 0
     while p[k]:
         if k >= n or d[k] != <unsigned char>p[k]:
@@ -1565,14 +1566,14 @@ cdef inline int starts(const unsigned char *d, int n, const char *p) noexcept:
     return 1
 
 
-cdef inline int num(const unsigned char *d, int k) noexcept:
+cdef inline int num(const unsigned char *d, int k) noexcept nogil:
     cdef int out = 0, j
     for j in range(k):
         out = out * 10 + d[j] - 48
     return out
 
 
-cdef int pan_brand(const unsigned char *d, int n) noexcept:
+cdef int pan_brand(const unsigned char *d, int n) noexcept nogil:
     """Some brand of validators._PAN_BRANDS has this prefix and this length."""
     cdef int p2 = num(d, 2) if n >= 2 else -1
     cdef int p3 = num(d, 3) if n >= 3 else -1
@@ -1617,11 +1618,11 @@ cdef int refresh_today() except -1:
     return 0
 
 
-cdef inline int _is_leap(int y) noexcept:
+cdef inline int _is_leap(int y) noexcept nogil:
     return y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
 
 
-cdef int dob_c(const unsigned char *v, Py_ssize_t n) noexcept:
+cdef int dob_c(const unsigned char *v, Py_ssize_t n) noexcept nogil:
     """validators.dob for values of digits and ``/ - . ,`` and spaces: 1/0, or -1 for "ask Python"
     (any other byte, or a number too long for the calendar's ints: the reference may raise there).
     The reference splits on those separators; one 8-digit part is YYYYMMDD, three parts are
@@ -1679,13 +1680,23 @@ cdef int dob_c(const unsigned char *v, Py_ssize_t n) noexcept:
 
 
 cdef int validate(int code, const unsigned char *v, Py_ssize_t n) except -1:
+    """validate_c, and the Python validator where the C twin cannot say (a date of another shape)."""
+    cdef int r = validate_c(code, v, n)
+    if r < 0:
+        return 1 if _V.dob(PyBytes_FromStringAndSize(<const char *>v, n)) else 0
+    return r
+
+
+cdef int validate_c(int code, const unsigned char *v, Py_ssize_t n) noexcept nogil:
+    """The C twin of validator ``code``: 1 / 0, or -1 "ask Python" (validate does). Without the GIL:
+    the per-match pass calls it for a whole chunk (the reference's sets are C tables, _SSN_BAD...)."""
     cdef unsigned char d[MAXD]
     cdef int m, x, s, k
     cdef const unsigned char *host
     cdef Py_ssize_t hn, at, rl
     if code == 1:                                   # ssn
         m = ndigits(v, n, d)
-        if m != 9 or PyBytes_FromStringAndSize(<const char *>d, 9) in SSN_INVALID:
+        if m != 9 or in_list(_SSN_BAD, _NSSN, d, 9):
             return 0
         if (d[0] == 48 and d[1] == 48 and d[2] == 48) or (d[0] == 54 and d[1] == 54 and d[2] == 54) or d[0] == 57:
             return 0
@@ -1732,25 +1743,57 @@ cdef int validate(int code, const unsigned char *v, Py_ssize_t n) except -1:
             at -= 1
         host = v + at + 1
         hn = n - at - 1
-        for r in _RESERVED:
-            rl = PyBytes_GET_SIZE(r)
-            if hn == rl and _ieq(host, <const unsigned char *>PyBytes_AS_STRING(r), rl):
+        for k in range(_NRES):
+            rl = _RES[k].n
+            if hn == rl and _ieq(host, _RES[k].p, rl):
                 return 0
-            if hn > rl and host[hn - rl - 1] == 46 and _ieq(host + hn - rl, <const unsigned char *>PyBytes_AS_STRING(r), rl):
+            if hn > rl and host[hn - rl - 1] == 46 and _ieq(host + hn - rl, _RES[k].p, rl):
                 return 0
         return 1
     if code == 7:                                   # dob
-        m = dob_c(v, n)
-        if m < 0:
-            return 1 if _V.dob(PyBytes_FromStringAndSize(<const char *>v, n)) else 0
-        return m
+        return dob_c(v, n)                          # -1: ask Python
     return 1
 
 
-cdef tuple _RESERVED = tuple(_V._EMAIL_RESERVED)     # a tuple: the loop indexes it, no iterator object
+ctypedef struct CStr:               # a reference set's member (the bytes object is kept in _CSTR_KEEP)
+    const unsigned char *p
+    Py_ssize_t n
+
+DEF MAX_LISTED = 64
+cdef CStr _SSN_BAD[MAX_LISTED]
+cdef CStr _CARDS[MAX_LISTED]
+cdef CStr _RES[MAX_LISTED]
+cdef int _NSSN = 0, _NCARDS = 0, _NRES = 0
+cdef list _CSTR_KEEP = []
 
 
-cdef inline int _ieq(const unsigned char *a, const unsigned char *b, Py_ssize_t n) noexcept:
+cdef int c_list(object words, CStr *out) except -1:
+    """A validators set or tuple of bytes as a C array (validate_c runs without the GIL)."""
+    cdef int k = 0
+    for w in words:
+        if k == MAX_LISTED:
+            raise CoreError("a validator's list outgrew its C table (MAX_LISTED)")
+        _CSTR_KEEP.append(w)
+        out[k].p = <const unsigned char *>PyBytes_AS_STRING(<bytes>w)
+        out[k].n = PyBytes_GET_SIZE(<bytes>w)
+        k += 1
+    return k
+
+
+_NSSN = c_list(SSN_INVALID, _SSN_BAD)
+_NCARDS = c_list(TEST_CARDS, _CARDS)
+_NRES = c_list(_V._EMAIL_RESERVED, _RES)
+
+
+cdef inline bint in_list(const CStr *a, int na, const unsigned char *d, Py_ssize_t n) noexcept nogil:
+    cdef int k
+    for k in range(na):
+        if a[k].n == n and memcmp(a[k].p, d, n) == 0:
+            return True
+    return False
+
+
+cdef inline int _ieq(const unsigned char *a, const unsigned char *b, Py_ssize_t n) noexcept nogil:
     """ASCII case-insensitive ``a == b`` (b is lower case), as ``bytes.lower()`` compares."""
     cdef Py_ssize_t k
     cdef unsigned char c
@@ -1962,19 +2005,73 @@ ctypedef struct Ent:
     char ctx
     char has_h
     char in_buf                  # has_h and the raw value is still ``obj[le:le + pat]`` (obj: the chunk)
+    # (made by the GIL-free walk: ``obj`` is NULL where it will be the call's chunk, set by bind_chunk)
+
+
+DEF EV_REC = 0                   # a finished record that needs Python: finish() in the batch
+DEF EV_CONTACT = 1               # a contact value: count_contact
+DEF EV_SAMPLE = 2                # a value of a record finished in the walk, for sc._sample (if still wanted)
+DEF EV_STRONG_ID = 3             # keep_id(strong_ids, key) of a record finished in the walk
+DEF EV_PERSON_ID = 4             # keep_id(person_ids, key)
+
+ctypedef struct Ev:              # what the GIL-free walk leaves to the GIL-held batch, in order
+    int kind
+    int si                       # a contact value's or a sample's signature
+    int64_t key                  # a record: its key; an identity: the record's hash
+    int64_t end                  # a record: the next record's key (the reference's rec_end)
+    Py_ssize_t a, n              # a record: its entries ``a[a:a + n]``; a value: ``chunk[a:a + n]``
+    Py_ssize_t mark              # the walk's distinct adds made before this step (RecBuf.adds[:mark])
+
+
+ctypedef struct ReqC:            # a pattern's require, for the walk (Info.reqfast's WordSet, its C tables)
+    int kind                     # 0 none, 1 a leading group read off the bytes, 2 ``re`` (with the GIL)
+    const unsigned char *member
+    const uint64_t *short_tab
+    size_t smask
+    const WsSlot *slot
+    size_t mask
+    char has_empty
+    char has_long
 
 
 @cython.final
 cdef class RecBuf:
     """The open record of a part (``sc._rec`` on the compiled path): the reference's list of
     ``(si, cat, ctx, rmask, hash, start, raw)`` tuples as a C array, so that a dense record makes
-    no tuple or int per value. Python only asks whether it is empty."""
+    no tuple or int per value. Python only asks whether it is empty.
+
+    During a :func:`process` call it is also the chunk's queue: the walk (without the GIL) appends
+    every entry here, records that ended stay in ``a[:rs]`` with an :c:type:`Ev` each, the open
+    record is ``a[rs:n]``; the batch (with the GIL) finishes them in order and moves the open record
+    to the front (rs = 0 between calls)."""
     cdef Ent *a
     cdef Py_ssize_t n, cap
+    cdef Py_ssize_t rs                 # the open record's first entry (the walk)
+    cdef Ev *ev                        # finished records and contact values, in order (the walk)
+    cdef Py_ssize_t nev, evcap
+    cdef ReqC *reqc                    # by pattern, for reqc_info
+    cdef object reqc_info
+    cdef char *flags                   # by signature, 6 rows: raw kept, ignored, in a header, sample wanted, kind bits, email
+    cdef int nflags
+    cdef PyObject **dist               # by signature: the scanner's distinct counters (borrowed, per call)
+    cdef PAdd *adds                    # the walk's distinct adds (records it finished), made in the batch
+    cdef Py_ssize_t nadds, addcap
+    cdef Py_ssize_t *addn              # by table (signatures, then strong, person, all records): adds not yet made
+    cdef Py_ssize_t *sq                # by signature, SQ_MAX each: the distinct values queued as samples this call
+    cdef int *nsq                      # ... how many (finish_c queues a sample only for a value not among them)
+    cdef bint adds_free                # this call's tables take the walk's adds without the GIL (flush_queue)
 
     def __dealloc__(self):
         self.clear()
         free(self.a)
+        free(self.ev)
+        free(self.reqc)
+        free(self.flags)
+        free(self.dist)
+        free(self.adds)
+        free(self.addn)
+        free(self.sq)
+        free(self.nsq)
 
     def __bool__(self) -> bool:
         return self.n > 0
@@ -1993,18 +2090,62 @@ cdef class RecBuf:
 
     cdef Ent *push(self) except NULL:
         """A new zeroed entry at the end (the caller fills it; ``obj`` owned)."""
+        cdef Ent *t = self.push_c()
+        if t == NULL:
+            raise MemoryError()
+        return t
+
+    cdef Ent *push_c(self) noexcept nogil:
+        """push without the GIL: NULL when out of memory."""
         cdef Py_ssize_t cap
         cdef Ent *grown
         if self.n == self.cap:
             cap = self.cap * 2 if self.cap else 16
             grown = <Ent *>realloc(self.a, cap * sizeof(Ent))
             if grown == NULL:
-                raise MemoryError()
+                return NULL
             self.a = grown
             self.cap = cap
         memset(&self.a[self.n], 0, sizeof(Ent))
         self.n += 1
         return &self.a[self.n - 1]
+
+    cdef Ev *ev_push(self, int kind) noexcept nogil:
+        """A new queued step (NULL when out of memory)."""
+        cdef Py_ssize_t cap
+        cdef Ev *grown
+        cdef Ev *t
+        if self.nev == self.evcap:
+            cap = self.evcap * 2 if self.evcap else 64
+            grown = <Ev *>realloc(self.ev, cap * sizeof(Ev))
+            if grown == NULL:
+                return NULL
+            self.ev = grown
+            self.evcap = cap
+        self.nev += 1
+        t = &self.ev[self.nev - 1]
+        t.kind = kind
+        t.mark = self.nadds
+        return t
+
+    cdef int add_push(self, PyObject *d, Py_hash_t h, int cat, int ti) noexcept nogil:
+        """A distinct add for the batch (-1 when out of memory)."""
+        cdef Py_ssize_t cap
+        cdef PAdd *grown
+        if self.nadds == self.addcap:
+            cap = self.addcap * 2 if self.addcap else 1024
+            grown = <PAdd *>realloc(self.adds, cap * sizeof(PAdd))
+            if grown == NULL:
+                return -1
+            self.adds = grown
+            self.addcap = cap
+        self.adds[self.nadds].d = d
+        self.adds[self.nadds].h = h
+        self.adds[self.nadds].cat = cat
+        self.adds[self.nadds].ti = ti
+        self.addn[ti] += 1
+        self.nadds += 1
+        return 0
 
 
 cdef RecBuf recbuf_of(sc):
@@ -2039,13 +2180,13 @@ cdef inline void set_obj(Ent *t, object o) noexcept:
 
 
 cdef void label_after(RecBuf rec, const char *b, Py_ssize_t blen, int64_t base, int64_t end, int si,
-                      int64_t window) noexcept:
-    """ExchangeScanner._label_after."""
+                      int64_t window) noexcept nogil:
+    """ExchangeScanner._label_after (the open record: ``rec.a[rs:n]``)."""
     cdef Py_ssize_t k
     cdef Ent *t
     cdef int64_t at, lo
     cdef int64_t hot = end - base
-    for k in range(rec.n - 1, -1, -1):
+    for k in range(rec.n - 1, rec.rs - 1, -1):
         t = &rec.a[k]
         if t.si != si or t.ctx:
             continue
@@ -2060,7 +2201,6 @@ cdef void label_after(RecBuf rec, const char *b, Py_ssize_t blen, int64_t base, 
             t.ctx = 1
 
 
-DEF GIL_EVERY = 255                # + 1: matches between two releases of the GIL in process()
 DEF COLS = 64                      # header columns the C table of column context covers
 
 
@@ -2090,23 +2230,82 @@ cdef int col_context(PartScan ps, dict col_sigs) except -1:
     return 1 if covered else 0
 
 
-cdef long _yields = 0                  # times process() let the GIL go (counted with the GIL held)
+from libc.string cimport memmove
+
+DEF SQ_MAX = 8                     # samples per signature the walk tells apart (SAMPLES_PER_SIGNATURE <= it)
+
+cdef long _calls = 0                   # process() calls (counted with the GIL held)
+cdef long _exits = 0                   # times the walk took the GIL back for one hit (a rare path)
+cdef long _batches = 0                 # GIL-held batches that finished the walk's queued records
+cdef double _walk_ticks = 0, _batch_ticks = 0   # time in the walk / in the batches (dlp_ticks units)
+cdef double _free_ticks = 0            # ... of which the batches' distinct adds made without the GIL
+cdef long _queued[5]                   # the batches' steps by kind (EV_REC ... EV_PERSON_ID)
+_queued[:] = [0, 0, 0, 0, 0]
 
 
-cdef void gil_gap() noexcept nogil:
-    """Nothing: the GIL is released around this call, which lets a waiting thread in."""
-    pass
+def pass_counts() -> tuple:
+    """``(calls, exits, batches)`` of :func:`process` so far: its calls, the times its GIL-free walk
+    took the GIL back for one hit (a Python-shaped rare path: ``re``, a Python validator, a quoted
+    CSV field, an HTML header cell, a header hotword), and the GIL-held batches that finished the
+    queued records (one per call, plus one before each header hotword). Tests and bench read it."""
+    return (_calls, _exits, _batches)
 
 
 def gil_yields() -> int:
-    """How many times :func:`process` let the GIL go mid-chunk (tests)."""
+    """How many times a batch of :func:`process` let the GIL go between its records (tests)."""
     return _yields
+
+
+def pass_ticks() -> tuple:
+    """``(walk, batch, free)``: the time :func:`process` spent in its GIL-free walks, in its batches,
+    and in the part of the batches that runs without the GIL (the walk's distinct adds), in
+    dlp_ticks units (TSC cycles on x86-64; only ratios are meant; bench)."""
+    return (_walk_ticks, _batch_ticks, _free_ticks)
+
+
+def queued_steps() -> tuple:
+    """The batches' steps so far by kind: (records finished with the GIL, contact values, samples,
+    strong identities, person identities); records the walk finished itself are not steps."""
+    return tuple(_queued[k] for k in range(5))
+
+
+ctypedef Py_ssize_t (*vstart_t)(void *info, int t, const char *b, Py_ssize_t lo, Py_ssize_t e,
+                                int64_t maxw) noexcept nogil
+
+cdef extern from "Python.h":
+    Py_hash_t hash_bytes_nogil "_Py_HashBytes"(const void *src, Py_ssize_t n) nogil   # pure SipHash
+
+
+ctypedef struct Walk:              # the walk's state (process): what the reference keeps in locals
+    const char *b
+    Py_ssize_t blen
+    int64_t base, window, maxrec, line_start, rec_key
+    int64_t nl_e, nl_r             # the last record-key LF search: its end and answer
+    int64_t c_row, c_at, c_col     # the last column count: its row, end and answer
+    char delim
+    bint lines, is_json, is_html, first_line, tabular, sc_tabular, has_cols, has_key
+    int cstate                     # the column table: 1 covers all, 0 ask the dict, 2 not a dict
+    long exits
+    int nsig
+    bint fast                      # records may be finished in the walk (no EDM matcher)
+    bint per_id                    # the reference's estimate per line (finished in the batch)
+    bint strong_ids_done, person_ids_done     # keep_id on that set is a no-op from now on
+    PyObject *strong_recs
+    PyObject *person_recs
+    PyObject *all_recs
 
 
 def process(sc, PartScan ps not None, bytes buf not None, int64_t base, Info info not None) -> None:
     """ExchangeScanner._process over the C array of hits: same decisions, same record entries.
 
-    The PartScan is held for the walk: the Python the loop calls may let another thread run, and a
+    Two phases (issue 19 point 1): :func:`walk` does the per-hit work (value starts, requires,
+    validation, hashing, record keys, column context, record entries) for the whole chunk without
+    the GIL, and queues the records that ended and the contact values in order; :func:`flush_queue`
+    then finishes them with the GIL in one batch (sets, samples, EDM, precision checks). The
+    verdict is read after the call, and nothing the walk reads is written by finishing (the header
+    signatures are: a header hotword flushes the queue first), so the results are the reference's.
+
+    The PartScan is held for the call: the Python the batch calls may let another thread run, and a
     scan of the same part from there would move the hits array under it."""
     ps._enter()
     try:
@@ -2115,242 +2314,731 @@ def process(sc, PartScan ps not None, bytes buf not None, int64_t base, Info inf
         ps.busy = 0
 
 
+cdef int col_state(PartScan ps, object col_sigs) except -1:
+    """Walk.cstate for the scanner's column dict (rebuilt when a header hotword changed it)."""
+    if type(col_sigs) is dict:
+        return col_context(ps, <dict>col_sigs)
+    return 2
+
+
+cdef int req_tables(RecBuf rec, Info info) except -1:
+    """The patterns' requires as C structs (kept on the RecBuf for its Info: the WordSets they point
+    into live as long as the Info does)."""
+    cdef int k
+    cdef ReqC *t
+    cdef WordSet ws
+    if rec.reqc_info is info:
+        return 0
+    free(rec.reqc)
+    rec.reqc = <ReqC *>calloc(info.npat + 1, sizeof(ReqC))
+    if rec.reqc == NULL:
+        rec.reqc_info = None
+        raise MemoryError()
+    for k in range(info.npat):
+        req = info.req[k]
+        if not (PyTuple_GET_SIZE(req) != 0 if type(req) is tuple else req):
+            continue
+        t = &rec.reqc[k]
+        rf = info.reqfast[k]
+        if rf is None:
+            t.kind = 2
+            continue
+        ws = <WordSet>(<tuple>rf)[1]
+        t.kind = 1
+        t.member = <const unsigned char *>PyBytes_AS_STRING(<bytes>(<tuple>rf)[0])
+        t.short_tab = ws.short_tab
+        t.smask = ws.smask
+        t.slot = ws.slot
+        t.mask = ws.mask
+        t.has_empty = ws.has_empty
+        t.has_long = ws.has_long
+    rec.reqc_info = info
+    return 0
+
+
 cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1:
-    global _yields
-    cdef const char *b = PyBytes_AS_STRING(buf)
-    cdef Py_ssize_t blen = PyBytes_GET_SIZE(buf)
-    cdef int64_t window = sc.policy.hotword_window
-    cdef int64_t maxrec = sc.policy.max_record_bytes
-    mode = sc._mode
-    cdef bint lines = mode == "lines"
-    cdef bint is_json = mode == "json"
-    cdef bint is_html = mode == "html"
+    global _calls, _exits, _batches, _walk_ticks, _batch_ticks
+    cdef double t0, t1
+    cdef Walk w
+    cdef int rc = 0, si
     cdef RecBuf rec = recbuf_of(sc)
-    cdef Ent *ent
+    cdef RecEnv env = rec_env(sc)
+    memset(&w, 0, sizeof(Walk))
+    w.b = PyBytes_AS_STRING(buf)
+    w.blen = PyBytes_GET_SIZE(buf)
+    w.base = base
+    w.window = sc.policy.hotword_window
+    w.maxrec = sc.policy.max_record_bytes
+    mode = sc._mode
+    w.lines = mode == "lines"
+    w.is_json = mode == "json"
+    w.is_html = mode == "html"
     rec_key_obj = sc._rec_key
-    cdef bint has_key = rec_key_obj is not None
-    cdef int64_t rec_key = 0
-    if has_key:
-        rec_key = rec_key_obj
+    w.has_key = rec_key_obj is not None
+    if w.has_key:
+        w.rec_key = rec_key_obj
     sc._rbuf = buf
     sc._rbase = base
-    cdef list keep = sc._keep_placed
-    cdef list want = sc._keep_raw
-    cdef int64_t line_start = sc._line_start
-    cdef bint first_line = line_start < 0
-    cdef bint tabular = lines and sc._tabular
-    cdef char delim = (<bytes>sc._delim)[0]
+    w.line_start = sc._line_start
+    w.first_line = w.line_start < 0
+    w.sc_tabular = bool(sc._tabular)
+    w.tabular = w.lines and w.sc_tabular
+    w.delim = (<bytes>sc._delim)[0]
     col_sigs = sc._col_sigs
-    cdef bint has_cols = bool(col_sigs)     # asked per value: the truth of the dict once (and per header hotword)
+    w.has_cols = bool(col_sigs)
+    w.cstate = col_state(ps, col_sigs) if w.lines and w.has_cols else 2
+    w.nl_e = w.nl_r = w.c_row = -1
+    # by signature: is a value's raw kept (the reference: want[si] or keep[si] at the hit; a sample
+    # taken meanwhile only turns want off, and finish asks want again, so the start's is the same)
+    cdef list want = sc._keep_raw
+    cdef list keep = sc._keep_placed
+    cdef int nsig = ps.nsig
+    if rec.nflags < nsig:
+        free(rec.flags)
+        free(rec.dist)
+        free(rec.addn)
+        free(rec.sq)
+        free(rec.nsq)
+        rec.nflags = 0
+        rec.flags = <char *>malloc(6 * nsig + 1)
+        rec.dist = <PyObject **>malloc((nsig + 3) * sizeof(PyObject *))
+        rec.addn = <Py_ssize_t *>calloc(nsig + 3, sizeof(Py_ssize_t))
+        rec.sq = <Py_ssize_t *>calloc(nsig * SQ_MAX + 1, 2 * sizeof(Py_ssize_t))
+        rec.nsq = <int *>calloc(nsig + 1, sizeof(int))
+        if rec.flags == NULL or rec.dist == NULL or rec.addn == NULL or rec.sq == NULL or rec.nsq == NULL:
+            raise MemoryError()
+        rec.nflags = nsig
+    for si in range(nsig):
+        rec.flags[si] = 1 if (want[si] or keep[si]) else 0
+        rec.flags[nsig + si] = 1 if env.ignored[si] else 0
+        rec.flags[3 * nsig + si] = 1 if env.want[si] else 0
+        rec.flags[4 * nsig + si] = <char>(<int>env.kinds[si])
+        rec.flags[5 * nsig + si] = 1 if env.is_email[si] else 0
+        rec.dist[si] = <PyObject *>env.distinct[si]
+    header_flags(rec, nsig, env.header)
+    w.nsig = nsig
+    w.fast = env.edm is None
+    w.per_id = env.per_id
+    w.strong_recs = <PyObject *>env.strong_recs
+    w.person_recs = <PyObject *>env.person_recs
+    w.all_recs = <PyObject *>env.all_recs
+    rec.dist[nsig] = w.strong_recs
+    rec.dist[nsig + 1] = w.person_recs
+    rec.dist[nsig + 2] = w.all_recs
+    memset(rec.addn, 0, (nsig + 3) * sizeof(Py_ssize_t))
+    memset(rec.nsq, 0, nsig * sizeof(int))
+    rec.adds_free = adds_free(rec, nsig, <Py_ssize_t>ps.hits.n)
+    w.strong_ids_done = env.ids_capped and len(env.strong_ids) >= _IDS_CAP
+    w.person_ids_done = env.ids_capped and len(env.person_ids) >= _IDS_CAP
+    req_tables(rec, info)
+    refresh_today()
+    _calls += 1
+    try:
+        with nogil:
+            t0 = dlp_ticks()
+            rc = walk(&w, rec, info, ps, sc, buf, env)
+            t1 = dlp_ticks()
+        flush_queue(rec, sc, buf, env)
+        _walk_ticks += t1 - t0
+        _batch_ticks += dlp_ticks() - t1
+    except BaseException:
+        drop_queue(rec, buf)
+        raise
+    finally:
+        _exits += w.exits
+    _batches += 1
+    env_flush(sc, env)
+    if w.has_key:
+        sc._rec_key = w.rec_key
+    return 0
+
+
+cdef void header_flags(RecBuf rec, int nsig, set header) noexcept:
+    """The scanner's header signatures as the flags' third row (rebuilt after a header hotword)."""
+    cdef int si
+    for si in range(nsig):
+        rec.flags[2 * nsig + si] = 1 if si in header else 0
+
+
+DEF REC_C = 64                     # values of a record finish_c takes (more: the batch does)
+
+
+cdef int finish_c(Walk *w, RecBuf rec, Py_ssize_t a, Py_ssize_t nrec) noexcept nogil:
+    """:func:`finish` in the walk, for a record that needs no Python (no sample object, no EDM, no
+    precision check, no estimate, no deferred value, no object of an earlier chunk): its distinct
+    adds go to ``rec.adds``, its samples and identities to the queue, all in the reference's
+    order (the batch makes them in that order). 1 done, 0 "finish it in the batch" (nothing done),
+    -1 out of memory."""
+    cdef Ent *ents = rec.a + a
+    cdef Ent *t
+    cdef int nsig = w.nsig
+    cdef const char *ign = rec.flags + nsig
+    cdef const char *hdr = rec.flags + 2 * nsig
+    cdef const char *wnt = rec.flags + 3 * nsig
+    cdef const char *knd = rec.flags + 4 * nsig
+    cdef Py_ssize_t x
+    cdef int uncond = 0, cats = 0, kind = 0, nh = 0, si
+    cdef bint any_ctx = False, is_strong, is_person
+    cdef Py_hash_t hc[REC_C]
+    cdef Py_hash_t fp
+    cdef Ev *ev
+    cdef int psi[REC_C]                  # the strong values, for the reference's estimate per line
+    cdef Py_hash_t ph[REC_C]
+    cdef int np = 0, k, j, c, nbest = 0
+    for x in range(nrec):
+        if ents[x].obj != NULL:
+            return 0                     # an earlier chunk's entry: its object is released with the GIL
+        if ents[x].ctx:
+            uncond |= ents[x].cat
+            any_ctx = True
+    if not any_ctx:
+        return 1        # every entry counts only through one in context: none here (lines of dates)
+    if not w.fast:
+        return 0
+    for x in range(nrec):                # first: does any step of finish() need Python?
+        t = &ents[x]
+        si = t.si
+        if not t.ctx and not (t.rmask & uncond and not hdr[si]):
+            continue
+        if ign[si]:
+            continue
+        if not t.ctx or not t.has_h:     # the organisation-field check; a deferred value
+            return 0
+        if t.cat == STRONG and w.per_id:
+            if np == REC_C:
+                return 0
+            psi[np] = si
+            ph[np] = t.h
+            np += 1
+        cats |= t.cat
+        kind |= knd[si]
+        nh += 1
+    if nh > REC_C:
+        return 0
+    is_strong = (cats & STRONG) and (cats & 2)
+    is_person = kind & 3 == 3
+    if (is_person and not is_strong) or (kind & 5 == 5 and not is_person):
+        return 0                         # the obituary or the home check
+    if is_strong and np:                 # finish()'s estimate: enough of one kind on the line?
+        for k in range(np):
+            if any_before(psi, k, psi[k]):
+                continue
+            c = 0
+            for j in range(k, np):
+                if psi[j] == psi[k] and not seen_before(psi, ph, k, j):
+                    c += 1
+            if c > nbest:
+                nbest = c
+        if nbest >= _EST_MIN:
+            return 0                     # an estimated record: the batch
+    nh = 0
+    for x in range(nrec):
+        t = &ents[x]
+        si = t.si
+        if not t.ctx and not (t.rmask & uncond and not hdr[si]):
+            continue
+        if ign[si]:
+            continue
+        if rec.add_push(rec.dist[si], t.h, t.cat, si) < 0:
+            return -1
+        if wnt[si] and t.in_buf and new_sample(rec, w.b, si, t.le, t.pat):
+            ev = rec.ev_push(EV_SAMPLE)
+            if ev == NULL:
+                return -1
+            ev.si = si
+            ev.a = t.le
+            ev.n = t.pat
+        hc[nh] = t.h
+        nh += 1
+    if not nh or not (is_strong or is_person):
+        return 1
+    fp = sorted_tuple_hash(hc, nh)
+    if is_strong:
+        if rec.add_push(w.strong_recs, fp, 0, nsig) < 0 or rec.add_push(w.all_recs, fp, 0, nsig + 2) < 0:
+            return -1
+        if not w.strong_ids_done:
+            ev = rec.ev_push(EV_STRONG_ID)
+            if ev == NULL:
+                return -1
+            ev.key = fp
+    if is_person:
+        if rec.add_push(w.person_recs, fp, 0, nsig + 1) < 0:
+            return -1
+        if not is_strong and rec.add_push(w.all_recs, fp, 0, nsig + 2) < 0:
+            return -1
+        if not w.person_ids_done:
+            ev = rec.ev_push(EV_PERSON_ID)
+            if ev == NULL:
+                return -1
+            ev.key = fp
+    return 1
+
+
+cdef int _sq_want = SQ_MAX + 1         # SAMPLES_PER_SIGNATURE (set by rec_env); above SQ_MAX: every value queued
+
+
+cdef bint new_sample(RecBuf rec, const char *b, int si, Py_ssize_t a, Py_ssize_t n) noexcept nogil:
+    """Queue ``b[a:a + n]`` as a sample of ``si``? Only the first SAMPLES_PER_SIGNATURE distinct
+    values of a call can matter: the scanner keeps that many distinct samples, and one equal to a
+    kept sample or to an earlier queued value changes nothing (sc._sample compares fingerprints of
+    the same bytes). A value equal to a queued one is dropped here; the others queue up to that
+    many; later ones cannot be taken (the first that many distinct values fill what is left)."""
+    cdef Py_ssize_t *q = rec.sq + 2 * SQ_MAX * si
+    cdef int k, m = rec.nsq[si]
+    if _sq_want > SQ_MAX:
+        return True
+    if m >= _sq_want:
+        return False
+    for k in range(m):
+        if q[2 * k + 1] == n and memcmp(b + q[2 * k], b + a, n) == 0:
+            return False
+    q[2 * m] = a
+    q[2 * m + 1] = n
+    rec.nsq[si] = m + 1
+    return True
+
+
+cdef void bind_chunk(Ent *a, Py_ssize_t n, object buf) noexcept:
+    """The walk's entries that stand for the chunk (a kept raw value, a deferred one) get it as
+    their object, as the reference's entries hold it."""
+    cdef Py_ssize_t k
+    for k in range(n):
+        if a[k].obj == NULL and (a[k].in_buf or not a[k].has_h):
+            Py_INCREF(buf)
+            a[k].obj = <PyObject *>buf
+
+
+cdef void release(Ent *a, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t k
+    cdef PyObject *o
+    for k in range(n):
+        o = a[k].obj
+        a[k].obj = NULL
+        Py_XDECREF(o)
+
+
+cdef void compact(RecBuf rec, object buf) noexcept:
+    """The open record ``a[rs:n]`` to the front, with its objects: a RecBuf as between calls."""
+    cdef Py_ssize_t m = rec.n - rec.rs
+    bind_chunk(rec.a + rec.rs, m, buf)
+    if rec.rs:
+        memmove(rec.a, rec.a + rec.rs, m * sizeof(Ent))
+        rec.n = m
+        rec.rs = 0
+    rec.nev = 0
+    rec.nadds = 0
+
+
+cdef void drop_queue(RecBuf rec, object buf) noexcept:
+    """After an error: the queued records are dropped (their entries' objects released)."""
+    release(rec.a, rec.rs)
+    compact(rec, buf)
+
+
+DEF YIELD_EVERY = 63               # + 1: queued steps between two releases of the GIL in a batch
+cdef long _yields = 0                  # times a batch let the GIL go (counted with the GIL held)
+
+
+cdef void gil_gap() noexcept nogil:
+    """Nothing: the GIL is released around this call, which lets a waiting thread in."""
+    pass
+
+
+cdef int flush_queue(RecBuf rec, object sc, object buf, RecEnv env) except -1:
+    """The batch (with the GIL): the walk's finished records and contact values, in the walk's
+    order, exactly as the reference handles them at the hit that ended them."""
+    global _batches, _yields
+    cdef Py_ssize_t q, done = 0
+    cdef Ev *ev
+    cdef const char *b = PyBytes_AS_STRING(buf)
+    for q in range(rec.nev):
+        if q & YIELD_EVERY == YIELD_EVERY:
+            # a record finished here holds the GIL ~1 us: let a waiting thread (the event loop) in
+            # every YIELD_EVERY + 1 steps (CPython hands the GIL over when one asked for it)
+            _yields += 1
+            with nogil:
+                gil_gap()
+        ev = &rec.ev[q]
+        _queued[ev.kind] += 1
+        if done < ev.mark:
+            flush_adds(rec, env, done, ev.mark)
+            done = ev.mark
+        if ev.kind == EV_CONTACT:
+            count_contact(sc, env, ev.si, b + ev.a, ev.n, None)
+        elif ev.kind == EV_SAMPLE:
+            if env.want[ev.si]:
+                sc._sample(ev.si, PyBytes_FromStringAndSize(b + ev.a, ev.n))
+        elif ev.kind == EV_STRONG_ID:
+            keep_id(sc, env, env.strong_ids, ev.key)
+        elif ev.kind == EV_PERSON_ID:
+            keep_id(sc, env, env.person_ids, ev.key)
+        else:
+            bind_chunk(rec.a + ev.a, ev.n, buf)
+            try:
+                finish(sc, env, rec.a + ev.a, ev.n, ev.key, ev.end)
+            finally:
+                release(rec.a + ev.a, ev.n)
+    flush_adds(rec, env, done, rec.nadds)
+    compact(rec, buf)
+    return 0
+
+
+DEF ADDS_YIELD = 4095              # + 1: the walk's adds made between two releases of the GIL
+
+
+cdef bint adds_free(RecBuf rec, int nsig, Py_ssize_t nhits) except -1:
+    """Can this call's walk adds be made without the GIL? Every table is a :class:`Distinct` that
+    stays exact through them (at most one add per hit to each: no switch to the sketch, which is
+    Python)."""
+    cdef int ti
+    for ti in range(nsig + 3):
+        d = <object>rec.dist[ti]
+        if type(d) is not Distinct or (<Distinct>d).py is not None:
+            return False
+        if (<Distinct>d).n + nhits + 1 > (<Distinct>d).cap:
+            return False
+    return True
+
+
+cdef int _dcadd(Distinct d, Py_hash_t h) except -1:
+    return d.cadd(h)
+
+
+cdef void _dprefetch(Distinct d, Py_hash_t h) noexcept:
+    d.prefetch(h)
+
+
+ctypedef int (*dcadd_t)(PyObject *d, Py_hash_t h) noexcept nogil
+ctypedef void (*dprefetch_t)(PyObject *d, Py_hash_t h) noexcept nogil
+
+
+cdef int pregrow(RecBuf rec, int nsig) except -1:
+    """Grow each table (with the GIL) to take the walk's adds still to be made, so that Distinct.cadd
+    does not grow it in flush_adds_c (a failed allocation raises: that needs the GIL). The counts do
+    not depend on a table's size; this follows cadd's rule (grown past 70 % full)."""
+    cdef int ti
+    cdef Distinct d
+    for ti in range(nsig + 3):
+        if rec.addn[ti] <= 0:
+            continue
+        d = <Distinct>rec.dist[ti]
+        while d.tab == NULL or <size_t>(d.n + rec.addn[ti] + 1) * 10 > (d.mask + 1) * 7:
+            d._grow()
+    return 0
+
+
+DEF AHEAD_C = 32                   # batch_flush's AHEAD: a slot is fetched this many adds before it is probed
+
+
+cdef void flush_adds_c(RecBuf rec, RecEnv env, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """batch_flush of ``rec.adds[lo:hi]`` without the GIL (adds_free and pregrow made it safe):
+    Distinct.cadd through a pointer, each slot fetched AHEAD_C adds before it is probed."""
+    cdef dcadd_t cadd = <dcadd_t>_dcadd
+    cdef dprefetch_t pre = <dprefetch_t>_dprefetch
+    cdef PAdd *pb = rec.adds
+    cdef Py_ssize_t k
+    for k in range(lo, hi if hi - lo < AHEAD_C else lo + AHEAD_C):
+        pre(pb[k].d, pb[k].h)
+    for k in range(lo, hi):
+        if k + AHEAD_C < hi:
+            pre(pb[k + AHEAD_C].d, pb[k + AHEAD_C].h)
+        rec.addn[pb[k].ti] -= 1
+        if cadd(pb[k].d, pb[k].h) == 1:
+            if pb[k].cat == STRONG:
+                env.strong_values += 1
+            elif pb[k].cat == CONTACT:
+                env.contact_values += 1
+
+
+cdef int flush_adds(RecBuf rec, RecEnv env, Py_ssize_t lo, Py_ssize_t hi) except -1:
+    """The walk's distinct adds ``rec.adds[lo:hi]``, in order: without the GIL when the call's
+    tables allow it (after the batch's earlier adds), else through batch_add."""
+    global _yields, _free_ticks
+    cdef Py_ssize_t k
+    cdef PAdd *t
+    cdef double t0
+    if rec.adds_free:
+        batch_flush(env)                 # the adds before these (records finished in the batch)
+        pregrow(rec, rec.nflags)
+        with nogil:
+            t0 = dlp_ticks()
+            flush_adds_c(rec, env, lo, hi)
+            t0 = dlp_ticks() - t0
+        _free_ticks += t0
+        return 0
+    for k in range(lo, hi):
+        if k & ADDS_YIELD == ADDS_YIELD:
+            _yields += 1
+            with nogil:
+                gil_gap()
+        t = &rec.adds[k]
+        batch_add(env, <object>t.d, t.h, t.cat)
+    return 0
+
+
+cdef int walk(Walk *w, RecBuf rec, Info info, PartScan ps, object sc, object buf, RecEnv env) except -1 nogil:
+    """ExchangeScanner._process for one chunk's hits without the GIL (see :func:`process`). The
+    rare Python-shaped steps take it back for that hit only (``w.exits``)."""
+    global _batches
+    cdef const char *b = w.b
+    cdef Py_ssize_t blen = w.blen
+    cdef int64_t base = w.base
     cdef int64_t *last_hot = ps.last_hot
     cdef char *header = ps.header
     cdef int nval = info.nval
     cdef size_t k
     cdef unsigned int i
-    cdef int64_t end, e, s, lo, r, rk, maxw, col
-    cdef int si, w, cat, rmask, code, t
+    cdef int64_t end, e, s, lo, r, rk, maxw, col, start
+    cdef int si, wd, cat, rmask, code, t, ok
     cdef bint ctx, lazy
-    cdef char in_buf = 0
-    cdef Py_ssize_t r2, vn = 0
-    cdef int64_t nl_e = -1, nl_r = -1    # the last record-key LF search: its end and answer
-    cdef int64_t c_row = -1, c_at = 0, c_col = 0   # the last column count: its row, end and answer
-    cdef RecEnv env = rec_env(sc)
+    cdef Py_ssize_t r2, vn, vo
+    cdef Ent *ent
+    cdef Ev *ev
     cdef Py_hash_t hv
-    cdef list distinct = sc._distinct
-    cdef int cstate = -1                 # the column table: -1 not built, 1 covers all, 0 ask the dict
-    refresh_today()
+    cdef ReqC *rq
+    cdef vstart_t vstart = <vstart_t>value_start_c      # reads C fields of the Info only (no Python)
     for k in range(ps.hits.n):
-        if k & GIL_EVERY == GIL_EVERY:
-            # a dense chunk holds the GIL for ~1 us a match: let a waiting thread (the event loop)
-            # in every GIL_EVERY matches (CPython hands the GIL over when one asked for it)
-            _yields += 1
-            with nogil:
-                gil_gap()
         i = ps.hits.a[k].id
         end = ps.hits.a[k].end
         if i >= <unsigned int>nval:
             si = info.hot_sig[i - info.hot_base]
             # a hotword in a header names a column; it is not a label for the next values
-            if (first_line or is_html) and sc._header_hotword(buf, base, end, si):
-                header[si] = 1
-                cstate = -1                  # the column table is stale
-                has_cols = bool(col_sigs)
-            else:
+            # (_header_hotword answers False, with no effect, off the first line of a table)
+            ok = 0
+            if w.is_html or (w.first_line and w.sc_tabular and base <= 0
+                             and rfind1(b, blen, b'\n', 0, end - base - 1) < 0):
+                with gil:
+                    w.exits += 1
+                    _batches += 1
+                    flush_queue(rec, sc, buf, env)       # finishing reads the header signatures
+                    if sc._header_hotword(buf, base, end, si):
+                        ok = 1
+                        header[si] = 1
+                        header_flags(rec, w.nsig, env.header)
+                        col_sigs = sc._col_sigs
+                        w.has_cols = bool(col_sigs)
+                        w.cstate = col_state(ps, col_sigs) if w.lines and w.has_cols else 2
+            if not ok:
                 last_hot[si] = end
-                if rec.n:
-                    label_after(rec, b, blen, base, end, si, window)
+                if rec.n > rec.rs:
+                    label_after(rec, b, blen, base, end, si, w.window)
             continue
         si = info.psig[i]
-        w = info.pwidth[i]
+        wd = info.pwidth[i]
         maxw = info.pmaxw[i]
         rmask = info.prmask[i]
         cat = info.pcat[i]
         e = end - base
-        ctx = not info.pnctx[i] or end - maxw - last_hot[si] <= window
+        ctx = not info.pnctx[i] or end - maxw - last_hot[si] <= w.window
         lazy = not ctx and not header[si]
         if lazy and not rmask:
             continue                     # needs a hotword or a column, and has neither
+        s = 0
+        vo = 0                           # the value is b[vo:vo + vn] (vo = s but for Python's slicing)
+        vn = 0
         if not lazy:
-            if w > 0:
-                s = e - w
+            if wd > 0:
+                s = e - wd
                 if s >= 0 and e <= blen:
-                    if info.pvalid[i] == V_PY:
-                        v = PyBytes_FromStringAndSize(b + s, w)
-                    else:
-                        v = None     # checked and hashed in the buffer; made only if the value is kept
-                        vn = w
-                else:
-                    v = PySequence_GetSlice(buf, s, e)     # Python's slicing, negative bounds and all
+                    vo = s
+                    vn = wd
+                else:                    # buf[s:e] as Python slices it (negative bounds and all)
+                    vo = s + blen if s < 0 else s
+                    vo = 0 if vo < 0 else (blen if vo > blen else vo)
+                    r = e + blen if e < 0 else e
+                    r = 0 if r < 0 else (blen if r > blen else r)
+                    vn = r - vo if r > vo else 0
             else:
                 lo = e - maxw if e > maxw else 0
-                if info.pin_field[i] and tabular:
-                    r = rfind1(b, blen, delim, lo, e)
+                if info.pin_field[i] and w.tabular:
+                    r = rfind1(b, blen, w.delim, lo, e)
                     if r + 1 != 0:
                         lo = r + 1               # the value starts after its field's delimiter
                 if info.pin_word[i]:         # ... or after the last blank
                     lo = after_blank(b, blen, lo, e)
                 t = info.psom[i]
-                s = value_start_c(info, t, b, lo, e, maxw) if t >= 0 else -2
+                s = vstart(<void *>info, t, b, lo, e, maxw) if t >= 0 else -2
                 if s == -1:
                     continue
                 if s >= 0:
-                    req = info.req[i]
-                    if PyTuple_GET_SIZE(req) != 0 if type(req) is tuple else req:   # no IsTrue call
-                        rf = info.reqfast[i]
-                        if rf is not None:
-                            if not lead_group_ok(<tuple>rf, b, s, e):
-                                continue
-                        else:
-                            m = info.rx[i].match(buf, s, e)              # the match re.search would return
-                            if m is None or not require_ok(m, req):
-                                continue
-                    if info.pvalid[i] != V_PY:
-                        v = None     # checked, hashed (and counted) in the buffer: made only if kept
-                        vn = e - s
-                    else:
-                        v = PyBytes_FromStringAndSize(b + s, e - s)
+                    rq = &rec.reqc[i]
+                    if rq.kind:
+                        ok = lead_group_c(rq, b, s, e) if rq.kind == 1 else -1
+                        if ok < 0:
+                            with gil:
+                                w.exits += 1
+                                rf = info.reqfast[i]
+                                if rf is not None:
+                                    ok = lead_group_ok(<tuple>rf, b, s, e)
+                                else:
+                                    m = info.rx[i].match(buf, s, e)      # the match re.search would return
+                                    ok = m is not None and require_ok(m, info.req[i])
+                        if not ok:
+                            continue
+                    vo = s
+                    vn = e - s
                 else:
-                    m = info.rx[i].search(buf, lo, e)
-                    if m is None:
+                    with gil:
+                        w.exits += 1
+                        m = info.rx[i].search(buf, lo, e)
+                        ok = m is not None
+                        if ok:
+                            req = info.req[i]
+                            if req and not all(m.group(g).upper() in words for g, words in req):
+                                ok = 0
+                            else:
+                                s = m.start()
+                                vo = s
+                                vn = m.end() - s
+                    if not ok:
                         continue
-                    req = info.req[i]
-                    if req and not all(m.group(g).upper() in words for g, words in req):
-                        continue
-                    s = m.start()
-                    v = m.group()
             code = info.pvalid[i]
             if code == V_PY:
-                if not info.vfn[i](v):
+                with gil:
+                    w.exits += 1
+                    ok = 1 if info.vfn[i](PyBytes_FromStringAndSize(b + vo, vn)) else 0
+                if not ok:
                     continue
             elif code:
-                if v is None:
-                    if not validate(code, <const unsigned char *>b + s, vn):
-                        continue
-                elif not validate(code, <const unsigned char *>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v)):
+                ok = validate_c(code, <const unsigned char *>b + vo, vn)
+                if ok < 0:
+                    with gil:
+                        w.exits += 1
+                        ok = validate(code, <const unsigned char *>b + vo, vn)
+                if not ok:
                     continue
             if cat == CONTACT and ctx:
-                count_contact(sc, env, si, b + s, vn, v)   # contact values never make a record: no placement
+                # contact values never make a record: counted in the batch, in order with the records;
+                # one that is neither an email (the evidence) nor a wanted sample is only an add
+                if rec.flags[w.nsig + si]:
+                    continue             # ignored (count_contact returns at once)
+                if not rec.flags[5 * w.nsig + si] and not rec.flags[3 * w.nsig + si]:
+                    if rec.add_push(rec.dist[si], hash_bytes_nogil(b + vo, vn), CONTACT, si) < 0:
+                        with gil:
+                            raise MemoryError()
+                    continue
+                ev = rec.ev_push(EV_CONTACT)
+                if ev == NULL:
+                    with gil:
+                        raise MemoryError()
+                ev.si = si
+                ev.a = vo
+                ev.n = vn
                 continue
         # which record (person) does the value belong to?
-        if lines:
+        if w.lines:
             # the last LF before e; hits come by end, so only the bytes since the last ask are read
-            if nl_e >= 0 and e >= nl_e:
-                r = rfind1(b, blen, b'\n', nl_e, e)
+            if w.nl_e >= 0 and e >= w.nl_e:
+                r = rfind1(b, blen, b'\n', w.nl_e, e)
                 if r < 0:
-                    r = nl_r
+                    r = w.nl_r
             else:
                 r = rfind1(b, blen, b'\n', 0, e)
-            nl_e = e
-            nl_r = r
-            rk = r + base if r >= 0 else line_start
-        elif is_json:
-            rk = json_record(b, blen, e, maxrec) + base
+            w.nl_e = e
+            w.nl_r = r
+            rk = r + base if r >= 0 else w.line_start
+        elif w.is_json:
+            rk = json_record(b, blen, e, w.maxrec) + base
         else:
-            lo = e - maxrec if e > maxrec else 0
+            lo = e - w.maxrec if e > w.maxrec else 0
             r = -1
             for t in range(10):
                 r2 = rfind_sub(b, blen, HTML_TAGS[t], HTML_LENS[t], lo, e)
                 if r2 > r:
                     r = r2
             rk = r + base if r >= 0 else lo + base
-        if end - rk > maxrec:
-            rk += (end - rk) // maxrec * maxrec
-        if not has_key or rk != rec_key:
-            if rec.n:
-                finish_clear(sc, env, rec, rec_key, rk)   # rec holds entries only once a key is set
-            rec_key = rk
-            has_key = True
+        if end - rk > w.maxrec:
+            rk += (end - rk) // w.maxrec * w.maxrec
+        if not w.has_key or rk != w.rec_key:
+            if rec.n > rec.rs:           # the record ended: finished here, or queued for the batch
+                ok = finish_c(w, rec, rec.rs, rec.n - rec.rs)
+                if ok < 0:
+                    with gil:
+                        raise MemoryError()
+                if ok:
+                    rec.n = rec.rs
+                else:
+                    ev = rec.ev_push(EV_REC)
+                    if ev == NULL:
+                        with gil:
+                            raise MemoryError()
+                    ev.key = w.rec_key
+                    ev.end = rk
+                    ev.a = rec.rs
+                    ev.n = rec.n - rec.rs
+                    rec.rs = rec.n
+            w.rec_key = rk
+            w.has_key = True
         if lazy:
             # only the record can make it count: decide (and pay for extraction) later
-            ent = rec.push()
+            ent = rec.push_c()
+            if ent == NULL:
+                with gil:
+                    raise MemoryError()
             ent.si = si
             ent.cat = cat
             ent.rmask = rmask
             ent.start = end
             ent.le = e
             ent.pat = i
-            ent.in_buf = 0
-            set_obj(ent, buf)
+            ent.in_buf = 0               # obj: the chunk (bind_chunk)
             continue
         if not ctx:
             # header column context (CSV/TSV: delimiters before the value on its row, outside quotes)
-            if lines and has_cols:
+            if w.lines and w.has_cols:
                 r = rk - base + 1
                 if r >= 0:
-                    if r == c_row and s >= c_at:         # the row's last value: count on from there
-                        col = count_unquoted(b, blen, delim, c_at, s)
+                    if r == w.c_row and s >= w.c_at:         # the row's last value: count on from there
+                        col = count_unquoted(b, blen, w.delim, w.c_at, s)
                         if col >= 0:
-                            col += c_col
-                            c_at = s
-                            c_col = col
-                        else:
-                            c_row = -1
-                            col = sc._column_of(buf, r, s)
+                            col += w.c_col
+                            w.c_at = s
+                            w.c_col = col
                     else:
-                        col = count_unquoted(b, blen, delim, r, s)
+                        col = count_unquoted(b, blen, w.delim, r, s)
                         if col >= 0:
-                            c_row = r
-                            c_at = s
-                            c_col = col
-                        else:
-                            c_row = -1
-                            col = sc._column_of(buf, r, s)
-                    if type(col_sigs) is dict:   # the scanner's: a C table, else a C lookup
-                        if cstate < 0:
-                            cstate = col_context(ps, <dict>col_sigs)
-                        if cstate == 1:
-                            ctx = 0 <= col < COLS and ps.colctx[col * ps.nsig + si] != 0
-                        else:
-                            cs = (<dict>col_sigs).get(col)
-                            ctx = cs is not None and si in cs
+                            w.c_row = r
+                            w.c_at = s
+                            w.c_col = col
+                    if col < 0 or w.cstate != 1:
+                        with gil:
+                            w.exits += 1
+                            if col < 0:
+                                w.c_row = -1
+                                col = sc._column_of(buf, r, s)
+                            if w.cstate == 1:
+                                ctx = 0 <= col < COLS and ps.colctx[col * ps.nsig + si] != 0
+                            elif w.cstate == 0:
+                                cs = (<dict>sc._col_sigs).get(col)
+                                ctx = cs is not None and si in cs
+                            else:
+                                ctx = si in sc._col_sigs.get(col, ())
                     else:
-                        ctx = si in col_sigs.get(col, ())
-            elif is_html:
-                ctx = sc._th_context(buf, base, s, rk, si)
+                        ctx = 0 <= col < COLS and ps.colctx[col * ps.nsig + si] != 0
+            elif w.is_html:
+                with gil:
+                    w.exits += 1
+                    ctx = sc._th_context(buf, base, s, rk, si)
             if not ctx and not rmask:
                 continue
         start = s + base
-        # the raw value stays only until its record is decided, and only while samples are wanted;
-        # a kept name or street (the home check, which few records ask for) stays an offset into
-        # the chunk, which the entry holds: no bytes object per value
-        in_buf = 0
-        if v is None:                    # a value still in the buffer: b[s:s + vn]
-            hv = _Py_HashBytes(b + s, vn)
-            if want[si]:
-                v = PyBytes_FromStringAndSize(b + s, vn)
-            elif keep[si]:
-                in_buf = 1
-        else:
-            hv = PyObject_Hash(v)
-            if not (want[si] or keep[si]):
-                v = None
+        # the raw value stays only until its record is decided, and only while samples are wanted
+        # (or a kept name or street): an offset into the chunk, made into bytes in the batch
+        hv = hash_bytes_nogil(b + vo, vn)
         ent = NULL
-        if rec.n:
+        if rec.n > rec.rs:
             ent = &rec.a[rec.n - 1]
             if not (ent.si == si and ent.start == start):
                 ent = NULL               # else a longer match from the same start: keep the longest
         if ent == NULL:
-            ent = rec.push()
+            ent = rec.push_c()
+            if ent == NULL:
+                with gil:
+                    raise MemoryError()
+        elif ent.obj != NULL:            # an entry of an earlier chunk: its object goes
+            with gil:
+                w.exits += 1
+                set_obj(ent, None)
         ent.si = si
         ent.cat = cat
         ent.ctx = 1 if ctx else 0
@@ -2358,18 +3046,13 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
         ent.h = hv
         ent.has_h = 1
         ent.start = start
-        ent.in_buf = in_buf
-        if in_buf:
-            ent.le = s
+        ent.in_buf = rec.flags[si]
+        if ent.in_buf:
+            ent.le = vo
             ent.pat = <int>vn
-            set_obj(ent, buf)
         else:
             ent.le = 0
             ent.pat = 0
-            set_obj(ent, v)
-    env_flush(sc, env)
-    if has_key:
-        sc._rec_key = rec_key
     return 0
 
 
@@ -2497,6 +3180,51 @@ cdef class WordSet:
 
     def __contains__(self, bytes w) -> bool:
         return self.has(<const unsigned char *>PyBytes_AS_STRING(w), PyBytes_GET_SIZE(w))
+
+
+# -- the walk's require lookups without the GIL (WordSet's tables, read through ReqC) --------------------
+cdef int ws_has_c(const ReqC *r, const unsigned char *p, Py_ssize_t n) noexcept nogil:
+    """WordSet.has on the C tables ReqC copies: 1 / 0, or -1 "ask the frozenset" (a long word)."""
+    cdef uint64_t h, key
+    cdef size_t j
+    cdef const WsSlot *t
+    if n <= 8 and memchr(p, 0, n) == NULL:
+        if n == 0:
+            return 1 if r.has_empty else 0
+        key = 0
+        memcpy(&key, p, n)
+        j = mix64(key) & r.smask
+        while r.short_tab[j] != 0:
+            if r.short_tab[j] == key:
+                return 1
+            j = (j + 1) & r.smask
+        return 0
+    if n > WS_INLINE:
+        return -1 if r.has_long else 0
+    h = ws_hash(p, n)
+    j = h & r.mask
+    while r.slot[j].h != 0:
+        t = &r.slot[j]
+        if t.h == h and t.k[0] == n and memcmp(&t.k[1], p, n) == 0:
+            return 1
+        j = (j + 1) & r.mask
+    return 0
+
+
+cdef int lead_group_c(const ReqC *r, const char *b, Py_ssize_t s, Py_ssize_t e) noexcept nogil:
+    """lead_group_ok without the GIL: 1 / 0, or -1 "ask with the GIL" (a group longer than
+    MAX_GROUP, or a word longer than the C table holds)."""
+    cdef unsigned char up[MAX_GROUP]
+    cdef Py_ssize_t q = s, k
+    cdef unsigned char c
+    while q < e and r.member[<unsigned char>b[q]]:
+        q += 1
+    if q - s > MAX_GROUP:
+        return -1
+    for k in range(q - s):
+        c = <unsigned char>b[s + k]
+        up[k] = c - 32 if 97 <= c <= 122 else c
+    return ws_has_c(r, up, q - s)
 
 
 cdef bint lead_group_ok(tuple rf, const char *b, Py_ssize_t s, Py_ssize_t e) except -1:
@@ -2760,6 +3488,7 @@ ctypedef struct PAdd:
     PyObject *d                    # a Distinct of the scanner's (borrowed: it outlives the call)
     Py_hash_t h
     int cat                        # STRONG / CONTACT: a new value counts; 0: a record identity
+    int ti                         # the walk's adds: the table's index in RecBuf.addn
 
 
 cdef class RecEnv:
@@ -2787,14 +3516,19 @@ cdef class RecEnv:
     cdef Info info                       # the patterns, for the deferred (lazy) entries
 
 
+cdef object _scanner_mod = None
+
+
 cdef RecEnv rec_env(sc):
-    global _extract_fn, _deceased, _ESTIMATED_SALT, _IDS_CAP, _EST_MIN, _Evidence
+    global _extract_fn, _deceased, _ESTIMATED_SALT, _IDS_CAP, _EST_MIN, _Evidence, _sq_want, _scanner_mod
     cdef RecEnv env = RecEnv.__new__(RecEnv)
     if _extract_fn is None:
         from sensor.detect import scanner as S
         from sensor.detect.precision import deceased, Evidence
         _extract_fn, _deceased, _ESTIMATED_SALT, _Evidence = S._extract, deceased, S._ESTIMATED, Evidence
         _IDS_CAP, _EST_MIN = S.RECORD_IDS_CAP, S.ESTIMATE_MIN_IDS
+        _scanner_mod = S
+    _sq_want = _scanner_mod.SAMPLES_PER_SIGNATURE     # read per call, as sc._sample reads it
     env.header = sc._header_sigs
     env.want = sc._want_sample
     env.ignored = sc._ignored
@@ -2942,20 +3676,20 @@ cdef int finish_clear(sc, RecEnv env, RecBuf rec, object rec_key, object rec_end
     """:func:`finish` on the open record, which is empty afterwards (also when finishing raised:
     the reference takes the record off the scanner first)."""
     try:
-        finish(sc, env, rec, rec_key, rec_end)
+        finish(sc, env, rec.a, rec.n, rec_key, rec_end)
     finally:
         rec.clear()
     return 0
 
 
-cdef list placed_list(RecBuf rec, const int *pbit, const Py_ssize_t *pidx, const Py_hash_t *phh, int npl,
+cdef list placed_list(const Ent *ents, const int *pbit, const Py_ssize_t *pidx, const Py_hash_t *phh, int npl,
                       dict extra):
     """The reference's ``placed`` list (bit, start, hash, raw) of the first ``npl`` placed values."""
     cdef list out = []
     cdef int j
     cdef Ent *t
     for j in range(npl):
-        t = &rec.a[pidx[j]]
+        t = <Ent *>&ents[pidx[j]]
         if not t.has_h:
             raw = extra[pidx[j]]
         else:
@@ -2967,13 +3701,13 @@ cdef list placed_list(RecBuf rec, const int *pbit, const Py_ssize_t *pidx, const
 DEF MAX_STRONG = 64
 
 
-cdef int finish(sc, RecEnv env, RecBuf rec, object rec_key, object rec_end) except -1:
-    """The body of :func:`finish_record` on the record ``rec`` whose key and successor are
+cdef int finish(sc, RecEnv env, Ent *ents, Py_ssize_t nrec, object rec_key, object rec_end) except -1:
+    """The body of :func:`finish_record` on the record ``ents[:nrec]`` whose key and successor are
     ``rec_key`` / ``rec_end``: the scanner's ``_rec_key`` / ``_rec_end`` are set to them only where
     the reference's Python reads them (obituary and home checks). The entries are C structs; Python
     objects are made only for what Python is handed (samples, EDM values, the rare paths)."""
     cdef Ent *t
-    cdef Py_ssize_t x, nrec = rec.n
+    cdef Py_ssize_t x
     cdef int uncond = 0, cats = 0, kind = 0, si, cat, rmask, k, j, best, nbest, c
     cdef bint ctx
     # strong values of the record for the estimate (the reference's per_id dict of sets), in C
@@ -2991,8 +3725,8 @@ cdef int finish(sc, RecEnv env, RecBuf rec, object rec_key, object rec_end) exce
     cdef list placed = None
     cdef dict extra = None
     for x in range(nrec):
-        if rec.a[x].ctx:
-            uncond |= rec.a[x].cat
+        if ents[x].ctx:
+            uncond |= ents[x].cat
             any_ctx = True
     if not any_ctx:
         return 0        # every entry counts only through one in context: none here (lines of dates)
@@ -3010,7 +3744,7 @@ cdef int finish(sc, RecEnv env, RecBuf rec, object rec_key, object rec_end) exce
     edm_vals = [] if edm is not None else None
     cdef bint per_id = env.per_id
     for x in range(nrec):
-        t = &rec.a[x]
+        t = &ents[x]
         si = t.si
         cat = t.cat
         ctx = t.ctx
@@ -3021,7 +3755,7 @@ cdef int finish(sc, RecEnv env, RecBuf rec, object rec_key, object rec_end) exce
             continue
         if not ctx and sc._org_field(t.start):
             continue
-        t = &rec.a[x]
+        t = &ents[x]
         if not t.has_h:                   # deferred: extract and validate now
             raw = _extract_fn(env.info.pats[t.pat], <object>t.obj, t.le)
             if raw is None:
@@ -3055,7 +3789,7 @@ cdef int finish(sc, RecEnv env, RecBuf rec, object rec_key, object rec_end) exce
         k = kinds[si]
         kind |= k
         if k & 5:
-            t = &rec.a[x]
+            t = &ents[x]
             if placed is None and npl < MAX_STRONG:
                 pbit[npl] = k
                 pidx[npl] = x
@@ -3067,7 +3801,7 @@ cdef int finish(sc, RecEnv env, RecBuf rec, object rec_key, object rec_end) exce
                 npl += 1
             else:
                 if placed is None:
-                    placed = placed_list(rec, pbit, pidx, phh, npl, extra)
+                    placed = placed_list(ents, pbit, pidx, phh, npl, extra)
                 placed.append((k, t.start, h, ent_raw(t) if t.has_h and t.in_buf and raw is None else raw))
         if hashes is None and nh < MAX_STRONG:
             hc[nh] = h
@@ -3095,7 +3829,7 @@ cdef int finish(sc, RecEnv env, RecBuf rec, object rec_key, object rec_end) exce
         sc._rec_key = rec_key
         sc._rec_end = rec_end
         try:
-            home = sc._home_of(placed if placed is not None else placed_list(rec, pbit, pidx, phh, npl, extra))
+            home = sc._home_of(placed if placed is not None else placed_list(ents, pbit, pidx, phh, npl, extra))
         finally:
             sc._rec_end = None
     if is_strong and np:
@@ -3149,7 +3883,7 @@ cdef int finish(sc, RecEnv env, RecBuf rec, object rec_key, object rec_end) exce
     return 0
 
 
-cdef Py_hash_t int_hash(Py_hash_t v) noexcept:
+cdef Py_hash_t int_hash(Py_hash_t v) noexcept nogil:
     """``hash(int(v))`` (CPython: |v| modulo 2**61 - 1, the sign kept, -1 made -2)."""
     cdef uint64_t x = <uint64_t>v if v >= 0 else (<uint64_t>0) - <uint64_t>v
     # x mod 2**61 - 1 without a division: x = q * 2**61 + low is q + low modulo it (q <= 7)
@@ -3162,7 +3896,7 @@ cdef Py_hash_t int_hash(Py_hash_t v) noexcept:
     return -2 if r == -1 else r
 
 
-cdef Py_hash_t sorted_tuple_hash(Py_hash_t *a, int n) noexcept:
+cdef Py_hash_t sorted_tuple_hash(Py_hash_t *a, int n) noexcept nogil:
     """``hash(tuple(sorted(a[:n])))`` without the objects: CPython 3.11's tuplehash (xxHash lanes)
     over the ints' hashes (tests/test_core_som.py holds it to the real thing)."""
     cdef int k, j
@@ -3204,7 +3938,7 @@ def tuple_hash_of_sorted(list hashes) -> int:
     return sorted_tuple_hash(a, n)
 
 
-cdef inline bint any_before(const int *psi, int k, int si) noexcept:
+cdef inline bint any_before(const int *psi, int k, int si) noexcept nogil:
     cdef int j
     for j in range(k):
         if psi[j] == si:
@@ -3212,7 +3946,7 @@ cdef inline bint any_before(const int *psi, int k, int si) noexcept:
     return False
 
 
-cdef inline bint seen_before(const int *psi, const Py_hash_t *ph, int k, int j) noexcept:
+cdef inline bint seen_before(const int *psi, const Py_hash_t *ph, int k, int j) noexcept nogil:
     """Is value ``j`` (signature ``psi[j]``) a repeat of an earlier value of that signature from ``k`` on?"""
     cdef int x
     for x in range(k, j):

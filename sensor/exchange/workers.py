@@ -24,8 +24,9 @@ down (bench/latency.py prints its MB/s) while the loop, which serves every other
 
 What compiled code costs: code that holds the GIL without running Python never reaches the
 interpreter's switch check, so the switch interval does not bound it. The compiled core therefore
-lets the GIL go itself (the libhs scan runs without it, the per-match pass releases it every 256
-matches: sensor/detect/_hscore.pyx GIL_EVERY), and chunks go to the scanner whole. Slicing them
+lets the GIL go itself (the libhs scan and the per-match walk run without it; the records the walk
+could not finish are finished in one batch with it: sensor/detect/_hscore.pyx process), and chunks
+go to the scanner whole. Slicing them
 (:data:`SCAN_PIECE`) is kept as a bench knob: it cost ~2.5 % of benign throughput.
 
 Order: a session submits one job at a time and awaits it (see ExchangeSession._off), so the
