@@ -169,6 +169,15 @@ cdef extern from *:
        8 MiB in all): a dense exchange grows eight tables to ~1 MiB each, and fresh ones cost a page
        fault per 4 KiB (measured ~4 % of a dense scan, kernel time) where reusing one costs a memset.
        Callers hold the GIL (the tables belong to Python objects): no lock. */
+    /* A fresh table of 128 KiB or more is its own mapping, populated at once (MAP_POPULATE: one call
+       maps and zeroes its pages, where calloc's mapping took a fault per 4 KiB on the first random
+       adds). The pool only refills when the exchange's scanner is collected, often later than the
+       next dense exchange (a reference cycle): then every big table is fresh. */
+    #include <sys/mman.h>
+    #ifndef MAP_POPULATE
+    #define MAP_POPULATE 0
+    #endif
+    #define DLP_MAP_MIN ((size_t)128 << 10)
     #define DLP_POOL_N 8
     #define DLP_POOL_MIN ((size_t)64 << 10)
     #define DLP_POOL_MAX ((size_t)8 << 20)
@@ -186,11 +195,19 @@ cdef extern from *:
                     memset(p, 0, n);
                     return p;
                 }
+        if (n >= DLP_MAP_MIN) {
+            void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+            return p == MAP_FAILED ? NULL : p;
+        }
         return calloc(n, 1);
+    }
+    static void dlp_tab_release(void *p, size_t n) {
+        if (p == NULL) return;
+        if (n >= DLP_MAP_MIN) munmap(p, n); else free(p);
     }
     static void dlp_tab_free(void *p, size_t n) {
         int k, small = -1;
-        if (p == NULL || n < DLP_POOL_MIN || n > DLP_POOL_MAX) { free(p); return; }
+        if (p == NULL || n < DLP_POOL_MIN || n > DLP_POOL_MAX) { dlp_tab_release(p, n); return; }
         /* the biggest tables are the ones worth keeping: make room by dropping smaller ones */
         for (;;) {
             small = -1;
@@ -203,8 +220,8 @@ cdef extern from *:
                 dlp_pool_bytes += n;
                 return;
             }
-            if (small < 0) { free(p); return; }
-            free(dlp_pool_p[small]);
+            if (small < 0) { dlp_tab_release(p, n); return; }
+            dlp_tab_release(dlp_pool_p[small], dlp_pool_n[small]);
             dlp_pool_bytes -= dlp_pool_n[small];
             dlp_pool_p[small] = NULL;
         }
