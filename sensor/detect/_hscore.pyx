@@ -2601,7 +2601,7 @@ def pool_held() -> int:
     return dlp_pool_held()
 
 
-DEF DISTINCT_X4 = 4096            # a Distinct table of this many slots (32 KiB) or more grows fourfold
+DEF DISTINCT_BULK = 4096          # a Distinct table that outgrows this many slots (32 KiB) is a bulk one
 
 
 cdef class Distinct:
@@ -2624,20 +2624,25 @@ cdef class Distinct:
         dlp_tab_free(self.tab, (self.mask + 1) * sizeof(Py_hash_t) if self.tab != NULL else 0)
 
     cdef int _grow(self) except -1:
-        # Doubling while small; four times from DISTINCT_X4 slots on: a bulk exchange's table (40,000
-        # values on the dense breach CSV) is rehashed at 16,384 and 65,536 slots, not also at 32,768,
-        # two thirds fewer values moved (its rehashes and fresh tables were ~4 % of that scan). The
-        # price: a table of 11,469-22,937 values takes 512 KiB, not 256 KiB (at most twice the memory,
-        # and only past ~2,900 values); the largest table (100,000 values, the cap) is 2 MiB either way.
+        # Doubling up to DISTINCT_BULK slots (2,867 values); a table that outgrows it is a bulk
+        # exchange's and goes straight to 65,536 slots (45,875 values, 512 KiB), then fourfold. On the
+        # dense breach CSV a 40,000-value table was rehashed at 8,192, 16,384 and 32,768 slots (its
+        # rehashes and fresh tables ~4 % of the scan); now only at 4,096. The price: a table of
+        # 2,868-22,937 values takes 512 KiB where doubling gave it 64-256 KiB (at most 8x, never past
+        # 512 KiB); the largest (100,000 values, the cap) is 2 MiB either way.
         cdef size_t old = self.mask + 1 if self.tab != NULL else 0
-        cdef size_t slots = (old * 4 if old >= DISTINCT_X4 else old * 2) if old else 16
-        cdef int shift = (self.shift - 2 if old >= DISTINCT_X4 else self.shift - 1) if old else 60
+        cdef size_t slots = 16
+        cdef int shift = 60
+        if old:
+            slots = old * 16 if old == DISTINCT_BULK else (old * 4 if old > DISTINCT_BULK else old * 2)
+            shift = self.shift - (4 if old == DISTINCT_BULK else (2 if old > DISTINCT_BULK else 1))
         cdef Py_hash_t *t = <Py_hash_t *>dlp_tab_calloc(slots * sizeof(Py_hash_t))
         cdef size_t k, j
         if t == NULL:
             raise MemoryError()
-        # homes are top bits: the old slot j's values go home to 2j or 2j + 1 (4j to 4j + 3), so walking the old
-        # table in order writes the new one in order too (no random access, no cache miss per value)
+        # homes are top bits: the old slot j's values go home to 2j or 2j + 1 (kj to kj + k - 1 when k
+        # times bigger), so walking the old table in order writes the new one in order too (no random
+        # access, no cache miss per value)
         for k in range(old):
             if self.tab[k] != 0:
                 j = <size_t>(mix64(<uint64_t>self.tab[k]) >> shift)
