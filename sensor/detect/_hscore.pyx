@@ -2945,7 +2945,7 @@ cdef inline int dfast(Distinct d, Py_hash_t h, uint64_t m) except -1:
 
 cdef int batch_flush(RecEnv env) except -1:
     """The waiting adds, in order, each table slot fetched AHEAD adds before it is probed: on the
-    dense breach CSV the eight tables (~1 MB each) miss the caches on nearly every add, and a
+    dense breach CSV the eight tables (512 KiB each) miss the caches on nearly every add, and a
     prefetch one record ahead (~8 adds) was too close to help (measured: no change)."""
     cdef int n = env.npb, k
     cdef PAdd *pb = env.pb
