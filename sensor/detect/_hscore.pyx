@@ -170,6 +170,15 @@ cdef extern from *:
        8 MiB in all): a dense exchange grows eight tables to ~1 MiB each, and fresh ones cost a page
        fault per 4 KiB (measured ~4 % of a dense scan, kernel time) where reusing one costs a memset.
        Callers hold the GIL (the tables belong to Python objects): no lock. */
+    /* A fresh table of 128 KiB or more is its own mapping, populated at once (MAP_POPULATE: one call
+       maps and zeroes its pages, where calloc's mapping took a fault per 4 KiB on the first random
+       adds). The pool only refills when the exchange's scanner is collected, often later than the
+       next dense exchange (a reference cycle): then every big table is fresh. */
+    #include <sys/mman.h>
+    #ifndef MAP_POPULATE
+    #define MAP_POPULATE 0
+    #endif
+    #define DLP_MAP_MIN ((size_t)128 << 10)
     #define DLP_POOL_N 8
     #define DLP_POOL_MIN ((size_t)64 << 10)
     #define DLP_POOL_MAX ((size_t)8 << 20)
@@ -187,11 +196,19 @@ cdef extern from *:
                     memset(p, 0, n);
                     return p;
                 }
+        if (n >= DLP_MAP_MIN) {
+            void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+            return p == MAP_FAILED ? NULL : p;
+        }
         return calloc(n, 1);
+    }
+    static void dlp_tab_release(void *p, size_t n) {
+        if (p == NULL) return;
+        if (n >= DLP_MAP_MIN) munmap(p, n); else free(p);
     }
     static void dlp_tab_free(void *p, size_t n) {
         int k, small = -1;
-        if (p == NULL || n < DLP_POOL_MIN || n > DLP_POOL_MAX) { free(p); return; }
+        if (p == NULL || n < DLP_POOL_MIN || n > DLP_POOL_MAX) { dlp_tab_release(p, n); return; }
         /* the biggest tables are the ones worth keeping: make room by dropping smaller ones */
         for (;;) {
             small = -1;
@@ -204,8 +221,8 @@ cdef extern from *:
                 dlp_pool_bytes += n;
                 return;
             }
-            if (small < 0) { free(p); return; }
-            free(dlp_pool_p[small]);
+            if (small < 0) { dlp_tab_release(p, n); return; }
+            dlp_tab_release(dlp_pool_p[small], dlp_pool_n[small]);
             dlp_pool_bytes -= dlp_pool_n[small];
             dlp_pool_p[small] = NULL;
         }
@@ -3312,6 +3329,9 @@ def pool_held() -> int:
     return dlp_pool_held()
 
 
+DEF DISTINCT_BULK = 4096          # a Distinct table that outgrows this many slots (32 KiB) is a bulk one
+
+
 cdef class Distinct:
     """sensor.detect.distinct.DistinctCounter with its exact part in C: an open-addressing table of
     the same ``Py_hash_t`` values (no int objects, no set), counted alike; past ``cap`` it hands the
@@ -3332,15 +3352,25 @@ cdef class Distinct:
         dlp_tab_free(self.tab, (self.mask + 1) * sizeof(Py_hash_t) if self.tab != NULL else 0)
 
     cdef int _grow(self) except -1:
+        # Doubling up to DISTINCT_BULK slots (2,867 values); a table that outgrows it is a bulk
+        # exchange's and goes straight to 65,536 slots (45,875 values, 512 KiB), then fourfold. On the
+        # dense breach CSV a 40,000-value table was rehashed at 8,192, 16,384 and 32,768 slots (its
+        # rehashes and fresh tables ~4 % of the scan); now only at 4,096. The price: a table of
+        # 2,868-22,937 values takes 512 KiB where doubling gave it 64-256 KiB (at most 8x, never past
+        # 512 KiB); the largest (100,000 values, the cap) is 2 MiB either way.
         cdef size_t old = self.mask + 1 if self.tab != NULL else 0
-        cdef size_t slots = old * 2 if old else 16
-        cdef int shift = self.shift - 1 if old else 60
+        cdef size_t slots = 16
+        cdef int shift = 60
+        if old:
+            slots = old * 16 if old == DISTINCT_BULK else (old * 4 if old > DISTINCT_BULK else old * 2)
+            shift = self.shift - (4 if old == DISTINCT_BULK else (2 if old > DISTINCT_BULK else 1))
         cdef Py_hash_t *t = <Py_hash_t *>dlp_tab_calloc(slots * sizeof(Py_hash_t))
         cdef size_t k, j
         if t == NULL:
             raise MemoryError()
-        # homes are top bits: the old slot j's values go home to 2j or 2j + 1, so walking the old
-        # table in order writes the new one in order too (no random access, no cache miss per value)
+        # homes are top bits: the old slot j's values go home to 2j or 2j + 1 (kj to kj + k - 1 when k
+        # times bigger), so walking the old table in order writes the new one in order too (no random
+        # access, no cache miss per value)
         for k in range(old):
             if self.tab[k] != 0:
                 j = <size_t>(mix64(<uint64_t>self.tab[k]) >> shift)
@@ -3353,11 +3383,11 @@ cdef class Distinct:
         self.shift = shift
         return 0
 
-    cdef inline void prefetch(self, Py_hash_t h) noexcept:
-        """Start loading the slot ``h`` probes first: on dense data the tables outgrow the caches
-        and every add would wait for memory; the add comes a record later."""
+    cdef inline void prefetch_m(self, uint64_t m) noexcept:
+        """Start loading the slot a hash whose mix64 is ``m`` probes first: on dense data the tables
+        outgrow the caches and every add would wait for memory; the add comes AHEAD adds later."""
         if self.tab != NULL:
-            dlp_prefetch(&self.tab[mix64(<uint64_t>h) >> self.shift])
+            dlp_prefetch(&self.tab[m >> self.shift])
 
     cdef int cadd(self, Py_hash_t h) except -1:
         """DistinctCounter.add: 1 when ``h`` is new (past the cap: when the sketch changed)."""
@@ -3487,6 +3517,7 @@ DEF AHEAD = 32                     # a slot is fetched this many adds before it 
 ctypedef struct PAdd:
     PyObject *d                    # a Distinct of the scanner's (borrowed: it outlives the call)
     Py_hash_t h
+    uint64_t m                     # mix64(h): its home slot's bits, computed once
     int cat                        # STRONG / CONTACT: a new value counts; 0: a record identity
     int ti                         # the walk's adds: the table's index in RecBuf.addn
 
@@ -3620,24 +3651,45 @@ cdef int batch_add(RecEnv env, object counter, Py_hash_t h, int cat) except -1:
     t = &env.pb[env.npb]
     t.d = <PyObject *>counter
     t.h = h
+    t.m = mix64(<uint64_t>h)
     t.cat = cat
     env.npb += 1
     return 0
 
 
+cdef inline int dfast(Distinct d, Py_hash_t h, uint64_t m) except -1:
+    """Distinct.cadd with its common case inline (exact, a table, no growth due, below the cap, h not
+    0) and the mixed hash already made: no call per add in the flush loop; anything else is cadd's."""
+    cdef size_t j
+    cdef Py_hash_t v
+    if d.py is not None or h == 0 or d.tab == NULL or d.n >= d.cap \
+            or <size_t>(d.n + 1) * 10 > (d.mask + 1) * 7:
+        return d.cadd(h)
+    j = <size_t>(m >> d.shift)
+    v = d.tab[j]
+    while v != 0:
+        if v == h:
+            return 0
+        j = (j + 1) & d.mask
+        v = d.tab[j]
+    d.tab[j] = h
+    d.n += 1
+    return 1
+
+
 cdef int batch_flush(RecEnv env) except -1:
     """The waiting adds, in order, each table slot fetched AHEAD adds before it is probed: on the
-    dense breach CSV the eight tables (~1 MB each) miss the caches on nearly every add, and a
+    dense breach CSV the eight tables (512 KiB each) miss the caches on nearly every add, and a
     prefetch one record ahead (~8 adds) was too close to help (measured: no change)."""
     cdef int n = env.npb, k
     cdef PAdd *pb = env.pb
     env.npb = 0
     for k in range(n if n < AHEAD else AHEAD):
-        (<Distinct>pb[k].d).prefetch(pb[k].h)
+        (<Distinct>pb[k].d).prefetch_m(pb[k].m)
     for k in range(n):
         if k + AHEAD < n:
-            (<Distinct>pb[k + AHEAD].d).prefetch(pb[k + AHEAD].h)
-        if (<Distinct>pb[k].d).cadd(pb[k].h) == 1:
+            (<Distinct>pb[k + AHEAD].d).prefetch_m(pb[k + AHEAD].m)
+        if dfast(<Distinct>pb[k].d, pb[k].h, pb[k].m) == 1:
             if pb[k].cat == STRONG:
                 env.strong_values += 1
             elif pb[k].cat == CONTACT:
