@@ -10,7 +10,7 @@ monitoring proxy sidecar per configuration:
   256 KiB chunk in one scanner call, ``DLP_SCAN_PIECE_BYTES``; sensor.exchange.workers);
 - ``pool, scan_nice N``: ``scan_workers`` unset (one thread per core), the scan threads ``N`` nice
   steps below the event loop (``scan_sched: nice``; 0: the same priority); ``pool, scan_sched idle``
-  (``--nice …,idle``): the scan threads on SCHED_IDLE (``scan_sched: idle``, the default),
+  (``--nice …,idle``): the scan threads on SCHED_IDLE (``scan_sched: idle``; the default is nice 10),
   each chunk written to the scanner whole (the compiled core lets the GIL go every 256 matches;
   the lag table compares slices);
 - ``…, uvloop`` (``--uvloop``, with uvloop installed): the taps on uvloop's event loop;

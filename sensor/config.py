@@ -877,13 +877,12 @@ class ConfigFile(Section):
                                                                "Read per exchange.")
     scan_sched: choice(("nice", "idle")) = Field(
         "nice", description="How the scan threads run below the event loop. nice (the default): scan_nice "
-                            "steps below it. idle: Linux SCHED_IDLE, so a loop woken by a socket pre-empts a "
-                            "scan at once (other clients' p99 during a dense leak on an otherwise idle host: "
-                            "lower), but while other processes of the sidecar's scheduling group (container, "
-                            "session) keep the cores busy, a scan thread that holds the Python GIL is starved "
-                            "with it and the loop waits: other clients' p99 went from ~0.16 s (nice) to ~1.2 s, "
-                            "and scanned downloads to ~0.4 MB/s (they still move). See docs/benchmarks.md, "
-                            "latency. Read per exchange: a change makes a new scan pool.")
+                            "steps below it. idle: Linux SCHED_IDLE, so a woken loop pre-empts a scan at once; "
+                            "but while other processes of the sidecar's scheduling group (container, session) "
+                            "keep the cores busy, a starved scan thread that holds the Python GIL keeps the "
+                            "loop waiting: other clients' p99 went from 0.16-0.50 s (nice) to ~1.2 s (idle), "
+                            "scanned downloads from ~0.9 to ~0.4 MB/s (they still move). Measured in "
+                            "docs/benchmarks.md (latency). Read per exchange: a change makes a new scan pool.")
     scan_nice: whole(ge=0, le=19) = Field(10, description="With scan_sched: nice, how many nice steps below the "
                                                            "event loop the scan threads run (the scheduler then "
                                                            "weighs a scan against a woken loop); 0: the same "

@@ -27,14 +27,15 @@ scheduling attributes are per thread), in one of two ways (``scan_sched``):
   of today's compiled core holds it between its GIL_EVERY releases) and is then starved, because
   other processes of its scheduling group keep the cores busy, keeps the loop waiting for as long
   as it is starved: a priority inversion. Measured (docs/benchmarks.md, latency): with two busy
-  processes beside the sidecar, other clients' 10 KiB p99 ~1.2 s under ``idle`` against ~0.16 s
+  processes beside the sidecar, other clients' 10 KiB p99 ~1.2 s under ``idle`` against 0.16-0.50 s
   under ``nice``; hence not the default while a scan holds the GIL for long.
 
 The price, by design: when the cores are saturated, scans get what is left, so a monitored or an
-enforced download (which moves at its scan's pace) slows down (bench/latency.py --saturate prints
-its MB/s) while the loop, which serves every other client, does not. Both are relative to the
-threads that compete in the same scheduling group: with autogroup or a container's cgroup, a
-process in another group gets its group's share whatever the scan threads' policy.
+enforced download (which moves at its scan's pace) slows down but still moves (bench/latency.py
+--saturate prints its MB/s), while the loop, which serves every other client, comes first. Both
+policies rank a thread only against the threads of its own scheduling group: with autogroup (a
+session) or a container's cgroup, a busy process in another group takes its group's share, not
+the scans'.
 
 What compiled code costs: code that holds the GIL without running Python never reaches the
 interpreter's switch check, so the switch interval does not bound it. The compiled core therefore
