@@ -9,7 +9,8 @@ monitoring proxy sidecar per configuration:
 - ``pool, scan_nice 0, whole chunks``: the pool as it was before ``scan_nice`` and slices (each
   256 KiB chunk in one scanner call, ``DLP_SCAN_PIECE_BYTES``; sensor.exchange.workers);
 - ``pool, scan_nice N``: ``scan_workers`` unset (one thread per core), the scan threads ``N`` nice
-  steps below the event loop (0: the same priority; ``idle``: SCHED_IDLE, ``DLP_SCAN_SCHED=idle``),
+  steps below the event loop (``scan_sched: nice``; 0: the same priority); ``pool, scan_sched idle``
+  (``--nice …,idle``): the scan threads on SCHED_IDLE (``scan_sched: idle``; the default is nice 10),
   each chunk written to the scanner whole (the compiled core walks a chunk's matches without the GIL;
   the lag table compares slices);
 - ``…, uvloop`` (``--uvloop``, with uvloop installed): the taps on uvloop's event loop;
@@ -19,6 +20,17 @@ monitoring proxy sidecar per configuration:
   without the GIL. It finds nothing (no per-match work): a latency reference, not a scanner;
 - ``--switch-ms``: extra pool rows with another switch interval while scans run
   (``DLP_SCAN_SWITCH_INTERVAL``; the default is 0.2 ms, sensor.exchange.workers).
+
+``--saturate N`` measures something else: whether scanned downloads still progress, and how fast,
+while N other processes (``python -c 'while 1: pass'``, nice 0, in the bench's session, i.e. the
+sidecar's scheduling group) keep the cores busy, against the same download with no such load.
+Per sidecar (``--nice`` levels; pool and stand-in rows), each for at most ``--saturate-seconds``: a monitored
+download of the leak, an enforced one (a route with trip disabled, exposure off: it moves at its
+scan's pace to the end), and an enforced real leak (a fresh one each time) to its cut: the
+seconds until the cut and the bytes the client got. Not a latency table; the load disturbs every
+other process on the machine while it runs. ``--saturate-apart`` starts the busy processes in a
+session of their own: with the kernel's autogroup (or, in a pod, another container's cgroup) they
+are another scheduling group, and a thread's policy only ranks it within its own group.
 
 Each sidecar is warmed first (one leak download and a second of wrk, not counted): the first
 exchange of a fresh process pays one-off costs that are not the steady state. For each: the
@@ -46,6 +58,7 @@ the run queue (the scheduler), and blocked beyond the ticker's sleeps (mostly th
     python bench/latency.py [--seconds 6] [--rounds 3] [--leak-mb 10] [--nice 0,10] [--uvloop]
                             [--no-standin] [--switch-ms 1] [--lag-only] [--rate 200] [--no-wrk]
                             [--only 'pool, scan_nice 10|stand-in'] [--json FILE]
+                            [--saturate 2 [--saturate-seconds 20]]
 """
 from __future__ import annotations
 
@@ -198,7 +211,7 @@ def measure(url: str, seconds: int, leak: str | None, pid: int | None = None) ->
 
 
 def loop_lag(leak: bytes, scan_workers: int, switch: float, nice: int = 10, piece: int = 64 << 10,
-             standin: bool = False) -> dict:
+             standin: bool = False, sched: str = "nice") -> dict:
     """The event loop's lag (ms between a ticker's turns, meant to be 0.5) while one monitoring
     session scans ``leak`` (in the pool, or on the loop with ``scan_workers`` 0); ``standin``: with
     :data:`STANDIN`'s scan that holds no GIL in place of the scanner's."""
@@ -220,6 +233,7 @@ def loop_lag(leak: bytes, scan_workers: int, switch: float, nice: int = 10, piec
     state = Path(tempfile.mkdtemp(prefix="dlp-lag-"))
     c = with_overrides(Config(), state_dir=str(state))
     c = replace(c, sinks=[], metrics=None, admin=None, scan_workers=scan_workers, scan_nice=nice,
+                scan_sched=sched,
                 proxy=replace(c.proxy, mode="monitor"))
     sensor = Sensor(c, build_detector(c))
 
@@ -293,17 +307,21 @@ def schedstat() -> tuple[float, float]:
 
 def lag_table(leak: bytes, rounds: int) -> dict:
     whole = 1 << 30                             # no slicing: each 256 KiB chunk in one scanner call
-    cells = {"no scan (the ticker alone, 1 s)": (-1, 0, whole), "on the loop (scan_workers: 0)": (0, 0, whole),
-             "pool, scan_nice 0, whole chunks": (None, 0, whole),
-             "pool, scan_nice 10, whole chunks": (None, 10, whole),
-             "pool, scan_nice 10, 64 KiB slices": (None, 10, 64 << 10),
-             "pool, scan_nice 10, 16 KiB slices": (None, 10, 16 << 10),
-             "stand-in (no GIL held), scan_nice 0": (None, 0, whole),
-             "stand-in (no GIL held), scan_nice 10": (None, 10, whole)}
+    cells = {"no scan (the ticker alone, 1 s)": (-1, 0, whole, "nice"),
+             "on the loop (scan_workers: 0)": (0, 0, whole, "nice"),
+             "pool, scan_nice 0, whole chunks": (None, 0, whole, "nice"),
+             "pool, scan_nice 10, whole chunks": (None, 10, whole, "nice"),
+             "pool, scan_nice 10, 64 KiB slices": (None, 10, 64 << 10, "nice"),
+             "pool, scan_nice 10, 16 KiB slices": (None, 10, 16 << 10, "nice"),
+             "pool, scan_sched idle, whole chunks": (None, 0, whole, "idle"),
+             "stand-in (no GIL held), scan_nice 0": (None, 0, whole, "nice"),
+             "stand-in (no GIL held), scan_nice 10": (None, 10, whole, "nice"),
+             "stand-in (no GIL held), scan_sched idle": (None, 0, whole, "idle")}
     runs: dict[str, list[dict]] = {n: [] for n in cells}
     for _ in range(rounds):
-        for name, (n, nice, piece) in cells.items():
-            runs[name].append(loop_lag(leak, n, 0.0002, nice, piece, standin=name.startswith("stand-in")))
+        for name, (n, nice, piece, sched) in cells.items():
+            runs[name].append(loop_lag(leak, n, 0.0002, nice, piece, standin=name.startswith("stand-in"),
+                                       sched=sched))
     med = {n: {k: statistics.median(r[k] for r in v) for k in v[0]} for n, v in runs.items()}
     print(f"\n## The event loop's lag while one session scans the {len(leak) / 2**20:.1f} MB dense leak "
           f"(in process, median of {rounds})\n")
@@ -317,6 +335,134 @@ def lag_table(leak: bytes, rounds: int) -> dict:
     print("(% of the scan's wall time, from the loop thread's schedstat; blocked past its sleeps: the time it was "
           "neither running, nor waiting for a CPU, nor in the ticker's sleep as long as the first row's)")
     return {"medians": med, "runs": runs}
+
+
+def curl_once(url: str, seconds: float) -> dict:
+    """One download followed for at most ``seconds``: its status, bytes, seconds and MB/s (a download cut
+    by the sidecar or stopped by the time limit ends early; curl's exit status is not an error here)."""
+    p = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{time_total}",
+                        "--max-time", str(seconds), url], capture_output=True, text=True, timeout=seconds + 60)
+    code, size, secs = p.stdout.split()
+    return {"code": code, "bytes": int(float(size)), "s": float(secs),
+            "MBps": int(float(size)) / 2**20 / max(float(secs), 1e-6), "exit": p.returncode}
+
+
+def saturate_table(a: argparse.Namespace, configs: dict, leak: bytes) -> None:
+    """Downloads through each sidecar with and without ``a.saturate`` busy processes at nice 0 (see the
+    module's docstring): do they progress, how fast, and how long until an enforced leak is cut."""
+    configs = {n: c for n, c in configs.items() if "uvloop" not in c[2]}
+    cut_rows = int((1 << 20) / ROW_BYTES)                           # 1 MB leaks: cut at their first records
+    d = Path(tempfile.mkdtemp(prefix="dlp-saturate-"))
+    os.chmod(d, 0o755)
+    www = d / "www"
+    (www / "enforce").mkdir(parents=True)
+    (www / "cut").mkdir()
+    (www / "leak.csv").write_bytes(leak)
+    (www / "10k.html").write_bytes(synth.benign_web(10 << 10)[: 10 << 10])
+    os.link(www / "leak.csv", www / "enforce" / "leak.csv")
+    cuts = iter(range(10**6))
+
+    def fresh_leak() -> str:
+        """A leak nobody has taken down yet: another path, other people (the registry also knows
+        a taken-down body by its first bytes)."""
+        i = next(cuts)
+        (www / "cut" / f"leak-{i}.csv").write_bytes(synth.breach_csv(cut_rows, seed=1000 + i))
+        return f"/cut/leak-{i}.csv"
+    procs: list[subprocess.Popen] = []
+    sidecars: dict[str, Sidecar] = {}
+    routes = [{"match": "/enforce/*", "mode": "enforce", "trip": {"strong_records": 0, "person_records": 0}},
+              {"match": "/cut/*", "mode": "enforce"}]
+    runs: dict[tuple[str, bool], list[dict]] = {}
+    try:
+        op = free_port()
+        procs.append(nginx(d, "origin", op, f"root {www}; sendfile on;"))
+        origin = f"http://127.0.0.1:{op}"
+        wait_http(origin + "/leak.csv")
+        for i, (name, (conf, knobs, how)) in enumerate(configs.items()):
+            env = os.environ.copy()
+            os.environ.update(knobs)
+            try:
+                sc = Sidecar.create(d / f"sc{i}", origin, {
+                    "proxy": {"mode": "monitor", "routes": routes}, "alerts": {"sinks": []},
+                    "exposure": {"enabled": False}, **conf})
+                sidecars[name] = start_standin(sc, d) if how == "standin" else sc.start()
+            finally:
+                os.environ.clear()
+                os.environ.update(env)
+        for sc in sidecars.values():                # warm-up, not counted
+            curl_once(sc.url + "/leak.csv", 300)
+        for rnd in range(a.rounds):
+            for loaded in (False, True):
+                hogs = [subprocess.Popen([sys.executable, "-c", "while 1: pass"], start_new_session=a.saturate_apart)
+                        for _ in range(a.saturate if loaded else 0)]
+                try:
+                    time.sleep(0.5 if hogs else 0)
+                    if a.rate:
+                        runs.setdefault((FLOOR, loaded), []).append(
+                            {"lat": measure_rate(origin + "/10k.html", a.rate, a.seconds, None)})
+                    for name, sc in sidecars.items():
+                        cell = {"monitor": curl_once(sc.url + "/leak.csv", a.saturate_seconds),
+                                "enforce": curl_once(sc.url + "/enforce/leak.csv", a.saturate_seconds),
+                                # the stand-in finds nothing: no cut to time
+                                "cut": None if name.startswith("stand-in") else curl_once(sc.url + fresh_leak(),
+                                                                                          a.saturate_seconds),
+                                "load": os.getloadavg()[0]}
+                        if a.rate:                  # other clients meanwhile: does the loop wait on a starved GIL?
+                            cell["lat"] = measure_rate(sc.url + "/10k.html", a.rate, a.seconds, sc.url + "/leak.csv")
+                        runs.setdefault((name, loaded), []).append(cell)
+                        print(f"  round {rnd + 1}: {name}{', saturated' if loaded else ''}", file=sys.stderr)
+                finally:
+                    for h in hogs:
+                        h.kill()
+                        h.wait()
+    finally:
+        for sc in sidecars.values():
+            sc.stop()
+        for p in procs:
+            p.terminate()
+            p.wait()
+        shutil.rmtree(d, ignore_errors=True)
+    size = len(leak)
+    cut_size = len(synth.breach_csv(cut_rows))
+
+    def done(r: dict, full: int) -> str:
+        return "all" if r["bytes"] >= full else f"{r['bytes'] / full * 100:.0f} %"
+    where = "their own session" if a.saturate_apart else "the sidecar's session"
+    print(f"\n## Scanned downloads while {a.saturate} busy processes (nice 0, {where}) hold the "
+          f"cores\n\n({a.saturate_seconds:.0f} s at most per download, median of {a.rounds} rounds; "
+          f"{os.cpu_count()} cores shared with other work: load average {os.getloadavg()[0]:.1f} at the end)\n")
+    print(f"| sidecar | busy processes | monitored {size / 2**20:.0f} MB leak MB/s (got) | enforced, no trip, MB/s "
+          f"(got) | enforced {cut_size / 2**20:.0f} MB leak: refused or cut after s (KiB got, status) | 10 KiB at "
+          f"{a.rate:.0f}/s during the monitored leak p50 / p99 / max ms (client stall max) |\n|---|---|---|---|---|---|")
+    for (name, loaded), rs in runs.items():
+        def cell(k: str, full: int) -> str:
+            m = statistics.median(r[k]["MBps"] for r in rs)
+            return f"{m:.2f} ({'/'.join(done(r[k], full) for r in rs)})"
+
+        def lat() -> str:
+            if not all("lat" in r for r in rs):
+                return "–"
+            m = {k: statistics.median(r["lat"][k] for r in rs) for k in ("p50", "p99", "max", "client_stall_max")}
+            return f"{m['p50']:.2f} / **{m['p99']:.1f}** / {m['max']:.0f} ({m['client_stall_max']:.0f})"
+        if name == FLOOR:
+            print(f"| {name}, 10 KiB only | {a.saturate if loaded else 0} | – | – | – | {lat()} |")
+            continue
+        if rs[0]["cut"] is None:
+            print(f"| {name} | {a.saturate if loaded else 0} | {cell('monitor', size)} | {cell('enforce', size)} | "
+                  f"– (finds nothing) | {lat()} |")
+            continue
+        cut = statistics.median(r["cut"]["s"] for r in rs)
+        got = "/".join(f"{r['cut']['bytes'] >> 10}" for r in rs)
+        codes = "/".join(sorted({r["cut"]["code"] for r in rs}))
+        cut_ok = all(r["cut"]["bytes"] < cut_size for r in rs)
+        print(f"| {name} | {a.saturate if loaded else 0} | {cell('monitor', size)} | {cell('enforce', size)} | "
+              f"{cut:.2f} ({got}, {codes}){'' if cut_ok else ' not cut!'} | {lat()} |")
+    print("\nper round, 10 KiB p99 ms during the monitored leak: " + "; ".join(
+        f"{n}{' (saturated)' if l else ''}: " + ", ".join(f"{r['lat']['p99']:.1f}" for r in rs if "lat" in r)
+        for (n, l), rs in runs.items()))
+    if a.json:
+        a.json.write_bytes(orjson.dumps({f"{n}|{int(l)}": v for (n, l), v in runs.items()},
+                                        option=orjson.OPT_INDENT_2))
 
 
 FLOOR = "origin direct (no sidecar)"
@@ -367,12 +513,13 @@ def configurations(a: argparse.Namespace) -> dict[str, tuple[dict, dict[str, str
     "uvloop", "standin+uvloop")"""
     def nice(v: str) -> tuple[str, dict, dict[str, str]]:
         if v == "idle":
-            return "SCHED_IDLE", {}, {"DLP_SCAN_SCHED": "idle"}
-        return f"scan_nice {v}", {"scan_nice": int(v)}, {}
+            return "scan_sched idle", {"scan_sched": "idle"}, {}
+        return f"scan_nice {v}", {"scan_sched": "nice", "scan_nice": int(v)}, {}
     out: dict[str, tuple[dict, dict[str, str], str]] = {
         "loop (scan_workers: 0)": ({"scan_workers": 0}, {}, ""),
         # session 12's pool: scans at the loop's priority, each chunk in one scanner call
-        "pool, scan_nice 0, whole chunks": ({"scan_nice": 0}, {"DLP_SCAN_PIECE_BYTES": str(1 << 30)}, "")}
+        "pool, scan_nice 0, whole chunks": ({"scan_sched": "nice", "scan_nice": 0},
+                                            {"DLP_SCAN_PIECE_BYTES": str(1 << 30)}, "")}
     levels = [nice(v) for v in a.nice.split(",")]
     for label, conf, env in levels:
         out[f"pool, {label}"] = (conf, env, "")
@@ -410,6 +557,11 @@ def main() -> None:
     ap.add_argument("--no-wrk", action="store_true", help="leave out the saturating (wrk -c4) cells")
     ap.add_argument("--only", default="", help="substrings separated by |: only the sidecars whose name has one")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--saturate", type=int, default=0, help="N busy processes: only the download-progress table "
+                                                           "under saturation (pool rows of --nice), see above")
+    ap.add_argument("--saturate-seconds", type=float, default=20, help="the longest a download is followed")
+    ap.add_argument("--saturate-apart", action="store_true", help="the busy processes in a session of their own "
+                                                                  "(with autogroup: another scheduling group)")
     a = ap.parse_args()
     leak = synth.breach_csv(int(a.leak_mb * (1 << 20) / ROW_BYTES))
     if a.lag_only:
@@ -418,6 +570,12 @@ def main() -> None:
     for tool in ("wrk", "nginx", "curl"):
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
             raise SystemExit(f"{tool} is required (make bench installs it)")
+    configs = configurations(a)
+    if a.only:
+        configs = {n: c for n, c in configs.items() if any(w in n for w in a.only.split("|"))}
+    if a.saturate:
+        saturate_table(a, configs, leak)
+        return
     d = Path(tempfile.mkdtemp(prefix="dlp-latency-"))
     os.chmod(d, 0o755)
     www = d / "www"
@@ -428,9 +586,6 @@ def main() -> None:
     with open(www / "big.html", "wb") as fh:
         for _ in range(a.big_mb):
             fh.write(block)
-    configs = configurations(a)
-    if a.only:
-        configs = {n: c for n, c in configs.items() if any(w in n for w in a.only.split("|"))}
     procs: list[subprocess.Popen] = []
     sidecars: dict[str, Sidecar] = {}
     try:
@@ -440,7 +595,7 @@ def main() -> None:
         wait_http(origin + "/10k.html")
         for i, (name, (conf, knobs, how)) in enumerate(configs.items()):
             env = os.environ.copy()
-            for k in ("DLP_SCAN_SWITCH_INTERVAL", "DLP_SCAN_INLINE_BYTES", "DLP_SCAN_SCHED", "DLP_SCAN_PIECE_BYTES"):
+            for k in ("DLP_SCAN_SWITCH_INTERVAL", "DLP_SCAN_INLINE_BYTES", "DLP_SCAN_PIECE_BYTES"):
                 os.environ.pop(k, None)
             os.environ.update(knobs)
             try:

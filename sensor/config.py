@@ -11,7 +11,8 @@ Command-line flags override the file; the file overrides defaults. Every section
     default_signatures: true
     policy: null                     # a policy file path, or the policy mapping inline
     scan_workers: null               # threads that scan bodies off the event loop; null: one per core, 0: none
-    scan_nice: 10                    # scan threads this many nice steps below the event loop (0: same priority)
+    scan_sched: nice                 # scan threads below the event loop: nice (scan_nice steps) | idle (SCHED_IDLE)
+    scan_nice: 10                    # with scan_sched: nice, this many nice steps below the loop (0: same priority)
     proxy: {listen, upstream, mode, holdback_kib, on_error, upstream_timeout, connect_timeout,
             max_scans, block_page, tls: {cert, key}, trust_forwarded, routes: [{match, mode, on_error, holdback_kib}],
             idle_timeout: 15, max_connections: 4096, http10_buffer_mib: 64}
@@ -202,7 +203,8 @@ class Config:
     default_signatures: bool = True
     policy: Any = None                      # path (str) or inline mapping
     scan_workers: int | None = None         # scan threads (sensor.exchange.workers); None: one per core, 0: on the loop
-    scan_nice: int = 10                     # their CPU priority below the loop's (sensor.exchange.workers)
+    scan_sched: str = "nice"                # how they run below the loop: nice | idle (sensor.exchange.workers)
+    scan_nice: int = 10                     # their CPU priority below the loop's with scan_sched "nice"
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     icap: IcapConfig = field(default_factory=IcapConfig)
     extproc: ExtProcConfig = field(default_factory=ExtProcConfig)
@@ -873,11 +875,19 @@ class ConfigFile(Section):
                                                                "loop only moves bytes; null: one per CPU core the "
                                                                "process may use, 0: scans run on the event loop. "
                                                                "Read per exchange.")
-    scan_nice: whole(ge=0, le=19) = Field(10, description="How many nice steps below the event loop the scan "
-                                                           "threads run, so a loop woken by a socket pre-empts a "
-                                                           "scan at once (other clients' latency) and scans get "
-                                                           "the CPU nobody else wants; 0: the same priority. "
-                                                           "Read per exchange.")
+    scan_sched: choice(("nice", "idle")) = Field(
+        "nice", description="How the scan threads run below the event loop. nice (the default): scan_nice "
+                            "steps below it. idle: Linux SCHED_IDLE, so a woken loop pre-empts a scan at once; "
+                            "but while other processes of the sidecar's scheduling group (container, session) "
+                            "keep the cores busy, a starved scan thread that holds the Python GIL keeps the "
+                            "loop waiting: other clients' p99 went from 0.16-0.50 s (nice) to ~1.2 s (idle), "
+                            "scanned downloads from ~0.9 to ~0.4 MB/s (they still move). Measured in "
+                            "docs/benchmarks.md (latency). Read per exchange: a change makes a new scan pool.")
+    scan_nice: whole(ge=0, le=19) = Field(10, description="With scan_sched: nice, how many nice steps below the "
+                                                           "event loop the scan threads run (the scheduler then "
+                                                           "weighs a scan against a woken loop); 0: the same "
+                                                           "priority. Not used with scan_sched: idle. Read per "
+                                                           "exchange.")
     proxy: ProxySection = Field(default_factory=ProxySection)
     icap: IcapSection = Field(default_factory=IcapSection)
     extproc: ExtProcSection = Field(default_factory=ExtProcSection)
@@ -1026,7 +1036,7 @@ def to_config(m: ConfigFile) -> Config:
         state_dir=Path(m.state_dir) if m.state_dir else None, hmac_key=m.hmac_key,
         log_format=m.log_format, start_empty=m.start_empty,
         signatures=list(m.signatures), default_signatures=m.default_signatures, policy=m.policy,
-        scan_workers=m.scan_workers, scan_nice=m.scan_nice,
+        scan_workers=m.scan_workers, scan_sched=m.scan_sched, scan_nice=m.scan_nice,
         proxy=proxy, icap=_common(m.icap, IcapConfig, holdback=m.icap.holdback_kib << 10),
         extproc=_common(m.extproc, ExtProcConfig), clients=clients,
         query=QueryRule.parse(m.takedown.query, paging=m.takedown.page_params),

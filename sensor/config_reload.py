@@ -29,6 +29,7 @@ RELOADS: dict[str, str] = {
     "signatures": "signatures", "default_signatures": "default_signatures", "policy": "policy",
     "scan_workers": "scan_workers",                                     # (h/offloop) read per exchange
     "scan_nice": "scan_nice",                                           # (h/latency) read per exchange
+    "scan_sched": "scan_sched",                                         # (h/sched) read per exchange: a new pool
     "indexes": "indexes", "query": "takedown.query", "fingerprint_bytes": "takedown.fingerprint_kib",
     "client_retention_days": "ledger.client_retention_days", "admin_token": "admin.token",
     "source_ip": "alerts.source_ip", "retry_initial": "alerts.retry_initial", "retry_max": "alerts.retry_max",

@@ -260,10 +260,11 @@ def _nice_here() -> int:
 
 
 async def test_scan_threads_run_below_the_loops_priority(make):
-    """By default every scan thread runs ``scan_nice`` (10) steps below the event loop's thread, so
-    a loop woken by a socket pre-empts a scan; the loop's own priority is untouched."""
+    """With ``scan_sched: nice`` every scan thread runs ``scan_nice`` (10 by default) steps below the
+    event loop's thread; the loop's own priority is untouched (SCHED_IDLE: tests/test_workers_sched.py)."""
     s = make()
     assert s.config.scan_nice == 10
+    s.config = replace(s.config, scan_sched="nice")
     ses = session(s)
     loop_nice = _nice_here()
     await ses.feed(DENSE)                           # past the inline size: scan jobs go to the pool
@@ -276,7 +277,7 @@ async def test_scan_threads_run_below_the_loops_priority(make):
 
 async def test_scan_nice_0_keeps_the_loops_priority(make):
     s = make()
-    s.config = replace(s.config, scan_nice=0)
+    s.config = replace(s.config, scan_sched="nice", scan_nice=0)
     ses = session(s)
     await ses.feed(DENSE)
     assert await ses._off(_nice_here) == _nice_here()

@@ -252,7 +252,7 @@ class ExchangeSession:
         self.scan_s = 0.0
         self._admitted = False
         # scan work runs in the process's worker pool (None: on the loop), one job at a time
-        self.pool = workers.pool(config.scan_workers, config.scan_nice)
+        self.pool = workers.pool(config.scan_workers, config.scan_nice, config.scan_sched)
         self._busy: asyncio.Future | None = None        # the job in flight, if any (see close)
 
     # -- request and response heads -----------------------------------------------------------

@@ -16,11 +16,26 @@ What the scheduler costs: on a host with two cores a dense scan keeps one core b
 loop shares the other with the load balancer, the upstream and the clients. At equal priority a
 woken loop thread can wait a scheduler slice (milliseconds) behind a running scan thread: with a
 scan that holds no GIL at all, other clients' 10 KiB p99 stayed near 8 ms (bench/latency.py's
-stand-in). Scan threads therefore run ``scan_nice`` steps below the loop (default 10: a scheduler
-weight of 110 against the loop's 1024), set on each pool thread as it starts (Linux nice values
-are per thread): a woken loop pre-empts a scan at once. The price, by design: when the cores are
-saturated, scans get what is left, so a monitored download (which moves at its scan's pace) slows
-down (bench/latency.py prints its MB/s) while the loop, which serves every other client, does not.
+stand-in). Scan threads therefore run below the loop, set on each pool thread as it starts (Linux
+scheduling attributes are per thread), in one of two ways (``scan_sched``):
+
+- ``nice`` (the default): ``scan_nice`` steps below the loop (10: a scheduler weight of 110
+  against the loop's 1024). The scheduler still weighs a scan against a woken loop, so the loop
+  may wait a little.
+- ``idle``: SCHED_IDLE (weight 3, and a woken normal thread pre-empts it at once): the scans get
+  the CPU nobody else wants. The catch is the GIL: a scan thread that holds it (the compiled
+  core's per-chunk batch of records that need Python, a few ms per dense chunk) and is then
+  starved, because other processes of its scheduling group keep the cores busy, keeps the loop
+  waiting for as long as it is starved: a priority inversion. Measured (docs/benchmarks.md, latency): with two busy
+  processes beside the sidecar, other clients' 10 KiB p99 ~1.2 s under ``idle`` against 0.16-0.50 s
+  under ``nice``; hence not the default while a scan holds the GIL for long.
+
+The price, by design: when the cores are saturated, scans get what is left, so a monitored or an
+enforced download (which moves at its scan's pace) slows down but still moves (bench/latency.py
+--saturate prints its MB/s), while the loop, which serves every other client, comes first. Both
+policies rank a thread only against the threads of its own scheduling group: with autogroup (a
+session) or a container's cgroup, a busy process in another group takes its group's share, not
+the scans'.
 
 What compiled code costs: code that holds the GIL without running Python never reaches the
 interpreter's switch check, so the switch interval does not bound it. The compiled core therefore
@@ -55,8 +70,8 @@ SCAN_SWITCH_INTERVAL = float(os.environ.get("DLP_SCAN_SWITCH_INTERVAL", "0.0002"
 # thread and back costs more than scanning it. bench/latency.py compares values in one run.
 INLINE_BYTES = int(os.environ.get("DLP_SCAN_INLINE_BYTES", str(16 << 10)))
 
-# Overrides ``scan_nice`` with "idle" (SCHED_IDLE) for bench/latency.py's comparison only.
-SCAN_SCHED = os.environ.get("DLP_SCAN_SCHED", "")
+# ``scan_sched`` values: how the scan threads run below the event loop (see lower_priority).
+SCHEDS = ("nice", "idle")
 
 # Bytes. A chunk handed to a scan job is written to the scanner in slices of at most this size.
 # Compiled code that holds the GIL never reaches the interpreter's switch check; between two slices
@@ -69,7 +84,7 @@ SCAN_PIECE = int(os.environ.get("DLP_SCAN_PIECE_BYTES", "0"))
 MALLOC_ARENA_MAX = int(os.environ.get("DLP_MALLOC_ARENA_MAX", "1"))
 M_ARENA_MAX = -8                # glibc's mallopt parameter number (malloc.h)
 
-_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_POOLS: dict[tuple[int, int, str], ThreadPoolExecutor] = {}
 _LOCK = threading.Lock()
 _running = 0
 _default_switch = sys.getswitchinterval()    # the process's, as it was when the first scan started
@@ -88,17 +103,18 @@ def size_of(setting: int | None) -> int:
     return cores() if setting is None else setting
 
 
-def lower_priority(nice: int) -> None:
-    """Lower the calling thread's CPU priority by ``nice`` (Linux: nice values are per thread).
-    Runs once in each pool thread as it starts. Raising it back needs a privilege, so a pool
-    keeps its threads' priority for life (a reload to another value makes a new pool).
+def lower_priority(nice: int, sched: str = "nice") -> None:
+    """Put the calling thread below the event loop: SCHED_IDLE for ``sched`` "idle", else ``nice``
+    steps down (Linux: both are per thread). Runs once in each pool thread as it starts. Undoing
+    either needs a privilege (or RLIMIT_NICE), so a pool keeps its threads' policy for life: a
+    reload to another value makes a new pool (see :func:`pool`).
     A refusal (no such call on this platform, a seccomp policy) is logged once: the scans then
     run at the loop's priority, which is slower for the loop but not wrong."""
-    if nice <= 0 and SCAN_SCHED != "idle":
+    if sched == "nice" and nice <= 0:
         return
     try:
         tid = threading.get_native_id()
-        if SCAN_SCHED == "idle":
+        if sched == "idle":
             os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
         else:
             os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
@@ -106,8 +122,8 @@ def lower_priority(nice: int) -> None:
         global _warned
         if not _warned:
             _warned = True
-            log.warning("scan threads run at the event loop's priority (scan_nice not applied: %s)",
-                        type(e).__name__)
+            log.warning("scan threads run at the event loop's priority (scan_sched %s not applied: %s)",
+                        sched, type(e).__name__)
 
 
 _warned = False
@@ -141,19 +157,24 @@ def cap_arenas(limit: int = MALLOC_ARENA_MAX) -> bool:
 ARENAS_CAPPED = cap_arenas()
 
 
-def pool(setting: int | None, nice: int = 0) -> ThreadPoolExecutor | None:
+def pool(setting: int | None, nice: int = 0, sched: str = "nice") -> ThreadPoolExecutor | None:
     """The process's pool for ``scan_workers`` (shared by every exchange and tap), its threads
-    ``nice`` steps below the loop's priority, or None when scans run on the event loop. A reload
-    to another size or priority makes a new pool for new exchanges; the old one's threads stay
-    idle."""
+    below the loop's priority as ``sched`` and ``nice`` say (:func:`lower_priority`), or None
+    when scans run on the event loop. A reload to another size or policy makes a new pool for new
+    exchanges; the old one's threads stay idle."""
+    if sched not in SCHEDS:         # the config refuses it first; a bad value here is a caller's bug
+        raise ValueError(f"scan_sched must be one of {', '.join(SCHEDS)}, not {sched!r}")
     n = size_of(setting)
     if n <= 0:
         return None
+    if sched == "idle":
+        nice = 0                        # not used under SCHED_IDLE: a change of scan_nice keeps the pool
+    key = (n, nice, sched)
     with _LOCK:
-        p = _POOLS.get((n, nice))
+        p = _POOLS.get(key)
         if p is None:
-            p = _POOLS[(n, nice)] = ThreadPoolExecutor(n, thread_name_prefix="dlp-scan",
-                                                       initializer=lower_priority, initargs=(nice,))
+            p = _POOLS[key] = ThreadPoolExecutor(n, thread_name_prefix="dlp-scan", initializer=lower_priority,
+                                                 initargs=(nice, sched))
         return p
 
 
