@@ -82,9 +82,10 @@ def baseline(items) -> tuple[float, float]:
     return time.perf_counter() - t, time.process_time() - c
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads (``/proc/PID/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User + system CPU time of a process, all its threads (``/proc/PID/stat``), or of its thread ``tid``."""
+    stat = Path(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -215,6 +216,7 @@ def one_worker(d: Path, broker: Broker, items, repeat: int, rows: list, out: dic
         pin(WORKER_CPU)
         baseline(items[:20])        # the baseline warmed like the worker (its first run was slower: 0.8x vs 0.65x)
         base, through, base_cpu, worker_cpu, drained, drain_cpu, busy = [], [], [], [], [], [], []
+        other_threads: list[float] = []     # the worker's CPU outside its main thread (faust's consumer thread...)
         for r in range(repeat):
             pin(WORKER_CPU)
             wall, cpu = baseline(items)
@@ -222,8 +224,10 @@ def one_worker(d: Path, broker: Broker, items, repeat: int, rows: list, out: dic
             base_cpu.append(cpu)
             pin(OTHER_CPU)
             c0 = cpu_seconds(ws[0].proc.pid)
+            m0 = cpu_seconds(ws[0].proc.pid, ws[0].proc.pid)     # the main thread: the event loop and the scan
             secs, _ = asyncio.run(_run_through(broker, prefix, [(f"r{r}-{x}", b, c) for x, b, c in items]))
             worker_cpu.append(cpu_seconds(ws[0].proc.pid) - c0)
+            other_threads.append(worker_cpu[-1] - (cpu_seconds(ws[0].proc.pid, ws[0].proc.pid) - m0))
             through.append(secs)
             ws[0].stop()
             busy.append(worker_cpu[-1] / secs)
@@ -234,7 +238,8 @@ def one_worker(d: Path, broker: Broker, items, repeat: int, rows: list, out: dic
             print(f"  run {r + 1}: baseline {mb / base[-1]:.1f} MB/s, 1 worker {mb / secs:.1f} MB/s "
                   f"({base[-1] / secs:.2f}x; the worker busy {busy[-1]:.0%} of that time), draining a backlog "
                   f"{mb / drained[-1]:.1f} MB/s ({base[-1] / drained[-1]:.2f}x); CPU s: baseline {cpu:.2f}, "
-                  f"worker {worker_cpu[-1]:.2f} ({cpu / worker_cpu[-1]:.2f}x), draining {drain_cpu[-1]:.2f} "
+                  f"worker {worker_cpu[-1]:.2f} ({cpu / worker_cpu[-1]:.2f}x; {other_threads[-1]:.2f} of it outside the main "
+                  f"thread), draining {drain_cpu[-1]:.2f} "
                   f"({cpu / drain_cpu[-1]:.2f}x)", flush=True)
         mb_s = lambda xs: mb / statistics.median(xs)  # noqa: E731
         ex_s = lambda xs: len(items) / statistics.median(xs)  # noqa: E731
@@ -255,7 +260,8 @@ def one_worker(d: Path, broker: Broker, items, repeat: int, rows: list, out: dic
         out["cpu_ratios"] = [b / t for b, t in zip(base_cpu, worker_cpu)]
         out["drain_cpu_ratio_1"] = statistics.median(base_cpu) / statistics.median(drain_cpu)
         out["drain_cpu_ratios"] = [b / t for b, t in zip(base_cpu, drain_cpu)]
-        out["cpu_s"] = {"baseline": base_cpu, "worker": worker_cpu, "worker_draining": drain_cpu}
+        out["cpu_s"] = {"baseline": base_cpu, "worker": worker_cpu, "worker_draining": drain_cpu,
+                        "worker_other_threads": other_threads}
         out["worker_busy"] = busy
         rows.append((f"1 worker, CPU time of the worker process (median of {repeat})",
                      f"{len(items) / statistics.median(worker_cpu):,.0f} exch/cpu-s",
