@@ -2722,7 +2722,7 @@ cdef int _dcadd(Distinct d, Py_hash_t h) except -1:
 
 
 cdef void _dprefetch(Distinct d, Py_hash_t h) noexcept:
-    d.prefetch(h)
+    d.prefetch_m(mix64(<uint64_t>h))
 
 
 ctypedef int (*dcadd_t)(PyObject *d, Py_hash_t h) noexcept nogil
