@@ -1,0 +1,143 @@
+"""Worker roles (``kafka.worker.roles``, ``dlp-sensor worker --roles``): scan workers and a ledger worker.
+
+On a real broker (noida-db, or $DLP_KAFKA_BOOTSTRAP) with real ``dlp-sensor worker`` processes: a
+scan-only worker plus a ledger-only worker publish the same findings and takedowns, and build the same
+exposure table, as one worker of both roles fed the same exchanges; the scan-only worker alone never
+touches the exposure table (no changelog record, no offset of the ledger's group).
+"""
+from __future__ import annotations
+
+import asyncio
+import subprocess
+
+import pytest
+
+from sensor.config import ConfigError, parse_config
+from sensor.sample_site import ROSTER
+from sensor.stream.records import decode
+from tests.kafka import (Broker, WorkerProc, changelog, committed_offsets, create_topics, exchange_records, findings,
+                         kafka_conf, produce, read_topic, unique_prefix, wait_for)
+from tests.procs import BIN, site_fixture
+
+site = site_fixture(people=200)
+HOST = "dashboard.example.gov"
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    b = Broker.start(tmp_path_factory.mktemp("kafka"))
+    yield b
+    b.stop()
+
+
+def with_roles(k: dict, *roles: str) -> dict:
+    return {**k, "worker": {**k["worker"], "roles": list(roles)}}
+
+
+def exchanges(site) -> list[tuple[bytes, bytes]]:
+    """12 exchanges over 4 resources, 3 clients: a breach roster (trips) and benign pages."""
+    roster = (site.root / ROSTER).read_bytes()
+    benign = b"<html><body>" + b"Opening hours and directions to the office. " * 400 + b"</body></html>"
+    out = []
+    for i in range(12):
+        resource = f"{HOST}/exports/roles-{i % 4}.csv"
+        body = roster if i % 4 == 0 else benign
+        out += exchange_records(f"x{i:02d}", resource, body, client=f"client-{i % 3}",
+                                content_type="text/csv" if i % 4 == 0 else "text/html")
+    return out
+
+
+def summary(fs: list[dict]) -> dict:
+    return {f["xid"]: (f["resource"], f["verdict"], f["records"], f.get("client"), f.get("completed")) for f in fs}
+
+
+def table(bootstrap: str, prefix: str) -> dict:
+    """The exposure table from its changelog, less what depends on when and in which order it was counted
+    (the trip's time, the order of the recent exchange ids and of the clients)."""
+    out = {}
+    for resource, e in changelog(bootstrap, f"{prefix}workers-exposure-changelog").items():
+        e = dict(e or {})
+        e.pop("tripped_at", None)
+        e["recent"] = sorted(e.get("recent", []))
+        e["client_list"] = sorted(e.get("client_list", []))
+        out[resource] = e
+    return out
+
+
+def takedowns(bootstrap: str, prefix: str) -> set[str]:
+    return {decode(m.value)["resource"] for m in asyncio.run(read_topic(bootstrap, prefix + "takedowns"))}
+
+
+def test_scan_and_ledger_workers_match_one_worker_of_both_roles(tmp_path, broker, site):
+    records = exchanges(site)
+    want_xids = {f"x{i:02d}" for i in range(12)}
+
+    # one worker of both roles (today's deployment)
+    a = unique_prefix()
+    ka = kafka_conf(broker.bootstrap, a)
+    w = WorkerProc(tmp_path / "both", ka, "both").start()
+    try:
+        produce(broker, a + "exchanges", records)
+        wait_for(lambda: {f["xid"] for f in findings(broker.bootstrap, a)} >= want_xids, 40, every=0.3,
+                 what="the both-roles worker's findings")
+        wait_for(lambda: sum(e.get("downloads", 0) for e in table(broker.bootstrap, a).values()) == 12, 30,
+                 every=0.5, what="12 downloads in the both-roles worker's exposure table")
+    finally:
+        w.stop()
+
+    # the same exchanges, a scan-only worker first and alone
+    b = unique_prefix()
+    kb = kafka_conf(broker.bootstrap, b)
+    create_topics(broker.bootstrap, b)
+    scan = WorkerProc(tmp_path / "scan", with_roles(kb, "scan"), "scan").start()   # ready: its scan group joined
+    ledger = None
+    try:
+        produce(broker, b + "exchanges", records)
+        wait_for(lambda: {f["xid"] for f in findings(broker.bootstrap, b)} >= want_xids, 40, every=0.3,
+                 what="the scan-only worker's findings")
+        wait_for(lambda: takedowns(broker.bootstrap, b) == takedowns(broker.bootstrap, a), 20,
+                 what="the scan-only worker's takedowns")
+        # it never touched the exposure table: no changelog record, no offset of the ledger's (faust's) group
+        assert changelog(broker.bootstrap, f"{b}workers-exposure-changelog") == {}
+        assert committed_offsets(broker.bootstrap, kb["worker"]["group"], b + "findings") == {}
+        assert scan.metric("dlp_kafka_assigned_partitions", topic=b + "exchanges") == 8
+        assert scan.metric("dlp_kafka_assigned_partitions", topic=b + "findings") == 0
+
+        # the ledger worker, started later, counts every finding (ready once faust joined and restored)
+        ledger = WorkerProc(tmp_path / "ledger", with_roles(kb, "ledger"), "ledger").start()
+        wait_for(lambda: sum(e.get("downloads", 0) for e in table(broker.bootstrap, b).values()) == 12, 30,
+                 every=0.5, what="12 downloads in the ledger worker's exposure table")
+        assert ledger.metric("dlp_kafka_assigned_partitions", topic=b + "exchanges") == 0
+        assert ledger.metric("dlp_exchanges_total", tap="kafka", verdict="trip") == 0   # it scanned nothing
+    finally:
+        for p in (scan, ledger):
+            if p is not None:
+                p.stop()
+
+    assert summary(findings(broker.bootstrap, b)) == summary(findings(broker.bootstrap, a))
+    assert table(broker.bootstrap, b) == table(broker.bootstrap, a)
+    t = table(broker.bootstrap, b)
+    assert t[f"{HOST}/exports/roles-0.csv"]["flagged"] == 3 and "tripped_at" not in t[f"{HOST}/exports/roles-1.csv"]
+
+
+@pytest.mark.parametrize("roles, why", [([], "must name at least one role"), (["scan", "bogus"], "unknown role 'bogus'"),
+                                        (["ledger", "ledger"], "names a role twice")])
+def test_a_bad_roles_value_names_the_key(roles, why):
+    with pytest.raises(ConfigError) as e:
+        parse_config({"kafka": {"worker": {"roles": roles}}})
+    assert "kafka.worker.roles" in str(e.value) and why in str(e.value)
+
+
+def test_roles_default_to_both_and_the_flag_overrides_the_file():
+    from sensor.config import with_overrides
+    c = parse_config({"kafka": {"bootstrap": "127.0.0.1:9092"}})
+    assert c.kafka.roles == ("scan", "ledger")
+    assert with_overrides(parse_config({"kafka": {"worker": {"roles": ["scan"]}}}), roles="ledger").kafka.roles \
+        == ("ledger",)
+
+
+def test_a_bad_roles_flag_is_refused_before_the_worker_starts(tmp_path):
+    p = subprocess.run([str(BIN / "dlp-sensor"), "worker", "--kafka", "127.0.0.1:9", "--roles", "scan,audit",
+                        "--state-dir", str(tmp_path / "state"), "--metrics", "off"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "--roles: unknown role 'audit'" in p.stderr, p.stderr
