@@ -8,6 +8,7 @@ touches the exposure table (no changelog record, no offset of the ledger's group
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 
 import pytest
@@ -141,3 +142,49 @@ def test_a_bad_roles_flag_is_refused_before_the_worker_starts(tmp_path):
                         "--state-dir", str(tmp_path / "state"), "--metrics", "off"],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "--roles: unknown role 'audit'" in p.stderr, p.stderr
+
+
+@pytest.fixture(scope="module")
+def tansu(tmp_path_factory):
+    """Tansu evicts a consumer-group member that died without leaving; noida-db does not (see tests/kafka.py)."""
+    b = Broker.start(tmp_path_factory.mktemp("tansu"), kind="tansu")
+    yield b
+    b.stop()
+
+
+def test_a_scan_worker_killed_mid_exchange_loses_nothing(tmp_path, tansu, site):
+    """Two scan-only workers (no faust in either), exchanges open on every partition: ``kill -9`` the one
+    with more of them; the survivor takes its partitions over and reads each open exchange again from its
+    ``meta`` record (the scan group's committed offset never passed it), so every exchange gets its finding."""
+    from tests.kafka import partition_of
+
+    prefix = unique_prefix()
+    k = with_roles(kafka_conf(tansu.bootstrap, prefix, worker={"exchange_timeout": 120}), "scan")
+    topic = prefix + "exchanges"
+    body = (site.root / ROSTER).read_bytes()
+    xids: dict[int, str] = {}
+    i = 0
+    while len(xids) < 8:                                # one exchange on each partition
+        xids.setdefault(partition_of(f"k{i:03d}", 8), f"k{i:03d}")
+        i += 1
+    recs = {x: exchange_records(x, f"{HOST}/exports/kill-{x}.csv", body, client=x) for x in xids.values()}
+    w1 = WorkerProc(tmp_path / "w1", k, "w1").start()
+    w2 = None
+    try:
+        w2 = WorkerProc(tmp_path / "w2", k, "w2").start()
+        wait_for(lambda: all(w.metric("dlp_kafka_assigned_partitions", topic=topic) > 0 for w in (w1, w2)) and
+                 sum(w.metric("dlp_kafka_assigned_partitions", topic=topic) for w in (w1, w2)) == 8, 30,
+                 what="both scan workers to own partitions")
+        produce(tansu, topic, [r[0] for r in recs.values()])            # the meta records: 8 exchanges open
+        wait_for(lambda: sum(w.metric("dlp_worker_exchanges_open") for w in (w1, w2)) == 8, 30,
+                 what="8 open exchanges")
+        victim = max((w1, w2), key=lambda w: w.metric("dlp_worker_exchanges_open"))
+        victim.stop(signal.SIGKILL)
+        produce(tansu, topic, [rec for r in recs.values() for rec in r[1:]])
+        got = wait_for(lambda: (lambda fs: fs if {f["xid"] for f in fs} >= set(recs) else None)(
+            findings(tansu.bootstrap, prefix)), 60, every=0.5, what="a finding for every exchange")
+        assert {f["xid"] for f in got if f["verdict"] == "trip" and f["completed"]} == set(recs)
+    finally:
+        for w in (w1, w2):
+            if w is not None:
+                w.stop()
