@@ -188,3 +188,27 @@ def test_a_scan_worker_killed_mid_exchange_loses_nothing(tmp_path, tansu, site):
         for w in (w1, w2):
             if w is not None:
                 w.stop()
+
+
+def test_the_chart_runs_scan_workers_and_a_ledger_worker_apart():
+    """``workers.ledger.separate``: the workers Deployment runs ``--roles=scan``, a ``-ledger`` Deployment of
+    one replica runs ``--roles=ledger`` (with its metrics Service and no PDB at one replica); off, as before."""
+    from tests.test_chart import by_kind, example, named, render, sensor_container, validate
+
+    def args(docs: list[dict]) -> dict[str, list[str]]:
+        return {d["metadata"]["name"]: sensor_container(d["spec"]["template"]["spec"])["args"]
+                for d in by_kind(docs, "Deployment") if "-workers" in d["metadata"]["name"]
+                or "-ledger" in d["metadata"]["name"]}
+
+    vals = example("workers-kafka.yaml")
+    assert args(render(vals)) == {"rel-dlp-sensor-workers": ["worker", "--config", "/etc/dlp-sensor/sensor.yaml"]}
+    vals["workers"]["ledger"] = {"separate": True}
+    docs = render(vals)
+    validate(docs)
+    assert args(docs) == {"rel-dlp-sensor-workers": ["worker", "--config", "/etc/dlp-sensor/sensor.yaml", "--roles=scan"],
+                          "rel-dlp-sensor-ledger": ["worker", "--config", "/etc/dlp-sensor/sensor.yaml",
+                                                    "--roles=ledger"]}
+    deps = {d["metadata"]["name"]: d for d in by_kind(docs, "Deployment")}
+    assert deps["rel-dlp-sensor-workers"]["spec"]["replicas"] == 4 and deps["rel-dlp-sensor-ledger"]["spec"]["replicas"] == 1
+    assert [p["name"] for p in named(docs, "Service", "rel-dlp-sensor-ledger")["spec"]["ports"]] == ["metrics"]
+    assert "rel-dlp-sensor-ledger" not in {p["metadata"]["name"] for p in by_kind(docs, "PodDisruptionBudget")}
