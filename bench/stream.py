@@ -19,6 +19,11 @@ sidecar processes, the sample site. Same run, same data:
    busy (its CPU / wall): well under 100% means the producer and broker on CPU 0 set the pace.
    Then the same exchanges as a backlog drained by a freshly started worker: wall and CPU seconds
    from its first batch of findings to its last (start-up and join left out).
+   Two workers are measured so, alternating with the baseline in each repeat: one of **both roles**
+   (scan loop + faust ledger, as deployed by default) and one **scan-only** worker
+   (``kafka.worker.roles: [scan]``: no faust app) whose ledger-only worker runs on CPU 0 with the
+   broker and producer (its CPU seconds are printed too). The acceptance line (>= 0.7x) judges the
+   scan-only worker by CPU: the baseline keeps no ledger either.
 3. Unless ``--worker-only`` (on a noida-db broker: the sidecars' mirror needs the idempotent producer): 2 workers (both unpinned; the machine has 2 cores shared by the broker, the
    producer and the workers, so the row says how the pool behaves, not how it scales), latency (one
    exchange every 50 ms, end record sent -> finding readable, p50/p99) and **fleet takedowns**:
