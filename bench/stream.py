@@ -362,7 +362,8 @@ def main() -> None:
         print(f"  in CPU seconds (baseline process vs worker process, load-independent): {out[key + 'cpu_ratio_1']:.2f}x "
               f"(per run {runs(out[key + 'cpu_ratios'])}); draining {out[key + 'drain_cpu_ratio_1']:.2f}x (per run "
               f"{runs(out[key + 'drain_cpu_ratios'])}); busy {', '.join(f'{x:.0%}' for x in out[key + 'worker_busy'])} "
-              f"of the through-Kafka wall time (well under 100%: that wall ratio is the producer's and broker's)")
+              f"of the through-Kafka wall time (under 100%: the producer and broker on CPU {OTHER_CPU} set that wall "
+              f"clock{', and the ledger worker shares their core' if key else ''})")
     print(f"acceptance (goal >= 0.7x): the scan-only worker by CPU, {out['scan_cpu_ratio_1']:.2f}x: it is the worker "
           f"that does what the baseline does (scan, publish; no ledger: the baseline keeps none either); its ledger "
           f"worker used {statistics.median(out['scan_cpu_s']['ledger_worker']):.3f} CPU s per run on CPU {OTHER_CPU}. "
