@@ -223,7 +223,8 @@ class Worker:
 
     async def _check_stalls(self) -> None:
         """While the agents are idle, seek back partitions that have records to read and deliver none."""
-        if self.app is None or not self.ready or self.app.rebalancing or time.monotonic() - self._last_record < IDLE_BEFORE_STALL_CHECK:
+        if self.app is None or not self.ready or self.app.rebalancing \
+                or time.monotonic() - self._last_record < IDLE_BEFORE_STALL_CHECK:
             return
         tps = self.cursor.partitions()
         if not tps:
