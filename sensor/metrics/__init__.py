@@ -46,7 +46,8 @@ RESTART_KEYS = ("sensor_id", "log_format", "state_dir", "start_empty", "hmac_key
                 "kafka.sasl_mechanism", "kafka.sasl_username", "kafka.sasl_password", "kafka.ssl_cafile",
                 "kafka.ssl_certfile", "kafka.ssl_keyfile", "kafka.fleet", "kafka.catchup_timeout",
                 "kafka.mirror.enabled", "kafka.mirror.queue_mib", "kafka.mirror.overflow", "kafka.worker.group",
-                "kafka.worker.partitions", "kafka.worker.exchange_timeout", "kafka.worker.web_port", "other")
+                "kafka.worker.partitions", "kafka.worker.exchange_timeout", "kafka.worker.web_port", "kafka.worker.roles",
+                "other")
 KNOWN: dict[str, dict[str, tuple[str, ...]]] = {
     "trips": {"mode": MODES},
     "takedowns": {"source": ("trip", "admin", "fleet")},

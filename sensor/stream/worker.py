@@ -1,6 +1,6 @@
 """``dlp-sensor worker``: the faust-streaming app that scans mirrored exchanges for the whole fleet.
 
-Two consumers:
+Two consumers, each a role (``kafka.worker.roles`` / ``--roles``; by default a worker runs both):
 
 - the scan loop reads ``exchanges`` (keyed by exchange id, so one worker sees a whole exchange in
   order) in batches (``batches.py``: aiokafka ``getmany``, manual commits, its own group
@@ -30,6 +30,14 @@ thresholds: a fleet takedown and one alert naming the total, as a single-respons
 are this worker's: an exchange goes to one worker, so with N workers each sees about 1/N of a
 resource's pages (the sidecars' own count is not affected).
 Malformed records go to the ``deadletter`` topic with the reason; the agent keeps going.
+
+Roles, as faust deployments scale agents apart: a ``scan`` worker runs the scan loop only and starts
+no faust app at all (no faust consumer, fetcher, table or changelog producer: its CPU goes to the
+scan, as the in-process baseline's does); a ``ledger`` worker runs the ledger agent and the exposure
+table only. The scan loop is its own consumer group already (``<group>.scan``), so N scan workers
+and one ledger worker (or two, the table's partitions split) share the two groups as before. Readiness
+per role: a scan worker is ready once its scan group has given it partitions, a ledger worker once
+faust has joined and restored the table, a worker of both roles when both hold.
 
 Of the exchange session (:mod:`sensor.exchange.session`) the worker shares the scan and the
 content fingerprint (:class:`~sensor.enforce.fingerprint.BodyPrint`, the print stored with the
@@ -112,11 +120,15 @@ def _credentials(k):
 
 
 class Worker:
-    """The app and everything its agents share (detector, key, metrics, open exchanges)."""
+    """The roles this process runs and everything they share (detector, key, metrics, producer). ``app``
+    (faust) exists only with the ledger role; ``reader`` (the scan group's consumer) only with the scan role."""
 
     def __init__(self, config: Config):
         k = self.k = config.kafka
         assert k.bootstrap, "kafka.bootstrap (or $DLP_KAFKA_BOOTSTRAP) is required for a worker"
+        self.roles = tuple(k.roles)
+        self.scans, self.ledgers = "scan" in self.roles, "ledger" in self.roles
+        assert self.scans or self.ledgers, "kafka.worker.roles: at least one of scan, ledger"
         self.config = config
         assert config.state_dir is not None
         config.state_dir.mkdir(parents=True, exist_ok=True)
@@ -127,7 +139,8 @@ class Worker:
         self.metrics = Metrics()
         self.indexes.on_reload = lambda result: self.metrics.reloads.labels(result=result).inc()
         self.metrics.expect(taps=("kafka",), signatures=[sig.id for sig in self.detector.engine.signatures],
-                            kafka=("worker",), topics=(k.topic("exchanges"), k.topic("findings")))
+                            kafka=("worker",), topics=tuple(k.topic(t) for t, on in (("exchanges", self.scans),
+                                                                                       ("findings", self.ledgers)) if on))
         self.ready = False
         self._started_at = time.monotonic()     # reset when the HTTP endpoints open
         self.me = f"worker:{config.sensor_id}"
@@ -135,8 +148,9 @@ class Worker:
         self.acks = InOrderAcks(lambda msg: msg.ack(self.app.consumer))      # the ledger agent's (faust)
         self.cursor = Contiguity(clock=time.monotonic)
         self.reader = BatchReader(k, k.topic("exchanges"), scan_group(k), on_assigned=self._scan_assigned,
-                                  on_revoked=self._scan_revoked, on_revoking=self._drain_settling)
-        self.scan_acks = InOrderAcks(self.reader.done)                      # the scan loop's
+                                  on_revoked=self._scan_revoked, on_revoking=self._drain_settling) \
+            if self.scans else None
+        self.scan_acks = InOrderAcks(self.reader.done if self.reader else lambda msg: None)   # the scan loop's
         self.scan_cursor = Contiguity(clock=time.monotonic)
         self.exposure_windows = ExposureTracker(config.exposure)
         self.print_budget = Budget()                # body bytes held unhashed by the open exchanges' prints
@@ -146,6 +160,14 @@ class Worker:
         self._last_record = self._last_scan_record = self._last_expiry = time.monotonic()
         self._scanning: asyncio.Task | None = None
         self._settling: asyncio.Task | None = None      # the batch whose findings the broker has not confirmed yet
+        self._background: list[asyncio.Task] = []
+        self.app: faust.App | None = None
+        if self.ledgers:
+            self._ledger_app()
+
+    def _ledger_app(self) -> None:
+        """The faust app of the ledger role: the ``ledger`` agent on ``findings`` and the exposure tables."""
+        k, config = self.k, self.config
         self.app = app = faust.App(
             k.group, broker=[f"kafka://{hp}" for hp in k.bootstrap.split(",")], broker_credentials=_credentials(k),
             store="memory://", key_serializer="raw", value_serializer="raw",
@@ -154,16 +176,12 @@ class Worker:
             broker_commit_interval=0.5, stream_wait_empty=False,   # open exchanges are not acked: do not wait
             web_enabled=False, web_bind="127.0.0.1", web_port=k.web_port, producer_acks=-1,
             datadir=str(config.state_dir / "faust"))   # faust's own files in the state dir, not the cwd
-        self.t_exchanges = app.topic(k.topic("exchanges"), partitions=k.partitions)
         self.t_findings = app.topic(k.topic("findings"), partitions=k.partitions)
-        self.t_alerts = app.topic(k.topic("alerts"), partitions=k.partitions)
-        self.t_takedowns = app.topic(k.topic("takedowns"), partitions=1)
-        self.t_dead = app.topic(k.topic("deadletter"), partitions=k.partitions)
         self.exposure = app.Table("exposure", default=dict, partitions=k.partitions, key_type=str)
         self.clients = app.Table("exposure-clients", default=int, partitions=k.partitions, key_type=str)
         app.agent(self.t_findings, name="ledger")(self._ledger_agent)
         app.timer(1.0)(self._expire)
-        app.task(self._on_app_started)
+        app.task(self._begin)
         app.on_partitions_assigned.connect(self._assigned)
 
     # -- what both agents read ---------------------------------------------------------------
@@ -205,7 +223,8 @@ class Worker:
 
     async def _check_stalls(self) -> None:
         """While the agents are idle, seek back partitions that have records to read and deliver none."""
-        if not self.ready or self.app.rebalancing or time.monotonic() - self._last_record < IDLE_BEFORE_STALL_CHECK:
+        if self.app is None or not self.ready or self.app.rebalancing \
+                or time.monotonic() - self._last_record < IDLE_BEFORE_STALL_CHECK:
             return
         tps = self.cursor.partitions()
         if not tps:
@@ -354,7 +373,7 @@ class Worker:
         if st.tripped_at is None or st.takedown_sent:
             return
         resource = st.meta["resource"]
-        fut = await self._send(self.t_takedowns, resource.encode(), takedown_record(
+        fut = await self._send(self.k.topic("takedowns"), resource.encode(), takedown_record(
             action="add", resource=resource, actor=self.me, reason=reason or "trip: personal-data leak (fleet worker)",
             origin=self.me, ts=st.tripped_at, fingerprint=st.print.value() if reason is None else None, xid=xid))
         await fut
@@ -363,29 +382,36 @@ class Worker:
         self.metrics.takedowns.labels(source="trip").inc()
         self.metrics.detection_to_takedown.observe(time.time() - st.tripped_at)
 
-    async def _send(self, topic, key: bytes | None, value: bytes) -> asyncio.Future:
+    async def _send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future:
         """Queue one record on the worker's producer; the future resolves once the broker has it."""
         await self._producer_up.wait()
-        return await self._producer.send(topic.get_topic_name(), value, key=key)
+        return await self._producer.send(topic, value, key=key)
 
-    async def _scan(self) -> None:
-        """Start the producer and the batch reader (retrying while the broker is away), then run the loop.
-        Anything the loop cannot handle ends the process: what was not committed is read again."""
+    async def _connect(self) -> None:
+        """Start the producer (every role publishes: findings, alerts, takedowns, dead letters) and, with the
+        scan role, the batch reader; retrying while the broker is away."""
         from aiokafka import AIOKafkaProducer
-        try:
-            while True:
-                try:
-                    if self._producer is None:
-                        p = AIOKafkaProducer(**client_kwargs(self.k), acks="all", max_request_size=2 << 20)
-                        await p.start()
-                        self._producer = p
-                        self._producer_up.set()
+        while True:
+            try:
+                if self._producer is None:
+                    p = AIOKafkaProducer(**client_kwargs(self.k), acks="all", max_request_size=2 << 20)
+                    await p.start()
+                    self._producer = p
+                    self._producer_up.set()
+                if self.reader is not None:
                     await self.reader.adopt(self.k.group, self.offsets)
                     await self.reader.start()
-                    break
-                except (KafkaError, OSError, asyncio.TimeoutError) as e:
-                    log.warning("scan consumer not started (%s); retrying", type(e).__name__)
-                    await asyncio.sleep(1.0)
+                return
+            except (KafkaError, OSError, asyncio.TimeoutError) as e:
+                log.warning("%s not started (%s); retrying", "scan consumer" if self.reader else "producer",
+                            type(e).__name__)
+                await asyncio.sleep(1.0)
+
+    async def _scan(self) -> None:
+        """Start the producer and the batch reader, then run the loop. Anything the loop cannot handle ends
+        the process: what was not committed is read again."""
+        try:
+            await self._connect()
             await self._scan_loop()
         except asyncio.CancelledError:
             raise
@@ -402,8 +428,10 @@ class Worker:
                 await self._scanning
             except (asyncio.CancelledError, Exception):   # noqa: BLE001
                 pass
+        for t in self._background:
+            t.cancel()
         await self._drain_settling()                    # its acks in the final commit
-        for stop in ([self.reader.stop()] if self.reader.started else []) + (
+        for stop in ([self.reader.stop()] if self.reader is not None and self.reader.started else []) + (
                 [self._producer.stop()] if self._producer else []):
             try:
                 await asyncio.wait_for(stop, 5.0)
@@ -429,10 +457,10 @@ class Worker:
                                  completed=completed, partial=bool(meta.get("partial")), sensor=meta["sensor"],
                                  origin=self.me, served_at=meta["ts"], tripped_at=st.tripped_at, now=time.time())
         key = meta["resource"].encode()
-        futs = [await self._send(self.t_findings, key, finding)]
+        futs = [await self._send(self.k.topic("findings"), key, finding)]
         if alert_of.verdict in ("alert", "trip"):
             alert = self._alert(xid, st, alert_of, exposure)
-            futs.append(await self._send(self.t_alerts, key, orjson.dumps(alert)))
+            futs.append(await self._send(self.k.topic("alerts"), key, orjson.dumps(alert)))
         return futs, st, result
 
     def _count_exposure(self, meta: Record, result) -> Crossing | None:
@@ -566,7 +594,7 @@ class Worker:
     async def _dead(self, msg, why: str) -> None:
         log.warning("dead-lettering %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, why)
         self.metrics.deadletters.labels(topic=msg.topic).inc()
-        fut = await self._send(self.t_dead, msg.key, encode("dead", msg.value or b"", topic=msg.topic,
+        fut = await self._send(self.k.topic("deadletter"), msg.key, encode("dead", msg.value or b"", topic=msg.topic,
                                                             partition=msg.partition, offset=msg.offset,
                                                             error=why[:500]))
         await fut
@@ -632,7 +660,11 @@ class Worker:
     async def _lag(self) -> None:
         """Partitions owned (always) and records behind (when every position is known within a moment:
         during a rebalance a position can wait for its reset, and this runs on faust's timer)."""
-        topics = {self.t_exchanges.get_topic_name(): self.reader, self.t_findings.get_topic_name(): self.app.consumer}
+        topics = {}
+        if self.reader is not None:
+            topics[self.k.topic("exchanges")] = self.reader
+        if self.app is not None:
+            topics[self.k.topic("findings")] = self.app.consumer
         for topic, c in topics.items():
             try:
                 tps = [tp for tp in c.assignment() if tp.topic == topic]   # (not changelog standbys)
@@ -661,8 +693,9 @@ class Worker:
             await web.TCPSite(runner, host, int(port)).start()
         self._started_at = time.monotonic()
         loop = asyncio.get_running_loop()
-        loop.create_task(self._startup_watch())
-        self._recovery_watching = loop.create_task(self._recovery_watch())
+        self._background.append(loop.create_task(self._startup_watch()))
+        if self.app is not None:
+            self._background.append(loop.create_task(self._recovery_watch()))
 
     async def _recovery_watch(self) -> None:
         """Every second, from before faust joins: seek again a changelog partition the table recovery waits
@@ -681,6 +714,11 @@ class Worker:
         while not self.ready:
             await asyncio.sleep(STARTUP_WARN_EVERY)
             if not self.ready:
+                if self.app is None:
+                    log.warning("worker %s (roles %s) not ready after %.0fs: the scan group %s has not given it "
+                                "partitions yet", self.me, ",".join(self.roles), time.monotonic() - self._started_at,
+                                scan_group(self.k))
+                    continue
                 try:
                     assigned = len(self.app.consumer.assignment())
                 except Exception:                       # noqa: BLE001  (the consumer is not up yet)
@@ -689,15 +727,20 @@ class Worker:
                             "restoring its tables (%d partitions assigned so far)", self.me,
                             time.monotonic() - self._started_at, assigned)
 
-    async def _on_app_started(self) -> None:
-        """faust runs app tasks once its table recovery has completed: from here on the worker processes."""
+    async def _begin(self) -> None:
+        """Start processing: with the ledger role faust runs this once its table recovery has completed;
+        a scan-only worker runs it at once (no faust). Ready once the scan group has given the scan loop
+        partitions (scan role), right away for a ledger-only worker (faust joined and restored already)."""
         from sensor.stream.kafka import Health, supervised
-        self._scanning = supervised(self._scan(), "scan loop")
-        while not self.reader.joined:                   # ready once the scan group has given it partitions
-            await asyncio.sleep(0.05)
+        if self.scans:
+            self._scanning = supervised(self._scan(), "scan loop")
+            while not self.reader.joined:               # ready once the scan group has given it partitions
+                await asyncio.sleep(0.05)
+        else:
+            self._background.append(supervised(self._connect(), "producer"))   # dead letters of the ledger agent
         self.ready = True
-        log.info("worker %s ready in %.1fs: generation %s, %d signatures", self.me,
-                 time.monotonic() - self._started_at, self.detector.generation,
+        log.info("worker %s ready in %.1fs: roles %s, generation %s, %d signatures", self.me,
+                 time.monotonic() - self._started_at, ",".join(self.roles), self.detector.generation,
                  len(self.detector.engine.signatures))
         health = Health(self.k, self.metrics.kafka_up, "worker")
         await health.run()
@@ -745,8 +788,43 @@ def _exit_later() -> None:
 
 
 def run_worker(config: Config, loglevel: str = "info") -> None:
-    """Run until SIGTERM/SIGINT (faust's Worker handles the signals and the loop)."""
+    """Run until SIGTERM/SIGINT: with the ledger role faust's Worker handles the signals and the loop; a
+    scan-only worker runs on a plain asyncio loop (``_run_scan_only``)."""
     from sensor.stream.kafka import ensure_topics
     asyncio.run(ensure_topics(config.kafka, timeout=30))
     w = Worker(config)
+    if w.app is None:
+        asyncio.run(_run_scan_only(w))
+        return
     _FaustWorker(w, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
+async def _run_scan_only(w: Worker) -> None:
+    """A scan-only worker: no faust app (measured: faust's consumer, fetcher, events and changelog producer
+    were ~11% of a both-roles worker's CPU, docs/benchmarks.md). The HTTP endpoints first, then the scan
+    loop; every second the gauges (``_expire``, faust's timer in the other roles). SIGTERM/SIGINT: commit
+    what is done, leave the scan group, flush the producer, as the faust worker's stop does."""
+    import signal
+    from sensor.stream.kafka import supervised
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await w.start_http()
+    tasks = [supervised(w._begin(), "worker"), supervised(_every_second(w), "worker gauges")]
+    await stop.wait()
+    _exit_later()
+    log.info("worker %s stopping", w.me)
+    for t in tasks:
+        t.cancel()
+    await w.stop_scanning()
+    await w.offsets.close()
+
+
+async def _every_second(w: Worker) -> None:
+    while True:
+        await asyncio.sleep(1.0)
+        try:
+            await w._expire()
+        except Exception as e:                          # noqa: BLE001  (a gauge must not end the worker)
+            log.debug("worker gauges: %r", e)
