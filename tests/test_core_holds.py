@@ -17,7 +17,7 @@ import pytest
 import sensor.detect.scanner as scanner_mod
 from sensor import synth
 from sensor.detect import core
-from sensor.detect.distinct import DistinctCounter
+from sensor.detect.distinct import DistinctCounter, HyperLogLog
 from tests.conftest import require_built
 from tests.test_core_diff import same
 
@@ -43,6 +43,7 @@ def test_distinct_past_the_cap_answers_as_the_reference(hscore, cap, n):
         assert d.add(h) == r.add(h)
     assert d.approximate and r.approximate
     assert d.hll.registers == r.hll.registers       # the folded sketch is the one Python builds
+    assert d.hll.counts() == HyperLogLog.counts(d.hll) == r.hll.counts()    # the C histogram
     assert len(d) == len(r) and bool(d) == bool(r)
     for h in _hashes(rng, 2_000):                    # and it goes on alike (the C add past the cap)
         assert d.add(h) == r.add(h)
