@@ -28,8 +28,10 @@ scheduling attributes are per thread), in one of two ways (``scan_sched``):
   waiting for as long as it is starved: a priority inversion. Measured (docs/benchmarks.md, latency)
   with two busy processes beside the sidecar: other clients' 10 KiB p99 ~1.2 s under ``idle``
   against 0.16-0.50 s under ``nice`` while the scan held the GIL for up to ~8 ms at a time; with
-  the holds cut to ~1 ms (session 16: bench/latency.py --holds) 58.5 ms against 23.8 ms, and the
-  downloads 6x slower under ``idle``. Unsaturated the two were alike. Hence not the default.
+  the holds cut to ~1 ms (session 16: bench/latency.py --holds) 58-111 ms against 24-26 ms, and
+  the downloads 6-30x slower under ``idle``. With CPU to spare ``idle`` wins ~1.5 ms of p99 (4.4-4.8
+  against 5.6-6.1 ms: the 5 ms target). Hence not the default: set it where the sidecar's group is
+  never saturated.
 
 The price, by design: when the cores are saturated, scans get what is left, so a monitored or an
 enforced download (which moves at its scan's pace) slows down but still moves (bench/latency.py
