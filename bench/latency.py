@@ -55,8 +55,13 @@ its turns are the loop's lag. A floor row (the ticker alone) and stand-in rows (
 with it, and the loop thread's schedstat splits the scan's wall time into on a CPU, waiting in
 the run queue (the scheduler), and blocked beyond the ticker's sleeps (mostly the GIL).
 
+``--holds`` prints only a table of the scan thread's own GIL holds, also in this process: a probe
+thread that sleeps 0.2 ms per turn while one thread scans the leak; each turn's excess over its
+sleep, less the probe's time in the run queue, is time spent waiting for the GIL, i.e. how long
+the scan thread kept it at a time (:func:`gil_holds`).
+
     python bench/latency.py [--seconds 6] [--rounds 3] [--leak-mb 10] [--nice 0,10] [--uvloop]
-                            [--no-standin] [--switch-ms 1] [--lag-only] [--rate 200] [--no-wrk]
+                            [--no-standin] [--switch-ms 1] [--lag-only] [--holds] [--rate 200] [--no-wrk]
                             [--only 'pool, scan_nice 10|stand-in'] [--json FILE]
                             [--saturate 2 [--saturate-seconds 20]]
 """
@@ -337,6 +342,102 @@ def lag_table(leak: bytes, rounds: int) -> dict:
     return {"medians": med, "runs": runs}
 
 
+def gil_holds(leak: bytes, rounds: int, chunk: int = 256 << 10) -> dict:
+    """How long the scan thread keeps the GIL at a time (issue 19: a waiting event loop's p99 is set
+    by the longest holds, not by their sum). In this process: one thread scans ``leak`` as a
+    monitoring session does (BodyScan.write per ``chunk``, then finish), while a probe thread sleeps
+    0.2 ms per turn with the switch interval the pool sets (workers.SCAN_SWITCH_INTERVAL). A turn
+    longer than its sleep waited for a CPU (the probe's schedstat run-queue time, subtracted) or for
+    the GIL (the rest): the table shows that rest, i.e. the scan thread's longest holds as the loop
+    would see them. A floor row runs the probe alone."""
+    import asyncio
+    from dataclasses import replace
+
+    from sensor.config import Config, with_overrides
+    from sensor.exchange import workers
+    from sensor.exchange.session import ExchangeSession
+    from sensor.runtime import Sensor, build_detector
+
+    state = Path(tempfile.mkdtemp(prefix="dlp-holds-"))
+    c = with_overrides(Config(), state_dir=str(state))
+    c = replace(c, sinks=[], metrics=None, admin=None, proxy=replace(c.proxy, mode="monitor"))
+    sensor = Sensor(c, build_detector(c))
+
+    async def new_scan():
+        ses = ExchangeSession(sensor, tap="proxy", method="GET", scheme="http", host="bench", target="/leak.csv",
+                              peer="10.0.0.1", headers={})
+        ses.on_request()
+        ses.on_response(200, {"Content-Type": "text/csv"})
+        return ses.scan
+
+    def one(body: bytes | None) -> dict:
+        scan = asyncio.run(new_scan())
+        turns: list[float] = []
+        done = threading.Event()
+
+        def probe() -> None:
+            path = f"/proc/self/task/{threading.get_native_id()}/schedstat"
+            def queued() -> float:
+                try:
+                    return int(Path(path).read_text().split()[1]) / 1e9
+                except (OSError, IndexError, ValueError):
+                    return 0.0
+            q0 = queued()
+            while not done.is_set():
+                t = time.perf_counter()
+                time.sleep(0.0002)
+                t1, q1 = time.perf_counter(), queued()
+                turns.append(t1 - t - (q1 - q0))
+                q0 = q1
+
+        def scan_all() -> None:
+            if body is None:
+                time.sleep(0.5)
+                return
+            for i in range(0, len(body), chunk):
+                scan.write(body[i:i + chunk])
+            scan.finish()
+
+        p = threading.Thread(target=probe)
+        w = threading.Thread(target=scan_all)
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(workers.SCAN_SWITCH_INTERVAL)
+        try:
+            p.start()
+            t0 = time.perf_counter()
+            w.start()
+            w.join()
+            secs = time.perf_counter() - t0
+        finally:
+            done.set()
+            p.join()
+            sys.setswitchinterval(switch)
+        g = sorted(x * 1000 for x in turns)
+        return {"p99": g[int(len(g) * 0.99)], "max": g[-1], "over_1ms": sum(x > 1 for x in g),
+                "over_2ms": sum(x > 2 for x in g), "turns": len(g),
+                "MBps": len(body) / 2**20 / secs if body else 0.0}
+
+    try:
+        one(leak)                                    # warm: the first exchange of a process pays one-off costs
+        runs = {"probe alone (0.5 s)": [one(None) for _ in range(rounds)],
+                "scanning the leak": [one(leak) for _ in range(rounds)]}
+    finally:
+        sensor.ledger.close()
+        sensor.registry.close()
+        sensor.spool.close()
+        shutil.rmtree(state, ignore_errors=True)
+    med = {n: {k: statistics.median(r[k] for r in v) for k in v[0]} for n, v in runs.items()}
+    print(f"\n## The scan thread's GIL holds while it scans the {len(leak) / 2**20:.1f} MB dense leak "
+          f"(in process, {chunk >> 10} KiB chunks, median of {rounds})\n")
+    print("| probe | turn past its 0.2 ms sleep, less its run-queue wait: p99 ms | max ms | turns > 1 ms | > 2 ms "
+          "| turns | scan MB/s |\n|---|---|---|---|---|---|---|")
+    for name, m in med.items():
+        print(f"| {name} | {m['p99']:.2f} | {m['max']:.2f} | {m['over_1ms']:.0f} | {m['over_2ms']:.0f} | "
+              f"{m['turns']:.0f} | {m['MBps']:.1f} |")
+    print("per round, max ms: " + "; ".join(f"{n}: " + ", ".join(f"{r['max']:.2f}" for r in v) for n, v in runs.items()))
+    return {"medians": med, "runs": runs}
+
+
 def curl_once(url: str, seconds: float) -> dict:
     """One download followed for at most ``seconds``: its status, bytes, seconds and MB/s (a download cut
     by the sidecar or stopped by the time limit ends early; curl's exit status is not an error here)."""
@@ -552,6 +653,8 @@ def main() -> None:
                                                           "not a dependency, bench/latency.py measured no real gain)")
     ap.add_argument("--no-standin", action="store_true", help="leave out the GIL-free stand-in rows")
     ap.add_argument("--lag-only", action="store_true", help="only the in-process loop lag table")
+    ap.add_argument("--holds", action="store_true", help="only the in-process table of the scan thread's "
+                                                         "longest GIL holds")
     ap.add_argument("--rate", type=float, default=200, help="the fixed-rate table's requests/s (bench/openloop.py; "
                                                             "0: no such table)")
     ap.add_argument("--no-wrk", action="store_true", help="leave out the saturating (wrk -c4) cells")
@@ -564,6 +667,9 @@ def main() -> None:
                                                                   "(with autogroup: another scheduling group)")
     a = ap.parse_args()
     leak = synth.breach_csv(int(a.leak_mb * (1 << 20) / ROW_BYTES))
+    if a.holds:
+        gil_holds(leak, a.rounds)
+        return
     if a.lag_only:
         lag_table(leak, a.rounds)
         return

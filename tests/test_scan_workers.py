@@ -120,6 +120,9 @@ async def test_a_handler_cancelled_mid_scan_is_accounted_after_the_job(make):
     ses.close(False)
     assert not ses.accounted                            # the job still runs: accounting waits for it
     await asyncio.gather(ses._busy, return_exceptions=True)  # close's callback was added first: it has run
+    # ... and handed the final verdict to the pool too (the loop does not finish a dense scan itself)
+    assert ses.closing is not None and not ses.accounted
+    await ses.closing
     assert ses.accounted and ses.result is not None and ses.result.records == 20_000
 
 

@@ -55,11 +55,16 @@ class HyperLogLog:
             return True
         return False
 
+    def counts(self) -> list[int]:
+        """How many registers hold each rank 0 .. q + 1: the estimator's histogram. (The compiled
+        core's sketches count it in C, in one pass: sensor/detect/_hscore.pyx, Distinct._switch.)"""
+        regs = self.registers
+        return [regs.count(k) for k in range(self.q + 2)]
+
     def estimate(self) -> float:
         """Ertl's improved raw estimator (section 4 of the paper)."""
         m, q = self.m, self.q
-        regs = self.registers
-        counts = [regs.count(k) for k in range(q + 2)]
+        counts = self.counts()
         z = m * _tau(1.0 - counts[q + 1] / m)
         for k in range(q, 0, -1):
             z = 0.5 * (z + counts[k])

@@ -167,6 +167,18 @@ class _Unframed:
         self.file.close()
 
 
+def _rest_of(scan: BodyScan, chunk: bytes | None) -> tuple[ScanResult | None, Exception | None]:
+    """In the pool: the last chunk of a closed exchange, if one was left unscanned, then its result
+    (ExchangeSession._finish_off). A failure of the chunk comes back for the loop to handle as
+    _write_here would (no result then); one of the result raises."""
+    if chunk is not None:
+        try:
+            workers.in_pieces(scan.write, chunk)
+        except Exception as e:  # noqa: BLE001 - the route's on_error decides, on the loop
+            return None, e
+    return scan.finish(), None
+
+
 def _lower(headers: Mapping[str, str]) -> dict[str, str]:
     """Lower-case keys; the first of repeated headers wins (as ``CIMultiDict.get``)."""
     out: dict[str, str] = {}
@@ -254,6 +266,7 @@ class ExchangeSession:
         # scan work runs in the process's worker pool (None: on the loop), one job at a time
         self.pool = workers.pool(config.scan_workers, config.scan_nice, config.scan_sched)
         self._busy: asyncio.Future | None = None        # the job in flight, if any (see close)
+        self.closing: asyncio.Future | None = None      # the final verdict of a closed exchange (_finish_off)
 
     # -- request and response heads -----------------------------------------------------------
     def on_request(self) -> Step:
@@ -633,11 +646,13 @@ class ExchangeSession:
         if self._busy is not None and not self._busy.done() and self.finishing is None:
             # the handler was cancelled while a chunk was being scanned: the scan is the job's
             # until it returns; the accounting follows it
-            self._busy.add_done_callback(lambda _: self._close(completed))
+            self._busy.add_done_callback(lambda _: self._close(completed, deferred=True))
             return
         self._close(completed)
 
-    def _close(self, completed: bool) -> None:
+    def _close(self, completed: bool, deferred: bool = False) -> None:
+        """``deferred``: called when the job that was in flight at :meth:`close` returned; the
+        accounting is already late then, and the rest of the scan goes to the pool (_finish_off)."""
         if self.unframed is not None:
             self.unframed.close()
         late = False                                    # accounting deferred to the end of ``finishing``
@@ -651,6 +666,8 @@ class ExchangeSession:
                     # the exchange holds its scan slot (and stays active) until then
                     self.finishing.add_done_callback(lambda f, sc=self.scan, done=completed: self._late(f, sc, done))
                     late = True
+                elif deferred and self.result is None and self._finish_off(completed):
+                    late = True                         # the rest is scanned in the pool (_finish_off)
                 else:
                     self._drop_scan()
                 if not late and self.result is None:
@@ -659,7 +676,7 @@ class ExchangeSession:
                         self._write_here(chunk)
                     if self.scan is not None:
                         t = time.perf_counter()
-                        self.result = self.scan.finish()    # aborted exchanges: inline (close() never awaits)
+                        self.result = self.scan.finish()    # no pool: inline (close() never awaits)
                         self.scan_s += time.perf_counter() - t
             if not late and not self.accounted and self.exchange is not None:   # no response: no exchange
                 self.accounted = True
@@ -669,6 +686,47 @@ class ExchangeSession:
                 self._remember_clean(completed)
         except Exception:                               # accounting must never break the data path
             log.exception("accounting for exchange %s failed", self.ctx.exchange_id)
+
+    def _finish_off(self, completed: bool) -> bool:
+        """The scan of an exchange closed while a job was in flight and before its final verdict
+        (typically a monitored download whose client left with the last bytes while the scan lagged
+        behind): its last chunk and :meth:`BodyScan.finish` as one job in the pool, accounted when it
+        returns (``_late``); False with no pool or no running loop (then :meth:`_close` does it
+        inline, as it does for an exchange closed with no job in flight: accounted at once).
+
+        Why not inline: on the loop, a dense chunk and the result (closing the streams, the last
+        records, a dozen HyperLogLog estimates) kept every other client waiting ~10 ms per dense
+        download (py-spy on the sidecar: the loop's largest block during the leak)."""
+        if self.pool is None or self.scan is None:
+            return False
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        chunk, self.unscanned = self.unscanned, None     # monitor: the last chunk left; it counts
+        scan = self.scan
+        job = loop.run_in_executor(self.pool, workers.timed, _rest_of, scan, chunk)
+        self._busy = job
+        self.closing = loop.create_future()
+
+        def done(f: asyncio.Future) -> None:
+            assert self.closing is not None
+            if f.cancelled():
+                self.closing.cancel()
+            elif f.exception() is not None:
+                self.closing.set_exception(f.exception())
+            else:
+                (result, failed), seconds = f.result()
+                self.scan_s += seconds
+                if failed is not None:                  # the last chunk raised, as _write_here handles it
+                    try:
+                        raise failed
+                    except Exception:
+                        self._scan_failed("internal")
+                self.closing.set_result(result)
+            self._late(self.closing, scan, completed)
+        job.add_done_callback(done)
+        return True
 
     def _unscanned(self, result: ScanResult | None) -> str | None:
         """Why bytes of this exchange left without being scanned, if they did (an alert says so)."""

@@ -23,12 +23,15 @@ scheduling attributes are per thread), in one of two ways (``scan_sched``):
   against the loop's 1024). The scheduler still weighs a scan against a woken loop, so the loop
   may wait a little.
 - ``idle``: SCHED_IDLE (weight 3, and a woken normal thread pre-empts it at once): the scans get
-  the CPU nobody else wants. The catch is the GIL: a scan thread that holds it (the compiled
-  core's per-chunk batch of records that need Python, a few ms per dense chunk) and is then
+  the CPU nobody else wants. The catch is the GIL: a scan thread that holds it and is then
   starved, because other processes of its scheduling group keep the cores busy, keeps the loop
-  waiting for as long as it is starved: a priority inversion. Measured (docs/benchmarks.md, latency): with two busy
-  processes beside the sidecar, other clients' 10 KiB p99 ~1.2 s under ``idle`` against 0.16-0.50 s
-  under ``nice``; hence not the default while a scan holds the GIL for long.
+  waiting for as long as it is starved: a priority inversion. Measured (docs/benchmarks.md, latency)
+  with two busy processes beside the sidecar: other clients' 10 KiB p99 ~1.2 s under ``idle``
+  against 0.16-0.50 s under ``nice`` while the scan held the GIL for up to ~8 ms at a time; with
+  the holds cut to ~1 ms (session 16: bench/latency.py --holds) 58-111 ms against 24-26 ms, and
+  the downloads 6-30x slower under ``idle``. With CPU to spare ``idle`` wins ~1.5 ms of p99 (4.4-4.8
+  against 5.6-6.1 ms: the 5 ms target). Hence not the default: set it where the sidecar's group is
+  never saturated.
 
 The price, by design: when the cores are saturated, scans get what is left, so a monitored or an
 enforced download (which moves at its scan's pace) slows down but still moves (bench/latency.py
