@@ -1661,7 +1661,9 @@ cdef int pan_brand(const unsigned char *d, int n) noexcept nogil:
     return 0
 
 
-cdef int _ty = 0, _tm = 0, _td = 0          # today (validators._today), refreshed per process() call
+# today (validators._today) as yyyymmdd, refreshed per process() call: one int, so that a walk on
+# another thread never reads a year of one day with the month of the next (at midnight)
+cdef int _today_ymd = 0
 
 
 cdef time_t _today_at = 0
@@ -1669,13 +1671,13 @@ cdef time_t _today_at = 0
 
 cdef int refresh_today() except -1:
     """Today's date, asked of Python at most once a second (date.today() costs ~20 us here)."""
-    global _ty, _tm, _td, _today_at
+    global _today_ymd, _today_at
     cdef time_t now = time(NULL)
     if now == _today_at:
         return 0
     _today_at = now
     t = _V._today()
-    _ty, _tm, _td = t.year, t.month, t.day
+    _today_ymd = t.year * 10000 + t.month * 100 + t.day
     return 0
 
 
@@ -1735,9 +1737,10 @@ cdef int dob_c(const unsigned char *v, Py_ssize_t n) noexcept nogil:
         dim = 31
     if d > dim:
         return 0
-    if y > _ty or (y == _ty and (m > _tm or (m == _tm and d > _td))):
+    cdef int today = _today_ymd
+    if y * 10000 + m * 100 + d > today:
         return 0
-    return _ty - y <= 120
+    return today // 10000 - y <= 120
 
 
 cdef int validate(int code, const unsigned char *v, Py_ssize_t n) except -1:
@@ -2756,12 +2759,18 @@ cdef bint adds_free(RecBuf rec, int nsig, Py_ssize_t nhits) except -1:
         d = <object>rec.dist[ti]
         if type(d) is not Distinct or (<Distinct>d).py is not None:
             return False
-        if (<Distinct>d).n + nhits + 1 > (<Distinct>d).cap:
+        # each entry (this chunk's hits and the open records' carried in) adds at most once to
+        # its table; every other record once to each record table
+        if (<Distinct>d).n + nhits + rec.n + 1 > (<Distinct>d).cap:
             return False
     return True
 
 
 cdef int _dcadd(Distinct d, Py_hash_t h) except -1:
+    # called without the GIL (flush_adds_c): -2 where cadd would need Python (the sketch, the cap, a
+    # growth). n only grows and a switched table keeps n > cap: one test covers the sketch and the cap
+    if d.n >= d.cap or (h != 0 and (d.tab == NULL or <size_t>(d.n + 1) * 10 > (d.mask + 1) * 7)):
+        return -2
     return d.cadd(h)
 
 
@@ -2783,6 +2792,8 @@ cdef int pregrow(RecBuf rec, int nsig) except -1:
         if rec.addn[ti] <= 0:
             continue
         d = <Distinct>rec.dist[ti]
+        if d.n >= d.cap:
+            continue                     # past or at its cap: _dcadd hands these adds back to the GIL
         while d.tab == NULL or <size_t>(d.n + rec.addn[ti] + 1) * 10 > (d.mask + 1) * 7:
             d._grow()
     return 0
@@ -2791,24 +2802,29 @@ cdef int pregrow(RecBuf rec, int nsig) except -1:
 DEF AHEAD_C = 32                   # batch_flush's AHEAD: a slot is fetched this many adds before it is probed
 
 
-cdef void flush_adds_c(RecBuf rec, RecEnv env, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+cdef Py_ssize_t flush_adds_c(RecBuf rec, RecEnv env, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
     """batch_flush of ``rec.adds[lo:hi]`` without the GIL (adds_free and pregrow made it safe):
     Distinct.cadd through a pointer, each slot fetched AHEAD_C adds before it is probed."""
     cdef dcadd_t cadd = <dcadd_t>_dcadd
     cdef dprefetch_t pre = <dprefetch_t>_dprefetch
     cdef PAdd *pb = rec.adds
     cdef Py_ssize_t k
+    cdef int r
     for k in range(lo, hi if hi - lo < AHEAD_C else lo + AHEAD_C):
         pre(pb[k].d, pb[k].h)
     for k in range(lo, hi):
         if k + AHEAD_C < hi:
             pre(pb[k + AHEAD_C].d, pb[k + AHEAD_C].h)
+        r = cadd(pb[k].d, pb[k].h)
+        if r == -2:
+            return k                     # this add needs Python: it and the rest with the GIL, in order
         rec.addn[pb[k].ti] -= 1
-        if cadd(pb[k].d, pb[k].h) == 1:
+        if r == 1:
             if pb[k].cat == STRONG:
                 env.strong_values += 1
             elif pb[k].cat == CONTACT:
                 env.contact_values += 1
+    return hi
 
 
 cdef int flush_adds(RecBuf rec, RecEnv env, Py_ssize_t lo, Py_ssize_t hi) except -1:
@@ -2823,10 +2839,13 @@ cdef int flush_adds(RecBuf rec, RecEnv env, Py_ssize_t lo, Py_ssize_t hi) except
         pregrow(rec, rec.nflags)
         with nogil:
             t0 = dlp_ticks()
-            flush_adds_c(rec, env, lo, hi)
+            k = flush_adds_c(rec, env, lo, hi)
             t0 = dlp_ticks() - t0
         _free_ticks += t0
-        return 0
+        if k == hi:
+            return 0
+        rec.adds_free = False            # a table reached its cap: the rest of the call with the GIL
+        lo = k
     for k in range(lo, hi):
         if k & ADDS_YIELD == ADDS_YIELD:
             _yields += 1
@@ -2945,7 +2964,7 @@ cdef int walk(Walk *w, RecBuf rec, Info info, PartScan ps, object sc, object buf
                         ok = m is not None
                         if ok:
                             req = info.req[i]
-                            if req and not all(m.group(g).upper() in words for g, words in req):
+                            if req and not require_ok(m, req):
                                 ok = 0
                             else:
                                 s = m.start()
