@@ -2098,6 +2098,18 @@ ctypedef struct ReqC:            # a pattern's require, for the walk (Info.reqfa
     char has_long
 
 
+cdef bint grow_array(void **a, Py_ssize_t *cap, Py_ssize_t first, size_t size) noexcept nogil:
+    """Double the C array ``*a`` of ``*cap`` elements of ``size`` bytes (``first`` when empty), without
+    the GIL: False when out of memory (the array unchanged)."""
+    cdef Py_ssize_t n = cap[0] * 2 if cap[0] else first
+    cdef void *grown = realloc(a[0], n * size)
+    if grown == NULL:
+        return False
+    a[0] = grown
+    cap[0] = n
+    return True
+
+
 @cython.final
 cdef class RecBuf:
     """The open record of a part (``sc._rec`` on the compiled path): the reference's list of
@@ -2161,31 +2173,17 @@ cdef class RecBuf:
 
     cdef Ent *push_c(self) noexcept nogil:
         """push without the GIL: NULL when out of memory."""
-        cdef Py_ssize_t cap
-        cdef Ent *grown
-        if self.n == self.cap:
-            cap = self.cap * 2 if self.cap else 16
-            grown = <Ent *>realloc(self.a, cap * sizeof(Ent))
-            if grown == NULL:
-                return NULL
-            self.a = grown
-            self.cap = cap
+        if self.n == self.cap and not grow_array(<void **>&self.a, &self.cap, 16, sizeof(Ent)):
+            return NULL
         memset(&self.a[self.n], 0, sizeof(Ent))
         self.n += 1
         return &self.a[self.n - 1]
 
     cdef Ev *ev_push(self, int kind) noexcept nogil:
         """A new queued step (NULL when out of memory)."""
-        cdef Py_ssize_t cap
-        cdef Ev *grown
         cdef Ev *t
-        if self.nev == self.evcap:
-            cap = self.evcap * 2 if self.evcap else 64
-            grown = <Ev *>realloc(self.ev, cap * sizeof(Ev))
-            if grown == NULL:
-                return NULL
-            self.ev = grown
-            self.evcap = cap
+        if self.nev == self.evcap and not grow_array(<void **>&self.ev, &self.evcap, 64, sizeof(Ev)):
+            return NULL
         self.nev += 1
         t = &self.ev[self.nev - 1]
         t.kind = kind
@@ -2194,15 +2192,8 @@ cdef class RecBuf:
 
     cdef int add_push(self, PyObject *d, Py_hash_t h, int cat, int ti) noexcept nogil:
         """A distinct add for the batch (-1 when out of memory)."""
-        cdef Py_ssize_t cap
-        cdef PAdd *grown
-        if self.nadds == self.addcap:
-            cap = self.addcap * 2 if self.addcap else 1024
-            grown = <PAdd *>realloc(self.adds, cap * sizeof(PAdd))
-            if grown == NULL:
-                return -1
-            self.adds = grown
-            self.addcap = cap
+        if self.nadds == self.addcap and not grow_array(<void **>&self.adds, &self.addcap, 1024, sizeof(PAdd)):
+            return -1
         self.adds[self.nadds].d = d
         self.adds[self.nadds].h = h
         self.adds[self.nadds].cat = cat
