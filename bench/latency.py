@@ -121,6 +121,16 @@ def _gc_probe(phase, info):                    # --gc: every collection of gener
                                                threading.get_ident() == _gc_main))
 
 gc.callbacks.append(_gc_probe)
+if os.environ.get("DLP_BENCH_GC_SAVEALL"):     # what the collections found, by type (to find new cycles)
+    import collections
+    gc.set_debug(gc.DEBUG_SAVEALL)
+
+    def _gc_types(phase, info):
+        if phase == "stop" and gc.garbage:
+            kinds = collections.Counter(type(o).__module__ + "." + type(o).__qualname__ for o in gc.garbage)
+            gc.garbage.clear()
+            os.write(_gc_fd, ("# " + ", ".join(f"{n} {k}" for k, n in kinds.most_common(12)) + "\\n").encode())
+    gc.callbacks.append(_gc_types)
 '''
 
 
@@ -660,7 +670,10 @@ def gc_events(log: Path, at: int) -> list[tuple[int, float, int, bool]]:
     with open(log, "rb") as fh:
         fh.seek(at)
         rows = [line.split() for line in fh.read().splitlines()]
-    return [(int(g), float(ms), int(n), loop == b"1") for g, ms, n, loop in rows]
+    for r in rows:
+        if r and r[0] == b"#":                          # DLP_BENCH_GC_SAVEALL=1: what was found, by type
+            print(f"  {log.name}: " + b" ".join(r[1:]).decode(), file=sys.stderr)
+    return [(int(r[0]), float(r[1]), int(r[2]), r[3] == b"1") for r in rows if r and r[0] != b"#"]
 
 
 def gc_table(fixed: dict[str, dict[str, list[dict]]], a: argparse.Namespace) -> None:
