@@ -105,6 +105,56 @@ sys.exit(main())
 '''
 
 
+GC_PROBE = '''
+import gc, os, threading, time
+_gc_fd = os.open(os.environ["DLP_BENCH_GC_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+_gc_main = threading.main_thread().ident      # the CLI runs the event loop on the main thread
+_gc_t0 = [0.0]
+
+def _gc_probe(phase, info):                    # --gc: every collection of generation 1 or 2, and any
+    if phase == "start":                       # generation-0 one over 0.5 ms: "gen ms collected on-loop"
+        _gc_t0[0] = time.perf_counter()
+        return
+    ms = (time.perf_counter() - _gc_t0[0]) * 1000
+    if info["generation"] or ms > 0.5:
+        os.write(_gc_fd, b"%d %.3f %d %d\\n" % (info["generation"], ms, info["collected"],
+                                               threading.get_ident() == _gc_main))
+
+gc.callbacks.append(_gc_probe)
+if os.environ.get("DLP_BENCH_GC_SAVEALL"):     # what the collections found, by type (to find new cycles)
+    import collections
+    gc.set_debug(gc.DEBUG_SAVEALL)
+
+    def _gc_types(phase, info):
+        if phase == "stop" and gc.garbage:
+            kinds = collections.Counter(type(o).__module__ + "." + type(o).__qualname__ for o in gc.garbage)
+            gc.garbage.clear()
+            os.write(_gc_fd, ("# " + ", ".join(f"{n} {k}" for k, n in kinds.most_common(12)) + "\\n").encode())
+    gc.callbacks.append(_gc_types)
+'''
+
+
+CYCLES = '''
+from sensor.decode import containers
+from sensor.detect.structure import view
+
+_choose, _shadow = containers.Sniffer._choose, view.Shadow.__init__
+
+def _choose_back(self, magic):                 # --cycles: a sniffer and its route refer to each other
+    _choose(self, magic)                       # again, as before issue 19's fix
+    try:
+        self._route._back = self
+    except AttributeError:                     # a route with __slots__ (none had a back-pointer)
+        pass
+
+def _shadow_back(self, parent):                # and the scanner and its structure shadow
+    _shadow(self, parent)
+    self._back = parent.__init__.__self__      # the scanner itself, not its weak proxy
+
+containers.Sniffer._choose, view.Shadow.__init__ = _choose_back, _shadow_back
+'''
+
+
 UVLOOP = '''
 import asyncio, sys
 import uvloop
@@ -112,13 +162,18 @@ asyncio.run = uvloop.run               # the taps on libuv's loop
 '''
 
 
-def start_standin(sc: Sidecar, d: Path, *, standin: bool = True, uvloop: bool = False) -> Sidecar:
-    """``sc`` started as the CLI would, with the stand-in scan patched in and/or on uvloop (this
-    process only)."""
-    script = d / f"run-{int(standin)}{int(uvloop)}.py"
+def start_standin(sc: Sidecar, d: Path, *, standin: bool = True, uvloop: bool = False,
+                  gc_log: Path | None = None, cycles: bool = False) -> Sidecar:
+    """``sc`` started as the CLI would, with the stand-in scan patched in and/or on uvloop, and/or
+    the collector's pauses written to ``gc_log`` (:data:`GC_PROBE`), and/or with the reference
+    cycles each exchange left before issue 19's fix (:data:`CYCLES`) (this process only)."""
+    script = d / f"run-{int(standin)}{int(uvloop)}{int(gc_log is not None)}{int(cycles)}.py"
     main = STANDIN[STANDIN.index("from sensor.cli.main"):]
-    script.write_text((UVLOOP if uvloop else "") + (STANDIN if standin else "import sys\n" + main))
+    script.write_text((GC_PROBE if gc_log else "") + (CYCLES if cycles else "") + (UVLOOP if uvloop else "")
+                      + (STANDIN if standin else "import sys\n" + main))
     tmp = sc.config.parent
+    if gc_log is not None:
+        os.environ["DLP_BENCH_GC_LOG"] = str(gc_log)    # the caller restores the environment
     sc.proc = subprocess.Popen(
         [sys.executable, str(script), "proxy", "--config", str(sc.config), "--state-dir", str(sc.state),
          "--listen", f"127.0.0.1:{sc.port}", "--metrics", f"127.0.0.1:{sc.metrics_port}",
@@ -600,13 +655,41 @@ def fixed_table(fixed: dict[str, dict[str, list[dict]]], a: argparse.Namespace, 
     print("during the leak, only the cells where the client itself never stalled 5 ms: " + ("; ".join(
         f"{n}: p99 {med(q, 'p99'):.1f} ms ({len(q)} of {len(fixed[n]['busy'])})" for n, q in quiet.items() if q)
         or "none"))
-    pools = [n for n in fixed if n.startswith("pool") and fixed[n]["busy"]]
+    pools = [n for n in fixed if n.startswith("pool") and "cycles" not in n and fixed[n]["busy"]]
     if pools:
         best = min(pools, key=lambda n: med(fixed[n]["busy"], "p99"))
         p99 = med(fixed[best]["busy"], "p99")
         print(f"\n{'PASS' if p99 <= 5 else 'MISS'}  10 KiB p99 <= 5 ms during the leak at {a.rate:.0f}/s "
               f"({best}: {p99:.2f} ms; no download {med(fixed[best]['idle'], 'p99'):.2f} ms; no sidecar "
               f"{med(fixed[FLOOR]['idle'], 'p99'):.2f} ms)")
+
+
+def gc_events(log: Path, at: int) -> list[tuple[int, float, int, bool]]:
+    """The collections :data:`GC_PROBE` wrote to ``log`` after byte ``at``: (generation, ms,
+    objects collected, on the loop's thread)."""
+    with open(log, "rb") as fh:
+        fh.seek(at)
+        rows = [line.split() for line in fh.read().splitlines()]
+    for r in rows:
+        if r and r[0] == b"#":                          # DLP_BENCH_GC_SAVEALL=1: what was found, by type
+            print(f"  {log.name}: " + b" ".join(r[1:]).decode(), file=sys.stderr)
+    return [(int(r[0]), float(r[1]), int(r[2]), r[3] == b"1") for r in rows if r and r[0] != b"#"]
+
+
+def gc_table(fixed: dict[str, dict[str, list[dict]]], a: argparse.Namespace) -> None:
+    """The sidecars' collections during the fixed-rate leak cells (``--gc``), summed over the rounds."""
+    print(f"\n## The sidecar's garbage collections during the leak cells above ({a.rounds} x {a.seconds} s; "
+          f"gc.callbacks in the sidecar; generation 0 only when over 0.5 ms)\n")
+    print("| sidecar | gen 0 > 0.5 ms | gen 1 | gen 2 | on the loop's thread | longest ms (gen) | "
+          "objects collected |\n|---|---|---|---|---|---|---|")
+    for name, v in fixed.items():
+        ev = [e for r in v["busy"] for e in r.get("gc", [])]
+        if not any("gc" in r for r in v["busy"]):
+            continue
+        gens = [sum(1 for e in ev if e[0] == g) for g in (0, 1, 2)]
+        top = max(ev, key=lambda e: e[1], default=None)
+        print(f"| {name} | {gens[0]} | {gens[1]} | {gens[2]} | {sum(1 for e in ev if e[3])} | "
+              f"{f'{top[1]:.2f} ({top[0]})' if top else '–'} | {sum(e[2] for e in ev)} |")
 
 
 def configurations(a: argparse.Namespace) -> dict[str, tuple[dict, dict[str, str], str]]:
@@ -631,6 +714,9 @@ def configurations(a: argparse.Namespace) -> dict[str, tuple[dict, dict[str, str
     if a.uvloop:
         label, conf, env = levels[-1]
         out[f"pool, {label}, uvloop"] = (conf, env, "uvloop")
+    if a.cycles:
+        label, conf, env = levels[-1]
+        out[f"pool, {label}, cycles as before #19's fix"] = (conf, env, "cycles")
     if not a.no_standin:
         for label, conf, env in levels:
             out[f"stand-in, {label}"] = (conf, env, "standin")
@@ -659,6 +745,10 @@ def main() -> None:
                                                             "0: no such table)")
     ap.add_argument("--no-wrk", action="store_true", help="leave out the saturating (wrk -c4) cells")
     ap.add_argument("--only", default="", help="substrings separated by |: only the sidecars whose name has one")
+    ap.add_argument("--gc", action="store_true", help="record the sidecars' garbage collections (gc.callbacks) "
+                                                      "and print a table of them during the fixed-rate leak cells")
+    ap.add_argument("--cycles", action="store_true", help="add a pool row (the last --nice) with the reference "
+                                                          "cycles each exchange left before issue 19's fix")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--saturate", type=int, default=0, help="N busy processes: only the download-progress table "
                                                            "under saturation (pool rows of --nice), see above")
@@ -694,6 +784,7 @@ def main() -> None:
             fh.write(block)
     procs: list[subprocess.Popen] = []
     sidecars: dict[str, Sidecar] = {}
+    gc_logs: dict[str, Path | None] = {}
     try:
         op = free_port()
         procs.append(nginx(d, "origin", op, f"root {www}; sendfile on;"))
@@ -707,8 +798,10 @@ def main() -> None:
             try:
                 sc = Sidecar.create(d / f"sc{i}", origin, {
                     "proxy": {"mode": "monitor"}, "alerts": {"sinks": []}, **conf})
-                sidecars[name] = (start_standin(sc, d, standin="standin" in how, uvloop="uvloop" in how) if how
-                                  else sc.start())
+                gc_logs[name] = d / f"gc{i}.log" if a.gc else None
+                sidecars[name] = (start_standin(sc, d, standin="standin" in how, uvloop="uvloop" in how,
+                                                gc_log=gc_logs[name], cycles="cycles" in how)
+                                  if how or a.gc else sc.start())
             finally:
                 os.environ.clear()
                 os.environ.update(env)
@@ -731,8 +824,12 @@ def main() -> None:
                     runs[name]["busy"].append(measure(sc.url + "/10k.html", a.seconds, sc.url + "/leak.csv"))
                 if a.rate:
                     fixed[name]["idle"].append(measure_rate(sc.url + "/10k.html", a.rate, a.seconds, None))
+                    log = gc_logs.get(name)
+                    at = log.stat().st_size if log and log.exists() else 0
                     fixed[name]["busy"].append(measure_rate(sc.url + "/10k.html", a.rate, a.seconds,
                                                             sc.url + "/leak.csv"))
+                    if log:
+                        fixed[name]["busy"][-1]["gc"] = gc_events(log, at)
                 if a.big_mb:
                     p = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{speed_download}",
                                         sc.url + "/big.html"], capture_output=True, text=True, timeout=300)
@@ -745,6 +842,8 @@ def main() -> None:
         load = os.getloadavg()
         if a.rate:
             fixed_table(fixed, a, len(leak), load)
+            if a.gc:
+                gc_table(fixed, a)
         if a.no_wrk:
             lag = lag_table(leak, a.rounds)
             if a.json:
@@ -773,7 +872,7 @@ def main() -> None:
         print("\nper round, during the leak (p99 ms): " + "; ".join(
             f"{n}: " + ", ".join(f"{r['p99']:.1f}" for r in v["busy"]) for n, v in runs.items() if v["busy"]))
         print(f"per round, no download (p99 ms): {FLOOR}: " + ", ".join(f"{r['p99']:.1f}" for r in runs[FLOOR]["idle"]))
-        pools = [n for n in med if n.startswith("pool")]
+        pools = [n for n in med if n.startswith("pool") and "cycles" not in n]
         if pools:
             best = min(pools, key=lambda n: med[n]["busy"]["p99"])
             print(f"\n{'PASS' if med[best]['busy']['p99'] <= 5 else 'MISS'}  10 KiB p99 <= 5 ms during the leak "

@@ -63,7 +63,8 @@ class BodyScan:
         self.received = 0
         self.stopped = False        # decoding gave up (limit or corrupt input); see notes
         self.uninspected: str | None = None     # the decode limit that left part of the body unread
-        stop = (lambda: self.scanner.verdict == "trip") if stop_on_trip else (lambda: False)
+        scanner = self.scanner      # not self: body -> sniffer -> stop -> body would be a reference cycle
+        stop = (lambda: scanner.verdict == "trip") if stop_on_trip else (lambda: False)
         self.sniffer = Sniffer(self.scanner, self.budget, 0, None, self.notes, stop,
                                charset=declared_charset(self.exchange.content_type))
         self._top = self.sniffer

@@ -18,6 +18,7 @@ import re
 import tempfile
 import zipfile
 import zlib
+import weakref
 from typing import IO, Callable, Iterator, Protocol
 from xml.etree.ElementTree import ParseError, iterparse
 
@@ -99,24 +100,29 @@ class Sniffer:
             route.finder.salvage()
 
     def _choose(self, magic: bytes) -> None:
+        # The route needs this sniffer back (its out, budget, notes, stop): a weak proxy, so that
+        # sniffer -> route -> sniffer is no reference cycle and an exchange's decoders are freed by
+        # refcount when it ends, not by a cyclic GC pass on whichever thread allocates next (the
+        # event loop: issue 19). The route never outlives its sniffer, which owns it.
+        me = weakref.proxy(self)
         if magic.startswith(ZIP_MAGIC) or magic.startswith(EMPTY_ZIP_MAGIC):
             self.budget.check_depth(self.depth + 1)
             self.kind = "zip"
-            self._route = ZipSpool(self)
+            self._route = ZipSpool(me)
         elif magic.startswith(PDF_MAGIC):
             self.budget.check_depth(self.depth + 1)
             self.kind = "pdf"
-            self._route = PdfSpool(self)
+            self._route = PdfSpool(me)
         elif magic.startswith(PARQUET_MAGIC) or magic.startswith(ARROW_MAGIC):
             self.budget.check_depth(self.depth + 1)
             from sensor.decode.columnar import ColumnarSpool   # pyarrow loads only when a table comes
-            self._route = ColumnarSpool(self, "parquet" if magic.startswith(PARQUET_MAGIC) else "arrow")
+            self._route = ColumnarSpool(me, "parquet" if magic.startswith(PARQUET_MAGIC) else "arrow")
             self.kind = self._route.kind
         elif magic.startswith(OLE2_MAGIC):
             self.budget.check_depth(self.depth + 1)
             from sensor.decode.xls import XlsSpool          # xlrd loads only when a workbook comes
             self.kind = "xls"
-            self._route = XlsSpool(self)
+            self._route = XlsSpool(me)
         elif (file_kind := _compressed_kind(magic)) is not None:
             self.budget.check_depth(self.depth + 1)
             self.kind = file_kind
@@ -130,7 +136,7 @@ class Sniffer:
             self._route = Transcoder(self.out, codec)
         else:
             self.kind = "text"
-            self._route = _Text(self)
+            self._route = _Text(me)
 
 
 def _compressed_kind(magic: bytes) -> str | None:

@@ -18,6 +18,7 @@ import ctypes
 import operator
 import re
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -279,7 +280,7 @@ class ExchangeScanner:
         self._skind = sniff_structure(head)
         if self._skind is not None:
             if self._shadow is None:
-                self._shadow = Shadow(self)
+                self._shadow = Shadow(weakref.proxy(self))   # no scanner <-> shadow cycle: freed by refcount
             self._shadow.begin(self._skind)
 
     # -- feeding ----------------------------------------------------------------------------
