@@ -209,6 +209,19 @@ def test_same_counts_and_rows_as_the_reference(core, roster, index_file, state, 
     assert _flushed_hits(c, records) == alone
 
 
+def test_flat_hand_over_same_as_pairs(core, roster, index_file, state, monkeypatch):
+    """The scanner hands a record flat (kind, raw, kind, raw, ...): both matchers answer as for the
+    same values in (kind, raw) pairs, call by call."""
+    key = load_key(None, state)
+    c, p = _pair(index_file, key, monkeypatch, [IndexSpec(str(index_file), min_fields=2)])
+    records = _records(roster[1], 600, seed=11)
+    flat = [[x for kv in r for x in kv] for r in records]
+    for edm in (c, p):
+        want = _run(edm, records)
+        assert _run(edm, flat) == want
+        assert want[2] > 0
+
+
 def _flushed_hits(edm, records):
     m = edm.matcher()
     out = []

@@ -3961,7 +3961,7 @@ cdef int finish(sc, RecEnv env, Ent *ents, Py_ssize_t nrec, object rec_key, obje
             h = t.h
             raw = <object>t.obj if t.obj != NULL else None
         if edm_vals is not None and edm_kind[si] is not None and raw is not None:
-            edm_vals.append((edm_kind[si], raw))
+            edm_vals.append(edm_kind[si]); edm_vals.append(raw)    # flat: kind, raw (sensor/edm: no tuple per value)
         batch_add(env, distinct[si], h, cat)
         if raw is not None and want[si]:
             sc._sample(si, raw)

@@ -685,7 +685,7 @@ class ExchangeScanner:
                     continue
                 h = hash(raw)
             if edm_vals is not None and edm_kind[si] is not None and raw is not None:
-                edm_vals.append((edm_kind[si], raw))
+                edm_vals += (edm_kind[si], raw)   # flat: kind, raw, kind, raw (no tuple kept)
             if distinct[si].add(h):
                 if cat == STRONG:
                     self._strong_values += 1

@@ -14,8 +14,9 @@ same batches of records (64, or fewer when the verdict, counts or rows are read)
   blocks are built here and compressed with ``SHA256_Transform`` (OpenSSL libcrypto; one
   compression per side for most values), longer ones go through ``SHA256_Update/Final``;
 - the bucketed lookup on the index (directory, then a binary search). A lookup is two or three
-  dependent cache misses, so the values of the first ``min_fields + 1`` kinds of a record (the
-  ones looked up whatever the outcome) are hashed when the record is handed over, and the lines
+  dependent cache misses, so the values of a record's first kinds (while most values miss: as
+  many as the filter must reject for the record to be rejected, the kinds present - ``min_fields``
+  + 1) are hashed when the record is handed over, and the lines
   of the whole batch are fetched in stages (filter blocks, directory entries, buckets, row ids):
   the batch's misses overlap, a record waits on memory about once per batch;
 - a membership filter per field in front of the index (used while most values miss it), the
@@ -39,6 +40,7 @@ cdef extern from "Python.h":
     void _incref "Py_INCREF"(PyObject *o)
     void _decref "Py_DECREF"(PyObject *o)
 from cpython.tuple cimport PyTuple_Check, PyTuple_GET_SIZE, PyTuple_GET_ITEM
+from cpython.list cimport PyList_GET_ITEM
 
 cdef extern from "openssl/sha.h":
     ctypedef struct SHA256_CTX:
@@ -103,8 +105,9 @@ def set_short(int on) -> None:
 
 
 def set_lean(int on) -> None:
-    """While most values hit, hash ahead only min_fields kinds (1, default) or min_fields + 1 (0).
-    For the benchmark's comparison only: the results are the same."""
+    """Hash ahead only the kinds a record needs (1, default): min_fields kinds while most values hit,
+    else the kinds present - min_fields + 1 (what the filter must reject); or min_fields + 1 either
+    way (0). For the tests and the benchmark's comparison: the results are the same."""
     global _lean
     _lean = on
 
@@ -949,9 +952,14 @@ cdef class Matcher:
             self._rs = NULL
 
     def record(self, list values) -> bool:
-        """Queue one record's candidate values (kind, raw bytes), hashed now and their first lines
-        fetched; True when the batch this call completed matched a row of some index."""
+        """Queue one record's candidate values, hashed now and their first lines fetched; True when
+        the batch this call completed matched a row of some index. ``values``: (kind, raw bytes)
+        pairs, or the same flat (kind, raw, kind, raw, ...), as the scanner hands them (no tuple
+        made and freed per value: ~0.1 us a record of dense content)."""
         cdef Py_ssize_t n = len(values)
+        cdef bint flat = n > 0 and not PyTuple_Check(<object>PyList_GET_ITEM(values, 0))
+        if flat:
+            n >>= 1
         if n < self.plan.min_need or self.plan.nix == 0:
             return False
         cdef Py_ssize_t V = self._nv, R = self._nr
@@ -973,12 +981,16 @@ cdef class Matcher:
         cdef int c, x
         # distinct values per kind, in order of first appearance (the reference's by_kind)
         for i in range(n):
-            t = values[i]
-            if PyTuple_Check(t) and PyTuple_GET_SIZE(t) == 2:
-                kind = <object>PyTuple_GET_ITEM(t, 0)
-                raw = <object>PyTuple_GET_ITEM(t, 1)
+            if flat:
+                kind = <object>PyList_GET_ITEM(values, 2 * i)
+                raw = <object>PyList_GET_ITEM(values, 2 * i + 1)
             else:
-                kind, raw = t
+                t = <object>PyList_GET_ITEM(values, i)
+                if PyTuple_Check(t) and PyTuple_GET_SIZE(t) == 2:
+                    kind = <object>PyTuple_GET_ITEM(t, 0)
+                    raw = <object>PyTuple_GET_ITEM(t, 1)
+                else:
+                    kind, raw = t
             # the scanner hands the same kind objects every time: known by identity, not hashed
             slot = -1
             for c in range(self._nk):
@@ -1112,25 +1124,40 @@ cdef class Matcher:
         cdef uint64_t h
         cdef const unsigned char *cp
         rx.alive = 0
-        # kinds of this index present in the record; the first need + 1 of them are looked up
-        # whatever the outcome (a match needs two kinds; a record of other people misses need + 1)
-        # while most values looked up lately were in the index (the filter is off then), a record is
+        # kinds of this index present in the record; the first of them (see below) are hashed ahead.
+        # While most values looked up lately were in the index (the filter is off then), a record is
         # most likely a match after its first need kinds: only they are hashed ahead
         if self._probes > 4096:
             self._probes >>= 1
             self._hits >>= 1
         cdef bint mostly_in = 2 * self._hits > self._probes
-        cdef int ahead_kinds = need if (mostly_in and _lean) else need + 1
-        cdef int cutoff = ip.nk
+        cdef int cutoff = ip.nk, ahead_kinds, seen = 0
         for k in range(ip.nk):
             for i in range(m):
                 if vk[i] == ip.f[k].kind:
                     left += 1
-                    if left == ahead_kinds:
-                        cutoff = k
                     break
         if left < need:
             return 0
+        # while most values miss, a record of other people is rejected by the filter once
+        # left - need + 1 of its kinds miss (the others cannot make min_fields): exactly those are
+        # hashed ahead (4 kinds, min_fields 2: 3; a record without a name: 2, not its date of
+        # birth too, which a large table nearly always holds); the rest only if it survives
+        if mostly_in and _lean:
+            ahead_kinds = need
+        elif _lean:
+            ahead_kinds = left - need + 1
+        else:
+            ahead_kinds = need + 1
+        for k in range(ip.nk):
+            for i in range(m):
+                if vk[i] == ip.f[k].kind:
+                    seen += 1
+                    if seen == ahead_kinds:
+                        cutoff = k
+                    break
+            if seen == ahead_kinds:
+                break
         cdef bint ahead = _ahead
         # the filter pays when most values are not in the index (a miss: one line instead of two or
         # three) and costs a line when most are (breach-like content of the indexed people): it is

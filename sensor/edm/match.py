@@ -229,9 +229,12 @@ class EdmMatcher:
         self._memo = [{k: {} for k in steps} for *_, steps in self.edm.plans]
         self._plans = [p + (m,) for p, m in zip(self.edm.plans, self._memo)]
 
-    def record(self, values: list[tuple[str, bytes]]) -> bool:
-        """Queue one record's candidate values (kind, raw bytes); True when the batch this call
-        completed matched a row of some index."""
+    def record(self, values: list[Any]) -> bool:
+        """Queue one record's candidate values: (kind, raw bytes) pairs, or the same flat (kind, raw,
+        kind, raw, ...) as the scanner hands them; True when the batch this call completed matched
+        a row of some index."""
+        if values and not isinstance(values[0], tuple):
+            values = list(zip(values[::2], values[1::2]))
         if len(values) < self.edm.min_need:
             return False                           # fewer values than any index needs fields
         p = self._pending
