@@ -42,8 +42,9 @@ The session owns:
   complete file. The body is held whole (memory, then a temporary file), scanned, and released at
   :meth:`~ExchangeSession.end` with its length (``Step.length``); past ``proxy.http10_buffer_mib``
   it is refused with 505 before the first byte (the client should speak HTTP/1.1);
-- **monitor mode never holds a byte**: each chunk is released at once and scanned on the next call
-  (or at the end); a trip raises the alert and ledger entry but cuts nothing. With
+- **monitor mode never holds a byte**: each chunk is released at once; its scan starts in the pool
+  as it leaves (while the loop sends it and reads the next) and its verdict is read on the next
+  call (or at the end), as if it were scanned then; a trip raises the alert and ledger entry but cuts nothing. With
   ``kafka.mirror`` on, a monitor exchange is published to the workers instead of scanned here; a
   full mirror queue (``overflow: local``) scans it here from that byte on;
 - **the scan** (:meth:`Sensor.new_scan <sensor.runtime.Sensor.new_scan>`, with the detector the
@@ -110,9 +111,6 @@ UNFRAMED_MEMORY = 1 << 20     # an HTTP/1.0 client's unframed body: held in memo
 UNFRAMED_PIECE = 64 << 10     # and released in pieces this size
 
 T = TypeVar("T")
-import os as _os
-_LIGHT = _os.environ.get("DLP_P3_LIGHT", "1") == "1"
-_PIPE = _os.environ.get("DLP_P3_PIPE", "1") == "1"
 NO_STORE = ("Cache-Control", "no-store")
 RETRY = ("Retry-After", "1")
 
@@ -421,7 +419,7 @@ class ExchangeSession:
                 assert self.scan is not None
                 self.scan.notes.append(f"mirror-overflow: scanned here from byte {self.received - len(chunk)}")
         if self.scan is not None:
-            if _PIPE and self.pool is not None and not self._small():
+            if self.pool is not None and not self._small():
                 # its scan starts now, in the pool, while the loop sends it and reads the next one;
                 # the verdict is read on the next call, as an unscanned chunk's would be
                 self._ahead = self._submit(workers.in_pieces, self.scan.write, chunk)
@@ -468,10 +466,7 @@ class ExchangeSession:
     def _submit(self, fn: Callable[..., T], *args: object) -> "asyncio.Future[tuple[T, float]]":
         """Start ``fn(*args)`` in the pool (the exchange's one job in flight: ``_busy``)."""
         assert self.pool is not None
-        if _LIGHT:
-            job = workers.submit(self.pool, fn, *args)
-        else:
-            job = asyncio.get_running_loop().run_in_executor(self.pool, workers.timed, fn, *args)
+        job = workers.submit(self.pool, fn, *args)
         self._busy = job
         return job
 

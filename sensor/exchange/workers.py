@@ -47,9 +47,11 @@ could not finish are finished in one batch with it: sensor/detect/_hscore.pyx pr
 go to the scanner whole. Slicing them
 (:data:`SCAN_PIECE`) is kept as a bench knob: it cost ~2.5 % of benign throughput.
 
-Order: a session submits one job at a time and awaits it (see ExchangeSession._off), so the
-chunks of one exchange are scanned in order, one at a time, possibly on different threads: every
-Hyperscan call takes the calling thread's scratch (sensor.detect.scratch).
+Order: a session has one job at a time in flight and awaits it before the next (see
+ExchangeSession._off and its monitor read-ahead), so the chunks of one exchange are scanned in
+order, one at a time, on the thread that went idle last (:class:`LastIdlePool`: the same thread,
+chunk after chunk, unless it is busy with another exchange's): every Hyperscan call takes the
+calling thread's scratch (sensor.detect.scratch).
 """
 from __future__ import annotations
 
@@ -61,7 +63,7 @@ import threading
 import time
 from collections.abc import Callable
 from collections import deque
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -178,7 +180,7 @@ def pool(setting: int | None, nice: int = 0, sched: str = "nice") -> Executor | 
     with _LOCK:
         p = _POOLS.get(key)
         if p is None:
-            p = _POOLS[key] = (LastIdlePool if os.environ.get("DLP_P3_LIFO", "1") == "1" else ThreadPoolExecutor)(n, thread_name_prefix="dlp-scan", initializer=lower_priority,
+            p = _POOLS[key] = LastIdlePool(n, thread_name_prefix="dlp-scan", initializer=lower_priority,
                                            initargs=(nice, sched))
         return p
 
@@ -195,8 +197,9 @@ class LastIdlePool(Executor):
     caches on every chunk. Here the thread that just scanned chunk N is the one chunk N+1 goes to
     whenever it is idle (it is, for one download: one job at a time per exchange), and another idle
     thread takes a job only when that one is busy. Measured (100 MB monitor download, MB per
-    sidecar CPU-second, alternated, 8 rounds): one scan thread 1.049x two ThreadPoolExecutor
-    threads; this pool keeps both threads for concurrent exchanges at one thread's cost per chunk.
+    sidecar CPU-second, 7-8 alternated rounds, loaded 2-core VM): ``scan_workers: 1`` was 1.04-1.05x
+    two ThreadPoolExecutor threads, and this pool with two threads 1.034x: one thread's cost per
+    chunk, and still both threads for concurrent exchanges.
 
     Threads start with the pool (``initializer`` runs in each, as it starts: lower_priority), and
     are joined at interpreter exit as ``ThreadPoolExecutor``'s are (non-daemon, after the jobs
@@ -327,7 +330,7 @@ def in_pieces(write: Callable[[bytes], T], data: bytes, piece: int = 0) -> T:
     return value
 
 
-def submit(executor: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> "asyncio.Future[tuple[T, float]]":
+def submit(executor: Executor, fn: Callable[..., T], *args: Any) -> "asyncio.Future[tuple[T, float]]":
     """``timed(fn, *args)`` in ``executor``, as an asyncio future of the running loop: (its value,
     the seconds it took there). Call on the event loop.
 

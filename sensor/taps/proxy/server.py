@@ -32,8 +32,6 @@ log = logging.getLogger("dlp_sensor.proxy")
 CHUNK = 64 << 10              # enforce: what may leave after the hold-back before a trip is seen
 LAST_CHUNK_PATIENCE = 0.1    # s a chunked body's latest chunk waits for the next before it leaves anyway
 MONITOR_CHUNK = 256 << 10     # monitor: nothing is held, so bigger reads (fewer per-chunk costs: +8 % MB/s)
-import os as _os
-_PIECES = _os.environ.get("DLP_P3_PIECES", "1") == "1"
 HOP_BY_HOP = frozenset(h.lower() for h in (
     "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer", "Trailers",
     "Transfer-Encoding", "Upgrade", "Proxy-Connection"))
@@ -155,10 +153,8 @@ class Proxy:
                 it = _empty()
             elif session.enforce:
                 it = up.content.iter_chunked(CHUNK)
-            elif _PIECES:
-                it = _received(up.content, MONITOR_CHUNK)
             else:
-                it = up.content.iter_chunked(MONITOR_CHUNK)
+                it = _received(up.content, MONITOR_CHUNK)
             if session.lookahead:
                 it = _with_ticks(it, LAST_CHUNK_PATIENCE)
             async for chunk in it:
