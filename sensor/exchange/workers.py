@@ -61,8 +61,8 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
@@ -214,13 +214,13 @@ class LastIdlePool(Executor):
         self._backlog: deque = deque()          # jobs submitted while every thread was busy
         self._shut = False
         self._threads: list[threading.Thread] = []
+        _register_atexit(self._at_exit)         # first: parked threads nobody joins would hang the exit
         for i in range(n):
             slot = _Slot()
             t = threading.Thread(target=self._work, args=(slot, initializer, initargs),
                                  name=f"{thread_name_prefix}_{i}")
             self._threads.append(t)
             t.start()
-        _register_atexit(self._at_exit)
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> "Future[T]":
         f: Future[T] = Future()
@@ -240,7 +240,10 @@ class LastIdlePool(Executor):
 
     def _work(self, slot: "_Slot", initializer: Callable[..., Any] | None, initargs: tuple) -> None:
         if initializer is not None:
-            initializer(*initargs)
+            try:
+                initializer(*initargs)
+            except Exception:                   # the thread still serves (lower_priority logs its own refusals)
+                log.exception("scan pool thread initializer failed")
         with self._lock:
             self._idle.insert(0, slot)          # not yet the "last idle" of anyone
             item = self._backlog.popleft() if self._backlog else None
@@ -309,9 +312,9 @@ def _register_atexit(fn: Callable[[], None]) -> None:
     if hook is not None:
         try:
             hook(fn)
-            return
-        except RuntimeError:                    # already shutting down
-            return
+        except RuntimeError as e:               # the interpreter is already shutting down
+            raise RuntimeError("cannot start a scan pool after interpreter shutdown") from e
+        return
     import atexit
     atexit.register(fn)
 
