@@ -160,6 +160,22 @@ def cpu_times(pid: int) -> tuple[float, float]:
     return int(f[11]) / tick, int(f[12]) / tick
 
 
+def thread_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds so far of ``pid``'s main thread (the event loop) and of all its other threads
+    (the scan pool, mostly), from /proc/PID/task/*/schedstat (nanoseconds, not clock ticks)."""
+    main = rest = 0.0
+    for t in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            ns = int((t / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue                    # a thread that just ended
+        if t.name == str(pid):
+            main += ns / 1e9
+        else:
+            rest += ns / 1e9
+    return main, rest
+
+
 def cpu_seconds(pid: int) -> float:
     return sum(cpu_times(pid))
 
@@ -248,12 +264,19 @@ def download_vs_ceiling(sc: Sidecar, url: str, big: bytes, seconds: int, rounds:
     (:class:`Ceilings`), alternated round by round; medians of the per-round ratios."""
     ceil = Ceilings(big)
     rows: dict[str, list[float]] = {k: [] for k in ("like", "main_gated", "wheel", "wall", "core", "sys",
-                                                     "r_wall", "r_like", "r_main_gated", "r_wheel")}
+                                                     "r_wall", "r_like", "r_main_gated", "r_wheel",
+                                                     "loop_s", "threads_s", "libhs_s")}
     for _ in range(rounds):
         c = ceil.measure(big)
         u0, s0 = cpu_times(sc.proc.pid)
+        m0, t0 = thread_seconds(sc.proc.pid)
         d = wrk(url, seconds, 1)
         u1, s1 = cpu_times(sc.proc.pid)
+        m1, t1 = thread_seconds(sc.proc.pid)
+        per100 = 100.0 / (d["read_mb"] * 1.048576) if d["read_mb"] > 0 else float("nan")
+        rows["loop_s"].append((m1 - m0) * per100)
+        rows["threads_s"].append((t1 - t0) * per100)
+        rows["libhs_s"].append(100.0 / c["like"])
         cpu = (u1 - u0) + (s1 - s0)
         mbps = d["mbps"] * 1.048576                  # wrk's MiB/s -> MB/s, like the ceiling
         core = d["read_mb"] * 1.048576 / cpu if cpu > 0 else float("nan")
@@ -272,6 +295,8 @@ def download_vs_ceiling(sc: Sidecar, url: str, big: bytes, seconds: int, rounds:
             "x_ceiling_wall": med(rows["r_wall"]), "x_ceiling_per_core": med(rows["r_like"]),
             "x_main_gated_per_core": med(rows["r_main_gated"]), "x_wheel_per_core": med(rows["r_wheel"]),
             "rounds": rounds, "kernel_share_of_cpu": med(rows["sys"]),
+            "loop_s_per_100MB": med(rows["loop_s"]), "threads_s_per_100MB": med(rows["threads_s"]),
+            "ceiling_s_per_100MB": med(rows["libhs_s"]),
             "per_round": {k: [round(x, 3) for x in v] for k, v in rows.items()}}
 
 
@@ -492,6 +517,9 @@ def download_section(sc: Sidecar, www: Path, a: argparse.Namespace) -> dict:
         print(f"| main + gated ({lib}) | {dl['ceiling_main_gated_MBps']:.1f} | ″ | {dl['x_main_gated_per_core']:.2f}x |")
     print(f"| main + gated (PyPI wheel's libhs; the former ceiling) | {dl['ceiling_wheel_MBps']:.1f} | ″ | "
           f"{dl['x_wheel_per_core']:.2f}x |")
+    print(f"\nPer 100 MB, CPU seconds (schedstat, medians): the event loop thread {dl['loop_s_per_100MB']:.3f}, "
+          f"the other threads (the scan pool) {dl['threads_s_per_100MB']:.3f}; the like-for-like ceiling's raw scan "
+          f"{dl['ceiling_s_per_100MB']:.3f} (0.8x of it is {dl['ceiling_s_per_100MB'] / 0.8:.3f} in all).")
     print(f"\nSidecar wall (c=1): {dl['sidecar_MBps']:.1f} MB/s = {dl['x_ceiling_wall']:.2f}x the like-for-like "
           f"ceiling. Per round, sidecar MB per CPU-second: {dl['per_round']['core']}; like-for-like ratio: "
           f"{dl['per_round']['r_like']}.")

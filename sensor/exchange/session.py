@@ -42,8 +42,9 @@ The session owns:
   complete file. The body is held whole (memory, then a temporary file), scanned, and released at
   :meth:`~ExchangeSession.end` with its length (``Step.length``); past ``proxy.http10_buffer_mib``
   it is refused with 505 before the first byte (the client should speak HTTP/1.1);
-- **monitor mode never holds a byte**: each chunk is released at once and scanned on the next call
-  (or at the end); a trip raises the alert and ledger entry but cuts nothing. With
+- **monitor mode never holds a byte**: each chunk is released at once; its scan starts in the pool
+  as it leaves (while the loop sends it and reads the next) and its verdict is read on the next
+  call (or at the end), as if it were scanned then; a trip raises the alert and ledger entry but cuts nothing. With
   ``kafka.mirror`` on, a monitor exchange is published to the workers instead of scanned here; a
   full mirror queue (``overflow: local``) scans it here from that byte on;
 - **the scan** (:meth:`Sensor.new_scan <sensor.runtime.Sensor.new_scan>`, with the detector the
@@ -266,6 +267,7 @@ class ExchangeSession:
         # scan work runs in the process's worker pool (None: on the loop), one job at a time
         self.pool = workers.pool(config.scan_workers, config.scan_nice, config.scan_sched)
         self._busy: asyncio.Future | None = None        # the job in flight, if any (see close)
+        self._ahead: asyncio.Future | None = None       # monitor: the released chunk's scan, not yet read
         self.closing: asyncio.Future | None = None      # the final verdict of a closed exchange (_finish_off)
 
     # -- request and response heads -----------------------------------------------------------
@@ -417,14 +419,28 @@ class ExchangeSession:
                 assert self.scan is not None
                 self.scan.notes.append(f"mirror-overflow: scanned here from byte {self.received - len(chunk)}")
         if self.scan is not None:
-            self.unscanned = chunk
+            if self.pool is not None and not self._small():
+                # its scan starts now, in the pool, while the loop sends it and reads the next one;
+                # the verdict is read on the next call, as an unscanned chunk's would be
+                self._ahead = self._submit(workers.in_pieces, self.scan.write, chunk)
+            else:
+                self.unscanned = chunk
         self.ctx.bytes_sent += len(chunk)
         if self.judge_only:
             return _HOLD
         return Step(FORWARD, send=(chunk,))
 
     async def _scan_unscanned(self) -> Step | None:
-        """Monitor: scan the chunk released last time (a trip there cuts nothing; a failure may)."""
+        """Monitor: scan the chunk released last time (a trip there cuts nothing; a failure may),
+        or read the verdict of its scan started when it was released (``_ahead``)."""
+        if self._ahead is not None:
+            try:
+                verdict, seconds = await asyncio.shield(self._ahead)
+                self.scan_s += seconds
+            except Exception:
+                verdict = self._scan_failed("internal")
+            self._ahead = None
+            return await self._judge(verdict)
         if self.unscanned is None:
             return None
         chunk, self.unscanned = self.unscanned, None
@@ -442,11 +458,17 @@ class ExchangeSession:
                 return fn(*args)
             finally:
                 self.scan_s += time.perf_counter() - t
-        job = asyncio.get_running_loop().run_in_executor(self.pool, workers.timed, fn, *args)
-        self._busy = job
+        job = self._submit(fn, *args)
         value, seconds = await asyncio.shield(job)
         self.scan_s += seconds
         return value
+
+    def _submit(self, fn: Callable[..., T], *args: object) -> "asyncio.Future[tuple[T, float]]":
+        """Start ``fn(*args)`` in the pool (the exchange's one job in flight: ``_busy``)."""
+        assert self.pool is not None
+        job = workers.submit(self.pool, fn, *args)
+        self._busy = job
+        return job
 
     def _small(self) -> bool:
         """Scan work smaller than its trip to a thread: a body of at most ``workers.INLINE_BYTES``
@@ -659,6 +681,8 @@ class ExchangeSession:
         try:
             if self.mirrored is not None:
                 self.mirrored.end(completed=completed, sent=self.ctx.bytes_sent)
+            if self._ahead is not None and self._ahead.done():
+                self._reap_ahead()                      # the client left before its verdict was read
             if self.scan is not None:
                 if self.result is None and self.finishing is not None:
                     # the client left (the handler is cancelled) while the verdict was being read,
@@ -687,6 +711,21 @@ class ExchangeSession:
         except Exception:                               # accounting must never break the data path
             log.exception("accounting for exchange %s failed", self.ctx.exchange_id)
 
+    def _reap_ahead(self) -> None:
+        """The outcome of a released chunk's scan nobody awaited (the exchange closed first): its
+        time counts, and a failure is handled as :meth:`_write` would (the route's on_error)."""
+        assert self._ahead is not None
+        job, self._ahead = self._ahead, None
+        if job.cancelled():
+            return
+        if (error := job.exception()) is not None:
+            try:
+                raise error
+            except Exception:
+                self._scan_failed("internal")
+            return
+        self.scan_s += job.result()[1]
+
     def _finish_off(self, completed: bool) -> bool:
         """The scan of an exchange closed while a job was in flight and before its final verdict
         (typically a monitored download whose client left with the last bytes while the scan lagged
@@ -705,8 +744,7 @@ class ExchangeSession:
             return False
         chunk, self.unscanned = self.unscanned, None     # monitor: the last chunk left; it counts
         scan = self.scan
-        job = loop.run_in_executor(self.pool, workers.timed, _rest_of, scan, chunk)
-        self._busy = job
+        job = self._submit(_rest_of, scan, chunk)
         self.closing = loop.create_future()
 
         def done(f: asyncio.Future) -> None:
