@@ -696,8 +696,8 @@ def configurations(a: argparse.Namespace) -> dict[str, tuple[dict, dict[str, str
     """name -> (config keys, environment for the sidecar, how it starts: "" (the CLI), "standin",
     "uvloop", "standin+uvloop")"""
     def nice(v: str) -> tuple[str, dict, dict[str, str]]:
-        if v == "idle":
-            return "scan_sched idle", {"scan_sched": "idle"}, {}
+        if v in ("idle", "auto"):
+            return f"scan_sched {v}", {"scan_sched": v}, {}
         return f"scan_nice {v}", {"scan_sched": "nice", "scan_nice": int(v)}, {}
     out: dict[str, tuple[dict, dict[str, str], str]] = {
         "loop (scan_workers: 0)": ({"scan_workers": 0}, {}, ""),

@@ -59,7 +59,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -74,7 +74,7 @@ SCAN_SWITCH_INTERVAL = float(os.environ.get("DLP_SCAN_SWITCH_INTERVAL", "0.0002"
 INLINE_BYTES = int(os.environ.get("DLP_SCAN_INLINE_BYTES", str(16 << 10)))
 
 # ``scan_sched`` values: how the scan threads run below the event loop (see lower_priority).
-SCHEDS = ("nice", "idle")
+SCHEDS = ("auto", "nice", "idle")
 
 # Bytes. A chunk handed to a scan job is written to the scanner in slices of at most this size.
 # Compiled code that holds the GIL never reaches the interpreter's switch check; between two slices
@@ -87,7 +87,7 @@ SCAN_PIECE = int(os.environ.get("DLP_SCAN_PIECE_BYTES", "0"))
 MALLOC_ARENA_MAX = int(os.environ.get("DLP_MALLOC_ARENA_MAX", "1"))
 M_ARENA_MAX = -8                # glibc's mallopt parameter number (malloc.h)
 
-_POOLS: dict[tuple[int, int, str], ThreadPoolExecutor] = {}
+_POOLS: dict[tuple[int, int, str], Executor] = {}
 _LOCK = threading.Lock()
 _running = 0
 _default_switch = sys.getswitchinterval()    # the process's, as it was when the first scan started
@@ -160,11 +160,13 @@ def cap_arenas(limit: int = MALLOC_ARENA_MAX) -> bool:
 ARENAS_CAPPED = cap_arenas()
 
 
-def pool(setting: int | None, nice: int = 0, sched: str = "nice") -> ThreadPoolExecutor | None:
+def pool(setting: int | None, nice: int = 0, sched: str = "nice") -> Executor | None:
     """The process's pool for ``scan_workers`` (shared by every exchange and tap), its threads
-    below the loop's priority as ``sched`` and ``nice`` say (:func:`lower_priority`), or None
-    when scans run on the event loop. A reload to another size or policy makes a new pool for new
-    exchanges; the old one's threads stay idle."""
+    below the loop's priority as ``sched`` and ``nice`` say (:func:`lower_priority`; ``auto``: an
+    :class:`~sensor.exchange.autopool.AutoPool` of idle and ``nice`` threads, or ``nice`` threads
+    where the kernel cannot tell a starved thread), or None when scans run on the event loop. A
+    reload to another size or policy makes a new pool for new exchanges; the old one's threads
+    stay idle."""
     if sched not in SCHEDS:         # the config refuses it first; a bad value here is a caller's bug
         raise ValueError(f"scan_sched must be one of {', '.join(SCHEDS)}, not {sched!r}")
     n = size_of(setting)
@@ -172,13 +174,28 @@ def pool(setting: int | None, nice: int = 0, sched: str = "nice") -> ThreadPoolE
         return None
     if sched == "idle":
         nice = 0                        # not used under SCHED_IDLE: a change of scan_nice keeps the pool
+    if sched == "auto":
+        from sensor.exchange import autopool
+        if not autopool.judgeable():
+            sched = "nice"
     key = (n, nice, sched)
     with _LOCK:
         p = _POOLS.get(key)
         if p is None:
-            p = _POOLS[key] = ThreadPoolExecutor(n, thread_name_prefix="dlp-scan", initializer=lower_priority,
-                                                 initargs=(nice, sched))
+            if sched == "auto":
+                p = autopool.AutoPool(n, nice, lower_priority)
+            else:
+                p = ThreadPoolExecutor(n, thread_name_prefix="dlp-scan", initializer=lower_priority,
+                                       initargs=(nice, sched))
+            _POOLS[key] = p
         return p
+
+
+def auto_pools() -> list[Any]:
+    """The ``scan_sched: auto`` pools of this process (for the metrics)."""
+    from sensor.exchange.autopool import AutoPool
+    with _LOCK:
+        return [p for p in _POOLS.values() if isinstance(p, AutoPool)]
 
 
 def in_pieces(write: Callable[[bytes], T], data: bytes, piece: int = 0) -> T:
