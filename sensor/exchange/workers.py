@@ -17,11 +17,13 @@ loop shares the other with the load balancer, the upstream and the clients. At e
 woken loop thread can wait a scheduler slice (milliseconds) behind a running scan thread: with a
 scan that holds no GIL at all, other clients' 10 KiB p99 stayed near 8 ms (bench/latency.py's
 stand-in). Scan threads therefore run below the loop, set on each pool thread as it starts (Linux
-scheduling attributes are per thread), in one of two ways (``scan_sched``):
+scheduling attributes are per thread), in one of three ways (``scan_sched``):
 
-- ``nice`` (the default): ``scan_nice`` steps below the loop (10: a scheduler weight of 110
-  against the loop's 1024). The scheduler still weighs a scan against a woken loop, so the loop
-  may wait a little.
+- ``auto`` (the default): an idle set and a nice set of threads, each job routed to the idle set
+  unless the idle threads were measured starved (:mod:`sensor.exchange.autopool`): the latency of
+  ``idle`` while the cores have room, the progress of ``nice`` when they do not.
+- ``nice``: ``scan_nice`` steps below the loop (10: a scheduler weight of 110 against the loop's
+  1024). The scheduler still weighs a scan against a woken loop, so the loop may wait a little.
 - ``idle``: SCHED_IDLE (weight 3, and a woken normal thread pre-empts it at once): the scans get
   the CPU nobody else wants. The catch is the GIL: a scan thread that holds it and is then
   starved, because other processes of its scheduling group keep the cores busy, keeps the loop
@@ -30,8 +32,7 @@ scheduling attributes are per thread), in one of two ways (``scan_sched``):
   against 0.16-0.50 s under ``nice`` while the scan held the GIL for up to ~8 ms at a time; with
   the holds cut to ~1 ms (session 16: bench/latency.py --holds) 58-111 ms against 24-26 ms, and
   the downloads 6-30x slower under ``idle``. With CPU to spare ``idle`` wins ~1.5 ms of p99 (4.4-4.8
-  against 5.6-6.1 ms: the 5 ms target). Hence not the default: set it where the sidecar's group is
-  never saturated.
+  against 5.6-6.1 ms: the 5 ms target). Hence ``auto``.
 
 The price, by design: when the cores are saturated, scans get what is left, so a monitored or an
 enforced download (which moves at its scan's pace) slows down but still moves (bench/latency.py
