@@ -111,6 +111,8 @@ def test_auto_makes_an_idle_set_and_a_nice_set_and_the_loop_stays_as_it_is():
     for tid in thread_ids(p.nice, 2):
         assert os.sched_getscheduler(tid) == os.SCHED_OTHER and nice_of(tid) == min(19, here + 10)
     assert os.sched_getscheduler(0) == os.SCHED_OTHER and nice_of(threading.get_native_id()) == here
+    watchdog = p._watchdog.native_id        # it must not starve with the idle threads it watches
+    assert watchdog is not None and os.sched_getscheduler(watchdog) == os.SCHED_OTHER and nice_of(watchdog) == here
     assert workers.auto_pools() == [p]
 
 

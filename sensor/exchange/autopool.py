@@ -122,8 +122,11 @@ class AutoPool(Executor):
         self.router = Router()
         self._lock = threading.Condition()
         self._inflight: dict[int, tuple[float, int]] = {}     # idle job's tid -> (start, run delay then)
-        self._watchdog: threading.Thread | None = None
         self._closed = False
+        # started here, by the thread that makes the pool (the loop's), not by a scan thread: a thread
+        # inherits its creator's policy, and a SCHED_IDLE watchdog would starve with what it watches
+        self._watchdog = threading.Thread(target=self._watch, name="dlp-scan-watchdog", daemon=True)
+        self._watchdog.start()
 
     @property
     def starved(self) -> bool:
@@ -146,9 +149,6 @@ class AutoPool(Executor):
         if on_idle and delay is not None:
             with self._lock:
                 self._inflight[tid] = (start, delay)
-                if self._watchdog is None:
-                    self._watchdog = threading.Thread(target=self._watch, name="dlp-scan-watchdog", daemon=True)
-                    self._watchdog.start()
                 self._lock.notify_all()
         try:
             return fn(*args, **kwargs)
