@@ -11,8 +11,8 @@ Command-line flags override the file; the file overrides defaults. Every section
     default_signatures: true
     policy: null                     # a policy file path, or the policy mapping inline
     scan_workers: null               # threads that scan bodies off the event loop; null: one per core, 0: none
-    scan_sched: nice                 # scan threads below the event loop: nice (scan_nice steps) | idle (SCHED_IDLE)
-    scan_nice: 10                    # with scan_sched: nice, this many nice steps below the loop (0: same priority)
+    scan_sched: auto                 # scan threads below the event loop: auto (idle while not starved, else nice) | nice (scan_nice steps) | idle (SCHED_IDLE)
+    scan_nice: 10                    # with scan_sched nice (auto's nice threads), this many nice steps below the loop (0: same priority)
     proxy: {listen, upstream, mode, holdback_kib, on_error, upstream_timeout, connect_timeout,
             max_scans, block_page, tls: {cert, key}, trust_forwarded, routes: [{match, mode, on_error, holdback_kib}],
             idle_timeout: 15, max_connections: 4096, http10_buffer_mib: 64}
@@ -204,7 +204,7 @@ class Config:
     default_signatures: bool = True
     policy: Any = None                      # path (str) or inline mapping
     scan_workers: int | None = None         # scan threads (sensor.exchange.workers); None: one per core, 0: on the loop
-    scan_sched: str = "nice"                # how they run below the loop: nice | idle (sensor.exchange.workers)
+    scan_sched: str = "auto"                # how they run below the loop: auto | nice | idle (sensor.exchange.workers)
     scan_nice: int = 10                     # their CPU priority below the loop's with scan_sched "nice"
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     icap: IcapConfig = field(default_factory=IcapConfig)
@@ -903,18 +903,23 @@ class ConfigFile(Section):
                                                                "loop only moves bytes; null: one per CPU core the "
                                                                "process may use, 0: scans run on the event loop. "
                                                                "Read per exchange.")
-    scan_sched: choice(("nice", "idle")) = Field(
-        "nice", description="How the scan threads run below the event loop. nice (the default): scan_nice "
-                            "steps below it. idle: Linux SCHED_IDLE, so a woken loop pre-empts a scan at once; "
-                            "but while other processes of the sidecar's scheduling group (container, session) "
-                            "keep the cores busy, a starved scan thread that holds the Python GIL keeps the "
-                            "loop waiting: other clients' p99 went from 0.16-0.50 s (nice) to ~1.2 s (idle), "
-                            "scanned downloads from ~0.9 to ~0.4 MB/s (they still move). Measured in "
-                            "docs/benchmarks.md (latency). Read per exchange: a change makes a new scan pool.")
-    scan_nice: whole(ge=0, le=19) = Field(10, description="With scan_sched: nice, how many nice steps below the "
+    scan_sched: choice(("auto", "nice", "idle")) = Field(
+        "auto", description="How the scan threads run below the event loop. auto (the default): on "
+                            "SCHED_IDLE threads while they get the CPU (a woken loop pre-empts them at once: "
+                            "other clients' p99 during a dense leak ~4.5 ms against ~5.7 ms with nice), on "
+                            "threads scan_nice steps down while they wait for a CPU most of a job's time "
+                            "(other processes saturate the cores), back when the cores have room "
+                            "(sensor.exchange.autopool). nice: always scan_nice steps below the loop. idle: "
+                            "always SCHED_IDLE; while other processes of the sidecar's scheduling group keep "
+                            "the cores busy, a starved scan thread that holds the Python GIL keeps the loop "
+                            "waiting (other clients' p99 111 against 26 ms under nice) and scanned downloads "
+                            "crawl (0.16 against 5.1 MB/s). Measured in docs/benchmarks.md (latency). Read "
+                            "per exchange: a change makes a new scan pool.")
+    scan_nice: whole(ge=0, le=19) = Field(10, description="With scan_sched nice (or auto, on its nice threads), "
+                                                           "how many nice steps below the "
                                                            "event loop the scan threads run (the scheduler then "
                                                            "weighs a scan against a woken loop); 0: the same "
-                                                           "priority. Not used with scan_sched: idle. Read per "
+                                                           "priority. Not used with scan_sched idle. Read per "
                                                            "exchange.")
     proxy: ProxySection = Field(default_factory=ProxySection)
     icap: IcapSection = Field(default_factory=IcapSection)

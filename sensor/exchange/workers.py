@@ -17,11 +17,13 @@ loop shares the other with the load balancer, the upstream and the clients. At e
 woken loop thread can wait a scheduler slice (milliseconds) behind a running scan thread: with a
 scan that holds no GIL at all, other clients' 10 KiB p99 stayed near 8 ms (bench/latency.py's
 stand-in). Scan threads therefore run below the loop, set on each pool thread as it starts (Linux
-scheduling attributes are per thread), in one of two ways (``scan_sched``):
+scheduling attributes are per thread), in one of three ways (``scan_sched``):
 
-- ``nice`` (the default): ``scan_nice`` steps below the loop (10: a scheduler weight of 110
-  against the loop's 1024). The scheduler still weighs a scan against a woken loop, so the loop
-  may wait a little.
+- ``auto`` (the default): an idle set and a nice set of threads, each job routed to the idle set
+  unless the idle threads were measured starved (:mod:`sensor.exchange.autopool`): the latency of
+  ``idle`` while the cores have room, the progress of ``nice`` when they do not.
+- ``nice``: ``scan_nice`` steps below the loop (10: a scheduler weight of 110 against the loop's
+  1024). The scheduler still weighs a scan against a woken loop, so the loop may wait a little.
 - ``idle``: SCHED_IDLE (weight 3, and a woken normal thread pre-empts it at once): the scans get
   the CPU nobody else wants. The catch is the GIL: a scan thread that holds it and is then
   starved, because other processes of its scheduling group keep the cores busy, keeps the loop
@@ -30,8 +32,7 @@ scheduling attributes are per thread), in one of two ways (``scan_sched``):
   against 0.16-0.50 s under ``nice`` while the scan held the GIL for up to ~8 ms at a time; with
   the holds cut to ~1 ms (session 16: bench/latency.py --holds) 58-111 ms against 24-26 ms, and
   the downloads 6-30x slower under ``idle``. With CPU to spare ``idle`` wins ~1.5 ms of p99 (4.4-4.8
-  against 5.6-6.1 ms: the 5 ms target). Hence not the default: set it where the sidecar's group is
-  never saturated.
+  against 5.6-6.1 ms: the 5 ms target). Hence ``auto``.
 
 The price, by design: when the cores are saturated, scans get what is left, so a monitored or an
 enforced download (which moves at its scan's pace) slows down but still moves (bench/latency.py
@@ -78,7 +79,7 @@ SCAN_SWITCH_INTERVAL = float(os.environ.get("DLP_SCAN_SWITCH_INTERVAL", "0.0002"
 INLINE_BYTES = int(os.environ.get("DLP_SCAN_INLINE_BYTES", str(16 << 10)))
 
 # ``scan_sched`` values: how the scan threads run below the event loop (see lower_priority).
-SCHEDS = ("nice", "idle")
+SCHEDS = ("auto", "nice", "idle")
 
 # Bytes. A chunk handed to a scan job is written to the scanner in slices of at most this size.
 # Compiled code that holds the GIL never reaches the interpreter's switch check; between two slices
@@ -166,9 +167,11 @@ ARENAS_CAPPED = cap_arenas()
 
 def pool(setting: int | None, nice: int = 0, sched: str = "nice") -> Executor | None:
     """The process's pool for ``scan_workers`` (shared by every exchange and tap), its threads
-    below the loop's priority as ``sched`` and ``nice`` say (:func:`lower_priority`), or None
-    when scans run on the event loop. A reload to another size or policy makes a new pool for new
-    exchanges; the old one's threads stay idle."""
+    below the loop's priority as ``sched`` and ``nice`` say (:func:`lower_priority`; ``auto``: an
+    :class:`~sensor.exchange.autopool.AutoPool` of idle and ``nice`` threads, or ``nice`` threads
+    where the kernel cannot tell a starved thread), or None when scans run on the event loop. A
+    reload to another size or policy makes a new pool for new exchanges; the old one's threads
+    stay idle."""
     if sched not in SCHEDS:         # the config refuses it first; a bad value here is a caller's bug
         raise ValueError(f"scan_sched must be one of {', '.join(SCHEDS)}, not {sched!r}")
     n = size_of(setting)
@@ -176,13 +179,28 @@ def pool(setting: int | None, nice: int = 0, sched: str = "nice") -> Executor | 
         return None
     if sched == "idle":
         nice = 0                        # not used under SCHED_IDLE: a change of scan_nice keeps the pool
+    if sched == "auto":
+        from sensor.exchange import autopool
+        if not autopool.judgeable():
+            sched = "nice"
     key = (n, nice, sched)
     with _LOCK:
         p = _POOLS.get(key)
         if p is None:
-            p = _POOLS[key] = LastIdlePool(n, thread_name_prefix="dlp-scan", initializer=lower_priority,
-                                           initargs=(nice, sched))
+            if sched == "auto":
+                p = autopool.AutoPool(n, nice, lower_priority)
+            else:
+                p = LastIdlePool(n, thread_name_prefix="dlp-scan", initializer=lower_priority,
+                                 initargs=(nice, sched))
+            _POOLS[key] = p
         return p
+
+
+def auto_pools() -> list[Any]:
+    """The ``scan_sched: auto`` pools of this process (for the metrics)."""
+    from sensor.exchange.autopool import AutoPool
+    with _LOCK:
+        return [p for p in _POOLS.values() if isinstance(p, AutoPool)]
 
 
 _STOP = object()

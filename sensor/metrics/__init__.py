@@ -18,11 +18,12 @@ series: they double every counter and nothing here reads them.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import (CollectorRegistry, Counter, Gauge, GCCollector, Histogram, Info, PlatformCollector,
                                ProcessCollector, disable_created_metrics)
 from prometheus_client import generate_latest, CONTENT_TYPE_LATEST  # noqa: F401  (re-exported)
+from prometheus_client.core import CounterMetricFamily
 
 from sensor import __version__
 
@@ -69,6 +70,21 @@ KAFKA_KNOWN: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
 }
 SINK_COUNTERS = ("alert_delivery_failures", "alerts_delivered", "alerts_throttled", "alerts_dead_lettered")
 TOPIC_COUNTERS = ("worker_rewinds", "worker_skipped", "deadletters")
+
+
+class _SchedSwitches:
+    """``dlp_scan_sched_switches_total{to}``: read from the process's auto pools at each scrape (the
+    pools count under their own lock; a Counter here would need a callback into the metrics)."""
+
+    def __init__(self, pools: Callable[[], list]) -> None:
+        self.pools = pools
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        c = CounterMetricFamily("dlp_scan_sched_switches", "Times scan_sched auto moved the scans to its nice "
+                                "threads (to=nice: the idle ones starved) or back (to=idle).", labels=["to"])
+        for to in ("nice", "idle"):
+            c.add_metric([to], sum(p.router.switches[to] for p in self.pools()))
+        yield c
 
 
 class Metrics:
@@ -133,6 +149,13 @@ class Metrics:
                                   "with the reason the Python reference matcher runs instead.", ["reason"], registry=r)
         from sensor.edm import match as _edm_match
         _edm_match.export_to(self.compiled_edm)
+        # scan_sched auto (sensor/exchange/autopool): which threads the scans run on, and how often that changed
+        self.scan_threads_starved = Gauge("dlp_scan_threads_starved", "1 while scan_sched auto runs scans on its "
+                                          "nice threads (its SCHED_IDLE ones waited for a CPU most of a job's "
+                                          "time: other work saturates the cores), else 0.", registry=r)
+        from sensor.exchange import workers as _workers
+        self.scan_threads_starved.set_function(lambda: float(any(p.starved for p in _workers.auto_pools())))
+        r.register(_SchedSwitches(_workers.auto_pools))
         # scale-out over Kafka (sensor/stream)
         self.kafka_up = Gauge("dlp_kafka_up", "1 while the Kafka broker answers metadata requests, by component.",
                               ["component"], registry=r)

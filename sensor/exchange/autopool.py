@@ -1,0 +1,184 @@
+"""``scan_sched: auto``: scans on SCHED_IDLE threads while they get the CPU, on nice threads while
+they do not.
+
+Why two policies (bench/latency.py, docs/benchmarks.md latency): with CPU to spare, SCHED_IDLE scan
+threads cost other clients' 10 KiB requests the least (p99 4.4-4.6 ms during a dense leak, against
+5.6-5.8 ms with the scans ``scan_nice`` 10 steps down): a core that runs only SCHED_IDLE work counts
+as idle for a waking thread, which is placed there and pre-empts the scan at once. A nice level, or
+a shorter EEVDF slice for the scans (sched_setattr's ``sched_runtime``, 100 us: 6.4 ms) does not do
+that. But when other processes of the sidecar's scheduling group saturate the cores, SCHED_IDLE
+threads get almost nothing (weight 3 against 1024): scanned downloads crawl (0.16 against 5.1 MB/s)
+and a starved scan thread that holds the GIL keeps the loop waiting (p99 111 against 26 ms).
+
+Why two sets of threads rather than one that changes policy: leaving SCHED_IDLE needs a privilege
+(CAP_SYS_NICE, or an RLIMIT_NICE that containers do not grant), so a thread cannot be put back
+once idle. Jobs are routed instead: to the idle threads unless the scans are starved, then to the
+nice ones until the cores have room again.
+
+How "starved" is measured: the share of a job's wall time its thread spent runnable but waiting for
+a CPU (``run_delay`` in /proc/self/task/<tid>/schedstat). Waiting for the GIL or for I/O is sleeping,
+not runnable, so a busy event loop does not count as a starved core. An idle job whose run-delay
+share passes :data:`STARVED` switches the pool to the nice threads; a nice job whose share stays
+under :data:`ROOM`, summed over at least :data:`ROOM_WINDOW` seconds of nice jobs (a short job
+often runs uncontended between two of a busy process's slices), switches it back; a return to the
+idle threads that starves again within :data:`CALM` seconds doubles that window (up to
+:data:`MAX_WINDOW`), so a load that starves idle threads but leaves nice ones some room does not
+make the pool flap. A job says so when it ends; a watchdog thread looks at idle jobs still running
+every :data:`WATCH_EVERY` seconds, since a starved job may not end for seconds and the next one
+would otherwise go to the idle threads too. What a switch cannot do is
+move a job already running on a starved idle thread: it ends at the idle thread's pace (the one
+slow chunk of an exchange per onset of saturation).
+
+Without schedstat (no CONFIG_SCHED_INFO, another OS), nothing can be judged and jobs stay on the
+idle threads: :func:`sensor.exchange.workers.pool` then gives ``nice`` threads instead.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sensor.exchange.workers import LastIdlePool
+
+log = logging.getLogger("dlp_sensor.workers")
+
+# Measured with bench/latency.py (unsaturated, during the dense leak, 2,333 idle jobs): the run-delay
+# share of idle jobs p50 0.02, p99 0.24, max 0.63; saturated by two busy processes: 0.83-0.99, and
+# 0.67-0.94 for most nice jobs, yet some short ones 0.00.
+STARVED = 0.8           # run-delay share of an idle job's wall time past which the scans are starved
+ROOM = 0.25             # run-delay share of the nice jobs' wall time under which the cores have room
+ROOM_WINDOW = 0.25      # seconds of nice jobs' wall time summed before they are judged
+MAX_WINDOW = 8.0        # seconds: the longest that window grows to (see CALM)
+CALM = 10.0             # seconds: starving again sooner than this after a return doubles the window
+JUDGE_AFTER = 0.002     # seconds: a shorter idle job is too short to say anything
+WATCH_EVERY = 0.02      # seconds between the watchdog's looks at idle jobs in flight
+
+
+def run_delay(tid: int) -> int | None:
+    """Nanoseconds thread ``tid`` of this process has spent runnable, waiting for a CPU; None when the
+    kernel does not say (no schedstat)."""
+    try:
+        return int(Path(f"/proc/self/task/{tid}/schedstat").read_bytes().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def judgeable() -> bool:
+    """Whether this kernel reports the run delay that :class:`AutoPool` routes by."""
+    return run_delay(threading.get_native_id()) is not None
+
+
+@dataclass
+class Router:
+    """Which threads the next job goes to, from what the jobs measured (seconds of wall time, of
+    which seconds waiting for a CPU). Not thread-safe: :class:`AutoPool` holds its lock."""
+    starved: bool = False
+    window: float = ROOM_WINDOW
+    switches: dict[str, int] = field(default_factory=lambda: {"nice": 0, "idle": 0})
+    _wall: float = 0.0
+    _delay: float = 0.0
+    _back_at: float = -math.inf
+
+    def idle_job(self, wall: float, delay: float, now: float) -> bool:
+        """An idle job that ended, or is still running; True when it switches the pool to nice."""
+        if self.starved or wall < JUDGE_AFTER or delay <= STARVED * wall:
+            return False
+        self.starved = True
+        self.switches["nice"] += 1
+        self._wall = self._delay = 0.0
+        self.window = min(2 * self.window, MAX_WINDOW) if now - self._back_at < CALM else ROOM_WINDOW
+        return True
+
+    def nice_job(self, wall: float, delay: float, now: float) -> bool:
+        """A nice job that ended; True when the nice jobs since the switch say the cores have room."""
+        if not self.starved:
+            return False                # submitted before a switch back to idle: nothing to decide
+        self._wall += wall
+        self._delay += delay
+        if self._wall < self.window:
+            return False
+        room = self._delay < ROOM * self._wall
+        self._wall = self._delay = 0.0
+        if room:
+            self.starved = False
+            self.switches["idle"] += 1
+            self._back_at = now
+        return room
+
+
+class AutoPool(Executor):
+    """An executor of two thread sets, ``idle`` (SCHED_IDLE) and ``nice`` (``nice`` steps down),
+    each job going where :class:`Router` says (see the module's docstring)."""
+
+    def __init__(self, n: int, nice: int, lower: Callable[[int, str], None]) -> None:
+        self.idle = LastIdlePool(n, thread_name_prefix="dlp-scan-idle", initializer=lower, initargs=(0, "idle"))
+        self.nice = LastIdlePool(n, thread_name_prefix="dlp-scan", initializer=lower, initargs=(nice, "nice"))
+        self.router = Router()
+        self._lock = threading.Condition()
+        self._inflight: dict[int, tuple[float, int]] = {}     # idle job's tid -> (start, run delay then)
+        self._closed = False
+        # started here, by the thread that makes the pool (the loop's), not by a scan thread: a thread
+        # inherits its creator's policy, and a SCHED_IDLE watchdog would starve with what it watches
+        self._watchdog = threading.Thread(target=self._watch, name="dlp-scan-watchdog", daemon=True)
+        self._watchdog.start()
+
+    @property
+    def starved(self) -> bool:
+        return self.router.starved
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        on_idle = not self.router.starved
+        return (self.idle if on_idle else self.nice).submit(self._run, on_idle, fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+        self.idle.shutdown(wait, cancel_futures=cancel_futures)
+        self.nice.shutdown(wait, cancel_futures=cancel_futures)
+
+    def _run(self, on_idle: bool, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        tid = threading.get_native_id()
+        start, delay = time.perf_counter(), run_delay(tid)
+        if on_idle and delay is not None:
+            with self._lock:
+                self._inflight[tid] = (start, delay)
+                self._lock.notify_all()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            later = run_delay(tid) if delay is not None else None
+            now = time.perf_counter()
+            with self._lock:
+                if on_idle:
+                    self._inflight.pop(tid, None)
+                if later is not None:
+                    self._judge(on_idle, now - start, (later - delay) / 1e9, now)
+
+    def _judge(self, on_idle: bool, wall: float, delay: float, now: float) -> None:
+        """One job's measurement to the router (the lock held)."""
+        if (self.router.idle_job if on_idle else self.router.nice_job)(wall, delay, now):
+            self._lock.notify_all()
+            log.debug("scan jobs go to the %s threads (a job waited for a CPU %.0f%% of %.1f ms)",
+                      "nice" if self.router.starved else "idle", 100 * delay / wall, 1e3 * wall)
+
+    def _watch(self) -> None:
+        """Look at idle jobs still running: one that has waited for a CPU most of its time so far
+        switches the pool to the nice threads before it ends."""
+        with self._lock:
+            while not self._closed:
+                if not self._inflight or self.router.starved:
+                    self._lock.wait()
+                    continue
+                self._lock.wait(WATCH_EVERY)
+                now = time.perf_counter()
+                for tid, (start, delay) in list(self._inflight.items()):
+                    later = run_delay(tid)
+                    if later is not None and now - start >= WATCH_EVERY:
+                        self._judge(True, now - start, (later - delay) / 1e9, now)
