@@ -396,6 +396,8 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(SECTIONS),
                     help=f"comma-separated sections to run (default all): {', '.join(SECTIONS)}")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--sched", choices=("auto", "nice", "idle"), help="the sidecars' scan_sched (default: the "
+                                                                       "config's default)")
     a = ap.parse_args()
     only = set(a.only.split(","))
     if only - set(SECTIONS):
@@ -428,7 +430,8 @@ def main() -> None:
         wait_http(origin + "/10k.html")
         wait_http(f"http://127.0.0.1:{pp}/10k.html")
         for mode in ("monitor", "enforce"):
-            sc = Sidecar.create(d / mode, origin, {"proxy": {"mode": mode}, "alerts": {"sinks": []}}).start()
+            sc = Sidecar.create(d / mode, origin, {"proxy": {"mode": mode}, "alerts": {"sinks": []},
+                                                   **({"scan_sched": a.sched} if a.sched else {})}).start()
             sidecars.append(sc)
         targets = {"direct (nginx origin)": origin, "nginx reverse proxy": f"http://127.0.0.1:{pp}",
                    "sidecar monitor": sidecars[0].url, "sidecar enforce": sidecars[1].url} if "paths" in only else {}

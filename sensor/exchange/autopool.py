@@ -34,6 +34,7 @@ idle threads: :func:`sensor.exchange.workers.pool` then gives ``nice`` threads i
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import threading
@@ -58,6 +59,7 @@ MAX_WINDOW = 8.0        # seconds: the longest that window grows to (see CALM)
 CALM = 10.0             # seconds: starving again sooner than this after a return doubles the window
 JUDGE_AFTER = 0.002     # seconds: a shorter idle job is too short to say anything
 WATCH_EVERY = 0.02      # seconds between the watchdog's looks at idle jobs in flight
+PARK_AFTER = 1.0        # seconds without a new idle job after which the watchdog stops looking
 
 
 def run_delay(tid: int) -> int | None:
@@ -114,14 +116,24 @@ class Router:
 
 class AutoPool(Executor):
     """An executor of two thread sets, ``idle`` (SCHED_IDLE) and ``nice`` (``nice`` steps down),
-    each job going where :class:`Router` says (see the module's docstring)."""
+    each job going where :class:`Router` says (see the module's docstring).
+
+    What it costs a job: two clock reads and a dict entry. The kernel's counters are read by the
+    watchdog (the idle threads' jobs in flight, every :data:`WATCH_EVERY` while jobs come) and, on
+    the nice threads, at most every :data:`WATCH_EVERY` per thread at a job's end. A first version
+    read them twice per job and woke the watchdog per job: on a 100 MB benign download (hundreds
+    of jobs) that cost ~8 % of the sidecar's CPU per byte (bench/proxy.py --sched)."""
 
     def __init__(self, n: int, nice: int, lower: Callable[[int, str], None]) -> None:
         self.idle = LastIdlePool(n, thread_name_prefix="dlp-scan-idle", initializer=lower, initargs=(0, "idle"))
         self.nice = LastIdlePool(n, thread_name_prefix="dlp-scan", initializer=lower, initargs=(nice, "nice"))
         self.router = Router()
         self._lock = threading.Condition()
-        self._inflight: dict[int, tuple[float, int]] = {}     # idle job's tid -> (start, run delay then)
+        self._seq = itertools.count()
+        self._busy: dict[int, int] = {}         # idle thread's tid -> its job's number, while it runs one
+        self._last_job = -math.inf              # when an idle job last started (the watchdog parks after PARK_AFTER)
+        self._parked = False
+        self._marks: dict[int, tuple[float, float, int]] = {}   # nice tid -> (job wall since, mark time, run delay)
         self._closed = False
         # started here, by the thread that makes the pool (the loop's), not by a scan thread: a thread
         # inherits its creator's policy, and a SCHED_IDLE watchdog would starve with what it watches
@@ -133,8 +145,9 @@ class AutoPool(Executor):
         return self.router.starved
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
-        on_idle = not self.router.starved
-        return (self.idle if on_idle else self.nice).submit(self._run, on_idle, fn, *args, **kwargs)
+        if self.router.starved:
+            return self.nice.submit(self._run_nice, fn, *args, **kwargs)
+        return self.idle.submit(self._run_idle, fn, *args, **kwargs)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
@@ -143,42 +156,72 @@ class AutoPool(Executor):
         self.idle.shutdown(wait, cancel_futures=cancel_futures)
         self.nice.shutdown(wait, cancel_futures=cancel_futures)
 
-    def _run(self, on_idle: bool, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _run_idle(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         tid = threading.get_native_id()
-        start, delay = time.perf_counter(), run_delay(tid)
-        if on_idle and delay is not None:
+        self._busy[tid] = next(self._seq)
+        self._last_job = time.perf_counter()
+        if self._parked:                        # read after _busy is set: see _watch
             with self._lock:
-                self._inflight[tid] = (start, delay)
                 self._lock.notify_all()
         try:
             return fn(*args, **kwargs)
         finally:
-            later = run_delay(tid) if delay is not None else None
-            now = time.perf_counter()
+            del self._busy[tid]
+
+    def _run_nice(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self._nice_done(threading.get_native_id(), start, time.perf_counter())
+
+    def _nice_done(self, tid: int, start: float, now: float) -> None:
+        """Add a nice job's wall time to its thread's tally; past WATCH_EVERY since the thread's last
+        mark, read its run delay and hand the tally to the router."""
+        wall, at, delay = self._marks.get(tid, (0.0, -math.inf, -1))
+        wall += now - start
+        if now - at < WATCH_EVERY and delay >= 0:
+            self._marks[tid] = (wall, at, delay)
+            return
+        later = run_delay(tid)
+        if later is None:
+            return
+        self._marks[tid] = (0.0, now, later)
+        if delay >= 0:                          # the first mark only starts the tally
             with self._lock:
-                if on_idle:
-                    self._inflight.pop(tid, None)
-                if later is not None:
-                    self._judge(on_idle, now - start, (later - delay) / 1e9, now)
+                self._judge(False, wall, (later - delay) / 1e9, now)
 
     def _judge(self, on_idle: bool, wall: float, delay: float, now: float) -> None:
-        """One job's measurement to the router (the lock held)."""
+        """One measurement to the router (the lock held)."""
         if (self.router.idle_job if on_idle else self.router.nice_job)(wall, delay, now):
             self._lock.notify_all()
             log.debug("scan jobs go to the %s threads (a job waited for a CPU %.0f%% of %.1f ms)",
                       "nice" if self.router.starved else "idle", 100 * delay / wall, 1e3 * wall)
 
     def _watch(self) -> None:
-        """Look at idle jobs still running: one that has waited for a CPU most of its time so far
-        switches the pool to the nice threads before it ends."""
+        """Every WATCH_EVERY while idle jobs come: an idle thread busy with the same job at two looks
+        in a row is judged by the run delay between them. Parks when the pool is starved (no idle
+        jobs then) or no idle job started for PARK_AFTER; a job that starts while it is parked wakes
+        it (``_parked`` is set before ``_busy`` is read, and a job sets ``_busy`` before it reads
+        ``_parked``, so one of the two sees the other)."""
+        last: dict[int, tuple[int, float, int]] = {}        # tid -> (job number, when, run delay)
         with self._lock:
             while not self._closed:
-                if not self._inflight or self.router.starved:
-                    self._lock.wait()
+                if self.router.starved or (not self._busy and time.perf_counter() - self._last_job > PARK_AFTER):
+                    self._parked = True
+                    if self.router.starved or not self._busy:
+                        self._lock.wait()
+                    self._parked = False
+                    last.clear()
                     continue
                 self._lock.wait(WATCH_EVERY)
-                now = time.perf_counter()
-                for tid, (start, delay) in list(self._inflight.items()):
-                    later = run_delay(tid)
-                    if later is not None and now - start >= WATCH_EVERY:
-                        self._judge(True, now - start, (later - delay) / 1e9, now)
+                now, seen = time.perf_counter(), {}
+                for tid, job in list(self._busy.items()):
+                    delay = run_delay(tid)
+                    if delay is None:
+                        continue
+                    seen[tid] = (job, now, delay)
+                    before = last.get(tid)
+                    if before is not None and before[0] == job:
+                        self._judge(True, now - before[1], (delay - before[2]) / 1e9, now)
+                last = seen
