@@ -129,3 +129,17 @@ def test_openloop_counts_a_stall_for_every_request_due_during_it() -> None:
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_scanner_memory_probe_prints_a_row_per_tree_and_body() -> None:
+    """bench/scanner_memory.py: N scanners in flight, a row per (tree, body) with the resident and
+    allocated growth per exchange (a tiny run: no figure asserted)."""
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "scanner_memory.py"), "--trees", str(ROOT),
+                        "--n", "3", "--chunks", "2"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = [line.split(" | ") for line in p.stdout.splitlines() if line.startswith(f"| {ROOT} |")]
+    assert [r[1] for r in rows] == ["clean", "leakish"]
+    for r in rows:
+        assert r[2] in ("compiled", "python")
+        for x in (r[3], r[4].rstrip(" |")):
+            assert x.lstrip("-").replace(".", "", 1).isdigit(), r

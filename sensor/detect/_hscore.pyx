@@ -29,7 +29,7 @@ cimport cython
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memchr, memcmp, memcpy, memset
 from libc.stdint cimport uint64_t, int64_t, INT64_MAX
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize, PyBytes_Check
 from cpython.object cimport PyObject_Hash
 from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from cpython.list cimport PyList_GET_SIZE
@@ -1187,6 +1187,10 @@ def _fail_next_close(int rc) -> None:
 
 
 # -- hits: a growable C array filled by the C callback ---------------------------------------------
+DEF HITS_FIRST = 256           # a part's first hits array (4 KiB): what a chunk of web text needs; dense
+                               # data doubles it to its size in a few steps (kept up to HITS_KEEP)
+
+
 ctypedef struct Hit:
     int64_t end
     unsigned int id
@@ -1209,7 +1213,7 @@ cdef int on_hit(unsigned int id, unsigned long long frm, unsigned long long to, 
     cdef Hit *grown
     cdef size_t cap
     if h.n == h.cap:
-        cap = h.cap * 2 if h.cap else 4096
+        cap = h.cap * 2 if h.cap else HITS_FIRST
         grown = <Hit *>realloc(h.a, cap * sizeof(Hit))
         if grown == NULL:
             h.oom = 1
@@ -1903,6 +1907,7 @@ cdef class Info:
     cdef hs_database_t **somdb
     cdef int nsom
     cdef list som                   # the Database objects owning ``somdb``
+    cdef void *reqc                 # ReqC by pattern (req_tables): one table per Info, not per exchange
 
     def __cinit__(self, engine):
         names = {fn: name for name, fn in _V.REGISTRY.items()}
@@ -2039,6 +2044,7 @@ cdef class Info:
         return sum(1 for k in range(self.nsom) if self.pws[k])
 
     def __dealloc__(self):
+        free(self.reqc)
         free(self.pws)
         free(self.pemail)
         free(self.pfirst)
@@ -2069,6 +2075,7 @@ ctypedef struct Ent:
     char ctx
     char has_h
     char in_buf                  # has_h and the raw value is still ``obj[le:le + pat]`` (obj: the chunk)
+    int cut                      # a lazy entry: ``obj`` is its chunk less this many leading bytes (detach_open)
     # (made by the GIL-free walk: ``obj`` is NULL where it will be the call's chunk, set by bind_chunk)
 
 
@@ -2110,6 +2117,10 @@ cdef bint grow_array(void **a, Py_ssize_t *cap, Py_ssize_t first, size_t size) n
     return True
 
 
+DEF EV_FIRST = 16                  # a RecBuf's first queue (768 bytes) and walk adds (2 KiB): an exchange
+DEF ADDS_FIRST = 64                # with a contact block now and then needs no more; dense data doubles them
+
+
 @cython.final
 cdef class RecBuf:
     """The open record of a part (``sc._rec`` on the compiled path): the reference's list of
@@ -2125,7 +2136,7 @@ cdef class RecBuf:
     cdef Py_ssize_t rs                 # the open record's first entry (the walk)
     cdef Ev *ev                        # finished records and contact values, in order (the walk)
     cdef Py_ssize_t nev, evcap
-    cdef ReqC *reqc                    # by pattern, for reqc_info
+    cdef ReqC *reqc                    # by pattern, for reqc_info (borrowed: reqc_info owns it)
     cdef object reqc_info
     cdef char *flags                   # by signature, 6 rows: raw kept, ignored, in a header, sample wanted, kind bits, email
     cdef int nflags
@@ -2141,13 +2152,26 @@ cdef class RecBuf:
         self.clear()
         free(self.a)
         free(self.ev)
-        free(self.reqc)
         free(self.flags)
         free(self.dist)
         free(self.adds)
         free(self.addn)
         free(self.sq)
         free(self.nsq)
+
+    def footprint(self) -> dict:
+        """What this open record holds between calls (tests/test_core_memory.py: an exchange in
+        flight pays for it): its C arrays' bytes, the largest object an entry keeps, and the
+        address of the requires table (shared by every RecBuf of one Info)."""
+        cdef Py_ssize_t k, big = 0
+        cdef PyObject *o
+        for k in range(self.n):
+            o = self.a[k].obj
+            if o != NULL and PyBytes_Check(<object>o) and PyBytes_GET_SIZE(<object>o) > big:
+                big = PyBytes_GET_SIZE(<object>o)
+        return {"entries": self.cap * sizeof(Ent), "events": self.evcap * sizeof(Ev),
+                "adds": self.addcap * sizeof(PAdd), "largest_object": big,
+                "reqc": <size_t>self.reqc}
 
     def __bool__(self) -> bool:
         return self.n > 0
@@ -2182,7 +2206,7 @@ cdef class RecBuf:
     cdef Ev *ev_push(self, int kind) noexcept nogil:
         """A new queued step (NULL when out of memory)."""
         cdef Ev *t
-        if self.nev == self.evcap and not grow_array(<void **>&self.ev, &self.evcap, 64, sizeof(Ev)):
+        if self.nev == self.evcap and not grow_array(<void **>&self.ev, &self.evcap, EV_FIRST, sizeof(Ev)):
             return NULL
         self.nev += 1
         t = &self.ev[self.nev - 1]
@@ -2192,7 +2216,7 @@ cdef class RecBuf:
 
     cdef int add_push(self, PyObject *d, Py_hash_t h, int cat, int ti) noexcept nogil:
         """A distinct add for the batch (-1 when out of memory)."""
-        if self.nadds == self.addcap and not grow_array(<void **>&self.adds, &self.addcap, 1024, sizeof(PAdd)):
+        if self.nadds == self.addcap and not grow_array(<void **>&self.adds, &self.addcap, ADDS_FIRST, sizeof(PAdd)):
             return -1
         self.adds[self.nadds].d = d
         self.adds[self.nadds].h = h
@@ -2377,36 +2401,39 @@ cdef int col_state(PartScan ps, object col_sigs) except -1:
 
 
 cdef int req_tables(RecBuf rec, Info info) except -1:
-    """The patterns' requires as C structs (kept on the RecBuf for its Info: the WordSets they point
-    into live as long as the Info does)."""
+    """The patterns' requires as C structs, built once per Info (the WordSets they point into live
+    as long as the Info does); the RecBuf borrows them and keeps its Info. They were built per
+    RecBuf, i.e. per exchange: 5 KiB of every exchange's memory (93 patterns x 56 bytes)."""
     cdef int k
     cdef ReqC *t
+    cdef ReqC *tab
     cdef WordSet ws
     if rec.reqc_info is info:
         return 0
-    free(rec.reqc)
-    rec.reqc = <ReqC *>calloc(info.npat + 1, sizeof(ReqC))
-    if rec.reqc == NULL:
-        rec.reqc_info = None
-        raise MemoryError()
-    for k in range(info.npat):
-        req = info.req[k]
-        if not (PyTuple_GET_SIZE(req) != 0 if type(req) is tuple else req):
-            continue
-        t = &rec.reqc[k]
-        rf = info.reqfast[k]
-        if rf is None:
-            t.kind = 2
-            continue
-        ws = <WordSet>(<tuple>rf)[1]
-        t.kind = 1
-        t.member = <const unsigned char *>PyBytes_AS_STRING(<bytes>(<tuple>rf)[0])
-        t.short_tab = ws.short_tab
-        t.smask = ws.smask
-        t.slot = ws.slot
-        t.mask = ws.mask
-        t.has_empty = ws.has_empty
-        t.has_long = ws.has_long
+    if info.reqc == NULL:
+        tab = <ReqC *>calloc(info.npat + 1, sizeof(ReqC))
+        if tab == NULL:
+            raise MemoryError()
+        for k in range(info.npat):
+            req = info.req[k]
+            if not (PyTuple_GET_SIZE(req) != 0 if type(req) is tuple else req):
+                continue
+            t = &tab[k]
+            rf = info.reqfast[k]
+            if rf is None:
+                t.kind = 2
+                continue
+            ws = <WordSet>(<tuple>rf)[1]
+            t.kind = 1
+            t.member = <const unsigned char *>PyBytes_AS_STRING(<bytes>(<tuple>rf)[0])
+            t.short_tab = ws.short_tab
+            t.smask = ws.smask
+            t.slot = ws.slot
+            t.mask = ws.mask
+            t.has_empty = ws.has_empty
+            t.has_long = ws.has_long
+        info.reqc = tab
+    rec.reqc = <ReqC *>info.reqc
     rec.reqc_info = info
     return 0
 
@@ -2494,6 +2521,7 @@ cdef int _process(sc, PartScan ps, bytes buf, int64_t base, Info info) except -1
             rc = walk(&w, rec, info, ps, sc, buf, env)
             t1 = dlp_ticks()
         flush_queue(rec, sc, buf, env)
+        detach_open(rec, buf, info)
         _walk_ticks += t1 - t0
         _batch_ticks += dlp_ticks() - t1
     except BaseException:
@@ -2682,6 +2710,42 @@ cdef void compact(RecBuf rec, object buf) noexcept:
         rec.rs = 0
     rec.nev = 0
     rec.nadds = 0
+
+
+DEF CUT_CTX = 16                   # bytes a detached lazy entry keeps before its longest match (\b, a class)
+
+
+cdef int detach_open(RecBuf rec, object buf, Info info) except -1:
+    """After a call, the open record's entries let go of the chunk: a kept raw value becomes its
+    own bytes, a deferred one keeps only what its extraction reads (the pattern's widest match and a
+    little context before it, up to its end). An exchange waiting for its next chunk (an open
+    record: a contact block every 16 KiB) held its whole chunk (tail + data, 8 KiB to 1 MiB)
+    through one entry; now a few dozen bytes. At most one record's entries per call: nothing on
+    the dense path's budget. A pattern with a lookbehind (none in the pack) keeps its chunk."""
+    cdef Py_ssize_t k, blen = PyBytes_GET_SIZE(buf)
+    cdef Ent *t
+    cdef int64_t lo
+    cdef PyObject *b = <PyObject *>buf
+    for k in range(rec.n):
+        t = &rec.a[k]
+        if t.obj != b:
+            continue
+        if t.has_h:
+            if t.in_buf:
+                set_obj(t, PyBytes_FromStringAndSize(PyBytes_AS_STRING(buf) + t.le, t.pat))
+                t.in_buf = 0
+            continue
+        rx = info.rx[t.pat]
+        if rx is not None and b"(?<" in (<object>rx).pattern:
+            continue
+        lo = t.le - t.cut - info.pmaxw[t.pat] - CUT_CTX
+        if lo < 0:
+            lo = 0
+        if t.le - t.cut > blen or t.cut + lo > 0x7fffffff or (lo == 0 and t.le - t.cut == blen):
+            continue
+        set_obj(t, PyBytes_FromStringAndSize(PyBytes_AS_STRING(buf) + lo, t.le - t.cut - lo))
+        t.cut += <int>lo
+    return 0
 
 
 cdef void drop_queue(RecBuf rec, object buf) noexcept:
@@ -3948,7 +4012,7 @@ cdef int finish(sc, RecEnv env, Ent *ents, Py_ssize_t nrec, object rec_key, obje
             continue
         t = &ents[x]
         if not t.has_h:                   # deferred: extract and validate now
-            raw = _extract_fn(env.info.pats[t.pat], <object>t.obj, t.le)
+            raw = _extract_fn(env.info.pats[t.pat], <object>t.obj, t.le - t.cut)
             if raw is None:
                 continue
             h = PyObject_Hash(raw)
@@ -4144,3 +4208,8 @@ cdef inline bint seen_before(const int *psi, const Py_hash_t *ph, int k, int j) 
         if psi[x] == psi[j] and ph[x] == ph[j]:
             return True
     return False
+
+
+# first sizes of the per-exchange C arrays (tests/test_core_memory.py reads them)
+FIRST_SIZES = {"hits": HITS_FIRST, "hit_bytes": sizeof(Hit), "events": EV_FIRST * sizeof(Ev),
+               "adds": ADDS_FIRST * sizeof(PAdd), "cut_context": CUT_CTX}
