@@ -567,6 +567,8 @@ def saturate_table(a: argparse.Namespace, configs: dict, leak: bytes) -> None:
                                 "load": os.getloadavg()[0]}
                         if a.rate:                  # other clients meanwhile: does the loop wait on a starved GIL?
                             cell["lat"] = measure_rate(sc.url + "/10k.html", a.rate, a.seconds, sc.url + "/leak.csv")
+                        if "scan_sched auto" in name:
+                            cell["switches"] = sched_switches(sc)       # cumulative, this sidecar
                         runs.setdefault((name, loaded), []).append(cell)
                         print(f"  round {rnd + 1}: {name}{', saturated' if loaded else ''}", file=sys.stderr)
                 finally:
@@ -586,6 +588,7 @@ def saturate_table(a: argparse.Namespace, configs: dict, leak: bytes) -> None:
     def done(r: dict, full: int) -> str:
         return "all" if r["bytes"] >= full else f"{r['bytes'] / full * 100:.0f} %"
     where = "their own session" if a.saturate_apart else "the sidecar's session"
+    auto = [(n, l, r["switches"]) for (n, l), rs in runs.items() for r in rs if "switches" in r]
     print(f"\n## Scanned downloads while {a.saturate} busy processes (nice 0, {where}) hold the "
           f"cores\n\n({a.saturate_seconds:.0f} s at most per download, median of {a.rounds} rounds; "
           f"{os.cpu_count()} cores shared with other work: load average {os.getloadavg()[0]:.1f} at the end)\n")
@@ -618,6 +621,9 @@ def saturate_table(a: argparse.Namespace, configs: dict, leak: bytes) -> None:
     print("\nper round, 10 KiB p99 ms during the monitored leak: " + "; ".join(
         f"{n}{' (saturated)' if l else ''}: " + ", ".join(f"{r['lat']['p99']:.1f}" for r in rs if "lat" in r)
         for (n, l), rs in runs.items()))
+    if auto:
+        print("scan_sched auto, switches to its nice threads / back to idle, cumulative after each cell: " + "; ".join(
+            f"{n}{' (saturated)' if l else ''}: {sw.get('nice', 0):.0f} / {sw.get('idle', 0):.0f}" for n, l, sw in auto))
     if a.json:
         a.json.write_bytes(orjson.dumps({f"{n}|{int(l)}": v for (n, l), v in runs.items()},
                                         option=orjson.OPT_INDENT_2))

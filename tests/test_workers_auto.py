@@ -183,19 +183,49 @@ def hashing(data: bytes) -> tuple[int, bytes]:
     return os.sched_getscheduler(0), hashlib.sha256(data).digest()
 
 
-def test_starved_idle_threads_send_the_next_job_to_a_nice_thread_before_the_starved_one_ends():
-    p = workers.pool(1, 10, "auto")
+def saturated_switch(p: AutoPool) -> tuple[int, "object"]:
+    """Under a real saturation: an idle job that starves, the watchdog's switch while it runs, and
+    the next job on a nice thread. The starved job's thread id and future."""
     data = os.urandom(1 << 20)
     assert p.submit(hashing, data).result(timeout=30)[0] == os.SCHED_IDLE        # the cores have room
     assert not p.starved
-    with busy(workers.cores() + 1):
-        starving = p.submit(hashing, data * 64)     # 64 MiB: ~0.15 CPU-s, for a starved thread seconds
+    tids: list[int] = []
+    big = data * 64             # 64 MiB: ~0.15 CPU-s, for a starved thread seconds (made here: the job must
+    with busy(workers.cores() + 1):     # not hold the GIL while starved, or this thread waits with it)
+        starving = p.submit(lambda: tids.append(threading.get_native_id()) or hashing(big))
         with p._lock:                               # the watchdog's verdict, while the job still runs
             assert p._lock.wait_for(lambda: p.router.starved, timeout=60)
         assert not starving.done()
         assert p.submit(hashing, data).result(timeout=60)[0] == os.SCHED_OTHER
-    assert starving.result(timeout=120)[1] == hashlib.sha256(data * 64).digest()
+    assert starving.result(timeout=120)[1] == hashlib.sha256(big).digest()
     assert p.router.switches["nice"] == 1
+    return tids[0], starving
+
+
+def test_starved_idle_threads_send_the_next_job_to_a_nice_thread_before_the_starved_one_ends():
+    p = workers.pool(1, 10, "auto")
+    tid, _ = saturated_switch(p)
+    if os.geteuid() == 0:               # CAP_SYS_NICE: the starved thread itself was moved up meanwhile
+        assert tid in p._promoted and os.sched_getscheduler(tid) == os.SCHED_OTHER
+        assert nice_of(tid) == min(19, nice_of(threading.get_native_id()) + 10)
+    p.router.starved = False            # as a window of nice jobs with room would say
+    assert p.submit(hashing, b"x").result(timeout=30)[0] == os.SCHED_IDLE        # demoted again, at its next job
+    assert os.sched_getscheduler(tid) == os.SCHED_IDLE and not p._promoted
+
+
+def test_without_the_privilege_the_starved_job_stays_idle_and_the_next_ones_move(monkeypatch):
+    """An OS that refuses to take a thread off SCHED_IDLE (no CAP_SYS_NICE, the usual container):
+    the switch still happens; only the job already running ends at the idle pace."""
+    real = os.sched_setscheduler
+
+    def refuse_leaving_idle(tid: int, policy: int, param: os.sched_param) -> None:
+        if policy != os.SCHED_IDLE:
+            raise PermissionError(1, "Operation not permitted")
+        real(tid, policy, param)
+    monkeypatch.setattr(os, "sched_setscheduler", refuse_leaving_idle)
+    p = workers.pool(1, 10, "auto")
+    tid, _ = saturated_switch(p)
+    assert not p._promoted and not p._may_promote and os.sched_getscheduler(tid) == os.SCHED_IDLE
 
 
 # --- through the session, and the metrics ----------------------------------------------------------

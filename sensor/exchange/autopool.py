@@ -37,6 +37,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -134,6 +135,9 @@ class AutoPool(Executor):
         self._last_job = -math.inf              # when an idle job last started (the watchdog parks after PARK_AFTER)
         self._parked = False
         self._marks: dict[int, tuple[float, float, int]] = {}   # nice tid -> (job wall since, mark time, run delay)
+        self._lower, self._nice_steps = lower, nice
+        self._promoted: set[int] = set()        # idle threads moved to the nice policy by _promote
+        self._may_promote = True                # until the OS refuses once
         self._closed = False
         # started here, by the thread that makes the pool (the loop's), not by a scan thread: a thread
         # inherits its creator's policy, and a SCHED_IDLE watchdog would starve with what it watches
@@ -158,6 +162,9 @@ class AutoPool(Executor):
 
     def _run_idle(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         tid = threading.get_native_id()
+        if tid in self._promoted:               # moved up while starved (_promote): back to SCHED_IDLE
+            self._promoted.discard(tid)
+            self._lower(0, "idle")
         self._busy[tid] = next(self._seq)
         self._last_job = time.perf_counter()
         if self._parked:                        # read after _busy is set: see _watch
@@ -195,8 +202,31 @@ class AutoPool(Executor):
         """One measurement to the router (the lock held)."""
         if (self.router.idle_job if on_idle else self.router.nice_job)(wall, delay, now):
             self._lock.notify_all()
+            if self.router.starved:
+                self._promote()
             log.debug("scan jobs go to the %s threads (a job waited for a CPU %.0f%% of %.1f ms)",
                       "nice" if self.router.starved else "idle", 100 * delay / wall, 1e3 * wall)
+
+    def _promote(self) -> None:
+        """Move the idle threads busy now to the nice threads' policy, so that the jobs they are
+        stuck in end at the nice pace, not the idle one. Leaving SCHED_IDLE needs CAP_SYS_NICE (or
+        an RLIMIT_NICE that allows the nice level): without it the OS refuses, once, and those jobs
+        end at the idle pace (measured: the one slow chunk of an exchange per onset of saturation).
+        A promoted thread goes back to SCHED_IDLE at its next idle job."""
+        if not self._may_promote:
+            return
+        for tid in list(self._busy):
+            try:
+                # the nice level first: an RLIMIT_NICE may allow leaving SCHED_IDLE at it, not above
+                os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + self._nice_steps))
+                os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+            except PermissionError:
+                self._may_promote = False
+                log.debug("a starved scan thread cannot leave SCHED_IDLE here (no CAP_SYS_NICE)")
+                return
+            except (OSError, AttributeError):   # the thread ended meanwhile; no such call here
+                continue
+            self._promoted.add(tid)
 
     def _watch(self) -> None:
         """Every WATCH_EVERY while idle jobs come: an idle thread busy with the same job at two looks
