@@ -15,19 +15,22 @@ Why two sets of threads rather than one that changes policy: leaving SCHED_IDLE 
 once idle. Jobs are routed instead: to the idle threads unless the scans are starved, then to the
 nice ones until the cores have room again.
 
-How "starved" is measured: the share of a job's wall time its thread spent runnable but waiting for
-a CPU (``run_delay`` in /proc/self/task/<tid>/schedstat). Waiting for the GIL or for I/O is sleeping,
-not runnable, so a busy event loop does not count as a starved core. An idle job whose run-delay
-share passes :data:`STARVED` switches the pool to the nice threads; a nice job whose share stays
-under :data:`ROOM`, summed over at least :data:`ROOM_WINDOW` seconds of nice jobs (a short job
-often runs uncontended between two of a busy process's slices), switches it back; a return to the
-idle threads that starves again within :data:`CALM` seconds doubles that window (up to
-:data:`MAX_WINDOW`), so a load that starves idle threads but leaves nice ones some room does not
-make the pool flap. A job says so when it ends; a watchdog thread looks at idle jobs still running
-every :data:`WATCH_EVERY` seconds, since a starved job may not end for seconds and the next one
-would otherwise go to the idle threads too. What a switch cannot do is
-move a job already running on a starved idle thread: it ends at the idle thread's pace (the one
-slow chunk of an exchange per onset of saturation).
+How "starved" is measured: the share of a thread's busy time it spent runnable but waiting for a
+CPU (``run_delay`` in /proc/self/task/<tid>/schedstat). Waiting for the GIL or for I/O is sleeping,
+not runnable, so a busy event loop does not count as a starved core. A watchdog thread looks at the
+idle threads every :data:`WATCH_EVERY` seconds while idle jobs come: one busy with the same job at
+two looks in a row whose run-delay share between them passes :data:`STARVED` switches the pool to
+the nice threads (a starved job may not end for seconds; the next jobs must not follow it). The
+nice threads tally their jobs' time and read their run delay at most every :data:`WATCH_EVERY`; a
+share under :data:`ROOM` over at least :data:`ROOM_WINDOW` seconds of nice jobs (a short job often
+runs uncontended between two of a busy process's slices) switches the pool back; a return that
+starves again within :data:`CALM` seconds doubles that window (up to :data:`MAX_WINDOW`), so a load
+that starves idle threads but leaves nice ones some room does not make the pool flap.
+
+The job already running on a starved idle thread cannot move to another thread; where the OS lets
+a thread leave SCHED_IDLE (CAP_SYS_NICE), the thread itself is moved to the nice policy at the
+switch and back to SCHED_IDLE at its next idle job; elsewhere that one chunk of the exchange ends
+at the idle pace (see :meth:`AutoPool._promote`).
 
 Without schedstat (no CONFIG_SCHED_INFO, another OS), nothing can be judged and jobs stay on the
 idle threads: :func:`sensor.exchange.workers.pool` then gives ``nice`` threads instead.
