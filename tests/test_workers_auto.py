@@ -265,3 +265,11 @@ def test_the_metrics_say_where_the_scans_run_and_how_often_that_changed():
         nice_window(p.router, now=2.0)
     assert scrape(m) == {"dlp_scan_threads_starved": 0.0, 'dlp_scan_sched_switches_total{to="nice"}': 1.0,
                          'dlp_scan_sched_switches_total{to="idle"}': 1.0}
+    with p._lock:
+        p.router.idle_job(0.05, 0.05, now=3.0)
+    assert scrape(m)["dlp_scan_threads_starved"] == 1.0
+    # a reload to another policy: the pool left behind keeps its state, the gauge follows the new one;
+    # the switches of both still add up (a counter never goes down)
+    workers.pool(1, 10, "nice")
+    assert scrape(m) == {"dlp_scan_threads_starved": 0.0, 'dlp_scan_sched_switches_total{to="nice"}': 2.0,
+                         'dlp_scan_sched_switches_total{to="idle"}': 1.0}

@@ -32,6 +32,7 @@ def own_pools(monkeypatch):
     with threads whose policy a test forced (or a fake refused)."""
     pools: dict = {}
     monkeypatch.setattr(workers, "_POOLS", pools)
+    monkeypatch.setattr(workers, "_current", None)
     monkeypatch.setattr(workers, "_warned", False)
     yield pools
     for p in pools.values():

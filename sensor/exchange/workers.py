@@ -193,14 +193,27 @@ def pool(setting: int | None, nice: int = 0, sched: str = "nice") -> Executor | 
                 p = LastIdlePool(n, thread_name_prefix="dlp-scan", initializer=lower_priority,
                                  initargs=(nice, sched))
             _POOLS[key] = p
+        global _current
+        _current = p
         return p
 
 
+_current: Executor | None = None        # the pool pool() returned last: the configuration's now
+
+
 def auto_pools() -> list[Any]:
-    """The ``scan_sched: auto`` pools of this process (for the metrics)."""
+    """The ``scan_sched: auto`` pools of this process (for the metrics: their switches add up)."""
     from sensor.exchange.autopool import AutoPool
     with _LOCK:
         return [p for p in _POOLS.values() if isinstance(p, AutoPool)]
+
+
+def scans_starved() -> bool:
+    """Whether the scans run now on a starved auto pool's nice threads. Only the configuration's
+    pool counts: a pool left behind by a reload keeps its last state and gets no more jobs."""
+    from sensor.exchange.autopool import AutoPool
+    p = _current
+    return isinstance(p, AutoPool) and p.starved
 
 
 _STOP = object()

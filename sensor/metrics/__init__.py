@@ -154,7 +154,7 @@ class Metrics:
                                           "nice threads (its SCHED_IDLE ones waited for a CPU most of a job's "
                                           "time: other work saturates the cores), else 0.", registry=r)
         from sensor.exchange import workers as _workers
-        self.scan_threads_starved.set_function(lambda: float(any(p.starved for p in _workers.auto_pools())))
+        self.scan_threads_starved.set_function(lambda: float(_workers.scans_starved()))
         r.register(_SchedSwitches(_workers.auto_pools))
         # scale-out over Kafka (sensor/stream)
         self.kafka_up = Gauge("dlp_kafka_up", "1 while the Kafka broker answers metadata requests, by component.",
