@@ -94,10 +94,13 @@ def _single(expr: bytes, name: str, flags: int = hs.HS_FLAG_SINGLEMATCH) -> hs.D
 def _ends(db: hs.Database, buf: bytes, handler=_found) -> list[int]:
     """End offsets of ``db``'s matches in ``buf`` (the first only, with the default handler), on a
     scratch of this thread's own."""
-    scratches = _LOCAL.__dict__.setdefault("scratch", {})
-    scratch = scratches.get(id(db))
-    if scratch is None:
-        scratch = scratches[id(db)] = hs.Scratch(db)
+    try:
+        scratch = _LOCAL.scratch[id(db)]    # one attribute and one dict look-up per chunk
+    except (AttributeError, KeyError):
+        scratches = _LOCAL.__dict__.setdefault("scratch", {})
+        scratch = scratches.get(id(db))
+        if scratch is None:
+            scratch = scratches[id(db)] = hs.Scratch(db)
     ends: list[int] = []
     try:
         db.scan(buf, match_event_handler=handler, context=ends, scratch=scratch)
@@ -124,7 +127,7 @@ def _may_run(buf: bytes, indented: bool = False) -> bool:
     base64 line followed by an indented one: the one scan a chunk without any base64 pays; joining
     lines costs a second scan, paid only where this one fires."""
     if not indented:
-        return bool(_ends(_single(_WIDE_EXPR, "_ANYFILTER"), buf))
+        return bool(_ends(_ANYFILTER or _single(_WIDE_EXPR, "_ANYFILTER"), buf))
     db = _ANYFILTER_XML
     if db is None:
         with _PRE_LOCK:
@@ -329,10 +332,17 @@ class Base64Finder:
                 t = data[-MIN_RUN:]
                 seg = t[t.translate(_WIDE_CLASS).rfind(b".") + 1:]
                 self._tail_run = len(seg)
-                self._unwrap.ctx = self._unwrap.hold = self._carry = b""
-                if seg:
-                    out = self._unwrap.write(seg)
-                    self._carry = out[out.translate(_CLASS).rfind(b".") + 1:]
+                unwrap = self._unwrap
+                if seg and seg[-1:] not in _BREAK_ENDS and b"\n" not in seg:
+                    # what _Unwrap.write(seg) does from empty context when seg has no line break
+                    # (the common case): nothing held back, nothing joined
+                    unwrap.ctx, unwrap.hold = seg[-WRAP_MIN:], b""
+                    self._carry = seg[seg.translate(_CLASS).rfind(b".") + 1:]
+                else:
+                    unwrap.ctx = unwrap.hold = self._carry = b""
+                    if seg:
+                        out = unwrap.write(seg)
+                        self._carry = out[out.translate(_CLASS).rfind(b".") + 1:]
                 return
             self._tail_run = MIN_RUN                 # not counted here: the next chunk scans its edge
             self._raw_tail = (tail + data)[1 - MIN_RUN:] if len(data) < MIN_RUN - 1 else data[1 - MIN_RUN:]
