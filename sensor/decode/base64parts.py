@@ -147,6 +147,8 @@ _WRAP_XML_EXPR = _B64 + rb"{%d}(?:\r|&#13;|&#[xX]0?[dD];)?\n[ \t]{0,%d}" % (WRAP
 _WRAPDB_XML: hs.Database | None = None
 _BREAKS = (b"\r\n", b"&#13;\n", b"&#xD;\n", b"&#xd;\n", b"&#XD;\n", b"&#x0D;\n", b"&#x0d;\n", b"\n")
 _BREAK_ENDS = frozenset(bytes([c]) for br in _BREAKS for c in br)
+_BREAK_PREFIXES = frozenset(br[:k] for br in _BREAKS for k in range(1, len(br) + 1))
+_BREAK_MAX = max(map(len, _BREAKS))
 _BREAK_PENULT = frozenset(br[-2:-1] for br in _BREAKS if len(br) > 1)   # the byte before the LF: CR or ';'
 _WRAPDB: hs.Database | None = None
 
@@ -172,13 +174,10 @@ def _held(buf: bytes, indented: bool = False) -> int:
         return 0
     if buf[-1:] not in _BREAK_ENDS:
         return 0
-    n = 0
-    for br in _BREAKS:
-        for k in range(len(br), n, -1):
-            if buf.endswith(br[:k]):
-                n = k
-                break
-    return n
+    for k in range(min(len(buf), _BREAK_MAX), 0, -1):     # the longest first: a few set look-ups
+        if buf[-k:] in _BREAK_PREFIXES:
+            return k
+    return 0
 
 
 class _Unwrap:
