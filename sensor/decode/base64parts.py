@@ -94,10 +94,13 @@ def _single(expr: bytes, name: str, flags: int = hs.HS_FLAG_SINGLEMATCH) -> hs.D
 def _ends(db: hs.Database, buf: bytes, handler=_found) -> list[int]:
     """End offsets of ``db``'s matches in ``buf`` (the first only, with the default handler), on a
     scratch of this thread's own."""
-    scratches = _LOCAL.__dict__.setdefault("scratch", {})
-    scratch = scratches.get(id(db))
-    if scratch is None:
-        scratch = scratches[id(db)] = hs.Scratch(db)
+    try:
+        scratch = _LOCAL.scratch[id(db)]    # one attribute and one dict look-up per chunk
+    except (AttributeError, KeyError):
+        scratches = _LOCAL.__dict__.setdefault("scratch", {})
+        scratch = scratches.get(id(db))
+        if scratch is None:
+            scratch = scratches[id(db)] = hs.Scratch(db)
     ends: list[int] = []
     try:
         db.scan(buf, match_event_handler=handler, context=ends, scratch=scratch)
@@ -124,7 +127,7 @@ def _may_run(buf: bytes, indented: bool = False) -> bool:
     base64 line followed by an indented one: the one scan a chunk without any base64 pays; joining
     lines costs a second scan, paid only where this one fires."""
     if not indented:
-        return bool(_ends(_single(_WIDE_EXPR, "_ANYFILTER"), buf))
+        return bool(_ends(_ANYFILTER or _single(_WIDE_EXPR, "_ANYFILTER"), buf))
     db = _ANYFILTER_XML
     if db is None:
         with _PRE_LOCK:
@@ -144,6 +147,8 @@ _WRAP_XML_EXPR = _B64 + rb"{%d}(?:\r|&#13;|&#[xX]0?[dD];)?\n[ \t]{0,%d}" % (WRAP
 _WRAPDB_XML: hs.Database | None = None
 _BREAKS = (b"\r\n", b"&#13;\n", b"&#xD;\n", b"&#xd;\n", b"&#XD;\n", b"&#x0D;\n", b"&#x0d;\n", b"\n")
 _BREAK_ENDS = frozenset(bytes([c]) for br in _BREAKS for c in br)
+_BREAK_PREFIXES = frozenset(br[:k] for br in _BREAKS for k in range(1, len(br) + 1))
+_BREAK_MAX = max(map(len, _BREAKS))
 _BREAK_PENULT = frozenset(br[-2:-1] for br in _BREAKS if len(br) > 1)   # the byte before the LF: CR or ';'
 _WRAPDB: hs.Database | None = None
 
@@ -169,13 +174,10 @@ def _held(buf: bytes, indented: bool = False) -> int:
         return 0
     if buf[-1:] not in _BREAK_ENDS:
         return 0
-    n = 0
-    for br in _BREAKS:
-        for k in range(len(br), n, -1):
-            if buf.endswith(br[:k]):
-                n = k
-                break
-    return n
+    for k in range(min(len(buf), _BREAK_MAX), 0, -1):     # the longest first: a few set look-ups
+        if buf[-k:] in _BREAK_PREFIXES:
+            return k
+    return 0
 
 
 class _Unwrap:
@@ -329,10 +331,17 @@ class Base64Finder:
                 t = data[-MIN_RUN:]
                 seg = t[t.translate(_WIDE_CLASS).rfind(b".") + 1:]
                 self._tail_run = len(seg)
-                self._unwrap.ctx = self._unwrap.hold = self._carry = b""
-                if seg:
-                    out = self._unwrap.write(seg)
-                    self._carry = out[out.translate(_CLASS).rfind(b".") + 1:]
+                unwrap = self._unwrap
+                if seg and seg[-1:] not in _BREAK_ENDS and b"\n" not in seg:
+                    # what _Unwrap.write(seg) does from empty context when seg has no line break
+                    # (the common case): nothing held back, nothing joined
+                    unwrap.ctx, unwrap.hold = seg[-WRAP_MIN:], b""
+                    self._carry = seg[seg.translate(_CLASS).rfind(b".") + 1:]
+                else:
+                    unwrap.ctx = unwrap.hold = self._carry = b""
+                    if seg:
+                        out = unwrap.write(seg)
+                        self._carry = out[out.translate(_CLASS).rfind(b".") + 1:]
                 return
             self._tail_run = MIN_RUN                 # not counted here: the next chunk scans its edge
             self._raw_tail = (tail + data)[1 - MIN_RUN:] if len(data) < MIN_RUN - 1 else data[1 - MIN_RUN:]

@@ -17,6 +17,7 @@ import csv
 import ctypes
 import operator
 import re
+import threading
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from typing import Any
 
 import hyperscan as hs
 
+from sensor.decode.base64parts import _ends
 from sensor.detect import core as _core
 from sensor.detect.distinct import EXACT_CAP, DistinctCounter
 from sensor.detect.engine import CAT_BITS, Engine, PatInfo
@@ -56,6 +58,24 @@ _TH_OPEN = re.compile(rb"<[tT][hH][\s>]")
 _END = operator.itemgetter(1)
 _ESTIMATED = "records-estimated"   # salts the identity of an estimated record (one identifier)
 _HS_CTX = object()   # a live, truthy context object for every Hyperscan call (see open_stream)
+_TH_DB: hs.Database | None = None
+_TH_LOCK = threading.Lock()
+
+
+def _has_th(data: bytes) -> bool:
+    """``b"<th" in data or b"<TH" in data`` in one Hyperscan pass. ``bytes.__contains__`` runs at
+    ~1.5 GB/s on markup (its many ``<`` defeat the skip): two passes per chunk of an HTML body cost
+    ~0.14 CPU-s per 100 MB of pages without a header cell, a quarter of the whole scan."""
+    global _TH_DB
+    db = _TH_DB
+    if db is None:
+        with _TH_LOCK:
+            db = _TH_DB
+            if db is None:
+                db = hs.Database(mode=hs.HS_MODE_BLOCK)
+                db.compile(expressions=[b"<th", b"<TH"], ids=[0, 1], flags=[hs.HS_FLAG_SINGLEMATCH] * 2)
+                _TH_DB = db
+    return bool(_ends(db, data))
 
 
 def open_stream(db: hs.Database, handler: object, context: object = None) -> hs.Stream:
@@ -204,6 +224,7 @@ class ExchangeScanner:
         self._ids_capped = False
         self.result = ScanResult()
         self.verdict = "pass"
+        self._decided: tuple[int, int, int, int] | None = None   # the counts the verdict was last decided on
         self._hits: list[tuple[int, int]] = []
         append = self._hits.append
 
@@ -233,6 +254,7 @@ class ExchangeScanner:
             self._close_stream()
         self._stream = self._core.part() if self._core is not None else open_stream(self.engine.db, self._on_match)
         self._gate = None
+        self._stale = True            # the counts may have moved since the last verdict (see _advance)
         self._mode = mode             # None = sniff from the first bytes
         self._pre: bytes | None = b""  # first bytes of the part, until the sniff can be made
         self._pos = 0
@@ -297,7 +319,10 @@ class ExchangeScanner:
                 return self.verdict
             data, self._pre = self._pre, None
             self._sniff(data)
-        self._scan(data)
+        if self._core is not None:
+            self._scan_core(data)
+        else:
+            self._scan(data)
         return self.verdict
 
     def _scan(self, data: bytes) -> None:
@@ -324,23 +349,32 @@ class ExchangeScanner:
 
     def _advance(self, data: bytes, base: int, any_hit: bool, process, hits) -> None:
         """After a chunk's matches are in (either path): header row, offsets, the per-match work
-        (``process(buf, base)``), line start, tail, structure view (``hits()``), verdict."""
-        buf = self._tail + data if any_hit else b""
-        if self._mode == "html" and (b"<th" in data or b"<TH" in data):
+        (``process(buf, base)``, or the compiled core's when ``process`` is None), line start, tail,
+        structure view (``hits()``), verdict.
+
+        A chunk without a match (most of benign text) changes no count, so the verdict is not
+        recomputed for it unless something else moved the counts since the last one (a part ended:
+        ``_stale``) or another view counts bytes too (structure view, EDM)."""
+        n = len(data)
+        if self._mode == "html" and _has_th(data):
             self._header_row(data)
-        self._pos += len(data)
-        self.result.decoded_bytes += len(data)
+        self._pos += n
+        self.result.decoded_bytes += n
         if any_hit:
-            process(buf, base)
+            buf = self._tail + data
+            if process is None:
+                _core._hscore.process(self, self._stream, buf, base, self._core.info)
+            else:
+                process(buf, base)
         nl = data.rfind(b"\n")
         if nl >= 0:
-            self._line_start = self._pos - len(data) + nl
-        if len(data) >= self._tail_len:
-            self._tail = data[-self._tail_len:]
-        else:
-            self._tail = (self._tail + data)[-self._tail_len:]
+            self._line_start = self._pos - n + nl
+        tl = self._tail_len
+        self._tail = data[-tl:] if n >= tl else (self._tail + data)[-tl:]
         if self._skind is not None:
             self._shadow.feed(data, hits())
+        elif not (any_hit or self._stale) and self._edm is None:
+            return
         self._decide()
 
     def _open_gate(self, buf: bytes, base: int) -> None:
@@ -400,8 +434,7 @@ class ExchangeScanner:
             n = m
         elif ps.gate_open:
             n = ps.scan_gate(data)
-        self._advance(data, base, bool(n), lambda buf, b: _core._hscore.process(self, ps, buf, b, self._core.info),
-                      ps.hits_list)
+        self._advance(data, base, bool(n), None, ps.hits_list)
 
     def _close_core(self) -> None:
         ps = self._stream
@@ -855,15 +888,21 @@ class ExchangeScanner:
         """Raise the verdict after a chunk. A trip is final when it is reached; an alert is settled
         at the end (``final``): evidence seen later (one email domain, shared addresses) may show
         that records counted early were workplaces, not homes."""
+        self._stale = False
         if self.verdict == "trip":
             return
         _, strong, person = self._tallies()
         if self._shadow is None:
-            v = self.policy.decide(strong, person, self._strong_values, self._contact_values)
+            counts = (strong, person, self._strong_values, self._contact_values)
         else:
             x = self._shadow.extra()
-            v = self.policy.decide(strong + x[1], person + x[2],
-                                   self._strong_values + x[3], self._contact_values + x[4])
+            counts = (strong + x[1], person + x[2], self._strong_values + x[3], self._contact_values + x[4])
+        # the same counts give the same verdict, and it was applied then: most benign chunks have
+        # matches that make no record, so the policy is not asked again (the EDM's verdict moves on its own)
+        if counts == self._decided and not final and self._edm is None:
+            return
+        self._decided = counts
+        v = self.policy.decide(*counts)
         if self._edm is not None:
             v = stronger(self._edm.verdict(), v)      # EDM thresholds first: an EDM trip always trips
         if v != self.verdict and (v == "trip" or self.verdict == "pass" or final):
