@@ -10,8 +10,10 @@ monitoring proxy sidecar per configuration:
   256 KiB chunk in one scanner call, ``DLP_SCAN_PIECE_BYTES``; sensor.exchange.workers);
 - ``pool, scan_nice N``: ``scan_workers`` unset (one thread per core), the scan threads ``N`` nice
   steps below the event loop (``scan_sched: nice``; 0: the same priority); ``pool, scan_sched idle``
-  (``--nice …,idle``): the scan threads on SCHED_IDLE (``scan_sched: idle``; the default is nice 10),
-  each chunk written to the scanner whole (the compiled core walks a chunk's matches without the GIL;
+  (``--nice …,idle``): the scan threads on SCHED_IDLE (``scan_sched: idle``); ``pool, scan_sched auto``
+  (``--nice …,auto``; the default): idle threads unless they starve, then nice ones
+  (sensor.exchange.autopool; its switches are read from the sidecar's metrics and printed; the
+  PASS/MISS line reads this row when it ran), each chunk written to the scanner whole (the compiled core walks a chunk's matches without the GIL;
   the lag table compares slices);
 - ``…, uvloop`` (``--uvloop``, with uvloop installed): the taps on uvloop's event loop;
 - ``stand-in, …``: the pool, with the scanner's per-chunk work replaced (in the sidecar process
