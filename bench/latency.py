@@ -755,7 +755,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--leak-mb", type=float, default=10)
     ap.add_argument("--big-mb", type=int, default=100, help="benign download (0: none)")
-    ap.add_argument("--nice", default="0,10", help="scan_nice values to compare (and 'idle': SCHED_IDLE); "
+    ap.add_argument("--nice", default="0,10", help="scan_nice values to compare (and 'idle': SCHED_IDLE, 'auto': the default); "
                                                    "the last one also gets the uvloop and switch rows")
     ap.add_argument("--switch-ms", default="", help="extra switch intervals (ms) for pool rows")
     ap.add_argument("--uvloop", action="store_true", help="add rows with the taps on uvloop (pip install uvloop: "
