@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 import hyperscan as hs
 
 from sensor.decode.limits import CorruptInput, LimitExceeded
+from sensor.detect.scratch import block_ends as _ends
 
 if TYPE_CHECKING:
     from sensor.decode.containers import PartRecorder, Sniffer
@@ -69,13 +70,7 @@ def _unescape(chars: bytes) -> bytes:
 
 
 _PREFILTER: hs.Database | None = None
-_LOCAL = threading.local()           # a Hyperscan scratch per thread (containers are read in a worker)
 _PRE_LOCK = threading.Lock()
-
-
-def _found(i: int, start: int, end: int, flags: int, ctx: list) -> bool:
-    ctx.append(end)
-    return True                      # the first run is enough: stop the scan
 
 
 def _single(expr: bytes, name: str, flags: int = hs.HS_FLAG_SINGLEMATCH) -> hs.Database:
@@ -89,24 +84,6 @@ def _single(expr: bytes, name: str, flags: int = hs.HS_FLAG_SINGLEMATCH) -> hs.D
                 db.compile(expressions=[expr], ids=[0], flags=[flags])
                 globals()[name] = db
     return db
-
-
-def _ends(db: hs.Database, buf: bytes, handler=_found) -> list[int]:
-    """End offsets of ``db``'s matches in ``buf`` (the first only, with the default handler), on a
-    scratch of this thread's own."""
-    try:
-        scratch = _LOCAL.scratch[id(db)]    # one attribute and one dict look-up per chunk
-    except (AttributeError, KeyError):
-        scratches = _LOCAL.__dict__.setdefault("scratch", {})
-        scratch = scratches.get(id(db))
-        if scratch is None:
-            scratch = scratches[id(db)] = hs.Scratch(db)
-    ends: list[int] = []
-    try:
-        db.scan(buf, match_event_handler=handler, context=ends, scratch=scratch)
-    except hs.ScanTerminated:
-        pass
-    return ends
 
 
 def _has_run(buf: bytes) -> bool:

@@ -25,12 +25,11 @@ from typing import Any
 
 import hyperscan as hs
 
-from sensor.decode.base64parts import _ends
 from sensor.detect import core as _core
 from sensor.detect.distinct import EXACT_CAP, DistinctCounter
 from sensor.detect.engine import CAT_BITS, Engine, PatInfo
 from sensor.detect.keys import fingerprint, redact
-from sensor.detect.scratch import CLOSE_LOCK, scratch_for
+from sensor.detect.scratch import CLOSE_LOCK, block_ends, scratch_for
 from sensor.detect.policy import Policy, stronger
 from sensor.detect.precision import (Evidence, HomeRecords, business_field, business_name, business_record,
                                      deceased, label_before, label_words, name_words, place_of,
@@ -75,7 +74,7 @@ def _has_th(data: bytes) -> bool:
                 db = hs.Database(mode=hs.HS_MODE_BLOCK)
                 db.compile(expressions=[b"<th", b"<TH"], ids=[0, 1], flags=[hs.HS_FLAG_SINGLEMATCH] * 2)
                 _TH_DB = db
-    return bool(_ends(db, data))
+    return bool(block_ends(db, data))
 
 
 def open_stream(db: hs.Database, handler: object, context: object = None) -> hs.Stream:

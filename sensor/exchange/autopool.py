@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sensor.exchange.workers import LastIdlePool
+from sensor.exchange.workers import LastIdlePool, lower_priority
 
 log = logging.getLogger("dlp_sensor.workers")
 
@@ -124,13 +124,15 @@ class AutoPool(Executor):
 
     What it costs a job: two clock reads and a dict entry. The kernel's counters are read by the
     watchdog (the idle threads' jobs in flight, every :data:`WATCH_EVERY` while jobs come) and, on
-    the nice threads, at most every :data:`WATCH_EVERY` per thread at a job's end. A first version
-    read them twice per job and woke the watchdog per job: on a 100 MB benign download (hundreds
-    of jobs) that cost ~8 % of the sidecar's CPU per byte (bench/proxy.py --sched)."""
+    the nice threads, at most every :data:`WATCH_EVERY` per thread at a job's end: reading them
+    twice per job, and waking the watchdog per job, cost ~8 % of the sidecar's CPU per byte on a
+    100 MB benign download (hundreds of jobs; bench/proxy.py --sched)."""
 
-    def __init__(self, n: int, nice: int, lower: Callable[[int, str], None]) -> None:
-        self.idle = LastIdlePool(n, thread_name_prefix="dlp-scan-idle", initializer=lower, initargs=(0, "idle"))
-        self.nice = LastIdlePool(n, thread_name_prefix="dlp-scan", initializer=lower, initargs=(nice, "nice"))
+    def __init__(self, n: int, nice: int) -> None:
+        self.idle = LastIdlePool(n, thread_name_prefix="dlp-scan-idle", initializer=lower_priority,
+                                 initargs=(0, "idle"))
+        self.nice = LastIdlePool(n, thread_name_prefix="dlp-scan", initializer=lower_priority,
+                                 initargs=(nice, "nice"))
         self.router = Router()
         self._lock = threading.Condition()
         self._seq = itertools.count()
@@ -138,7 +140,7 @@ class AutoPool(Executor):
         self._last_job = -math.inf              # when an idle job last started (the watchdog parks after PARK_AFTER)
         self._parked = False
         self._marks: dict[int, tuple[float, float, int]] = {}   # nice tid -> (job wall since, mark time, run delay)
-        self._lower, self._nice_steps = lower, nice
+        self._nice_steps = nice
         self._promoted: set[int] = set()        # idle threads moved to the nice policy by _promote
         self._may_promote = True                # until the OS refuses once
         self._closed = False
@@ -167,7 +169,7 @@ class AutoPool(Executor):
         tid = threading.get_native_id()
         if tid in self._promoted:               # moved up while starved (_promote): back to SCHED_IDLE
             self._promoted.discard(tid)
-            self._lower(0, "idle")
+            lower_priority(0, "idle")
         self._busy[tid] = next(self._seq)
         self._last_job = time.perf_counter()
         if self._parked:                        # read after _busy is set: see _watch

@@ -188,7 +188,7 @@ def pool(setting: int | None, nice: int = 0, sched: str = "nice") -> Executor | 
         p = _POOLS.get(key)
         if p is None:
             if sched == "auto":
-                p = autopool.AutoPool(n, nice, lower_priority)
+                p = autopool.AutoPool(n, nice)
             else:
                 p = LastIdlePool(n, thread_name_prefix="dlp-scan", initializer=lower_priority,
                                  initargs=(nice, sched))

@@ -280,8 +280,11 @@ async def _received(content: aiohttp.StreamReader, size: int) -> AsyncIterator[b
             more = content.read_nowait(size - len(piece))
             if more:
                 piece += more
-        for i in range(0, len(piece), size) if len(piece) > size else (0,):
-            yield piece if len(piece) <= size else piece[i:i + size]
+        if len(piece) <= size:
+            yield piece
+        else:
+            for i in range(0, len(piece), size):
+                yield piece[i:i + size]
 
 
 async def _empty():
