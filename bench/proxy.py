@@ -14,7 +14,9 @@ the origin is never the bottleneck. Measured with wrk on the same machine, same 
   only if the file opens a part's gate), alternated with the downloads; also printed: main +
   gated always (and with the wheel's libhs, the ceiling up to session 13), which flatter the
   sidecar when the gate stays shut. "Per core" divides the bytes by the sidecar's own CPU seconds
-  (/proc/PID/stat) over the download;
+  (/proc/PID/stat) over the download. Beside it, in the same rounds, the floor of relaying: a bare
+  TCP relay (``bench/relay_floor.py``: no HTTP, no scan) in front of the same origin, its CPU per
+  100 MB; raw scan + floor is the best per-core figure a relay that reads what it scans can reach;
 - ``--reuse-port``: groups of N = 1 .. cores sidecar processes (monitor), each group on one
   port, each process with ``scan_workers: 1`` pinned to a core of its own (one process = one
   core's worth), 8 connections of 100 MB downloads, groups alternated round by round: aggregate
@@ -259,14 +261,22 @@ def gate_hits(engine: Engine, data: bytes) -> int:
     return n[0]
 
 
-def download_vs_ceiling(sc: Sidecar, url: str, big: bytes, seconds: int, rounds: int) -> dict:
+def download_vs_ceiling(sc: Sidecar, url: str, big: bytes, seconds: int, rounds: int,
+                        floor: tuple[int, str] | None = None) -> dict:
     """100 MB downloads through the sidecar against the raw stream scans of the same bytes
-    (:class:`Ceilings`), alternated round by round; medians of the per-round ratios."""
+    (:class:`Ceilings`), alternated round by round; medians of the per-round ratios. ``floor``:
+    (pid, url) of ``bench/relay_floor.py`` in front of the same origin, downloaded in each round
+    too: its CPU per 100 MB is what moving the bytes alone costs."""
     ceil = Ceilings(big)
     rows: dict[str, list[float]] = {k: [] for k in ("like", "main_gated", "wheel", "wall", "core", "sys",
                                                      "r_wall", "r_like", "r_main_gated", "r_wheel",
-                                                     "loop_s", "threads_s", "libhs_s")}
+                                                     "loop_s", "threads_s", "libhs_s", "floor_s")}
     for _ in range(rounds):
+        if floor is not None:
+            f0 = cpu_seconds(floor[0])
+            fd = wrk(floor[1], seconds, 1)
+            if fd["read_mb"] > 0:
+                rows["floor_s"].append((cpu_seconds(floor[0]) - f0) * 100.0 / (fd["read_mb"] * 1.048576))
         c = ceil.measure(big)
         u0, s0 = cpu_times(sc.proc.pid)
         m0, t0 = thread_seconds(sc.proc.pid)
@@ -297,6 +307,7 @@ def download_vs_ceiling(sc: Sidecar, url: str, big: bytes, seconds: int, rounds:
             "rounds": rounds, "kernel_share_of_cpu": med(rows["sys"]),
             "loop_s_per_100MB": med(rows["loop_s"]), "threads_s_per_100MB": med(rows["threads_s"]),
             "ceiling_s_per_100MB": med(rows["libhs_s"]),
+            "floor_s_per_100MB": med(rows["floor_s"]) if rows["floor_s"] else None,
             "per_round": {k: [round(x, 3) for x in v] for k, v in rows.items()}}
 
 
@@ -453,7 +464,7 @@ def main() -> None:
                        ("10 KiB: the sidecar's own p50 <= 1 ms", mon["own_p50_ms"] <= 1.0),
                        ("10 KiB: the sidecar's own p99 <= 5 ms", mon["own_p99_ms"] <= 5.0)]
         if "download" in only:
-            dl = download_section(sidecars[0], www, a)
+            dl = download_section(sidecars[0], www, op, a)
             checks.append((f"{a.big_mb} MB benign download >= 0.8x the raw stream ceiling per core: main + gated "
                            "(the scanner's databases, as bench/engine.py and bench/core.py define the ceiling; "
                            f"{dl['x_main_gated_per_core']:.2f}x)", dl["x_main_gated_per_core"] >= 0.8))
@@ -497,9 +508,18 @@ def print_paths(rows: dict, big_mb: int) -> None:
               f"{r['big_MBps'] / ng['big_MBps']:.2f} |" + (" errors!" if r["errors"] else ""))
 
 
-def download_section(sc: Sidecar, www: Path, a: argparse.Namespace) -> dict:
+def download_section(sc: Sidecar, www: Path, origin_port: int, a: argparse.Namespace) -> dict:
     print(f"  measuring {a.big_mb} MB downloads against the raw stream ceilings", file=sys.stderr)
-    dl = download_vs_ceiling(sc, sc.url + "/big.html", (www / "big.html").read_bytes(), a.seconds + 4, a.rounds)
+    fport = free_port()
+    relay = subprocess.Popen([sys.executable, str(Path(__file__).with_name("relay_floor.py")), str(fport),
+                              str(origin_port)])
+    try:
+        wait_http(f"http://127.0.0.1:{fport}/10k.html", proc=relay)
+        dl = download_vs_ceiling(sc, sc.url + "/big.html", (www / "big.html").read_bytes(), a.seconds + 4,
+                                 a.rounds, floor=(relay.pid, f"http://127.0.0.1:{fport}/big.html"))
+    finally:
+        relay.kill()
+        relay.wait()
     load = os.getloadavg()
     print(f"\n## {a.big_mb} MB benign download, sidecar (monitor) against the raw stream ceilings "
           f"({dl['rounds']} alternated rounds, medians; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} "
@@ -523,6 +543,15 @@ def download_section(sc: Sidecar, www: Path, a: argparse.Namespace) -> dict:
     print(f"\nPer 100 MB, CPU seconds (schedstat, medians): the event loop thread {dl['loop_s_per_100MB']:.3f}, "
           f"the other threads (the scan pool) {dl['threads_s_per_100MB']:.3f}; the like-for-like ceiling's raw scan "
           f"{dl['ceiling_s_per_100MB']:.3f} (0.8x of it is {dl['ceiling_s_per_100MB'] / 0.8:.3f} in all).")
+    if dl["floor_s_per_100MB"] is not None:
+        fl, raw = dl["floor_s_per_100MB"], dl["ceiling_s_per_100MB"]
+        print(f"\nThe floor of relaying (bench/relay_floor.py: a bare TCP relay in front of the same origin, "
+              f"no HTTP, no scan, blocking recv and send of 256 KiB, downloaded in the same rounds): "
+              f"{fl:.3f} CPU-s per 100 MB. Reading the bytes it scans, no relay can do better than "
+              f"raw scan + floor = {raw + fl:.3f} s, i.e. {raw / (raw + fl):.2f}x the like-for-like ceiling per "
+              f"core; 0.8x leaves {raw / 0.8 - raw - fl:.3f} s per 100 MB for HTTP, the scan hand-off and the "
+              f"scanner's own work, against {dl['loop_s_per_100MB'] + dl['threads_s_per_100MB'] - raw - fl:.3f} s "
+              "spent on them here.")
     print(f"\nSidecar wall (c=1): {dl['sidecar_MBps']:.1f} MB/s = {dl['x_ceiling_wall']:.2f}x the like-for-like "
           f"ceiling. Per round, sidecar MB per CPU-second: {dl['per_round']['core']}; like-for-like ratio: "
           f"{dl['per_round']['r_like']}.")

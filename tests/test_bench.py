@@ -143,3 +143,48 @@ def test_scanner_memory_probe_prints_a_row_per_tree_and_body() -> None:
         assert r[2] in ("compiled", "python")
         for x in (r[3], r[4].rstrip(" |")):
             assert x.lstrip("-").replace(".", "", 1).isdigit(), r
+
+
+def test_relay_floor_relays_an_http_exchange_byte_for_byte(tmp_path: Path) -> None:
+    """bench/relay_floor.py, the proxy bench's floor, moves what the origin sends, unaltered, and
+    keeps the connection usable for the next request (wrk reuses it)."""
+    import http.server
+    import socket
+    import threading
+
+    from tests.procs import free_port, wait_http
+
+    body = bytes(range(256)) * 4096 + b"tail"
+    (tmp_path / "f.bin").write_bytes(body)
+
+    class H(http.server.SimpleHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def __init__(self, *a, **k):
+            super().__init__(*a, directory=str(tmp_path), **k)
+
+        def log_message(self, *a):
+            pass
+
+    origin = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=origin.serve_forever, daemon=True).start()
+    port = free_port()
+    relay = subprocess.Popen([sys.executable, str(ROOT / "bench" / "relay_floor.py"), str(port),
+                              str(origin.server_address[1])])
+    try:
+        wait_http(f"http://127.0.0.1:{port}/f.bin", proc=relay)
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            f = s.makefile("rb")
+            for _ in range(2):                              # two requests on one connection
+                s.sendall(b"GET /f.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert f.readline().startswith(b"HTTP/1.1 200")
+                length = None
+                while (line := f.readline()) != b"\r\n":
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                assert length == len(body)
+                assert f.read(length) == body
+    finally:
+        relay.kill()
+        relay.wait()
+        origin.shutdown()
