@@ -17,6 +17,7 @@ the origin is never the bottleneck. Measured with wrk on the same machine, same 
   (/proc/PID/stat) over the download. Beside it, in the same rounds, the floor of relaying: a bare
   TCP relay (``bench/relay_floor.py``: no HTTP, no scan) in front of the same origin, its CPU per
   100 MB; raw scan + floor is the best per-core figure a relay that reads what it scans can reach;
+  and the enforcing sidecar (enforce is the default mode) against the same ceiling, same rounds;
 - ``--reuse-port``: groups of N = 1 .. cores sidecar processes (monitor), each group on one
   port, each process with ``scan_workers: 1`` pinned to a core of its own (one process = one
   core's worth), 8 connections of 100 MB downloads, groups alternated round by round: aggregate
@@ -262,15 +263,17 @@ def gate_hits(engine: Engine, data: bytes) -> int:
 
 
 def download_vs_ceiling(sc: Sidecar, url: str, big: bytes, seconds: int, rounds: int,
-                        floor: tuple[int, str] | None = None) -> dict:
+                        floor: tuple[int, str] | None = None, enforcing: Sidecar | None = None) -> dict:
     """100 MB downloads through the sidecar against the raw stream scans of the same bytes
     (:class:`Ceilings`), alternated round by round; medians of the per-round ratios. ``floor``:
     (pid, url) of ``bench/relay_floor.py`` in front of the same origin, downloaded in each round
-    too: its CPU per 100 MB is what moving the bytes alone costs."""
+    too: its CPU per 100 MB is what moving the bytes alone costs. ``enforcing``: a sidecar in
+    enforce mode (the default), downloaded in each round too, against the same ceiling."""
     ceil = Ceilings(big)
     rows: dict[str, list[float]] = {k: [] for k in ("like", "main_gated", "wheel", "wall", "core", "sys",
                                                      "r_wall", "r_like", "r_main_gated", "r_wheel",
-                                                     "loop_s", "threads_s", "libhs_s", "floor_s")}
+                                                     "loop_s", "threads_s", "libhs_s", "floor_s",
+                                                     "enf_core", "r_enf", "enf_loop_s", "enf_threads_s")}
     for _ in range(rounds):
         if floor is not None:
             f0 = cpu_seconds(floor[0])
@@ -297,6 +300,17 @@ def download_vs_ceiling(sc: Sidecar, url: str, big: bytes, seconds: int, rounds:
         rows["core"].append(core)
         rows["sys"].append((s1 - s0) / cpu if cpu > 0 else float("nan"))
         rows["r_wall"].append(mbps / c["like"])
+        if enforcing is not None:
+            pid = enforcing.proc.pid
+            e0, (em0, et0) = cpu_seconds(pid), thread_seconds(pid)
+            ed = wrk(enforcing.url + url[len(sc.url):], seconds, 1)
+            e1, (em1, et1) = cpu_seconds(pid), thread_seconds(pid)
+            if ed["read_mb"] > 0 and e1 > e0:
+                eper = 100.0 / (ed["read_mb"] * 1.048576)
+                rows["enf_core"].append(ed["read_mb"] * 1.048576 / (e1 - e0))
+                rows["r_enf"].append(rows["enf_core"][-1] / c["like"])
+                rows["enf_loop_s"].append((em1 - em0) * eper)
+                rows["enf_threads_s"].append((et1 - et0) * eper)
     med = statistics.median
     return {"ceiling_MBps": med(rows["like"]), "ceiling_main_gated_MBps": med(rows["main_gated"]),
             "ceiling_wheel_MBps": med(rows["wheel"]), "gate_opens": ceil.gate_opens, "libhs": ceil.libhs,
@@ -308,6 +322,9 @@ def download_vs_ceiling(sc: Sidecar, url: str, big: bytes, seconds: int, rounds:
             "loop_s_per_100MB": med(rows["loop_s"]), "threads_s_per_100MB": med(rows["threads_s"]),
             "ceiling_s_per_100MB": med(rows["libhs_s"]),
             "floor_s_per_100MB": med(rows["floor_s"]) if rows["floor_s"] else None,
+            "enforce": {"sidecar_MB_per_cpu_s": med(rows["enf_core"]), "x_ceiling_per_core": med(rows["r_enf"]),
+                        "loop_s_per_100MB": med(rows["enf_loop_s"]),
+                        "threads_s_per_100MB": med(rows["enf_threads_s"])} if rows["enf_core"] else None,
             "per_round": {k: [round(x, 3) for x in v] for k, v in rows.items()}}
 
 
@@ -464,7 +481,7 @@ def main() -> None:
                        ("10 KiB: the sidecar's own p50 <= 1 ms", mon["own_p50_ms"] <= 1.0),
                        ("10 KiB: the sidecar's own p99 <= 5 ms", mon["own_p99_ms"] <= 5.0)]
         if "download" in only:
-            dl = download_section(sidecars[0], www, op, a)
+            dl = download_section(sidecars[0], sidecars[1], www, op, a)
             checks.append((f"{a.big_mb} MB benign download >= 0.8x the raw stream ceiling per core: main + gated "
                            "(the scanner's databases, as bench/engine.py and bench/core.py define the ceiling; "
                            f"{dl['x_main_gated_per_core']:.2f}x)", dl["x_main_gated_per_core"] >= 0.8))
@@ -508,7 +525,7 @@ def print_paths(rows: dict, big_mb: int) -> None:
               f"{r['big_MBps'] / ng['big_MBps']:.2f} |" + (" errors!" if r["errors"] else ""))
 
 
-def download_section(sc: Sidecar, www: Path, origin_port: int, a: argparse.Namespace) -> dict:
+def download_section(sc: Sidecar, enforcing: Sidecar, www: Path, origin_port: int, a: argparse.Namespace) -> dict:
     print(f"  measuring {a.big_mb} MB downloads against the raw stream ceilings", file=sys.stderr)
     fport = free_port()
     relay = subprocess.Popen([sys.executable, str(Path(__file__).with_name("relay_floor.py")), str(fport),
@@ -516,7 +533,8 @@ def download_section(sc: Sidecar, www: Path, origin_port: int, a: argparse.Names
     try:
         wait_http(f"http://127.0.0.1:{fport}/10k.html", proc=relay)
         dl = download_vs_ceiling(sc, sc.url + "/big.html", (www / "big.html").read_bytes(), a.seconds + 4,
-                                 a.rounds, floor=(relay.pid, f"http://127.0.0.1:{fport}/big.html"))
+                                 a.rounds, floor=(relay.pid, f"http://127.0.0.1:{fport}/big.html"),
+                                 enforcing=enforcing)
     finally:
         relay.kill()
         relay.wait()
@@ -540,9 +558,14 @@ def download_section(sc: Sidecar, www: Path, origin_port: int, a: argparse.Names
         print(f"| main + gated ({lib}) | {dl['ceiling_main_gated_MBps']:.1f} | ″ | {dl['x_main_gated_per_core']:.2f}x |")
     print(f"| main + gated (PyPI wheel's libhs; the former ceiling) | {dl['ceiling_wheel_MBps']:.1f} | ″ | "
           f"{dl['x_wheel_per_core']:.2f}x |")
+    if (enf := dl["enforce"]) is not None:
+        print(f"| like for like, the sidecar in enforce mode (the default: each piece scanned before it leaves) | "
+              f"{dl['ceiling_MBps']:.1f} | {enf['sidecar_MB_per_cpu_s']:.1f} | {enf['x_ceiling_per_core']:.2f}x |")
     print(f"\nPer 100 MB, CPU seconds (schedstat, medians): the event loop thread {dl['loop_s_per_100MB']:.3f}, "
           f"the other threads (the scan pool) {dl['threads_s_per_100MB']:.3f}; the like-for-like ceiling's raw scan "
-          f"{dl['ceiling_s_per_100MB']:.3f} (0.8x of it is {dl['ceiling_s_per_100MB'] / 0.8:.3f} in all).")
+          f"{dl['ceiling_s_per_100MB']:.3f} (0.8x of it is {dl['ceiling_s_per_100MB'] / 0.8:.3f} in all)."
+          + (f" Enforce: loop {dl['enforce']['loop_s_per_100MB']:.3f}, other threads "
+             f"{dl['enforce']['threads_s_per_100MB']:.3f}." if dl["enforce"] else ""))
     if dl["floor_s_per_100MB"] is not None:
         fl, raw = dl["floor_s_per_100MB"], dl["ceiling_s_per_100MB"]
         print(f"\nThe floor of relaying (bench/relay_floor.py: a bare TCP relay in front of the same origin, "

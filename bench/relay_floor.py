@@ -18,7 +18,7 @@ import socket
 import sys
 import threading
 
-READ = 256 << 10        # the sidecar's monitor read size (sensor/taps/proxy/server.py MONITOR_CHUNK)
+READ = 256 << 10        # the sidecar's read size (sensor/taps/proxy/server.py READ_CHUNK)
 
 
 def pump(src: socket.socket, dst: socket.socket) -> None:

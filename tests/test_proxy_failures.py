@@ -36,7 +36,7 @@ async def test_scanner_error_fails_open_or_closed_per_route(site, tmp_path, monk
             async with s.get(base + "/big?mb=1") as r:           # fail-open: forwarded unscanned
                 assert r.status == 200 and len(await r.read()) == 1 << 20
             (Path(site.root) / "closed").mkdir(exist_ok=True)
-            (Path(site.root) / "closed" / "page.html").write_bytes(b"x" * 200_000)
+            (Path(site.root) / "closed" / "page.html").write_bytes(b"x" * 2_000_000)   # several reads
             async with s.get(base + "/stream/closed/page.html") as r:   # fail-closed: cut mid-body
                 with pytest.raises(aiohttp.ClientPayloadError):
                     await r.read()

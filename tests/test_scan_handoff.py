@@ -25,7 +25,7 @@ from sensor import synth
 from sensor.exchange import workers
 from sensor.exchange.session import CUT, FORWARD, ExchangeSession
 from sensor.runtime import Sensor
-from sensor.taps.proxy.server import MONITOR_CHUNK, _received
+from sensor.taps.proxy.server import READ_CHUNK, _received
 from tests.sensors import detector, sensor_fixture  # noqa: F401  (detector: a fixture)
 
 K = 1 << 10
@@ -238,10 +238,10 @@ async def test_received_pieces_are_at_most_the_chunk_size_and_keep_every_byte(ch
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
     try:
-        async with aiohttp.ClientSession(read_bufsize=MONITOR_CHUNK) as cs:
+        async with aiohttp.ClientSession(read_bufsize=READ_CHUNK) as cs:
             async with cs.get(f"http://127.0.0.1:{port}/") as up:
-                pieces = [p async for p in _received(up.content, MONITOR_CHUNK)]
+                pieces = [p async for p in _received(up.content, READ_CHUNK)]
     finally:
         await runner.cleanup()
     assert b"".join(pieces) == body
-    assert pieces and all(0 < len(p) <= MONITOR_CHUNK for p in pieces)
+    assert pieces and all(0 < len(p) <= READ_CHUNK for p in pieces)
