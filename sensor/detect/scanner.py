@@ -25,7 +25,7 @@ from typing import Any
 
 import hyperscan as hs
 
-from sensor.detect import core as _core
+from sensor.detect import core as _core, preamble
 from sensor.detect.distinct import EXACT_CAP, DistinctCounter
 from sensor.detect.engine import CAT_BITS, Engine, PatInfo
 from sensor.detect.keys import fingerprint, redact
@@ -311,18 +311,35 @@ class ExchangeScanner:
         if type(data) is not bytes:
             data = bytes(data)      # a bytearray or view: values are hashed, and the core takes bytes
         if self._pre is not None:
-            # hold the first bytes of a part until its first line is whole (or 4 KiB), so that
-            # the sniff (json/html/table, delimiter) sees the same thing however the body is cut
+            # hold the first bytes of a part until its first lines are whole (or 4 KiB), so that
+            # the sniff (json/html/table, delimiter, a preamble) sees the same thing however the
+            # body is cut
             self._pre += data
-            if b"\n" not in self._pre and len(self._pre) < SNIFF_BYTES:
+            if self._pre.count(b"\n") < preamble.HOLD_LINES and len(self._pre) < SNIFF_BYTES:
                 return self.verdict
             data, self._pre = self._pre, None
-            self._sniff(data)
+            data = self._start(data)
         if self._core is not None:
             self._scan_core(data)
         else:
             self._scan(data)
         return self.verdict
+
+    def _start(self, data: bytes, final: bool = False) -> bytes:
+        """A part's first bytes are in: sniff them and answer what to scan. Lines before a table's
+        header (a title, a banner, comments: :mod:`sensor.detect.preamble`) are scanned as a part of
+        their own first, so that the table's part opens with its header, as the sniff and the
+        header context expect."""
+        k = preamble.preamble_end(data, final=final)
+        if k:
+            mode = self._mode
+            self._sniff(data[:k])
+            self._scan(data[:k])
+            self.begin_part(mode)
+            self._pre = None
+            data = data[k:]
+        self._sniff(data)
+        return data
 
     def _scan(self, data: bytes) -> None:
         if self._core is not None:
@@ -389,8 +406,7 @@ class ExchangeScanner:
     def _close_stream(self) -> None:
         if self._pre:
             data, self._pre = self._pre, None
-            self._sniff(data)
-            self._scan(data)
+            self._scan(self._start(data, final=True))
         if self._core is not None:
             return self._close_core()
         self._hits.clear()

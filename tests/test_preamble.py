@@ -1,0 +1,79 @@
+"""Lines before a table's header (sensor/detect/preamble.py): a title, a banner, comments, a
+spreadsheet's title row, blank lines. The table after them must be read as it is without them:
+same verdict, same records, same identities, on the compiled core and on the Python reference,
+however the body is cut. Before, one banner line hid the header: a fixed-width roster and a card
+list passed as prose, a public staff directory lost the column names that make it public."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from sensor.detect.preamble import MAX_LINES, preamble_end
+from tests import corpus15
+from tests.conftest import scan_bytes
+from tests.test_core_diff import compiled, same  # noqa: F401 - the fixture the differential runs need
+
+ROWS = b"last,first,dob,street\nWalsh,Greg,1970-01-02,820 N Mission Blvd\nLloyd,Connie,1966-06-26,269 N Park Pl\n" \
+       b"Reilly,Felix,1980-12-21,765 E Pine Way\n"
+PREAMBLES = {
+    "title": b"Report generated 2026-06-27 by the records office\n",
+    "comment": b"# exported from the permits dashboard\n",
+    "title row": b"Permit holders,,,,\n\n",
+    "blank lines": b"\n\n",
+    "banner and comment": b"CONCEALED CARRY PERMITS\r\n# as of 2022-06-27, all counties\r\n",
+}
+TABLES = [f for f in corpus15.build() if f.name.endswith((".csv", ".tsv", ".txt"))]
+
+
+@pytest.mark.parametrize("pre", PREAMBLES.values(), ids=PREAMBLES.keys())
+def test_the_table_starts_after_its_preamble(pre):
+    assert preamble_end(pre + ROWS) == len(pre)
+    assert (pre + ROWS)[preamble_end(pre + ROWS):].startswith(b"last,first")
+
+
+@pytest.mark.parametrize("body", [
+    ROWS,                                                           # the header is the first line
+    b"a,b,c\n1,2,3,\n4,5,6,\n7,8,9,\n",                            # rows with a trailing delimiter
+    b'{"people": [\n{"a": 1, "b": 2},\n{"a": 3, "b": 4},\n{"a": 5, "b": 6}]}\n',
+    b"<table>\n<tr><td>a</td><td>b</td></tr>\n<tr><td>c</td><td>d</td></tr>\n<tr><td>e</td></tr></table>\n",
+    b"A letter.\nIt has sentences, and commas.\nNone of it is a table, though.\nThe end.\n",
+    b"title\n" + ROWS[:40],                                         # too few lines to tell a table
+], ids=["header first", "trailing delimiter", "json", "html", "prose", "short"])
+def test_no_preamble_where_there_is_none(body):
+    assert preamble_end(body) == 0
+
+
+def test_a_long_preamble_is_a_document_not_a_banner():
+    notes = b"".join(b"note %d of the report\n" % i for i in range(MAX_LINES + 1))
+    assert preamble_end(notes + ROWS) == 0
+    notes = b"".join(b"note %d of the report\n" % i for i in range(MAX_LINES))
+    assert preamble_end(notes + ROWS) == len(notes)
+
+
+def test_fixed_width_header_with_columns_run_together():
+    body = (b"Report of 2022-06-27\n"
+            b"LAST      FIRST     DOB     DL      ADDRESS\n"
+            b"WALSH     GREG      19700102D0195533288 N MISSION BLVD\n"
+            b"LLOYD     CONNIE    19660626E6581293102 N PARK PL\n"
+            b"REILLY    FELIX     19801221N1324717147 E PINE WAY\n")
+    assert body[preamble_end(body):].startswith(b"LAST")
+
+
+@pytest.mark.parametrize("pre", PREAMBLES.values(), ids=PREAMBLES.keys())
+@pytest.mark.parametrize("f", TABLES, ids=[f.name for f in TABLES])
+def test_corpus_tables_read_the_same_after_a_preamble(engine, f, pre):
+    plain = scan_bytes(engine, f.data, content_type=f.content_type)
+    after = scan_bytes(engine, pre + f.data, content_type=f.content_type)
+    assert (after.verdict, after.records, after.strong_records, after.person_records) == \
+           (plain.verdict, plain.records, plain.strong_records, plain.person_records), f.name
+    assert after.verdict == ("trip" if f.expected == "trip" else plain.verdict)
+
+
+@pytest.mark.parametrize("f", [f for f in TABLES if f.expected == "trip"], ids=lambda f: f.name)
+def test_compiled_and_reference_agree_after_a_preamble_however_cut(engine, compiled, f):  # noqa: F811
+    body = PREAMBLES["banner and comment"] + f.data
+    rnd = random.Random(f.name)
+    cuts = sorted(rnd.sample(range(1, 400), 6)) + list(range(4096, len(body), 7919))   # inside the held head too
+    r = same(engine, body, cuts=cuts, content_type=f.content_type)
+    assert r["verdict"] == "trip"
