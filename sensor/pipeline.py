@@ -107,6 +107,12 @@ class BodyScan:
         return (route, decoders) if isinstance(route, Spool) else (None, [])
 
     @property
+    def pending(self) -> int:
+        """Bytes the scanner holds but has not scanned yet: a part's first lines, until it can tell
+        what they are (sensor.detect.scanner, ``_pre``). Their verdict is still to come."""
+        return self.scanner.pending
+
+    @property
     def needs_prepare(self) -> bool:
         """Whether :meth:`prepare` has slow work to do off the event loop."""
         spool, _ = self._container()

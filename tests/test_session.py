@@ -567,3 +567,25 @@ async def test_a_trip_hands_its_counts_to_the_takedown(make):
     ses.close(False)
     assert step.status == 451 and len(seen) == 1
     assert seen[0] is not None and seen[0].verdict == "trip" and seen[0].strong_records >= 10
+
+
+async def test_no_holdback_still_holds_the_head_the_scanner_has_not_read(make):
+    """``holdback_kib: 0`` releases each chunk once it is judged clean, but the scanner holds a
+    part's first lines (up to 16 lines or 4 KiB) before it reads them, to find the table's header:
+    the head waits for them, so a small first chunk of a roster never leaves unscanned (the trip
+    cuts a download of which no byte has left)."""
+    s = make(holdback=0)
+    ses = open_session(s)
+    ses.on_response(200, {"Content-Type": "text/csv"}, content_length=len(LEAK))    # no lookahead chunk
+    first = LEAK[:LEAK.index(b"\n", LEAK.index(b"\n") + 1) + 1]      # the header and one row
+    step = await ses.feed(first)
+    assert step.action == HOLD and not step.send
+    steps, step = await run(ses, pieces(LEAK[len(first):], 4 * K))
+    assert (step.action, step.status) == (CUT, 451) and not sent(steps)
+    ses.close(False)
+    ses = open_session(s, "/exports/benign.csv")                      # a clean body still flows
+    ses.on_response(200, {"Content-Type": "text/csv"}, content_length=64 * K)
+    steps, _ = await run(ses, pieces(BENIGN[: 64 * K], 4 * K))
+    assert sent(steps) == BENIGN[: 64 * K]
+    assert steps[1].action == FORWARD                                 # from the second chunk: 4 KiB read
+    ses.close(True)

@@ -242,6 +242,7 @@ class ExchangeScanner:
         self._gate: hs.Stream | None = None
         self._stream: hs.Stream | None = None
         self._t0 = time.perf_counter()
+        self._head_read = False                # the body's first bytes were read (see pending)
         self._shadow: Shadow | None = None     # records from structure: see structure/view.py
         self._skind: str | None = None
         self.begin_part(mode)
@@ -305,6 +306,12 @@ class ExchangeScanner:
             self._shadow.begin(self._skind)
 
     # -- feeding ----------------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """Bytes of the body's head fed but not read yet: its first lines, held for the sniff until
+        16 lines or 4 KiB (0 once any byte was read: a later part's head is not the body's)."""
+        return len(self._pre) if self._pre and not self._head_read else 0
+
     def feed(self, data: bytes) -> str:
         if not data or (self.stop_on_trip and self.verdict == "trip"):
             return self.verdict
@@ -330,6 +337,7 @@ class ExchangeScanner:
         header (a title, a banner, comments: :mod:`sensor.detect.preamble`) are scanned as a part of
         their own first, so that the table's part opens with its header, as the sniff and the
         header context expect."""
+        self._head_read = True
         k = preamble.preamble_end(data, final=final)
         if k:
             mode = self._mode

@@ -532,8 +532,8 @@ class ExchangeSession:
             return _HOLD
         self.held.append(chunk)
         self.held_n += len(chunk)
-        if last or (not self.started and self.held_n < self.holdback):
-            return _HOLD
+        if last or (not self.started and self.held_n < self.holdback) or (self.scan is not None and self.scan.pending):
+            return _HOLD            # the head waits for the hold-back, and until the scanner has read it
         return self._let_go(keep=1 if self.lookahead else 0)
 
     def _let_go(self, keep: int = 0, *, final: bool = False) -> Step:
