@@ -121,6 +121,7 @@ _WORD = re.compile(rb"[A-Za-z][A-Za-z'.-]*")
 _TAGS = re.compile(rb"<[^>]*>|^[^<]*>")
 _FIELD_END = re.compile(rb"[\n\t<>\"|;]| {2}")
 _LABEL_CUT = (b"\n", b";", b"|", b"\t", b",", b"\"", b"{", b"[", b"(")
+_TO_CUT = bytes.maketrans(b"".join(_LABEL_CUT), b"\n" * len(_LABEL_CUT))   # every cut as a line break: one rfind
 _WINDOW = 64
 
 
@@ -182,7 +183,7 @@ def label_before(buf: bytes, lo: int, s: int) -> bytes:
     if b"\t" in w[k:] and b":" not in w[k:] and b"=" not in w[k:]:
         return b""                # a tab-separated field: the field before it is a value, not its label
     w = w[:k]
-    cut = max(w.rfind(c) for c in _LABEL_CUT)
+    cut = w.translate(_TO_CUT).rfind(b"\n")
     return (w[cut + 1:] if cut >= 0 else w).strip()
 
 
@@ -207,6 +208,18 @@ def name_words(engine: "Engine") -> NameWords:
     return nw
 
 
+_NAME_CUTS = b"\n\t>\"|;:"
+
+
+def _name_cut(delim: bytes | None) -> bytes:
+    """A translation table that turns every field boundary before a name into a line break."""
+    cuts = _NAME_CUTS + (delim or b"")
+    return bytes.maketrans(cuts, b"\n" * len(cuts))
+
+
+_NAME_CUT = {d: _name_cut(d) for d in (None, b",", b"\t", b";", b"|")}
+
+
 def business_name(buf: bytes, s: int, e: int, delim: bytes | None, names: NameWords) -> bool:
     """Is the name at ``buf[s:e]`` part of a business's name? Reads its field on both sides: an
     entity word or suffix there, or (in a field with no digits) further capitalised words that are
@@ -220,7 +233,11 @@ def business_name(buf: bytes, s: int, e: int, delim: bytes | None, names: NameWo
         if k >= 0:
             after = after[:k]
     before = buf[max(0, s - _WINDOW):s]
-    cut = max(before.rfind(c) for c in (b"\n", b"\t", b">", b"\"", b"|", b";", b":", delim or b"\n"))
+    tab = _NAME_CUT.get(delim)
+    if tab is not None:
+        cut = before.translate(tab).rfind(b"\n")
+    else:                                       # a delimiter of more than one byte
+        cut = max(before.rfind(c) for c in (b"\n", b"\t", b">", b"\"", b"|", b";", b":", delim or b"\n"))
     before = before[cut + 1:]
     if _ENTITY.search(after) or _ENTITY.search(before):
         return True
