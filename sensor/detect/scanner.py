@@ -49,7 +49,7 @@ RECORD_IDS_CAP = 4096             # record identities a result hands on for expo
 ESTIMATE_MIN_IDS = 3
 _HTML_ROW_TAGS = (b"<tr", b"<TR", b"<li", b"<LI", b"<p>", b"<P>", b"<br", b"<BR", b"</div", b"</DIV")
 
-SNIFF_BYTES = 4096
+SNIFF_BYTES = preamble.HOLD_BYTES
 _TH_ROW = re.compile(rb"<t[rR][\s>].*?(?=<t[rR][\s>]|</t[rR]|$)", re.S)
 _CELL = re.compile(rb"<(t[hdHD])\b[^>]*>(.*?)(?=<t[hdHD]\b|</t[hdHD]|</t[rR]|$)", re.S)
 _TAG = re.compile(rb"<[^>]*>")
