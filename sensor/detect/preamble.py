@@ -87,8 +87,13 @@ def preamble_end(head: bytes, *, final: bool = False) -> int:
         # the table: its header and at least MIN_ROWS - 1 rows after it, all of that shape
         if rows < MIN_ROWS or shapes[first:first + MIN_ROWS] != [count] * MIN_ROWS:
             continue
-        if first and shapes[first - 1] and (delim is None or abs(shapes[first - 1] - count) == 1):
-            first -= 1      # the header, of another count: fixed-width columns run together, a trailing delimiter
+        if first and shapes[first - 1] and (delim is None or abs(shapes[first - 1] - count) == 1
+                                            or shapes[first - 1] >= 3):
+            # the header, of another count: fixed-width columns run together, a trailing delimiter,
+            # a header of more columns than the rows fill (trailing empty cells trimmed) or of fewer
+            # (a comma in a cell unquoted). Three fields or more are a header, not a title: without
+            # it a card list whose header named two more columns lost its header and passed.
+            first -= 1
         key = (rows, -first, delim, count)
         if best is None or key[:2] > best[:2]:
             best = key
