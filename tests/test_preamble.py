@@ -126,3 +126,13 @@ def test_a_header_naming_more_columns_than_the_rows_fill_is_the_header(engine, n
     assert preamble_end(body) == 0
     r = scan_bytes(engine, body, content_type=f.content_type)
     assert r.verdict == verdict
+
+
+def test_records_from_structure_keep_their_first_record(engine):
+    """The structure view's part opens with SHADOW_HEAD so that no rebuilt record is read as a
+    header; taken as a preamble, it made the first record (``name: ...; dob: ...``) the header:
+    ten people in definition lists counted nine strong records and alerted instead of tripping."""
+    f = next(f for f in corpus15.build() if f.name == "deflists.html")
+    body = b"</article>".join(f.data.split(b"</article>")[:10]) + b"</article>\n</body></html>\n"
+    r = scan_bytes(engine, body, content_type=f.content_type)
+    assert (r.verdict, r.strong_records) == ("trip", 10)

@@ -243,6 +243,8 @@ class ExchangeScanner:
         self._stream: hs.Stream | None = None
         self._t0 = time.perf_counter()
         self._head_read = False                # the body's first bytes were read (see pending)
+        self._preambles = True                 # look for lines before a table (the structure view's
+                                               # parts do not: their first line is no header, by design)
         self._shadow: Shadow | None = None     # records from structure: see structure/view.py
         self._skind: str | None = None
         self.begin_part(mode)
@@ -338,7 +340,7 @@ class ExchangeScanner:
         their own first, so that the table's part opens with its header, as the sniff and the
         header context expect."""
         self._head_read = True
-        k = preamble.preamble_end(data, final=final)
+        k = preamble.preamble_end(data, final=final) if self._preambles else 0
         if k:
             mode = self._mode
             self._sniff(data[:k])
