@@ -109,7 +109,11 @@ class BodyScan:
     @property
     def pending(self) -> int:
         """Bytes the scanner holds but has not scanned yet: a part's first lines, until it can tell
-        what they are (sensor.detect.scanner, ``_pre``). Their verdict is still to come."""
+        what they are (sensor.detect.scanner, ``_pre``), or the first bytes of the body the sniffer
+        holds until it can route them (``SNIFF_HEAD``, 64): a first read shorter than that reached
+        no scanner, and left unscanned. Their verdict is still to come."""
+        if self.sniffer.route is None and not self.stopped:
+            return len(self.sniffer._head)
         return self.scanner.pending
 
     @property

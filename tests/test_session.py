@@ -589,3 +589,17 @@ async def test_no_holdback_still_holds_the_head_the_scanner_has_not_read(make):
     assert sent(steps) == BENIGN[: 64 * K]
     assert steps[1].action == FORWARD                                 # from the second chunk: 4 KiB read
     ses.close(True)
+
+
+async def test_no_holdback_holds_a_first_read_shorter_than_the_sniff(make):
+    """A first read shorter than the decoders' sniff (64 bytes: container, gzip or text?) reaches no
+    scanner yet: it waits as the scanner's held lines do, or it left before any byte of the roster
+    was scanned (``holdback_kib: 0``: 40 bytes of a leak sent, then the cut)."""
+    s = make(holdback=0)
+    ses = open_session(s)
+    ses.on_response(200, {"Content-Type": "text/csv"}, content_length=len(LEAK))
+    step = await ses.feed(LEAK[:40])
+    assert step.action == HOLD and not step.send
+    steps, step = await run(ses, pieces(LEAK[40:], 4 * K))
+    assert (step.action, step.status) == (CUT, 451) and not sent(steps)
+    ses.close(False)
