@@ -81,6 +81,7 @@ class BodyScan:
 
     def _stop(self, e: DecodeProblem) -> None:
         self.stopped = True
+        self.scanner.read_head()        # nothing more reaches it: else ``pending`` held the body whole
         self.notes.append(e.note)
         if isinstance(e, LimitExceeded) and self.uninspected is None:
             self.uninspected = e.note.split(" ")[0]       # e.g. decode-limit:ratio (no body bytes)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import os
+import struct
+import zlib
 from dataclasses import replace
 
 import pytest
@@ -13,7 +16,7 @@ from sensor.config import Config, with_overrides
 from sensor.decode.limits import DecodeLimits
 from sensor.enforce.fingerprint import BodyPrint
 from sensor.enforce.resource import resource_of
-from sensor.exchange.session import CUT, FORWARD, HOLD, REFUSE, ExchangeSession, Step
+from sensor.exchange.session import CUT, FORWARD, HOLD, PENDING_HOLD, REFUSE, ExchangeSession, Step
 from sensor.runtime import Sensor, build_detector
 from tests.conftest import zip_bytes
 from tests.sensors import detector, sensor_fixture  # noqa: F401  (detector: a fixture)
@@ -603,3 +606,38 @@ async def test_no_holdback_holds_a_first_read_shorter_than_the_sniff(make):
     steps, step = await run(ses, pieces(LEAK[40:], 4 * K))
     assert (step.action, step.status) == (CUT, 451) and not sent(steps)
     ses.close(False)
+
+
+def _gzip_head(text: bytes) -> bytes:
+    """A gzip stream's start that decodes to ``text`` (flushed: whole, not the end)."""
+    c = zlib.compressobj(6, zlib.DEFLATED, 31)
+    return c.compress(text) + c.flush(zlib.Z_SYNC_FLUSH)
+
+
+async def _held_most(ses: ExchangeSession, chunks: list[bytes]) -> int:
+    most = 0
+    for c in chunks:
+        st = await ses.feed(c)
+        assert not st.stops
+        most = max(most, ses.held_n)
+    await ses.end()
+    return most
+
+
+@pytest.mark.parametrize("rest", ["corrupt", "idle"])
+async def test_the_head_waits_for_the_scanner_but_never_holds_the_body_whole(make, rest):
+    """The scanner holds a body's first lines until 16 lines or 4 KiB have come, and the head waits
+    for them; when no more come (gzip that turns corrupt after them: decoding stops; or empty deflate
+    blocks, 5 bytes that yield nothing), the 1-2 MB body was held whole in memory until its end.
+    Now the stop reads the held lines, and the wait ends at PENDING_HOLD held."""
+    head = _gzip_head(b"name,city\n" + b"Ann,Fresno\n" * 8)          # 9 lines, 98 bytes: held unread
+    if rest == "corrupt":
+        tail = b"\xff" * 8 + os.urandom(1 << 20)
+    else:
+        tail = b"\x00\x00\x00\xff\xff" * 400_000 + b"\x01\x00\x00\xff\xff" + struct.pack("<II", 0, 0)
+    s = make()
+    ses = open_session(s)
+    ses.on_response(200, {"Content-Type": "text/csv", "Content-Encoding": "gzip"})
+    most = await _held_most(ses, [head] + pieces(tail, 16 * K))
+    ses.close(True)
+    assert most <= (64 * K if rest == "corrupt" else PENDING_HOLD) + 16 * K

@@ -334,6 +334,13 @@ class ExchangeScanner:
             self._scan(data)
         return self.verdict
 
+    def read_head(self) -> None:
+        """Read the part's held first lines now: no more bytes will come to it (decoding stopped
+        on a limit or corrupt input), and until they are read the session holds the body's head."""
+        if self._pre:
+            data, self._pre = self._pre, None
+            self._scan(self._start(data, final=True))
+
     def _start(self, data: bytes, final: bool = False) -> bytes:
         """A part's first bytes are in: sniff them and answer what to scan. Lines before a table's
         header (a title, a banner, comments: :mod:`sensor.detect.preamble`) are scanned as a part of

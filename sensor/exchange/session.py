@@ -109,6 +109,10 @@ ACTIONS = (FORWARD, HOLD, REFUSE, CUT)
 
 UNFRAMED_MEMORY = 1 << 20     # an HTTP/1.0 client's unframed body: held in memory up to this, then on disk
 UNFRAMED_PIECE = 64 << 10     # and released in pieces this size
+# The head waits while the scanner holds the body's first lines unread (at most 4 KiB of them), but
+# not past this much held: a decoder that yields nothing for what it is sent (empty deflate blocks,
+# a stream that idles after its first line) would have the body held whole in memory.
+PENDING_HOLD = 256 << 10
 
 T = TypeVar("T")
 NO_STORE = ("Cache-Control", "no-store")
@@ -532,7 +536,8 @@ class ExchangeSession:
             return _HOLD
         self.held.append(chunk)
         self.held_n += len(chunk)
-        if last or (not self.started and self.held_n < self.holdback) or (self.scan is not None and self.scan.pending):
+        if last or (not self.started and self.held_n < self.holdback) or (
+                self.scan is not None and self.scan.pending and self.held_n < PENDING_HOLD):
             return _HOLD            # the head waits for the hold-back, and until the scanner has read it
         return self._let_go(keep=1 if self.lookahead else 0)
 
