@@ -641,3 +641,22 @@ async def test_the_head_waits_for_the_scanner_but_never_holds_the_body_whole(mak
     most = await _held_most(ses, [head] + pieces(tail, 16 * K))
     ses.close(True)
     assert most <= (64 * K if rest == "corrupt" else PENDING_HOLD) + 16 * K
+
+
+async def test_a_tick_does_not_release_the_lines_the_scanner_has_not_read(make):
+    """``holdback_kib: 0``, a chunked roster sent a row at a time with a pause after each: the
+    patience tick released each row while the scanner still held the first 16 lines unread, so 15
+    lines (14 licence holders: more than a trip) left before any was scanned. They wait for it now;
+    the 16th line gets them read, the trip cuts, and fewer rows left than a trip needs."""
+    s = make(holdback=0)
+    ses = open_session(s)
+    ses.on_response(200, {"Content-Type": "text/csv"})          # chunked: lookahead and ticks
+    out = b""
+    for line in LEAK.split(b"\n")[:40]:
+        step = await ses.feed(line + b"\n")
+        if step.stops:
+            break
+        out += b"".join(step.send) + b"".join(ses.tick().send)
+    assert step.action == CUT
+    assert out.count(b"\n") < 11              # header + fewer than the 10 strong records of a trip
+    ses.close(False)
