@@ -81,6 +81,7 @@ class BodyScan:
 
     def _stop(self, e: DecodeProblem) -> None:
         self.stopped = True
+        self.scanner.read_head()        # nothing more reaches it: else ``pending`` held the body whole
         self.notes.append(e.note)
         if isinstance(e, LimitExceeded) and self.uninspected is None:
             self.uninspected = e.note.split(" ")[0]       # e.g. decode-limit:ratio (no body bytes)
@@ -109,7 +110,11 @@ class BodyScan:
     @property
     def pending(self) -> int:
         """Bytes the scanner holds but has not scanned yet: a part's first lines, until it can tell
-        what they are (sensor.detect.scanner, ``_pre``). Their verdict is still to come."""
+        what they are (sensor.detect.scanner, ``_pre``), or the first bytes of the body the sniffer
+        holds until it can route them (``SNIFF_HEAD``, 64): a first read shorter than that reached
+        no scanner, and left unscanned. Their verdict is still to come."""
+        if self.sniffer.route is None and not self.stopped:
+            return len(self.sniffer._head)
         return self.scanner.pending
 
     @property

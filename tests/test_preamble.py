@@ -77,3 +77,62 @@ def test_compiled_and_reference_agree_after_a_preamble_however_cut(engine, compi
     cuts = sorted(rnd.sample(range(1, 400), 6)) + list(range(4096, len(body), 7919))   # inside the held head too
     r = same(engine, body, cuts=cuts, content_type=f.content_type)
     assert r["verdict"] == "trip"
+
+
+def _ragged(data: bytes, row: int) -> bytes:
+    """``data`` with the last cell of line ``row`` trimmed with its tab (a spreadsheet's export
+    drops a row's trailing empty cells)."""
+    lines = data.split(b"\n")
+    lines[row] = lines[row].rsplit(b"\t", 1)[0]
+    return b"\n".join(lines)
+
+
+@pytest.mark.parametrize("row", [1, 2])
+def test_a_ragged_first_row_keeps_the_header(engine, row):
+    """A TSV whose first rows are not all of the header's field count (a trailing empty cell
+    trimmed) still opens with its header: the commas of its addresses (two in each row, none in
+    the header) made a comma table from the first row on, the header was cut off as a preamble,
+    and the public staff directory alerted on 22 records instead of passing."""
+    f = next(f for f in TABLES if f.name == "staff_directory.tsv")
+    body = _ragged(f.data, row)
+    assert preamble_end(body) == 0
+    r = scan_bytes(engine, body, content_type=f.content_type)
+    assert (r.verdict, r.records) == ("pass", 0)
+
+
+@pytest.mark.parametrize("name", ["fixed_width.txt", "staff_directory.tsv"])
+def test_a_preamble_near_the_held_bytes_splits_the_same_however_cut(engine, name):
+    """A preamble of eight long lines ending just before 4 KiB: the table's rows are past the bytes
+    the scanner holds when the body comes in small pieces, but were read when it came whole: the
+    fixed-width roster tripped whole and passed in 97-byte pieces (the public TSV alerted in
+    pieces, passed whole). Only the first 4 KiB decide, however the body is cut."""
+    f = next(f for f in TABLES if f.name == name)
+    pre = b"".join((b"Note %d " % i + b"lorem ipsum dolor sit amet " * 40)[:480] + b"\n" for i in range(8))
+    body = pre + f.data
+    runs = [scan_bytes(engine, body, chunk=c, content_type=f.content_type) for c in (len(body), 4096, 97, 1000)]
+    assert len({(r.verdict, r.records, r.strong_records, r.person_records) for r in runs}) == 1, name
+
+
+@pytest.mark.parametrize("name,verdict", [("uatp_cards.csv", "trip"), ("staff_directory.tsv", "pass")])
+def test_a_header_naming_more_columns_than_the_rows_fill_is_the_header(engine, name, verdict):
+    """A header of two more columns than its rows fill (their trailing empty cells trimmed) is the
+    header, not a preamble: taken as one, the card list lost the column name that makes its
+    numbers card numbers and passed (200 records before the preamble change), and the public staff
+    directory lost the names that make its addresses offices and alerted on 22 records."""
+    f = next(f for f in TABLES if f.name == name)
+    sep = b"\t" if name.endswith(".tsv") else b","
+    head, rest = f.data.split(b"\n", 1)
+    body = head + sep + b"NOTES" + sep + b"REMARKS\n" + rest
+    assert preamble_end(body) == 0
+    r = scan_bytes(engine, body, content_type=f.content_type)
+    assert r.verdict == verdict
+
+
+def test_records_from_structure_keep_their_first_record(engine):
+    """The structure view's part opens with SHADOW_HEAD so that no rebuilt record is read as a
+    header; taken as a preamble, it made the first record (``name: ...; dob: ...``) the header:
+    ten people in definition lists counted nine strong records and alerted instead of tripping."""
+    f = next(f for f in corpus15.build() if f.name == "deflists.html")
+    body = b"</article>".join(f.data.split(b"</article>")[:10]) + b"</article>\n</body></html>\n"
+    r = scan_bytes(engine, body, content_type=f.content_type)
+    assert (r.verdict, r.strong_records) == ("trip", 10)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import os
+import struct
+import zlib
 from dataclasses import replace
 
 import pytest
@@ -13,7 +16,7 @@ from sensor.config import Config, with_overrides
 from sensor.decode.limits import DecodeLimits
 from sensor.enforce.fingerprint import BodyPrint
 from sensor.enforce.resource import resource_of
-from sensor.exchange.session import CUT, FORWARD, HOLD, REFUSE, ExchangeSession, Step
+from sensor.exchange.session import CUT, FORWARD, HOLD, PENDING_HOLD, REFUSE, ExchangeSession, Step
 from sensor.runtime import Sensor, build_detector
 from tests.conftest import zip_bytes
 from tests.sensors import detector, sensor_fixture  # noqa: F401  (detector: a fixture)
@@ -589,3 +592,71 @@ async def test_no_holdback_still_holds_the_head_the_scanner_has_not_read(make):
     assert sent(steps) == BENIGN[: 64 * K]
     assert steps[1].action == FORWARD                                 # from the second chunk: 4 KiB read
     ses.close(True)
+
+
+async def test_no_holdback_holds_a_first_read_shorter_than_the_sniff(make):
+    """A first read shorter than the decoders' sniff (64 bytes: container, gzip or text?) reaches no
+    scanner yet: it waits as the scanner's held lines do, or it left before any byte of the roster
+    was scanned (``holdback_kib: 0``: 40 bytes of a leak sent, then the cut)."""
+    s = make(holdback=0)
+    ses = open_session(s)
+    ses.on_response(200, {"Content-Type": "text/csv"}, content_length=len(LEAK))
+    step = await ses.feed(LEAK[:40])
+    assert step.action == HOLD and not step.send
+    steps, step = await run(ses, pieces(LEAK[40:], 4 * K))
+    assert (step.action, step.status) == (CUT, 451) and not sent(steps)
+    ses.close(False)
+
+
+def _gzip_head(text: bytes) -> bytes:
+    """A gzip stream's start that decodes to ``text`` (flushed: whole, not the end)."""
+    c = zlib.compressobj(6, zlib.DEFLATED, 31)
+    return c.compress(text) + c.flush(zlib.Z_SYNC_FLUSH)
+
+
+async def _held_most(ses: ExchangeSession, chunks: list[bytes]) -> int:
+    most = 0
+    for c in chunks:
+        st = await ses.feed(c)
+        assert not st.stops
+        most = max(most, ses.held_n)
+    await ses.end()
+    return most
+
+
+@pytest.mark.parametrize("rest", ["corrupt", "idle"])
+async def test_the_head_waits_for_the_scanner_but_never_holds_the_body_whole(make, rest):
+    """The scanner holds a body's first lines until 16 lines or 4 KiB have come, and the head waits
+    for them; when no more come (gzip that turns corrupt after them: decoding stops; or empty deflate
+    blocks, 5 bytes that yield nothing), the 1-2 MB body was held whole in memory until its end.
+    Now the stop reads the held lines, and the wait ends at PENDING_HOLD held."""
+    head = _gzip_head(b"name,city\n" + b"Ann,Fresno\n" * 8)          # 9 lines, 98 bytes: held unread
+    if rest == "corrupt":
+        tail = b"\xff" * 8 + os.urandom(1 << 20)
+    else:
+        tail = b"\x00\x00\x00\xff\xff" * 400_000 + b"\x01\x00\x00\xff\xff" + struct.pack("<II", 0, 0)
+    s = make()
+    ses = open_session(s)
+    ses.on_response(200, {"Content-Type": "text/csv", "Content-Encoding": "gzip"})
+    most = await _held_most(ses, [head] + pieces(tail, 16 * K))
+    ses.close(True)
+    assert most <= (64 * K if rest == "corrupt" else PENDING_HOLD) + 16 * K
+
+
+async def test_a_tick_does_not_release_the_lines_the_scanner_has_not_read(make):
+    """``holdback_kib: 0``, a chunked roster sent a row at a time with a pause after each: the
+    patience tick released each row while the scanner still held the first 16 lines unread, so 15
+    lines (14 licence holders: more than a trip) left before any was scanned. They wait for it now;
+    the 16th line gets them read, the trip cuts, and fewer rows left than a trip needs."""
+    s = make(holdback=0)
+    ses = open_session(s)
+    ses.on_response(200, {"Content-Type": "text/csv"})          # chunked: lookahead and ticks
+    out = b""
+    for line in LEAK.split(b"\n")[:40]:
+        step = await ses.feed(line + b"\n")
+        if step.stops:
+            break
+        out += b"".join(step.send) + b"".join(ses.tick().send)
+    assert step.action == CUT
+    assert out.count(b"\n") < 11              # header + fewer than the 10 strong records of a trip
+    ses.close(False)

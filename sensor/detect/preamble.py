@@ -20,7 +20,8 @@ import re
 from collections import Counter
 
 MAX_LINES = 8              # a preamble longer than this is a document, not a banner
-HOLD_LINES = 16            # the scanner holds a part's first bytes until this many lines (or SNIFF_BYTES)
+HOLD_LINES = 16            # the scanner holds a part's first bytes until this many lines (or HOLD_BYTES)
+HOLD_BYTES = 4096          # ... or this many bytes: only these are read, whatever the first piece held
 MIN_ROWS = 3               # lines of one shape (the header included) that make a table
 _SPACES = re.compile(rb"\s{2,}")
 _DELIMS = (b",", b"\t", b";", b"|")
@@ -49,7 +50,13 @@ def _shape(line: bytes, delim: bytes | None) -> int:
 def preamble_end(head: bytes, *, final: bool = False) -> int:
     """The offset in ``head`` (a part's first bytes) of the table's header line when lines that
     are not the table come first, else 0. ``final``: ``head`` is the whole part (its last line is
-    complete even without a line break)."""
+    complete even without a line break).
+
+    Only the first :data:`HOLD_BYTES` count: a body fed whole and the same body fed in small
+    pieces (held until 4 KiB) must split at the same place, or a roster's verdict would depend on
+    how the network cut it."""
+    if len(head) > HOLD_BYTES:
+        head, final = head[:HOLD_BYTES], False
     stripped = head.lstrip()
     if not stripped or stripped[:1] in b"{[<" or stripped.startswith(b"\xef\xbb\xbf<"):
         return 0                                # JSON, markup: their structure is read elsewhere
@@ -62,6 +69,13 @@ def preamble_end(head: bytes, *, final: bool = False) -> int:
     for delim in (d for d in _DELIMS if d in lines[0]):      # the common case: the header comes first
         if (n := _shape(lines[0], delim)) and all(_shape(ln, delim) == n for ln in lines[1:MIN_ROWS]):
             return 0
+        # ... with a ragged or sparse row among the first (a trailing empty cell trimmed, a row of
+        # one value): the next line has the delimiter and the lines' commonest count is the first's.
+        # Else another delimiter inside the cells (the commas of a TSV's addresses) would make a
+        # table from the first row on, and the header would be cut off as a preamble.
+        counts = Counter(s for s in (_shape(ln, delim) for ln in lines[1:]) if s)
+        if n and delim in lines[1] and counts[n] >= MIN_ROWS - 1 and counts[n] == max(counts.values()):
+            return 0
     best: tuple[int, int, bytes | None, int] | None = None      # (rows, -header index, delim, count)
     for delim in (*_DELIMS, None):
         shapes = [_shape(ln, delim) for ln in lines]
@@ -73,8 +87,13 @@ def preamble_end(head: bytes, *, final: bool = False) -> int:
         # the table: its header and at least MIN_ROWS - 1 rows after it, all of that shape
         if rows < MIN_ROWS or shapes[first:first + MIN_ROWS] != [count] * MIN_ROWS:
             continue
-        if first and shapes[first - 1] and (delim is None or abs(shapes[first - 1] - count) == 1):
-            first -= 1      # the header, of another count: fixed-width columns run together, a trailing delimiter
+        if first and shapes[first - 1] and (delim is None or abs(shapes[first - 1] - count) == 1
+                                            or shapes[first - 1] >= 3):
+            # the header, of another count: fixed-width columns run together, a trailing delimiter,
+            # a header of more columns than the rows fill (trailing empty cells trimmed) or of fewer
+            # (a comma in a cell unquoted). Three fields or more are a header, not a title: without
+            # it a card list whose header named two more columns lost its header and passed.
+            first -= 1
         key = (rows, -first, delim, count)
         if best is None or key[:2] > best[:2]:
             best = key

@@ -49,7 +49,7 @@ RECORD_IDS_CAP = 4096             # record identities a result hands on for expo
 ESTIMATE_MIN_IDS = 3
 _HTML_ROW_TAGS = (b"<tr", b"<TR", b"<li", b"<LI", b"<p>", b"<P>", b"<br", b"<BR", b"</div", b"</DIV")
 
-SNIFF_BYTES = 4096
+SNIFF_BYTES = preamble.HOLD_BYTES
 _TH_ROW = re.compile(rb"<t[rR][\s>].*?(?=<t[rR][\s>]|</t[rR]|$)", re.S)
 _CELL = re.compile(rb"<(t[hdHD])\b[^>]*>(.*?)(?=<t[hdHD]\b|</t[hdHD]|</t[rR]|$)", re.S)
 _TAG = re.compile(rb"<[^>]*>")
@@ -243,6 +243,8 @@ class ExchangeScanner:
         self._stream: hs.Stream | None = None
         self._t0 = time.perf_counter()
         self._head_read = False                # the body's first bytes were read (see pending)
+        self._preambles = True                 # look for lines before a table (the structure view's
+                                               # parts do not: their first line is no header, by design)
         self._shadow: Shadow | None = None     # records from structure: see structure/view.py
         self._skind: str | None = None
         self.begin_part(mode)
@@ -332,13 +334,20 @@ class ExchangeScanner:
             self._scan(data)
         return self.verdict
 
+    def read_head(self) -> None:
+        """Read the part's held first lines now: no more bytes will come to it (decoding stopped
+        on a limit or corrupt input), and until they are read the session holds the body's head."""
+        if self._pre:
+            data, self._pre = self._pre, None
+            self._scan(self._start(data, final=True))
+
     def _start(self, data: bytes, final: bool = False) -> bytes:
         """A part's first bytes are in: sniff them and answer what to scan. Lines before a table's
         header (a title, a banner, comments: :mod:`sensor.detect.preamble`) are scanned as a part of
         their own first, so that the table's part opens with its header, as the sniff and the
         header context expect."""
         self._head_read = True
-        k = preamble.preamble_end(data, final=final)
+        k = preamble.preamble_end(data, final=final) if self._preambles else 0
         if k:
             mode = self._mode
             self._sniff(data[:k])

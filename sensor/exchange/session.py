@@ -109,6 +109,10 @@ ACTIONS = (FORWARD, HOLD, REFUSE, CUT)
 
 UNFRAMED_MEMORY = 1 << 20     # an HTTP/1.0 client's unframed body: held in memory up to this, then on disk
 UNFRAMED_PIECE = 64 << 10     # and released in pieces this size
+# The head waits while the scanner holds the body's first lines unread (at most 4 KiB of them), but
+# not past this much held: a decoder that yields nothing for what it is sent (empty deflate blocks,
+# a stream that idles after its first line) would have the body held whole in memory.
+PENDING_HOLD = 256 << 10
 
 T = TypeVar("T")
 NO_STORE = ("Cache-Control", "no-store")
@@ -532,7 +536,7 @@ class ExchangeSession:
             return _HOLD
         self.held.append(chunk)
         self.held_n += len(chunk)
-        if last or (not self.started and self.held_n < self.holdback) or (self.scan is not None and self.scan.pending):
+        if last or (not self.started and self.held_n < self.holdback) or self._head_unread():
             return _HOLD            # the head waits for the hold-back, and until the scanner has read it
         return self._let_go(keep=1 if self.lookahead else 0)
 
@@ -554,12 +558,21 @@ class ExchangeSession:
     def tick(self, *, holdback_too: bool = False) -> Step:
         """The tap's patience ran out waiting for the next chunk: release the lookahead chunk (a
         slow stream still flows). ``holdback_too``: the protocol cannot wait longer for the head
-        either (ext_proc's message timeout), so the hold-back goes as well."""
+        either (ext_proc's message timeout), so the hold-back goes as well, and the first lines the
+        scanner has not read yet: else they wait for it too (with ``holdback_kib: 0`` a roster sent
+        a row at a time left 15 rows before any was read)."""
         if self.stopped is not None:
             return self.stopped
         if self.judge_only or self.unframed is not None or (not self.started and not holdback_too):
             return _HOLD
+        if not holdback_too and self._head_unread():
+            return _HOLD
         return self._let_go()
+
+    def _head_unread(self) -> bool:
+        """The scanner holds the body's first lines unread (at most 4 KiB), and waiting for them
+        holds less than PENDING_HOLD."""
+        return self.scan is not None and bool(self.scan.pending) and self.held_n < PENDING_HOLD
 
     @property
     def holding(self) -> bool:

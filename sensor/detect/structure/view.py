@@ -221,6 +221,7 @@ class Shadow:
         p = self.parent
         child = ExchangeScanner(p.engine, p.policy, key=p.key, scratch=p.scratch, mode="lines")
         child._estimate = False                       # a structure record is a row: never estimated
+        child._preambles = False                      # SHADOW_HEAD stays the first line: no record is a header
         child._distinct = p._distinct                 # one set of distinct values for both views
         child._samples = p._samples
         child._want_sample = p._want_sample
