@@ -114,7 +114,7 @@ class BodyScan:
         holds until it can route them (``SNIFF_HEAD``, 64): a first read shorter than that reached
         no scanner, and left unscanned. Their verdict is still to come."""
         if self.sniffer.route is None and not self.stopped:
-            return len(self.sniffer._head)
+            return self.sniffer.held
         return self.scanner.pending
 
     @property

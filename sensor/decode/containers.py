@@ -73,6 +73,11 @@ class Sniffer:
     def route(self) -> object:
         return self._route
 
+    @property
+    def held(self) -> int:
+        """Bytes held until the route can be chosen (the first ``SNIFF_HEAD``), not yet passed on."""
+        return len(self._head)
+
     def write(self, data: bytes) -> None:
         if self._route is None:
             self._head += data

@@ -421,9 +421,7 @@ class ExchangeScanner:
                         match_event_handler=self._on_gated, context=_HS_CTX)
 
     def _close_stream(self) -> None:
-        if self._pre:
-            data, self._pre = self._pre, None
-            self._scan(self._start(data, final=True))
+        self.read_head()
         if self._core is not None:
             return self._close_core()
         self._hits.clear()
