@@ -136,3 +136,35 @@ def test_records_from_structure_keep_their_first_record(engine):
     body = b"</article>".join(f.data.split(b"</article>")[:10]) + b"</article>\n</body></html>\n"
     r = scan_bytes(engine, body, content_type=f.content_type)
     assert (r.verdict, r.strong_records) == ("trip", 10)
+
+
+GUARDS = {"angular": (b")]}',\n", b""), "while(1)": (b"while(1);", b""), "jsonp": (b"/**/jQuery3_1({", b"});")}
+JSONS = [f for f in corpus15.build() if f.name.endswith((".json", ".jsonl"))]
+
+
+@pytest.mark.parametrize("head,at", [
+    (b")]}'\n{\"a\": 1}", 5), (b")]}',\n[{\"a\": 1}]", 6), (b"while(1);{\"a\": 1}", 9), (b"for(;;);[1, 2]", 8),
+    (b"/**/cb({\"a\": 1});", 7), (b"jQuery123_45({\"a\": 1})", 13),
+    (b"See [1] for details\nmore\nlines\n", 0), (b"f(x) [{\"a\": 1}]\n", 0), (b"call(me) maybe {\"a\"}\n", 0),
+])
+def test_json_behind_a_guard_or_a_callback_starts_at_its_bracket(head, at):
+    assert preamble_end(head, final=True) == at
+
+
+@pytest.mark.parametrize("guard", GUARDS, ids=GUARDS.keys())
+@pytest.mark.parametrize("f", JSONS, ids=[f.name for f in JSONS])
+def test_json_reads_the_same_behind_a_guard_or_a_callback(engine, f, guard):
+    """An API's anti-hijacking prefix (``)]}',``, ``while(1);``) or a JSONP callback around the
+    document: before, the body read as prose and most JSON rosters passed."""
+    pre, post = GUARDS[guard]
+    if guard == "jsonp":                                  # the callback's argument: the document
+        pre, post = pre[:-1], post[1:]
+    plain = scan_bytes(engine, f.data, content_type=f.content_type)
+    wrapped = scan_bytes(engine, pre + f.data + post, content_type=f.content_type)
+    assert (wrapped.verdict, wrapped.records) == (plain.verdict, plain.records), f.name
+
+
+def test_guarded_json_compiled_and_reference_agree(engine, compiled):  # noqa: F811
+    f = next(f for f in JSONS if f.name == "df_split.json")
+    r = same(engine, b")]}',\n" + f.data, cuts=[3, 7, 100, 4000], content_type=f.content_type)
+    assert r["verdict"] == "trip"

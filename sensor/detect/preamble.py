@@ -24,6 +24,14 @@ HOLD_LINES = 16            # the scanner holds a part's first bytes until this m
 HOLD_BYTES = 4096          # ... or this many bytes: only these are read, whatever the first piece held
 MIN_ROWS = 3               # lines of one shape (the header included) that make a table
 _SPACES = re.compile(rb"\s{2,}")
+# A JSON document behind the short guard or callback an API puts before it: ``)]}',`` (the
+# anti-hijacking prefix of Angular and Google APIs), ``while(1);``, ``for(;;);``, a JSONP callback
+# ``/**/cb(``. Read from the ``{`` or ``[`` on, it is the JSON it is; the guard before it made the
+# whole body prose (a JSON roster passed). The prefix is one short line of no letters but a
+# keyword or a name before ``(``, and what follows must open an object or an array of values.
+_GUARDED_JSON = re.compile(
+    rb"\s*(?:/\*\*/\s*)?(?:\)\]\}'?,?|while\s*\(\s*1\s*\)\s*;|for\s*\(\s*;\s*;\s*\)\s*;|[A-Za-z_$][\w$.]{0,63}\s*\()"
+    rb"\s*()(?:\{\s*[\"}]|\[\s*[\[{\"\]\d-])")
 _DELIMS = (b",", b"\t", b";", b"|")
 
 
@@ -60,6 +68,8 @@ def preamble_end(head: bytes, *, final: bool = False) -> int:
     stripped = head.lstrip()
     if not stripped or stripped[:1] in b"{[<" or stripped.startswith(b"\xef\xbb\xbf<"):
         return 0                                # JSON, markup: their structure is read elsewhere
+    if (m := _GUARDED_JSON.match(head)) is not None:
+        return m.end(1)                         # JSON behind a guard or a callback
     lines = head.split(b"\n")
     if not final:
         lines = lines[:-1]                      # the last one may be cut

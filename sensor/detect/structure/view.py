@@ -72,6 +72,21 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
+_NOT_JSON = object()
+
+
+def _without_call_end(data: bytes) -> object:
+    """The document of a JSONP body (``cb({...});``: the callback is split off before it, see
+    sensor/detect/preamble.py), read without the call's end; _NOT_JSON if that is not it either."""
+    trimmed = data.rstrip(b" \t\r\n;)")
+    if trimmed == data.rstrip():
+        return _NOT_JSON
+    try:
+        return parse(trimmed)
+    except orjson.JSONDecodeError:
+        return _NOT_JSON
+
+
 class JsonReader:
     """A JSON document: parsed whole with orjson at the end of the part up to WHOLE_LIMIT, cut
     into records as it streams beyond (:class:`JsonSplitter`)."""
@@ -119,6 +134,8 @@ class JsonReader:
         try:
             doc = parse(data)
         except orjson.JSONDecodeError:
+            doc = _without_call_end(data)
+        if doc is _NOT_JSON:
             for ln in data.splitlines():               # concatenated / line-delimited after all
                 try:
                     records_of(orjson.loads(ln), emit)
