@@ -66,8 +66,8 @@ def preamble_end(head: bytes, *, final: bool = False) -> int:
     if len(head) > HOLD_BYTES:
         head, final = head[:HOLD_BYTES], False
     stripped = head.lstrip()
-    if not stripped or stripped[:1] in b"{[<" or stripped.startswith(b"\xef\xbb\xbf<"):
-        return 0                                # JSON, markup: their structure is read elsewhere
+    if not stripped or stripped[:1] in b"{[<":
+        return 0                                # JSON, markup (a byte order mark is gone: decode.containers)
     if (m := _GUARDED_JSON.match(head)) is not None:
         return m.end(1)                         # JSON behind a guard or a callback
     lines = head.split(b"\n")

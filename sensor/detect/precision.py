@@ -233,11 +233,7 @@ def business_name(buf: bytes, s: int, e: int, delim: bytes | None, names: NameWo
         if k >= 0:
             after = after[:k]
     before = buf[max(0, s - _WINDOW):s]
-    tab = _NAME_CUT.get(delim)
-    if tab is not None:
-        cut = before.translate(tab).rfind(b"\n")
-    else:                                       # a delimiter of more than one byte
-        cut = max(before.rfind(c) for c in (b"\n", b"\t", b">", b"\"", b"|", b";", b":", delim or b"\n"))
+    cut = before.translate(_NAME_CUT.get(delim) or _name_cut(delim)).rfind(b"\n")
     before = before[cut + 1:]
     if _ENTITY.search(after) or _ENTITY.search(before):
         return True

@@ -49,7 +49,6 @@ RECORD_IDS_CAP = 4096             # record identities a result hands on for expo
 ESTIMATE_MIN_IDS = 3
 _HTML_ROW_TAGS = (b"<tr", b"<TR", b"<li", b"<LI", b"<p>", b"<P>", b"<br", b"<BR", b"</div", b"</DIV")
 
-SNIFF_BYTES = preamble.HOLD_BYTES
 _TH_ROW = re.compile(rb"<t[rR][\s>].*?(?=<t[rR][\s>]|</t[rR]|$)", re.S)
 _CELL = re.compile(rb"<(t[hdHD])\b[^>]*>(.*?)(?=<t[hdHD]\b|</t[hdHD]|</t[rR]|$)", re.S)
 _TAG = re.compile(rb"<[^>]*>")
@@ -324,7 +323,7 @@ class ExchangeScanner:
             # the sniff (json/html/table, delimiter, a preamble) sees the same thing however the
             # body is cut
             self._pre += data
-            if self._pre.count(b"\n") < preamble.HOLD_LINES and len(self._pre) < SNIFF_BYTES:
+            if self._pre.count(b"\n") < preamble.HOLD_LINES and len(self._pre) < preamble.HOLD_BYTES:
                 return self.verdict
             data, self._pre = self._pre, None
             data = self._start(data)
